@@ -1,0 +1,443 @@
+"""The coordinator's HTTP API: Starlette routes over the registry, errors mapped in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wgmesh import __version__
+from wgmesh.coordinator.changes import ChangeNotifier
+from wgmesh.coordinator.operations import (
+    Call,
+    Operation,
+    Query,
+    error_response,
+    json_response,
+    openapi_document,
+    to_route,
+)
+from wgmesh.coordinator.registry import Registry
+from wgmesh.errors import AuthError, PayloadTooLargeError, ValidationError, WgmeshError
+from wgmesh.ipam import IPNetwork
+from wgmesh.logs import kv
+from wgmesh.models import (
+    EnrollRequest,
+    EnrollResponse,
+    Health,
+    Model,
+    NetMap,
+    Network,
+    NetworkPatch,
+    Node,
+    NodeCreate,
+    NodeList,
+    NodePatch,
+    NodeStatus,
+    P2PPolicy,
+    PairList,
+    PairPolicy,
+    RouteList,
+    StatusReport,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
+    Topology,
+)
+
+log = logging.getLogger("wgmesh.coordinator")
+
+MAX_BODY = 1024 * 1024
+MAX_WAIT = 60.0
+
+
+class StatusAck(Model):
+    """The answer to a status report."""
+
+    version: int
+    changed: bool
+
+
+class PairSet(Model):
+    """The P2P override of a pair; null clears it."""
+
+    p2p: P2PPolicy | None = Field(description="auto, off, or null to clear the override")
+
+
+@dataclass
+class Settings:
+    """How the API is exposed."""
+
+    trusted_proxies: Sequence[IPNetwork] = field(default_factory=list)
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                response = error_response(
+                    "payload_too_large", f"request body is over {self.limit} bytes", 413
+                )
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLargeError(f"request body is over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def client_address(request: Request, trusted: Sequence[IPNetwork]) -> str | None:
+    """The address a request came from; X-Forwarded-For counts only behind a trusted proxy."""
+    peer = request.client.host if request.client else None
+    if peer is None or not trusted:
+        return peer
+    hop = ipaddress.ip_address(peer)
+    if not any(hop in net for net in trusted):
+        return peer
+    chain = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for candidate in reversed(chain):
+        try:
+            addr = ipaddress.ip_address(candidate)
+        except ValueError:
+            return peer
+        if not any(addr in net for net in trusted):
+            return str(addr)
+    return peer
+
+
+def bearer(request: Request) -> str:
+    """The bearer token of a request, or AuthError."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token (Authorization: Bearer …)", code="missing_credentials")
+    return token.strip()
+
+
+def create_app(registry: Registry, settings: Settings | None = None) -> Starlette:
+    """The coordinator's ASGI application."""
+    settings = settings or Settings()
+    notifier = ChangeNotifier()
+    registry.store.on_change(notifier.notify_threadsafe)
+
+    async def authenticate(request: Request, auth: str) -> int | None:
+        if auth == "none":
+            return None
+        token = bearer(request)
+        if auth == "admin":
+            if not await run_in_threadpool(registry.is_admin, token):
+                raise AuthError("admin token is not valid", code="invalid_credentials")
+            return None
+        return await run_in_threadpool(registry.authenticate_node, token)
+
+    # --- node calls ---------------------------------------------------------------------------
+
+    async def enroll(call: Call) -> EnrollResponse:
+        req: EnrollRequest = call.body
+        node_id, credential, netmap = await run_in_threadpool(registry.enroll, req)
+        log.info("node enrolled", extra=kv(node=req.name, node_id=node_id, key=req.public_key[:8]))
+        return EnrollResponse(node_id=node_id, credential=credential, netmap=netmap)
+
+    async def get_netmap(call: Call) -> Response:
+        assert call.node_id is not None
+        since = _int_query(call.request, "since", -1)
+        wait = min(max(_float_query(call.request, "wait", 0.0), 0.0), MAX_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            event = notifier.current()
+            version = await run_in_threadpool(registry.version)
+            if version > since:
+                netmap = await run_in_threadpool(registry.netmap, call.node_id)
+                return json_response(netmap)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Response(status_code=304)
+            await notifier.wait(event, remaining)
+
+    async def post_status(call: Call) -> StatusAck:
+        assert call.node_id is not None
+        address = client_address(call.request, settings.trusted_proxies)
+        changed = await run_in_threadpool(registry.record_status, call.node_id, call.body, address)
+        return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
+
+    # --- admin calls --------------------------------------------------------------------------
+
+    async def get_network(call: Call) -> Network:
+        return await run_in_threadpool(registry.network)
+
+    async def patch_network(call: Call) -> Network:
+        return await run_in_threadpool(registry.patch_network, call.body)
+
+    async def create_token(call: Call) -> TokenCreated:
+        created = await run_in_threadpool(registry.create_token, call.body)
+        log.info("token created", extra=kv(token_id=created.id, reusable=created.reusable))
+        return created
+
+    async def list_tokens(call: Call) -> TokenList:
+        return TokenList(tokens=await run_in_threadpool(registry.list_tokens))
+
+    async def revoke_token(call: Call) -> TokenInfo:
+        ref = call.param("token_id")
+        if not ref.isdigit():
+            raise ValidationError(f"token id {ref!r} is not a number", code="invalid_token_id")
+        return await run_in_threadpool(registry.revoke_token, int(ref))
+
+    async def list_nodes(call: Call) -> NodeList:
+        return NodeList(nodes=await run_in_threadpool(registry.list_nodes))
+
+    async def create_node(call: Call) -> Node:
+        node, _ = await run_in_threadpool(registry.create_static_node, call.body)
+        log.info("static node created", extra=kv(node=node.name, node_id=node.id))
+        return node
+
+    async def get_node(call: Call) -> Node:
+        return await run_in_threadpool(registry.get_node, call.param("node"))
+
+    async def patch_node(call: Call) -> Node:
+        return await run_in_threadpool(registry.patch_node, call.param("node"), call.body)
+
+    async def delete_node(call: Call) -> Node:
+        node = await run_in_threadpool(registry.delete_node, call.param("node"))
+        log.info("node deleted", extra=kv(node=node.name, node_id=node.id))
+        return node
+
+    async def get_node_status(call: Call) -> Response:
+        found = await run_in_threadpool(registry.node_status, call.param("node"))
+        if found is None:
+            return error_response("no_status", f"node {call.param('node')!r} has not reported yet", 404)
+        return json_response(found)
+
+    async def list_routes(call: Call) -> RouteList:
+        return RouteList(routes=await run_in_threadpool(registry.routes))
+
+    async def list_pairs(call: Call) -> PairList:
+        return PairList(pairs=await run_in_threadpool(registry.list_pairs))
+
+    async def set_pair(call: Call) -> Response:
+        body: PairSet = call.body
+        result = await run_in_threadpool(registry.set_pair, call.param("a"), call.param("b"), body.p2p)
+        if result is None:
+            return Response(status_code=204)
+        return json_response(result)
+
+    async def get_topology(call: Call) -> Topology:
+        return await run_in_threadpool(registry.topology)
+
+    async def healthz(call: Call) -> Health:
+        return Health(status="ok", version=await run_in_threadpool(registry.version))
+
+    ops = [
+        Operation("GET", "/healthz", healthz, "Liveness and registry version", "none", response=Health),
+        Operation(
+            "POST",
+            "/api/v1/enroll",
+            enroll,
+            "Redeem an enrollment token for a node",
+            "none",
+            body=EnrollRequest,
+            response=EnrollResponse,
+            status=201,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/netmap",
+            get_netmap,
+            "The node's netmap; long-polls for a change",
+            "node",
+            response=NetMap,
+            query=(
+                Query("since", "integer", "answer at once if the version is newer than this"),
+                Query("wait", "number", "seconds to hold the request for a change (at most 60)"),
+            ),
+            extra_responses={304: "no change within `wait` seconds"},
+        ),
+        Operation(
+            "POST",
+            "/api/v1/status",
+            post_status,
+            "Report endpoints and peer state",
+            "node",
+            body=StatusReport,
+            response=StatusAck,
+        ),
+        Operation("GET", "/api/v1/network", get_network, "The overlay network", "admin", response=Network),
+        Operation(
+            "PATCH",
+            "/api/v1/network",
+            patch_network,
+            "Change network-wide settings",
+            "admin",
+            body=NetworkPatch,
+            response=Network,
+        ),
+        Operation(
+            "POST",
+            "/api/v1/tokens",
+            create_token,
+            "Create an enrollment token",
+            "admin",
+            body=TokenCreate,
+            response=TokenCreated,
+            status=201,
+        ),
+        Operation(
+            "GET", "/api/v1/tokens", list_tokens, "List enrollment tokens", "admin", response=TokenList
+        ),
+        Operation(
+            "DELETE",
+            "/api/v1/tokens/{token_id}",
+            revoke_token,
+            "Revoke an enrollment token",
+            "admin",
+            response=TokenInfo,
+        ),
+        Operation("GET", "/api/v1/nodes", list_nodes, "List nodes", "admin", response=NodeList),
+        Operation(
+            "POST",
+            "/api/v1/nodes",
+            create_node,
+            "Create a static peer",
+            "admin",
+            body=NodeCreate,
+            response=Node,
+            status=201,
+        ),
+        Operation("GET", "/api/v1/nodes/{node}", get_node, "One node", "admin", response=Node),
+        Operation(
+            "PATCH",
+            "/api/v1/nodes/{node}",
+            patch_node,
+            "Change a node",
+            "admin",
+            body=NodePatch,
+            response=Node,
+        ),
+        Operation("DELETE", "/api/v1/nodes/{node}", delete_node, "Delete a node", "admin", response=Node),
+        Operation(
+            "GET",
+            "/api/v1/nodes/{node}/status",
+            get_node_status,
+            "A node's last status report",
+            "admin",
+            response=NodeStatus,
+        ),
+        Operation(
+            "GET", "/api/v1/routes", list_routes, "Routes with their verdicts", "admin", response=RouteList
+        ),
+        Operation(
+            "GET", "/api/v1/pairs", list_pairs, "P2P overrides per node pair", "admin", response=PairList
+        ),
+        Operation(
+            "PUT",
+            "/api/v1/pairs/{a}/{b}",
+            set_pair,
+            "Set or clear a pair's P2P override",
+            "admin",
+            body=PairSet,
+            response=PairPolicy,
+            extra_responses={204: "override cleared"},
+        ),
+        Operation(
+            "GET",
+            "/api/v1/topology",
+            get_topology,
+            "Nodes, links, routes and warnings",
+            "admin",
+            response=Topology,
+        ),
+    ]
+    document = openapi_document(ops, title="wgmesh coordinator", version=__version__)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def on_wgmesh_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, WgmeshError)
+        if exc.status >= 500:
+            log.error("request failed", extra=kv(path=request.url.path, code=exc.code, error=exc.message))
+        return error_response(exc.code, exc.message, exc.status)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(code, str(exc.detail), exc.status_code)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra=kv(path=request.url.path))
+        return error_response("internal", "internal error; see the coordinator log", 500)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        notifier.bind(asyncio.get_running_loop())
+        yield
+
+    routes = [to_route(op, authenticate) for op in ops]
+    routes.append(Route("/api/v1/openapi.json", openapi, methods=["GET"]))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            WgmeshError: on_wgmesh_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )
+    app.state.registry = registry
+    app.state.notifier = notifier
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def _int_query(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValidationError(f"query parameter {name!r} must be an integer", code="invalid_query") from exc
+
+
+def _float_query(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValidationError(f"query parameter {name!r} must be a number", code="invalid_query") from exc
+    if not math.isfinite(value):
+        raise ValidationError(f"query parameter {name!r} must be a finite number", code="invalid_query")
+    return value

@@ -1,0 +1,43 @@
+"""Wake-ups for long-polling requests: a committed write sets the event every waiter holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ChangeNotifier:
+    """Tells waiting requests, in this process, that the registry version moved."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.waiters = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop the waiters run on (writes come from worker threads)."""
+        self._loop = loop
+
+    def notify_threadsafe(self, _version: int) -> None:
+        """Called from any thread after a commit."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def current(self) -> asyncio.Event:
+        """The event the next change sets; take it *before* reading the version to miss nothing."""
+        return self._event
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for `event` up to `timeout` seconds; True when it fired."""
+        self.waiters += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiters -= 1

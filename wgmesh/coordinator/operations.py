@@ -1,0 +1,179 @@
+"""Declared API operations: one table drives both the Starlette routes and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from wgmesh.errors import MalformedRequestError, ValidationError
+from wgmesh.models import ErrorResponse
+
+Auth = Literal["none", "admin", "node"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter, for the OpenAPI document."""
+
+    name: str
+    type: Literal["integer", "number", "string"]
+    description: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler receives: the request, the validated body and, for node calls, the node id."""
+
+    request: Request
+    body: Any
+    node_id: int | None = None
+
+    def param(self, name: str) -> str:
+        """A path parameter."""
+        return str(self.request.path_params[name])
+
+
+Handler = Callable[[Call], Awaitable[BaseModel | Response]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One API operation."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: tuple[Query, ...] = ()
+    extra_responses: dict[int, str] = field(default_factory=dict)
+
+
+Authenticator = Callable[[Request, Auth], Awaitable[int | None]]
+
+
+def format_validation_error(exc: pydantic.ValidationError) -> str:
+    """pydantic's errors as one readable line: `field: what is wrong; …`."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+async def read_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """Parse and validate a JSON body into `model`, with errors a person can act on."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedRequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedRequestError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(format_validation_error(exc)) from exc
+
+
+def json_response(model: BaseModel, status: int = 200) -> Response:
+    """Serialise a model as the JSON answer."""
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def to_route(op: Operation, authenticate: Authenticator) -> Route:
+    """A Starlette route that authenticates, parses the body and runs the handler."""
+
+    async def endpoint(request: Request) -> Response:
+        node_id = await authenticate(request, op.auth)
+        body = await read_body(request, op.body) if op.body is not None else None
+        result = await op.handler(Call(request, body, node_id))
+        if isinstance(result, Response):
+            return result
+        return json_response(result, op.status)
+
+    return Route(op.path, endpoint, methods=[op.method], name=f"{op.method} {op.path}")
+
+
+def openapi_document(ops: list[Operation], *, title: str, version: str) -> dict[str, Any]:
+    """An OpenAPI 3.1 document generated from the operations' pydantic models."""
+    models: set[type[BaseModel]] = {ErrorResponse}
+    for op in ops:
+        models.update(m for m in (op.body, op.response) if m is not None)
+    keyed = sorted(models, key=lambda m: m.__name__)
+    _, defs = models_json_schema(
+        [(m, "validation") for m in keyed], ref_template="#/components/schemas/{model}"
+    )
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"description": "error", "content": {"application/json": {"schema": ref(ErrorResponse)}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        entry: dict[str, Any] = {"summary": op.summary, "operationId": op.handler.__name__}
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_params(op.path)
+        ]
+        params += [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": q.type},
+                "description": q.description,
+            }
+            for q in op.query
+        ]
+        if params:
+            entry["parameters"] = params
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(op.body)}},
+            }
+        ok: dict[str, Any] = {"description": "success"}
+        if op.response is not None:
+            ok["content"] = {"application/json": {"schema": ref(op.response)}}
+        responses: dict[str, Any] = {str(op.status): ok, "4XX": error}
+        for code, text in op.extra_responses.items():
+            responses[str(code)] = {"description": text}
+        entry["responses"] = responses
+        if op.auth != "none":
+            entry["security"] = [{"admin": []}] if op.auth == "admin" else [{"node": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer", "description": "admin token"},
+                "node": {"type": "http", "scheme": "bearer", "description": "node credential"},
+            },
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1].split(":")[0] for seg in path.split("/") if seg.startswith("{") and seg.endswith("}")]
+
+
+def error_response(code: str, message: str, status: int) -> JSONResponse:
+    """The one shape of every error answer."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)

@@ -1,0 +1,661 @@
+"""The coordinator's use cases over the store: enrollment, nodes, routes, tokens, status, netmaps.
+
+Everything here is synchronous (the API runs it in a worker thread) and every write happens in one
+transaction, so a refused request leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from wgmesh import ipam, keys
+from wgmesh.coordinator import schema
+from wgmesh.coordinator.credentials import make_credential, parse_credential
+from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
+from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from wgmesh.models import (
+    EnrollRequest,
+    Link,
+    NetMap,
+    Network,
+    NetworkPatch,
+    Node,
+    NodeCreate,
+    NodePatch,
+    NodeStatus,
+    P2PPolicy,
+    PairPolicy,
+    Route,
+    StatusReport,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    Topology,
+)
+from wgmesh.netmap import RegistrySnapshot, build_netmap, effective_p2p, pair_key
+
+ONLINE_WINDOW = timedelta(seconds=45)
+HANDSHAKE_FRESH = timedelta(seconds=180)
+
+
+def _network(conn: Connection) -> Network:
+    row = conn.execute(select(schema.networks)).mappings().one()
+    return Network(
+        name=row["name"], overlay_cidr=row["overlay_cidr"], p2p=row["p2p"], listen_port=row["listen_port"]
+    )
+
+
+def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
+    last_seen = as_utc(row["last_seen"])
+    return Node(
+        id=row["id"],
+        name=row["name"],
+        public_key=row["public_key"],
+        overlay_ip=row["overlay_ip"],
+        subnets=subnets,
+        p2p=row["p2p"],
+        tags=list(row["tags"]),
+        listen_port=row["listen_port"],
+        endpoints=list(row["endpoints"]),
+        eth0_ip=row["eth0_ip"],
+        public_ip=row["public_ip"],
+        last_seen=last_seen,
+        online=last_seen is not None and now - last_seen < ONLINE_WINDOW,
+        static=row["static"],
+        created_at=as_utc(row["created_at"]),
+    )
+
+
+def _token_info(row: RowMapping) -> TokenInfo:
+    return TokenInfo(
+        id=row["id"],
+        reusable=row["reusable"],
+        expires_at=as_utc(row["expires_at"]),
+        revoked=row["revoked_at"] is not None,
+        uses=row["uses"],
+        tags=list(row["tags"]),
+        p2p=row["p2p"],
+        description=row["description"],
+        created_at=as_utc(row["created_at"]),
+    )
+
+
+def _load_nodes(conn: Connection) -> list[Node]:
+    now = utcnow()
+    subnets: dict[int, list[str]] = {}
+    for r in conn.execute(
+        select(schema.routes.c.node_id, schema.routes.c.prefix).order_by(schema.routes.c.id)
+    ):
+        subnets.setdefault(r.node_id, []).append(r.prefix)
+    rows = conn.execute(select(schema.nodes).order_by(schema.nodes.c.name)).mappings()
+    return [_node(row, subnets.get(row["id"], []), now) for row in rows]
+
+
+def _classify(conn: Connection, network: Network) -> list[Route]:
+    rows = conn.execute(
+        select(schema.routes.c.prefix, schema.routes.c.node_id, schema.nodes.c.name)
+        .join(schema.nodes, schema.nodes.c.id == schema.routes.c.node_id)
+        .order_by(schema.routes.c.id)
+    ).all()
+    gateway_ids = {r.name: r.node_id for r in rows}
+    claims = [ipam.RouteClaim(ipam.parse_cidr(r.prefix), r.name) for r in rows]
+    verdicts = ipam.classify_routes(ipam.parse_cidr(network.overlay_cidr), claims)
+    return [
+        Route(
+            prefix=str(v.claim.prefix),
+            gateway=v.claim.gateway,
+            gateway_id=gateway_ids[v.claim.gateway],
+            state=v.state,
+            reason=v.reason,
+            conflicting_with=v.other.label if v.other else None,
+        )
+        for v in verdicts
+    ]
+
+
+def _route_sort_key(route: Route) -> tuple[int, Any, str]:
+    net = ipam.parse_cidr(route.prefix)
+    return (net.version, net, route.gateway)
+
+
+class Registry:
+    """The coordinator's state, as use cases."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._snapshot: RegistrySnapshot | None = None
+        self._snapshot_lock = threading.Lock()
+
+    # --- set-up and admin credentials ---------------------------------------------------------
+
+    def initialise(self, network: Network, admin_token: str | None = None) -> str | None:
+        """Create the schema; return a new admin token, or None when one was supplied or exists."""
+        self.store.create(network)
+        if admin_token is not None:
+            self.ensure_admin_token(admin_token)
+            return None
+        with self.store.read() as conn:
+            if conn.execute(select(func.count()).select_from(schema.admin_tokens)).scalar_one():
+                return None
+        token = "wga_" + secrets.token_urlsafe(32)
+        self.ensure_admin_token(token)
+        return token
+
+    def ensure_admin_token(self, token: str) -> None:
+        """Register `token` as an admin token (stored hashed) unless it already is."""
+        if len(token) < 16:
+            raise ValidationError("an admin token must be at least 16 characters", code="weak_token")
+        digest = keys.hash_secret(token)
+        with self.store.write(bump=False) as w:
+            found = w.conn.execute(
+                select(schema.admin_tokens.c.id).where(schema.admin_tokens.c.secret_hash == digest)
+            ).first()
+            if found is None:
+                w.conn.execute(insert(schema.admin_tokens).values(secret_hash=digest, created_at=utcnow()))
+
+    def is_admin(self, token: str) -> bool:
+        """Whether `token` is an admin token (constant-time compare against each stored hash)."""
+        with self.store.read() as conn:
+            hashes = conn.execute(select(schema.admin_tokens.c.secret_hash)).scalars().all()
+        matched = False
+        for stored in hashes:
+            matched |= keys.secret_matches(token, stored)
+        return matched
+
+    # --- network ------------------------------------------------------------------------------
+
+    def network(self) -> Network:
+        """The overlay network."""
+        with self.store.read() as conn:
+            return _network(conn)
+
+    def patch_network(self, patch: NetworkPatch) -> Network:
+        """Change the network-wide P2P policy or default listen port."""
+        values = patch.model_dump(exclude_none=True)
+        with self.store.write() as w:
+            if values:
+                w.conn.execute(update(schema.networks).values(**values))
+            return _network(w.conn)
+
+    # --- tokens -------------------------------------------------------------------------------
+
+    def create_token(self, req: TokenCreate) -> TokenCreated:
+        """A new enrollment token; its secret is returned this once and stored hashed."""
+        secret = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.store.write(bump=False) as w:
+            token_id = w.conn.execute(
+                insert(schema.tokens)
+                .values(
+                    secret_hash=keys.hash_secret(secret),
+                    reusable=req.reusable,
+                    expires_at=now + timedelta(seconds=req.expires_in) if req.expires_in else None,
+                    revoked_at=None,
+                    uses=0,
+                    tags=req.tags,
+                    p2p=req.p2p,
+                    description=req.description,
+                    created_at=now,
+                )
+                .returning(schema.tokens.c.id)
+            ).scalar_one()
+            row = w.conn.execute(select(schema.tokens).where(schema.tokens.c.id == token_id)).mappings().one()
+        info = _token_info(row)
+        return TokenCreated(**info.model_dump(), token=make_credential("wgt", token_id, secret))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, newest first."""
+        with self.store.read() as conn:
+            rows = conn.execute(select(schema.tokens).order_by(schema.tokens.c.id.desc())).mappings()
+            return [_token_info(r) for r in rows]
+
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        """Revoke a token; revoking twice is harmless."""
+        with self.store.write(bump=False) as w:
+            row = (
+                w.conn.execute(select(schema.tokens).where(schema.tokens.c.id == token_id)).mappings().first()
+            )
+            if row is None:
+                raise NotFoundError(f"token {token_id} does not exist", code="unknown_token")
+            if row["revoked_at"] is None:
+                w.conn.execute(
+                    update(schema.tokens).where(schema.tokens.c.id == token_id).values(revoked_at=utcnow())
+                )
+            row = w.conn.execute(select(schema.tokens).where(schema.tokens.c.id == token_id)).mappings().one()
+            return _token_info(row)
+
+    def _redeem(self, conn: Connection, presented: str) -> RowMapping:
+        cred = parse_credential(presented, "wgt")
+        row = conn.execute(select(schema.tokens).where(schema.tokens.c.id == cred.id)).mappings().first()
+        if row is None or not keys.secret_matches(cred.secret, row["secret_hash"]):
+            raise AuthError("enrollment token is not valid", code="invalid_token")
+        if row["revoked_at"] is not None:
+            raise AuthError("enrollment token has been revoked", code="token_revoked")
+        expires_at = as_utc(row["expires_at"])
+        if expires_at is not None and expires_at <= utcnow():
+            raise AuthError("enrollment token has expired", code="token_expired")
+        # The conditional update is the arbiter between concurrent redemptions of a one-time token.
+        used = conn.execute(
+            update(schema.tokens)
+            .where(
+                schema.tokens.c.id == cred.id,
+                or_(schema.tokens.c.reusable.is_(True), schema.tokens.c.uses == 0),
+            )
+            .values(uses=schema.tokens.c.uses + 1)
+        )
+        if used.rowcount != 1:
+            raise AuthError("enrollment token has already been used", code="token_used")
+        return row
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def _check_unique(self, conn: Connection, name: str, public_key: str) -> None:
+        if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == name)).first():
+            raise ConflictError(f"a node named {name!r} already exists", code="duplicate_name")
+        if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.public_key == public_key)).first():
+            raise ConflictError(
+                f"public key {keys.fingerprint(public_key)}… is already used by another node",
+                code="duplicate_key",
+            )
+
+    def _insert_node(
+        self,
+        w: Writer,
+        *,
+        name: str,
+        public_key: str,
+        listen_port: int,
+        subnets: Sequence[str],
+        endpoints: Sequence[str],
+        p2p: P2PPolicy,
+        tags: Sequence[str],
+        private_key: str | None,
+    ) -> int:
+        network = _network(w.conn)
+        overlay = ipam.parse_cidr(network.overlay_cidr)
+        ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
+        self._check_unique(w.conn, name, public_key)
+        used = [
+            ipaddress.ip_address(ip) for ip in w.conn.execute(select(schema.nodes.c.overlay_ip)).scalars()
+        ]
+        address = ipam.allocate(overlay, used)
+        now = utcnow()
+        try:
+            node_id = int(
+                w.conn.execute(
+                    insert(schema.nodes)
+                    .values(
+                        name=name,
+                        public_key=public_key,
+                        overlay_ip=str(address),
+                        p2p=p2p,
+                        tags=sorted(set(tags)),
+                        listen_port=listen_port,
+                        endpoints=list(endpoints),
+                        static=private_key is not None,
+                        private_key=private_key,
+                        created_at=now,
+                    )
+                    .returning(schema.nodes.c.id)
+                ).scalar_one()
+            )
+        except IntegrityError as exc:
+            raise ConflictError("the node collides with an existing one", code="duplicate_node") from exc
+        for prefix in subnets:
+            w.conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
+        return node_id
+
+    def enroll(self, req: EnrollRequest) -> tuple[int, str, NetMap]:
+        """Redeem a token for a new node: returns its id, its credential (shown once), its netmap."""
+        with self.store.write() as w:
+            token = self._redeem(w.conn, req.token)
+            node_id = self._insert_node(
+                w,
+                name=req.name,
+                public_key=req.public_key,
+                listen_port=req.listen_port,
+                subnets=req.subnets,
+                endpoints=req.endpoints,
+                p2p=token["p2p"] or "auto",
+                tags=token["tags"],
+                private_key=None,
+            )
+            secret = secrets.token_urlsafe(32)
+            w.conn.execute(
+                insert(schema.credentials).values(
+                    node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
+                )
+            )
+            netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
+        return node_id, make_credential("wgn", node_id, secret), netmap
+
+    def create_static_node(self, req: NodeCreate) -> tuple[Node, str | None]:
+        """A node for a device without an agent; with `generate_keys` the coordinator makes its keys."""
+        if req.generate_keys == (req.public_key is not None):
+            raise ValidationError(
+                "give either generate_keys: true or a public_key, not both or neither", code="invalid_keys"
+            )
+        pair = keys.generate_keypair() if req.generate_keys else None
+        public_key = pair.public_key if pair else req.public_key
+        assert public_key is not None
+        with self.store.write() as w:
+            node_id = self._insert_node(
+                w,
+                name=req.name,
+                public_key=public_key,
+                listen_port=req.listen_port,
+                subnets=req.subnets,
+                endpoints=req.endpoints,
+                p2p=req.p2p,
+                tags=req.tags,
+                private_key=pair.private_key if pair else None,
+            )
+            node = self._node_by_id(w.conn, node_id)
+        return node, pair.private_key if pair else None
+
+    def authenticate_node(self, presented: str) -> int:
+        """The node id a credential belongs to, or AuthError."""
+        cred = parse_credential(presented, "wgn", error="node credential is not valid")
+        with self.store.read() as conn:
+            hashes = conn.execute(
+                select(schema.credentials.c.secret_hash).where(schema.credentials.c.node_id == cred.id)
+            ).scalars()
+            matched = False
+            for stored in hashes:
+                matched |= keys.secret_matches(cred.secret, stored)
+        if not matched:
+            raise AuthError("node credential is not valid", code="invalid_credential")
+        return cred.id
+
+    def _node_by_id(self, conn: Connection, node_id: int) -> Node:
+        row = conn.execute(select(schema.nodes).where(schema.nodes.c.id == node_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
+        subnets = conn.execute(
+            select(schema.routes.c.prefix)
+            .where(schema.routes.c.node_id == node_id)
+            .order_by(schema.routes.c.id)
+        ).scalars()
+        return _node(row, list(subnets), utcnow())
+
+    def _resolve(self, conn: Connection, ref: str) -> int:
+        found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == ref)).scalar()
+        if found is None and ref.isdigit():
+            found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == int(ref))).scalar()
+        if found is None:
+            raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
+        return int(found)
+
+    def list_nodes(self) -> list[Node]:
+        """Every node, sorted by name."""
+        with self.store.read() as conn:
+            return _load_nodes(conn)
+
+    def get_node(self, ref: str) -> Node:
+        """A node by name (or numeric id)."""
+        with self.store.read() as conn:
+            return self._node_by_id(conn, self._resolve(conn, ref))
+
+    def node_private_key(self, ref: str) -> tuple[Node, str]:
+        """A static node and the private key the coordinator holds for it."""
+        with self.store.read() as conn:
+            node_id = self._resolve(conn, ref)
+            key = conn.execute(
+                select(schema.nodes.c.private_key).where(schema.nodes.c.id == node_id)
+            ).scalar()
+            node = self._node_by_id(conn, node_id)
+        if key is None:
+            raise ValidationError(
+                f"node {node.name!r} holds its own private key; only static peers can be exported",
+                code="not_static",
+            )
+        return node, str(key)
+
+    def patch_node(self, ref: str, patch: NodePatch) -> Node:
+        """Change a node's P2P policy, advertised subnets or tags."""
+        with self.store.write() as w:
+            node_id = self._resolve(w.conn, ref)
+            values: dict[str, Any] = {}
+            if patch.p2p is not None:
+                values["p2p"] = patch.p2p
+            if patch.tags is not None:
+                values["tags"] = sorted(set(patch.tags))
+            if values:
+                w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(**values))
+            if patch.subnets is not None:
+                self._replace_subnets(w.conn, node_id, patch.subnets)
+            return self._node_by_id(w.conn, node_id)
+
+    def _replace_subnets(self, conn: Connection, node_id: int, subnets: Sequence[str]) -> None:
+        overlay = ipam.parse_cidr(_network(conn).overlay_cidr)
+        ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
+        current = set(
+            conn.execute(select(schema.routes.c.prefix).where(schema.routes.c.node_id == node_id)).scalars()
+        )
+        # Prefixes kept keep their row, and with it their seniority in route classification.
+        gone = current - set(subnets)
+        if gone:
+            conn.execute(
+                delete(schema.routes).where(
+                    schema.routes.c.node_id == node_id, schema.routes.c.prefix.in_(gone)
+                )
+            )
+        now = utcnow()
+        for prefix in subnets:
+            if prefix not in current:
+                conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
+
+    def delete_node(self, ref: str) -> Node:
+        """Remove a node with its routes, credentials, pair overrides and status."""
+        with self.store.write() as w:
+            node_id = self._resolve(w.conn, ref)
+            node = self._node_by_id(w.conn, node_id)
+            # Explicit deletes, so that behaviour does not hinge on the backend's cascade support.
+            for table, column in (
+                (schema.routes, schema.routes.c.node_id),
+                (schema.credentials, schema.credentials.c.node_id),
+                (schema.status, schema.status.c.node_id),
+            ):
+                w.conn.execute(delete(table).where(column == node_id))
+            w.conn.execute(
+                delete(schema.pairs).where(
+                    or_(schema.pairs.c.node_a == node_id, schema.pairs.c.node_b == node_id)
+                )
+            )
+            w.conn.execute(delete(schema.nodes).where(schema.nodes.c.id == node_id))
+            return node
+
+    # --- routes and pairs ---------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        """Every route with its verdict, sorted by prefix then gateway."""
+        with self.store.read() as conn:
+            return sorted(_classify(conn, _network(conn)), key=_route_sort_key)
+
+    def set_pair(self, a: str, b: str, p2p: P2PPolicy | None) -> PairPolicy | None:
+        """Set (or with None clear) the P2P override of a node pair."""
+        with self.store.write() as w:
+            ida, idb = self._resolve(w.conn, a), self._resolve(w.conn, b)
+            if ida == idb:
+                raise ValidationError("a pair needs two different nodes", code="invalid_pair")
+            low, high = pair_key(ida, idb)
+            where = and_(schema.pairs.c.node_a == low, schema.pairs.c.node_b == high)
+            row = w.conn.execute(select(schema.pairs).where(where)).mappings().first()
+            if row is None:
+                w.conn.execute(
+                    insert(schema.pairs).values(node_a=low, node_b=high, p2p=p2p, psk_generation=0)
+                )
+            else:
+                w.conn.execute(update(schema.pairs).where(where).values(p2p=p2p))
+        return PairPolicy(a=a, b=b, p2p=p2p) if p2p else None
+
+    def list_pairs(self) -> list[PairPolicy]:
+        """Every pair with a P2P override."""
+        with self.store.read() as conn:
+            names = dict(conn.execute(select(schema.nodes.c.id, schema.nodes.c.name)).tuples().all())
+            rows = conn.execute(select(schema.pairs).where(schema.pairs.c.p2p.is_not(None))).mappings()
+            return [PairPolicy(a=names[r["node_a"]], b=names[r["node_b"]], p2p=r["p2p"]) for r in rows]
+
+    # --- netmaps ------------------------------------------------------------------------------
+
+    def _snapshot_from(self, conn: Connection, version: int) -> RegistrySnapshot:
+        network = _network(conn)
+        pair_p2p: dict[tuple[int, int], P2PPolicy] = {}
+        generation: dict[tuple[int, int], int] = {}
+        for r in conn.execute(select(schema.pairs)).mappings():
+            key = (r["node_a"], r["node_b"])
+            if r["p2p"]:
+                pair_p2p[key] = r["p2p"]
+            generation[key] = r["psk_generation"]
+        master = conn.execute(select(schema.registry.c.psk_master)).scalar_one()
+        return RegistrySnapshot(
+            version=version,
+            network=network,
+            nodes=_load_nodes(conn),
+            routes=_classify(conn, network),
+            pair_p2p=pair_p2p,
+            psk_generation=generation,
+            psk_master=bytes(master),
+        )
+
+    def snapshot(self) -> RegistrySnapshot:
+        """A consistent view of the registry, reused while the version stands still."""
+        with self._snapshot_lock:
+            with self.store.read() as conn:
+                version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+                if self._snapshot is None or self._snapshot.version != version:
+                    self._snapshot = self._snapshot_from(conn, version)
+            return self._snapshot
+
+    def netmap(self, node_id: int) -> NetMap:
+        """The current netmap of a node."""
+        return build_netmap(self.snapshot(), node_id)
+
+    def version(self) -> int:
+        """The registry version."""
+        return self.store.version()
+
+    # --- status -------------------------------------------------------------------------------
+
+    def record_status(self, node_id: int, report: StatusReport, public_ip: str | None) -> bool:
+        """Store a node's report; returns True when it changed what peers see (version bumped)."""
+        now = utcnow()
+        with self.store.read() as conn:
+            node = self._node_by_id(conn, node_id)
+        changed = (
+            node.endpoints != report.endpoints
+            or node.eth0_ip != report.eth0_ip
+            or node.public_ip != public_ip
+        )
+        with self.store.write(bump=changed) as w:
+            w.conn.execute(
+                update(schema.nodes)
+                .where(schema.nodes.c.id == node_id)
+                .values(
+                    endpoints=report.endpoints, eth0_ip=report.eth0_ip, public_ip=public_ip, last_seen=now
+                )
+            )
+            body = report.model_dump(mode="json")
+            where = schema.status.c.node_id == node_id
+            if (
+                w.conn.execute(
+                    update(schema.status).where(where).values(reported_at=now, report=body)
+                ).rowcount
+                == 0
+            ):
+                w.conn.execute(insert(schema.status).values(node_id=node_id, reported_at=now, report=body))
+        return changed
+
+    def statuses(self) -> dict[int, NodeStatus]:
+        """The last report of every node that has reported."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(schema.status, schema.nodes.c.name).join(
+                    schema.nodes, schema.nodes.c.id == schema.status.c.node_id
+                )
+            ).mappings()
+            return {
+                r["node_id"]: NodeStatus(
+                    node=r["name"],
+                    reported_at=as_utc(r["reported_at"]),
+                    report=StatusReport.model_validate(r["report"]),
+                )
+                for r in rows
+            }
+
+    def node_status(self, ref: str) -> NodeStatus | None:
+        """The last report of one node, or None if it never reported."""
+        with self.store.read() as conn:
+            node_id = self._resolve(conn, ref)
+        return self.statuses().get(node_id)
+
+    # --- topology -----------------------------------------------------------------------------
+
+    def topology(self) -> Topology:
+        """Nodes, links and routes with warnings, for the dashboard and the CLI."""
+        snap = self.snapshot()
+        nodes = self.list_nodes()
+        statuses = self.statuses()
+        now = utcnow()
+        links: list[Link] = []
+        warnings: list[str] = []
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1 :]:
+                views = [
+                    p
+                    for src, dst in ((a, b), (b, a))
+                    if (st := statuses.get(src.id)) is not None
+                    for p in st.report.peers
+                    if p.public_key == dst.public_key
+                ]
+                handshake = max((p.last_handshake for p in views if p.last_handshake), default=None)
+                fresh = handshake is not None and now - handshake < HANDSHAKE_FRESH
+                paths = {p.path for p in views if p.path}
+                path = (
+                    ("relay" if "relay" in paths else "direct") if fresh else ("down" if views else "unknown")
+                )
+                rtts = [p.rtt_ms for p in views if p.rtt_ms is not None]
+                links.append(
+                    Link(
+                        a=a.name,
+                        b=b.name,
+                        p2p=effective_p2p(snap.network, a, b, snap.pair_p2p.get(pair_key(a.id, b.id))),
+                        path=path,
+                        rtt_ms=min(rtts) if rtts else None,
+                        last_handshake=handshake,
+                        rx_bytes=sum(p.rx_bytes for p in views),
+                        tx_bytes=sum(p.tx_bytes for p in views),
+                    )
+                )
+                if path == "down":
+                    warnings.append(f"{a.name} and {b.name} have no recent handshake")
+        routes = sorted(snap.routes, key=_route_sort_key)
+        for route in routes:
+            if route.state == "conflict":
+                warnings.append(f"route {route.prefix}@{route.gateway} is inactive: {route.reason}")
+            elif route.state == "rejected":
+                warnings.append(f"route {route.prefix}@{route.gateway} is rejected: {route.reason}")
+        for node in nodes:
+            if node.subnets and not node.online and not node.static:
+                warnings.append(f"gateway {node.name} is offline")
+            st = statuses.get(node.id)
+            for shadow in st.report.shadowed if st else []:
+                warnings.append(
+                    f"{node.name} does not install {shadow.prefix}: it overlaps a local subnet on {shadow.interface}"
+                )
+        return Topology(
+            network=snap.network,
+            version=snap.version,
+            nodes=nodes,
+            links=links,
+            routes=routes,
+            warnings=warnings,
+        )

@@ -1,0 +1,139 @@
+"""The coordinator's database schema (SQLAlchemy Core); portable between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row: the registry version every mutating transaction bumps first. Bumping first also takes the
+# write lock (SQLite) or the row lock (PostgreSQL), which serialises writers across coordinators.
+registry = Table(
+    "registry",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+    Column("psk_master", LargeBinary(32), nullable=False),
+    CheckConstraint("id = 1", name="registry_single_row"),
+)
+
+networks = Table(
+    "networks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("overlay_cidr", String(64), nullable=False),
+    Column("p2p", String(8), nullable=False),
+    Column("listen_port", Integer, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("public_key", String(44), nullable=False, unique=True),
+    Column("overlay_ip", String(45), nullable=False, unique=True),
+    Column("p2p", String(8), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("listen_port", Integer, nullable=False),
+    Column("endpoints", JSON, nullable=False),
+    Column("eth0_ip", String(45)),
+    Column("public_ip", String(45)),
+    Column("last_seen", DateTime(timezone=True)),
+    Column("static", Boolean, nullable=False),
+    # Only for static peers, whose keys the coordinator generates so that it can export their config.
+    Column("private_key", String(44)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("prefix", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("node_id", "prefix", name="routes_node_prefix"),
+    sqlite_autoincrement=True,
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("reusable", Boolean, nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("uses", Integer, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("p2p", String(8)),
+    Column("description", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("credentials_node", "node_id"),
+    sqlite_autoincrement=True,
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Sparse: a row exists only for a pair with an override or a rotated preshared key.
+pairs = Table(
+    "pairs",
+    metadata,
+    Column("node_a", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("node_b", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("p2p", String(8)),
+    Column("psk_generation", Integer, nullable=False),
+    CheckConstraint("node_a < node_b", name="pairs_ordered"),
+)
+
+status = Table(
+    "status",
+    metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("reported_at", DateTime(timezone=True), nullable=False),
+    Column("report", JSON, nullable=False),
+)

@@ -1,0 +1,161 @@
+"""Database access for the coordinator: engine set-up, schema life cycle and transactions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from wgmesh.coordinator import schema
+from wgmesh.errors import StoreError, ValidationError
+from wgmesh.models import Network
+
+ChangeListener = Callable[[int], None]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every one we store is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so that BEGIN is emitted by SQLAlchemy, reads included.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a `sqlite:///PATH` or `postgresql://…` URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValidationError(f"database URL {url!r} is not valid", code="invalid_db_url") from exc
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            directory = os.path.dirname(os.path.abspath(parsed.database))
+            if not os.path.isdir(directory):
+                raise StoreError(f"directory {directory} for the database does not exist")
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    raise ValidationError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite:///PATH or postgresql://…",
+        code="invalid_db_url",
+    )
+
+
+@dataclass
+class Writer:
+    """A write transaction: `version` is the registry version this transaction produces."""
+
+    conn: Connection
+    version: int
+
+
+class Store:
+    """The coordinator's database: schema life cycle plus read and write transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._listeners: list[ChangeListener] = []
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener(version)` after every committed write."""
+        self._listeners.append(listener)
+
+    def is_initialised(self) -> bool:
+        """Whether the schema exists."""
+        try:
+            return inspect(self.engine).has_table("schema_version")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open database: {exc.orig}") from exc
+
+    def create(self, network: Network) -> None:
+        """Create the schema and the network (no-op for an already initialised database)."""
+        if self.is_initialised():
+            self.check_schema()
+            return
+        schema.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(schema.schema_version).values(version=schema.SCHEMA_VERSION, applied_at=utcnow())
+            )
+            conn.execute(insert(schema.registry).values(id=1, version=1, psk_master=os.urandom(32)))
+            conn.execute(
+                insert(schema.networks).values(
+                    id=1,
+                    name=network.name,
+                    overlay_cidr=network.overlay_cidr,
+                    p2p=network.p2p,
+                    listen_port=network.listen_port,
+                )
+            )
+
+    def check_schema(self) -> None:
+        """Raise StoreError unless the database holds the schema version this code speaks."""
+        if not self.is_initialised():
+            raise StoreError("the database is not initialised: run 'wgmesh-coordinator init' first")
+        with self.engine.connect() as conn:
+            found = conn.execute(select(schema.schema_version.c.version)).scalars().all()
+        if max(found, default=0) != schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {max(found, default=0)} does not match {schema.SCHEMA_VERSION}"
+            )
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction with a consistent view."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self, *, bump: bool = True) -> Iterator[Writer]:
+        """A write transaction; with `bump` it first raises the registry version, which also
+        serialises concurrent writers, and listeners hear the new version after the commit."""
+        with self.engine.begin() as conn:
+            version = 0
+            if bump:
+                conn.execute(update(schema.registry).values(version=schema.registry.c.version + 1))
+                version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+            yield Writer(conn, version)
+        if bump:
+            for listener in self._listeners:
+                listener(version)
+
+    def version(self) -> int:
+        """The current registry version."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(schema.registry.c.version)).scalar_one())

@@ -1,0 +1,180 @@
+"""Pure address management: overlay allocation, strict CIDR parsing and route classification.
+
+Every "no" comes with a reason a person can act on; the same words reach the API, CLI and dashboard.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from wgmesh.errors import ExhaustedError, ValidationError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Prefixes that can never be routed through a tunnel to a VPC.
+_UNROUTABLE: tuple[tuple[IPNetwork, str], ...] = (
+    (ipaddress.ip_network("127.0.0.0/8"), "loopback"),
+    (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
+    (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
+    (ipaddress.ip_network("::1/128"), "loopback"),
+    (ipaddress.ip_network("fe80::/10"), "link-local"),
+    (ipaddress.ip_network("ff00::/8"), "multicast"),
+)
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """Parse a network prefix strictly: host bits set is an error that names the right prefix."""
+    text = text.strip()
+    if "/" not in text:
+        raise ValidationError(f"{text!r} is not a CIDR prefix (expected ADDRESS/LENGTH)", code="invalid_cidr")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValidationError(f"{text!r} is not a valid CIDR prefix", code="invalid_cidr") from exc
+        raise ValidationError(
+            f"{text} has host bits set; did you mean {loose}?", code="invalid_cidr"
+        ) from exc
+
+
+def host_prefix(address: IPAddress) -> IPNetwork:
+    """The /32 or /128 holding exactly one address."""
+    return ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
+
+
+def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
+    """The lowest free host address of the overlay network.
+
+    Never the network address, never the IPv4 broadcast address, never an address in `used`.
+    """
+    taken = {a for a in used if a in network}
+    for candidate in network.hosts():
+        if candidate not in taken and candidate != network.network_address:
+            return candidate
+    raise ExhaustedError(
+        f"overlay network {network} has no free address left ({len(taken)} in use)",
+        code="overlay_exhausted",
+    )
+
+
+def check_assignable(network: IPNetwork, address: IPAddress) -> None:
+    """Raise unless `address` is a usable host address of `network`."""
+    if address not in network:
+        raise ValidationError(f"{address} is outside the overlay network {network}", code="invalid_ip")
+    if address == network.network_address or (
+        isinstance(network, ipaddress.IPv4Network)
+        and network.prefixlen < 31
+        and address == network.broadcast_address
+    ):
+        raise ValidationError(f"{address} is not a host address of {network}", code="invalid_ip")
+
+
+def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None:
+    """Refuse a subnet list one gateway may not advertise: duplicates, self-overlap, overlay, unroutable."""
+    for i, prefix in enumerate(prefixes):
+        reason = unroutable_reason(prefix, overlay)
+        if reason:
+            raise ValidationError(reason, code="invalid_route")
+        for other in prefixes[:i]:
+            if other == prefix:
+                raise ValidationError(f"{prefix} is listed twice", code="invalid_route")
+            if other.version == prefix.version and other.overlaps(prefix):
+                raise ValidationError(
+                    f"{prefix} overlaps {other} in the same advertisement", code="invalid_route"
+                )
+
+
+def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
+    """Why `prefix` can never be a subnet route, or None when it can."""
+    if prefix.version == overlay.version and prefix.overlaps(overlay):
+        return f"{prefix} overlaps the overlay network {overlay}"
+    for special, what in _UNROUTABLE:
+        if prefix.version == special.version and prefix.overlaps(special):
+            return f"{prefix} overlaps the {what} range {special}"
+    return None
+
+
+RouteState = Literal["active", "standby", "conflict", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteClaim:
+    """A gateway's claim on a prefix; claims are classified in the order they were made."""
+
+    prefix: IPNetwork
+    gateway: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefix}@{self.gateway}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteVerdict:
+    """The state of one claim, why, and the claim it collides with or stands by for."""
+
+    claim: RouteClaim
+    state: RouteState
+    reason: str
+    other: RouteClaim | None = None
+
+
+def classify_routes(overlay: IPNetwork, claims: Iterable[RouteClaim]) -> list[RouteVerdict]:
+    """Classify claims given oldest first.
+
+    A claim's verdict depends only on the set of claims made before it, never on their order:
+    adding a claim never changes an earlier verdict, and removing one never deactivates another.
+    Rejected claims (overlay, unroutable) take no part; every other earlier claim, even one in
+    conflict, keeps later overlapping claims out, so that deleting a route cannot flip others.
+    """
+    verdicts: list[RouteVerdict] = []
+    held: list[RouteClaim] = []
+    for claim in claims:
+        reason = unroutable_reason(claim.prefix, overlay)
+        if reason:
+            verdicts.append(RouteVerdict(claim, "rejected", reason))
+            continue
+        overlapping = next(
+            (
+                c
+                for c in held
+                if c.prefix.version == claim.prefix.version
+                and c.prefix != claim.prefix
+                and c.prefix.overlaps(claim.prefix)
+            ),
+            None,
+        )
+        identical = next((c for c in held if c.prefix == claim.prefix and c.gateway != claim.gateway), None)
+        duplicate = next((c for c in held if c == claim), None)
+        if duplicate is not None:
+            verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
+            continue
+        if overlapping is not None:
+            verdicts.append(
+                RouteVerdict(claim, "conflict", f"{claim.prefix} overlaps {overlapping.label}", overlapping)
+            )
+        elif identical is not None:
+            verdicts.append(
+                RouteVerdict(claim, "standby", f"standby for {identical.label} (same prefix)", identical)
+            )
+        else:
+            verdicts.append(RouteVerdict(claim, "active", ""))
+        held.append(claim)
+    return verdicts
+
+
+def overlap_warning(prefix: IPNetwork, claims: Iterable[RouteClaim]) -> str | None:
+    """What an admin should hear before advertising `prefix` next to `claims`; None if nothing."""
+    for claim in claims:
+        if claim.prefix.version != prefix.version or not claim.prefix.overlaps(prefix):
+            continue
+        if claim.prefix == prefix:
+            return f"{prefix} is already advertised by {claim.gateway}; this one will stand by"
+        return f"{prefix} overlaps {claim.label}"
+    return None

@@ -1,0 +1,45 @@
+"""Structured logging: every line is `key=value` pairs, and secrets are never passed in."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\t\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """`ts=… level=… logger=… event=… k=v …` from `log.info(event, extra={"kv": {...}})`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields.update(getattr(record, "kv", {}))
+        line = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += " exc=" + _quote(self.formatException(record.exc_info))
+        return line
+
+
+def setup(level: str = "info") -> None:
+    """Send wgmesh's logs to stderr as key=value lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def kv(**fields: Any) -> dict[str, dict[str, Any]]:
+    """The `extra` argument carrying key=value fields."""
+    return {"kv": fields}

@@ -1,0 +1,108 @@
+"""Pure: from a registry snapshot, the netmap of each node (its peers, allowed IPs and routes)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from wgmesh import ipam, keys
+from wgmesh.errors import NotFoundError
+from wgmesh.models import NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+
+
+def pair_key(a: int, b: int) -> tuple[int, int]:
+    """The order-free key of a node pair."""
+    return (a, b) if a < b else (b, a)
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """What the netmap builder reads: one consistent view of the registry."""
+
+    version: int
+    network: Network
+    nodes: Sequence[Node]
+    routes: Sequence[Route]
+    pair_p2p: Mapping[tuple[int, int], P2PPolicy] = field(default_factory=dict)
+    psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
+    psk_master: bytes = b""
+
+    def node(self, node_id: int) -> Node:
+        """The node with this id, or NotFoundError."""
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
+
+
+def effective_p2p(network: Network, a: Node, b: Node, pair: P2PPolicy | None) -> P2PPolicy:
+    """`off` if the network, either node or the pair override says so; `auto` otherwise."""
+    if "off" in (network.p2p, a.p2p, b.p2p, pair):
+        return "off"
+    return "auto"
+
+
+def endpoint_candidates(node: Node) -> list[str]:
+    """Where a peer may reach `node` over UDP: reported endpoints first, then eth0 and public IP."""
+    seen: list[str] = list(node.endpoints)
+    for address in (node.public_ip, node.eth0_ip):
+        if address is None:
+            continue
+        ip = ipaddress.ip_address(address)
+        candidate = f"[{ip}]:{node.listen_port}" if ip.version == 6 else f"{ip}:{node.listen_port}"
+        if candidate not in seen:
+            seen.append(candidate)
+    return seen
+
+
+def active_routes_by_gateway(routes: Sequence[Route]) -> dict[int, list[str]]:
+    """Each gateway's active prefixes, in advertisement order."""
+    out: dict[int, list[str]] = defaultdict(list)
+    for route in routes:
+        if route.state == "active":
+            out[route.gateway_id].append(route.prefix)
+    return out
+
+
+def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
+    """The netmap of one node; it lists every other node as a peer."""
+    me = snapshot.node(node_id)
+    active = active_routes_by_gateway(snapshot.routes)
+    peers: list[PeerConfig] = []
+    for other in sorted(snapshot.nodes, key=lambda n: n.name):
+        if other.id == me.id:
+            continue
+        key = pair_key(me.id, other.id)
+        overlay = ipam.host_prefix(ipaddress.ip_address(other.overlay_ip))
+        psk = (
+            keys.derive_pair_psk(snapshot.psk_master, me.id, other.id, snapshot.psk_generation.get(key, 0))
+            if snapshot.psk_master
+            else None
+        )
+        peers.append(
+            PeerConfig(
+                node_id=other.id,
+                name=other.name,
+                public_key=other.public_key,
+                overlay_ip=other.overlay_ip,
+                allowed_ips=[str(overlay), *active.get(other.id, [])],
+                endpoints=endpoint_candidates(other),
+                p2p=effective_p2p(snapshot.network, me, other, snapshot.pair_p2p.get(key)),
+                psk=psk,
+                eth0_ip=other.eth0_ip,
+                public_ip=other.public_ip,
+            )
+        )
+    return NetMap(
+        version=snapshot.version,
+        node_id=me.id,
+        name=me.name,
+        overlay_ip=me.overlay_ip,
+        overlay_cidr=snapshot.network.overlay_cidr,
+        listen_port=me.listen_port,
+        p2p="off" if "off" in (snapshot.network.p2p, me.p2p) else "auto",
+        peers=peers,
+        routes=[r for r in snapshot.routes if r.gateway_id == me.id],
+    )
