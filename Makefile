@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping
 
-.PHONY: setup apt venv test lint typecheck unit clean
+.PHONY: setup apt venv test lint typecheck unit clean demo demo-down
 
 setup: apt venv
 
@@ -42,3 +42,17 @@ test: setup lint typecheck unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+LAB    ?= wgl
+SITES  ?= 3
+WGMESH := $(VENV)/bin/wgmesh
+
+# A multi-site mesh in network namespaces on this machine (root). On a lab that is already up it
+# only prints the topology and the ping matrix again. `make demo-down` removes everything.
+demo: setup
+	@$(WGMESH) lab status --name $(LAB) >/dev/null 2>&1 || $(WGMESH) lab up --name $(LAB) --sites $(SITES)
+	@$(WGMESH) lab status --name $(LAB)
+	@$(WGMESH) lab ping --name $(LAB)
+
+demo-down: venv
+	@$(WGMESH) lab down --name $(LAB)

@@ -39,6 +39,10 @@ def decode_key(text: str) -> bytes:
         raise ValidationError("key is not valid base64", code="invalid_key") from exc
     if len(raw) != KEY_LEN:
         raise ValidationError(f"key must be 32 bytes, got {len(raw)}", code="invalid_key")
+    # Unused low bits in the last character give one key several spellings; WireGuard refuses
+    # all but the canonical one, and so must we, or a duplicate key slips past a string compare.
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise ValidationError("key is not in canonical base64 form", code="invalid_key")
     return raw
 
 

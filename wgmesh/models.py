@@ -19,7 +19,8 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
+    """Accept a hostname label (lowercase, 1-63 characters) or raise ValueError."""
     if not _LABEL.fullmatch(value):
         raise ValueError(
             "name must be a hostname label: 1-63 characters of a-z, 0-9 and '-', "
@@ -74,7 +75,7 @@ def _check_endpoint(value: str) -> str:
     return f"{addr}:{int(port)}"
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 WgKey = Annotated[str, AfterValidator(_check_key)]
 Tag = Annotated[str, AfterValidator(_check_tag)]
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
@@ -299,6 +300,12 @@ class NodePatch(Model):
     p2p: P2PPolicy | None = None
     subnets: list[Cidr] | None = Field(None, max_length=1024)
     tags: list[Tag] | None = None
+
+
+class SubnetsUpdate(Model):
+    """A gateway's full list of advertised subnets."""
+
+    subnets: list[Cidr] = Field(max_length=1024)
 
 
 class RouteList(Model):

@@ -30,8 +30,8 @@ from wgmesh.coordinator.operations import (
     openapi_document,
     to_route,
 )
-from wgmesh.coordinator.registry import Registry
-from wgmesh.errors import AuthError, PayloadTooLargeError, ValidationError, WgmeshError
+from wgmesh.coordinator.registry import Registry, row_id
+from wgmesh.errors import AuthError, NotFoundError, PayloadTooLargeError, ValidationError, WgmeshError
 from wgmesh.ipam import IPNetwork
 from wgmesh.logs import kv
 from wgmesh.models import (
@@ -52,6 +52,7 @@ from wgmesh.models import (
     PairPolicy,
     RouteList,
     StatusReport,
+    SubnetsUpdate,
     TokenCreate,
     TokenCreated,
     TokenInfo,
@@ -178,7 +179,8 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
         while True:
             event = notifier.current()
             version = await run_in_threadpool(registry.version)
-            if version > since:
+            # `!=` rather than `>`: after a database restore the version may have gone backwards.
+            if version != since:
                 netmap = await run_in_threadpool(registry.netmap, call.node_id)
                 return json_response(netmap)
             remaining = deadline - loop.time()
@@ -191,6 +193,11 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
         address = client_address(call.request, settings.trusted_proxies)
         changed = await run_in_threadpool(registry.record_status, call.node_id, call.body, address)
         return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
+
+    async def put_own_subnets(call: Call) -> RouteList:
+        assert call.node_id is not None
+        body: SubnetsUpdate = call.body
+        return RouteList(routes=await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets))
 
     # --- admin calls --------------------------------------------------------------------------
 
@@ -210,9 +217,12 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
 
     async def revoke_token(call: Call) -> TokenInfo:
         ref = call.param("token_id")
-        if not ref.isdigit():
+        if not (ref.isascii() and ref.isdigit()):
             raise ValidationError(f"token id {ref!r} is not a number", code="invalid_token_id")
-        return await run_in_threadpool(registry.revoke_token, int(ref))
+        token_id = row_id(ref)
+        if token_id is None:
+            raise NotFoundError(f"token {ref} does not exist", code="unknown_token")
+        return await run_in_threadpool(registry.revoke_token, token_id)
 
     async def list_nodes(call: Call) -> NodeList:
         return NodeList(nodes=await run_in_threadpool(registry.list_nodes))
@@ -291,6 +301,15 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
             "node",
             body=StatusReport,
             response=StatusAck,
+        ),
+        Operation(
+            "PUT",
+            "/api/v1/node/subnets",
+            put_own_subnets,
+            "Replace the node's advertised subnets",
+            "node",
+            body=SubnetsUpdate,
+            response=RouteList,
         ),
         Operation("GET", "/api/v1/network", get_network, "The overlay network", "admin", response=Network),
         Operation(

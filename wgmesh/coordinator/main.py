@@ -87,8 +87,17 @@ def run(argv: Sequence[str]) -> int:
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
 
     log.info("listening", extra=logs.kv(host=host, port=port, db=store.engine.url.render_as_string()))
+    # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client
+    # address; only --trusted-proxy (client_address in app.py) decides that.
     uvicorn.run(
-        app, host=host, port=port, loop="uvloop", log_level="warning", access_log=False, lifespan="on"
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
     )
     return 0
 

@@ -74,13 +74,20 @@ def format_validation_error(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _refuse_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON (RFC 8259) and PostgreSQL's json type do not.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def read_body(request: Request, model: type[BaseModel]) -> BaseModel:
     """Parse and validate a JSON body into `model`, with errors a person can act on."""
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
+    except ValueError as exc:  # bad syntax or UTF-8, NaN/Infinity, integers over 4300 digits
         raise MalformedRequestError(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedRequestError("request body is not valid JSON: nested too deeply") from exc
     if not isinstance(data, dict):
         raise MalformedRequestError("request body must be a JSON object")
     try:

@@ -44,6 +44,14 @@ from wgmesh.netmap import RegistrySnapshot, build_netmap, effective_p2p, pair_ke
 
 ONLINE_WINDOW = timedelta(seconds=45)
 HANDSHAKE_FRESH = timedelta(seconds=180)
+MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
+
+
+def row_id(text: str) -> int | None:
+    """`text` as a row id that can exist (ASCII digits, in range), or None."""
+    if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ROW_ID:
+        return int(text)
+    return None
 
 
 def _network(conn: Connection) -> Network:
@@ -126,6 +134,12 @@ def _route_sort_key(route: Route) -> tuple[int, Any, str]:
     return (net.version, net, route.gateway)
 
 
+def check_admin_token(token: str) -> None:
+    """Refuse an admin token too short to be a secret."""
+    if len(token) < 16:
+        raise ValidationError("an admin token must be at least 16 characters", code="weak_token")
+
+
 class Registry:
     """The coordinator's state, as use cases."""
 
@@ -138,6 +152,8 @@ class Registry:
 
     def initialise(self, network: Network, admin_token: str | None = None) -> str | None:
         """Create the schema; return a new admin token, or None when one was supplied or exists."""
+        if admin_token is not None:
+            check_admin_token(admin_token)
         self.store.create(network)
         if admin_token is not None:
             self.ensure_admin_token(admin_token)
@@ -151,8 +167,7 @@ class Registry:
 
     def ensure_admin_token(self, token: str) -> None:
         """Register `token` as an admin token (stored hashed) unless it already is."""
-        if len(token) < 16:
-            raise ValidationError("an admin token must be at least 16 characters", code="weak_token")
+        check_admin_token(token)
         digest = keys.hash_secret(token)
         with self.store.write(bump=False) as w:
             found = w.conn.execute(
@@ -388,8 +403,8 @@ class Registry:
 
     def _resolve(self, conn: Connection, ref: str) -> int:
         found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == ref)).scalar()
-        if found is None and ref.isdigit():
-            found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == int(ref))).scalar()
+        if found is None and (node_id := row_id(ref)) is not None:
+            found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == node_id)).scalar()
         if found is None:
             raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
         return int(found)
@@ -433,6 +448,14 @@ class Registry:
             if patch.subnets is not None:
                 self._replace_subnets(w.conn, node_id, patch.subnets)
             return self._node_by_id(w.conn, node_id)
+
+    def set_own_subnets(self, node_id: int, subnets: Sequence[str]) -> list[Route]:
+        """A node replaces its own advertised subnets; returns the verdict on each."""
+        with self.store.write() as w:
+            self._node_by_id(w.conn, node_id)
+            self._replace_subnets(w.conn, node_id, subnets)
+            routes = _classify(w.conn, _network(w.conn))
+        return [r for r in routes if r.gateway_id == node_id]
 
     def _replace_subnets(self, conn: Connection, node_id: int, subnets: Sequence[str]) -> None:
         overlay = ipam.parse_cidr(_network(conn).overlay_cidr)

@@ -1,0 +1,228 @@
+"""Harness for the API tests: the real coordinator as a subprocess on 127.0.0.1, driven with httpx.
+
+Every coordinator started here is stopped by PID, whether the test passed or not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wgmesh import keys
+
+ADMIN_TOKEN = "admin-token-0123456789"
+ENTRY = "from wgmesh.coordinator.main import main; main()"
+START_DEADLINE = 15.0
+
+
+def coordinator_command(db: Path, *args: str) -> list[str]:
+    """The command line of `wgmesh-coordinator --db sqlite:///DB ARGS…`, independent of PATH."""
+    return [sys.executable, "-c", ENTRY, "--db", f"sqlite:///{db}", *args]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class CoordinatorExited(AssertionError):
+    """The coordinator process ended while it should be serving."""
+
+
+@dataclass
+class Coordinator:
+    """One coordinator process on a SQLite file."""
+
+    db: Path
+    log: Path
+    extra: Sequence[str] = ()
+    admin_token: str | None = ADMIN_TOKEN
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start on a free port and wait for /healthz; retried when the port was taken meanwhile."""
+        assert self.proc is None, "already running"
+        env = {k: v for k, v in os.environ.items() if k not in ("WGMESH_ADMIN_TOKEN", "WGMESH_DB")}
+        if self.admin_token is not None:
+            env["WGMESH_ADMIN_TOKEN"] = self.admin_token
+        for attempt in range(3):
+            self.port = free_port()
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    coordinator_command(self.db, "--listen", f"127.0.0.1:{self.port}", *self.extra),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            try:
+                wait_until(self._healthy, START_DEADLINE, f"{self.url}/healthz")
+                return
+            except CoordinatorExited:
+                self.proc = None
+                if attempt == 2 or "address already in use" not in self.log.read_text():
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise CoordinatorExited(
+                f"coordinator exited with {self.proc.returncode}:\n{self.log.read_text()}"
+            )
+        try:
+            with self.anonymous() as client:
+                return client.get("/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM by PID, then SIGKILL if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def admin(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token or self.admin_token}"},
+            timeout=10.0,
+            trust_env=False,
+        )
+
+    def node(self, credential: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {credential}"},
+            timeout=10.0,
+            trust_env=False,
+        )
+
+    def anonymous(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
+
+
+@contextmanager
+def running(coordinator: Coordinator) -> Iterator[Coordinator]:
+    coordinator.start()
+    try:
+        yield coordinator
+    finally:
+        coordinator.stop()
+
+
+# --- helpers shared by the API tests ----------------------------------------------------------------------
+
+
+@dataclass
+class Enrolled:
+    """A node enrolled through the API, with the key pair it generated itself."""
+
+    name: str
+    node_id: int
+    credential: str
+    keypair: keys.KeyPair
+    first_netmap: dict[str, Any]
+
+
+def create_token(admin: httpx.Client, **body: Any) -> dict[str, Any]:
+    r = admin.post("/api/v1/tokens", json=body)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def enroll_body(token: str, name: str, **fields: Any) -> dict[str, Any]:
+    return {"token": token, "name": name, "public_key": keys.generate_keypair().public_key, **fields}
+
+
+def enroll(client: httpx.Client, token: str, name: str, **fields: Any) -> Enrolled:
+    pair = keys.generate_keypair()
+    body = {"token": token, "name": name, "public_key": pair.public_key, **fields}
+    r = client.post("/api/v1/enroll", json=body)
+    assert r.status_code == 201, r.text
+    data = r.json()
+    return Enrolled(name, data["node_id"], data["credential"], pair, data["netmap"])
+
+
+def netmap(coordinator: Coordinator, node: Enrolled, **params: Any) -> dict[str, Any]:
+    with coordinator.node(node.credential) as client:
+        r = client.get("/api/v1/netmap", params=params)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def peers_by_name(nm: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in nm["peers"]}
+
+
+def version(client: httpx.Client) -> int:
+    r = client.get("/healthz")
+    assert r.status_code == 200, r.text
+    return int(r.json()["version"])
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, str]:
+    """The response is an error with this status in the one error shape; returns the error object."""
+    assert response.status_code == status, f"{response.status_code} {response.text}"
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message"}, body
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, body
+    return dict(error)
+
+
+def state(admin: httpx.Client) -> dict[str, Any]:
+    """Everything a refused request must leave alone: nodes, routes, tokens, pairs, the version."""
+    out: dict[str, Any] = {"version": version(admin)}
+    for path in ("/api/v1/nodes", "/api/v1/routes", "/api/v1/tokens", "/api/v1/pairs", "/api/v1/network"):
+        r = admin.get(path)
+        assert r.status_code == 200, r.text
+        out[path] = r.json()
+    for n in out["/api/v1/nodes"]["nodes"]:
+        n.pop("online")  # derived from the clock, not stored
+    return out
+
+
+@contextmanager
+def unchanged(admin: httpx.Client) -> Iterator[None]:
+    """Assert that the block changes nothing the API can show."""
+    before = state(admin)
+    yield
+    assert state(admin) == before

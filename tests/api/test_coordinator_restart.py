@@ -1,0 +1,60 @@
+"""Restarting the coordinator on the same SQLite file keeps nodes, routes, versions and credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator_harness import (
+    Coordinator,
+    assert_error,
+    create_token,
+    enroll,
+    enroll_body,
+    netmap,
+    state,
+)
+
+
+def test_state_versions_and_credentials_survive_a_restart(tmp_path: Path) -> None:
+    c = Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log")
+    try:
+        c.start()
+        with c.admin() as admin, c.anonymous() as anon:
+            reusable = create_token(admin, reusable=True)
+            one_time = create_token(admin)
+            a = enroll(anon, reusable["token"], "gw-a", subnets=["10.1.0.0/16"])
+            b = enroll(anon, reusable["token"], "gw-b", subnets=["10.1.0.0/16", "10.2.0.0/16"])
+            enroll(anon, one_time["token"], "gw-c", subnets=["10.2.5.0/24"])
+            assert admin.put("/api/v1/pairs/gw-a/gw-c", json={"p2p": "off"}).status_code == 200
+            with c.node(b.credential) as node_b:
+                assert node_b.post("/api/v1/status", json={"eth0_ip": "10.2.0.1"}).status_code == 200
+            before = state(admin)
+            maps_before = {n.name: netmap(c, n) for n in (a, b)}
+        assert {(r["prefix"], r["gateway"], r["state"]) for r in before["/api/v1/routes"]["routes"]} == {
+            ("10.1.0.0/16", "gw-a", "active"),
+            ("10.1.0.0/16", "gw-b", "standby"),
+            ("10.2.0.0/16", "gw-b", "active"),
+            ("10.2.5.0/24", "gw-c", "conflict"),
+        }
+        c.stop()
+
+        c.start()
+        with c.admin() as admin, c.anonymous() as anon:
+            after = state(admin)
+            assert after == before
+            for node in (a, b):
+                again = netmap(c, node)  # the node credential still works
+                assert again == maps_before[node.name]  # same version, peers, psks, routes
+            with c.node(a.credential) as node_a:
+                assert node_a.get("/api/v1/netmap", params={"since": before["version"]}).status_code == 304
+            # The one-time token stays used; the reusable one still works and bumps the version by one.
+            assert_error(
+                anon.post("/api/v1/enroll", json=enroll_body(one_time["token"], "gw-x")), 401, "token_used"
+            )
+            enroll(anon, reusable["token"], "gw-d")
+            assert state(admin)["version"] == before["version"] + 1
+            # Overlay addresses are not handed out twice across restarts.
+            addresses = [n["overlay_ip"] for n in admin.get("/api/v1/nodes").json()["nodes"]]
+            assert len(set(addresses)) == len(addresses) == 4
+    finally:
+        c.stop()

@@ -1,0 +1,104 @@
+"""Fixtures for end-to-end tests: a real lab in network namespaces, always torn down.
+
+    @pytest.mark.e2e
+    @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout
+    def test_x(lab: Lab, wait_until: WaitUntil) -> None:
+        lab.exec("vm1", "ping", "-c1", str(lab.plan.site(2).vm_ip), check=True)
+
+`wait_until` is also importable: `from wgmesh.lab import wait_until`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wgmesh.lab import Lab, agent_available, down, up
+from wgmesh.lab import wait_until as _wait_until
+from wgmesh.lab.procs import tail
+
+WaitUntil = Callable[..., float]
+
+LAB_DEFAULTS: dict[str, Any] = {"sites": 3, "agents": True, "backend": "userspace", "timeout": 60.0}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lab(sites=3, agents=True, backend='userspace', timeout=60.0): how the `lab` fixture builds it",
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    # Keep each phase's report on the item, so the fixture knows in teardown whether the test failed.
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def lab_skip_reason(agents: bool) -> str | None:
+    """Why this machine cannot run a lab (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    tools = ["ip", "nft", "ss", "ping"] + (["wg", "wireguard-go"] if agents else [])
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        return f"needs {', '.join(missing)}"
+    if agents and not agent_available():
+        return "wgmesh-agent is not available yet (wgmesh.agent.main cannot be imported)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_name() -> str:
+    """A lab name unique to this test session, so a crashed run or a demo lab never collides with it."""
+    return "t" + secrets.token_hex(2)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
+    """A converged lab built per the test's `lab` marker; torn down afterwards whatever happened."""
+    marker = request.node.get_closest_marker("lab")
+    options = {**LAB_DEFAULTS, **(marker.kwargs if marker else {})}
+    reason = lab_skip_reason(options["agents"])
+    if reason is not None:
+        pytest.skip(reason)
+    logs = Path("/run/wgmesh-lab") / lab_name / "logs"
+    try:
+        handle = up(
+            lab_name,
+            options["sites"],
+            options["backend"],
+            agents=options["agents"],
+            timeout=options["timeout"],
+        )
+    except BaseException:
+        _print_logs(logs)
+        down(lab_name)
+        raise
+    try:
+        yield handle
+    finally:
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            _print_logs(logs)
+        down(lab_name)
+
+
+def _print_logs(logs: Path) -> None:
+    # Printed in the fixture, so pytest shows them with the failure; the files go with `down`.
+    for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        print(f"--- {path.name} (last 20 lines) ---\n{tail(path, 20)}")
+
+
+@pytest.fixture
+def wait_until() -> WaitUntil:
+    """`wait_until(predicate, timeout, what)`: poll until true, return the seconds taken, or fail naming `what`."""
+    return _wait_until

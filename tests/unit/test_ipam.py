@@ -1,0 +1,396 @@
+"""wgmesh.ipam: overlay allocation, strict CIDR parsing and route classification (IPv4 and IPv6)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wgmesh import ipam
+from wgmesh.errors import ExhaustedError, ValidationError
+from wgmesh.ipam import IPAddress, IPNetwork, RouteClaim, RouteVerdict
+
+OVERLAY4 = ipaddress.ip_network("100.96.0.0/16")
+OVERLAY6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
+
+
+def net(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text)
+
+
+def claim(prefix: str, gateway: str) -> RouteClaim:
+    return RouteClaim(net(prefix), gateway)
+
+
+def states(verdicts: list[RouteVerdict]) -> list[str]:
+    return [v.state for v in verdicts]
+
+
+# --- strict CIDR parsing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.1.0.0/16", "10.1.0.0/16"),
+        (" 10.1.0.0/16\n", "10.1.0.0/16"),
+        ("10.1.2.3/32", "10.1.2.3/32"),
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("fd00::/8", "fd00::/8"),
+        ("FD00:1::/64", "fd00:1::/64"),
+    ],
+)
+def test_parse_cidr_accepts_prefixes(text: str, expected: str) -> None:
+    assert str(ipam.parse_cidr(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.1.0.5/16", "10.1.0.5/16 has host bits set; did you mean 10.1.0.0/16?"),
+        ("192.168.1.1/24", "192.168.1.1/24 has host bits set; did you mean 192.168.1.0/24?"),
+        ("fd00::1/64", "fd00::1/64 has host bits set; did you mean fd00::/64?"),
+    ],
+)
+def test_parse_cidr_names_the_prefix_meant_when_host_bits_are_set(text: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ipam.parse_cidr(text)
+    assert info.value.message == message
+    assert info.value.code == "invalid_cidr"
+
+
+@pytest.mark.parametrize(
+    "text", ["10.1.0.0", "fd00::", "10.1.0.0/33", "fd00::/129", "10.1.0/16", "x/8", "", "/8"]
+)
+def test_parse_cidr_refuses_non_prefixes(text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ipam.parse_cidr(text)
+    assert info.value.code == "invalid_cidr"
+    assert repr(text.strip()) in info.value.message
+
+
+def test_host_prefix_is_32_or_128() -> None:
+    assert str(ipam.host_prefix(ipaddress.ip_address("100.96.0.7"))) == "100.96.0.7/32"
+    assert str(ipam.host_prefix(ipaddress.ip_address("fd00::7"))) == "fd00::7/128"
+
+
+# --- allocation ---------------------------------------------------------------------------------------
+
+
+def test_allocate_gives_the_lowest_free_host_address() -> None:
+    assert str(ipam.allocate(OVERLAY4, [])) == "100.96.0.1"
+    used = [ipaddress.ip_address("100.96.0.1"), ipaddress.ip_address("100.96.0.3")]
+    assert str(ipam.allocate(OVERLAY4, used)) == "100.96.0.2"
+    assert str(ipam.allocate(OVERLAY6, [])) == "fd7a:115c:a1e0::1"
+
+
+def test_allocate_ignores_addresses_outside_the_network() -> None:
+    used = [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("fd00::1")]
+    assert str(ipam.allocate(net("10.0.0.0/30"), used)) == "10.0.0.2"
+
+
+def test_allocate_never_hands_out_broadcast_and_exhaustion_says_so() -> None:
+    small = net("10.9.0.0/30")
+    first = ipam.allocate(small, [])
+    second = ipam.allocate(small, [first])
+    assert {str(first), str(second)} == {"10.9.0.1", "10.9.0.2"}
+    with pytest.raises(ExhaustedError) as info:
+        ipam.allocate(small, [first, second])
+    assert info.value.code == "overlay_exhausted"
+    assert info.value.message == "overlay network 10.9.0.0/30 has no free address left (2 in use)"
+
+
+@pytest.mark.parametrize(("network", "only"), [("10.9.0.0/31", "10.9.0.1"), ("fd00::/127", "fd00::1")])
+def test_allocate_never_hands_out_the_network_address_even_without_a_broadcast(
+    network: str, only: str
+) -> None:
+    first = ipam.allocate(net(network), [])
+    assert str(first) == only
+    with pytest.raises(ExhaustedError):
+        ipam.allocate(net(network), [first])
+
+
+def test_allocate_exhausts_an_ipv6_network() -> None:
+    small = net("fd00::/126")
+    got: list[IPAddress] = []
+    for _ in range(3):
+        got.append(ipam.allocate(small, got))
+    assert [str(a) for a in got] == ["fd00::1", "fd00::2", "fd00::3"]
+    with pytest.raises(ExhaustedError, match="fd00::/126"):
+        ipam.allocate(small, got)
+
+
+@st.composite
+def overlay_and_used(draw: st.DrawFn) -> tuple[IPNetwork, list[IPAddress]]:
+    """A small overlay network (IPv4 /25-/30 in 10/8 or IPv6 /121-/126 in fd00::/8) and used addresses."""
+    if draw(st.booleans()):
+        length = draw(st.integers(25, 30))
+        base = int(ipaddress.ip_address("10.0.0.0")) + draw(st.integers(0, 2**24 - 1))
+        network: IPNetwork = ipaddress.ip_network(f"{ipaddress.IPv4Address(base)}/{length}", strict=False)
+    else:
+        length = draw(st.integers(121, 126))
+        base6 = int(ipaddress.ip_address("fd00::")) + draw(st.integers(0, 2**120 - 1))
+        network = ipaddress.ip_network(f"{ipaddress.IPv6Address(base6)}/{length}", strict=False)
+    size = network.num_addresses
+    offsets = draw(st.lists(st.integers(1, size - 2), max_size=min(size - 2, 40), unique=True))
+    return network, [network.network_address + o for o in offsets]
+
+
+@given(overlay_and_used())
+def test_allocation_never_duplicates_and_never_leaves_the_network(
+    case: tuple[IPNetwork, list[IPAddress]],
+) -> None:
+    network, used = case
+    held = list(used)
+    handed_out: list[IPAddress] = []
+    while True:
+        try:
+            address = ipam.allocate(network, held)
+        except ExhaustedError as exc:
+            assert str(network) in exc.message
+            break
+        assert address in network
+        assert address not in held
+        assert address != network.network_address
+        if network.version == 4:
+            assert address != network.broadcast_address
+        ipam.check_assignable(network, address)  # what allocation gives, validation accepts
+        held.append(address)
+        handed_out.append(address)
+        assert len(handed_out) <= network.num_addresses  # terminates
+    usable = network.num_addresses - (2 if network.version == 4 else 1)
+    assert len(set(held)) == len(held) == usable
+
+
+@pytest.mark.parametrize(
+    ("network", "address", "fragment"),
+    [
+        ("10.0.0.0/24", "10.0.1.1", "outside the overlay network"),
+        ("10.0.0.0/24", "10.0.0.0", "not a host address"),
+        ("10.0.0.0/24", "10.0.0.255", "not a host address"),
+        ("fd00::/64", "fd00::", "not a host address"),
+        ("fd00::/64", "fd01::1", "outside the overlay network"),
+    ],
+)
+def test_check_assignable_refuses(network: str, address: str, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        ipam.check_assignable(net(network), ipaddress.ip_address(address))
+
+
+def test_check_assignable_accepts_hosts() -> None:
+    ipam.check_assignable(net("10.0.0.0/24"), ipaddress.ip_address("10.0.0.254"))
+    ipam.check_assignable(net("fd00::/120"), ipaddress.ip_address("fd00::ff"))
+
+
+# --- a gateway's own subnet list ----------------------------------------------------------------------
+
+
+def test_own_subnets_may_mix_families_and_disjoint_prefixes() -> None:
+    ipam.check_own_subnets([net("10.1.0.0/16"), net("10.2.0.0/16"), net("fd00:1::/64")], OVERLAY4)
+
+
+@pytest.mark.parametrize(
+    ("subnets", "message"),
+    [
+        (["10.1.0.0/16", "10.1.0.0/16"], "10.1.0.0/16 is listed twice"),
+        (["10.1.0.0/16", "10.1.2.0/24"], "10.1.2.0/24 overlaps 10.1.0.0/16 in the same advertisement"),
+        (["100.96.4.0/24"], "100.96.4.0/24 overlaps the overlay network 100.96.0.0/16"),
+        (["100.0.0.0/8"], "100.0.0.0/8 overlaps the overlay network 100.96.0.0/16"),
+        (["127.0.0.0/8"], "127.0.0.0/8 overlaps the loopback range 127.0.0.0/8"),
+        (["169.254.1.0/24"], "link-local"),
+        (["224.0.0.0/24"], "multicast"),
+        (["fe80::/64"], "link-local"),
+        (["::1/128"], "loopback"),
+    ],
+)
+def test_own_subnets_refused_with_the_reason(subnets: list[str], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ipam.check_own_subnets([net(s) for s in subnets], OVERLAY4)
+    assert message in info.value.message
+    assert info.value.code == "invalid_route"
+
+
+def test_unroutable_reason_in_ipv6_overlay() -> None:
+    assert ipam.unroutable_reason(net("fd7a:115c:a1e0:5::/64"), OVERLAY6) is not None
+    assert ipam.unroutable_reason(net("100.96.0.0/24"), OVERLAY6) is None
+    assert ipam.unroutable_reason(net("fd00:1::/64"), OVERLAY6) is None
+
+
+# --- route classification: examples ---------------------------------------------------------------------
+
+
+def test_identical_prefix_from_several_gateways_is_an_ha_group() -> None:
+    verdicts = ipam.classify_routes(
+        OVERLAY4,
+        [claim("10.1.0.0/16", "gw-a"), claim("10.1.0.0/16", "gw-b"), claim("10.1.0.0/16", "gw-c")],
+    )
+    assert states(verdicts) == ["active", "standby", "standby"]
+    assert verdicts[0].other is None
+    assert verdicts[1].other == verdicts[2].other == claim("10.1.0.0/16", "gw-a")
+    assert verdicts[1].reason == "standby for 10.1.0.0/16@gw-a (same prefix)"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("10.1.0.0/16", "10.1.2.0/24"),  # later is inside
+        ("10.1.2.0/24", "10.1.0.0/16"),  # later contains
+        ("fd00:1::/32", "fd00:1:2::/64"),
+    ],
+)
+def test_overlap_makes_the_later_route_a_conflict_naming_the_earlier(first: str, second: str) -> None:
+    verdicts = ipam.classify_routes(OVERLAY4, [claim(first, "gw-a"), claim(second, "gw-b")])
+    assert states(verdicts) == ["active", "conflict"]
+    assert verdicts[1].other == claim(first, "gw-a")
+    assert verdicts[1].reason == f"{second} overlaps {first}@gw-a"
+
+
+def test_overlay_overlap_is_rejected_and_blocks_nothing() -> None:
+    verdicts = ipam.classify_routes(
+        OVERLAY4,
+        [claim("100.96.0.0/12", "gw-a"), claim("100.97.0.0/16", "gw-b"), claim("100.96.1.0/24", "gw-c")],
+    )
+    # 100.97.0.0/16 is outside 100.96.0.0/16 but inside the rejected /12: it must still be active.
+    assert states(verdicts) == ["rejected", "active", "rejected"]
+    assert "overlay network 100.96.0.0/16" in verdicts[0].reason
+    assert verdicts[0].other is None
+
+
+def test_a_conflicting_route_still_keeps_later_overlapping_routes_out() -> None:
+    verdicts = ipam.classify_routes(
+        OVERLAY4,
+        [claim("10.1.0.0/16", "gw-a"), claim("10.0.0.0/8", "gw-b"), claim("10.2.0.0/16", "gw-c")],
+    )
+    assert states(verdicts) == ["active", "conflict", "conflict"]
+    assert verdicts[2].other == claim("10.0.0.0/8", "gw-b")
+
+
+def test_families_do_not_interact_and_the_same_gateway_cannot_claim_twice() -> None:
+    verdicts = ipam.classify_routes(
+        OVERLAY4,
+        [claim("10.0.0.0/8", "gw-a"), claim("fd00::/8", "gw-a"), claim("10.0.0.0/8", "gw-a")],
+    )
+    assert states(verdicts) == ["active", "active", "rejected"]
+    assert verdicts[2].reason == "10.0.0.0/8@gw-a is already advertised"
+
+
+def test_overlap_warning_before_advertising() -> None:
+    held = [claim("10.1.0.0/16", "gw-a")]
+    assert ipam.overlap_warning(net("10.1.0.0/16"), held) == (
+        "10.1.0.0/16 is already advertised by gw-a; this one will stand by"
+    )
+    assert ipam.overlap_warning(net("10.1.5.0/24"), held) == "10.1.5.0/24 overlaps 10.1.0.0/16@gw-a"
+    assert ipam.overlap_warning(net("10.2.0.0/16"), held) is None
+    assert ipam.overlap_warning(net("fd00::/8"), held) is None
+
+
+# --- route classification: properties ------------------------------------------------------------------
+
+# Prefixes of length 8-12 inside 10.0.0.0/8 and fd00::/8 collide often: identical, nested and disjoint.
+GATEWAYS = st.sampled_from(["gw-a", "gw-b", "gw-c", "gw-d"])
+OVERLAYS = st.sampled_from(
+    [ipaddress.ip_network(n) for n in ("100.96.0.0/16", "10.240.0.0/12", "10.0.0.0/10", "fd00:ff00::/24")]
+)
+
+
+@st.composite
+def small_prefix(draw: st.DrawFn) -> IPNetwork:
+    length = draw(st.integers(8, 12))
+    bits = draw(st.integers(0, 15))
+    if draw(st.booleans()):
+        base = int(ipaddress.ip_address("10.0.0.0")) | bits << 20
+        return ipaddress.ip_network(f"{ipaddress.IPv4Address(base)}/{length}", strict=False)
+    base6 = int(ipaddress.ip_address("fd00::")) | bits << 116
+    return ipaddress.ip_network(f"{ipaddress.IPv6Address(base6)}/{length}", strict=False)
+
+
+CLAIMS = st.lists(st.builds(RouteClaim, small_prefix(), GATEWAYS), max_size=12)
+
+
+def check_verdict_is_explained(verdict: RouteVerdict, earlier: list[RouteClaim]) -> None:
+    """The claim a verdict names is an earlier one standing in the stated relation."""
+    c = verdict.claim
+    if verdict.state in ("active", "rejected"):
+        assert verdict.other is None
+        return
+    assert verdict.other is not None
+    assert verdict.other in earlier
+    assert verdict.other.label in verdict.reason
+    if verdict.state == "standby":
+        assert verdict.other.prefix == c.prefix
+        assert verdict.other.gateway != c.gateway
+    else:
+        assert verdict.other.prefix.version == c.prefix.version
+        assert verdict.other.prefix != c.prefix
+        assert verdict.other.prefix.overlaps(c.prefix)
+
+
+@given(overlay=OVERLAYS, claims=CLAIMS, data=st.data())
+def test_a_verdict_depends_only_on_the_set_of_earlier_claims(
+    overlay: IPNetwork, claims: list[RouteClaim], data: st.DataObject
+) -> None:
+    verdicts = ipam.classify_routes(overlay, claims)
+    assert [v.claim for v in verdicts] == claims
+    for i, claim_i in enumerate(claims):
+        shuffled = data.draw(st.permutations(claims[:i]), label=f"earlier claims of #{i}, reordered")
+        again = ipam.classify_routes(overlay, [*shuffled, claim_i])[-1]
+        assert again.state == verdicts[i].state
+        if again.state == "rejected":
+            assert again.reason == verdicts[i].reason
+        check_verdict_is_explained(verdicts[i], claims[:i])
+        check_verdict_is_explained(again, claims[:i])
+
+
+@given(overlay=OVERLAYS, claims=CLAIMS, later=CLAIMS)
+def test_adding_a_later_claim_never_changes_an_earlier_verdict(
+    overlay: IPNetwork, claims: list[RouteClaim], later: list[RouteClaim]
+) -> None:
+    before = ipam.classify_routes(overlay, claims)
+    after = ipam.classify_routes(overlay, claims + later)
+    assert after[: len(claims)] == before
+
+
+@given(overlay=OVERLAYS, claims=CLAIMS.filter(bool), data=st.data())
+def test_removing_a_claim_never_turns_an_active_one_inactive(
+    overlay: IPNetwork, claims: list[RouteClaim], data: st.DataObject
+) -> None:
+    gone = data.draw(st.integers(0, len(claims) - 1), label="index removed")
+    before = ipam.classify_routes(overlay, claims)
+    after = ipam.classify_routes(overlay, claims[:gone] + claims[gone + 1 :])
+    kept = before[:gone] + before[gone + 1 :]
+    for old, new in zip(kept, after, strict=True):
+        assert old.claim == new.claim
+        if old.state == "active":
+            assert new.state == "active"
+
+
+@given(overlay=OVERLAYS, claims=CLAIMS)
+def test_active_routes_never_overlap_and_each_standby_backs_an_active_one(
+    overlay: IPNetwork, claims: list[RouteClaim]
+) -> None:
+    verdicts = ipam.classify_routes(overlay, claims)
+    active = [v.claim for v in verdicts if v.state == "active"]
+    for i, a in enumerate(active):
+        assert ipam.unroutable_reason(a.prefix, overlay) is None
+        for b in active[i + 1 :]:
+            assert a.prefix.version != b.prefix.version or not a.prefix.overlaps(b.prefix), (a, b)
+    for i, v in enumerate(verdicts):
+        if v.state == "standby":
+            assert v.other in active
+        if v.state == "rejected" and ipam.unroutable_reason(v.claim.prefix, overlay) is None:
+            # Only an exact repeat of an earlier claim is rejected for a reason other than its prefix.
+            assert v.claim in claims[:i]
+
+
+
+def test_a_conflicting_route_keeps_later_overlapping_claims_out_even_identical_ones() -> None:
+    # Documented trade-off: verdicts depend only on the set of earlier claims, so the squatting
+    # /24 (itself in conflict) blocks a later standby; removing it turns gw-c into a standby.
+    claims = [claim("10.1.0.0/16", "gw-a"), claim("10.1.2.0/24", "gw-b"), claim("10.1.0.0/16", "gw-c")]
+    verdicts = ipam.classify_routes(OVERLAY4, claims)
+    assert [v.state for v in verdicts] == ["active", "conflict", "conflict"]
+    assert verdicts[2].other == claims[1]
+    without = ipam.classify_routes(OVERLAY4, [claims[0], claims[2]])
+    assert [v.state for v in without] == ["active", "standby"]

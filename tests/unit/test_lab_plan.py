@@ -1,0 +1,216 @@
+"""The lab plan: addresses per DESIGN §7, names that fit and never collide, commands that keep traffic in."""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wgmesh.errors import ValidationError
+from wgmesh.lab.plan import (
+    MAX_SITES,
+    IpCommand,
+    LabPlan,
+    agent_args,
+    build_commands,
+    choose_slot,
+    coordinator_args,
+    is_safe_destination,
+    loopback_forward_script,
+    owns,
+    plan_lab,
+    resolve_node,
+    site_commands,
+    validate_name,
+)
+
+lab_names = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
+IFNAMSIZ = 15  # the kernel's limit on interface names
+
+
+def shared_names(plan: LabPlan) -> set[str]:
+    """Every name the lab creates in a machine-wide place: namespaces, root links, wg interfaces, nft table."""
+    names = {plan.bridge, plan.nft_table}
+    for s in plan.sites:
+        names |= {s.gw_ns, s.vm_ns, s.uplink, s.wg_interface}
+    return names
+
+
+def test_default_plan_is_design_section_7() -> None:
+    plan = plan_lab("wgl", 3)
+    assert plan.underlay == IPv4Network("198.18.0.0/24")
+    assert plan.hub_ip == IPv4Address("198.18.0.1")
+    assert plan.hub_url == "http://198.18.0.1:8080"
+    assert plan.local_url == "http://127.0.0.1:8080"
+    for i, site in enumerate(plan.sites, start=1):
+        assert site.index == i
+        assert site.node == f"gw{i}"
+        assert site.host == f"vm{i}"
+        assert site.underlay_ip == IPv4Address(f"198.18.0.{10 + i}")
+        assert site.lan == IPv4Network(f"10.{i}.0.0/24")
+        assert site.gw_lan_ip == IPv4Address(f"10.{i}.0.1")
+        assert site.vm_ip == IPv4Address(f"10.{i}.0.10")
+        assert site.gw_ns == f"wgl-gw{i}"
+        assert site.vm_ns == f"wgl-vm{i}"
+        assert site.wg_interface == f"wgl-wg{i}"
+
+
+def test_second_slot_moves_underlay_and_loopback_port_only() -> None:
+    first, second = plan_lab("a", 2, slot=0), plan_lab("b", 2, slot=1)
+    assert second.underlay == IPv4Network("198.18.1.0/24")
+    assert second.hub_ip == IPv4Address("198.18.1.1")
+    assert second.loopback_port == 8081
+    assert [s.lan for s in first.sites] == [s.lan for s in second.sites]
+    assert not first.underlay.overlaps(second.underlay)
+
+
+@pytest.mark.parametrize("name", ["", "Wgl", "1ab", "a-b", "abcdefg", "a_b", "wg l"])
+def test_bad_lab_names_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="lab name"):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("sites", [0, -1, MAX_SITES + 1])
+def test_site_count_is_bounded(sites: int) -> None:
+    with pytest.raises(ValidationError, match="--sites"):
+        plan_lab("wgl", sites)
+
+
+@given(lab_names)
+def test_interface_names_fit_even_at_the_limits(name: str) -> None:
+    plan = plan_lab(name, MAX_SITES)
+    for s in (plan.sites[0], plan.sites[-1]):
+        for ifname in (s.uplink, s.wg_interface, plan.bridge):
+            assert len(ifname) <= IFNAMSIZ, ifname
+
+
+@given(lab_names)
+def test_every_shared_name_carries_the_prefix(name: str) -> None:
+    plan = plan_lab(name, 12)
+    for shared in shared_names(plan) - {plan.nft_table}:
+        assert owns(name, shared), shared
+    assert plan.nft_table == f"wgmesh-lab-{name}"
+
+
+@given(lab_names, lab_names)
+def test_two_labs_never_claim_each_others_names(a: str, b: str) -> None:
+    if a == b:
+        return
+    plan_a, plan_b = plan_lab(a, 12), plan_lab(b, 12, slot=1)
+    assert not shared_names(plan_a) & shared_names(plan_b)
+    assert not any(owns(a, n) for n in shared_names(plan_b))
+    assert not any(owns(b, n) for n in shared_names(plan_a))
+
+
+def test_prefix_of_a_longer_name_is_not_ownership() -> None:
+    # "t1" must not sweep up "t12"'s namespaces in `down`.
+    assert not owns("t1", "t12-gw1")
+    assert owns("t1", "t1-gw1")
+    assert not owns("t1", "t1-")
+    assert not owns("t1", "t1")
+
+
+def test_choose_slot_takes_the_lowest_free() -> None:
+    assert choose_slot([]) == 0
+    assert choose_slot([0, 1, 3]) == 2
+    with pytest.raises(ValidationError, match="slots"):
+        choose_slot(range(256))
+
+
+def test_with_sites_grows_without_moving_existing_sites() -> None:
+    plan = plan_lab("wgl", 3, slot=2, loopback_port=9000)
+    grown = plan.with_sites(4)
+    assert grown.sites[:3] == plan.sites
+    assert grown.sites[3].underlay_ip == IPv4Address("198.18.2.14")
+    assert grown.loopback_port == 9000
+
+
+def test_resolve_node() -> None:
+    plan = plan_lab("wgl", 2)
+    hub = resolve_node(plan, "hub")
+    assert hub.netns is None
+    assert hub.role == "hub"
+    assert resolve_node(plan, "gw2").netns == "wgl-gw2"
+    vm = resolve_node(plan, "vm1")
+    assert vm.netns == "wgl-vm1"
+    assert vm.site is not None
+    assert vm.site.index == 1
+    for bad in ("gw3", "gw0", "vm01", "gw", "router1", "GW1"):
+        with pytest.raises(ValidationError, match="unknown node"):
+            resolve_node(plan, bad)
+
+
+def test_root_namespace_gets_only_prefixed_links() -> None:
+    plan = plan_lab("wgl", 3)
+    created = [c.args[2] for c in build_commands(plan) if c.netns is None and c.args[:2] == ("link", "add")]
+    assert created == ["wgl-br", "wgl-g1", "wgl-g2", "wgl-g3"]
+    # The far ends of both veth pairs are created directly in their namespaces.
+    for c in build_commands(plan):
+        if c.args[:2] == ("link", "add") and "veth" in c.args:
+            assert "netns" in c.args
+
+
+def _routes(commands: list[IpCommand], netns: str) -> list[tuple[str, ...]]:
+    return [c.args for c in commands if c.netns == netns and c.args[0] == "route"]
+
+
+def test_gateways_have_no_default_route_and_hosts_route_via_their_gateway() -> None:
+    plan = plan_lab("wgl", 2)
+    for site in plan.sites:
+        commands = site_commands(plan, site)
+        assert _routes(commands, site.gw_ns) == []
+        assert _routes(commands, site.vm_ns) == [("route", "add", "default", "via", str(site.gw_lan_ip))]
+
+
+def test_every_address_is_inside_the_lab_plan() -> None:
+    plan = plan_lab("wgl", 5, slot=3)
+    lab_space = [IPv4Network("198.18.0.0/15"), *(s.lan for s in plan.sites)]
+    addresses = [c.args[2] for c in build_commands(plan) if c.args[:2] == ("addr", "add")]
+    assert len(addresses) == 1 + 3 * len(plan.sites)
+    for text in addresses:
+        iface = ipaddress.ip_interface(text)
+        assert any(iface.ip in net for net in lab_space), text
+
+
+def test_loopback_forward_targets_the_hub() -> None:
+    plan = plan_lab("wgl", 1, slot=1)
+    script = loopback_forward_script(plan)
+    assert "table ip wgmesh-lab-wgl" in script
+    assert "ip daddr 127.0.0.1 tcp dport 8081 dnat to 198.18.1.1:8080" in script
+
+
+def test_safe_destinations() -> None:
+    for ok in ("198.18.0.1", "198.19.255.254", "127.0.0.1"):
+        assert is_safe_destination(ok)
+    for bad in ("127.0.0.2", "10.0.0.1", "8.8.8.8", "198.20.0.1", "::1", "localhost", ""):
+        assert not is_safe_destination(bad)
+
+
+def test_process_command_lines_match_issue_3() -> None:
+    plan = plan_lab("wgl", 2)
+    args = agent_args(plan, plan.site(2), "tok", "userspace")
+    assert args == [
+        "--coordinator",
+        "http://198.18.0.1:8080",
+        "--token",
+        "tok",
+        "--name",
+        "gw2",
+        "--advertise",
+        "10.2.0.0/24",
+        "--interface",
+        "wgl-wg2",
+        "--backend",
+        "userspace",
+        "--state-dir",
+        "/run/wgmesh-lab/wgl/gw2",
+    ]
+    assert coordinator_args(plan) == [
+        "--db",
+        "sqlite:////run/wgmesh-lab/wgl/coordinator.db",
+        "--listen",
+        "198.18.0.1:8080",
+    ]

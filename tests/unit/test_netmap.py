@@ -1,0 +1,195 @@
+"""wgmesh.netmap: from a registry snapshot to each node's peers, allowed IPs, policy and keys."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from wgmesh import keys
+from wgmesh.errors import NotFoundError
+from wgmesh.models import NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+from wgmesh.netmap import (
+    RegistrySnapshot,
+    active_routes_by_gateway,
+    build_netmap,
+    effective_p2p,
+    endpoint_candidates,
+    pair_key,
+)
+
+MASTER = b"\x07" * 32
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def node(node_id: int, name: str, overlay_ip: str, **fields: Any) -> Node:
+    return Node(
+        id=node_id,
+        name=name,
+        public_key=keys.generate_keypair().public_key,
+        overlay_ip=overlay_ip,
+        created_at=NOW,
+        **fields,
+    )
+
+
+def route(prefix: str, gateway: Node, state: str) -> Route:
+    return Route.model_validate(
+        {"prefix": prefix, "gateway": gateway.name, "gateway_id": gateway.id, "state": state}
+    )
+
+
+A = node(1, "gw-a", "100.96.0.1", subnets=["10.1.0.0/16", "10.1.2.0/24"])
+B = node(2, "gw-b", "100.96.0.2", subnets=["10.2.0.0/16", "10.1.0.0/16"])
+C = node(3, "gw-c", "100.96.0.3", subnets=["10.1.5.0/24"])
+ROUTES = [
+    route("10.1.0.0/16", A, "active"),
+    route("10.1.2.0/24", A, "rejected"),
+    route("10.2.0.0/16", B, "active"),
+    route("10.1.0.0/16", B, "standby"),
+    route("10.1.5.0/24", C, "conflict"),
+]
+
+
+def snapshot(**fields: Any) -> RegistrySnapshot:
+    base: dict[str, Any] = {
+        "version": 7,
+        "network": Network(),
+        "nodes": [C, A, B],
+        "routes": ROUTES,
+        "psk_master": MASTER,
+    }
+    return RegistrySnapshot(**{**base, **fields})
+
+
+def peer(netmap: NetMap, name: str) -> PeerConfig:
+    (found,) = [p for p in netmap.peers if p.name == name]
+    return found
+
+
+def test_every_other_node_is_a_peer_sorted_by_name_and_never_itself() -> None:
+    snap = snapshot()
+    for me, others in ((A, ["gw-b", "gw-c"]), (B, ["gw-a", "gw-c"]), (C, ["gw-a", "gw-b"])):
+        netmap = build_netmap(snap, me.id)
+        assert [p.name for p in netmap.peers] == others
+        assert netmap.name == me.name
+        assert netmap.overlay_ip == me.overlay_ip
+        assert netmap.version == 7
+        assert netmap.overlay_cidr == "100.96.0.0/16"
+
+
+def test_peer_fields_come_from_the_peer() -> None:
+    p = peer(build_netmap(snapshot(), A.id), "gw-b")
+    assert (p.node_id, p.public_key, p.overlay_ip) == (B.id, B.public_key, B.overlay_ip)
+
+
+def test_allowed_ips_are_the_overlay_host_prefix_plus_active_routes_only() -> None:
+    netmap = build_netmap(snapshot(), C.id)
+    assert peer(netmap, "gw-a").allowed_ips == ["100.96.0.1/32", "10.1.0.0/16"]  # rejected one left out
+    assert peer(netmap, "gw-b").allowed_ips == ["100.96.0.2/32", "10.2.0.0/16"]  # standby left out
+    assert peer(build_netmap(snapshot(), A.id), "gw-c").allowed_ips == ["100.96.0.3/32"]  # conflict left out
+
+
+def test_ipv6_overlay_gives_a_128_host_prefix() -> None:
+    six = [node(1, "gw-a", "fd7a::1"), node(2, "gw-b", "fd7a::2")]
+    snap = snapshot(network=Network(overlay_cidr="fd7a::/48"), nodes=six, routes=[])
+    assert peer(build_netmap(snap, 1), "gw-b").allowed_ips == ["fd7a::2/128"]
+
+
+def test_own_routes_are_reported_with_their_verdicts() -> None:
+    assert [(r.prefix, r.state) for r in build_netmap(snapshot(), B.id).routes] == [
+        ("10.2.0.0/16", "active"),
+        ("10.1.0.0/16", "standby"),
+    ]
+
+
+def test_active_routes_by_gateway() -> None:
+    assert dict(active_routes_by_gateway(ROUTES)) == {A.id: ["10.1.0.0/16"], B.id: ["10.2.0.0/16"]}
+
+
+def test_psk_is_the_same_from_both_ends_of_a_pair_and_differs_across_pairs() -> None:
+    snap = snapshot()
+    maps = {n.name: build_netmap(snap, n.id) for n in (A, B, C)}
+    psks = {}
+    for x, y in itertools.combinations(maps, 2):
+        one, other = peer(maps[x], y).psk, peer(maps[y], x).psk
+        assert one is not None
+        assert one == other
+        psks[(x, y)] = one
+    assert len(set(psks.values())) == 3
+
+
+def test_rotating_one_pair_changes_only_that_pairs_psk() -> None:
+    before = build_netmap(snapshot(), A.id)
+    after = build_netmap(snapshot(psk_generation={pair_key(B.id, A.id): 1}), A.id)
+    assert peer(after, "gw-b").psk != peer(before, "gw-b").psk
+    assert peer(after, "gw-c").psk == peer(before, "gw-c").psk
+
+
+def test_no_master_secret_means_no_psk() -> None:
+    assert all(p.psk is None for p in build_netmap(snapshot(psk_master=b""), A.id).peers)
+
+
+POLICIES: list[P2PPolicy] = ["auto", "off"]
+
+
+@pytest.mark.parametrize(
+    ("net", "a", "b", "pair"), list(itertools.product(POLICIES, POLICIES, POLICIES, [None, *POLICIES]))
+)
+def test_effective_p2p_is_off_when_anyone_says_off(
+    net: P2PPolicy, a: P2PPolicy, b: P2PPolicy, pair: P2PPolicy | None
+) -> None:
+    expected = "off" if "off" in (net, a, b, pair) else "auto"
+    got = effective_p2p(
+        Network(p2p=net), A.model_copy(update={"p2p": a}), B.model_copy(update={"p2p": b}), pair
+    )
+    assert got == expected
+
+
+def test_netmap_applies_node_network_and_pair_policies() -> None:
+    off_b = B.model_copy(update={"p2p": "off"})
+    snap = snapshot(nodes=[A, off_b, C], pair_p2p={pair_key(C.id, A.id): "off"})
+    netmap = build_netmap(snap, A.id)
+    assert netmap.p2p == "auto"
+    assert peer(netmap, "gw-b").p2p == "off"  # the peer's own policy
+    assert peer(netmap, "gw-c").p2p == "off"  # the pair override, seen from A
+    assert peer(build_netmap(snap, C.id), "gw-a").p2p == "off"  # and from C
+    assert peer(build_netmap(snap, C.id), "gw-b").p2p == "off"
+    assert build_netmap(snap, off_b.id).p2p == "off"
+    everyone_off = build_netmap(snapshot(network=Network(p2p="off")), A.id)
+    assert everyone_off.p2p == "off"
+    assert {p.p2p for p in everyone_off.peers} == {"off"}
+    assert {p.p2p for p in build_netmap(snapshot(), A.id).peers} == {"auto"}
+
+
+def test_endpoint_candidates_reported_first_then_public_then_eth0_without_repeats() -> None:
+    n = node(
+        9,
+        "gw-x",
+        "100.96.0.9",
+        listen_port=51821,
+        endpoints=["198.51.100.7:51821", "10.9.0.5:40000"],
+        public_ip="198.51.100.7",
+        eth0_ip="10.9.0.5",
+    )
+    assert endpoint_candidates(n) == ["198.51.100.7:51821", "10.9.0.5:40000", "10.9.0.5:51821"]
+
+
+def test_endpoint_candidates_bracket_ipv6_and_may_be_empty() -> None:
+    n = node(9, "gw-x", "100.96.0.9", public_ip="2001:db8::7", eth0_ip="10.9.0.5")
+    assert endpoint_candidates(n) == ["[2001:db8::7]:51820", "10.9.0.5:51820"]
+    assert endpoint_candidates(node(8, "gw-y", "100.96.0.8")) == []
+
+
+def test_peer_carries_endpoint_candidates_and_addresses() -> None:
+    b = B.model_copy(update={"public_ip": "203.0.113.2", "eth0_ip": "10.2.0.1", "endpoints": []})
+    p = peer(build_netmap(snapshot(nodes=[A, b, C]), A.id), "gw-b")
+    assert p.endpoints == ["203.0.113.2:51820", "10.2.0.1:51820"]
+    assert (p.public_ip, p.eth0_ip) == ("203.0.113.2", "10.2.0.1")
+
+
+def test_unknown_node_is_not_found() -> None:
+    with pytest.raises(NotFoundError):
+        build_netmap(snapshot(), 42)

@@ -1,0 +1,1 @@
+"""The `wgmesh` command line: one module per command group, dispatched by `wgmesh.cli.main`."""

@@ -1,0 +1,44 @@
+"""What every command group shares: the parser class, output helpers and the handler type."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+
+from rich.console import Console
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `PROG: MESSAGE` and a pointer to --help, then exit 2."""
+        print(f"{self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# The stub's generic is not subscriptable at run time before Python 3.12's argparse.
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[Parser]
+else:
+    Subparsers = argparse._SubParsersAction
+
+
+def stdout() -> Console:
+    """Where results go."""
+    return Console(highlight=False)
+
+
+def stderr() -> Console:
+    """Where progress goes, so results on stdout stay clean for pipes."""
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """Print a JSON document (the `--json` output of every command)."""
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))

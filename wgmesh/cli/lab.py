@@ -1,0 +1,314 @@
+"""`wgmesh lab`: build, inspect and tear down the network-namespace lab on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+
+from rich.table import Table
+
+from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
+from wgmesh.lab.control import Progress
+
+LAB_ENV = "WGMESH_LAB"
+
+
+def register(sub: Subparsers) -> None:
+    """Add `wgmesh lab` and its commands."""
+    lab = sub.add_parser(
+        "lab",
+        help="network-namespace lab on this machine",
+        description="A multi-site mesh in network namespaces on this machine (needs root).",
+    )
+    cmds = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+
+    p = cmds.add_parser("up", help="build a lab and wait for its mesh to converge")
+    _name(p)
+    p.add_argument(
+        "--sites", type=int, default=DEFAULT_SITES, help=f"number of sites (default {DEFAULT_SITES})"
+    )
+    p.add_argument(
+        "--backend", choices=["userspace", "auto"], default="userspace", help="agents' WireGuard backend"
+    )
+    p.add_argument(
+        "--no-agents",
+        dest="agents",
+        action="store_false",
+        help="build namespaces, underlay and coordinator only (start agents by hand)",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence (default 60)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_up)
+
+    p = cmds.add_parser("add-site", help="add one site to a running lab")
+    _name(p)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence (default 60)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_add_site)
+
+    p = cmds.add_parser("exec", help="run a command on a node: hub, gwN or vmN")
+    _name(p)
+    p.add_argument("node", help="hub (root namespace), gwN (gateway) or vmN (VPC host)")
+    p.add_argument(
+        "cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments"
+    )
+    p.set_defaults(func=cmd_exec)
+
+    p = cmds.add_parser("env", help="print shell exports for the CLI to reach the lab's coordinator")
+    _name(p)
+    p.add_argument("--json", action="store_true", help="print the variables as JSON")
+    p.set_defaults(func=cmd_env)
+
+    p = cmds.add_parser("status", help="namespaces, processes and per-gateway peers")
+    _name(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = cmds.add_parser("ping", help="ping matrix between all VPC hosts, over the mesh")
+    _name(p)
+    p.add_argument("--count", type=int, default=1, help="pings per pair (default 1)")
+    p.add_argument("--json", action="store_true", help="print the matrix as JSON")
+    p.set_defaults(func=cmd_ping)
+
+    p = cmds.add_parser("down", help="remove everything the lab created (also after a crash)")
+    _name(p)
+    p.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    p.set_defaults(func=cmd_down)
+
+
+def _name(parser: Parser) -> None:
+    parser.add_argument(
+        "--name",
+        default=os.environ.get(LAB_ENV, DEFAULT_NAME),
+        help=f"lab name, the prefix of everything it creates (default ${LAB_ENV} or {DEFAULT_NAME!r})",
+    )
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Progress]:
+    """A spinner on a terminal, one line per change otherwise; nothing with --json."""
+    console = stderr()
+    start = time.monotonic()
+    if quiet:
+        yield lambda _: None
+    elif console.is_terminal:
+        with console.status("starting") as spinner:
+            yield lambda text: spinner.update(f"{text}  [dim]{time.monotonic() - start:.1f}s[/dim]")
+    else:
+        last = [""]
+
+        def line(text: str) -> None:
+            if text != last[0]:
+                last[0] = text
+                console.print(f"[{time.monotonic() - start:5.1f}s] {text}")
+
+        yield line
+
+
+def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
+    plan = lab.plan
+    return {
+        "name": lab.name,
+        "seconds": round(seconds, 2),
+        "url": plan.local_url,
+        "hub": plan.hub_url,
+        "agents": lab.state.agents,
+        "sites": [
+            {
+                "gateway": s.node,
+                "namespace": s.gw_ns,
+                "underlay_ip": str(s.underlay_ip),
+                "lan": str(s.lan),
+                "host": s.host,
+                "host_ip": str(s.vm_ip),
+            }
+            for s in plan.sites
+        ],
+    }
+
+
+def _print_summary(summary: dict[str, object], verb: str) -> None:
+    out = stdout()
+    table = Table(title=f"lab {summary['name']} {verb} in {summary['seconds']}s", title_justify="left")
+    for column in ("gateway", "namespace", "underlay_ip", "lan", "host", "host_ip"):
+        table.add_column(column)
+    sites = summary["sites"]
+    assert isinstance(sites, list)
+    for site in sites:
+        table.add_row(*(str(v) for v in site.values()))
+    out.print(table)
+    out.print(f"dashboard and API: {summary['url']}/ (agents use {summary['hub']})")
+    if not summary["agents"]:
+        out.print("no agents started (--no-agents)")
+    out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """`wgmesh lab up`."""
+    start = time.monotonic()
+    with _progress(args.json) as progress:
+        lab = up(
+            args.name, args.sites, args.backend, agents=args.agents, timeout=args.timeout, progress=progress
+        )
+    summary = _lab_summary(lab, time.monotonic() - start)
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary, "up")
+    return 0
+
+
+def cmd_add_site(args: argparse.Namespace) -> int:
+    """`wgmesh lab add-site`."""
+    lab = Lab.attach(args.name)
+    start = time.monotonic()
+    with _progress(args.json) as progress:
+        site = lab.add_site(timeout=args.timeout, progress=progress)
+    seconds = round(time.monotonic() - start, 2)
+    if args.json:
+        print_json({"name": lab.name, "site": site.index, "gateway": site.node, "seconds": seconds})
+    else:
+        stdout().print(f"site {site.index} ({site.node}, {site.lan}) added to lab {lab.name} in {seconds}s")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """`wgmesh lab exec NODE -- CMD ...`: replaces this process, so the exit status is the command's."""
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ValidationError("no command given: wgmesh lab exec NODE -- CMD ...", code="no_command")
+    argv = Lab.attach(args.name).argv(args.node, cmd)
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 - an argv list, never a shell string
+    except FileNotFoundError as exc:
+        raise WgmeshError(f"{argv[0]}: command not found", code="not_found") from exc
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`wgmesh lab env`: `eval "$(wgmesh lab env)"` points the CLI at the lab."""
+    lab = Lab.attach(args.name)
+    env = {"WGMESH_URL": lab.url, "WGMESH_TOKEN": lab.admin_token}
+    if args.json:
+        print_json(env)
+    else:
+        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`wgmesh lab status`."""
+    try:
+        lab = Lab.attach(args.name)
+    except WgmeshError:
+        found = leftovers(args.name)
+        if found.any():
+            raise WgmeshError(
+                f"lab {args.name} has no state but leftovers exist ({found.describe()}); "
+                f"run 'wgmesh lab down --name {args.name}'",
+                code="lab_leftovers",
+            ) from None
+        raise
+    status = lab.status()
+    if args.json:
+        print_json({**asdict(status), "healthy": status.healthy()})
+        return 0
+    out = stdout()
+    mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}
+    running = "[green]running[/green]" if status.coordinator else "[red]not running[/red]"
+    out.print(f"lab {status.name}: underlay {status.underlay}, coordinator {running}")
+    out.print(f"dashboard and API: {status.url}/")
+    table = Table(title_justify="left")
+    for column in ("gateway", "namespace", "agent", "peers", "handshakes", "note"):
+        table.add_column(column)
+    for g in status.gateways:
+        table.add_row(
+            g.node,
+            mark[g.namespace],
+            mark[g.agent],
+            "-" if g.peers is None else str(g.peers),
+            "-" if g.handshakes is None else str(g.handshakes),
+            g.error or "",
+        )
+    out.print(table)
+    if status.links:
+        links = Table(title="links (as the coordinator sees them)", title_justify="left")
+        for column in ("a", "b", "path", "p2p", "rtt ms", "last handshake"):
+            links.add_column(column)
+        for link in status.links:
+            rtt = link.get("rtt_ms")
+            links.add_row(
+                str(link["a"]),
+                str(link["b"]),
+                str(link["path"]),
+                str(link["p2p"]),
+                "-" if rtt is None else f"{rtt:.2f}",
+                str(link.get("last_handshake") or "-"),
+            )
+        out.print(links)
+    missing = [ns for ns, ok in status.namespaces.items() if not ok]
+    if missing:
+        out.print(f"[red]missing namespaces:[/red] {', '.join(missing)}")
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """`wgmesh lab ping`: exit 1 when any VPC host cannot reach another."""
+    if not 1 <= args.count <= 100:
+        raise ValidationError(f"--count must be between 1 and 100, not {args.count}", code="invalid_count")
+    lab = Lab.attach(args.name)
+    matrix = lab.ping_matrix(count=args.count)
+    failed = sum(1 for rtt in matrix.values() if rtt is None)
+    sites = lab.plan.sites
+    if args.json:
+        print_json(
+            {
+                "pairs": [
+                    {"from": lab.plan.site(a).host, "to": lab.plan.site(b).host, "rtt_ms": rtt}
+                    for (a, b), rtt in sorted(matrix.items())
+                ],
+                "failed": failed,
+            }
+        )
+    else:
+        table = Table(title="ping (avg RTT in ms), from row to column", title_justify="left")
+        table.add_column("")
+        for site in sites:
+            table.add_column(f"{site.host} {site.vm_ip}", justify="right")
+        for a in sites:
+            cells = []
+            for b in sites:
+                rtt = matrix.get((a.index, b.index))
+                cells.append("" if a is b else "[red]lost[/red]" if rtt is None else f"{rtt:.2f}")
+            table.add_row(a.host, *cells)
+        stdout().print(table)
+    if failed:
+        raise WgmeshError(f"{failed} of {len(matrix)} host pairs cannot reach each other", code="unreachable")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """`wgmesh lab down`: idempotent; says when there was nothing to remove."""
+    start = time.monotonic()
+    report = down(args.name)
+    seconds = round(time.monotonic() - start, 2)
+    if args.json:
+        print_json({**asdict(report), "seconds": seconds})
+    elif report.removed_anything():
+        stdout().print(
+            f"lab {args.name} removed in {seconds}s: {report.processes} process(es), "
+            f"{len(report.namespaces)} namespace(s), {len(report.links)} link(s)"
+        )
+    else:
+        stdout().print(f"lab {args.name}: nothing to remove")
+    return 0

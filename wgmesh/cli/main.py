@@ -1,0 +1,61 @@
+"""`wgmesh`: the operator's command line, dispatching to one module per command group."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from wgmesh import __version__, logs
+from wgmesh.cli import lab
+from wgmesh.cli.common import Handler, Parser, Subparsers
+from wgmesh.errors import ValidationError, WgmeshError
+
+PROG = "wgmesh"
+
+# Each group module exposes `register(subparsers)`, which adds its parser and sets `func` on it.
+# Later groups (status, nodes, routes, tokens, export) slot in here.
+GROUPS: tuple[Callable[[Subparsers], None], ...] = (lab.register,)
+
+
+def build_parser() -> Parser:
+    """The full `wgmesh` parser with every command group registered."""
+    parser = Parser(prog=PROG, description="wgmesh: WireGuard mesh manager for interconnecting clouds.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="key=value log lines on stderr at this level (default: warning)",
+    )
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True, parser_class=Parser)
+    for register in GROUPS:
+        register(sub)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse `argv`, run the command and return its exit status."""
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    handler: Handler = args.func
+    return handler(args)
+
+
+def main() -> None:
+    """Console entry point: bad usage exits 2, failures exit 1, each with one line."""
+    try:
+        sys.exit(run(sys.argv[1:]))
+    except ValidationError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except WgmeshError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,624 @@
+"""Running a lab: build it from the plan, start the coordinator and agents, wait for the mesh, tear it down."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.lab import procs, system
+from wgmesh.lab.converge import GatewayView, Verdict, assess, parse_ping_rtt, parse_wg_dump
+from wgmesh.lab.plan import (
+    LOOPBACK_BASE_PORT,
+    MAX_SLOT,
+    STATE_ROOT,
+    LabPlan,
+    Node,
+    Site,
+    agent_args,
+    build_commands,
+    choose_slot,
+    coordinator_args,
+    is_safe_destination,
+    loopback_forward_script,
+    plan_lab,
+    resolve_node,
+    site_commands,
+    validate_name,
+)
+from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, machine_lock, save
+from wgmesh.lab.teardown import DownReport, down, leftovers
+from wgmesh.lab.wait import WaitTimeout, wait_until
+from wgmesh.logs import kv
+
+log = logging.getLogger("wgmesh.lab")
+
+Progress = Callable[[str], None]
+Backend = Literal["userspace", "auto"]
+
+COORDINATOR_START_TIMEOUT = 20.0
+POLL_INTERVAL = 0.2
+NUDGE_INTERVAL = 1.0
+# Runs the lab with another agent build (another checkout, an older release) instead of this one's.
+AGENT_ENV = "WGMESH_LAB_AGENT"
+
+
+def _quiet(_: str) -> None:
+    """The progress sink when nobody is watching."""
+
+
+# --- preconditions --------------------------------------------------------------------------------
+
+
+def agent_available() -> bool:
+    """Whether there is a working agent: `wgmesh.agent.main` imports, or $WGMESH_LAB_AGENT is a program."""
+    override = os.environ.get(AGENT_ENV)
+    if override:
+        return os.access(override, os.X_OK)
+    try:
+        importlib.import_module("wgmesh.agent.main")
+    except (ImportError, SyntaxError):
+        return False
+    return True
+
+
+def program(name: str) -> str:
+    """The path of a wgmesh console script, preferring the one next to this Python (the same venv)."""
+    if name == "wgmesh-agent" and os.environ.get(AGENT_ENV):
+        return os.environ[AGENT_ENV]
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise WgmeshError(f"{name} is not installed", code="missing_tool")
+    return found
+
+
+def _require_tools(names: Iterable[str]) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise WgmeshError(f"missing tools: {', '.join(missing)} (run 'make setup')", code="missing_tool")
+
+
+# --- up -------------------------------------------------------------------------------------------
+
+
+def _taken_slots() -> tuple[set[int], set[int]]:
+    """Slots and loopback ports held by other labs, or by anything addressed inside 198.18.0.0/16."""
+    slots = {s.slot for s in all_states()}
+    ports = {s.loopback_port for s in all_states()}
+    for text in system.root_addresses():
+        iface = ipaddress.ip_interface(text)
+        if iface.ip in ipaddress.IPv4Network("198.18.0.0/16"):
+            slots.add(int(str(iface.ip).split(".")[2]))
+    return slots, ports
+
+
+def _choose_port(slot: int, taken: set[int]) -> int:
+    for port in range(LOOPBACK_BASE_PORT + slot, LOOPBACK_BASE_PORT + MAX_SLOT + 100):
+        if port not in taken and system.loopback_port_free(port):
+            return port
+    raise WgmeshError("no free loopback port for the lab's API", code="no_port")
+
+
+def up(
+    name: str,
+    sites: int,
+    backend: Backend = "userspace",
+    *,
+    agents: bool = True,
+    timeout: float = 60.0,
+    progress: Progress = _quiet,
+) -> Lab:
+    """Build lab `name`, start its coordinator and agents, and return once the mesh has converged."""
+    plan_lab(name, sites)  # bad usage is reported as such, before anything else is checked or touched
+    if timeout <= 0:
+        raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
+    system.require_root()
+    _require_tools(["ip", "nft", "ss"] + (["wg", "wireguard-go"] if agents else []))
+    if agents and not agent_available():
+        raise WgmeshError(
+            "wgmesh-agent is not available (wgmesh.agent.main cannot be imported); "
+            "use --no-agents to build the network alone",
+            code="no_agent",
+        )
+    start = time.monotonic()
+    with machine_lock():
+        found = leftovers(name)
+        if found.any():
+            raise WgmeshError(
+                f"lab {name} already exists ({found.describe()}); run 'wgmesh lab down --name {name}' first",
+                code="lab_exists",
+            )
+        slots, ports = _taken_slots()
+        slot = choose_slot(slots)
+        state = LabState(
+            name=name,
+            slot=slot,
+            loopback_port=_choose_port(slot, ports),
+            sites=sites,
+            backend=backend,
+            agents=agents,
+            admin_token=secrets.token_urlsafe(32),
+        )
+        # Written before anything is built: from here on, `down` can find every piece.
+        save(state)
+    lab = Lab(state)
+    plan = state.plan()
+    try:
+        progress(f"building {sites} site(s) on {plan.underlay}")
+        system.apply(build_commands(plan))
+        system.nft_apply(loopback_forward_script(plan))
+        progress(f"starting the coordinator on {plan.hub_url}")
+        lab.start("hub")
+        lab.wait_coordinator()
+    except BaseException:
+        # Nothing worth inspecting has run yet: leave no half-built lab behind.
+        down(name)
+        raise
+    log.info(
+        "lab built", extra=kv(lab=name, sites=sites, slot=slot, seconds=round(time.monotonic() - start, 2))
+    )
+    if not agents:
+        return lab
+    try:
+        lab.start_agents(plan.sites)
+        lab.wait_converged(timeout, progress, started=start)
+    except WgmeshError as exc:
+        # Agents have run: keep the lab so their logs and interfaces can be inspected.
+        raise WgmeshError(
+            f"{exc.message}; the lab is left up for inspection ('wgmesh lab down --name {name}' removes it)",
+            code=exc.code,
+        ) from exc
+    return lab
+
+
+# --- the handle -----------------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayStatus:
+    """One gateway as `status` shows it."""
+
+    node: str
+    namespace: bool
+    agent: bool | None
+    peers: int | None
+    handshakes: int | None
+    error: str | None
+
+
+@dataclass
+class LabStatus:
+    """A running lab at a glance."""
+
+    name: str
+    underlay: str
+    url: str
+    coordinator: bool
+    namespaces: dict[str, bool]
+    gateways: list[GatewayStatus]
+    # The coordinator's view of each node pair (its topology links); None when it cannot be asked.
+    links: list[dict[str, Any]] | None = None
+
+    def healthy(self) -> bool:
+        """Coordinator up, every namespace present, every agent (if any) alive."""
+        return (
+            self.coordinator
+            and all(self.namespaces.values())
+            and all(g.agent is not False for g in self.gateways)
+        )
+
+
+class Lab:
+    """A running lab: run commands on its nodes, call its coordinator, grow it, stop and restart pieces."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+
+    @classmethod
+    def attach(cls, name: str) -> Lab:
+        """The running lab `name`, or an error saying it is not up."""
+        validate_name(name)
+        state = load(name)
+        if state is None:
+            raise WgmeshError(f"lab {name} is not up (no state in {STATE_ROOT / name})", code="no_lab")
+        return cls(state)
+
+    def refresh(self) -> None:
+        """Re-read the state file (after another process changed the lab, e.g. `wgmesh lab add-site`)."""
+        self.state = Lab.attach(self.name).state
+
+    # --- addressing ---
+
+    @property
+    def name(self) -> str:
+        """The lab's name (the prefix of everything it creates)."""
+        return self.state.name
+
+    @property
+    def plan(self) -> LabPlan:
+        """The lab's current plan."""
+        return self.state.plan()
+
+    @property
+    def url(self) -> str:
+        """The coordinator's URL on the host's loopback."""
+        return self.plan.local_url
+
+    @property
+    def admin_token(self) -> str:
+        """The coordinator's admin token."""
+        return self.state.admin_token
+
+    def node(self, name: str) -> Node:
+        """A node of the lab by name (`hub`, `gwI`, `vmI`)."""
+        return resolve_node(self.plan, name)
+
+    def argv(self, node: str, cmd: Sequence[str]) -> list[str]:
+        """The command line that runs `cmd` on `node`."""
+        if not cmd:
+            raise ValidationError("no command given", code="no_command")
+        target = self.node(node)
+        if target.netns is None:
+            return list(cmd)
+        return ["ip", "netns", "exec", target.netns, *cmd]
+
+    def exec(
+        self, node: str, *cmd: str, check: bool = False, timeout: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` on `node` and return its result (text); with `check`, a failure raises WgmeshError."""
+        return system.run(self.argv(node, cmd), check=check, timeout=timeout, input=input)
+
+    def popen(self, node: str, *cmd: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start `cmd` on `node` in the background (it is ended by `down` if still running in a namespace)."""
+        kwargs.setdefault("text", True)
+        proc: subprocess.Popen[str] = subprocess.Popen(self.argv(node, cmd), **kwargs)
+        return proc
+
+    # --- the coordinator ---
+
+    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
+        """Call the coordinator's API as admin; a non-2xx answer raises WgmeshError with its message."""
+        url = self.plan.hub_url + path
+        host = urlsplit(url).hostname or ""
+        if not is_safe_destination(host):
+            raise WgmeshError(f"refusing to send lab traffic to {host}", code="unsafe_destination")
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        try:
+            # trust_env=False: a proxy from the environment would carry lab traffic off the machine.
+            response = httpx.request(
+                method, url, json=body, headers=headers, timeout=timeout, trust_env=False
+            )
+        except httpx.HTTPError as exc:
+            raise WgmeshError(f"coordinator at {url} is unreachable: {exc}", code="unreachable") from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise WgmeshError(f"{method} {path}: {response.status_code} {message}", code="api_error")
+        return response.json() if response.content else None
+
+    def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
+        """Wait until the coordinator answers /healthz; fail at once if it exits."""
+
+        def ready() -> bool:
+            self._check_alive("hub")
+            try:
+                self.api("GET", "/healthz", timeout=1.0)
+            except WgmeshError as exc:
+                raise AssertionError(exc.message) from exc
+            return True
+
+        return wait_until(ready, timeout, f"the coordinator of lab {self.name}", interval=0.1)
+
+    # --- processes ---
+
+    def _save(self) -> None:
+        save(self.state)
+
+    def _log_path(self, node: str) -> Path:
+        return self.plan.state_dir / "logs" / f"{node}.log"
+
+    def _record(self, role: Literal["coordinator", "agent"], node: str, proc: procs.ProcessId) -> None:
+        self.state.record(
+            ProcessRecord(
+                role=role,
+                node=node,
+                pid=proc.pid,
+                start_ticks=proc.start_ticks,
+                log=str(self._log_path(node)),
+            )
+        )
+        self._save()
+
+    def process(self, node: str) -> procs.ProcessId | None:
+        """The recorded process of `hub` or a gateway, if any."""
+        rec = self.state.process(node)
+        return procs.ProcessId(rec.pid, rec.start_ticks) if rec else None
+
+    def alive(self, node: str) -> bool:
+        """Whether the recorded coordinator (`hub`) or agent (`gwI`) is running."""
+        proc = self.process(node)
+        return proc is not None and procs.alive(proc)
+
+    def _check_alive(self, node: str) -> None:
+        proc = self.process(node)
+        if proc is None or procs.alive(proc):
+            return
+        what = "coordinator" if node == "hub" else f"agent {node}"
+        status = procs.exit_status(proc)
+        if status is None:
+            how = ""
+        elif status < 0:
+            how = f" on {signal.Signals(-status).name}"
+        else:
+            how = f" with status {status}"
+        last = procs.tail(self._log_path(node)) or "no output"
+        raise WgmeshError(f"{what} exited{how}: {last} (log: {self._log_path(node)})", code="process_exited")
+
+    def start(self, node: str) -> procs.ProcessId:
+        """Start (or restart) the coordinator (`hub`) or a gateway's agent (`gwI`)."""
+        if self.alive(node):
+            raise WgmeshError(f"{node} is already running", code="running")
+        target = self.node(node)
+        if target.role == "hub":
+            argv = [program("wgmesh-coordinator"), *coordinator_args(self.plan)]
+            proc = procs.spawn(argv, self._log_path(node), {"WGMESH_ADMIN_TOKEN": self.admin_token})
+            self._record("coordinator", node, proc)
+        elif target.site is not None and target.role == "gateway":
+            site = target.site
+            token = self._enroll_token()
+            argv = [
+                "ip",
+                "netns",
+                "exec",
+                site.gw_ns,
+                program("wgmesh-agent"),
+                *agent_args(self.plan, site, token, self.state.backend),
+            ]
+            proc = procs.spawn(argv, self._log_path(node))
+            self._record("agent", node, proc)
+        else:
+            raise ValidationError(f"{node} runs no lab process (only hub and gateways do)", code="no_process")
+        log.info("process started", extra=kv(lab=self.name, node=node, pid=proc.pid))
+        return proc
+
+    def kill(self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
+        """Signal the recorded coordinator or agent and wait for it to end; False when it was not running."""
+        proc = self.process(node)
+        if proc is None or not procs.send(proc, sig):
+            return False
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: not procs.alive(proc), wait, f"{node} to exit")
+        return True
+
+    def start_agents(self, sites: Iterable[Site]) -> None:
+        """Start the agent of each site."""
+        for site in sites:
+            self.start(site.node)
+
+    def _enroll_token(self) -> str:
+        # Kept in the (root-only) state so an agent can be restarted while the coordinator is down.
+        token = self.state.enroll_token
+        if token is None:
+            created = self.api(
+                "POST",
+                "/api/v1/tokens",
+                {"reusable": True, "expires_in": None, "description": f"lab {self.name}"},
+            )
+            token = str(created["token"])
+            self.state.enroll_token = token
+            self._save()
+        return token
+
+    # --- convergence ---
+
+    def observe(self) -> dict[int, GatewayView]:
+        """Each gateway's WireGuard peers, read in parallel."""
+        started = {s.index: system.wg_dump_start(s.gw_ns, s.wg_interface) for s in self.plan.sites}
+        views: dict[int, GatewayView] = {}
+        for index, proc in started.items():
+            read = system.wg_dump_finish(proc)
+            if read.text is None:
+                views[index] = GatewayView(error=read.error)
+                continue
+            try:
+                views[index] = GatewayView(peers=parse_wg_dump(read.text))
+            except ValidationError as exc:
+                views[index] = GatewayView(error=exc.message)
+        return views
+
+    def verdict(self) -> Verdict:
+        """How far the mesh is from converged, right now."""
+        return assess(self.plan, self.observe())
+
+    def wait_converged(
+        self, timeout: float = 60.0, progress: Progress = _quiet, *, started: float | None = None
+    ) -> float:
+        """Wait until every gateway lists every other site with a handshake; returns the seconds taken.
+
+        `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
+        """
+        start = time.monotonic() if started is None else started
+        deadline = start + timeout
+        nudger = _Nudger(self.plan)
+        try:
+            while True:
+                for site in self.plan.sites:
+                    self._check_alive(site.node)
+                self._check_alive("hub")
+                verdict = self.verdict()
+                progress(f"{self._enrolled()}, {verdict.summary}")
+                if verdict.converged:
+                    seconds = time.monotonic() - start
+                    log.info("lab converged", extra=kv(lab=self.name, seconds=round(seconds, 2)))
+                    return seconds
+                if time.monotonic() >= deadline:
+                    more = f" (+{len(verdict.pending) - 1} more)" if len(verdict.pending) > 1 else ""
+                    raise WgmeshError(
+                        f"lab {self.name} did not converge within {timeout:g}s: "
+                        f"{nudger.explain(verdict.pending[0])}{more}; logs in {self.plan.state_dir / 'logs'}",
+                        code="lab_timeout",
+                    )
+                nudger.nudge(verdict.nudge)
+                time.sleep(POLL_INTERVAL)
+        finally:
+            nudger.close()
+
+    def _enrolled(self) -> str:
+        try:
+            nodes = self.api("GET", "/api/v1/nodes", timeout=2.0)["nodes"]
+        except WgmeshError:
+            return "enrolled ?"
+        names = {n["name"] for n in nodes}
+        count = sum(1 for s in self.plan.sites if s.node in names)
+        return f"enrolled {count}/{len(self.plan.sites)}"
+
+    def ping_matrix(self, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
+        """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
+        pairs = [(a, b) for a in self.plan.sites for b in self.plan.sites if a.index != b.index]
+        results: dict[tuple[int, int], float | None] = {}
+        # Bounded so that a big lab does not fork thousands of pings at once.
+        for chunk in range(0, len(pairs), 32):
+            running = [
+                (
+                    a.index,
+                    b.index,
+                    self.popen(
+                        a.host,
+                        *("ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{wait:g}", str(b.vm_ip)),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+                for a, b in pairs[chunk : chunk + 32]
+            ]
+            for src, dst, proc in running:
+                out, _ = proc.communicate(timeout=wait * count + 10)
+                results[(src, dst)] = parse_ping_rtt(out)
+        return results
+
+    # --- growing, status, teardown ---
+
+    def add_site(self, timeout: float = 60.0, progress: Progress = _quiet) -> Site:
+        """Add site N+1 (namespaces, links, agent) and wait for the mesh to include it."""
+        plan = self.plan.with_sites(self.state.sites + 1)
+        site = plan.sites[-1]
+        progress(f"building site {site.index}")
+        system.apply(site_commands(plan, site))
+        self.state.sites += 1
+        self._save()
+        if self.state.agents:
+            self.start(site.node)
+            self.wait_converged(timeout, progress)
+        return site
+
+    def status(self) -> LabStatus:
+        """Namespaces, processes and per-gateway peers."""
+        plan = self.plan
+        present = set(system.namespaces())
+        views = self.observe()
+        gateways = []
+        for site in plan.sites:
+            view = views[site.index]
+            gateways.append(
+                GatewayStatus(
+                    node=site.node,
+                    namespace=site.gw_ns in present,
+                    agent=self.alive(site.node) if self.state.agents else None,
+                    peers=None if view.error else len(view.peers),
+                    handshakes=None if view.error else sum(1 for p in view.peers if p.latest_handshake),
+                    error=view.error,
+                )
+            )
+        links = None
+        with contextlib.suppress(WgmeshError, KeyError, TypeError):
+            links = [dict(link) for link in self.api("GET", "/api/v1/topology", timeout=3.0)["links"]]
+        return LabStatus(
+            name=self.name,
+            underlay=str(plan.underlay),
+            url=plan.local_url,
+            coordinator=self.alive("hub"),
+            namespaces={ns: ns in present for ns in plan.namespaces()},
+            gateways=gateways,
+            links=links,
+        )
+
+    def down(self) -> DownReport:
+        """Tear the lab down."""
+        return down(self.name)
+
+
+class _Nudger:
+    """Starts one ping across each peer pair that has no handshake yet, since WireGuard only
+    handshakes when there is traffic; remembers why a ping failed, for the timeout message."""
+
+    def __init__(self, plan: LabPlan) -> None:
+        self.plan = plan
+        self.running: dict[tuple[int, int], subprocess.Popen[str]] = {}
+        self.last: dict[frozenset[int], float] = {}
+        self.failures: dict[str, str] = {}
+
+    def nudge(self, pairs: Iterable[tuple[int, int]]) -> None:
+        self._harvest()
+        now = time.monotonic()
+        for src, dst in pairs:
+            key = frozenset((src, dst))
+            if now - self.last.get(key, -NUDGE_INTERVAL) < NUDGE_INTERVAL:
+                continue
+            self.last[key] = now
+            a, b = self.plan.site(src), self.plan.site(dst)
+            self.running[(src, dst)] = subprocess.Popen(
+                ["ip", "netns", "exec", a.gw_ns, "ping", "-n", "-q", "-c", "1", "-W", "1", str(b.gw_lan_ip)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def _harvest(self) -> None:
+        for (src, dst), proc in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[(src, dst)]
+            out = proc.communicate()[0]
+            a, b = self.plan.site(src), self.plan.site(dst)
+            key = f"{a.node} has no handshake with {b.node}"
+            if proc.returncode != 0:
+                lines = [line for line in out.splitlines() if line.strip()]
+                self.failures[key] = (
+                    f"ping {b.gw_lan_ip} from {a.node}: {lines[-1] if lines else 'no answer'}"
+                )
+
+    def explain(self, pending: str) -> str:
+        """`pending`, with the last ping failure that concerns it."""
+        self._harvest()
+        why = self.failures.get(pending)
+        return f"{pending} ({why})" if why else pending
+
+    def close(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self.running.clear()

@@ -1,0 +1,119 @@
+"""The state file of a lab: what it is made of and which processes it started, so `down` works after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic import ValidationError as PydanticError
+
+from wgmesh.errors import WgmeshError
+from wgmesh.lab.plan import STATE_ROOT, LabPlan, plan_lab
+from wgmesh.models import Model
+
+Role = Literal["coordinator", "agent"]
+
+
+class ProcessRecord(Model):
+    """A process the lab started; (pid, start_ticks) identifies it even after the pid is reused."""
+
+    role: Role
+    node: str
+    pid: int
+    start_ticks: int
+    log: str
+
+
+class LabState(Model):
+    """Everything `down`, `status`, `env` and `add-site` need to know about a running lab."""
+
+    name: str
+    slot: int
+    loopback_port: int
+    sites: int
+    backend: str
+    agents: bool
+    admin_token: str
+    enroll_token: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    processes: list[ProcessRecord] = Field(default_factory=list)
+
+    def plan(self) -> LabPlan:
+        """The lab's plan as it stands."""
+        return plan_lab(self.name, self.sites, self.slot, self.loopback_port)
+
+    def record(self, entry: ProcessRecord) -> None:
+        """Remember a process, replacing any earlier one with the same role and node."""
+        self.processes = [p for p in self.processes if (p.role, p.node) != (entry.role, entry.node)]
+        self.processes.append(entry)
+
+    def process(self, node: str) -> ProcessRecord | None:
+        """The process recorded for `node` (`hub` is the coordinator)."""
+        return next((p for p in self.processes if p.node == node), None)
+
+
+def state_path(name: str, root: Path = STATE_ROOT) -> Path:
+    """Where lab `name` keeps its state file."""
+    return root / name / "state.json"
+
+
+def load(name: str, root: Path = STATE_ROOT) -> LabState | None:
+    """The state of lab `name`, or None when there is none."""
+    path = state_path(name, root)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return LabState.model_validate_json(text)
+    except PydanticError as exc:
+        raise WgmeshError(
+            f"lab state {path} is unreadable: {exc.errors()[0]['msg']}", code="lab_state"
+        ) from exc
+
+
+def save(state: LabState, root: Path = STATE_ROOT) -> None:
+    """Write the state atomically, readable by root only (it holds the admin token)."""
+    path = state_path(state.name, root)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(state.model_dump_json(indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def all_states(root: Path = STATE_ROOT) -> list[LabState]:
+    """The state of every lab on this machine, skipping unreadable files."""
+    found = []
+    for path in sorted(root.glob("*/state.json")):
+        with contextlib.suppress(WgmeshError):
+            state = load(path.parent.name, root)
+            if state is not None:
+                found.append(state)
+    return found
+
+
+@contextlib.contextmanager
+def machine_lock(root: Path = STATE_ROOT) -> Iterator[None]:
+    """Serialise slot allocation between labs started at the same time."""
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,38 @@
+"""Waiting for a condition with a deadline: the only way lab code and e2e tests wait."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from wgmesh.errors import WgmeshError
+
+
+class WaitTimeout(WgmeshError, AssertionError):
+    """A condition did not hold before its deadline (an AssertionError too, so pytest reports it plainly)."""
+
+    code = "timeout"
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, *, interval: float = 0.05
+) -> float:
+    """Call `predicate` until it returns a true value; returns the seconds it took.
+
+    A predicate may raise AssertionError to say why it is not there yet; the last reason is reported
+    on timeout.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last = ""
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - start
+            last = ""
+        except AssertionError as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            detail = f" (last: {last})" if last else ""
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(interval)
