@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: venv
-	@$(VENV)/bin/ruff check wgmesh tests benchmarks
-	@$(VENV)/bin/ruff format --check wgmesh tests benchmarks
+	@$(VENV)/bin/ruff check wgmesh tests $(wildcard benchmarks)
+	@$(VENV)/bin/ruff format --check wgmesh tests $(wildcard benchmarks)
 
 typecheck: venv
 	@$(VENV)/bin/mypy wgmesh
