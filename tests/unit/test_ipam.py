@@ -384,7 +384,6 @@ def test_active_routes_never_overlap_and_each_standby_backs_an_active_one(
             assert v.claim in claims[:i]
 
 
-
 def test_a_conflicting_route_keeps_later_overlapping_claims_out_even_identical_ones() -> None:
     # Documented trade-off: verdicts depend only on the set of earlier claims, so the squatting
     # /24 (itself in conflict) blocks a later standby; removing it turns gw-c into a standby.
