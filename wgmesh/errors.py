@@ -83,3 +83,10 @@ class BackendError(WgmeshError):
     """A data-plane backend (netlink, UAPI socket, nftables) failed."""
 
     code = "backend"
+
+
+class UnreachableError(WgmeshError):
+    """A service did not answer: connection refused, timeout, TLS or protocol failure."""
+
+    code = "unreachable"
+    status = 503

@@ -38,6 +38,9 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries log every request and job run at INFO; that is noise next to our own events.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def kv(**fields: Any) -> dict[str, dict[str, Any]]:

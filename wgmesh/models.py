@@ -332,6 +332,39 @@ class PairList(Model):
     pairs: list[PairPolicy]
 
 
+class StatusList(Model):
+    """The last status report of every node that has reported, sorted by node name."""
+
+    statuses: list[NodeStatus]
+
+
+class WgQuickInterface(Model):
+    """The [Interface] section of a static peer's wg-quick file."""
+
+    private_key: WgKey
+    address: list[Cidr] = Field(description="The overlay address as a host prefix (/32 or /128)")
+    listen_port: Port
+
+
+class WgQuickPeer(Model):
+    """One [Peer] section of a static peer's wg-quick file."""
+
+    name: Name
+    public_key: WgKey
+    preshared_key: WgKey | None = None
+    allowed_ips: list[Cidr]
+    endpoint: Endpoint | None = Field(None, description="The peer's best endpoint candidate, if any")
+    persistent_keepalive: int | None = Field(None, ge=1, le=65535, description="Seconds")
+
+
+class WgQuickConfig(Model):
+    """What `wgmesh export` writes for a static peer; it holds the private key (admin only)."""
+
+    node: Name
+    interface: WgQuickInterface
+    peers: list[WgQuickPeer]
+
+
 class Link(Model):
     """One peer pair as seen from both ends, for the topology view."""
 

@@ -9,7 +9,20 @@ from dataclasses import dataclass, field
 
 from wgmesh import ipam, keys
 from wgmesh.errors import NotFoundError
-from wgmesh.models import NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+from wgmesh.models import (
+    NetMap,
+    Network,
+    Node,
+    P2PPolicy,
+    PeerConfig,
+    Route,
+    WgQuickConfig,
+    WgQuickInterface,
+    WgQuickPeer,
+)
+
+# A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
+STATIC_KEEPALIVE = 25
 
 
 def pair_key(a: int, b: int) -> tuple[int, int]:
@@ -105,4 +118,30 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
         p2p="off" if "off" in (snapshot.network.p2p, me.p2p) else "auto",
         peers=peers,
         routes=[r for r in snapshot.routes if r.gateway_id == me.id],
+    )
+
+
+def wg_quick_config(netmap: NetMap, private_key: str) -> WgQuickConfig:
+    """A static peer's wg-quick configuration: its netmap with its private key, one endpoint per peer.
+
+    A static peer has no agent, so it cannot use the relay or try several endpoints: each peer gets its
+    best endpoint candidate (none if it has none) and a keepalive when it has one.
+    """
+    address = ipam.host_prefix(ipaddress.ip_address(netmap.overlay_ip))
+    return WgQuickConfig(
+        node=netmap.name,
+        interface=WgQuickInterface(
+            private_key=private_key, address=[str(address)], listen_port=netmap.listen_port
+        ),
+        peers=[
+            WgQuickPeer(
+                name=peer.name,
+                public_key=peer.public_key,
+                preshared_key=peer.psk,
+                allowed_ips=peer.allowed_ips,
+                endpoint=peer.endpoints[0] if peer.endpoints else None,
+                persistent_keepalive=STATIC_KEEPALIVE if peer.endpoints else None,
+            )
+            for peer in netmap.peers
+        ],
     )

@@ -25,6 +25,8 @@ OPERATIONS = {
     ("patch", "/api/v1/nodes/{node}"),
     ("delete", "/api/v1/nodes/{node}"),
     ("get", "/api/v1/nodes/{node}/status"),
+    ("get", "/api/v1/nodes/{node}/config"),
+    ("get", "/api/v1/statuses"),
     ("get", "/api/v1/routes"),
     ("get", "/api/v1/pairs"),
     ("put", "/api/v1/pairs/{a}/{b}"),

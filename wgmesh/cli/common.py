@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from rich.console import Console
 
+from wgmesh.models import check_name
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -42,3 +44,21 @@ def stderr() -> Console:
 def print_json(data: Any) -> None:
     """Print a JSON document (the `--json` output of every command)."""
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def add_json_flag(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """`--json`; `nested` for a subcommand whose group already has it (keeps the group's value)."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="print the result as JSON (see docs/cli.md)",
+    )
+
+
+def node_ref(text: str) -> str:
+    """An argparse type: a node name (a hostname label) or a numeric node id."""
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"node {text!r}: {exc}") from exc

@@ -7,15 +7,22 @@ import sys
 from collections.abc import Callable, Sequence
 
 from wgmesh import __version__, logs
-from wgmesh.cli import lab
+from wgmesh.cli import export, lab, nodes, pairs, routes, status, tokens
 from wgmesh.cli.common import Handler, Parser, Subparsers
 from wgmesh.errors import ValidationError, WgmeshError
 
 PROG = "wgmesh"
 
 # Each group module exposes `register(subparsers)`, which adds its parser and sets `func` on it.
-# Later groups (status, nodes, routes, tokens, export) slot in here.
-GROUPS: tuple[Callable[[Subparsers], None], ...] = (lab.register,)
+GROUPS: tuple[Callable[[Subparsers], None], ...] = (
+    status.register,
+    routes.register,
+    nodes.register,
+    pairs.register,
+    tokens.register,
+    export.register,
+    lab.register,
+)
 
 
 def build_parser() -> Parser:

@@ -51,6 +51,7 @@ from wgmesh.models import (
     PairList,
     PairPolicy,
     RouteList,
+    StatusList,
     StatusReport,
     SubnetsUpdate,
     TokenCreate,
@@ -58,7 +59,9 @@ from wgmesh.models import (
     TokenInfo,
     TokenList,
     Topology,
+    WgQuickConfig,
 )
+from wgmesh.netmap import wg_quick_config
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -249,6 +252,18 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
             return error_response("no_status", f"node {call.param('node')!r} has not reported yet", 404)
         return json_response(found)
 
+    async def list_statuses(call: Call) -> StatusList:
+        found = await run_in_threadpool(registry.statuses)
+        return StatusList(statuses=sorted(found.values(), key=lambda s: s.node))
+
+    async def get_node_config(call: Call) -> Response:
+        node, private_key = await run_in_threadpool(registry.node_private_key, call.param("node"))
+        netmap = await run_in_threadpool(registry.netmap, node.id)
+        log.info("static peer config exported", extra=kv(node=node.name, node_id=node.id))
+        response = json_response(wg_quick_config(netmap, private_key))
+        response.headers["cache-control"] = "no-store"  # it carries a private key
+        return response
+
     async def list_routes(call: Call) -> RouteList:
         return RouteList(routes=await run_in_threadpool(registry.routes))
 
@@ -371,6 +386,22 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
             "A node's last status report",
             "admin",
             response=NodeStatus,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/nodes/{node}/config",
+            get_node_config,
+            "A static peer's wg-quick configuration, with its private key",
+            "admin",
+            response=WgQuickConfig,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/statuses",
+            list_statuses,
+            "The last status report of every node",
+            "admin",
+            response=StatusList,
         ),
         Operation(
             "GET", "/api/v1/routes", list_routes, "Routes with their verdicts", "admin", response=RouteList

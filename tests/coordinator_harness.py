@@ -1,4 +1,4 @@
-"""Harness for the API tests: the real coordinator as a subprocess on 127.0.0.1, driven with httpx.
+"""Harness for the API and CLI tests: the real coordinator as a subprocess on 127.0.0.1, driven with httpx.
 
 Every coordinator started here is stopped by PID, whether the test passed or not.
 """
@@ -226,3 +226,11 @@ def unchanged(admin: httpx.Client) -> Iterator[None]:
     before = state(admin)
     yield
     assert state(admin) == before
+
+
+def post_status(coordinator: Coordinator, node: Enrolled, body: dict[str, Any]) -> dict[str, Any]:
+    """Send a status report as `node` (POST /api/v1/status with its credential)."""
+    with coordinator.node(node.credential) as client:
+        r = client.post("/api/v1/status", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())

@@ -1,0 +1,285 @@
+"""`wgmesh status`, `wgmesh status NODE` and `wgmesh routes` against a real coordinator with enrolled
+nodes and status reports: the --json contract field by field, and the tables."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Cli
+from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
+
+NODE_FIELDS = {"name", "overlay_ip", "eth0_ip", "public_ip", "online", "last_seen", "p2p", "subnets", "peers"}
+PEER_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "path",
+    "endpoint",
+    "relay",
+    "rtt_ms",
+    "rx_bytes",
+    "tx_bytes",
+    "last_handshake",
+    "reason",
+}
+ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
+
+
+@dataclass
+class Mesh:
+    a: Enrolled
+    b: Enrolled
+    c: Enrolled
+    dev: dict[str, Any]
+    handshake: datetime
+    started: datetime
+
+    def overlay(self, name: str) -> str:
+        if name == "dev":
+            return str(self.dev["overlay_ip"])
+        node = {"gw-a": self.a, "gw-b": self.b, "gw-c": self.c}[name]
+        return str(node.first_netmap["overlay_ip"])
+
+
+@pytest.fixture(scope="module")
+def mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
+    started = datetime.now(UTC)
+    token = create_token(admin, reusable=True)["token"]
+    with coordinator.anonymous() as anon:
+        a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
+        b = enroll(anon, token, "gw-b", subnets=["10.2.0.0/16", "10.1.5.0/24"])
+        c = enroll(anon, token, "gw-c", subnets=["10.2.0.0/16"])
+    r = admin.post("/api/v1/nodes", json={"name": "dev", "generate_keys": True})
+    assert r.status_code == 201, r.text
+    dev = r.json()
+    handshake = (datetime.now(UTC) - timedelta(seconds=12)).replace(microsecond=0)
+    post_status(
+        coordinator,
+        a,
+        {
+            "eth0_ip": "10.1.0.5",
+            "endpoints": ["198.51.100.1:51820"],
+            "peers": [
+                {
+                    "public_key": b.keypair.public_key,
+                    "rx_bytes": 123456,
+                    "tx_bytes": 7890,
+                    "last_handshake": handshake.isoformat(),
+                    "endpoint": "198.51.100.2:51820",
+                    "path": "direct",
+                    "rtt_ms": 1.5,
+                },
+                {
+                    "public_key": c.keypair.public_key,
+                    "rx_bytes": 10,
+                    "tx_bytes": 20,
+                    "last_handshake": handshake.isoformat(),
+                    "path": "relay",
+                    "relay": "relay-1",
+                    "rtt_ms": 14.25,
+                    "reason": "no UDP handshake within 5 s",
+                },
+                {"public_key": dev["public_key"], "rx_bytes": 300, "tx_bytes": 400, "path": "direct"},
+            ],
+            "shadowed": [
+                {
+                    "prefix": "10.2.0.0/16",
+                    "gateway": "gw-b",
+                    "interface": "lan",
+                    "local_prefix": "10.2.0.0/24",
+                }
+            ],
+        },
+    )
+    post_status(
+        coordinator,
+        b,
+        {
+            "eth0_ip": "10.2.0.5",
+            "peers": [
+                {
+                    "public_key": a.keypair.public_key,
+                    "rx_bytes": 7890,
+                    "tx_bytes": 123456,
+                    "last_handshake": handshake.isoformat(),
+                    "endpoint": "198.51.100.1:51820",
+                    "path": "direct",
+                    "rtt_ms": 1.6,
+                }
+            ],
+        },
+    )
+    return Mesh(a, b, c, dev, handshake, started)
+
+
+def when(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)  # ISO 8601
+    assert parsed.tzinfo is not None, value
+    return parsed
+
+
+def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
+    doc = wgmesh("status", "--json").json()
+    assert set(doc) == {"nodes", "routes", "warnings"}
+    assert [n["name"] for n in doc["nodes"]] == ["dev", "gw-a", "gw-b", "gw-c"]
+    nodes = {n["name"]: n for n in doc["nodes"]}
+    for n in doc["nodes"]:
+        assert set(n) == NODE_FIELDS, n
+        assert n["overlay_ip"] == mesh.overlay(n["name"])
+        assert [p["name"] for p in n["peers"]] == sorted(set(nodes) - {n["name"]})
+        for p in n["peers"]:
+            assert set(p) == PEER_FIELDS, p
+            assert p["overlay_ip"] == mesh.overlay(p["name"])
+
+    a = nodes["gw-a"]
+    assert (a["eth0_ip"], a["public_ip"], a["online"], a["p2p"]) == ("10.1.0.5", "127.0.0.1", True, "auto")
+    assert a["subnets"] == ["10.1.0.0/16"]
+    assert mesh.started - timedelta(seconds=1) <= when(a["last_seen"]) <= datetime.now(UTC)
+    peers = {p["name"]: p for p in a["peers"]}
+    assert peers["gw-b"] == {
+        "name": "gw-b",
+        "overlay_ip": mesh.overlay("gw-b"),
+        "eth0_ip": "10.2.0.5",
+        "public_ip": "127.0.0.1",
+        "path": "direct",
+        "endpoint": "198.51.100.2:51820",
+        "relay": None,
+        "rtt_ms": 1.5,
+        "rx_bytes": 123456,
+        "tx_bytes": 7890,
+        "last_handshake": peers["gw-b"]["last_handshake"],
+        "reason": None,
+    }
+    assert when(peers["gw-b"]["last_handshake"]) == mesh.handshake
+    relayed = peers["gw-c"]
+    assert (relayed["path"], relayed["relay"], relayed["endpoint"]) == ("relay", "relay-1", None)
+    assert (relayed["rtt_ms"], relayed["reason"]) == (14.25, "no UDP handshake within 5 s")
+    assert (relayed["eth0_ip"], relayed["public_ip"]) == (None, None)  # gw-c never reported
+
+    # gw-c never reported: not online, no last_seen, and its peers are what the others saw of it.
+    c = nodes["gw-c"]
+    assert (c["online"], c["last_seen"], c["eth0_ip"], c["public_ip"]) == (False, None, None, None)
+    seen_by_a = {p["name"]: p for p in c["peers"]}["gw-a"]
+    assert (seen_by_a["path"], seen_by_a["rx_bytes"], seen_by_a["tx_bytes"]) == ("relay", 20, 10)
+    # The static peer, seen through gw-a's report (no handshake there: null, not a made-up time).
+    dev_a = {p["name"]: p for p in nodes["dev"]["peers"]}["gw-a"]
+    assert (dev_a["path"], dev_a["rx_bytes"], dev_a["tx_bytes"], dev_a["last_handshake"]) == (
+        "direct",
+        400,
+        300,
+        None,
+    )
+    dev_b = {p["name"]: p for p in nodes["dev"]["peers"]}["gw-b"]
+    assert (dev_b["path"], dev_b["rx_bytes"], dev_b["rtt_ms"]) == (None, None, None)
+
+    routes = {(r["prefix"], r["gateway"]): r for r in doc["routes"]}
+    for r in doc["routes"]:
+        assert set(r) == ROUTE_FIELDS
+    assert [r["prefix"] for r in doc["routes"]] == [
+        "10.1.0.0/16",
+        "10.1.5.0/24",
+        "10.2.0.0/16",
+        "10.2.0.0/16",
+    ]
+    assert routes[("10.1.0.0/16", "gw-a")] == {
+        "prefix": "10.1.0.0/16",
+        "gateway": "gw-a",
+        "state": "active",
+        "reason": "",
+        "conflicts_with": None,
+    }
+    conflict = routes[("10.1.5.0/24", "gw-b")]
+    assert (conflict["state"], conflict["conflicts_with"]) == ("conflict", "10.1.0.0/16@gw-a")
+    assert "overlaps 10.1.0.0/16@gw-a" in conflict["reason"]
+    shadowed = routes[("10.2.0.0/16", "gw-b")]
+    assert (shadowed["state"], shadowed["conflicts_with"]) == ("shadowed", "10.2.0.0/24@gw-a")
+    standby = routes[("10.2.0.0/16", "gw-c")]
+    assert (standby["state"], standby["conflicts_with"]) == ("standby", "10.2.0.0/16@gw-b")
+
+    warnings = doc["warnings"]
+    assert all(isinstance(w, str) for w in warnings)
+    assert any("10.1.5.0/24@gw-b" in w for w in warnings)
+    assert any("gw-a does not install 10.2.0.0/16" in w for w in warnings)
+    assert "gateway gw-c is offline" in warnings
+
+
+def test_status_node_json_is_that_nodes_entry(wgmesh: Cli, mesh: Mesh) -> None:
+    whole = {n["name"]: n for n in wgmesh("status", "--json").json()["nodes"]}
+    one = wgmesh("status", "gw-a", "--json").json()
+    assert set(one) == NODE_FIELDS
+    assert one == whole["gw-a"]
+    by_id = wgmesh("status", str(mesh.b.node_id), "--json").json()
+    assert by_id["name"] == "gw-b"
+
+
+def test_status_table_lists_nodes_routes_and_warnings(wgmesh: Cli, mesh: Mesh) -> None:
+    r = wgmesh("status")
+    assert r.code == 0, r.err
+    assert r.err == ""
+    for name in ("gw-a", "gw-b", "gw-c", "dev"):
+        assert name in r.out and mesh.overlay(name) in r.out
+    for text in ("10.1.0.5", "127.0.0.1", "Routes", "Warnings", "conflict", "standby", "shadowed", "static"):
+        assert text in r.out, text
+    assert r.out.index("Nodes") < r.out.index("Routes") < r.out.index("Warnings")
+    assert "gateway gw-c is offline" in r.out
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_status_node_table_shows_each_peer_path(
+    wgmesh: Cli, mesh: Mesh, cli_env: dict[str, str], columns: str
+) -> None:
+    r = wgmesh("status", "gw-a", env=cli_env | {"COLUMNS": columns})
+    assert r.code == 0, r.err
+    assert all(len(line) <= int(columns) for line in r.out.splitlines())
+    for text in (
+        "gw-b",
+        "gw-c",
+        "dev",
+        "198.51.100.2:51820",
+        "relay-1",
+        "1.50 ms",
+        "14 ms",
+        "120.6 KiB",
+        "7.7 KiB",
+    ):
+        assert text in r.out, (text, r.out)
+    ages = [int(x) for x in re.findall(r"(\d+)s ago", r.out)]
+    assert ages and all(12 <= x < 60 for x in ages), ages  # the handshake 12 s before the report
+    assert "—" in r.out  # dev's unknown handshake
+
+
+def test_status_of_an_unknown_node_fails_with_one_line(wgmesh: Cli, mesh: Mesh) -> None:
+    r = wgmesh("status", "nope")
+    assert r.code == 1
+    assert r.one_line_error() == "wgmesh: no node named 'nope'"
+    assert r.out == ""
+
+
+def test_routes_json_is_the_status_route_list(wgmesh: Cli, mesh: Mesh) -> None:
+    routes = wgmesh("routes", "--json").json()
+    assert set(routes) == {"routes"}
+    assert routes["routes"] == wgmesh("status", "--json").json()["routes"]
+
+
+def test_routes_table_groups_by_gateway_on_80_columns(
+    wgmesh: Cli, mesh: Mesh, cli_env: dict[str, str]
+) -> None:
+    r = wgmesh("routes", env=cli_env | {"COLUMNS": "80"})
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    heads = {
+        gw: next(i for i, line in enumerate(lines) if line.startswith(f"{gw}  "))
+        for gw in ("gw-a", "gw-b", "gw-c")
+    }
+    assert heads["gw-a"] < heads["gw-b"] < heads["gw-c"]
+    assert "online" in lines[heads["gw-a"]] and "never seen" in lines[heads["gw-c"]]
+    conflict = next(i for i, line in enumerate(lines) if " 10.1.5.0/24 " in line)
+    assert heads["gw-b"] < conflict < heads["gw-c"]
+    assert "conflict" in lines[conflict] and "10.1.0.0/16@gw-a" in lines[conflict]

@@ -1,0 +1,220 @@
+"""wgmesh.cli.view: topology + status reports -> the `wgmesh status --json` view, without HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from wgmesh import keys
+from wgmesh.cli.view import StatusView, node_view, peer_counts, route_views, status_view
+from wgmesh.models import Network, Node, NodeStatus, PeerStatus, Route, ShadowedRoute, StatusReport, Topology
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+NODE_FIELDS = {"name", "overlay_ip", "eth0_ip", "public_ip", "online", "last_seen", "p2p", "subnets", "peers"}
+PEER_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "path",
+    "endpoint",
+    "relay",
+    "rtt_ms",
+    "rx_bytes",
+    "tx_bytes",
+    "last_handshake",
+    "reason",
+}
+ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
+
+
+def node(i: int, name: str, **kw: Any) -> Node:
+    fields: dict[str, Any] = {
+        "id": i,
+        "name": name,
+        "public_key": keys.generate_keypair().public_key,
+        "overlay_ip": f"100.96.0.{i}",
+        "created_at": NOW,
+    }
+    fields.update(kw)
+    return Node(**fields)
+
+
+def route(prefix: str, gw: Node, state: str = "active", reason: str = "", other: str | None = None) -> Route:
+    return Route(
+        prefix=prefix, gateway=gw.name, gateway_id=gw.id, state=state, reason=reason, conflicting_with=other
+    )
+
+
+def topology(
+    nodes: list[Node], routes: list[Route], p2p: str = "auto", warnings: list[str] | None = None
+) -> Topology:
+    return Topology(
+        network=Network(p2p=p2p), version=1, nodes=nodes, links=[], routes=routes, warnings=warnings or []
+    )
+
+
+def report(of: Node, peers: list[PeerStatus], shadowed: list[ShadowedRoute] | None = None) -> NodeStatus:
+    return NodeStatus(
+        node=of.name, reported_at=NOW, report=StatusReport(peers=peers, shadowed=shadowed or [])
+    )
+
+
+@pytest.fixture
+def mesh() -> tuple[Topology, list[NodeStatus], dict[str, Node]]:
+    a = node(
+        1,
+        "gw-a",
+        subnets=["10.1.0.0/16"],
+        eth0_ip="10.1.0.5",
+        public_ip="203.0.113.1",
+        online=True,
+        last_seen=NOW,
+    )
+    b = node(2, "gw-b", subnets=["10.2.0.0/16", "10.1.5.0/24"], p2p="off", eth0_ip="10.2.0.5")
+    c = node(3, "gw-c")
+    dev = node(4, "dev", static=True)
+    handshake = NOW - timedelta(seconds=20)
+    statuses = [
+        report(
+            a,
+            [
+                PeerStatus(
+                    public_key=b.public_key,
+                    rx_bytes=100,
+                    tx_bytes=200,
+                    path="relay",
+                    relay="relay-1",
+                    rtt_ms=12.5,
+                    last_handshake=handshake,
+                    reason="p2p off",
+                ),
+                PeerStatus(
+                    public_key=c.public_key,
+                    rx_bytes=5,
+                    tx_bytes=6,
+                    path="direct",
+                    endpoint="198.51.100.3:51820",
+                    rtt_ms=0.8,
+                    last_handshake=handshake,
+                ),
+                PeerStatus(
+                    public_key=dev.public_key, rx_bytes=7, tx_bytes=8, path="direct", endpoint="192.0.2.9:1"
+                ),
+                PeerStatus(public_key=keys.generate_keypair().public_key, rx_bytes=1),  # a deleted node
+            ],
+            [
+                ShadowedRoute(
+                    prefix="10.2.0.0/16", gateway="gw-b", interface="lan", local_prefix="10.2.0.0/24"
+                )
+            ],
+        ),
+    ]
+    routes = [
+        route("10.1.0.0/16", a),
+        route("10.1.5.0/24", b, "conflict", "10.1.5.0/24 overlaps 10.1.0.0/16@gw-a", "10.1.0.0/16@gw-a"),
+        route("10.2.0.0/16", b),
+    ]
+    nodes = {n.name: n for n in (a, b, c, dev)}
+    return topology(list(nodes.values()), routes, warnings=["gateway gw-b is offline"]), statuses, nodes
+
+
+def test_status_view_has_exactly_the_documented_fields(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    doc = status_view(topo, statuses).model_dump(mode="json")
+    assert set(doc) == {"nodes", "routes", "warnings"}
+    for n in doc["nodes"]:
+        assert set(n) == NODE_FIELDS
+        for p in n["peers"]:
+            assert set(p) == PEER_FIELDS
+    for r in doc["routes"]:
+        assert set(r) == ROUTE_FIELDS
+    assert doc["warnings"] == ["gateway gw-b is offline"]
+    # Times are ISO 8601 and read back as the same instant.
+    a = next(n for n in doc["nodes"] if n["name"] == "gw-a")
+    assert datetime.fromisoformat(a["last_seen"]) == NOW
+    # And the document validates against the model again (scripts may use it as a schema).
+    assert StatusView.model_validate(doc) == status_view(topo, statuses)
+
+
+def test_nodes_are_sorted_and_every_other_node_is_a_peer(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    view = status_view(topo, statuses)
+    assert [n.name for n in view.nodes] == ["dev", "gw-a", "gw-b", "gw-c"]
+    for n in view.nodes:
+        assert [p.name for p in n.peers] == sorted(m.name for m in view.nodes if m.name != n.name)
+
+
+def test_own_report_fills_path_endpoint_relay_rtt_traffic_and_reason(mesh: Any) -> None:
+    topo, statuses, nodes = mesh
+    a = node_view(topo, statuses, "gw-a")
+    peers = {p.name: p for p in a.peers}
+    b = peers["gw-b"]
+    assert (b.path, b.relay, b.endpoint, b.rtt_ms, b.rx_bytes, b.tx_bytes) == (
+        "relay",
+        "relay-1",
+        None,
+        12.5,
+        100,
+        200,
+    )
+    assert b.reason == "p2p off"
+    assert b.last_handshake == NOW - timedelta(seconds=20)
+    assert (b.eth0_ip, b.public_ip, b.overlay_ip) == ("10.2.0.5", None, nodes["gw-b"].overlay_ip)
+    c = peers["gw-c"]
+    assert (c.path, c.endpoint, c.relay, c.rtt_ms) == ("direct", "198.51.100.3:51820", None, 0.8)
+    assert peer_counts(a) == (2, 1)
+
+
+def test_a_node_without_a_report_is_seen_through_its_peers_reports(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    dev = node_view(topo, statuses, "dev")
+    peers = {p.name: p for p in dev.peers}
+    # gw-a reported on dev: path and stats from that report, rx/tx swapped, no endpoint (gw-a's
+    # endpoint as dev uses it is unknown).
+    a = peers["gw-a"]
+    assert (a.path, a.rx_bytes, a.tx_bytes, a.endpoint) == ("direct", 8, 7, None)
+    # Nobody reported on dev <-> gw-c: everything unknown but the registry's addresses.
+    c = peers["gw-c"]
+    assert (c.path, c.rx_bytes, c.tx_bytes, c.rtt_ms, c.last_handshake, c.reason) == (None,) * 6
+    assert c.overlay_ip == "100.96.0.3"
+
+
+def test_p2p_is_the_effective_policy_of_network_and_node(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    view = {n.name: n for n in status_view(topo, statuses).nodes}
+    assert (view["gw-a"].p2p, view["gw-b"].p2p) == ("auto", "off")
+    off = topo.model_copy(update={"network": Network(p2p="off")})
+    assert {n.p2p for n in status_view(off, statuses).nodes} == {"off"}
+
+
+def test_routes_keep_the_verdict_and_mark_shadowed_active_routes(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    routes = {(r.prefix, r.gateway): r for r in route_views(topo.routes, statuses)}
+    assert [r.prefix for r in route_views(topo.routes, statuses)] == [r.prefix for r in topo.routes]
+    assert routes[("10.1.0.0/16", "gw-a")].state == "active"
+    conflict = routes[("10.1.5.0/24", "gw-b")]
+    assert (conflict.state, conflict.conflicts_with) == ("conflict", "10.1.0.0/16@gw-a")
+    assert "overlaps 10.1.0.0/16@gw-a" in conflict.reason
+    shadowed = routes[("10.2.0.0/16", "gw-b")]
+    assert shadowed.state == "shadowed"
+    assert shadowed.conflicts_with == "10.2.0.0/24@gw-a"
+    assert "gw-a" in shadowed.reason and "10.2.0.0/24" in shadowed.reason and "lan" in shadowed.reason
+
+
+def test_a_shadow_without_gateway_matches_by_prefix_and_inactive_routes_are_not_shadowed() -> None:
+    a, b = node(1, "gw-a"), node(2, "gw-b")
+    routes = [route("10.9.0.0/16", a), route("10.9.0.0/16", b, "standby", "standby for 10.9.0.0/16@gw-a")]
+    st = [report(b, [], [ShadowedRoute(prefix="10.9.0.0/16", interface="eth1")])]
+    views = route_views(routes, st)
+    assert [v.state for v in views] == ["shadowed", "standby"]
+    assert views[0].conflicts_with is None
+    assert "a local subnet on eth1" in views[0].reason
+
+
+def test_node_view_of_an_unknown_node_is_a_key_error(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    with pytest.raises(KeyError):
+        node_view(topo, statuses, "nope")

@@ -1,0 +1,223 @@
+"""Two network namespaces joined by a veth pair, each running a DataPlane in a worker process.
+
+The `pair` fixture (conftest.py) builds them; this module holds the pieces the tests use.
+
+Addresses are 198.18.1.0/24 inside the namespaces only; names carry a random prefix so runs never
+collide. Teardown stops every process left in the namespaces (by PID), deletes the namespaces (and
+with them the links) and removes socket files with our prefix, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wgmesh import keys
+from wgmesh.agent.system.wireguard_uapi import SOCKET_DIR
+from wgmesh.models import NetMap, PeerConfig
+
+WORKER = Path(__file__).with_name("ns_worker.py")
+TOOLS = ["ip", "wg", "wireguard-go", "nft", "ping"]
+OVERLAY = "100.96.0.0/16"
+
+
+def skip_reason() -> str | None:
+    """Why this machine cannot run these tests (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, tun devices)"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"needs {', '.join(missing)}"
+    if not Path("/dev/net/tun").exists():
+        return "needs /dev/net/tun"
+    return None
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its stderr when it fails."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+class Worker:
+    """A `ns_worker.py` process inside a namespace, driven one JSON command at a time."""
+
+    def __init__(self, ns: str, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("a"),
+            text=True,
+        )
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """Send one command; return the answer, failing the test on an error answer."""
+        answer = self.try_call(cmd, **args)
+        assert answer.pop("ok"), f"{cmd} failed: {answer}"
+        return answer
+
+    def try_call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """Send one command and return the raw answer (ok or not)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"worker died; log:\n{self.log.read_text()[-3000:]}"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def stop(self) -> None:
+        """Let the worker exit (the data plane it managed keeps running)."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Site:
+    """One namespace: its underlay address, WireGuard interface, keys and overlay address."""
+
+    ns: str
+    veth: str
+    underlay: str
+    ifname: str
+    overlay: str
+    port: int
+    subnet: str
+    log: Path
+    keypair: keys.KeyPair = field(default_factory=keys.generate_keypair)
+    worker: Worker | None = None
+
+    def start(self, masquerade: bool = False) -> Worker:
+        """Start a worker here and give it a DataPlane (not up yet)."""
+        self.worker = Worker(self.ns, self.log)
+        self.worker.call(
+            "init",
+            ifname=self.ifname,
+            backend="userspace",
+            private_key=self.keypair.private_key,
+            listen_port=self.port,
+            masquerade=masquerade,
+        )
+        return self.worker
+
+    @property
+    def w(self) -> Worker:
+        assert self.worker is not None
+        return self.worker
+
+    def exec(self, *argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """Run a command inside this namespace."""
+        return sh("ip", "netns", "exec", self.ns, *argv, check=check, timeout=timeout)
+
+    def as_peer(self, node_id: int, **changes: Any) -> PeerConfig:
+        """This site as a peer in someone else's netmap."""
+        fields: dict[str, Any] = {
+            "node_id": node_id,
+            "name": f"site{node_id}",
+            "public_key": self.keypair.public_key,
+            "overlay_ip": self.overlay,
+            "allowed_ips": [f"{self.overlay}/32", self.subnet],
+            "endpoints": [f"{self.underlay}:{self.port}"],
+        }
+        fields.update(changes)
+        return PeerConfig(**fields)
+
+    def netmap(self, *peers: PeerConfig, version: int = 1) -> NetMap:
+        """This site's netmap with these peers."""
+        return NetMap(
+            version=version,
+            node_id=99,
+            name=f"self-{self.ifname[-2:]}",
+            overlay_ip=self.overlay,
+            overlay_cidr=OVERLAY,
+            listen_port=self.port,
+            p2p="auto",
+            peers=list(peers),
+        )
+
+    def apply(self, *peers: PeerConfig, overrides: dict[str, str] | None = None) -> dict[str, Any]:
+        """Apply a netmap holding `peers` through the worker."""
+        return self.w.call("apply", netmap=self.netmap(*peers).model_dump(mode="json"), overrides=overrides)
+
+    def wg_dump(self) -> dict[str, dict[str, str]]:
+        """`wg show IF dump` per peer key: endpoint and allowed IPs as wg prints them."""
+        lines = self.exec("wg", "show", self.ifname, "dump").stdout.splitlines()[1:]
+        peers = {}
+        for line in lines:
+            key, _psk, endpoint, allowed, *_ = line.split("\t")
+            peers[key] = {"endpoint": endpoint, "allowed_ips": allowed}
+        return peers
+
+    def routes(self) -> str:
+        """`ip route` of this namespace."""
+        return sh("ip", "-n", self.ns, "route").stdout
+
+    def ping(self, address: str, count: int = 1) -> subprocess.CompletedProcess[str]:
+        """One quick ping from this namespace (to an address inside the test namespaces)."""
+        return self.exec("ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1", address, check=False)
+
+
+@dataclass
+class Pair:
+    """Two sites on one veth link."""
+
+    prefix: str
+    a: Site
+    b: Site
+    extra_ns: list[str] = field(default_factory=list)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs; a zombie waiting for init to reap it does not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_pids(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(running(p) for p in pids):
+            time.sleep(0.02)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Anything with our prefix still on the machine: namespaces, root links, sockets, processes."""
+    found = [n for n in sh("ip", "netns", "list").stdout.split() if n.startswith(prefix)]
+    found += [
+        line.split()[1].rstrip(":") for line in sh("ip", "-o", "link").stdout.splitlines() if prefix in line
+    ]
+    found += [str(p) for p in SOCKET_DIR.glob(f"{prefix}*")]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if prefix.encode() in cmdline and b"wireguard-go" in cmdline and running(int(proc.name)):
+                found.append(f"pid {proc.name}")
+    return found

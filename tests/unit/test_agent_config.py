@@ -1,0 +1,90 @@
+"""Agent settings: flags over the TOML file over defaults, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wgmesh.agent import config
+from wgmesh.agent.main import build_parser
+from wgmesh.errors import ValidationError
+
+
+def _load(argv: list[str], **kw: bool) -> config.AgentConfig:
+    return config.load(build_parser().parse_args(argv), **kw)
+
+
+def test_flags(tmp_path: Path) -> None:
+    cfg = _load(
+        [
+            "--coordinator",
+            "http://198.18.0.1:8080",
+            "--token",
+            "wgt_1.x",
+            "--name",
+            "gw1",
+            "--advertise",
+            "10.1.0.0/24",
+            "--advertise",
+            "10.9.0.0/16",
+            "--listen-port",
+            "51900",
+            "--interface",
+            "wgt0",
+            "--backend",
+            "userspace",
+            "--state-dir",
+            str(tmp_path),
+            "--masquerade",
+        ]
+    )
+    assert cfg.coordinator == "http://198.18.0.1:8080"
+    assert cfg.advertise == ("10.1.0.0/24", "10.9.0.0/16")
+    assert (cfg.listen_port, cfg.interface, cfg.backend, cfg.masquerade) == (51900, "wgt0", "userspace", True)
+    assert cfg.state_dir == tmp_path
+    assert "wgt_1.x" not in repr(cfg)
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'coordinator = "http://198.18.0.1:8080"\nname = "gw-file"\nadvertise = ["10.1.0.0/24"]\n'
+        "listen_port = 51000\nmasquerade = true\n"
+    )
+    cfg = _load(["--config", str(path), "--name", "gw-flag"])
+    assert cfg.name == "gw-flag"
+    assert cfg.advertise == ("10.1.0.0/24",)
+    assert cfg.listen_port == 51000
+    assert cfg.masquerade is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "toml", "message"),
+    [
+        ([], None, "--coordinator URL is required"),
+        (["--coordinator", "http://x", "--name", "GW1"], None, "hostname label"),
+        (["--coordinator", "http://x", "--advertise", "10.1.0.5/16"], None, "did you mean 10.1.0.0/16"),
+        (["--coordinator", "http://x", "--interface", "a-very-long-interface-name"], None, "1-15 characters"),
+        ([], "coordinator = \n", "config file"),
+        ([], 'coordinater = "http://x"\n', "unknown key 'coordinater'"),
+    ],
+)
+def test_bad_settings(tmp_path: Path, argv: list[str], toml: str | None, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    if toml is not None:
+        path.write_text(toml)
+        argv = [*argv, "--config", str(path)]
+    with pytest.raises(ValidationError, match=message):
+        _load(argv)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="does not exist"):
+        _load(["--coordinator", "http://x", "--config", str(tmp_path / "missing.toml")])
+
+
+def test_cleanup_needs_no_coordinator(tmp_path: Path) -> None:
+    cfg = _load(["cleanup", "--interface", "wgt0"], require_coordinator=False)
+    assert cfg.interface == "wgt0"
+    assert cfg.coordinator == ""

@@ -1,0 +1,205 @@
+"""The data-plane facade over in-memory backends: reconcile by diff, shadowing, stats, cleanup."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from wgmesh import keys
+from wgmesh.agent.dataplane import MTU, DataPlane
+from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
+from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryWireGuard
+from wgmesh.agent.wgstate import PeerStats
+from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
+
+ME = keys.generate_keypair()
+
+
+def peer(name: str, index: int, *subnets: str, endpoint: str | None = None) -> PeerConfig:
+    ip = f"100.96.0.{index}"
+    return PeerConfig(
+        node_id=index,
+        name=name,
+        public_key=keys.generate_keypair().public_key,
+        overlay_ip=ip,
+        allowed_ips=[f"{ip}/32", *subnets],
+        endpoints=[endpoint or f"198.18.0.{10 + index}:51820"],
+        psk=keys.generate_psk(),
+    )
+
+
+def netmap(*peers: PeerConfig, version: int = 1, overlay_ip: str = "100.96.0.1") -> NetMap:
+    return NetMap(
+        version=version,
+        node_id=1,
+        name="gw1",
+        overlay_ip=overlay_ip,
+        overlay_cidr="100.96.0.0/16",
+        listen_port=51820,
+        p2p="auto",
+        peers=list(peers),
+    )
+
+
+class Plane:
+    """A DataPlane over memory backends, with the backends at hand."""
+
+    def __init__(self, masquerade: bool = False) -> None:
+        self.wg = MemoryWireGuard("wgm0")
+        self.host = MemoryHost()
+        self.fw = MemoryFirewall()
+        self.dp = DataPlane(
+            "wgm0",
+            "userspace",
+            ME.private_key,
+            51820,
+            masquerade,
+            wireguard=self.wg,
+            host=self.host,
+            firewall=self.fw,
+        )
+
+
+GW2 = peer("gw2", 2, "10.2.0.0/24")
+GW3 = peer("gw3", 3, "10.3.0.0/24")
+
+
+def test_same_netmap_twice_is_zero_operations() -> None:
+    p = Plane()
+    p.dp.up()
+    first = p.dp.apply(netmap(GW2, GW3))
+    assert first.operations > 0 and first.device_ops == 2  # created with key and port: 2 peers to add
+    assert p.dp.apply(netmap(GW2, GW3, version=2)).operations == 0
+    assert p.wg.created == 1
+    assert p.host.links["wgm0"] == {"up": True, "mtu": MTU, "address": "100.96.0.1/16"}
+    assert p.host.installed_routes("wgm0") == ["10.2.0.0/24", "10.3.0.0/24", "100.96.0.2/32", "100.96.0.3/32"]
+    assert p.host.forwarding["ipv4"] is True
+
+
+def test_endpoint_change_is_one_operation_and_keeps_allowed_ips() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2, GW3))
+    moved = GW2.model_copy(update={"endpoints": ["198.18.0.99:51820"]})
+    result = p.dp.apply(netmap(moved, GW3))
+    assert result.operations == 1
+    assert p.wg.applied[-1] == [SetEndpoint(GW2.public_key, "198.18.0.99:51820")]
+    assert p.wg.observe().spec.peers[GW2.public_key].allowed_ips == ("10.2.0.0/24", "100.96.0.2/32")
+
+
+def test_overrides_and_roaming() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2), {GW2.public_key: "127.0.0.1:40002"})
+    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == "127.0.0.1:40002"
+    p.wg.roam(GW2.public_key, "198.18.0.77:1234")
+    assert p.dp.apply(netmap(GW2), {GW2.public_key: "127.0.0.1:40002"}).operations == 0
+    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == "198.18.0.77:1234"
+
+
+def test_removing_a_peer_removes_it_and_its_routes_only() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2, GW3))
+    result = p.dp.apply(netmap(GW2))
+    assert p.wg.applied[-1] == [RemovePeer(GW3.public_key)]
+    assert (result.device_ops, result.route_ops) == (1, 2)
+    assert list(p.wg.observe().spec.peers) == [GW2.public_key]
+    assert p.host.installed_routes("wgm0") == ["10.2.0.0/24", "100.96.0.2/32"]
+
+
+def test_shadowed_route_is_reported_and_installed_once_the_local_subnet_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = Plane()
+    p.host.local = [("10.3.0.0/24", "lan"), ("198.18.0.0/24", "eth0")]
+    with caplog.at_level(logging.WARNING):
+        result = p.dp.apply(netmap(GW2, GW3))
+    assert result.shadowed == [
+        ShadowedRoute(prefix="10.3.0.0/24", gateway="gw3", interface="lan", local_prefix="10.3.0.0/24")
+    ]
+    assert "10.3.0.0/24" not in p.host.installed_routes("wgm0")
+    assert sum("shadowed" in r.getMessage() for r in caplog.records) == 1
+    # WireGuard still holds the prefix: only the route is withheld
+    assert "10.3.0.0/24" in p.wg.observe().spec.peers[GW3.public_key].allowed_ips
+    assert p.dp.apply(netmap(GW2, GW3)).shadowed == result.shadowed
+    p.host.local = []
+    again = p.dp.apply(netmap(GW2, GW3))
+    assert again.shadowed == [] and again.route_ops == 1
+    assert "10.3.0.0/24" in p.host.installed_routes("wgm0")
+
+
+def test_a_lost_device_is_recreated_and_refilled() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2, GW3))
+    p.wg.cleanup()  # wireguard-go died
+    result = p.dp.apply(netmap(GW2, GW3))
+    assert p.wg.created == 2
+    assert sorted(type(op).__name__ for op in p.wg.applied[-1]) == ["AddPeer", "AddPeer"]
+    assert all(isinstance(op, AddPeer) for op in p.wg.applied[-1])
+    assert result.device_ops == 2
+
+
+def test_overlay_address_change_is_applied_in_place() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2))
+    result = p.dp.apply(netmap(GW2, overlay_ip="100.96.0.50"))
+    assert result.operations == 1 and p.wg.created == 1
+    assert p.host.links["wgm0"]["address"] == "100.96.0.50/16"
+
+
+def test_masquerade_table_follows_the_flag() -> None:
+    p = Plane(masquerade=True)
+    p.dp.apply(netmap(GW2))
+    assert p.fw.tables == {"wgm0"}
+    p.dp.masquerade = False
+    assert p.dp.apply(netmap(GW2)).operations == 1
+    assert p.fw.tables == set()
+
+
+def test_peer_stats_report_counters_and_endpoint() -> None:
+    p = Plane()
+    p.dp.apply(netmap(GW2, GW3))
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    p.wg.stats[GW2.public_key] = PeerStats(10, 20, when, "198.18.0.12:51820")
+    stats = {s.public_key: s for s in p.dp.peer_stats()}
+    assert stats[GW2.public_key].model_dump(exclude_none=True) == {
+        "public_key": GW2.public_key,
+        "rx_bytes": 10,
+        "tx_bytes": 20,
+        "last_handshake": when,
+        "endpoint": "198.18.0.12:51820",
+        "path": "direct",
+    }
+    assert stats[GW3.public_key].path is None and stats[GW3.public_key].rx_bytes == 0
+
+
+def test_close_leaves_everything_and_cleanup_removes_everything() -> None:
+    p = Plane(masquerade=True)
+    p.dp.apply(netmap(GW2))
+    p.dp.close()
+    assert p.wg.device is not None and "wgm0" in p.host.links and p.fw.tables
+    p.dp.cleanup()
+    assert p.wg.device is None and "wgm0" not in p.host.links and not p.fw.tables
+    assert p.host.installed_routes("wgm0") == []
+
+
+def test_logs_name_keys_by_fingerprint_only(caplog: pytest.LogCaptureFixture) -> None:
+    p = Plane()
+    with caplog.at_level(logging.DEBUG):
+        p.dp.up()
+        p.dp.apply(netmap(GW2, GW3))
+        p.dp.cleanup()
+    text = "\n".join(f"{r.getMessage()} {getattr(r, 'kv', {})}" for r in caplog.records)
+    assert ME.private_key not in text
+    assert GW2.psk is not None and GW2.psk not in text
+    assert GW2.public_key not in text and GW2.public_key[:8] in text
+
+
+def test_a_prefix_given_to_two_peers_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    p = Plane()
+    twin = peer("gw4", 4, "10.2.0.0/24")
+    with caplog.at_level(logging.WARNING):
+        p.dp.apply(netmap(GW2, twin))
+        assert p.dp.apply(netmap(GW2, twin)).operations == 0
+    assert sum("two peers" in r.getMessage() for r in caplog.records) == 1
+    assert "10.2.0.0/24" not in p.wg.observe().spec.peers[twin.public_key].allowed_ips

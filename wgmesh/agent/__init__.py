@@ -1,0 +1,1 @@
+"""The gateway agent: enrollment, netmap following, data plane and status reports."""

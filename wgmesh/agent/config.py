@@ -1,0 +1,80 @@
+"""The agent's settings: command-line flags over `/etc/wgmesh/agent.toml`, over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from wgmesh import ipam
+from wgmesh.errors import ValidationError
+from wgmesh.models import check_name
+
+DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
+Backend = Literal["auto", "kernel", "userspace"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent process needs to know at start."""
+
+    coordinator: str
+    name: str
+    token: str | None = field(default=None, repr=False)
+    advertise: tuple[str, ...] = ()
+    listen_port: int = 51820
+    interface: str = "wgmesh0"
+    backend: Backend = "auto"
+    state_dir: Path = Path("/var/lib/wgmesh-agent")
+    masquerade: bool = False
+
+
+def _hostname_label() -> str:
+    label = socket.gethostname().split(".")[0].lower()
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in label).strip("-")[:63] or "node"
+
+
+def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> AgentConfig:
+    """Merge the config file (if any) with the flags that were given; validate the result."""
+    values: dict[str, Any] = {}
+    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    if args.config or path.exists():
+        try:
+            with path.open("rb") as fh:
+                values.update(tomllib.load(fh))
+        except FileNotFoundError as exc:
+            raise ValidationError(f"config file {path} does not exist", code="invalid_config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValidationError(f"config file {path}: {exc}", code="invalid_config") from exc
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValidationError(f"config file {path}: unknown key {unknown[0]!r}", code="invalid_config")
+    for name in known:
+        given = getattr(args, name, None)
+        if given not in (None, [], False):
+            values[name] = given
+    if require_coordinator and not values.get("coordinator"):
+        raise ValidationError("--coordinator URL is required (flag or config file)", code="invalid_config")
+    values.setdefault("coordinator", "")
+    values.setdefault("name", _hostname_label())
+    try:
+        check_name(values["name"])
+    except ValueError as exc:
+        raise ValidationError(f"--name {values['name']!r}: {exc}", code="invalid_config") from exc
+    values["advertise"] = tuple(str(ipam.parse_cidr(c)) for c in values.get("advertise", ()))
+    values["state_dir"] = Path(values.get("state_dir", AgentConfig.state_dir))
+    if values.get("backend", "auto") not in ("auto", "kernel", "userspace"):
+        raise ValidationError("backend must be auto, kernel or userspace", code="invalid_config")
+    iface = str(values.get("interface", AgentConfig.interface))
+    if not 1 <= len(iface) <= 15 or "/" in iface or iface in (".", ".."):
+        raise ValidationError(
+            f"interface name {iface!r} is not valid (1-15 characters)", code="invalid_config"
+        )
+    port = int(values.get("listen_port", 51820))
+    if not 1 <= port <= 65535:
+        raise ValidationError(f"listen port {port} is out of range", code="invalid_config")
+    return AgentConfig(**values)

@@ -1,0 +1,283 @@
+"""The agent's data plane: a netmap in, a configured WireGuard interface, routes and firewall out.
+
+`apply` is a reconcile: it reads the interface, plans the difference and applies only that, so the
+same netmap twice costs nothing the second time and a change never recreates the interface. The
+interface outlives the agent (`close`); only `cleanup` takes it down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from wgmesh import keys
+from wgmesh.agent import plan
+from wgmesh.agent.plan import DeviceOp, EndpointFor
+from wgmesh.agent.system.backend import BackendName, Firewall, HostNetwork, WireGuardBackend, open_wireguard
+from wgmesh.agent.wgstate import PrivateKey
+from wgmesh.errors import BackendError
+from wgmesh.logs import kv
+from wgmesh.models import NetMap, PeerStatus, ShadowedRoute
+
+log = logging.getLogger("wgmesh.agent.dataplane")
+
+MTU = 1420
+"""WireGuard's usual MTU: 1500 minus the largest (IPv6) encapsulation overhead."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one `apply` did: how many changes it made, and the remote routes it left out."""
+
+    operations: int
+    shadowed: list[ShadowedRoute] = field(default_factory=list)
+    device_ops: int = 0
+    route_ops: int = 0
+    seconds: float = 0.0
+
+
+def describe(op: DeviceOp | plan.RouteOp) -> dict[str, object]:
+    """Log fields for one operation: public keys as fingerprints, never a key in full."""
+    fields: dict[str, object] = {"op": type(op).__name__}
+    match op:
+        case plan.AddPeer(peer=peer):
+            fields.update(
+                peer=keys.fingerprint(peer.public_key), endpoint=peer.endpoint, allowed=len(peer.allowed_ips)
+            )
+        case plan.ReplaceAllowedIps(public_key=key, allowed_ips=ips):
+            fields.update(peer=keys.fingerprint(key), allowed=len(ips))
+        case plan.SetEndpoint(public_key=key, endpoint=endpoint):
+            fields.update(peer=keys.fingerprint(key), endpoint=endpoint)
+        case plan.SetKeepalive(public_key=key, keepalive=keepalive):
+            fields.update(peer=keys.fingerprint(key), keepalive=keepalive)
+        case plan.RemovePeer(public_key=key) | plan.SetPsk(public_key=key):
+            fields.update(peer=keys.fingerprint(key))
+        case plan.SetListenPort(port=port):
+            fields.update(port=port)
+        case plan.SetPrivateKey(private_key=key):
+            fields.update(key=keys.fingerprint(key.public_key))
+        case plan.AddRoute(prefix=prefix) | plan.RemoveRoute(prefix=prefix):
+            fields.update(prefix=prefix)
+        case _:
+            pass
+    return fields
+
+
+class DataPlane:
+    """One WireGuard interface with its address, routes and optional masquerade, kept in line with netmaps."""
+
+    def __init__(
+        self,
+        ifname: str,
+        backend: BackendName,
+        private_key: str,
+        listen_port: int,
+        masquerade: bool = False,
+        *,
+        wireguard: WireGuardBackend | None = None,
+        host: HostNetwork | None = None,
+        firewall: Firewall | None = None,
+    ) -> None:
+        self.ifname = ifname
+        self.backend_name: BackendName = backend
+        self.listen_port = listen_port
+        self.masquerade = masquerade
+        self._key = PrivateKey(private_key)
+        self._wg = wireguard
+        self._host = host
+        self._firewall = firewall
+        self._lock = threading.RLock()
+        # The endpoint we last set per peer; compared with instead of the interface's, so the planner
+        # does not undo WireGuard's roaming. Empty after a start: the first apply lines up once.
+        self._applied_endpoints: dict[str, str | None] = {}
+        self._shadowed: list[ShadowedRoute] = []
+        self._claimed_twice: list[tuple[str, str, str]] = []  # warned about once, not every reconcile
+
+    # -- parts, made on first use so that constructing a DataPlane touches nothing -----------------
+
+    @property
+    def wireguard(self) -> WireGuardBackend:
+        """The WireGuard backend (chosen on first use when `auto`)."""
+        if self._wg is None:
+            self._wg = open_wireguard(self.backend_name, self.ifname)
+        return self._wg
+
+    @property
+    def host(self) -> HostNetwork:
+        """The host network (links, addresses, routes)."""
+        if self._host is None:
+            from wgmesh.agent.system.routes import LinuxHost  # noqa: PLC0415
+
+            self._host = LinuxHost()
+        return self._host
+
+    @property
+    def firewall(self) -> Firewall:
+        """The nftables table for masquerade."""
+        if self._firewall is None:
+            from wgmesh.agent.system.firewall import NftFirewall  # noqa: PLC0415
+
+            self._firewall = NftFirewall()
+        return self._firewall
+
+    # -- the facade --------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Create the interface, or adopt the one a previous agent left running (its address comes with `apply`)."""
+        with self._lock:
+            if self.wireguard.ensure_up(self._key, self.listen_port):
+                self._applied_endpoints = {}
+            log.info(
+                "data plane up",
+                extra=kv(
+                    interface=self.ifname,
+                    backend=self.wireguard.kind,
+                    key=keys.fingerprint(self._key.public_key),
+                    listen_port=self.listen_port,
+                ),
+            )
+
+    def apply(self, netmap: NetMap, endpoint_overrides: EndpointFor | None = None) -> ApplyResult:
+        """Reconcile the interface, its routes and the firewall with `netmap`; only differences are applied."""
+        with self._lock:
+            started = time.monotonic()
+            if self.wireguard.ensure_up(self._key, self.listen_port):
+                # A new device (first start, or wireguard-go restarted after dying) holds nothing yet.
+                self._applied_endpoints = {}
+            overlay = ipaddress.ip_network(netmap.overlay_cidr)
+            changes = self.host.ensure_interface(self.ifname, netmap.overlay_ip, overlay.prefixlen, MTU)
+
+            desired = plan.desired_device(
+                netmap, endpoint_overrides, listen_port=self.listen_port, private_key=self._key
+            )
+            twice = plan.claimed_twice(netmap)
+            for prefix, kept, dropped in twice if twice != self._claimed_twice else []:
+                log.warning(
+                    "allowed IP given to two peers", extra=kv(prefix=prefix, kept=kept, dropped=dropped)
+                )
+            self._claimed_twice = twice
+            observed = self.wireguard.observe()
+            device_ops = plan.plan_device(desired, observed.spec, self._applied_endpoints)
+            for op in device_ops:
+                log.debug("device operation", extra=kv(interface=self.ifname, **describe(op)))
+            if device_ops:
+                self.wireguard.apply(device_ops)
+            self._applied_endpoints = plan.applied_endpoints_after(desired)
+
+            wanted = plan.desired_routes(netmap, desired)
+            route_ops, shadowed = plan.plan_routes(
+                wanted, self.host.installed_routes(self.ifname), self.host.connected(exclude=self.ifname)
+            )
+            for route_op in route_ops:
+                log.debug("route operation", extra=kv(interface=self.ifname, **describe(route_op)))
+            self.host.apply_routes(self.ifname, route_ops)
+            changes += self.host.ensure_forwarding(ipv6=any(":" in p for p in wanted))
+            changes += self.firewall.ensure(self.ifname, self.masquerade)
+            self._report_shadowed(shadowed)
+
+            total = len(device_ops) + len(route_ops) + changes
+            result = ApplyResult(
+                operations=total,
+                shadowed=shadowed,
+                device_ops=len(device_ops),
+                route_ops=len(route_ops),
+                seconds=time.monotonic() - started,
+            )
+            if total:
+                log.info(
+                    "data plane changed",
+                    extra=kv(
+                        interface=self.ifname,
+                        version=netmap.version,
+                        peers=len(desired.peers),
+                        device_ops=result.device_ops,
+                        route_ops=result.route_ops,
+                        other=changes,
+                        ms=round(result.seconds * 1000, 1),
+                    ),
+                )
+            return result
+
+    def _report_shadowed(self, shadowed: list[ShadowedRoute]) -> None:
+        if shadowed != self._shadowed:
+            for route in shadowed:
+                if route not in self._shadowed:
+                    log.warning(
+                        "remote route shadowed by a local subnet; not installed",
+                        extra=kv(
+                            prefix=route.prefix,
+                            gateway=route.gateway,
+                            interface=route.interface,
+                            local_prefix=route.local_prefix,
+                        ),
+                    )
+        self._shadowed = list(shadowed)
+
+    def peer_stats(self) -> list[PeerStatus]:
+        """Per-peer counters, last handshake and current endpoint, as the status report wants them."""
+        with self._lock:
+            try:
+                observed = self.wireguard.observe()
+            except BackendError as exc:
+                log.warning("cannot read the interface", extra=kv(interface=self.ifname, error=exc.message))
+                return []
+        return [
+            PeerStatus(
+                public_key=key,
+                rx_bytes=stats.rx_bytes,
+                tx_bytes=stats.tx_bytes,
+                last_handshake=stats.last_handshake,
+                endpoint=stats.endpoint,
+                # Only direct paths exist until the relay lands; a peer without endpoint has none.
+                path="direct" if stats.endpoint else None,
+            )
+            for key, stats in sorted(observed.stats.items())
+        ]
+
+    def close(self) -> None:
+        """Stop managing; the interface, its routes and wireguard-go keep running."""
+        with self._lock:
+            log.info("data plane left running", extra=kv(interface=self.ifname))
+
+    def cleanup(self) -> None:
+        """Remove the interface, its routes, the nftables table, and stop wireguard-go for it."""
+        with self._lock:
+            self.firewall.remove(self.ifname)
+            if self._wg is None:
+                self._wg = _existing_backend(self.ifname)
+            if self._wg is not None:
+                self._wg.cleanup()
+            # Routes and addresses go with the link; the link goes with wireguard-go or the kernel backend,
+            # but a tun left by a daemon we could not signal is removed here.
+            self.host.delete_link(self.ifname)
+            self._applied_endpoints = {}
+            self._shadowed = []
+            log.info("data plane removed", extra=kv(interface=self.ifname))
+
+    @classmethod
+    def cleanup_interface(cls, ifname: str) -> None:
+        """`wgmesh-agent cleanup`: remove what an agent made for `ifname`, without its key."""
+        from wgmesh.agent.system.firewall import NftFirewall  # noqa: PLC0415
+        from wgmesh.agent.system.routes import LinuxHost  # noqa: PLC0415
+
+        NftFirewall().remove(ifname)
+        backend = _existing_backend(ifname)
+        if backend is not None:
+            backend.cleanup()
+        LinuxHost().delete_link(ifname)
+        log.info("data plane removed", extra=kv(interface=ifname))
+
+
+def _existing_backend(ifname: str) -> WireGuardBackend | None:
+    """The backend behind an existing `ifname` (a wireguard-go socket, or a kernel link), if any."""
+    from wgmesh.agent.system import wireguard_kernel, wireguard_uapi  # noqa: PLC0415
+
+    if wireguard_kernel.is_kernel_device(ifname):
+        return wireguard_kernel.KernelBackend(ifname)
+    # Also when nobody answers: the userspace backend removes a stale socket left by a killed daemon.
+    if wireguard_uapi.socket_path(ifname).exists():
+        return wireguard_uapi.UserspaceBackend(ifname)
+    return None

@@ -1,0 +1,298 @@
+"""`wgmesh-agent`: enroll, follow the netmap, keep the WireGuard interface and routes in line, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from wgmesh import keys, logs
+from wgmesh.agent import config as agent_config
+from wgmesh.agent.backoff import Backoff
+from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
+from wgmesh.agent.dataplane import ApplyResult, DataPlane
+from wgmesh.agent.state import Enrollment, StateDir
+from wgmesh.agent.sync import NetmapFollower
+from wgmesh.agent.underlay import eth0_address
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.logs import kv
+from wgmesh.models import EnrollRequest, NetMap, ShadowedRoute, StatusReport
+
+log = logging.getLogger("wgmesh.agent")
+
+STATUS_INTERVAL = 10.0
+RECONCILE_INTERVAL = 30.0
+
+
+class Agent:
+    """One gateway's agent: owns the data plane, the netmap follower and the status reports."""
+
+    def __init__(self, cfg: agent_config.AgentConfig) -> None:
+        self.cfg = cfg
+        self.state = StateDir(cfg.state_dir)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.shadowed: list[ShadowedRoute] = []
+        self.netmap: NetMap | None = None
+        self.reachable = False
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.state.prepare()
+        self.keypair = self.state.private_key()
+        self.dataplane = DataPlane(
+            cfg.interface, cfg.backend, self.keypair.private_key, cfg.listen_port, masquerade=cfg.masquerade
+        )
+        self.client = CoordinatorClient(cfg.coordinator)
+        self.follower = NetmapFollower(
+            self.client, self.state, self.apply, on_reachability=self._set_reachable, stop=self.stop
+        )
+
+    def _set_reachable(self, ok: bool) -> None:
+        if ok != self.reachable:
+            log.info("coordinator reachability changed", extra=kv(reachable=ok))
+        self.reachable = ok
+
+    def apply(self, netmap: NetMap) -> None:
+        """Reconcile the interface and routes with `netmap` (only the differences are applied)."""
+        with self.lock:
+            result: ApplyResult = self.dataplane.apply(netmap)
+            changed = self.netmap is None or netmap.version != self.netmap.version
+            self.netmap = netmap
+            self.shadowed = list(result.shadowed)
+        if result.operations or changed:
+            log.info(
+                "netmap applied",
+                extra=kv(
+                    version=netmap.version,
+                    peers=len(netmap.peers),
+                    operations=result.operations,
+                    shadowed=len(result.shadowed),
+                ),
+            )
+            self.report_soon()
+
+    def reconcile(self) -> None:
+        """Re-apply the current netmap, repairing drift (a route removed by hand, a dead wireguard-go)."""
+        if self.netmap is not None:
+            try:
+                self.apply(self.netmap)
+            except WgmeshError as exc:
+                log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
+
+    def enroll(self) -> Enrollment:
+        """The stored enrollment, or a new one made with the token (retrying while unreachable)."""
+        found = self.state.enrollment()
+        if found is not None:
+            return found
+        if not self.cfg.token:
+            raise ValidationError("this node is not enrolled yet: give --token", code="no_token")
+        backoff = Backoff()
+        endpoint_ip = eth0_address(self.cfg.coordinator)
+        request = EnrollRequest(
+            token=self.cfg.token,
+            name=self.cfg.name,
+            public_key=self.keypair.public_key,
+            listen_port=self.cfg.listen_port,
+            subnets=list(self.cfg.advertise),
+            endpoints=[f"{endpoint_ip}:{self.cfg.listen_port}"] if endpoint_ip else [],
+        )
+        while not self.stop.is_set():
+            try:
+                answer = self.client.enroll(request)
+            except CoordinatorUnreachable as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "enrollment waits for the coordinator",
+                    extra=kv(error=exc.message, retry_in=round(delay, 1)),
+                )
+                self.stop.wait(delay)
+                continue
+            enrollment = Enrollment(answer.node_id, answer.credential, self.cfg.coordinator)
+            self.state.save_enrollment(enrollment)
+            log.info(
+                "enrolled",
+                extra=kv(
+                    node=self.cfg.name, node_id=answer.node_id, key=keys.fingerprint(self.keypair.public_key)
+                ),
+            )
+            self.follower.accept(answer.netmap)
+            return enrollment
+        raise KeyboardInterrupt
+
+    def sync_advertised(self) -> None:
+        """Make the coordinator's list of this gateway's subnets match --advertise, when given."""
+        if not self.cfg.advertise:
+            return
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                verdicts = self.client.advertise(list(self.cfg.advertise))
+            except CoordinatorUnreachable:
+                # Fail-static: the data plane runs from the cache; advertise once the coordinator is back.
+                self.stop.wait(backoff.next_delay())
+                continue
+            except WgmeshError as exc:
+                log.error("subnets refused by the coordinator", extra=kv(code=exc.code, error=exc.message))
+                return
+            for route in verdicts:
+                if route.state != "active":
+                    log.warning(
+                        "route not active",
+                        extra=kv(prefix=route.prefix, state=route.state, reason=route.reason),
+                    )
+            return
+
+    def status(self) -> StatusReport:
+        """The report the coordinator gets every 10 s and after every change."""
+        eth0 = eth0_address(self.cfg.coordinator)
+        with self.lock:
+            peers = self.dataplane.peer_stats()
+            shadowed = list(self.shadowed)
+            version = self.netmap.version if self.netmap else None
+        return StatusReport(
+            endpoints=[f"{eth0}:{self.cfg.listen_port}"] if eth0 else [],
+            eth0_ip=eth0,
+            netmap_version=version,
+            peers=peers,
+            shadowed=shadowed,
+        )
+
+    def report(self) -> None:
+        """Send one status report; failures only log (the next one retries)."""
+        if self.client.credential is None:
+            return
+        try:
+            self.client.report(self.status())
+            self._set_reachable(True)
+        except CoordinatorUnreachable:
+            self._set_reachable(False)
+        except WgmeshError as exc:
+            log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))
+
+    def report_soon(self) -> None:
+        """Run the status job now instead of at its next tick."""
+        job = self.scheduler.get_job("status")
+        if job is not None:
+            job.modify(next_run_time=_now())
+
+    def run(self) -> None:
+        """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
+        self.dataplane.up()
+        self.follower.restore()
+        self.scheduler.add_job(
+            self.report,
+            "interval",
+            seconds=STATUS_INTERVAL,
+            id="status",
+            next_run_time=_now(),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.reconcile,
+            "interval",
+            seconds=RECONCILE_INTERVAL,
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+        try:
+            enrollment = self.enroll()
+            if enrollment.coordinator != self.cfg.coordinator:
+                log.warning("enrolled with another coordinator URL", extra=kv(stored=enrollment.coordinator))
+            self.client.credential = enrollment.credential
+            self.sync_advertised()
+            self.follower.run()
+        finally:
+            self.scheduler.shutdown(wait=False)
+            self.dataplane.close()
+            self.client.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Stop(Exception):
+    """Raised from the signal handler to unwind the main thread out of a blocking call."""
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's command-line parser."""
+    parser = argparse.ArgumentParser(prog="wgmesh-agent", description="wgmesh agent for a gateway.")
+    parser.add_argument(
+        "--config", help=f"TOML config file (default {agent_config.DEFAULT_CONFIG} if present)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--interface", help="WireGuard interface name (default wgmesh0)")
+    parser.add_argument("--backend", choices=["auto", "kernel", "userspace"])
+    parser.add_argument("--state-dir", help="state directory (default /var/lib/wgmesh-agent)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "cleanup"],
+        help="run (default) or cleanup: remove the interface, routes and firewall rules the agent made",
+    )
+    parser.add_argument("--coordinator", help="coordinator URL, e.g. http://198.18.0.1:8080")
+    parser.add_argument("--token", help="enrollment token (needed only for the first start)")
+    parser.add_argument("--name", help="node name (default: the hostname)")
+    parser.add_argument(
+        "--advertise",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a subnet this gateway routes for (repeatable)",
+    )
+    parser.add_argument("--listen-port", type=int)
+    parser.add_argument(
+        "--masquerade",
+        action="store_true",
+        default=None,
+        help="masquerade tunnel traffic leaving into the VPC",
+    )
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    """The agent's command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    if args.command == "cleanup":
+        cfg = agent_config.load(args, require_coordinator=False)
+        DataPlane.cleanup_interface(cfg.interface)
+        log.info("cleaned up", extra=kv(interface=cfg.interface))
+        return 0
+    cfg = agent_config.load(args)
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        agent.run()
+    except (_Stop, KeyboardInterrupt) as exc:
+        agent.stop.set()
+        log.info("stopping; the interface stays up", extra=kv(reason=str(exc) or "interrupt"))
+    return 0
+
+
+def main() -> None:
+    """Console entry point: errors become one readable line."""
+    try:
+        sys.exit(run(sys.argv[1:]))
+    except ValidationError as exc:
+        print(f"wgmesh-agent: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except WgmeshError as exc:
+        print(f"wgmesh-agent: {exc.message}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,102 @@
+"""The agent's state directory: its private key, its node credential and the last netmap."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+
+from wgmesh import keys
+from wgmesh.errors import WgmeshError
+from wgmesh.models import NetMap
+from wgmesh.secure_files import ensure_private_dir, read_private, write_private
+
+
+class StateError(WgmeshError):
+    """The state directory holds something unreadable."""
+
+    code = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """Who this node is to the coordinator."""
+
+    node_id: int
+    credential: str
+    coordinator: str
+
+    def __repr__(self) -> str:
+        return f"Enrollment(node_id={self.node_id}, coordinator={self.coordinator!r})"
+
+
+class StateDir:
+    """Files under the agent's state directory (0700; every file 0600, written atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / "private.key"
+
+    @property
+    def enrollment_file(self) -> Path:
+        return self.path / "enrollment.json"
+
+    @property
+    def netmap_file(self) -> Path:
+        return self.path / "netmap.json"
+
+    def prepare(self) -> None:
+        """Create the directory with mode 0700."""
+        ensure_private_dir(self.path)
+
+    def private_key(self) -> keys.KeyPair:
+        """The node's key pair; generated here on first use, never sent anywhere."""
+        raw = read_private(self.key_file)
+        if raw is not None:
+            private = raw.decode().strip()
+            try:
+                return keys.KeyPair(private, keys.public_key_of(private))
+            except WgmeshError as exc:
+                raise StateError(f"{self.key_file} does not hold a valid key: {exc.message}") from exc
+        pair = keys.generate_keypair()
+        write_private(self.key_file, (pair.private_key + "\n").encode())
+        return pair
+
+    def enrollment(self) -> Enrollment | None:
+        """The stored enrollment, or None before the first one."""
+        raw = read_private(self.enrollment_file)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return Enrollment(int(data["node_id"]), str(data["credential"]), str(data["coordinator"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{self.enrollment_file} is corrupt; remove it to enroll again") from exc
+
+    def save_enrollment(self, enrollment: Enrollment) -> None:
+        """Persist the credential (0600, atomic)."""
+        body = {
+            "node_id": enrollment.node_id,
+            "credential": enrollment.credential,
+            "coordinator": enrollment.coordinator,
+        }
+        write_private(self.enrollment_file, json.dumps(body).encode())
+
+    def cached_netmap(self) -> NetMap | None:
+        """The last netmap applied, or None; a corrupt cache counts as none."""
+        raw = read_private(self.netmap_file)
+        if raw is None:
+            return None
+        try:
+            return NetMap.model_validate_json(raw)
+        except pydantic.ValidationError:
+            return None
+
+    def save_netmap(self, netmap: NetMap) -> None:
+        """Cache a netmap (it holds preshared keys: 0600, atomic)."""
+        write_private(self.netmap_file, netmap.model_dump_json().encode())

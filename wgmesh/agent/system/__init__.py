@@ -1,0 +1,1 @@
+"""The only agent modules that touch the kernel: WireGuard backends, routes and the firewall."""

@@ -1,0 +1,127 @@
+"""Pure types describing a WireGuard device: what we want it to hold, and what it holds.
+
+Keys are base64 strings as in the rest of wgmesh; backends convert at their edge (hex for UAPI).
+Secrets (private and preshared keys) never show in a repr, so a logged or failed object leaks nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from wgmesh import keys
+
+KEEPALIVE = 25
+"""Persistent keepalive (seconds) for every mesh peer: keeps NAT mappings open and handshakes fresh."""
+
+
+class PrivateKey:
+    """A WireGuard private key that shows only its public key's fingerprint when printed."""
+
+    __slots__ = ("_public", "_value")
+
+    def __init__(self, value: str) -> None:
+        keys.decode_key(value)  # refuse a malformed key here, not deep inside a backend
+        self._value = value
+        self._public = keys.public_key_of(value)
+
+    @property
+    def public_key(self) -> str:
+        """The matching public key (base64)."""
+        return self._public
+
+    def reveal(self) -> str:
+        """The base64 private key, for the one place that hands it to the interface."""
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PrivateKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._public)
+
+    def __repr__(self) -> str:
+        return f"PrivateKey(public={keys.fingerprint(self._public)}…)"
+
+    __str__ = __repr__
+
+
+def normalize_ips(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """Allowed IPs as WireGuard stores them: host bits cleared, duplicates dropped, sorted."""
+    nets = {ipaddress.ip_network(p.strip(), strict=False) for p in prefixes}
+    ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return tuple(str(n) for n in ordered)
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """`IP:PORT` (IPv6 as `[IP]:PORT`) in canonical form, as WireGuard reports it."""
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} must be ADDRESS:PORT")
+    address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    if address.version == 6:
+        return f"[{address}]:{int(port)}"
+    return f"{address}:{int(port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One peer's configuration: allowed IPs are normalized and sorted, so equal specs compare equal."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...] = ()
+    endpoint: str | None = None
+    psk: str | None = field(default=None, repr=False)
+    keepalive: int | None = None
+
+    def __post_init__(self) -> None:
+        # Normalize here so every producer (netmap, UAPI, netlink, tests) compares the same way.
+        object.__setattr__(self, "allowed_ips", normalize_ips(self.allowed_ips))
+        if self.keepalive == 0:
+            object.__setattr__(self, "keepalive", None)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device's configuration. On a desired spec, None for `private_key`/`fwmark` means "leave as is"."""
+
+    listen_port: int | None
+    peers: Mapping[str, PeerSpec]
+    private_key: PrivateKey | None = None
+    fwmark: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        listen_port: int | None,
+        peers: Iterable[PeerSpec],
+        private_key: PrivateKey | None = None,
+        fwmark: int | None = None,
+    ) -> DeviceSpec:
+        """Build a spec from a list of peers, keyed by public key."""
+        return cls(listen_port, {p.public_key: p for p in peers}, private_key, fwmark)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """What the device counts for one peer."""
+
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    last_handshake: datetime | None = None
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedDevice:
+    """What an interface holds now: its configuration plus per-peer counters."""
+
+    spec: DeviceSpec
+    stats: Mapping[str, PeerStats]
+
+    @property
+    def public_key(self) -> str | None:
+        """The interface's public key, when it has a private key."""
+        return self.spec.private_key.public_key if self.spec.private_key else None

@@ -1,0 +1,266 @@
+"""Where the CLI finds the coordinator and its admin token, and the admin HTTP client.
+
+Each setting comes from the first of: the command-line flag, the environment variable, the config file
+(`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator` and `token`).
+Error answers (`{"error": {"code", "message"}}`) become wgmesh.errors exceptions here, in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import stat
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+import pydantic
+
+from wgmesh import __version__
+from wgmesh.errors import (
+    AuthError,
+    ConflictError,
+    ExhaustedError,
+    ForbiddenError,
+    MalformedRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StoreError,
+    UnreachableError,
+    ValidationError,
+    WgmeshError,
+)
+
+URL_ENV = "WGMESH_URL"
+TOKEN_ENV = "WGMESH_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+CONFIG_KEYS = ("coordinator", "token")
+TIMEOUT = 10.0
+
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
+_BY_STATUS: dict[int, type[WgmeshError]] = {
+    400: MalformedRequestError,
+    401: AuthError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: ValidationError,
+}
+_BY_CODE: dict[str, type[WgmeshError]] = {"exhausted": ExhaustedError, "store": StoreError}
+_ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A coordinator URL and the admin token to present there."""
+
+    url: str
+    token: str = field(repr=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """The connection flags every coordinator command takes; `nested` for a subcommand whose group
+    already has them (a value given before the subcommand is kept)."""
+    default = argparse.SUPPRESS if nested else None
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--coordinator",
+        metavar="URL",
+        default=default,
+        help=f"coordinator URL, e.g. http://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
+    )
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default,
+        help=f"admin token (default: ${TOKEN_ENV}, then cli.toml; a flag is visible in `ps`)",
+    )
+
+
+def config_path(env: Mapping[str, str]) -> Path:
+    """`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `$HOME/.config/wgmesh/cli.toml`."""
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".config")
+    return Path(base) / "wgmesh" / "cli.toml"
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, one line."""
+    print(f"wgmesh: warning: {message}", file=sys.stderr)
+
+
+def load_config(path: Path, on_warning: Callable[[str], None] = warn) -> dict[str, str]:
+    """The keys of the CLI config file ({} when there is none); warns when others may read it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror}", code="bad_config") from exc
+    if mode & 0o077:
+        on_warning(f"{path} is readable by others (mode {mode:04o}); run: chmod 600 {path}")
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"{path} is not valid TOML: {exc}", code="bad_config") from exc
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValidationError(
+            f"{path}: unknown key {', '.join(map(repr, unknown))} (known: {', '.join(CONFIG_KEYS)})",
+            code="bad_config",
+        )
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ValidationError(f"{path}: {key} must be a string", code="bad_config")
+    return {k: str(v) for k, v in data.items() if v}
+
+
+def check_url(url: str) -> str:
+    """A coordinator URL without its trailing slash, or ValidationError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(
+            f"coordinator URL {url!r} must look like http://HOST:PORT or https://HOST", code="bad_url"
+        )
+    if parts.query or parts.fragment:
+        raise ValidationError(f"coordinator URL {url!r} must not have a query or fragment", code="bad_url")
+    return url.rstrip("/")
+
+
+def resolve(
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    on_warning: Callable[[str], None] = warn,
+) -> Target:
+    """The coordinator and token to use: flag, then environment, then the config file."""
+    env = os.environ if env is None else env
+    url = getattr(args, "coordinator", None) or env.get(URL_ENV) or None
+    token = getattr(args, "token", None) or env.get(TOKEN_ENV) or None
+    path = config_path(env)
+    if url is None or token is None:
+        config = load_config(path, on_warning)
+        url = url or config.get("coordinator")
+        token = token or config.get("token")
+    if not url:
+        raise ValidationError(
+            f"no coordinator: pass --coordinator URL, set {URL_ENV}, or set coordinator in {path}",
+            code="no_coordinator",
+        )
+    if not token:
+        raise ValidationError(
+            f"no admin token: pass --token, set {TOKEN_ENV}, or set token in {path}", code="no_token"
+        )
+    return Target(check_url(url), token)
+
+
+def segment(value: str) -> str:
+    """A value quoted for use as one path segment."""
+    return quote(value, safe="")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return _ERRNO.sub("", text)
+
+
+class AdminClient:
+    """Admin calls to the coordinator; every failure surfaces as a WgmeshError with one line."""
+
+    def __init__(
+        self, target: Target, *, timeout: float = TIMEOUT, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = target.url
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=target.url,
+            headers={"authorization": f"Bearer {target.token}", "user-agent": f"wgmesh-cli/{__version__}"},
+            timeout=timeout,
+            # A proxy from the environment must never see the admin token.
+            trust_env=False,
+            transport=transport,
+        )
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
+
+    def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        """Send one request; transport failures and error answers raise."""
+        try:
+            response = self._http.request(method, path, json=json)
+        except httpx.TimeoutException as exc:
+            raise UnreachableError(
+                f"coordinator {self.url} did not answer within {self.timeout:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UnreachableError(f"cannot reach the coordinator at {self.url}: {_reason(exc)}") from exc
+        if response.status_code >= 400:
+            raise self._error(response, path)
+        return response
+
+    def _error(self, response: httpx.Response, path: str) -> WgmeshError:
+        status = response.status_code
+        try:
+            body = response.json()["error"]
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            return WgmeshError(
+                f"{self.url}{path} answered HTTP {status} without a wgmesh error: is it a wgmesh coordinator?",
+                code="http_error",
+            )
+        if status == 401:
+            message = f"{message} (coordinator {self.url}; check --token, ${TOKEN_ENV} or cli.toml)"
+        elif code in ("not_found", "method_not_allowed"):
+            # The route itself is missing: an old coordinator, or a URL pointing somewhere else.
+            message = f"{self.url}{path}: {message.lower()} (is this a wgmesh coordinator of this version?)"
+        elif status >= 500:
+            message = f"coordinator {self.url} failed: {message}"
+        cls = _BY_CODE.get(code) or _BY_STATUS.get(status, WgmeshError)
+        return cls(message, code=code)
+
+    def call(self, method: str, path: str, model: type[_M], *, json: Any = None) -> _M:
+        """A request whose answer is a `model` document."""
+        response = self.request(method, path, json=json)
+        return self._parse(response, path, model)
+
+    def call_optional(self, method: str, path: str, model: type[_M], *, json: Any = None) -> _M | None:
+        """Like `call`, but 204 No Content answers None."""
+        response = self.request(method, path, json=json)
+        if response.status_code == 204:
+            return None
+        return self._parse(response, path, model)
+
+    def get(self, path: str, model: type[_M]) -> _M:
+        """GET a `model` document."""
+        return self.call("GET", path, model)
+
+    def _parse(self, response: httpx.Response, path: str, model: type[_M]) -> _M:
+        try:
+            return model.model_validate_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise WgmeshError(
+                f"unexpected answer from {self.url}{path}: {exc.error_count()} field(s) do not match "
+                f"{model.__name__}; is the coordinator the same version as this CLI ({__version__})?",
+                code="bad_answer",
+            ) from exc
+
+
+def connect(args: argparse.Namespace) -> AdminClient:
+    """The admin client for the coordinator the command line, environment or config file names."""
+    return AdminClient(resolve(args))

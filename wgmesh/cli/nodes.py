@@ -1,0 +1,280 @@
+"""`wgmesh nodes` (alias `node`): list, show, add a static peer, change, remove."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from wgmesh.cli import connection, render
+from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, stderr, stdout
+from wgmesh.cli.connection import segment
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.models import Node, NodeList, Route, RouteList
+
+
+def register(sub: Subparsers) -> None:
+    """Add `wgmesh nodes` and its commands."""
+    group = sub.add_parser(
+        "nodes",
+        aliases=["node"],
+        help="list, show, add, change and remove nodes",
+        description="Nodes of the mesh. Without a command: list them.",
+    )
+    add_json_flag(group)
+    connection.add_arguments(group)
+    group.set_defaults(func=cmd_list)
+    cmds = group.add_subparsers(dest="nodes_command", metavar="COMMAND")
+
+    p = cmds.add_parser("list", help="one line per node")
+    _common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = cmds.add_parser("show", help="everything the coordinator knows about one node")
+    p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
+    _common(p)
+    p.set_defaults(func=cmd_show)
+
+    p = cmds.add_parser(
+        "add",
+        help="add a static peer (a device without an agent; see `wgmesh export`)",
+        description="Add a static peer. By default the coordinator generates its key pair, and "
+        "`wgmesh export NAME` writes its wg-quick file; with --public-key the device keeps its own.",
+    )
+    p.add_argument("name", type=node_ref, metavar="NAME", help="node name (a hostname label)")
+    p.add_argument("--public-key", metavar="KEY", help="the device's own public key (base64)")
+    p.add_argument("--subnet", action="append", default=[], metavar="CIDR", help="advertised subnet")
+    p.add_argument(
+        "--endpoint", action="append", default=[], metavar="ADDR:PORT", help="where peers reach it"
+    )
+    p.add_argument("--listen-port", type=int, default=51820, metavar="PORT", help="default 51820")
+    p.add_argument("--p2p", choices=["auto", "off"], default="auto", help="P2P policy (default auto)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag (repeatable)")
+    _common(p)
+    p.set_defaults(func=cmd_add)
+
+    p = cmds.add_parser(
+        "set",
+        help="change a node's P2P policy or tags",
+        description="Change a node. --tag replaces the node's tags with those given.",
+    )
+    p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
+    p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
+    tags = p.add_mutually_exclusive_group()
+    tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
+    tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
+    _common(p)
+    p.set_defaults(func=cmd_set)
+
+    p = cmds.add_parser(
+        "rm",
+        aliases=["remove"],
+        help="remove a node with its routes and credentials",
+        description="Remove a node. Asks for confirmation on a terminal; elsewhere needs --yes.",
+    )
+    p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    _common(p)
+    p.set_defaults(func=cmd_rm)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_json_flag(p, nested=True)
+    connection.add_arguments(p, nested=True)
+
+
+def _path(ref: str) -> str:
+    return f"/api/v1/nodes/{segment(ref)}"
+
+
+def _dump(node: Node) -> dict[str, Any]:
+    return node.model_dump(mode="json")
+
+
+# --- list and show ------------------------------------------------------------------------------
+
+
+def nodes_table(nodes: Sequence[Node], now: datetime) -> RenderableType:
+    """One line per node."""
+    if not nodes:
+        return Text("no nodes", style="dim")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for header, keep in (
+        ("NAME", False),
+        ("ID", True),
+        ("OVERLAY IP", True),
+        ("KIND", True),
+        ("SEEN", False),
+        ("P2P", True),
+        ("TAGS", False),
+        ("SUBNETS", True),
+    ):
+        table.add_column(header, no_wrap=keep, overflow="fold", justify="right" if header == "ID" else "left")
+    for node in nodes:
+        seen = (
+            "online"
+            if node.online
+            else ("never" if node.last_seen is None else render.age(node.last_seen, now))
+        )
+        table.add_row(
+            Text(node.name, style="bold"),
+            str(node.id),
+            node.overlay_ip,
+            "static" if node.static else "agent",
+            Text(seen, style="green" if node.online else "red" if not node.static else "dim"),
+            node.p2p,
+            ", ".join(node.tags) or render.DASH,
+            str(len(node.subnets)),
+        )
+    return table
+
+
+def node_detail(node: Node, routes: Sequence[Route], now: datetime) -> RenderableType:
+    """Every field of a node, with the verdict on each of its subnets."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    states = {r.prefix: r for r in routes if r.gateway_id == node.id}
+    subnets = Text()
+    for i, prefix in enumerate(node.subnets):
+        route = states.get(prefix)
+        subnets.append(("\n" if i else "") + prefix)
+        if route is not None:
+            subnets.append(f"  {route.state}", style=render.STATE_STYLE.get(route.state, ""))
+            detail = render.route_detail_text(route.prefix, route.reason, route.conflicting_with)
+            subnets.append(f"  {detail}" if detail else "", style="dim")
+    seen = "online" if node.online else "offline"
+    if node.last_seen is not None:
+        seen += f", last seen {render.age(node.last_seen, now)} ({node.last_seen.isoformat()})"
+    rows = [
+        ("name", node.name),
+        ("id", str(node.id)),
+        ("kind", "static peer (keys generated by the coordinator)" if node.static else "agent"),
+        ("public key", node.public_key),
+        ("overlay IP", node.overlay_ip),
+        ("eth0 IP", render.dash(node.eth0_ip)),
+        ("public IP", render.dash(node.public_ip)),
+        ("listen port", str(node.listen_port)),
+        ("endpoints", "\n".join(node.endpoints) or render.DASH),
+        ("status", seen),
+        ("p2p", node.p2p),
+        ("tags", ", ".join(node.tags) or render.DASH),
+        ("created", node.created_at.isoformat()),
+    ]
+    for label, value in rows:
+        grid.add_row(label, value)
+    grid.add_row("subnets", subnets if node.subnets else Text(render.DASH))
+    return Group(grid)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """`wgmesh nodes [list]`."""
+    with connection.connect(args) as client:
+        nodes = client.get("/api/v1/nodes", NodeList).nodes
+    if args.json:
+        print_json({"nodes": [_dump(n) for n in nodes]})
+    else:
+        stdout().print(nodes_table(nodes, datetime.now(UTC)))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """`wgmesh nodes show NODE`."""
+    with connection.connect(args) as client:
+        node = client.get(_path(args.node), Node)
+        routes = [] if args.json else client.get("/api/v1/routes", RouteList).routes
+    if args.json:
+        print_json(_dump(node))
+    else:
+        stdout().print(node_detail(node, routes, datetime.now(UTC)))
+    return 0
+
+
+# --- add, set, rm -------------------------------------------------------------------------------
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """`wgmesh nodes add NAME`: a static peer."""
+    body: dict[str, Any] = {
+        "name": args.name,
+        "listen_port": args.listen_port,
+        "subnets": args.subnet,
+        "endpoints": args.endpoint,
+        "p2p": args.p2p,
+        "tags": args.tag,
+    }
+    if args.public_key:
+        body["public_key"] = args.public_key
+    else:
+        body["generate_keys"] = True
+    with connection.connect(args) as client:
+        node = client.call("POST", "/api/v1/nodes", Node, json=body)
+    if args.json:
+        print_json(_dump(node))
+        return 0
+    stdout().print(f"added static peer {node.name} (id {node.id}) with overlay IP {node.overlay_ip}")
+    if not args.public_key:
+        stderr().print(f"its keys are on the coordinator: `wgmesh export {node.name} -o {node.name}.conf`")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """`wgmesh node set NODE --p2p … --tag …`."""
+    body: dict[str, Any] = {}
+    if args.p2p is not None:
+        body["p2p"] = args.p2p
+    if args.tag is not None:
+        body["tags"] = args.tag
+    elif args.clear_tags:
+        body["tags"] = []
+    if not body:
+        raise ValidationError("nothing to change: give --p2p, --tag or --clear-tags", code="usage")
+    with connection.connect(args) as client:
+        node = client.call("PATCH", _path(args.node), Node, json=body)
+    if args.json:
+        print_json(_dump(node))
+    else:
+        stdout().print(f"{node.name}: p2p {node.p2p}, tags {', '.join(node.tags) or render.DASH}")
+    return 0
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; True only for an explicit yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """`wgmesh nodes rm NODE [--yes]`."""
+    if not args.yes and not sys.stdin.isatty():
+        raise ValidationError(
+            f"refusing to remove {args.node} without confirmation: stdin is not a terminal; pass --yes",
+            code="usage",
+        )
+    with connection.connect(args) as client:
+        if not args.yes:
+            node = client.get(_path(args.node), Node)
+            subnets = f", {len(node.subnets)} subnet{'s' if len(node.subnets) != 1 else ''}"
+            question = (
+                f"Remove node {node.name} ({node.overlay_ip}{subnets if node.subnets else ''}) "
+                "with its routes and credentials?"
+            )
+            if not confirm(question):
+                raise WgmeshError("not removed", code="aborted")
+            ref = node.name  # the node confirmed, even when NODE was an id
+        else:
+            ref = args.node
+        removed = client.call("DELETE", _path(ref), Node)
+    if args.json:
+        print_json(_dump(removed))
+    else:
+        stdout().print(f"removed node {removed.name} ({removed.overlay_ip})")
+    return 0

@@ -1,0 +1,402 @@
+"""Pure: view models -> rich renderables. Prefixes and addresses are never cut: cells that may not
+fit wrap between words, and long lists are abbreviated with a count instead."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
+from itertools import groupby
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from wgmesh.cli.view import NodeView, PeerView, RouteView, StatusView, peer_counts
+
+DASH = "—"
+SUBNETS_SHOWN = 4  # per node in the status table; `wgmesh routes` lists them all
+STATE_STYLE = {
+    "active": "green",
+    "standby": "cyan",
+    "conflict": "bold red",
+    "rejected": "red",
+    "shadowed": "yellow",
+}
+DETAIL_MIN = 16  # narrowest useful detail/reason column; below it routes fall back to lines
+ROUTE_INDENT = 2
+MEASURE_WIDTH = 10_000
+
+
+def dash(value: object) -> str:
+    """The value as text, or an em dash when unknown."""
+    return DASH if value is None or value == "" else str(value)
+
+
+def age(when: datetime | None, now: datetime) -> str:
+    """`12s ago`, `5m ago`, `3h ago`, `2d ago`; an em dash when unknown."""
+    if when is None:
+        return DASH
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def human_bytes(count: int | None) -> str:
+    """`512 B`, `1.5 KiB`, `20.0 MiB`…; an em dash when unknown."""
+    if count is None:
+        return DASH
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def rtt(ms: float | None) -> str:
+    """Round-trip time: `0.42 ms`, `12 ms`; an em dash when unknown."""
+    if ms is None:
+        return DASH
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def _widths(renderable: RenderableType) -> tuple[int, int]:
+    """The narrowest `renderable` can be without cutting a word, and its width when nothing wraps."""
+    console = Console(width=MEASURE_WIDTH, color_system=None, file=io.StringIO())
+    measured = console.measure(renderable)
+    return measured.minimum, measured.maximum
+
+
+def _pick(width: int, wide: Table, narrow: Table, lines: Callable[[], RenderableType]) -> RenderableType:
+    """The wide table if it fits on one line per row, else the stacked one if no word must be cut,
+    else plain lines that wrap between values."""
+    if _widths(wide)[1] <= width:
+        return wide
+    if _widths(narrow)[0] <= width:
+        return narrow
+    return lines()
+
+
+def _table(*columns: tuple[str, bool]) -> Table:
+    """A borderless table; each column is (header, keep): `keep` columns hold addresses and prefixes
+    and never wrap, the others wrap between words when the console is narrow."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for header, keep in columns:
+        right = header in ("RTT", "RX", "TX")
+        table.add_column(header, no_wrap=keep, overflow="fold", justify="right" if right else "left")
+    return table
+
+
+def _seen(node: NodeView, now: datetime, static: bool) -> Text:
+    if node.online:
+        return Text("online", style="green")
+    if static and node.last_seen is None:
+        return Text("static", style="dim")
+    return Text("never" if node.last_seen is None else age(node.last_seen, now), style="red")
+
+
+def _peers(node: NodeView, sep: str) -> str:
+    if not node.peers:
+        return DASH
+    direct, relayed = peer_counts(node)
+    unknown = len(node.peers) - direct - relayed
+    parts = [f"{direct} direct", f"{relayed} relay"] + ([f"{unknown} unknown"] if unknown else [])
+    return sep.join(parts)
+
+
+def _subnets(subnets: Sequence[str], sep: str = "\n", limit: int = SUBNETS_SHOWN) -> Text:
+    if not subnets:
+        return Text(DASH)
+    shown = subnets if len(subnets) <= limit else subnets[: limit - 1]
+    text = Text(sep.join(shown))
+    if len(shown) < len(subnets):
+        text.append(f"{sep}+{len(subnets) - len(shown)} more", style="dim")
+    return text
+
+
+def _p2p(policy: str) -> Text:
+    return Text(policy, style="yellow" if policy == "off" else "")
+
+
+def _name(name: str, second: str | None = None) -> Text:
+    text = Text(name, style="bold")
+    if second is not None:
+        text.append(f"\n{second}", style="")
+    return text
+
+
+def nodes_table(
+    nodes: Sequence[NodeView], now: datetime, width: int = 80, static: Collection[str] = ()
+) -> RenderableType:
+    """One row per node: addresses, liveness, P2P policy, peers by path, advertised subnets.
+
+    One line per node when that fits in `width`; else the addresses are stacked; else plain lines.
+    """
+    wide = _table(
+        ("NODE", False),
+        ("OVERLAY IP", True),
+        ("ETH0 IP", True),
+        ("PUBLIC IP", True),
+        ("SEEN", False),
+        ("P2P", True),
+        ("PEERS", False),
+        ("SUBNETS", True),
+    )
+    narrow = _table(
+        ("NODE\nOVERLAY IP", False),
+        ("ETH0 IP\nPUBLIC IP", True),
+        ("SEEN", False),
+        ("P2P", True),
+        ("PEERS", False),
+        ("SUBNETS", True),
+    )
+    for node in nodes:
+        seen = _seen(node, now, node.name in static)
+        wide.add_row(
+            _name(node.name),
+            node.overlay_ip,
+            dash(node.eth0_ip),
+            dash(node.public_ip),
+            seen,
+            _p2p(node.p2p),
+            _peers(node, ", "),
+            _subnets(node.subnets),
+        )
+        narrow.add_row(
+            _name(node.name, node.overlay_ip),
+            f"{dash(node.eth0_ip)}\n{dash(node.public_ip)}",
+            seen,
+            _p2p(node.p2p),
+            _peers(node, "\n"),
+            _subnets(node.subnets),
+        )
+
+    def lines() -> RenderableType:
+        out: list[RenderableType] = []
+        for node in nodes:
+            head = _name(node.name)
+            head.append("  ")
+            head.append_text(_seen(node, now, node.name in static))
+            head.append(f"  p2p {node.p2p}  peers {_peers(node, ', ')}")
+            out.append(head)
+            out.append(
+                Text(f"  overlay {node.overlay_ip}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}")
+            )
+            out.append(Text("  subnets ").append_text(_subnets(node.subnets, "  ")))
+        return Group(*out)
+
+    return _pick(width, wide, narrow, lines)
+
+
+def _path(peer: PeerView, sep: str) -> Text:
+    if peer.path is None:
+        return Text(DASH)
+    via = peer.endpoint if peer.path == "direct" else peer.relay
+    text = Text(peer.path, style="green" if peer.path == "direct" else "yellow")
+    text.append(f"{sep}{dash(via)}")
+    return text
+
+
+def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableType:
+    """A node's peers: addresses, path with endpoint or relay, RTT, traffic, handshake, reason.
+
+    One line per peer when that fits in `width`; else related values are stacked; else plain lines.
+    """
+    wide = _table(
+        ("PEER", False),
+        ("OVERLAY IP", True),
+        ("ETH0 IP", True),
+        ("PUBLIC IP", True),
+        ("PATH", True),
+        ("RTT", True),
+        ("RX", True),
+        ("TX", True),
+        ("HANDSHAKE", True),
+        ("REASON", False),
+    )
+    narrow = _table(
+        ("PEER\nOVERLAY IP", False),
+        ("ETH0 IP\nPUBLIC IP", True),
+        ("PATH", True),
+        ("RTT\nHANDSHAKE", True),
+        ("RX\nTX", True),
+        ("REASON", False),
+    )
+    for peer in node.peers:
+        wide.add_row(
+            _name(peer.name),
+            peer.overlay_ip,
+            dash(peer.eth0_ip),
+            dash(peer.public_ip),
+            _path(peer, " "),
+            rtt(peer.rtt_ms),
+            human_bytes(peer.rx_bytes),
+            human_bytes(peer.tx_bytes),
+            age(peer.last_handshake, now),
+            dash(peer.reason),
+        )
+        narrow.add_row(
+            _name(peer.name, peer.overlay_ip),
+            f"{dash(peer.eth0_ip)}\n{dash(peer.public_ip)}",
+            _path(peer, "\n"),
+            f"{rtt(peer.rtt_ms)}\n{age(peer.last_handshake, now)}",
+            f"{human_bytes(peer.rx_bytes)}\n{human_bytes(peer.tx_bytes)}",
+            dash(peer.reason),
+        )
+
+    def lines() -> RenderableType:
+        out: list[RenderableType] = []
+        for peer in node.peers:
+            head = _name(peer.name)
+            head.append("  ")
+            head.append_text(_path(peer, " "))
+            out.append(head)
+            out.append(
+                Text(f"  overlay {peer.overlay_ip}  eth0 {dash(peer.eth0_ip)}  public {dash(peer.public_ip)}")
+            )
+            out.append(
+                Text(
+                    f"  rtt {rtt(peer.rtt_ms)}  rx {human_bytes(peer.rx_bytes)}  "
+                    f"tx {human_bytes(peer.tx_bytes)}  handshake {age(peer.last_handshake, now)}"
+                )
+            )
+            if peer.reason:
+                out.append(Text(f"  reason {peer.reason}"))
+        return Group(*out)
+
+    return _pick(width, wide, narrow, lines)
+
+
+def route_detail_text(prefix: str, reason: str, conflicts_with: str | None) -> str:
+    """The reason without the prefix it starts with, and the route it collides with if not named."""
+    detail = reason.removeprefix(f"{prefix} ")
+    if conflicts_with and conflicts_with.partition("@")[0] not in detail:
+        detail = f"{detail} (with {conflicts_with})" if detail else f"with {conflicts_with}"
+    return detail
+
+
+def route_detail(route: RouteView) -> str:
+    """The detail column of a route."""
+    return route_detail_text(route.prefix, route.reason, route.conflicts_with)
+
+
+def _by_gateway(routes: Sequence[RouteView]) -> list[tuple[str, list[RouteView]]]:
+    ordered = sorted(routes, key=lambda r: r.gateway)  # stable: prefix order kept within a gateway
+    return [(gw, list(group)) for gw, group in groupby(ordered, key=lambda r: r.gateway)]
+
+
+def _heading(gateway: str, routes: Sequence[RouteView], notes: Mapping[str, str]) -> Text:
+    text = Text(gateway, style="bold")
+    note = notes.get(gateway)
+    text.append(f"  {note}" if note else "", style="dim")
+    text.append(f"  {len(routes)} route{'s' if len(routes) != 1 else ''}", style="dim")
+    return text
+
+
+def routes_table(
+    routes: Sequence[RouteView], width: int = 80, notes: Mapping[str, str] | None = None
+) -> RenderableType:
+    """Routes grouped by gateway (a heading each, with `notes[gateway]`), sorted by prefix within.
+
+    The prefix and state columns are as wide as their longest value in every group, so the groups
+    line up and no prefix is ever cut; the detail wraps. On a console too narrow even for that, each
+    route takes its own line with the detail below.
+    """
+    if not routes:
+        return Text("no routes advertised", style="dim")
+    notes = notes or {}
+    groups = _by_gateway(routes)
+    prefix_w = max(len(r.prefix) for r in routes)
+    state_w = max(len(r.state) for r in routes)
+    detail_w = width - ROUTE_INDENT - prefix_w - state_w - 4  # two spaces between columns
+    if detail_w < DETAIL_MIN:
+        return _routes_lines(groups, notes)
+    header = " " * ROUTE_INDENT + f"{'PREFIX':<{prefix_w}}  {'STATE':<{state_w}}  DETAIL"
+    parts: list[RenderableType] = [Text(header, style="bold")]
+    for gateway, group in groups:
+        table = Table(box=None, show_header=False, padding=(0, 2, 0, 0), pad_edge=False)
+        table.add_column("PREFIX", width=prefix_w, no_wrap=True)
+        table.add_column("STATE", width=state_w, no_wrap=True)
+        table.add_column("DETAIL", max_width=detail_w, overflow="fold")
+        for route in group:
+            table.add_row(
+                route.prefix,
+                Text(route.state, style=STATE_STYLE.get(route.state, "")),
+                route_detail(route),
+            )
+        parts += [_heading(gateway, group, notes), Padding(table, (0, 0, 0, ROUTE_INDENT), expand=False)]
+    return Group(*parts)
+
+
+def _routes_lines(
+    groups: Sequence[tuple[str, Sequence[RouteView]]], notes: Mapping[str, str]
+) -> RenderableType:
+    """For consoles too narrow for the table: each route on its own line, the detail below it."""
+    lines: list[RenderableType] = []
+    for gateway, group in groups:
+        lines.append(_heading(gateway, group, notes))
+        for route in group:
+            line = Text(f"  {route.prefix} ")
+            line.append(route.state, style=STATE_STYLE.get(route.state, ""))
+            lines.append(line)
+            detail = route_detail(route)
+            if detail:
+                lines.append(Text(f"    {detail}", style="dim"))
+    return Group(*lines)
+
+
+def warnings_block(warnings: Sequence[str]) -> RenderableType:
+    """The warnings, one per line; a quiet line when there are none."""
+    if not warnings:
+        return Text("no warnings", style="dim")
+    text = Text()
+    for i, warning in enumerate(warnings):
+        text.append(("\n" if i else "") + "! ", style="bold yellow")
+        text.append(warning)
+    return text
+
+
+def liveness(node: NodeView, now: datetime, static: bool = False) -> str:
+    """`online`, `static`, `never seen` or `last seen 5m ago`."""
+    if node.online:
+        return "online"
+    if node.last_seen is None:
+        return "static" if static else "never seen"
+    return f"last seen {age(node.last_seen, now)}"
+
+
+def gateway_notes(nodes: Sequence[NodeView], now: datetime, static: Collection[str] = ()) -> dict[str, str]:
+    """Per node, its overlay IP and liveness, for the route table's group headings."""
+    return {n.name: f"{n.overlay_ip}  {liveness(n, now, n.name in static)}" for n in nodes}
+
+
+def status_screen(
+    view: StatusView, now: datetime, width: int = 80, static: Collection[str] = ()
+) -> RenderableType:
+    """`wgmesh status`: nodes, then routes, then warnings."""
+    return Group(
+        Text("Nodes", style="bold underline"),
+        nodes_table(view.nodes, now, width, static) if view.nodes else Text("no nodes enrolled", style="dim"),
+        Text(""),
+        Text("Routes", style="bold underline"),
+        routes_table(view.routes, width, gateway_notes(view.nodes, now, static)),
+        Text(""),
+        Text("Warnings", style="bold underline"),
+        warnings_block(view.warnings),
+    )
+
+
+def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = False) -> RenderableType:
+    """`wgmesh status NODE`: a heading with the node's own addresses, then its peers."""
+    head = Text(node.name, style="bold")
+    head.append(
+        f"  {node.overlay_ip}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}  p2p {node.p2p}  "
+    )
+    head.append(liveness(node, now, static))
+    body: RenderableType = peers_table(node, now, width) if node.peers else Text("no peers", style="dim")
+    return Group(head, Text(""), body)
