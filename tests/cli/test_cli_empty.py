@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Cli
+from cli_harness import Cli
 
 
 def test_status_json_of_an_empty_mesh(wgmesh: Cli) -> None:

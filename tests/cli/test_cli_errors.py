@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Cli, base_env
+from cli_harness import Cli, base_env, run_cli
 from coordinator_harness import Coordinator
 
 # Every command that talks to the coordinator, with arguments that pass argument parsing.
@@ -61,7 +61,6 @@ def test_bad_token_is_one_line_and_exit_1(
 
 
 def test_without_settings_every_command_says_how_to_give_them(home: Path) -> None:
-    from conftest import run_cli  # noqa: PLC0415
 
     for argv in COMMANDS:
         r = run_cli(*argv, env=base_env(home))

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Cli
+from cli_harness import Cli
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, netmap, peers_by_name
 from wgconfig import WGConfig
 

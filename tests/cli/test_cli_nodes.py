@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Cli, Result
+from cli_harness import Cli, Result
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll
 
 from wgmesh import keys

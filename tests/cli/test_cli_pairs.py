@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import Cli
+from cli_harness import Cli
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, netmap, peers_by_name
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Cli
+from cli_harness import Cli
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
 
 NODE_FIELDS = {"name", "overlay_ip", "eth0_ip", "public_ip", "online", "last_seen", "p2p", "subnets", "peers"}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from conftest import Cli
+from cli_harness import Cli
 from coordinator_harness import Coordinator, enroll, enroll_body
 
 TOKEN_FIELDS = {"id", "reusable", "expires_at", "revoked", "uses", "tags", "p2p", "description", "created_at"}
