@@ -407,3 +407,40 @@ class ErrorResponse(Model):
     """`{"error": {"code": ..., "message": ...}}`."""
 
     error: ErrorBody
+
+
+# --- agent-local status ---------------------------------------------------------------------------
+
+
+class LocalPeer(Model):
+    """One peer as the local agent sees it."""
+
+    name: str
+    overlay_ip: IpAddr
+    eth0_ip: IpAddr | None = None
+    public_ip: IpAddr | None = None
+    path: PathKind | None = None
+    endpoint: str | None = None
+    relay: str | None = None
+    rtt_ms: float | None = None
+    rx_bytes: int | None = None
+    tx_bytes: int | None = None
+    last_handshake: datetime | None = None
+    reason: str | None = None
+
+
+class LocalStatus(Model):
+    """What `wgmesh-agent status` reads from the agent's unix socket; works while the coordinator is down."""
+
+    name: str
+    node_id: int | None
+    overlay_ip: IpAddr | None
+    eth0_ip: IpAddr | None
+    p2p: P2PPolicy
+    subnets: list[str]
+    interface: str
+    coordinator: str
+    coordinator_reachable: bool
+    netmap_version: int | None
+    peers: list[LocalPeer]
+    shadowed: list[ShadowedRoute]

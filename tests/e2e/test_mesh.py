@@ -163,6 +163,9 @@ def test_data_plane_survives_coordinator_outage(lab: Lab) -> None:
     tcp_transfer(lab, s1, s2, size=1 << 20)
     # A restarted agent, with its interface gone (as after a reboot), rebuilds it from the cache alone.
     assert lab.kill("gw1", signal.SIGTERM)
+    # SIGTERM leaves the data plane running: interface up, traffic flowing, with no agent at all.
+    assert lab.exec("gw1", "ip", "link", "show", s1.wg_interface).returncode == 0
+    assert ping(lab, "vm1", s2.vm_ip)
     lab.exec("gw1", program("wgmesh-agent"), "cleanup", "--interface", s1.wg_interface, check=True)
     assert lab.exec("gw1", "ip", "link", "show", s1.wg_interface).returncode != 0
     lab.start("gw1")

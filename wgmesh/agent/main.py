@@ -18,12 +18,13 @@ from wgmesh.agent import config as agent_config
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
+from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer, read_local_status
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.underlay import eth0_address
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.logs import kv
-from wgmesh.models import EnrollRequest, NetMap, ShadowedRoute, StatusReport
+from wgmesh.models import EnrollRequest, LocalPeer, LocalStatus, NetMap, ShadowedRoute, StatusReport
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -49,6 +50,7 @@ class Agent:
             cfg.interface, cfg.backend, self.keypair.private_key, cfg.listen_port, masquerade=cfg.masquerade
         )
         self.client = CoordinatorClient(cfg.coordinator)
+        self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
         self.follower = NetmapFollower(
             self.client, self.state, self.apply, on_reachability=self._set_reachable, stop=self.stop
         )
@@ -163,6 +165,44 @@ class Agent:
             shadowed=shadowed,
         )
 
+    def local_status(self) -> LocalStatus:
+        """The peer view served on the local socket, built from the netmap and the interface."""
+        with self.lock:
+            netmap = self.netmap
+            stats = {p.public_key: p for p in self.dataplane.peer_stats()}
+            shadowed = list(self.shadowed)
+        enrollment = self.state.enrollment()
+        peers = []
+        for peer in netmap.peers if netmap else []:
+            st = stats.get(peer.public_key)
+            peers.append(
+                LocalPeer(
+                    name=peer.name,
+                    overlay_ip=peer.overlay_ip,
+                    eth0_ip=peer.eth0_ip,
+                    public_ip=peer.public_ip,
+                    path=st.path if st else None,
+                    endpoint=st.endpoint if st else None,
+                    rx_bytes=st.rx_bytes if st else None,
+                    tx_bytes=st.tx_bytes if st else None,
+                    last_handshake=st.last_handshake if st else None,
+                )
+            )
+        return LocalStatus(
+            name=netmap.name if netmap else self.cfg.name,
+            node_id=enrollment.node_id if enrollment else None,
+            overlay_ip=netmap.overlay_ip if netmap else None,
+            eth0_ip=eth0_address(self.cfg.coordinator),
+            p2p=netmap.p2p if netmap else "auto",
+            subnets=[r.prefix for r in netmap.routes] if netmap else list(self.cfg.advertise),
+            interface=self.cfg.interface,
+            coordinator=self.cfg.coordinator,
+            coordinator_reachable=self.reachable,
+            netmap_version=netmap.version if netmap else None,
+            peers=peers,
+            shadowed=shadowed,
+        )
+
     def report(self) -> None:
         """Send one status report; failures only log (the next one retries)."""
         if self.client.credential is None:
@@ -185,6 +225,7 @@ class Agent:
         """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
         self.dataplane.up()
         self.follower.restore()
+        self.local.start()
         self.scheduler.add_job(
             self.report,
             "interval",
@@ -212,6 +253,7 @@ class Agent:
             self.follower.run()
         finally:
             self.scheduler.shutdown(wait=False)
+            self.local.stop()
             self.dataplane.close()
             self.client.close()
 
@@ -234,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help=f"TOML config file (default {agent_config.DEFAULT_CONFIG} if present)"
     )
+    parser.add_argument("--json", action="store_true", help="with status: print JSON")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--interface", help="WireGuard interface name (default wgmesh0)")
     parser.add_argument("--backend", choices=["auto", "kernel", "userspace"])
@@ -242,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="run",
-        choices=["run", "cleanup"],
-        help="run (default) or cleanup: remove the interface, routes and firewall rules the agent made",
+        choices=["run", "status", "cleanup"],
+        help="run (default); status: the running agent's peers (no coordinator needed); "
+        "cleanup: remove the interface, routes and firewall rules the agent made",
     )
     parser.add_argument("--coordinator", help="coordinator URL, e.g. http://198.18.0.1:8080")
     parser.add_argument("--token", help="enrollment token (needed only for the first start)")
@@ -273,6 +317,13 @@ def run(argv: Sequence[str]) -> int:
         cfg = agent_config.load(args, require_coordinator=False)
         DataPlane.cleanup_interface(cfg.interface)
         log.info("cleaned up", extra=kv(interface=cfg.interface))
+        return 0
+    if args.command == "status":
+        cfg = agent_config.load(args, require_coordinator=False)
+        status = read_local_status(cfg.state_dir / SOCKET_NAME)
+        from wgmesh.cli.local import show_local_status  # noqa: PLC0415 - rich only for this command
+
+        show_local_status(status, as_json=args.json)
         return 0
     cfg = agent_config.load(args)
     agent = Agent(cfg)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
+from pathlib import Path
 
+from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.cli import connection, render
 from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, stdout
+from wgmesh.cli.local import show_local_status
 from wgmesh.cli.view import node_view, status_view
 from wgmesh.errors import NotFoundError
 from wgmesh.models import Node, NodeStatus, StatusList, Topology
@@ -21,6 +24,14 @@ def register(sub: Subparsers) -> None:
         "then the route table and the warnings. With NODE: that node's peers.",
     )
     p.add_argument("node", nargs="?", type=node_ref, metavar="NODE", help="show this node's peers")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="read the agent on this host over its unix socket (no coordinator)",
+    )
+    p.add_argument(
+        "--state-dir", default="/var/lib/wgmesh-agent", help="with --local: the agent's state directory"
+    )
     add_json_flag(p)
     connection.add_arguments(p)
     p.set_defaults(func=cmd_status)
@@ -46,6 +57,9 @@ def find_node(topology: Topology, ref: str) -> Node:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`wgmesh status [NODE]`."""
+    if args.local:
+        show_local_status(read_local_status(Path(args.state_dir) / SOCKET_NAME), as_json=args.json)
+        return 0
     with connection.connect(args) as client:
         topology, statuses = load(client)
     now = datetime.now(UTC)

@@ -1,0 +1,49 @@
+"""The agent's local status socket: one JSON document per connection, 0600, clear error when absent."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from wgmesh.agent.local_status import AgentNotRunning, LocalStatusServer, read_local_status
+from wgmesh.models import LocalPeer, LocalStatus
+
+
+def _status(version: int) -> LocalStatus:
+    return LocalStatus(
+        name="gw1",
+        node_id=1,
+        overlay_ip="100.96.0.1",
+        eth0_ip="198.18.0.11",
+        p2p="auto",
+        subnets=["10.1.0.0/24"],
+        interface="wgt0",
+        coordinator="http://198.18.0.1:8080",
+        coordinator_reachable=False,
+        netmap_version=version,
+        peers=[LocalPeer(name="gw2", overlay_ip="100.96.0.2", path="direct", rx_bytes=10, tx_bytes=20)],
+        shadowed=[],
+    )
+
+
+def test_round_trip_and_mode(tmp_path: Path) -> None:
+    versions = iter(range(1, 100))
+    path = tmp_path / "agent.sock"
+    path.write_text("stale")  # a leftover from a crash is replaced
+    server = LocalStatusServer(path, lambda: _status(next(versions)))
+    server.start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        first, second = read_local_status(path), read_local_status(path)
+        assert first == _status(1)
+        assert second.netmap_version == 2  # each read is fresh
+    finally:
+        server.stop()
+    assert not path.exists()
+
+
+def test_no_agent(tmp_path: Path) -> None:
+    with pytest.raises(AgentNotRunning, match="no agent is running"):
+        read_local_status(tmp_path / "agent.sock")

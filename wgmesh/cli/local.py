@@ -1,0 +1,52 @@
+"""`wgmesh status --local` / `wgmesh-agent status`: the local agent's peers, read over its unix socket."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rich.console import Group
+from rich.text import Text
+
+from wgmesh.cli import render
+from wgmesh.cli.common import print_json, stdout
+from wgmesh.cli.view import NodeView, PeerView
+from wgmesh.models import LocalStatus
+
+
+def node_view(status: LocalStatus) -> NodeView:
+    """The local status in the shape `wgmesh status NODE` prints."""
+    return NodeView(
+        name=status.name,
+        overlay_ip=status.overlay_ip or "—",
+        eth0_ip=status.eth0_ip,
+        public_ip=None,
+        online=True,
+        last_seen=None,
+        p2p=status.p2p,
+        subnets=status.subnets,
+        peers=[PeerView(**p.model_dump()) for p in status.peers],
+    )
+
+
+def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
+    """Print the local agent's view (JSON: the LocalStatus document)."""
+    if as_json:
+        print_json(status.model_dump(mode="json"))
+        return
+    console = stdout()
+    coordinator = Text(f"coordinator {status.coordinator} ")
+    coordinator.append(
+        "reachable" if status.coordinator_reachable else "UNREACHABLE (running from the cached netmap)",
+        style="green" if status.coordinator_reachable else "bold red",
+    )
+    coordinator.append(f"  netmap v{status.netmap_version if status.netmap_version is not None else '—'}")
+    coordinator.append(f"  interface {status.interface}")
+    parts = [render.node_screen(node_view(status), datetime.now(UTC), console.width), Text(""), coordinator]
+    for shadow in status.shadowed:
+        parts.append(
+            Text(
+                f"! {shadow.prefix} not installed: overlaps {shadow.local_prefix} on {shadow.interface}",
+                style="yellow",
+            )
+        )
+    console.print(Group(*parts))
