@@ -52,6 +52,7 @@ WGMESH := $(VENV)/bin/wgmesh
 demo: setup
 	@$(WGMESH) lab status --name $(LAB) >/dev/null 2>&1 || $(WGMESH) lab up --name $(LAB) --sites $(SITES)
 	@$(WGMESH) lab status --name $(LAB)
+	@eval "$$($(WGMESH) lab env --name $(LAB))" && $(WGMESH) status
 	@$(WGMESH) lab ping --name $(LAB)
 
 demo-down: venv

@@ -389,6 +389,19 @@ class Topology(Model):
     warnings: list[str]
 
 
+class SessionLogin(Model):
+    """The dashboard's login: the admin token, exchanged for a session cookie."""
+
+    token: str = Field(min_length=1, max_length=512)
+
+
+class SessionInfo(Model):
+    """A dashboard session: the CSRF token to send as `X-CSRF-Token` on every change, and its expiry."""
+
+    csrf_token: str
+    expires_at: datetime
+
+
 class Health(Model):
     """Liveness answer."""
 
