@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer, read_local
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.underlay import eth0_address
+from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import EnrollRequest, LocalPeer, LocalStatus, NetMap, ShadowedRoute, StatusReport
@@ -338,12 +338,5 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
-    """Console entry point: errors become one readable line."""
-    try:
-        sys.exit(run(sys.argv[1:]))
-    except ValidationError as exc:
-        print(f"wgmesh-agent: {exc.message}", file=sys.stderr)
-        sys.exit(2)
-    except WgmeshError as exc:
-        print(f"wgmesh-agent: {exc.message}", file=sys.stderr)
-        sys.exit(1)
+    """Console entry point: bad usage exits 2, failures exit 1, each with one line."""
+    run_console("wgmesh-agent", run)

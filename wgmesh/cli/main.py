@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Sequence
 
 from wgmesh import __version__, logs
 from wgmesh.cli import export, lab, nodes, pairs, routes, status, tokens
 from wgmesh.cli.common import Handler, Parser, Subparsers
-from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.entrypoint import run_console
 
 PROG = "wgmesh"
 
@@ -51,18 +49,4 @@ def run(argv: Sequence[str]) -> int:
 
 def main() -> None:
     """Console entry point: bad usage exits 2, failures exit 1, each with one line."""
-    try:
-        sys.exit(run(sys.argv[1:]))
-    except ValidationError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        sys.exit(2)
-    except WgmeshError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        sys.exit(1)
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_console(PROG, run)

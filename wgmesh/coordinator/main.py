@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 from wgmesh import ipam, logs
 from wgmesh.coordinator.app import Settings, create_app
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
+from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network
 
@@ -98,19 +98,12 @@ def run(argv: Sequence[str]) -> int:
         access_log=False,
         lifespan="on",
         proxy_headers=False,
+        # open dashboard event streams and long polls must not hold a SIGTERM up
+        timeout_graceful_shutdown=5,
     )
     return 0
 
 
 def main() -> None:
-    """Console entry point: errors become one readable line."""
-    try:
-        sys.exit(run(sys.argv[1:]))
-    except ValidationError as exc:
-        print(f"wgmesh-coordinator: {exc.message}", file=sys.stderr)
-        sys.exit(2)
-    except WgmeshError as exc:
-        print(f"wgmesh-coordinator: {exc.message}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """Console entry point: bad usage exits 2, failures exit 1, each with one line."""
+    run_console("wgmesh-coordinator", run)
