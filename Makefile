@@ -4,9 +4,11 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping
+APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping chromium
+# test-kernel: QEMU, and what virtme-ng needs on the host (depmod, a static busybox for its initramfs).
+APT_PACKAGES += qemu-system-x86 kmod busybox-static file
 
-.PHONY: setup apt venv test lint typecheck unit clean demo demo-down
+.PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel clean demo demo-down
 
 setup: apt venv
 
@@ -35,10 +37,35 @@ lint: venv
 typecheck: venv
 	@$(VENV)/bin/mypy wgmesh
 
+# The tests marked `kernel` run once, in test-kernel's VM (here they would only be skipped).
 unit: venv
-	@$(VENV)/bin/pytest -q
+	@$(VENV)/bin/pytest -q -m "not kernel"
 
-test: setup lint typecheck unit
+KERNEL_DIR := .cache/kernel
+
+# Debian's kernel image (the one linux-image-amd64 points at), extracted from its .deb into
+# $(KERNEL_DIR)/root — nothing goes into the host's /boot or /lib/modules.
+kernel-image:
+	@if ! ls $(KERNEL_DIR)/root/boot/vmlinuz-* >/dev/null 2>&1; then \
+	  pick() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $$2; exit}'; }; \
+	  pkg=$$(pick); [ -n "$$pkg" ] || { apt-get update -qq >/dev/null; pkg=$$(pick); }; \
+	  echo "fetching $$pkg into $(KERNEL_DIR)"; \
+	  rm -rf $(KERNEL_DIR)/dl $(KERNEL_DIR)/root.tmp && mkdir -p $(KERNEL_DIR)/dl && \
+	  (cd $(KERNEL_DIR)/dl && apt-get download -qq "$$pkg" 2>/dev/null) && \
+	  dpkg-deb -x $(KERNEL_DIR)/dl/*.deb $(KERNEL_DIR)/root.tmp && \
+	  mv $(KERNEL_DIR)/root.tmp $(KERNEL_DIR)/root && rm -rf $(KERNEL_DIR)/dl \
+	  || { echo "kernel-image: could not download or extract '$$pkg'" >&2; exit 1; }; \
+	fi
+
+# `pytest -m kernel` inside that kernel under QEMU (software emulation: KVM is not usable here).
+test-kernel: setup kernel-image
+	@tests/kernel/run_vm.sh $$(ls $(KERNEL_DIR)/root/boot/vmlinuz-* | tail -1) tests
+
+test: setup lint typecheck unit test-kernel
+
+# The dashboard's browser tests, saving their screenshots under docs/img/ (referenced from the README).
+screenshots: setup
+	@WGMESH_SCREENSHOTS=docs/img $(VENV)/bin/pytest -q tests/web
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

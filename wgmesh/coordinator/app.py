@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import math
+import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +36,7 @@ from wgmesh.coordinator.operations import (
     to_route,
 )
 from wgmesh.coordinator.registry import Registry, row_id
+from wgmesh.coordinator.sessions import COOKIE, SessionTable, check_csrf, cookie_session
 from wgmesh.errors import AuthError, NotFoundError, PayloadTooLargeError, ValidationError, WgmeshError
 from wgmesh.ipam import IPNetwork
 from wgmesh.logs import kv
@@ -51,6 +57,8 @@ from wgmesh.models import (
     PairList,
     PairPolicy,
     RouteList,
+    SessionInfo,
+    SessionLogin,
     StatusList,
     StatusReport,
     SubnetsUpdate,
@@ -67,6 +75,25 @@ log = logging.getLogger("wgmesh.coordinator")
 
 MAX_BODY = 1024 * 1024
 MAX_WAIT = 60.0
+HEARTBEAT = 15.0  # seconds between keep-alive events on /api/v1/events
+EVENT_COALESCE = 0.25  # seconds: a burst of writes becomes one event
+ASSET = re.compile(r"^[a-z0-9-]+\.(js|css|svg)$")
+DASHBOARD_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+
+
+def web_root() -> Path:
+    """The dashboard's files: $WGMESH_WEB_DIR, else `web/` next to the package (source or editable install)."""
+    configured = os.environ.get("WGMESH_WEB_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "web"
 
 
 class StatusAck(Model):
@@ -149,14 +176,21 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def create_app(registry: Registry, settings: Settings | None = None) -> Starlette:
+def create_app(
+    registry: Registry, settings: Settings | None = None, sessions: SessionTable | None = None
+) -> Starlette:
     """The coordinator's ASGI application."""
     settings = settings or Settings()
+    sessions = sessions if sessions is not None else SessionTable()
     notifier = ChangeNotifier()
     registry.store.on_change(notifier.notify_threadsafe)
 
     async def authenticate(request: Request, auth: str) -> int | None:
         if auth == "none":
+            return None
+        if auth == "admin" and "authorization" not in request.headers and COOKIE in request.cookies:
+            # the dashboard: a session cookie, and the CSRF header on every change
+            check_csrf(request.method, cookie_session(sessions, request.cookies), request.headers)
             return None
         token = bearer(request)
         if auth == "admin":
@@ -279,6 +313,73 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
 
     async def get_topology(call: Call) -> Topology:
         return await run_in_threadpool(registry.topology)
+
+    # --- dashboard sessions and live events -----------------------------------------------------
+
+    async def login(call: Call) -> Response:
+        # JSON only: a cross-site HTML form cannot send it, so nobody can log a browser in behind its back
+        if call.request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ValidationError("log in with a JSON body", code="unsupported_media_type")
+        body: SessionLogin = call.body
+        if not await run_in_threadpool(registry.is_admin, body.token):
+            log.warning(
+                "dashboard login refused",
+                extra=kv(client=client_address(call.request, settings.trusted_proxies)),
+            )
+            raise AuthError("admin token is not valid", code="invalid_credentials")
+        session_id, session = sessions.create()
+        response = json_response(_session_info(session.csrf, session.expires_at), 201)
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            max_age=int(sessions.ttl),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=call.request.url.scheme == "https",
+        )
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    async def get_session(call: Call) -> Response:
+        session = cookie_session(sessions, call.request.cookies)
+        response = json_response(_session_info(session.csrf, session.expires_at))
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    async def logout(call: Call) -> Response:
+        session_id = call.request.cookies.get(COOKIE)
+        session = sessions.get(session_id)
+        if session is not None:
+            check_csrf(call.request.method, session, call.request.headers)
+            sessions.delete(session_id)
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    async def events(call: Call) -> Response:
+        session_id = call.request.cookies.get(COOKIE) if "authorization" not in call.request.headers else None
+
+        async def stream() -> AsyncIterator[str]:
+            yield "retry: 2000\n\n"
+            fired = True
+            while True:
+                if session_id is not None and sessions.get(session_id) is None:
+                    yield "event: logout\ndata: {}\n\n"
+                    return
+                event = notifier.current()
+                version = await run_in_threadpool(registry.version)
+                kind = "change" if fired else "heartbeat"
+                yield f"event: {kind}\ndata: {json.dumps({'version': version})}\n\n"
+                fired = await notifier.wait(event, HEARTBEAT)
+                if fired:
+                    await asyncio.sleep(EVENT_COALESCE)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
 
     async def healthz(call: Call) -> Health:
         return Health(status="ok", version=await run_in_threadpool(registry.version))
@@ -427,6 +528,39 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
             "admin",
             response=Topology,
         ),
+        Operation(
+            "POST",
+            "/api/v1/session",
+            login,
+            "Dashboard login: exchange the admin token for an HttpOnly session cookie",
+            "none",
+            body=SessionLogin,
+            response=SessionInfo,
+            status=201,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/session",
+            get_session,
+            "The session of the cookie, with its CSRF token",
+            "none",
+            response=SessionInfo,
+        ),
+        Operation(
+            "DELETE",
+            "/api/v1/session",
+            logout,
+            "Dashboard logout (needs the X-CSRF-Token header)",
+            "none",
+            extra_responses={204: "logged out"},
+        ),
+        Operation(
+            "GET",
+            "/api/v1/events",
+            events,
+            "Server-sent events: `change` with the registry version after writes, `heartbeat` every 15 s",
+            "admin",
+        ),
     ]
     document = openapi_document(ops, title="wgmesh coordinator", version=__version__)
 
@@ -453,8 +587,21 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
         notifier.bind(asyncio.get_running_loop())
         yield
 
+    async def dashboard(request: Request) -> Response:
+        name = request.path_params.get("name")
+        if name is None:
+            name = "index.html"
+        elif not ASSET.fullmatch(name):
+            raise NotFoundError(f"no dashboard file {name!r}")
+        path = web_root() / name
+        if not path.is_file():
+            raise NotFoundError(f"dashboard file {name!r} is not installed (see WGMESH_WEB_DIR)")
+        return FileResponse(path, headers=DASHBOARD_HEADERS)
+
     routes = [to_route(op, authenticate) for op in ops]
     routes.append(Route("/api/v1/openapi.json", openapi, methods=["GET"]))
+    routes.append(Route("/", dashboard, methods=["GET"]))
+    routes.append(Route("/assets/{name}", dashboard, methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -466,8 +613,13 @@ def create_app(registry: Registry, settings: Settings | None = None) -> Starlett
     )
     app.state.registry = registry
     app.state.notifier = notifier
+    app.state.sessions = sessions
     app.add_middleware(BodyLimit)
     return app
+
+
+def _session_info(csrf: str, expires_at: float) -> SessionInfo:
+    return SessionInfo(csrf_token=csrf, expires_at=datetime.fromtimestamp(expires_at, UTC))
 
 
 def _int_query(request: Request, name: str, default: int) -> int:

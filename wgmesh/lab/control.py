@@ -50,7 +50,7 @@ from wgmesh.logs import kv
 log = logging.getLogger("wgmesh.lab")
 
 Progress = Callable[[str], None]
-Backend = Literal["userspace", "auto"]
+Backend = Literal["userspace", "kernel", "auto"]
 
 COORDINATOR_START_TIMEOUT = 20.0
 POLL_INTERVAL = 0.2

@@ -1,0 +1,118 @@
+"""Helpers for the dashboard tests: an enrolled mesh with every link path, and the browser's login.
+
+The mesh is made through the real API only: a token, nodes enrolled with their own key pairs
+(wgmesh.keys), and status reports sent with each node's credential so that links get paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+# gateway -> subnets; gw-c's 10.1.0.0/16 overlaps gw-a's 10.1.0.0/24: a conflict the dashboard must flag
+GATEWAYS = {
+    "gw-a": ["10.1.0.0/24"],
+    "gw-b": ["10.2.0.0/24"],
+    "gw-c": ["10.3.0.0/24", "10.1.0.0/16"],
+    "gw-d": ["10.4.0.0/24"],
+}
+# the expected path of every pair after build_mesh
+PATHS = {
+    ("gw-a", "gw-b"): "direct",
+    ("gw-a", "gw-c"): "relay",
+    ("gw-b", "gw-c"): "down",
+    ("gw-a", "gw-d"): "unknown",
+    ("gw-b", "gw-d"): "unknown",
+    ("gw-c", "gw-d"): "unknown",
+}
+
+
+@dataclass
+class Mesh:
+    nodes: dict[str, Enrolled]
+    token: str
+
+
+def _peer(node: Enrolled, path: str | None, handshake: datetime, rtt: float | None) -> dict[str, Any]:
+    return {
+        "public_key": node.keypair.public_key,
+        "path": path,
+        "rtt_ms": rtt,
+        "last_handshake": handshake.isoformat(),
+        "rx_bytes": 123_456,
+        "tx_bytes": 654_321,
+    }
+
+
+def build_mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
+    """Enroll GATEWAYS and report statuses that give the links in PATHS."""
+    token = create_token(admin, reusable=True, description="web tests")["token"]
+    nodes: dict[str, Enrolled] = {}
+    with coordinator.anonymous() as anon:
+        for i, (name, subnets) in enumerate(GATEWAYS.items(), start=1):
+            nodes[name] = enroll(anon, token, name, subnets=subnets, endpoints=[f"198.18.0.{10 + i}:51820"])
+    now = datetime.now(UTC)
+    a, b, c = nodes["gw-a"], nodes["gw-b"], nodes["gw-c"]
+    post_status(
+        coordinator,
+        a,
+        {
+            "eth0_ip": "172.16.1.10",
+            "endpoints": ["198.18.0.11:51820"],
+            "peers": [_peer(b, "direct", now, 4.2), _peer(c, "relay", now, 21.5)],
+            # gw-a's own VPC also holds 10.4.0.0/16, so it does not install gw-d's route
+            "shadowed": [
+                {
+                    "prefix": "10.4.0.0/24",
+                    "gateway": "gw-d",
+                    "interface": "lan",
+                    "local_prefix": "10.4.0.0/16",
+                }
+            ],
+        },
+    )
+    stale = now - timedelta(hours=1)
+    post_status(coordinator, b, {"eth0_ip": "172.16.2.10", "peers": [_peer(c, "direct", stale, None)]})
+    post_status(coordinator, c, {"eth0_ip": "172.16.3.10", "peers": []})
+    return Mesh(nodes=nodes, token=token)
+
+
+def login(page: Any, url: str, token: str) -> None:
+    """Open the dashboard and log in with `token`; returns once the topology is drawn."""
+    page.goto(url + "/")
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    page.locator("#app-view").wait_for(state="visible")
+    page.locator("#topology g.node").first.wait_for()
+
+
+def shoot(page: Any, directory: Path | None, name: str) -> None:
+    """Save a screenshot when screenshots were asked for (WGMESH_SCREENSHOTS)."""
+    if directory is not None:
+        page.screenshot(path=str(directory / f"{name}.png"), full_page=False)
+
+
+@contextmanager
+def chromium(executable: str = CHROMIUM) -> Iterator[Any]:
+    """Debian's headless Chromium under Playwright; skips the test when either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
+    if shutil.which(executable) is None:
+        pytest.skip(f"{executable} is not installed (make setup installs Debian's chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,0 +1,748 @@
+// wgmesh dashboard. Plain JavaScript, no build step. Every value from the API goes through
+// textContent or setAttribute, never innerHTML. Changes carry the session's CSRF token.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  csrf: null,
+  topology: null,
+  statuses: new Map(), // node name -> NodeStatus
+  tokens: [],
+  pairs: [],
+  selected: null, // node name whose details are open
+  sort: { key: "name", dir: 1 },
+  filter: "",
+  events: null,
+  retryTimer: null,
+  refreshTimer: null,
+  refreshing: null,
+};
+
+// --- API ----------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  const response = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (_) {
+    data = null;
+  }
+  if (!response.ok) {
+    const err = (data && data.error) || { code: "http_error", message: `HTTP ${response.status}` };
+    if (response.status === 401 && state.csrf && path !== "/api/v1/session") {
+      showLogin("Your session ended; log in again.");
+    }
+    throw new ApiError(response.status, err.code, err.message);
+  }
+  return data;
+}
+
+function say(text, isError = false) {
+  const el = $("#action-status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+// --- formatting ---------------------------------------------------------------------------------
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function fmtAgo(iso) {
+  if (!iso) return "never";
+  const secs = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (secs < 90) return `${Math.round(secs)} s ago`;
+  if (secs < 5400) return `${Math.round(secs / 60)} min ago`;
+  if (secs < 172800) return `${Math.round(secs / 3600)} h ago`;
+  return `${Math.round(secs / 86400)} d ago`;
+}
+
+function fmtRtt(ms) {
+  return ms === null || ms === undefined ? "–" : `${ms.toFixed(1)} ms`;
+}
+
+const PATH_LABEL = { direct: "direct UDP", relay: "relayed TCP", down: "down", unknown: "unknown" };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function pill(kind, text) {
+  return el("span", { class: `pill ${kind}`, text: text || kind });
+}
+
+// --- session ------------------------------------------------------------------------------------
+
+function showLogin(message = "") {
+  state.csrf = null;
+  stopEvents();
+  $("#app-view").hidden = true;
+  $("#logout").hidden = true;
+  $("#live").hidden = true;
+  $("#login-view").hidden = false;
+  $("#login-error").textContent = message;
+  $("#login-token").focus();
+}
+
+async function enterApp(session) {
+  state.csrf = session.csrf_token;
+  $("#login-view").hidden = true;
+  $("#app-view").hidden = false;
+  $("#logout").hidden = false;
+  $("#live").hidden = false;
+  await refresh();
+  startEvents();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const input = $("#login-token");
+  $("#login-error").textContent = "";
+  try {
+    const session = await api("POST", "/api/v1/session", { token: input.value });
+    input.value = "";
+    await enterApp(session);
+  } catch (err) {
+    $("#login-error").textContent =
+      err.status === 401 ? "That admin token is not valid." : `Login failed: ${err.message}`;
+    input.select();
+  }
+}
+
+async function logout() {
+  stopEvents();
+  clearTimeout(state.refreshTimer);
+  try {
+    await api("DELETE", "/api/v1/session");
+  } finally {
+    showLogin("Logged out.");
+  }
+}
+
+// --- live updates -------------------------------------------------------------------------------
+
+function setLive(kind, text) {
+  const live = $("#live");
+  live.dataset.state = kind;
+  live.textContent = text;
+}
+
+function stopEvents() {
+  if (state.events) state.events.close();
+  state.events = null;
+  clearTimeout(state.retryTimer);
+}
+
+function startEvents() {
+  stopEvents();
+  const source = new EventSource("/api/v1/events");
+  state.events = source;
+  source.addEventListener("open", () => setLive("live", "live"));
+  source.addEventListener("change", () => scheduleRefresh());
+  source.addEventListener("heartbeat", () => {
+    setLive("live", "live");
+    scheduleRefresh();
+  });
+  source.addEventListener("logout", () => {
+    if (state.csrf) showLogin("Your session ended; log in again.");
+  });
+  source.addEventListener("error", () => {
+    setLive("retrying", "disconnected, retrying…");
+    if (source.readyState === EventSource.CLOSED) {
+      // the browser gave up (e.g. an HTTP error): find out whether the session is still there
+      state.retryTimer = setTimeout(async () => {
+        try {
+          await api("GET", "/api/v1/session");
+          if (state.csrf) startEvents();
+        } catch (err) {
+          if (err.status !== 401 && state.csrf) startEvents();
+        }
+      }, 2000);
+    }
+  });
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(refresh, 150);
+}
+
+// --- data ---------------------------------------------------------------------------------------
+
+async function refresh() {
+  if (state.refreshing) return state.refreshing;
+  state.refreshing = (async () => {
+    try {
+      const [topology, statuses, tokens, pairs] = await Promise.all([
+        api("GET", "/api/v1/topology"),
+        api("GET", "/api/v1/statuses"),
+        api("GET", "/api/v1/tokens"),
+        api("GET", "/api/v1/pairs"),
+      ]);
+      state.topology = topology;
+      state.statuses = new Map(statuses.statuses.map((s) => [s.node, s]));
+      state.tokens = tokens.tokens;
+      state.pairs = pairs.pairs;
+      render();
+    } catch (err) {
+      if (err.status !== 401) say(`Could not load the mesh: ${err.message}`, true);
+    } finally {
+      state.refreshing = null;
+    }
+  })();
+  return state.refreshing;
+}
+
+function render() {
+  const t = state.topology;
+  $("#network-name").textContent = `· ${t.network.name} ${t.network.overlay_cidr} · v${t.version}`;
+  document.body.dataset.version = String(t.version);
+  renderTopology();
+  renderNodes();
+  renderRoutes();
+  renderWarnings();
+  renderTokens();
+  renderDetails();
+}
+
+function nodeByName(name) {
+  return state.topology.nodes.find((n) => n.name === name) || null;
+}
+
+// --- topology -----------------------------------------------------------------------------------
+
+function linkTitle(link) {
+  const parts = [`${link.a} ↔ ${link.b}: ${PATH_LABEL[link.path]}`];
+  if (link.rtt_ms !== null) parts.push(`RTT ${fmtRtt(link.rtt_ms)}`);
+  parts.push(`P2P ${link.p2p}`);
+  if (link.last_handshake) parts.push(`handshake ${fmtAgo(link.last_handshake)}`);
+  return parts.join(", ");
+}
+
+function renderTopology() {
+  const root = $("#topology");
+  root.replaceChildren();
+  const nodes = [...state.topology.nodes].sort((a, b) => a.name.localeCompare(b.name));
+  const n = nodes.length;
+  const cx = 500;
+  const cy = 500;
+  const dense = n > 12;
+  const radius = dense ? 300 : n <= 6 ? 280 : 330;
+  const pad = dense ? 110 : 0; // room for the radial labels
+  root.classList.toggle("dense", dense);
+  root.setAttribute("viewBox", `${-pad} ${-pad} ${1000 + 2 * pad} ${1000 + 2 * pad}`);
+  const pos = new Map();
+  nodes.forEach((node, i) => {
+    const angle = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
+    pos.set(node.name, { x: cx + radius * Math.cos(angle), y: cy + radius * Math.sin(angle), angle });
+  });
+
+  const spokes = svg("g", { "aria-hidden": "true" });
+  for (const p of pos.values()) spokes.append(svg("line", { class: "spoke", x1: cx, y1: cy, x2: p.x, y2: p.y }));
+  root.append(spokes);
+
+  const links = svg("g", { class: `links${dense ? " dense" : ""}${state.selected ? " focused" : ""}` });
+  for (const link of state.topology.links) {
+    const a = pos.get(link.a);
+    const b = pos.get(link.b);
+    if (!a || !b) continue;
+    const group = svg("g", {
+      class: `link-group${state.selected && (link.a === state.selected || link.b === state.selected) ? " highlight" : ""}`,
+      "data-link": `${link.a}|${link.b}`,
+      "data-path": link.path,
+    });
+    const title = svg("title");
+    title.textContent = linkTitle(link);
+    group.append(title);
+    group.append(svg("line", { class: "link-hit", x1: a.x, y1: a.y, x2: b.x, y2: b.y }));
+    group.append(svg("line", { class: `link link-${link.path}`, x1: a.x, y1: a.y, x2: b.x, y2: b.y }));
+    links.append(group);
+  }
+  root.append(links);
+
+  const central = svg("g", { class: "central" });
+  central.append(svg("circle", { cx, cy, r: 26 }));
+  const ctext = svg("text", { x: cx, y: cy + 50, "text-anchor": "middle" });
+  ctext.textContent = "central node · relay";
+  central.append(ctext);
+  const ctitle = svg("title");
+  ctitle.textContent = "Central node: coordinator and TCP relay (no overlay address)";
+  central.append(ctitle);
+  root.append(central);
+
+  for (const node of nodes) {
+    const p = pos.get(node.name);
+    const status = node.static ? "static" : node.online ? "online" : "offline";
+    const g = svg("g", {
+      class: `node ${status}${state.selected === node.name ? " selected" : ""}`,
+      tabindex: "0",
+      role: "button",
+      "data-node": node.name,
+      "aria-label": `${node.name}, ${status}, ${node.overlay_ip}${node.subnets.length ? `, subnets ${node.subnets.join(" ")}` : ""}. Show details`,
+      "aria-pressed": state.selected === node.name ? "true" : "false",
+    });
+    g.append(svg("circle", { cx: p.x, cy: p.y, r: n > 20 ? 11 : 15 }));
+    const subnetText = (limit) => {
+      const shown = node.subnets.slice(0, limit).join(", ");
+      return node.subnets.length > limit ? `${shown} +${node.subnets.length - limit}` : shown;
+    };
+    const lx = p.x + Math.cos(p.angle) * 24;
+    const ly = p.y + Math.sin(p.angle) * 24;
+    if (dense) {
+      // many gateways: labels run along the radius, flipped on the left so they read left to right
+      const flip = Math.cos(p.angle) < -1e-6;
+      const rot = (p.angle * 180) / Math.PI + (flip ? 180 : 0);
+      const common = { x: lx, "text-anchor": flip ? "end" : "start", transform: `rotate(${rot.toFixed(2)} ${lx.toFixed(1)} ${ly.toFixed(1)})` };
+      // the name keeps to the same side of the radius on both halves, so neighbours never collide
+      const label = svg("text", { ...common, y: flip ? ly + 30 : ly - 10 });
+      label.textContent = node.name;
+      g.append(label);
+      if (node.subnets.length) {
+        const sub = svg("text", { ...common, class: "subnets", y: flip ? ly - 6 : ly + 22 });
+        sub.textContent = subnetText(1);
+        g.append(sub);
+      }
+    } else {
+      const right = Math.cos(p.angle) >= -0.01;
+      const vertical = Math.abs(Math.cos(p.angle)) < 0.3;
+      const above = vertical && Math.sin(p.angle) < 0;
+      const anchor = vertical ? "middle" : right ? "start" : "end";
+      const dy = vertical ? (above ? (node.subnets.length ? -26 : -6) : 18) : 6;
+      const label = svg("text", { x: lx, y: ly + dy, "text-anchor": anchor });
+      label.textContent = node.name;
+      g.append(label);
+      if (node.subnets.length) {
+        const sub = svg("text", { class: "subnets", x: lx, y: ly + dy + 20, "text-anchor": anchor });
+        sub.textContent = subnetText(2);
+        g.append(sub);
+      }
+    }
+    const title = svg("title");
+    title.textContent = `${node.name} (${status}) ${node.overlay_ip}${node.subnets.length ? `\n${node.subnets.join("\n")}` : ""}`;
+    g.append(title);
+    g.addEventListener("click", () => openDetails(node.name));
+    g.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") {
+        ev.preventDefault();
+        openDetails(node.name);
+      }
+    });
+    root.append(g);
+  }
+  if (!n) {
+    const empty = svg("text", { x: cx, y: cy + 90, "text-anchor": "middle", class: "subnets" });
+    empty.textContent = "No gateways yet: create a token and enroll one.";
+    root.append(empty);
+  }
+}
+
+// --- node details -------------------------------------------------------------------------------
+
+function openDetails(name) {
+  state.selected = name;
+  renderTopology();
+  renderDetails();
+  $("#details").focus();
+}
+
+function closeDetails() {
+  const name = state.selected;
+  state.selected = null;
+  renderTopology();
+  renderDetails();
+  const g = name && document.querySelector(`#topology [data-node="${CSS.escape(name)}"]`);
+  if (g) g.focus();
+}
+
+function pairOverride(a, b) {
+  const p = state.pairs.find((x) => (x.a === a && x.b === b) || (x.a === b && x.b === a));
+  return p ? p.p2p : "";
+}
+
+function renderDetails() {
+  const aside = $("#details");
+  const node = state.selected ? nodeByName(state.selected) : null;
+  if (!node) {
+    state.selected = null;
+    aside.hidden = true;
+    return;
+  }
+  aside.hidden = false;
+  $("#details-title").textContent = node.name;
+  const status = state.statuses.get(node.name);
+  const fields = [
+    ["State", node.static ? "static peer" : node.online ? "online" : "offline"],
+    ["Overlay IP", node.overlay_ip],
+    ["eth0 IP", node.eth0_ip || (status && status.report.eth0_ip) || "–"],
+    ["Public IP", node.public_ip || "–"],
+    ["Endpoints", node.endpoints.join(", ") || "–"],
+    ["Listen port", String(node.listen_port)],
+    ["Tags", node.tags.join(", ") || "–"],
+    ["Public key", node.public_key],
+    ["Last seen", fmtAgo(node.last_seen)],
+    ["Last report", status ? fmtAgo(status.reported_at) : "never"],
+  ];
+  $("#details-fields").replaceChildren(
+    ...fields.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
+  );
+  $("#details-p2p").value = node.p2p;
+
+  const reported = new Map((status ? status.report.peers : []).map((p) => [p.public_key, p]));
+  const rows = [];
+  for (const link of state.topology.links) {
+    if (link.a !== node.name && link.b !== node.name) continue;
+    const other = link.a === node.name ? link.b : link.a;
+    const peer = nodeByName(other);
+    const seen = peer ? reported.get(peer.public_key) : undefined;
+    const path = seen && seen.path ? seen.path : link.path;
+    const select = el(
+      "select",
+      {
+        "aria-label": `P2P override for ${node.name} and ${other}`,
+        "data-pair": other,
+        onchange: (ev) => setPair(node.name, other, ev.target.value),
+      },
+      el("option", { value: "", text: "default" }),
+      el("option", { value: "auto", text: "auto" }),
+      el("option", { value: "off", text: "off" }),
+    );
+    select.value = pairOverride(node.name, other);
+    rows.push(
+      el(
+        "tr",
+        { "data-peer": other },
+        el("th", { scope: "row", text: other }),
+        el("td", {}, pill(path, PATH_LABEL[path] || path)),
+        el("td", { class: "num", text: fmtRtt(seen ? seen.rtt_ms : link.rtt_ms) }),
+        el("td", { class: "num", text: seen ? `${fmtBytes(seen.rx_bytes)} / ${fmtBytes(seen.tx_bytes)}` : `${fmtBytes(link.rx_bytes)} / ${fmtBytes(link.tx_bytes)}` }),
+        el("td", { text: fmtAgo(seen ? seen.last_handshake : link.last_handshake) }),
+        el("td", {}, select),
+      ),
+    );
+  }
+  $("#details-peers tbody").replaceChildren(
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", text: "no peers" }))]),
+  );
+  const routes = state.topology.routes.filter((r) => r.gateway === node.name);
+  $("#details-routes").replaceChildren(
+    ...(routes.length
+      ? routes.map((r) => el("li", {}, `${r.prefix} `, pill(r.state), r.reason ? ` ${r.reason}` : ""))
+      : [el("li", { text: "no routes" })]),
+  );
+}
+
+async function setNodeP2P(name, value) {
+  try {
+    await api("PATCH", `/api/v1/nodes/${encodeURIComponent(name)}`, { p2p: value });
+    say(`P2P for ${name} is now ${value}.`);
+    await refresh();
+  } catch (err) {
+    say(`Could not change P2P for ${name}: ${err.message}`, true);
+    await refresh();
+  }
+}
+
+async function setPair(a, b, value) {
+  try {
+    await api("PUT", `/api/v1/pairs/${encodeURIComponent(a)}/${encodeURIComponent(b)}`, {
+      p2p: value || null,
+    });
+    say(value ? `P2P between ${a} and ${b} is now ${value}.` : `P2P override between ${a} and ${b} cleared.`);
+    await refresh();
+  } catch (err) {
+    say(`Could not change the pair ${a}/${b}: ${err.message}`, true);
+    await refresh();
+  }
+}
+
+function confirmDialog(text, okLabel) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = okLabel;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "cancel";
+    dialog.showModal();
+  });
+}
+
+async function deleteNode(name) {
+  const ok = await confirmDialog(
+    `Delete node ${name}? Its peers drop it at their next netmap; its agent can no longer connect.`,
+    `Delete ${name}`,
+  );
+  if (!ok) return;
+  try {
+    await api("DELETE", `/api/v1/nodes/${encodeURIComponent(name)}`);
+    say(`Node ${name} deleted.`);
+    if (state.selected === name) state.selected = null;
+    await refresh();
+  } catch (err) {
+    say(`Could not delete ${name}: ${err.message}`, true);
+  }
+}
+
+// --- nodes table --------------------------------------------------------------------------------
+
+function ipKey(ip) {
+  if (!ip) return "";
+  return ip.includes(".") ? ip.split(".").map((x) => x.padStart(3, "0")).join(".") : ip;
+}
+
+function sortValue(node, key) {
+  if (key === "online") return node.static ? 1 : node.online ? 0 : 2;
+  if (key === "overlay_ip" || key === "eth0_ip" || key === "public_ip") return ipKey(node[key]);
+  if (key === "subnets") return node.subnets.length;
+  if (key === "last_seen") return node.last_seen ? Date.parse(node.last_seen) : 0;
+  return String(node[key] ?? "");
+}
+
+function renderNodes() {
+  const { key, dir } = state.sort;
+  const q = state.filter.trim().toLowerCase();
+  const all = state.topology.nodes;
+  const shown = all
+    .filter((n) => {
+      if (!q) return true;
+      const hay = [n.name, n.overlay_ip, n.eth0_ip, n.public_ip, n.p2p, ...n.subnets, ...n.tags, ...n.endpoints,
+        n.online ? "online" : "offline"].join(" ").toLowerCase();
+      return hay.includes(q);
+    })
+    .sort((a, b) => {
+      const va = sortValue(a, key);
+      const vb = sortValue(b, key);
+      return (va < vb ? -1 : va > vb ? 1 : a.name.localeCompare(b.name)) * dir;
+    });
+  $("#node-count").textContent = q ? `(${shown.length} of ${all.length})` : `(${all.length})`;
+  for (const th of document.querySelectorAll("#nodes-table th")) {
+    const b = th.querySelector("button");
+    if (!b) continue;
+    if (b.dataset.sort === key) th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
+  const rows = shown.map((n) => {
+    const status = n.static ? "static" : n.online ? "online" : "offline";
+    const p2p = el(
+      "select",
+      { "aria-label": `P2P policy of ${n.name}`, onchange: (ev) => setNodeP2P(n.name, ev.target.value) },
+      el("option", { value: "auto", text: "auto" }),
+      el("option", { value: "off", text: "off" }),
+    );
+    p2p.value = n.p2p;
+    return el(
+      "tr",
+      { "data-node": n.name },
+      el("th", { scope: "row" }, el("a", { href: "#topology-section", text: n.name, onclick: (ev) => { ev.preventDefault(); openDetails(n.name); } })),
+      el("td", {}, pill(status)),
+      el("td", { class: "num", text: n.overlay_ip }),
+      el("td", { class: "num", text: n.eth0_ip || "–" }),
+      el("td", { class: "num", text: n.public_ip || "–" }),
+      el("td", { text: n.subnets.join(", ") || "–" }),
+      el("td", {}, p2p),
+      el("td", { text: fmtAgo(n.last_seen) }),
+      el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `Delete node ${n.name}`, onclick: () => deleteNode(n.name), text: "Delete" })),
+    );
+  });
+  $("#nodes-table tbody").replaceChildren(
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "9", text: q ? "no node matches the filter" : "no nodes" }))]),
+  );
+}
+
+// --- routes and warnings ------------------------------------------------------------------------
+
+function shadowedBy() {
+  // "prefix@gateway" -> the nodes that refuse to install it, with the reason
+  const out = new Map();
+  for (const st of state.statuses.values()) {
+    for (const s of st.report.shadowed) {
+      const k = `${s.prefix}@${s.gateway || ""}`;
+      const why = `${st.node} does not install it: overlaps ${s.local_prefix || "a local subnet"} on ${s.interface}`;
+      out.set(k, [...(out.get(k) || []), why]);
+    }
+  }
+  return out;
+}
+
+function renderRoutes() {
+  const byGateway = new Map();
+  for (const r of state.topology.routes) byGateway.set(r.gateway, [...(byGateway.get(r.gateway) || []), r]);
+  const shadowed = shadowedBy();
+  const blocks = [...byGateway.keys()].sort().map((gw) => {
+    const rows = byGateway.get(gw).map((r) => {
+      const shadows = shadowed.get(`${r.prefix}@${gw}`) || [];
+      const collides =
+        r.conflicting_with && !(r.reason || "").includes(r.conflicting_with) ? `collides with ${r.conflicting_with}` : "";
+      const reason = [r.reason, collides, ...shadows]
+        .filter(Boolean)
+        .filter((v, i, all) => all.indexOf(v) === i)
+        .join("; ");
+      return el(
+        "tr",
+        { class: `state-${r.state}${shadows.length ? " is-shadowed" : ""}`, "data-prefix": r.prefix, "data-state": r.state },
+        el("td", { class: "num", text: r.prefix }),
+        el("td", {}, pill(r.state), shadows.length ? " " : "", shadows.length ? pill("shadowed") : ""),
+        el("td", { text: reason || "–" }),
+      );
+    });
+    return el(
+      "div",
+      { class: "card", "data-gateway": gw },
+      el("h3", { text: gw }),
+      el(
+        "table",
+        { class: "data" },
+        el("caption", { class: "sr-only", text: `Routes advertised by ${gw}` }),
+        el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Prefix" }), el("th", { scope: "col", text: "State" }), el("th", { scope: "col", text: "Reason" }))),
+        el("tbody", {}, ...rows),
+      ),
+    );
+  });
+  $("#routes").replaceChildren(...(blocks.length ? blocks : [el("p", { class: "card", text: "No subnet routes advertised." })]));
+}
+
+function renderWarnings() {
+  const warnings = state.topology.warnings;
+  $("#warning-count").textContent = warnings.length ? String(warnings.length) : "";
+  $("#warnings").replaceChildren(
+    ...(warnings.length ? warnings.map((w) => el("li", { text: w })) : [el("li", { class: "none", text: "No warnings." })]),
+  );
+}
+
+// --- tokens -------------------------------------------------------------------------------------
+
+function renderTokens() {
+  const now = Date.now();
+  const rows = [...state.tokens].sort((a, b) => b.id - a.id).map((t) => {
+    const expired = t.expires_at && Date.parse(t.expires_at) <= now;
+    const st = t.revoked ? "revoked" : expired ? "expired" : "active";
+    return el(
+      "tr",
+      { "data-token": String(t.id), "data-state": st },
+      el("td", { class: "num", text: String(t.id) }),
+      el("td", { text: t.description || "–" }),
+      el("td", { text: t.reusable ? "yes" : "no" }),
+      el("td", { class: "num", text: String(t.uses) }),
+      el("td", { text: t.expires_at ? new Date(t.expires_at).toLocaleString() : "never" }),
+      el("td", {}, pill(st === "active" ? "active" : "unknown", st)),
+      el("td", {}, st === "active"
+        ? el("button", { type: "button", class: "secondary", "aria-label": `Revoke token ${t.id}`, text: "Revoke", onclick: () => revokeToken(t.id) })
+        : ""),
+    );
+  });
+  $("#tokens-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "7", text: "no tokens" }))]));
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  const expires = $("#token-expires").value;
+  const body = {
+    reusable: $("#token-reusable").checked,
+    expires_in: expires ? Number(expires) : null,
+    description: $("#token-description").value,
+    p2p: $("#token-p2p").value,
+  };
+  try {
+    const created = await api("POST", "/api/v1/tokens", body);
+    $("#token-secret-value").textContent = created.token;
+    $("#token-secret").hidden = false;
+    $("#token-description").value = "";
+    say(`Token ${created.id} created.`);
+    await refresh();
+    $("#token-secret-dismiss").focus();
+  } catch (err) {
+    say(`Could not create the token: ${err.message}`, true);
+  }
+}
+
+async function revokeToken(id) {
+  try {
+    await api("DELETE", `/api/v1/tokens/${id}`);
+    say(`Token ${id} revoked.`);
+    await refresh();
+  } catch (err) {
+    say(`Could not revoke token ${id}: ${err.message}`, true);
+  }
+}
+
+// --- start --------------------------------------------------------------------------------------
+
+function wire() {
+  $("#login-form").addEventListener("submit", login);
+  $("#logout").addEventListener("click", logout);
+  $("#details-close").addEventListener("click", closeDetails);
+  $("#details").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") closeDetails();
+  });
+  $("#details-p2p").addEventListener("change", (ev) => setNodeP2P(state.selected, ev.target.value));
+  $("#details-delete").addEventListener("click", () => deleteNode(state.selected));
+  $("#node-filter").addEventListener("input", (ev) => {
+    state.filter = ev.target.value;
+    renderNodes();
+  });
+  for (const b of document.querySelectorAll("#nodes-table th button")) {
+    b.addEventListener("click", () => {
+      const key = b.dataset.sort;
+      state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
+      renderNodes();
+    });
+  }
+  $("#token-form").addEventListener("submit", createToken);
+  $("#token-secret-dismiss").addEventListener("click", () => {
+    $("#token-secret").hidden = true;
+    $("#token-secret-value").textContent = "";
+  });
+}
+
+async function start() {
+  wire();
+  try {
+    const session = await api("GET", "/api/v1/session");
+    await enterApp(session);
+  } catch (_) {
+    showLogin();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);
