@@ -36,7 +36,10 @@ def register(sub: Subparsers) -> None:
         "--sites", type=int, default=DEFAULT_SITES, help=f"number of sites (default {DEFAULT_SITES})"
     )
     p.add_argument(
-        "--backend", choices=["userspace", "kernel", "auto"], default="userspace", help="agents' WireGuard backend"
+        "--backend",
+        choices=["userspace", "kernel", "auto"],
+        default="userspace",
+        help="agents' WireGuard backend",
     )
     p.add_argument(
         "--no-agents",
