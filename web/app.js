@@ -263,6 +263,9 @@ function linkTitle(link) {
 
 function renderTopology() {
   const root = $("#topology");
+  const held = document.activeElement && document.activeElement.closest
+    ? document.activeElement.closest("#topology [data-node]") : null;
+  const focused = held ? held.dataset.node : null;
   root.replaceChildren();
   const nodes = [...state.topology.nodes].sort((a, b) => a.name.localeCompare(b.name));
   const n = nodes.length;
@@ -376,6 +379,9 @@ function renderTopology() {
     empty.textContent = "No gateways yet: create a token and enroll one.";
     root.append(empty);
   }
+  // Redrawing replaces every element: give keyboard focus back to the node that had it.
+  const again = focused && root.querySelector(`[data-node="${CSS.escape(focused)}"]`);
+  if (again) again.focus();
 }
 
 // --- node details -------------------------------------------------------------------------------

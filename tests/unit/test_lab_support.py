@@ -122,7 +122,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         ((), "required: COMMAND"),
         (("lab",), "required: COMMAND"),
         (("lab", "up", "--sites", "x"), "invalid int value"),
-        (("lab", "up", "--backend", "kernel"), "invalid choice"),
+        (("lab", "up", "--backend", "bogus"), "invalid choice"),
         (("lab", "up", "--name", "Bad-Name"), "lab name 'Bad-Name'"),
         (("lab", "up", "--sites", "0", "--name", "zq"), "--sites must be between"),
         (("lab", "down", "--name", "a-b"), "lab name"),

@@ -83,6 +83,7 @@ def test_open_node_details(dashboard: Any, screenshots: Path | None) -> None:
     page.keyboard.press("Escape")
     expect(details).to_be_hidden()
     page.locator('#topology g.node[data-node="gw-b"]').focus()
+    expect(page.locator('#topology g.node[data-node="gw-b"]')).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#details-title")).to_have_text("gw-b")
 
