@@ -3,28 +3,13 @@ subprocess against it with a clean environment (no inherited WGMESH_*, HOME in a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cli_harness import Cli, Result, base_env, run_cli
-from coordinator_harness import Coordinator, free_port, running
-
-
-@pytest.fixture(scope="module")
-def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
-    """One coordinator shared by the tests of a module."""
-    tmp = tmp_path_factory.mktemp("coordinator")
-    with running(Coordinator(db=tmp / "coordinator.db", log=tmp / "coordinator.log")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def admin(coordinator: Coordinator) -> Iterator[httpx.Client]:
-    with coordinator.admin() as client:
-        yield client
+from coordinator_harness import Coordinator, free_port
 
 
 @pytest.fixture(scope="module")

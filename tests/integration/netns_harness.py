@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,60 @@ def leftovers(prefix: str) -> list[str]:
             if prefix.encode() in cmdline and b"wireguard-go" in cmdline and running(int(proc.name)):
                 found.append(f"pid {proc.name}")
     return found
+
+
+def remove_namespaces(namespaces: list[str]) -> None:
+    """End every process left in each namespace (by PID), then delete the namespace and its links."""
+    for ns in namespaces:
+        pids = [int(p) for p in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
+        stop_pids(pids)
+        sh("ip", "netns", "del", ns, check=False)
+
+
+@contextlib.contextmanager
+def veth_pair(prefix: str, tmp_path: Path, subnets: tuple[str, str]) -> Iterator[Pair]:
+    """Namespaces PREFIXa/PREFIXb on a veth (198.18.1.1/24, .2), overlay 100.96.0.1/.2, workers not
+    started; everything is removed afterwards, whatever the test did."""
+    a = Site(
+        f"{prefix}a",
+        f"{prefix}va",
+        "198.18.1.1",
+        f"{prefix}w1",
+        "100.96.0.1",
+        51820,
+        subnets[0],
+        tmp_path / "a.log",
+    )
+    b = Site(
+        f"{prefix}b",
+        f"{prefix}vb",
+        "198.18.1.2",
+        f"{prefix}w2",
+        "100.96.0.2",
+        51821,
+        subnets[1],
+        tmp_path / "b.log",
+    )
+    made = Pair(prefix, a, b)
+    created: list[str] = []
+    try:
+        for site in (a, b):
+            sh("ip", "netns", "add", site.ns)
+            created.append(site.ns)
+        sh("ip", "link", "add", a.veth, "netns", a.ns, "type", "veth", "peer", "name", b.veth, "netns", b.ns)
+        for site in (a, b):
+            sh("ip", "-n", site.ns, "addr", "add", f"{site.underlay}/24", "dev", site.veth)
+            sh("ip", "-n", site.ns, "link", "set", site.veth, "up")
+            sh("ip", "-n", site.ns, "link", "set", "lo", "up")
+        yield made
+    finally:
+        for site in (a, b):
+            if site.worker is not None:
+                site.worker.stop()
+        remove_namespaces([*created, *made.extra_ns])
+        for sock in SOCKET_DIR.glob(f"{prefix}*.sock"):
+            sock.unlink(missing_ok=True)
+        # pytest shows this only for a failed test.
+        for site in (a, b):
+            if site.log.exists():
+                print(f"--- data plane log of {site.ns} (tail) ---\n{site.log.read_text()[-4000:]}")

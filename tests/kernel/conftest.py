@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 
-from netns_harness import Pair, Site, sh, stop_pids
+from netns_harness import Pair, remove_namespaces, veth_pair
 
 from wgmesh.agent.system.wireguard_kernel import kernel_module_available
 
@@ -55,56 +55,17 @@ def _needs_kernel_module() -> None:
 
 
 @pytest.fixture
-def namespaces(tmp_path: Path) -> Iterator[list[str]]:
+def namespaces() -> Iterator[list[str]]:
     """A list the test fills with namespace names; every one is removed afterwards, with its processes."""
     made: list[str] = []
     try:
         yield made
     finally:
-        for ns in made:
-            pids = [int(p) for p in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
-            stop_pids(pids)
-            sh("ip", "netns", "del", ns, check=False)
+        remove_namespaces(made)
 
 
 @pytest.fixture
-def pair(tmp_path: Path, namespaces: list[str]) -> Iterator[Pair]:
+def pair(tmp_path: Path) -> Iterator[Pair]:
     """Namespaces joined by a veth (198.18.1.1/24 and .2), overlay 100.96.0.1 and .2, workers not started."""
-    prefix = f"wgk{secrets.token_hex(2)}"
-    a = Site(
-        f"{prefix}a",
-        f"{prefix}va",
-        "198.18.1.1",
-        f"{prefix}w1",
-        "100.96.0.1",
-        51820,
-        "198.19.1.0/24",
-        tmp_path / "a.log",
-    )
-    b = Site(
-        f"{prefix}b",
-        f"{prefix}vb",
-        "198.18.1.2",
-        f"{prefix}w2",
-        "100.96.0.2",
-        51821,
-        "198.19.2.0/24",
-        tmp_path / "b.log",
-    )
-    made = Pair(prefix, a, b)
-    try:
-        for site in (a, b):
-            sh("ip", "netns", "add", site.ns)
-            namespaces.append(site.ns)
-        sh("ip", "link", "add", a.veth, "netns", a.ns, "type", "veth", "peer", "name", b.veth, "netns", b.ns)
-        for site in (a, b):
-            sh("ip", "-n", site.ns, "addr", "add", f"{site.underlay}/24", "dev", site.veth)
-            sh("ip", "-n", site.ns, "link", "set", site.veth, "up")
-            sh("ip", "-n", site.ns, "link", "set", "lo", "up")
+    with veth_pair(f"wgk{secrets.token_hex(2)}", tmp_path, ("198.19.1.0/24", "198.19.2.0/24")) as made:
         yield made
-    finally:
-        for site in (a, b):
-            if site.worker is not None:
-                site.worker.stop()
-            if site.log.exists():
-                print(f"--- data plane log of {site.ns} (tail) ---\n{site.log.read_text()[-4000:]}")

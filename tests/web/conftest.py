@@ -13,21 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from coordinator_harness import Coordinator, running
+from coordinator_harness import Coordinator
 from web_harness import CHROMIUM, Mesh, build_mesh, chromium
-
-
-@pytest.fixture(scope="module")
-def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
-    tmp = tmp_path_factory.mktemp("coordinator")
-    with running(Coordinator(db=tmp / "coordinator.db", log=tmp / "coordinator.log")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def admin(coordinator: Coordinator) -> Iterator[httpx.Client]:
-    with coordinator.admin() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status, running
+from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
 from web_harness import login, shoot
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
 from playwright.sync_api import expect
 
 GATEWAYS = 30
-
-
-@pytest.fixture(scope="module")
-def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
-    tmp = tmp_path_factory.mktemp("coordinator")
-    with running(Coordinator(db=tmp / "coordinator.db", log=tmp / "coordinator.log")) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
