@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping chromium
+APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping chromium udptunnel
 # test-kernel: QEMU, and what virtme-ng needs on the host (depmod, a static busybox for its initramfs).
 APT_PACKAGES += qemu-system-x86 kmod busybox-static file
 

@@ -83,6 +83,17 @@ def derive_pair_psk(master: bytes, node_a: int, node_b: int, generation: int = 0
     return encode_key(HKDF(algorithm=SHA256(), length=KEY_LEN, salt=None, info=info).derive(master))
 
 
+def derive_relay_signing_key(master: bytes) -> str:
+    """The coordinator's Ed25519 relay-ticket signing key (base64 raw seed), derived from the master secret.
+
+    Derived rather than stored: every coordinator sharing the database signs with the same key, and no
+    schema change or extra secret on disk is needed; the HKDF label keeps it apart from the pair PSKs.
+    """
+    return encode_key(
+        HKDF(algorithm=SHA256(), length=KEY_LEN, salt=None, info=b"wgmesh-relay-ticket-key:1").derive(master)
+    )
+
+
 def fingerprint(public_key: str) -> str:
     """The short form of a public key that logs may show."""
     return public_key[:8]

@@ -182,6 +182,37 @@ class NetMap(Model):
     routes: list[Route] = Field(default_factory=list, description="The verdict on this node's own subnets")
 
 
+_RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
+
+
+def _check_relay_url(value: str) -> str:
+    if not _RELAY_URL.fullmatch(value):
+        raise ValueError(f"relay {value!r} must be tcp://HOST:PORT or tls://HOST:PORT")
+    port = int(value.rpartition(":")[2])
+    if not 0 < port < 65536:
+        raise ValueError(f"relay {value!r}: port must be 1-65535")
+    return value
+
+
+RelayUrl = Annotated[str, AfterValidator(_check_relay_url)]
+
+
+class RelayInfo(Model):
+    """A relay agents may use: where it listens, and whether it speaks TLS (`tls://`)."""
+
+    id: str = Field(max_length=64, description="The relay's id (a ticket audience); its host:port by default")
+    url: RelayUrl
+
+
+class RelayGrant(Model):
+    """What a node needs to use the relays: where they are and a ticket the coordinator signed."""
+
+    relays: list[RelayInfo]
+    ticket: str = Field(description="Relay ticket (bearer secret: never log it)")
+    expires_at: datetime
+    coordinator_key: str = Field(description="The coordinator's Ed25519 ticket key, base64 (public)")
+
+
 # --- enrollment -----------------------------------------------------------------------------------
 
 

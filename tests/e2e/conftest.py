@@ -1,7 +1,8 @@
 """Fixtures for end-to-end tests: a real lab in network namespaces, always torn down.
 
     @pytest.mark.e2e
-    @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout
+    @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout, relay,
+                                            # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2]
     def test_x(lab: Lab, wait_until: WaitUntil) -> None:
         lab.exec("vm1", "ping", "-c1", str(lab.plan.site(2).vm_ip), check=True)
 
@@ -25,13 +26,24 @@ from wgmesh.lab.procs import tail
 
 WaitUntil = Callable[..., float]
 
-LAB_DEFAULTS: dict[str, Any] = {"sites": 3, "agents": True, "backend": "userspace", "timeout": 60.0}
+LAB_DEFAULTS: dict[str, Any] = {
+    "sites": 3,
+    "agents": True,
+    "backend": "userspace",
+    "timeout": 60.0,
+    # None: the relay runs when wgmesh-relay is installed.
+    "relay": None,
+    "block_udp": (),
+    "throttle_udp": {},
+    "p2p_off": (),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "lab(sites=3, agents=True, backend='userspace', timeout=60.0): how the `lab` fixture builds it",
+        "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
+        "throttle_udp={}, p2p_off=()): how the `lab` fixture builds it",
     )
 
 
@@ -47,7 +59,7 @@ def lab_skip_reason(agents: bool) -> str | None:
     """Why this machine cannot run a lab (None: it can)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces)"
-    tools = ["ip", "nft", "ss", "ping"] + (["wg", "wireguard-go"] if agents else [])
+    tools = ["ip", "nft", "ss", "ping", "tc"] + (["wg", "wireguard-go"] if agents else [])
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         return f"needs {', '.join(missing)}"
@@ -78,6 +90,10 @@ def lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
             options["backend"],
             agents=options["agents"],
             timeout=options["timeout"],
+            relay=options["relay"],
+            block_udp=options["block_udp"],
+            throttle_udp=options["throttle_udp"],
+            p2p_off=options["p2p_off"],
         )
     except BaseException:
         _print_logs(logs)

@@ -34,7 +34,7 @@ def test_dashboard_draws_the_lab(lab: Lab) -> None:
                 expect(page.locator(f'#topology g.node[data-node="{site.node}"]')).to_be_visible()
             expect(page.locator('#topology g.link-group[data-path="direct"]')).to_have_count(3)
             page.locator('#topology g.node[data-node="gw1"] circle').click()
-            expect(page.locator("#details-fields")).to_contain_text("198.18.0.11")
+            expect(page.locator("#details-fields")).to_contain_text(str(lab.plan.site(1).underlay_ip))
             expect(page.locator('#details-peers tr[data-peer="gw2"]')).to_contain_text("direct UDP")
             expect(page.locator('#details-peers tr[data-peer="gw2"]')).to_contain_text("s ago")  # handshake
             expect(page.locator("#live")).to_have_text("live")

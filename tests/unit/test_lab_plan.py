@@ -18,10 +18,13 @@ from wgmesh.lab.plan import (
     build_commands,
     choose_slot,
     coordinator_args,
+    coordinator_init_args,
     is_safe_destination,
     loopback_forward_script,
     owns,
     plan_lab,
+    relay_args,
+    relay_key_args,
     resolve_node,
     site_commands,
     validate_name,
@@ -211,6 +214,19 @@ def test_process_command_lines_match_issue_3() -> None:
     assert coordinator_args(plan) == [
         "--db",
         "sqlite:////run/wgmesh-lab/wgl/coordinator.db",
+        "serve",
         "--listen",
         "198.18.0.1:8080",
     ]
+
+
+def test_relay_command_lines_match_issue_4() -> None:
+    plan = plan_lab("wgl", 2, slot=3)
+    db = "sqlite:////run/wgmesh-lab/wgl/coordinator.db"
+    assert plan.relay_url == "tcp://198.18.3.1:8443"
+    assert coordinator_args(plan, announce_relay=True)[-2:] == ["--announce-relay", "tcp://198.18.3.1:8443"]
+    assert coordinator_init_args(plan) == ["--db", db, "init"]
+    assert relay_key_args(plan) == ["--db", db, "relay-key"]
+    assert relay_args(plan, "KEY=") == ["--listen", "198.18.3.1:8443", "--coordinator-key", "KEY="]
+    host = relay_args(plan, "KEY=")[1].rpartition(":")[0]
+    assert is_safe_destination(host)

@@ -9,7 +9,16 @@ import pydantic
 
 from wgmesh import __version__
 from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError, WgmeshError
-from wgmesh.models import EnrollRequest, EnrollResponse, NetMap, Route, RouteList, StatusReport, SubnetsUpdate
+from wgmesh.models import (
+    EnrollRequest,
+    EnrollResponse,
+    NetMap,
+    RelayGrant,
+    Route,
+    RouteList,
+    StatusReport,
+    SubnetsUpdate,
+)
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
 
@@ -97,6 +106,10 @@ class CoordinatorClient:
     def report(self, status: StatusReport) -> None:
         """Post a status report."""
         self._request("POST", "/api/v1/status", json=status.model_dump(mode="json"))
+
+    def relay_grant(self) -> RelayGrant:
+        """The relays and a fresh relay ticket for this node."""
+        return _parse(RelayGrant, self._request("GET", "/api/v1/node/relay"))
 
     def advertise(self, subnets: list[str]) -> list[Route]:
         """Replace this node's advertised subnets; returns the coordinator's verdict on each."""

@@ -30,6 +30,7 @@ class AgentConfig:
     backend: Backend = "auto"
     state_dir: Path = Path("/var/lib/wgmesh-agent")
     masquerade: bool = False
+    relay_ca: Path | None = None
 
 
 def _hostname_label() -> str:
@@ -67,6 +68,8 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         raise ValidationError(f"--name {values['name']!r}: {exc}", code="invalid_config") from exc
     values["advertise"] = tuple(str(ipam.parse_cidr(c)) for c in values.get("advertise", ()))
     values["state_dir"] = Path(values.get("state_dir", AgentConfig.state_dir))
+    if values.get("relay_ca"):
+        values["relay_ca"] = Path(values["relay_ca"])
     if values.get("backend", "auto") not in ("auto", "kernel", "userspace"):
         raise ValidationError("backend must be auto, kernel or userspace", code="invalid_config")
     iface = str(values.get("interface", AgentConfig.interface))

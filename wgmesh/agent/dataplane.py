@@ -11,13 +11,14 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh import keys
 from wgmesh.agent import plan
 from wgmesh.agent.plan import DeviceOp, EndpointFor
 from wgmesh.agent.system.backend import BackendName, Firewall, HostNetwork, WireGuardBackend, open_wireguard
-from wgmesh.agent.wgstate import PrivateKey
+from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
 from wgmesh.models import NetMap, PeerStatus, ShadowedRoute
@@ -215,6 +216,11 @@ class DataPlane:
                         ),
                     )
         self._shadowed = list(shadowed)
+
+    def observe_stats(self) -> Mapping[str, PeerStats]:
+        """Per-peer counters, last handshake and current endpoint, keyed by public key."""
+        with self._lock:
+            return self.wireguard.observe().stats
 
     def peer_stats(self) -> list[PeerStatus]:
         """Per-peer counters, last handshake and current endpoint, as the status report wants them."""

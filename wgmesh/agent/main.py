@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import FrameType
@@ -18,18 +19,33 @@ from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer, read_local_status
+from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.underlay import eth0_address
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.logs import kv
-from wgmesh.models import EnrollRequest, LocalPeer, LocalStatus, NetMap, ShadowedRoute, StatusReport
+from wgmesh.models import (
+    EnrollRequest,
+    LocalPeer,
+    LocalStatus,
+    NetMap,
+    PeerConfig,
+    PeerStatus,
+    RelayGrant,
+    ShadowedRoute,
+    StatusReport,
+)
 
 log = logging.getLogger("wgmesh.agent")
 
 STATUS_INTERVAL = 10.0
 RECONCILE_INTERVAL = 30.0
+GRANT_CHECK = 5.0
+"""How often the agent checks whether it needs relays and a ticket (a refused ticket is replaced this fast)."""
+GRANT_REFRESH = 600.0
+"""A held grant is renewed this often: new relays reach agents within minutes; tickets last a day."""
 
 
 class Agent:
@@ -51,6 +67,9 @@ class Agent:
         )
         self.client = CoordinatorClient(cfg.coordinator)
         self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
+        self.paths = PathController(cfg.listen_port, ca_file=cfg.relay_ca)
+        self.grant: RelayGrant | None = None
+        self.grant_fetched = 0.0
         self.follower = NetmapFollower(
             self.client, self.state, self.apply, on_reachability=self._set_reachable, stop=self.stop
         )
@@ -63,7 +82,8 @@ class Agent:
     def apply(self, netmap: NetMap) -> None:
         """Reconcile the interface and routes with `netmap` (only the differences are applied)."""
         with self.lock:
-            result: ApplyResult = self.dataplane.apply(netmap)
+            self.paths.follow(netmap, self.keypair.public_key)
+            result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
             changed = self.netmap is None or netmap.version != self.netmap.version
             self.netmap = netmap
             self.shadowed = list(result.shadowed)
@@ -150,11 +170,39 @@ class Agent:
                     )
             return
 
+    def _peer_reports(self) -> list[tuple[PeerConfig | None, PeerStatus]]:
+        """Each observed peer with its path, RTT and the reason of its last switch."""
+        with self.lock:
+            stats = self.dataplane.observe_stats()
+            netmap = self.netmap
+        by_key = {p.public_key: p for p in netmap.peers} if netmap else {}
+        out: list[tuple[PeerConfig | None, PeerStatus]] = []
+        for key, st in sorted(stats.items()):
+            peer = by_key.get(key)
+            view = self.paths.view(peer.node_id, st.endpoint) if peer else None
+            out.append(
+                (
+                    peer,
+                    PeerStatus(
+                        public_key=key,
+                        rx_bytes=st.rx_bytes,
+                        tx_bytes=st.tx_bytes,
+                        last_handshake=st.last_handshake,
+                        endpoint=st.endpoint,
+                        path=view.path if view else None,
+                        relay=view.relay if view else None,
+                        rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
+                        reason=view.reason[:256] if view and view.reason else None,
+                    ),
+                )
+            )
+        return out
+
     def status(self) -> StatusReport:
         """The report the coordinator gets every 10 s and after every change."""
         eth0 = eth0_address(self.cfg.coordinator)
+        peers = [status for _, status in self._peer_reports()]
         with self.lock:
-            peers = self.dataplane.peer_stats()
             shadowed = list(self.shadowed)
             version = self.netmap.version if self.netmap else None
         return StatusReport(
@@ -167,9 +215,9 @@ class Agent:
 
     def local_status(self) -> LocalStatus:
         """The peer view served on the local socket, built from the netmap and the interface."""
+        stats = {status.public_key: status for _, status in self._peer_reports()}
         with self.lock:
             netmap = self.netmap
-            stats = {p.public_key: p for p in self.dataplane.peer_stats()}
             shadowed = list(self.shadowed)
         enrollment = self.state.enrollment()
         peers = []
@@ -183,6 +231,9 @@ class Agent:
                     public_ip=peer.public_ip,
                     path=st.path if st else None,
                     endpoint=st.endpoint if st else None,
+                    relay=st.relay if st else None,
+                    rtt_ms=st.rtt_ms if st else None,
+                    reason=st.reason if st else None,
                     rx_bytes=st.rx_bytes if st else None,
                     tx_bytes=st.tx_bytes if st else None,
                     last_handshake=st.last_handshake if st else None,
@@ -202,6 +253,63 @@ class Agent:
             peers=peers,
             shadowed=shadowed,
         )
+
+    def path_tick(self) -> None:
+        """Decide every peer's path; a switch changes only that peer's WireGuard endpoint."""
+        netmap = self.netmap
+        if netmap is None:
+            return
+        try:
+            with self.lock:
+                stats = self.dataplane.observe_stats()
+            changed = self.paths.tick(netmap, stats)
+        except WgmeshError as exc:
+            log.warning("path check failed", extra=kv(code=exc.code, error=exc.message))
+            return
+        if not changed:
+            return
+        switched = False
+        for peer, state, previous in changed:
+            # A first decision is news for the report too (it gives the reason), but not a switch to log.
+            switched = switched or previous is None or previous.path != state.path
+            if previous is not None and previous.path != state.path:
+                log.info(
+                    "path changed",
+                    extra=kv(
+                        peer=peer.name,
+                        old=previous.path,
+                        new=state.path,
+                        code=state.code,
+                        reason=state.reason,
+                    ),
+                )
+        try:
+            self.apply(netmap)
+        except WgmeshError as exc:
+            log.error("endpoint update failed", extra=kv(code=exc.code, error=exc.message))
+        if switched:
+            self.report_soon()
+
+    def refresh_grant(self) -> None:
+        """Fetch relays and a fresh ticket when none is held, a relay refused it, or it is getting old."""
+        stale = time.monotonic() - self.grant_fetched >= GRANT_REFRESH
+        if self.grant is not None and not stale and not self.paths.ticket_refused.is_set():
+            return
+        if self.client.credential is None:
+            return
+        try:
+            grant = self.client.relay_grant()
+        except CoordinatorUnreachable:
+            return  # fail-static: the cached ticket lasts a day
+        except WgmeshError as exc:
+            log.warning("relay ticket refused", extra=kv(code=exc.code, error=exc.message))
+            return
+        self.grant_fetched = time.monotonic()
+        if self.grant is None or grant.relays != self.grant.relays:
+            log.info("relays", extra=kv(relays=",".join(r.id for r in grant.relays) or "none"))
+        self.grant = grant
+        self.state.save_grant(grant)
+        self.paths.use_grant(grant)
 
     def report(self) -> None:
         """Send one status report; failures only log (the next one retries)."""
@@ -249,11 +357,34 @@ class Agent:
             if enrollment.coordinator != self.cfg.coordinator:
                 log.warning("enrolled with another coordinator URL", extra=kv(stored=enrollment.coordinator))
             self.client.credential = enrollment.credential
+            self.paths.start(enrollment.node_id)
+            cached = self.state.cached_grant()
+            if cached is not None:
+                self.grant = cached
+                self.paths.use_grant(cached)
+            self.scheduler.add_job(
+                self.refresh_grant,
+                "interval",
+                seconds=GRANT_CHECK,
+                id="relay-grant",
+                next_run_time=_now(),
+                max_instances=1,
+                coalesce=True,
+            )
+            self.scheduler.add_job(
+                self.path_tick,
+                "interval",
+                seconds=TICK,
+                id="paths",
+                max_instances=1,
+                coalesce=True,
+            )
             self.sync_advertised()
             self.follower.run()
         finally:
             self.scheduler.shutdown(wait=False)
             self.local.stop()
+            self.paths.stop()
             self.dataplane.close()
             self.client.close()
 
@@ -300,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a subnet this gateway routes for (repeatable)",
     )
     parser.add_argument("--listen-port", type=int)
+    parser.add_argument("--relay-ca", help="CA bundle to verify tls:// relays with (default: the system's)")
     parser.add_argument(
         "--masquerade",
         action="store_true",

@@ -10,7 +10,7 @@ import pydantic
 
 from wgmesh import keys
 from wgmesh.errors import WgmeshError
-from wgmesh.models import NetMap
+from wgmesh.models import NetMap, RelayGrant
 from wgmesh.secure_files import ensure_private_dir, read_private, write_private
 
 
@@ -96,6 +96,25 @@ class StateDir:
             return NetMap.model_validate_json(raw)
         except pydantic.ValidationError:
             return None
+
+    @property
+    def grant_file(self) -> Path:
+        """The last relay grant (its ticket is a bearer secret)."""
+        return self.path / "relay-grant.json"
+
+    def cached_grant(self) -> RelayGrant | None:
+        """The last relay grant, so relayed peers keep working when the agent restarts without a coordinator."""
+        raw = read_private(self.grant_file)
+        if raw is None:
+            return None
+        try:
+            return RelayGrant.model_validate_json(raw)
+        except pydantic.ValidationError:
+            return None
+
+    def save_grant(self, grant: RelayGrant) -> None:
+        """Cache a relay grant (0600, atomic)."""
+        write_private(self.grant_file, grant.model_dump_json().encode())
 
     def save_netmap(self, netmap: NetMap) -> None:
         """Cache a netmap (it holds preshared keys: 0600, atomic)."""

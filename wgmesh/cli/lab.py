@@ -17,6 +17,7 @@ from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
 from wgmesh.lab.control import Progress
+from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
 
 LAB_ENV = "WGMESH_LAB"
 
@@ -48,6 +49,35 @@ def register(sub: Subparsers) -> None:
         help="build namespaces, underlay and coordinator only (start agents by hand)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence (default 60)")
+    p.add_argument(
+        "--no-relay",
+        dest="relay",
+        action="store_const",
+        const=False,
+        default=None,
+        help="run no relay on the hub (default: run it when wgmesh-relay is installed)",
+    )
+    p.add_argument(
+        "--block-udp",
+        action="append",
+        default=[],
+        metavar="I,...",
+        help="drop all UDP to and from these gateways on their underlay link",
+    )
+    p.add_argument(
+        "--throttle-udp",
+        action="append",
+        default=[],
+        metavar="I=RATE",
+        help="limit UDP of gateway I to RATE (e.g. 10mbit) both ways; repeatable or a comma list",
+    )
+    p.add_argument(
+        "--p2p-off",
+        action="append",
+        default=[],
+        metavar="I,...",
+        help="set these gateways' P2P policy to off once they enroll (their peers go via the relay)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
 
@@ -80,6 +110,27 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--count", type=int, default=1, help="pings per pair (default 1)")
     p.add_argument("--json", action="store_true", help="print the matrix as JSON")
     p.set_defaults(func=cmd_ping)
+
+    p = cmds.add_parser("block-udp", help="drop all UDP to and from gateways on their underlay link")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
+    p.set_defaults(func=cmd_block_udp)
+
+    p = cmds.add_parser("unblock-udp", help="let UDP through gateways' underlay link again")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
+    p.set_defaults(func=cmd_unblock_udp)
+
+    p = cmds.add_parser("throttle-udp", help="limit UDP on gateways' underlay link, both ways")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
+    p.add_argument("rate", metavar="RATE", help="e.g. 10mbit (units: bit, kbit, mbit, gbit)")
+    p.set_defaults(func=cmd_throttle_udp)
+
+    p = cmds.add_parser("unthrottle-udp", help="remove the UDP limit of gateways")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
+    p.set_defaults(func=cmd_unthrottle_udp)
 
     p = cmds.add_parser("down", help="remove everything the lab created (also after a crash)")
     _name(p)
@@ -118,11 +169,16 @@ def _progress(quiet: bool) -> Iterator[Progress]:
 
 def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
     plan = lab.plan
+    state = lab.state
     return {
         "name": lab.name,
         "seconds": round(seconds, 2),
         "url": plan.local_url,
         "hub": plan.hub_url,
+        "relay": plan.relay_url if state.relay else None,
+        "blocked_udp": state.blocked_udp,
+        "throttled_udp": state.throttled_udp,
+        "p2p_off": state.p2p_off,
         "agents": lab.state.agents,
         "sites": [
             {
@@ -149,17 +205,47 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
         table.add_row(*(str(v) for v in site.values()))
     out.print(table)
     out.print(f"dashboard and API: {summary['url']}/ (agents use {summary['hub']})")
+    out.print(f"relay: {summary['relay'] or 'none'}")
+    for line in _switch_lines(summary):
+        out.print(f"switch: {line}")
     if not summary["agents"]:
         out.print("no agents started (--no-agents)")
     out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
 
 
+def _switch_lines(summary: dict[str, object]) -> list[str]:
+    blocked, throttled, off = summary["blocked_udp"], summary["throttled_udp"], summary["p2p_off"]
+    assert isinstance(blocked, list) and isinstance(throttled, dict) and isinstance(off, list)
+    return describe(blocked, throttled, off)
+
+
+def _warn(text: str) -> None:
+    stderr().print(f"[yellow]warning:[/yellow] {text}")
+
+
+def _site_lists(items: list[str], what: str) -> list[int]:
+    return sorted({index for item in items for index in parse_sites(item, what)})
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """`wgmesh lab up`."""
+    block_udp = _site_lists(args.block_udp, "--block-udp")
+    throttle_udp = parse_throttles(args.throttle_udp)
+    p2p_off = _site_lists(args.p2p_off, "--p2p-off")
     start = time.monotonic()
     with _progress(args.json) as progress:
         lab = up(
-            args.name, args.sites, args.backend, agents=args.agents, timeout=args.timeout, progress=progress
+            args.name,
+            args.sites,
+            args.backend,
+            agents=args.agents,
+            timeout=args.timeout,
+            progress=progress,
+            relay=args.relay,
+            block_udp=block_udp,
+            throttle_udp=throttle_udp,
+            p2p_off=p2p_off,
+            warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
     if args.json:
@@ -231,6 +317,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     running = "[green]running[/green]" if status.coordinator else "[red]not running[/red]"
     out.print(f"lab {status.name}: underlay {status.underlay}, coordinator {running}")
     out.print(f"dashboard and API: {status.url}/")
+    if status.relay is None:
+        out.print("relay: none")
+    else:
+        relay = "[green]running[/green]" if status.relay else "[red]not running[/red]"
+        out.print(f"relay: {status.relay_url} {relay}")
+    for line in status.switches():
+        out.print(f"switch: {line}")
     table = Table(title_justify="left")
     for column in ("gateway", "namespace", "agent", "peers", "handshakes", "note"):
         table.add_column(column)
@@ -297,6 +390,57 @@ def cmd_ping(args: argparse.Namespace) -> int:
         stdout().print(table)
     if failed:
         raise WgmeshError(f"{failed} of {len(matrix)} host pairs cannot reach each other", code="unreachable")
+    return 0
+
+
+def _switch(args: argparse.Namespace) -> tuple[Lab, list[int]]:
+    """The lab and the sites a runtime switch names; bad sites are usage errors, found before anything changes."""
+    indexes = parse_sites(args.sites, "site list")
+    lab = Lab.attach(args.name)
+    for index in indexes:
+        lab.plan.site(index)
+    return lab, indexes
+
+
+def _done(lab: Lab, indexes: list[int], what: str) -> None:
+    names = ", ".join(lab.plan.site(i).node for i in indexes)
+    stdout().print(f"lab {lab.name}: {names}: {what}")
+
+
+def cmd_block_udp(args: argparse.Namespace) -> int:
+    """`wgmesh lab block-udp I`: idempotent."""
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.block_udp(index)
+    _done(lab, indexes, "UDP blocked on the underlay link")
+    return 0
+
+
+def cmd_unblock_udp(args: argparse.Namespace) -> int:
+    """`wgmesh lab unblock-udp I`: idempotent."""
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.unblock_udp(index)
+    _done(lab, indexes, "UDP unblocked")
+    return 0
+
+
+def cmd_throttle_udp(args: argparse.Namespace) -> int:
+    """`wgmesh lab throttle-udp I RATE`: replaces any earlier limit."""
+    rate = parse_rate(args.rate)
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.throttle_udp(index, rate)
+    _done(lab, indexes, f"UDP limited to {rate} each way")
+    return 0
+
+
+def cmd_unthrottle_udp(args: argparse.Namespace) -> int:
+    """`wgmesh lab unthrottle-udp I`: idempotent."""
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.unthrottle_udp(index)
+    _done(lab, indexes, "UDP limit removed")
     return 0
 
 

@@ -56,6 +56,8 @@ from wgmesh.models import (
     P2PPolicy,
     PairList,
     PairPolicy,
+    RelayGrant,
+    RelayInfo,
     RouteList,
     SessionInfo,
     SessionLogin,
@@ -114,6 +116,8 @@ class Settings:
     """How the API is exposed."""
 
     trusted_proxies: Sequence[IPNetwork] = field(default_factory=list)
+    relays: Sequence[RelayInfo] = field(default_factory=list)
+    """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
 
 
 class BodyLimit:
@@ -230,6 +234,10 @@ def create_app(
         address = client_address(call.request, settings.trusted_proxies)
         changed = await run_in_threadpool(registry.record_status, call.node_id, call.body, address)
         return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
+
+    async def get_relay_grant(call: Call) -> RelayGrant:
+        assert call.node_id is not None
+        return await run_in_threadpool(registry.relay_grant, call.node_id, settings.relays)
 
     async def put_own_subnets(call: Call) -> RouteList:
         assert call.node_id is not None
@@ -426,6 +434,14 @@ def create_app(
             "node",
             body=SubnetsUpdate,
             response=RouteList,
+        ),
+        Operation(
+            "GET",
+            "/api/v1/node/relay",
+            get_relay_grant,
+            "The relays and a fresh relay ticket for the node",
+            "node",
+            response=RelayGrant,
         ),
         Operation("GET", "/api/v1/network", get_network, "The overlay network", "admin", response=Network),
         Operation(

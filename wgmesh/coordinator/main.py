@@ -6,6 +6,10 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
 
 from wgmesh import ipam, logs
 from wgmesh.coordinator.app import Settings, create_app
@@ -13,7 +17,8 @@ from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.models import Network
+from wgmesh.models import Network, RelayInfo
+from wgmesh.relay.server import RelayConfig, RelayServer
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -29,6 +34,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_relay(text: str) -> RelayInfo:
+    """`[ID=]tcp://HOST:PORT` or `[ID=]tls://HOST:PORT`; the id defaults to HOST:PORT."""
+    ident, sep, url = text.partition("=")
+    if not sep:
+        ident, url = "", text
+    try:
+        return RelayInfo(id=ident or url.partition("://")[2], url=url)
+    except PydanticValidationError as exc:
+        detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValidationError(f"--announce-relay {text!r}: {detail}", code="invalid_relay") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wgmesh-coordinator",
@@ -42,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--overlay", default="100.96.0.0/16", help="overlay network CIDR")
     init.add_argument("--network", default="default", help="network name")
     init.add_argument("--p2p", choices=["auto", "off"], default="auto", help="network-wide P2P policy")
+    sub.add_parser(
+        "relay-key", help="print the public key relays verify tickets with (wgmesh-relay --coordinator-key)"
+    )
     serve = sub.add_parser("serve", help="serve the API (the default)")
     for p in (parser, serve):
         p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on")
@@ -52,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
             metavar="CIDR",
             help="honour X-Forwarded-For from these addresses (repeatable)",
         )
+        p.add_argument(
+            "--announce-relay",
+            action="append",
+            default=[],
+            metavar="[ID=]URL",
+            help="a relay agents may use, tcp://HOST:PORT or tls://HOST:PORT (repeatable)",
+        )
+        p.add_argument(
+            "--relay",
+            metavar="HOST:PORT",
+            help="also run a relay in this process (announced to agents unless HOST is a wildcard)",
+        )
+        p.add_argument("--relay-tls-cert", help="TLS certificate (PEM) for --relay")
+        p.add_argument("--relay-tls-key", help="TLS private key (PEM) for --relay")
     return parser
 
 
@@ -62,6 +96,10 @@ def run(argv: Sequence[str]) -> int:
     store = Store(args.db)
     registry = Registry(store)
     admin = os.environ.get(ADMIN_ENV) or None
+    if args.command == "relay-key":
+        store.check_schema()
+        print(registry.relay_public_key())
+        return 0
     if args.command == "init":
         network = Network(name=args.network, overlay_cidr=str(ipam.parse_cidr(args.overlay)), p2p=args.p2p)
         token = registry.initialise(network, admin)
@@ -82,18 +120,27 @@ def run(argv: Sequence[str]) -> int:
     if admin is not None:
         registry.ensure_admin_token(admin)
     host, port = parse_listen(args.listen)
-    settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy])
+    relays = [parse_relay(text) for text in args.announce_relay]
+    relay_config = _embedded_relay(args, registry)
+    if relay_config is not None and relay_config.host not in ("0.0.0.0", "::"):
+        where = f"[{relay_config.host}]" if ":" in relay_config.host else relay_config.host
+        scheme = "tls" if relay_config.tls_cert else "tcp"
+        relays.append(
+            RelayInfo(id=f"{where}:{relay_config.port}", url=f"{scheme}://{where}:{relay_config.port}")
+        )
+    settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
     app = create_app(registry, settings)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
+    import uvloop  # noqa: PLC0415
 
     log.info("listening", extra=logs.kv(host=host, port=port, db=store.engine.url.render_as_string()))
     # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client
     # address; only --trusted-proxy (client_address in app.py) decides that.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        loop="uvloop",
+        loop="none",
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -101,7 +148,43 @@ def run(argv: Sequence[str]) -> int:
         # open dashboard event streams and long polls must not hold a SIGTERM up
         timeout_graceful_shutdown=5,
     )
+    uvloop.run(_serve(uvicorn.Server(config), relay_config))
     return 0
+
+
+def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig | None:
+    """The relay `--relay` asks for, verifying tickets with this coordinator's own key."""
+    if not args.relay:
+        if args.relay_tls_cert or args.relay_tls_key:
+            raise ValidationError("--relay-tls-cert/--relay-tls-key need --relay", code="invalid_relay")
+        return None
+    if bool(args.relay_tls_cert) != bool(args.relay_tls_key):
+        raise ValidationError("--relay-tls-cert and --relay-tls-key go together", code="invalid_relay")
+    try:
+        host, port = parse_listen(args.relay)
+    except ValidationError:
+        raise ValidationError(f"--relay {args.relay!r} must be HOST:PORT", code="invalid_relay") from None
+    return RelayConfig(
+        host=host,
+        port=port,
+        coordinator_key=registry.relay_public_key(),
+        tls_cert=Path(args.relay_tls_cert) if args.relay_tls_cert else None,
+        tls_key=Path(args.relay_tls_key) if args.relay_tls_key else None,
+    )
+
+
+async def _serve(server: Any, relay_config: RelayConfig | None) -> None:
+    """The API and, with `--relay`, the relay on the same event loop; uvicorn owns SIGTERM for both."""
+    if relay_config is None:
+        await server.serve()
+        return
+    relay = RelayServer(relay_config)
+    await relay.start()  # a taken port fails the start with one line, not a coordinator without its relay
+    log.info("relay listening", extra=logs.kv(host=relay_config.host, port=relay.port))
+    try:
+        await server.serve()
+    finally:
+        await relay.stop()
 
 
 def main() -> None:

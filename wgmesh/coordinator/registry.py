@@ -10,7 +10,7 @@ import ipaddress
 import secrets
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
@@ -33,6 +33,8 @@ from wgmesh.models import (
     NodeStatus,
     P2PPolicy,
     PairPolicy,
+    RelayGrant,
+    RelayInfo,
     Route,
     StatusReport,
     TokenCreate,
@@ -41,6 +43,7 @@ from wgmesh.models import (
     Topology,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap, effective_p2p, pair_key
+from wgmesh.relay import tickets
 
 ONLINE_WINDOW = timedelta(seconds=45)
 HANDSHAKE_FRESH = timedelta(seconds=180)
@@ -138,6 +141,11 @@ def check_admin_token(token: str) -> None:
     """Refuse an admin token too short to be a secret."""
     if len(token) < 16:
         raise ValidationError("an admin token must be at least 16 characters", code="weak_token")
+
+
+RELAY_TICKET_TTL = 24 * 3600.0
+"""Relay tickets last a day: relayed traffic outlives a long coordinator outage, a deleted node loses the
+relay within a day (agents refresh at half-life)."""
 
 
 class Registry:
@@ -561,6 +569,36 @@ class Registry:
     def netmap(self, node_id: int) -> NetMap:
         """The current netmap of a node."""
         return build_netmap(self.snapshot(), node_id)
+
+    # --- relay tickets --------------------------------------------------------------------------
+
+    def relay_signing_key(self) -> str:
+        """The Ed25519 key relay tickets are signed with (base64 raw seed); the same on every coordinator."""
+        with self.store.read() as conn:
+            master = conn.execute(select(schema.registry.c.psk_master)).scalar_one()
+        return keys.derive_relay_signing_key(bytes(master))
+
+    def relay_public_key(self) -> str:
+        """The public half relays are configured with (`wgmesh-coordinator relay-key`)."""
+        return tickets.public_key_of(self.relay_signing_key())
+
+    def relay_grant(
+        self, node_id: int, relays: Sequence[RelayInfo], now: datetime | None = None
+    ) -> RelayGrant:
+        """A fresh relay ticket for `node_id` (which must exist) and the relays it may use."""
+        with self.store.read() as conn:
+            if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == node_id)).first() is None:
+                raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
+        private = self.relay_signing_key()
+        issued = (now or utcnow()).timestamp()
+        ticket = tickets.issue_ticket(private, node_id, RELAY_TICKET_TTL, issued)
+        claims, _, _ = tickets.decode_ticket(ticket)
+        return RelayGrant(
+            relays=list(relays),
+            ticket=ticket,
+            expires_at=datetime.fromtimestamp(claims.expires_at, tz=UTC),
+            coordinator_key=tickets.public_key_of(private),
+        )
 
     def version(self) -> int:
         """The registry version."""

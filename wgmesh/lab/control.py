@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import importlib
 import ipaddress
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +26,19 @@ import httpx
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import procs, system
 from wgmesh.lab.converge import GatewayView, Verdict, assess, parse_ping_rtt, parse_wg_dump
+from wgmesh.lab.impair import (
+    block_udp_script,
+    check_sites,
+    describe,
+    parse_rate,
+    throttle_commands,
+    unblock_udp_script,
+    unthrottle_commands,
+)
 from wgmesh.lab.plan import (
     LOOPBACK_BASE_PORT,
     MAX_SLOT,
+    RELAY_PORT,
     STATE_ROOT,
     LabPlan,
     Node,
@@ -35,9 +47,12 @@ from wgmesh.lab.plan import (
     build_commands,
     choose_slot,
     coordinator_args,
+    coordinator_init_args,
     is_safe_destination,
     loopback_forward_script,
     plan_lab,
+    relay_args,
+    relay_key_args,
     resolve_node,
     site_commands,
     validate_name,
@@ -53,14 +68,23 @@ Progress = Callable[[str], None]
 Backend = Literal["userspace", "kernel", "auto"]
 
 COORDINATOR_START_TIMEOUT = 20.0
+RELAY_START_TIMEOUT = 10.0
+RELAY_PROGRAM = "wgmesh-relay"
 POLL_INTERVAL = 0.2
 NUDGE_INTERVAL = 1.0
 # Runs the lab with another agent build (another checkout, an older release) instead of this one's.
 AGENT_ENV = "WGMESH_LAB_AGENT"
+# The same for the hub's relay (a path that is not a program makes the lab run without a relay).
+RELAY_ENV = "WGMESH_LAB_RELAY"
 
 
 def _quiet(_: str) -> None:
     """The progress sink when nobody is watching."""
+
+
+def _log_warning(text: str) -> None:
+    """The warning sink when nobody is watching: the log."""
+    log.warning(text)
 
 
 # --- preconditions --------------------------------------------------------------------------------
@@ -78,10 +102,24 @@ def agent_available() -> bool:
     return True
 
 
+def relay_available() -> bool:
+    """Whether `wgmesh-relay` is installed (beside this Python or on PATH), or $WGMESH_LAB_RELAY is a program."""
+    override = os.environ.get(RELAY_ENV)
+    if override:
+        return os.access(override, os.X_OK)
+    try:
+        program(RELAY_PROGRAM)
+    except WgmeshError:
+        return False
+    return True
+
+
 def program(name: str) -> str:
     """The path of a wgmesh console script, preferring the one next to this Python (the same venv)."""
     if name == "wgmesh-agent" and os.environ.get(AGENT_ENV):
         return os.environ[AGENT_ENV]
+    if name == RELAY_PROGRAM and os.environ.get(RELAY_ENV):
+        return os.environ[RELAY_ENV]
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
@@ -126,18 +164,52 @@ def up(
     agents: bool = True,
     timeout: float = 60.0,
     progress: Progress = _quiet,
+    relay: bool | None = None,
+    block_udp: Iterable[int] = (),
+    throttle_udp: Mapping[int, str] | None = None,
+    p2p_off: Iterable[int] = (),
+    warn: Progress = _log_warning,
 ) -> Lab:
-    """Build lab `name`, start its coordinator and agents, and return once the mesh has converged."""
-    plan_lab(name, sites)  # bad usage is reported as such, before anything else is checked or touched
+    """Build lab `name`, start its coordinator, relay and agents, and return once the mesh has converged.
+
+    `relay=None` runs the relay when `wgmesh-relay` is installed and warns when it is not.
+    """
+    # Bad usage is reported as such, before anything else is checked or touched.
+    plan = plan_lab(name, sites)
     if timeout <= 0:
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
+    blocked = sorted(set(block_udp))
+    throttled = {index: parse_rate(rate) for index, rate in sorted((throttle_udp or {}).items())}
+    off = sorted(set(p2p_off))
+    check_sites(plan, blocked, "--block-udp")
+    check_sites(plan, throttled, "--throttle-udp")
+    check_sites(plan, off, "--p2p-off")
+    if off and not agents:
+        raise ValidationError("--p2p-off needs agents (it changes enrolled nodes)", code="invalid_p2p_off")
+    if relay is False and off:
+        raise ValidationError("--p2p-off needs the relay; drop --no-relay", code="invalid_p2p_off")
     system.require_root()
-    _require_tools(["ip", "nft", "ss"] + (["wg", "wireguard-go"] if agents else []))
+    tools = ["ip", "nft", "ss"] + (["tc"] if throttled else []) + (["wg", "wireguard-go"] if agents else [])
+    _require_tools(tools)
     if agents and not agent_available():
         raise WgmeshError(
             "wgmesh-agent is not available (wgmesh.agent.main cannot be imported); "
             "use --no-agents to build the network alone",
             code="no_agent",
+        )
+    if relay is None:
+        relay = relay_available()
+        if not relay:
+            if off:
+                raise WgmeshError(
+                    f"--p2p-off needs the relay, and {RELAY_PROGRAM} is not installed", code="missing_tool"
+                )
+            # Tolerated only while the relay program does not exist yet: the lab is still useful for
+            # direct paths, and the warning says what is missing.
+            warn(f"{RELAY_PROGRAM} is not installed: lab {name} runs without a relay (direct paths only)")
+    elif not relay_available():
+        raise WgmeshError(
+            f"{RELAY_PROGRAM} is not installed (use --no-relay to run without it)", code="missing_tool"
         )
     start = time.monotonic()
     with machine_lock():
@@ -157,6 +229,7 @@ def up(
             backend=backend,
             agents=agents,
             admin_token=secrets.token_urlsafe(32),
+            relay=relay,
         )
         # Written before anything is built: from here on, `down` can find every piece.
         save(state)
@@ -166,9 +239,21 @@ def up(
         progress(f"building {sites} site(s) on {plan.underlay}")
         system.apply(build_commands(plan))
         system.nft_apply(loopback_forward_script(plan))
+        # Before any agent runs, so no agent ever sees the unimpaired underlay.
+        for index in blocked:
+            lab.block_udp(index)
+        for index, rate in throttled.items():
+            lab.throttle_udp(index, rate)
+        if relay:
+            progress("creating the coordinator's relay key")
+            lab.prepare_relay()
         progress(f"starting the coordinator on {plan.hub_url}")
         lab.start("hub")
         lab.wait_coordinator()
+        if relay:
+            progress(f"starting the relay on {plan.relay_url}")
+            lab.start("relay")
+            lab.wait_relay()
     except BaseException:
         # Nothing worth inspecting has run yet: leave no half-built lab behind.
         down(name)
@@ -180,6 +265,11 @@ def up(
         return lab
     try:
         lab.start_agents(plan.sites)
+        if off:
+            # The policy can only be set on enrolled nodes; convergence is then awaited over the relay.
+            lab.wait_enrolled([plan.site(i).node for i in off], start + timeout - time.monotonic(), progress)
+            for index in off:
+                lab.set_p2p(index, "off")
         lab.wait_converged(timeout, progress, started=start)
     except WgmeshError as exc:
         # Agents have run: keep the lab so their logs and interfaces can be inspected.
@@ -217,14 +307,26 @@ class LabStatus:
     gateways: list[GatewayStatus]
     # The coordinator's view of each node pair (its topology links); None when it cannot be asked.
     links: list[dict[str, Any]] | None = None
+    # Whether the relay runs; None when the lab has none (it was not installed at `up`, or --no-relay).
+    relay: bool | None = None
+    relay_url: str | None = None
+    # The switches in force, as recorded in the state file.
+    blocked_udp: list[int] | None = None
+    throttled_udp: dict[int, str] | None = None
+    p2p_off: list[int] | None = None
 
     def healthy(self) -> bool:
-        """Coordinator up, every namespace present, every agent (if any) alive."""
+        """Coordinator and relay (if any) up, every namespace present, every agent (if any) alive."""
         return (
             self.coordinator
+            and self.relay is not False
             and all(self.namespaces.values())
             and all(g.agent is not False for g in self.gateways)
         )
+
+    def switches(self) -> list[str]:
+        """One phrase per switch in force (`gw1: UDP blocked`)."""
+        return describe(self.blocked_udp or [], self.throttled_udp or {}, self.p2p_off or [])
 
 
 class Lab:
@@ -330,6 +432,103 @@ class Lab:
 
         return wait_until(ready, timeout, f"the coordinator of lab {self.name}", interval=0.1)
 
+    # --- the relay ---
+
+    def prepare_relay(self) -> str:
+        """Initialise the database and fetch the coordinator's relay-ticket public key (kept in the state)."""
+        env = {"WGMESH_ADMIN_TOKEN": self.admin_token}
+        coordinator = program("wgmesh-coordinator")
+        try:
+            # `relay-key` needs an initialised database; with the token in the environment `init`
+            # takes it as the admin token and prints no secret.
+            system.run([coordinator, *coordinator_init_args(self.plan)], env=env)
+            done = system.run([coordinator, *relay_key_args(self.plan)], env=env)
+        except WgmeshError as exc:
+            raise WgmeshError(
+                f"cannot get the coordinator's relay key: {exc.message} (use --no-relay to run without the relay)",
+                code=exc.code,
+            ) from exc
+        key = _parse_public_key(done.stdout)
+        self.state.relay_key = key
+        self._save()
+        return key
+
+    def wait_relay(self, timeout: float = RELAY_START_TIMEOUT) -> float:
+        """Wait until the relay listens on the hub address; fail at once if it exits."""
+
+        def listening() -> bool:
+            self._check_alive("relay")
+            if not system.listener_pids(str(self.plan.hub_ip), RELAY_PORT):
+                raise AssertionError(f"nothing listens on {self.plan.hub_ip}:{RELAY_PORT} yet")
+            return True
+
+        return wait_until(listening, timeout, f"the relay of lab {self.name}", interval=0.1)
+
+    # --- switches ---
+
+    def block_udp(self, index: int) -> None:
+        """Drop all UDP to and from gateway `index` on its underlay link (idempotent)."""
+        site = self.plan.site(index)
+        system.nft_apply(block_udp_script(), netns=site.gw_ns)
+        self.state.blocked_udp = sorted({*self.state.blocked_udp, index})
+        self._save()
+        log.info("udp blocked", extra=kv(lab=self.name, node=site.node))
+
+    def unblock_udp(self, index: int) -> None:
+        """Let UDP through gateway `index`'s underlay link again (idempotent)."""
+        site = self.plan.site(index)
+        system.nft_apply(unblock_udp_script(), netns=site.gw_ns)
+        self.state.blocked_udp = [i for i in self.state.blocked_udp if i != index]
+        self._save()
+        log.info("udp unblocked", extra=kv(lab=self.name, node=site.node))
+
+    def throttle_udp(self, index: int, rate: str) -> str:
+        """Limit UDP on gateway `index`'s underlay link to `rate` each way (replacing any limit); returns the rate."""
+        rate = parse_rate(rate)
+        site = self.plan.site(index)
+        system.tc_apply(unthrottle_commands(site), absent_ok=True)
+        system.tc_apply(throttle_commands(site, rate))
+        self.state.throttled_udp = dict(sorted({**self.state.throttled_udp, index: rate}.items()))
+        self._save()
+        log.info("udp throttled", extra=kv(lab=self.name, node=site.node, rate=rate))
+        return rate
+
+    def unthrottle_udp(self, index: int) -> None:
+        """Remove the UDP limit of gateway `index` (idempotent)."""
+        site = self.plan.site(index)
+        system.tc_apply(unthrottle_commands(site), absent_ok=True)
+        self.state.throttled_udp = {i: r for i, r in self.state.throttled_udp.items() if i != index}
+        self._save()
+        log.info("udp unthrottled", extra=kv(lab=self.name, node=site.node))
+
+    def set_p2p(self, index: int, policy: Literal["auto", "off"]) -> None:
+        """Set gateway `index`'s P2P policy through the coordinator (the node must be enrolled)."""
+        site = self.plan.site(index)
+        self.api("PATCH", f"/api/v1/nodes/{site.node}", {"p2p": policy})
+        off = {*self.state.p2p_off, index} if policy == "off" else set(self.state.p2p_off) - {index}
+        self.state.p2p_off = sorted(off)
+        self._save()
+        log.info("p2p policy set", extra=kv(lab=self.name, node=site.node, p2p=policy))
+
+    def wait_enrolled(self, nodes: Iterable[str], timeout: float, progress: Progress = _quiet) -> float:
+        """Wait until the coordinator lists every one of `nodes`; fail at once if an agent exits."""
+        wanted = set(nodes)
+
+        def enrolled() -> bool:
+            for site in self.plan.sites:
+                self._check_alive(site.node)
+            try:
+                names = {n["name"] for n in self.api("GET", "/api/v1/nodes", timeout=2.0)["nodes"]}
+            except WgmeshError as exc:
+                raise AssertionError(exc.message) from exc
+            missing = sorted(wanted - names)
+            progress(f"waiting for {', '.join(missing) or 'nothing'} to enroll")
+            if missing:
+                raise AssertionError(f"not enrolled yet: {', '.join(missing)}")
+            return True
+
+        return wait_until(enrolled, max(timeout, 0.1), f"nodes of lab {self.name} to enroll", interval=0.2)
+
     # --- processes ---
 
     def _save(self) -> None:
@@ -338,7 +537,9 @@ class Lab:
     def _log_path(self, node: str) -> Path:
         return self.plan.state_dir / "logs" / f"{node}.log"
 
-    def _record(self, role: Literal["coordinator", "agent"], node: str, proc: procs.ProcessId) -> None:
+    def _record(
+        self, role: Literal["coordinator", "agent", "relay"], node: str, proc: procs.ProcessId
+    ) -> None:
         self.state.record(
             ProcessRecord(
                 role=role,
@@ -351,12 +552,12 @@ class Lab:
         self._save()
 
     def process(self, node: str) -> procs.ProcessId | None:
-        """The recorded process of `hub` or a gateway, if any."""
+        """The recorded process of `hub`, `relay` or a gateway, if any."""
         rec = self.state.process(node)
         return procs.ProcessId(rec.pid, rec.start_ticks) if rec else None
 
     def alive(self, node: str) -> bool:
-        """Whether the recorded coordinator (`hub`) or agent (`gwI`) is running."""
+        """Whether the recorded coordinator (`hub`), relay (`relay`) or agent (`gwI`) is running."""
         proc = self.process(node)
         return proc is not None and procs.alive(proc)
 
@@ -364,7 +565,7 @@ class Lab:
         proc = self.process(node)
         if proc is None or procs.alive(proc):
             return
-        what = "coordinator" if node == "hub" else f"agent {node}"
+        what = {"hub": "coordinator", "relay": "relay"}.get(node, f"agent {node}")
         status = procs.exit_status(proc)
         if status is None:
             how = ""
@@ -376,12 +577,19 @@ class Lab:
         raise WgmeshError(f"{what} exited{how}: {last} (log: {self._log_path(node)})", code="process_exited")
 
     def start(self, node: str) -> procs.ProcessId:
-        """Start (or restart) the coordinator (`hub`) or a gateway's agent (`gwI`)."""
+        """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
         if self.alive(node):
             raise WgmeshError(f"{node} is already running", code="running")
+        if node == "relay":
+            proc = self._start_relay()
+            log.info("process started", extra=kv(lab=self.name, node=node, pid=proc.pid))
+            return proc
         target = self.node(node)
         if target.role == "hub":
-            argv = [program("wgmesh-coordinator"), *coordinator_args(self.plan)]
+            argv = [
+                program("wgmesh-coordinator"),
+                *coordinator_args(self.plan, announce_relay=self.state.relay),
+            ]
             proc = procs.spawn(argv, self._log_path(node), {"WGMESH_ADMIN_TOKEN": self.admin_token})
             self._record("coordinator", node, proc)
         elif target.site is not None and target.role == "gateway":
@@ -402,8 +610,20 @@ class Lab:
         log.info("process started", extra=kv(lab=self.name, node=node, pid=proc.pid))
         return proc
 
+    def _start_relay(self) -> procs.ProcessId:
+        if not self.state.relay:
+            raise WgmeshError(
+                f"lab {self.name} runs no relay (it was built without one; rebuild it with {RELAY_PROGRAM} installed)",
+                code="no_relay",
+            )
+        key = self.state.relay_key or self.prepare_relay()
+        argv = [program(RELAY_PROGRAM), *relay_args(self.plan, key)]
+        proc = procs.spawn(argv, self._log_path("relay"))
+        self._record("relay", "relay", proc)
+        return proc
+
     def kill(self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
-        """Signal the recorded coordinator or agent and wait for it to end; False when it was not running."""
+        """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not running."""
         proc = self.process(node)
         if proc is None or not procs.send(proc, sig):
             return False
@@ -562,11 +782,32 @@ class Lab:
             namespaces={ns: ns in present for ns in plan.namespaces()},
             gateways=gateways,
             links=links,
+            relay=self.alive("relay") if self.state.relay else None,
+            relay_url=plan.relay_url if self.state.relay else None,
+            blocked_udp=list(self.state.blocked_udp),
+            throttled_udp=dict(self.state.throttled_udp),
+            p2p_off=list(self.state.p2p_off),
         )
 
     def down(self) -> DownReport:
         """Tear the lab down."""
         return down(self.name)
+
+
+def _parse_public_key(text: str) -> str:
+    """The base64 Ed25519 public key `relay-key` printed (its last non-empty line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = lines[-1] if lines else ""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise WgmeshError(
+            f"wgmesh-coordinator relay-key printed {key[:60]!r}, not a base64 Ed25519 public key",
+            code="relay_key",
+        )
+    return key
 
 
 class _Nudger:

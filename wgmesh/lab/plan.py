@@ -25,6 +25,8 @@ MAX_SITES = 200
 # 198.18.0.0/15 (RFC 2544 benchmarking space) holds 512 /24s; the first 256 are plenty of labs.
 MAX_SLOT = 255
 API_PORT = 8080
+# The hub's relay (DESIGN §6), next to the coordinator on the hub address.
+RELAY_PORT = 8443
 LOOPBACK_BASE_PORT = 8080
 STATE_ROOT = Path("/run/wgmesh-lab")
 # The only destinations lab tooling may address from the root namespace.
@@ -77,6 +79,11 @@ class LabPlan:
     def hub_url(self) -> str:
         """The coordinator as agents see it, on the underlay."""
         return f"http://{self.hub_ip}:{self.api_port}"
+
+    @property
+    def relay_url(self) -> str:
+        """The relay as the coordinator announces it to agents."""
+        return f"tcp://{self.hub_ip}:{RELAY_PORT}"
 
     @property
     def local_url(self) -> str:
@@ -278,14 +285,32 @@ def loopback_forward_script(plan: LabPlan) -> str:
     )
 
 
-def coordinator_args(plan: LabPlan) -> list[str]:
+def coordinator_db_url(plan: LabPlan) -> str:
+    """The lab coordinator's SQLite database URL."""
+    return f"sqlite:///{plan.state_dir / 'coordinator.db'}"
+
+
+def coordinator_args(plan: LabPlan, *, announce_relay: bool = False) -> list[str]:
     """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only."""
-    return [
-        "--db",
-        f"sqlite:///{plan.state_dir / 'coordinator.db'}",
-        "--listen",
-        f"{plan.hub_ip}:{plan.api_port}",
-    ]
+    args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{plan.hub_ip}:{plan.api_port}"]
+    if announce_relay:
+        args += ["--announce-relay", plan.relay_url]
+    return args
+
+
+def coordinator_init_args(plan: LabPlan) -> list[str]:
+    """`init` of the lab's database (the admin token comes from the environment)."""
+    return ["--db", coordinator_db_url(plan), "init"]
+
+
+def relay_key_args(plan: LabPlan) -> list[str]:
+    """The command that prints the coordinator's relay-ticket public key (creating it if needed)."""
+    return ["--db", coordinator_db_url(plan), "relay-key"]
+
+
+def relay_args(plan: LabPlan, coordinator_key: str) -> list[str]:
+    """The relay's arguments (after the program name): the hub address only, trusting the lab's coordinator."""
+    return ["--listen", f"{plan.hub_ip}:{RELAY_PORT}", "--coordinator-key", coordinator_key]
 
 
 def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]:

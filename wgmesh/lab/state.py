@@ -18,7 +18,7 @@ from wgmesh.errors import WgmeshError
 from wgmesh.lab.plan import STATE_ROOT, LabPlan, plan_lab
 from wgmesh.models import Model
 
-Role = Literal["coordinator", "agent"]
+Role = Literal["coordinator", "agent", "relay"]
 
 
 class ProcessRecord(Model):
@@ -42,6 +42,14 @@ class LabState(Model):
     agents: bool
     admin_token: str
     enroll_token: str | None = None
+    # Whether the lab runs the hub's relay (False when wgmesh-relay was not installed at `up`).
+    relay: bool = False
+    # The coordinator's relay-ticket public key (base64), the relay's --coordinator-key.
+    relay_key: str | None = None
+    # The switches in force: gateways whose underlay UDP is dropped, UDP rate limits, P2P turned off.
+    blocked_udp: list[int] = Field(default_factory=list)
+    throttled_udp: dict[int, str] = Field(default_factory=dict)
+    p2p_off: list[int] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     processes: list[ProcessRecord] = Field(default_factory=list)
 

@@ -10,12 +10,13 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
 from wgmesh.errors import WgmeshError
+from wgmesh.lab.impair import TcCommand
 from wgmesh.lab.plan import IpCommand
 from wgmesh.logs import kv
 
@@ -32,12 +33,24 @@ def require_root() -> None:
 
 
 def run(
-    argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = 30.0
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command; with `check`, a failure becomes a WgmeshError carrying its stderr."""
+    """Run a command (with `env` added to the environment); with `check`, a failure raises WgmeshError."""
+    full_env = {**os.environ, **env} if env else None
     try:
         done = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False
+            list(argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=full_env,
         )
     except FileNotFoundError as exc:
         raise WgmeshError(f"{argv[0]} is not installed", code="missing_tool") from exc
@@ -108,9 +121,49 @@ def netns_pids(name: str) -> list[int]:
     return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
 
 
-def nft_apply(script: str) -> None:
-    """Load an nftables script atomically."""
-    run(["nft", "-f", "-"], input=script)
+def _in_netns(netns: str | None, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def nft_apply(script: str, netns: str | None = None) -> None:
+    """Load an nftables script atomically, in `netns` (None: the root namespace)."""
+    run(_in_netns(netns, ["nft", "-f", "-"]), input=script)
+
+
+def nft_has_table_in(netns: str, family: str, name: str) -> bool:
+    """Whether an nftables table exists inside a namespace."""
+    return run(_in_netns(netns, ["nft", "list", "table", family, name]), check=False).returncode == 0
+
+
+# What tc says when asked to delete a root qdisc that is not there (a veth's default is noqueue).
+_TC_ABSENT = ("handle of zero", "No such file or directory", "Invalid handle")
+
+
+def tc_apply(commands: Sequence[TcCommand], *, absent_ok: bool = False) -> None:
+    """Run `tc` commands in order; with `absent_ok`, deleting what does not exist is not an error."""
+    if absent_ok:
+        # One at a time: a batch stops at the first "nothing to delete".
+        for c in commands:
+            done = run(["tc", *(["-n", c.netns] if c.netns else []), *c.args], check=False)
+            if done.returncode != 0 and not any(text in done.stderr for text in _TC_ABSENT):
+                message = done.stderr.strip().replace("\n", "; ")
+                raise WgmeshError(f"tc {' '.join(c.args[:4])} failed: {message}", code="command_failed")
+        return
+    for netns, group in groupby(commands, key=lambda c: c.netns):
+        lines = [" ".join(c.args) for c in group]
+        run(["tc", *(["-n", netns] if netns else []), "-batch", "-"], input="\n".join(lines) + "\n")
+        log.info("tc commands applied", extra=kv(netns=netns or "root", count=len(lines)))
+
+
+def tc_root_kind(netns: str | None, dev: str) -> str | None:
+    """The kind of a link's root qdisc (`htb`, `noqueue`, ...), None when the link is missing."""
+    done = run(
+        ["tc", *(["-n", netns] if netns else []), "-j", "qdisc", "show", "dev", dev, "root"], check=False
+    )
+    if done.returncode != 0:
+        return None
+    qdiscs = json.loads(done.stdout or "[]")
+    return str(qdiscs[0]["kind"]) if qdiscs else None
 
 
 def nft_has_table(family: str, name: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import procs, system
-from wgmesh.lab.plan import STATE_ROOT, owns, plan_lab, validate_name
+from wgmesh.lab.plan import RELAY_PORT, STATE_ROOT, owns, plan_lab, validate_name
 from wgmesh.lab.state import LabState, load
 from wgmesh.logs import kv
 
@@ -114,14 +114,15 @@ def down(name: str, root: Path = STATE_ROOT) -> DownReport:
         stuck = [pid for n in owned_ns for pid in system.netns_pids(n)]
         if stuck:
             log.warning("processes survive in lab namespaces", extra=kv(lab=name, pids=stuck))
-    # Then the coordinator: the recorded one, and whatever listens on the lab's hub address (a
-    # coordinator started just before a crash, before its pid was written down).
-    hub = [ids[r.node] for r in recorded if r.role == "coordinator"]
+    # Then the coordinator and the relay: the recorded ones, and whatever listens on the lab's hub
+    # address (one started just before a crash, before its pid was written down).
+    hub = [ids[r.node] for r in recorded if r.role in ("coordinator", "relay")]
     for address in _hub_addresses(name, state):
-        for pid in system.listener_pids(address, plan_lab(name, 1).api_port):
-            found = procs.identity(pid)
-            if found is not None and found not in hub:
-                hub.append(found)
+        for port in (plan_lab(name, 1).api_port, RELAY_PORT):
+            for pid in system.listener_pids(address, port):
+                found = procs.identity(pid)
+                if found is not None and found not in hub:
+                    hub.append(found)
     # Short grace: uvicorn's graceful shutdown waits for pending netmap long-polls, and the
     # database is about to be deleted anyway.
     report.processes += len(procs.terminate(hub, grace=2.0))

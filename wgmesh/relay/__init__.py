@@ -1,1 +1,2 @@
-"""The TCP relay: wire protocol (`protocol`) and coordinator-signed tickets (`tickets`); see docs/relay-protocol.md."""
+"""The TCP relay: wire protocol (`protocol`), coordinator-signed tickets (`tickets`), the asyncio relay
+(`server`) and its `wgmesh-relay` program (`main`); see docs/relay-protocol.md."""

@@ -265,6 +265,34 @@ _TYPE_LIMITS: dict[int, int] = {
 }
 
 
+def check_header(length: int, kind: int, reserved: int, max_payload: int = MAX_PAYLOAD) -> None:
+    """Raise the ProtocolError a decoder raises for this frame header; return if the header is acceptable."""
+    if kind not in _PARSERS or reserved or length > max_payload or length > _TYPE_LIMITS[kind]:
+        raise _header_refusal(length, kind, reserved, max_payload)
+
+
+def _header_refusal(length: int, kind: int, reserved: int, max_payload: int) -> ProtocolError:
+    # Only called for a header already known to be bad; says which rule it breaks.
+    if kind not in _PARSERS:
+        return ProtocolError(f"unknown frame type {kind}")
+    if reserved:
+        return ProtocolError(f"reserved header byte is {reserved}, must be 0")
+    return ProtocolError(
+        f"{FrameType(kind).name.lower()} frame of {length} bytes exceeds "
+        f"the limit of {min(max_payload, _TYPE_LIMITS[kind])}",
+        close_code=CloseCode.FRAME_TOO_LARGE,
+    )
+
+
+def parse_payload(kind: int, buf: bytes | bytearray | memoryview, start: int, end: int) -> Frame:
+    """The frame of type `kind` whose payload is `buf[start:end]`, for a header `check_header` accepted.
+
+    For readers that scan frames in their own buffer (the relay's hot path) and decode only the rare ones.
+    """
+    with memoryview(buf) as mv:
+        return _PARSERS[kind](mv, start, end)
+
+
 class FrameDecoder:
     """Turns a TCP byte stream into frames: many per `feed`, a partial frame kept for the next one.
 
@@ -302,16 +330,8 @@ class FrameDecoder:
                 while size - pos >= HEADER_SIZE:
                     length, kind, reserved = header(mv, pos)
                     parser = parsers.get(kind)
-                    if parser is None:
-                        raise ProtocolError(f"unknown frame type {kind}")
-                    if reserved:
-                        raise ProtocolError(f"reserved header byte is {reserved}, must be 0")
-                    if length > limit or length > _TYPE_LIMITS[kind]:
-                        raise ProtocolError(
-                            f"{FrameType(kind).name.lower()} frame of {length} bytes exceeds "
-                            f"the limit of {min(limit, _TYPE_LIMITS[kind])}",
-                            close_code=CloseCode.FRAME_TOO_LARGE,
-                        )
+                    if parser is None or reserved or length > limit or length > _TYPE_LIMITS[kind]:
+                        raise _header_refusal(length, kind, reserved, limit)
                     end = pos + HEADER_SIZE + length
                     if end > size:
                         break

@@ -1,0 +1,32 @@
+"""Issue 4, e2e 4: UDP throttled to 10 Mbit/s: the agent measures it, chooses the relay, and TCP between
+VPC hosts then runs well above the throttled rate."""
+
+from __future__ import annotations
+
+import pytest
+from lab_paths import iperf3, path_of, paths, ping_ok
+
+from wgmesh.lab import Lab, wait_until
+
+pytestmark = [pytest.mark.e2e]
+
+RATE = 10e6
+
+
+@pytest.mark.lab(sites=2, throttle_udp={2: "10mbit"})
+def test_throttled_udp_moves_to_the_relay(lab: Lab) -> None:
+    one, two = lab.plan.site(1), lab.plan.site(2)
+
+    def relayed() -> bool:
+        # Traffic makes the agents measure the direct path under load.
+        ping_ok(lab, one.host, two.vm_ip, count=3)
+        return path_of(lab, "gw1", "gw2") == "relay"
+
+    took = wait_until(relayed, 30, "gw1 choosing the relay for gw2")
+    reason = paths(lab, "gw1")["gw2"].reason or ""
+    print(f"relay chosen after {took:.1f} s: {reason}")
+    assert "throttled" in reason or "loss" in reason
+    goodput = iperf3(lab, one, two, seconds=5)
+    print(f"iperf3 vm1 -> vm2 via the relay: {goodput / 1e6:.0f} Mbit/s (UDP throttled to {RATE / 1e6:.0f})")
+    assert goodput > 3 * RATE
+    assert path_of(lab, "gw1", "gw2") == "relay"

@@ -1,0 +1,165 @@
+"""Helpers for the path and relay tests in the lab: each gateway's view of its peers' paths, continuous
+pings with their longest silence, and a TCP stream that must survive path switches."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wgmesh.lab import Lab, Site
+
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
+
+
+@dataclass(frozen=True)
+class PeerPath:
+    path: str | None
+    reason: str | None
+    rtt_ms: float | None
+    relay: str | None
+    endpoint: str | None
+
+
+def paths(lab: Lab, node: str) -> dict[str, PeerPath]:
+    """The gateway's latest status report, by peer name (reports follow a switch within a second)."""
+    names = {n["public_key"]: n["name"] for n in lab.api("GET", "/api/v1/nodes")["nodes"]}
+    report = lab.api("GET", f"/api/v1/nodes/{node}/status").get("report") or {}
+    out = {}
+    for peer in report.get("peers", []):
+        out[names.get(peer["public_key"], peer["public_key"])] = PeerPath(
+            peer.get("path"), peer.get("reason"), peer.get("rtt_ms"), peer.get("relay"), peer.get("endpoint")
+        )
+    return out
+
+
+def path_of(lab: Lab, node: str, peer: str) -> str | None:
+    """One peer's path as `node` reports it."""
+    found = paths(lab, node).get(peer)
+    return found.path if found else None
+
+
+def ping_ok(lab: Lab, src: str, dst: object, count: int = 2) -> bool:
+    done = lab.exec(src, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", str(dst))
+    return done.returncode == 0
+
+
+class ContinuousPing:
+    """`ping -D` every 100 ms from a namespace; `gaps()` gives the silences between replies."""
+
+    def __init__(self, lab: Lab, src: str, dst: object, log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = lab.popen(src, "ping", "-n", "-D", "-i", "0.1", "-W", "1", str(dst), stdout=self._out)
+
+    def replies(self) -> list[float]:
+        return [float(m.group(1)) for m in PING_LINE.finditer(self.log.read_text())]
+
+    def longest_gap(self, since: float = 0.0) -> float:
+        times = [t for t in self.replies() if t >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def last_reply(self) -> float | None:
+        times = self.replies()
+        return times[-1] if times else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+        self._out.close()
+
+
+STREAM_SERVER = """
+import hashlib, socket, sys
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+conn, _ = srv.accept()
+digest, total = hashlib.sha256(), 0
+while chunk := conn.recv(65536):
+    digest.update(chunk); total += len(chunk)
+print(total, digest.hexdigest(), flush=True)
+"""
+
+# Sends 32 KiB every 20 ms (about 13 Mbit/s) until the stop file appears, then reports what it sent.
+STREAM_CLIENT = """
+import hashlib, os, socket, sys, time
+digest, total = hashlib.sha256(), 0
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=90) as conn:
+    while not os.path.exists(sys.argv[3]):
+        chunk = os.urandom(32768)
+        conn.sendall(chunk)
+        digest.update(chunk); total += len(chunk)
+        time.sleep(0.02)
+print(total, digest.hexdigest(), flush=True)
+"""
+
+
+class TcpStream:
+    """One long TCP connection between two VPC hosts carrying random data; `finish()` checks it arrived whole."""
+
+    def __init__(self, lab: Lab, src: Site, dst: Site, stop_file: Path, port: int = 5301) -> None:
+        self.stop_file = stop_file
+        self.server = lab.popen(
+            dst.host, sys.executable, "-c", STREAM_SERVER, str(port), stdout=subprocess.PIPE
+        )
+        assert self.server.stdout is not None
+        assert self.server.stdout.readline().strip() == "ready"
+        self.client = lab.popen(
+            src.host,
+            sys.executable,
+            "-c",
+            STREAM_CLIENT,
+            str(dst.vm_ip),
+            str(port),
+            str(stop_file),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def alive(self) -> bool:
+        return self.client.poll() is None
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        """Stop sending and return (bytes, sha256) once the receiver got exactly what was sent."""
+        self.stop_file.touch()
+        sent_out, sent_err = self.client.communicate(timeout=timeout)
+        assert self.client.returncode == 0, f"TCP sender failed: {sent_err}"
+        received_out, _ = self.server.communicate(timeout=timeout)
+        assert sent_out.split() == received_out.split(), (sent_out, received_out)
+        total, digest = sent_out.split()
+        return int(total), digest
+
+    def kill(self) -> None:
+        for proc in (self.client, self.server):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def iperf3(lab: Lab, src: Site, dst: Site, seconds: int = 5, port: int = 5201) -> float:
+    """TCP goodput in bit/s from one VPC host to another, as the iperf3 receiver measured it."""
+    server = lab.popen(dst.host, "iperf3", "-s", "-p", str(port), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            done = lab.exec(
+                src.host, "iperf3", "-J", "-c", str(dst.vm_ip), "-p", str(port), "-t", str(seconds)
+            )
+            result: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
+            received = result.get("end", {}).get("sum_received")
+            if received is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)  # the server may not listen yet
+        assert received is not None, result.get("error") or done.stderr[-2000:]
+        return float(received["bits_per_second"])
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(timeout=5)

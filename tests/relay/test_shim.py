@@ -1,0 +1,197 @@
+"""The agent's shim and prober against real `wgmesh-relay` processes on loopback.
+
+Each side's "WireGuard" is a plain UDP socket on 127.0.0.1 standing where the WireGuard port would be: the
+shim only ever exchanges datagrams with that port, so this is exactly the traffic it carries in the lab.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from relay_harness import Keys, RelayProcess, relay_process, wait_until
+
+from wgmesh.agent import probe_wire
+from wgmesh.agent.netloop import NetLoop
+from wgmesh.agent.prober import RELAY, Prober
+from wgmesh.agent.shim import RelayShim
+from wgmesh.models import RelayGrant, RelayInfo
+
+
+def udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Side:
+    node_id: int
+    net: NetLoop
+    shim: RelayShim
+    prober: Prober
+    wg: socket.socket
+    refused: list[int]
+
+    def grant(self, keys: Keys, relays: list[RelayProcess], ticket: str | None = None) -> RelayGrant:
+        return RelayGrant(
+            relays=[RelayInfo(id=f"r{r.port}", url=f"tcp://127.0.0.1:{r.port}") for r in relays],
+            ticket=ticket or keys.ticket(self.node_id),
+            expires_at=datetime.now(UTC),
+            coordinator_key=keys.public,
+        )
+
+    def recv(self, timeout: float = 3.0) -> tuple[bytes, tuple[str, int]]:
+        self.wg.settimeout(timeout)
+        data, addr = self.wg.recvfrom(65535)
+        return data, addr
+
+    def shim_address(self, peer: int) -> tuple[str, int]:
+        host, _, port = self.shim.endpoint_for(peer).rpartition(":")
+        return host, int(port)
+
+
+def make_side(node_id: int, stack: ExitStack) -> Side:
+    wg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    wg.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    wg.bind(("127.0.0.1", 0))
+    stack.callback(wg.close)
+    net = NetLoop()
+    refused: list[int] = []
+    prober_box: list[Prober] = []
+    shim = RelayShim(
+        net.loop,
+        node_id,
+        wg.getsockname()[1],
+        lambda sender, data: prober_box[0].handle_from_relay(sender, data),  # noqa: PLW0108 - bound later
+        lambda: refused.append(1),
+    )
+    prober = Prober(net.loop, node_id, udp_port(), shim.send_to_peer)
+    prober_box.append(prober)
+    net.start()
+    net.call(prober.open)
+    stack.callback(net.stop)
+    stack.callback(lambda: net.call(prober.close))
+    stack.callback(lambda: net.call(shim._stop))
+    return Side(node_id, net, shim, prober, wg, refused)
+
+
+@pytest.fixture
+def two_relays(keys: Keys, tmp_path: Path) -> Iterator[list[RelayProcess]]:
+    with (
+        relay_process(tmp_path / "r1.log", "--coordinator-key", keys.public) as r1,
+        relay_process(tmp_path / "r2.log", "--coordinator-key", keys.public) as r2,
+    ):
+        yield [r1, r2]
+
+
+@pytest.fixture
+def pair(keys: Keys, relay: RelayProcess) -> Iterator[tuple[Side, Side]]:
+    with ExitStack() as stack:
+        a, b = make_side(1, stack), make_side(2, stack)
+        key = probe_wire.pair_key(None, "A", "B")
+        a.prober.keys, b.prober.keys = {2: key}, {1: key}
+        for side in (a, b):
+            side.shim.configure_threadsafe(side.grant(keys, [relay]))
+        wait_until(lambda: a.shim.active() is not None and b.shim.active() is not None, 5, "both connected")
+        yield a, b
+
+
+def test_datagrams_cross_the_relay_and_arrive_from_the_senders_socket(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    a.wg.sendto(b"\x01\x00\x00\x00handshake", a.shim_address(2))
+    data, source = b.recv()
+    assert data == b"\x01\x00\x00\x00handshake"
+    # B's WireGuard sees A at B's shim socket for A: one stable endpoint per peer, so it roams there.
+    assert source == b.shim_address(1)
+    b.wg.sendto(b"\x02\x00\x00\x00response", source)
+    data, source = a.recv()
+    assert data == b"\x02\x00\x00\x00response"
+    assert source == a.shim_address(2)
+
+
+def test_a_burst_of_datagrams_arrives_whole_and_in_order(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    target = a.shim_address(2)
+    count = 3000
+    for i in range(count):
+        a.wg.sendto(b"\x04\x00\x00\x00" + i.to_bytes(4, "big") + bytes(1380), target)
+        if i % 200 == 0:
+            time.sleep(0.002)  # a WireGuard sender is paced by its tunnel, not a tight loop
+    got = []
+    try:
+        while len(got) < count:
+            data, _ = b.recv(timeout=2.0)
+            got.append(int.from_bytes(data[4:8], "big"))
+    except TimeoutError:
+        pass
+    assert len(got) >= count * 0.99, f"{count - len(got)} datagrams lost; shim counters {a.shim.counters}"
+    assert got == sorted(got)
+
+
+def test_datagrams_from_other_local_ports_are_not_relayed(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+        intruder.sendto(b"\x04\x00\x00\x00spoof", a.shim_address(2))
+    wait_until(lambda: a.shim.counters.dropped.get("foreign_source", 0) >= 1, 3, "the drop counted")
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.5)
+
+
+def test_probes_measure_both_paths(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    direct = a.net.submit(a.prober.ping(2, ("127.0.0.1", b.prober.port), 1.0)).result(5)
+    relayed = a.net.submit(a.prober.ping(2, RELAY, 1.0)).result(5)
+    assert direct is not None and 0 < direct < 1.0
+    assert relayed is not None and 0 < relayed < 1.0
+    burst = a.net.submit(a.prober.burst(2, RELAY)).result(5)
+    assert burst is not None and burst.received == burst.sent and burst.loss == 0
+    assert burst.goodput > 10e6
+    # Probes never reach WireGuard.
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.2)
+
+
+def test_a_probe_signed_with_another_key_gets_no_answer(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    b.prober.keys = {1: probe_wire.pair_key(None, "X", "Y")}
+    assert a.net.submit(a.prober.ping(2, ("127.0.0.1", b.prober.port), 0.5)).result(5) is None
+    assert a.net.submit(a.prober.ping(2, RELAY, 0.5)).result(5) is None
+
+
+def test_a_refused_ticket_asks_for_a_new_one(keys: Keys, relay: RelayProcess) -> None:
+    with ExitStack() as stack:
+        side = make_side(7, stack)
+        side.shim.configure_threadsafe(side.grant(keys, [relay], ticket=Keys().ticket(7)))
+        wait_until(lambda: bool(side.refused), 5, "the refusal reported")
+        assert side.shim.active() is None
+        side.shim.configure_threadsafe(side.grant(keys, [relay]))
+        wait_until(lambda: side.shim.active() is not None, 5, "connected with the fresh ticket")
+
+
+def test_fails_over_to_the_next_relay_when_the_active_one_dies(
+    keys: Keys, two_relays: list[RelayProcess]
+) -> None:
+    with ExitStack() as stack:
+        a, b = make_side(1, stack), make_side(2, stack)
+        for side in (a, b):
+            side.shim.configure_threadsafe(side.grant(keys, two_relays))
+        wait_until(
+            lambda: all(len([v for v in s.shim.views() if v.up]) == 2 for s in (a, b)), 5, "both relays up"
+        )
+        active = a.shim.active()
+        assert active is not None
+        victim = next(r for r in two_relays if f"r{r.port}" == active.info.id)
+        victim.stop()
+        wait_until(lambda: (x := a.shim.active()) is not None and x.info.id != active.info.id, 5, "failover")
+        a.wg.sendto(b"\x04\x00\x00\x00after failover", a.shim_address(2))
+        data, _ = b.recv()
+        assert data == b"\x04\x00\x00\x00after failover"
+        down = [v for v in a.shim.views() if not v.up]
+        assert [v.id for v in down] == [active.info.id] and down[0].error

@@ -1,0 +1,143 @@
+"""The lab's switches as text: site lists and rates parsed strictly, nftables and tc that touch only UDP."""
+
+from __future__ import annotations
+
+import pytest
+
+from wgmesh.errors import ValidationError
+from wgmesh.lab.impair import (
+    GATEWAY_UPLINK,
+    UDP_TABLE,
+    block_udp_script,
+    check_sites,
+    describe,
+    parse_rate,
+    parse_sites,
+    parse_throttles,
+    throttle_commands,
+    unblock_udp_script,
+    unthrottle_commands,
+)
+from wgmesh.lab.plan import plan_lab
+
+
+def test_parse_sites_sorts_and_dedups() -> None:
+    assert parse_sites("3,1,3") == [1, 3]
+    assert parse_sites(" 2 ") == [2]
+
+
+@pytest.mark.parametrize("text", ["", ",", "1,", "a", "1;2", "-1", "1.0", "0", "201", "gw1"])
+def test_parse_sites_refuses_what_is_not_a_list_of_sites(text: str) -> None:
+    with pytest.raises(ValidationError, match="--block-udp"):
+        parse_sites(text, "--block-udp")
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("10mbit", "10mbit"),
+        ("10MBIT", "10mbit"),
+        ("1.5mbit", "1500kbit"),
+        ("10000kbit", "10mbit"),
+        ("8kbit", "8kbit"),
+        ("10gbit", "10gbit"),
+        ("12345bit", "12345bit"),
+    ],
+)
+def test_parse_rate_normalises(text: str, rate: str) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize(
+    "text", ["", "10", "fast", "10mbps", "10 mbit", "-1mbit", "7kbit", "11gbit", "1e3mbit"]
+)
+def test_parse_rate_refuses_bad_rates(text: str) -> None:
+    # "mbps" is refused on purpose: tc reads it as megabytes per second, eight times what it looks like.
+    with pytest.raises(ValidationError, match="rate"):
+        parse_rate(text)
+
+
+def test_parse_throttles_takes_repeats_and_comma_lists() -> None:
+    assert parse_throttles(["2=5mbit,1=10mbit", "3=1gbit"]) == {1: "10mbit", 2: "5mbit", 3: "1gbit"}
+    assert parse_throttles(["1=5mbit", "1=6mbit"]) == {1: "6mbit"}
+    assert parse_throttles([]) == {}
+
+
+@pytest.mark.parametrize("item", ["1", "1=", "=10mbit", "x=10mbit", "1=fast", "1:10mbit"])
+def test_parse_throttles_refuses_bad_items(item: str) -> None:
+    with pytest.raises(ValidationError):
+        parse_throttles([item])
+
+
+def test_check_sites_names_the_switch_and_the_range() -> None:
+    plan = plan_lab("wgl", 2)
+    check_sites(plan, [1, 2], "--block-udp")
+    with pytest.raises(ValidationError, match=r"--p2p-off: unknown site 3 \(lab wgl has sites 1..2\)"):
+        check_sites(plan, [3], "--p2p-off")
+
+
+def test_block_script_drops_only_udp_on_the_underlay_link_and_replaces_itself() -> None:
+    script = block_udp_script()
+    lines = [line.strip() for line in script.splitlines()]
+    # add + delete first: one transaction that works whether or not the table exists (idempotent).
+    assert lines[:3] == [
+        f"add table inet {UDP_TABLE}",
+        f"delete table inet {UDP_TABLE}",
+        f"table inet {UDP_TABLE} {{",
+    ]
+    rules = [line for line in lines if line.endswith("drop")]
+    assert rules == [
+        f'iifname "{GATEWAY_UPLINK}" meta l4proto udp counter drop',
+        f'iifname "{GATEWAY_UPLINK}" meta l4proto udp counter drop',
+        f'oifname "{GATEWAY_UPLINK}" meta l4proto udp counter drop',
+        f'oifname "{GATEWAY_UPLINK}" meta l4proto udp counter drop',
+    ]
+    # Policies accept: TCP (the coordinator, the relay) is never touched.
+    assert script.count("policy accept;") == 3
+    assert "policy drop" not in script
+    assert {"hook input", "hook forward", "hook output"} <= {
+        " ".join(line.split()[2:4]) for line in lines if line.startswith("type filter")
+    }
+
+
+def test_unblock_script_is_idempotent() -> None:
+    assert unblock_udp_script() == f"add table inet {UDP_TABLE}\ndelete table inet {UDP_TABLE}\n"
+
+
+def test_throttle_shapes_udp_both_ways_and_leaves_the_rest_unlimited() -> None:
+    plan = plan_lab("wgl", 3, slot=1)
+    site = plan.site(2)
+    commands = throttle_commands(site, "10mbit")
+    # Gateway -> underlay on eth0 inside the namespace; underlay -> gateway on the root-side veth end.
+    assert {(c.netns, c.args[3]) for c in commands} == {
+        ("wgl-gw2", "eth0"),
+        (None, "wgl-g2"),
+    }
+    for netns in ("wgl-gw2", None):
+        lines = [" ".join(c.args[4:]) for c in commands if c.netns == netns]
+        assert lines == [
+            "root handle 1: htb default 10",
+            "parent 1: classid 1:10 htb rate 100gbit quantum 60000",
+            "parent 1: classid 1:20 htb rate 10mbit ceil 10mbit quantum 1514",
+            "parent 1:20 handle 20: pfifo limit 8",
+            "parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff flowid 1:20",
+        ]
+    # Only names the lab owns are touched in the root namespace.
+    assert all(c.args[3].startswith("wgl-") for c in commands if c.netns is None)
+
+
+def test_unthrottle_removes_both_root_qdiscs() -> None:
+    site = plan_lab("wgl", 1).site(1)
+    assert [(c.netns, c.args) for c in unthrottle_commands(site)] == [
+        ("wgl-gw1", ("qdisc", "del", "dev", "eth0", "root")),
+        (None, ("qdisc", "del", "dev", "wgl-g1", "root")),
+    ]
+
+
+def test_describe() -> None:
+    assert describe([1], {2: "10mbit"}, [3]) == [
+        "gw1: UDP blocked",
+        "gw2: UDP throttled to 10mbit",
+        "gw3: p2p off",
+    ]
+    assert describe([], {}, []) == []

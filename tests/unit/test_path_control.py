@@ -1,0 +1,129 @@
+"""The path controller's pure parts: probe addresses, burst verdicts, and endpoints per decision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from wgmesh import keys
+from wgmesh.agent import path_control
+from wgmesh.agent.path_control import PathController, _degraded, _Observed, _with_burst, probe_address
+from wgmesh.agent.paths import DEFAULT_CONFIG, PathInputs
+from wgmesh.agent.prober import BurstResult
+from wgmesh.agent.wgstate import PeerStats
+from wgmesh.models import NetMap, PeerConfig
+
+
+def peer(node_id: int, *, p2p: str = "auto", endpoints: list[str] | None = None) -> PeerConfig:
+    return PeerConfig(
+        node_id=node_id,
+        name=f"gw{node_id}",
+        public_key=keys.generate_keypair().public_key,
+        overlay_ip=f"100.96.0.{node_id}",
+        allowed_ips=[f"100.96.0.{node_id}/32"],
+        endpoints=[f"198.18.0.{10 + node_id}:51820"] if endpoints is None else endpoints,
+        p2p=p2p,  # type: ignore[arg-type]
+    )
+
+
+def netmap(*peers: PeerConfig) -> NetMap:
+    return NetMap(
+        version=1,
+        node_id=1,
+        name="gw1",
+        overlay_ip="100.96.0.1",
+        overlay_cidr="100.96.0.0/16",
+        listen_port=51820,
+        p2p="auto",
+        peers=list(peers),
+    )
+
+
+@pytest.fixture
+def controller() -> Iterator[PathController]:
+    made = PathController(51820)
+    yield made
+    made.shim._retain(set())
+    made.net.loop.close()
+
+
+def test_probe_address_is_the_wireguard_port_plus_one() -> None:
+    assert probe_address("198.18.0.12:51820") == ("198.18.0.12", 51821)
+    assert probe_address("[2001:db8::1]:51820") == ("2001:db8::1", 51821)
+
+
+@pytest.mark.parametrize(
+    ("direct", "relay", "degraded"),
+    [
+        (BurstResult(400, 400, 38e6), BurstResult(400, 400, 38e6), False),
+        (BurstResult(400, 100, 9.4e6), BurstResult(400, 400, 38e6), True),  # throttled against the relay
+        (BurstResult(400, 300, 30e6), None, True),  # 25 % lost, no relay to compare with
+        (BurstResult(400, 390, 37e6), None, False),
+    ],
+)
+def test_a_burst_is_degraded_when_slow_against_the_relay_or_lossy(
+    direct: BurstResult, relay: BurstResult | None, degraded: bool
+) -> None:
+    assert _degraded(direct, relay, DEFAULT_CONFIG) is degraded
+
+
+def test_burst_figures_reach_the_decision_inputs() -> None:
+    seen = _Observed(direct_burst=BurstResult(400, 100, 9e6), relay_burst=BurstResult(400, 400, 38e6))
+    inputs = _with_burst(PathInputs(now=1.0), seen)
+    assert (inputs.direct_goodput, inputs.relay_goodput, inputs.direct_loss) == (9e6, 38e6, 0.75)
+
+
+def test_endpoints_before_any_decision(controller: PathController) -> None:
+    off, bare, auto = peer(2, p2p="off"), peer(3, endpoints=[]), peer(4)
+    assert (controller.endpoint_for(off) or "").startswith("127.0.0.1:")
+    assert (controller.endpoint_for(bare) or "").startswith("127.0.0.1:")
+    assert controller.endpoint_for(auto) is None  # the planner's default: the first candidate
+    # One stable shim socket per peer.
+    assert controller.endpoint_for(off) == controller.endpoint_for(off) != controller.endpoint_for(bare)
+
+
+def test_tick_decides_relay_for_p2p_off_and_direct_for_auto(controller: PathController) -> None:
+    off, auto = peer(2, p2p="off"), peer(3)
+    stats = {auto.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.13:51820")}
+    changed = controller.tick(netmap(off, auto), stats)
+    assert {(p.name, s.path, s.code) for p, s, prev in changed if prev is None} == {
+        ("gw2", "relay", "policy_off"),
+        ("gw3", "direct", "start"),
+    }
+    assert controller.tick(netmap(off, auto), stats) == []  # nothing new: no endpoint churn
+    shim_endpoint = controller.endpoint_for(off)
+    assert shim_endpoint is not None and shim_endpoint.startswith("127.0.0.1:")
+    assert controller.view(2, shim_endpoint).path == "relay"
+    assert controller.view(2, shim_endpoint).reason == "p2p is off for this pair"
+    # A direct peer WireGuard roamed onto its shim socket (the other side chose the relay) shows as relayed.
+    roamed = controller.shim.endpoint_for(3)
+    view = controller.view(3, roamed)
+    assert view.path == "relay" and "WireGuard follows" in (view.reason or "")
+    assert controller.view(3, "198.18.0.13:51820").path == "direct"
+
+
+def test_the_best_answering_candidate_becomes_the_endpoint(controller: PathController) -> None:
+    two = peer(2, endpoints=["198.18.0.12:51820", "198.18.1.12:51820"])
+    controller.tick(netmap(two), {})
+    controller.best_direct[2] = "198.18.1.12:51820"
+    assert controller.endpoint_for(two) == "198.18.1.12:51820"
+    # A candidate the netmap no longer lists is never used.
+    controller.best_direct[2] = "198.18.9.9:51820"
+    assert controller.endpoint_for(two) is None
+
+
+def test_departed_peers_are_forgotten(controller: PathController) -> None:
+    two, three = peer(2), peer(3)
+    controller.tick(netmap(two, three), {})
+    controller.follow(netmap(three), keys.generate_keypair().public_key)
+    assert set(controller.states) == {3}
+    assert set(controller.prober.keys) == {3}
+
+
+def test_agent_timings_fit_the_issue() -> None:
+    cfg = path_control.AGENT_PATHS
+    # Three failed probes at the busy cadence must fit the 5 s switch target with room for WireGuard.
+    assert cfg.probe_failures * (cfg.probe_interval + path_control.PROBE_TIMEOUT) <= 4.0
+    assert cfg.retry_max <= 30  # back to direct well within a minute

@@ -1,0 +1,419 @@
+"""The udp2tcp shim: WireGuard datagrams of relayed peers carried over TCP connections to relays.
+
+Each relayed peer gets its own UDP socket on 127.0.0.1 and WireGuard's endpoint for that peer is set to it,
+so WireGuard sees one stable endpoint per peer. Datagrams WireGuard sends there are framed to the relay as
+`data(peer id)`; frames arriving from any relay are sent to the local WireGuard port *from the socket of
+their sender*, which makes WireGuard roam that peer onto the shim by itself. Probe messages inside frames
+go to the prober instead of WireGuard.
+
+Everything here runs on one event loop thread (`NetLoop`); sockets are drained on every wake-up (until
+they would block) rather than one datagram per callback, which is what keeps a Python shim near
+wireguard-go's own speed. The agent calls in from other threads only through the `*_threadsafe` methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+from wgmesh.agent.backoff import Backoff
+from wgmesh.agent.probe_wire import is_probe
+from wgmesh.logs import kv
+from wgmesh.models import RelayGrant, RelayInfo
+from wgmesh.relay import protocol
+from wgmesh.relay.protocol import Close, CloseCode, Data, FrameDecoder, Hello, HelloOk, Ping, Pong
+from wgmesh.relay.tickets import ticket_fingerprint
+
+log = logging.getLogger("wgmesh.agent.shim")
+
+LOCALHOST = "127.0.0.1"
+PING_INTERVAL = 2.0
+"""Relay pings: the RTT that picks the relay, and liveness (no pong for DEAD_AFTER: reconnect)."""
+DEAD_AFTER = 6.0
+SEND_LIMIT = 4 * 1024 * 1024
+"""Bytes queued towards a relay before datagrams are dropped (WireGuard and TCP inside recover)."""
+DRAIN_MAX = 512
+"""Datagrams read from one socket per wake-up: bounds the time one busy peer holds the loop."""
+SOCKET_BUFFER = 4 * 1024 * 1024
+TICKET_CODES = frozenset({CloseCode.BAD_TICKET, CloseCode.TICKET_EXPIRED, CloseCode.WRONG_NODE})
+
+
+@dataclass
+class ShimCounters:
+    """Datagrams moved and dropped, for status and metrics."""
+
+    to_relay: int = 0
+    from_relay: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count `count` datagrams dropped for `reason`."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+@dataclass(frozen=True)
+class RelayView:
+    """One relay connection as status shows it."""
+
+    id: str
+    url: str
+    up: bool
+    rtt: float | None
+    error: str | None
+
+
+class RelayLink(asyncio.Protocol):
+    """One connection to one relay: hello with the ticket, then data both ways, pings for RTT and liveness."""
+
+    def __init__(self, shim: RelayShim, info: RelayInfo) -> None:
+        self.shim = shim
+        self.info = info
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
+        self.up = False
+        self.rtt: float | None = None
+        self.error: str | None = None
+        self.last_heard = 0.0
+        self.closed = False
+        self._backoff = Backoff(initial=0.5, maximum=10.0)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle, on the loop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, and keep reconnecting until `stop`."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        """Close for good (the relay left the grant, or the agent stops)."""
+        self.closed = True
+        if self.transport is not None:
+            with contextlib.suppress(protocol.ProtocolError):
+                self.transport.write(protocol.encode(Close(CloseCode.NORMAL, "relay no longer used")))
+            self.transport.close()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        split = urlsplit(self.info.url)
+        host, port = split.hostname or "", split.port or 0
+        context: ssl.SSLContext | None = None
+        if split.scheme == "tls":
+            context = ssl.create_default_context(cafile=str(self.shim.ca_file) if self.shim.ca_file else None)
+        while not self.closed:
+            lost = loop.create_future()
+            self._lost = lost
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: self, host, port, ssl=context), timeout=5.0
+                )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                self._note_error(f"connect: {exc}")
+                await asyncio.sleep(self._backoff.next_delay())
+                continue
+            await self._keepalive(lost)
+            if not self.closed:
+                await asyncio.sleep(self._backoff.next_delay())
+
+    async def _keepalive(self, lost: asyncio.Future[None]) -> None:
+        while not lost.done():
+            now = time.monotonic()
+            if self.transport is not None and self.up:
+                if now - self.last_heard > DEAD_AFTER:
+                    self._note_error(f"no answer for {DEAD_AFTER:g} s")
+                    self.transport.abort()
+                    break
+                self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
+            elif self.transport is not None and now - self.last_heard > 10.0:
+                self._note_error("no hello-ok within 10 s")
+                self.transport.abort()
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lost), PING_INTERVAL)
+
+    def _note_error(self, error: str) -> None:
+        if error != self.error:
+            log.warning("relay unavailable", extra=kv(relay=self.info.id, error=error))
+        self.error = error
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send hello at once; TCP_NODELAY because every frame is a latency-sensitive datagram."""
+        # uvloop's transports are not asyncio.Transport subclasses, though they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.decoder = FrameDecoder()
+        self.last_heard = time.monotonic()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=SEND_LIMIT)
+        self.send_hello()
+
+    def send_hello(self) -> None:
+        """Authenticate (or refresh the ticket of) this connection."""
+        grant = self.shim.grant
+        if self.transport is None or grant is None:
+            return
+        self.transport.write(protocol.encode(Hello(self.shim.node_id, grant.ticket)))
+
+    def data_received(self, data: bytes) -> None:
+        """Decode every frame of the chunk; data frames go out to WireGuard in one pass."""
+        try:
+            frames = self.decoder.feed(data)
+        except protocol.ProtocolError as exc:
+            self._note_error(f"protocol error from relay: {exc.message}")
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.last_heard = time.monotonic()
+        shim = self.shim
+        for frame in frames:
+            if type(frame) is Data:
+                shim.deliver(frame.peer_id, frame.datagram)
+            elif isinstance(frame, Ping):
+                if self.transport is not None:
+                    self.transport.write(protocol.encode(Pong(frame.token)))
+            elif isinstance(frame, Pong):
+                self.rtt = max(time.monotonic_ns() - frame.token, 0) / 1e9
+            elif isinstance(frame, HelloOk):
+                if not self.up:
+                    log.info(
+                        "relay connected",
+                        extra=kv(relay=self.info.id, ticket=ticket_fingerprint(shim.grant.ticket))
+                        if shim.grant
+                        else kv(relay=self.info.id),
+                    )
+                self.up = True
+                self.error = None
+                self._backoff.reset()
+                if self.transport is not None:
+                    self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
+            elif isinstance(frame, Close):
+                self._note_error(f"closed by relay: {_code_name(frame.code)} {frame.message}".strip())
+                if frame.code in TICKET_CODES:
+                    shim.ticket_refused()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Mark down; `_run` reconnects after a back-off."""
+        was_up = self.up
+        self.up = False
+        self.rtt = None
+        self.transport = None
+        if was_up and not self.closed:
+            self._note_error(f"connection lost{': ' + str(exc) if exc else ''}")
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    _lost: asyncio.Future[None]
+
+    def send(self, payload: bytes, datagrams: int) -> None:
+        """Queue framed datagrams unless the connection is down or its queue is full (then count drops)."""
+        transport = self.transport
+        if transport is None or not self.up:
+            self.shim.counters.drop("relay_down", datagrams)
+            return
+        if transport.get_write_buffer_size() > SEND_LIMIT:
+            self.shim.counters.drop("relay_queue_full", datagrams)
+            return
+        transport.write(payload)
+        self.shim.counters.to_relay += datagrams
+
+    def view(self) -> RelayView:
+        """This link for status."""
+        return RelayView(self.info.id, self.info.url, self.up, self.rtt, self.error)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return f"code {code}"
+
+
+class RelayShim:
+    """All relay connections and the per-peer local sockets of one agent."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        node_id: int,
+        wg_port: int,
+        on_probe: Callable[[int, bytes], None],
+        on_ticket_refused: Callable[[], None] = lambda: None,
+        *,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.loop = loop
+        self.node_id = node_id
+        self.wg_addr = (LOCALHOST, wg_port)
+        self.on_probe = on_probe
+        self.on_ticket_refused = on_ticket_refused
+        self.ca_file = ca_file
+        self.grant: RelayGrant | None = None
+        self.links: dict[str, RelayLink] = {}
+        self.counters = ShimCounters()
+        self._sockets: dict[int, socket.socket] = {}
+        self._ports: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # -- from other threads -----------------------------------------------------------------------
+
+    def configure_threadsafe(self, grant: RelayGrant) -> None:
+        """Use these relays and this ticket (connects, disconnects or re-hellos as needed)."""
+        self.loop.call_soon_threadsafe(self._configure, grant)
+
+    def endpoint_for(self, peer_id: int) -> str:
+        """`127.0.0.1:PORT` of the peer's shim socket, made on first use; safe from any thread."""
+        with self._lock:
+            port = self._ports.get(peer_id)
+            if port is not None:
+                return f"{LOCALHOST}:{port}"
+            sock = self._open_socket()
+            port = sock.getsockname()[1]
+            self._sockets[peer_id] = sock
+            self._ports[peer_id] = port
+        self.loop.call_soon_threadsafe(self._watch, peer_id, sock)
+        return f"{LOCALHOST}:{port}"
+
+    def peer_of_endpoint(self, endpoint: str | None) -> int | None:
+        """The peer whose shim socket `endpoint` is (WireGuard roamed there), else None."""
+        if endpoint is None or not endpoint.startswith(f"{LOCALHOST}:"):
+            return None
+        port = int(endpoint.rpartition(":")[2])
+        with self._lock:
+            for peer_id, p in self._ports.items():
+                if p == port:
+                    return peer_id
+        return None
+
+    def retain_threadsafe(self, peer_ids: set[int]) -> None:
+        """Close the sockets of peers that left the netmap."""
+        self.loop.call_soon_threadsafe(self._retain, peer_ids)
+
+    def stop_threadsafe(self) -> None:
+        """Close every link and socket."""
+        self.loop.call_soon_threadsafe(self._stop)
+
+    def active(self) -> RelayLink | None:
+        """The relay datagrams go to: the connected one with the lowest RTT (then the grant's order)."""
+        best: RelayLink | None = None
+        for link in list(self.links.values()):
+            if link.up and (best is None or (link.rtt or 1e9) < (best.rtt or 1e9)):
+                best = link
+        return best
+
+    def views(self) -> list[RelayView]:
+        """Every relay connection."""
+        return [link.view() for link in list(self.links.values())]
+
+    # -- on the loop ------------------------------------------------------------------------------
+
+    def _configure(self, grant: RelayGrant) -> None:
+        ticket_changed = self.grant is None or self.grant.ticket != grant.ticket
+        self.grant = grant
+        wanted = {r.id: r for r in grant.relays}
+        for rid in list(self.links):
+            if rid not in wanted or self.links[rid].info != wanted[rid]:
+                self.links.pop(rid).stop()
+        for rid, info in wanted.items():
+            if rid not in self.links:
+                link = RelayLink(self, info)
+                self.links[rid] = link
+                link.start()
+            elif ticket_changed:
+                self.links[rid].send_hello()
+
+    def ticket_refused(self) -> None:
+        """A relay refused the ticket: the agent fetches a fresh grant."""
+        self.on_ticket_refused()
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind((LOCALHOST, 0))
+        sock.setblocking(False)
+        return sock
+
+    def _watch(self, peer_id: int, sock: socket.socket) -> None:
+        self.loop.add_reader(sock.fileno(), self._drain, peer_id, sock)
+
+    def _drain(self, peer_id: int, sock: socket.socket) -> None:
+        """Everything WireGuard sent to this peer's socket since the last wake-up, framed in one write."""
+        frames: list[bytes] = []
+        wg_addr = self.wg_addr
+        for _ in range(DRAIN_MAX):
+            try:
+                datagram, source = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if source != wg_addr:
+                self.counters.drop("foreign_source")
+                continue
+            frames.append(protocol.encode_data(peer_id, datagram))
+        if frames:
+            self._send(b"".join(frames), len(frames))
+
+    def _send(self, payload: bytes, datagrams: int) -> None:
+        link = self.active()
+        if link is None:
+            self.counters.drop("relay_down", datagrams)
+            return
+        link.send(payload, datagrams)
+
+    def send_to_peer(self, peer_id: int, datagram: bytes) -> bool:
+        """Frame one datagram (a probe) to `peer_id` through the active relay; False when none is up."""
+        link = self.active()
+        if link is None:
+            return False
+        link.send(protocol.encode_data(peer_id, datagram), 1)
+        return True
+
+    def deliver(self, sender: int, datagram: bytes) -> None:
+        """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
+        if is_probe(datagram):
+            self.on_probe(sender, datagram)
+            return
+        sock = self._sockets.get(sender)
+        if sock is None:
+            # A peer that moved to the relay before this side did: give it a socket, WireGuard roams to it.
+            self.endpoint_for(sender)
+            sock = self._sockets[sender]
+        try:
+            sock.sendto(datagram, self.wg_addr)
+            self.counters.from_relay += 1
+        except (BlockingIOError, InterruptedError):
+            self.counters.drop("wireguard_busy")
+        except OSError:
+            self.counters.drop("wireguard_unreachable")
+
+    def _retain(self, peer_ids: set[int]) -> None:
+        with self._lock:
+            gone = [p for p in self._sockets if p not in peer_ids]
+            closing = [(p, self._sockets.pop(p)) for p in gone]
+            for p in gone:
+                self._ports.pop(p, None)
+        for _, sock in closing:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _stop(self) -> None:
+        for link in self.links.values():
+            link.stop()
+        self.links.clear()
+        self._retain(set())

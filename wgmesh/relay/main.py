@@ -1,0 +1,145 @@
+"""`wgmesh-relay`: forward WireGuard datagrams over TCP (or TLS) between nodes holding coordinator tickets."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from wgmesh import logs
+from wgmesh.entrypoint import run_console
+from wgmesh.errors import ValidationError
+from wgmesh.relay.server import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE_BYTES,
+    RelayConfig,
+    run_relay,
+)
+from wgmesh.relay.tickets import load_public_key
+
+log = logging.getLogger("wgmesh.relay")
+
+PROG = "wgmesh-relay"
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a ValidationError, so run_console prints one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValidationError(f"{message} (see '{self.prog} --help')", code="usage")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[HOST]:PORT`) into its parts."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValidationError(f"--listen {text!r} must be HOST:PORT", code="invalid_listen")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `wgmesh-relay`."""
+    parser = _Parser(
+        prog=PROG,
+        description="wgmesh relay: forwards WireGuard datagrams over TCP between nodes whose UDP is blocked.",
+        epilog="Nodes authenticate with tickets signed by the coordinator; see docs/relay-protocol.md.",
+    )
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})"
+    )
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument(
+        "--coordinator-key", metavar="KEY", help="the coordinator's relay-ticket public key (base64)"
+    )
+    key.add_argument("--coordinator-key-file", metavar="FILE", type=Path, help="read that key from FILE")
+    parser.add_argument(
+        "--relay-id",
+        default="",
+        metavar="ID",
+        help="this relay's id: also accept tickets issued for it alone",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this PEM certificate chain"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--max-frame",
+        type=int,
+        default=DEFAULT_MAX_PAYLOAD,
+        metavar="N",
+        help=f"largest frame payload in bytes; larger frames close the connection (default {DEFAULT_MAX_PAYLOAD})",
+    )
+    parser.add_argument(
+        "--queue-bytes",
+        type=int,
+        default=DEFAULT_QUEUE_BYTES,
+        metavar="N",
+        help=f"send queue per connection; frames beyond it are dropped (default {DEFAULT_QUEUE_BYTES})",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # For tests and benchmarks: the protocol fixes these at 10 s, 10 s, 30 s and the stats line at a minute.
+    parser.add_argument("--hello-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--ping-after", type=float, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--dead-after", type=float, default=30.0, help=argparse.SUPPRESS)
+    parser.add_argument("--stats-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+    return parser
+
+
+def _coordinator_key(args: argparse.Namespace) -> str:
+    if args.coordinator_key is not None:
+        value, source = str(args.coordinator_key), "--coordinator-key"
+    else:
+        path: Path = args.coordinator_key_file
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ValidationError(f"cannot read --coordinator-key-file {path}: {reason}") from None
+        source = f"--coordinator-key-file {path}"
+    try:
+        load_public_key(value)
+    except ValidationError as error:
+        raise ValidationError(f"{source}: {error.message}", code="invalid_key") from None
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> RelayConfig:
+    """The relay configuration the parsed flags describe; ValidationError for unusable values."""
+    host, port = parse_listen(args.listen)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValidationError("--tls-cert and --tls-key go together: give both or neither")
+    return RelayConfig(
+        host=host,
+        port=port,
+        coordinator_key=_coordinator_key(args),
+        relay_id=args.relay_id,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_payload=args.max_frame,
+        queue_bytes=args.queue_bytes,
+        hello_timeout=args.hello_timeout,
+        ping_after=args.ping_after,
+        dead_after=args.dead_after,
+    )
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the relay command line until SIGTERM/SIGINT; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    config = config_from_args(args)
+    if args.stats_interval <= 0:
+        raise ValidationError("--stats-interval must be above 0 seconds")
+    import uvloop  # noqa: PLC0415 - the relay's event loop; importing it is only needed to serve
+
+    uvloop.run(run_relay(config, stats_interval=args.stats_interval))
+    return 0
+
+
+def main() -> None:
+    """Console entry point: bad usage exits 2, failures exit 1, each with one line."""
+    run_console(PROG, run)

@@ -1,0 +1,632 @@
+"""The relay: authenticates nodes by ticket and forwards Data frames between their connections.
+
+One asyncio server (uvloop in `wgmesh-relay`, any loop when embedded). Each connection reads into its own
+buffer, rewrites the 4-byte peer id of every Data frame in place to the sender's id, and hands each
+receiver the frames of one read with one write. A receiver whose send queue is full costs its own drops,
+never the sender's reading (docs/relay-protocol.md, "Backpressure and limits").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from wgmesh import logs
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.relay.protocol import (
+    HEADER_SIZE,
+    MAX_MESSAGE,
+    MAX_PAYLOAD,
+    VERSION,
+    Close,
+    CloseCode,
+    Data,
+    Frame,
+    FrameType,
+    Hello,
+    HelloOk,
+    Ping,
+    Pong,
+    ProtocolError,
+    check_header,
+    encode,
+    parse_payload,
+)
+from wgmesh.relay.tickets import (
+    TicketError,
+    TicketExpiredError,
+    TicketWrongNodeError,
+    load_public_key,
+    ticket_fingerprint,
+    verify_ticket,
+)
+
+log = logging.getLogger("wgmesh.relay")
+
+DEFAULT_PORT = 8443
+DEFAULT_MAX_PAYLOAD = 9216
+"""Frame payload limit: a jumbo-MTU (9,000) WireGuard datagram plus its 32-byte overhead and the peer id fit."""
+DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024
+READ_BUFFER = 256 * 1024
+"""Bytes read per call: ~180 datagrams of 1,400 bytes per read at full load, so per-read costs amortise."""
+CLOSE_GRACE = 2.0
+"""Seconds a closing connection may take to flush its close frame before it is aborted."""
+DROP_REASONS = ("no_receiver", "queue_full", "to_self")
+
+_DATA = int(FrameType.DATA)
+_HELLO = int(FrameType.HELLO)
+_CLOSE = int(FrameType.CLOSE)
+_HEAD = struct.Struct(">HBB")
+_DATA_HEAD = struct.Struct(">HBBI")
+_U32 = struct.Struct(">I")
+
+
+class RelayError(WgmeshError):
+    """The relay cannot serve: its address is taken or the listener could not be opened."""
+
+    code = "relay"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything a relay needs; times are seconds, sizes bytes."""
+
+    host: str
+    port: int
+    coordinator_key: str
+    """Base64 raw Ed25519 public key of the coordinator that signs the tickets."""
+    relay_id: str = ""
+    """This relay's name for ticket audiences; with "" only tickets for every relay (empty audience) pass."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    hello_timeout: float = 10.0
+    ping_after: float = 10.0
+    dead_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.max_payload <= MAX_PAYLOAD:
+            raise ValidationError(f"max frame payload {self.max_payload} must be 4 to {MAX_PAYLOAD}")
+        if self.queue_bytes < 1:
+            raise ValidationError(f"queue bytes {self.queue_bytes} must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValidationError("TLS needs both a certificate and its key")
+        if not 0 <= self.port <= 65535:
+            raise ValidationError(f"port {self.port} must be 0 to 65535")
+        for name in ("hello_timeout", "ping_after", "dead_after"):
+            if not getattr(self, name) > 0:
+                raise ValidationError(f"{name} must be above 0 seconds")
+
+
+@dataclass
+class RelayStats:
+    """Counters since start; `queue_bytes` and `connected_nodes` are the current values."""
+
+    connected_nodes: int = 0
+    frames_forwarded: int = 0
+    bytes_forwarded: int = 0
+    """Frame bytes (header, peer id and datagram) written to receivers."""
+    drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    queue_bytes: int = 0
+    connections_total: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    """Close frames the relay sent, by close code name (refusals, `replaced`, `going_away`, …)."""
+
+
+def close_code_for(error: TicketError) -> CloseCode:
+    """The close code docs/relay-protocol.md gives a ticket refusal."""
+    if isinstance(error, TicketExpiredError):
+        return CloseCode.TICKET_EXPIRED
+    if isinstance(error, TicketWrongNodeError):
+        return CloseCode.WRONG_NODE
+    # malformed, forged, not yet valid, another relay's
+    return CloseCode.BAD_TICKET
+
+
+def _code_name(code: int) -> str:
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
+def _close_frame(code: int, message: str) -> bytes:
+    raw = message.encode("utf-8")[:MAX_MESSAGE]
+    return encode(Close(code, raw.decode("utf-8", "ignore")))
+
+
+class _Batch:
+    """The Data frames of one read for one receiver: slices of the sender's buffer, written together."""
+
+    __slots__ = ("frames", "nbytes", "parts")
+
+    def __init__(self, frames: int, nbytes: int, part: memoryview) -> None:
+        self.frames = frames
+        self.nbytes = nbytes
+        self.parts = [part]
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One node's TCP (or TLS) connection: its read buffer, authentication state and timers."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.node_id: int | None = None
+        # The sender id written into every forwarded Data frame; set once authenticated.
+        self.sid: bytes | None = None
+        self.expires_at = 0
+        self.fingerprint = ""
+        self.buf = bytearray(READ_BUFFER)
+        self.view = memoryview(self.buf)
+        self.filled = 0
+        self.last_rx = time.monotonic()
+        self.last_ping = 0.0
+        self.closing = False
+        self.lost = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # --- asyncio callbacks ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # Datagrams are already sized; Nagle would only add latency to WireGuard's handshakes.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        relay = self.relay
+        relay.conns.add(self)
+        relay.counters.connections_total += 1
+        if relay.stopping:
+            self.close(CloseCode.GOING_AWAY, "relay stopping")
+            return
+        self._timer("hello", relay.config.hello_timeout, self._hello_timeout)
+        log.debug("connection opened", extra=logs.kv(peer=self.peer))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # After every read the unparsed tail moves to the front, so at least READ_BUFFER minus one
+        # maximal frame is free here.
+        return self.view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        self.last_rx = time.monotonic()
+        if self.closing:
+            self.filled = 0
+            return
+        try:
+            pos = self._scan()
+        except ProtocolError as error:
+            self.filled = 0
+            self.close(error.close_code, error.message)
+            return
+        except Exception:
+            # A relay bug must cost this connection only, never the event loop serving everyone else.
+            log.exception("internal error", extra=logs.kv(node=self.node_id, peer=self.peer))
+            self.filled = 0
+            self.close(CloseCode.INTERNAL, "relay fault")
+            return
+        left = self.filled - pos
+        if pos and left:
+            self.buf[:left] = self.buf[pos : self.filled]
+        self.filled = left
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._detach()
+        self.relay.conns.discard(self)
+        log.debug("connection lost", extra=logs.kv(peer=self.peer, node=self.node_id, error=exc or ""))
+
+    # --- the hot path -----------------------------------------------------------------------------
+
+    def _scan(self) -> int:
+        """Handle every complete frame in the buffer; returns the bytes consumed."""
+        buf = self.buf
+        size = self.filled
+        limit = self.relay.config.max_payload
+        sid = self.sid
+        unpack_data = _DATA_HEAD.unpack_from
+        out: dict[_Connection, _Batch] = {}
+        # A run is consecutive Data frames for one receiver, written as one slice of the buffer.
+        run_peer = -1
+        run_start = run_end = run_frames = 0
+        pos = 0
+        try:
+            while size - pos >= HEADER_SIZE:
+                if sid is not None and size - pos >= 8:
+                    length, kind, reserved, peer = unpack_data(buf, pos)
+                    if kind == _DATA and not reserved and 4 <= length <= limit:
+                        end = pos + HEADER_SIZE + length
+                        if end > size:
+                            break
+                        buf[pos + 4 : pos + 8] = sid
+                        if peer == run_peer and pos == run_end:
+                            run_end = end
+                            run_frames += 1
+                        else:
+                            if run_frames:
+                                self._route(run_peer, run_start, run_end, run_frames, out)
+                            run_peer, run_start, run_end, run_frames = peer, pos, end, 1
+                        pos = end
+                        continue
+                # Everything else (control frames, bad headers, anything before hello) is rare.
+                length, kind, reserved = _HEAD.unpack_from(buf, pos)
+                check_header(length, kind, reserved, limit)
+                if self.node_id is None and kind not in (_HELLO, _CLOSE):
+                    raise ProtocolError(
+                        f"first frame must be hello, got {FrameType(kind).name.lower()}",
+                        close_code=CloseCode.NOT_AUTHENTICATED,
+                    )
+                end = pos + HEADER_SIZE + length
+                if end > size:
+                    break
+                frame = parse_payload(kind, self.view, pos + HEADER_SIZE, end)
+                pos = end
+                self._control(frame)
+                if self.closing:
+                    break
+                sid = self.sid
+        finally:
+            # Frames decoded before a bad one are still delivered: they were authenticated.
+            if run_frames:
+                self._route(run_peer, run_start, run_end, run_frames, out)
+            if out:
+                self._deliver(out)
+        return pos
+
+    def _route(self, peer: int, start: int, end: int, frames: int, out: dict[_Connection, _Batch]) -> None:
+        relay = self.relay
+        if peer == self.node_id:
+            relay.drops["to_self"] += frames
+            return
+        target = relay.routes.get(peer)
+        if target is None:
+            relay.drops["no_receiver"] += frames
+            return
+        batch = out.get(target)
+        if batch is None:
+            out[target] = _Batch(frames, end - start, self.view[start:end])
+        else:
+            batch.frames += frames
+            batch.nbytes += end - start
+            batch.parts.append(self.view[start:end])
+
+    def _deliver(self, out: dict[_Connection, _Batch]) -> None:
+        relay = self.relay
+        limit = relay.config.queue_bytes
+        counters = relay.counters
+        for target, batch in out.items():
+            frames = batch.frames
+            transport = target.transport
+            if target.closing or transport is None:
+                relay.drops["no_receiver"] += frames
+            elif transport.get_write_buffer_size() + batch.nbytes > limit:
+                relay.drops["queue_full"] += frames
+            else:
+                # One copy out of the read buffer (which is reused) and one send for the whole batch.
+                transport.write(b"".join(batch.parts))
+                counters.frames_forwarded += frames
+                counters.bytes_forwarded += batch.nbytes
+
+    # --- control frames ---------------------------------------------------------------------------
+
+    def _control(self, frame: Frame) -> None:
+        if isinstance(frame, Close):
+            log.info(
+                "node closed",
+                extra=logs.kv(
+                    node=self.node_id, peer=self.peer, code=_code_name(frame.code), reason=frame.message
+                ),
+            )
+            self._shutdown()
+        elif isinstance(frame, Hello):
+            self._hello(frame)
+        elif isinstance(frame, Ping):
+            self._send(encode(Pong(frame.token)))
+        elif isinstance(frame, Pong):
+            pass  # it already counted as traffic for liveness
+        elif isinstance(frame, HelloOk):
+            raise ProtocolError("hello-ok is sent by relays, not nodes")
+        elif isinstance(frame, Data):
+            # Only reached for frames the fast path does not take, which the decoder refuses first.
+            raise ProtocolError("data frame out of place")
+
+    def _hello(self, hello: Hello) -> None:
+        relay = self.relay
+        fingerprint = ticket_fingerprint(hello.ticket)
+        if self.node_id is not None and hello.node_id != self.node_id:
+            self.close(
+                CloseCode.WRONG_NODE,
+                f"this connection is node {self.node_id}; a refresh cannot name node {hello.node_id}",
+            )
+            return
+        try:
+            ticket = verify_ticket(
+                relay.key, hello.ticket, time.time(), hello.node_id, relay_id=relay.config.relay_id or None
+            )
+        except TicketError as error:
+            log.info(
+                "ticket refused",
+                extra=logs.kv(node=hello.node_id, peer=self.peer, ticket=fingerprint, reason=error.code),
+            )
+            self.close(close_code_for(error), error.message)
+            return
+        refresh = self.node_id is not None
+        self.node_id = hello.node_id
+        self.sid = _U32.pack(hello.node_id)
+        self.expires_at = ticket.expires_at
+        self.fingerprint = fingerprint
+        self._cancel("hello")
+        self._timer("expiry", max(0.0, ticket.expires_at - time.time()), self._ticket_expired)
+        self._send(encode(HelloOk(node_id=hello.node_id, expires_at=ticket.expires_at, version=VERSION)))
+        log.info(
+            "ticket refreshed" if refresh else "node authenticated",
+            extra=logs.kv(
+                node=hello.node_id, peer=self.peer, ticket=fingerprint, expires_at=ticket.expires_at
+            ),
+        )
+        if not refresh:
+            old = relay.routes.get(hello.node_id)
+            relay.routes[hello.node_id] = self
+            if old is not None and old is not self:
+                old.close(CloseCode.REPLACED, f"a newer connection of node {hello.node_id} authenticated")
+
+    # --- timers and closing -----------------------------------------------------------------------
+
+    def _hello_timeout(self) -> None:
+        self.close(
+            CloseCode.NOT_AUTHENTICATED,
+            f"no hello within {self.relay.config.hello_timeout:g} s of connecting",
+        )
+
+    def _ticket_expired(self) -> None:
+        self.close(CloseCode.TICKET_EXPIRED, "relay ticket expired without a refresh")
+
+    def ping(self, now: float) -> None:
+        """Probe a silent connection; any frame back (the pong) proves it alive."""
+        self.last_ping = now
+        self._send(encode(Ping(time.monotonic_ns() & 0xFFFF_FFFF_FFFF_FFFF)))
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def close(self, code: int, message: str) -> None:
+        """Send close(code, message) after whatever is queued, then disconnect."""
+        if self.closing or self.transport is None:
+            return
+        self.relay.refused[_code_name(code)] = self.relay.refused.get(_code_name(code), 0) + 1
+        log.info(
+            "closing connection",
+            extra=logs.kv(node=self.node_id, peer=self.peer, code=_code_name(code), reason=message),
+        )
+        self.transport.write(_close_frame(code, message))
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self._detach()
+        self.transport.close()
+        # close() waits for the queue to drain; a receiver that stopped reading must not hold it forever.
+        self._timer("abort", CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
+
+    def _detach(self) -> None:
+        """Stop routing to this connection and cancel its timers (except the abort that ends it)."""
+        relay = self.relay
+        if self.node_id is not None and relay.routes.get(self.node_id) is self:
+            del relay.routes[self.node_id]
+        for name in ("hello", "expiry"):
+            self._cancel(name)
+        if self.lost:
+            self._cancel("abort")
+
+    def _timer(self, name: str, delay: float, callback: Callable[[], object]) -> None:
+        self._cancel(name)
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+
+class RelayServer:
+    """A relay listening on one address; embed it in any running event loop with `start`/`stop`."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.key = load_public_key(config.coordinator_key)
+        self.routes: dict[int, _Connection] = {}
+        self.conns: set[_Connection] = set()
+        self.counters = RelayStats()
+        self.drops = self.counters.drops
+        self.refused = self.counters.refused
+        self.stopping = False
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one may be 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RelayError("relay is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind and start accepting; RelayError (one readable line) if the address is taken."""
+        config = self.config
+        context = _tls_context(config)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self),
+                config.host,
+                config.port,
+                ssl=context,
+                ssl_handshake_timeout=config.hello_timeout if context is not None else None,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as error:
+            # uvloop's strerror repeats the address; the errno's own text is the readable part.
+            reason = os.strerror(error.errno).lower() if error.errno else str(error)
+            raise RelayError(f"cannot listen on {config.host}:{config.port}: {reason}") from None
+        self._schedule_sweep()
+        log.info(
+            "listening",
+            extra=logs.kv(
+                host=config.host,
+                port=self.port,
+                tls=context is not None,
+                relay_id=config.relay_id,
+                max_payload=config.max_payload,
+                queue_bytes=config.queue_bytes,
+            ),
+        )
+
+    async def stop(self) -> None:
+        """Close the listener, send close(going_away) to every connection, and wait briefly for them."""
+        if self._server is None:
+            return
+        self.stopping = True
+        server, self._server = self._server, None
+        server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.conns):
+            conn.close(CloseCode.GOING_AWAY, "relay stopping")
+        deadline = time.monotonic() + CLOSE_GRACE
+        while self.conns and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await server.wait_closed()
+        log.info("stopped", extra=logs.kv(**self.stats_fields()))
+
+    def stats(self) -> RelayStats:
+        """A snapshot of the counters."""
+        c = self.counters
+        return RelayStats(
+            connected_nodes=len(self.routes),
+            frames_forwarded=c.frames_forwarded,
+            bytes_forwarded=c.bytes_forwarded,
+            drops=dict(c.drops),
+            queue_bytes=sum(
+                conn.transport.get_write_buffer_size()
+                for conn in self.conns
+                if conn.transport is not None and not conn.lost
+            ),
+            connections_total=c.connections_total,
+            refused=dict(c.refused),
+        )
+
+    def stats_fields(self) -> dict[str, int]:
+        """The stats flattened to key=value fields for a log line."""
+        s = self.stats()
+        fields = {
+            "connected_nodes": s.connected_nodes,
+            "frames_forwarded": s.frames_forwarded,
+            "bytes_forwarded": s.bytes_forwarded,
+            "queue_bytes": s.queue_bytes,
+            "connections_total": s.connections_total,
+        }
+        fields.update({f"dropped_{reason}": n for reason, n in s.drops.items()})
+        fields.update({f"closed_{name}": n for name, n in sorted(s.refused.items())})
+        return fields
+
+    def _schedule_sweep(self) -> None:
+        config = self.config
+        interval = min(1.0, config.ping_after / 4, config.dead_after / 4)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Liveness: ping connections silent for ping_after, close those silent for dead_after."""
+        config = self.config
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.closing:
+                continue
+            silent = now - conn.last_rx
+            if silent >= config.dead_after:
+                conn.close(CloseCode.NORMAL, f"nothing received for {silent:.0f} s")
+            elif (
+                conn.node_id is not None
+                and silent >= config.ping_after
+                and now - conn.last_ping >= config.ping_after
+            ):
+                conn.ping(now)
+        if not self.stopping:
+            self._schedule_sweep()
+
+
+def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
+        raise ValidationError(
+            f"cannot load TLS certificate {config.tls_cert} with key {config.tls_key}: {reason}"
+        ) from None
+    return context
+
+
+async def run_relay(
+    config: RelayConfig, stop: asyncio.Event | None = None, *, stats_interval: float = 60.0
+) -> None:
+    """Serve until `stop` is set (or, without one, until SIGTERM/SIGINT), logging stats periodically."""
+    server = RelayServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    if stop is None:
+        # Only the standalone relay owns the process signals; an embedding program keeps its own.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), stats_interval)
+            except TimeoutError:
+                log.info("stats", extra=logs.kv(**server.stats_fields()))
+    finally:
+        # The handlers stay until the connections are told: a second SIGTERM must not cut that short.
+        try:
+            await server.stop()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
