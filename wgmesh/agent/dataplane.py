@@ -237,7 +237,7 @@ class DataPlane:
                 tx_bytes=stats.tx_bytes,
                 last_handshake=stats.last_handshake,
                 endpoint=stats.endpoint,
-                # Only direct paths exist until the relay lands; a peer without endpoint has none.
+                # The data plane alone knows no paths (the agent's path controller does): an endpoint counts as direct.
                 path="direct" if stats.endpoint else None,
             )
             for key, stats in sorted(observed.stats.items())
