@@ -45,6 +45,14 @@ def path_of(lab: Lab, node: str, peer: str) -> str | None:
     return found.path if found else None
 
 
+def both_on(lab: Lab, a: str, b: str, path: str) -> bool:
+    """Whether `a` and `b` each report the other on `path`; an AssertionError says what they report."""
+    seen_a, seen_b = paths(lab, a).get(b), paths(lab, b).get(a)
+    if seen_a is not None and seen_b is not None and seen_a.path == seen_b.path == path:
+        return True
+    raise AssertionError(f"{a} reports {b}: {seen_a}; {b} reports {a}: {seen_b}")
+
+
 def ping_ok(lab: Lab, src: str, dst: object, count: int = 2) -> bool:
     done = lab.exec(src, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", str(dst))
     return done.returncode == 0

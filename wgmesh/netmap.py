@@ -39,6 +39,7 @@ class RegistrySnapshot:
     nodes: Sequence[Node]
     routes: Sequence[Route]
     pair_p2p: Mapping[tuple[int, int], P2PPolicy] = field(default_factory=dict)
+    pair_rate: Mapping[tuple[int, int], str] = field(default_factory=dict)
     psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
     psk_master: bytes = b""
 
@@ -106,6 +107,8 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
                 psk=psk,
                 eth0_ip=other.eth0_ip,
                 public_ip=other.public_ip,
+                rate=snapshot.pair_rate.get(key),
+                static=other.static,
             )
         )
     return NetMap(
@@ -118,6 +121,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
         p2p="off" if "off" in (snapshot.network.p2p, me.p2p) else "auto",
         peers=peers,
         routes=[r for r in snapshot.routes if r.gateway_id == me.id],
+        rate=me.rate,
     )
 
 

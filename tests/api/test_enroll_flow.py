@@ -173,7 +173,9 @@ def test_pair_and_node_p2p_policies_reach_the_netmaps(flow: dict[str, Any]) -> N
     admin: httpx.Client = flow["admin"]
     r = admin.put("/api/v1/pairs/gw-b/gw-c", json={"p2p": "off"})
     assert r.status_code == 200, r.text
-    assert admin.get("/api/v1/pairs").json() == {"pairs": [{"a": "gw-b", "b": "gw-c", "p2p": "off"}]}
+    assert admin.get("/api/v1/pairs").json() == {
+        "pairs": [{"a": "gw-b", "b": "gw-c", "p2p": "off", "rate": None}]
+    }
     assert peers_by_name(nm(flow, "gw-b"))["gw-c"]["p2p"] == "off"
     assert peers_by_name(nm(flow, "gw-c"))["gw-b"]["p2p"] == "off"
     assert peers_by_name(nm(flow, "gw-b"))["gw-a"]["p2p"] == "auto"

@@ -31,6 +31,7 @@ OPERATIONS = {
     ("get", "/api/v1/pairs"),
     ("put", "/api/v1/pairs/{a}/{b}"),
     ("get", "/api/v1/topology"),
+    ("get", "/api/v1/prometheus/targets"),
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -153,14 +153,36 @@ def test_set_p2p_and_tags(wgmesh: Cli, admin: httpx.Client, gateways: Any) -> No
     assert node is not None and (node["p2p"], node["tags"]) == ("off", ["edge", "eu"])
     r = wgmesh("nodes", "set", "gw-a", "--p2p", "auto")
     assert r.code == 0, r.err
-    assert "gw-a: p2p auto, tags edge, eu" in r.out
+    assert "gw-a: p2p auto, rate limit none, tags edge, eu" in r.out
     doc = wgmesh("node", "set", "gw-a", "--clear-tags", "--json").json()
     assert (doc["p2p"], doc["tags"]) == ("auto", [])
 
 
+def test_set_rate_reaches_the_netmap_and_none_removes_it(
+    wgmesh: Cli, admin: httpx.Client, coordinator: Any, gateways: Any
+) -> None:
+    doc = wgmesh("node", "set", "gw-a", "--rate", "1.5mbit", "--json").json()
+    assert doc["rate"] == "1500kbit"  # canonical spelling
+    shown = wgmesh("node", "show", "gw-a").out
+    assert "rate limit" in shown and "1500kbit" in shown
+    node = api_node(admin, "gw-a")
+    assert node is not None and node["rate"] == "1500kbit"
+    r = wgmesh("node", "set", "gw-a", "--rate", "none")
+    assert r.code == 0 and "rate limit none" in r.out
+    node = api_node(admin, "gw-a")
+    assert node is not None and node["rate"] is None
+    for bad in ("20mbps", "0bit", "fast"):
+        r = wgmesh("node", "set", "gw-a", "--rate", bad)
+        assert r.code == 2, bad
+        assert "rate" in r.one_line_error()
+
+
 def test_set_refusals(wgmesh: Cli, gateways: Any) -> None:
     r = wgmesh("node", "set", "gw-a")
-    assert (r.code, r.one_line_error()) == (2, "wgmesh: nothing to change: give --p2p, --tag or --clear-tags")
+    assert (r.code, r.one_line_error()) == (
+        2,
+        "wgmesh: nothing to change: give --p2p, --rate, --tag or --clear-tags",
+    )
     r = wgmesh("node", "set", "gw-a", "--p2p", "sometimes")
     assert r.code == 2
     assert "invalid choice: 'sometimes'" in r.one_line_error()

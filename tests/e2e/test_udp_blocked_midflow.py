@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import ContinuousPing, TcpStream, path_of
+from lab_paths import ContinuousPing, TcpStream, both_on, path_of
 
 from wgmesh.lab import Lab, wait_until
 
@@ -24,11 +24,7 @@ def test_switches_to_relay_and_back_without_breaking_tcp(lab: Lab, tmp_path: Pat
         wait_until(lambda: len(ping.replies()) >= 10, 10, "the ping running")
         blocked_at = time.time()
         lab.block_udp(2)
-        to_relay = wait_until(
-            lambda: path_of(lab, "gw1", "gw2") == "relay" and path_of(lab, "gw2", "gw1") == "relay",
-            15,
-            "both sides on the relay",
-        )
+        to_relay = wait_until(lambda: both_on(lab, "gw1", "gw2", "relay"), 15, "both sides on the relay")
         wait_until(lambda: (ping.last_reply() or 0) > blocked_at + to_relay, 10, "pings answered again")
         time.sleep(2)
         gap = ping.longest_gap(since=blocked_at - 1)
@@ -38,11 +34,7 @@ def test_switches_to_relay_and_back_without_breaking_tcp(lab: Lab, tmp_path: Pat
 
         unblocked_at = time.time()
         lab.unblock_udp(2)
-        back = wait_until(
-            lambda: path_of(lab, "gw1", "gw2") == "direct" and path_of(lab, "gw2", "gw1") == "direct",
-            60,
-            "both sides direct again",
-        )
+        back = wait_until(lambda: both_on(lab, "gw1", "gw2", "direct"), 60, "both sides direct again")
         time.sleep(2)
         gap_back = ping.longest_gap(since=unblocked_at)
         print(f"UDP unblocked: direct again after {back:.1f} s; longest ping gap {gap_back:.2f} s")

@@ -195,3 +195,19 @@ def test_fails_over_to_the_next_relay_when_the_active_one_dies(
         assert data == b"\x04\x00\x00\x00after failover"
         down = [v for v in a.shim.views() if not v.up]
         assert [v.id for v in down] == [active.info.id] and down[0].error
+
+
+def test_foreign_datagrams_among_wireguards_are_dropped_and_the_rest_relayed(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    target = a.shim_address(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+        for i in range(20):
+            a.wg.sendto(b"\x04\x00\x00\x00" + bytes([i]), target)
+            if i % 5 == 2:
+                intruder.sendto(b"\x04\x00\x00\x00spoof", target)
+    got = [b.recv()[0] for _ in range(20)]
+    assert got == [b"\x04\x00\x00\x00" + bytes([i]) for i in range(20)]
+    wait_until(lambda: a.shim.counters.dropped.get("foreign_source", 0) == 4, 3, "the drops counted")
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.3)
+    assert b.shim.counters.from_relay == 20

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from wgmesh import keys
+from wgmesh.agent import qos
 from wgmesh.agent.dataplane import MTU, DataPlane
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
-from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryWireGuard
+from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
 
@@ -50,6 +51,7 @@ class Plane:
         self.wg = MemoryWireGuard("wgm0")
         self.host = MemoryHost()
         self.fw = MemoryFirewall()
+        self.shaper = MemoryShaper()
         self.dp = DataPlane(
             "wgm0",
             "userspace",
@@ -59,6 +61,7 @@ class Plane:
             wireguard=self.wg,
             host=self.host,
             firewall=self.fw,
+            shaper=self.shaper,
         )
 
 
@@ -203,3 +206,33 @@ def test_a_prefix_given_to_two_peers_is_warned_about_once(caplog: pytest.LogCapt
         assert p.dp.apply(netmap(GW2, twin)).operations == 0
     assert sum("two peers" in r.getMessage() for r in caplog.records) == 1
     assert "10.2.0.0/24" not in p.wg.observe().spec.peers[twin.public_key].allowed_ips
+
+
+def test_bandwidth_limits_are_applied_by_diff_and_removed_when_unset() -> None:
+    p = Plane()
+    p.dp.up()
+    limited = GW2.model_copy(update={"rate": "20mbit"})
+    first = netmap(limited, GW3).model_copy(update={"rate": "50mbit"})
+    p.dp.apply(first)
+    minor = qos.PEER_MINOR_BASE + GW2.node_id
+    assert p.shaper.observe("wgm0") == {qos.TOP_MINOR, qos.DEFAULT_MINOR, minor}
+    assert p.dp.apply(first.model_copy(update={"version": 2})).operations == 0
+    # Only the pair's rate changes: one class change, nothing rebuilt, the node's classes untouched.
+    p.shaper.applied.clear()
+    p.dp.apply(netmap(GW2.model_copy(update={"rate": "30mbit"}), GW3).model_copy(update={"rate": "50mbit"}))
+    assert p.shaper.applied == [qos.SetClass(minor, qos.TOP_MINOR, 30_000_000, 30_000_000)]
+    # Limits unset: the tree goes.
+    p.dp.apply(netmap(GW2, GW3))
+    assert p.shaper.observe("wgm0") is None
+
+
+def test_a_tree_changed_behind_the_agents_back_is_rebuilt() -> None:
+    p = Plane()
+    p.dp.up()
+    nm = netmap(GW2.model_copy(update={"rate": "20mbit"}))
+    p.dp.apply(nm)
+    p.shaper.classes["wgm0"].discard(qos.PEER_MINOR_BASE + GW2.node_id)  # someone ran `tc class del`
+    p.shaper.applied.clear()
+    p.dp.apply(nm)
+    assert p.shaper.applied[0] == qos.ReplaceRoot()
+    assert qos.PEER_MINOR_BASE + GW2.node_id in (p.shaper.observe("wgm0") or set())

@@ -210,6 +210,8 @@ def test_process_command_lines_match_issue_3() -> None:
         "userspace",
         "--state-dir",
         "/run/wgmesh-lab/wgl/gw2",
+        "--metrics-listen",
+        "198.18.0.12:9586",
     ]
     assert coordinator_args(plan) == [
         "--db",
@@ -227,6 +229,13 @@ def test_relay_command_lines_match_issue_4() -> None:
     assert coordinator_args(plan, announce_relay=True)[-2:] == ["--announce-relay", "tcp://198.18.3.1:8443"]
     assert coordinator_init_args(plan) == ["--db", db, "init"]
     assert relay_key_args(plan) == ["--db", db, "relay-key"]
-    assert relay_args(plan, "KEY=") == ["--listen", "198.18.3.1:8443", "--coordinator-key", "KEY="]
+    assert relay_args(plan, "KEY=") == [
+        "--listen",
+        "198.18.3.1:8443",
+        "--coordinator-key",
+        "KEY=",
+        "--metrics-listen",
+        "198.18.3.1:9587",
+    ]
     host = relay_args(plan, "KEY=")[1].rpartition(":")[0]
     assert is_safe_destination(host)

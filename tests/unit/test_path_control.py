@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from wgmesh import keys
-from wgmesh.agent import path_control
 from wgmesh.agent.path_control import PathController, _degraded, _Observed, _with_burst, probe_address
 from wgmesh.agent.paths import DEFAULT_CONFIG, PathInputs
 from wgmesh.agent.prober import BurstResult
@@ -122,8 +122,30 @@ def test_departed_peers_are_forgotten(controller: PathController) -> None:
     assert set(controller.prober.keys) == {3}
 
 
-def test_agent_timings_fit_the_issue() -> None:
-    cfg = path_control.AGENT_PATHS
-    # Three failed probes at the busy cadence must fit the 5 s switch target with room for WireGuard.
-    assert cfg.probe_failures * (cfg.probe_interval + path_control.PROBE_TIMEOUT) <= 4.0
-    assert cfg.retry_max <= 30  # back to direct well within a minute
+def test_a_stale_roam_is_undone_only_when_the_peer_says_it_is_direct(controller: PathController) -> None:
+    two = peer(2)
+    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.12:51820")}
+    controller.tick(netmap(two), stats)
+    assert controller.states[2].path == "direct"
+    roamed = {
+        two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=controller.shim.endpoint_for(2))
+    }
+    # The peer chose the relay: WireGuard follows it, the agent leaves it.
+    controller.prober.peer_relays[2] = (True, time.monotonic())
+    assert controller.tick(netmap(two), roamed) == [] and controller.take_reasserts() == set()
+    # The peer says direct too: the roam is a leftover of the switch back, undone once (then rate-limited).
+    controller.prober.peer_relays[2] = (False, time.monotonic())
+    assert [p.name for p, _, _ in controller.tick(netmap(two), roamed)] == ["gw2"]
+    assert controller.take_reasserts() == {two.public_key}
+    assert controller.tick(netmap(two), roamed) == []
+    # Old news about the peer counts for nothing.
+    controller._last_reassert.clear()
+    controller.prober.peer_relays[2] = (False, time.monotonic() - 60)
+    assert controller.tick(netmap(two), roamed) == []
+
+
+def test_static_peers_are_left_to_plain_wireguard(controller: PathController) -> None:
+    static = peer(5, endpoints=[]).model_copy(update={"static": True})
+    assert controller.endpoint_for(static) is None  # not the shim: nothing behind it speaks the relay
+    assert controller.tick(netmap(static), {}) == []
+    assert 5 not in controller.states

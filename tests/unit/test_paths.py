@@ -137,6 +137,18 @@ def test_direct_probes_are_paced_by_the_interval_when_results_arrive() -> None:
 # --- throttled UDP ----------------------------------------------------------------------------------
 
 
+def test_a_failed_probe_is_rechecked_at_once_when_configured() -> None:
+    fast = PathConfig(probe_interval=0.5, recheck_interval=0.0)
+    state = decide(None, PathInputs(now=0.0, last_handshake=0.0), fast)
+    state = decide(state, PathInputs(now=1.0, last_handshake=0.0, probes=(FAIL,)), fast)
+    assert (state.path, state.probe_failures, state.next_probe_at) == ("direct", 1, 1.0)
+    state = decide(state, PathInputs(now=1.6, last_handshake=0.0, probes=(OK,)), fast)
+    assert (state.probe_failures, state.next_probe_at) == (0, 2.1)  # back to the normal cadence
+    # Without the setting a miss waits the interval like an answer.
+    state = decide(direct_at(0.0), PathInputs(now=1.0, last_handshake=0.0, probes=(FAIL,)))
+    assert state.next_probe_at == 1.0 + C.probe_interval
+
+
 def test_throttled_udp_detected_from_goodput_and_reason_reported() -> None:
     state = decide(
         direct_at(), PathInputs(now=5.0, last_handshake=0.0, direct_goodput=9.8e6, relay_goodput=190e6)

@@ -17,8 +17,8 @@ U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
 U16 = st.integers(0, 2**16 - 1)
 messages = st.one_of(
-    st.builds(Ping, U32, U64),
-    st.builds(Pong, U32, U64),
+    st.builds(Ping, U32, U64, st.booleans()),
+    st.builds(Pong, U32, U64, st.booleans()),
     st.builds(Burst, U32, U64, U16, U16, st.integers(38, probe_wire.MAX_PROBE)),
     st.builds(Report, U32, U64, U16, U16, U32, U32),
 )

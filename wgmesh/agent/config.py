@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,28 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/wgmesh-agent")
     masquerade: bool = False
     relay_ca: Path | None = None
+    metrics_listen: str = "127.0.0.1:9586"
+    """`ADDRESS:PORT` of the Prometheus /metrics listener, or `off`."""
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """`metrics_listen` as (address, port); None when off."""
+        return parse_metrics_listen(self.metrics_listen)
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int] | None:
+    """`off`, or `ADDRESS:PORT` (IPv6 as `[ADDRESS]:PORT`) with an IP address; ValidationError otherwise."""
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        valid = bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValidationError(f"metrics listen {text!r} must be ADDRESS:PORT or off", code="invalid_config")
+    return host.strip("[]"), int(port)
 
 
 def _hostname_label() -> str:
@@ -77,6 +100,8 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         raise ValidationError(
             f"interface name {iface!r} is not valid (1-15 characters)", code="invalid_config"
         )
+    values["metrics_listen"] = str(values.get("metrics_listen", AgentConfig.metrics_listen))
+    parse_metrics_listen(values["metrics_listen"])
     port = int(values.get("listen_port", 51820))
     if not 1 <= port <= 65535:
         raise ValidationError(f"listen port {port} is out of range", code="invalid_config")

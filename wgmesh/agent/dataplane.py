@@ -15,9 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh import keys
-from wgmesh.agent import plan
+from wgmesh.agent import plan, qos
 from wgmesh.agent.plan import DeviceOp, EndpointFor
-from wgmesh.agent.system.backend import BackendName, Firewall, HostNetwork, WireGuardBackend, open_wireguard
+from wgmesh.agent.system.backend import (
+    BackendName,
+    Firewall,
+    HostNetwork,
+    Shaper,
+    WireGuardBackend,
+    open_wireguard,
+)
 from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
@@ -81,6 +88,7 @@ class DataPlane:
         wireguard: WireGuardBackend | None = None,
         host: HostNetwork | None = None,
         firewall: Firewall | None = None,
+        shaper: Shaper | None = None,
     ) -> None:
         self.ifname = ifname
         self.backend_name: BackendName = backend
@@ -90,6 +98,8 @@ class DataPlane:
         self._wg = wireguard
         self._host = host
         self._firewall = firewall
+        self._shaper = shaper
+        self._qos_applied: qos.QosSpec | None = None
         self._lock = threading.RLock()
         # The endpoint we last set per peer; compared with instead of the interface's, so the planner
         # does not undo WireGuard's roaming. Empty after a start: the first apply lines up once.
@@ -123,6 +133,15 @@ class DataPlane:
 
             self._firewall = NftFirewall()
         return self._firewall
+
+    @property
+    def shaper(self) -> Shaper:
+        """tc on the tunnel's egress, for bandwidth limits."""
+        if self._shaper is None:
+            from wgmesh.agent.system.shaper import TcShaper  # noqa: PLC0415
+
+            self._shaper = TcShaper()
+        return self._shaper
 
     # -- the facade --------------------------------------------------------------------------------
 
@@ -177,6 +196,7 @@ class DataPlane:
             self.host.apply_routes(self.ifname, route_ops)
             changes += self.host.ensure_forwarding(ipv6=any(":" in p for p in wanted))
             changes += self.firewall.ensure(self.ifname, self.masquerade)
+            changes += self._apply_qos(netmap)
             self._report_shadowed(shadowed)
 
             total = len(device_ops) + len(route_ops) + changes
@@ -202,6 +222,29 @@ class DataPlane:
                 )
             return result
 
+    def _apply_qos(self, netmap: NetMap) -> int:
+        """Bandwidth limits by diff; a tc failure is logged and retried next time, never blocks peers."""
+        desired = qos.desired_qos(netmap)
+        try:
+            ops = qos.plan_qos(desired, self._qos_applied, self.shaper.observe(self.ifname))
+            if ops:
+                self.shaper.apply(self.ifname, ops)
+                log.info(
+                    "bandwidth limits changed",
+                    extra=kv(
+                        interface=self.ifname,
+                        node_rate=netmap.rate or "none",
+                        pair_limits=len(desired.peers) if desired else 0,
+                        ops=qos.describe(ops),
+                    ),
+                )
+        except BackendError as exc:
+            self._qos_applied = None  # rebuilt from scratch on the next apply
+            log.error("bandwidth limits not applied", extra=kv(interface=self.ifname, error=exc.message))
+            return 0
+        self._qos_applied = desired
+        return len(ops)
+
     def _report_shadowed(self, shadowed: list[ShadowedRoute]) -> None:
         if shadowed != self._shadowed:
             for route in shadowed:
@@ -216,6 +259,11 @@ class DataPlane:
                         ),
                     )
         self._shadowed = list(shadowed)
+
+    def forget_endpoint(self, public_key: str) -> None:
+        """Compare this peer's endpoint with the interface on the next apply, so a stale roam is undone."""
+        with self._lock:
+            self._applied_endpoints.pop(public_key, None)
 
     def observe_stats(self) -> Mapping[str, PeerStats]:
         """Per-peer counters, last handshake and current endpoint, keyed by public key."""

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -19,6 +19,7 @@ from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer, read_local_status
+from wgmesh.agent.metrics import AgentMetrics
 from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
@@ -68,6 +69,7 @@ class Agent:
         self.client = CoordinatorClient(cfg.coordinator)
         self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
         self.paths = PathController(cfg.listen_port, ca_file=cfg.relay_ca)
+        self.metrics = AgentMetrics(self)
         self.grant: RelayGrant | None = None
         self.grant_fetched = 0.0
         self.follower = NetmapFollower(
@@ -84,6 +86,7 @@ class Agent:
         with self.lock:
             self.paths.follow(netmap, self.keypair.public_key)
             result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
+            self.metrics.applied(result)
             changed = self.netmap is None or netmap.version != self.netmap.version
             self.netmap = netmap
             self.shadowed = list(result.shadowed)
@@ -211,6 +214,7 @@ class Agent:
             netmap_version=version,
             peers=peers,
             shadowed=shadowed,
+            metrics=self.metrics.advertised(eth0),
         )
 
     def local_status(self) -> LocalStatus:
@@ -262,17 +266,22 @@ class Agent:
         try:
             with self.lock:
                 stats = self.dataplane.observe_stats()
+            self.metrics.stats_seen(stats)  # scrapes read this, never the device
             changed = self.paths.tick(netmap, stats)
         except WgmeshError as exc:
             log.warning("path check failed", extra=kv(code=exc.code, error=exc.message))
             return
         if not changed:
             return
+        for key in self.paths.take_reasserts():
+            log.info("direct endpoint set again after a stale roam", extra=kv(peer=keys.fingerprint(key)))
+            self.dataplane.forget_endpoint(key)
         switched = False
         for peer, state, previous in changed:
             # A first decision is news for the report too (it gives the reason), but not a switch to log.
             switched = switched or previous is None or previous.path != state.path
             if previous is not None and previous.path != state.path:
+                self.metrics.path_switched(peer.name, state.code)
                 log.info(
                     "path changed",
                     extra=kv(
@@ -329,28 +338,21 @@ class Agent:
         if job is not None:
             job.modify(next_run_time=_now())
 
+    def _every(self, job: Callable[[], None], seconds: float, name: str, *, at_once: bool = False) -> None:
+        """Run `job` every `seconds` on the scheduler, never two at once, missed runs folded into one."""
+        extra: dict[str, object] = {"next_run_time": _now()} if at_once else {}
+        self.scheduler.add_job(
+            job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True, **extra
+        )
+
     def run(self) -> None:
         """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
         self.dataplane.up()
         self.follower.restore()
         self.local.start()
-        self.scheduler.add_job(
-            self.report,
-            "interval",
-            seconds=STATUS_INTERVAL,
-            id="status",
-            next_run_time=_now(),
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.reconcile,
-            "interval",
-            seconds=RECONCILE_INTERVAL,
-            id="reconcile",
-            max_instances=1,
-            coalesce=True,
-        )
+        self.metrics.start(self.cfg.metrics_address)
+        self._every(self.report, STATUS_INTERVAL, "status", at_once=True)
+        self._every(self.reconcile, RECONCILE_INTERVAL, "reconcile")
         self.scheduler.start()
         try:
             enrollment = self.enroll()
@@ -362,28 +364,14 @@ class Agent:
             if cached is not None:
                 self.grant = cached
                 self.paths.use_grant(cached)
-            self.scheduler.add_job(
-                self.refresh_grant,
-                "interval",
-                seconds=GRANT_CHECK,
-                id="relay-grant",
-                next_run_time=_now(),
-                max_instances=1,
-                coalesce=True,
-            )
-            self.scheduler.add_job(
-                self.path_tick,
-                "interval",
-                seconds=TICK,
-                id="paths",
-                max_instances=1,
-                coalesce=True,
-            )
+            self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
+            self._every(self.path_tick, TICK, "paths")
             self.sync_advertised()
             self.follower.run()
         finally:
             self.scheduler.shutdown(wait=False)
             self.local.stop()
+            self.metrics.stop()
             self.paths.stop()
             self.dataplane.close()
             self.client.close()
@@ -432,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen-port", type=int)
     parser.add_argument("--relay-ca", help="CA bundle to verify tls:// relays with (default: the system's)")
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, or off (default 127.0.0.1:9586)",
+    )
     parser.add_argument(
         "--masquerade",
         action="store_true",

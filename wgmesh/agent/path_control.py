@@ -27,14 +27,17 @@ from wgmesh.models import NetMap, PeerConfig, RelayGrant
 
 log = logging.getLogger("wgmesh.agent.paths")
 
-TICK = 0.5
-AGENT_PATHS = PathConfig(probe_interval=0.5, probe_failures=3, handshake_timeout=5.0)
-"""Probing twice a second with three misses to fail moves a busy peer to the relay within about 3 s."""
+TICK = 0.25
+AGENT_PATHS = PathConfig(probe_interval=0.5, recheck_interval=0.0, probe_failures=3, handshake_timeout=5.0)
+"""Probing twice a second, re-probing at once after a miss, three misses to fail: a busy peer whose UDP
+breaks is on the relay about 2.5 s later (three 0.6 s timeouts plus ticks)."""
 IDLE_PROBE_INTERVAL = 5.0
 """A direct peer with no traffic is probed this seldom: there is nothing to lose on it, and big meshes
 would otherwise send thousands of probes a second."""
 RELAY_PROBE_INTERVAL = 2.0
 """The relay path's RTT changes slowly; one sample every 2 s is plenty."""
+STALE_ROAM_EVIDENCE = 3.0
+"""A peer's word that it is direct counts for this long; an endpoint is set again at most this often."""
 PROBE_TIMEOUT = 0.6
 RELAY_PROBE_TIMEOUT = 1.5
 
@@ -80,8 +83,14 @@ class PathController:
             self.net.loop, 0, listen_port, self._probe_from_relay, self._ticket_refused, ca_file=ca_file
         )
         self.prober = Prober(
-            self.net.loop, 0, listen_port + probe_wire.PROBE_PORT_OFFSET, self.shim.send_to_peer
+            self.net.loop,
+            0,
+            listen_port + probe_wire.PROBE_PORT_OFFSET,
+            self.shim.send_to_peer,
+            self._relays_peer,
         )
+        self._reassert: set[str] = set()
+        self._last_reassert: dict[int, float] = {}
         self.states: dict[int, PeerPath] = {}
         self.best_direct: dict[int, str] = {}
         self.ticket_refused = threading.Event()
@@ -120,6 +129,31 @@ class PathController:
     def _ticket_refused(self) -> None:
         self.ticket_refused.set()
 
+    def _relays_peer(self, peer_id: int) -> bool:
+        state = self.states.get(peer_id)
+        return state is not None and state.path == "relay"
+
+    def take_reasserts(self) -> set[str]:
+        """Public keys whose direct endpoint must be set again (see `_stale_roam`); cleared by the call."""
+        with self._lock:
+            found, self._reassert = self._reassert, set()
+        return found
+
+    def _stale_roam(self, peer: PeerConfig, state: PeerPath, endpoint: str | None, now: float) -> bool:
+        """WireGuard sits on the shim although both sides chose direct.
+
+        Around a switch back, each side's last relayed packets can roam the other onto its shim after it
+        set the direct endpoint; with both then sending through the shims, roaming alone never undoes it.
+        The peer's own choice arrives with every probe, so roaming that follows a peer on the relay is
+        left alone (the agent never fights it) and only this leftover is undone.
+        """
+        if state.path != "direct" or self.shim.peer_of_endpoint(endpoint) != peer.node_id:
+            return False
+        said = self.prober.peer_relays.get(peer.node_id)
+        if said is None or said[0] or now - said[1] > STALE_ROAM_EVIDENCE:
+            return False
+        return now - self._last_reassert.get(peer.node_id, -1e9) >= STALE_ROAM_EVIDENCE
+
     def _probe_from_relay(self, sender: int, datagram: bytes) -> None:
         self.prober.handle_from_relay(sender, datagram)
 
@@ -142,6 +176,8 @@ class PathController:
 
     def endpoint_for(self, peer: PeerConfig) -> str | None:
         """The endpoint WireGuard should use for `peer` now (None: the planner's default, its first endpoint)."""
+        if peer.static:
+            return None  # no agent behind it: plain WireGuard, which roams to us by itself
         with self._lock:
             state = self.states.get(peer.node_id)
             best = self.best_direct.get(peer.node_id)
@@ -165,6 +201,8 @@ class PathController:
         relay_up = self.shim.active() is not None
         changed: list[tuple[PeerConfig, PeerPath, PeerPath | None]] = []
         for peer in netmap.peers:
+            if peer.static:
+                continue
             st = stats.get(peer.public_key)
             with self._lock:
                 seen = self._observed.pop(peer.node_id, _Observed())
@@ -191,6 +229,11 @@ class PathController:
                 self.states[peer.node_id] = state
                 best_after = self.best_direct.get(peer.node_id)
             if previous is None or previous.path != state.path or best_before != best_after:
+                changed.append((peer, state, previous))
+            elif st is not None and self._stale_roam(peer, state, st.endpoint, now):
+                self._last_reassert[peer.node_id] = now
+                with self._lock:
+                    self._reassert.add(peer.public_key)
                 changed.append((peer, state, previous))
             self._schedule(peer, state, inputs, now)
         return changed

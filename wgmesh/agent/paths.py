@@ -38,6 +38,9 @@ class PathConfig:
     """WireGuard's REJECT_AFTER_TIME: a handshake older than this leaves no session, so one must happen."""
     probe_interval: float = 2.0
     """Direct probe cadence while direct (and while relayed for RTT, to gather samples)."""
+    recheck_interval: float | None = None
+    """While direct, the wait after a failed probe (None: `probe_interval`); short, so that a path that
+    broke is confirmed broken in `probe_failures` probe timeouts instead of as many intervals."""
     probe_failures: int = 3
     retry_initial: float = 2.0
     """First direct retry after a fall-back; doubles per failed retry or repeated fall-back."""
@@ -272,7 +275,10 @@ def _while_direct(previous: PeerPath, inputs: PathInputs, config: PathConfig) ->
     if now - state.changed_at >= config.stable_after:
         state = replace(state, fallbacks=0)
     if inputs.probes:
-        state = replace(state, next_probe_at=now + config.probe_interval)
+        wait = config.probe_interval
+        if state.probe_failures and config.recheck_interval is not None:
+            wait = config.recheck_interval
+        state = replace(state, next_probe_at=now + wait)
     return state
 
 

@@ -6,7 +6,8 @@ and hands it to its prober instead of WireGuard (WireGuard messages start with a
 zero bytes, never with `WGMP`). Every message carries a truncated HMAC-SHA256 keyed with the pair's
 preshared key, so a probe port answers only the node's peers and cannot be used as a reflector.
 
-Layout (big-endian): magic `WGMP` | version u8 | kind u8 | sender node id u32 | token u64 | body | mac[16].
+Layout (big-endian): magic `WGMP` | version u8 | kind u8 | sender node id u32 | token u64 | body | mac[16];
+the body of a ping or pong is one byte, 1 when the sender relays this pair.
 """
 
 from __future__ import annotations
@@ -43,18 +44,24 @@ class Kind(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """Asks for a pong with the same token; the sender keeps the send time under the token."""
+    """Asks for a pong with the same token; the sender keeps the send time under the token.
+
+    `relayed` is the sender's own choice for this pair, so each side knows whether WireGuard roaming onto
+    its shim follows a peer that chose the relay (leave it) or is a leftover of a switch (undo it).
+    """
 
     sender: int
     token: int
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Pong:
-    """The answer to a ping."""
+    """The answer to a ping, with the answering side's own choice for the pair."""
 
     sender: int
     token: int
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +110,11 @@ def pair_key(psk: str | None, key_a: str, key_b: str) -> bytes:
 def encode(message: Message, key: bytes) -> bytes:
     """The datagram for `message`, authenticated with the pair key."""
     match message:
-        case Ping(sender=sender, token=token):
-            body = b""
+        case Ping(sender=sender, token=token, relayed=relayed):
+            body = bytes([int(relayed)])
             kind = Kind.PING
-        case Pong(sender=sender, token=token):
-            body = b""
+        case Pong(sender=sender, token=token, relayed=relayed):
+            body = bytes([int(relayed)])
             kind = Kind.PONG
         case Burst(sender=sender, token=token, seq=seq, count=count, size=size):
             kind = Kind.BURST
@@ -144,10 +151,10 @@ def decode(datagram: bytes, key: bytes) -> Message:
     if magic != MAGIC or version != VERSION:
         raise ProbeFormatError("not a version 1 probe")
     body = unsigned[_HEAD.size :]
-    if kind == Kind.PING and not body:
-        return Ping(sender, token)
-    if kind == Kind.PONG and not body:
-        return Pong(sender, token)
+    if kind == Kind.PING and len(body) == 1 and body[0] <= 1:
+        return Ping(sender, token, bool(body[0]))
+    if kind == Kind.PONG and len(body) == 1 and body[0] <= 1:
+        return Pong(sender, token, bool(body[0]))
     if kind == Kind.BURST and len(body) >= _BURST.size:
         seq, count = _BURST.unpack_from(body)
         return Burst(sender, token, seq, count, len(datagram))

@@ -68,8 +68,12 @@ class Prober:
         node_id: int,
         port: int,
         send_via_relay: Callable[[int, bytes], bool],
+        relays_peer: Callable[[int], bool] = lambda _peer: False,
     ) -> None:
         self.loop = loop
+        self.relays_peer = relays_peer
+        self.peer_relays: dict[int, tuple[bool, float]] = {}
+        """Per peer: whether it said it relays this pair, and when (monotonic) it last said so."""
         self.node_id = node_id
         self.port = port
         self.send_via_relay = send_via_relay
@@ -127,9 +131,12 @@ class Prober:
             return
         now = time.monotonic()
         match message:
-            case Ping(token=token):
-                self._send(sender, probe_wire.encode(Pong(self.node_id, token), key), via)
-            case Pong(token=token):
+            case Ping(token=token, relayed=relayed):
+                self.peer_relays[sender] = (relayed, now)
+                pong = Pong(self.node_id, token, self.relays_peer(sender))
+                self._send(sender, probe_wire.encode(pong, key), via)
+            case Pong(token=token, relayed=relayed):
+                self.peer_relays[sender] = (relayed, now)
                 waiting = self._pings.pop(token, None)
                 if waiting is not None and not waiting[0].done():
                     waiting[0].set_result(now - waiting[1])
@@ -182,7 +189,8 @@ class Prober:
         future: asyncio.Future[float] = self.loop.create_future()
         self._pings[token] = (future, time.monotonic())
         try:
-            if not self._send(peer_id, probe_wire.encode(Ping(self.node_id, token), key), via):
+            ping = Ping(self.node_id, token, self.relays_peer(peer_id))
+            if not self._send(peer_id, probe_wire.encode(ping, key), via):
                 return None
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

@@ -9,6 +9,7 @@ go to the prober instead of WireGuard.
 Everything here runs on one event loop thread (`NetLoop`); sockets are drained on every wake-up (until
 they would block) rather than one datagram per callback, which is what keeps a Python shim near
 wireguard-go's own speed. The agent calls in from other threads only through the `*_threadsafe` methods.
+(Batching with recvmmsg/sendmmsg through ctypes was measured and not kept: docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from wgmesh.agent.probe_wire import is_probe
 from wgmesh.logs import kv
 from wgmesh.models import RelayGrant, RelayInfo
 from wgmesh.relay import protocol
-from wgmesh.relay.protocol import Close, CloseCode, Data, FrameDecoder, Hello, HelloOk, Ping, Pong
+from wgmesh.relay.protocol import Close, CloseCode, Data, FrameType, Hello, HelloOk, Ping, Pong
 from wgmesh.relay.tickets import ticket_fingerprint
 
 log = logging.getLogger("wgmesh.agent.shim")
@@ -42,9 +44,18 @@ PING_INTERVAL = 2.0
 DEAD_AFTER = 6.0
 SEND_LIMIT = 4 * 1024 * 1024
 """Bytes queued towards a relay before datagrams are dropped (WireGuard and TCP inside recover)."""
-DRAIN_MAX = 512
+DRAIN_MAX = 256
 """Datagrams read from one socket per wake-up: bounds the time one busy peer holds the loop."""
+DRAIN_BUFFER = 512 * 1024
+_DATA_HEADER = struct.Struct(">HBBI")
+_HEADER = struct.Struct(">HBB")
+_U32 = struct.Struct(">I")
+_MAX_DATA = protocol.MAX_PAYLOAD
+_DATAGRAM_ROOM = _DATA_HEADER.size + 65535
+_PROBE_FIRST = ord("W")
+HEADER_SIZE = protocol.HEADER_SIZE
 SOCKET_BUFFER = 4 * 1024 * 1024
+"""Per-socket buffers asked for (the kernel caps them at net.core.[rw]mem_max)."""
 TICKET_CODES = frozenset({CloseCode.BAD_TICKET, CloseCode.TICKET_EXPIRED, CloseCode.WRONG_NODE})
 
 
@@ -79,7 +90,7 @@ class RelayLink(asyncio.Protocol):
         self.shim = shim
         self.info = info
         self.transport: asyncio.Transport | None = None
-        self.decoder = FrameDecoder()
+        self._buffer = bytearray()
         self.up = False
         self.rtt: float | None = None
         self.error: str | None = None
@@ -153,7 +164,7 @@ class RelayLink(asyncio.Protocol):
         """Send hello at once; TCP_NODELAY because every frame is a latency-sensitive datagram."""
         # uvloop's transports are not asyncio.Transport subclasses, though they implement it.
         self.transport = cast(asyncio.Transport, transport)
-        self.decoder = FrameDecoder()
+        self._buffer = bytearray()
         self.last_heard = time.monotonic()
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
@@ -169,41 +180,69 @@ class RelayLink(asyncio.Protocol):
         self.transport.write(protocol.encode(Hello(self.shim.node_id, grant.ticket)))
 
     def data_received(self, data: bytes) -> None:
-        """Decode every frame of the chunk; data frames go out to WireGuard in one pass."""
+        """Every complete frame of the stream so far: data frames straight to WireGuard, the rest decoded.
+
+        The hot path reads the 8 bytes of a data frame's header in place and hands WireGuard a slice of
+        the buffer, with no frame object and no copy per datagram.
+        """
+        buf = self._buffer
+        buf += data
+        size = len(buf)
+        pos = 0
+        shim = self.shim
+        deliver = shim.deliver
+        view = memoryview(buf)
         try:
-            frames = self.decoder.feed(data)
+            while size - pos >= HEADER_SIZE:
+                length, kind, reserved = _HEADER.unpack_from(buf, pos)
+                end = pos + HEADER_SIZE + length
+                if kind == FrameType.DATA and not reserved and 4 <= length <= _MAX_DATA:
+                    if end > size:
+                        break
+                    deliver(_U32.unpack_from(buf, pos + HEADER_SIZE)[0], view[pos + HEADER_SIZE + 4 : end])
+                    pos = end
+                    continue
+                protocol.check_header(length, kind, reserved)
+                if end > size:
+                    break
+                self._control(protocol.parse_payload(kind, buf, pos + HEADER_SIZE, end))
+                pos = end
         except protocol.ProtocolError as exc:
             self._note_error(f"protocol error from relay: {exc.message}")
             if self.transport is not None:
                 self.transport.abort()
-            return
+            pos = size
+        finally:
+            view.release()
+        del buf[:pos]
         self.last_heard = time.monotonic()
+
+    def _control(self, frame: protocol.Frame) -> None:
         shim = self.shim
-        for frame in frames:
-            if type(frame) is Data:
-                shim.deliver(frame.peer_id, frame.datagram)
-            elif isinstance(frame, Ping):
-                if self.transport is not None:
-                    self.transport.write(protocol.encode(Pong(frame.token)))
-            elif isinstance(frame, Pong):
-                self.rtt = max(time.monotonic_ns() - frame.token, 0) / 1e9
-            elif isinstance(frame, HelloOk):
-                if not self.up:
-                    log.info(
-                        "relay connected",
-                        extra=kv(relay=self.info.id, ticket=ticket_fingerprint(shim.grant.ticket))
-                        if shim.grant
-                        else kv(relay=self.info.id),
-                    )
-                self.up = True
-                self.error = None
-                self._backoff.reset()
-                if self.transport is not None:
-                    self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
-            elif isinstance(frame, Close):
-                self._note_error(f"closed by relay: {_code_name(frame.code)} {frame.message}".strip())
-                if frame.code in TICKET_CODES:
-                    shim.ticket_refused()
+        if isinstance(frame, Ping):
+            if self.transport is not None:
+                self.transport.write(protocol.encode(Pong(frame.token)))
+        elif isinstance(frame, Pong):
+            self.rtt = max(time.monotonic_ns() - frame.token, 0) / 1e9
+        elif isinstance(frame, HelloOk):
+            if not self.up:
+                log.info(
+                    "relay connected",
+                    extra=kv(relay=self.info.id, ticket=ticket_fingerprint(shim.grant.ticket))
+                    if shim.grant
+                    else kv(relay=self.info.id),
+                )
+            self.up = True
+            self.error = None
+            self._backoff.reset()
+            if self.transport is not None:
+                self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
+        elif isinstance(frame, Close):
+            self._note_error(f"closed by relay: {_code_name(frame.code)} {frame.message}".strip())
+            if frame.code in TICKET_CODES:
+                shim.ticket_refused()
+        elif isinstance(frame, Data):  # a data frame the fast path left (never in practice)
+            shim.deliver(frame.peer_id, frame.datagram)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Mark down; `_run` reconnects after a back-off."""
@@ -218,7 +257,7 @@ class RelayLink(asyncio.Protocol):
 
     _lost: asyncio.Future[None]
 
-    def send(self, payload: bytes, datagrams: int) -> None:
+    def send(self, payload: bytes | bytearray, datagrams: int) -> None:
         """Queue framed datagrams unless the connection is down or its queue is full (then count drops)."""
         transport = self.transport
         if transport is None or not self.up:
@@ -265,6 +304,7 @@ class RelayShim:
         self.links: dict[str, RelayLink] = {}
         self.counters = ShimCounters()
         self._sockets: dict[int, socket.socket] = {}
+        self._out = bytearray(DRAIN_BUFFER)  # reused by every drain (all on the loop thread)
         self._ports: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -352,24 +392,42 @@ class RelayShim:
         self.loop.add_reader(sock.fileno(), self._drain, peer_id, sock)
 
     def _drain(self, peer_id: int, sock: socket.socket) -> None:
-        """Everything WireGuard sent to this peer's socket since the last wake-up, framed in one write."""
-        frames: list[bytes] = []
-        wg_addr = self.wg_addr
-        for _ in range(DRAIN_MAX):
-            try:
-                datagram, source = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            if source != wg_addr:
-                self.counters.drop("foreign_source")
-                continue
-            frames.append(protocol.encode_data(peer_id, datagram))
-        if frames:
-            self._send(b"".join(frames), len(frames))
+        """Everything WireGuard sent to this peer's socket since the last wake-up, framed in one write.
 
-    def _send(self, payload: bytes, datagrams: int) -> None:
+        Datagrams are read straight into the outgoing buffer behind their frame header (recvfrom_into), so
+        there is one copy per datagram and no 64 KiB allocation per read.
+        """
+        out = self._out
+        view = memoryview(out)
+        pos = 0
+        count = 0
+        wg_addr = self.wg_addr
+        try:
+            for _ in range(DRAIN_MAX):
+                if len(out) - pos < _DATAGRAM_ROOM:
+                    break
+                try:
+                    nbytes, source = sock.recvfrom_into(view[pos + _DATA_HEADER.size :])
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if source != wg_addr:
+                    self.counters.drop("foreign_source")
+                    continue
+                _DATA_HEADER.pack_into(out, pos, nbytes + 4, FrameType.DATA, 0, peer_id)
+                pos += _DATA_HEADER.size + nbytes
+                count += 1
+        finally:
+            view.release()
+        if count:
+            # A copy per batch, not per datagram: the transport may keep what it cannot send at once.
+            self._send(bytes(out[:pos]), count)
+            if count == DRAIN_MAX or pos + _DATAGRAM_ROOM > DRAIN_BUFFER:
+                # More may be waiting: come back after others had their turn, not in a tight loop.
+                self.loop.call_soon(self._drain, peer_id, sock)
+
+    def _send(self, payload: bytes | bytearray, datagrams: int) -> None:
         link = self.active()
         if link is None:
             self.counters.drop("relay_down", datagrams)
@@ -384,10 +442,10 @@ class RelayShim:
         link.send(protocol.encode_data(peer_id, datagram), 1)
         return True
 
-    def deliver(self, sender: int, datagram: bytes) -> None:
+    def deliver(self, sender: int, datagram: bytes | memoryview) -> None:
         """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
-        if is_probe(datagram):
-            self.on_probe(sender, datagram)
+        if datagram[:1] == b"W" and is_probe(datagram):  # WireGuard's first byte is 1-4: one compare
+            self.on_probe(sender, bytes(datagram))
             return
         sock = self._sockets.get(sender)
         if sock is None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from rich.console import Console
 
+from wgmesh import rates
+from wgmesh.errors import ValidationError
 from wgmesh.models import check_name
 
 Handler = Callable[[argparse.Namespace], int]
@@ -62,3 +64,13 @@ def node_ref(text: str) -> str:
         return check_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"node {text!r}: {exc}") from exc
+
+
+def rate_arg(text: str) -> str:
+    """argparse type of `--rate`: a tc rate (`20mbit`) in its canonical spelling, or `none`."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return rates.normalize_rate(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message}, or none") from None

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, stderr, stdout
+from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, rate_arg, stderr, stdout
 from wgmesh.cli.connection import segment
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Node, NodeList, Route, RouteList
@@ -62,11 +62,13 @@ def register(sub: Subparsers) -> None:
 
     p = cmds.add_parser(
         "set",
-        help="change a node's P2P policy or tags",
-        description="Change a node. --tag replaces the node's tags with those given.",
+        help="change a node's P2P policy, tags or bandwidth limit",
+        description="Change a node. --tag replaces the node's tags with those given. --rate limits what "
+        "the node sends into the mesh (its WireGuard interface's egress); --rate none removes the limit.",
     )
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
     p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
+    p.add_argument("--rate", type=rate_arg, metavar="RATE", help="egress limit, e.g. 50mbit; none removes it")
     tags = p.add_mutually_exclusive_group()
     tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
     tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
@@ -165,6 +167,7 @@ def node_detail(node: Node, routes: Sequence[Route], now: datetime) -> Renderabl
         ("endpoints", "\n".join(node.endpoints) or render.DASH),
         ("status", seen),
         ("p2p", node.p2p),
+        ("rate limit", node.rate or render.DASH),
         ("tags", ", ".join(node.tags) or render.DASH),
         ("created", node.created_at.isoformat()),
     ]
@@ -230,18 +233,23 @@ def cmd_set(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {}
     if args.p2p is not None:
         body["p2p"] = args.p2p
+    if args.rate is not None:
+        body["rate"] = None if args.rate == "none" else args.rate
     if args.tag is not None:
         body["tags"] = args.tag
     elif args.clear_tags:
         body["tags"] = []
     if not body:
-        raise ValidationError("nothing to change: give --p2p, --tag or --clear-tags", code="usage")
+        raise ValidationError("nothing to change: give --p2p, --rate, --tag or --clear-tags", code="usage")
     with connection.connect(args) as client:
         node = client.call("PATCH", _path(args.node), Node, json=body)
     if args.json:
         print_json(_dump(node))
     else:
-        stdout().print(f"{node.name}: p2p {node.p2p}, tags {', '.join(node.tags) or render.DASH}")
+        stdout().print(
+            f"{node.name}: p2p {node.p2p}, rate limit {node.rate or 'none'}, "
+            f"tags {', '.join(node.tags) or render.DASH}"
+        )
     return 0
 
 

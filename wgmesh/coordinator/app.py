@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh import __version__
 from wgmesh.coordinator.changes import ChangeNotifier
+from wgmesh.coordinator.metrics import CoordinatorMetrics, RequestMetrics, scrape_targets
 from wgmesh.coordinator.operations import (
     Call,
     Operation,
@@ -56,6 +58,7 @@ from wgmesh.models import (
     P2PPolicy,
     PairList,
     PairPolicy,
+    Rate,
     RelayGrant,
     RelayInfo,
     RouteList,
@@ -106,9 +109,10 @@ class StatusAck(Model):
 
 
 class PairSet(Model):
-    """The P2P override of a pair; null clears it."""
+    """A pair's overrides; a field given as null clears it, an omitted field stays as it is."""
 
-    p2p: P2PPolicy | None = Field(description="auto, off, or null to clear the override")
+    p2p: P2PPolicy | None = Field(None, description="auto, off, or null to clear the override")
+    rate: Rate | None = Field(None, description="limit each way, e.g. 20mbit, or null to remove it")
 
 
 @dataclass
@@ -188,6 +192,7 @@ def create_app(
     sessions = sessions if sessions is not None else SessionTable()
     notifier = ChangeNotifier()
     registry.store.on_change(notifier.notify_threadsafe)
+    metrics = CoordinatorMetrics(registry)
 
     async def authenticate(request: Request, auth: str) -> int | None:
         if auth == "none":
@@ -208,6 +213,7 @@ def create_app(
     async def enroll(call: Call) -> EnrollResponse:
         req: EnrollRequest = call.body
         node_id, credential, netmap = await run_in_threadpool(registry.enroll, req)
+        metrics.enrolled("ok")  # refusals are counted where errors are mapped (on_wgmesh_error)
         log.info("node enrolled", extra=kv(node=req.name, node_id=node_id, key=req.public_key[:8]))
         return EnrollResponse(node_id=node_id, credential=credential, netmap=netmap)
 
@@ -227,7 +233,8 @@ def create_app(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return Response(status_code=304)
-            await notifier.wait(event, remaining)
+            with metrics.long_polls.track_inprogress():
+                await notifier.wait(event, remaining)
 
     async def post_status(call: Call) -> StatusAck:
         assert call.node_id is not None
@@ -314,7 +321,10 @@ def create_app(
 
     async def set_pair(call: Call) -> Response:
         body: PairSet = call.body
-        result = await run_in_threadpool(registry.set_pair, call.param("a"), call.param("b"), body.p2p)
+        if not body.model_fields_set:
+            raise ValidationError("give p2p and/or rate (null clears)", code="empty_pair_update")
+        changes = {name: getattr(body, name) for name in body.model_fields_set}
+        result = await run_in_threadpool(registry.set_pair, call.param("a"), call.param("b"), changes)
         if result is None:
             return Response(status_code=204)
         return json_response(result)
@@ -388,6 +398,9 @@ def create_app(
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
+
+    async def prometheus_targets(call: Call) -> Response:
+        return JSONResponse(await run_in_threadpool(scrape_targets, registry))
 
     async def healthz(call: Call) -> Health:
         return Health(status="ok", version=await run_in_threadpool(registry.version))
@@ -577,14 +590,29 @@ def create_app(
             "Server-sent events: `change` with the registry version after writes, `heartbeat` every 15 s",
             "admin",
         ),
+        Operation(
+            "GET",
+            "/api/v1/prometheus/targets",
+            prometheus_targets,
+            "Prometheus HTTP service discovery: every agent's metrics address with node labels",
+            "admin",
+        ),
     ]
     document = openapi_document(ops, title="wgmesh coordinator", version=__version__)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    async def metrics_text(request: Request) -> Response:
+        # No auth, like /healthz: firewall it like the API (docs/metrics.md).
+        metrics.refresh()  # on the loop: the embedded relay's connections
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     async def on_wgmesh_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, WgmeshError)
+        if request.url.path == "/api/v1/enroll":
+            metrics.enrolled(exc.code)
         if exc.status >= 500:
             log.error("request failed", extra=kv(path=request.url.path, code=exc.code, error=exc.message))
         return error_response(exc.code, exc.message, exc.status)
@@ -616,6 +644,7 @@ def create_app(
 
     routes = [to_route(op, authenticate) for op in ops]
     routes.append(Route("/api/v1/openapi.json", openapi, methods=["GET"]))
+    routes.append(Route("/metrics", metrics_text, methods=["GET"]))
     routes.append(Route("/", dashboard, methods=["GET"]))
     routes.append(Route("/assets/{name}", dashboard, methods=["GET"]))
     app = Starlette(
@@ -630,7 +659,9 @@ def create_app(
     app.state.registry = registry
     app.state.notifier = notifier
     app.state.sessions = sessions
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
     return app
 
 

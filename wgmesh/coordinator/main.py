@@ -97,11 +97,13 @@ def run(argv: Sequence[str]) -> int:
     registry = Registry(store)
     admin = os.environ.get(ADMIN_ENV) or None
     if args.command == "relay-key":
+        _upgrade(store)
         store.check_schema()
         print(registry.relay_public_key())
         return 0
     if args.command == "init":
         network = Network(name=args.network, overlay_cidr=str(ipam.parse_cidr(args.overlay)), p2p=args.p2p)
+        _upgrade(store)
         token = registry.initialise(network, admin)
         if token is not None:
             print(f"admin token (shown once, store it safely): {token}")
@@ -110,6 +112,7 @@ def run(argv: Sequence[str]) -> int:
         else:
             print("database already initialised; existing admin tokens are unchanged")
         return 0
+    _upgrade(store)
     if not store.is_initialised():
         if admin is None:
             raise WgmeshError(
@@ -148,8 +151,17 @@ def run(argv: Sequence[str]) -> int:
         # open dashboard event streams and long polls must not hold a SIGTERM up
         timeout_graceful_shutdown=5,
     )
-    uvloop.run(_serve(uvicorn.Server(config), relay_config))
+    relay = RelayServer(relay_config) if relay_config is not None else None
+    if relay is not None:
+        app.state.metrics.attach_relay(relay)  # its metrics on the coordinator's /metrics
+    uvloop.run(_serve(uvicorn.Server(config), relay))
     return 0
+
+
+def _upgrade(store: Store) -> None:
+    """Bring an existing database to this version's schema (a new one is created at it)."""
+    for step in store.upgrade():
+        log.info("database schema upgraded", extra=logs.kv(version=step))
 
 
 def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig | None:
@@ -173,14 +185,13 @@ def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig
     )
 
 
-async def _serve(server: Any, relay_config: RelayConfig | None) -> None:
+async def _serve(server: Any, relay: RelayServer | None) -> None:
     """The API and, with `--relay`, the relay on the same event loop; uvicorn owns SIGTERM for both."""
-    if relay_config is None:
+    if relay is None:
         await server.serve()
         return
-    relay = RelayServer(relay_config)
     await relay.start()  # a taken port fails the start with one line, not a coordinator without its relay
-    log.info("relay listening", extra=logs.kv(host=relay_config.host, port=relay.port))
+    log.info("relay listening", extra=logs.kv(host=relay.config.host, port=relay.port))
     try:
         await server.serve()
     finally:

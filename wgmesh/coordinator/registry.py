@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,6 +81,7 @@ def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
         last_seen=last_seen,
         online=last_seen is not None and now - last_seen < ONLINE_WINDOW,
         static=row["static"],
+        rate=row["rate"],
         created_at=as_utc(row["created_at"]),
     )
 
@@ -443,7 +444,7 @@ class Registry:
         return node, str(key)
 
     def patch_node(self, ref: str, patch: NodePatch) -> Node:
-        """Change a node's P2P policy, advertised subnets or tags."""
+        """Change a node's P2P policy, advertised subnets, tags or bandwidth limit."""
         with self.store.write() as w:
             node_id = self._resolve(w.conn, ref)
             values: dict[str, Any] = {}
@@ -451,6 +452,8 @@ class Registry:
                 values["p2p"] = patch.p2p
             if patch.tags is not None:
                 values["tags"] = sorted(set(patch.tags))
+            if "rate" in patch.model_fields_set:
+                values["rate"] = patch.rate  # an explicit null removes the limit
             if values:
                 w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(**values))
             if patch.subnets is not None:
@@ -511,40 +514,54 @@ class Registry:
         with self.store.read() as conn:
             return sorted(_classify(conn, _network(conn)), key=_route_sort_key)
 
-    def set_pair(self, a: str, b: str, p2p: P2PPolicy | None) -> PairPolicy | None:
-        """Set (or with None clear) the P2P override of a node pair."""
+    def set_pair(self, a: str, b: str, changes: Mapping[str, str | None]) -> PairPolicy | None:
+        """Set (or with None clear) a node pair's `p2p` and/or `rate` override; None when none is left."""
         with self.store.write() as w:
             ida, idb = self._resolve(w.conn, a), self._resolve(w.conn, b)
             if ida == idb:
                 raise ValidationError("a pair needs two different nodes", code="invalid_pair")
             low, high = pair_key(ida, idb)
             where = and_(schema.pairs.c.node_a == low, schema.pairs.c.node_b == high)
+            values = {k: v for k, v in changes.items() if k in ("p2p", "rate")}
             row = w.conn.execute(select(schema.pairs).where(where)).mappings().first()
             if row is None:
                 w.conn.execute(
-                    insert(schema.pairs).values(node_a=low, node_b=high, p2p=p2p, psk_generation=0)
+                    insert(schema.pairs).values(node_a=low, node_b=high, psk_generation=0, **values)
                 )
-            else:
-                w.conn.execute(update(schema.pairs).where(where).values(p2p=p2p))
-        return PairPolicy(a=a, b=b, p2p=p2p) if p2p else None
+            elif values:
+                w.conn.execute(update(schema.pairs).where(where).values(**values))
+            row = w.conn.execute(select(schema.pairs).where(where)).mappings().one()
+        if row["p2p"] is None and row["rate"] is None:
+            return None
+        return PairPolicy(a=a, b=b, p2p=row["p2p"], rate=row["rate"])
 
     def list_pairs(self) -> list[PairPolicy]:
-        """Every pair with a P2P override."""
+        """Every pair with an override (P2P policy or bandwidth limit)."""
         with self.store.read() as conn:
             names = dict(conn.execute(select(schema.nodes.c.id, schema.nodes.c.name)).tuples().all())
-            rows = conn.execute(select(schema.pairs).where(schema.pairs.c.p2p.is_not(None))).mappings()
-            return [PairPolicy(a=names[r["node_a"]], b=names[r["node_b"]], p2p=r["p2p"]) for r in rows]
+            rows = conn.execute(
+                select(schema.pairs).where(
+                    or_(schema.pairs.c.p2p.is_not(None), schema.pairs.c.rate.is_not(None))
+                )
+            ).mappings()
+            return [
+                PairPolicy(a=names[r["node_a"]], b=names[r["node_b"]], p2p=r["p2p"], rate=r["rate"])
+                for r in rows
+            ]
 
     # --- netmaps ------------------------------------------------------------------------------
 
     def _snapshot_from(self, conn: Connection, version: int) -> RegistrySnapshot:
         network = _network(conn)
         pair_p2p: dict[tuple[int, int], P2PPolicy] = {}
+        pair_rate: dict[tuple[int, int], str] = {}
         generation: dict[tuple[int, int], int] = {}
         for r in conn.execute(select(schema.pairs)).mappings():
             key = (r["node_a"], r["node_b"])
             if r["p2p"]:
                 pair_p2p[key] = r["p2p"]
+            if r["rate"]:
+                pair_rate[key] = r["rate"]
             generation[key] = r["psk_generation"]
         master = conn.execute(select(schema.registry.c.psk_master)).scalar_one()
         return RegistrySnapshot(
@@ -553,6 +570,7 @@ class Registry:
             nodes=_load_nodes(conn),
             routes=_classify(conn, network),
             pair_p2p=pair_p2p,
+            pair_rate=pair_rate,
             psk_generation=generation,
             psk_master=bytes(master),
         )

@@ -19,7 +19,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Statements that bring a database from the previous version to this one; portable SQL (SQLite and
+# PostgreSQL both add a nullable column in place), applied in one transaction by Store.upgrade.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE nodes ADD COLUMN rate VARCHAR(16)",
+        "ALTER TABLE pairs ADD COLUMN rate VARCHAR(16)",
+    ),
+}
 
 metadata = MetaData()
 
@@ -69,6 +78,7 @@ nodes = Table(
     # Only for static peers, whose keys the coordinator generates so that it can export their config.
     Column("private_key", String(44)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("rate", String(16)),  # since version 2
     sqlite_autoincrement=True,
 )
 
@@ -127,6 +137,7 @@ pairs = Table(
     Column("node_b", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
     Column("p2p", String(8)),
     Column("psk_generation", Integer, nullable=False),
+    Column("rate", String(16)),  # since version 2
     CheckConstraint("node_a < node_b", name="pairs_ordered"),
 )
 

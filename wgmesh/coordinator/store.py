@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -123,6 +124,33 @@ class Store:
                     listen_port=network.listen_port,
                 )
             )
+
+    def upgrade(self) -> list[int]:
+        """Apply the migrations from the database's schema version to this code's; returns those applied.
+
+        Each step runs in its own transaction together with its version row, so a failed step leaves the
+        database at the previous version, and coordinators starting together apply a step once.
+        """
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+            return []  # nothing to upgrade, and looking would create the file
+        if not self.is_initialised():
+            return []
+        applied: list[int] = []
+        while True:
+            with self.engine.begin() as conn:
+                found = max(conn.execute(select(schema.schema_version.c.version)).scalars().all(), default=0)
+                step = found + 1
+                if found >= schema.SCHEMA_VERSION or step not in schema.MIGRATIONS:
+                    return applied
+                # Serialises coordinators upgrading at once: the second waits, then finds the new version.
+                conn.execute(update(schema.registry).values(version=schema.registry.c.version))
+                if max(conn.execute(select(schema.schema_version.c.version)).scalars().all()) != found:
+                    continue
+                for statement in schema.MIGRATIONS[step]:
+                    conn.execute(text(statement))
+                conn.execute(insert(schema.schema_version).values(version=step, applied_at=utcnow()))
+            applied.append(step)
 
     def check_schema(self) -> None:
         """Raise StoreError unless the database holds the schema version this code speaks."""

@@ -6,22 +6,20 @@ gateway's underlay veth. Nothing here runs anything: `system` applies it, `contr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from wgmesh import rates
 from wgmesh.errors import ValidationError
 from wgmesh.lab.plan import MAX_SITES, LabPlan, Site
+from wgmesh.rates import format_rate
 
 # Inside a gateway namespace, which belongs to one lab, so the table needs no lab name in it.
 UDP_TABLE = "wgmesh_lab_udp"
 UDP_FAMILY = "inet"
 # The gateway's underlay link inside its namespace (the root-side end is Site.uplink).
 GATEWAY_UPLINK = "eth0"
-# tc counts kbit/mbit/gbit in powers of 1000, as we do.
-_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
-_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(bit|kbit|mbit|gbit)$")
-MIN_RATE = 8 * 10**3
+# A veth carries about 17 Gbit/s here; a throttle above that would throttle nothing.
 MAX_RATE = 10 * 10**9
 # The class that takes everything but UDP: far above what a veth carries, so it never shapes TCP.
 UNLIMITED = "100gbit"
@@ -56,24 +54,7 @@ def parse_sites(text: str, what: str = "site list") -> list[int]:
 
 def parse_rate(text: str) -> str:
     """A tc rate such as `10mbit`, normalised (`1.5mbit` -> `1500kbit`); ValidationError when not one."""
-    match = _RATE.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValidationError(
-            f"rate {text!r} must be a number and a unit: bit, kbit, mbit or gbit (e.g. 10mbit)",
-            code="invalid_rate",
-        )
-    bits = round(float(match.group(1)) * _UNITS[match.group(2)])
-    if not MIN_RATE <= bits <= MAX_RATE:
-        raise ValidationError(f"rate {text!r} must be between 8kbit and 10gbit", code="invalid_rate")
-    return format_rate(bits)
-
-
-def format_rate(bits: int) -> str:
-    """Bits per second in the largest tc unit that keeps it whole."""
-    for unit in ("gbit", "mbit", "kbit"):
-        if bits % _UNITS[unit] == 0:
-            return f"{bits // _UNITS[unit]}{unit}"
-    return f"{bits}bit"
+    return format_rate(rates.parse_rate(text, maximum=MAX_RATE))
 
 
 def parse_throttles(items: Iterable[str]) -> dict[int, str]:

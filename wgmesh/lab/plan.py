@@ -27,6 +27,9 @@ MAX_SLOT = 255
 API_PORT = 8080
 # The hub's relay (DESIGN §6), next to the coordinator on the hub address.
 RELAY_PORT = 8443
+# Prometheus /metrics (docs/metrics.md): the relay on the hub address, each agent on its underlay address.
+RELAY_METRICS_PORT = 9587
+AGENT_METRICS_PORT = 9586
 LOOPBACK_BASE_PORT = 8080
 STATE_ROOT = Path("/run/wgmesh-lab")
 # The only destinations lab tooling may address from the root namespace.
@@ -310,7 +313,14 @@ def relay_key_args(plan: LabPlan) -> list[str]:
 
 def relay_args(plan: LabPlan, coordinator_key: str) -> list[str]:
     """The relay's arguments (after the program name): the hub address only, trusting the lab's coordinator."""
-    return ["--listen", f"{plan.hub_ip}:{RELAY_PORT}", "--coordinator-key", coordinator_key]
+    return [
+        "--listen",
+        f"{plan.hub_ip}:{RELAY_PORT}",
+        "--coordinator-key",
+        coordinator_key,
+        "--metrics-listen",
+        f"{plan.hub_ip}:{RELAY_METRICS_PORT}",
+    ]
 
 
 def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]:
@@ -330,4 +340,6 @@ def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]
         backend,
         "--state-dir",
         str(plan.state_dir / site.node),
+        "--metrics-listen",
+        f"{site.underlay_ip}:{AGENT_METRICS_PORT}",
     ]

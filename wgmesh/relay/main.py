@@ -41,6 +41,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """`--metrics-listen HOST:PORT` into its parts."""
+    try:
+        return parse_listen(text)
+    except ValidationError:
+        raise ValidationError(
+            f"--metrics-listen {text!r} must be HOST:PORT or off", code="invalid_listen"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `wgmesh-relay`."""
     parser = _Parser(
@@ -79,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_QUEUE_BYTES,
         metavar="N",
         help=f"send queue per connection; frames beyond it are dropped (default {DEFAULT_QUEUE_BYTES})",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default="off",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; e.g. 127.0.0.1:9587)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # For tests and benchmarks: the protocol fixes these at 10 s, 10 s, 30 s and the stats line at a minute.
@@ -136,7 +152,8 @@ def run(argv: Sequence[str]) -> int:
         raise ValidationError("--stats-interval must be above 0 seconds")
     import uvloop  # noqa: PLC0415 - the relay's event loop; importing it is only needed to serve
 
-    uvloop.run(run_relay(config, stats_interval=args.stats_interval))
+    metrics = None if args.metrics_listen == "off" else parse_metrics_listen(args.metrics_listen)
+    uvloop.run(run_relay(config, stats_interval=args.stats_interval, metrics_listen=metrics))
     return 0
 
 

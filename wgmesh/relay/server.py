@@ -603,11 +603,25 @@ def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
 
 
 async def run_relay(
-    config: RelayConfig, stop: asyncio.Event | None = None, *, stats_interval: float = 60.0
+    config: RelayConfig,
+    stop: asyncio.Event | None = None,
+    *,
+    stats_interval: float = 60.0,
+    metrics_listen: tuple[str, int] | None = None,
 ) -> None:
-    """Serve until `stop` is set (or, without one, until SIGTERM/SIGINT), logging stats periodically."""
+    """Serve until `stop` is set (or, without one, until SIGTERM/SIGINT), logging stats periodically;
+    with `metrics_listen`, answer Prometheus scrapes there (on this loop)."""
+    from wgmesh.relay.metrics import relay_registry, serve_metrics  # noqa: PLC0415 - it imports this module
+
     server = RelayServer(config)
     await server.start()
+    metrics: asyncio.Server | None = None
+    if metrics_listen is not None:
+        try:
+            metrics = await serve_metrics(relay_registry(server), *metrics_listen)
+        except BaseException:
+            await server.stop()
+            raise
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     if stop is None:
@@ -626,6 +640,8 @@ async def run_relay(
     finally:
         # The handlers stay until the connections are told: a second SIGTERM must not cut that short.
         try:
+            if metrics is not None:
+                metrics.close()
             await server.stop()
         finally:
             for sig in handled:

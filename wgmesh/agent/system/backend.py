@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from wgmesh.agent.plan import DeviceOp, RouteOp
+from wgmesh.agent.qos import QosOp
 from wgmesh.agent.wgstate import ObservedDevice, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
@@ -80,6 +81,22 @@ class Firewall(Protocol):
 
     def remove(self, ifname: str) -> bool:
         """Delete the table if present; True when it was."""
+        ...
+
+
+class Shaper(Protocol):
+    """Bandwidth limits on the tunnel's egress (an HTB tree, agent/qos.py)."""
+
+    def observe(self, ifname: str) -> frozenset[int] | None:
+        """Class minors under our root qdisc, or None when our root is not there."""
+        ...
+
+    def apply(self, ifname: str, ops: Sequence[QosOp]) -> None:
+        """Carry out the operations in order."""
+        ...
+
+    def remove(self, ifname: str) -> bool:
+        """Remove our root qdisc if present; True when it was."""
         ...
 
 

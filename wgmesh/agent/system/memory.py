@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from wgmesh.agent import qos
 from wgmesh.agent.plan import AddRoute, DeviceOp, RouteOp, apply_ops
 from wgmesh.agent.wgstate import DeviceSpec, ObservedDevice, PeerStats, PrivateKey
 from wgmesh.errors import BackendError
@@ -124,3 +125,38 @@ class MemoryFirewall:
         present = ifname in self.tables
         self.tables.discard(ifname)
         return present
+
+
+@dataclass
+class MemoryShaper:
+    """Per interface: the class minors of our HTB tree (absent: no tree), and every operation applied."""
+
+    classes: dict[str, set[int]] = field(default_factory=dict)
+    applied: list[qos.QosOp] = field(default_factory=list)
+
+    def observe(self, ifname: str) -> frozenset[int] | None:
+        """The minors, or None without a tree."""
+        found = self.classes.get(ifname)
+        return frozenset(found) if found is not None else None
+
+    def apply(self, ifname: str, ops: Sequence[qos.QosOp]) -> None:
+        """Track the class set the operations leave."""
+        for op in ops:
+            self.applied.append(op)
+            match op:
+                case qos.ReplaceRoot():
+                    self.classes[ifname] = set()
+                case qos.RemoveRoot():
+                    self.classes.pop(ifname, None)
+                case qos.SetClass(minor=minor):
+                    if ifname not in self.classes:
+                        raise BackendError(f"no HTB root on {ifname}", code="tc")
+                    self.classes[ifname].add(minor)
+                case qos.DeleteClass(minor=minor):
+                    self.classes.get(ifname, set()).discard(minor)
+                case qos.SetFilters():
+                    pass
+
+    def remove(self, ifname: str) -> bool:
+        """Drop the tree."""
+        return self.classes.pop(ifname, None) is not None

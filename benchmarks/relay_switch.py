@@ -1,0 +1,153 @@
+"""Path switch times in the lab: UDP blocked → traffic on the relay, UDP unblocked → back on the direct path.
+
+Run as root: `.venv/bin/python benchmarks/relay_switch.py [--rounds 3]`.
+Builds its own two-site lab (name `brs`), runs `ping -D -i 0.05` from vm1 to vm2, and per round blocks UDP
+at gw2 (nftables, `Lab.block_udp`), then unblocks it. Measures (i) seconds from the block until pings are
+answered again and the longest silence between replies, (ii) seconds until both agents report `relay`,
+(iii) after the unblock, seconds until both report `direct` (and the longest silence then). Agents' reports
+reach the coordinator within about a second of a switch, so (ii) and (iii) include that delay; (i) does not.
+Prints each round and min/median/max; always tears the lab down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wgmesh.errors import WgmeshError
+from wgmesh.lab import Lab, down, up
+
+LAB_NAME = "brs"
+TARGET = 5.0
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
+
+
+def path_of(lab: Lab, node: str, peer: str) -> str | None:
+    """`peer`'s path as `node` last reported it."""
+    names = {n["public_key"]: n["name"] for n in lab.api("GET", "/api/v1/nodes", timeout=2.0)["nodes"]}
+    report = lab.api("GET", f"/api/v1/nodes/{node}/status", timeout=2.0).get("report") or {}
+    for p in report.get("peers", []):
+        if names.get(p["public_key"]) == peer:
+            return p.get("path")
+    return None
+
+
+def both(lab: Lab, path: str) -> bool:
+    return path_of(lab, "gw1", "gw2") == path and path_of(lab, "gw2", "gw1") == path
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
+    """Poll `check`; the wall-clock time (time.time()) it first held, or SystemExit naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(WgmeshError, KeyError):
+            if check():
+                return time.time()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Ping:
+    """`ping -D -i 0.05` from vm1 to vm2, its output in a file; reply times are the -D timestamps."""
+
+    def __init__(self, lab: Lab, dst: str, log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = lab.popen("vm1", "ping", "-n", "-D", "-i", "0.05", "-W", "1", dst, stdout=self._out)
+
+    def replies(self) -> list[float]:
+        return [float(m.group(1)) for m in PING_LINE.finditer(self.log.read_text())]
+
+    def outage(self, since: float) -> tuple[float, float]:
+        """(seconds from `since` to the reply that ended the longest silence after it, that silence)."""
+        times = self.replies()
+        pairs = [(a, b) for a, b in itertools.pairwise(times) if b > since]
+        if not pairs:
+            return float("nan"), float("nan")
+        a, b = max(pairs, key=lambda ab: ab[1] - ab[0])
+        return b - since, b - a
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+        self._out.close()
+
+
+@dataclass
+class Round:
+    answered: float  # (i) block -> pings answered again
+    gap: float  # (i) longest silence after the block
+    relay: float  # (ii) block -> both report relay
+    direct: float  # (iii) unblock -> both report direct
+    gap_back: float  # longest silence after the unblock
+
+
+def one_round(lab: Lab, ping: Ping) -> Round:
+    wait_for(lambda: both(lab, "direct"), 60, "both sides direct")
+    time.sleep(1)
+    blocked = time.time()
+    lab.block_udp(2)
+    on_relay = wait_for(lambda: both(lab, "relay"), 30, "both sides on the relay")
+    wait_for(lambda: (ping.replies() or [0])[-1] > on_relay, 15, "pings answered on the relay")
+    time.sleep(2)
+    answered, gap = ping.outage(blocked)
+    unblocked = time.time()
+    lab.unblock_udp(2)
+    on_direct = wait_for(lambda: both(lab, "direct"), 90, "both sides direct again")
+    time.sleep(2)
+    _, gap_back = ping.outage(unblocked)
+    return Round(answered, gap, on_relay - blocked, on_direct - unblocked, gap_back)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    down(LAB_NAME)
+    rounds: list[Round] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ping: Ping | None = None
+        try:
+            lab = up(LAB_NAME, 2, "userspace", timeout=90, relay=True)
+            ping = Ping(lab, str(lab.plan.site(2).vm_ip), Path(tmp) / "ping.log")
+            wait_for(lambda: len(ping.replies()) >= 10, 10, "the ping running")
+            for n in range(args.rounds):
+                rounds.append(one_round(lab, ping))
+                print(f"round {n + 1} done", file=sys.stderr)
+        finally:
+            if ping is not None:
+                ping.stop()
+            down(LAB_NAME)
+
+    columns = [
+        ("pings back s", "answered"),
+        ("longest gap s", "gap"),
+        ("both relay s", "relay"),
+        ("both direct s", "direct"),
+        ("gap back s", "gap_back"),
+    ]
+    print("UDP blocked at gw2 during ping -D -i 0.05 vm1 -> vm2; times from the block / the unblock")
+    print(f"{'round':<8}" + "".join(f"{title:>15}" for title, _ in columns))
+    for n, r in enumerate(rounds, 1):
+        print(f"{n:<8}" + "".join(f"{getattr(r, attr):>15.2f}" for _, attr in columns))
+    for label, pick in (("min", min), ("median", statistics.median), ("max", max)):
+        print(f"{label:<8}" + "".join(f"{pick([getattr(r, a) for r in rounds]):>15.2f}" for _, a in columns))
+    for what, attr in (("pings answered via the relay", "answered"), ("both agents report relay", "relay")):
+        worst = max(getattr(r, attr) for r in rounds)
+        verdict = "met" if worst <= TARGET else "NOT met"
+        print(f"target <= {TARGET:g} s, {what}: {verdict} (worst {worst:.2f} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""GET /metrics on the coordinator (docs/metrics.md) against what the API shows, and the Prometheus HTTP
+service discovery at GET /api/v1/prometheus/targets."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from coordinator_harness import (
+    Coordinator,
+    assert_error,
+    create_token,
+    enroll,
+    enroll_body,
+    free_port,
+    post_status,
+    running,
+    version,
+    wait_until,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(coordinator: Coordinator) -> Samples:
+    with coordinator.anonymous() as anon:  # no credentials: firewalled like the API instead
+        r = anon.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def labelled(samples: Samples, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (n, labels) in samples if n == name]
+
+
+@pytest.fixture(scope="module")
+def token(admin: httpx.Client) -> str:
+    return str(create_token(admin, reusable=True)["token"])
+
+
+def test_enrollments_and_status_reports_move_the_node_counts(
+    coordinator: Coordinator, admin: httpx.Client, token: str
+) -> None:
+    before = scrape(coordinator)
+    with coordinator.anonymous() as anon:
+        a = enroll(anon, token, "m-gw-a", subnets=["10.61.0.0/24"])
+        enroll(anon, token, "m-host-b")
+        refused = anon.post("/api/v1/enroll", json=enroll_body("wgt_1.nope", "m-gw-c"))
+    assert_error(refused, 401, "invalid_token")
+    after = scrape(coordinator)
+    assert value(after, "wgmesh_enrollments_total", result="ok") == (
+        value(before, "wgmesh_enrollments_total", result="ok") + 2
+    )
+    assert value(after, "wgmesh_enrollments_total", result="invalid_token") == (
+        value(before, "wgmesh_enrollments_total", result="invalid_token") + 1
+    )
+    nodes = admin.get("/api/v1/nodes").json()["nodes"]
+    assert value(after, "wgmesh_nodes", state="offline") + value(
+        after, "wgmesh_nodes", state="online"
+    ) == len(nodes)
+    assert value(after, "wgmesh_node_online", node="m-gw-a", role="gateway") == 0
+    assert value(after, "wgmesh_node_online", node="m-host-b", role="node") == 0
+
+    post_status(coordinator, a, {"endpoints": ["198.18.0.11:51820"]})
+    reported = scrape(coordinator)
+    assert value(reported, "wgmesh_node_online", node="m-gw-a", role="gateway") == 1
+    assert value(reported, "wgmesh_nodes", state="online") == value(after, "wgmesh_nodes", state="online") + 1
+    assert (
+        value(reported, "wgmesh_nodes", state="offline") == value(after, "wgmesh_nodes", state="offline") - 1
+    )
+    assert value(reported, "wgmesh_node_last_seen_timestamp_seconds", node="m-gw-a") > 0
+    assert value(reported, "wgmesh_registry_version") == version(admin)
+
+
+def test_routes_are_counted_by_verdict(coordinator: Coordinator, admin: httpx.Client, token: str) -> None:
+    with coordinator.anonymous() as anon:
+        enroll(anon, token, "r-gw-1", subnets=["10.70.0.0/16"])
+        enroll(anon, token, "r-gw-2", subnets=["10.70.0.0/16"])  # the same prefix: standby
+        enroll(anon, token, "r-gw-3", subnets=["10.70.5.0/24"])  # inside it: conflict
+    routes = admin.get("/api/v1/routes").json()["routes"]
+    samples = scrape(coordinator)
+    for state in ("active", "standby", "conflict", "rejected"):
+        assert value(samples, "wgmesh_routes", state=state) == sum(r["state"] == state for r in routes), state
+    assert value(samples, "wgmesh_routes", state="conflict") >= 1
+    assert value(samples, "wgmesh_routes", state="standby") >= 1
+
+
+def test_latency_is_labelled_with_route_templates_not_paths(
+    coordinator: Coordinator, admin: httpx.Client, token: str
+) -> None:
+    with coordinator.anonymous() as anon:
+        enroll(anon, token, "lat-node-7")
+        assert anon.get("/no/such/lat-node-7").status_code == 404
+    assert admin.get("/api/v1/nodes/lat-node-7").status_code == 200
+    assert admin.get("/api/v1/nodes/lat-node-8").status_code == 404
+    samples = scrape(coordinator)
+    name = "wgmesh_http_request_duration_seconds_count"
+    assert value(samples, name, method="GET", route="/api/v1/nodes/{node}", status="200") >= 1
+    assert value(samples, name, method="GET", route="/api/v1/nodes/{node}", status="404") >= 1
+    assert value(samples, name, method="POST", route="/api/v1/enroll", status="201") >= 1
+    assert value(samples, name, method="GET", route="unmatched", status="404") >= 1
+    buckets = labelled(samples, "wgmesh_http_request_duration_seconds_bucket")
+    assert buckets and all(set(b) == {"method", "route", "status", "le"} for b in buckets)
+    for labels in labelled(samples, name):
+        assert "lat-node" not in labels["route"], labels
+
+
+def test_long_polls_are_counted_while_they_wait(coordinator: Coordinator, token: str) -> None:
+    with coordinator.anonymous() as anon:
+        node = enroll(anon, token, "poller")
+    since = node.first_netmap["version"]
+    done = threading.Event()
+
+    def poll() -> None:
+        with coordinator.node(node.credential) as client:
+            client.get("/api/v1/netmap", params={"since": since, "wait": 20}, timeout=30)
+        done.set()
+
+    threading.Thread(target=poll, daemon=True).start()
+    wait_until(lambda: value(scrape(coordinator), "wgmesh_netmap_long_polls") >= 1, 5, "a waiting long-poll")
+    with coordinator.anonymous() as anon:
+        enroll(anon, token, "poll-waker")  # bumps the version: the poll answers
+    assert done.wait(5)
+    wait_until(lambda: value(scrape(coordinator), "wgmesh_netmap_long_polls") == 0, 5, "no waiting long-poll")
+
+
+def test_service_discovery_lists_reported_metrics_addresses(
+    coordinator: Coordinator, admin: httpx.Client, token: str
+) -> None:
+    with coordinator.anonymous() as anon:
+        one = enroll(anon, token, "sd-one")
+        local = enroll(anon, token, "sd-local")
+        enroll(anon, token, "sd-silent")
+    post_status(coordinator, one, {"metrics": "198.18.0.11:9586"})
+    post_status(coordinator, local, {"metrics": "127.0.0.1:9586"})  # unreachable from a Prometheus server
+    r = admin.get("/api/v1/prometheus/targets")
+    assert r.status_code == 200, r.text
+    groups = r.json()
+    assert isinstance(groups, list)
+    by_node = {g["labels"]["node"]: g for g in groups}
+    overlay = admin.get("/api/v1/nodes/sd-one").json()["overlay_ip"]
+    assert by_node["sd-one"] == {
+        "targets": ["198.18.0.11:9586"],
+        "labels": {"node": "sd-one", "overlay_ip": overlay},
+    }
+    assert "sd-local" not in by_node
+    assert "sd-silent" not in by_node
+
+
+def test_service_discovery_needs_the_admin_token(coordinator: Coordinator, token: str) -> None:
+    with coordinator.anonymous() as anon:
+        node = enroll(anon, token, "sd-intruder")
+        assert_error(anon.get("/api/v1/prometheus/targets"), 401, "missing_credentials")
+    with coordinator.node(node.credential) as client:
+        assert_error(client.get("/api/v1/prometheus/targets"), 401)
+
+
+def test_a_bad_metrics_address_is_refused(coordinator: Coordinator, token: str) -> None:
+    with coordinator.anonymous() as anon:
+        node = enroll(anon, token, "sd-bad")
+    with coordinator.node(node.credential) as client:
+        assert_error(client.post("/api/v1/status", json={"metrics": "prometheus.example:9586"}), 422)
+
+
+@pytest.fixture(scope="module")
+def with_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+    tmp: Path = tmp_path_factory.mktemp("coordinator-relay")
+    relay = f"127.0.0.1:{free_port()}"
+    with running(Coordinator(db=tmp / "c.db", log=tmp / "c.log", extra=["--relay", relay])) as c:
+        yield c
+
+
+def test_embedded_relay_metrics_appear_on_the_coordinator(with_relay: Coordinator) -> None:
+    samples = scrape(with_relay)
+    assert value(samples, "wgmesh_relay_connected_nodes") == 0
+    assert ("wgmesh_relay_forwarded_frames_total", frozenset()) in samples
+    assert value(samples, "wgmesh_relay_dropped_frames_total", reason="queue_full") == 0
+    assert ("wgmesh_registry_version", frozenset()) in samples
