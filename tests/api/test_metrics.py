@@ -21,25 +21,12 @@ from coordinator_harness import (
     version,
     wait_until,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from metrics_harness import Samples, check, value
 
 
 def scrape(coordinator: Coordinator) -> Samples:
     with coordinator.anonymous() as anon:  # no credentials: firewalled like the API instead
-        r = anon.get("/metrics")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+        return check(anon.get("/metrics"))
 
 
 def labelled(samples: Samples, name: str) -> list[dict[str, str]]:

@@ -11,31 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from lab_paths import ContinuousPing, ping_ok
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_harness import Samples, scrape, value
 
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.plan import AGENT_METRICS_PORT, RELAY_METRICS_PORT
 
 pytestmark = [pytest.mark.e2e]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    r = httpx.get(url, timeout=5, trust_env=False)
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def switches(samples: Samples, peer: str) -> dict[str, float]:

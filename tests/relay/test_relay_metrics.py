@@ -9,12 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_harness import scrape, value
 from relay_harness import RELAY_BIN, Keys, RelayProcess, free_port, nodes, relay_process, wait_until
 
 from wgmesh.relay import protocol as p
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +23,6 @@ def metrics_relay(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with relay_process(log, "--coordinator-key", keys.public, "--metrics-listen", listen) as relay:
         wait_until(lambda: "metrics listening" in relay.text(), 5, "the metrics listener")
         yield relay, url
-
-
-def scrape(url: str) -> Samples:
-    r = httpx.get(url, timeout=5, trust_env=False)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_forwarded_frames_and_bytes_rise_with_traffic(

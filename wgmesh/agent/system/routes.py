@@ -31,8 +31,8 @@ _FORWARDING = {
 
 
 @contextlib.contextmanager
-def _ipr(what: str) -> Iterator[Any]:
-    """An IPRoute socket for one batch of calls, with netlink errors turned into BackendError."""
+def netlink(what: str, code: str = "netlink") -> Iterator[Any]:
+    """An IPRoute socket for one batch of calls, with netlink errors turned into BackendError(`code`)."""
     from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
 
     try:
@@ -41,10 +41,11 @@ def _ipr(what: str) -> Iterator[Any]:
     except BackendError:
         raise
     except Exception as exc:  # NetlinkError, OSError: one kind of failure for the caller
-        raise BackendError(f"{what}: {exc}", code="netlink") from exc
+        raise BackendError(f"{what}: {exc}", code=code) from exc
 
 
-def _index(ipr: Any, ifname: str) -> int:
+def link_index(ipr: Any, ifname: str) -> int:
+    """The index of `ifname`, or BackendError when it does not exist."""
     found = ipr.link_lookup(ifname=ifname)
     if not found:
         raise BackendError(f"interface {ifname} does not exist", code="no_interface")
@@ -53,7 +54,7 @@ def _index(ipr: Any, ifname: str) -> int:
 
 def link_kind(ifname: str) -> str | None:
     """The link's kind (`wireguard`, `tun`, …, '' when it has none), or None when it does not exist."""
-    with _ipr(f"looking up {ifname}") as ipr:
+    with netlink(f"looking up {ifname}") as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return None
@@ -70,8 +71,8 @@ class LinuxHost:
         changes = 0
         want = ipaddress.ip_interface(f"{address}/{prefixlen}")
         family = socket.AF_INET if want.version == 4 else socket.AF_INET6
-        with _ipr(f"configuring {ifname}") as ipr:
-            index = _index(ipr, ifname)
+        with netlink(f"configuring {ifname}") as ipr:
+            index = link_index(ipr, ifname)
             link = ipr.get_links(index)[0]
             if link.get("mtu") != mtu:
                 ipr.link("set", index=index, mtu=mtu)
@@ -97,7 +98,7 @@ class LinuxHost:
 
     def installed_routes(self, ifname: str) -> list[str]:
         """The agent's routes through `ifname` in the main table."""
-        with _ipr(f"listing routes of {ifname}") as ipr:
+        with netlink(f"listing routes of {ifname}") as ipr:
             index = ipr.link_lookup(ifname=ifname)
             if not index:
                 return []
@@ -108,8 +109,8 @@ class LinuxHost:
         """Add (replace) or delete routes through `ifname`."""
         if not ops:
             return
-        with _ipr(f"changing routes of {ifname}") as ipr:
-            index = _index(ipr, ifname)
+        with netlink(f"changing routes of {ifname}") as ipr:
+            index = link_index(ipr, ifname)
             for op in ops:
                 net = ipaddress.ip_network(op.prefix)
                 family = socket.AF_INET if net.version == 4 else socket.AF_INET6
@@ -140,7 +141,7 @@ class LinuxHost:
 
     def connected(self, exclude: str) -> list[tuple[str, str]]:
         """(subnet, interface) of every address on this host, except on `exclude` (the tunnel)."""
-        with _ipr("listing addresses") as ipr:
+        with netlink("listing addresses") as ipr:
             names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
             found: list[tuple[str, str]] = []
             for addr in ipr.get_addr():
@@ -178,7 +179,7 @@ class LinuxHost:
             return False
         if kind not in ("tun", "wireguard"):
             raise BackendError(f"{ifname} is a {kind or 'plain'} link, not a tunnel; not deleting it")
-        with _ipr(f"deleting {ifname}") as ipr:
+        with netlink(f"deleting {ifname}") as ipr:
             ipr.link("del", ifname=ifname)
         log.info("interface deleted", extra=kv(interface=ifname))
         return True

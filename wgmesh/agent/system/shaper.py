@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from wgmesh.agent import qos
 from wgmesh.agent.qos import DeleteClass, QosOp, RemoveRoot, ReplaceRoot, SetClass, SetFilters
-from wgmesh.errors import BackendError
+from wgmesh.agent.system.routes import link_index, netlink
 
 log = logging.getLogger("wgmesh.agent.shaper")
 
 TC_H_ROOT = 0xFFFFFFFF
 _ETHERTYPES = (0x0800, 0x86DD)
 _MISSING = (errno.ENOENT, errno.EINVAL, errno.ENODEV)
-
-
-@contextlib.contextmanager
-def _ipr(what: str) -> Iterator[Any]:
-    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
-
-    try:
-        with IPRoute() as ipr:
-            yield ipr
-    except BackendError:
-        raise
-    except Exception as exc:  # NetlinkError, OSError: one kind of failure for the caller
-        raise BackendError(f"{what}: {exc}", code="tc") from exc
-
-
-def _index(ipr: Any, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise BackendError(f"interface {ifname} does not exist", code="no_interface")
-    return int(found[0])
 
 
 def _quantum(rate: int) -> int:
@@ -60,8 +39,8 @@ class TcShaper:
 
     def observe(self, ifname: str) -> frozenset[int] | None:
         """Minors of the classes under our HTB root, or None when the root is not ours (or absent)."""
-        with _ipr(f"reading tc of {ifname}") as ipr:
-            index = _index(ipr, ifname)
+        with netlink(f"reading tc of {ifname}", "tc") as ipr:
+            index = link_index(ipr, ifname)
             root = [
                 q
                 for q in ipr.get_qdiscs(index=index)
@@ -79,8 +58,8 @@ class TcShaper:
 
     def apply(self, ifname: str, ops: Sequence[QosOp]) -> None:
         """Carry out `ops` in order."""
-        with _ipr(f"configuring tc on {ifname}") as ipr:
-            index = _index(ipr, ifname)
+        with netlink(f"configuring tc on {ifname}", "tc") as ipr:
+            index = link_index(ipr, ifname)
             for op in ops:
                 match op:
                     case ReplaceRoot():
