@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from lab_paths import STREAM_SERVER
 
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.control import program
@@ -18,16 +19,6 @@ from wgmesh.lab.converge import WgPeer, parse_wg_dump
 
 pytestmark = [pytest.mark.e2e]
 
-TCP_SERVER = """
-import hashlib, socket, sys
-srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
-print("ready", flush=True)
-conn, _ = srv.accept()
-digest, total = hashlib.sha256(), 0
-while chunk := conn.recv(65536):
-    digest.update(chunk); total += len(chunk)
-print(total, digest.hexdigest(), flush=True)
-"""
 
 TCP_CLIENT = """
 import hashlib, os, socket, sys
@@ -67,7 +58,7 @@ def ping(lab: Lab, src: str, dst: object, count: int = 1) -> bool:
 
 def tcp_transfer(lab: Lab, src: Site, dst: Site, size: int = 4 << 20, port: int = 5201) -> None:
     """Send `size` random bytes from one VPC host to another over TCP and compare digests."""
-    server = lab.popen(dst.host, sys.executable, "-c", TCP_SERVER, str(port), stdout=subprocess.PIPE)
+    server = lab.popen(dst.host, sys.executable, "-c", STREAM_SERVER, str(port), stdout=subprocess.PIPE)
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
