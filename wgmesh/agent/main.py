@@ -81,9 +81,18 @@ class Agent:
             log.info("coordinator reachability changed", extra=kv(reachable=ok))
         self.reachable = ok
 
-    def apply(self, netmap: NetMap) -> None:
-        """Reconcile the interface and routes with `netmap` (only the differences are applied)."""
+    def apply(self, netmap: NetMap | None = None) -> None:
+        """Reconcile the interface and routes with `netmap`, or with the current one when None.
+
+        Re-applies (reconcile, a path switch) pass None, so the netmap is read under the lock: one they
+        read earlier could be older than what the follower applied meanwhile, and applying it would roll
+        the interface back to it.
+        """
         with self.lock:
+            if netmap is None:
+                netmap = self.netmap
+                if netmap is None:
+                    return
             self.paths.follow(netmap, self.keypair.public_key)
             result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
             self.metrics.applied(result)
@@ -104,11 +113,10 @@ class Agent:
 
     def reconcile(self) -> None:
         """Re-apply the current netmap, repairing drift (a route removed by hand, a dead wireguard-go)."""
-        if self.netmap is not None:
-            try:
-                self.apply(self.netmap)
-            except WgmeshError as exc:
-                log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
+        try:
+            self.apply()
+        except WgmeshError as exc:
+            log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
 
     def enroll(self) -> Enrollment:
         """The stored enrollment, or a new one made with the token (retrying while unreachable)."""
@@ -293,7 +301,7 @@ class Agent:
                     ),
                 )
         try:
-            self.apply(netmap)
+            self.apply()
         except WgmeshError as exc:
             log.error("endpoint update failed", extra=kv(code=exc.code, error=exc.message))
         if switched:
