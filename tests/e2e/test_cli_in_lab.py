@@ -30,9 +30,14 @@ def test_status_lists_every_node_with_direct_paths(lab: Lab) -> None:
         done = run([*CLI, "status", "--json"], lab)
         assert done.returncode == 0, done.stderr
         nodes = json.loads(done.stdout)["nodes"]
-        return all(len(n["peers"]) == 2 and all(p["path"] == "direct" for p in n["peers"]) for n in nodes)
+        # A path is chosen before the first handshake; wait for both, as the listing must show them.
+        return all(
+            len(n["peers"]) == 2
+            and all(p["path"] == "direct" and p["last_handshake"] is not None for p in n["peers"])
+            for n in nodes
+        )
 
-    wait_until(reported, 30, "every gateway to report two direct peers")
+    wait_until(reported, 30, "every gateway to report two direct peers with a handshake")
     view = json.loads(run([*CLI, "status", "--json"], lab).stdout)
     by_name = {n["name"]: n for n in view["nodes"]}
     assert set(by_name) == {"gw1", "gw2", "gw3"}
