@@ -73,6 +73,10 @@ class ContinuousPing:
         times = [t for t in self.replies() if t >= since]
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
+    def replies_since(self, moment: float) -> int:
+        """Replies logged after `moment` (time.time()); a test waits on this instead of sleeping."""
+        return sum(1 for t in self.replies() if t > moment)
+
     def last_reply(self) -> float | None:
         times = self.replies()
         return times[-1] if times else None

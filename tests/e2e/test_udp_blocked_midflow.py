@@ -26,7 +26,8 @@ def test_switches_to_relay_and_back_without_breaking_tcp(lab: Lab, tmp_path: Pat
         lab.block_udp(2)
         to_relay = wait_until(lambda: both_on(lab, "gw1", "gw2", "relay"), 15, "both sides on the relay")
         wait_until(lambda: (ping.last_reply() or 0) > blocked_at + to_relay, 10, "pings answered again")
-        time.sleep(2)
+        settled = time.time()
+        wait_until(lambda: ping.replies_since(settled) >= 20, 10, "two more seconds of replies")
         gap = ping.longest_gap(since=blocked_at - 1)
         print(f"UDP blocked: both sides on the relay after {to_relay:.1f} s; longest ping gap {gap:.2f} s")
         assert gap < 10, f"traffic stopped for {gap:.1f} s"
@@ -35,7 +36,8 @@ def test_switches_to_relay_and_back_without_breaking_tcp(lab: Lab, tmp_path: Pat
         unblocked_at = time.time()
         lab.unblock_udp(2)
         back = wait_until(lambda: both_on(lab, "gw1", "gw2", "direct"), 60, "both sides direct again")
-        time.sleep(2)
+        settled = time.time()
+        wait_until(lambda: ping.replies_since(settled) >= 20, 10, "two more seconds of replies")
         gap_back = ping.longest_gap(since=unblocked_at)
         print(f"UDP unblocked: direct again after {back:.1f} s; longest ping gap {gap_back:.2f} s")
         assert gap_back < 2

@@ -418,11 +418,12 @@ class RelayShim:
                 _DATA_HEADER.pack_into(out, pos, nbytes + 4, FrameType.DATA, 0, peer_id)
                 pos += _DATA_HEADER.size + nbytes
                 count += 1
+            # One copy per batch, not per datagram: the transport may keep what it cannot send at once.
+            payload = bytes(view[:pos]) if count else b""
         finally:
             view.release()
         if count:
-            # A copy per batch, not per datagram: the transport may keep what it cannot send at once.
-            self._send(bytes(out[:pos]), count)
+            self._send(payload, count)
             if count == DRAIN_MAX or pos + _DATAGRAM_ROOM > DRAIN_BUFFER:
                 # More may be waiting: come back after others had their turn, not in a tight loop.
                 self.loop.call_soon(self._drain, peer_id, sock)
@@ -444,7 +445,7 @@ class RelayShim:
 
     def deliver(self, sender: int, datagram: bytes | memoryview) -> None:
         """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
-        if datagram[:1] == b"W" and is_probe(datagram):  # WireGuard's first byte is 1-4: one compare
+        if datagram[0] == _PROBE_FIRST and is_probe(datagram):  # WireGuard's first byte is 1-4
             self.on_probe(sender, bytes(datagram))
             return
         sock = self._sockets.get(sender)
