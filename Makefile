@@ -59,7 +59,7 @@ kernel-image:
 
 # `pytest -m kernel` inside that kernel under QEMU (software emulation: KVM is not usable here).
 test-kernel: setup kernel-image
-	@tests/kernel/run_vm.sh $$(ls $(KERNEL_DIR)/root/boot/vmlinuz-* | tail -1) tests
+	@tests/kernel/run_vm.sh $$(ls $(KERNEL_DIR)/root/boot/vmlinuz-* | tail -1) tests/kernel
 
 test: setup lint typecheck unit test-kernel
 

@@ -3,6 +3,7 @@ each test directory, and gives the API, CLI and web tests one coordinator fixtur
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,22 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from coordinator_harness import Coordinator, running  # noqa: E402  (needs the path above)
+
+from wgmesh.lab import timescale  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Measure how slow this machine is, once, unless WGMESH_TIME_SCALE says it already.
+
+    Exported, so the lab, the harnesses and every program the tests start wait in proportion
+    (wgmesh.lab.timescale): a slow CI machine or QEMU's emulation gets longer deadlines, never shorter.
+    """
+    if not os.environ.get(timescale.ENV):
+        os.environ[timescale.ENV] = f"{timescale.measure_factor():g}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"time scale: {timescale.time_scale():g} ({timescale.ENV}; deadlines are multiplied by it)"
 
 
 @pytest.fixture(scope="module")

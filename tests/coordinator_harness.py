@@ -9,8 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from wgmesh import keys
+from wgmesh.lab.wait import wait_until
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ENTRY = "from wgmesh.coordinator.main import main; main()"
@@ -36,17 +36,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+class CoordinatorExited(RuntimeError):
+    """The coordinator process ended while it should be serving.
 
-
-class CoordinatorExited(AssertionError):
-    """The coordinator process ended while it should be serving."""
+    Not an AssertionError: wait_until takes those as "not yet" and would wait out its deadline.
+    """
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 from wgmesh import keys
 from wgmesh.agent.system.wireguard_uapi import SOCKET_DIR
+from wgmesh.lab.timescale import scaled
 from wgmesh.models import NetMap, PeerConfig
 
 WORKER = Path(__file__).with_name("ns_worker.py")
@@ -44,8 +45,8 @@ def skip_reason() -> str | None:
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    """Run a command, failing the test with its stderr when it fails."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run a command, failing the test with its stderr when it fails; `timeout` scales with the machine."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(timeout), check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done

@@ -12,6 +12,12 @@ export HOME=/tmp TMPDIR=/tmp WGMESH_REQUIRE_KERNEL=1
   modprobe tun && { [ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }; }
   # wireguard itself is not loaded here: the first link the tests create loads it, as on a gateway.
   echo "guest: $(uname -r), $(nproc) vCPUs, up $(cut -d' ' -f1 /proc/uptime) s"
+  # Deadlines in the lab and the tests are budgets set on the host; emulation makes every step slower,
+  # so they are multiplied by a factor measured here (wgmesh.lab.timescale), unless one was given.
+  if [ -z "${WGMESH_TIME_SCALE:-}" ]; then
+    scale=$("$repo/.venv/bin/python" -m wgmesh.lab.timescale) && export WGMESH_TIME_SCALE=${scale%% *}
+    echo "guest: time scale ${scale:-unknown}"
+  fi
   "$repo/.venv/bin/pytest" -m kernel -p no:cacheprovider -o addopts="" -q -rs --durations=10 --basetemp=/tmp/pytest "$@"
   echo $? >"$out/rc.tmp"
   echo "guest: wireguard module $(cat /sys/module/wireguard/version 2>/dev/null || echo 'not loaded')"

@@ -11,7 +11,8 @@ rm -rf "$out" && mkdir -p "$out"
 export PATH="$repo/.venv/bin:$PATH"
 started=$(date +%s)
 args=$(printf " %q" "$@")  # the guest runs one shell string: keep each argument whole
-timeout 1500 vng --run "$kernel" --disable-kvm --cpus 2 --memory 2G --rwdir "$out" \
+# A guard against a guest that hangs, not a speed expectation: the deadlines inside scale with the guest.
+timeout 2700 vng --run "$kernel" --disable-kvm --cpus 2 --memory 2G --rwdir "$out" \
   --exec "$repo/tests/kernel/in_guest.sh $out$args" >"$out/console.log" 2>&1 &
 vm=$!
 # Stream the guest's pytest output while it runs.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wgmesh.lab import procs
+from wgmesh.errors import ValidationError
+from wgmesh.lab import procs, timescale
 from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, save, state_path
 from wgmesh.lab.system import parse_ss_pids
 from wgmesh.lab.wait import WaitTimeout, wait_until
@@ -82,7 +83,8 @@ def test_state_roundtrip_is_private(tmp_path: Path) -> None:
     assert [s.name for s in all_states(tmp_path)] == ["wgl"]
 
 
-def test_wait_until_returns_elapsed_and_reports_the_last_reason() -> None:
+def test_wait_until_returns_elapsed_and_reports_the_last_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(timescale.ENV, "1")
     calls = []
 
     def third_time() -> bool:
@@ -98,6 +100,29 @@ def test_wait_until_returns_elapsed_and_reports_the_last_reason() -> None:
     with pytest.raises(WaitTimeout, match=r"timed out after 0.1s waiting for it \(last: still 2 of 3\)"):
         wait_until(never, 0.1, "it", interval=0.01)
     assert time.monotonic() - start < 2
+
+
+def test_wait_until_scales_its_deadline_with_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(timescale.ENV, "3")
+    start = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"timed out after 0.3s \(0.1s x time scale 3\) waiting for it"):
+        wait_until(lambda: False, 0.1, "it", interval=0.01)
+    assert 0.3 <= time.monotonic() - start < 3
+
+
+def test_time_scale_factor_from_start_up_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = timescale.REFERENCE_STARTUP
+    assert timescale.factor_for(ref / 2) == 1.0  # a faster machine keeps the budgets
+    assert timescale.factor_for(ref * 7.5) == 7.5
+    assert timescale.factor_for(ref * 1000) == timescale.MAX_FACTOR
+    monkeypatch.delenv(timescale.ENV, raising=False)
+    assert timescale.time_scale() == 1.0
+    monkeypatch.setenv(timescale.ENV, "2.5")
+    assert timescale.scaled(4) == 10.0
+    for bad in ("fast", "0.5", "1e9"):
+        monkeypatch.setenv(timescale.ENV, bad)
+        with pytest.raises(ValidationError, match=timescale.ENV):
+            timescale.time_scale()
 
 
 def test_parse_ss_pids() -> None:

@@ -1,28 +1,20 @@
-"""The kernel backend: netlink requests per operation and dump parsing (pure), and a live round trip.
+"""The kernel backend: netlink requests per operation and dump parsing (pure).
 
-The live test needs the WireGuard kernel module and root; it is skipped where either is missing.
+The live round trip runs in a real kernel: tests/kernel/test_kernel_dataplane.py (`make test-kernel`).
 The planner it shares with the userspace backend is tested in test_plan.py.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import secrets
-import shutil
-import subprocess
-import sys
-import textwrap
 from typing import Any
 
-import pytest
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from wgmesh import keys
 from wgmesh.agent.plan import AddPeer, RemovePeer, ReplaceAllowedIps, SetEndpoint, SetKeepalive, SetPsk
 from wgmesh.agent.system.wireguard_kernel import (
     ALLOWED_IPS_PER_MESSAGE,
-    kernel_module_available,
     parse_info,
     requests_for,
 )
@@ -144,56 +136,3 @@ def test_parse_info_merges_a_peer_continued_in_the_next_message() -> None:
     assert (stats.rx_bytes, stats.tx_bytes) == (10, 20)
     assert stats.last_handshake is not None and stats.last_handshake.timestamp() == 1700000000
     assert observed.stats[other].last_handshake is None
-
-
-def _can_run_live() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None and kernel_module_available()
-
-
-LIVE = textwrap.dedent(
-    """
-    from wgmesh import keys
-    from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint, plan_device
-    from wgmesh.agent.system.wireguard_kernel import KernelBackend
-    from wgmesh.agent.wgstate import PeerSpec, PrivateKey
-
-    wg = KernelBackend("wgk0")
-    me = PrivateKey(keys.generate_keypair().private_key)
-    assert wg.ensure_up(me, 51820) is True
-    assert wg.ensure_up(me, 51820) is False  # adopted, not recreated
-    peers = [PeerSpec(keys.generate_keypair().public_key, (f"10.{i}.0.0/24", f"100.96.1.{i}/32"), None, None, 25)
-             for i in range(1, 251)]
-    big = PeerSpec(keys.generate_keypair().public_key, tuple(f"10.251.{i}.0/24" for i in range(250)), None, None, 25)
-    wg.apply([AddPeer(p) for p in [*peers, big]])
-    seen = wg.observe()
-    assert seen.public_key == me.public_key and seen.spec.listen_port == 51820
-    assert len(seen.spec.peers) == 251 and seen.spec.peers[big.public_key].allowed_ips == big.allowed_ips
-    wg.apply([SetEndpoint(big.public_key, "198.18.1.2:51820")])
-    after = wg.observe().spec.peers[big.public_key]
-    assert after.endpoint == "198.18.1.2:51820" and after.allowed_ips == big.allowed_ips
-    wg.apply([RemovePeer(peers[0].public_key)])
-    assert len(wg.observe().spec.peers) == 250
-    wg.cleanup()
-    """
-)
-
-
-@pytest.mark.e2e
-@pytest.mark.kernel
-@pytest.mark.skipif(
-    not _can_run_live(), reason="needs root and the WireGuard kernel module (this machine has no module)"
-)
-def test_kernel_backend_round_trip_in_a_namespace() -> None:
-    ns = f"wgk{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        done = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", LIVE],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)

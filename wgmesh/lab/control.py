@@ -59,6 +59,7 @@ from wgmesh.lab.plan import (
 )
 from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, machine_lock, save
 from wgmesh.lab.teardown import DownReport, down, leftovers
+from wgmesh.lab.timescale import scaled, time_scale
 from wgmesh.lab.wait import WaitTimeout, wait_until
 from wgmesh.logs import kv
 
@@ -267,7 +268,9 @@ def up(
         lab.start_agents(plan.sites)
         if off:
             # The policy can only be set on enrolled nodes; convergence is then awaited over the relay.
-            lab.wait_enrolled([plan.site(i).node for i in off], start + timeout - time.monotonic(), progress)
+            # What is left of the budget, in reference seconds (wait_enrolled scales it again).
+            left = timeout - (time.monotonic() - start) / time_scale()
+            lab.wait_enrolled([plan.site(i).node for i in off], left, progress)
             for index in off:
                 lab.set_p2p(index, "off")
         lab.wait_converged(timeout, progress, started=start)
@@ -407,7 +410,7 @@ class Lab:
         try:
             # trust_env=False: a proxy from the environment would carry lab traffic off the machine.
             response = httpx.request(
-                method, url, json=body, headers=headers, timeout=timeout, trust_env=False
+                method, url, json=body, headers=headers, timeout=scaled(timeout), trust_env=False
             )
         except httpx.HTTPError as exc:
             raise WgmeshError(f"coordinator at {url} is unreachable: {exc}", code="unreachable") from exc
@@ -679,7 +682,8 @@ class Lab:
         `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
         """
         start = time.monotonic() if started is None else started
-        deadline = start + timeout
+        budget = scaled(timeout)  # a budget on the reference machine; see wgmesh.lab.timescale
+        deadline = start + budget
         nudger = _Nudger(self.plan)
         try:
             while True:
@@ -695,7 +699,7 @@ class Lab:
                 if time.monotonic() >= deadline:
                     more = f" (+{len(verdict.pending) - 1} more)" if len(verdict.pending) > 1 else ""
                     raise WgmeshError(
-                        f"lab {self.name} did not converge within {timeout:g}s: "
+                        f"lab {self.name} did not converge within {budget:g}s: "
                         f"{nudger.explain(verdict.pending[0])}{more}; logs in {self.plan.state_dir / 'logs'}",
                         code="lab_timeout",
                     )
@@ -734,7 +738,7 @@ class Lab:
                 for a, b in pairs[chunk : chunk + 32]
             ]
             for src, dst, proc in running:
-                out, _ = proc.communicate(timeout=wait * count + 10)
+                out, _ = proc.communicate(timeout=scaled(wait * count + 10))
                 results[(src, dst)] = parse_ping_rtt(out)
         return results
 

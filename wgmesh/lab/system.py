@@ -18,6 +18,7 @@ from pathlib import Path
 from wgmesh.errors import WgmeshError
 from wgmesh.lab.impair import TcCommand
 from wgmesh.lab.plan import IpCommand
+from wgmesh.lab.timescale import scaled
 from wgmesh.logs import kv
 
 log = logging.getLogger("wgmesh.lab")
@@ -40,22 +41,26 @@ def run(
     timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command (with `env` added to the environment); with `check`, a failure raises WgmeshError."""
+    """Run a command (with `env` added to the environment); with `check`, a failure raises WgmeshError.
+
+    `timeout` is a budget on the reference machine, scaled to this one (wgmesh.lab.timescale).
+    """
     full_env = {**os.environ, **env} if env else None
+    limit = scaled(timeout)
     try:
         done = subprocess.run(
             list(argv),
             input=input,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=limit,
             check=False,
             env=full_env,
         )
     except FileNotFoundError as exc:
         raise WgmeshError(f"{argv[0]} is not installed", code="missing_tool") from exc
     except subprocess.TimeoutExpired as exc:
-        raise WgmeshError(f"{' '.join(argv[:4])} did not finish in {timeout:g}s", code="timeout") from exc
+        raise WgmeshError(f"{' '.join(argv[:4])} did not finish in {limit:g}s", code="timeout") from exc
     if check and done.returncode != 0:
         message = (done.stderr or done.stdout).strip().replace("\n", "; ")
         raise WgmeshError(f"{' '.join(argv[:4])} failed: {message}", code="command_failed")
@@ -199,7 +204,7 @@ def wg_dump_start(netns: str, interface: str) -> subprocess.Popen[str]:
 def wg_dump_finish(proc: subprocess.Popen[str], timeout: float = 5.0) -> WgRead:
     """Collect a `wg show` started by wg_dump_start."""
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=scaled(timeout))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()

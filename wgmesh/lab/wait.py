@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from wgmesh.errors import WgmeshError
+from wgmesh.lab.timescale import time_scale
 
 
 class WaitTimeout(WgmeshError, AssertionError):
@@ -20,10 +21,13 @@ def wait_until(
     """Call `predicate` until it returns a true value; returns the seconds it took.
 
     A predicate may raise AssertionError to say why it is not there yet; the last reason is reported
-    on timeout.
+    on timeout. `timeout` is a budget on the reference machine: it is multiplied by the time scale
+    (wgmesh.lab.timescale), so a slower machine waits longer before giving up, never less.
     """
+    factor = time_scale()
+    limit = timeout * factor
     start = time.monotonic()
-    deadline = start + timeout
+    deadline = start + limit
     last = ""
     while True:
         try:
@@ -34,5 +38,6 @@ def wait_until(
             last = str(exc)
         if time.monotonic() >= deadline:
             detail = f" (last: {last})" if last else ""
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{detail}")
+            scale = f" ({timeout:g}s x time scale {factor:g})" if factor != 1 else ""
+            raise WaitTimeout(f"timed out after {limit:g}s{scale} waiting for {what}{detail}")
         time.sleep(interval)
