@@ -181,6 +181,7 @@ class PeerConfig(Model):
     public_ip: IpAddr | None = None
     rate: Rate | None = Field(None, description="Limit of what this node sends the peer (pair override)")
     static: bool = Field(False, description="A device without an agent: direct UDP only, no relay or probes")
+    mtu: int = Field(1420, description="The peer's tunnel MTU (its ceiling, lowered to its underlay's limit)")
 
 
 class NetMap(Model):
@@ -196,6 +197,7 @@ class NetMap(Model):
     peers: list[PeerConfig]
     routes: list[Route] = Field(default_factory=list, description="The verdict on this node's own subnets")
     rate: Rate | None = Field(None, description="Egress limit of this node's WireGuard interface")
+    mtu: int = Field(1420, description="This node's tunnel MTU ceiling (its own, else the network's)")
 
 
 _RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
@@ -241,6 +243,9 @@ class EnrollRequest(Model):
     listen_port: Port = 51820
     subnets: list[Cidr] = Field(default_factory=list, max_length=1024)
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    max_mtu: int | None = Field(
+        None, ge=576, le=65535, description="The largest tunnel MTU the node's underlay carries"
+    )
 
 
 class EnrollResponse(Model):
@@ -287,6 +292,10 @@ class StatusReport(Model):
     shadowed: list[ShadowedRoute] = Field(default_factory=list, max_length=10000)
     metrics: Endpoint | None = Field(
         None, description="ADDRESS:PORT of the agent's Prometheus /metrics listener; null: off"
+    )
+    mtu: int | None = Field(None, ge=576, le=65535, description="The MTU set on the node's tunnel interface")
+    max_mtu: int | None = Field(
+        None, ge=576, le=65535, description="The largest tunnel MTU the node's underlay carries"
     )
 
 
@@ -508,3 +517,5 @@ class LocalStatus(Model):
     netmap_version: int | None
     peers: list[LocalPeer]
     shadowed: list[ShadowedRoute]
+    mtu: int | None = None
+    mss_clamp: bool = True

@@ -59,6 +59,14 @@ def test_file_then_flags(tmp_path: Path) -> None:
     assert cfg.masquerade is True
 
 
+def test_mss_clamp_is_on_unless_a_flag_or_the_file_turns_it_off(tmp_path: Path) -> None:
+    assert _load(["--coordinator", "http://x"]).mss_clamp is True
+    assert _load(["--coordinator", "http://x", "--no-mss-clamp"]).mss_clamp is False
+    path = tmp_path / "agent.toml"
+    path.write_text('coordinator = "http://x"\nmss_clamp = false\n')
+    assert _load(["--config", str(path)]).mss_clamp is False
+
+
 @pytest.mark.parametrize(
     ("argv", "toml", "message"),
     [
@@ -68,6 +76,7 @@ def test_file_then_flags(tmp_path: Path) -> None:
         (["--coordinator", "http://x", "--interface", "a-very-long-interface-name"], None, "1-15 characters"),
         ([], "coordinator = \n", "config file"),
         ([], 'coordinater = "http://x"\n', "unknown key 'coordinater'"),
+        ([], 'coordinator = "http://x"\nmss_clamp = "no"\n', "mss_clamp must be true or false"),
     ],
 )
 def test_bad_settings(tmp_path: Path, argv: list[str], toml: str | None, message: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from wgmesh import keys
 from wgmesh.agent import qos
-from wgmesh.agent.dataplane import MTU, DataPlane
+from wgmesh.agent.dataplane import DataPlane
+from wgmesh.agent.mtu import DEFAULT_MTU
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
 from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats
@@ -47,7 +48,7 @@ def netmap(*peers: PeerConfig, version: int = 1, overlay_ip: str = "100.96.0.1")
 class Plane:
     """A DataPlane over memory backends, with the backends at hand."""
 
-    def __init__(self, masquerade: bool = False) -> None:
+    def __init__(self, masquerade: bool = False, mss_clamp: bool = True) -> None:
         self.wg = MemoryWireGuard("wgm0")
         self.host = MemoryHost()
         self.fw = MemoryFirewall()
@@ -58,6 +59,7 @@ class Plane:
             ME.private_key,
             51820,
             masquerade,
+            mss_clamp=mss_clamp,
             wireguard=self.wg,
             host=self.host,
             firewall=self.fw,
@@ -76,7 +78,7 @@ def test_same_netmap_twice_is_zero_operations() -> None:
     assert first.operations > 0 and first.device_ops == 2  # created with key and port: 2 peers to add
     assert p.dp.apply(netmap(GW2, GW3, version=2)).operations == 0
     assert p.wg.created == 1
-    assert p.host.links["wgm0"] == {"up": True, "mtu": MTU, "address": "100.96.0.1/16"}
+    assert p.host.links["wgm0"] == {"up": True, "mtu": DEFAULT_MTU, "address": "100.96.0.1/16"}
     assert p.host.installed_routes("wgm0") == ["10.2.0.0/24", "10.3.0.0/24", "100.96.0.2/32", "100.96.0.3/32"]
     assert p.host.forwarding["ipv4"] is True
 
@@ -151,12 +153,36 @@ def test_overlay_address_change_is_applied_in_place() -> None:
 
 
 def test_masquerade_table_follows_the_flag() -> None:
-    p = Plane(masquerade=True)
+    p = Plane(masquerade=True, mss_clamp=False)
     p.dp.apply(netmap(GW2))
-    assert p.fw.tables == {"wgm0"}
+    assert p.fw.tables["wgm0"].masquerade and not p.fw.tables["wgm0"].clamps
     p.dp.masquerade = False
     assert p.dp.apply(netmap(GW2)).operations == 1
-    assert p.fw.tables == set()
+    assert p.fw.tables == {}
+
+
+def test_tunnel_mtu_follows_the_underlay_and_the_clamp_follows_each_peer() -> None:
+    p = Plane()
+    small = GW3.model_copy(update={"mtu": 1380})
+    p.dp.apply(netmap(GW2, small))
+    assert p.host.links["wgm0"]["mtu"] == DEFAULT_MTU and p.dp.mtu == DEFAULT_MTU
+    assert [(g.mtu, g.ipv4) for g in p.fw.tables["wgm0"].clamps] == [
+        (1380, ("10.3.0.0/24", "100.96.0.3/32")),
+        (1420, ("10.2.0.0/24", "100.96.0.2/32")),
+    ]
+    # The underlay shrinks (GCP's 1460 over IPv4): the interface is lowered in place, every clamp too.
+    p.dp.underlay_limit = 1400
+    result = p.dp.apply(netmap(GW2, small))
+    assert result.device_ops == 0 and p.wg.created == 1
+    assert p.host.links["wgm0"]["mtu"] == 1400 and p.dp.mtu == 1400
+    assert [g.mtu for g in p.fw.tables["wgm0"].clamps] == [1380, 1400]
+    assert p.dp.apply(netmap(GW2, small)).operations == 0
+
+
+def test_no_mss_clamp_leaves_no_table() -> None:
+    p = Plane(mss_clamp=False)
+    p.dp.apply(netmap(GW2))
+    assert p.fw.tables == {}
 
 
 def test_peer_stats_report_counters_and_endpoint() -> None:

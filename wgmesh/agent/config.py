@@ -31,6 +31,8 @@ class AgentConfig:
     backend: Backend = "auto"
     state_dir: Path = Path("/var/lib/wgmesh-agent")
     masquerade: bool = False
+    mss_clamp: bool = True
+    """Clamp the TCP MSS of forwarded SYNs to what the tunnel carries (agent/ruleset.py)."""
     relay_ca: Path | None = None
     metrics_listen: str = "127.0.0.1:9586"
     """`ADDRESS:PORT` of the Prometheus /metrics listener, or `off`."""
@@ -81,6 +83,10 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         given = getattr(args, name, None)
         if given not in (None, [], False):
             values[name] = given
+    if getattr(args, "mss_clamp", None) is False:  # --no-mss-clamp: a flag that sets False
+        values["mss_clamp"] = False
+    if not isinstance(values.get("mss_clamp", True), bool):
+        raise ValidationError("mss_clamp must be true or false", code="invalid_config")
     if require_coordinator and not values.get("coordinator"):
         raise ValidationError("--coordinator URL is required (flag or config file)", code="invalid_config")
     values.setdefault("coordinator", "")

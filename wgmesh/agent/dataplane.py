@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh import keys
-from wgmesh.agent import plan, qos
+from wgmesh.agent import mtu as mtus
+from wgmesh.agent import plan, qos, ruleset
 from wgmesh.agent.plan import DeviceOp, EndpointFor
 from wgmesh.agent.system.backend import (
     BackendName,
@@ -31,9 +32,6 @@ from wgmesh.logs import kv
 from wgmesh.models import NetMap, PeerStatus, ShadowedRoute
 
 log = logging.getLogger("wgmesh.agent.dataplane")
-
-MTU = 1420
-"""WireGuard's usual MTU: 1500 minus the largest (IPv6) encapsulation overhead."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,7 @@ class DataPlane:
         listen_port: int,
         masquerade: bool = False,
         *,
+        mss_clamp: bool = True,
         wireguard: WireGuardBackend | None = None,
         host: HostNetwork | None = None,
         firewall: Firewall | None = None,
@@ -94,6 +93,10 @@ class DataPlane:
         self.backend_name: BackendName = backend
         self.listen_port = listen_port
         self.masquerade = masquerade
+        self.mss_clamp = mss_clamp
+        # The largest tunnel MTU the underlay carries (agent/mtu.py), measured by the agent; None: unknown.
+        self.underlay_limit: int | None = None
+        self.mtu: int | None = None  # the MTU last set on the interface
         self._key = PrivateKey(private_key)
         self._wg = wireguard
         self._host = host
@@ -127,7 +130,7 @@ class DataPlane:
 
     @property
     def firewall(self) -> Firewall:
-        """The nftables table for masquerade."""
+        """The agent's nftables table: MSS clamping and masquerade."""
         if self._firewall is None:
             from wgmesh.agent.system.firewall import NftFirewall  # noqa: PLC0415
 
@@ -168,7 +171,21 @@ class DataPlane:
                 # A new device (first start, or wireguard-go restarted after dying) holds nothing yet.
                 self._applied_endpoints = {}
             overlay = ipaddress.ip_network(netmap.overlay_cidr)
-            changes = self.host.ensure_interface(self.ifname, netmap.overlay_ip, overlay.prefixlen, MTU)
+            tunnel_mtu = mtus.tunnel_mtu(netmap.mtu, self.underlay_limit)
+            changes = self.host.ensure_interface(
+                self.ifname, netmap.overlay_ip, overlay.prefixlen, tunnel_mtu
+            )
+            if tunnel_mtu != self.mtu:
+                log.info(
+                    "tunnel MTU",
+                    extra=kv(
+                        interface=self.ifname,
+                        mtu=tunnel_mtu,
+                        ceiling=netmap.mtu,
+                        underlay=self.underlay_limit,
+                    ),
+                )
+                self.mtu = tunnel_mtu
 
             desired = plan.desired_device(
                 netmap, endpoint_overrides, listen_port=self.listen_port, private_key=self._key
@@ -195,7 +212,16 @@ class DataPlane:
                 log.debug("route operation", extra=kv(interface=self.ifname, **describe(route_op)))
             self.host.apply_routes(self.ifname, route_ops)
             changes += self.host.ensure_forwarding(ipv6=any(":" in p for p in wanted))
-            changes += self.firewall.ensure(self.ifname, self.masquerade)
+            changes += self.firewall.ensure(
+                ruleset.desired_firewall(
+                    self.ifname,
+                    netmap,
+                    desired,
+                    tunnel_mtu,
+                    masquerade=self.masquerade,
+                    mss_clamp=self.mss_clamp,
+                )
+            )
             changes += self._apply_qos(netmap)
             self._report_shadowed(shadowed)
 

@@ -15,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from wgmesh import keys, logs
 from wgmesh.agent import config as agent_config
+from wgmesh.agent import mtu as mtus
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
@@ -23,7 +24,7 @@ from wgmesh.agent.metrics import AgentMetrics
 from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
-from wgmesh.agent.underlay import eth0_address
+from wgmesh.agent.underlay import eth0_address, underlay_mtu
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.logs import kv
@@ -64,7 +65,12 @@ class Agent:
         self.state.prepare()
         self.keypair = self.state.private_key()
         self.dataplane = DataPlane(
-            cfg.interface, cfg.backend, self.keypair.private_key, cfg.listen_port, masquerade=cfg.masquerade
+            cfg.interface,
+            cfg.backend,
+            self.keypair.private_key,
+            cfg.listen_port,
+            masquerade=cfg.masquerade,
+            mss_clamp=cfg.mss_clamp,
         )
         self.client = CoordinatorClient(cfg.coordinator)
         self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
@@ -118,6 +124,19 @@ class Agent:
         except WgmeshError as exc:
             log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
 
+    def refresh_underlay(self) -> int | None:
+        """Measure what the underlay carries; the next apply lowers the tunnel MTU to it."""
+        try:
+            found = underlay_mtu(self.cfg.coordinator)
+        except OSError as exc:
+            log.warning("cannot read the underlay link", extra=kv(error=str(exc)))
+            found = None
+        limit = mtus.underlay_limit(*found) if found else None
+        if limit != self.dataplane.underlay_limit:
+            log.info("underlay", extra=kv(link_mtu=found[0] if found else None, tunnel_limit=limit))
+            self.dataplane.underlay_limit = limit
+        return limit
+
     def enroll(self) -> Enrollment:
         """The stored enrollment, or a new one made with the token (retrying while unreachable)."""
         found = self.state.enrollment()
@@ -134,6 +153,7 @@ class Agent:
             listen_port=self.cfg.listen_port,
             subnets=list(self.cfg.advertise),
             endpoints=[f"{endpoint_ip}:{self.cfg.listen_port}"] if endpoint_ip else [],
+            max_mtu=self.dataplane.underlay_limit,
         )
         while not self.stop.is_set():
             try:
@@ -212,6 +232,7 @@ class Agent:
     def status(self) -> StatusReport:
         """The report the coordinator gets every 10 s and after every change."""
         eth0 = eth0_address(self.cfg.coordinator)
+        limit = self.refresh_underlay()
         peers = [status for _, status in self._peer_reports()]
         with self.lock:
             shadowed = list(self.shadowed)
@@ -223,6 +244,8 @@ class Agent:
             peers=peers,
             shadowed=shadowed,
             metrics=self.metrics.advertised(eth0),
+            mtu=self.dataplane.mtu,
+            max_mtu=limit,
         )
 
     def local_status(self) -> LocalStatus:
@@ -264,6 +287,8 @@ class Agent:
             netmap_version=netmap.version if netmap else None,
             peers=peers,
             shadowed=shadowed,
+            mtu=self.dataplane.mtu,
+            mss_clamp=self.cfg.mss_clamp,
         )
 
     def path_tick(self) -> None:
@@ -356,6 +381,7 @@ class Agent:
     def run(self) -> None:
         """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
         self.dataplane.up()
+        self.refresh_underlay()
         self.follower.restore()
         self.local.start()
         self.metrics.start(self.cfg.metrics_address)
@@ -438,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="masquerade tunnel traffic leaving into the VPC",
+    )
+    parser.add_argument(
+        "--no-mss-clamp",
+        dest="mss_clamp",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not clamp the TCP MSS of forwarded traffic to the tunnel's MTU (on by default)",
     )
     return parser
 

@@ -1,4 +1,5 @@
-"""What the agent can tell about its underlay: the local address it reaches the coordinator from."""
+"""What the agent can tell about its underlay: the local address it reaches the coordinator from, and
+the MTU of the link its WireGuard packets leave by."""
 
 from __future__ import annotations
 
@@ -52,3 +53,42 @@ def eth0_address(coordinator_url: str) -> str | None:
     except OSError:
         found = None
     return found or local_address_towards(coordinator_url)
+
+
+def _link_mtu(ipr: object, index: int) -> int | None:
+    for link in ipr.get_links(index):  # type: ignore[attr-defined]
+        value = link.get_attr("IFLA_MTU")
+        if value:
+            return int(value)
+    return None
+
+
+def underlay_mtu(coordinator_url: str) -> tuple[int, bool] | None:
+    """(MTU, over IPv6) of the link WireGuard's packets leave by: the default route's, else the one
+    towards the coordinator; a route's own `mtu` metric lowers it. None when no such link is found."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
+
+    host = local_address_towards(coordinator_url)
+    with IPRoute() as ipr:
+        routes = list(ipr.get_default_routes(family=socket.AF_INET))
+        ipv6 = False
+        if not routes and host is not None:
+            ipv6 = ipaddress.ip_address(host).version == 6
+            target = urlsplit(coordinator_url).hostname or ""
+            try:
+                family = socket.AF_INET6 if ipv6 else socket.AF_INET
+                dst = socket.getaddrinfo(target, 9, family=family, type=socket.SOCK_DGRAM)[0][4][0]
+                routes = list(ipr.route("get", dst=dst))
+            except (OSError, IndexError):
+                routes = []
+        for route in routes:
+            oif = route.get_attr("RTA_OIF")
+            if oif is None:
+                continue
+            mtu = _link_mtu(ipr, oif)
+            if mtu is None:
+                continue
+            metrics = route.get_attr("RTA_METRICS")
+            locked = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+            return (min(mtu, int(locked)) if locked else mtu), ipv6
+    return None

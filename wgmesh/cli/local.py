@@ -41,6 +41,9 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
     )
     coordinator.append(f"  netmap v{status.netmap_version if status.netmap_version is not None else '—'}")
     coordinator.append(f"  interface {status.interface}")
+    if status.mtu is not None:
+        coordinator.append(f" mtu {status.mtu}")
+    coordinator.append(f"  mss clamp {'on' if status.mss_clamp else 'off'}")
     parts = [render.node_screen(node_view(status), datetime.now(UTC), console.width), Text(""), coordinator]
     for shadow in status.shadowed:
         parts.append(

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from wgmesh.agent.plan import DeviceOp, RouteOp
 from wgmesh.agent.qos import QosOp
+from wgmesh.agent.ruleset import FirewallSpec
 from wgmesh.agent.wgstate import ObservedDevice, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
@@ -73,10 +74,10 @@ class HostNetwork(Protocol):
 
 
 class Firewall(Protocol):
-    """The agent's own nftables table: a masquerade rule for tunnel traffic leaving into the VPC."""
+    """The agent's own nftables table (agent/ruleset.py): MSS clamping and masquerade."""
 
-    def ensure(self, ifname: str, masquerade: bool) -> int:
-        """Make the table match `masquerade` (present or absent); returns the changes made."""
+    def ensure(self, spec: FirewallSpec) -> int:
+        """Make the table hold `spec` (absent when the spec is empty); returns the changes made."""
         ...
 
     def remove(self, ifname: str) -> bool:

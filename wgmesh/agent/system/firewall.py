@@ -1,73 +1,27 @@
-"""Optional masquerade through nftables: one table the agent owns per interface, nothing else.
+"""The agent's nftables table (agent/ruleset.py), written with the `nft` program.
 
 `nft` is driven as a program (`-j` to read, `-f -` to write) because no Python binding is installed.
-The table is replaced in one `nft -f` transaction, so there is never a moment without the rule, and
-it is only written when what is there differs from what should be.
+The table is replaced in one `nft -f` transaction, so there is never a moment without the rules, and
+only when what is there differs from what should be: its comment carries the spec's fingerprint, and
+its chains and sets must hold what the spec says (a table someone flushed by hand is rewritten).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import subprocess
 from typing import Any
 
+from wgmesh.agent import ruleset
+from wgmesh.agent.ruleset import FAMILY, FirewallSpec, table_name
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
 
 log = logging.getLogger("wgmesh.agent.firewall")
 
-FAMILY = "inet"
 NFT_TIMEOUT = 10.0
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-def table_name(ifname: str) -> str:
-    """The agent's table for `ifname`."""
-    return f"wgmesh_{ifname}"
-
-
-def _check_name(ifname: str) -> None:
-    # The name goes into nft's language; refuse anything that could need quoting.
-    if not _SAFE_NAME.fullmatch(ifname):
-        raise BackendError(f"interface name {ifname!r} cannot be used in an nftables rule", code="nft")
-
-
-def masquerade_script(ifname: str) -> str:
-    """An `nft -f` script that (re)creates the table atomically with only the masquerade rule."""
-    _check_name(ifname)
-    table = table_name(ifname)
-    # "add" then "delete" makes the delete safe when the table is absent; all of it is one transaction.
-    return (
-        f"add table {FAMILY} {table}\n"
-        f"delete table {FAMILY} {table}\n"
-        f"table {FAMILY} {table} {{\n"
-        "  chain postrouting {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    iifname "{ifname}" oifname != "{ifname}" masquerade\n'
-        "  }\n"
-        "}\n"
-    )
-
-
-def has_masquerade(listing: dict[str, Any], ifname: str) -> bool:
-    """Whether an `nft -j list table` answer holds exactly our chain and rule."""
-    items = listing.get("nftables", [])
-    chains = [i["chain"] for i in items if "chain" in i]
-    rules = [i["rule"] for i in items if "rule" in i]
-    if len(chains) != 1 or len(rules) != 1:
-        return False
-    chain = chains[0]
-    if (chain.get("name"), chain.get("type"), chain.get("hook")) != ("postrouting", "nat", "postrouting"):
-        return False
-    expected = [
-        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": ifname}},
-        {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": ifname}},
-        {"masquerade": None},
-    ]
-    return bool(rules[0].get("expr") == expected)
 
 
 class NftFirewall:
@@ -87,40 +41,59 @@ class NftFirewall:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BackendError(f"nft {' '.join(args)}: {exc}", code="nft") from exc
 
-    def _listing(self, ifname: str) -> dict[str, Any] | None:
-        """Our table as nft's JSON, or None when it does not exist."""
-        if shutil.which(self.program) is None:
-            return None  # without nft there can be no table of ours
-        done = self._run(["-j", "list", "table", FAMILY, table_name(ifname)])
+    def _list(self, ifname: str, *, as_json: bool) -> str | None:
+        """`nft [-j] list table` of our table, or None when it does not exist."""
+        done = self._run([*(["-j"] if as_json else []), "list", "table", FAMILY, table_name(ifname)])
         if done.returncode != 0:
             if "No such file or directory" in done.stderr:
                 return None
             raise BackendError(f"nft list table: {done.stderr.strip()}", code="nft")
+        return done.stdout
+
+    def _shape(self, ifname: str) -> ruleset.Shape | None:
+        if shutil.which(self.program) is None:
+            return None  # without nft there can be no table of ours
+        text = self._list(ifname, as_json=False)
+        listing = self._list(ifname, as_json=True) if text is not None else None
+        if text is None or listing is None:
+            return None
         try:
-            listing: dict[str, Any] = json.loads(done.stdout)
+            parsed: dict[str, Any] = json.loads(listing)
         except json.JSONDecodeError as exc:
             raise BackendError(f"nft -j gave unreadable output: {exc}", code="nft") from exc
-        return listing
+        return ruleset.observed_shape(text, parsed)
 
-    def ensure(self, ifname: str, masquerade: bool) -> int:
-        """Create or repair the table when `masquerade`, remove it otherwise; returns changes made."""
-        listing = self._listing(ifname)
-        if not masquerade:
-            return int(self.remove(ifname)) if listing is not None else 0
-        if listing is not None and has_masquerade(listing, ifname):
+    def ensure(self, spec: FirewallSpec) -> int:
+        """Make the table hold `spec` (absent when it is empty); returns the changes made (0 or 1)."""
+        ruleset.check_ifname(spec.ifname)
+        shape = self._shape(spec.ifname)
+        if spec.empty:
+            return int(self.remove(spec.ifname)) if shape is not None else 0
+        if shape == ruleset.expected_shape(spec):
             return 0
-        done = self._run(["-f", "-"], masquerade_script(ifname))
+        done = self._run(["-f", "-"], ruleset.script(spec))
         if done.returncode != 0:
-            raise BackendError(f"nft could not add the masquerade rule: {done.stderr.strip()}", code="nft")
-        log.info("masquerade enabled", extra=kv(interface=ifname, table=f"{FAMILY} {table_name(ifname)}"))
+            raise BackendError(
+                f"nft could not write table {table_name(spec.ifname)}: {done.stderr.strip()}", code="nft"
+            )
+        log.info(
+            "firewall table written",
+            extra=kv(
+                interface=spec.ifname,
+                table=f"{FAMILY} {table_name(spec.ifname)}",
+                masquerade=spec.masquerade,
+                mss_groups=",".join(str(g.mtu) for g in spec.clamps) or "none",
+            ),
+        )
         return 1
 
     def remove(self, ifname: str) -> bool:
         """Delete the table if it exists."""
-        if self._listing(ifname) is None:
+        ruleset.check_ifname(ifname)
+        if shutil.which(self.program) is None or self._list(ifname, as_json=True) is None:
             return False
         done = self._run(["delete", "table", FAMILY, table_name(ifname)])
         if done.returncode != 0:
             raise BackendError(f"nft delete table: {done.stderr.strip()}", code="nft")
-        log.info("masquerade removed", extra=kv(interface=ifname))
+        log.info("firewall table removed", extra=kv(interface=ifname))
         return True

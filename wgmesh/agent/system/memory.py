@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from wgmesh.agent import qos
 from wgmesh.agent.plan import AddRoute, DeviceOp, RouteOp, apply_ops
+from wgmesh.agent.ruleset import FirewallSpec
 from wgmesh.agent.wgstate import DeviceSpec, ObservedDevice, PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 
@@ -109,22 +110,22 @@ class MemoryHost:
 
 @dataclass
 class MemoryFirewall:
-    """The set of interfaces that have a masquerade table."""
+    """Per interface, the table spec last written (absent: no table)."""
 
-    tables: set[str] = field(default_factory=set)
+    tables: dict[str, FirewallSpec] = field(default_factory=dict)
 
-    def ensure(self, ifname: str, masquerade: bool) -> int:
-        """Add or drop the interface's table."""
-        if masquerade == (ifname in self.tables):
+    def ensure(self, spec: FirewallSpec) -> int:
+        """Write, replace or drop the interface's table."""
+        if spec.empty:
+            return int(self.tables.pop(spec.ifname, None) is not None)
+        if self.tables.get(spec.ifname) == spec:
             return 0
-        (self.tables.add if masquerade else self.tables.discard)(ifname)
+        self.tables[spec.ifname] = spec
         return 1
 
     def remove(self, ifname: str) -> bool:
         """Drop the interface's table."""
-        present = ifname in self.tables
-        self.tables.discard(ifname)
-        return present
+        return self.tables.pop(ifname, None) is not None
 
 
 @dataclass

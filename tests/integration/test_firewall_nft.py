@@ -1,0 +1,69 @@
+"""The agent's nftables table written by the real `nft` in a namespace of the test's own."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from netns_harness import remove_namespaces, sh
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = """
+import json, subprocess, sys
+from wgmesh.agent.ruleset import FirewallSpec, MssGroup
+from wgmesh.agent.system.firewall import NftFirewall
+
+fw = NftFirewall()
+spec = FirewallSpec("wgt0", masquerade=True, clamps=(
+    MssGroup(1380, ("10.2.0.0/24", "100.96.0.2/32"), ("2001:db8:2::/64",)),
+    MssGroup(1420, ("10.3.0.0/24", "100.96.0.3/32")),
+))
+steps = {"first": fw.ensure(spec), "again": fw.ensure(spec)}
+# Someone flushes our clamp chain by hand: the next reconcile writes the table again.
+subprocess.run(["nft", "flush", "chain", "inet", "wgmesh_wgt0", "mss"], check=True)
+steps["after_flush"] = fw.ensure(spec)
+steps["stable"] = fw.ensure(spec)
+steps["listing"] = subprocess.run(["nft", "list", "table", "inet", "wgmesh_wgt0"], capture_output=True,
+                                  text=True, check=True).stdout
+steps["clamp_only"] = fw.ensure(FirewallSpec("wgt0", clamps=spec.clamps))
+steps["empty"] = fw.ensure(FirewallSpec("wgt0"))
+steps["removed_again"] = fw.remove("wgt0")
+print(json.dumps(steps))
+"""
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft")
+    ns = f"wgf{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", ns)
+    try:
+        yield ns
+    finally:
+        remove_namespaces([ns])
+
+
+def test_table_written_once_repaired_after_drift_and_removed(namespace: str) -> None:
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = json.loads(done.stdout)
+    assert (steps["first"], steps["again"], steps["after_flush"], steps["stable"]) == (1, 0, 1, 0)
+    listing = steps["listing"]
+    assert "tcp option maxseg size set 1340" in listing  # IPv4 at 1380
+    assert "tcp option maxseg size set 1320" in listing  # IPv6 at 1380
+    assert "tcp option maxseg size set 1380" in listing  # IPv4 at 1420
+    assert "masquerade" in listing
+    assert (steps["clamp_only"], steps["empty"], steps["removed_again"]) == (1, 1, False)

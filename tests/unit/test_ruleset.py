@@ -1,0 +1,144 @@
+"""The agent's nftables table as data (agent/ruleset.py) and the MTU arithmetic (agent/mtu.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wgmesh import keys
+from wgmesh.agent import mtu, ruleset
+from wgmesh.agent.plan import desired_device
+from wgmesh.agent.ruleset import FirewallSpec, MssGroup
+from wgmesh.errors import BackendError
+from wgmesh.models import NetMap, PeerConfig
+
+
+def peer(n: int, allowed: list[str], peer_mtu: int = 1420) -> PeerConfig:
+    return PeerConfig(
+        node_id=n,
+        name=f"gw{n}",
+        public_key=keys.generate_keypair().public_key,
+        overlay_ip=f"100.96.0.{n}",
+        allowed_ips=[f"100.96.0.{n}/32", *allowed],
+        mtu=peer_mtu,
+    )
+
+
+def netmap(*peers: PeerConfig, own: int = 1420) -> NetMap:
+    return NetMap(
+        version=1,
+        node_id=1,
+        name="gw1",
+        overlay_ip="100.96.0.1",
+        overlay_cidr="100.96.0.0/16",
+        listen_port=51820,
+        p2p="auto",
+        peers=list(peers),
+        mtu=own,
+    )
+
+
+def firewall(nm: NetMap, own: int, *, masquerade: bool = False, clamp: bool = True) -> FirewallSpec:
+    return ruleset.desired_firewall(
+        "wg0", nm, desired_device(nm), own, masquerade=masquerade, mss_clamp=clamp
+    )
+
+
+def test_mtu_arithmetic() -> None:
+    assert mtu.underlay_limit(1500, ipv6_underlay=True) == 1420  # WireGuard's usual 1420
+    assert mtu.underlay_limit(1460, ipv6_underlay=False) == 1400  # GCP's default VPC MTU
+    assert mtu.underlay_limit(9001, ipv6_underlay=False) == 8941  # AWS inside a VPC
+    assert mtu.tunnel_mtu(1420, None) == 1420
+    assert mtu.tunnel_mtu(1420, 1400) == 1400
+    assert mtu.tunnel_mtu(1420, 8941) == 1420  # the ceiling holds on a jumbo underlay
+    assert mtu.tunnel_mtu(1420, 1000) == mtu.MIN_MTU  # never below IPv6's minimum
+    assert mtu.mss(1400, ipv6=False) == 1360
+    assert mtu.mss(1400, ipv6=True) == 1340
+    assert mtu.path_mtu(1420, 1380) == 1380
+
+
+def test_peers_are_grouped_by_the_mtu_of_their_path() -> None:
+    small = peer(2, ["10.2.0.0/24"], peer_mtu=1380)
+    big = peer(3, ["10.3.0.0/24", "2001:db8:3::/64"], peer_mtu=1420)
+    jumbo = peer(4, ["10.4.0.0/24"], peer_mtu=8921)
+    spec = firewall(netmap(small, big, jumbo), own=1420)
+    assert spec.clamps == (
+        MssGroup(1380, ("10.2.0.0/24", "100.96.0.2/32")),
+        MssGroup(
+            1420, ("10.3.0.0/24", "10.4.0.0/24", "100.96.0.3/32", "100.96.0.4/32"), ("2001:db8:3::/64",)
+        ),
+    )
+    # A gateway whose own tunnel is the smaller end clamps every peer to itself.
+    assert [g.mtu for g in firewall(netmap(small, big, jumbo), own=1300).clamps] == [1300]
+
+
+def test_script_clamps_both_directions_per_family_and_masquerades() -> None:
+    spec = firewall(netmap(peer(2, ["10.2.0.0/24", "2001:db8:2::/64"], peer_mtu=1380)), 1420, masquerade=True)
+    script = ruleset.script(spec)
+    lines = [line.strip() for line in script.splitlines()]
+    assert lines[:3] == [
+        "add table inet wgmesh_wg0",
+        "delete table inet wgmesh_wg0",
+        "table inet wgmesh_wg0 {",
+    ]
+    assert f'comment "wgmesh {ruleset.digest(spec)}"' in lines
+    assert "type filter hook forward priority mangle; policy accept;" in lines
+    assert "type nat hook postrouting priority srcnat; policy accept;" in lines
+    clamp4 = "tcp flags & (syn | rst) == syn tcp option maxseg size > 1340 tcp option maxseg size set 1340"
+    clamp6 = "tcp flags & (syn | rst) == syn tcp option maxseg size > 1320 tcp option maxseg size set 1320"
+    assert f'oifname "wg0" ip daddr @mss4_1380 {clamp4}' in lines
+    assert f'iifname "wg0" ip saddr @mss4_1380 {clamp4}' in lines
+    assert f'oifname "wg0" ip6 daddr @mss6_1380 {clamp6}' in lines
+    assert f'iifname "wg0" ip6 saddr @mss6_1380 {clamp6}' in lines
+    assert 'iifname "wg0" oifname != "wg0" masquerade' in lines
+
+
+def test_no_clamp_and_no_masquerade_means_no_table() -> None:
+    spec = firewall(netmap(peer(2, ["10.2.0.0/24"])), 1420, clamp=False)
+    assert spec.empty
+    assert ruleset.script(spec) == "add table inet wgmesh_wg0\ndelete table inet wgmesh_wg0\n"
+    assert not firewall(netmap(), 1420).clamps  # no peers, nothing to clamp
+
+
+def test_shape_recognises_our_table_and_notices_drift() -> None:
+    spec = firewall(netmap(peer(2, ["10.2.0.0/24"])), 1420, masquerade=True)
+    text = f'table inet wgmesh_wg0 {{\n\tcomment "wgmesh {ruleset.digest(spec)}"\n}}\n'
+    rule = {"rule": {"chain": "mss", "expr": []}}
+    listing = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {
+                "set": {
+                    "name": "mss4_1420",
+                    "elem": [{"prefix": {"addr": "10.2.0.0", "len": 24}}, "100.96.0.2"],
+                }
+            },
+            rule,
+            rule,
+            {"rule": {"chain": "postrouting", "expr": []}},
+        ]
+    }
+    assert ruleset.observed_shape(text, listing) == ruleset.expected_shape(spec)
+    flushed = {"nftables": [i for i in listing["nftables"] if "rule" not in i]}
+    assert ruleset.observed_shape(text, flushed) != ruleset.expected_shape(spec)
+    other = firewall(netmap(peer(2, ["10.2.0.0/24"], peer_mtu=1380)), 1420, masquerade=True)
+    assert ruleset.observed_shape(text, listing) != ruleset.expected_shape(other)
+
+
+@pytest.mark.parametrize("name", ['wg"0', "wg 0", "a" * 16, ""])
+def test_names_that_would_need_quoting_are_refused(name: str) -> None:
+    with pytest.raises(BackendError):
+        ruleset.script(FirewallSpec(name, masquerade=True))
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(8, 32)), min_size=1, max_size=20))
+def test_group_elements_never_overlap(prefixes: list[tuple[int, int]]) -> None:
+    """nft refuses overlapping intervals in a set: every group's elements are disjoint."""
+    allowed = [str(ipaddress.ip_network(f"10.{a}.0.0/{n}", strict=False)) for a, n in prefixes]
+    spec = firewall(netmap(peer(2, allowed)), 1420)
+    for group in spec.clamps:
+        nets = [ipaddress.ip_network(p) for p in group.ipv4]
+        assert all(not x.overlaps(y) for i, x in enumerate(nets) for y in nets[i + 1 :])

@@ -1,0 +1,199 @@
+"""The agent's nftables table, as data: what it should hold, its `nft -f` script, and how to recognise it.
+
+One table per WireGuard interface (`inet wgmesh_<if>`) holds every rule the agent needs, each kind in a
+chain of its own at a fixed priority, so that later kinds (prefix translation) slot in without
+reordering what is there:
+
+| chain | hook, priority | holds |
+|---|---|---|
+| `mss` | forward, mangle (-150) | TCP MSS clamping of SYNs into and out of the tunnel, per peer group |
+| `postrouting` | postrouting, srcnat (100) | masquerade of tunnel traffic leaving into the VPC |
+
+MSS clamping: a gateway forwards a VPC's 1500- or 9001-byte packets into a smaller tunnel; its ICMP
+"fragmentation needed" answer is dropped by the cloud's security group by default, so TCP stalls after
+the handshake. Rewriting the MSS option of every SYN and SYN-ACK that crosses the tunnel makes both
+ends send segments that fit: clamped to the smaller of this gateway's and the peer's tunnel MTU, in
+both directions (a peer that does not clamp, a static one, is covered from this side alone).
+
+Everything here is pure; `system/firewall.py` runs `nft` with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wgmesh.agent import mtu as mtus
+from wgmesh.agent.wgstate import DeviceSpec
+from wgmesh.errors import BackendError
+from wgmesh.models import NetMap
+
+FAMILY = "inet"
+
+CHAINS: dict[str, tuple[str, str, str]] = {
+    # name: (type, hook, priority) — fixed, so every chain's place among the host's own is known.
+    "mss": ("filter", "forward", "mangle"),
+    "postrouting": ("nat", "postrouting", "srcnat"),
+}
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_COMMENT = re.compile(r'^\s*comment "wgmesh ([0-9a-f]{16})"\s*$', re.MULTILINE)
+
+
+def table_name(ifname: str) -> str:
+    """The agent's table for `ifname`."""
+    return f"wgmesh_{ifname}"
+
+
+def check_ifname(ifname: str) -> None:
+    """The name goes into nft's language: refuse anything that could need quoting."""
+    if not _SAFE_NAME.fullmatch(ifname):
+        raise BackendError(f"interface name {ifname!r} cannot be used in an nftables rule", code="nft")
+
+
+@dataclass(frozen=True)
+class MssGroup:
+    """Peers whose path carries the same MTU: their prefixes, per family, collapsed and sorted."""
+
+    mtu: int
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    """Everything the agent's table should hold; empty: no table at all."""
+
+    ifname: str
+    masquerade: bool = False
+    clamps: tuple[MssGroup, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return not self.masquerade and not self.clamps
+
+
+def desired_firewall(
+    ifname: str,
+    netmap: NetMap,
+    device: DeviceSpec,
+    own_mtu: int,
+    *,
+    masquerade: bool,
+    mss_clamp: bool,
+) -> FirewallSpec:
+    """The table for `netmap` on a tunnel of `own_mtu`, given the peers' allowed IPs in `device`."""
+    clamps: tuple[MssGroup, ...] = ()
+    if mss_clamp:
+        peer_mtu = {p.public_key: p.mtu for p in netmap.peers}
+        by_mtu: dict[int, list[str]] = {}
+        for key, peer in device.peers.items():
+            path = mtus.path_mtu(own_mtu, peer_mtu.get(key, mtus.DEFAULT_MTU))
+            by_mtu.setdefault(path, []).extend(peer.allowed_ips)
+        clamps = tuple(_group(m, prefixes) for m, prefixes in sorted(by_mtu.items()) if prefixes)
+    return FirewallSpec(ifname, masquerade, clamps)
+
+
+def _group(mtu: int, prefixes: Iterable[str]) -> MssGroup:
+    nets = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+    # Collapsed: an interval set refuses overlapping elements, and a covered prefix adds nothing.
+    v4 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network))
+    return MssGroup(mtu, tuple(str(n) for n in v4), tuple(str(n) for n in v6))
+
+
+def digest(spec: FirewallSpec) -> str:
+    """A short fingerprint of the spec, kept in the table's comment to recognise it later."""
+    return hashlib.sha256(_body(spec).encode()).hexdigest()[:16]
+
+
+def script(spec: FirewallSpec) -> str:
+    """An `nft -f` script that replaces the table in one transaction (never a moment without rules)."""
+    check_ifname(spec.ifname)
+    table = table_name(spec.ifname)
+    # "add" then "delete" makes the delete safe when the table is absent; all of it is one transaction.
+    head = f"add table {FAMILY} {table}\ndelete table {FAMILY} {table}\n"
+    if spec.empty:
+        return head
+    return (
+        head + f"table {FAMILY} {table} {{\n" + f'  comment "wgmesh {digest(spec)}"\n' + _body(spec) + "}\n"
+    )
+
+
+def _body(spec: FirewallSpec) -> str:
+    ifname = spec.ifname
+    lines: list[str] = []
+    rules: dict[str, list[str]] = {name: [] for name in CHAINS}
+    for group in spec.clamps:
+        for family, prefixes, ip, kind, ipv6 in (
+            ("4", group.ipv4, "ip", "ipv4_addr", False),
+            ("6", group.ipv6, "ip6", "ipv6_addr", True),
+        ):
+            if not prefixes:
+                continue
+            name = f"mss{family}_{group.mtu}"
+            lines.append(f"  set {name} {{\n    type {kind}; flags interval;\n")
+            lines.append(f"    elements = {{ {', '.join(prefixes)} }}\n  }}\n")
+            size = mtus.mss(group.mtu, ipv6)
+            clamp = f"tcp flags & (syn | rst) == syn tcp option maxseg size > {size} tcp option maxseg size set {size}"
+            rules["mss"].append(f'oifname "{ifname}" {ip} daddr @{name} {clamp}')
+            rules["mss"].append(f'iifname "{ifname}" {ip} saddr @{name} {clamp}')
+    if spec.masquerade:
+        rules["postrouting"].append(f'iifname "{ifname}" oifname != "{ifname}" masquerade')
+    for name, (kind, hook, priority) in CHAINS.items():
+        if not rules[name]:
+            continue
+        lines.append(f"  chain {name} {{\n    type {kind} hook {hook} priority {priority}; policy accept;\n")
+        lines.extend(f"    {rule}\n" for rule in rules[name])
+        lines.append("  }\n")
+    return "".join(lines)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What can be checked of a table cheaply: its comment, rules per chain, elements per set."""
+
+    comment: str | None
+    rules: Mapping[str, int]
+    sets: Mapping[str, frozenset[str]]
+
+
+def expected_shape(spec: FirewallSpec) -> Shape:
+    rules: dict[str, int] = {}
+    sets: dict[str, frozenset[str]] = {}
+    for group in spec.clamps:
+        for family, prefixes in (("4", group.ipv4), ("6", group.ipv6)):
+            if prefixes:
+                sets[f"mss{family}_{group.mtu}"] = frozenset(prefixes)
+                rules["mss"] = rules.get("mss", 0) + 2
+    if spec.masquerade:
+        rules["postrouting"] = 1
+    return Shape(digest(spec), rules, sets)
+
+
+def observed_shape(text: str, listing: Mapping[str, Any]) -> Shape:
+    """The shape of a table from `nft list table` (for the comment) and `nft -j list table`."""
+    found = _COMMENT.search(text)
+    rules: dict[str, int] = {}
+    sets: dict[str, frozenset[str]] = {}
+    for item in listing.get("nftables", []):
+        if "rule" in item:
+            chain = item["rule"].get("chain", "")
+            rules[chain] = rules.get(chain, 0) + 1
+        elif "set" in item:
+            elements = item["set"].get("elem", [])
+            sets[item["set"]["name"]] = frozenset(_element(e) for e in elements)
+    return Shape(found.group(1) if found else None, rules, sets)
+
+
+def _element(value: Any) -> str:
+    """A set element as nft's JSON gives it (an address, or a prefix object) → canonical prefix text."""
+    if isinstance(value, dict) and "prefix" in value:
+        return str(ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))
+    if isinstance(value, dict) and "elem" in value:
+        return _element(value["elem"]["val"])
+    return str(ipaddress.ip_network(str(value)))
