@@ -25,7 +25,7 @@ REFERENCE_STARTUP = 0.8
 """Seconds `python -c "import wgmesh.coordinator.main"` takes on the machine the time-outs were set on
 (the 2-core development VM, idle: 0.55-0.7 s; rounded up so that an idle machine measures ≤ 1)."""
 
-MAX_FACTOR = 40.0
+MAX_FACTOR = 100.0
 """A ceiling, so a measurement taken during a burst of load cannot make a hung test wait for hours."""
 
 _PROBE = "import wgmesh.coordinator.main"
@@ -66,11 +66,14 @@ def measure_startup(python: str = sys.executable, runs: int = 1) -> float:
     One run by default: under emulation each costs seconds, and a cold page cache is part of what the
     first program a test starts pays too.
     """
-    best = float("inf")
+    ceiling = REFERENCE_STARTUP * MAX_FACTOR
+    best = ceiling
     for _ in range(runs):
         started = time.monotonic()
-        # The probe is bounded by its own budget's ceiling: a machine slower than that is not usable.
-        subprocess.run([python, "-c", _PROBE], check=True, timeout=REFERENCE_STARTUP * MAX_FACTOR)
+        try:
+            subprocess.run([python, "-c", _PROBE], check=True, timeout=ceiling)
+        except subprocess.TimeoutExpired:
+            continue  # at least MAX_FACTOR times slower: the ceiling stands
         best = min(best, time.monotonic() - started)
     return best
 
