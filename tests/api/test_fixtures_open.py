@@ -1,0 +1,285 @@
+"""The schema-version-2 fixtures (tests/fixtures, made by make_fixtures.py) open with the current code.
+
+A coordinator started on a copy of the database serves every node, route, token, pair, status report,
+netmap and network setting MANIFEST.json records; the agent's state directory loads with the state module,
+and an agent starting on it restores its cached netmap, which the coordinator confirms is current. The
+committed files are never opened for writing: everything runs on copies in tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from coordinator_harness import Coordinator, assert_error, running
+
+from wgmesh import keys
+from wgmesh.agent import main as agent_main
+from wgmesh.agent.config import AgentConfig
+from wgmesh.agent.dataplane import DataPlane
+from wgmesh.agent.state import StateDir
+from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
+from wgmesh.coordinator import schema
+from wgmesh.coordinator.store import Store
+from wgmesh.models import NetMap
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MANIFEST: dict[str, Any] = json.loads((FIXTURES / "MANIFEST.json").read_text())
+REGISTRY: dict[str, Any] = MANIFEST["coordinator"]
+AGENT: dict[str, Any] = MANIFEST["agent_state"]
+
+
+def copy_database(tmp: Path) -> Path:
+    db = tmp / str(REGISTRY["db"])
+    shutil.copyfile(FIXTURES / REGISTRY["db"], db)
+    return db
+
+
+def copy_state_dir(tmp: Path, *, product_modes: bool = True) -> Path:
+    """The agent's state directory, with the modes the agent writes (git keeps none of them).
+
+    The agent makes the directory 0700 and every file in it 0600; a checkout has whatever the umask
+    gives (0755/0644). The state module reads looser files too, with a warning, so `product_modes=False`
+    keeps the checkout's modes to show exactly that.
+    """
+    state = tmp / str(AGENT["dir"])
+    shutil.copytree(FIXTURES / AGENT["dir"], state)
+    if product_modes:
+        state.chmod(0o700)
+        for f in state.iterdir():
+            f.chmod(0o600)
+    else:
+        state.chmod(0o755)
+        for f in state.iterdir():
+            f.chmod(0o644)
+    return state
+
+
+def start_on(db: Path, log: Path) -> Coordinator:
+    """A coordinator on `db`, started as the fixture's was (its admin token, relays, trusted proxy)."""
+    return Coordinator(
+        db=db,
+        log=log,
+        extra=tuple(REGISTRY["started_with"]["flags"]),
+        admin_token=REGISTRY["started_with"]["env"]["WGMESH_ADMIN_TOKEN"],
+    )
+
+
+@pytest.fixture(scope="module")
+def fixture_coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+    """A coordinator on a copy of the fixture database; the tests using it only read."""
+    tmp = tmp_path_factory.mktemp("fixture")
+    with running(start_on(copy_database(tmp), tmp / "coordinator.log")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(fixture_coordinator: Coordinator) -> Iterator[httpx.Client]:
+    with fixture_coordinator.admin() as client:
+        yield client
+
+
+def get(client: httpx.Client, path: str) -> Any:
+    r = client.get(path)
+    assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
+    return r.json()
+
+
+def test_the_committed_files_are_those_the_manifest_describes() -> None:
+    assert MANIFEST["schema_version"] == schema.SCHEMA_VERSION == 2
+    for name, digest in MANIFEST["files_sha256"].items():
+        assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == digest, name
+    state_files = {p.name for p in (FIXTURES / AGENT["dir"]).iterdir()}
+    assert state_files == {"private.key", "enrollment.json", "netmap.json", "relay-grant.json"}
+    assert not list(FIXTURES.glob("*.db-*")), "a WAL or shared-memory file next to the fixture database"
+
+
+def test_database_has_schema_version_2_and_a_value_in_every_column(tmp_path: Path) -> None:
+    db = copy_database(tmp_path)
+    store = Store(f"sqlite:///{db}")
+    try:
+        store.check_schema()  # what the coordinator checks before serving
+        assert store.upgrade() == []  # nothing to do for this code
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [2]
+        for table in schema.metadata.sorted_tables:
+            for column in table.columns:
+                (count,) = conn.execute(
+                    f'SELECT COUNT(*) FROM "{table.name}" WHERE "{column.name}" IS NOT NULL'
+                ).fetchone()
+                assert count, f"{table.name}.{column.name} holds no value in the fixture"
+        # both values of the flags later schema versions may split or rename
+        assert {v for (v,) in conn.execute("SELECT static FROM nodes")} == {0, 1}
+        assert {v for (v,) in conn.execute("SELECT reusable FROM tokens")} == {0, 1}
+        # the pair cleared of its overrides keeps a row (the API does not list it)
+        assert conn.execute("SELECT COUNT(*) FROM pairs WHERE p2p IS NULL AND rate IS NULL").fetchone() == (
+            1,
+        )
+    finally:
+        conn.close()
+
+
+def test_coordinator_serves_what_the_manifest_records(
+    fixture_coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    with fixture_coordinator.anonymous() as anon:
+        assert get(anon, "/healthz")["version"] == REGISTRY["registry_version"]
+    assert get(admin, "/api/v1/network") == REGISTRY["network"]
+    nodes = get(admin, "/api/v1/nodes")["nodes"]
+    for node in nodes:
+        node.pop("online")  # derived from the clock
+    assert nodes == REGISTRY["nodes"]
+    assert REGISTRY["deleted_node"]["name"] not in {n["name"] for n in nodes}
+    assert get(admin, "/api/v1/routes")["routes"] == REGISTRY["routes"]
+    assert {(r["prefix"], r["gateway"], r["state"]) for r in REGISTRY["routes"]} >= {
+        ("10.1.0.0/16", "gw-a", "active"),
+        ("10.1.0.0/16", "gw-b", "standby"),
+        ("10.2.128.0/24", "gw-c", "conflict"),
+    }
+    assert get(admin, "/api/v1/tokens")["tokens"] == REGISTRY["tokens"]
+    assert get(admin, "/api/v1/pairs")["pairs"] == REGISTRY["pairs"]
+    assert get(admin, "/api/v1/statuses")["statuses"] == REGISTRY["statuses"]
+    # the admin token `init` printed is still one
+    with fixture_coordinator.admin(REGISTRY["admin_tokens"]["printed_by_init"]) as other:
+        assert get(other, "/api/v1/network") == REGISTRY["network"]
+
+
+def test_netmaps_static_export_relay_key_and_topology_build(
+    fixture_coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    for name, credential in REGISTRY["credentials"].items():
+        with fixture_coordinator.node(credential) as node:
+            assert get(node, "/api/v1/netmap") == REGISTRY["netmaps"][name], name
+    static = get(admin, "/api/v1/nodes/laptop-static/config")
+    assert static == REGISTRY["static_configs"]["laptop-static"]
+    laptop = next(n for n in REGISTRY["nodes"] if n["name"] == "laptop-static")
+    assert keys.public_key_of(static["interface"]["private_key"]) == laptop["public_key"]
+    with fixture_coordinator.node(REGISTRY["credentials"][AGENT["node"]]) as node:
+        grant = get(node, "/api/v1/node/relay")
+    assert grant["coordinator_key"] == REGISTRY["relay_coordinator_key"]  # same master secret
+    assert grant["relays"] == REGISTRY["agent_grant"]["relays"]
+    warnings = get(admin, "/api/v1/topology")["warnings"]
+    assert "route 10.2.128.0/24@gw-c is inactive: 10.2.128.0/24 overlaps 10.2.0.0/16@gw-b" in warnings
+    assert "gw-agent does not install 10.20.0.0/24: it overlaps a local subnet on eth1" in warnings, warnings
+
+
+def test_tokens_keep_their_verdicts_and_enrollment_goes_on(tmp_path: Path) -> None:
+    """Writes, so on a coordinator of its own."""
+    secrets = REGISTRY["token_secrets"]
+
+    def body(token_description: str, name: str) -> dict[str, Any]:
+        token = secrets[token_description]
+        return {"token": token, "name": name, "public_key": keys.generate_keypair().public_key}
+
+    with running(start_on(copy_database(tmp_path), tmp_path / "c.log")) as c, c.anonymous() as anon:
+        for description, code in (
+            ("one-time for gw-a (used)", "token_used"),
+            ("expired after one second (never used)", "token_expired"),
+            ("revoked before use", "token_revoked"),
+        ):
+            assert_error(anon.post("/api/v1/enroll", json=body(description, "gw-new")), 401, code)
+        assert get(anon, "/healthz")["version"] == REGISTRY["registry_version"]
+        r = anon.post("/api/v1/enroll", json=body("fleet (reusable)", "gw-new"))
+        assert r.status_code == 201, r.text
+        netmap = r.json()["netmap"]
+        assert netmap["version"] == REGISTRY["registry_version"] + 1
+        assert netmap["overlay_cidr"] == REGISTRY["network"]["overlay_cidr"]
+        assert {p["name"] for p in netmap["peers"]} == {n["name"] for n in REGISTRY["nodes"]}
+        assert netmap["overlay_ip"] not in {n["overlay_ip"] for n in REGISTRY["nodes"]}
+        r = anon.post("/api/v1/enroll", json=body("one-time, unused", "gw-newer"))
+        assert r.status_code == 201, r.text
+
+
+def test_agent_state_module_reads_the_state_dir(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = StateDir(copy_state_dir(tmp_path))
+    key_before = state.key_file.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="wgmesh.files"):
+        pair = state.private_key()
+        enrollment = state.enrollment()
+        cached = state.cached_netmap()
+        grant = state.cached_grant()
+    assert caplog.records == []  # 0600 files: no warning
+    assert state.key_file.read_bytes() == key_before  # loaded, not generated anew
+    assert pair.public_key == AGENT["public_key"]
+    assert enrollment is not None
+    assert enrollment.node_id == AGENT["node_id"]
+    assert enrollment.credential == REGISTRY["credentials"][AGENT["node"]]
+    assert cached is not None
+    assert cached.model_dump(mode="json") == REGISTRY["netmaps"][AGENT["node"]]
+    assert (cached.name, cached.overlay_ip, cached.version) == (
+        AGENT["node"],
+        AGENT["overlay_ip"],
+        AGENT["netmap_version"],
+    )
+    assert grant is not None
+    assert grant.coordinator_key == REGISTRY["relay_coordinator_key"]
+    assert [r.model_dump() for r in grant.relays] == REGISTRY["agent_grant"]["relays"]
+
+
+def test_state_dir_with_checkout_modes_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a fresh checkout gives (0644): readable, and the product says the files are too open."""
+    state = StateDir(copy_state_dir(tmp_path, product_modes=False))
+    with caplog.at_level(logging.WARNING, logger="wgmesh.files"):
+        assert state.private_key().public_key == AGENT["public_key"]
+        assert state.cached_netmap() is not None
+    assert any("readable by others" in r.getMessage() for r in caplog.records)
+    state.prepare()  # what the agent does first: the directory is tightened
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o700
+
+
+def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_current(
+    tmp_path: Path, fixture_coordinator: Coordinator
+) -> None:
+    """`Agent.run`'s first steps on an in-memory data plane: restore the cache, take the stored
+    enrollment (no token), then one poll: the coordinator on the fixture has nothing newer (304)."""
+    cfg = AgentConfig(
+        coordinator=fixture_coordinator.url,
+        name=AGENT["node"],
+        state_dir=copy_state_dir(tmp_path),
+        interface="wgfix0",
+        metrics_listen="off",
+    )
+    agent = agent_main.Agent(cfg)
+    host = MemoryHost(local=[(prefix, ifname) for prefix, ifname in AGENT["local_subnets_at_creation"]])
+    agent.dataplane = DataPlane(
+        cfg.interface,
+        cfg.backend,
+        agent.keypair.private_key,
+        cfg.listen_port,
+        wireguard=MemoryWireGuard(cfg.interface),
+        host=host,
+        firewall=MemoryFirewall(),
+        shaper=MemoryShaper(),
+    )
+    try:
+        assert agent.keypair.public_key == AGENT["public_key"]
+        agent.dataplane.up()
+        restored = agent.follower.restore()
+        assert isinstance(restored, NetMap)
+        assert agent.netmap == restored
+        assert restored.model_dump(mode="json") == REGISTRY["netmaps"][AGENT["node"]]
+        # the planner shadows the same remote route as when the fixture was made
+        agent_status = next(s for s in REGISTRY["statuses"] if s["node"] == AGENT["node"])
+        assert [s.model_dump() for s in agent.shadowed] == agent_status["report"]["shadowed"]
+        enrollment = agent.enroll()  # the stored one: cfg has no token
+        agent.client.credential = enrollment.credential
+        assert agent.follower.poll_once(wait=0) is False  # 304: the cache is the current netmap
+    finally:
+        agent.paths.stop()
+        agent.paths.net.loop.close()
+        agent.dataplane.close()
+        agent.client.close()
