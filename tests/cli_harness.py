@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from wgmesh.lab.timescale import scaled
+
 ENTRY = "from wgmesh.cli.main import main; main()"
 CLI_TIMEOUT = 30.0
 
@@ -61,7 +63,7 @@ def run_cli(
         input=input,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

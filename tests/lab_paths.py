@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wgmesh.lab import Lab, Site
+from wgmesh.lab.timescale import scaled
 
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
 
@@ -141,6 +142,7 @@ class TcpStream:
     def finish(self, timeout: float = 60) -> tuple[int, str]:
         """Stop sending and return (bytes, sha256) once the receiver got exactly what was sent."""
         self.stop_file.touch()
+        timeout = scaled(timeout)
         sent_out, sent_err = self.client.communicate(timeout=timeout)
         assert self.client.returncode == 0, f"TCP sender failed: {sent_err}"
         received_out, _ = self.server.communicate(timeout=timeout)

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from wgmesh.coordinator.main import ADMIN_ENV, DEFAULT_DB
+from wgmesh.lab.timescale import scaled
 from wgmesh.relay.server import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -398,6 +399,7 @@ def _free_port() -> int:
 
 
 def _wait_for(check: object, proc: subprocess.Popen[bytes], log: Path, deadline: float = 20.0) -> None:
+    deadline = scaled(deadline)
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()}"
