@@ -1,8 +1,10 @@
 """Helpers for the path and relay tests in the lab: each gateway's view of its peers' paths, continuous
-pings with their longest silence, and a TCP stream that must survive path switches."""
+pings with their longest silence, a TCP stream that must survive path switches, and a TCP transfer that
+must arrive whole within a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wgmesh.lab import Lab, Site
+from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
 from wgmesh.lab.timescale import scaled
 
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
@@ -112,6 +114,104 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=90) as co
         time.sleep(0.02)
 print(total, digest.hexdigest(), flush=True)
 """
+
+
+# Sends argv[3] random bytes at once, then reports what it sent; argv[4] is its socket timeout in seconds.
+TCP_CLIENT = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[3]))
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4])) as conn:
+    conn.sendall(data)
+print(len(data), hashlib.sha256(data).hexdigest())
+"""
+
+
+def tcp_info(lab: Lab, node: str, port: int, side: str) -> dict[str, str]:
+    """The kernel's TCP_INFO (`ss -ti`) of `node`'s connection on `port` (`side`: sport or dport), as
+    {field: value}; empty when there is no such connection."""
+    done = lab.exec(node, "ss", "-Htin", f"( {side} = :{port} )")
+    info: dict[str, str] = {}
+    for token in done.stdout.split():
+        key, sep, value = token.partition(":")
+        if sep and key.isidentifier() and key not in info:
+            info[key] = value
+    return info
+
+
+def tcp_transfer(
+    lab: Lab,
+    src: Site,
+    dst: Site,
+    size: int = 4 << 20,
+    port: int = 5201,
+    *,
+    timeout: float = 60.0,
+    stall: float = 10.0,
+) -> float:
+    """Send `size` random bytes from one VPC host to another over TCP, check that byte count and digest
+    arrived intact, and return the seconds it took.
+
+    Fails saying how many bytes arrived when nothing new arrives for `stall` seconds (a TCP black hole
+    does not recover by itself) or the whole transfer takes longer than `timeout`; the sender's TCP_INFO
+    (MSS, path MTU, retransmissions) is in the message.
+    """
+    server = lab.popen(dst.host, sys.executable, "-c", STREAM_SERVER, str(port), stdout=subprocess.PIPE)
+    client: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        start = time.monotonic()
+        client = lab.popen(
+            src.host,
+            sys.executable,
+            "-c",
+            TCP_CLIENT,
+            str(dst.vm_ip),
+            str(port),
+            str(size),
+            str(scaled(timeout + 10)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # The receiver only speaks at the end, so progress is read from its kernel: bytes_received.
+        progress = {"bytes": 0, "at": start}
+
+        def finished_or_stalled() -> bool:
+            if server.poll() is not None:
+                return True
+            got = int(tcp_info(lab, dst.host, port, "sport").get("bytes_received", "0"))
+            now = time.monotonic()
+            if got > progress["bytes"]:
+                progress.update(bytes=got, at=now)
+            return now - progress["at"] >= scaled(stall)
+
+        with contextlib.suppress(WaitTimeout):
+            wait_until(finished_or_stalled, timeout, f"{size} bytes from {src.host}", interval=0.25)
+        if server.poll() is None:
+            got = int(tcp_info(lab, dst.host, port, "sport").get("bytes_received", "0"))
+            sender = tcp_info(lab, src.host, port, "dport")
+            seen = " ".join(f"{k}:{sender[k]}" for k in SENDER_FIELDS if k in sender) or "no connection"
+            raise AssertionError(
+                f"TCP {src.host} -> {dst.host} stalled: {got} of {size} bytes arrived in "
+                f"{time.monotonic() - start:.1f} s, none in the last "
+                f"{time.monotonic() - progress['at']:.1f} s (sender {seen})"
+            )
+        took = time.monotonic() - start
+        sent, errors = client.communicate(timeout=scaled(10))
+        assert client.returncode == 0, f"TCP sender on {src.host} failed: {errors.strip()[-500:]}"
+        received, _ = server.communicate(timeout=scaled(10))
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    assert received.split() == sent.split(), f"{src.host} -> {dst.host}: sent {sent!r}, got {received!r}"
+    return took
+
+
+# What a stalled sender's TCP_INFO says about why: the segment size it uses, the path MTU it believes,
+# and how much it had to send again.
+SENDER_FIELDS = ("mss", "pmtu", "retrans", "unacked", "lost", "bytes_sent", "bytes_acked", "bytes_retrans")
 
 
 class TcpStream:

@@ -31,6 +31,27 @@ NAME = "zqx9"
         (("throttle-udp", "1", "99gbit"), "rate '99gbit' must be between 8kbit and 10gbit"),
         (("throttle-udp", "1"), "the following arguments are required: RATE"),
         (("unthrottle-udp", ""), "site list '' must be site numbers"),
+        (("up", "--lan-mtu", "1"), "--lan-mtu '1' must be SITE=MTU, e.g. 1=9001"),
+        (("up", "--lan-mtu", "1=9217"), "LAN MTU '9217' must be a whole number between 576 and 9216"),
+        (("up", "--lan-mtu", "1=9001,x=9001"), "--lan-mtu site 'x' must be site numbers"),
+        (
+            ("up", "--sites", "2", "--lan-mtu", "3=9001"),
+            "--lan-mtu: unknown site 3 (lab zqx9 has sites 1..2)",
+        ),
+        (
+            ("up", "--underlay-mtu", "2=1200"),
+            "underlay MTU '1200' must be a whole number between 1280 and 9216",
+        ),
+        (("up", "--underlay-mtu", "2=65536"), "underlay MTU '65536' must be a whole number"),
+        (("up", "--sites", "2", "--underlay-mtu", "4=1460"), "--underlay-mtu: unknown site 4"),
+        (("up", "--sg-drop-icmp", "vm1"), "--sg-drop-icmp 'vm1' must be site numbers"),
+        (("up", "--sites", "2", "--sg-drop-icmp", "1,3"), "--sg-drop-icmp: unknown site 3"),
+        (("lan-mtu", "1", "9001.5"), "LAN MTU '9001.5' must be a whole number between 576 and 9216"),
+        (("lan-mtu", "1"), "the following arguments are required: MTU"),
+        (("underlay-mtu", "1", "1000"), "underlay MTU '1000' must be a whole number between 1280 and 9216"),
+        (("underlay-mtu", "x", "1460"), "site list 'x' must be site numbers"),
+        (("sg-drop-icmp", "0"), "site 0 is not between 1 and 200"),
+        (("sg-allow-icmp", "1;2"), "site list '1;2' must be site numbers"),
     ],
 )
 def test_bad_switch_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
@@ -40,7 +61,11 @@ def test_bad_switch_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str
     assert needle in done.one_line_error()
 
 
-def test_switch_on_a_lab_that_is_not_up_is_exit_1(tmp_path: Path) -> None:
-    done = run_cli("lab", "block-udp", "1", "--name", NAME, env=base_env(tmp_path))
+@pytest.mark.parametrize(
+    "args",
+    [("block-udp", "1"), ("lan-mtu", "1", "9001"), ("underlay-mtu", "2", "1460"), ("sg-drop-icmp", "1")],
+)
+def test_switch_on_a_lab_that_is_not_up_is_exit_1(tmp_path: Path, args: tuple[str, ...]) -> None:
+    done = run_cli("lab", *args, "--name", NAME, env=base_env(tmp_path))
     assert done.code == 1, done.err
     assert f"lab {NAME} is not up" in done.one_line_error()

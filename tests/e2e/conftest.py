@@ -2,19 +2,24 @@
 
     @pytest.mark.e2e
     @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout, relay,
-                                            # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2]
+                                            # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2],
+                                            # lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1]
     def test_x(lab: Lab, wait_until: WaitUntil) -> None:
         lab.exec("vm1", "ping", "-c1", str(lab.plan.site(2).vm_ip), check=True)
+
+`shared_lab` is the same lab built once for a whole class (the `lab` marker on the class), for cases that
+can share one lab and set what differs with the lab's runtime switches.
 
 `wait_until` is also importable: `from wgmesh.lab import wait_until`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,9 @@ LAB_DEFAULTS: dict[str, Any] = {
     "block_udp": (),
     "throttle_udp": {},
     "p2p_off": (),
+    "lan_mtu": {},
+    "underlay_mtu": {},
+    "sg_drop_icmp": (),
 }
 
 
@@ -43,7 +51,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
-        "throttle_udp={}, p2p_off=()): how the `lab` fixture builds it",
+        "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=()): how the `lab` "
+        "and `shared_lab` fixtures build it",
     )
 
 
@@ -74,18 +83,18 @@ def lab_name() -> str:
     return "t" + secrets.token_hex(2)
 
 
-@pytest.fixture
-def lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
-    """A converged lab built per the test's `lab` marker; torn down afterwards whatever happened."""
-    marker = request.node.get_closest_marker("lab")
-    options = {**LAB_DEFAULTS, **(marker.kwargs if marker else {})}
+@contextlib.contextmanager
+def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool]) -> Iterator[Lab]:
+    """A converged lab built per a `lab` marker; torn down afterwards whatever happened, its agents'
+    logs printed first when `failed()` says so."""
+    options: Mapping[str, Any] = {**LAB_DEFAULTS, **(marker.kwargs if marker else {})}
     reason = lab_skip_reason(options["agents"])
     if reason is not None:
         pytest.skip(reason)
-    logs = Path("/run/wgmesh-lab") / lab_name / "logs"
+    logs = Path("/run/wgmesh-lab") / name / "logs"
     try:
         handle = up(
-            lab_name,
+            name,
             options["sites"],
             options["backend"],
             agents=options["agents"],
@@ -94,18 +103,43 @@ def lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
             block_udp=options["block_udp"],
             throttle_udp=options["throttle_udp"],
             p2p_off=options["p2p_off"],
+            lan_mtu=options["lan_mtu"],
+            underlay_mtu=options["underlay_mtu"],
+            sg_drop_icmp=options["sg_drop_icmp"],
         )
     except BaseException:
         _print_logs(logs)
-        down(lab_name)
+        down(name)
         raise
     try:
         yield handle
     finally:
-        report = getattr(request.node, "report_call", None)
-        if report is not None and report.failed:
+        if failed():
             _print_logs(logs)
-        down(lab_name)
+        down(name)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
+    """A converged lab built per the test's `lab` marker; torn down afterwards whatever happened."""
+
+    def failed() -> bool:
+        report = getattr(request.node, "report_call", None)
+        return report is not None and bool(report.failed)
+
+    with built_lab(lab_name, request.node.get_closest_marker("lab"), failed) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="class")
+def shared_lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
+    """One converged lab for every test of a class, built per the class's `lab` marker; torn down after
+    the class's last test whatever happened. Its own name, so it never meets a test's `lab`."""
+    failures = request.session.testsfailed
+    with built_lab(
+        lab_name + "s", request.node.get_closest_marker("lab"), lambda: request.session.testsfailed > failures
+    ) as handle:
+        yield handle
 
 
 def _print_logs(logs: Path) -> None:

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import signal
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 import pytest
-from lab_paths import STREAM_SERVER, ping_ok
+from lab_paths import ping_ok, tcp_transfer
 
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.control import program
 from wgmesh.lab.converge import WgPeer, parse_wg_dump
 
 pytestmark = [pytest.mark.e2e]
-
-
-TCP_CLIENT = """
-import hashlib, os, socket, sys
-data = os.urandom(int(sys.argv[3]))
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as conn:
-    conn.sendall(data)
-print(len(data), hashlib.sha256(data).hexdigest())
-"""
 
 
 def wg_peers(lab: Lab, site: Site) -> tuple[WgPeer, ...]:
@@ -49,25 +38,6 @@ def wg_routes(lab: Lab, site: Site) -> list[str]:
 
 def nodes(lab: Lab) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in lab.api("GET", "/api/v1/nodes")["nodes"]}
-
-
-def tcp_transfer(lab: Lab, src: Site, dst: Site, size: int = 4 << 20, port: int = 5201) -> None:
-    """Send `size` random bytes from one VPC host to another over TCP and compare digests."""
-    server = lab.popen(dst.host, sys.executable, "-c", STREAM_SERVER, str(port), stdout=subprocess.PIPE)
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        sent = lab.exec(
-            src.host, sys.executable, "-c", TCP_CLIENT, str(dst.vm_ip), str(port), str(size), check=True
-        )
-        received, _ = server.communicate(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    assert received.split() == sent.stdout.split(), (
-        f"{src.host} -> {dst.host}: sent {sent.stdout!r}, got {received!r}"
-    )
 
 
 @pytest.mark.lab(sites=3)

@@ -16,6 +16,7 @@ from rich.table import Table
 from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
+from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, MtuRange, parse_mtu, parse_mtus
 from wgmesh.lab.control import Progress
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
 
@@ -78,6 +79,30 @@ def register(sub: Subparsers) -> None:
         metavar="I,...",
         help="set these gateways' P2P policy to off once they enroll (their peers go via the relay)",
     )
+    p.add_argument(
+        "--lan-mtu",
+        action="append",
+        default=[],
+        metavar="I=MTU",
+        help=f"MTU of site I's LAN (gateway lan and VPC host eth0), {LAN_MTU.low}-{LAN_MTU.high}, "
+        "e.g. 1=9001 as in AWS; repeatable or a comma list",
+    )
+    p.add_argument(
+        "--underlay-mtu",
+        action="append",
+        default=[],
+        metavar="I=MTU",
+        help=f"MTU of gateway I's underlay link (both veth ends), {UNDERLAY_MTU.low}-{UNDERLAY_MTU.high}, "
+        "e.g. 2=1460 as in GCP; repeatable or a comma list",
+    )
+    p.add_argument(
+        "--sg-drop-icmp",
+        action="append",
+        default=[],
+        metavar="I,...",
+        help="these VPC hosts drop inbound ICMP unreachable and ICMPv6 packet-too-big, as a cloud "
+        "security group does",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
 
@@ -132,6 +157,28 @@ def register(sub: Subparsers) -> None:
     p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
     p.set_defaults(func=cmd_unthrottle_udp)
 
+    p = cmds.add_parser("lan-mtu", help="set the MTU of sites' LAN (gateway lan and VPC host eth0)")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="site numbers, e.g. 1 or 1,3")
+    p.add_argument("mtu", metavar="MTU", help=f"{LAN_MTU.low}-{LAN_MTU.high}; 1500 is the default")
+    p.set_defaults(func=cmd_lan_mtu)
+
+    p = cmds.add_parser("underlay-mtu", help="set the MTU of gateways' underlay link (both veth ends)")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
+    p.add_argument("mtu", metavar="MTU", help=f"{UNDERLAY_MTU.low}-{UNDERLAY_MTU.high}; 1500 is the default")
+    p.set_defaults(func=cmd_underlay_mtu)
+
+    p = cmds.add_parser("sg-drop-icmp", help="VPC hosts drop inbound ICMP unreachables (security group)")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="VPC host numbers, e.g. 1 or 1,3")
+    p.set_defaults(func=cmd_sg_drop_icmp)
+
+    p = cmds.add_parser("sg-allow-icmp", help="let ICMP unreachables reach VPC hosts again")
+    _name(p)
+    p.add_argument("sites", metavar="I[,I...]", help="VPC host numbers, e.g. 1 or 1,3")
+    p.set_defaults(func=cmd_sg_allow_icmp)
+
     p = cmds.add_parser("down", help="remove everything the lab created (also after a crash)")
     _name(p)
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
@@ -179,6 +226,9 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "blocked_udp": state.blocked_udp,
         "throttled_udp": state.throttled_udp,
         "p2p_off": state.p2p_off,
+        "lan_mtu": state.lan_mtu,
+        "underlay_mtu": state.underlay_mtu,
+        "sg_drop_icmp": state.sg_drop_icmp,
         "agents": lab.state.agents,
         "sites": [
             {
@@ -215,8 +265,10 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
 
 def _switch_lines(summary: dict[str, object]) -> list[str]:
     blocked, throttled, off = summary["blocked_udp"], summary["throttled_udp"], summary["p2p_off"]
+    lan, underlay, sg = summary["lan_mtu"], summary["underlay_mtu"], summary["sg_drop_icmp"]
     assert isinstance(blocked, list) and isinstance(throttled, dict) and isinstance(off, list)
-    return describe(blocked, throttled, off)
+    assert isinstance(lan, dict) and isinstance(underlay, dict) and isinstance(sg, list)
+    return describe(blocked, throttled, off, lan_mtu=lan, underlay_mtu=underlay, sg_drop_icmp=sg)
 
 
 def _warn(text: str) -> None:
@@ -232,6 +284,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     block_udp = _site_lists(args.block_udp, "--block-udp")
     throttle_udp = parse_throttles(args.throttle_udp)
     p2p_off = _site_lists(args.p2p_off, "--p2p-off")
+    lan_mtu = parse_mtus(args.lan_mtu, LAN_MTU)
+    underlay_mtu = parse_mtus(args.underlay_mtu, UNDERLAY_MTU)
+    sg_drop_icmp = _site_lists(args.sg_drop_icmp, "--sg-drop-icmp")
     start = time.monotonic()
     with _progress(args.json) as progress:
         lab = up(
@@ -245,6 +300,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             block_udp=block_udp,
             throttle_udp=throttle_udp,
             p2p_off=p2p_off,
+            lan_mtu=lan_mtu,
+            underlay_mtu=underlay_mtu,
+            sg_drop_icmp=sg_drop_icmp,
             warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
@@ -402,8 +460,9 @@ def _switch(args: argparse.Namespace) -> tuple[Lab, list[int]]:
     return lab, indexes
 
 
-def _done(lab: Lab, indexes: list[int], what: str) -> None:
-    names = ", ".join(lab.plan.site(i).node for i in indexes)
+def _done(lab: Lab, indexes: list[int], what: str, *, hosts: bool = False) -> None:
+    sites = [lab.plan.site(i) for i in indexes]
+    names = ", ".join(s.host if hosts else s.node for s in sites)
     stdout().print(f"lab {lab.name}: {names}: {what}")
 
 
@@ -441,6 +500,49 @@ def cmd_unthrottle_udp(args: argparse.Namespace) -> int:
     for index in indexes:
         lab.unthrottle_udp(index)
     _done(lab, indexes, "UDP limit removed")
+    return 0
+
+
+def _mtu_switch(args: argparse.Namespace, limits: MtuRange) -> tuple[Lab, list[int], int]:
+    """The lab, sites and MTU of a runtime MTU switch; the MTU is checked first, as a usage error."""
+    mtu = parse_mtu(args.mtu, limits)
+    lab, indexes = _switch(args)
+    return lab, indexes, mtu
+
+
+def cmd_lan_mtu(args: argparse.Namespace) -> int:
+    """`wgmesh lab lan-mtu I MTU`: replaces any earlier MTU; 1500 removes the switch."""
+    lab, indexes, mtu = _mtu_switch(args, LAN_MTU)
+    for index in indexes:
+        lab.set_lan_mtu(index, mtu)
+    _done(lab, indexes, f"LAN MTU {mtu} (gateway lan and VPC host eth0)", hosts=True)
+    return 0
+
+
+def cmd_underlay_mtu(args: argparse.Namespace) -> int:
+    """`wgmesh lab underlay-mtu I MTU`: replaces any earlier MTU; 1500 removes the switch."""
+    lab, indexes, mtu = _mtu_switch(args, UNDERLAY_MTU)
+    for index in indexes:
+        lab.set_underlay_mtu(index, mtu)
+    _done(lab, indexes, f"underlay MTU {mtu} (an agent that sizes its tunnel at start needs a restart)")
+    return 0
+
+
+def cmd_sg_drop_icmp(args: argparse.Namespace) -> int:
+    """`wgmesh lab sg-drop-icmp I`: idempotent."""
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.sg_drop_icmp(index)
+    _done(lab, indexes, "inbound ICMP unreachable dropped (security group)", hosts=True)
+    return 0
+
+
+def cmd_sg_allow_icmp(args: argparse.Namespace) -> int:
+    """`wgmesh lab sg-allow-icmp I`: idempotent."""
+    lab, indexes = _switch(args)
+    for index in indexes:
+        lab.sg_allow_icmp(index)
+    _done(lab, indexes, "inbound ICMP unreachable allowed", hosts=True)
     return 0
 
 

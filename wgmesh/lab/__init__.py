@@ -1,7 +1,8 @@
 """Network-namespace lab: a multi-site mesh on one machine for `make demo`, e2e tests and benchmarks.
 
-`plan`, `impair` (switches that impair the underlay) and `converge` are pure; `system` and `procs`
-touch the machine; `control` (build, run, wait) and `teardown` (down, even after a crash) tie them together.
+`plan`, `impair` (switches that impair the underlay), `cloud` (switches that make a site look like a cloud
+VPC: MTUs, a security group) and `converge` are pure; `system` and `procs` touch the machine; `control`
+(build, run, wait) and `teardown` (down, even after a crash) tie them together.
 """
 
 from wgmesh.lab.control import Lab, LabStatus, agent_available, up

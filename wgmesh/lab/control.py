@@ -25,6 +25,16 @@ import httpx
 
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import procs, system
+from wgmesh.lab.cloud import (
+    LAN_MTU,
+    UNDERLAY_MTU,
+    check_mtu,
+    lan_mtu_commands,
+    sg_allow_icmp_script,
+    sg_drop_icmp_script,
+    underlay_mtu_commands,
+    with_mtu,
+)
 from wgmesh.lab.converge import GatewayView, Verdict, assess, parse_ping_rtt, parse_wg_dump
 from wgmesh.lab.impair import (
     block_udp_script,
@@ -169,11 +179,16 @@ def up(
     block_udp: Iterable[int] = (),
     throttle_udp: Mapping[int, str] | None = None,
     p2p_off: Iterable[int] = (),
+    lan_mtu: Mapping[int, int] | None = None,
+    underlay_mtu: Mapping[int, int] | None = None,
+    sg_drop_icmp: Iterable[int] = (),
     warn: Progress = _log_warning,
 ) -> Lab:
     """Build lab `name`, start its coordinator, relay and agents, and return once the mesh has converged.
 
     `relay=None` runs the relay when `wgmesh-relay` is installed and warns when it is not.
+    `lan_mtu` and `underlay_mtu` ({site: MTU}) and `sg_drop_icmp` (sites) make sites look like cloud
+    VPCs (docs/lab.md); like the other switches they are in force before any agent starts.
     """
     # Bad usage is reported as such, before anything else is checked or touched.
     plan = plan_lab(name, sites)
@@ -182,9 +197,17 @@ def up(
     blocked = sorted(set(block_udp))
     throttled = {index: parse_rate(rate) for index, rate in sorted((throttle_udp or {}).items())}
     off = sorted(set(p2p_off))
+    lan_mtus = {index: check_mtu(mtu, LAN_MTU) for index, mtu in sorted((lan_mtu or {}).items())}
+    underlay_mtus = {
+        index: check_mtu(mtu, UNDERLAY_MTU) for index, mtu in sorted((underlay_mtu or {}).items())
+    }
+    sg = sorted(set(sg_drop_icmp))
     check_sites(plan, blocked, "--block-udp")
     check_sites(plan, throttled, "--throttle-udp")
     check_sites(plan, off, "--p2p-off")
+    check_sites(plan, lan_mtus, "--lan-mtu")
+    check_sites(plan, underlay_mtus, "--underlay-mtu")
+    check_sites(plan, sg, "--sg-drop-icmp")
     if off and not agents:
         raise ValidationError("--p2p-off needs agents (it changes enrolled nodes)", code="invalid_p2p_off")
     if relay is False and off:
@@ -245,6 +268,13 @@ def up(
             lab.block_udp(index)
         for index, rate in throttled.items():
             lab.throttle_udp(index, rate)
+        # Also before the agents: an agent may size its tunnel from the underlay MTU when it starts.
+        for index, mtu in underlay_mtus.items():
+            lab.set_underlay_mtu(index, mtu)
+        for index, mtu in lan_mtus.items():
+            lab.set_lan_mtu(index, mtu)
+        for index in sg:
+            lab.sg_drop_icmp(index)
         if relay:
             progress("creating the coordinator's relay key")
             lab.prepare_relay()
@@ -317,6 +347,9 @@ class LabStatus:
     blocked_udp: list[int] | None = None
     throttled_udp: dict[int, str] | None = None
     p2p_off: list[int] | None = None
+    lan_mtu: dict[int, int] | None = None
+    underlay_mtu: dict[int, int] | None = None
+    sg_drop_icmp: list[int] | None = None
 
     def healthy(self) -> bool:
         """Coordinator and relay (if any) up, every namespace present, every agent (if any) alive."""
@@ -329,7 +362,14 @@ class LabStatus:
 
     def switches(self) -> list[str]:
         """One phrase per switch in force (`gw1: UDP blocked`)."""
-        return describe(self.blocked_udp or [], self.throttled_udp or {}, self.p2p_off or [])
+        return describe(
+            self.blocked_udp or [],
+            self.throttled_udp or {},
+            self.p2p_off or [],
+            lan_mtu=self.lan_mtu,
+            underlay_mtu=self.underlay_mtu,
+            sg_drop_icmp=self.sg_drop_icmp or [],
+        )
 
 
 class Lab:
@@ -503,6 +543,43 @@ class Lab:
         self.state.throttled_udp = {i: r for i, r in self.state.throttled_udp.items() if i != index}
         self._save()
         log.info("udp unthrottled", extra=kv(lab=self.name, node=site.node))
+
+    def set_lan_mtu(self, index: int, mtu: int) -> None:
+        """Give site `index`'s LAN (gateway `lan`, VPC host `eth0`) this MTU; 1500 is the default again."""
+        check_mtu(mtu, LAN_MTU)
+        site = self.plan.site(index)
+        system.apply(lan_mtu_commands(site, mtu))
+        self.state.lan_mtu = with_mtu(self.state.lan_mtu, index, mtu)
+        self._save()
+        log.info("lan mtu set", extra=kv(lab=self.name, node=site.node, mtu=mtu))
+
+    def set_underlay_mtu(self, index: int, mtu: int) -> None:
+        """Give gateway `index`'s underlay link (both veth ends) this MTU; 1500 is the default again.
+
+        An agent that sizes its tunnel from the underlay when it starts sees a change only once restarted.
+        """
+        check_mtu(mtu, UNDERLAY_MTU)
+        site = self.plan.site(index)
+        system.apply(underlay_mtu_commands(site, mtu))
+        self.state.underlay_mtu = with_mtu(self.state.underlay_mtu, index, mtu)
+        self._save()
+        log.info("underlay mtu set", extra=kv(lab=self.name, node=site.node, mtu=mtu))
+
+    def sg_drop_icmp(self, index: int) -> None:
+        """Make VPC host `index` drop inbound ICMP unreachables and ICMPv6 packet-too-big (idempotent)."""
+        site = self.plan.site(index)
+        system.nft_apply(sg_drop_icmp_script(), netns=site.vm_ns)
+        self.state.sg_drop_icmp = sorted({*self.state.sg_drop_icmp, index})
+        self._save()
+        log.info("icmp unreachable dropped", extra=kv(lab=self.name, node=site.host))
+
+    def sg_allow_icmp(self, index: int) -> None:
+        """Let ICMP unreachables reach VPC host `index` again (idempotent)."""
+        site = self.plan.site(index)
+        system.nft_apply(sg_allow_icmp_script(), netns=site.vm_ns)
+        self.state.sg_drop_icmp = [i for i in self.state.sg_drop_icmp if i != index]
+        self._save()
+        log.info("icmp unreachable allowed", extra=kv(lab=self.name, node=site.host))
 
     def set_p2p(self, index: int, policy: Literal["auto", "off"]) -> None:
         """Set gateway `index`'s P2P policy through the coordinator (the node must be enrolled)."""
@@ -791,6 +868,9 @@ class Lab:
             blocked_udp=list(self.state.blocked_udp),
             throttled_udp=dict(self.state.throttled_udp),
             p2p_off=list(self.state.p2p_off),
+            lan_mtu=dict(self.state.lan_mtu),
+            underlay_mtu=dict(self.state.underlay_mtu),
+            sg_drop_icmp=list(self.state.sg_drop_icmp),
         )
 
     def down(self) -> DownReport:

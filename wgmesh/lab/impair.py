@@ -147,9 +147,20 @@ def unthrottle_commands(site: Site) -> list[TcCommand]:
     ]
 
 
-def describe(blocked: Iterable[int], throttled: Mapping[int, str], p2p_off: Iterable[int]) -> list[str]:
+def describe(
+    blocked: Iterable[int],
+    throttled: Mapping[int, str],
+    p2p_off: Iterable[int],
+    *,
+    lan_mtu: Mapping[int, int] | None = None,
+    underlay_mtu: Mapping[int, int] | None = None,
+    sg_drop_icmp: Iterable[int] = (),
+) -> list[str]:
     """One short phrase per switch in force, for `status` and `up`."""
     lines = [f"gw{i}: UDP blocked" for i in blocked]
     lines += [f"gw{i}: UDP throttled to {rate}" for i, rate in throttled.items()]
     lines += [f"gw{i}: p2p off" for i in p2p_off]
+    lines += [f"gw{i}: underlay MTU {mtu}" for i, mtu in (underlay_mtu or {}).items()]
+    lines += [f"vm{i}: LAN MTU {mtu} (and gw{i}'s lan)" for i, mtu in (lan_mtu or {}).items()]
+    lines += [f"vm{i}: inbound ICMP unreachable dropped (security group)" for i in sg_drop_icmp]
     return lines

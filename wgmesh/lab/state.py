@@ -50,6 +50,11 @@ class LabState(Model):
     blocked_udp: list[int] = Field(default_factory=list)
     throttled_udp: dict[int, str] = Field(default_factory=dict)
     p2p_off: list[int] = Field(default_factory=list)
+    # The cloud-like switches (issue 13): MTUs other than 1500 by site, VPC hosts whose security group
+    # drops inbound ICMP unreachables. Defaults keep state files written before them readable.
+    lan_mtu: dict[int, int] = Field(default_factory=dict)
+    underlay_mtu: dict[int, int] = Field(default_factory=dict)
+    sg_drop_icmp: list[int] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     processes: list[ProcessRecord] = Field(default_factory=list)
 
