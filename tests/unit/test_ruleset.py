@@ -57,7 +57,10 @@ def test_mtu_arithmetic() -> None:
     assert mtu.tunnel_mtu(1420, 1000) == mtu.MIN_MTU  # never below IPv6's minimum
     assert mtu.mss(1400, ipv6=False) == 1360
     assert mtu.mss(1400, ipv6=True) == 1340
-    assert mtu.path_mtu(1420, 1380) == 1380
+    assert mtu.path_mtu(1420, 1420) == 1420  # equal ends: the interface MTU caps the padding
+    # Unequal ends: the 1420 end pads a 1400-byte packet to 1408, over a 1400 tunnel's underlay.
+    assert mtu.path_mtu(1420, 1400) == mtu.path_mtu(1400, 1420) == 1392
+    assert mtu.path_mtu(1420, 1376) == 1376  # already a multiple of 16
 
 
 def test_peers_are_grouped_by_the_mtu_of_their_path() -> None:
@@ -66,17 +69,16 @@ def test_peers_are_grouped_by_the_mtu_of_their_path() -> None:
     jumbo = peer(4, ["10.4.0.0/24"], peer_mtu=8921)
     spec = firewall(netmap(small, big, jumbo), own=1420)
     assert spec.clamps == (
-        MssGroup(1380, ("10.2.0.0/24", "100.96.0.2/32")),
-        MssGroup(
-            1420, ("10.3.0.0/24", "10.4.0.0/24", "100.96.0.3/32", "100.96.0.4/32"), ("2001:db8:3::/64",)
-        ),
+        MssGroup(1376, ("10.2.0.0/24", "100.96.0.2/32")),
+        MssGroup(1408, ("10.4.0.0/24", "100.96.0.4/32")),  # the jumbo end pads past our 1420
+        MssGroup(1420, ("10.3.0.0/24", "100.96.0.3/32"), ("2001:db8:3::/64",)),
     )
     # A gateway whose own tunnel is the smaller end clamps every peer to itself.
-    assert [g.mtu for g in firewall(netmap(small, big, jumbo), own=1300).clamps] == [1300]
+    assert [g.mtu for g in firewall(netmap(small, big, jumbo), own=1296).clamps] == [1296]
 
 
 def test_script_clamps_both_directions_per_family_and_masquerades() -> None:
-    spec = firewall(netmap(peer(2, ["10.2.0.0/24", "2001:db8:2::/64"], peer_mtu=1380)), 1420, masquerade=True)
+    spec = firewall(netmap(peer(2, ["10.2.0.0/24", "2001:db8:2::/64"], peer_mtu=1380)), 1380, masquerade=True)
     script = ruleset.script(spec)
     lines = [line.strip() for line in script.splitlines()]
     assert lines[:3] == [

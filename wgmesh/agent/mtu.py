@@ -34,9 +34,22 @@ def tunnel_mtu(ceiling: int, limit: int | None) -> int:
     return max(MIN_MTU, chosen)
 
 
+PADDING = 16
+"""WireGuard pads every packet's content to a multiple of 16 bytes, but never past the sending
+interface's MTU (a packet as large as the MTU is sent unpadded)."""
+
+
 def path_mtu(own: int, peer: int) -> int:
-    """What the tunnel between two gateways carries: the smaller of the two ends' MTUs."""
-    return min(own, peer)
+    """The largest inner packet the tunnel between two gateways carries whichever end sends it.
+
+    The smaller of the two ends' MTUs, except that the larger end pads a packet of that size by up to
+    15 bytes (its own MTU does not stop it), which the smaller end's underlay then drops without a
+    word; so between unequal ends the size is rounded down to a multiple of the padding.
+    """
+    smaller = min(own, peer)
+    if own == peer:
+        return smaller
+    return smaller - smaller % PADDING
 
 
 def mss(mtu: int, ipv6: bool) -> int:
