@@ -15,6 +15,7 @@ from wgmesh.models import (
     EnrollRequest,
     ErrorResponse,
     Network,
+    NetworkPatch,
     Node,
     NodePatch,
     PeerConfig,
@@ -40,6 +41,40 @@ def test_network_defaults_match_the_design() -> None:
     assert net.overlay_cidr == "100.96.0.0/16"
     assert net.p2p == "auto"
     assert net.listen_port == 51820
+    assert net.mtu == 1420
+
+
+@pytest.mark.parametrize("mtu", [1280, 1420, 9000])
+def test_admin_mtus_are_1280_to_9000(mtu: int) -> None:
+    assert Network(mtu=mtu).mtu == mtu
+    assert NetworkPatch(mtu=mtu).mtu == mtu
+    assert NodePatch(mtu=mtu).mtu == mtu
+
+
+@pytest.mark.parametrize("mtu", [1279, 9001, 0, -1, 1400.5, "big"])
+def test_other_admin_mtus_are_refused(mtu: object) -> None:
+    for model in (Network, NetworkPatch, NodePatch):
+        with pytest.raises(pydantic.ValidationError):
+            model.model_validate({"mtu": mtu})
+
+
+def test_a_node_patch_tells_a_cleared_mtu_from_an_omitted_one() -> None:
+    assert "mtu" in NodePatch.model_validate({"mtu": None}).model_fields_set
+    assert "mtu" not in NodePatch.model_validate({"p2p": "off"}).model_fields_set
+
+
+def test_reported_mtus_are_576_to_65535_or_unknown() -> None:
+    assert enroll().max_mtu is None
+    assert enroll(max_mtu=576).max_mtu == 576
+    assert StatusReport(mtu=1380, max_mtu=65535).model_dump()["max_mtu"] == 65535
+    assert StatusReport().mtu is None and StatusReport().max_mtu is None
+    for bad in (575, 65536, 0):
+        with pytest.raises(pydantic.ValidationError):
+            enroll(max_mtu=bad)
+        with pytest.raises(pydantic.ValidationError):
+            StatusReport(max_mtu=bad)
+        with pytest.raises(pydantic.ValidationError):
+            StatusReport(mtu=bad)
 
 
 @pytest.mark.parametrize("name", ["a", "0", "gw-a", "gw-aws-fra-1", "a" * 63, "1a-b2"])
