@@ -237,7 +237,8 @@ async function refresh() {
 
 function render() {
   const t = state.topology;
-  $("#network-name").textContent = `· ${t.network.name} ${t.network.overlay_cidr} · v${t.version}`;
+  $("#network-name").textContent =
+    `· ${t.network.name} ${t.network.overlay_cidr} · MTU ${t.network.mtu} · v${t.version}`;
   document.body.dataset.version = String(t.version);
   renderTopology();
   renderNodes();
@@ -425,6 +426,10 @@ function renderDetails() {
     ["Public IP", node.public_ip || "–"],
     ["Endpoints", node.endpoints.join(", ") || "–"],
     ["Listen port", String(node.listen_port)],
+    // what the agent set on its interface, then the two limits the netmap's MTU comes from
+    ["Tunnel MTU", status && status.report.mtu ? String(status.report.mtu) : "–"],
+    ["MTU ceiling", node.mtu ? String(node.mtu) : `network default (${state.topology.network.mtu})`],
+    ["Underlay max MTU", node.max_mtu ? String(node.max_mtu) : "–"],
     ["Tags", node.tags.join(", ") || "–"],
     ["Public key", node.public_key],
     ["Last seen", fmtAgo(node.last_seen)],

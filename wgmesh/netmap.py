@@ -58,6 +58,16 @@ def effective_p2p(network: Network, a: Node, b: Node, pair: P2PPolicy | None) ->
     return "auto"
 
 
+def effective_mtu(network: Network, node: Node) -> int:
+    """The node's tunnel MTU: its ceiling (else the network's default), lowered to what its underlay carries.
+
+    Both ends of a pair compute the same number for a node, so each can clamp TCP MSS to the smaller of
+    its own and its peer's: a segment either end sends then fits the narrower tunnel.
+    """
+    ceiling = node.mtu if node.mtu is not None else network.mtu
+    return ceiling if node.max_mtu is None else min(ceiling, node.max_mtu)
+
+
 def endpoint_candidates(node: Node) -> list[str]:
     """Where a peer may reach `node` over UDP: reported endpoints first, then eth0 and public IP."""
     seen: list[str] = list(node.endpoints)
@@ -109,6 +119,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
                 public_ip=other.public_ip,
                 rate=snapshot.pair_rate.get(key),
                 static=other.static,
+                mtu=effective_mtu(snapshot.network, other),
             )
         )
     return NetMap(
@@ -122,6 +133,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
         peers=peers,
         routes=[r for r in snapshot.routes if r.gateway_id == me.id],
         rate=me.rate,
+        mtu=effective_mtu(snapshot.network, me),
     )
 
 

@@ -63,7 +63,13 @@ def test_init_takes_the_admin_token_from_the_environment_and_prints_none(tmp_pat
     c = Coordinator(db=db, log=tmp_path / "c.log", admin_token=None)
     with running(c), c.admin(supplied) as admin:
         network = admin.get("/api/v1/network").json()
-    assert network == {"name": "default", "overlay_cidr": "100.64.0.0/24", "p2p": "off", "listen_port": 51820}
+    assert network == {
+        "name": "default",
+        "overlay_cidr": "100.64.0.0/24",
+        "p2p": "off",
+        "listen_port": 51820,
+        "mtu": 1420,
+    }
 
 
 def test_init_refuses_a_bad_overlay_with_the_prefix_meant(tmp_path: Path) -> None:

@@ -99,13 +99,34 @@ def test_schemas_come_from_the_models_and_every_reference_resolves(document: dic
         "conflict",
         "rejected",
     }
-    assert {"public_key", "allowed_ips", "endpoints", "psk", "p2p"} <= set(
+    assert {"public_key", "allowed_ips", "endpoints", "psk", "p2p", "mtu"} <= set(
         schemas["PeerConfig"]["properties"]
     )
     assert set(schemas["EnrollRequest"]["required"]) >= {"token", "name", "public_key"}
+    assert {"mtu", "max_mtu"} <= set(schemas["Node"]["properties"])
+    assert "mtu" in schemas["NetMap"]["properties"] and "mtu" in schemas["PeerConfig"]["properties"]
+    assert {"mtu", "max_mtu"} <= set(schemas["StatusReport"]["properties"])
+    assert "max_mtu" in schemas["EnrollRequest"]["properties"]
     for ref in refs(document):
         assert ref.startswith("#/components/schemas/"), ref
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def bounds(prop: dict[str, Any]) -> tuple[int, int]:
+    """The integer range of a property that may be null (`anyOf: [integer, null]`) or not."""
+    (schema,) = [s for s in prop.get("anyOf", [prop]) if s.get("type") == "integer"]
+    return schema["minimum"], schema["maximum"]
+
+
+def test_mtu_ranges_are_in_the_document(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    for model in ("Network", "NetworkPatch", "NodePatch", "Node"):
+        assert bounds(schemas[model]["properties"]["mtu"]) == (1280, 9000), model
+    assert bounds(schemas["EnrollRequest"]["properties"]["max_mtu"]) == (576, 65535)
+    assert bounds(schemas["StatusReport"]["properties"]["max_mtu"]) == (576, 65535)
+    assert bounds(schemas["StatusReport"]["properties"]["mtu"]) == (576, 65535)
+    assert schemas["NetMap"]["properties"]["mtu"]["default"] == 1420
+    assert schemas["Network"]["properties"]["mtu"]["default"] == 1420
 
 
 def test_request_bodies_and_errors_are_described(document: dict[str, Any]) -> None:

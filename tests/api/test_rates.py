@@ -1,5 +1,6 @@
 """Bandwidth limits through the API: node and pair rates reach the netmaps; bad input changes nothing;
-a database of schema version 1 is upgraded in place when the coordinator starts."""
+a database of schema version 1 is upgraded in place (through every later version) when the coordinator
+starts."""
 
 from __future__ import annotations
 
@@ -89,16 +90,20 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         token = create_token(admin)["token"]
         with c.anonymous() as anon:
             enroll(anon, token, "old-a")
-    # Turn it into what version 1 wrote: no rate columns, version row 1.
+    # Turn it into what version 1 wrote: no rate (version 2) or MTU (version 3) columns, version row 1.
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")
+        conn.execute("ALTER TABLE networks DROP COLUMN mtu")
+        conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
+        conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00')")
     with running(Coordinator(db=db, log=tmp_path / "c2.log")) as c, c.admin() as admin:
         r = admin.patch("/api/v1/nodes/old-a", json={"rate": "10mbit"})
         assert r.status_code == 200, r.text
         assert [n["name"] for n in admin.get("/api/v1/nodes").json()["nodes"]] == ["old-a"]
+        assert admin.get("/api/v1/network").json()["mtu"] == 1420  # both steps applied, in order
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3]

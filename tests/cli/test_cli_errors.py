@@ -23,6 +23,9 @@ COMMANDS = [
     ("nodes", "rm", "gw-x", "--yes"),
     ("pair", "set", "gw-x", "gw-y", "--p2p", "off"),
     ("pair", "list"),
+    ("network",),
+    ("network", "show"),
+    ("network", "set", "--mtu", "1400"),
     ("tokens", "create"),
     ("tokens", "list"),
     ("tokens", "revoke", "1"),
@@ -150,6 +153,7 @@ def test_usage_errors_and_help(wgmesh: Cli) -> None:
         ("status", "--help"),
         ("nodes", "rm", "--help"),
         ("tokens", "create", "--help"),
+        ("network", "set", "--help"),
     ):
         r = wgmesh(*argv)
         assert r.code == 0 and "usage:" in r.out, argv

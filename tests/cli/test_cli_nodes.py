@@ -9,7 +9,15 @@ from typing import Any
 import httpx
 import pytest
 from cli_harness import Cli, Result
-from coordinator_harness import Coordinator, Enrolled, create_token, enroll
+from coordinator_harness import (
+    Coordinator,
+    Enrolled,
+    create_token,
+    enroll,
+    netmap,
+    peers_by_name,
+    post_status,
+)
 
 from wgmesh import keys
 
@@ -153,7 +161,7 @@ def test_set_p2p_and_tags(wgmesh: Cli, admin: httpx.Client, gateways: Any) -> No
     assert node is not None and (node["p2p"], node["tags"]) == ("off", ["edge", "eu"])
     r = wgmesh("nodes", "set", "gw-a", "--p2p", "auto")
     assert r.code == 0, r.err
-    assert "gw-a: p2p auto, rate limit none, tags edge, eu" in r.out
+    assert "gw-a: p2p auto, rate limit none, MTU ceiling network default, tags edge, eu" in r.out
     doc = wgmesh("node", "set", "gw-a", "--clear-tags", "--json").json()
     assert (doc["p2p"], doc["tags"]) == ("auto", [])
 
@@ -177,11 +185,55 @@ def test_set_rate_reaches_the_netmap_and_none_removes_it(
         assert "rate" in r.one_line_error()
 
 
+def test_set_mtu_reaches_the_netmap_and_none_clears_it(
+    wgmesh: Cli, admin: httpx.Client, coordinator: Coordinator, gateways: dict[str, Enrolled]
+) -> None:
+    doc = wgmesh("node", "set", "gw-a", "--mtu", "1380", "--json").json()
+    assert (doc["mtu"], doc["max_mtu"]) == (1380, None)
+    node = api_node(admin, "gw-a")
+    assert node is not None and node["mtu"] == 1380
+    assert netmap(coordinator, gateways["gw-a"])["mtu"] == 1380
+    assert peers_by_name(netmap(coordinator, gateways["gw-b"]))["gw-a"]["mtu"] == 1380
+    r = wgmesh("node", "set", "gw-a", "--mtu", "1380")
+    assert r.code == 0 and "MTU ceiling 1380" in r.out
+    shown = wgmesh("node", "show", "gw-a").out
+    assert "MTU ceiling" in shown and "1380 (node)" in shown and "underlay max MTU" in shown
+    listed = wgmesh("nodes").out
+    assert "MTU" in listed and "1380 (node)" in listed
+    r = wgmesh("node", "set", "gw-a", "--mtu", "none")
+    assert r.code == 0 and "MTU ceiling network default" in r.out
+    node = api_node(admin, "gw-a")
+    assert node is not None and node["mtu"] is None
+    assert netmap(coordinator, gateways["gw-a"])["mtu"] == 1420
+    assert "network default (1420)" in wgmesh("node", "show", "gw-a").out
+
+
+def test_the_underlay_shows_when_it_lowers_the_mtu(
+    wgmesh: Cli, coordinator: Coordinator, gateways: dict[str, Enrolled]
+) -> None:
+    post_status(coordinator, gateways["gw-b"], {"max_mtu": 1360, "mtu": 1360})
+    shown = wgmesh("node", "show", "gw-b").out
+    assert "1360 (underlay)" in shown
+    assert "1360 (underlay)" in wgmesh("nodes").out
+    assert wgmesh("node", "show", "gw-b", "--json").json()["max_mtu"] == 1360
+
+
+@pytest.mark.parametrize("bad", ["1279", "9001", "0", "jumbo", "1400.5", "-1400", ""])
+def test_set_bad_mtu_is_bad_usage_and_changes_nothing(
+    wgmesh: Cli, admin: httpx.Client, gateways: Any, bad: str
+) -> None:
+    before = api_node(admin, "gw-a")
+    r = wgmesh("node", "set", "gw-a", f"--mtu={bad}")
+    assert r.code == 2, r.err
+    assert "must be a whole number of bytes from 1280 to 9000, or none" in r.one_line_error()
+    assert api_node(admin, "gw-a") == before
+
+
 def test_set_refusals(wgmesh: Cli, gateways: Any) -> None:
     r = wgmesh("node", "set", "gw-a")
     assert (r.code, r.one_line_error()) == (
         2,
-        "wgmesh: nothing to change: give --p2p, --rate, --tag or --clear-tags",
+        "wgmesh: nothing to change: give --p2p, --rate, --mtu, --tag or --clear-tags",
     )
     r = wgmesh("node", "set", "gw-a", "--p2p", "sometimes")
     assert r.code == 2

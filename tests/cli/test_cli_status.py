@@ -13,7 +13,18 @@ import pytest
 from cli_harness import Cli
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
 
-NODE_FIELDS = {"name", "overlay_ip", "eth0_ip", "public_ip", "online", "last_seen", "p2p", "subnets", "peers"}
+NODE_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "online",
+    "last_seen",
+    "p2p",
+    "mtu",
+    "subnets",
+    "peers",
+}
 PEER_FIELDS = {
     "name",
     "overlay_ip",
@@ -65,6 +76,8 @@ def mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
         {
             "eth0_ip": "10.1.0.5",
             "endpoints": ["198.51.100.1:51820"],
+            "mtu": 1380,
+            "max_mtu": 1380,
             "peers": [
                 {
                     "public_key": b.keypair.public_key,
@@ -139,6 +152,8 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
 
     a = nodes["gw-a"]
     assert (a["eth0_ip"], a["public_ip"], a["online"], a["p2p"]) == ("10.1.0.5", "127.0.0.1", True, "auto")
+    assert a["mtu"] == 1380  # what its agent set, from its report
+    assert nodes["gw-b"]["mtu"] is None  # reported, but without an MTU (an agent before MTUs)
     assert a["subnets"] == ["10.1.0.0/16"]
     assert mesh.started - timedelta(seconds=1) <= when(a["last_seen"]) <= datetime.now(UTC)
     peers = {p["name"]: p for p in a["peers"]}
@@ -164,7 +179,13 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
 
     # gw-c never reported: not online, no last_seen, and its peers are what the others saw of it.
     c = nodes["gw-c"]
-    assert (c["online"], c["last_seen"], c["eth0_ip"], c["public_ip"]) == (False, None, None, None)
+    assert (c["online"], c["last_seen"], c["eth0_ip"], c["public_ip"], c["mtu"]) == (
+        False,
+        None,
+        None,
+        None,
+        None,
+    )
     seen_by_a = {p["name"]: p for p in c["peers"]}["gw-a"]
     assert (seen_by_a["path"], seen_by_a["rx_bytes"], seen_by_a["tx_bytes"]) == ("relay", 20, 10)
     # The static peer, seen through gw-a's report (no handshake there: null, not a made-up time).
@@ -237,6 +258,7 @@ def test_status_node_table_shows_each_peer_path(
     r = wgmesh("status", "gw-a", env=cli_env | {"COLUMNS": columns})
     assert r.code == 0, r.err
     assert all(len(line) <= int(columns) for line in r.out.splitlines())
+    assert "mtu 1380" in r.out
     for text in (
         "gw-b",
         "gw-c",

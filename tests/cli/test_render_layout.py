@@ -147,6 +147,7 @@ def status(nodes: int = 6) -> StatusView:
                 online=i != 2,
                 last_seen=NOW - timedelta(minutes=7),
                 p2p="off" if i == 1 else "auto",
+                mtu=1420 if i != 2 else None,
                 subnets=[r.prefix for r in routes if r.gateway == name],
                 peers=peers,
             )
@@ -212,6 +213,7 @@ def test_unknown_values_show_a_dash() -> None:
         online=False,
         last_seen=None,
         p2p="auto",
+        mtu=None,
         subnets=[],
         peers=[peer],
     )
@@ -219,6 +221,7 @@ def test_unknown_values_show_a_dash() -> None:
     row = lines[line_with(lines, "gw-b")]
     assert row.count("—") >= 8, row
     assert "never seen" in lines[0]
+    assert "mtu —" in lines[0]
 
 
 def test_human_readable_figures() -> None:

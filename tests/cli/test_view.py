@@ -12,7 +12,18 @@ from wgmesh.cli.view import StatusView, node_view, peer_counts, route_views, sta
 from wgmesh.models import Network, Node, NodeStatus, PeerStatus, Route, ShadowedRoute, StatusReport, Topology
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-NODE_FIELDS = {"name", "overlay_ip", "eth0_ip", "public_ip", "online", "last_seen", "p2p", "subnets", "peers"}
+NODE_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "online",
+    "last_seen",
+    "p2p",
+    "mtu",
+    "subnets",
+    "peers",
+}
 PEER_FIELDS = {
     "name",
     "overlay_ip",
@@ -56,9 +67,11 @@ def topology(
     )
 
 
-def report(of: Node, peers: list[PeerStatus], shadowed: list[ShadowedRoute] | None = None) -> NodeStatus:
+def report(
+    of: Node, peers: list[PeerStatus], shadowed: list[ShadowedRoute] | None = None, mtu: int | None = None
+) -> NodeStatus:
     return NodeStatus(
-        node=of.name, reported_at=NOW, report=StatusReport(peers=peers, shadowed=shadowed or [])
+        node=of.name, reported_at=NOW, report=StatusReport(peers=peers, shadowed=shadowed or [], mtu=mtu)
     )
 
 
@@ -110,6 +123,7 @@ def mesh() -> tuple[Topology, list[NodeStatus], dict[str, Node]]:
                     prefix="10.2.0.0/16", gateway="gw-b", interface="lan", local_prefix="10.2.0.0/24"
                 )
             ],
+            mtu=1380,
         ),
     ]
     routes = [
@@ -218,3 +232,10 @@ def test_node_view_of_an_unknown_node_is_a_key_error(mesh: Any) -> None:
     topo, statuses, _ = mesh
     with pytest.raises(KeyError):
         node_view(topo, statuses, "nope")
+
+
+def test_mtu_is_what_the_nodes_own_report_says(mesh: Any) -> None:
+    topo, statuses, _ = mesh
+    view = status_view(topo, statuses)
+    assert {n.name: n.mtu for n in view.nodes} == {"dev": None, "gw-a": 1380, "gw-b": None, "gw-c": None}
+    assert node_view(topo, statuses, "gw-a").mtu == 1380

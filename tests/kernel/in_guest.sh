@@ -15,7 +15,8 @@ export HOME=/tmp TMPDIR=/tmp WGMESH_REQUIRE_KERNEL=1
   # Deadlines in the lab and the tests are budgets set on the host; emulation makes every step slower,
   # so they are multiplied by a factor measured here (wgmesh.lab.timescale), unless one was given.
   if [ -z "${WGMESH_TIME_SCALE:-}" ]; then
-    scale=$("$repo/.venv/bin/python" -m wgmesh.lab.timescale) && export WGMESH_TIME_SCALE=${scale%% *}
+    scale=$("$repo/.venv/bin/python" -c 'from wgmesh.lab.timescale import describe; print(describe())') \
+      && export WGMESH_TIME_SCALE=${scale%% *}
     echo "guest: time scale ${scale:-unknown}"
   fi
   "$repo/.venv/bin/pytest" -m kernel -p no:cacheprovider -o addopts="" -q -rs --durations=10 --basetemp=/tmp/pytest "$@"

@@ -14,7 +14,9 @@ from wgmesh import keys
 from wgmesh.models import (
     EnrollRequest,
     ErrorResponse,
+    NetMap,
     Network,
+    NetworkPatch,
     Node,
     NodePatch,
     PeerConfig,
@@ -40,6 +42,40 @@ def test_network_defaults_match_the_design() -> None:
     assert net.overlay_cidr == "100.96.0.0/16"
     assert net.p2p == "auto"
     assert net.listen_port == 51820
+    assert net.mtu == 1420
+
+
+@pytest.mark.parametrize("mtu", [1280, 1420, 9000])
+def test_admin_mtus_are_1280_to_9000(mtu: int) -> None:
+    assert Network(mtu=mtu).mtu == mtu
+    assert NetworkPatch(mtu=mtu).mtu == mtu
+    assert NodePatch(mtu=mtu).mtu == mtu
+
+
+@pytest.mark.parametrize("mtu", [1279, 9001, 0, -1, 1400.5, "big"])
+def test_other_admin_mtus_are_refused(mtu: object) -> None:
+    for model in (Network, NetworkPatch, NodePatch):
+        with pytest.raises(pydantic.ValidationError):
+            model.model_validate({"mtu": mtu})
+
+
+def test_a_node_patch_tells_a_cleared_mtu_from_an_omitted_one() -> None:
+    assert "mtu" in NodePatch.model_validate({"mtu": None}).model_fields_set
+    assert "mtu" not in NodePatch.model_validate({"p2p": "off"}).model_fields_set
+
+
+def test_reported_mtus_are_576_to_65535_or_unknown() -> None:
+    assert enroll().max_mtu is None
+    assert enroll(max_mtu=576).max_mtu == 576
+    assert StatusReport(mtu=1380, max_mtu=65535).model_dump()["max_mtu"] == 65535
+    assert StatusReport().mtu is None and StatusReport().max_mtu is None
+    for bad in (575, 65536, 0):
+        with pytest.raises(pydantic.ValidationError):
+            enroll(max_mtu=bad)
+        with pytest.raises(pydantic.ValidationError):
+            StatusReport(max_mtu=bad)
+        with pytest.raises(pydantic.ValidationError):
+            StatusReport(mtu=bad)
 
 
 @pytest.mark.parametrize("name", ["a", "0", "gw-a", "gw-aws-fra-1", "a" * 63, "1a-b2"])
@@ -192,3 +228,32 @@ def test_node_and_peer_round_trip_through_json() -> None:
 def test_error_body_shape() -> None:
     body = ErrorResponse.model_validate({"error": {"code": "invalid", "message": "why"}})
     assert body.model_dump() == {"error": {"code": "invalid", "message": "why"}}
+
+
+def test_answers_to_agents_ignore_fields_a_newer_coordinator_adds() -> None:
+    """An agent keeps following netmaps while the coordinator is upgraded before it."""
+    netmap = {
+        "version": 3,
+        "node_id": 1,
+        "name": "gw1",
+        "overlay_ip": "100.96.0.1",
+        "overlay_cidr": "100.96.0.0/16",
+        "listen_port": 51820,
+        "p2p": "auto",
+        "peers": [
+            {
+                "node_id": 2,
+                "name": "gw2",
+                "public_key": keys.generate_keypair().public_key,
+                "overlay_ip": "100.96.0.2",
+                "allowed_ips": ["100.96.0.2/32"],
+                "a_field_from_the_future": True,
+            }
+        ],
+        "another_field_from_the_future": {"x": 1},
+    }
+    parsed = NetMap.model_validate(netmap)
+    assert parsed.peers[0].name == "gw2" and parsed.mtu == 1420
+    # What agents send stays strict: a typo in a report is an error, not silence.
+    with pytest.raises(pydantic.ValidationError):
+        StatusReport.model_validate({"endpointz": []})

@@ -7,14 +7,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wgmesh import keys
 from wgmesh.errors import NotFoundError
-from wgmesh.models import NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+from wgmesh.models import DEFAULT_MTU, MAX_MTU, MIN_MTU, NetMap, Network, Node, P2PPolicy, PeerConfig, Route
 from wgmesh.netmap import (
     RegistrySnapshot,
     active_routes_by_gateway,
     build_netmap,
+    effective_mtu,
     effective_p2p,
     endpoint_candidates,
     pair_key,
@@ -193,3 +196,87 @@ def test_peer_carries_endpoint_candidates_and_addresses() -> None:
 def test_unknown_node_is_not_found() -> None:
     with pytest.raises(NotFoundError):
         build_netmap(snapshot(), 42)
+
+
+# --- tunnel MTU -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("network_mtu", "ceiling", "max_mtu", "expected"),
+    [
+        (1420, None, None, 1420),  # nothing known: the network's default
+        (1420, 1380, None, 1380),  # the admin's ceiling replaces the default
+        (1420, 8900, None, 8900),  # also upwards: a node in a jumbo VPC
+        (1420, None, 1360, 1360),  # the underlay carries less than the default
+        (1420, None, 8920, 1420),  # ... or more: the default still holds
+        (1420, 1380, 1300, 1300),  # the smaller of ceiling and underlay
+        (1420, 1300, 1380, 1300),
+        (8000, None, 1420, 1420),
+        (1420, None, 600, 600),  # a tiny underlay wins even below IPv6's minimum: it is what it is
+    ],
+)
+def test_effective_mtu_is_the_ceiling_or_default_capped_by_the_underlay(
+    network_mtu: int, ceiling: int | None, max_mtu: int | None, expected: int
+) -> None:
+    n = A.model_copy(update={"mtu": ceiling, "max_mtu": max_mtu})
+    assert effective_mtu(Network(mtu=network_mtu), n) == expected
+
+
+def test_netmap_mtu_is_the_nodes_own_and_each_peer_carries_its_own() -> None:
+    a = A.model_copy(update={"mtu": 1380})
+    b = B.model_copy(update={"max_mtu": 1360})
+    snap = snapshot(nodes=[a, b, C], network=Network(mtu=1400))
+    netmap = build_netmap(snap, A.id)
+    assert netmap.mtu == 1380
+    assert peer(netmap, "gw-b").mtu == 1360
+    assert peer(netmap, "gw-c").mtu == 1400  # nothing set: the network's default
+    assert build_netmap(snap, C.id).mtu == 1400
+
+
+def test_a_registry_without_mtus_gives_the_old_default() -> None:
+    netmap = build_netmap(snapshot(), A.id)
+    assert netmap.mtu == DEFAULT_MTU == 1420
+    assert {p.mtu for p in netmap.peers} == {DEFAULT_MTU}
+
+
+def test_a_netmap_without_mtus_reads_with_the_default() -> None:
+    """A netmap from a coordinator before MTUs (or cached by an agent before the upgrade) still reads."""
+    old = build_netmap(snapshot(), A.id).model_dump(mode="json")
+    del old["mtu"]
+    for p in old["peers"]:
+        del p["mtu"]
+    again = NetMap.model_validate(old)
+    assert again.mtu == DEFAULT_MTU and {p.mtu for p in again.peers} == {DEFAULT_MTU}
+
+
+admin_mtus = st.none() | st.integers(MIN_MTU, MAX_MTU)
+underlay_mtus = st.none() | st.integers(576, 65535)
+MESH = [node(i + 1, f"n-{i}", f"100.96.0.{i + 1}") for i in range(6)]  # keys made once, not per example
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    network_mtu=st.integers(MIN_MTU, MAX_MTU),
+    limits=st.lists(st.tuples(admin_mtus, underlay_mtus), min_size=2, max_size=6),
+)
+def test_a_peers_mtu_is_what_that_peer_uses_itself(
+    network_mtu: int, limits: list[tuple[int | None, int | None]]
+) -> None:
+    """Both ends of a pair agree on each end's MTU: peer.mtu in A's netmap is B's own netmap.mtu, so
+    clamping MSS to min(own, peer) gives the same number at both ends."""
+    nodes = [
+        n.model_copy(update={"mtu": ceiling, "max_mtu": underlay})
+        for n, (ceiling, underlay) in zip(MESH, limits, strict=False)
+    ]
+    snap = snapshot(network=Network(mtu=network_mtu), nodes=nodes, routes=[], psk_master=b"")
+    maps = {n.name: build_netmap(snap, n.id) for n in nodes}
+    for n, (ceiling, underlay) in zip(nodes, limits, strict=True):
+        own = maps[n.name].mtu
+        assert own <= (ceiling if ceiling is not None else network_mtu)
+        assert underlay is None or own <= underlay
+        for p in maps[n.name].peers:
+            assert p.mtu == maps[p.name].mtu
+    for a, b in itertools.combinations(nodes, 2):
+        clamp_at_a = min(maps[a.name].mtu, peer(maps[a.name], b.name).mtu)
+        clamp_at_b = min(maps[b.name].mtu, peer(maps[b.name], a.name).mtu)
+        assert clamp_at_a == clamp_at_b

@@ -17,6 +17,8 @@ from web_harness import GATEWAYS, PATHS, Mesh, login, shoot
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
 from playwright.sync_api import expect
 
+EN_DASH = "\N{EN DASH}"  # what the dashboard shows for an unknown value
+
 
 @pytest.fixture
 def dashboard(page: Any, coordinator: Coordinator, mesh: Mesh) -> Any:
@@ -86,6 +88,34 @@ def test_open_node_details(dashboard: Any, screenshots: Path | None) -> None:
     expect(page.locator('#topology g.node[data-node="gw-b"]')).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#details-title")).to_have_text("gw-b")
+
+
+def test_node_details_and_header_show_the_mtus(dashboard: Any, admin: httpx.Client) -> None:
+    page = dashboard
+    expect(page.locator("#network-name")).to_contain_text("MTU 1420")
+    page.locator('#topology g.node[data-node="gw-a"] circle').click()
+    fields = page.locator("#details-fields")
+
+    def field(label: str) -> Any:
+        return fields.locator("dt", has_text=label).locator("xpath=following-sibling::dd[1]")
+
+    expect(field("Tunnel MTU")).to_have_text("1380")  # what the agent set, from its report
+    expect(field("MTU ceiling")).to_have_text("network default (1420)")
+    expect(field("Underlay max MTU")).to_have_text("1400")
+    try:
+        # changes made elsewhere arrive live (a version bump, then the event stream)
+        assert admin.patch("/api/v1/nodes/gw-a", json={"mtu": 1300}).status_code == 200
+        expect(field("MTU ceiling")).to_have_text("1300")
+        assert admin.patch("/api/v1/network", json={"mtu": 1400}).status_code == 200
+        expect(page.locator("#network-name")).to_contain_text("MTU 1400")
+    finally:
+        assert admin.patch("/api/v1/nodes/gw-a", json={"mtu": None}).status_code == 200
+        assert admin.patch("/api/v1/network", json={"mtu": 1420}).status_code == 200
+    expect(field("MTU ceiling")).to_have_text("network default (1420)")
+    # a node that never reported has no tunnel MTU to show
+    page.locator('#topology g.node[data-node="gw-d"] circle').click()
+    expect(field("Tunnel MTU")).to_have_text(EN_DASH)
+    expect(field("Underlay max MTU")).to_have_text(EN_DASH)
 
 
 def test_p2p_off_changes_the_api_state(dashboard: Any, admin: httpx.Client) -> None:

@@ -9,15 +9,15 @@ IPv6), so the largest MSS that fits a tunnel of MTU m is m - 40 (m - 60).
 
 from __future__ import annotations
 
+from wgmesh.models import DEFAULT_MTU, MIN_MTU
+
+__all__ = ["DEFAULT_MTU", "MIN_MTU", "mss", "path_mtu", "tunnel_mtu", "underlay_limit"]
+
 OVERHEAD_IPV4 = 60
 OVERHEAD_IPV6 = 80
-
-DEFAULT_MTU = 1420
-"""WireGuard's usual tunnel MTU: a 1500-byte underlay minus the larger (IPv6) overhead."""
-
-MIN_MTU = 1280
-"""IPv6's minimum link MTU: the tunnel never goes below it, even on an underlay too small for it
-(the outer packets are then fragmented by the underlay rather than IPv6 refused in the tunnel)."""
+# DEFAULT_MTU (1420: a 1500-byte underlay minus the larger, IPv6, overhead) and MIN_MTU (1280, IPv6's
+# minimum link MTU, below which the tunnel never goes even on an underlay too small for it: the outer
+# packets are then fragmented by the underlay rather than IPv6 refused in the tunnel) come with the models.
 
 TCP_IPV4_HEADERS = 40
 TCP_IPV6_HEADERS = 60

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
 from rich.console import Console
 
 from wgmesh import rates
 from wgmesh.errors import ValidationError
-from wgmesh.models import check_name
+from wgmesh.models import MAX_MTU, MIN_MTU, check_name
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -74,3 +74,24 @@ def rate_arg(text: str) -> str:
         return rates.normalize_rate(text)
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(f"{exc.message}, or none") from None
+
+
+def mtu_arg(text: str) -> int:
+    """argparse type of a tunnel MTU: a whole number of bytes in the range the coordinator accepts."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or not MIN_MTU <= int(value) <= MAX_MTU:
+        raise argparse.ArgumentTypeError(
+            f"MTU {text!r} must be a whole number of bytes from {MIN_MTU} to {MAX_MTU}"
+        )
+    return int(value)
+
+
+def mtu_or_none_arg(text: str) -> int | Literal["none"]:
+    """argparse type of a node's `--mtu`: a tunnel MTU, or `none` for the network's default (a string,
+    as with `--rate`, because None is what argparse leaves when the flag is not given)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return mtu_arg(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or none for the network's default") from None

@@ -23,6 +23,7 @@ def node_view(status: LocalStatus) -> NodeView:
         online=True,
         last_seen=None,
         p2p=status.p2p,
+        mtu=None,  # not in the agent's local status (yet): the coordinator's view has it
         subnets=status.subnets,
         peers=[PeerView(**p.model_dump()) for p in status.peers],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from wgmesh import __version__, logs
-from wgmesh.cli import export, lab, nodes, pairs, routes, status, tokens
+from wgmesh.cli import export, lab, network, nodes, pairs, routes, status, tokens
 from wgmesh.cli.common import Handler, Parser, Subparsers
 from wgmesh.entrypoint import run_console
 
@@ -17,6 +17,7 @@ GROUPS: tuple[Callable[[Subparsers], None], ...] = (
     routes.register,
     nodes.register,
     pairs.register,
+    network.register,
     tokens.register,
     export.register,
     lab.register,

@@ -14,10 +14,20 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, rate_arg, stderr, stdout
+from wgmesh.cli.common import (
+    Subparsers,
+    add_json_flag,
+    mtu_or_none_arg,
+    node_ref,
+    print_json,
+    rate_arg,
+    stderr,
+    stdout,
+)
 from wgmesh.cli.connection import segment
 from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.models import Node, NodeList, Route, RouteList
+from wgmesh.models import Network, Node, NodeList, Route, RouteList
+from wgmesh.netmap import effective_mtu
 
 
 def register(sub: Subparsers) -> None:
@@ -62,13 +72,21 @@ def register(sub: Subparsers) -> None:
 
     p = cmds.add_parser(
         "set",
-        help="change a node's P2P policy, tags or bandwidth limit",
+        help="change a node's P2P policy, tags, bandwidth limit or MTU ceiling",
         description="Change a node. --tag replaces the node's tags with those given. --rate limits what "
-        "the node sends into the mesh (its WireGuard interface's egress); --rate none removes the limit.",
+        "the node sends into the mesh (its WireGuard interface's egress); --rate none removes the limit. "
+        "--mtu gives the node its own tunnel MTU ceiling instead of the network's default (its agent may "
+        "still go lower to fit its underlay); --mtu none goes back to the network's default.",
     )
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
     p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
     p.add_argument("--rate", type=rate_arg, metavar="RATE", help="egress limit, e.g. 50mbit; none removes it")
+    p.add_argument(
+        "--mtu",
+        type=mtu_or_none_arg,
+        metavar="BYTES",
+        help="tunnel MTU ceiling, 1280-9000; none: the network's default",
+    )
     tags = p.add_mutually_exclusive_group()
     tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
     tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
@@ -103,8 +121,18 @@ def _dump(node: Node) -> dict[str, Any]:
 # --- list and show ------------------------------------------------------------------------------
 
 
-def nodes_table(nodes: Sequence[Node], now: datetime) -> RenderableType:
-    """One line per node."""
+def mtu_text(node: Node, network: Network) -> str:
+    """The node's effective tunnel MTU, and where it comes from unless it is the network's default:
+    `(node)` for the node's own ceiling, `(underlay)` when its agent reported less room than that."""
+    ceiling = node.mtu if node.mtu is not None else network.mtu
+    effective = effective_mtu(network, node)
+    if effective < ceiling:
+        return f"{effective} (underlay)"
+    return f"{effective} (node)" if node.mtu is not None else str(effective)
+
+
+def nodes_table(nodes: Sequence[Node], network: Network, now: datetime) -> RenderableType:
+    """One line per node; MTU is the effective tunnel MTU the node's netmap carries."""
     if not nodes:
         return Text("no nodes", style="dim")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
@@ -115,6 +143,7 @@ def nodes_table(nodes: Sequence[Node], now: datetime) -> RenderableType:
         ("KIND", True),
         ("SEEN", False),
         ("P2P", True),
+        ("MTU", True),
         ("TAGS", False),
         ("SUBNETS", True),
     ):
@@ -132,13 +161,14 @@ def nodes_table(nodes: Sequence[Node], now: datetime) -> RenderableType:
             "static" if node.static else "agent",
             Text(seen, style="green" if node.online else "red" if not node.static else "dim"),
             node.p2p,
+            mtu_text(node, network),
             ", ".join(node.tags) or render.DASH,
             str(len(node.subnets)),
         )
     return table
 
 
-def node_detail(node: Node, routes: Sequence[Route], now: datetime) -> RenderableType:
+def node_detail(node: Node, network: Network, routes: Sequence[Route], now: datetime) -> RenderableType:
     """Every field of a node, with the verdict on each of its subnets."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -168,6 +198,9 @@ def node_detail(node: Node, routes: Sequence[Route], now: datetime) -> Renderabl
         ("status", seen),
         ("p2p", node.p2p),
         ("rate limit", node.rate or render.DASH),
+        ("MTU", mtu_text(node, network)),
+        ("MTU ceiling", str(node.mtu) if node.mtu is not None else f"network default ({network.mtu})"),
+        ("underlay max MTU", render.dash(node.max_mtu)),
         ("tags", ", ".join(node.tags) or render.DASH),
         ("created", node.created_at.isoformat()),
     ]
@@ -181,10 +214,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     """`wgmesh nodes [list]`."""
     with connection.connect(args) as client:
         nodes = client.get("/api/v1/nodes", NodeList).nodes
-    if args.json:
+        network = None if args.json else client.get("/api/v1/network", Network)
+    if network is None:
         print_json({"nodes": [_dump(n) for n in nodes]})
     else:
-        stdout().print(nodes_table(nodes, datetime.now(UTC)))
+        stdout().print(nodes_table(nodes, network, datetime.now(UTC)))
     return 0
 
 
@@ -192,11 +226,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     """`wgmesh nodes show NODE`."""
     with connection.connect(args) as client:
         node = client.get(_path(args.node), Node)
-        routes = [] if args.json else client.get("/api/v1/routes", RouteList).routes
-    if args.json:
-        print_json(_dump(node))
-    else:
-        stdout().print(node_detail(node, routes, datetime.now(UTC)))
+        if args.json:
+            print_json(_dump(node))
+            return 0
+        routes = client.get("/api/v1/routes", RouteList).routes
+        network = client.get("/api/v1/network", Network)
+    stdout().print(node_detail(node, network, routes, datetime.now(UTC)))
     return 0
 
 
@@ -235,12 +270,16 @@ def cmd_set(args: argparse.Namespace) -> int:
         body["p2p"] = args.p2p
     if args.rate is not None:
         body["rate"] = None if args.rate == "none" else args.rate
+    if args.mtu is not None:
+        body["mtu"] = None if args.mtu == "none" else args.mtu
     if args.tag is not None:
         body["tags"] = args.tag
     elif args.clear_tags:
         body["tags"] = []
     if not body:
-        raise ValidationError("nothing to change: give --p2p, --rate, --tag or --clear-tags", code="usage")
+        raise ValidationError(
+            "nothing to change: give --p2p, --rate, --mtu, --tag or --clear-tags", code="usage"
+        )
     with connection.connect(args) as client:
         node = client.call("PATCH", _path(args.node), Node, json=body)
     if args.json:
@@ -248,7 +287,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     else:
         stdout().print(
             f"{node.name}: p2p {node.p2p}, rate limit {node.rate or 'none'}, "
-            f"tags {', '.join(node.tags) or render.DASH}"
+            f"MTU ceiling {node.mtu or 'network default'}, tags {', '.join(node.tags) or render.DASH}"
         )
     return 0
 

@@ -396,6 +396,7 @@ def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = F
     head = Text(node.name, style="bold")
     head.append(
         f"  {node.overlay_ip}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}  p2p {node.p2p}  "
+        f"mtu {dash(node.mtu)}  "
     )
     head.append(liveness(node, now, static))
     body: RenderableType = peers_table(node, now, width) if node.peers else Text("no peers", style="dim")

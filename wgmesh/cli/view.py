@@ -50,6 +50,7 @@ class NodeView(View):
     online: bool
     last_seen: datetime | None
     p2p: P2PPolicy
+    mtu: int | None  # the MTU of the node's WireGuard interface, as its agent last reported it
     subnets: list[str]
     peers: list[PeerView]
 
@@ -113,10 +114,17 @@ def _peer_view(node: Node, peer: Node, reports: dict[str, dict[str, PeerStatus]]
 def node_view(topology: Topology, statuses: Sequence[NodeStatus], name: str) -> NodeView:
     """One node with its peers; the node must be in the topology (KeyError otherwise)."""
     nodes = {n.name: n for n in topology.nodes}
-    return _node_view(topology, nodes[name], _reports(statuses))
+    return _node_view(topology, nodes[name], _reports(statuses), _mtus(statuses))
 
 
-def _node_view(topology: Topology, node: Node, reports: dict[str, dict[str, PeerStatus]]) -> NodeView:
+def _mtus(statuses: Iterable[NodeStatus]) -> dict[str, int]:
+    """Per reporting node, the interface MTU it reported (if it did)."""
+    return {st.node: st.report.mtu for st in statuses if st.report.mtu is not None}
+
+
+def _node_view(
+    topology: Topology, node: Node, reports: dict[str, dict[str, PeerStatus]], mtus: dict[str, int]
+) -> NodeView:
     peers = [
         _peer_view(node, other, reports)
         for other in sorted(topology.nodes, key=lambda n: n.name)
@@ -130,6 +138,7 @@ def _node_view(topology: Topology, node: Node, reports: dict[str, dict[str, Peer
         online=node.online,
         last_seen=node.last_seen,
         p2p=effective_node_p2p(topology, node),
+        mtu=mtus.get(node.name),
         subnets=list(node.subnets),
         peers=peers,
     )
@@ -182,9 +191,9 @@ def route_views(routes: Sequence[Route], statuses: Sequence[NodeStatus]) -> list
 
 def status_view(topology: Topology, statuses: Sequence[NodeStatus]) -> StatusView:
     """`wgmesh status`: every node with its peers, the routes, the coordinator's warnings."""
-    reports = _reports(statuses)
+    reports, mtus = _reports(statuses), _mtus(statuses)
     return StatusView(
-        nodes=[_node_view(topology, n, reports) for n in sorted(topology.nodes, key=lambda n: n.name)],
+        nodes=[_node_view(topology, n, reports, mtus) for n in sorted(topology.nodes, key=lambda n: n.name)],
         routes=route_views(topology.routes, statuses),
         warnings=list(topology.warnings),
     )

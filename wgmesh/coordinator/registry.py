@@ -60,7 +60,11 @@ def row_id(text: str) -> int | None:
 def _network(conn: Connection) -> Network:
     row = conn.execute(select(schema.networks)).mappings().one()
     return Network(
-        name=row["name"], overlay_cidr=row["overlay_cidr"], p2p=row["p2p"], listen_port=row["listen_port"]
+        name=row["name"],
+        overlay_cidr=row["overlay_cidr"],
+        p2p=row["p2p"],
+        listen_port=row["listen_port"],
+        mtu=row["mtu"],
     )
 
 
@@ -82,6 +86,8 @@ def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
         online=last_seen is not None and now - last_seen < ONLINE_WINDOW,
         static=row["static"],
         rate=row["rate"],
+        mtu=row["mtu"],
+        max_mtu=row["max_mtu"],
         created_at=as_utc(row["created_at"]),
     )
 
@@ -202,7 +208,7 @@ class Registry:
             return _network(conn)
 
     def patch_network(self, patch: NetworkPatch) -> Network:
-        """Change the network-wide P2P policy or default listen port."""
+        """Change the network-wide P2P policy, default listen port or default tunnel MTU."""
         values = patch.model_dump(exclude_none=True)
         with self.store.write() as w:
             if values:
@@ -302,6 +308,7 @@ class Registry:
         p2p: P2PPolicy,
         tags: Sequence[str],
         private_key: str | None,
+        max_mtu: int | None = None,
     ) -> int:
         network = _network(w.conn)
         overlay = ipam.parse_cidr(network.overlay_cidr)
@@ -326,6 +333,7 @@ class Registry:
                         endpoints=list(endpoints),
                         static=private_key is not None,
                         private_key=private_key,
+                        max_mtu=max_mtu,
                         created_at=now,
                     )
                     .returning(schema.nodes.c.id)
@@ -351,6 +359,7 @@ class Registry:
                 p2p=token["p2p"] or "auto",
                 tags=token["tags"],
                 private_key=None,
+                max_mtu=req.max_mtu,
             )
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
@@ -444,7 +453,7 @@ class Registry:
         return node, str(key)
 
     def patch_node(self, ref: str, patch: NodePatch) -> Node:
-        """Change a node's P2P policy, advertised subnets, tags or bandwidth limit."""
+        """Change a node's P2P policy, advertised subnets, tags, bandwidth limit or MTU ceiling."""
         with self.store.write() as w:
             node_id = self._resolve(w.conn, ref)
             values: dict[str, Any] = {}
@@ -454,6 +463,8 @@ class Registry:
                 values["tags"] = sorted(set(patch.tags))
             if "rate" in patch.model_fields_set:
                 values["rate"] = patch.rate  # an explicit null removes the limit
+            if "mtu" in patch.model_fields_set:
+                values["mtu"] = patch.mtu  # an explicit null falls back to the network's default
             if values:
                 w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(**values))
             if patch.subnets is not None:
@@ -629,17 +640,24 @@ class Registry:
         now = utcnow()
         with self.store.read() as conn:
             node = self._node_by_id(conn, node_id)
+        # Only what reaches netmaps counts: the interface MTU the agent set (report.mtu) and its
+        # counters are shown to admins but change nothing for peers, so they must not wake long-polls.
         changed = (
             node.endpoints != report.endpoints
             or node.eth0_ip != report.eth0_ip
             or node.public_ip != public_ip
+            or node.max_mtu != report.max_mtu
         )
         with self.store.write(bump=changed) as w:
             w.conn.execute(
                 update(schema.nodes)
                 .where(schema.nodes.c.id == node_id)
                 .values(
-                    endpoints=report.endpoints, eth0_ip=report.eth0_ip, public_ip=public_ip, last_seen=now
+                    endpoints=report.endpoints,
+                    eth0_ip=report.eth0_ip,
+                    public_ip=public_ip,
+                    max_mtu=report.max_mtu,
+                    last_seen=now,
                 )
             )
             body = report.model_dump(mode="json")

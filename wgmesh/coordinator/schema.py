@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
 # PostgreSQL both add a nullable column in place), applied in one transaction by Store.upgrade.
@@ -27,6 +27,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE nodes ADD COLUMN rate VARCHAR(16)",
         "ALTER TABLE pairs ADD COLUMN rate VARCHAR(16)",
+    ),
+    3: (
+        "ALTER TABLE networks ADD COLUMN mtu INTEGER",
+        # The default tunnel MTU the agents used before version 3 (a literal: what version 3 meant, even
+        # if models.DEFAULT_MTU changes later). Written out, so every network row holds its MTU and no
+        # reader has to know that NULL once meant 1420.
+        "UPDATE networks SET mtu = 1420",
+        "ALTER TABLE nodes ADD COLUMN mtu INTEGER",
+        "ALTER TABLE nodes ADD COLUMN max_mtu INTEGER",
     ),
 }
 
@@ -58,6 +67,9 @@ networks = Table(
     Column("overlay_cidr", String(64), nullable=False),
     Column("p2p", String(8), nullable=False),
     Column("listen_port", Integer, nullable=False),
+    # Since version 3; nullable as the migration adds it, but every row holds one (the migration writes
+    # it, a new network is created with it), so readers never have to guess a default.
+    Column("mtu", Integer),
 )
 
 nodes = Table(
@@ -79,6 +91,8 @@ nodes = Table(
     Column("private_key", String(44)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("rate", String(16)),  # since version 2
+    Column("mtu", Integer),  # since version 3: the admin's ceiling; NULL: the network's default
+    Column("max_mtu", Integer),  # since version 3: what the agent reported its underlay carries
     sqlite_autoincrement=True,
 )
 

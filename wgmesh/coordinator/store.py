@@ -122,6 +122,7 @@ class Store:
                     overlay_cidr=network.overlay_cidr,
                     p2p=network.p2p,
                     listen_port=network.listen_port,
+                    mtu=network.mtu,
                 )
             )
 
