@@ -1,7 +1,8 @@
-"""The schema-version-2 fixtures (tests/fixtures, made by make_fixtures.py) open with the current code.
+"""The schema-version-2 fixtures (tests/fixtures, made by make_fixtures.py) are taken over by the current code.
 
-A coordinator started on a copy of the database serves every node, route, token, pair, status report,
-netmap and network setting MANIFEST.json records; the agent's state directory loads with the state module,
+A coordinator started on a copy of the database upgrades it in place and serves every node, route, token,
+pair, status report, netmap and network setting MANIFEST.json records, with what later schema versions
+add at its default (`upgraded` says what that is); the agent's state directory loads with the state module,
 and an agent starting on it restores its cached netmap, which the coordinator confirms is current. The
 committed files are never opened for writing: everything runs on copies in tmp_path.
 """
@@ -88,6 +89,28 @@ def admin(fixture_coordinator: Coordinator) -> Iterator[httpx.Client]:
         yield client
 
 
+# What each schema version after the fixture's adds to what the API shows, at its default.
+ADDED_BY_SCHEMA_3 = {
+    "network": {"mtu": 1420},  # the network default tunnel MTU
+    "node": {"mtu": None, "max_mtu": None},  # no ceiling; the agent has not reported its underlay yet
+    "netmap": {"mtu": 1420},  # every node's effective MTU is then the network default
+    "report": {"mtu": None, "max_mtu": None},  # reports from before the agents knew MTUs
+}
+
+
+def upgraded(kind: str, value: Any) -> Any:
+    """A manifest value (written at schema 2) as the current code serves it."""
+    if kind == "netmap":
+        return {
+            **value,
+            **ADDED_BY_SCHEMA_3["netmap"],
+            "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
+        }
+    if kind == "status":
+        return {**value, "report": {**value["report"], **ADDED_BY_SCHEMA_3["report"]}}
+    return {**value, **ADDED_BY_SCHEMA_3[kind]}
+
+
 def get(client: httpx.Client, path: str) -> Any:
     r = client.get(path)
     assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
@@ -95,7 +118,7 @@ def get(client: httpx.Client, path: str) -> Any:
 
 
 def test_the_committed_files_are_those_the_manifest_describes() -> None:
-    assert MANIFEST["schema_version"] == schema.SCHEMA_VERSION == 2
+    assert MANIFEST["schema_version"] == 2 and schema.SCHEMA_VERSION >= 2
     for name, digest in MANIFEST["files_sha256"].items():
         assert hashlib.sha256((FIXTURES / name).read_bytes()).hexdigest() == digest, name
     state_files = {p.name for p in (FIXTURES / AGENT["dir"]).iterdir()}
@@ -103,19 +126,35 @@ def test_the_committed_files_are_those_the_manifest_describes() -> None:
     assert not list(FIXTURES.glob("*.db-*")), "a WAL or shared-memory file next to the fixture database"
 
 
-def test_database_has_schema_version_2_and_a_value_in_every_column(tmp_path: Path) -> None:
+def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_every_column(
+    tmp_path: Path,
+) -> None:
     db = copy_database(tmp_path)
-    store = Store(f"sqlite:///{db}")
-    try:
-        store.check_schema()  # what the coordinator checks before serving
-        assert store.upgrade() == []  # nothing to do for this code
-    finally:
-        store.close()
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [2]
+    finally:
+        conn.close()
+    store = Store(f"sqlite:///{db}")
+    try:
+        later = list(range(3, schema.SCHEMA_VERSION + 1))
+        assert store.upgrade() == later  # every later version's step, once
+        store.check_schema()  # what the coordinator checks before serving
+        assert store.upgrade() == []
+    finally:
+        store.close()
+    added = {("networks", "mtu"), ("nodes", "mtu"), ("nodes", "max_mtu")}  # schema 3: unset until used
+    conn = sqlite3.connect(db)
+    try:
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
+            2,
+            *later,
+        ]
+        assert conn.execute("SELECT mtu FROM networks").fetchall() == [(1420,)]
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
+                if (table.name, column.name) in added:
+                    continue
                 (count,) = conn.execute(
                     f'SELECT COUNT(*) FROM "{table.name}" WHERE "{column.name}" IS NOT NULL'
                 ).fetchone()
@@ -136,11 +175,11 @@ def test_coordinator_serves_what_the_manifest_records(
 ) -> None:
     with fixture_coordinator.anonymous() as anon:
         assert get(anon, "/healthz")["version"] == REGISTRY["registry_version"]
-    assert get(admin, "/api/v1/network") == REGISTRY["network"]
+    assert get(admin, "/api/v1/network") == upgraded("network", REGISTRY["network"])
     nodes = get(admin, "/api/v1/nodes")["nodes"]
     for node in nodes:
         node.pop("online")  # derived from the clock
-    assert nodes == REGISTRY["nodes"]
+    assert nodes == [upgraded("node", n) for n in REGISTRY["nodes"]]
     assert REGISTRY["deleted_node"]["name"] not in {n["name"] for n in nodes}
     assert get(admin, "/api/v1/routes")["routes"] == REGISTRY["routes"]
     assert {(r["prefix"], r["gateway"], r["state"]) for r in REGISTRY["routes"]} >= {
@@ -150,10 +189,10 @@ def test_coordinator_serves_what_the_manifest_records(
     }
     assert get(admin, "/api/v1/tokens")["tokens"] == REGISTRY["tokens"]
     assert get(admin, "/api/v1/pairs")["pairs"] == REGISTRY["pairs"]
-    assert get(admin, "/api/v1/statuses")["statuses"] == REGISTRY["statuses"]
+    assert get(admin, "/api/v1/statuses")["statuses"] == [upgraded("status", x) for x in REGISTRY["statuses"]]
     # the admin token `init` printed is still one
     with fixture_coordinator.admin(REGISTRY["admin_tokens"]["printed_by_init"]) as other:
-        assert get(other, "/api/v1/network") == REGISTRY["network"]
+        assert get(other, "/api/v1/network") == upgraded("network", REGISTRY["network"])
 
 
 def test_netmaps_static_export_relay_key_and_topology_build(
@@ -161,7 +200,7 @@ def test_netmaps_static_export_relay_key_and_topology_build(
 ) -> None:
     for name, credential in REGISTRY["credentials"].items():
         with fixture_coordinator.node(credential) as node:
-            assert get(node, "/api/v1/netmap") == REGISTRY["netmaps"][name], name
+            assert get(node, "/api/v1/netmap") == upgraded("netmap", REGISTRY["netmaps"][name]), name
     static = get(admin, "/api/v1/nodes/laptop-static/config")
     assert static == REGISTRY["static_configs"]["laptop-static"]
     laptop = next(n for n in REGISTRY["nodes"] if n["name"] == "laptop-static")
@@ -217,7 +256,8 @@ def test_agent_state_module_reads_the_state_dir(tmp_path: Path, caplog: pytest.L
     assert enrollment.node_id == AGENT["node_id"]
     assert enrollment.credential == REGISTRY["credentials"][AGENT["node"]]
     assert cached is not None
-    assert cached.model_dump(mode="json") == REGISTRY["netmaps"][AGENT["node"]]
+    # A cached netmap from before schema 3 reads with the MTU at its default.
+    assert cached.model_dump(mode="json") == upgraded("netmap", REGISTRY["netmaps"][AGENT["node"]])
     assert (cached.name, cached.overlay_ip, cached.version) == (
         AGENT["node"],
         AGENT["overlay_ip"],
@@ -271,7 +311,7 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         restored = agent.follower.restore()
         assert isinstance(restored, NetMap)
         assert agent.netmap == restored
-        assert restored.model_dump(mode="json") == REGISTRY["netmaps"][AGENT["node"]]
+        assert restored.model_dump(mode="json") == upgraded("netmap", REGISTRY["netmaps"][AGENT["node"]])
         # the planner shadows the same remote route as when the fixture was made
         agent_status = next(s for s in REGISTRY["statuses"] if s["node"] == AGENT["node"])
         assert [s.model_dump() for s in agent.shadowed] == agent_status["report"]["shadowed"]
