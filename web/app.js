@@ -18,6 +18,7 @@ const state = {
   retryTimer: null,
   refreshTimer: null,
   refreshing: null,
+  refreshAgain: null,
 };
 
 // --- API ----------------------------------------------------------------------------------------
@@ -212,7 +213,17 @@ function scheduleRefresh() {
 // --- data ---------------------------------------------------------------------------------------
 
 async function refresh() {
-  if (state.refreshing) return state.refreshing;
+  // A refresh asked for while one is loading must see what changed after that one started (a token
+  // just created, say): it waits for the running one, then loads once more. Requests meanwhile share it.
+  if (state.refreshing) {
+    if (!state.refreshAgain) {
+      state.refreshAgain = state.refreshing.then(() => {
+        state.refreshAgain = null;
+        return refresh();
+      });
+    }
+    return state.refreshAgain;
+  }
   state.refreshing = (async () => {
     try {
       const [topology, statuses, tokens, pairs] = await Promise.all([
