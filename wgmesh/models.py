@@ -442,6 +442,9 @@ class WgQuickInterface(Model):
     private_key: WgKey
     address: list[Cidr] = Field(description="The overlay address as a host prefix (/32 or /128)")
     listen_port: Port
+    mtu: int = Field(
+        DEFAULT_MTU, description="The tunnel MTU the gateways clamp this peer's TCP to: set it on the device"
+    )
 
 
 class WgQuickPeer(Model):

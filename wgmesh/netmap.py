@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from wgmesh import ipam, keys
+from wgmesh import mtu as mtus
 from wgmesh.errors import NotFoundError
 from wgmesh.models import (
     NetMap,
@@ -64,8 +65,12 @@ def effective_mtu(network: Network, node: Node) -> int:
     Both ends of a pair compute the same number for a node, so each can clamp TCP MSS to the smaller of
     its own and its peer's: a segment either end sends then fits the narrower tunnel.
     """
-    ceiling = node.mtu if node.mtu is not None else network.mtu
-    return ceiling if node.max_mtu is None else min(ceiling, node.max_mtu)
+    return mtus.tunnel_mtu(ceiling_mtu(network, node), node.max_mtu)
+
+
+def ceiling_mtu(network: Network, node: Node) -> int:
+    """The node's MTU ceiling: its own, else the network's default."""
+    return node.mtu if node.mtu is not None else network.mtu
 
 
 def endpoint_candidates(node: Node) -> list[str]:
@@ -147,7 +152,7 @@ def wg_quick_config(netmap: NetMap, private_key: str) -> WgQuickConfig:
     return WgQuickConfig(
         node=netmap.name,
         interface=WgQuickInterface(
-            private_key=private_key, address=[str(address)], listen_port=netmap.listen_port
+            private_key=private_key, address=[str(address)], listen_port=netmap.listen_port, mtu=netmap.mtu
         ),
         peers=[
             WgQuickPeer(

@@ -95,6 +95,7 @@ ADDED_BY_SCHEMA_3 = {
     "node": {"mtu": None, "max_mtu": None},  # no ceiling; the agent has not reported its underlay yet
     "netmap": {"mtu": 1420},  # every node's effective MTU is then the network default
     "report": {"mtu": None, "max_mtu": None},  # reports from before the agents knew MTUs
+    "static_config": {"mtu": 1420},  # a static peer's wg-quick file sets the MTU the gateways clamp to
 }
 
 
@@ -108,6 +109,8 @@ def upgraded(kind: str, value: Any) -> Any:
         }
     if kind == "status":
         return {**value, "report": {**value["report"], **ADDED_BY_SCHEMA_3["report"]}}
+    if kind == "static_config":
+        return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}
     return {**value, **ADDED_BY_SCHEMA_3[kind]}
 
 
@@ -202,7 +205,7 @@ def test_netmaps_static_export_relay_key_and_topology_build(
         with fixture_coordinator.node(credential) as node:
             assert get(node, "/api/v1/netmap") == upgraded("netmap", REGISTRY["netmaps"][name]), name
     static = get(admin, "/api/v1/nodes/laptop-static/config")
-    assert static == REGISTRY["static_configs"]["laptop-static"]
+    assert static == upgraded("static_config", REGISTRY["static_configs"]["laptop-static"])
     laptop = next(n for n in REGISTRY["nodes"] if n["name"] == "laptop-static")
     assert keys.public_key_of(static["interface"]["private_key"]) == laptop["public_key"]
     with fixture_coordinator.node(REGISTRY["credentials"][AGENT["node"]]) as node:

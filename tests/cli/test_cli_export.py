@@ -52,6 +52,7 @@ def test_export_to_stdout_holds_the_key_address_and_every_peer(
     assert keys.public_key_of(iface["PrivateKey"]) == laptop["public_key"]
     assert iface["Address"] == f"{laptop['overlay_ip']}/32"
     assert iface["ListenPort"] == 51999
+    assert iface["MTU"] == 1420  # what the gateways clamp this device's TCP to
     a: Enrolled = mesh["gw-a"]
     b: Enrolled = mesh["gw-b"]
     peers = wc.get_peers(keys_only=False)
@@ -108,7 +109,7 @@ def test_an_existing_file_is_refused_before_asking_the_coordinator(
 def test_export_json(wgmesh: Cli, mesh: dict[str, Any], tmp_path: Path) -> None:
     doc = wgmesh("export", "laptop", "--json").json()
     assert set(doc) == {"node", "interface", "peers"}
-    assert set(doc["interface"]) == {"private_key", "address", "listen_port"}
+    assert set(doc["interface"]) == {"private_key", "address", "listen_port", "mtu"}
     assert keys.public_key_of(doc["interface"]["private_key"]) == mesh["laptop"]["public_key"]
     assert {p["name"] for p in doc["peers"]} == {"gw-a", "gw-b"}
     for p in doc["peers"]:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 from netns_harness import remove_namespaces, sh
 
+from wgmesh.lab.timescale import scaled
+
 pytestmark = pytest.mark.e2e
 
 SCRIPT = """
@@ -20,8 +22,11 @@ from wgmesh.agent.ruleset import FirewallSpec, MssGroup
 from wgmesh.agent.system.firewall import NftFirewall
 
 fw = NftFirewall()
+# Adjacent prefixes that do not merge, a default route, an IPv6 host route: nft must give back what we
+# wrote, or every reconcile would rewrite the table.
 spec = FirewallSpec("wgt0", masquerade=True, clamps=(
-    MssGroup(1380, ("10.2.0.0/24", "100.96.0.2/32"), ("2001:db8:2::/64",)),
+    MssGroup(1376, ("0.0.0.0/0",), ("2001:db8:9::1/128",)),
+    MssGroup(1380, ("10.0.0.0/24", "10.0.1.0/25", "10.2.0.0/24", "100.96.0.2/32"), ("2001:db8:2::/64",)),
     MssGroup(1420, ("10.3.0.0/24", "100.96.0.3/32")),
 ))
 steps = {"first": fw.ensure(spec), "again": fw.ensure(spec)}
@@ -56,7 +61,7 @@ def test_table_written_once_repaired_after_drift_and_removed(namespace: str) -> 
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert done.returncode == 0, done.stderr
     steps = json.loads(done.stdout)

@@ -10,7 +10,7 @@ import pytest
 from wgmesh import keys
 from wgmesh.agent import qos
 from wgmesh.agent.dataplane import DataPlane
-from wgmesh.agent.mtu import DEFAULT_MTU
+from wgmesh.mtu import DEFAULT_MTU
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
 from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats

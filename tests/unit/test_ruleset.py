@@ -1,4 +1,4 @@
-"""The agent's nftables table as data (agent/ruleset.py) and the MTU arithmetic (agent/mtu.py)."""
+"""The agent's nftables table as data (agent/ruleset.py) and the MTU arithmetic (wgmesh/mtu.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wgmesh import keys
-from wgmesh.agent import mtu, ruleset
+from wgmesh import keys, mtu
+from wgmesh.agent import ruleset
 from wgmesh.agent.plan import desired_device
 from wgmesh.agent.ruleset import FirewallSpec, MssGroup
 from wgmesh.errors import BackendError
@@ -112,6 +112,8 @@ def test_shape_recognises_our_table_and_notices_drift() -> None:
     listing = {
         "nftables": [
             {"metainfo": {"version": "1.0.6"}},
+            {"chain": {"name": "mss", "type": "filter", "hook": "forward", "prio": -150}},
+            {"chain": {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100}},
             {
                 "set": {
                     "name": "mss4_1420",
@@ -128,6 +130,22 @@ def test_shape_recognises_our_table_and_notices_drift() -> None:
     assert ruleset.observed_shape(text, flushed) != ruleset.expected_shape(spec)
     other = firewall(netmap(peer(2, ["10.2.0.0/24"], peer_mtu=1380)), 1420, masquerade=True)
     assert ruleset.observed_shape(text, listing) != ruleset.expected_shape(other)
+    moved = {
+        "nftables": [
+            {"chain": {**i["chain"], "prio": 0}} if i.get("chain", {}).get("name") == "mss" else i
+            for i in listing["nftables"]
+        ]
+    }
+    assert ruleset.observed_shape(text, moved) != ruleset.expected_shape(spec)  # another priority
+    ranged = {
+        "nftables": [
+            {"set": {"name": "mss4_1420", "elem": [{"range": ["10.2.0.0", "10.2.0.255"]}, "100.96.0.2"]}}
+            if "set" in i
+            else i
+            for i in listing["nftables"]
+        ]
+    }
+    assert ruleset.observed_shape(text, ranged) != ruleset.expected_shape(spec)  # a form we never write
 
 
 @pytest.mark.parametrize("name", ['wg"0', "wg 0", "a" * 16, ""])

@@ -91,7 +91,9 @@ class CoordinatorClient:
 
     def enroll(self, req: EnrollRequest) -> EnrollResponse:
         """Redeem the enrollment token."""
-        response = self._request("POST", "/api/v1/enroll", json=req.model_dump(mode="json"))
+        response = self._request(
+            "POST", "/api/v1/enroll", json=req.model_dump(mode="json", exclude_none=True)
+        )
         return _parse(EnrollResponse, response)
 
     def netmap(self, since: int, wait: float) -> NetMap | None:
@@ -105,7 +107,7 @@ class CoordinatorClient:
 
     def report(self, status: StatusReport) -> None:
         """Post a status report."""
-        self._request("POST", "/api/v1/status", json=status.model_dump(mode="json"))
+        self._request("POST", "/api/v1/status", json=status.model_dump(mode="json", exclude_none=True))
 
     def relay_grant(self) -> RelayGrant:
         """The relays and a fresh relay ticket for this node."""

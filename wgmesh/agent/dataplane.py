@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh import keys
-from wgmesh.agent import mtu as mtus
+from wgmesh import mtu as mtus
 from wgmesh.agent import plan, qos, ruleset
 from wgmesh.agent.plan import DeviceOp, EndpointFor
 from wgmesh.agent.system.backend import (
@@ -97,6 +97,7 @@ class DataPlane:
         # The largest tunnel MTU the underlay carries (agent/mtu.py), measured by the agent; None: unknown.
         self.underlay_limit: int | None = None
         self.mtu: int | None = None  # the MTU last set on the interface
+        self._firewall_error: str | None = None  # the last firewall failure, logged once
         self._key = PrivateKey(private_key)
         self._wg = wireguard
         self._host = host
@@ -212,7 +213,7 @@ class DataPlane:
                 log.debug("route operation", extra=kv(interface=self.ifname, **describe(route_op)))
             self.host.apply_routes(self.ifname, route_ops)
             changes += self.host.ensure_forwarding(ipv6=any(":" in p for p in wanted))
-            changes += self.firewall.ensure(
+            changes += self._apply_firewall(
                 ruleset.desired_firewall(
                     self.ifname,
                     netmap,
@@ -247,6 +248,21 @@ class DataPlane:
                     ),
                 )
             return result
+
+    def _apply_firewall(self, spec: ruleset.FirewallSpec) -> int:
+        """The nftables table; a failure (no nft, a kernel without the expressions) is logged when it
+        changes and retried at the next apply, never blocks peers, routes or limits."""
+        try:
+            changes = self.firewall.ensure(spec)
+        except BackendError as exc:
+            if exc.message != self._firewall_error:
+                log.error("firewall table not applied", extra=kv(interface=self.ifname, error=exc.message))
+            self._firewall_error = exc.message
+            return 0
+        if self._firewall_error is not None:
+            log.info("firewall table applied again", extra=kv(interface=self.ifname))
+        self._firewall_error = None
+        return changes
 
     def _apply_qos(self, netmap: NetMap) -> int:
         """Bandwidth limits by diff; a tc failure is logged and retried next time, never blocks peers."""

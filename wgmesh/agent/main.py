@@ -14,8 +14,8 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from wgmesh import keys, logs
+from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
-from wgmesh.agent import mtu as mtus
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
@@ -125,15 +125,22 @@ class Agent:
             log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
 
     def refresh_underlay(self) -> int | None:
-        """Measure what the underlay carries; the next apply lowers the tunnel MTU to it."""
+        """Measure what the underlay carries; the next apply fits the tunnel MTU to it.
+
+        A failed measurement keeps the last limit: reporting "unknown" would raise the tunnel back to
+        its ceiling and change every peer's netmap, only to lower both again at the next report.
+        """
         try:
             found = underlay_mtu(self.cfg.coordinator)
         except OSError as exc:
             log.warning("cannot read the underlay link", extra=kv(error=str(exc)))
-            found = None
-        limit = mtus.underlay_limit(*found) if found else None
+            return self.dataplane.underlay_limit
+        if found is None:
+            return self.dataplane.underlay_limit
+        # Never below the tunnel's floor: a smaller figure would change nothing the agent sets.
+        limit = max(mtus.MIN_MTU, mtus.underlay_limit(*found))
         if limit != self.dataplane.underlay_limit:
-            log.info("underlay", extra=kv(link_mtu=found[0] if found else None, tunnel_limit=limit))
+            log.info("underlay", extra=kv(link_mtu=found[0], ipv6=found[1], tunnel_limit=limit))
             self.dataplane.underlay_limit = limit
         return limit
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wgmesh.agent import mtu as mtus
+from wgmesh import mtu as mtus
 from wgmesh.agent.wgstate import DeviceSpec
 from wgmesh.errors import BackendError
 from wgmesh.models import NetMap
@@ -155,11 +156,18 @@ def _body(spec: FirewallSpec) -> str:
 
 @dataclass(frozen=True)
 class Shape:
-    """What can be checked of a table cheaply: its comment, rules per chain, elements per set."""
+    """What is checked of a table: its comment (the spec's fingerprint), each chain's hook and
+    priority, rules per chain, elements per set. A rule edited in place keeps its count; the rest
+    of what drifts in practice (a flush, a reload that drops the table, a set emptied) shows."""
 
     comment: str | None
+    chains: Mapping[str, tuple[str, str, int]]
     rules: Mapping[str, int]
     sets: Mapping[str, frozenset[str]]
+
+
+# nft's JSON gives a chain's priority as a number: the named priorities used in CHAINS, in the inet family.
+_PRIORITY = {"mangle": -150, "srcnat": 100, "dstnat": -100, "filter": 0}
 
 
 def expected_shape(spec: FirewallSpec) -> Shape:
@@ -172,28 +180,46 @@ def expected_shape(spec: FirewallSpec) -> Shape:
                 rules["mss"] = rules.get("mss", 0) + 2
     if spec.masquerade:
         rules["postrouting"] = 1
-    return Shape(digest(spec), rules, sets)
+    chains = {
+        name: (kind, hook, _PRIORITY[priority])
+        for name, (kind, hook, priority) in CHAINS.items()
+        if name in rules
+    }
+    return Shape(digest(spec), chains, rules, sets)
 
 
 def observed_shape(text: str, listing: Mapping[str, Any]) -> Shape:
     """The shape of a table from `nft list table` (for the comment) and `nft -j list table`."""
     found = _COMMENT.search(text)
+    chains: dict[str, tuple[str, str, int]] = {}
     rules: dict[str, int] = {}
     sets: dict[str, frozenset[str]] = {}
     for item in listing.get("nftables", []):
-        if "rule" in item:
-            chain = item["rule"].get("chain", "")
-            rules[chain] = rules.get(chain, 0) + 1
+        if "chain" in item:
+            chain = item["chain"]
+            chains[chain.get("name", "")] = (
+                chain.get("type", ""),
+                chain.get("hook", ""),
+                chain.get("prio", 0),
+            )
+        elif "rule" in item:
+            name = item["rule"].get("chain", "")
+            rules[name] = rules.get(name, 0) + 1
         elif "set" in item:
             elements = item["set"].get("elem", [])
             sets[item["set"]["name"]] = frozenset(_element(e) for e in elements)
-    return Shape(found.group(1) if found else None, rules, sets)
+    return Shape(found.group(1) if found else None, chains, rules, sets)
 
 
 def _element(value: Any) -> str:
-    """A set element as nft's JSON gives it (an address, or a prefix object) → canonical prefix text."""
-    if isinstance(value, dict) and "prefix" in value:
-        return str(ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False))
-    if isinstance(value, dict) and "elem" in value:
-        return _element(value["elem"]["val"])
-    return str(ipaddress.ip_network(str(value)))
+    """A set element as nft's JSON gives it (an address, or a prefix object) → canonical prefix text;
+    a form we never write (a range, say) becomes its JSON, so the table reads as different."""
+    try:
+        if isinstance(value, dict) and "prefix" in value:
+            prefix = value["prefix"]
+            return str(ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False))
+        if isinstance(value, dict) and "elem" in value:
+            return _element(value["elem"]["val"])
+        return str(ipaddress.ip_network(str(value)))
+    except (ValueError, KeyError, TypeError):
+        return json.dumps(value, sort_keys=True)

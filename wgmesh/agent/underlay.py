@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -55,40 +56,59 @@ def eth0_address(coordinator_url: str) -> str | None:
     return found or local_address_towards(coordinator_url)
 
 
-def _link_mtu(ipr: object, index: int) -> int | None:
-    for link in ipr.get_links(index):  # type: ignore[attr-defined]
+def _link_mtu(ipr: Any, index: int) -> int | None:
+    for link in ipr.get_links(index):
         value = link.get_attr("IFLA_MTU")
         if value:
             return int(value)
     return None
 
 
-def underlay_mtu(coordinator_url: str) -> tuple[int, bool] | None:
-    """(MTU, over IPv6) of the link WireGuard's packets leave by: the default route's, else the one
-    towards the coordinator; a route's own `mtu` metric lowers it. None when no such link is found."""
-    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
+def _route_mtu(ipr: Any, route: Any) -> int | None:
+    """The MTU a route leaves by: its link's, lowered by the route's own `mtu` metric."""
+    oif = route.get_attr("RTA_OIF")
+    if oif is None:
+        return None  # a multipath route names its links elsewhere: the caller asks the kernel instead
+    mtu = _link_mtu(ipr, oif)
+    if mtu is None:
+        return None
+    metrics = route.get_attr("RTA_METRICS")
+    locked = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+    return min(mtu, int(locked)) if locked else mtu
 
-    host = local_address_towards(coordinator_url)
-    with IPRoute() as ipr:
-        routes = list(ipr.get_default_routes(family=socket.AF_INET))
-        ipv6 = False
-        if not routes and host is not None:
-            ipv6 = ipaddress.ip_address(host).version == 6
-            target = urlsplit(coordinator_url).hostname or ""
-            try:
-                family = socket.AF_INET6 if ipv6 else socket.AF_INET
-                dst = socket.getaddrinfo(target, 9, family=family, type=socket.SOCK_DGRAM)[0][4][0]
-                routes = list(ipr.route("get", dst=dst))
-            except (OSError, IndexError):
-                routes = []
-        for route in routes:
-            oif = route.get_attr("RTA_OIF")
-            if oif is None:
-                continue
-            mtu = _link_mtu(ipr, oif)
-            if mtu is None:
-                continue
-            metrics = route.get_attr("RTA_METRICS")
-            locked = metrics.get_attr("RTAX_MTU") if metrics is not None else None
-            return (min(mtu, int(locked)) if locked else mtu), ipv6
+
+def underlay_mtu(coordinator_url: str) -> tuple[int, bool] | None:
+    """(MTU, IPv6 possible) of the link WireGuard's packets leave by; None when none is found.
+
+    The link is the IPv4 default route's, else the one the kernel picks towards the coordinator. The
+    second value says whether peers may reach this node over IPv6 (a global IPv6 default route, or the
+    coordinator reached over IPv6): WireGuard's overhead is then 80 bytes, not 60. Netlink failures
+    come out as OSError.
+    """
+    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
+    try:
+        with IPRoute() as ipr:
+            ipv6 = bool(list(ipr.get_default_routes(family=socket.AF_INET6)))
+            for route in ipr.get_default_routes(family=socket.AF_INET):
+                found = _route_mtu(ipr, route)
+                if found is not None:
+                    return found, ipv6
+            host = local_address_towards(coordinator_url)
+            if host is None:
+                return None
+            for route in ipr.route("get", dst=_coordinator_address(coordinator_url, host)):
+                found = _route_mtu(ipr, route)
+                if found is not None:
+                    return found, ipv6 or ipaddress.ip_address(host).version == 6
+    except NetlinkError as exc:
+        raise OSError(f"netlink: {exc}") from exc
     return None
+
+
+def _coordinator_address(url: str, local: str) -> str:
+    """The coordinator's address in the family of `local` (the source address towards it)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
+    host = urlsplit(url).hostname or ""
+    return str(socket.getaddrinfo(host, 9, family=family, type=socket.SOCK_DGRAM)[0][4][0])

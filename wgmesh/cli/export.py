@@ -58,6 +58,8 @@ def wg_quick_text(config: WgQuickConfig) -> str:
     wc.add_attr(None, "PrivateKey", config.interface.private_key)
     wc.add_attr(None, "Address", ", ".join(config.interface.address))
     wc.add_attr(None, "ListenPort", config.interface.listen_port)
+    # The gateways clamp TCP to this device's MTU as the netmap gives it: the device must use the same.
+    wc.add_attr(None, "MTU", config.interface.mtu)
     for peer in config.peers:
         wc.lines.extend(_peer_lines(peer))
     wc.invalidate_data()

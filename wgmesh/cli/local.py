@@ -23,7 +23,7 @@ def node_view(status: LocalStatus) -> NodeView:
         online=True,
         last_seen=None,
         p2p=status.p2p,
-        mtu=None,  # not in the agent's local status (yet): the coordinator's view has it
+        mtu=status.mtu,
         subnets=status.subnets,
         peers=[PeerView(**p.model_dump()) for p in status.peers],
     )
@@ -42,8 +42,6 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
     )
     coordinator.append(f"  netmap v{status.netmap_version if status.netmap_version is not None else '—'}")
     coordinator.append(f"  interface {status.interface}")
-    if status.mtu is not None:
-        coordinator.append(f" mtu {status.mtu}")
     coordinator.append(f"  mss clamp {'on' if status.mss_clamp else 'off'}")
     parts = [render.node_screen(node_view(status), datetime.now(UTC), console.width), Text(""), coordinator]
     for shadow in status.shadowed:

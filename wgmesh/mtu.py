@@ -1,4 +1,5 @@
-"""The tunnel MTU and the TCP MSS that fits it: pure arithmetic, documented once.
+"""The tunnel MTU and the TCP MSS that fits it: pure arithmetic, documented once, used by the agent
+(what to set and clamp) and the coordinator (what each node's netmap says).
 
 A WireGuard packet costs its outer IP header (20 bytes for IPv4, 40 for IPv6), UDP (8) and WireGuard's
 own 32 (type, receiver, counter, authentication tag): 60 bytes over IPv4, 80 over IPv6. The tunnel's
