@@ -260,18 +260,19 @@ class TcpStream:
 def iperf3(lab: Lab, src: Site, dst: Site, seconds: int = 5, port: int = 5201) -> float:
     """TCP goodput in bit/s from one VPC host to another, as the iperf3 receiver measured it."""
     server = lab.popen(dst.host, "iperf3", "-s", "-p", str(port), stdout=subprocess.DEVNULL)
+    received: dict[str, Any] = {}
+
+    def measured() -> bool:
+        # Retried: the server may not listen yet.
+        done = lab.exec(src.host, "iperf3", "-J", "-c", str(dst.vm_ip), "-p", str(port), "-t", str(seconds))
+        result: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
+        found = result.get("end", {}).get("sum_received")
+        assert found is not None, result.get("error") or done.stderr[-2000:]
+        received.update(found)
+        return True
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            done = lab.exec(
-                src.host, "iperf3", "-J", "-c", str(dst.vm_ip), "-p", str(port), "-t", str(seconds)
-            )
-            result: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
-            received = result.get("end", {}).get("sum_received")
-            if received is not None or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)  # the server may not listen yet
-        assert received is not None, result.get("error") or done.stderr[-2000:]
+        wait_until(measured, 10, f"iperf3 from {src.host} to {dst.host}", interval=0.3)
         return float(received["bits_per_second"])
     finally:
         if server.poll() is None:

@@ -16,6 +16,7 @@ from lab_paths import ping_ok
 from wgmesh.lab import Lab, leftovers, wait_until
 from wgmesh.lab.cloud import SG_FAMILY, SG_TABLE
 from wgmesh.lab.system import namespaces
+from wgmesh.lab.timescale import scaled
 
 pytestmark = [pytest.mark.e2e]
 
@@ -25,7 +26,7 @@ FRAG_NEEDED = re.compile(r"Frag needed and DF set \(mtu = (\d+)\)")
 
 def wgmesh(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the `wgmesh` CLI of this environment."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=scaled(60), check=False)
 
 
 def mtus(lab: Lab, node: str) -> dict[str, int]:
@@ -43,9 +44,13 @@ def sg_drops(lab: Lab, node: str) -> int:
     return sum(e["counter"]["packets"] for r in rules for e in r["expr"] if "counter" in e)
 
 
-def df_ping(lab: Lab, node: str, dst: object, size: int) -> subprocess.CompletedProcess[str]:
-    """One ping of `size` bytes with Don't Fragment set (`-M do`), waiting a second for any answer."""
-    return lab.exec(node, "ping", "-n", "-M", "do", "-s", str(size), "-c", "1", "-W", "1", str(dst))
+def df_ping(
+    lab: Lab, node: str, dst: object, size: int, *, answered: bool
+) -> subprocess.CompletedProcess[str]:
+    """One ping of `size` bytes with Don't Fragment set (`-M do`). `answered`: an answer (reply or error) is
+    expected, so the wait for it grows with the time scale; otherwise a second of silence is enough."""
+    wait = max(1, round(scaled(2))) if answered else 1
+    return lab.exec(node, "ping", "-n", "-M", "do", "-s", str(size), "-c", "1", "-W", str(wait), str(dst))
 
 
 @pytest.mark.lab(sites=2, lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1, 2])
@@ -58,11 +63,11 @@ def test_mtu_and_security_group_switches_act_on_the_real_links(lab: Lab) -> None
     root = mtus(lab, "hub")
     assert (root[two.uplink], root[one.uplink]) == (1460, 1500)
     # The 1460-byte underlay for real: gw2 cannot send more, and more does not reach it.
-    assert df_ping(lab, "gw2", one.underlay_ip, 1460 - 28).returncode == 0
-    too_big = df_ping(lab, "gw2", one.underlay_ip, 1460 - 27)
+    assert df_ping(lab, "gw2", one.underlay_ip, 1460 - 28, answered=True).returncode == 0
+    too_big = df_ping(lab, "gw2", one.underlay_ip, 1460 - 27, answered=False)
     assert "message too long, mtu=1460" in too_big.stdout + too_big.stderr
-    assert df_ping(lab, "gw1", two.underlay_ip, 1500 - 28).returncode != 0
-    assert df_ping(lab, "gw1", two.underlay_ip, 1460 - 28).returncode == 0
+    assert df_ping(lab, "gw1", two.underlay_ip, 1500 - 28, answered=False).returncode != 0
+    assert df_ping(lab, "gw1", two.underlay_ip, 1460 - 28, answered=True).returncode == 0
 
     # The security group: the table is there on both VPC hosts...
     for node in ("vm1", "vm2"):
@@ -74,7 +79,7 @@ def test_mtu_and_security_group_switches_act_on_the_real_links(lab: Lab) -> None
     # one more packet on the drop counter.
     assert ping_ok(lab, "vm1", two.vm_ip)
     before = sg_drops(lab, "vm1")
-    big = df_ping(lab, "vm1", two.vm_ip, 8000)
+    big = df_ping(lab, "vm1", two.vm_ip, 8000, answered=False)
     assert big.returncode != 0 and not FRAG_NEEDED.search(big.stdout + big.stderr), big.stdout
     wait_until(lambda: sg_drops(lab, "vm1") > before, 5, "vm1's security group to count the drop")
     assert "mtu" not in lab.exec("vm1", "ip", "route", "get", str(two.vm_ip), check=True).stdout
@@ -93,7 +98,7 @@ def test_mtu_and_security_group_switches_act_on_the_real_links(lab: Lab) -> None
     done = wgmesh("lab", "sg-allow-icmp", "1", "--name", lab.name)
     assert done.returncode == 0, done.stderr
     assert sg_drops(lab, "vm1") == -1
-    answered = FRAG_NEEDED.search(df_ping(lab, "vm1", two.vm_ip, 8000).stdout)
+    answered = FRAG_NEEDED.search(df_ping(lab, "vm1", two.vm_ip, 8000, answered=True).stdout)
     assert answered is not None
     assert int(answered.group(1)) == mtus(lab, "gw1")[one.wg_interface]
     done = wgmesh("lab", "lan-mtu", "1", "1500", "--name", lab.name)

@@ -24,6 +24,7 @@ from lab_paths import both_on, tcp_transfer
 
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.control import relay_available
+from wgmesh.lab.timescale import scaled
 
 pytestmark = [pytest.mark.e2e]
 
@@ -129,7 +130,7 @@ class TestUnderlay1460:
             [*AGENT, "status", "--json", "--state-dir", str(lab.plan.state_dir / site.node)],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=scaled(30),
             check=False,
         )
         assert local.returncode == 0, local.stderr

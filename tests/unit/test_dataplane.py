@@ -10,11 +10,11 @@ import pytest
 from wgmesh import keys
 from wgmesh.agent import qos
 from wgmesh.agent.dataplane import DataPlane
-from wgmesh.mtu import DEFAULT_MTU
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
 from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
+from wgmesh.mtu import DEFAULT_MTU
 
 ME = keys.generate_keypair()
 

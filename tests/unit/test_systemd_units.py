@@ -18,16 +18,15 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from wgmesh.coordinator.main import ADMIN_ENV, DEFAULT_DB
-from wgmesh.lab.timescale import scaled
+from wgmesh.lab.wait import WaitTimeout, wait_until
 from wgmesh.relay.server import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -398,16 +397,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for(check: object, proc: subprocess.Popen[bytes], log: Path, deadline: float = 20.0) -> None:
-    deadline = scaled(deadline)
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()}"
-        with contextlib.suppress(OSError, httpx.HTTPError):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"not serving within {deadline}s: {log.read_text()}")
+def _wait_for(
+    check: Callable[[], object], proc: subprocess.Popen[bytes], log: Path, deadline: float = 20.0
+) -> None:
+    """Until `check()` holds; at once a failure if the process exits (not a reason to wait on)."""
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            # Not an AssertionError, which wait_until takes for "not yet": this ends the wait.
+            raise RuntimeError(f"exited with {proc.returncode}: {log.read_text()}")
+        try:
+            return bool(check())
+        except (OSError, httpx.HTTPError) as exc:
+            raise AssertionError(f"{type(exc).__name__}: {exc}") from None
+
+    try:
+        wait_until(serving, deadline, "the program to serve")
+    except WaitTimeout as exc:
+        raise AssertionError(f"not serving: {exc}: {log.read_text()}") from None
 
 
 @needs_x86_64

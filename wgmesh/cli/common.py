@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 from rich.console import Console
 
 from wgmesh import rates
+from wgmesh.cli import connection
 from wgmesh.errors import ValidationError
 from wgmesh.models import MAX_MTU, MIN_MTU, check_name
 
@@ -56,6 +57,13 @@ def add_json_flag(parser: argparse.ArgumentParser, *, nested: bool = False) -> N
         default=argparse.SUPPRESS if nested else False,
         help="print the result as JSON (see docs/cli.md)",
     )
+
+
+def add_coordinator_flags(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """`--json` and the connection flags of a command that talks to the coordinator; `nested` for a
+    subcommand whose group already has them (keeps the group's values)."""
+    add_json_flag(parser, nested=nested)
+    connection.add_arguments(parser, nested=nested)
 
 
 def node_ref(text: str) -> str:

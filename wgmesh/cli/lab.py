@@ -524,7 +524,7 @@ def cmd_underlay_mtu(args: argparse.Namespace) -> int:
     lab, indexes, mtu = _mtu_switch(args, UNDERLAY_MTU)
     for index in indexes:
         lab.set_underlay_mtu(index, mtu)
-    _done(lab, indexes, f"underlay MTU {mtu} (an agent that sizes its tunnel at start needs a restart)")
+    _done(lab, indexes, f"underlay MTU {mtu} (agents fit their tunnel to it within about 10 s)")
     return 0
 
 

@@ -13,7 +13,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from wgmesh.cli import connection
-from wgmesh.cli.common import Subparsers, add_json_flag, mtu_arg, print_json, stdout
+from wgmesh.cli.common import Subparsers, add_coordinator_flags, mtu_arg, print_json, stdout
 from wgmesh.errors import ValidationError
 from wgmesh.models import Network
 
@@ -25,13 +25,12 @@ def register(sub: Subparsers) -> None:
         help="show and change the network-wide settings",
         description="The overlay network's settings. Without a command: show them.",
     )
-    add_json_flag(group)
-    connection.add_arguments(group)
+    add_coordinator_flags(group)
     group.set_defaults(func=cmd_show)
     cmds = group.add_subparsers(dest="network_command", metavar="COMMAND")
 
     p = cmds.add_parser("show", help="name, overlay, P2P policy and default tunnel MTU")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_show)
 
     p = cmds.add_parser(
@@ -43,13 +42,8 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
     p.add_argument("--mtu", type=mtu_arg, metavar="BYTES", help="default tunnel MTU, 1280-9000")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_set)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_json_flag(p, nested=True)
-    connection.add_arguments(p, nested=True)
 
 
 def network_detail(network: Network) -> RenderableType:

@@ -16,7 +16,7 @@ from rich.text import Text
 from wgmesh.cli import connection, render
 from wgmesh.cli.common import (
     Subparsers,
-    add_json_flag,
+    add_coordinator_flags,
     mtu_or_none_arg,
     node_ref,
     print_json,
@@ -38,18 +38,17 @@ def register(sub: Subparsers) -> None:
         help="list, show, add, change and remove nodes",
         description="Nodes of the mesh. Without a command: list them.",
     )
-    add_json_flag(group)
-    connection.add_arguments(group)
+    add_coordinator_flags(group)
     group.set_defaults(func=cmd_list)
     cmds = group.add_subparsers(dest="nodes_command", metavar="COMMAND")
 
     p = cmds.add_parser("list", help="one line per node")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_list)
 
     p = cmds.add_parser("show", help="everything the coordinator knows about one node")
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_show)
 
     p = cmds.add_parser(
@@ -67,7 +66,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--listen-port", type=int, default=51820, metavar="PORT", help="default 51820")
     p.add_argument("--p2p", choices=["auto", "off"], default="auto", help="P2P policy (default auto)")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag (repeatable)")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_add)
 
     p = cmds.add_parser(
@@ -90,7 +89,7 @@ def register(sub: Subparsers) -> None:
     tags = p.add_mutually_exclusive_group()
     tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
     tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_set)
 
     p = cmds.add_parser(
@@ -101,13 +100,8 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_rm)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_json_flag(p, nested=True)
-    connection.add_arguments(p, nested=True)
 
 
 def _path(ref: str) -> str:

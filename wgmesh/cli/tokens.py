@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_json_flag, print_json, stderr, stdout
+from wgmesh.cli.common import Subparsers, add_coordinator_flags, print_json, stderr, stdout
 from wgmesh.models import TokenCreated, TokenInfo, TokenList
 
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
@@ -52,8 +52,7 @@ def register(sub: Subparsers) -> None:
         help="enrollment tokens: create, list, revoke",
         description="Enrollment tokens for agents. Without a command: list them.",
     )
-    add_json_flag(group)
-    connection.add_arguments(group)
+    add_coordinator_flags(group)
     group.set_defaults(func=cmd_list)
     cmds = group.add_subparsers(dest="tokens_command", metavar="COMMAND")
 
@@ -74,22 +73,17 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag given to the nodes")
     p.add_argument("--p2p", choices=["auto", "off"], help="P2P policy given to the nodes")
     p.add_argument("--description", default="", metavar="TEXT", help="a note for `tokens list`")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_create)
 
     p = cmds.add_parser("list", help="every token, newest first; secrets are never shown")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_list)
 
     p = cmds.add_parser("revoke", help="revoke a token (nodes it enrolled stay)")
     p.add_argument("id", type=token_id, metavar="ID", help="token id, as `wgmesh tokens list` shows")
-    _common(p)
+    add_coordinator_flags(p, nested=True)
     p.set_defaults(func=cmd_revoke)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_json_flag(p, nested=True)
-    connection.add_arguments(p, nested=True)
 
 
 def state(token: TokenInfo, now: datetime) -> str:

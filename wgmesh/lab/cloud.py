@@ -17,11 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.impair import GATEWAY_UPLINK, parse_sites
+from wgmesh.lab.impair import GATEWAY_UPLINK, parse_site_values
 from wgmesh.lab.plan import IpCommand, Site
 
-# What a lab link has when no switch says otherwise (a veth's default).
-DEFAULT_MTU = 1500
+# What a lab link has when no switch says otherwise (a veth's default); not the tunnel's MTU
+# (models.DEFAULT_MTU).
+LINK_MTU = 1500
 # The gateway's LAN-side link and the VPC host's only link (plan.site_commands names them).
 GATEWAY_LAN = "lan"
 HOST_LINK = "eth0"
@@ -71,23 +72,20 @@ def check_mtu(mtu: int, limits: MtuRange) -> int:
 
 def parse_mtus(items: Iterable[str], limits: MtuRange) -> dict[int, int]:
     """`I=MTU` items, each possibly a comma list (`1=9001,2=9001`), as {site: MTU}; the last one wins."""
-    found: dict[int, int] = {}
-    for item in items:
-        for part in item.split(","):
-            index, sep, mtu = part.partition("=")
-            if not sep or not mtu.strip():
-                raise ValidationError(
-                    f"{limits.switch} {part!r} must be SITE=MTU, e.g. {limits.example}", code="invalid_mtu"
-                )
-            (site,) = parse_sites(index, f"{limits.switch} site")
-            found[site] = parse_mtu(mtu, limits)
-    return dict(sorted(found.items()))
+    return parse_site_values(
+        items,
+        limits.switch,
+        limits.example,
+        lambda text: parse_mtu(text, limits),
+        value="MTU",
+        code="invalid_mtu",
+    )
 
 
 def with_mtu(recorded: Mapping[int, int], index: int, mtu: int) -> dict[int, int]:
     """The recorded MTUs with site `index` at `mtu`; the default is no switch, so it is not recorded."""
     changed = {i: m for i, m in recorded.items() if i != index}
-    if mtu != DEFAULT_MTU:
+    if mtu != LINK_MTU:
         changed[index] = mtu
     return dict(sorted(changed.items()))
 

@@ -556,7 +556,8 @@ class Lab:
     def set_underlay_mtu(self, index: int, mtu: int) -> None:
         """Give gateway `index`'s underlay link (both veth ends) this MTU; 1500 is the default again.
 
-        An agent that sizes its tunnel from the underlay when it starts sees a change only once restarted.
+        No restart needed: the agent re-measures its underlay with every status report (every 10 s),
+        and its next apply fits the tunnel MTU to it.
         """
         check_mtu(mtu, UNDERLAY_MTU)
         site = self.plan.site(index)

@@ -6,13 +6,16 @@ gateway's underlay veth. Nothing here runs anything: `system` applies it, `contr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from wgmesh import rates
 from wgmesh.errors import ValidationError
 from wgmesh.lab.plan import MAX_SITES, LabPlan, Site
 from wgmesh.rates import format_rate
+
+V = TypeVar("V")
 
 # Inside a gateway namespace, which belongs to one lab, so the table needs no lab name in it.
 UDP_TABLE = "wgmesh_lab_udp"
@@ -57,19 +60,34 @@ def parse_rate(text: str) -> str:
     return format_rate(rates.parse_rate(text, maximum=MAX_RATE))
 
 
-def parse_throttles(items: Iterable[str]) -> dict[int, str]:
-    """`I=RATE` items, each possibly a comma list (`1=10mbit,2=5mbit`), as {site: normalised rate}."""
-    found: dict[int, str] = {}
+def parse_site_values(
+    items: Iterable[str],
+    switch: str,
+    example: str,
+    parse_one: Callable[[str], V],
+    *,
+    value: str,
+    code: str,
+) -> dict[int, V]:
+    """`I=VALUE` items, each possibly a comma list (`1=a,2=b`), as {site: parse_one(VALUE)}; the last
+    one wins. `switch` (`--throttle-udp`) and `example` (`2=10mbit`) name the switch in errors, `value`
+    (`RATE`) the VALUE part, and `code` is the error code of an item that is not `I=VALUE`."""
+    found: dict[int, V] = {}
     for item in items:
         for part in item.split(","):
-            index, sep, rate = part.partition("=")
-            if not sep or not rate.strip():
-                raise ValidationError(
-                    f"--throttle-udp {part!r} must be SITE=RATE, e.g. 2=10mbit", code="invalid_throttle"
-                )
-            (site,) = parse_sites(index, "--throttle-udp site")
-            found[site] = parse_rate(rate)
+            index, sep, text = part.partition("=")
+            if not sep or not text.strip():
+                raise ValidationError(f"{switch} {part!r} must be SITE={value}, e.g. {example}", code=code)
+            (site,) = parse_sites(index, f"{switch} site")
+            found[site] = parse_one(text)
     return dict(sorted(found.items()))
+
+
+def parse_throttles(items: Iterable[str]) -> dict[int, str]:
+    """`I=RATE` items, each possibly a comma list (`1=10mbit,2=5mbit`), as {site: normalised rate}."""
+    return parse_site_values(
+        items, "--throttle-udp", "2=10mbit", parse_rate, value="RATE", code="invalid_throttle"
+    )
 
 
 def check_sites(plan: LabPlan, indexes: Iterable[int], what: str) -> None:
