@@ -16,6 +16,35 @@ from wgmesh.lab.timescale import scaled
 ENTRY = "from wgmesh.cli.main import main; main()"
 CLI_TIMEOUT = 30.0
 
+# The `wgmesh status --json` contract (docs/cli.md): the fields of a node, a peer and a route.
+NODE_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "online",
+    "last_seen",
+    "p2p",
+    "mtu",
+    "subnets",
+    "peers",
+}
+PEER_FIELDS = {
+    "name",
+    "overlay_ip",
+    "eth0_ip",
+    "public_ip",
+    "path",
+    "endpoint",
+    "relay",
+    "rtt_ms",
+    "rx_bytes",
+    "tx_bytes",
+    "last_handshake",
+    "reason",
+}
+ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
+
 
 @dataclass
 class Result:

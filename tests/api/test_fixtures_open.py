@@ -26,9 +26,8 @@ from coordinator_harness import Coordinator, assert_error, running
 from wgmesh import keys
 from wgmesh.agent import main as agent_main
 from wgmesh.agent.config import AgentConfig
-from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.state import StateDir
-from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
+from wgmesh.agent.system.memory import memory_dataplane
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store
 from wgmesh.models import NetMap
@@ -297,17 +296,8 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         metrics_listen="off",
     )
     agent = agent_main.Agent(cfg)
-    host = MemoryHost(local=[(prefix, ifname) for prefix, ifname in AGENT["local_subnets_at_creation"]])
-    agent.dataplane = DataPlane(
-        cfg.interface,
-        cfg.backend,
-        agent.keypair.private_key,
-        cfg.listen_port,
-        wireguard=MemoryWireGuard(cfg.interface),
-        host=host,
-        firewall=MemoryFirewall(),
-        shaper=MemoryShaper(),
-    )
+    local = [(prefix, ifname) for prefix, ifname in AGENT["local_subnets_at_creation"]]
+    agent.dataplane = memory_dataplane(cfg.interface, agent.keypair.private_key, cfg.listen_port, local)
     try:
         assert agent.keypair.public_key == AGENT["public_key"]
         agent.dataplane.up()

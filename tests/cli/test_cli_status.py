@@ -10,36 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cli_harness import Cli
+from cli_harness import NODE_FIELDS, PEER_FIELDS, ROUTE_FIELDS, Cli
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
-
-NODE_FIELDS = {
-    "name",
-    "overlay_ip",
-    "eth0_ip",
-    "public_ip",
-    "online",
-    "last_seen",
-    "p2p",
-    "mtu",
-    "subnets",
-    "peers",
-}
-PEER_FIELDS = {
-    "name",
-    "overlay_ip",
-    "eth0_ip",
-    "public_ip",
-    "path",
-    "endpoint",
-    "relay",
-    "rtt_ms",
-    "rx_bytes",
-    "tx_bytes",
-    "last_handshake",
-    "reason",
-}
-ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
 
 
 @dataclass

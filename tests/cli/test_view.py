@@ -6,39 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cli_harness import NODE_FIELDS, PEER_FIELDS, ROUTE_FIELDS
 
 from wgmesh import keys
 from wgmesh.cli.view import StatusView, node_view, peer_counts, route_views, status_view
 from wgmesh.models import Network, Node, NodeStatus, PeerStatus, Route, ShadowedRoute, StatusReport, Topology
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-NODE_FIELDS = {
-    "name",
-    "overlay_ip",
-    "eth0_ip",
-    "public_ip",
-    "online",
-    "last_seen",
-    "p2p",
-    "mtu",
-    "subnets",
-    "peers",
-}
-PEER_FIELDS = {
-    "name",
-    "overlay_ip",
-    "eth0_ip",
-    "public_ip",
-    "path",
-    "endpoint",
-    "relay",
-    "rtt_ms",
-    "rx_bytes",
-    "tx_bytes",
-    "last_handshake",
-    "reason",
-}
-ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
 
 
 def node(i: int, name: str, **kw: Any) -> Node:

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
+from netmaps import netmap
 
 from wgmesh import keys
 from wgmesh.agent import qos
@@ -13,7 +14,7 @@ from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
 from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats
-from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
+from wgmesh.models import PeerConfig, ShadowedRoute
 from wgmesh.mtu import DEFAULT_MTU
 
 ME = keys.generate_keypair()
@@ -29,19 +30,6 @@ def peer(name: str, index: int, *subnets: str, endpoint: str | None = None) -> P
         allowed_ips=[f"{ip}/32", *subnets],
         endpoints=[endpoint or f"198.18.0.{10 + index}:51820"],
         psk=keys.generate_psk(),
-    )
-
-
-def netmap(*peers: PeerConfig, version: int = 1, overlay_ip: str = "100.96.0.1") -> NetMap:
-    return NetMap(
-        version=version,
-        node_id=1,
-        name="gw1",
-        overlay_ip=overlay_ip,
-        overlay_cidr="100.96.0.0/16",
-        listen_port=51820,
-        p2p="auto",
-        peers=list(peers),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from netmaps import GW1
 
 from wgmesh import keys
 from wgmesh.models import (
@@ -233,13 +234,7 @@ def test_error_body_shape() -> None:
 def test_answers_to_agents_ignore_fields_a_newer_coordinator_adds() -> None:
     """An agent keeps following netmaps while the coordinator is upgraded before it."""
     netmap = {
-        "version": 3,
-        "node_id": 1,
-        "name": "gw1",
-        "overlay_ip": "100.96.0.1",
-        "overlay_cidr": "100.96.0.0/16",
-        "listen_port": 51820,
-        "p2p": "auto",
+        **GW1,
         "peers": [
             {
                 "node_id": 2,

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from netmaps import netmap
 
 from wgmesh import keys
 from wgmesh.agent.path_control import PathController, _degraded, _Observed, _with_burst, probe_address
 from wgmesh.agent.paths import DEFAULT_CONFIG, PathInputs
 from wgmesh.agent.prober import BurstResult
 from wgmesh.agent.wgstate import PeerStats
-from wgmesh.models import NetMap, PeerConfig
+from wgmesh.models import PeerConfig
 
 
 def peer(node_id: int, *, p2p: str = "auto", endpoints: list[str] | None = None) -> PeerConfig:
@@ -25,19 +26,6 @@ def peer(node_id: int, *, p2p: str = "auto", endpoints: list[str] | None = None)
         allowed_ips=[f"100.96.0.{node_id}/32"],
         endpoints=[f"198.18.0.{10 + node_id}:51820"] if endpoints is None else endpoints,
         p2p=p2p,  # type: ignore[arg-type]
-    )
-
-
-def netmap(*peers: PeerConfig) -> NetMap:
-    return NetMap(
-        version=1,
-        node_id=1,
-        name="gw1",
-        overlay_ip="100.96.0.1",
-        overlay_cidr="100.96.0.0/16",
-        listen_port=51820,
-        p2p="auto",
-        peers=list(peers),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netmaps import netmap
 
 from wgmesh import keys
 from wgmesh.agent import plan
@@ -29,7 +30,7 @@ from wgmesh.agent.plan import (
     plan_routes,
 )
 from wgmesh.agent.wgstate import KEEPALIVE, DeviceSpec, PeerSpec, PrivateKey
-from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
+from wgmesh.models import PeerConfig, ShadowedRoute
 
 EMPTY = DeviceSpec(None, {})
 
@@ -49,19 +50,6 @@ def peer_config(
         allowed_ips=[f"{ip}/32", *subnets],
         endpoints=endpoints if endpoints is not None else [f"198.18.0.{ip.rsplit('.', 1)[1]}:51820"],
         **kw,
-    )
-
-
-def netmap(*peers: PeerConfig, listen_port: int = 51820) -> NetMap:
-    return NetMap(
-        version=1,
-        node_id=1,
-        name="gw1",
-        overlay_ip="100.96.0.1",
-        overlay_cidr="100.96.0.0/16",
-        listen_port=listen_port,
-        p2p="auto",
-        peers=list(peers),
     )
 
 

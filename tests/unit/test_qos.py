@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from netmaps import netmap
 
 from wgmesh import keys
 from wgmesh.agent import qos
 from wgmesh.agent.qos import DeleteClass, QosSpec, RemoveRoot, ReplaceRoot, SetClass, SetFilters, ShapedPeer
-from wgmesh.models import NetMap, PeerConfig
+from wgmesh.models import PeerConfig
 
 
 def peer(node_id: int, rate: str | None = None) -> PeerConfig:
@@ -19,20 +20,6 @@ def peer(node_id: int, rate: str | None = None) -> PeerConfig:
         public_key=keys.generate_keypair().public_key,
         overlay_ip=f"100.96.0.{node_id}",
         allowed_ips=[f"100.96.0.{node_id}/32", f"10.{node_id}.0.0/24"],
-        rate=rate,
-    )
-
-
-def netmap(*peers: PeerConfig, rate: str | None = None) -> NetMap:
-    return NetMap(
-        version=1,
-        node_id=1,
-        name="gw1",
-        overlay_ip="100.96.0.1",
-        overlay_cidr="100.96.0.0/16",
-        listen_port=51820,
-        p2p="auto",
-        peers=list(peers),
         rate=rate,
     )
 

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from netmaps import netmap
 
 from wgmesh import keys, mtu
 from wgmesh.agent import ruleset
@@ -24,20 +25,6 @@ def peer(n: int, allowed: list[str], peer_mtu: int = 1420) -> PeerConfig:
         overlay_ip=f"100.96.0.{n}",
         allowed_ips=[f"100.96.0.{n}/32", *allowed],
         mtu=peer_mtu,
-    )
-
-
-def netmap(*peers: PeerConfig, own: int = 1420) -> NetMap:
-    return NetMap(
-        version=1,
-        node_id=1,
-        name="gw1",
-        overlay_ip="100.96.0.1",
-        overlay_cidr="100.96.0.0/16",
-        listen_port=51820,
-        p2p="auto",
-        peers=list(peers),
-        mtu=own,
     )
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from wgmesh.agent import qos
 from wgmesh.agent.plan import AddRoute, DeviceOp, RouteOp, apply_ops
 from wgmesh.agent.ruleset import FirewallSpec
 from wgmesh.agent.wgstate import DeviceSpec, ObservedDevice, PeerStats, PrivateKey
 from wgmesh.errors import BackendError
+
+if TYPE_CHECKING:
+    from wgmesh.agent.dataplane import DataPlane
 
 
 class MemoryWireGuard:
@@ -161,3 +165,22 @@ class MemoryShaper:
     def remove(self, ifname: str) -> bool:
         """Drop the tree."""
         return self.classes.pop(ifname, None) is not None
+
+
+def memory_dataplane(
+    ifname: str, private_key: str, listen_port: int, local: Sequence[tuple[str, str]] = ()
+) -> DataPlane:
+    """A real DataPlane (planner, state) over the in-memory backends, with `local` as the host's
+    connected subnets: an agent that touches nothing of this machine (fixtures, tests)."""
+    from wgmesh.agent.dataplane import DataPlane  # noqa: PLC0415 - the data plane builds on this module's peers
+
+    return DataPlane(
+        ifname,
+        "userspace",
+        private_key,
+        listen_port,
+        wireguard=MemoryWireGuard(ifname),
+        host=MemoryHost(local=list(local)),
+        firewall=MemoryFirewall(),
+        shaper=MemoryShaper(),
+    )
