@@ -251,6 +251,7 @@ function render() {
   $("#network-name").textContent =
     `· ${t.network.name} ${t.network.overlay_cidr} · MTU ${t.network.mtu} · v${t.version}`;
   document.body.dataset.version = String(t.version);
+  if (document.activeElement !== $("#network-mtu")) $("#network-mtu").value = String(t.network.mtu);
   renderTopology();
   renderNodes();
   renderRoutes();
@@ -450,6 +451,8 @@ function renderDetails() {
     ...fields.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]),
   );
   $("#details-p2p").value = node.p2p;
+  // Not while the admin is typing in it: a live update must not overwrite an unsent value.
+  if (document.activeElement !== $("#details-mtu")) $("#details-mtu").value = node.mtu ? String(node.mtu) : "";
 
   const reported = new Map((status ? status.report.peers : []).map((p) => [p.public_key, p]));
   const rows = [];
@@ -504,6 +507,29 @@ async function setNodeP2P(name, value) {
     say(`Could not change P2P for ${name}: ${err.message}`, true);
     await refresh();
   }
+}
+
+// The MTU ceiling of a node (empty: back to the network's default) and the network's default: the API
+// checks the range and says what is wrong; the message is shown as it comes.
+async function setNodeMtu(name, text) {
+  const mtu = text.trim() === "" ? null : Number(text);
+  try {
+    await api("PATCH", `/api/v1/nodes/${encodeURIComponent(name)}`, { mtu });
+    say(mtu === null ? `${name} uses the network's default MTU again.` : `MTU ceiling of ${name} is now ${mtu}.`);
+  } catch (err) {
+    say(`Could not change the MTU of ${name}: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+async function setNetworkMtu(text) {
+  try {
+    await api("PATCH", "/api/v1/network", { mtu: Number(text) });
+    say(`The network's default MTU is now ${Number(text)}.`);
+  } catch (err) {
+    say(`Could not change the network's MTU: ${err.message}`, true);
+  }
+  await refresh();
 }
 
 async function setPair(a, b, value) {
@@ -738,6 +764,14 @@ function wire() {
     if (ev.key === "Escape") closeDetails();
   });
   $("#details-p2p").addEventListener("change", (ev) => setNodeP2P(state.selected, ev.target.value));
+  $("#details-mtu-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    setNodeMtu(state.selected, $("#details-mtu").value);
+  });
+  $("#network-mtu-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    setNetworkMtu($("#network-mtu").value);
+  });
   $("#details-delete").addEventListener("click", () => deleteNode(state.selected));
   $("#node-filter").addEventListener("input", (ev) => {
     state.filter = ev.target.value;

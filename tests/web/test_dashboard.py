@@ -118,6 +118,36 @@ def test_node_details_and_header_show_the_mtus(dashboard: Any, admin: httpx.Clie
     expect(field("Underlay max MTU")).to_have_text(EN_DASH)
 
 
+def test_mtu_ceiling_and_network_default_are_set_from_the_dashboard(
+    dashboard: Any, admin: httpx.Client
+) -> None:
+    page = dashboard
+    page.locator('#topology g.node[data-node="gw-b"] circle').click()
+    try:
+        page.locator("#details-mtu").fill("1360")
+        page.locator("#details-mtu-form button").click()
+        expect(page.locator("#action-status")).to_have_text("MTU ceiling of gw-b is now 1360.")
+        assert admin.get("/api/v1/nodes/gw-b").json()["mtu"] == 1360
+        page.locator("#details-mtu").fill("")  # empty: back to the network's default
+        page.locator("#details-mtu-form button").click()
+        expect(page.locator("#action-status")).to_have_text("gw-b uses the network's default MTU again.")
+        assert admin.get("/api/v1/nodes/gw-b").json()["mtu"] is None
+        # Out of range: the form says so and sends nothing.
+        page.locator("#details-mtu").fill("900")
+        page.locator("#details-mtu-form button").click()
+        assert page.locator("#details-mtu").evaluate("e => !e.checkValidity()")
+        assert admin.get("/api/v1/nodes/gw-b").json()["mtu"] is None
+
+        page.locator("#network-mtu").fill("1400")
+        page.locator("#network-mtu-form button").click()
+        expect(page.locator("#action-status")).to_have_text("The network's default MTU is now 1400.")
+        assert admin.get("/api/v1/network").json()["mtu"] == 1400
+        expect(page.locator("#network-name")).to_contain_text("MTU 1400")
+    finally:
+        assert admin.patch("/api/v1/nodes/gw-b", json={"mtu": None}).status_code == 200
+        assert admin.patch("/api/v1/network", json={"mtu": 1420}).status_code == 200
+
+
 def test_p2p_off_changes_the_api_state(dashboard: Any, admin: httpx.Client) -> None:
     page = dashboard
     page.get_by_label("P2P policy of gw-b").select_option("off")
