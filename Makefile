@@ -38,8 +38,9 @@ typecheck: venv
 	@$(VENV)/bin/mypy wgmesh
 
 # The tests marked `kernel` run once, in test-kernel's VM (here they would only be skipped).
+# The slowest tests are listed at the end, so a run on a slow machine shows where its time went.
 unit: venv
-	@$(VENV)/bin/pytest -q -m "not kernel"
+	@$(VENV)/bin/pytest -q -m "not kernel" --durations=15
 
 KERNEL_DIR := .cache/kernel
 
