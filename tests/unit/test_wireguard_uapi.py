@@ -20,7 +20,7 @@ from wgmesh.agent.plan import (
     SetPrivateKey,
     SetPsk,
 )
-from wgmesh.agent.system.wireguard_uapi import UapiSocket, encode_set, parse_get
+from wgmesh.agent.system.wireguard_uapi import UapiSocket, UserspaceBackend, encode_set, parse_get
 from wgmesh.agent.wgstate import PeerSpec, PrivateKey
 from wgmesh.errors import BackendError
 
@@ -205,3 +205,24 @@ def test_missing_socket_is_a_backend_error(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="UAPI socket"):
         uapi.get()
     assert uapi.server_pid() is None
+
+
+def test_a_failed_start_is_tried_once_more_and_reports_wireguard_gos_own_reason(tmp_path: Path) -> None:
+    """A stand-in for wireguard-go that fails as it does (its reason on stderr, exit 1): the agent tries
+    twice, then says why, and leaves nothing behind."""
+    calls = tmp_path / "calls"
+    program = tmp_path / "fake-wireguard-go"
+    program.write_text(
+        f"#!/bin/sh\necho started >> {calls}\n"
+        'echo "ERROR: (x) UAPI listen error: unix socket in use" >&2\nexit 1\n'
+    )
+    program.chmod(0o755)
+    backend = UserspaceBackend("wgt-fail0", socket_dir=tmp_path / "run", program=str(program))
+    with pytest.raises(BackendError) as failed:
+        backend.ensure_up(PrivateKey(keys.generate_keypair().private_key), 51820)
+    assert failed.value.code == "wireguard_go_failed"
+    assert "exited with status 1 while starting: ERROR: (x) UAPI listen error: unix socket in use" in str(
+        failed.value.message
+    )
+    assert calls.read_text().splitlines() == ["started", "started"]
+    assert list((tmp_path / "run").iterdir()) == []  # nothing left in the shared socket directory

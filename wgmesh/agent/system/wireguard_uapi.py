@@ -56,6 +56,7 @@ PROGRAM = "wireguard-go"
 # failure names a small batch; 300 peers with a few allowed IPs each fit in two or three.
 CHUNK_LINES = 1000
 START_TIMEOUT = 5.0
+RESTART_PAUSE = 0.5
 STOP_TIMEOUT = 5.0
 IO_TIMEOUT = 10.0
 _ZERO_HEX = "0" * 64
@@ -412,7 +413,29 @@ class UserspaceBackend:
         )
         return True
 
+    @property
+    def error_log(self) -> Path:
+        """Where wireguard-go writes its errors while it starts (it logs nothing else unless LOG_LEVEL
+        asks): read when it fails, so the reason reaches the agent's log. Removed once the start is
+        decided either way, so nothing is left in the shared socket directory."""
+        return self.socket_dir / f"{self.ifname}.start.log"
+
     def _start(self) -> None:
+        """Start wireguard-go; a start that fails is tried once more (a socket or TUN name still held by
+        a daemon that is going away is released a moment later), and its own reason is reported."""
+        try:
+            self._spawn()
+        except BackendError as exc:
+            if exc.code != "wireguard_go_failed":
+                raise
+            log.warning(
+                "wireguard-go failed to start; trying once more",
+                extra=kv(interface=self.ifname, error=exc.message),
+            )
+            time.sleep(RESTART_PAUSE)
+            self._spawn()
+
+    def _spawn(self) -> None:
         path = shutil.which(self.program)
         if path is None:
             raise BackendError(
@@ -428,32 +451,52 @@ class UserspaceBackend:
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
         env.pop("LOG_LEVEL", None)
         devnull_in = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
-        devnull_out = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+        devnull_out = (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)
+        errors = (os.POSIX_SPAWN_OPEN, 2, str(self.error_log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             # posix_spawn, not subprocess: no Popen object to warn about a child left running on
             # purpose, and setsid keeps a terminal's Ctrl-C (sent to our process group) away from it.
             pid = os.posix_spawn(
-                path, [self.program, self.ifname], env, file_actions=[devnull_in, *devnull_out], setsid=True
+                path,
+                [self.program, self.ifname],
+                env,
+                file_actions=[devnull_in, devnull_out, errors],
+                setsid=True,
             )
         except OSError as exc:
             raise BackendError(f"cannot start {self.program}: {exc}", code="wireguard_go_failed") from exc
         self.pid = pid
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            status = _reap(pid)
-            if status is not None:
-                self.pid = None
-                raise BackendError(
-                    f"{self.program} {self.ifname} exited with status {status} while starting "
-                    f"(run `{self.program} -f {self.ifname}` to see why)",
-                    code="wireguard_go_failed",
-                )
-            if self.uapi.path.exists() and self.uapi.server_pid() == pid:
-                return
-            time.sleep(0.01)
-        self._stop(pid)
-        raise BackendError(f"{self.program} {self.ifname} did not open its socket within {START_TIMEOUT:g}s")
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                status = _reap(pid)
+                if status is not None:
+                    self.pid = None
+                    raise BackendError(
+                        f"{self.program} {self.ifname} exited with status {status} while starting: "
+                        f"{self._reason()}",
+                        code="wireguard_go_failed",
+                    )
+                if self.uapi.path.exists() and self.uapi.server_pid() == pid:
+                    return
+                time.sleep(0.01)
+            self._stop(pid)
+            raise BackendError(
+                f"{self.program} {self.ifname} did not open its socket within {START_TIMEOUT:g}s"
+            )
+        finally:
+            # A running daemon keeps writing to the unlinked file: harmless, and it was /dev/null before.
+            with contextlib.suppress(FileNotFoundError):
+                self.error_log.unlink()
+
+    def _reason(self) -> str:
+        """The last lines wireguard-go wrote, on one line (it names what failed: the TUN, the socket)."""
+        try:
+            lines = self.error_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return " / ".join(line.strip() for line in lines[-3:])[:400] or "it said nothing"
 
     def _stop(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
