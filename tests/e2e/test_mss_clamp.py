@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from lab_paths import both_on, tcp_transfer
 
+from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.control import relay_available
 from wgmesh.lab.timescale import scaled
@@ -89,7 +90,11 @@ class TestSecurityGroupsDropIcmp:
 
 def reported_mtu(lab: Lab, node: str) -> int:
     """The tunnel MTU in `node`'s latest status report (AssertionError until there is one)."""
-    report: dict[str, Any] | None = lab.api("GET", f"/api/v1/nodes/{node}/status").get("report")
+    try:
+        answer: dict[str, Any] = lab.api("GET", f"/api/v1/nodes/{node}/status")
+    except WgmeshError as exc:  # 404 until the node's first report arrives
+        raise AssertionError(f"{node}: {exc.message}") from exc
+    report: dict[str, Any] | None = answer.get("report")
     if report is None:
         raise AssertionError(f"{node} has sent no status report yet")
     if "mtu" not in report:
@@ -117,7 +122,8 @@ class TestUnderlay1460:
             mtu = reported_mtu(lab, site.node)
             return True
 
-        wait_until(reported, 10, f"{site.node} to report its tunnel MTU")
+        # A report comes at least every 10 s (and soon after each apply): the budget covers a few.
+        wait_until(reported, 30, f"{site.node} to report its tunnel MTU")
         link = json.loads(
             lab.exec(site.node, "ip", "-j", "link", "show", site.wg_interface, check=True).stdout
         )
