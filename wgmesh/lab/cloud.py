@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.impair import GATEWAY_UPLINK, parse_site_values
+from wgmesh.lab.impair import GATEWAY_UPLINK, parse_site_values, table_script
 from wgmesh.lab.plan import IpCommand, Site
 
 # What a lab link has when no switch says otherwise (a veth's default); not the tunnel's MTU
@@ -113,21 +113,15 @@ def underlay_mtu_commands(site: Site, mtu: int) -> list[IpCommand]:
 
 def sg_drop_icmp_script() -> str:
     """The nftables script that (re)creates the VPC host's table dropping inbound ICMP unreachables."""
-    # `add` then `delete` then the definition: one atomic transaction whether or not the table exists,
-    # so applying it twice is harmless. Only what arrives on eth0: a security group filters the VPC's
-    # network, not the host's loopback.
-    table = f"{SG_FAMILY} {SG_TABLE}"
+    # Only what arrives on eth0: a security group filters the VPC's network, not the host's loopback.
     dev = f'"{HOST_LINK}"'
-    return (
-        f"add table {table}\n"
-        f"delete table {table}\n"
-        f"table {table} {{\n"
+    return table_script(
+        f"{SG_FAMILY} {SG_TABLE}",
         "  chain input {\n"
         "    type filter hook input priority -10; policy accept;\n"
         f"    iifname {dev} icmp type destination-unreachable counter drop\n"
         f"    iifname {dev} icmpv6 type {{ destination-unreachable, packet-too-big }} counter drop\n"
-        "  }\n"
-        "}\n"
+        "  }\n",
     )
 
 

@@ -100,16 +100,20 @@ def check_sites(plan: LabPlan, indexes: Iterable[int], what: str) -> None:
             )
 
 
+def table_script(table: str, body: str) -> str:
+    """An `nft -f` script that (re)creates `table` ("FAMILY NAME") holding `body` in one transaction.
+
+    `add` then `delete` then the definition: atomic whether or not the table exists, so applying it
+    twice is harmless and never leaves a gap.
+    """
+    return f"add table {table}\ndelete table {table}\ntable {table} {{\n{body}}}\n"
+
+
 def block_udp_script() -> str:
     """The nftables script that (re)creates the table dropping all UDP on a gateway's underlay link."""
-    # `add` then `delete` then the definition: one atomic transaction that works whether or not the
-    # table already exists, so blocking twice is harmless and never leaves a gap.
-    table = f"{UDP_FAMILY} {UDP_TABLE}"
     dev = f'"{GATEWAY_UPLINK}"'
-    return (
-        f"add table {table}\n"
-        f"delete table {table}\n"
-        f"table {table} {{\n"
+    return table_script(
+        f"{UDP_FAMILY} {UDP_TABLE}",
         "  chain input {\n"
         "    type filter hook input priority -10; policy accept;\n"
         f"    iifname {dev} meta l4proto udp counter drop\n"
@@ -122,8 +126,7 @@ def block_udp_script() -> str:
         "  chain output {\n"
         "    type filter hook output priority -10; policy accept;\n"
         f"    oifname {dev} meta l4proto udp counter drop\n"
-        "  }\n"
-        "}\n"
+        "  }\n",
     )
 
 
