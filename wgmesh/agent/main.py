@@ -422,8 +422,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Stop(Exception):
-    """Raised from the signal handler to unwind the main thread out of a blocking call."""
+class _Stop(BaseException):
+    """Raised from the signal handler to unwind the main thread out of a blocking call.
+
+    A BaseException, like KeyboardInterrupt: the edges that turn any netlink or tc failure into a
+    logged one (`except Exception`) must not swallow a stop that lands while they run.
+    """
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:

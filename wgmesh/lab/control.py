@@ -704,12 +704,18 @@ class Lab:
         return proc
 
     def kill(self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
-        """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not running."""
+        """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not running.
+
+        A process still running after `wait` (scaled to the machine) is an error: a start that follows
+        would find it running, and a test would go on against a component it believes stopped.
+        """
         proc = self.process(node)
         if proc is None or not procs.send(proc, sig):
             return False
-        with contextlib.suppress(WaitTimeout):
+        try:
             wait_until(lambda: not procs.alive(proc), wait, f"{node} to exit")
+        except WaitTimeout as exc:
+            raise WgmeshError(f"{node} still runs after {sig.name}: {exc}", code="still_running") from exc
         return True
 
     def start_agents(self, sites: Iterable[Site]) -> None:
