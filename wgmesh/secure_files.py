@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -20,17 +21,24 @@ def ensure_private_dir(path: Path) -> None:
         path.chmod(0o700)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`, mode 0600, durable across a crash."""
-    ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_private(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Atomically give `path` the contents `data`, mode 0600, durable across a crash.
+
+    The parent must exist (the caller decides whether it is a private directory). With
+    `replace=False` an existing `path` is never replaced: the last step is a hard link, which fails
+    with FileExistsError if `path` appeared meanwhile.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        elif _link_new(tmp, path):
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -39,6 +47,22 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _link_new(tmp: str, path: Path) -> bool:
+    """Give `tmp` the name `path` unless that exists; True if `tmp` is still there to remove."""
+    try:
+        os.link(tmp, path)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+            raise
+        # A filesystem without hard links: check, then rename (a small race, but no clobbering
+        # of a file that was there before the command started).
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from exc
+        os.rename(tmp, path)
+        return False
 
 
 def read_private(path: Path) -> bytes | None:

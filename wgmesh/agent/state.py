@@ -54,6 +54,10 @@ class StateDir:
         """Create the directory with mode 0700."""
         ensure_private_dir(self.path)
 
+    def _write(self, path: Path, data: bytes) -> None:
+        self.prepare()  # the directory may have been removed under a running agent
+        write_private(path, data)
+
     def private_key(self) -> keys.KeyPair:
         """The node's key pair; generated here on first use, never sent anywhere."""
         raw = read_private(self.key_file)
@@ -64,7 +68,7 @@ class StateDir:
             except WgmeshError as exc:
                 raise StateError(f"{self.key_file} does not hold a valid key: {exc.message}") from exc
         pair = keys.generate_keypair()
-        write_private(self.key_file, (pair.private_key + "\n").encode())
+        self._write(self.key_file, (pair.private_key + "\n").encode())
         return pair
 
     def enrollment(self) -> Enrollment | None:
@@ -85,7 +89,7 @@ class StateDir:
             "credential": enrollment.credential,
             "coordinator": enrollment.coordinator,
         }
-        write_private(self.enrollment_file, json.dumps(body).encode())
+        self._write(self.enrollment_file, json.dumps(body).encode())
 
     def cached_netmap(self) -> NetMap | None:
         """The last netmap applied, or None; a corrupt cache counts as none."""
@@ -114,8 +118,8 @@ class StateDir:
 
     def save_grant(self, grant: RelayGrant) -> None:
         """Cache a relay grant (0600, atomic)."""
-        write_private(self.grant_file, grant.model_dump_json().encode())
+        self._write(self.grant_file, grant.model_dump_json().encode())
 
     def save_netmap(self, netmap: NetMap) -> None:
         """Cache a netmap (it holds preshared keys: 0600, atomic)."""
-        write_private(self.netmap_file, netmap.model_dump_json().encode())
+        self._write(self.netmap_file, netmap.model_dump_json().encode())

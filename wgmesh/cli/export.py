@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, s
 from wgmesh.cli.connection import segment
 from wgmesh.errors import ConflictError, WgmeshError
 from wgmesh.models import WgQuickConfig, WgQuickPeer
+from wgmesh.secure_files import write_private
 
 
 def register(sub: Subparsers) -> None:
@@ -71,51 +70,14 @@ def wg_quick_text(config: WgQuickConfig) -> str:
     return out.getvalue()
 
 
-def write_private(path: Path, data: bytes, *, force: bool) -> None:
-    """Write `data` to `path` with mode 0600 via a temp file in the same directory; without `force`,
-    never replace an existing file (the final step is a hard link, which fails if `path` exists)."""
-    directory = path.parent
+def _write(path: Path, data: bytes, *, force: bool) -> None:
+    """Write the file mode 0600; without `force`, never replace one that exists."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise WgmeshError(f"cannot write {path}: {exc.strerror}", code="write_failed") from exc
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if force:
-            os.replace(tmp, path)
-        elif _link_new(tmp, path):
-            os.unlink(tmp)
+        write_private(path, data, replace=force)
     except FileExistsError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ConflictError(f"{path} exists; pass --force to replace it", code="exists") from exc
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise WgmeshError(f"cannot write {path}: {exc.strerror}", code="write_failed") from exc
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _link_new(tmp: str, path: Path) -> bool:
-    """Give `tmp` the name `path` unless that exists; True if `tmp` is still there to remove."""
-    try:
-        os.link(tmp, path)
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
-            raise
-        # A filesystem without hard links: check, then rename (a small race, but no clobbering
-        # of a file that was there before the command started).
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from exc
-        os.rename(tmp, path)
-        return False
 
 
 def _summary(config: WgQuickConfig, path: Path) -> dict[str, Any]:
@@ -144,7 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
-    write_private(path, text.encode(), force=args.force)
+    _write(path, text.encode(), force=args.force)
     if args.json:
         print_json(_summary(config, path))
     else:
