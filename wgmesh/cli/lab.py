@@ -7,16 +7,17 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from rich.table import Table
 
 from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
-from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, MtuRange, parse_mtu, parse_mtus
+from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.control import Progress
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
 
@@ -136,48 +137,13 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the matrix as JSON")
     p.set_defaults(func=cmd_ping)
 
-    p = cmds.add_parser("block-udp", help="drop all UDP to and from gateways on their underlay link")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
-    p.set_defaults(func=cmd_block_udp)
-
-    p = cmds.add_parser("unblock-udp", help="let UDP through gateways' underlay link again")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
-    p.set_defaults(func=cmd_unblock_udp)
-
-    p = cmds.add_parser("throttle-udp", help="limit UDP on gateways' underlay link, both ways")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
-    p.add_argument("rate", metavar="RATE", help="e.g. 10mbit (units: bit, kbit, mbit, gbit)")
-    p.set_defaults(func=cmd_throttle_udp)
-
-    p = cmds.add_parser("unthrottle-udp", help="remove the UDP limit of gateways")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
-    p.set_defaults(func=cmd_unthrottle_udp)
-
-    p = cmds.add_parser("lan-mtu", help="set the MTU of sites' LAN (gateway lan and VPC host eth0)")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="site numbers, e.g. 1 or 1,3")
-    p.add_argument("mtu", metavar="MTU", help=f"{LAN_MTU.low}-{LAN_MTU.high}; 1500 is the default")
-    p.set_defaults(func=cmd_lan_mtu)
-
-    p = cmds.add_parser("underlay-mtu", help="set the MTU of gateways' underlay link (both veth ends)")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="gateway numbers, e.g. 1 or 1,3")
-    p.add_argument("mtu", metavar="MTU", help=f"{UNDERLAY_MTU.low}-{UNDERLAY_MTU.high}; 1500 is the default")
-    p.set_defaults(func=cmd_underlay_mtu)
-
-    p = cmds.add_parser("sg-drop-icmp", help="VPC hosts drop inbound ICMP unreachables (security group)")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="VPC host numbers, e.g. 1 or 1,3")
-    p.set_defaults(func=cmd_sg_drop_icmp)
-
-    p = cmds.add_parser("sg-allow-icmp", help="let ICMP unreachables reach VPC hosts again")
-    _name(p)
-    p.add_argument("sites", metavar="I[,I...]", help="VPC host numbers, e.g. 1 or 1,3")
-    p.set_defaults(func=cmd_sg_allow_icmp)
+    for switch in SWITCHES:
+        p = cmds.add_parser(switch.command, help=switch.help)
+        _name(p)
+        p.add_argument("sites", metavar="I[,I...]", help=f"{switch.target} numbers, e.g. 1 or 1,3")
+        if switch.value is not None:
+            p.add_argument(switch.value.metavar, metavar=switch.value.metavar, help=switch.value.help)
+        p.set_defaults(func=switch.run)
 
     p = cmds.add_parser("down", help="remove everything the lab created (also after a crash)")
     _name(p)
@@ -451,99 +417,110 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return 0
 
 
-def _switch(args: argparse.Namespace) -> tuple[Lab, list[int]]:
-    """The lab and the sites a runtime switch names; bad sites are usage errors, found before anything changes."""
-    indexes = parse_sites(args.sites, "site list")
-    lab = Lab.attach(args.name)
-    for index in indexes:
-        lab.plan.site(index)
-    return lab, indexes
+@dataclass(frozen=True)
+class SwitchValue:
+    """The one value a runtime switch takes after the site list (a rate, an MTU), parsed before anything changes."""
+
+    metavar: str
+    help: str
+    parse: Callable[[str], object]
 
 
-def _done(lab: Lab, indexes: list[int], what: str, *, hosts: bool = False) -> None:
-    sites = [lab.plan.site(i) for i in indexes]
-    names = ", ".join(s.host if hosts else s.node for s in sites)
-    stdout().print(f"lab {lab.name}: {names}: {what}")
+@dataclass(frozen=True)
+class Switch:
+    """A runtime switch of the lab: `wgmesh lab COMMAND I[,I...] [VALUE]`, idempotent, applied site by site."""
+
+    command: str
+    help: str
+    target: str  # what the numbers name, for the help
+    apply: Callable[[Lab, int, Any], object]
+    said: Callable[[Any], str]  # what is now true, for the one line printed
+    value: SwitchValue | None = None
+    hosts: bool = False  # the line names the VPC hosts rather than the gateways
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Parse the value and the sites (usage errors before any change), apply, and say what holds."""
+        value = None if self.value is None else self.value.parse(getattr(args, self.value.metavar))
+        indexes = parse_sites(args.sites, "site list")
+        lab = Lab.attach(args.name)
+        sites = [lab.plan.site(i) for i in indexes]
+        for index in indexes:
+            self.apply(lab, index, value)
+        names = ", ".join(s.host if self.hosts else s.node for s in sites)
+        stdout().print(f"lab {lab.name}: {names}: {self.said(value)}")
+        return 0
 
 
-def cmd_block_udp(args: argparse.Namespace) -> int:
-    """`wgmesh lab block-udp I`: idempotent."""
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.block_udp(index)
-    _done(lab, indexes, "UDP blocked on the underlay link")
-    return 0
-
-
-def cmd_unblock_udp(args: argparse.Namespace) -> int:
-    """`wgmesh lab unblock-udp I`: idempotent."""
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.unblock_udp(index)
-    _done(lab, indexes, "UDP unblocked")
-    return 0
-
-
-def cmd_throttle_udp(args: argparse.Namespace) -> int:
-    """`wgmesh lab throttle-udp I RATE`: replaces any earlier limit."""
-    rate = parse_rate(args.rate)
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.throttle_udp(index, rate)
-    _done(lab, indexes, f"UDP limited to {rate} each way")
-    return 0
-
-
-def cmd_unthrottle_udp(args: argparse.Namespace) -> int:
-    """`wgmesh lab unthrottle-udp I`: idempotent."""
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.unthrottle_udp(index)
-    _done(lab, indexes, "UDP limit removed")
-    return 0
-
-
-def _mtu_switch(args: argparse.Namespace, limits: MtuRange) -> tuple[Lab, list[int], int]:
-    """The lab, sites and MTU of a runtime MTU switch; the MTU is checked first, as a usage error."""
-    mtu = parse_mtu(args.mtu, limits)
-    lab, indexes = _switch(args)
-    return lab, indexes, mtu
-
-
-def cmd_lan_mtu(args: argparse.Namespace) -> int:
-    """`wgmesh lab lan-mtu I MTU`: replaces any earlier MTU; 1500 removes the switch."""
-    lab, indexes, mtu = _mtu_switch(args, LAN_MTU)
-    for index in indexes:
-        lab.set_lan_mtu(index, mtu)
-    _done(lab, indexes, f"LAN MTU {mtu} (gateway lan and VPC host eth0)", hosts=True)
-    return 0
-
-
-def cmd_underlay_mtu(args: argparse.Namespace) -> int:
-    """`wgmesh lab underlay-mtu I MTU`: replaces any earlier MTU; 1500 removes the switch."""
-    lab, indexes, mtu = _mtu_switch(args, UNDERLAY_MTU)
-    for index in indexes:
-        lab.set_underlay_mtu(index, mtu)
-    _done(lab, indexes, f"underlay MTU {mtu} (agents fit their tunnel to it within about 10 s)")
-    return 0
-
-
-def cmd_sg_drop_icmp(args: argparse.Namespace) -> int:
-    """`wgmesh lab sg-drop-icmp I`: idempotent."""
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.sg_drop_icmp(index)
-    _done(lab, indexes, "inbound ICMP unreachable dropped (security group)", hosts=True)
-    return 0
-
-
-def cmd_sg_allow_icmp(args: argparse.Namespace) -> int:
-    """`wgmesh lab sg-allow-icmp I`: idempotent."""
-    lab, indexes = _switch(args)
-    for index in indexes:
-        lab.sg_allow_icmp(index)
-    _done(lab, indexes, "inbound ICMP unreachable allowed", hosts=True)
-    return 0
+SWITCHES = (
+    Switch(
+        "block-udp",
+        "drop all UDP to and from gateways on their underlay link",
+        "gateway",
+        lambda lab, i, _: lab.block_udp(i),
+        lambda _: "UDP blocked on the underlay link",
+    ),
+    Switch(
+        "unblock-udp",
+        "let UDP through gateways' underlay link again",
+        "gateway",
+        lambda lab, i, _: lab.unblock_udp(i),
+        lambda _: "UDP unblocked",
+    ),
+    Switch(
+        "throttle-udp",
+        "limit UDP on gateways' underlay link, both ways (replaces any earlier limit)",
+        "gateway",
+        lambda lab, i, rate: lab.throttle_udp(i, rate),
+        lambda rate: f"UDP limited to {rate} each way",
+        SwitchValue("RATE", "e.g. 10mbit (units: bit, kbit, mbit, gbit)", parse_rate),
+    ),
+    Switch(
+        "unthrottle-udp",
+        "remove the UDP limit of gateways",
+        "gateway",
+        lambda lab, i, _: lab.unthrottle_udp(i),
+        lambda _: "UDP limit removed",
+    ),
+    Switch(
+        "lan-mtu",
+        "set the MTU of sites' LAN (gateway lan and VPC host eth0)",
+        "site",
+        lambda lab, i, mtu: lab.set_lan_mtu(i, mtu),
+        lambda mtu: f"LAN MTU {mtu} (gateway lan and VPC host eth0)",
+        SwitchValue(
+            "MTU", f"{LAN_MTU.low}-{LAN_MTU.high}; 1500 is the default", lambda t: parse_mtu(t, LAN_MTU)
+        ),
+        hosts=True,
+    ),
+    Switch(
+        "underlay-mtu",
+        "set the MTU of gateways' underlay link (both veth ends)",
+        "gateway",
+        lambda lab, i, mtu: lab.set_underlay_mtu(i, mtu),
+        lambda mtu: f"underlay MTU {mtu} (agents fit their tunnel to it within about 10 s)",
+        SwitchValue(
+            "MTU",
+            f"{UNDERLAY_MTU.low}-{UNDERLAY_MTU.high}; 1500 is the default",
+            lambda t: parse_mtu(t, UNDERLAY_MTU),
+        ),
+    ),
+    Switch(
+        "sg-drop-icmp",
+        "VPC hosts drop inbound ICMP unreachables (security group)",
+        "VPC host",
+        lambda lab, i, _: lab.sg_drop_icmp(i),
+        lambda _: "inbound ICMP unreachable dropped (security group)",
+        hosts=True,
+    ),
+    Switch(
+        "sg-allow-icmp",
+        "let ICMP unreachables reach VPC hosts again",
+        "VPC host",
+        lambda lab, i, _: lab.sg_allow_icmp(i),
+        lambda _: "inbound ICMP unreachable allowed",
+        hosts=True,
+    ),
+)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
