@@ -31,8 +31,10 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
-    started = datetime.now(UTC)
+def enrolled(
+    coordinator: Coordinator, admin: httpx.Client
+) -> tuple[Enrolled, Enrolled, Enrolled, dict[str, Any]]:
+    """Three gateways and a static peer, enrolled once for the module."""
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
@@ -40,7 +42,15 @@ def mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
         c = enroll(anon, token, "gw-c", subnets=["10.2.0.0/16"])
     r = admin.post("/api/v1/nodes", json={"name": "dev", "generate_keys": True})
     assert r.status_code == 201, r.text
-    dev = r.json()
+    return a, b, c, r.json()
+
+
+@pytest.fixture
+def mesh(coordinator: Coordinator, enrolled: tuple[Enrolled, Enrolled, Enrolled, dict[str, Any]]) -> Mesh:
+    """gw-a and gw-b report just before each test: what the tests read of "online" and of ages must not
+    depend on how long the earlier tests of the module took on this machine (gw-c never reports)."""
+    a, b, c, dev = enrolled
+    started = datetime.now(UTC)
     handshake = (datetime.now(UTC) - timedelta(seconds=12)).replace(microsecond=0)
     post_status(
         coordinator,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
 from rich.console import Console
@@ -64,6 +64,44 @@ def add_coordinator_flags(parser: argparse.ArgumentParser, *, nested: bool = Fal
     subcommand whose group already has them (keeps the group's values)."""
     add_json_flag(parser, nested=nested)
     connection.add_arguments(parser, nested=nested)
+
+
+class CommandGroup:
+    """A group of commands that talk to the coordinator (`wgmesh nodes …`).
+
+    Every command takes the connection flags and `--json`, before or after its name; the group
+    alone, without a command, runs `default`.
+    """
+
+    def __init__(
+        self,
+        sub: Subparsers,
+        name: str,
+        *,
+        default: Handler,
+        help: str,
+        description: str,
+        aliases: Sequence[str] = (),
+    ) -> None:
+        self.parser = sub.add_parser(name, aliases=list(aliases), help=help, description=description)
+        add_coordinator_flags(self.parser)
+        self.parser.set_defaults(func=default)
+        self._commands = self.parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+    def command(
+        self,
+        name: str,
+        run: Handler,
+        *,
+        help: str,
+        description: str | None = None,
+        aliases: Sequence[str] = (),
+    ) -> Parser:
+        """Add `wgmesh GROUP NAME`; the caller adds its own arguments to the parser returned."""
+        parser = self._commands.add_parser(name, aliases=list(aliases), help=help, description=description)
+        add_coordinator_flags(parser, nested=True)
+        parser.set_defaults(func=run)
+        return parser
 
 
 def node_ref(text: str) -> str:

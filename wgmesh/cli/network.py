@@ -13,28 +13,26 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from wgmesh.cli import connection
-from wgmesh.cli.common import Subparsers, add_coordinator_flags, mtu_arg, print_json, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, print_json, stdout
 from wgmesh.errors import ValidationError
 from wgmesh.models import Network
 
 
 def register(sub: Subparsers) -> None:
     """Add `wgmesh network` and its commands."""
-    group = sub.add_parser(
+    group = CommandGroup(
+        sub,
         "network",
+        default=cmd_show,
         help="show and change the network-wide settings",
         description="The overlay network's settings. Without a command: show them.",
     )
-    add_coordinator_flags(group)
-    group.set_defaults(func=cmd_show)
-    cmds = group.add_subparsers(dest="network_command", metavar="COMMAND")
 
-    p = cmds.add_parser("show", help="name, overlay, P2P policy and default tunnel MTU")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_show)
+    p = group.command("show", cmd_show, help="name, overlay, P2P policy and default tunnel MTU")
 
-    p = cmds.add_parser(
+    p = group.command(
         "set",
+        cmd_set,
         help="change the P2P policy or the default tunnel MTU",
         description="Change network-wide settings. --p2p off sends every pair through the relay. "
         "--mtu is every node's tunnel MTU unless the node has its own ceiling (`wgmesh node set "
@@ -42,8 +40,6 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
     p.add_argument("--mtu", type=mtu_arg, metavar="BYTES", help="default tunnel MTU, 1280-9000")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_set)
 
 
 def network_detail(network: Network) -> RenderableType:

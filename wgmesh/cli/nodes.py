@@ -15,8 +15,8 @@ from rich.text import Text
 
 from wgmesh.cli import connection, render
 from wgmesh.cli.common import (
+    CommandGroup,
     Subparsers,
-    add_coordinator_flags,
     mtu_or_none_arg,
     node_ref,
     print_json,
@@ -32,27 +32,23 @@ from wgmesh.netmap import effective_mtu
 
 def register(sub: Subparsers) -> None:
     """Add `wgmesh nodes` and its commands."""
-    group = sub.add_parser(
+    group = CommandGroup(
+        sub,
         "nodes",
+        default=cmd_list,
         aliases=["node"],
         help="list, show, add, change and remove nodes",
         description="Nodes of the mesh. Without a command: list them.",
     )
-    add_coordinator_flags(group)
-    group.set_defaults(func=cmd_list)
-    cmds = group.add_subparsers(dest="nodes_command", metavar="COMMAND")
 
-    p = cmds.add_parser("list", help="one line per node")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_list)
+    p = group.command("list", cmd_list, help="one line per node")
 
-    p = cmds.add_parser("show", help="everything the coordinator knows about one node")
+    p = group.command("show", cmd_show, help="everything the coordinator knows about one node")
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_show)
 
-    p = cmds.add_parser(
+    p = group.command(
         "add",
+        cmd_add,
         help="add a static peer (a device without an agent; see `wgmesh export`)",
         description="Add a static peer. By default the coordinator generates its key pair, and "
         "`wgmesh export NAME` writes its wg-quick file; with --public-key the device keeps its own.",
@@ -66,11 +62,10 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--listen-port", type=int, default=51820, metavar="PORT", help="default 51820")
     p.add_argument("--p2p", choices=["auto", "off"], default="auto", help="P2P policy (default auto)")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag (repeatable)")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_add)
 
-    p = cmds.add_parser(
+    p = group.command(
         "set",
+        cmd_set,
         help="change a node's P2P policy, tags, bandwidth limit or MTU ceiling",
         description="Change a node. --tag replaces the node's tags with those given. --rate limits what "
         "the node sends into the mesh (its WireGuard interface's egress); --rate none removes the limit. "
@@ -89,19 +84,16 @@ def register(sub: Subparsers) -> None:
     tags = p.add_mutually_exclusive_group()
     tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
     tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_set)
 
-    p = cmds.add_parser(
+    p = group.command(
         "rm",
+        cmd_rm,
         aliases=["remove"],
         help="remove a node with its routes and credentials",
         description="Remove a node. Asks for confirmation on a terminal; elsewhere needs --yes.",
     )
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_rm)
 
 
 def _path(ref: str) -> str:

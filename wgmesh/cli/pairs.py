@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection
-from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, rate_arg, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, node_ref, print_json, rate_arg, stdout
 from wgmesh.cli.connection import segment
 from wgmesh.errors import ValidationError
 from wgmesh.models import PairList, PairPolicy
@@ -17,20 +17,18 @@ from wgmesh.models import PairList, PairPolicy
 
 def register(sub: Subparsers) -> None:
     """Add `wgmesh pair` and its commands."""
-    group = sub.add_parser(
+    group = CommandGroup(
+        sub,
         "pair",
+        default=cmd_list,
         aliases=["pairs"],
         help="per-pair overrides (P2P, bandwidth limit): set, clear, list",
         description="Overrides for node pairs. P2P 'off' on the network, either node or the pair "
         "sends the pair through the relay; --rate limits what each node sends the other. Without a "
         "command: list the overrides.",
     )
-    add_json_flag(group)
-    connection.add_arguments(group)
-    group.set_defaults(func=cmd_list)
-    cmds = group.add_subparsers(dest="pair_command", metavar="COMMAND")
 
-    p = cmds.add_parser("set", help="set or clear a pair's P2P override or bandwidth limit")
+    p = group.command("set", cmd_set, help="set or clear a pair's P2P override or bandwidth limit")
     p.add_argument("a", type=node_ref, metavar="A", help="one node")
     p.add_argument("b", type=node_ref, metavar="B", help="the other node")
     p.add_argument(
@@ -41,17 +39,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument(
         "--rate", type=rate_arg, metavar="RATE", help="limit each way, e.g. 20mbit; none removes it"
     )
-    _common(p)
-    p.set_defaults(func=cmd_set)
 
-    p = cmds.add_parser("list", help="every pair with an override")
-    _common(p)
-    p.set_defaults(func=cmd_list)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_json_flag(p, nested=True)
-    connection.add_arguments(p, nested=True)
+    group.command("list", cmd_list, help="every pair with an override")
 
 
 def cmd_set(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_coordinator_flags, print_json, stderr, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, print_json, stderr, stdout
 from wgmesh.models import TokenCreated, TokenInfo, TokenList
 
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
@@ -46,18 +46,18 @@ def token_id(text: str) -> int:
 
 def register(sub: Subparsers) -> None:
     """Add `wgmesh tokens` and its commands."""
-    group = sub.add_parser(
+    group = CommandGroup(
+        sub,
         "tokens",
+        default=cmd_list,
         aliases=["token"],
         help="enrollment tokens: create, list, revoke",
         description="Enrollment tokens for agents. Without a command: list them.",
     )
-    add_coordinator_flags(group)
-    group.set_defaults(func=cmd_list)
-    cmds = group.add_subparsers(dest="tokens_command", metavar="COMMAND")
 
-    p = cmds.add_parser(
+    p = group.command(
         "create",
+        cmd_create,
         help="create a token; its secret is printed once",
         description="Create an enrollment token. Only the secret goes to stdout (TOKEN=$(wgmesh tokens "
         "create)); what it is goes to stderr. The secret cannot be shown again.",
@@ -73,17 +73,11 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag given to the nodes")
     p.add_argument("--p2p", choices=["auto", "off"], help="P2P policy given to the nodes")
     p.add_argument("--description", default="", metavar="TEXT", help="a note for `tokens list`")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_create)
 
-    p = cmds.add_parser("list", help="every token, newest first; secrets are never shown")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_list)
+    p = group.command("list", cmd_list, help="every token, newest first; secrets are never shown")
 
-    p = cmds.add_parser("revoke", help="revoke a token (nodes it enrolled stay)")
+    p = group.command("revoke", cmd_revoke, help="revoke a token (nodes it enrolled stay)")
     p.add_argument("id", type=token_id, metavar="ID", help="token id, as `wgmesh tokens list` shows")
-    add_coordinator_flags(p, nested=True)
-    p.set_defaults(func=cmd_revoke)
 
 
 def state(token: TokenInfo, now: datetime) -> str:
