@@ -439,7 +439,7 @@ function renderDetails() {
     ["Endpoints", node.endpoints.join(", ") || "–"],
     ["Listen port", String(node.listen_port)],
     // what the agent set on its interface, then the two limits the netmap's MTU comes from
-    ["Tunnel MTU", status && status.report.mtu ? String(status.report.mtu) : "–"],
+    ["Tunnel MTU", node.interface_mtu ? String(node.interface_mtu) : "–"],
     ["MTU ceiling", node.mtu ? String(node.mtu) : `network default (${state.topology.network.mtu})`],
     ["Underlay max MTU", node.max_mtu ? String(node.max_mtu) : "–"],
     ["Tags", node.tags.join(", ") || "–"],
@@ -454,14 +454,17 @@ function renderDetails() {
   // Not while the admin is typing in it: a live update must not overwrite an unsent value.
   if (document.activeElement !== $("#details-mtu")) $("#details-mtu").value = node.mtu ? String(node.mtu) : "";
 
-  const reported = new Map((status ? status.report.peers : []).map((p) => [p.public_key, p]));
+  // Each peer as this node sees it, joined by the coordinator; the link's state (down, unknown) shows
+  // where neither end reported a path.
+  const linkPath = new Map(
+    state.topology.links
+      .filter((l) => l.a === node.name || l.b === node.name)
+      .map((l) => [l.a === node.name ? l.b : l.a, l.path]),
+  );
   const rows = [];
-  for (const link of state.topology.links) {
-    if (link.a !== node.name && link.b !== node.name) continue;
-    const other = link.a === node.name ? link.b : link.a;
-    const peer = nodeByName(other);
-    const seen = peer ? reported.get(peer.public_key) : undefined;
-    const path = seen && seen.path ? seen.path : link.path;
+  for (const seen of node.peers) {
+    const other = seen.name;
+    const path = seen.path || linkPath.get(other) || "unknown";
     const select = el(
       "select",
       {
@@ -480,9 +483,9 @@ function renderDetails() {
         { "data-peer": other },
         el("th", { scope: "row", text: other }),
         el("td", {}, pill(path, PATH_LABEL[path] || path)),
-        el("td", { class: "num", text: fmtRtt(seen ? seen.rtt_ms : link.rtt_ms) }),
-        el("td", { class: "num", text: seen ? `${fmtBytes(seen.rx_bytes)} / ${fmtBytes(seen.tx_bytes)}` : `${fmtBytes(link.rx_bytes)} / ${fmtBytes(link.tx_bytes)}` }),
-        el("td", { text: fmtAgo(seen ? seen.last_handshake : link.last_handshake) }),
+        el("td", { class: "num", text: fmtRtt(seen.rtt_ms) }),
+        el("td", { class: "num", text: `${fmtBytes(seen.rx_bytes)} / ${fmtBytes(seen.tx_bytes)}` }),
+        el("td", { text: fmtAgo(seen.last_handshake) }),
         el("td", {}, select),
       ),
     );
@@ -640,26 +643,16 @@ function renderNodes() {
 
 // --- routes and warnings ------------------------------------------------------------------------
 
-function shadowedBy() {
-  // "prefix@gateway" -> the nodes that refuse to install it, with the reason
-  const out = new Map();
-  for (const st of state.statuses.values()) {
-    for (const s of st.report.shadowed) {
-      const k = `${s.prefix}@${s.gateway || ""}`;
-      const why = `${st.node} does not install it: overlaps ${s.local_prefix || "a local subnet"} on ${s.interface}`;
-      out.set(k, [...(out.get(k) || []), why]);
-    }
-  }
-  return out;
+function shadowText(s) {
+  return `${s.node} does not install it: overlaps ${s.local_prefix || "a local subnet"} on ${s.interface}`;
 }
 
 function renderRoutes() {
   const byGateway = new Map();
   for (const r of state.topology.routes) byGateway.set(r.gateway, [...(byGateway.get(r.gateway) || []), r]);
-  const shadowed = shadowedBy();
   const blocks = [...byGateway.keys()].sort().map((gw) => {
     const rows = byGateway.get(gw).map((r) => {
-      const shadows = shadowed.get(`${r.prefix}@${gw}`) || [];
+      const shadows = r.shadowed_by.map(shadowText);
       const collides =
         r.conflicting_with && !(r.reason || "").includes(r.conflicting_with) ? `collides with ${r.conflicting_with}` : "";
       const reason = [r.reason, collides, ...shadows]

@@ -63,18 +63,6 @@ def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
     )
 
 
-def check_assignable(network: IPNetwork, address: IPAddress) -> None:
-    """Raise unless `address` is a usable host address of `network`."""
-    if address not in network:
-        raise ValidationError(f"{address} is outside the overlay network {network}", code="invalid_ip")
-    if address == network.network_address or (
-        isinstance(network, ipaddress.IPv4Network)
-        and network.prefixlen < 31
-        and address == network.broadcast_address
-    ):
-        raise ValidationError(f"{address} is not a host address of {network}", code="invalid_ip")
-
-
 def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None:
     """Refuse a subnet list one gateway may not advertise: duplicates, self-overlap, overlay, unroutable."""
     for i, prefix in enumerate(prefixes):
@@ -167,14 +155,3 @@ def classify_routes(overlay: IPNetwork, claims: Iterable[RouteClaim]) -> list[Ro
             verdicts.append(RouteVerdict(claim, "active", ""))
         held.append(claim)
     return verdicts
-
-
-def overlap_warning(prefix: IPNetwork, claims: Iterable[RouteClaim]) -> str | None:
-    """What an admin should hear before advertising `prefix` next to `claims`; None if nothing."""
-    for claim in claims:
-        if claim.prefix.version != prefix.version or not claim.prefix.overlaps(prefix):
-            continue
-        if claim.prefix == prefix:
-            return f"{prefix} is already advertised by {claim.gateway}; this one will stand by"
-        return f"{prefix} overlaps {claim.label}"
-    return None

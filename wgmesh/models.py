@@ -467,16 +467,67 @@ class WgQuickConfig(Model):
 
 
 class Link(Model):
-    """One peer pair as seen from both ends, for the topology view."""
+    """One peer pair as seen from both ends, for the topology view (wgmesh.topology decides each field)."""
 
     a: Name
     b: Name
-    p2p: P2PPolicy
-    path: PathKind | Literal["down", "unknown"]
+    p2p: P2PPolicy = Field(description="The pair's effective policy (network, both nodes, pair override)")
+    path: PathKind | Literal["down", "unknown"] = Field(
+        description="direct/relay: a fresh handshake; down: reported, none fresh; unknown: nobody reported"
+    )
     rtt_ms: float | None = None
     last_handshake: datetime | None = None
     rx_bytes: int = 0
     tx_bytes: int = 0
+
+
+class PeerView(Model):
+    """One peer as one node sees it (null where nobody reported it).
+
+    The agent serves its own view on its unix socket (`LocalStatus`); the coordinator joins the status
+    reports into the same shape for every node (`TopologyNode.peers`), and the CLI prints either.
+    """
+
+    name: str
+    overlay_ip: IpAddr
+    eth0_ip: IpAddr | None = None
+    public_ip: IpAddr | None = None
+    path: PathKind | None = None
+    endpoint: str | None = None
+    relay: str | None = None
+    rtt_ms: float | None = None
+    rx_bytes: int | None = None
+    tx_bytes: int | None = None
+    last_handshake: datetime | None = None
+    reason: str | None = None
+
+
+class TopologyNode(Node):
+    """A node with what the status reports say about it, joined by wgmesh.topology."""
+
+    effective_p2p: P2PPolicy = Field(description="The node's own effective policy (network and node)")
+    interface_mtu: int | None = Field(
+        None, description="The MTU the node's agent set on its WireGuard interface, from its last report"
+    )
+    peers: list[PeerView] = Field(
+        default_factory=list, description="Every other node as this one sees it, sorted by name"
+    )
+
+
+class RouteShadow(Model):
+    """A node that does not install an active route: it overlaps a subnet connected to that node."""
+
+    node: Name
+    interface: str = Field(max_length=32)
+    local_prefix: Cidr | None = None
+
+
+class TopologyRoute(Route):
+    """A route with its verdict and the nodes that report not installing it."""
+
+    shadowed_by: list[RouteShadow] = Field(
+        default_factory=list, description="Nodes that do not install this active route (empty: none)"
+    )
 
 
 class Topology(Model):
@@ -484,9 +535,9 @@ class Topology(Model):
 
     network: Network
     version: int
-    nodes: list[Node]
+    nodes: list[TopologyNode]
     links: list[Link]
-    routes: list[Route]
+    routes: list[TopologyRoute]
     warnings: list[str]
 
 
@@ -526,21 +577,8 @@ class ErrorResponse(Model):
 # --- agent-local status ---------------------------------------------------------------------------
 
 
-class LocalPeer(Model):
-    """One peer as the local agent sees it."""
-
-    name: str
-    overlay_ip: IpAddr
-    eth0_ip: IpAddr | None = None
-    public_ip: IpAddr | None = None
-    path: PathKind | None = None
-    endpoint: str | None = None
-    relay: str | None = None
-    rtt_ms: float | None = None
-    rx_bytes: int | None = None
-    tx_bytes: int | None = None
-    last_handshake: datetime | None = None
-    reason: str | None = None
+LocalPeer = PeerView
+"""The agent's name for a peer on its socket: the same type the CLI prints (one concept, one model)."""
 
 
 class LocalStatus(Model):
@@ -556,7 +594,7 @@ class LocalStatus(Model):
     coordinator: str
     coordinator_reachable: bool
     netmap_version: int | None
-    peers: list[LocalPeer]
+    peers: list[PeerView]
     shadowed: list[ShadowedRoute]
     mtu: int | None = None
     mss_clamp: bool = True

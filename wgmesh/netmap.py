@@ -21,14 +21,10 @@ from wgmesh.models import (
     WgQuickInterface,
     WgQuickPeer,
 )
+from wgmesh.topology import node_p2p, pair_key, pair_p2p
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
 STATIC_KEEPALIVE = 25
-
-
-def pair_key(a: int, b: int) -> tuple[int, int]:
-    """The order-free key of a node pair."""
-    return (a, b) if a < b else (b, a)
 
 
 @dataclass(frozen=True)
@@ -50,13 +46,6 @@ class RegistrySnapshot:
             if node.id == node_id:
                 return node
         raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
-
-
-def effective_p2p(network: Network, a: Node, b: Node, pair: P2PPolicy | None) -> P2PPolicy:
-    """`off` if the network, either node or the pair override says so; `auto` otherwise."""
-    if "off" in (network.p2p, a.p2p, b.p2p, pair):
-        return "off"
-    return "auto"
 
 
 def effective_mtu(network: Network, node: Node) -> int:
@@ -118,7 +107,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
                 overlay_ip=other.overlay_ip,
                 allowed_ips=[str(overlay), *active.get(other.id, [])],
                 endpoints=endpoint_candidates(other),
-                p2p=effective_p2p(snapshot.network, me, other, snapshot.pair_p2p.get(key)),
+                p2p=pair_p2p(snapshot.network, me, other, snapshot.pair_p2p.get(key)),
                 psk=psk,
                 eth0_ip=other.eth0_ip,
                 public_ip=other.public_ip,
@@ -134,7 +123,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
         overlay_ip=me.overlay_ip,
         overlay_cidr=snapshot.network.overlay_cidr,
         listen_port=me.listen_port,
-        p2p="off" if "off" in (snapshot.network.p2p, me.p2p) else "auto",
+        p2p=node_p2p(snapshot.network, me),
         peers=peers,
         routes=[r for r in snapshot.routes if r.gateway_id == me.id],
         rate=me.rate,

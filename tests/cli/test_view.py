@@ -1,52 +1,18 @@
-"""wgmesh.cli.view: topology + status reports -> the `wgmesh status --json` view, without HTTP."""
+"""wgmesh.cli.view: the coordinator's topology (as wgmesh.topology builds it from status reports) -> the
+`wgmesh status --json` view, without HTTP."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from cli_harness import NODE_FIELDS, PEER_FIELDS, ROUTE_FIELDS
+from topologies import NOW, node, report, route, topology
 
 from wgmesh import keys
 from wgmesh.cli.view import StatusView, node_view, peer_counts, route_views, status_view
-from wgmesh.models import Network, Node, NodeStatus, PeerStatus, Route, ShadowedRoute, StatusReport, Topology
-
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def node(i: int, name: str, **kw: Any) -> Node:
-    fields: dict[str, Any] = {
-        "id": i,
-        "name": name,
-        "public_key": keys.generate_keypair().public_key,
-        "overlay_ip": f"100.96.0.{i}",
-        "created_at": NOW,
-    }
-    fields.update(kw)
-    return Node(**fields)
-
-
-def route(prefix: str, gw: Node, state: str = "active", reason: str = "", other: str | None = None) -> Route:
-    return Route(
-        prefix=prefix, gateway=gw.name, gateway_id=gw.id, state=state, reason=reason, conflicting_with=other
-    )
-
-
-def topology(
-    nodes: list[Node], routes: list[Route], p2p: str = "auto", warnings: list[str] | None = None
-) -> Topology:
-    return Topology(
-        network=Network(p2p=p2p), version=1, nodes=nodes, links=[], routes=routes, warnings=warnings or []
-    )
-
-
-def report(
-    of: Node, peers: list[PeerStatus], shadowed: list[ShadowedRoute] | None = None, mtu: int | None = None
-) -> NodeStatus:
-    return NodeStatus(
-        node=of.name, reported_at=NOW, report=StatusReport(peers=peers, shadowed=shadowed or [], mtu=mtu)
-    )
+from wgmesh.models import Network, Node, NodeStatus, PeerStatus, ShadowedRoute, Topology
 
 
 @pytest.fixture
@@ -106,12 +72,12 @@ def mesh() -> tuple[Topology, list[NodeStatus], dict[str, Node]]:
         route("10.2.0.0/16", b),
     ]
     nodes = {n.name: n for n in (a, b, c, dev)}
-    return topology(list(nodes.values()), routes, warnings=["gateway gw-b is offline"]), statuses, nodes
+    return topology(list(nodes.values()), routes, statuses), statuses, nodes
 
 
 def test_status_view_has_exactly_the_documented_fields(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    doc = status_view(topo, statuses).model_dump(mode="json")
+    topo, _, _ = mesh
+    doc = status_view(topo).model_dump(mode="json")
     assert set(doc) == {"nodes", "routes", "warnings"}
     for n in doc["nodes"]:
         assert set(n) == NODE_FIELDS
@@ -119,25 +85,26 @@ def test_status_view_has_exactly_the_documented_fields(mesh: Any) -> None:
             assert set(p) == PEER_FIELDS
     for r in doc["routes"]:
         assert set(r) == ROUTE_FIELDS
-    assert doc["warnings"] == ["gateway gw-b is offline"]
+    assert "gateway gw-b is offline" in doc["warnings"]
+    assert doc["warnings"] == topo.warnings
     # Times are ISO 8601 and read back as the same instant.
     a = next(n for n in doc["nodes"] if n["name"] == "gw-a")
     assert datetime.fromisoformat(a["last_seen"]) == NOW
     # And the document validates against the model again (scripts may use it as a schema).
-    assert StatusView.model_validate(doc) == status_view(topo, statuses)
+    assert StatusView.model_validate(doc) == status_view(topo)
 
 
 def test_nodes_are_sorted_and_every_other_node_is_a_peer(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    view = status_view(topo, statuses)
+    topo, _, _ = mesh
+    view = status_view(topo)
     assert [n.name for n in view.nodes] == ["dev", "gw-a", "gw-b", "gw-c"]
     for n in view.nodes:
         assert [p.name for p in n.peers] == sorted(m.name for m in view.nodes if m.name != n.name)
 
 
 def test_own_report_fills_path_endpoint_relay_rtt_traffic_and_reason(mesh: Any) -> None:
-    topo, statuses, nodes = mesh
-    a = node_view(topo, statuses, "gw-a")
+    topo, _, nodes = mesh
+    a = node_view(topo, "gw-a")
     peers = {p.name: p for p in a.peers}
     b = peers["gw-b"]
     assert (b.path, b.relay, b.endpoint, b.rtt_ms, b.rx_bytes, b.tx_bytes) == (
@@ -157,8 +124,8 @@ def test_own_report_fills_path_endpoint_relay_rtt_traffic_and_reason(mesh: Any) 
 
 
 def test_a_node_without_a_report_is_seen_through_its_peers_reports(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    dev = node_view(topo, statuses, "dev")
+    topo, _, _ = mesh
+    dev = node_view(topo, "dev")
     peers = {p.name: p for p in dev.peers}
     # gw-a reported on dev: path and stats from that report, rx/tx swapped, no endpoint (gw-a's
     # endpoint as dev uses it is unknown).
@@ -171,17 +138,17 @@ def test_a_node_without_a_report_is_seen_through_its_peers_reports(mesh: Any) ->
 
 
 def test_p2p_is_the_effective_policy_of_network_and_node(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    view = {n.name: n for n in status_view(topo, statuses).nodes}
+    topo, statuses, nodes = mesh
+    view = {n.name: n for n in status_view(topo).nodes}
     assert (view["gw-a"].p2p, view["gw-b"].p2p) == ("auto", "off")
-    off = topo.model_copy(update={"network": Network(p2p="off")})
-    assert {n.p2p for n in status_view(off, statuses).nodes} == {"off"}
+    off = topology(list(nodes.values()), [], statuses, Network(p2p="off"))
+    assert {n.p2p for n in status_view(off).nodes} == {"off"}
 
 
 def test_routes_keep_the_verdict_and_mark_shadowed_active_routes(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    routes = {(r.prefix, r.gateway): r for r in route_views(topo.routes, statuses)}
-    assert [r.prefix for r in route_views(topo.routes, statuses)] == [r.prefix for r in topo.routes]
+    topo, _, _ = mesh
+    routes = {(r.prefix, r.gateway): r for r in route_views(topo.routes)}
+    assert [r.prefix for r in route_views(topo.routes)] == [r.prefix for r in topo.routes]
     assert routes[("10.1.0.0/16", "gw-a")].state == "active"
     conflict = routes[("10.1.5.0/24", "gw-b")]
     assert (conflict.state, conflict.conflicts_with) == ("conflict", "10.1.0.0/16@gw-a")
@@ -196,20 +163,20 @@ def test_a_shadow_without_gateway_matches_by_prefix_and_inactive_routes_are_not_
     a, b = node(1, "gw-a"), node(2, "gw-b")
     routes = [route("10.9.0.0/16", a), route("10.9.0.0/16", b, "standby", "standby for 10.9.0.0/16@gw-a")]
     st = [report(b, [], [ShadowedRoute(prefix="10.9.0.0/16", interface="eth1")])]
-    views = route_views(routes, st)
+    views = route_views(topology([a, b], routes, st).routes)
     assert [v.state for v in views] == ["shadowed", "standby"]
     assert views[0].conflicts_with is None
     assert "a local subnet on eth1" in views[0].reason
 
 
 def test_node_view_of_an_unknown_node_is_a_key_error(mesh: Any) -> None:
-    topo, statuses, _ = mesh
+    topo, _, _ = mesh
     with pytest.raises(KeyError):
-        node_view(topo, statuses, "nope")
+        node_view(topo, "nope")
 
 
 def test_mtu_is_what_the_nodes_own_report_says(mesh: Any) -> None:
-    topo, statuses, _ = mesh
-    view = status_view(topo, statuses)
+    topo, _, _ = mesh
+    view = status_view(topo)
     assert {n.name: n.mtu for n in view.nodes} == {"dev": None, "gw-a": 1380, "gw-b": None, "gw-c": None}
-    assert node_view(topo, statuses, "gw-a").mtu == 1380
+    assert node_view(topo, "gw-a").mtu == 1380

@@ -212,6 +212,11 @@ def test_route_overlapping_a_local_subnet_is_shadowed(lab: Lab) -> None:
     assert "10.50.0.0/24" not in wg_routes(lab, s2)
     local = lab.exec("gw2", "ip", "-4", "route", "show", "10.50.0.0/24", check=True).stdout
     assert f"dev {dummy}" in local and lab.plan.site(2).wg_interface not in local
-    assert any("10.50.0.0/24" in w for w in lab.api("GET", "/api/v1/topology")["warnings"])
+    topology = lab.api("GET", "/api/v1/topology")
+    assert any("10.50.0.0/24" in w for w in topology["warnings"])
+    # The coordinator joins the report to the route: gw2 shadows gw3's 10.50.0.0/24, nobody else does.
+    route = next(r for r in topology["routes"] if r["prefix"] == "10.50.0.0/24")
+    assert (route["gateway"], route["state"]) == ("gw3", "active")
+    assert [(s["node"], s["interface"]) for s in route["shadowed_by"]] == [("gw2", dummy)]
     # The rest of gw3's routes are installed on gw2 as usual.
     assert str(s3.lan) in wg_routes(lab, s2)

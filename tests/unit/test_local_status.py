@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wgmesh.agent.local_status import AgentNotRunning, LocalStatusServer, read_local_status
-from wgmesh.models import LocalPeer, LocalStatus
+from wgmesh.models import LocalStatus, PeerView
 
 
 def _status(version: int) -> LocalStatus:
@@ -23,7 +23,7 @@ def _status(version: int) -> LocalStatus:
         coordinator="http://198.18.0.1:8080",
         coordinator_reachable=False,
         netmap_version=version,
-        peers=[LocalPeer(name="gw2", overlay_ip="100.96.0.2", path="direct", rx_bytes=10, tx_bytes=20)],
+        peers=[PeerView(name="gw2", overlay_ip="100.96.0.2", path="direct", rx_bytes=10, tx_bytes=20)],
         shadowed=[],
     )
 

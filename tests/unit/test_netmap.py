@@ -12,17 +12,16 @@ from hypothesis import strategies as st
 
 from wgmesh import keys
 from wgmesh.errors import NotFoundError
-from wgmesh.models import DEFAULT_MTU, MAX_MTU, MIN_MTU, NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+from wgmesh.models import DEFAULT_MTU, MAX_MTU, MIN_MTU, NetMap, Network, Node, PeerConfig, Route
 from wgmesh.mtu import path_mtu
 from wgmesh.netmap import (
     RegistrySnapshot,
     active_routes_by_gateway,
     build_netmap,
     effective_mtu,
-    effective_p2p,
     endpoint_candidates,
-    pair_key,
 )
+from wgmesh.topology import pair_key
 
 MASTER = b"\x07" * 32
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -134,22 +133,6 @@ def test_rotating_one_pair_changes_only_that_pairs_psk() -> None:
 
 def test_no_master_secret_means_no_psk() -> None:
     assert all(p.psk is None for p in build_netmap(snapshot(psk_master=b""), A.id).peers)
-
-
-POLICIES: list[P2PPolicy] = ["auto", "off"]
-
-
-@pytest.mark.parametrize(
-    ("net", "a", "b", "pair"), list(itertools.product(POLICIES, POLICIES, POLICIES, [None, *POLICIES]))
-)
-def test_effective_p2p_is_off_when_anyone_says_off(
-    net: P2PPolicy, a: P2PPolicy, b: P2PPolicy, pair: P2PPolicy | None
-) -> None:
-    expected = "off" if "off" in (net, a, b, pair) else "auto"
-    got = effective_p2p(
-        Network(p2p=net), A.model_copy(update={"p2p": a}), B.model_copy(update={"p2p": b}), pair
-    )
-    assert got == expected
 
 
 def test_netmap_applies_node_network_and_pair_policies() -> None:

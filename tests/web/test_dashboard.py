@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from coordinator_harness import Coordinator, enroll
+from coordinator_harness import Coordinator, enroll, post_status
 from web_harness import GATEWAYS, PATHS, Mesh, login, shoot
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
@@ -204,6 +204,28 @@ def test_conflicting_route_is_flagged(dashboard: Any, screenshots: Path | None) 
     expect(page.locator("#warnings")).to_contain_text("gw-a does not install 10.4.0.0/24")
     page.locator("#routes-section").scroll_into_view_if_needed()
     shoot(page, screenshots, "dashboard-routes")
+
+
+def test_a_route_shadowed_without_a_named_gateway_is_shown_from_the_api(
+    page: Any, coordinator: Coordinator, mesh: Mesh
+) -> None:
+    """The dashboard shows the coordinator's `shadowed_by`: a shadow whose agent did not know the
+    gateway matches the route by prefix (the join is the coordinator's, not the page's)."""
+    assert coordinator.admin_token is not None
+    c = mesh.nodes["gw-c"]
+    post_status(
+        coordinator,
+        c,
+        {"eth0_ip": "172.16.3.10", "shadowed": [{"prefix": "10.2.0.0/24", "interface": "eth9"}]},
+    )
+    try:
+        login(page, coordinator.url, coordinator.admin_token)
+        row = page.locator('#routes [data-gateway="gw-b"] tr[data-prefix="10.2.0.0/24"]')
+        expect(row).to_have_class(re.compile(r"\bis-shadowed\b"))
+        expect(row).to_contain_text("gw-c does not install it: overlaps a local subnet on eth9")
+        expect(row.locator(".pill.shadowed")).to_be_visible()
+    finally:
+        post_status(coordinator, c, {"eth0_ip": "172.16.3.10", "peers": []})
 
 
 def test_nodes_table_sorts_and_filters(dashboard: Any) -> None:

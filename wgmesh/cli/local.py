@@ -9,7 +9,7 @@ from rich.text import Text
 
 from wgmesh.cli import render
 from wgmesh.cli.common import print_json, stdout
-from wgmesh.cli.view import NodeView, PeerView
+from wgmesh.cli.view import NodeView
 from wgmesh.models import LocalStatus
 
 
@@ -25,7 +25,7 @@ def node_view(status: LocalStatus) -> NodeView:
         p2p=status.p2p,
         mtu=status.mtu,
         subnets=status.subnets,
-        peers=[PeerView(**p.model_dump()) for p in status.peers],
+        peers=list(status.peers),
     )
 
 

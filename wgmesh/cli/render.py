@@ -14,7 +14,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from wgmesh.cli.view import NodeView, PeerView, RouteView, StatusView, peer_counts
+from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
+from wgmesh.models import PeerView
 
 DASH = "—"
 SUBNETS_SHOWN = 4  # per node in the status table; `wgmesh routes` lists them all

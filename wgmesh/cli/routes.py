@@ -28,14 +28,14 @@ def register(sub: Subparsers) -> None:
 def cmd_routes(args: argparse.Namespace) -> int:
     """`wgmesh routes`."""
     with connection.connect(args) as client:
-        topology, statuses = load(client)
-    routes = route_views(topology.routes, statuses)
+        topology = load(client)
+    routes = route_views(topology.routes)
     if args.json:
         print_json(RoutesView(routes=routes).model_dump(mode="json"))
         return 0
     console = stdout()
     now = datetime.now(UTC)
     static = {n.name for n in topology.nodes if n.static}
-    notes = render.gateway_notes(status_view(topology, statuses).nodes, now, static)
+    notes = render.gateway_notes(status_view(topology).nodes, now, static)
     console.print(render.routes_table(routes, console.width, notes))
     return 0

@@ -12,7 +12,7 @@ from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, s
 from wgmesh.cli.local import show_local_status
 from wgmesh.cli.view import node_view, status_view
 from wgmesh.errors import NotFoundError
-from wgmesh.models import Node, NodeStatus, StatusList, Topology
+from wgmesh.models import Node, Topology
 
 
 def register(sub: Subparsers) -> None:
@@ -37,11 +37,9 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def load(client: connection.AdminClient) -> tuple[Topology, list[NodeStatus]]:
-    """The topology and every node's last status report."""
-    topology = client.get("/api/v1/topology", Topology)
-    statuses = client.get("/api/v1/statuses", StatusList).statuses
-    return topology, statuses
+def load(client: connection.AdminClient) -> Topology:
+    """The topology, with what the nodes' status reports say joined in by the coordinator."""
+    return client.get("/api/v1/topology", Topology)
 
 
 def find_node(topology: Topology, ref: str) -> Node:
@@ -61,18 +59,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         show_local_status(read_local_status(Path(args.state_dir) / SOCKET_NAME), as_json=args.json)
         return 0
     with connection.connect(args) as client:
-        topology, statuses = load(client)
+        topology = load(client)
     now = datetime.now(UTC)
     console = stdout()
     if args.node is not None:
         found = find_node(topology, args.node)
-        node = node_view(topology, statuses, found.name)
+        node = node_view(topology, found.name)
         if args.json:
             print_json(node.model_dump(mode="json"))
         else:
             console.print(render.node_screen(node, now, console.width, found.static))
         return 0
-    view = status_view(topology, statuses)
+    view = status_view(topology)
     if args.json:
         print_json(view.model_dump(mode="json"))
     else:

@@ -23,7 +23,6 @@ from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
 from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from wgmesh.models import (
     EnrollRequest,
-    Link,
     NetMap,
     Network,
     NetworkPatch,
@@ -42,11 +41,11 @@ from wgmesh.models import (
     TokenInfo,
     Topology,
 )
-from wgmesh.netmap import RegistrySnapshot, build_netmap, effective_p2p, pair_key
+from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import tickets
+from wgmesh.topology import build_topology, pair_key
 
 ONLINE_WINDOW = timedelta(seconds=45)
-HANDSHAKE_FRESH = timedelta(seconds=180)
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
 
 
@@ -697,62 +696,14 @@ class Registry:
     # --- topology -----------------------------------------------------------------------------
 
     def topology(self) -> Topology:
-        """Nodes, links and routes with warnings, for the dashboard and the CLI."""
+        """Nodes, links and routes with warnings, for the dashboard and the CLI (wgmesh.topology)."""
         snap = self.snapshot()
-        nodes = self.list_nodes()
-        statuses = self.statuses()
-        now = utcnow()
-        links: list[Link] = []
-        warnings: list[str] = []
-        for i, a in enumerate(nodes):
-            for b in nodes[i + 1 :]:
-                views = [
-                    p
-                    for src, dst in ((a, b), (b, a))
-                    if (st := statuses.get(src.id)) is not None
-                    for p in st.report.peers
-                    if p.public_key == dst.public_key
-                ]
-                handshake = max((p.last_handshake for p in views if p.last_handshake), default=None)
-                fresh = handshake is not None and now - handshake < HANDSHAKE_FRESH
-                paths = {p.path for p in views if p.path}
-                path = (
-                    ("relay" if "relay" in paths else "direct") if fresh else ("down" if views else "unknown")
-                )
-                rtts = [p.rtt_ms for p in views if p.rtt_ms is not None]
-                links.append(
-                    Link(
-                        a=a.name,
-                        b=b.name,
-                        p2p=effective_p2p(snap.network, a, b, snap.pair_p2p.get(pair_key(a.id, b.id))),
-                        path=path,
-                        rtt_ms=min(rtts) if rtts else None,
-                        last_handshake=handshake,
-                        rx_bytes=sum(p.rx_bytes for p in views),
-                        tx_bytes=sum(p.tx_bytes for p in views),
-                    )
-                )
-                if path == "down":
-                    warnings.append(f"{a.name} and {b.name} have no recent handshake")
-        routes = sorted(snap.routes, key=_route_sort_key)
-        for route in routes:
-            if route.state == "conflict":
-                warnings.append(f"route {route.prefix}@{route.gateway} is inactive: {route.reason}")
-            elif route.state == "rejected":
-                warnings.append(f"route {route.prefix}@{route.gateway} is rejected: {route.reason}")
-        for node in nodes:
-            if node.subnets and not node.online and not node.static:
-                warnings.append(f"gateway {node.name} is offline")
-            st = statuses.get(node.id)
-            for shadow in st.report.shadowed if st else []:
-                warnings.append(
-                    f"{node.name} does not install {shadow.prefix}: it overlaps a local subnet on {shadow.interface}"
-                )
-        return Topology(
-            network=snap.network,
+        return build_topology(
+            snap.network,
             version=snap.version,
-            nodes=nodes,
-            links=links,
-            routes=routes,
-            warnings=warnings,
+            nodes=self.list_nodes(),
+            routes=sorted(snap.routes, key=_route_sort_key),
+            pair_overrides=snap.pair_p2p,
+            statuses=self.statuses(),
+            now=utcnow(),
         )

@@ -1,0 +1,228 @@
+"""Pure: the registry and the nodes' status reports -> the topology (links, peer views, shadowed routes,
+warnings), and the effective P2P rule that netmaps use too.
+
+This is the one place of these rules: the coordinator gathers rows and calls `build_topology`; the CLI and
+the dashboard only render what it returns. Nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from wgmesh.models import (
+    Link,
+    Network,
+    Node,
+    NodeStatus,
+    P2PPolicy,
+    PeerStatus,
+    PeerView,
+    Route,
+    RouteShadow,
+    ShadowedRoute,
+    Topology,
+    TopologyNode,
+    TopologyRoute,
+)
+
+HANDSHAKE_FRESH = timedelta(seconds=180)
+"""A link whose newest handshake is older is `down` (WireGuard re-handshakes every two minutes in use)."""
+
+PairKey = tuple[int, int]
+
+
+def pair_key(a: int, b: int) -> PairKey:
+    """The order-free key of a node pair."""
+    return (a, b) if a < b else (b, a)
+
+
+# --- the effective P2P rule -------------------------------------------------------------------------
+
+
+def node_p2p(network: Network, node: Node) -> P2PPolicy:
+    """A node's own effective policy: `off` if the network or the node says so; `auto` otherwise."""
+    return "off" if "off" in (network.p2p, node.p2p) else "auto"
+
+
+def pair_p2p(network: Network, a: Node, b: Node, override: P2PPolicy | None) -> P2PPolicy:
+    """A pair's effective policy: `off` if either node's own policy or the pair override says so."""
+    if "off" in (node_p2p(network, a), node_p2p(network, b), override):
+        return "off"
+    return "auto"
+
+
+# --- what the reports say ----------------------------------------------------------------------------
+
+Reports = Mapping[int, Mapping[str, PeerStatus]]
+"""Per reporting node id, its peer entries keyed by the peer's public key."""
+
+
+def peer_reports(statuses: Mapping[int, NodeStatus]) -> dict[int, dict[str, PeerStatus]]:
+    """Each reporting node's peer entries, keyed by public key."""
+    return {node_id: {p.public_key: p for p in st.report.peers} for node_id, st in statuses.items()}
+
+
+def peer_view(node: Node, peer: Node, reports: Reports) -> PeerView:
+    """`peer` as `node` sees it: from `node`'s own report, else from `peer`'s report of `node`."""
+    own = reports.get(node.id, {}).get(peer.public_key)
+    # A node that does not report (a static peer) is seen through the other end's report of it.
+    theirs = None if own is not None else reports.get(peer.id, {}).get(node.public_key)
+    return observed_peer(
+        peer.name, peer.overlay_ip, eth0_ip=peer.eth0_ip, public_ip=peer.public_ip, own=own, theirs=theirs
+    )
+
+
+def observed_peer(
+    name: str,
+    overlay_ip: str,
+    *,
+    eth0_ip: str | None,
+    public_ip: str | None,
+    own: PeerStatus | None,
+    theirs: PeerStatus | None = None,
+) -> PeerView:
+    """A peer's addresses with what its viewer observed of it (`own`), else what the peer observed of the
+    viewer (`theirs`): then the peer's rx is the viewer's tx, and the endpoint the peer used is the
+    viewer's own, so it is left out. The agent's local view is the case without `theirs`."""
+    seen = own or theirs
+    return PeerView(
+        name=name,
+        overlay_ip=overlay_ip,
+        eth0_ip=eth0_ip,
+        public_ip=public_ip,
+        path=seen.path if seen else None,
+        endpoint=own.endpoint if own else None,
+        relay=seen.relay if seen else None,
+        rtt_ms=seen.rtt_ms if seen else None,
+        rx_bytes=own.rx_bytes if own else (theirs.tx_bytes if theirs else None),
+        tx_bytes=own.tx_bytes if own else (theirs.rx_bytes if theirs else None),
+        last_handshake=seen.last_handshake if seen else None,
+        reason=seen.reason if seen else None,
+    )
+
+
+def link(
+    network: Network, a: Node, b: Node, *, override: P2PPolicy | None, reports: Reports, now: datetime
+) -> Link:
+    """The pair a-b from both ends' reports: a fresh handshake gives its path (relay if either end
+    relays), a stale one `down`, no report at all `unknown`."""
+    views = [
+        p for src, dst in ((a, b), (b, a)) if (p := reports.get(src.id, {}).get(dst.public_key)) is not None
+    ]
+    handshake = max((p.last_handshake for p in views if p.last_handshake), default=None)
+    fresh = handshake is not None and now - handshake < HANDSHAKE_FRESH
+    paths = {p.path for p in views if p.path}
+    rtts = [p.rtt_ms for p in views if p.rtt_ms is not None]
+    return Link(
+        a=a.name,
+        b=b.name,
+        p2p=pair_p2p(network, a, b, override),
+        path=("relay" if "relay" in paths else "direct") if fresh else ("down" if views else "unknown"),
+        rtt_ms=min(rtts) if rtts else None,
+        last_handshake=handshake,
+        rx_bytes=sum(p.rx_bytes for p in views),
+        tx_bytes=sum(p.tx_bytes for p in views),
+    )
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+
+def shadowed_by(route: Route, shadows: Iterable[tuple[str, ShadowedRoute]]) -> list[RouteShadow]:
+    """The nodes that do not install `route`, from (node name, its report's shadow) pairs.
+
+    Only an active route is installed anywhere, so only an active one can be shadowed. A shadow names
+    the route's gateway when the agent knew it; one without a gateway matches the prefix of any gateway.
+    """
+    if route.state != "active":
+        return []
+    return [
+        RouteShadow(node=node, interface=shadow.interface, local_prefix=shadow.local_prefix)
+        for node, shadow in shadows
+        if shadow.prefix == route.prefix and shadow.gateway in (route.gateway, None)
+    ]
+
+
+def _shadows(nodes: Sequence[Node], statuses: Mapping[int, NodeStatus]) -> list[tuple[str, ShadowedRoute]]:
+    """Every reported shadow with the node that reported it, by node name."""
+    return [
+        (node.name, shadow)
+        for node in sorted(nodes, key=lambda n: n.name)
+        if (st := statuses.get(node.id)) is not None
+        for shadow in st.report.shadowed
+    ]
+
+
+# --- warnings -----------------------------------------------------------------------------------------
+
+
+def warnings(
+    nodes: Sequence[Node],
+    links: Sequence[Link],
+    routes: Sequence[Route],
+    statuses: Mapping[int, NodeStatus],
+) -> list[str]:
+    """What an admin should look at: links without a recent handshake, routes that do not take effect,
+    gateways offline, and routes a node does not install."""
+    out = [f"{lk.a} and {lk.b} have no recent handshake" for lk in links if lk.path == "down"]
+    for route in routes:
+        if route.state == "conflict":
+            out.append(f"route {route.prefix}@{route.gateway} is inactive: {route.reason}")
+        elif route.state == "rejected":
+            out.append(f"route {route.prefix}@{route.gateway} is rejected: {route.reason}")
+    for node in nodes:
+        if node.subnets and not node.online and not node.static:
+            out.append(f"gateway {node.name} is offline")
+        st = statuses.get(node.id)
+        for shadow in st.report.shadowed if st else []:
+            out.append(
+                f"{node.name} does not install {shadow.prefix}: it overlaps a local subnet on {shadow.interface}"
+            )
+    return out
+
+
+# --- the whole document ---------------------------------------------------------------------------------
+
+
+def build_topology(
+    network: Network,
+    *,
+    version: int,
+    nodes: Sequence[Node],
+    routes: Sequence[Route],
+    pair_overrides: Mapping[PairKey, P2PPolicy],
+    statuses: Mapping[int, NodeStatus],
+    now: datetime,
+) -> Topology:
+    """The topology document: nodes (given sorted) with their peer views, every pair's link, the routes
+    (given sorted) with the nodes shadowing them, and the warnings.
+
+    `statuses` is each reporting node's last report by node id; `pair_overrides` the pairs' P2P overrides.
+    """
+    reports = peer_reports(statuses)
+    by_name = sorted(nodes, key=lambda n: n.name)
+    links = [
+        link(network, a, b, override=pair_overrides.get(pair_key(a.id, b.id)), reports=reports, now=now)
+        for i, a in enumerate(nodes)
+        for b in nodes[i + 1 :]
+    ]
+    shadows = _shadows(nodes, statuses)
+    return Topology(
+        network=network,
+        version=version,
+        nodes=[
+            TopologyNode(
+                **node.model_dump(),
+                effective_p2p=node_p2p(network, node),
+                interface_mtu=st.report.mtu if (st := statuses.get(node.id)) is not None else None,
+                peers=[peer_view(node, other, reports) for other in by_name if other.id != node.id],
+            )
+            for node in nodes
+        ],
+        links=links,
+        routes=[
+            TopologyRoute(**route.model_dump(), shadowed_by=shadowed_by(route, shadows)) for route in routes
+        ],
+        warnings=warnings(nodes, links, routes, statuses),
+    )
