@@ -1,4 +1,4 @@
-"""wgmesh.relay.protocol: frame layouts, the incremental decoder, limits, and fuzzing."""
+"""wgmesh.relay.protocol: frame layouts, the frame scanner and the decoder on it, limits, and fuzzing."""
 
 from __future__ import annotations
 
@@ -102,6 +102,89 @@ def test_unknown_close_codes_are_accepted_for_forward_compatibility() -> None:
     assert decode_all(p.encode(p.Close(4000, "new"))) == [p.Close(4000, "new")]
 
 
+# --- the scanner the relay and the shim run ------------------------------------------------------------
+
+
+def scan_all(scanner: p.FrameScanner, buf: bytes | bytearray) -> list[p.Scanned]:
+    return list(scanner.scan(buf, 0, len(buf)))
+
+
+def test_scanner_yields_bounds_in_the_buffer_and_leaves_a_partial_frame() -> None:
+    wire = p.encode_many([p.Data(7, b"abc"), p.Ping(9), p.Data(8, b"")]) + p.encode(p.Data(1, b"xy"))[:-1]
+    items = scan_all(p.FrameScanner(), wire)
+    assert items == [(p.FrameType.DATA, 7, 0, 11, 1), (p.FrameType.PING, 0, 11, 23, 1), (3, 8, 23, 31, 1)]
+    assert wire[p.DATA_HEADER_SIZE : 11] == b"abc"
+    assert p.parse_payload(p.FrameType.PING, wire, 11 + p.HEADER_SIZE, 23) == p.Ping(9)
+
+
+def test_scanner_starts_where_it_is_told() -> None:
+    wire = b"junk" + p.encode(p.Data(5, b"z"))
+    assert scan_all(p.FrameScanner(), wire[4:]) == [(3, 5, 0, 9, 1)]
+    assert list(p.FrameScanner().scan(wire, 4, len(wire))) == [(3, 5, 4, 13, 1)]
+
+
+def test_merging_scanner_yields_a_run_per_receiver_split_by_other_frames() -> None:
+    frames: list[p.Frame] = [p.Data(2, b"a"), p.Data(2, b"bb"), p.Data(3, b"c"), p.Ping(1), p.Data(3, b"d")]
+    wire = p.encode_many(frames)
+    items = scan_all(p.FrameScanner(merge=True), wire)
+    assert [(kind, peer, frames) for kind, peer, _, _, frames in items] == [
+        (p.FrameType.DATA, 2, 2),
+        (p.FrameType.DATA, 3, 1),
+        (p.FrameType.PING, 0, 1),
+        (p.FrameType.DATA, 3, 1),
+    ]
+    assert [wire[start:end] for _, _, start, end, _ in items] == [
+        p.encode_many(frames[:2]),
+        *(p.encode(f) for f in frames[2:]),
+    ]
+
+
+def test_stamp_rewrites_every_data_peer_id_in_place_and_reports_the_receiver() -> None:
+    buf = bytearray(p.encode_many([p.Data(2, b"to two"), p.Ping(5), p.Data(3, b"to three")]))
+    items = scan_all(p.FrameScanner(merge=True, stamp=p.peer_id_field(1)), buf)
+    assert [peer for kind, peer, *_ in items if kind == p.FrameType.DATA] == [2, 3]
+    assert p.FrameDecoder().feed(buf) == [p.Data(1, b"to two"), p.Ping(5), p.Data(1, b"to three")]
+
+
+def test_hello_first_refuses_data_from_its_header_alone() -> None:
+    header = struct.pack(">HBBI", 104, p.FrameType.DATA, 0, 2)  # the 100-byte datagram has not arrived
+    with pytest.raises(p.ProtocolError, match="first frame must be hello, got data") as info:
+        scan_all(p.FrameScanner(hello_first=True), header)
+    assert info.value.close_code == p.CloseCode.NOT_AUTHENTICATED
+    for frame in (p.Hello(1, "t"), p.Close(0)):
+        assert len(scan_all(p.FrameScanner(hello_first=True), p.encode(frame))) == 1
+
+
+def test_a_hello_handled_mid_scan_takes_effect_on_the_frames_after_it() -> None:
+    # What the relay does: the hello authenticates, and data in the same read is stamped and forwarded.
+    buf = bytearray(p.encode_many([p.Hello(1, "t"), p.Data(2, b"x"), p.Data(2, b"y")]))
+    scanner = p.FrameScanner(merge=True, hello_first=True)
+    items = []
+    for item in scanner.scan(buf, 0, len(buf)):
+        items.append(item)
+        if item[0] == p.FrameType.HELLO:
+            scanner.hello_first = False
+            scanner.stamp = p.peer_id_field(1)
+    assert [(kind, peer, frames) for kind, peer, _, _, frames in items] == [(1, 0, 1), (3, 2, 2)]
+    assert p.FrameDecoder().feed(buf)[1:] == [p.Data(1, b"x"), p.Data(1, b"y")]
+
+
+def test_frames_before_a_bad_header_are_yielded_before_the_error() -> None:
+    wire = p.encode_many([p.Data(2, b"a"), p.Data(2, b"b")]) + struct.pack(">HBB", 0, 99, 0)
+    got: list[p.Scanned] = []
+    with pytest.raises(p.ProtocolError, match="unknown frame type 99"):
+        got.extend(p.FrameScanner(merge=True).scan(wire, 0, len(wire)))
+    assert got == [(p.FrameType.DATA, 2, 0, 18, 2)]
+
+
+def test_peer_id_field_and_close_code_name() -> None:
+    assert p.peer_id_field(258) == b"\x00\x00\x01\x02"
+    with pytest.raises(p.ProtocolError, match="does not fit in u32"):
+        p.peer_id_field(p.MAX_U32 + 1)
+    assert p.close_code_name(p.CloseCode.BAD_TICKET) == "bad_ticket"
+    assert p.close_code_name(4000) == "4000"
+
+
 # --- refusals ---------------------------------------------------------------------------------------
 
 
@@ -121,6 +204,11 @@ def test_frame_at_the_configured_limit_is_accepted() -> None:
 def test_per_type_limits_refuse_an_oversized_ping_before_it_arrives() -> None:
     with pytest.raises(p.ProtocolError, match="ping frame of 9 bytes"):
         decode_all(struct.pack(">HBB", 9, p.FrameType.PING, 0))
+
+
+def test_data_frame_shorter_than_its_peer_id_refused_from_its_header_alone() -> None:
+    with pytest.raises(p.ProtocolError, match="data frame of 3 bytes is shorter than its 4-byte peer id"):
+        decode_all(struct.pack(">HBB", 3, p.FrameType.DATA, 0))
 
 
 def test_unknown_type_refused() -> None:
@@ -247,3 +335,29 @@ def test_length_limit_enforced_exactly(limit: int, size: int) -> None:
     else:
         with pytest.raises(p.ProtocolError, match="exceeds the limit"):
             decoder.feed(wire)
+
+
+@settings(max_examples=300)
+@given(frames=st.lists(frames_st, max_size=20), cut=st.integers(0, 50_000))
+def test_merged_scan_covers_the_frames_in_order(frames: list[p.Frame], cut: int) -> None:
+    wire = p.encode_many(frames)
+    size = cut % (len(wire) + 1)
+    items = list(p.FrameScanner(merge=True).scan(wire, 0, size))
+    decoded: list[p.Frame] = []
+    pos = 0
+    for kind, peer, start, end, count in items:
+        assert start == pos
+        run = p.FrameDecoder().feed(wire[start:end])
+        assert len(run) == count
+        if kind == p.FrameType.DATA:
+            assert all(isinstance(f, p.Data) and f.peer_id == peer for f in run)
+        else:
+            assert count == 1
+            assert p.parse_payload(kind, wire, start + p.HEADER_SIZE, end) == run[0]
+        decoded += run
+        pos = end
+    # every frame complete within the first `size` bytes, and not the partial one after them
+    assert decoded == frames[: len(decoded)]
+    assert pos == len(p.encode_many(decoded)) <= size
+    if decoded != frames:
+        assert size < pos + len(p.encode(frames[len(decoded)]))

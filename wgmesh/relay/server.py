@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,17 +30,18 @@ from wgmesh.relay.protocol import (
     VERSION,
     Close,
     CloseCode,
-    Data,
     Frame,
+    FrameScanner,
     FrameType,
     Hello,
     HelloOk,
     Ping,
     Pong,
     ProtocolError,
-    check_header,
+    close_code_name,
     encode,
     parse_payload,
+    peer_id_field,
 )
 from wgmesh.relay.tickets import (
     TicketError,
@@ -65,11 +65,6 @@ CLOSE_GRACE = 2.0
 DROP_REASONS = ("no_receiver", "queue_full", "to_self")
 
 _DATA = int(FrameType.DATA)
-_HELLO = int(FrameType.HELLO)
-_CLOSE = int(FrameType.CLOSE)
-_HEAD = struct.Struct(">HBB")
-_DATA_HEAD = struct.Struct(">HBBI")
-_U32 = struct.Struct(">I")
 
 
 class RelayError(WgmeshError):
@@ -135,13 +130,6 @@ def close_code_for(error: TicketError) -> CloseCode:
     return CloseCode.BAD_TICKET
 
 
-def _code_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)
-
-
 def _close_frame(code: int, message: str) -> bytes:
     raw = message.encode("utf-8")[:MAX_MESSAGE]
     return encode(Close(code, raw.decode("utf-8", "ignore")))
@@ -166,8 +154,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.node_id: int | None = None
-        # The sender id written into every forwarded Data frame; set once authenticated.
-        self.sid: bytes | None = None
+        # Merges each receiver's Data frames into slices; stamps our sender id once authenticated.
+        self.scanner = FrameScanner(relay.config.max_payload, merge=True, hello_first=True)
         self.expires_at = 0
         self.fingerprint = ""
         self.buf = bytearray(READ_BUFFER)
@@ -242,55 +230,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _scan(self) -> int:
         """Handle every complete frame in the buffer; returns the bytes consumed."""
-        buf = self.buf
-        size = self.filled
-        limit = self.relay.config.max_payload
-        sid = self.sid
-        unpack_data = _DATA_HEAD.unpack_from
         out: dict[_Connection, _Batch] = {}
-        # A run is consecutive Data frames for one receiver, written as one slice of the buffer.
-        run_peer = -1
-        run_start = run_end = run_frames = 0
         pos = 0
         try:
-            while size - pos >= HEADER_SIZE:
-                if sid is not None and size - pos >= 8:
-                    length, kind, reserved, peer = unpack_data(buf, pos)
-                    if kind == _DATA and not reserved and 4 <= length <= limit:
-                        end = pos + HEADER_SIZE + length
-                        if end > size:
-                            break
-                        buf[pos + 4 : pos + 8] = sid
-                        if peer == run_peer and pos == run_end:
-                            run_end = end
-                            run_frames += 1
-                        else:
-                            if run_frames:
-                                self._route(run_peer, run_start, run_end, run_frames, out)
-                            run_peer, run_start, run_end, run_frames = peer, pos, end, 1
-                        pos = end
-                        continue
-                # Everything else (control frames, bad headers, anything before hello) is rare.
-                length, kind, reserved = _HEAD.unpack_from(buf, pos)
-                check_header(length, kind, reserved, limit)
-                if self.node_id is None and kind not in (_HELLO, _CLOSE):
-                    raise ProtocolError(
-                        f"first frame must be hello, got {FrameType(kind).name.lower()}",
-                        close_code=CloseCode.NOT_AUTHENTICATED,
-                    )
-                end = pos + HEADER_SIZE + length
-                if end > size:
-                    break
-                frame = parse_payload(kind, self.view, pos + HEADER_SIZE, end)
+            for kind, peer, start, end, frames in self.scanner.scan(self.buf, 0, self.filled):
+                if kind == _DATA:
+                    # The scanner has already stamped our id on them: they go out as they are.
+                    self._route(peer, start, end, frames, out)
+                else:
+                    self._control(parse_payload(kind, self.view, start + HEADER_SIZE, end))
                 pos = end
-                self._control(frame)
                 if self.closing:
                     break
-                sid = self.sid
         finally:
             # Frames decoded before a bad one are still delivered: they were authenticated.
-            if run_frames:
-                self._route(run_peer, run_start, run_end, run_frames, out)
             if out:
                 self._deliver(out)
         return pos
@@ -336,7 +289,7 @@ class _Connection(asyncio.BufferedProtocol):
             log.info(
                 "node closed",
                 extra=logs.kv(
-                    node=self.node_id, peer=self.peer, code=_code_name(frame.code), reason=frame.message
+                    node=self.node_id, peer=self.peer, code=close_code_name(frame.code), reason=frame.message
                 ),
             )
             self._shutdown()
@@ -348,9 +301,6 @@ class _Connection(asyncio.BufferedProtocol):
             pass  # it already counted as traffic for liveness
         elif isinstance(frame, HelloOk):
             raise ProtocolError("hello-ok is sent by relays, not nodes")
-        elif isinstance(frame, Data):
-            # Only reached for frames the fast path does not take, which the decoder refuses first.
-            raise ProtocolError("data frame out of place")
 
     def _hello(self, hello: Hello) -> None:
         relay = self.relay
@@ -374,7 +324,8 @@ class _Connection(asyncio.BufferedProtocol):
             return
         refresh = self.node_id is not None
         self.node_id = hello.node_id
-        self.sid = _U32.pack(hello.node_id)
+        self.scanner.stamp = peer_id_field(hello.node_id)
+        self.scanner.hello_first = False
         self.expires_at = ticket.expires_at
         self.fingerprint = fingerprint
         self._cancel("hello")
@@ -416,10 +367,10 @@ class _Connection(asyncio.BufferedProtocol):
         """Send close(code, message) after whatever is queued, then disconnect."""
         if self.closing or self.transport is None:
             return
-        self.relay.refused[_code_name(code)] = self.relay.refused.get(_code_name(code), 0) + 1
+        self.relay.refused[close_code_name(code)] = self.relay.refused.get(close_code_name(code), 0) + 1
         log.info(
             "closing connection",
-            extra=logs.kv(node=self.node_id, peer=self.peer, code=_code_name(code), reason=message),
+            extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
         self.transport.write(_close_frame(code, message))
         self._shutdown()
