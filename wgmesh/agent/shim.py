@@ -35,7 +35,6 @@ from wgmesh.relay import protocol
 from wgmesh.relay.protocol import (
     DATA_HEADER,
     DATA_HEADER_SIZE,
-    HEADER_SIZE,
     Close,
     CloseCode,
     FrameType,
@@ -194,16 +193,21 @@ class RelayLink(asyncio.Protocol):
         """
         buf = self._buffer
         buf += data
-        pos = 0
         deliver = self.shim.deliver
         view = memoryview(buf)
+
+        def on_frame(kind: int, start: int, end: int) -> bool:
+            self._control(protocol.parse_payload(kind, view, start, end))
+            return False
+
         try:
-            for kind, peer, start, end, _ in self._scanner.scan(buf, 0, len(buf)):
-                if kind == _DATA:
-                    deliver(peer, view[start + DATA_HEADER_SIZE : end])
-                else:
-                    self._control(protocol.parse_payload(kind, buf, start + HEADER_SIZE, end))
-                pos = end
+            pos = self._scanner.scan(
+                buf,
+                0,
+                len(buf),
+                lambda peer, start, end, _: deliver(peer, view[start + DATA_HEADER_SIZE : end]),
+                on_frame,
+            )
         except protocol.ProtocolError as exc:
             self._note_error(f"protocol error from relay: {exc.message}")
             if self.transport is not None:

@@ -7,7 +7,7 @@ Pure: no sockets. Every frame is a 4-byte header (u16 payload length, u8 type, u
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -303,7 +303,7 @@ def _header_refusal(length: int, kind: int, reserved: int, max_payload: int) -> 
 
 def parse_payload(kind: int, buf: bytes | bytearray | memoryview, start: int, end: int) -> Frame:
     """The frame of type `kind` whose payload is `buf[start:end]`, for a header `check_header` accepted
-    (every frame `FrameScanner.scan` yields): readers decode only the rare frames that are not Data."""
+    (every frame `FrameScanner.scan` hands over): readers decode only the rare frames that are not Data."""
     with memoryview(buf) as mv:
         return _PARSERS[kind](mv, start, end)
 
@@ -324,27 +324,27 @@ def close_code_name(code: int) -> str:
         return str(code)
 
 
-Scanned = tuple[int, int, int, int, int]
-"""One item of `FrameScanner.scan`: (type, peer id, start, end, frames).
-
-`buf[start:end]` holds whole frames, headers included. A Data item is `frames` Data frames in a row for
-`peer id` (one unless the scanner merges); its first datagram starts at `start + DATA_HEADER_SIZE`. Any
-other item is one frame with peer id 0, its payload `buf[start + HEADER_SIZE:end]` for `parse_payload`.
-"""
+OnData = Callable[[int, int, int, int], object]
+"""Called with (peer id, start, end, frames) for Data frames: `buf[start:end]` is `frames` whole Data frames
+in a row for that peer (one unless the scanner merges); the first datagram starts at start + DATA_HEADER_SIZE."""
+OnFrame = Callable[[int, int, int], bool]
+"""Called with (type, start, end) for any other frame, its payload `buf[start:end]` (for `parse_payload`);
+returns True to stop the scan after it (the connection is closing)."""
 
 
 class FrameScanner:
     """The framing every reader runs: finds the complete frames in a buffer it does not copy.
 
     Each header is checked as soon as its 4 bytes are there, so a bad frame is refused before its payload
-    is buffered. Data frames, the hot path, are yielded as bounds in the caller's buffer and never decoded;
-    the caller decodes the rare other frames with `parse_payload`.
+    is buffered. Data frames, the hot path, are handed over as bounds in the caller's buffer and never
+    decoded; the caller decodes the rare other frames with `parse_payload`. Handlers are called, not
+    yielded to: a relay forwards each run with one call, the cost its own loop had.
 
     `stamp` (a relay's sender id, from `peer_id_field`) is written over the peer id of every Data frame
-    scanned, in place. `merge` yields consecutive Data frames for one peer as one item, so a relay forwards
-    them as one slice. `hello_first` refuses every frame but hello and close (a relay reading a node it has
-    not authenticated). The caller may change `stamp` and `hello_first` while it handles a frame that is
-    not Data (a hello): the scan reads them again before the next frame.
+    scanned, in place. `merge` hands consecutive Data frames for one peer over as one run, so a relay
+    forwards them as one slice. `hello_first` refuses every frame but hello and close (a relay reading a
+    node it has not authenticated). `on_frame` may change `stamp` and `hello_first` (a hello accepted):
+    the scan reads them again for the frames after it.
     """
 
     __slots__ = ("hello_first", "max_payload", "merge", "stamp")
@@ -364,12 +364,14 @@ class FrameScanner:
         self.stamp = stamp
         self.hello_first = hello_first
 
-    def scan(self, buf: bytes | bytearray | memoryview, pos: int, size: int) -> Iterator[Scanned]:
-        """Every complete frame in `buf[pos:size]`, in order; a partial frame at the end is left for the
-        caller to keep. The bytes consumed are the `end` of the last item the caller took.
+    def scan(
+        self, buf: bytes | bytearray | memoryview, pos: int, size: int, on_data: OnData, on_frame: OnFrame
+    ) -> int:
+        """Hand every complete frame in `buf[pos:size]` to the handlers, in order; returns where the scan
+        stopped: after the last frame handled, so a partial frame from there on is the caller's to keep.
 
-        Raises ProtocolError at the first bad header or a frame refused by `hello_first`, after yielding
-        every frame before it. With `stamp`, `buf` must be writable.
+        Raises ProtocolError at the first bad header or a frame refused by `hello_first`, after handing
+        over every frame before it. With `stamp`, `buf` must be writable.
         """
         limit = self.max_payload
         merge = self.merge
@@ -378,6 +380,7 @@ class FrameScanner:
         data_header = DATA_HEADER.unpack_from
         run_peer = -1
         run_start = run_end = run_frames = 0
+        end: int
         while True:
             # The hot path: one unpack reads a Data frame's header and peer id together.
             while size - pos >= DATA_HEADER_SIZE and not hello_first:
@@ -389,20 +392,21 @@ class FrameScanner:
                     break
                 if stamp is not None:
                     buf[pos + HEADER_SIZE : pos + DATA_HEADER_SIZE] = stamp  # type: ignore[index]
-                if merge and run_frames and peer == run_peer:
+                if peer == run_peer and merge:
                     run_end = end
                     run_frames += 1
                 else:
                     if run_frames:
-                        yield _DATA, run_peer, run_start, run_end, run_frames
+                        on_data(run_peer, run_start, run_end, run_frames)
                     run_peer, run_start, run_end, run_frames = peer, pos, end, 1
                 pos = end
             # Whatever ends a run of Data frames (another frame, a bad or partial header) comes after it.
             if run_frames:
-                yield _DATA, run_peer, run_start, run_end, run_frames
+                on_data(run_peer, run_start, run_end, run_frames)
+                run_peer = -1
                 run_frames = 0
             if size - pos < HEADER_SIZE:
-                return
+                return pos
             length, kind, reserved = HEADER.unpack_from(buf, pos)
             check_header(length, kind, reserved, limit)
             if hello_first and kind not in _HELLO_FIRST:
@@ -412,8 +416,9 @@ class FrameScanner:
                 )
             end = pos + HEADER_SIZE + length
             if end > size:
-                return
-            yield kind, 0, pos, end, 1
+                return pos
+            if on_frame(kind, pos + HEADER_SIZE, end):
+                return end
             pos = end
             stamp = self.stamp
             hello_first = self.hello_first
@@ -445,13 +450,23 @@ class FrameDecoder:
         # Appending to the leftover copies only when a frame straddled the previous read.
         buf = self._buffer + bytes(data) if self._buffer else bytes(data)
         frames: list[Frame] = []
-        pos = 0
         parsers = _PARSERS
+
+        def on_frame(kind: int, start: int, end: int) -> bool:
+            frames.append(parsers[kind](mv, start, end))
+            return False
+
         try:
             with memoryview(buf) as mv:
-                for kind, _, start, end, _ in self._scanner.scan(buf, 0, len(buf)):
-                    frames.append(parsers[kind](mv, start + HEADER_SIZE, end))
-                    pos = end
+                pos = self._scanner.scan(
+                    buf,
+                    0,
+                    len(buf),
+                    lambda peer, start, end, _: frames.append(
+                        Data(peer, bytes(mv[start + DATA_HEADER_SIZE : end]))
+                    ),
+                    on_frame,
+                )
         except ProtocolError as error:
             self._error = error
             self._buffer = b""

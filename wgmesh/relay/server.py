@@ -24,7 +24,6 @@ from typing import cast
 from wgmesh import logs
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.relay.protocol import (
-    HEADER_SIZE,
     MAX_MESSAGE,
     MAX_PAYLOAD,
     VERSION,
@@ -32,7 +31,6 @@ from wgmesh.relay.protocol import (
     CloseCode,
     Frame,
     FrameScanner,
-    FrameType,
     Hello,
     HelloOk,
     Ping,
@@ -63,8 +61,6 @@ READ_BUFFER = 256 * 1024
 CLOSE_GRACE = 2.0
 """Seconds a closing connection may take to flush its close frame before it is aborted."""
 DROP_REASONS = ("no_receiver", "queue_full", "to_self")
-
-_DATA = int(FrameType.DATA)
 
 
 class RelayError(WgmeshError):
@@ -156,6 +152,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.node_id: int | None = None
         # Merges each receiver's Data frames into slices; stamps our sender id once authenticated.
         self.scanner = FrameScanner(relay.config.max_payload, merge=True, hello_first=True)
+        # This read's Data frames per receiving connection, written out when the read is handled.
+        self.batches: dict[_Connection, _Batch] = {}
         self.expires_at = 0
         self.fingerprint = ""
         self.buf = bytearray(READ_BUFFER)
@@ -230,25 +228,16 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _scan(self) -> int:
         """Handle every complete frame in the buffer; returns the bytes consumed."""
-        out: dict[_Connection, _Batch] = {}
-        pos = 0
         try:
-            for kind, peer, start, end, frames in self.scanner.scan(self.buf, 0, self.filled):
-                if kind == _DATA:
-                    # The scanner has already stamped our id on them: they go out as they are.
-                    self._route(peer, start, end, frames, out)
-                else:
-                    self._control(parse_payload(kind, self.view, start + HEADER_SIZE, end))
-                pos = end
-                if self.closing:
-                    break
+            return self.scanner.scan(self.buf, 0, self.filled, self._route, self._frame)
         finally:
             # Frames decoded before a bad one are still delivered: they were authenticated.
-            if out:
-                self._deliver(out)
-        return pos
+            if self.batches:
+                self._deliver()
 
-    def _route(self, peer: int, start: int, end: int, frames: int, out: dict[_Connection, _Batch]) -> None:
+    def _route(self, peer: int, start: int, end: int, frames: int) -> None:
+        """Queue a run of Data frames for `peer` (already stamped with our id by the scanner) in this
+        read's batch for its connection."""
         relay = self.relay
         if peer == self.node_id:
             relay.drops["to_self"] += frames
@@ -257,19 +246,19 @@ class _Connection(asyncio.BufferedProtocol):
         if target is None:
             relay.drops["no_receiver"] += frames
             return
-        batch = out.get(target)
+        batch = self.batches.get(target)
         if batch is None:
-            out[target] = _Batch(frames, end - start, self.view[start:end])
+            self.batches[target] = _Batch(frames, end - start, self.view[start:end])
         else:
             batch.frames += frames
             batch.nbytes += end - start
             batch.parts.append(self.view[start:end])
 
-    def _deliver(self, out: dict[_Connection, _Batch]) -> None:
+    def _deliver(self) -> None:
         relay = self.relay
         limit = relay.config.queue_bytes
         counters = relay.counters
-        for target, batch in out.items():
+        for target, batch in self.batches.items():
             frames = batch.frames
             transport = target.transport
             if target.closing or transport is None:
@@ -281,6 +270,11 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.write(b"".join(batch.parts))
                 counters.frames_forwarded += frames
                 counters.bytes_forwarded += batch.nbytes
+        self.batches.clear()
+
+    def _frame(self, kind: int, start: int, end: int) -> bool:
+        self._control(parse_payload(kind, self.view, start, end))
+        return self.closing
 
     # --- control frames ---------------------------------------------------------------------------
 
