@@ -65,6 +65,14 @@ def test_data_before_hello_is_not_authenticated(relay: RelayProcess, keys: Keys)
         assert not b.frames
 
 
+def test_data_header_before_hello_is_refused_before_its_payload_arrives(relay: RelayProcess) -> None:
+    with nodes(relay.port, 1) as (a,):
+        a.send_raw(struct.pack(">HBBI", 1404, p.FrameType.DATA, 0, 2))  # 1,400 bytes promised, none sent
+        close = a.expect_close(Code.NOT_AUTHENTICATED)
+    # the header did it, not the hello deadline (which closes with the same code)
+    assert close.message == "first frame must be hello, got data"
+
+
 def test_malformed_frame_is_a_protocol_error(relay: RelayProcess, keys: Keys) -> None:
     with nodes(relay.port, 2) as (a, b):
         a.hello(107, keys.ticket(107))

@@ -1,4 +1,4 @@
-"""wgmesh.relay.protocol: frame layouts, the incremental decoder, limits, and fuzzing."""
+"""wgmesh.relay.protocol: frame layouts, the frame scanner and the decoder on it, limits, and fuzzing."""
 
 from __future__ import annotations
 
@@ -102,6 +102,115 @@ def test_unknown_close_codes_are_accepted_for_forward_compatibility() -> None:
     assert decode_all(p.encode(p.Close(4000, "new"))) == [p.Close(4000, "new")]
 
 
+# --- the scanner the relay and the shim run ------------------------------------------------------------
+
+Item = tuple[int, ...]
+DATA = p.FrameType.DATA
+
+
+class Scan:
+    """Runs a scanner and keeps what it handed over, in order: (DATA, peer, start, end, frames) for a run of
+    Data frames, (type, start, end) with the payload bounds for any other frame."""
+
+    def __init__(self, scanner: p.FrameScanner, stop_after: int | None = None) -> None:
+        self.scanner = scanner
+        self.items: list[Item] = []
+        self.stop_after = stop_after
+
+    def on_data(self, peer: int, start: int, end: int, frames: int) -> None:
+        self.items.append((DATA, peer, start, end, frames))
+
+    def on_frame(self, kind: int, start: int, end: int) -> bool:
+        self.items.append((kind, start, end))
+        return kind == self.stop_after
+
+    def run(self, buf: bytes | bytearray, pos: int = 0) -> int:
+        return self.scanner.scan(buf, pos, len(buf), self.on_data, self.on_frame)
+
+
+def test_scanner_hands_over_bounds_in_the_buffer_and_leaves_a_partial_frame() -> None:
+    wire = p.encode_many([p.Data(7, b"abc"), p.Ping(9), p.Data(8, b"")]) + p.encode(p.Data(1, b"xy"))[:-1]
+    scan = Scan(p.FrameScanner())
+    assert scan.run(wire) == 31
+    assert scan.items == [(DATA, 7, 0, 11, 1), (p.FrameType.PING, 15, 23), (DATA, 8, 23, 31, 1)]
+    assert wire[p.DATA_HEADER_SIZE : 11] == b"abc"
+    assert p.parse_payload(p.FrameType.PING, wire, 15, 23) == p.Ping(9)
+
+
+def test_scanner_starts_where_it_is_told_and_stops_when_asked() -> None:
+    wire = b"junk" + p.encode_many([p.Data(5, b"z"), p.Close(0), p.Data(5, b"after close")])
+    scan = Scan(p.FrameScanner(), stop_after=p.FrameType.CLOSE)
+    assert scan.run(wire, 4) == 4 + 9 + 6
+    assert scan.items == [(DATA, 5, 4, 13, 1), (p.FrameType.CLOSE, 17, 19)]
+
+
+def test_merging_scanner_hands_over_a_run_per_receiver_split_by_other_frames() -> None:
+    frames: list[p.Frame] = [p.Data(2, b"a"), p.Data(2, b"bb"), p.Data(3, b"c"), p.Ping(1), p.Data(3, b"d")]
+    wire = p.encode_many(frames)
+    scan = Scan(p.FrameScanner(merge=True))
+    assert scan.run(wire) == len(wire)
+    assert [item[0] for item in scan.items] == [DATA, DATA, p.FrameType.PING, DATA]
+    assert [(peer, n) for kind, peer, _, _, n in (i for i in scan.items if i[0] == DATA)] == [
+        (2, 2),
+        (3, 1),
+        (3, 1),
+    ]
+    runs = [wire[item[2] : item[3]] for item in scan.items if item[0] == DATA]
+    assert runs == [p.encode_many(frames[:2]), p.encode(frames[2]), p.encode(frames[4])]
+
+
+def test_stamp_rewrites_every_data_peer_id_in_place_and_reports_the_receiver() -> None:
+    buf = bytearray(p.encode_many([p.Data(2, b"to two"), p.Ping(5), p.Data(3, b"to three")]))
+    scan = Scan(p.FrameScanner(merge=True, stamp=p.peer_id_field(1)))
+    scan.run(buf)
+    assert [item[1] for item in scan.items if item[0] == DATA] == [2, 3]
+    assert p.FrameDecoder().feed(buf) == [p.Data(1, b"to two"), p.Ping(5), p.Data(1, b"to three")]
+
+
+def test_hello_first_refuses_data_from_its_header_alone() -> None:
+    header = struct.pack(">HBBI", 104, DATA, 0, 2)  # the 100-byte datagram has not arrived
+    with pytest.raises(p.ProtocolError, match="first frame must be hello, got data") as info:
+        Scan(p.FrameScanner(hello_first=True)).run(header)
+    assert info.value.close_code == p.CloseCode.NOT_AUTHENTICATED
+    for frame in (p.Hello(1, "t"), p.Close(0)):
+        scan = Scan(p.FrameScanner(hello_first=True))
+        scan.run(p.encode(frame))
+        assert len(scan.items) == 1
+
+
+def test_a_hello_handled_mid_scan_takes_effect_on_the_frames_after_it() -> None:
+    # What the relay does: the hello authenticates, and data in the same read is stamped and forwarded.
+    buf = bytearray(p.encode_many([p.Hello(1, "t"), p.Data(2, b"x"), p.Data(2, b"y")]))
+    scanner = p.FrameScanner(merge=True, hello_first=True)
+    data: list[Item] = []
+
+    def on_hello(kind: int, start: int, end: int) -> bool:
+        assert kind == p.FrameType.HELLO
+        scanner.hello_first = False
+        scanner.stamp = p.peer_id_field(1)
+        return False
+
+    assert scanner.scan(buf, 0, len(buf), lambda *run: data.append(run), on_hello) == len(buf)
+    assert [(peer, n) for peer, _, _, n in data] == [(2, 2)]
+    assert p.FrameDecoder().feed(buf)[1:] == [p.Data(1, b"x"), p.Data(1, b"y")]
+
+
+def test_frames_before_a_bad_header_are_handed_over_before_the_error() -> None:
+    wire = p.encode_many([p.Data(2, b"a"), p.Data(2, b"b")]) + struct.pack(">HBB", 0, 99, 0)
+    scan = Scan(p.FrameScanner(merge=True))
+    with pytest.raises(p.ProtocolError, match="unknown frame type 99"):
+        scan.run(wire)
+    assert scan.items == [(DATA, 2, 0, 18, 2)]
+
+
+def test_peer_id_field_and_close_code_name() -> None:
+    assert p.peer_id_field(258) == b"\x00\x00\x01\x02"
+    with pytest.raises(p.ProtocolError, match="does not fit in u32"):
+        p.peer_id_field(p.MAX_U32 + 1)
+    assert p.close_code_name(p.CloseCode.BAD_TICKET) == "bad_ticket"
+    assert p.close_code_name(4000) == "4000"
+
+
 # --- refusals ---------------------------------------------------------------------------------------
 
 
@@ -121,6 +230,11 @@ def test_frame_at_the_configured_limit_is_accepted() -> None:
 def test_per_type_limits_refuse_an_oversized_ping_before_it_arrives() -> None:
     with pytest.raises(p.ProtocolError, match="ping frame of 9 bytes"):
         decode_all(struct.pack(">HBB", 9, p.FrameType.PING, 0))
+
+
+def test_data_frame_shorter_than_its_peer_id_refused_from_its_header_alone() -> None:
+    with pytest.raises(p.ProtocolError, match="data frame of 3 bytes is shorter than its 4-byte peer id"):
+        decode_all(struct.pack(">HBB", 3, p.FrameType.DATA, 0))
 
 
 def test_unknown_type_refused() -> None:
@@ -247,3 +361,30 @@ def test_length_limit_enforced_exactly(limit: int, size: int) -> None:
     else:
         with pytest.raises(p.ProtocolError, match="exceeds the limit"):
             decoder.feed(wire)
+
+
+@settings(max_examples=300)
+@given(frames=st.lists(frames_st, max_size=20), cut=st.integers(0, 50_000))
+def test_merged_scan_covers_the_frames_in_order(frames: list[p.Frame], cut: int) -> None:
+    wire = p.encode_many(frames)
+    size = cut % (len(wire) + 1)
+    scan = Scan(p.FrameScanner(merge=True))
+    consumed = scan.scanner.scan(wire, 0, size, scan.on_data, scan.on_frame)
+    decoded: list[p.Frame] = []
+    for item in scan.items:
+        if item[0] == DATA:
+            _, peer, start, end, count = item
+            run = p.FrameDecoder().feed(wire[start:end])
+            assert len(run) == count
+            assert all(isinstance(f, p.Data) and f.peer_id == peer for f in run)
+        else:
+            kind, start, end = item
+            start -= p.HEADER_SIZE
+            run = [p.parse_payload(kind, wire, start + p.HEADER_SIZE, end)]
+        assert start == len(p.encode_many(decoded))  # nothing skipped, nothing twice
+        decoded += run
+    # every frame complete within the first `size` bytes, and not the partial one after them
+    assert decoded == frames[: len(decoded)]
+    assert consumed == len(p.encode_many(decoded)) <= size
+    if decoded != frames:
+        assert size < consumed + len(p.encode(frames[len(decoded)]))

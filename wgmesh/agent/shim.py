@@ -19,7 +19,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,18 @@ from wgmesh.agent.probe_wire import is_probe
 from wgmesh.logs import kv
 from wgmesh.models import RelayGrant, RelayInfo
 from wgmesh.relay import protocol
-from wgmesh.relay.protocol import Close, CloseCode, Data, FrameType, Hello, HelloOk, Ping, Pong
+from wgmesh.relay.protocol import (
+    DATA_HEADER,
+    DATA_HEADER_SIZE,
+    Close,
+    CloseCode,
+    FrameType,
+    Hello,
+    HelloOk,
+    Ping,
+    Pong,
+    close_code_name,
+)
 from wgmesh.relay.tickets import ticket_fingerprint
 
 log = logging.getLogger("wgmesh.agent.shim")
@@ -47,13 +57,9 @@ SEND_LIMIT = 4 * 1024 * 1024
 DRAIN_MAX = 256
 """Datagrams read from one socket per wake-up: bounds the time one busy peer holds the loop."""
 DRAIN_BUFFER = 512 * 1024
-_DATA_HEADER = struct.Struct(">HBBI")
-_HEADER = struct.Struct(">HBB")
-_U32 = struct.Struct(">I")
-_MAX_DATA = protocol.MAX_PAYLOAD
-_DATAGRAM_ROOM = _DATA_HEADER.size + 65535
+_DATA = int(FrameType.DATA)
+_DATAGRAM_ROOM = DATA_HEADER_SIZE + 65535
 _PROBE_FIRST = ord("W")
-HEADER_SIZE = protocol.HEADER_SIZE
 SOCKET_BUFFER = 4 * 1024 * 1024
 """Per-socket buffers asked for (the kernel caps them at net.core.[rw]mem_max)."""
 TICKET_CODES = frozenset({CloseCode.BAD_TICKET, CloseCode.TICKET_EXPIRED, CloseCode.WRONG_NODE})
@@ -91,6 +97,7 @@ class RelayLink(asyncio.Protocol):
         self.info = info
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._scanner = protocol.FrameScanner()
         self.up = False
         self.rtt: float | None = None
         self.error: str | None = None
@@ -182,36 +189,30 @@ class RelayLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Every complete frame of the stream so far: data frames straight to WireGuard, the rest decoded.
 
-        The hot path reads the 8 bytes of a data frame's header in place and hands WireGuard a slice of
-        the buffer, with no frame object and no copy per datagram.
+        Data frames are handed to WireGuard as slices of the buffer, with no frame object and no copy.
         """
         buf = self._buffer
         buf += data
-        size = len(buf)
-        pos = 0
-        shim = self.shim
-        deliver = shim.deliver
+        deliver = self.shim.deliver
         view = memoryview(buf)
+
+        def on_frame(kind: int, start: int, end: int) -> bool:
+            self._control(protocol.parse_payload(kind, view, start, end))
+            return False
+
         try:
-            while size - pos >= HEADER_SIZE:
-                length, kind, reserved = _HEADER.unpack_from(buf, pos)
-                end = pos + HEADER_SIZE + length
-                if kind == FrameType.DATA and not reserved and 4 <= length <= _MAX_DATA:
-                    if end > size:
-                        break
-                    deliver(_U32.unpack_from(buf, pos + HEADER_SIZE)[0], view[pos + HEADER_SIZE + 4 : end])
-                    pos = end
-                    continue
-                protocol.check_header(length, kind, reserved)
-                if end > size:
-                    break
-                self._control(protocol.parse_payload(kind, buf, pos + HEADER_SIZE, end))
-                pos = end
+            pos = self._scanner.scan(
+                buf,
+                0,
+                len(buf),
+                lambda peer, start, end, _: deliver(peer, view[start + DATA_HEADER_SIZE : end]),
+                on_frame,
+            )
         except protocol.ProtocolError as exc:
             self._note_error(f"protocol error from relay: {exc.message}")
             if self.transport is not None:
                 self.transport.abort()
-            pos = size
+            pos = len(buf)
         finally:
             view.release()
         del buf[:pos]
@@ -238,11 +239,9 @@ class RelayLink(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
         elif isinstance(frame, Close):
-            self._note_error(f"closed by relay: {_code_name(frame.code)} {frame.message}".strip())
+            self._note_error(f"closed by relay: {close_code_name(frame.code)} {frame.message}".strip())
             if frame.code in TICKET_CODES:
                 shim.ticket_refused()
-        elif isinstance(frame, Data):  # a data frame the fast path left (never in practice)
-            shim.deliver(frame.peer_id, frame.datagram)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Mark down; `_run` reconnects after a back-off."""
@@ -272,13 +271,6 @@ class RelayLink(asyncio.Protocol):
     def view(self) -> RelayView:
         """This link for status."""
         return RelayView(self.info.id, self.info.url, self.up, self.rtt, self.error)
-
-
-def _code_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return f"code {code}"
 
 
 class RelayShim:
@@ -399,6 +391,7 @@ class RelayShim:
         """
         out = self._out
         view = memoryview(out)
+        pack_data_header = DATA_HEADER.pack_into
         pos = 0
         count = 0
         wg_addr = self.wg_addr
@@ -407,7 +400,7 @@ class RelayShim:
                 if len(out) - pos < _DATAGRAM_ROOM:
                     break
                 try:
-                    nbytes, source = sock.recvfrom_into(view[pos + _DATA_HEADER.size :])
+                    nbytes, source = sock.recvfrom_into(view[pos + DATA_HEADER_SIZE :])
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -415,8 +408,8 @@ class RelayShim:
                 if source != wg_addr:
                     self.counters.drop("foreign_source")
                     continue
-                _DATA_HEADER.pack_into(out, pos, nbytes + 4, FrameType.DATA, 0, peer_id)
-                pos += _DATA_HEADER.size + nbytes
+                pack_data_header(out, pos, nbytes + 4, _DATA, 0, peer_id)
+                pos += DATA_HEADER_SIZE + nbytes
                 count += 1
             # One copy per batch, not per datagram: the transport may keep what it cannot send at once.
             payload = bytes(view[:pos]) if count else b""

@@ -1,4 +1,5 @@
-"""Relay wire protocol: frame types, `encode` and an incremental `FrameDecoder` (docs/relay-protocol.md).
+"""Relay wire protocol: frame types and layouts, `encode`, the `FrameScanner` every reader runs over its
+buffer, and the `FrameDecoder` built on it (docs/relay-protocol.md).
 
 Pure: no sockets. Every frame is a 4-byte header (u16 payload length, u8 type, u8 reserved = 0) and a payload.
 """
@@ -16,6 +17,8 @@ VERSION = 1
 """The protocol version this module speaks; sent in Hello and echoed in HelloOk."""
 
 HEADER_SIZE = 4
+DATA_HEADER_SIZE = 8
+"""The header and the peer id in front of every Data frame's datagram."""
 MAX_PAYLOAD = 0xFFFF
 """The u16 length field's ceiling; a decoder may be given a lower limit."""
 MAX_DATAGRAM = MAX_PAYLOAD - 4
@@ -25,8 +28,10 @@ MAX_MESSAGE = 1024
 MAX_U32 = 0xFFFF_FFFF
 MAX_U64 = 0xFFFF_FFFF_FFFF_FFFF
 
-_HEADER = struct.Struct(">HBB")
-_DATA_HEADER = struct.Struct(">HBBI")
+HEADER = struct.Struct(">HBB")
+"""Every frame's header: payload length, type, reserved."""
+DATA_HEADER = struct.Struct(">HBBI")
+"""A Data frame's header with its peer id: what a writer packs in front of a datagram in its own buffer."""
 _HELLO = struct.Struct(">BI")
 _HELLO_OK = struct.Struct(">BIQ")
 _U64 = struct.Struct(">Q")
@@ -144,7 +149,7 @@ def encode_data(peer_id: int, datagram: bytes) -> bytes:
             f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}", close_code=CloseCode.FRAME_TOO_LARGE
         )
     try:
-        return _DATA_HEADER.pack(len(datagram) + 4, FrameType.DATA, 0, peer_id) + datagram
+        return DATA_HEADER.pack(len(datagram) + 4, FrameType.DATA, 0, peer_id) + datagram
     except struct.error:
         raise ProtocolError(f"peer id {peer_id} does not fit in u32") from None
 
@@ -181,7 +186,7 @@ def encode(frame: Frame) -> bytes:
             raise ProtocolError(f"close message of {len(message)} bytes exceeds {MAX_MESSAGE}")
         payload = _U16.pack(frame.code) + message
         kind = FrameType.CLOSE
-    return _HEADER.pack(len(payload), kind, 0) + payload
+    return HEADER.pack(len(payload), kind, 0) + payload
 
 
 def encode_many(frames: Iterable[Frame]) -> bytes:
@@ -194,8 +199,7 @@ def encode_many(frames: Iterable[Frame]) -> bytes:
 
 
 def _parse_data(mv: memoryview, start: int, end: int) -> Frame:
-    if end - start < 4:
-        raise ProtocolError(f"data frame of {end - start} bytes is shorter than its 4-byte peer id")
+    # The header check has made sure the peer id is there.
     return Data(_U32.unpack_from(mv, start)[0], bytes(mv[start + 4 : end]))
 
 
@@ -223,16 +227,15 @@ def _parse_hello_ok(mv: memoryview, start: int, end: int) -> Frame:
     return HelloOk(node_id=node_id, expires_at=expires_at, version=version)
 
 
-def _parse_ping(mv: memoryview, start: int, end: int) -> Frame:
-    if end - start != 8:
-        raise ProtocolError(f"ping must be 8 bytes, got {end - start}")
-    return Ping(_U64.unpack_from(mv, start)[0])
+def _token_parser(kind: type[Ping | Pong]) -> Callable[[memoryview, int, int], Frame]:
+    name = kind.__name__.lower()
 
+    def parse(mv: memoryview, start: int, end: int) -> Frame:
+        if end - start != 8:
+            raise ProtocolError(f"{name} must be 8 bytes, got {end - start}")
+        return kind(_U64.unpack_from(mv, start)[0])
 
-def _parse_pong(mv: memoryview, start: int, end: int) -> Frame:
-    if end - start != 8:
-        raise ProtocolError(f"pong must be 8 bytes, got {end - start}")
-    return Pong(_U64.unpack_from(mv, start)[0])
+    return parse
 
 
 def _parse_close(mv: memoryview, start: int, end: int) -> Frame:
@@ -250,8 +253,8 @@ _PARSERS: dict[int, Callable[[memoryview, int, int], Frame]] = {
     FrameType.HELLO: _parse_hello,
     FrameType.HELLO_OK: _parse_hello_ok,
     FrameType.DATA: _parse_data,
-    FrameType.PING: _parse_ping,
-    FrameType.PONG: _parse_pong,
+    FrameType.PING: _token_parser(Ping),
+    FrameType.PONG: _token_parser(Pong),
     FrameType.CLOSE: _parse_close,
 }
 # Upper payload bound per type, checked on the header so a bad frame is refused before it is buffered.
@@ -263,11 +266,23 @@ _TYPE_LIMITS: dict[int, int] = {
     FrameType.PONG: 8,
     FrameType.CLOSE: 2 + MAX_MESSAGE,
 }
+_DATA = int(FrameType.DATA)
+_HELLO_FIRST = frozenset({int(FrameType.HELLO), int(FrameType.CLOSE)})
+"""What a node may send before its hello is accepted (close, to give up)."""
 
 
 def check_header(length: int, kind: int, reserved: int, max_payload: int = MAX_PAYLOAD) -> None:
-    """Raise the ProtocolError a decoder raises for this frame header; return if the header is acceptable."""
-    if kind not in _PARSERS or reserved or length > max_payload or length > _TYPE_LIMITS[kind]:
+    """Raise the ProtocolError a reader raises for this frame header; return if the header is acceptable.
+
+    A Data frame must hold at least its peer id, so a scanner can read it without looking at the length.
+    """
+    if (
+        kind not in _PARSERS
+        or reserved
+        or length > max_payload
+        or length > _TYPE_LIMITS[kind]
+        or (kind == _DATA and length < 4)
+    ):
         raise _header_refusal(length, kind, reserved, max_payload)
 
 
@@ -277,6 +292,8 @@ def _header_refusal(length: int, kind: int, reserved: int, max_payload: int) -> 
         return ProtocolError(f"unknown frame type {kind}")
     if reserved:
         return ProtocolError(f"reserved header byte is {reserved}, must be 0")
+    if kind == _DATA and length < 4:
+        return ProtocolError(f"data frame of {length} bytes is shorter than its 4-byte peer id")
     return ProtocolError(
         f"{FrameType(kind).name.lower()} frame of {length} bytes exceeds "
         f"the limit of {min(max_payload, _TYPE_LIMITS[kind])}",
@@ -285,26 +302,139 @@ def _header_refusal(length: int, kind: int, reserved: int, max_payload: int) -> 
 
 
 def parse_payload(kind: int, buf: bytes | bytearray | memoryview, start: int, end: int) -> Frame:
-    """The frame of type `kind` whose payload is `buf[start:end]`, for a header `check_header` accepted.
-
-    For readers that scan frames in their own buffer (the relay's hot path) and decode only the rare ones.
-    """
+    """The frame of type `kind` whose payload is `buf[start:end]`, for a header `check_header` accepted
+    (every frame `FrameScanner.scan` hands over): readers decode only the rare frames that are not Data."""
     with memoryview(buf) as mv:
         return _PARSERS[kind](mv, start, end)
+
+
+def peer_id_field(peer_id: int) -> bytes:
+    """The 4 bytes a Data frame carries as its peer id (what a relay stamps as the sender)."""
+    try:
+        return _U32.pack(peer_id)
+    except struct.error:
+        raise ProtocolError(f"peer id {peer_id} does not fit in u32") from None
+
+
+def close_code_name(code: int) -> str:
+    """`bad_ticket` for a close code this end knows, else the number (peers may send newer codes)."""
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
+OnData = Callable[[int, int, int, int], object]
+"""Called with (peer id, start, end, frames) for Data frames: `buf[start:end]` is `frames` whole Data frames
+in a row for that peer (one unless the scanner merges); the first datagram starts at start + DATA_HEADER_SIZE."""
+OnFrame = Callable[[int, int, int], bool]
+"""Called with (type, start, end) for any other frame, its payload `buf[start:end]` (for `parse_payload`);
+returns True to stop the scan after it (the connection is closing)."""
+
+
+class FrameScanner:
+    """The framing every reader runs: finds the complete frames in a buffer it does not copy.
+
+    Each header is checked as soon as its 4 bytes are there, so a bad frame is refused before its payload
+    is buffered. Data frames, the hot path, are handed over as bounds in the caller's buffer and never
+    decoded; the caller decodes the rare other frames with `parse_payload`. Handlers are called, not
+    yielded to: a relay forwards each run with one call, the cost its own loop had.
+
+    `stamp` (a relay's sender id, from `peer_id_field`) is written over the peer id of every Data frame
+    scanned, in place. `merge` hands consecutive Data frames for one peer over as one run, so a relay
+    forwards them as one slice. `hello_first` refuses every frame but hello and close (a relay reading a
+    node it has not authenticated). `on_frame` may change `stamp` and `hello_first` (a hello accepted):
+    the scan reads them again for the frames after it.
+    """
+
+    __slots__ = ("hello_first", "max_payload", "merge", "stamp")
+
+    def __init__(
+        self,
+        max_payload: int = MAX_PAYLOAD,
+        *,
+        merge: bool = False,
+        stamp: bytes | None = None,
+        hello_first: bool = False,
+    ) -> None:
+        if not 4 <= max_payload <= MAX_PAYLOAD:
+            raise ValueError(f"max_payload must be 4 to {MAX_PAYLOAD}")
+        self.max_payload = max_payload
+        self.merge = merge
+        self.stamp = stamp
+        self.hello_first = hello_first
+
+    def scan(
+        self, buf: bytes | bytearray | memoryview, pos: int, size: int, on_data: OnData, on_frame: OnFrame
+    ) -> int:
+        """Hand every complete frame in `buf[pos:size]` to the handlers, in order; returns where the scan
+        stopped: after the last frame handled, so a partial frame from there on is the caller's to keep.
+
+        Raises ProtocolError at the first bad header or a frame refused by `hello_first`, after handing
+        over every frame before it. With `stamp`, `buf` must be writable.
+        """
+        limit = self.max_payload
+        merge = self.merge
+        stamp = self.stamp
+        hello_first = self.hello_first
+        data_header = DATA_HEADER.unpack_from
+        run_peer = -1
+        run_start = run_end = run_frames = 0
+        end: int
+        while True:
+            # The hot path: one unpack reads a Data frame's header and peer id together.
+            while size - pos >= DATA_HEADER_SIZE and not hello_first:
+                length, kind, reserved, peer = data_header(buf, pos)
+                if kind != _DATA or reserved or not 4 <= length <= limit:
+                    break
+                end = pos + HEADER_SIZE + length
+                if end > size:
+                    break
+                if stamp is not None:
+                    buf[pos + HEADER_SIZE : pos + DATA_HEADER_SIZE] = stamp  # type: ignore[index]
+                if peer == run_peer and merge:
+                    run_end = end
+                    run_frames += 1
+                else:
+                    if run_frames:
+                        on_data(run_peer, run_start, run_end, run_frames)
+                    run_peer, run_start, run_end, run_frames = peer, pos, end, 1
+                pos = end
+            # Whatever ends a run of Data frames (another frame, a bad or partial header) comes after it.
+            if run_frames:
+                on_data(run_peer, run_start, run_end, run_frames)
+                run_peer = -1
+                run_frames = 0
+            if size - pos < HEADER_SIZE:
+                return pos
+            length, kind, reserved = HEADER.unpack_from(buf, pos)
+            check_header(length, kind, reserved, limit)
+            if hello_first and kind not in _HELLO_FIRST:
+                raise ProtocolError(
+                    f"first frame must be hello, got {FrameType(kind).name.lower()}",
+                    close_code=CloseCode.NOT_AUTHENTICATED,
+                )
+            end = pos + HEADER_SIZE + length
+            if end > size:
+                return pos
+            if on_frame(kind, pos + HEADER_SIZE, end):
+                return end
+            pos = end
+            stamp = self.stamp
+            hello_first = self.hello_first
 
 
 class FrameDecoder:
     """Turns a TCP byte stream into frames: many per `feed`, a partial frame kept for the next one.
 
+    For clients and tests; the relay and the shim run the same `FrameScanner` over their own buffers.
     After a ProtocolError the stream is out of step, so every later `feed` raises the same error.
     """
 
-    __slots__ = ("_buffer", "_error", "_max_payload")
+    __slots__ = ("_buffer", "_error", "_scanner")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
-        if not 4 <= max_payload <= MAX_PAYLOAD:
-            raise ValueError(f"max_payload must be 4 to {MAX_PAYLOAD}")
-        self._max_payload = max_payload
+        self._scanner = FrameScanner(max_payload)
         self._buffer = b""
         self._error: ProtocolError | None = None
 
@@ -320,26 +450,26 @@ class FrameDecoder:
         # Appending to the leftover copies only when a frame straddled the previous read.
         buf = self._buffer + bytes(data) if self._buffer else bytes(data)
         frames: list[Frame] = []
-        pos = 0
-        size = len(buf)
-        limit = self._max_payload
-        header = _HEADER.unpack_from
         parsers = _PARSERS
+
+        def on_frame(kind: int, start: int, end: int) -> bool:
+            frames.append(parsers[kind](mv, start, end))
+            return False
+
         try:
             with memoryview(buf) as mv:
-                while size - pos >= HEADER_SIZE:
-                    length, kind, reserved = header(mv, pos)
-                    parser = parsers.get(kind)
-                    if parser is None or reserved or length > limit or length > _TYPE_LIMITS[kind]:
-                        raise _header_refusal(length, kind, reserved, limit)
-                    end = pos + HEADER_SIZE + length
-                    if end > size:
-                        break
-                    frames.append(parser(mv, pos + HEADER_SIZE, end))
-                    pos = end
+                pos = self._scanner.scan(
+                    buf,
+                    0,
+                    len(buf),
+                    lambda peer, start, end, _: frames.append(
+                        Data(peer, bytes(mv[start + DATA_HEADER_SIZE : end]))
+                    ),
+                    on_frame,
+                )
         except ProtocolError as error:
             self._error = error
             self._buffer = b""
             raise
-        self._buffer = buf[pos:] if pos < size else b""
+        self._buffer = buf[pos:]
         return frames

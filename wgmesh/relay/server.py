@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,23 +24,22 @@ from typing import cast
 from wgmesh import logs
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.relay.protocol import (
-    HEADER_SIZE,
     MAX_MESSAGE,
     MAX_PAYLOAD,
     VERSION,
     Close,
     CloseCode,
-    Data,
     Frame,
-    FrameType,
+    FrameScanner,
     Hello,
     HelloOk,
     Ping,
     Pong,
     ProtocolError,
-    check_header,
+    close_code_name,
     encode,
     parse_payload,
+    peer_id_field,
 )
 from wgmesh.relay.tickets import (
     TicketError,
@@ -63,13 +61,6 @@ READ_BUFFER = 256 * 1024
 CLOSE_GRACE = 2.0
 """Seconds a closing connection may take to flush its close frame before it is aborted."""
 DROP_REASONS = ("no_receiver", "queue_full", "to_self")
-
-_DATA = int(FrameType.DATA)
-_HELLO = int(FrameType.HELLO)
-_CLOSE = int(FrameType.CLOSE)
-_HEAD = struct.Struct(">HBB")
-_DATA_HEAD = struct.Struct(">HBBI")
-_U32 = struct.Struct(">I")
 
 
 class RelayError(WgmeshError):
@@ -135,13 +126,6 @@ def close_code_for(error: TicketError) -> CloseCode:
     return CloseCode.BAD_TICKET
 
 
-def _code_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)
-
-
 def _close_frame(code: int, message: str) -> bytes:
     raw = message.encode("utf-8")[:MAX_MESSAGE]
     return encode(Close(code, raw.decode("utf-8", "ignore")))
@@ -166,8 +150,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.node_id: int | None = None
-        # The sender id written into every forwarded Data frame; set once authenticated.
-        self.sid: bytes | None = None
+        # Merges each receiver's Data frames into slices; stamps our sender id once authenticated.
+        self.scanner = FrameScanner(relay.config.max_payload, merge=True, hello_first=True)
+        # This read's Data frames per receiving connection, written out when the read is handled.
+        self.batches: dict[_Connection, _Batch] = {}
         self.expires_at = 0
         self.fingerprint = ""
         self.buf = bytearray(READ_BUFFER)
@@ -242,60 +228,16 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _scan(self) -> int:
         """Handle every complete frame in the buffer; returns the bytes consumed."""
-        buf = self.buf
-        size = self.filled
-        limit = self.relay.config.max_payload
-        sid = self.sid
-        unpack_data = _DATA_HEAD.unpack_from
-        out: dict[_Connection, _Batch] = {}
-        # A run is consecutive Data frames for one receiver, written as one slice of the buffer.
-        run_peer = -1
-        run_start = run_end = run_frames = 0
-        pos = 0
         try:
-            while size - pos >= HEADER_SIZE:
-                if sid is not None and size - pos >= 8:
-                    length, kind, reserved, peer = unpack_data(buf, pos)
-                    if kind == _DATA and not reserved and 4 <= length <= limit:
-                        end = pos + HEADER_SIZE + length
-                        if end > size:
-                            break
-                        buf[pos + 4 : pos + 8] = sid
-                        if peer == run_peer and pos == run_end:
-                            run_end = end
-                            run_frames += 1
-                        else:
-                            if run_frames:
-                                self._route(run_peer, run_start, run_end, run_frames, out)
-                            run_peer, run_start, run_end, run_frames = peer, pos, end, 1
-                        pos = end
-                        continue
-                # Everything else (control frames, bad headers, anything before hello) is rare.
-                length, kind, reserved = _HEAD.unpack_from(buf, pos)
-                check_header(length, kind, reserved, limit)
-                if self.node_id is None and kind not in (_HELLO, _CLOSE):
-                    raise ProtocolError(
-                        f"first frame must be hello, got {FrameType(kind).name.lower()}",
-                        close_code=CloseCode.NOT_AUTHENTICATED,
-                    )
-                end = pos + HEADER_SIZE + length
-                if end > size:
-                    break
-                frame = parse_payload(kind, self.view, pos + HEADER_SIZE, end)
-                pos = end
-                self._control(frame)
-                if self.closing:
-                    break
-                sid = self.sid
+            return self.scanner.scan(self.buf, 0, self.filled, self._route, self._frame)
         finally:
             # Frames decoded before a bad one are still delivered: they were authenticated.
-            if run_frames:
-                self._route(run_peer, run_start, run_end, run_frames, out)
-            if out:
-                self._deliver(out)
-        return pos
+            if self.batches:
+                self._deliver()
 
-    def _route(self, peer: int, start: int, end: int, frames: int, out: dict[_Connection, _Batch]) -> None:
+    def _route(self, peer: int, start: int, end: int, frames: int) -> None:
+        """Queue a run of Data frames for `peer` (already stamped with our id by the scanner) in this
+        read's batch for its connection."""
         relay = self.relay
         if peer == self.node_id:
             relay.drops["to_self"] += frames
@@ -304,19 +246,19 @@ class _Connection(asyncio.BufferedProtocol):
         if target is None:
             relay.drops["no_receiver"] += frames
             return
-        batch = out.get(target)
+        batch = self.batches.get(target)
         if batch is None:
-            out[target] = _Batch(frames, end - start, self.view[start:end])
+            self.batches[target] = _Batch(frames, end - start, self.view[start:end])
         else:
             batch.frames += frames
             batch.nbytes += end - start
             batch.parts.append(self.view[start:end])
 
-    def _deliver(self, out: dict[_Connection, _Batch]) -> None:
+    def _deliver(self) -> None:
         relay = self.relay
         limit = relay.config.queue_bytes
         counters = relay.counters
-        for target, batch in out.items():
+        for target, batch in self.batches.items():
             frames = batch.frames
             transport = target.transport
             if target.closing or transport is None:
@@ -328,6 +270,11 @@ class _Connection(asyncio.BufferedProtocol):
                 transport.write(b"".join(batch.parts))
                 counters.frames_forwarded += frames
                 counters.bytes_forwarded += batch.nbytes
+        self.batches.clear()
+
+    def _frame(self, kind: int, start: int, end: int) -> bool:
+        self._control(parse_payload(kind, self.view, start, end))
+        return self.closing
 
     # --- control frames ---------------------------------------------------------------------------
 
@@ -336,7 +283,7 @@ class _Connection(asyncio.BufferedProtocol):
             log.info(
                 "node closed",
                 extra=logs.kv(
-                    node=self.node_id, peer=self.peer, code=_code_name(frame.code), reason=frame.message
+                    node=self.node_id, peer=self.peer, code=close_code_name(frame.code), reason=frame.message
                 ),
             )
             self._shutdown()
@@ -348,9 +295,6 @@ class _Connection(asyncio.BufferedProtocol):
             pass  # it already counted as traffic for liveness
         elif isinstance(frame, HelloOk):
             raise ProtocolError("hello-ok is sent by relays, not nodes")
-        elif isinstance(frame, Data):
-            # Only reached for frames the fast path does not take, which the decoder refuses first.
-            raise ProtocolError("data frame out of place")
 
     def _hello(self, hello: Hello) -> None:
         relay = self.relay
@@ -374,7 +318,8 @@ class _Connection(asyncio.BufferedProtocol):
             return
         refresh = self.node_id is not None
         self.node_id = hello.node_id
-        self.sid = _U32.pack(hello.node_id)
+        self.scanner.stamp = peer_id_field(hello.node_id)
+        self.scanner.hello_first = False
         self.expires_at = ticket.expires_at
         self.fingerprint = fingerprint
         self._cancel("hello")
@@ -416,10 +361,10 @@ class _Connection(asyncio.BufferedProtocol):
         """Send close(code, message) after whatever is queued, then disconnect."""
         if self.closing or self.transport is None:
             return
-        self.relay.refused[_code_name(code)] = self.relay.refused.get(_code_name(code), 0) + 1
+        self.relay.refused[close_code_name(code)] = self.relay.refused.get(close_code_name(code), 0) + 1
         log.info(
             "closing connection",
-            extra=logs.kv(node=self.node_id, peer=self.peer, code=_code_name(code), reason=message),
+            extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
         self.transport.write(_close_frame(code, message))
         self._shutdown()
