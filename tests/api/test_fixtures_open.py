@@ -24,7 +24,7 @@ import pytest
 from coordinator_harness import Coordinator, assert_error, running
 
 from wgmesh import keys
-from wgmesh.agent import main as agent_main
+from wgmesh.agent import agent as agent_wiring
 from wgmesh.agent.config import AgentConfig
 from wgmesh.agent.state import StateDir
 from wgmesh.agent.system.memory import memory_dataplane
@@ -295,7 +295,7 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         interface="wgfix0",
         metrics_listen="off",
     )
-    agent = agent_main.Agent(cfg)
+    agent = agent_wiring.Agent(cfg)
     local = [(prefix, ifname) for prefix, ifname in AGENT["local_subnets_at_creation"]]
     agent.dataplane = memory_dataplane(cfg.interface, agent.keypair.private_key, cfg.listen_port, local)
     try:
