@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from agent_harness import memory_agent
 from coordinator_harness import Coordinator, create_token, version
 
 from wgmesh.agent.agent import Agent
 from wgmesh.agent.config import AgentConfig
-from wgmesh.agent.system.memory import memory_dataplane
 
 NAME = "gw-sub"
 
@@ -21,28 +21,19 @@ NAME = "gw-sub"
 def agent(
     coordinator: Coordinator, state_dir: Path, advertise: tuple[str, ...], token: str | None
 ) -> Iterator[Agent]:
-    """An agent on an in-memory data plane, enrolled (with `token` the first time) as `run` does it."""
+    """The agent of gateway NAME, enrolled (with `token` the first time) as `run` does it."""
     cfg = AgentConfig(
         coordinator=coordinator.url,
         name=NAME,
         token=token,
         advertise=advertise,
-        listen_port=51820,
-        interface="wgsub0",
         state_dir=state_dir,
         metrics_listen="off",
     )
-    made = Agent(cfg)
-    made.dataplane = memory_dataplane(cfg.interface, made.keypair.private_key, cfg.listen_port)
-    try:
+    with memory_agent(cfg) as made:
         made.dataplane.up()
         made.client.credential = made.enroll().credential
         yield made
-    finally:
-        made.paths.stop()
-        made.paths.net.loop.close()
-        made.dataplane.close()
-        made.client.close()
 
 
 def subnets(admin: httpx.Client) -> list[str]:
