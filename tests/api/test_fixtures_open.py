@@ -21,13 +21,12 @@ from typing import Any
 
 import httpx
 import pytest
+from agent_harness import memory_agent
 from coordinator_harness import Coordinator, assert_error, running
 
 from wgmesh import keys
-from wgmesh.agent import main as agent_main
 from wgmesh.agent.config import AgentConfig
 from wgmesh.agent.state import StateDir
-from wgmesh.agent.system.memory import memory_dataplane
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store
 from wgmesh.models import NetMap
@@ -295,10 +294,8 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         interface="wgfix0",
         metrics_listen="off",
     )
-    agent = agent_main.Agent(cfg)
     local = [(prefix, ifname) for prefix, ifname in AGENT["local_subnets_at_creation"]]
-    agent.dataplane = memory_dataplane(cfg.interface, agent.keypair.private_key, cfg.listen_port, local)
-    try:
+    with memory_agent(cfg, local) as agent:
         assert agent.keypair.public_key == AGENT["public_key"]
         agent.dataplane.up()
         restored = agent.follower.restore()
@@ -311,8 +308,3 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         enrollment = agent.enroll()  # the stored one: cfg has no token
         agent.client.credential = enrollment.credential
         assert agent.follower.poll_once(wait=0) is False  # 304: the cache is the current netmap
-    finally:
-        agent.paths.stop()
-        agent.paths.net.loop.close()
-        agent.dataplane.close()
-        agent.client.close()

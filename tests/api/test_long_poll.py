@@ -177,3 +177,51 @@ def test_long_poll_needs_a_node_credential(coordinator: Coordinator) -> None:
         assert_error(anon.get("/api/v1/netmap", params={"since": 0, "wait": 5}), 401)
     with coordinator.admin() as admin:  # an admin token is not a node credential
         assert_error(admin.get("/api/v1/netmap", params={"since": 0, "wait": 5}), 401)
+
+
+def test_a_node_stating_the_same_subnets_again_wakes_nobody(
+    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+) -> None:
+    """Every agent states its subnets at each start: only a different set may bump the version."""
+    with coordinator.node(mesh["gw-b"].credential) as b:
+        first = b.put("/api/v1/node/subnets", json={"subnets": ["10.12.0.0/16", "10.13.0.0/16"]})
+        assert first.status_code == 200, first.text
+        before = version(admin)
+        since = current(coordinator, mesh["gw-a"])["version"]
+        poll = Poll(coordinator, mesh["gw-a"], since, wait=10)
+        poll.start()
+        # The same set, in another order (rows keep their place, so nothing a peer sees changes).
+        again = b.put("/api/v1/node/subnets", json={"subnets": ["10.13.0.0/16", "10.12.0.0/16"]})
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()  # the verdicts are still answered
+        assert held(poll, 1.0), "an unchanged subnet list woke a long-poll"
+        assert version(admin) == before
+        changed_at = time.monotonic()
+        other = b.put("/api/v1/node/subnets", json={"subnets": ["10.12.0.0/16"]})
+        assert other.status_code == 200, other.text
+    assert version(admin) == before + 1
+    answer = poll.result(timeout=5)
+    assert answer.status_code == 200
+    assert poll.answered_at - changed_at < WAKE_BUDGET
+    allowed = {ip for p in answer.json()["peers"] for ip in p["allowed_ips"]}
+    assert "10.12.0.0/16" in allowed and "10.13.0.0/16" not in allowed
+
+
+def test_a_node_stating_no_subnets_withdraws_them_all(
+    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+) -> None:
+    """An agent started without --advertise states an empty list: whatever the node advertised goes,
+    one set by an admin too (the registry cannot tell them apart)."""
+    assert admin.patch("/api/v1/nodes/gw-b", json={"subnets": ["10.14.0.0/16"]}).status_code == 200
+    before = version(admin)
+    with coordinator.node(mesh["gw-b"].credential) as b:
+        r = b.put("/api/v1/node/subnets", json={"subnets": []})
+        assert r.status_code == 200, r.text
+        assert r.json()["routes"] == []
+        assert version(admin) == before + 1
+        assert b.put("/api/v1/node/subnets", json={"subnets": []}).status_code == 200
+    assert version(admin) == before + 1
+    assert admin.get("/api/v1/nodes/gw-b").json()["subnets"] == []
+    assert all(
+        p["allowed_ips"] == [f"{p['overlay_ip']}/32"] for p in current(coordinator, mesh["gw-a"])["peers"]
+    )

@@ -61,7 +61,19 @@ def handle(plane: DataPlane | None, command: dict[str, Any]) -> tuple[DataPlane 
     if cmd == "observe":
         return plane, _observe(plane)
     if cmd == "stats":
-        return plane, {"peers": [p.model_dump(mode="json") for p in plane.peer_stats()]}
+        # The data plane's counters alone: paths are the agent's path controller's to say.
+        return plane, {
+            "peers": [
+                {
+                    "public_key": key,
+                    "rx_bytes": st.rx_bytes,
+                    "tx_bytes": st.tx_bytes,
+                    "last_handshake": st.last_handshake.isoformat() if st.last_handshake else None,
+                    "endpoint": st.endpoint,
+                }
+                for key, st in sorted(plane.observe_stats().items())
+            ]
+        }
     if cmd == "close":
         plane.close()
         return plane, {}

@@ -173,21 +173,14 @@ def test_no_mss_clamp_leaves_no_table() -> None:
     assert p.fw.tables == {}
 
 
-def test_peer_stats_report_counters_and_endpoint() -> None:
+def test_observed_stats_carry_counters_handshake_and_endpoint() -> None:
     p = Plane()
     p.dp.apply(netmap(GW2, GW3))
     when = datetime(2026, 1, 1, tzinfo=UTC)
     p.wg.stats[GW2.public_key] = PeerStats(10, 20, when, "198.18.0.12:51820")
-    stats = {s.public_key: s for s in p.dp.peer_stats()}
-    assert stats[GW2.public_key].model_dump(exclude_none=True) == {
-        "public_key": GW2.public_key,
-        "rx_bytes": 10,
-        "tx_bytes": 20,
-        "last_handshake": when,
-        "endpoint": "198.18.0.12:51820",
-        "path": "direct",
-    }
-    assert stats[GW3.public_key].path is None and stats[GW3.public_key].rx_bytes == 0
+    stats = p.dp.observe_stats()
+    assert stats[GW2.public_key] == PeerStats(10, 20, when, "198.18.0.12:51820")
+    assert stats[GW3.public_key].rx_bytes == 0 and stats[GW3.public_key].endpoint is None
 
 
 def test_close_leaves_everything_and_cleanup_removes_everything() -> None:

@@ -95,10 +95,10 @@ def test_tick_decides_relay_for_p2p_off_and_direct_for_auto(controller: PathCont
 def test_the_best_answering_candidate_becomes_the_endpoint(controller: PathController) -> None:
     two = peer(2, endpoints=["198.18.0.12:51820", "198.18.1.12:51820"])
     controller.tick(netmap(two), {})
-    controller.best_direct[2] = "198.18.1.12:51820"
+    controller._peers[2].best_direct = "198.18.1.12:51820"
     assert controller.endpoint_for(two) == "198.18.1.12:51820"
     # A candidate the netmap no longer lists is never used.
-    controller.best_direct[2] = "198.18.9.9:51820"
+    controller._peers[2].best_direct = "198.18.9.9:51820"
     assert controller.endpoint_for(two) is None
 
 
@@ -106,7 +106,7 @@ def test_departed_peers_are_forgotten(controller: PathController) -> None:
     two, three = peer(2), peer(3)
     controller.tick(netmap(two, three), {})
     controller.follow(netmap(three), keys.generate_keypair().public_key)
-    assert set(controller.states) == {3}
+    assert set(controller._peers) == {3}
     assert set(controller.prober.keys) == {3}
 
 
@@ -114,7 +114,7 @@ def test_a_stale_roam_is_undone_only_when_the_peer_says_it_is_direct(controller:
     two = peer(2)
     stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.12:51820")}
     controller.tick(netmap(two), stats)
-    assert controller.states[2].path == "direct"
+    assert (controller.state(2) or pytest.fail("no decision")).path == "direct"
     roamed = {
         two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=controller.shim.endpoint_for(2))
     }
@@ -127,7 +127,7 @@ def test_a_stale_roam_is_undone_only_when_the_peer_says_it_is_direct(controller:
     assert controller.take_reasserts() == {two.public_key}
     assert controller.tick(netmap(two), roamed) == []
     # Old news about the peer counts for nothing.
-    controller._last_reassert.clear()
+    controller._peers[2].last_reassert = -1e9
     controller.prober.peer_relays[2] = (False, time.monotonic() - 60)
     assert controller.tick(netmap(two), roamed) == []
 
@@ -136,4 +136,60 @@ def test_static_peers_are_left_to_plain_wireguard(controller: PathController) ->
     static = peer(5, endpoints=[]).model_copy(update={"static": True})
     assert controller.endpoint_for(static) is None  # not the shim: nothing behind it speaks the relay
     assert controller.tick(netmap(static), {}) == []
-    assert 5 not in controller.states
+    assert controller.state(5) is None and 5 not in controller._peers
+
+
+def test_a_departed_peer_leaves_nothing_behind(controller: PathController) -> None:
+    two, three = peer(2), peer(3)
+    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.12:51820")}
+    controller.tick(netmap(two, three), stats)
+    # A stale roam undone for gw2: its time is kept per peer.
+    roamed = {
+        two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=controller.shim.endpoint_for(2))
+    }
+    controller.prober.peer_relays[2] = (False, time.monotonic())
+    assert [p.name for p, _, _ in controller.tick(netmap(two, three), roamed)] == ["gw2"]
+    record = controller._peers[2]
+    assert record.last_reassert > 0
+    record.in_flight = True  # a probe round for gw2 is under way
+    controller.follow(netmap(three), keys.generate_keypair().public_key)
+    assert set(controller._peers) == {3}
+    # The round ends after gw2 left: its results go with the dropped record, nothing is recreated.
+    controller.net.loop.run_until_complete(
+        controller._probe_round(2, record, [], ping=False, burst=False, via_relay=False)
+    )
+    assert set(controller._peers) == {3} and controller.state(2) is None
+    # gw2 back in the netmap starts afresh: no rate limit inherited from before it left.
+    controller.tick(netmap(two, three), roamed)
+    assert controller._peers[2].last_reassert < 0 and not controller._peers[2].in_flight
+
+
+def test_peer_reports_carry_counters_and_the_decided_path(controller: PathController) -> None:
+    off, auto = peer(2, p2p="off"), peer(3)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    stranger = keys.generate_keypair().public_key
+    stats = {
+        off.public_key: PeerStats(1, 2, None, None),
+        auto.public_key: PeerStats(10, 20, when, "198.18.0.13:51820"),
+        stranger: PeerStats(5, 6, None, "198.18.0.99:51820"),
+    }
+    controller.tick(netmap(off, auto), stats)
+    reports = {
+        status.public_key: (config, status)
+        for config, status in controller.peer_reports(netmap(off, auto), stats)
+    }
+    assert reports[auto.public_key][0] == auto
+    assert reports[auto.public_key][1].model_dump(exclude_none=True) == {
+        "public_key": auto.public_key,
+        "rx_bytes": 10,
+        "tx_bytes": 20,
+        "last_handshake": when,
+        "endpoint": "198.18.0.13:51820",
+        "path": "direct",
+        "reason": (controller.state(3) or pytest.fail("no decision")).reason,
+    }
+    relayed = reports[off.public_key][1]
+    assert (relayed.path, relayed.reason) == ("relay", "p2p is off for this pair")
+    # A key WireGuard holds but the netmap does not: counters only, no path to claim.
+    config, status = reports[stranger]
+    assert config is None and (status.rx_bytes, status.path, status.reason) == (5, None, None)

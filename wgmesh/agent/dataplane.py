@@ -29,7 +29,7 @@ from wgmesh.agent.system.backend import (
 from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
-from wgmesh.models import NetMap, PeerStatus, ShadowedRoute
+from wgmesh.models import NetMap, ShadowedRoute
 
 log = logging.getLogger("wgmesh.agent.dataplane")
 
@@ -311,27 +311,6 @@ class DataPlane:
         """Per-peer counters, last handshake and current endpoint, keyed by public key."""
         with self._lock:
             return self.wireguard.observe().stats
-
-    def peer_stats(self) -> list[PeerStatus]:
-        """Per-peer counters, last handshake and current endpoint, as the status report wants them."""
-        with self._lock:
-            try:
-                observed = self.wireguard.observe()
-            except BackendError as exc:
-                log.warning("cannot read the interface", extra=kv(interface=self.ifname, error=exc.message))
-                return []
-        return [
-            PeerStatus(
-                public_key=key,
-                rx_bytes=stats.rx_bytes,
-                tx_bytes=stats.tx_bytes,
-                last_handshake=stats.last_handshake,
-                endpoint=stats.endpoint,
-                # The data plane alone knows no paths (the agent's path controller does): an endpoint counts as direct.
-                path="direct" if stats.endpoint else None,
-            )
-            for key, stats in sorted(observed.stats.items())
-        ]
 
     def close(self) -> None:
         """Stop managing; the interface, its routes and wireguard-go keep running."""

@@ -23,7 +23,7 @@ from wgmesh.agent.paths import PathConfig, PathInputs, PeerPath, ProbeResult
 from wgmesh.agent.prober import RELAY, Address, BurstResult, Prober
 from wgmesh.agent.shim import RelayShim
 from wgmesh.agent.wgstate import PeerStats
-from wgmesh.models import NetMap, PeerConfig, RelayGrant
+from wgmesh.models import NetMap, PeerConfig, PeerStatus, RelayGrant
 
 log = logging.getLogger("wgmesh.agent.paths")
 
@@ -51,6 +51,25 @@ class _Observed:
     direct_burst: BurstResult | None = None
     relay_burst: BurstResult | None = None
     burst_done: bool = False
+
+
+@dataclass
+class _Peer:
+    """Everything the controller keeps about one peer; dropped whole when the peer leaves the netmap.
+
+    `state`, `best_direct`, `observed` and `last_burst` are shared with the loop thread (under the
+    controller's lock); the rest is the tick thread's own.
+    """
+
+    state: PeerPath | None = None
+    best_direct: str | None = None  # the fastest answering candidate, as a WireGuard endpoint
+    observed: _Observed = field(default_factory=_Observed)
+    last_tx: int | None = None
+    last_probe: float = -1e9
+    last_relay_probe: float = -1e9
+    last_burst: float = -1e9
+    last_reassert: float = -1e9
+    in_flight: bool = False  # a probe round runs (at most one per peer)
 
 
 @dataclass(frozen=True)
@@ -90,16 +109,8 @@ class PathController:
             self._relays_peer,
         )
         self._reassert: set[str] = set()
-        self._last_reassert: dict[int, float] = {}
-        self.states: dict[int, PeerPath] = {}
-        self.best_direct: dict[int, str] = {}
+        self._peers: dict[int, _Peer] = {}
         self.ticket_refused = threading.Event()
-        self._observed: dict[int, _Observed] = {}
-        self._in_flight: set[int] = set()
-        self._last_burst: dict[int, float] = {}
-        self._last_probe: dict[int, float] = {}
-        self._last_relay_probe: dict[int, float] = {}
-        self._last_tx: dict[int, int] = {}
         self._lock = threading.Lock()
         self._started = False
 
@@ -129,8 +140,14 @@ class PathController:
     def _ticket_refused(self) -> None:
         self.ticket_refused.set()
 
+    def state(self, peer_id: int) -> PeerPath | None:
+        """The peer's last decision, or None before the first one."""
+        with self._lock:
+            found = self._peers.get(peer_id)
+            return found.state if found else None
+
     def _relays_peer(self, peer_id: int) -> bool:
-        state = self.states.get(peer_id)
+        state = self.state(peer_id)
         return state is not None and state.path == "relay"
 
     def take_reasserts(self) -> set[str]:
@@ -139,7 +156,9 @@ class PathController:
             found, self._reassert = self._reassert, set()
         return found
 
-    def _stale_roam(self, peer: PeerConfig, state: PeerPath, endpoint: str | None, now: float) -> bool:
+    def _stale_roam(
+        self, peer: PeerConfig, record: _Peer, state: PeerPath, endpoint: str | None, now: float
+    ) -> bool:
         """WireGuard sits on the shim although both sides chose direct.
 
         Around a switch back, each side's last relayed packets can roam the other onto its shim after it
@@ -152,7 +171,7 @@ class PathController:
         said = self.prober.peer_relays.get(peer.node_id)
         if said is None or said[0] or now - said[1] > STALE_ROAM_EVIDENCE:
             return False
-        return now - self._last_reassert.get(peer.node_id, -1e9) >= STALE_ROAM_EVIDENCE
+        return now - record.last_reassert >= STALE_ROAM_EVIDENCE
 
     def _probe_from_relay(self, sender: int, datagram: bytes) -> None:
         self.prober.handle_from_relay(sender, datagram)
@@ -166,21 +185,15 @@ class PathController:
         ids = set(keys)
         self.shim.retain_threadsafe(ids)
         with self._lock:
-            self.states = {k: v for k, v in self.states.items() if k in ids}
-            self.best_direct = {k: v for k, v in self.best_direct.items() if k in ids}
-            self._observed = {k: v for k, v in self._observed.items() if k in ids}
-            self._last_burst = {k: v for k, v in self._last_burst.items() if k in ids}
-            self._last_tx = {k: v for k, v in self._last_tx.items() if k in ids}
-            self._last_probe = {k: v for k, v in self._last_probe.items() if k in ids}
-            self._last_relay_probe = {k: v for k, v in self._last_relay_probe.items() if k in ids}
+            self._peers = {k: v for k, v in self._peers.items() if k in ids}
 
     def endpoint_for(self, peer: PeerConfig) -> str | None:
         """The endpoint WireGuard should use for `peer` now (None: the planner's default, its first endpoint)."""
         if peer.static:
             return None  # no agent behind it: plain WireGuard, which roams to us by itself
         with self._lock:
-            state = self.states.get(peer.node_id)
-            best = self.best_direct.get(peer.node_id)
+            record = self._peers.get(peer.node_id)
+            state, best = (record.state, record.best_direct) if record else (None, None)
         if state is None:
             # Not decided yet: what `decide` would start with.
             if peer.p2p == "off" or not peer.endpoints:
@@ -205,13 +218,14 @@ class PathController:
                 continue
             st = stats.get(peer.public_key)
             with self._lock:
-                seen = self._observed.pop(peer.node_id, _Observed())
-                previous = self.states.get(peer.node_id)
-                best_before = self.best_direct.get(peer.node_id)
+                record = self._peers.setdefault(peer.node_id, _Peer())
+                seen, record.observed = record.observed, _Observed()
+                previous = record.state
+                best_before = record.best_direct
             sending = False
             if st is not None:
-                sending = st.tx_bytes > self._last_tx.get(peer.node_id, st.tx_bytes)
-                self._last_tx[peer.node_id] = st.tx_bytes
+                sending = record.last_tx is not None and st.tx_bytes > record.last_tx
+                record.last_tx = st.tx_bytes
             inputs = PathInputs(
                 now=now,
                 policy=peer.p2p,
@@ -226,21 +240,22 @@ class PathController:
                 inputs = _with_burst(inputs, seen)
             state = paths.decide(previous, inputs, self.config)
             with self._lock:
-                self.states[peer.node_id] = state
-                best_after = self.best_direct.get(peer.node_id)
+                record.state = state
+                best_after = record.best_direct
             if previous is None or previous.path != state.path or best_before != best_after:
                 changed.append((peer, state, previous))
-            elif st is not None and self._stale_roam(peer, state, st.endpoint, now):
-                self._last_reassert[peer.node_id] = now
+            elif st is not None and self._stale_roam(peer, record, state, st.endpoint, now):
+                record.last_reassert = now
                 with self._lock:
                     self._reassert.add(peer.public_key)
                 changed.append((peer, state, previous))
-            self._schedule(peer, state, inputs, now)
+            self._schedule(peer, record, inputs, now)
         return changed
 
-    def _schedule(self, peer: PeerConfig, state: PeerPath, inputs: PathInputs, now: float) -> None:
-        """Start the probes the state asks for (at most one round per peer in flight)."""
-        if not self._started or peer.node_id in self._in_flight:
+    def _schedule(self, peer: PeerConfig, record: _Peer, inputs: PathInputs, now: float) -> None:
+        """Start the probes the peer's state asks for (at most one round per peer in flight)."""
+        state = record.state
+        if not self._started or state is None or record.in_flight:
             return
         candidates = [probe_address(e) for e in peer.endpoints]
         if not candidates:
@@ -249,32 +264,41 @@ class PathController:
             state.path == "direct"
             and inputs.sending
             and inputs.last_handshake is not None
-            and now - self._last_burst.get(peer.node_id, -1e9) >= self.config.throttle_hold
+            and now - record.last_burst >= self.config.throttle_hold
         )
         due = state.next_probe_at is not None and now >= state.next_probe_at
         idle = state.path == "direct" and not inputs.sending and state.probe_failures == 0
-        if due and idle and now - self._last_probe.get(peer.node_id, -1e9) < IDLE_PROBE_INTERVAL:
+        if due and idle and now - record.last_probe < IDLE_PROBE_INTERVAL:
             due = False
         if not (due or load_test):
             return
         retest = state.path == "relay" and state.code in ("throttled", "lossy")
-        self._last_probe[peer.node_id] = now
-        via_relay = now - self._last_relay_probe.get(peer.node_id, -1e9) >= RELAY_PROBE_INTERVAL
+        record.last_probe = now
+        via_relay = now - record.last_relay_probe >= RELAY_PROBE_INTERVAL
         if via_relay:
-            self._last_relay_probe[peer.node_id] = now
-        self._in_flight.add(peer.node_id)
+            record.last_relay_probe = now
+        record.in_flight = True
         burst = load_test or (due and retest)
-        future = self.net.submit(self._probe_round(peer.node_id, candidates, due, burst, via_relay))
-        peer_id = peer.node_id
+        future = self.net.submit(
+            self._probe_round(peer.node_id, record, candidates, ping=due, burst=burst, via_relay=via_relay)
+        )
 
         def finished(_: object) -> None:
-            self._in_flight.discard(peer_id)
+            record.in_flight = False
 
         future.add_done_callback(finished)
 
     async def _probe_round(
-        self, peer_id: int, candidates: list[Address], ping: bool, burst: bool, via_relay: bool
+        self,
+        peer_id: int,
+        record: _Peer,
+        candidates: list[Address],
+        *,
+        ping: bool,
+        burst: bool,
+        via_relay: bool,
     ) -> None:
+        """Probe one peer and leave the results in its record; a peer gone meanwhile takes them with it."""
         prober = self.prober
         relay_up = self.shim.active() is not None
         seen = _Observed()
@@ -294,7 +318,7 @@ class PathController:
             result = ProbeResult(ok=bool(answered), rtt=min(answered)[0] if answered else None)
             if burst and best is not None:
                 with self._lock:
-                    self._last_burst[peer_id] = time.monotonic()
+                    record.last_burst = time.monotonic()
                 seen.direct_burst = await prober.burst(peer_id, best)
                 if seen.direct_burst is None:
                     # Not even a report: the path broke during the burst (blocked), it did not slow down.
@@ -308,7 +332,7 @@ class PathController:
                         result = ProbeResult(ok=False)
             seen.probes.append(result)
         with self._lock:
-            merged = self._observed.setdefault(peer_id, _Observed())
+            merged = record.observed
             merged.probes.extend(seen.probes)
             if seen.relay_rtt is not None:
                 merged.relay_rtt = seen.relay_rtt
@@ -319,14 +343,41 @@ class PathController:
                     True,
                 )
             if best is not None:
-                self.best_direct[peer_id] = f"{best[0]}:{best[1] - probe_wire.PROBE_PORT_OFFSET}"
+                record.best_direct = f"{best[0]}:{best[1] - probe_wire.PROBE_PORT_OFFSET}"
 
     # -- status ---------------------------------------------------------------------------------------
 
+    def peer_reports(
+        self, netmap: NetMap | None, stats: Mapping[str, PeerStats]
+    ) -> list[tuple[PeerConfig | None, PeerStatus]]:
+        """Each peer WireGuard knows, with its netmap entry (None: not in the netmap) and its status:
+        counters, endpoint, and the path, relay, RTT and reason of its last decision."""
+        by_key = {p.public_key: p for p in netmap.peers} if netmap else {}
+        out: list[tuple[PeerConfig | None, PeerStatus]] = []
+        for key, st in sorted(stats.items()):
+            peer = by_key.get(key)
+            view = self.view(peer.node_id, st.endpoint) if peer else None
+            out.append(
+                (
+                    peer,
+                    PeerStatus(
+                        public_key=key,
+                        rx_bytes=st.rx_bytes,
+                        tx_bytes=st.tx_bytes,
+                        last_handshake=st.last_handshake,
+                        endpoint=st.endpoint,
+                        path=view.path if view else None,
+                        relay=view.relay if view else None,
+                        rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
+                        reason=view.reason[:256] if view and view.reason else None,
+                    ),
+                )
+            )
+        return out
+
     def view(self, peer_id: int, observed_endpoint: str | None) -> PeerPathView:
         """The peer's path as reports show it; a peer WireGuard roamed onto the shim counts as relayed."""
-        with self._lock:
-            state = self.states.get(peer_id)
+        state = self.state(peer_id)
         active = self.shim.active()
         roamed = self.shim.peer_of_endpoint(observed_endpoint) == peer_id
         if state is None:

@@ -138,6 +138,10 @@ def _classify(conn: Connection, network: Network) -> list[Route]:
     ]
 
 
+def _own_routes(routes: list[Route], node_id: int) -> list[Route]:
+    return [r for r in routes if r.gateway_id == node_id]
+
+
 def _route_sort_key(route: Route) -> tuple[int, Any, str]:
     net = ipam.parse_cidr(route.prefix)
     return (net.version, net, route.gateway)
@@ -471,12 +475,20 @@ class Registry:
             return self._node_by_id(w.conn, node_id)
 
     def set_own_subnets(self, node_id: int, subnets: Sequence[str]) -> list[Route]:
-        """A node replaces its own advertised subnets; returns the verdict on each."""
+        """A node states its advertised subnets: its list becomes exactly `subnets` (empty withdraws all).
+
+        Every agent states its set at every start, so the same set again writes nothing and leaves the
+        version alone: a fleet restart must not wake every long-poll. Returns the verdict on each.
+        """
+        with self.store.read() as conn:
+            current = self._node_by_id(conn, node_id).subnets
+            # A stored list was checked when it was written; a request listing a prefix twice is not it.
+            if set(current) == set(subnets) and len(set(subnets)) == len(subnets):
+                return _own_routes(_classify(conn, _network(conn)), node_id)
         with self.store.write() as w:
             self._node_by_id(w.conn, node_id)
             self._replace_subnets(w.conn, node_id, subnets)
-            routes = _classify(w.conn, _network(w.conn))
-        return [r for r in routes if r.gateway_id == node_id]
+            return _own_routes(_classify(w.conn, _network(w.conn)), node_id)
 
     def _replace_subnets(self, conn: Connection, node_id: int, subnets: Sequence[str]) -> None:
         overlay = ipam.parse_cidr(_network(conn).overlay_cidr)

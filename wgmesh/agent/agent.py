@@ -1,0 +1,407 @@
+"""The agent's wiring: one gateway's data plane, netmap follower, path controller, scheduler and reports.
+
+`wgmesh/agent/main.py` is its command line (flags, signals), as `coordinator/app.py` and `relay/server.py`
+are to their `main.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from wgmesh import keys
+from wgmesh import mtu as mtus
+from wgmesh.agent import config as agent_config
+from wgmesh.agent.backoff import Backoff
+from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
+from wgmesh.agent.dataplane import ApplyResult, DataPlane
+from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer
+from wgmesh.agent.metrics import AgentMetrics
+from wgmesh.agent.path_control import TICK, PathController
+from wgmesh.agent.state import Enrollment, StateDir
+from wgmesh.agent.sync import NetmapFollower
+from wgmesh.agent.underlay import eth0_address, underlay_mtu
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.logs import kv
+from wgmesh.models import (
+    EnrollRequest,
+    LocalPeer,
+    LocalStatus,
+    NetMap,
+    PeerConfig,
+    PeerStatus,
+    RelayGrant,
+    ShadowedRoute,
+    StatusReport,
+)
+
+log = logging.getLogger("wgmesh.agent")
+
+STATUS_INTERVAL = 10.0
+RECONCILE_INTERVAL = 30.0
+GRANT_CHECK = 5.0
+"""How often the agent checks whether it needs relays and a ticket (a refused ticket is replaced this fast)."""
+GRANT_REFRESH = 600.0
+"""A held grant is renewed this often: new relays reach agents within minutes; tickets last a day."""
+
+
+class Agent:
+    """One gateway's agent: owns the data plane, the netmap follower and the status reports."""
+
+    def __init__(self, cfg: agent_config.AgentConfig) -> None:
+        self.cfg = cfg
+        self.state = StateDir(cfg.state_dir)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.shadowed: list[ShadowedRoute] = []
+        self.netmap: NetMap | None = None
+        self.reachable = False
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.state.prepare()
+        self.keypair = self.state.private_key()
+        self.dataplane = DataPlane(
+            cfg.interface,
+            cfg.backend,
+            self.keypair.private_key,
+            cfg.listen_port,
+            masquerade=cfg.masquerade,
+            mss_clamp=cfg.mss_clamp,
+        )
+        self.client = CoordinatorClient(cfg.coordinator)
+        self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
+        self.paths = PathController(cfg.listen_port, ca_file=cfg.relay_ca)
+        self.metrics = AgentMetrics(self)
+        self.grant: RelayGrant | None = None
+        self.grant_fetched = 0.0
+        self.follower = NetmapFollower(
+            self.client, self.state, self.apply, on_reachability=self._set_reachable, stop=self.stop
+        )
+
+    def _set_reachable(self, ok: bool) -> None:
+        if ok != self.reachable:
+            log.info("coordinator reachability changed", extra=kv(reachable=ok))
+        self.reachable = ok
+
+    def apply(self, netmap: NetMap | None = None) -> None:
+        """Reconcile the interface and routes with `netmap`, or with the current one when None.
+
+        Re-applies (reconcile, a path switch) pass None, so the netmap is read under the lock: one they
+        read earlier could be older than what the follower applied meanwhile, and applying it would roll
+        the interface back to it.
+        """
+        with self.lock:
+            if netmap is None:
+                netmap = self.netmap
+                if netmap is None:
+                    return
+            self.paths.follow(netmap, self.keypair.public_key)
+            result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
+            self.metrics.applied(result)
+            changed = self.netmap is None or netmap.version != self.netmap.version
+            self.netmap = netmap
+            self.shadowed = list(result.shadowed)
+        if result.operations or changed:
+            log.info(
+                "netmap applied",
+                extra=kv(
+                    version=netmap.version,
+                    peers=len(netmap.peers),
+                    operations=result.operations,
+                    shadowed=len(result.shadowed),
+                ),
+            )
+            self.report_soon()
+
+    def reconcile(self) -> None:
+        """Re-apply the current netmap, repairing drift (a route removed by hand, a dead wireguard-go)."""
+        try:
+            self.apply()
+        except WgmeshError as exc:
+            log.error("reconcile failed", extra=kv(code=exc.code, error=exc.message))
+
+    def refresh_underlay(self) -> int | None:
+        """Measure what the underlay carries; the next apply fits the tunnel MTU to it.
+
+        A failed measurement keeps the last limit: reporting "unknown" would raise the tunnel back to
+        its ceiling and change every peer's netmap, only to lower both again at the next report.
+        """
+        try:
+            found = underlay_mtu(self.cfg.coordinator)
+        except OSError as exc:
+            log.warning("cannot read the underlay link", extra=kv(error=str(exc)))
+            return self.dataplane.underlay_limit
+        if found is None:
+            return self.dataplane.underlay_limit
+        # Never below the tunnel's floor: a smaller figure would change nothing the agent sets.
+        limit = max(mtus.MIN_MTU, mtus.underlay_limit(*found))
+        if limit != self.dataplane.underlay_limit:
+            log.info("underlay", extra=kv(link_mtu=found[0], ipv6=found[1], tunnel_limit=limit))
+            self.dataplane.underlay_limit = limit
+        return limit
+
+    def enroll(self) -> Enrollment:
+        """The stored enrollment, or a new one made with the token (retrying while unreachable)."""
+        found = self.state.enrollment()
+        if found is not None:
+            return found
+        if not self.cfg.token:
+            raise ValidationError("this node is not enrolled yet: give --token", code="no_token")
+        backoff = Backoff()
+        endpoint_ip = eth0_address(self.cfg.coordinator)
+        request = EnrollRequest(
+            token=self.cfg.token,
+            name=self.cfg.name,
+            public_key=self.keypair.public_key,
+            listen_port=self.cfg.listen_port,
+            # No subnets: `sync_advertised` states them right after, the one way they reach the coordinator.
+            endpoints=[f"{endpoint_ip}:{self.cfg.listen_port}"] if endpoint_ip else [],
+            max_mtu=self.dataplane.underlay_limit,
+        )
+        while not self.stop.is_set():
+            try:
+                answer = self.client.enroll(request)
+            except CoordinatorUnreachable as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "enrollment waits for the coordinator",
+                    extra=kv(error=exc.message, retry_in=round(delay, 1)),
+                )
+                self.stop.wait(delay)
+                continue
+            enrollment = Enrollment(answer.node_id, answer.credential, self.cfg.coordinator)
+            self.state.save_enrollment(enrollment)
+            log.info(
+                "enrolled",
+                extra=kv(
+                    node=self.cfg.name, node_id=answer.node_id, key=keys.fingerprint(self.keypair.public_key)
+                ),
+            )
+            self.follower.accept(answer.netmap)
+            return enrollment
+        raise KeyboardInterrupt
+
+    def sync_advertised(self) -> None:
+        """State this gateway's advertised subnets: exactly `--advertise`; none given withdraws them all.
+
+        The one way the agent's subnets reach the coordinator, after enrolling and at every start. The
+        coordinator cannot tell a route an admin set from one the agent set, so the flags are the whole
+        list (docs/architecture.md, "A gateway's subnets"); it writes nothing and wakes no long-poll when
+        the list is the one it holds, so restarting with the same flags costs the fleet nothing.
+        """
+        subnets = list(self.cfg.advertise)
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                verdicts = self.client.advertise(subnets)
+            except CoordinatorUnreachable:
+                # Fail-static: the data plane runs from the cache; advertise once the coordinator is back.
+                self.stop.wait(backoff.next_delay())
+                continue
+            except WgmeshError as exc:
+                log.error("subnets refused by the coordinator", extra=kv(code=exc.code, error=exc.message))
+                return
+            log.info("advertised subnets", extra=kv(subnets=",".join(subnets) or "none"))
+            for route in verdicts:
+                if route.state != "active":
+                    log.warning(
+                        "route not active",
+                        extra=kv(prefix=route.prefix, state=route.state, reason=route.reason),
+                    )
+            return
+
+    def _peer_reports(self) -> list[tuple[PeerConfig | None, PeerStatus]]:
+        """Each observed peer with its path, RTT and the reason of its last switch."""
+        with self.lock:
+            stats = self.dataplane.observe_stats()
+            netmap = self.netmap
+        return self.paths.peer_reports(netmap, stats)
+
+    def status(self) -> StatusReport:
+        """The report the coordinator gets every 10 s and after every change."""
+        eth0 = eth0_address(self.cfg.coordinator)
+        limit = self.refresh_underlay()
+        peers = [status for _, status in self._peer_reports()]
+        with self.lock:
+            shadowed = list(self.shadowed)
+            version = self.netmap.version if self.netmap else None
+        return StatusReport(
+            endpoints=[f"{eth0}:{self.cfg.listen_port}"] if eth0 else [],
+            eth0_ip=eth0,
+            netmap_version=version,
+            peers=peers,
+            shadowed=shadowed,
+            metrics=self.metrics.advertised(eth0),
+            mtu=self.dataplane.mtu,
+            max_mtu=limit,
+        )
+
+    def local_status(self) -> LocalStatus:
+        """The peer view served on the local socket, built from the netmap and the interface."""
+        stats = {status.public_key: status for _, status in self._peer_reports()}
+        with self.lock:
+            netmap = self.netmap
+            shadowed = list(self.shadowed)
+        enrollment = self.state.enrollment()
+        peers = []
+        for peer in netmap.peers if netmap else []:
+            st = stats.get(peer.public_key)
+            peers.append(
+                LocalPeer(
+                    name=peer.name,
+                    overlay_ip=peer.overlay_ip,
+                    eth0_ip=peer.eth0_ip,
+                    public_ip=peer.public_ip,
+                    path=st.path if st else None,
+                    endpoint=st.endpoint if st else None,
+                    relay=st.relay if st else None,
+                    rtt_ms=st.rtt_ms if st else None,
+                    reason=st.reason if st else None,
+                    rx_bytes=st.rx_bytes if st else None,
+                    tx_bytes=st.tx_bytes if st else None,
+                    last_handshake=st.last_handshake if st else None,
+                )
+            )
+        return LocalStatus(
+            name=netmap.name if netmap else self.cfg.name,
+            node_id=enrollment.node_id if enrollment else None,
+            overlay_ip=netmap.overlay_ip if netmap else None,
+            eth0_ip=eth0_address(self.cfg.coordinator),
+            p2p=netmap.p2p if netmap else "auto",
+            subnets=[r.prefix for r in netmap.routes] if netmap else list(self.cfg.advertise),
+            interface=self.cfg.interface,
+            coordinator=self.cfg.coordinator,
+            coordinator_reachable=self.reachable,
+            netmap_version=netmap.version if netmap else None,
+            peers=peers,
+            shadowed=shadowed,
+            mtu=self.dataplane.mtu,
+            mss_clamp=self.cfg.mss_clamp,
+        )
+
+    def path_tick(self) -> None:
+        """Decide every peer's path; a switch changes only that peer's WireGuard endpoint."""
+        netmap = self.netmap
+        if netmap is None:
+            return
+        try:
+            with self.lock:
+                stats = self.dataplane.observe_stats()
+            self.metrics.stats_seen(stats)  # scrapes read this, never the device
+            changed = self.paths.tick(netmap, stats)
+        except WgmeshError as exc:
+            log.warning("path check failed", extra=kv(code=exc.code, error=exc.message))
+            return
+        if not changed:
+            return
+        for key in self.paths.take_reasserts():
+            log.info("direct endpoint set again after a stale roam", extra=kv(peer=keys.fingerprint(key)))
+            self.dataplane.forget_endpoint(key)
+        switched = False
+        for peer, state, previous in changed:
+            # A first decision is news for the report too (it gives the reason), but not a switch to log.
+            switched = switched or previous is None or previous.path != state.path
+            if previous is not None and previous.path != state.path:
+                self.metrics.path_switched(peer.name, state.code)
+                log.info(
+                    "path changed",
+                    extra=kv(
+                        peer=peer.name,
+                        old=previous.path,
+                        new=state.path,
+                        code=state.code,
+                        reason=state.reason,
+                    ),
+                )
+        try:
+            self.apply()
+        except WgmeshError as exc:
+            log.error("endpoint update failed", extra=kv(code=exc.code, error=exc.message))
+        if switched:
+            self.report_soon()
+
+    def refresh_grant(self) -> None:
+        """Fetch relays and a fresh ticket when none is held, a relay refused it, or it is getting old."""
+        stale = time.monotonic() - self.grant_fetched >= GRANT_REFRESH
+        if self.grant is not None and not stale and not self.paths.ticket_refused.is_set():
+            return
+        if self.client.credential is None:
+            return
+        try:
+            grant = self.client.relay_grant()
+        except CoordinatorUnreachable:
+            return  # fail-static: the cached ticket lasts a day
+        except WgmeshError as exc:
+            log.warning("relay ticket refused", extra=kv(code=exc.code, error=exc.message))
+            return
+        self.grant_fetched = time.monotonic()
+        if self.grant is None or grant.relays != self.grant.relays:
+            log.info("relays", extra=kv(relays=",".join(r.id for r in grant.relays) or "none"))
+        self.grant = grant
+        self.state.save_grant(grant)
+        self.paths.use_grant(grant)
+
+    def report(self) -> None:
+        """Send one status report; failures only log (the next one retries)."""
+        if self.client.credential is None:
+            return
+        try:
+            self.client.report(self.status())
+            self._set_reachable(True)
+        except CoordinatorUnreachable:
+            self._set_reachable(False)
+        except WgmeshError as exc:
+            log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))
+
+    def report_soon(self) -> None:
+        """Run the status job now instead of at its next tick."""
+        job = self.scheduler.get_job("status")
+        if job is not None:
+            job.modify(next_run_time=_now())
+
+    def _every(self, job: Callable[[], None], seconds: float, name: str, *, at_once: bool = False) -> None:
+        """Run `job` every `seconds` on the scheduler, never two at once, missed runs folded into one."""
+        extra: dict[str, object] = {"next_run_time": _now()} if at_once else {}
+        self.scheduler.add_job(
+            job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True, **extra
+        )
+
+    def run(self) -> None:
+        """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
+        self.dataplane.up()
+        self.refresh_underlay()
+        self.follower.restore()
+        self.local.start()
+        self.metrics.start(self.cfg.metrics_address)
+        self._every(self.report, STATUS_INTERVAL, "status", at_once=True)
+        self._every(self.reconcile, RECONCILE_INTERVAL, "reconcile")
+        self.scheduler.start()
+        try:
+            enrollment = self.enroll()
+            if enrollment.coordinator != self.cfg.coordinator:
+                log.warning("enrolled with another coordinator URL", extra=kv(stored=enrollment.coordinator))
+            self.client.credential = enrollment.credential
+            self.paths.start(enrollment.node_id)
+            cached = self.state.cached_grant()
+            if cached is not None:
+                self.grant = cached
+                self.paths.use_grant(cached)
+            self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
+            self._every(self.path_tick, TICK, "paths")
+            self.sync_advertised()
+            self.follower.run()
+        finally:
+            self.scheduler.shutdown(wait=False)
+            self.local.stop()
+            self.metrics.stop()
+            self.paths.stop()
+            self.dataplane.close()
+            self.client.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
