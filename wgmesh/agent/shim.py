@@ -33,7 +33,17 @@ from wgmesh.agent.probe_wire import is_probe
 from wgmesh.logs import kv
 from wgmesh.models import RelayGrant, RelayInfo
 from wgmesh.relay import protocol
-from wgmesh.relay.protocol import Close, CloseCode, Data, FrameType, Hello, HelloOk, Ping, Pong
+from wgmesh.relay.protocol import (
+    Close,
+    CloseCode,
+    Data,
+    FrameType,
+    Hello,
+    HelloOk,
+    Ping,
+    Pong,
+    close_code_name,
+)
 from wgmesh.relay.tickets import ticket_fingerprint
 
 log = logging.getLogger("wgmesh.agent.shim")
@@ -238,7 +248,7 @@ class RelayLink(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
         elif isinstance(frame, Close):
-            self._note_error(f"closed by relay: {_code_name(frame.code)} {frame.message}".strip())
+            self._note_error(f"closed by relay: {close_code_name(frame.code)} {frame.message}".strip())
             if frame.code in TICKET_CODES:
                 shim.ticket_refused()
         elif isinstance(frame, Data):  # a data frame the fast path left (never in practice)
@@ -272,13 +282,6 @@ class RelayLink(asyncio.Protocol):
     def view(self) -> RelayView:
         """This link for status."""
         return RelayView(self.info.id, self.info.url, self.up, self.rtt, self.error)
-
-
-def _code_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return f"code {code}"
 
 
 class RelayShim:

@@ -63,6 +63,15 @@ class CloseCode(IntEnum):
     INTERNAL = 10
 
 
+def close_code_name(code: int) -> str:
+    """A close code as logs, counters and status name it (`bad_ticket`); a code this version does not
+    know (from a newer peer) by its number."""
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
 class ProtocolError(WgmeshError):
     """Bytes that are not a valid frame sequence; the connection cannot continue and is closed."""
 

@@ -40,6 +40,7 @@ from wgmesh.relay.protocol import (
     Pong,
     ProtocolError,
     check_header,
+    close_code_name,
     encode,
     parse_payload,
 )
@@ -133,13 +134,6 @@ def close_code_for(error: TicketError) -> CloseCode:
         return CloseCode.WRONG_NODE
     # malformed, forged, not yet valid, another relay's
     return CloseCode.BAD_TICKET
-
-
-def _code_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)
 
 
 def _close_frame(code: int, message: str) -> bytes:
@@ -336,7 +330,7 @@ class _Connection(asyncio.BufferedProtocol):
             log.info(
                 "node closed",
                 extra=logs.kv(
-                    node=self.node_id, peer=self.peer, code=_code_name(frame.code), reason=frame.message
+                    node=self.node_id, peer=self.peer, code=close_code_name(frame.code), reason=frame.message
                 ),
             )
             self._shutdown()
@@ -416,10 +410,10 @@ class _Connection(asyncio.BufferedProtocol):
         """Send close(code, message) after whatever is queued, then disconnect."""
         if self.closing or self.transport is None:
             return
-        self.relay.refused[_code_name(code)] = self.relay.refused.get(_code_name(code), 0) + 1
+        self.relay.refused[close_code_name(code)] = self.relay.refused.get(close_code_name(code), 0) + 1
         log.info(
             "closing connection",
-            extra=logs.kv(node=self.node_id, peer=self.peer, code=_code_name(code), reason=message),
+            extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
         self.transport.write(_close_frame(code, message))
         self._shutdown()
