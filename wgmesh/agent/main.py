@@ -183,7 +183,7 @@ class Agent:
             )
             self.follower.accept(answer.netmap)
             return enrollment
-        raise KeyboardInterrupt
+        raise _Stop("stopped before enrollment")
 
     def sync_advertised(self) -> None:
         """Make the coordinator's list of this gateway's subnets match --advertise, when given."""
@@ -509,7 +509,7 @@ def run(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         agent.run()
-    except (_Stop, KeyboardInterrupt) as exc:
+    except _Stop as exc:
         agent.stop.set()
         log.info("stopping; the interface stays up", extra=kv(reason=str(exc) or "interrupt"))
     return 0
