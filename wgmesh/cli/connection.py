@@ -2,7 +2,7 @@
 
 Each setting comes from the first of: the command-line flag, the environment variable, the config file
 (`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator` and `token`).
-Error answers (`{"error": {"code", "message"}}`) become wgmesh.errors exceptions here, in one place.
+The client is wgmesh.api_client's, which turns error answers into wgmesh.errors exceptions; it adds hints.
 """
 
 from __future__ import annotations

@@ -446,7 +446,7 @@ class Lab:
 
     def _api(self) -> LabApi:
         # A client per call, as before: a restarted coordinator never meets a pooled connection to its past.
-        return LabApi(self.plan.hub_url, self.admin_token)
+        return LabApi(self.plan.hub_url, self.admin_token, timeout=scaled(10.0))
 
     def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
         """Wait until the coordinator answers /healthz; fail at once if it exits."""
