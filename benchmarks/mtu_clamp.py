@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab import Lab, WaitTimeout, down, up, wait_until
+from wgmesh.lab import Lab, NotYet, WaitTimeout, down, up, wait_until
 
 LAB_NAME = "bmc" + secrets.token_hex(2)[:3]
 PORT = 5201
@@ -67,7 +67,7 @@ def iperf(lab: Lab, seconds: int) -> Result:
     outcome: list[Result] = []
 
     def finished() -> bool:
-        """True with a result in `outcome`; AssertionError (retried) while the server is not listening."""
+        """True with a result in `outcome`; NotYet (retried) while the server is not listening."""
         try:
             # A black-holed data stream can also hang iperf3's end-of-test exchange: bounded.
             done = lab.exec(
@@ -95,7 +95,7 @@ def iperf(lab: Lab, seconds: int) -> Result:
             return True
         error = f"iperf3: {report.get('error', done.stderr.strip()[-120:])}"
         if "connect" in error:
-            raise AssertionError(error)  # the server may not be listening yet: try again
+            raise NotYet(error)  # the server may not be listening yet: try again
         outcome.append(Result(0.0, float("nan"), error))
         return True
 

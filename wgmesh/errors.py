@@ -1,4 +1,9 @@
-"""The one exception tree of wgmesh; the API and the CLI turn it into messages in one place each."""
+"""The one exception tree of wgmesh, and the one map between it and the API's error answers.
+
+Each class carries its API `code` and HTTP `status`; the coordinator answers `{"error": {"code", "message"}}`
+with them, and `from_answer` turns such an answer back into the same class on the client side (agent, CLI,
+lab). The API and the CLI turn the tree into messages in one place each (coordinator/app.py, entrypoint.py).
+"""
 
 from __future__ import annotations
 
@@ -6,87 +11,113 @@ from __future__ import annotations
 class WgmeshError(Exception):
     """Root of every error wgmesh raises on purpose."""
 
-    code = "error"
-    status = 500
+    code: str = "error"
+    status: int = 500
+    # The more precise codes it is raised with under a status another class shares (see error_class).
+    also: tuple[str, ...] = ()
+
+    def __init_subclass__(
+        cls, *, code: str | None = None, status: int | None = None, also: tuple[str, ...] = ()
+    ) -> None:
+        # Code and status as class keywords: one line per class says how it travels over the API.
+        super().__init_subclass__()
+        if code is not None:
+            cls.code = code
+        if status is not None:
+            cls.status = status
+        cls.also = also
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
+            # An instance may name the case more precisely (`duplicate_name` for a ConflictError).
             self.code = code
 
 
-class ValidationError(WgmeshError):
+class ValidationError(WgmeshError, code="invalid", status=422):
     """Input that is well-formed JSON but not acceptable (bad CIDR, key, name, …)."""
 
-    code = "invalid"
-    status = 422
 
-
-class MalformedRequestError(WgmeshError):
+class MalformedRequestError(WgmeshError, code="malformed_json", status=400):
     """A request body that is not JSON, or not an object."""
 
-    code = "malformed_json"
-    status = 400
 
-
-class PayloadTooLargeError(WgmeshError):
+class PayloadTooLargeError(WgmeshError, code="payload_too_large", status=413):
     """A request body over the size limit."""
 
-    code = "payload_too_large"
-    status = 413
 
-
-class ConflictError(WgmeshError):
+class ConflictError(WgmeshError, code="conflict", status=409):
     """The request collides with existing state (duplicate name or key, overlapping route)."""
 
-    code = "conflict"
-    status = 409
 
-
-class NotFoundError(WgmeshError):
+class NotFoundError(WgmeshError, code="not_found", status=404):
     """The named object does not exist."""
 
-    code = "not_found"
-    status = 404
 
-
-class AuthError(WgmeshError):
+class AuthError(WgmeshError, code="unauthorized", status=401):
     """Missing, unknown or unusable credentials or tokens."""
 
-    code = "unauthorized"
-    status = 401
 
-
-class ForbiddenError(WgmeshError):
+class ForbiddenError(WgmeshError, code="forbidden", status=403):
     """Valid credentials that may not do this."""
 
-    code = "forbidden"
-    status = 403
 
-
-class ExhaustedError(WgmeshError):
+class ExhaustedError(WgmeshError, code="exhausted", status=409, also=("overlay_exhausted",)):
     """A pool (overlay addresses) has nothing left to give."""
 
-    code = "exhausted"
-    status = 409
 
-
-class StoreError(WgmeshError):
-    """The database is unusable (missing schema, wrong schema version)."""
-
-    code = "store"
-    status = 503
-
-
-class BackendError(WgmeshError):
+class BackendError(WgmeshError, code="backend"):
     """A data-plane backend (netlink, UAPI socket, nftables) failed."""
 
-    code = "backend"
+
+class UnreachableError(WgmeshError, code="unreachable", status=503):
+    """A service did not answer or could not serve: refused, timeout, TLS or protocol failure, 5xx."""
 
 
-class UnreachableError(WgmeshError):
-    """A service did not answer: connection refused, timeout, TLS or protocol failure."""
+class StoreError(UnreachableError, code="store", status=503):
+    """The database is unusable (missing schema, wrong schema version).
 
-    code = "unreachable"
-    status = 503
+    An UnreachableError too: to a client, a coordinator without its database is one that cannot serve, and
+    an agent waits for it as for one that does not answer.
+    """
+
+
+# The classes an API answer can name, each under its status; the first of a status is what an answer of that
+# status means when its code names no class of that status (`duplicate_name` under 409 is a ConflictError).
+ANSWERS: tuple[type[WgmeshError], ...] = (
+    MalformedRequestError,
+    AuthError,
+    ForbiddenError,
+    NotFoundError,
+    ConflictError,
+    ExhaustedError,
+    PayloadTooLargeError,
+    ValidationError,
+    UnreachableError,
+    StoreError,
+)
+_BY_STATUS: dict[int, type[WgmeshError]] = {c.status: c for c in reversed(ANSWERS)}
+_BY_CODE: dict[tuple[int, str], type[WgmeshError]] = {
+    (c.status, code): c for c in ANSWERS for code in (c.code, *c.also)
+}
+
+
+def error_class(status: int, code: str | None) -> type[WgmeshError]:
+    """The class an API answer with this HTTP status and error code stands for.
+
+    The code decides between classes that share a status (`exhausted`, `overlay_exhausted` or `conflict`
+    under 409); any other code takes its status's class. Every other 5xx is an UnreachableError (the
+    service could not serve the request, whatever it says), so a client that waits out an absent
+    coordinator waits this out too.
+    """
+    if code is not None and (status, code) in _BY_CODE:
+        return _BY_CODE[status, code]
+    if status >= 500:
+        return UnreachableError
+    return _BY_STATUS.get(status, WgmeshError)
+
+
+def from_answer(status: int, code: str | None, message: str) -> WgmeshError:
+    """The exception for an error answer; `code` None for one without a wgmesh error body."""
+    return error_class(status, code)(message, code=code or "http_error")

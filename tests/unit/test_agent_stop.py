@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from wgmesh.agent import main as agent_main
+from wgmesh.agent.agent import Stopped
 
 
 def _edge_that_logs_any_failure() -> str:
@@ -22,7 +23,7 @@ def _edge_that_logs_any_failure() -> str:
 def test_sigterm_inside_a_broad_except_still_stops() -> None:
     previous = signal.signal(signal.SIGTERM, agent_main._on_signal)
     try:
-        with pytest.raises(agent_main._Stop, match="SIGTERM"):
+        with pytest.raises(Stopped, match="SIGTERM"):
             _edge_that_logs_any_failure()
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -15,7 +15,7 @@ from wgmesh.errors import ValidationError
 from wgmesh.lab import procs, timescale
 from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, save, state_path
 from wgmesh.lab.system import parse_ss_pids
-from wgmesh.lab.wait import WaitTimeout, wait_until
+from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 
 
 def test_parse_stat_survives_odd_command_names() -> None:
@@ -100,6 +100,26 @@ def test_wait_until_returns_elapsed_and_reports_the_last_reason(monkeypatch: pyt
     with pytest.raises(WaitTimeout, match=r"timed out after 0.1s waiting for it \(last: still 2 of 3\)"):
         wait_until(never, 0.1, "it", interval=0.01)
     assert time.monotonic() - start < 2
+
+
+def test_lab_code_says_not_yet_with_its_own_type_and_other_errors_end_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(timescale.ENV, "1")
+
+    def not_yet() -> bool:
+        raise NotYet("coordinator not listening")
+
+    with pytest.raises(WaitTimeout, match=r"\(last: coordinator not listening\)"):
+        wait_until(not_yet, 0.05, "it", interval=0.01)
+
+    def broken() -> bool:
+        raise ValidationError("bad plan", code="bad")
+
+    start = time.monotonic()
+    with pytest.raises(ValidationError, match="bad plan"):
+        wait_until(broken, 5, "it", interval=0.01)
+    assert time.monotonic() - start < 1
 
 
 def test_wait_until_scales_its_deadline_with_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:

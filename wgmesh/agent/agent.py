@@ -18,7 +18,7 @@ from wgmesh import keys
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
 from wgmesh.agent.backoff import Backoff
-from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
+from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer
 from wgmesh.agent.metrics import AgentMetrics
@@ -26,7 +26,7 @@ from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.underlay import eth0_address, underlay_mtu
-from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.errors import UnreachableError, ValidationError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
@@ -41,6 +41,15 @@ from wgmesh.models import (
 )
 
 log = logging.getLogger("wgmesh.agent")
+
+
+class Stopped(BaseException):
+    """The agent is to stop: raised from the signal handler to unwind the main thread out of a blocking call.
+
+    A BaseException, like KeyboardInterrupt: the edges that turn any netlink or tc failure into a
+    logged one (`except Exception`) must not swallow a stop that lands while they run.
+    """
+
 
 STATUS_INTERVAL = 10.0
 RECONCILE_INTERVAL = 30.0
@@ -165,7 +174,7 @@ class Agent:
         while not self.stop.is_set():
             try:
                 answer = self.client.enroll(request)
-            except CoordinatorUnreachable as exc:
+            except UnreachableError as exc:
                 delay = backoff.next_delay()
                 log.warning(
                     "enrollment waits for the coordinator",
@@ -183,7 +192,7 @@ class Agent:
             )
             self.follower.accept(answer.netmap)
             return enrollment
-        raise KeyboardInterrupt
+        raise Stopped("stopped before enrollment")
 
     def sync_advertised(self) -> None:
         """State this gateway's advertised subnets: exactly `--advertise`; none given withdraws them all.
@@ -198,7 +207,7 @@ class Agent:
         while not self.stop.is_set():
             try:
                 verdicts = self.client.advertise(subnets)
-            except CoordinatorUnreachable:
+            except UnreachableError:
                 # Fail-static: the data plane runs from the cache; advertise once the coordinator is back.
                 self.stop.wait(backoff.next_delay())
                 continue
@@ -333,7 +342,7 @@ class Agent:
             return
         try:
             grant = self.client.relay_grant()
-        except CoordinatorUnreachable:
+        except UnreachableError:
             return  # fail-static: the cached ticket lasts a day
         except WgmeshError as exc:
             log.warning("relay ticket refused", extra=kv(code=exc.code, error=exc.message))
@@ -352,7 +361,7 @@ class Agent:
         try:
             self.client.report(self.status())
             self._set_reachable(True)
-        except CoordinatorUnreachable:
+        except UnreachableError:
             self._set_reachable(False)
         except WgmeshError as exc:
             log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))

@@ -10,7 +10,7 @@ from types import FrameType
 
 from wgmesh import logs
 from wgmesh.agent import config as agent_config
-from wgmesh.agent.agent import Agent
+from wgmesh.agent.agent import Agent, Stopped
 from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.entrypoint import run_console
@@ -19,16 +19,8 @@ from wgmesh.logs import kv
 log = logging.getLogger("wgmesh.agent")
 
 
-class _Stop(BaseException):
-    """Raised from the signal handler to unwind the main thread out of a blocking call.
-
-    A BaseException, like KeyboardInterrupt: the edges that turn any netlink or tc failure into a
-    logged one (`except Exception`) must not swallow a stop that lands while they run.
-    """
-
-
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
+    raise Stopped(signal.Signals(signum).name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +100,7 @@ def run(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         agent.run()
-    except (_Stop, KeyboardInterrupt) as exc:
+    except Stopped as exc:
         agent.stop.set()
         log.info("stopping; the interface stays up", extra=kv(reason=str(exc) or "interrupt"))
     return 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from wgmesh import keys
+from wgmesh.errors import WgmeshError
 
 MAGIC = b"WGMP"
 VERSION = 1
@@ -90,7 +91,7 @@ class Report:
 Message = Ping | Pong | Burst | Report
 
 
-class ProbeFormatError(ValueError):
+class ProbeFormatError(WgmeshError, code="bad_probe"):
     """Not a probe, a probe of another version, or a bad MAC; dropped without an answer."""
 
 

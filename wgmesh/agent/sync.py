@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 
 from wgmesh.agent.backoff import Backoff
-from wgmesh.agent.client import CoordinatorClient, CoordinatorUnreachable
+from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.state import StateDir
-from wgmesh.errors import AuthError, WgmeshError
+from wgmesh.errors import AuthError, UnreachableError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import NetMap
 
@@ -71,7 +71,7 @@ class NetmapFollower:
             try:
                 self.poll_once()
                 self.backoff.reset()
-            except CoordinatorUnreachable as exc:
+            except UnreachableError as exc:
                 self.on_reachability(False)
                 delay = self.backoff.next_delay()
                 log.warning("coordinator unreachable", extra=kv(error=exc.message, retry_in=round(delay, 1)))

@@ -2,41 +2,27 @@
 
 Each setting comes from the first of: the command-line flag, the environment variable, the config file
 (`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator` and `token`).
-Error answers (`{"error": {"code", "message"}}`) become wgmesh.errors exceptions here, in one place.
+The client is wgmesh.api_client's, which turns error answers into wgmesh.errors exceptions; it adds hints.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import stat
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pydantic
 
-from wgmesh import __version__
-from wgmesh.errors import (
-    AuthError,
-    ConflictError,
-    ExhaustedError,
-    ForbiddenError,
-    MalformedRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    StoreError,
-    UnreachableError,
-    ValidationError,
-    WgmeshError,
-)
+from wgmesh.api_client import ApiClient
+from wgmesh.errors import ValidationError
 
 URL_ENV = "WGMESH_URL"
 TOKEN_ENV = "WGMESH_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -44,18 +30,6 @@ CONFIG_KEYS = ("coordinator", "token")
 TIMEOUT = 10.0
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
-
-_BY_STATUS: dict[int, type[WgmeshError]] = {
-    400: MalformedRequestError,
-    401: AuthError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: ValidationError,
-}
-_BY_CODE: dict[str, type[WgmeshError]] = {"exhausted": ExhaustedError, "store": StoreError}
-_ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 
 
 @dataclass(frozen=True)
@@ -166,99 +140,37 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return _ERRNO.sub("", text)
-
-
-class AdminClient:
+class AdminClient(ApiClient):
     """Admin calls to the coordinator; every failure surfaces as a WgmeshError with one line."""
 
     def __init__(
         self, target: Target, *, timeout: float = TIMEOUT, transport: httpx.BaseTransport | None = None
     ) -> None:
-        self.url = target.url
-        self.timeout = timeout
-        self._http = httpx.Client(
-            base_url=target.url,
-            headers={"authorization": f"Bearer {target.token}", "user-agent": f"wgmesh-cli/{__version__}"},
-            timeout=timeout,
-            # A proxy from the environment must never see the admin token.
-            trust_env=False,
-            transport=transport,
+        super().__init__(
+            target.url, bearer=target.token, user_agent="wgmesh-cli", timeout=timeout, transport=transport
         )
 
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close pooled connections."""
-        self._http.close()
-
-    def request(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        """Send one request; transport failures and error answers raise."""
-        try:
-            response = self._http.request(method, path, json=json)
-        except httpx.TimeoutException as exc:
-            raise UnreachableError(
-                f"coordinator {self.url} did not answer within {self.timeout:g} s"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise UnreachableError(f"cannot reach the coordinator at {self.url}: {_reason(exc)}") from exc
-        if response.status_code >= 400:
-            raise self._error(response, path)
-        return response
-
-    def _error(self, response: httpx.Response, path: str) -> WgmeshError:
-        status = response.status_code
-        try:
-            body = response.json()["error"]
-            code, message = str(body["code"]), str(body["message"])
-        except (ValueError, KeyError, TypeError):
-            return WgmeshError(
-                f"{self.url}{path} answered HTTP {status} without a wgmesh error: is it a wgmesh coordinator?",
-                code="http_error",
-            )
-        if status == 401:
-            message = f"{message} (coordinator {self.url}; check --token, ${TOKEN_ENV} or cli.toml)"
-        elif code in ("not_found", "method_not_allowed"):
+    def describe(
+        self, method: str, path: str, response: httpx.Response, code: str | None, message: str
+    ) -> str:
+        """The answer's message with a hint at what to check: the token, or the coordinator's version."""
+        if response.status_code == 401 and code is not None:
+            return f"{message} (coordinator {self.url}; check --token, ${TOKEN_ENV} or cli.toml)"
+        if code in ("not_found", "method_not_allowed"):
             # The route itself is missing: an old coordinator, or a URL pointing somewhere else.
-            message = f"{self.url}{path}: {message.lower()} (is this a wgmesh coordinator of this version?)"
-        elif status >= 500:
-            message = f"coordinator {self.url} failed: {message}"
-        cls = _BY_CODE.get(code) or _BY_STATUS.get(status, WgmeshError)
-        return cls(message, code=code)
-
-    def call(self, method: str, path: str, model: type[_M], *, json: Any = None) -> _M:
-        """A request whose answer is a `model` document."""
-        response = self.request(method, path, json=json)
-        return self._parse(response, path, model)
+            return f"{self.url}{path}: {message.lower()} (is this a wgmesh coordinator of this version?)"
+        return super().describe(method, path, response, code, message)
 
     def call_optional(self, method: str, path: str, model: type[_M], *, json: Any = None) -> _M | None:
         """Like `call`, but 204 No Content answers None."""
         response = self.request(method, path, json=json)
         if response.status_code == 204:
             return None
-        return self._parse(response, path, model)
+        return self.parse(response, path, model)
 
     def get(self, path: str, model: type[_M]) -> _M:
         """GET a `model` document."""
         return self.call("GET", path, model)
-
-    def _parse(self, response: httpx.Response, path: str, model: type[_M]) -> _M:
-        try:
-            return model.model_validate_json(response.content)
-        except pydantic.ValidationError as exc:
-            raise WgmeshError(
-                f"unexpected answer from {self.url}{path}: {exc.error_count()} field(s) do not match "
-                f"{model.__name__}; is the coordinator the same version as this CLI ({__version__})?",
-                code="bad_answer",
-            ) from exc
 
 
 def connect(args: argparse.Namespace) -> AdminClient:

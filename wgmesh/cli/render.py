@@ -51,12 +51,14 @@ def human_bytes(count: int | None) -> str:
     """`512 B`, `1.5 KiB`, `20.0 MiB`…; an em dash when unknown."""
     if count is None:
         return DASH
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} TiB"
 
 
 def rtt(ms: float | None) -> str:

@@ -8,7 +8,7 @@ VPC: MTUs, a security group) and `converge` are pure; `system` and `procs` touch
 from wgmesh.lab.control import Lab, LabStatus, agent_available, up
 from wgmesh.lab.plan import DEFAULT_NAME, DEFAULT_SITES, LabPlan, Node, Site, plan_lab
 from wgmesh.lab.teardown import DownReport, Leftovers, down, leftovers
-from wgmesh.lab.wait import WaitTimeout, wait_until
+from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 
 __all__ = [
     "DEFAULT_NAME",
@@ -19,6 +19,7 @@ __all__ = [
     "LabStatus",
     "Leftovers",
     "Node",
+    "NotYet",
     "Site",
     "WaitTimeout",
     "agent_available",

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-import httpx
-
+from wgmesh.api_client import JsonValue
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import procs, system
+from wgmesh.lab.api import LabApi
 from wgmesh.lab.cloud import (
     LAN_MTU,
     UNDERLAY_MTU,
@@ -58,7 +57,6 @@ from wgmesh.lab.plan import (
     choose_slot,
     coordinator_args,
     coordinator_init_args,
-    is_safe_destination,
     loopback_forward_script,
     plan_lab,
     relay_args,
@@ -70,7 +68,7 @@ from wgmesh.lab.plan import (
 from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, machine_lock, save
 from wgmesh.lab.teardown import DownReport, down, leftovers
 from wgmesh.lab.timescale import scaled, time_scale
-from wgmesh.lab.wait import WaitTimeout, wait_until
+from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 from wgmesh.logs import kv
 
 log = logging.getLogger("wgmesh.lab")
@@ -440,27 +438,15 @@ class Lab:
 
     # --- the coordinator ---
 
-    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> Any:
-        """Call the coordinator's API as admin; a non-2xx answer raises WgmeshError with its message."""
-        url = self.plan.hub_url + path
-        host = urlsplit(url).hostname or ""
-        if not is_safe_destination(host):
-            raise WgmeshError(f"refusing to send lab traffic to {host}", code="unsafe_destination")
-        headers = {"Authorization": f"Bearer {self.admin_token}"}
-        try:
-            # trust_env=False: a proxy from the environment would carry lab traffic off the machine.
-            response = httpx.request(
-                method, url, json=body, headers=headers, timeout=scaled(timeout), trust_env=False
-            )
-        except httpx.HTTPError as exc:
-            raise WgmeshError(f"coordinator at {url} is unreachable: {exc}", code="unreachable") from exc
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise WgmeshError(f"{method} {path}: {response.status_code} {message}", code="api_error")
-        return response.json() if response.content else None
+    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> JsonValue:
+        """Call the coordinator's API as admin: its JSON answer (None when empty); an error answer raises
+        the class its code maps to (wgmesh.errors), with `METHOD PATH: STATUS message`."""
+        with self._api() as api:
+            return api.json(method, path, json=body, timeout=scaled(timeout))
+
+    def _api(self) -> LabApi:
+        # A client per call, as before: a restarted coordinator never meets a pooled connection to its past.
+        return LabApi(self.plan.hub_url, self.admin_token, timeout=scaled(10.0))
 
     def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
         """Wait until the coordinator answers /healthz; fail at once if it exits."""
@@ -470,7 +456,7 @@ class Lab:
             try:
                 self.api("GET", "/healthz", timeout=1.0)
             except WgmeshError as exc:
-                raise AssertionError(exc.message) from exc
+                raise NotYet(exc.message) from exc
             return True
 
         return wait_until(ready, timeout, f"the coordinator of lab {self.name}", interval=0.1)
@@ -502,7 +488,7 @@ class Lab:
         def listening() -> bool:
             self._check_alive("relay")
             if not system.listener_pids(str(self.plan.hub_ip), RELAY_PORT):
-                raise AssertionError(f"nothing listens on {self.plan.hub_ip}:{RELAY_PORT} yet")
+                raise NotYet(f"nothing listens on {self.plan.hub_ip}:{RELAY_PORT} yet")
             return True
 
         return wait_until(listening, timeout, f"the relay of lab {self.name}", interval=0.1)
@@ -599,13 +585,14 @@ class Lab:
             for site in self.plan.sites:
                 self._check_alive(site.node)
             try:
-                names = {n["name"] for n in self.api("GET", "/api/v1/nodes", timeout=2.0)["nodes"]}
+                with self._api() as api:
+                    names = api.node_names(scaled(2.0))
             except WgmeshError as exc:
-                raise AssertionError(exc.message) from exc
+                raise NotYet(exc.message) from exc
             missing = sorted(wanted - names)
             progress(f"waiting for {', '.join(missing) or 'nothing'} to enroll")
             if missing:
-                raise AssertionError(f"not enrolled yet: {', '.join(missing)}")
+                raise NotYet(f"not enrolled yet: {', '.join(missing)}")
             return True
 
         return wait_until(enrolled, max(timeout, 0.1), f"nodes of lab {self.name} to enroll", interval=0.2)
@@ -727,12 +714,8 @@ class Lab:
         # Kept in the (root-only) state so an agent can be restarted while the coordinator is down.
         token = self.state.enroll_token
         if token is None:
-            created = self.api(
-                "POST",
-                "/api/v1/tokens",
-                {"reusable": True, "expires_in": None, "description": f"lab {self.name}"},
-            )
-            token = str(created["token"])
+            with self._api() as api:
+                token = api.create_token(f"lab {self.name}")
             self.state.enroll_token = token
             self._save()
         return token
@@ -794,10 +777,10 @@ class Lab:
 
     def _enrolled(self) -> str:
         try:
-            nodes = self.api("GET", "/api/v1/nodes", timeout=2.0)["nodes"]
+            with self._api() as api:
+                names = api.node_names(scaled(2.0))
         except WgmeshError:
             return "enrolled ?"
-        names = {n["name"] for n in nodes}
         count = sum(1 for s in self.plan.sites if s.node in names)
         return f"enrolled {count}/{len(self.plan.sites)}"
 
@@ -860,8 +843,8 @@ class Lab:
                 )
             )
         links = None
-        with contextlib.suppress(WgmeshError, KeyError, TypeError):
-            links = [dict(link) for link in self.api("GET", "/api/v1/topology", timeout=3.0)["links"]]
+        with contextlib.suppress(WgmeshError), self._api() as api:
+            links = api.topology_links(scaled(3.0))
         return LabStatus(
             name=self.name,
             underlay=str(plan.underlay),

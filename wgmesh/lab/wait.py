@@ -9,10 +9,12 @@ from wgmesh.errors import WgmeshError
 from wgmesh.lab.timescale import time_scale
 
 
-class WaitTimeout(WgmeshError, AssertionError):
+class WaitTimeout(WgmeshError, AssertionError, code="timeout"):
     """A condition did not hold before its deadline (an AssertionError too, so pytest reports it plainly)."""
 
-    code = "timeout"
+
+class NotYet(WgmeshError, code="not_yet"):
+    """A waited-for condition does not hold yet; the message says why (the last one is reported on timeout)."""
 
 
 def wait_until(
@@ -20,8 +22,8 @@ def wait_until(
 ) -> float:
     """Call `predicate` until it returns a true value; returns the seconds it took.
 
-    A predicate may raise AssertionError to say why it is not there yet; the last reason is reported
-    on timeout. `timeout` is a budget on the reference machine: it is multiplied by the time scale
+    A predicate may raise NotYet to say why it is not there yet (a test's predicate may use `assert`,
+    pytest's way to say the same); the last reason is reported on timeout. `timeout` is a budget on the reference machine: it is multiplied by the time scale
     (wgmesh.lab.timescale), so a slower machine waits longer before giving up, never less.
     """
     factor = time_scale()
@@ -34,7 +36,7 @@ def wait_until(
             if predicate():
                 return time.monotonic() - start
             last = ""
-        except AssertionError as exc:
+        except (NotYet, AssertionError) as exc:
             last = str(exc)
         if time.monotonic() >= deadline:
             detail = f" (last: {last})" if last else ""

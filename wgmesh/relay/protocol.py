@@ -68,6 +68,15 @@ class CloseCode(IntEnum):
     INTERNAL = 10
 
 
+def close_code_name(code: int) -> str:
+    """A close code as logs, counters and status name it (`bad_ticket`); a code this version does not
+    know (from a newer peer) by its number."""
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
 class ProtocolError(WgmeshError):
     """Bytes that are not a valid frame sequence; the connection cannot continue and is closed."""
 
@@ -314,14 +323,6 @@ def peer_id_field(peer_id: int) -> bytes:
         return _U32.pack(peer_id)
     except struct.error:
         raise ProtocolError(f"peer id {peer_id} does not fit in u32") from None
-
-
-def close_code_name(code: int) -> str:
-    """`bad_ticket` for a close code this end knows, else the number (peers may send newer codes)."""
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)
 
 
 OnData = Callable[[int, int, int, int], object]

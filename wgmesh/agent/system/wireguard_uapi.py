@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import assert_never
 
 from wgmesh import keys
 from wgmesh.agent.plan import (
@@ -106,7 +107,8 @@ def _blocks(op: DeviceOp, chunk: int) -> list[tuple[bool, list[str]]]:
             return _allowed_ip_blocks(peer.public_key, peer.allowed_ips, head, chunk)
         case ReplaceAllowedIps(public_key=key, allowed_ips=ips):
             return _allowed_ip_blocks(key, ips, _peer_head(key, update_only=True), chunk)
-    raise AssertionError(f"unhandled operation {type(op).__name__}")
+    # A new kind of operation fails the type check here, not a run.
+    assert_never(op)
 
 
 def _allowed_ip_blocks(

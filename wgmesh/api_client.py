@@ -1,0 +1,150 @@
+"""The one HTTP client of the coordinator's API: request, JSON answers, error answers, an absent coordinator.
+
+The agent (agent/client.py), the CLI (cli/connection.py) and the lab (lab/api.py) are thin users of it: they
+add their paths, their models and, for the CLI, hints in messages. Which exception an error answer becomes is
+decided in wgmesh.errors.error_class, nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from types import TracebackType
+from typing import Self, TypeVar
+
+import httpx
+import pydantic
+
+from wgmesh import __version__
+from wgmesh.errors import UnreachableError, from_answer
+
+JsonValue = pydantic.JsonValue
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+_ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
+_JSON: pydantic.TypeAdapter[JsonValue] = pydantic.TypeAdapter(JsonValue)
+
+
+def transport_reason(exc: Exception) -> str:
+    """The first line of a transport failure, without its `[Errno N]` prefix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return _ERRNO.sub("", text)
+
+
+def answer_error(response: httpx.Response) -> tuple[str, str] | None:
+    """The `(code, message)` of a wgmesh error answer; None for an answer in another shape."""
+    try:
+        body = response.json()["error"]
+        return str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class ApiClient:
+    """Calls to the coordinator with an optional bearer token; every failure is a WgmeshError, one line."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        bearer: str | None = None,
+        user_agent: str,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.bearer = bearer
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            # A proxy from the environment must never see mesh control traffic or its tokens.
+            trust_env=False,
+            headers={"user-agent": f"{user_agent}/{__version__}"},
+            transport=transport,
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; a transport failure is UnreachableError, an error answer its mapped class."""
+        headers = {"authorization": f"Bearer {self.bearer}"} if self.bearer else {}
+        try:
+            response = self._http.request(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException as exc:
+            waited = timeout if timeout is not None else self.timeout
+            raise UnreachableError(f"coordinator {self.url} did not answer within {waited:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise UnreachableError(
+                f"cannot reach the coordinator at {self.url}: {transport_reason(exc)}"
+            ) from exc
+        if response.status_code >= 400:
+            found = answer_error(response)
+            code, message = found if found is not None else (None, "")
+            raise from_answer(
+                response.status_code, code, self.describe(method, path, response, code, message)
+            )
+        return response
+
+    def describe(
+        self, method: str, path: str, response: httpx.Response, code: str | None, message: str
+    ) -> str:
+        """The message of an error answer (`code` None when it is not a wgmesh error); users add hints."""
+        status = response.status_code
+        if code is None:
+            return (
+                f"{self.url}{path} answered HTTP {status} without a wgmesh error: is it a wgmesh coordinator?"
+            )
+        if status >= 500:
+            return f"coordinator {self.url} failed: {message}"
+        return message
+
+    def json(self, method: str, path: str, *, json: object = None, timeout: float | None = None) -> JsonValue:
+        """A request whose answer is any JSON document (None for an empty answer)."""
+        response = self.request(method, path, json=json, timeout=timeout)
+        if not response.content:
+            return None
+        try:
+            return _JSON.validate_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise UnreachableError(f"{self.url}{path} answered with invalid JSON", code="bad_answer") from exc
+
+    def call(
+        self, method: str, path: str, model: type[_M], *, json: object = None, timeout: float | None = None
+    ) -> _M:
+        """A request whose answer is a `model` document."""
+        return self.parse(self.request(method, path, json=json, timeout=timeout), path, model)
+
+    def parse(self, response: httpx.Response, path: str, model: type[_M]) -> _M:
+        """The answer as a `model`; another shape means a coordinator of another version (UnreachableError)."""
+        try:
+            return model.model_validate_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise UnreachableError(
+                f"unexpected answer from {self.url}{path}: {exc.error_count()} field(s) do not match "
+                f"{model.__name__}; is the coordinator the same version as this program ({__version__})?",
+                code="bad_answer",
+            ) from exc
