@@ -8,9 +8,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from wgmesh.errors import ExhaustedError, ValidationError
+from wgmesh.values import RouteState
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -98,9 +98,6 @@ def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
         if prefix.version == special.version and prefix.overlaps(special):
             return f"{prefix} overlaps the {what} range {special}"
     return None
-
-
-RouteState = Literal["active", "standby", "conflict", "rejected"]
 
 
 @dataclass(frozen=True, slots=True)

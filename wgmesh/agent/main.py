@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType
+from typing import get_args
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -39,6 +40,7 @@ from wgmesh.models import (
     ShadowedRoute,
     StatusReport,
 )
+from wgmesh.values import Backend, Endpoint
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -159,7 +161,7 @@ class Agent:
             public_key=self.keypair.public_key,
             listen_port=self.cfg.listen_port,
             subnets=list(self.cfg.advertise),
-            endpoints=[f"{endpoint_ip}:{self.cfg.listen_port}"] if endpoint_ip else [],
+            endpoints=[Endpoint(endpoint_ip, self.cfg.listen_port)] if endpoint_ip else [],
             max_mtu=self.dataplane.underlay_limit,
         )
         while not self.stop.is_set():
@@ -226,7 +228,7 @@ class Agent:
                         rx_bytes=st.rx_bytes,
                         tx_bytes=st.tx_bytes,
                         last_handshake=st.last_handshake,
-                        endpoint=st.endpoint,
+                        endpoint=str(st.endpoint) if st.endpoint else None,
                         path=view.path if view else None,
                         relay=view.relay if view else None,
                         rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
@@ -245,7 +247,7 @@ class Agent:
             shadowed = list(self.shadowed)
             version = self.netmap.version if self.netmap else None
         return StatusReport(
-            endpoints=[f"{eth0}:{self.cfg.listen_port}"] if eth0 else [],
+            endpoints=[Endpoint(eth0, self.cfg.listen_port)] if eth0 else [],
             eth0_ip=eth0,
             netmap_version=version,
             peers=peers,
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="with status: print JSON")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--interface", help="WireGuard interface name (default wgmesh0)")
-    parser.add_argument("--backend", choices=["auto", "kernel", "userspace"])
+    parser.add_argument("--backend", choices=get_args(Backend))
     parser.add_argument("--state-dir", help="state directory (default /var/lib/wgmesh-agent)")
     parser.add_argument(
         "command",

@@ -24,6 +24,7 @@ from wgmesh.agent.prober import RELAY, Address, BurstResult, Prober
 from wgmesh.agent.shim import RelayShim
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import NetMap, PeerConfig, RelayGrant
+from wgmesh.values import Endpoint, PathKind
 
 log = logging.getLogger("wgmesh.agent.paths")
 
@@ -57,16 +58,15 @@ class _Observed:
 class PeerPathView:
     """One peer's path for status reports."""
 
-    path: paths.Path | None
+    path: PathKind | None
     rtt: float | None
     reason: str | None
     relay: str | None
 
 
-def probe_address(endpoint: str) -> Address:
-    """The probe address of a WireGuard endpoint `HOST:PORT` (IPv6 as `[HOST]:PORT`): port + 1."""
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port) + probe_wire.PROBE_PORT_OFFSET
+def probe_address(endpoint: Endpoint) -> Address:
+    """The probe address of a WireGuard endpoint: its port + 1."""
+    return endpoint.host, endpoint.port + probe_wire.PROBE_PORT_OFFSET
 
 
 class PathController:
@@ -92,7 +92,7 @@ class PathController:
         self._reassert: set[str] = set()
         self._last_reassert: dict[int, float] = {}
         self.states: dict[int, PeerPath] = {}
-        self.best_direct: dict[int, str] = {}
+        self.best_direct: dict[int, Endpoint] = {}
         self.ticket_refused = threading.Event()
         self._observed: dict[int, _Observed] = {}
         self._in_flight: set[int] = set()
@@ -139,7 +139,7 @@ class PathController:
             found, self._reassert = self._reassert, set()
         return found
 
-    def _stale_roam(self, peer: PeerConfig, state: PeerPath, endpoint: str | None, now: float) -> bool:
+    def _stale_roam(self, peer: PeerConfig, state: PeerPath, endpoint: Endpoint | None, now: float) -> bool:
         """WireGuard sits on the shim although both sides chose direct.
 
         Around a switch back, each side's last relayed packets can roam the other onto its shim after it
@@ -161,7 +161,9 @@ class PathController:
 
     def follow(self, netmap: NetMap, own_public_key: str) -> None:
         """Peer keys for probes, and sockets of departed peers closed."""
-        keys = {p.node_id: probe_wire.pair_key(p.psk, own_public_key, p.public_key) for p in netmap.peers}
+        keys: dict[int, bytes] = {
+            p.node_id: probe_wire.pair_key(p.psk, own_public_key, p.public_key) for p in netmap.peers
+        }
         self.prober.keys = keys
         ids = set(keys)
         self.shim.retain_threadsafe(ids)
@@ -174,7 +176,7 @@ class PathController:
             self._last_probe = {k: v for k, v in self._last_probe.items() if k in ids}
             self._last_relay_probe = {k: v for k, v in self._last_relay_probe.items() if k in ids}
 
-    def endpoint_for(self, peer: PeerConfig) -> str | None:
+    def endpoint_for(self, peer: PeerConfig) -> Endpoint | None:
         """The endpoint WireGuard should use for `peer` now (None: the planner's default, its first endpoint)."""
         if peer.static:
             return None  # no agent behind it: plain WireGuard, which roams to us by itself
@@ -319,18 +321,20 @@ class PathController:
                     True,
                 )
             if best is not None:
-                self.best_direct[peer_id] = f"{best[0]}:{best[1] - probe_wire.PROBE_PORT_OFFSET}"
+                # Back from the probe port to the WireGuard endpoint, as a value: rebuilt as text, an
+                # IPv6 address lost its brackets and never matched a candidate again.
+                self.best_direct[peer_id] = Endpoint(best[0], best[1] - probe_wire.PROBE_PORT_OFFSET)
 
     # -- status ---------------------------------------------------------------------------------------
 
-    def view(self, peer_id: int, observed_endpoint: str | None) -> PeerPathView:
+    def view(self, peer_id: int, observed_endpoint: Endpoint | None) -> PeerPathView:
         """The peer's path as reports show it; a peer WireGuard roamed onto the shim counts as relayed."""
         with self._lock:
             state = self.states.get(peer_id)
         active = self.shim.active()
         roamed = self.shim.peer_of_endpoint(observed_endpoint) == peer_id
         if state is None:
-            path: paths.Path | None = "relay" if roamed else ("direct" if observed_endpoint else None)
+            path: PathKind | None = "relay" if roamed else ("direct" if observed_endpoint else None)
             return PeerPathView(path, None, None, active.info.id if active and roamed else None)
         if state.path == "direct" and roamed:
             return PeerPathView(

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wgmesh.models import Node, NodeStatus, P2PPolicy, PathKind, PeerStatus, Route, Topology
+from wgmesh.models import Node, NodeStatus, P2PPolicy, PathKind, PeerStatus, Route, RouteState, Topology
 
-RouteViewState = Literal["active", "standby", "conflict", "rejected", "shadowed"]
+RouteViewState = RouteState | Literal["shadowed"]
 
 
 class View(BaseModel):

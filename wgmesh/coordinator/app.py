@@ -75,6 +75,7 @@ from wgmesh.models import (
     WgQuickConfig,
 )
 from wgmesh.netmap import wg_quick_config
+from wgmesh.values import NodeId
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -194,7 +195,7 @@ def create_app(
     registry.store.on_change(notifier.notify_threadsafe)
     metrics = CoordinatorMetrics(registry)
 
-    async def authenticate(request: Request, auth: str) -> int | None:
+    async def authenticate(request: Request, auth: str) -> NodeId | None:
         if auth == "none":
             return None
         if auth == "admin" and "authorization" not in request.headers and COOKIE in request.cookies:
