@@ -10,13 +10,10 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from wgmesh.errors import ExhaustedError, ValidationError
-from wgmesh.values import RouteState
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from wgmesh.values import IpAddress, Prefix, RouteState
 
 # Prefixes that can never be routed through a tunnel to a VPC.
-_UNROUTABLE: tuple[tuple[IPNetwork, str], ...] = (
+_UNROUTABLE: tuple[tuple[Prefix, str], ...] = (
     (ipaddress.ip_network("127.0.0.0/8"), "loopback"),
     (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
     (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
@@ -26,7 +23,7 @@ _UNROUTABLE: tuple[tuple[IPNetwork, str], ...] = (
 )
 
 
-def parse_cidr(text: str) -> IPNetwork:
+def parse_cidr(text: str) -> Prefix:
     """Parse a network prefix strictly: host bits set is an error that names the right prefix."""
     text = text.strip()
     if "/" not in text:
@@ -43,12 +40,12 @@ def parse_cidr(text: str) -> IPNetwork:
         ) from exc
 
 
-def host_prefix(address: IPAddress) -> IPNetwork:
+def host_prefix(address: IpAddress) -> Prefix:
     """The /32 or /128 holding exactly one address."""
     return ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
 
 
-def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
+def allocate(network: Prefix, used: Collection[IpAddress]) -> IpAddress:
     """The lowest free host address of the overlay network.
 
     Never the network address, never the IPv4 broadcast address, never an address in `used`.
@@ -63,7 +60,7 @@ def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
     )
 
 
-def check_assignable(network: IPNetwork, address: IPAddress) -> None:
+def check_assignable(network: Prefix, address: IpAddress) -> None:
     """Raise unless `address` is a usable host address of `network`."""
     if address not in network:
         raise ValidationError(f"{address} is outside the overlay network {network}", code="invalid_ip")
@@ -75,7 +72,7 @@ def check_assignable(network: IPNetwork, address: IPAddress) -> None:
         raise ValidationError(f"{address} is not a host address of {network}", code="invalid_ip")
 
 
-def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None:
+def check_own_subnets(prefixes: Sequence[Prefix], overlay: Prefix) -> None:
     """Refuse a subnet list one gateway may not advertise: duplicates, self-overlap, overlay, unroutable."""
     for i, prefix in enumerate(prefixes):
         reason = unroutable_reason(prefix, overlay)
@@ -90,7 +87,7 @@ def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None
                 )
 
 
-def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
+def unroutable_reason(prefix: Prefix, overlay: Prefix) -> str | None:
     """Why `prefix` can never be a subnet route, or None when it can."""
     if prefix.version == overlay.version and prefix.overlaps(overlay):
         return f"{prefix} overlaps the overlay network {overlay}"
@@ -104,7 +101,7 @@ def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
 class RouteClaim:
     """A gateway's claim on a prefix; claims are classified in the order they were made."""
 
-    prefix: IPNetwork
+    prefix: Prefix
     gateway: str
 
     @property
@@ -122,7 +119,7 @@ class RouteVerdict:
     other: RouteClaim | None = None
 
 
-def classify_routes(overlay: IPNetwork, claims: Iterable[RouteClaim]) -> list[RouteVerdict]:
+def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[RouteVerdict]:
     """Classify claims given oldest first.
 
     A claim's verdict depends only on the set of claims made before it, never on their order:
@@ -166,7 +163,7 @@ def classify_routes(overlay: IPNetwork, claims: Iterable[RouteClaim]) -> list[Ro
     return verdicts
 
 
-def overlap_warning(prefix: IPNetwork, claims: Iterable[RouteClaim]) -> str | None:
+def overlap_warning(prefix: Prefix, claims: Iterable[RouteClaim]) -> str | None:
     """What an admin should hear before advertising `prefix` next to `claims`; None if nothing."""
     for claim in claims:
         if claim.prefix.version != prefix.version or not claim.prefix.overlaps(prefix):

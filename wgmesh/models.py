@@ -13,8 +13,6 @@ from pydantic_core import PydanticCustomError
 from wgmesh import errors, ipam, keys, rates, values
 from wgmesh.values import NodeId, P2PPolicy, PathKind, RouteState
 
-__all__ = ["NodeId", "P2PPolicy", "PathKind", "RouteState"]  # re-exported: models' users import them here
-
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
 

@@ -14,14 +14,13 @@ from wgmesh.models import (
     NetMap,
     Network,
     Node,
-    P2PPolicy,
     PeerConfig,
     Route,
     WgQuickConfig,
     WgQuickInterface,
     WgQuickPeer,
 )
-from wgmesh.values import Endpoint, NodeId
+from wgmesh.values import Endpoint, NodeId, P2PPolicy
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
 STATIC_KEEPALIVE = 25

@@ -26,6 +26,8 @@ Backend = Literal["auto", "kernel", "userspace"]
 """Which WireGuard the agent drives: the kernel module, wireguard-go, or the first that works."""
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IP prefix: ipaddress's own networks, parsed strictly by `ipam.parse_cidr`."""
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"

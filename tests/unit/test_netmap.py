@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from wgmesh import keys
 from wgmesh.errors import NotFoundError
-from wgmesh.models import DEFAULT_MTU, MAX_MTU, MIN_MTU, NetMap, Network, Node, P2PPolicy, PeerConfig, Route
+from wgmesh.models import DEFAULT_MTU, MAX_MTU, MIN_MTU, NetMap, Network, Node, PeerConfig, Route
 from wgmesh.mtu import path_mtu
 from wgmesh.netmap import (
     RegistrySnapshot,
@@ -23,7 +23,7 @@ from wgmesh.netmap import (
     endpoint_candidates,
     pair_key,
 )
-from wgmesh.values import Endpoint
+from wgmesh.values import Endpoint, P2PPolicy
 
 ep = Endpoint.parse
 

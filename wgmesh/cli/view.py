@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wgmesh.models import Node, NodeStatus, P2PPolicy, PathKind, PeerStatus, Route, RouteState, Topology
+from wgmesh.models import Node, NodeStatus, PeerStatus, Route, Topology
+from wgmesh.values import P2PPolicy, PathKind, RouteState
 
 RouteViewState = RouteState | Literal["shadowed"]
 

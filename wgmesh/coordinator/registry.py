@@ -31,7 +31,6 @@ from wgmesh.models import (
     NodeCreate,
     NodePatch,
     NodeStatus,
-    P2PPolicy,
     PairPolicy,
     RelayGrant,
     RelayInfo,
@@ -44,7 +43,7 @@ from wgmesh.models import (
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap, effective_p2p, pair_key
 from wgmesh.relay import tickets
-from wgmesh.values import Endpoint, NodeId
+from wgmesh.values import Endpoint, NodeId, P2PPolicy
 
 ONLINE_WINDOW = timedelta(seconds=45)
 HANDSHAKE_FRESH = timedelta(seconds=180)
