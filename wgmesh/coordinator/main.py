@@ -127,11 +127,9 @@ def run(argv: Sequence[str]) -> int:
     relays = [parse_relay(text) for text in args.announce_relay]
     relay_config = _embedded_relay(args, registry)
     if relay_config is not None and relay_config.host not in ("0.0.0.0", "::"):
-        where = f"[{relay_config.host}]" if ":" in relay_config.host else relay_config.host
+        where = Endpoint(relay_config.host, relay_config.port)
         scheme = "tls" if relay_config.tls_cert else "tcp"
-        relays.append(
-            RelayInfo(id=f"{where}:{relay_config.port}", url=f"{scheme}://{where}:{relay_config.port}")
-        )
+        relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}"))
     settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
     app = create_app(registry, settings)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
