@@ -8,15 +8,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from wgmesh.errors import ExhaustedError, ValidationError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from wgmesh.values import IpAddress, Prefix, RouteState
 
 # Prefixes that can never be routed through a tunnel to a VPC.
-_UNROUTABLE: tuple[tuple[IPNetwork, str], ...] = (
+_UNROUTABLE: tuple[tuple[Prefix, str], ...] = (
     (ipaddress.ip_network("127.0.0.0/8"), "loopback"),
     (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
     (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
@@ -26,7 +23,7 @@ _UNROUTABLE: tuple[tuple[IPNetwork, str], ...] = (
 )
 
 
-def parse_cidr(text: str) -> IPNetwork:
+def parse_cidr(text: str) -> Prefix:
     """Parse a network prefix strictly: host bits set is an error that names the right prefix."""
     text = text.strip()
     if "/" not in text:
@@ -43,12 +40,12 @@ def parse_cidr(text: str) -> IPNetwork:
         ) from exc
 
 
-def host_prefix(address: IPAddress) -> IPNetwork:
+def host_prefix(address: IpAddress) -> Prefix:
     """The /32 or /128 holding exactly one address."""
     return ipaddress.ip_network(f"{address}/{address.max_prefixlen}")
 
 
-def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
+def allocate(network: Prefix, used: Collection[IpAddress]) -> IpAddress:
     """The lowest free host address of the overlay network.
 
     Never the network address, never the IPv4 broadcast address, never an address in `used`.
@@ -63,7 +60,7 @@ def allocate(network: IPNetwork, used: Collection[IPAddress]) -> IPAddress:
     )
 
 
-def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None:
+def check_own_subnets(prefixes: Sequence[Prefix], overlay: Prefix) -> None:
     """Refuse a subnet list one gateway may not advertise: duplicates, self-overlap, overlay, unroutable."""
     for i, prefix in enumerate(prefixes):
         reason = unroutable_reason(prefix, overlay)
@@ -78,7 +75,7 @@ def check_own_subnets(prefixes: Sequence[IPNetwork], overlay: IPNetwork) -> None
                 )
 
 
-def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
+def unroutable_reason(prefix: Prefix, overlay: Prefix) -> str | None:
     """Why `prefix` can never be a subnet route, or None when it can."""
     if prefix.version == overlay.version and prefix.overlaps(overlay):
         return f"{prefix} overlaps the overlay network {overlay}"
@@ -88,14 +85,11 @@ def unroutable_reason(prefix: IPNetwork, overlay: IPNetwork) -> str | None:
     return None
 
 
-RouteState = Literal["active", "standby", "conflict", "rejected"]
-
-
 @dataclass(frozen=True, slots=True)
 class RouteClaim:
     """A gateway's claim on a prefix; claims are classified in the order they were made."""
 
-    prefix: IPNetwork
+    prefix: Prefix
     gateway: str
 
     @property
@@ -113,7 +107,7 @@ class RouteVerdict:
     other: RouteClaim | None = None
 
 
-def classify_routes(overlay: IPNetwork, claims: Iterable[RouteClaim]) -> list[RouteVerdict]:
+def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[RouteVerdict]:
     """Classify claims given oldest first.
 
     A claim's verdict depends only on the set of claims made before it, never on their order:

@@ -7,13 +7,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
+from pydantic_core import PydanticCustomError
 
-from wgmesh import errors, ipam, keys, rates
-
-P2PPolicy = Literal["auto", "off"]
-RouteState = Literal["active", "standby", "conflict", "rejected"]
-PathKind = Literal["direct", "relay"]
+from wgmesh import errors, ipam, keys, rates, values
+from wgmesh.values import NodeId, P2PPolicy, PathKind, RouteState
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
@@ -57,22 +55,20 @@ def _check_ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IP address") from exc
 
 
-def _check_endpoint(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+def _parse_endpoint(value: object) -> values.Endpoint:
+    """An endpoint on the wire: `ADDRESS:PORT` with an IP address (IPv6 as `[ADDRESS]:PORT`)."""
+    if isinstance(value, values.Endpoint):
+        endpoint = value
+    elif isinstance(value, str):
+        try:
+            endpoint = values.Endpoint.parse(value)
+        except errors.ValidationError as exc:
+            raise ValueError(exc.message) from exc
+    else:
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if endpoint.ip is None:  # peers and WireGuard need an address: nothing resolves names for them
         raise ValueError(f"endpoint {value!r} must be ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
-    if host.startswith("[") and host.endswith("]"):
-        addr = ipaddress.ip_address(host[1:-1])
-        if addr.version != 6:
-            raise ValueError(f"endpoint {value!r}: brackets are for IPv6 addresses")
-        return f"[{addr}]:{int(port)}"
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ValueError(f"endpoint {value!r} must be ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)") from exc
-    if addr.version != 4:
-        raise ValueError(f"endpoint {value!r}: write IPv6 endpoints as [ADDRESS]:PORT")
-    return f"{addr}:{int(port)}"
+    return endpoint
 
 
 Name = Annotated[str, AfterValidator(check_name)]
@@ -80,7 +76,12 @@ WgKey = Annotated[str, AfterValidator(_check_key)]
 Tag = Annotated[str, AfterValidator(_check_tag)]
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
 IpAddr = Annotated[str, AfterValidator(_check_ip)]
-Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+EndpointField = Annotated[
+    values.Endpoint,
+    PlainValidator(_parse_endpoint, json_schema_input_type=str),
+    PlainSerializer(str, return_type=str),
+]
+"""An `Endpoint` parsed once where a payload enters and written back as the same `HOST:PORT` string."""
 
 
 def _check_rate(value: str) -> str:
@@ -145,7 +146,7 @@ class NetworkPatch(Model):
 class Node(Model):
     """A member of the mesh, as the registry knows it."""
 
-    id: int
+    id: NodeId
     name: Name
     public_key: WgKey
     overlay_ip: IpAddr
@@ -153,7 +154,7 @@ class Node(Model):
     p2p: P2PPolicy = "auto"
     tags: list[Tag] = Field(default_factory=list)
     listen_port: Port = 51820
-    endpoints: list[Endpoint] = Field(default_factory=list)
+    endpoints: list[EndpointField] = Field(default_factory=list)
     eth0_ip: IpAddr | None = None
     public_ip: IpAddr | None = None
     last_seen: datetime | None = None
@@ -174,7 +175,7 @@ class Route(Answer):
 
     prefix: Cidr
     gateway: Name
-    gateway_id: int
+    gateway_id: NodeId
     state: RouteState
     reason: str = ""
     conflicting_with: str | None = Field(
@@ -197,12 +198,14 @@ class PairPolicy(Model):
 class PeerConfig(Answer):
     """One peer as a node should configure it."""
 
-    node_id: int
+    node_id: NodeId
     name: Name
     public_key: WgKey
     overlay_ip: IpAddr
     allowed_ips: list[Cidr]
-    endpoints: list[Endpoint] = Field(default_factory=list, description="Endpoint candidates, best first")
+    endpoints: list[EndpointField] = Field(
+        default_factory=list, description="Endpoint candidates, best first"
+    )
     p2p: P2PPolicy = Field("auto", description="Effective policy for this pair")
     psk: WgKey | None = None
     eth0_ip: IpAddr | None = None
@@ -220,7 +223,7 @@ class NetMap(Answer):
     """Everything one node needs to configure its interface and routes."""
 
     version: int
-    node_id: int
+    node_id: NodeId
     name: Name
     overlay_ip: IpAddr
     overlay_cidr: Cidr
@@ -243,9 +246,10 @@ _RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
 def _check_relay_url(value: str) -> str:
     if not _RELAY_URL.fullmatch(value):
         raise ValueError(f"relay {value!r} must be tcp://HOST:PORT or tls://HOST:PORT")
-    port = int(value.rpartition(":")[2])
-    if not 0 < port < 65536:
-        raise ValueError(f"relay {value!r}: port must be 1-65535")
+    try:
+        values.Endpoint.parse(value.partition("://")[2])
+    except errors.ValidationError as exc:
+        raise ValueError(f"relay {value!r}: {exc.message}") from exc
     return value
 
 
@@ -279,7 +283,7 @@ class EnrollRequest(Model):
     public_key: WgKey
     listen_port: Port = 51820
     subnets: list[Cidr] = Field(default_factory=list, max_length=1024)
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     max_mtu: UnderlayMtu | None = Field(
         None, description="The largest tunnel MTU the node's underlay carries; null: unknown"
     )
@@ -288,7 +292,7 @@ class EnrollRequest(Model):
 class EnrollResponse(Answer):
     """The answer to an enrollment; the credential is shown this once."""
 
-    node_id: int
+    node_id: NodeId
     credential: str
     netmap: NetMap
 
@@ -322,12 +326,12 @@ class ShadowedRoute(Model):
 class StatusReport(Model):
     """The agent's periodic report."""
 
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     eth0_ip: IpAddr | None = None
     netmap_version: int | None = None
     peers: list[PeerStatus] = Field(default_factory=list, max_length=10000)
     shadowed: list[ShadowedRoute] = Field(default_factory=list, max_length=10000)
-    metrics: Endpoint | None = Field(
+    metrics: EndpointField | None = Field(
         None, description="ADDRESS:PORT of the agent's Prometheus /metrics listener; null: off"
     )
     mtu: UnderlayMtu | None = Field(None, description="The MTU the agent set on its WireGuard interface")
@@ -385,7 +389,7 @@ class NodeCreate(Model):
     public_key: WgKey | None = None
     listen_port: Port = 51820
     subnets: list[Cidr] = Field(default_factory=list, max_length=1024)
-    endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
+    endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     p2p: P2PPolicy = "auto"
     tags: list[Tag] = Field(default_factory=list)
 
@@ -454,7 +458,7 @@ class WgQuickPeer(Model):
     public_key: WgKey
     preshared_key: WgKey | None = None
     allowed_ips: list[Cidr]
-    endpoint: Endpoint | None = Field(None, description="The peer's best endpoint candidate, if any")
+    endpoint: EndpointField | None = Field(None, description="The peer's best endpoint candidate, if any")
     persistent_keepalive: int | None = Field(None, ge=1, le=65535, description="Seconds")
 
 
@@ -585,7 +589,7 @@ class LocalStatus(Model):
     """What `wgmesh-agent status` reads from the agent's unix socket; works while the coordinator is down."""
 
     name: str
-    node_id: int | None
+    node_id: NodeId | None
     overlay_ip: IpAddr | None
     eth0_ip: IpAddr | None
     p2p: P2PPolicy

@@ -14,7 +14,6 @@ from wgmesh.models import (
     NetMap,
     Network,
     Node,
-    P2PPolicy,
     PeerConfig,
     Route,
     WgQuickConfig,
@@ -22,6 +21,7 @@ from wgmesh.models import (
     WgQuickPeer,
 )
 from wgmesh.topology import node_p2p, pair_key, pair_p2p
+from wgmesh.values import Endpoint, NodeId, P2PPolicy
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
 STATIC_KEEPALIVE = 25
@@ -40,7 +40,7 @@ class RegistrySnapshot:
     psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
     psk_master: bytes = b""
 
-    def node(self, node_id: int) -> Node:
+    def node(self, node_id: NodeId) -> Node:
         """The node with this id, or NotFoundError."""
         for node in self.nodes:
             if node.id == node_id:
@@ -62,29 +62,28 @@ def ceiling_mtu(network: Network, node: Node) -> int:
     return node.mtu if node.mtu is not None else network.mtu
 
 
-def endpoint_candidates(node: Node) -> list[str]:
+def endpoint_candidates(node: Node) -> list[Endpoint]:
     """Where a peer may reach `node` over UDP: reported endpoints first, then eth0 and public IP."""
-    seen: list[str] = list(node.endpoints)
+    seen: list[Endpoint] = list(node.endpoints)
     for address in (node.public_ip, node.eth0_ip):
         if address is None:
             continue
-        ip = ipaddress.ip_address(address)
-        candidate = f"[{ip}]:{node.listen_port}" if ip.version == 6 else f"{ip}:{node.listen_port}"
+        candidate = Endpoint(address, node.listen_port)
         if candidate not in seen:
             seen.append(candidate)
     return seen
 
 
-def active_routes_by_gateway(routes: Sequence[Route]) -> dict[int, list[str]]:
+def active_routes_by_gateway(routes: Sequence[Route]) -> dict[NodeId, list[str]]:
     """Each gateway's active prefixes, in advertisement order."""
-    out: dict[int, list[str]] = defaultdict(list)
+    out: dict[NodeId, list[str]] = defaultdict(list)
     for route in routes:
         if route.state == "active":
             out[route.gateway_id].append(route.prefix)
     return out
 
 
-def build_netmap(snapshot: RegistrySnapshot, node_id: int) -> NetMap:
+def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
     """The netmap of one node; it lists every other node as a peer."""
     me = snapshot.node(node_id)
     active = active_routes_by_gateway(snapshot.routes)

@@ -15,7 +15,6 @@ from wgmesh.models import (
     Network,
     Node,
     NodeStatus,
-    P2PPolicy,
     PeerStatus,
     PeerView,
     Route,
@@ -25,6 +24,7 @@ from wgmesh.models import (
     TopologyNode,
     TopologyRoute,
 )
+from wgmesh.values import NodeId, P2PPolicy
 
 HANDSHAKE_FRESH = timedelta(seconds=180)
 """A link whose newest handshake is older is `down` (WireGuard re-handshakes every two minutes in use)."""
@@ -54,11 +54,11 @@ def pair_p2p(network: Network, a: Node, b: Node, override: P2PPolicy | None) -> 
 
 # --- what the reports say ----------------------------------------------------------------------------
 
-Reports = Mapping[int, Mapping[str, PeerStatus]]
+Reports = Mapping[NodeId, Mapping[str, PeerStatus]]
 """Per reporting node id, its peer entries keyed by the peer's public key."""
 
 
-def peer_reports(statuses: Mapping[int, NodeStatus]) -> dict[int, dict[str, PeerStatus]]:
+def peer_reports(statuses: Mapping[NodeId, NodeStatus]) -> dict[NodeId, dict[str, PeerStatus]]:
     """Each reporting node's peer entries, keyed by public key."""
     return {node_id: {p.public_key: p for p in st.report.peers} for node_id, st in statuses.items()}
 
@@ -144,7 +144,7 @@ def shadowed_by(route: Route, shadows: Iterable[tuple[str, ShadowedRoute]]) -> l
     ]
 
 
-def _shadows(nodes: Sequence[Node], statuses: Mapping[int, NodeStatus]) -> list[tuple[str, ShadowedRoute]]:
+def _shadows(nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]) -> list[tuple[str, ShadowedRoute]]:
     """Every reported shadow with the node that reported it, by node name."""
     return [
         (node.name, shadow)
@@ -161,7 +161,7 @@ def warnings(
     nodes: Sequence[Node],
     links: Sequence[Link],
     routes: Sequence[Route],
-    statuses: Mapping[int, NodeStatus],
+    statuses: Mapping[NodeId, NodeStatus],
 ) -> list[str]:
     """What an admin should look at: links without a recent handshake, routes that do not take effect,
     gateways offline, and routes a node does not install."""
@@ -192,7 +192,7 @@ def build_topology(
     nodes: Sequence[Node],
     routes: Sequence[Route],
     pair_overrides: Mapping[PairKey, P2PPolicy],
-    statuses: Mapping[int, NodeStatus],
+    statuses: Mapping[NodeId, NodeStatus],
     now: datetime,
 ) -> Topology:
     """The topology document: nodes (given sorted) with their peer views, every pair's link, the routes

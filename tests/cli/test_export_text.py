@@ -55,7 +55,7 @@ def test_every_field_reads_back(tmp_path: Path) -> None:
         got = peers[p.public_key]
         assert got["AllowedIPs"] == p.allowed_ips
         assert got.get("PresharedKey") == p.preshared_key
-        assert got.get("Endpoint") == p.endpoint
+        assert got.get("Endpoint") == (str(p.endpoint) if p.endpoint else None)
         assert got.get("PersistentKeepalive") == p.persistent_keepalive
 
 

@@ -24,7 +24,11 @@ def _observe(plane: DataPlane) -> dict[str, Any]:
         "listen_port": device.spec.listen_port,
         "public_key": device.public_key,
         "peers": {
-            key: {"allowed_ips": list(p.allowed_ips), "endpoint": p.endpoint, "keepalive": p.keepalive}
+            key: {
+                "allowed_ips": list(p.allowed_ips),
+                "endpoint": str(p.endpoint) if p.endpoint else None,
+                "keepalive": p.keepalive,
+            }
             for key, p in device.spec.peers.items()
         },
     }

@@ -89,7 +89,7 @@ def expected(peers: list[PeerConfig]) -> dict[str, dict[str, Any]]:
     return {
         p.public_key: {
             "allowed_ips": sorted(p.allowed_ips),
-            "endpoint": p.endpoints[0] if p.endpoints else None,
+            "endpoint": str(p.endpoints[0]) if p.endpoints else None,
         }
         for p in peers
     }
@@ -235,7 +235,9 @@ from wgmesh import keys
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint, SetFwmark, SetKeepalive, SetPsk, plan_device
 from wgmesh.agent.system.wireguard_kernel import KernelBackend
 from wgmesh.agent.wgstate import DeviceSpec, PeerSpec, PrivateKey
+from wgmesh.values import Endpoint
 
+ep = Endpoint.parse
 wg = KernelBackend(sys.argv[1])
 me = PrivateKey(keys.generate_keypair().private_key)
 assert wg.ensure_up(me, 51820) is True
@@ -246,7 +248,7 @@ peers = [
     PeerSpec(keys.generate_keypair().public_key,
              (f"100.96.{1 + i // 250}.{1 + i % 250}/32", f"198.18.{64 + i // 4}.{(i % 4) * 64}/27",
               f"198.18.{64 + i // 4}.{(i % 4) * 64 + 32}/27"),
-             f"198.19.{i // 250}.{1 + i % 250}:{51820 + i}", keys.generate_keypair().public_key, 25)
+             ep(f"198.19.{i // 250}.{1 + i % 250}:{51820 + i}"), keys.generate_keypair().public_key, 25)
     for i in range(300)
 ]
 big = PeerSpec(keys.generate_keypair().public_key, tuple(f"10.251.{i}.0/24" for i in range(250)), None, None, 25)
@@ -262,27 +264,27 @@ assert seen.spec.peers == want.peers, "read back differs"
 assert plan_device(want, seen.spec) == []
 
 # An endpoint change keeps the allowed IPs (the big peer's too); removing a peer removes only it.
-wg.apply([SetEndpoint(big.public_key, "198.18.1.2:51820"), RemovePeer(peers[0].public_key)])
+wg.apply([SetEndpoint(big.public_key, ep("198.18.1.2:51820")), RemovePeer(peers[0].public_key)])
 after = wg.observe().spec.peers
-assert after[big.public_key].endpoint == "198.18.1.2:51820"
+assert after[big.public_key].endpoint == ep("198.18.1.2:51820")
 assert after[big.public_key].allowed_ips == big.allowed_ips
 assert len(after) == 300 and peers[0].public_key not in after
 
 # An IPv6 endpoint and allowed IP, fwmark, keepalive set and cleared, a PSK rotated and cleared.
-v6 = PeerSpec(keys.generate_keypair().public_key, ("2001:db8:1::/64", "100.96.7.7/32"), "[2001:db8::1]:51820",
+v6 = PeerSpec(keys.generate_keypair().public_key, ("2001:db8:1::/64", "100.96.7.7/32"), ep("[2001:db8::1]:51820"),
               None, 25)
 wg.apply([SetFwmark(0x77), AddPeer(v6)])
 seen = wg.observe()
 assert seen.spec.fwmark == 0x77, seen.spec.fwmark
 got = seen.spec.peers[v6.public_key]
-assert got.endpoint == "[2001:db8::1]:51820", got.endpoint
+assert got.endpoint == ep("[2001:db8::1]:51820"), got.endpoint
 assert sorted(got.allowed_ips) == sorted(v6.allowed_ips), got.allowed_ips
 assert got.keepalive == 25
 rotated = keys.generate_keypair().public_key
-wg.apply([SetEndpoint(v6.public_key, "198.18.3.3:4000"), SetKeepalive(v6.public_key, None),
+wg.apply([SetEndpoint(v6.public_key, ep("198.18.3.3:4000")), SetKeepalive(v6.public_key, None),
           SetPsk(v6.public_key, rotated), SetPsk(peers[1].public_key, None)])
 now = wg.observe().spec.peers
-assert (now[v6.public_key].endpoint, now[v6.public_key].keepalive) == ("198.18.3.3:4000", None), now[v6.public_key]
+assert (now[v6.public_key].endpoint, now[v6.public_key].keepalive) == (ep("198.18.3.3:4000"), None), now[v6.public_key]
 assert now[v6.public_key].psk == rotated and now[peers[1].public_key].psk is None
 assert sorted(now[v6.public_key].allowed_ips) == sorted(v6.allowed_ips)
 want = DeviceSpec.of(listen_port=51820, peers=list(now.values()), private_key=me, fwmark=0x77)

@@ -53,8 +53,7 @@ class Side:
         return data, addr
 
     def shim_address(self, peer: int) -> tuple[str, int]:
-        host, _, port = self.shim.endpoint_for(peer).rpartition(":")
-        return host, int(port)
+        return self.shim.endpoint_for(peer).address
 
 
 def make_side(node_id: int, stack: ExitStack) -> Side:

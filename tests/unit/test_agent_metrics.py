@@ -17,6 +17,9 @@ from wgmesh.agent.path_control import PeerPathView
 from wgmesh.agent.shim import RelayView, ShimCounters
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.errors import ValidationError
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -54,7 +57,7 @@ def render(metrics: AgentMetrics) -> Samples:
 def test_renders_the_cached_stats_paths_and_events() -> None:
     metrics = AgentMetrics(agent())
     handshake = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    metrics.stats_seen({"K2": PeerStats(1000, 2000, handshake, "127.0.0.1:40000"), "K9": PeerStats(5, 5)})
+    metrics.stats_seen({"K2": PeerStats(1000, 2000, handshake, ep("127.0.0.1:40000")), "K9": PeerStats(5, 5)})
     metrics.path_switched("gw2", "probes_failed")
     metrics.applied(ApplyResult(operations=4, device_ops=1, route_ops=2, seconds=0.02))
     s = render(metrics)
@@ -86,12 +89,12 @@ def test_advertised_address_replaces_a_wildcard_with_eth0() -> None:
     metrics = AgentMetrics(agent())
     assert metrics.advertised("198.18.0.11") is None  # not listening
     metrics.listen = ("0.0.0.0", 9586)
-    assert metrics.advertised("198.18.0.11") == "198.18.0.11:9586"
+    assert metrics.advertised("198.18.0.11") == ep("198.18.0.11:9586")
     assert metrics.advertised(None) is None
     metrics.listen = ("198.18.0.12", 9586)
-    assert metrics.advertised("198.18.0.11") == "198.18.0.12:9586"
+    assert metrics.advertised("198.18.0.11") == ep("198.18.0.12:9586")
     metrics.listen = ("fd00::1", 9586)
-    assert metrics.advertised(None) == "[fd00::1]:9586"
+    assert metrics.advertised(None) == ep("[fd00::1]:9586")
 
 
 def test_listener_serves_and_stops() -> None:

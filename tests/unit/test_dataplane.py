@@ -16,6 +16,9 @@ from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper,
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import PeerConfig, ShadowedRoute
 from wgmesh.mtu import DEFAULT_MTU
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 ME = keys.generate_keypair()
 
@@ -74,20 +77,20 @@ def test_same_netmap_twice_is_zero_operations() -> None:
 def test_endpoint_change_is_one_operation_and_keeps_allowed_ips() -> None:
     p = Plane()
     p.dp.apply(netmap(GW2, GW3))
-    moved = GW2.model_copy(update={"endpoints": ["198.18.0.99:51820"]})
+    moved = GW2.model_copy(update={"endpoints": [ep("198.18.0.99:51820")]})
     result = p.dp.apply(netmap(moved, GW3))
     assert result.operations == 1
-    assert p.wg.applied[-1] == [SetEndpoint(GW2.public_key, "198.18.0.99:51820")]
+    assert p.wg.applied[-1] == [SetEndpoint(GW2.public_key, ep("198.18.0.99:51820"))]
     assert p.wg.observe().spec.peers[GW2.public_key].allowed_ips == ("10.2.0.0/24", "100.96.0.2/32")
 
 
 def test_overrides_and_roaming() -> None:
     p = Plane()
-    p.dp.apply(netmap(GW2), {GW2.public_key: "127.0.0.1:40002"})
-    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == "127.0.0.1:40002"
-    p.wg.roam(GW2.public_key, "198.18.0.77:1234")
-    assert p.dp.apply(netmap(GW2), {GW2.public_key: "127.0.0.1:40002"}).operations == 0
-    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == "198.18.0.77:1234"
+    p.dp.apply(netmap(GW2), {GW2.public_key: ep("127.0.0.1:40002")})
+    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == ep("127.0.0.1:40002")
+    p.wg.roam(GW2.public_key, ep("198.18.0.77:1234"))
+    assert p.dp.apply(netmap(GW2), {GW2.public_key: ep("127.0.0.1:40002")}).operations == 0
+    assert p.wg.observe().spec.peers[GW2.public_key].endpoint == ep("198.18.0.77:1234")
 
 
 def test_removing_a_peer_removes_it_and_its_routes_only() -> None:
@@ -177,9 +180,9 @@ def test_observed_stats_carry_counters_handshake_and_endpoint() -> None:
     p = Plane()
     p.dp.apply(netmap(GW2, GW3))
     when = datetime(2026, 1, 1, tzinfo=UTC)
-    p.wg.stats[GW2.public_key] = PeerStats(10, 20, when, "198.18.0.12:51820")
+    p.wg.stats[GW2.public_key] = PeerStats(10, 20, when, ep("198.18.0.12:51820"))
     stats = p.dp.observe_stats()
-    assert stats[GW2.public_key] == PeerStats(10, 20, when, "198.18.0.12:51820")
+    assert stats[GW2.public_key] == PeerStats(10, 20, when, ep("198.18.0.12:51820"))
     assert stats[GW3.public_key].rx_bytes == 0 and stats[GW3.public_key].endpoint is None
 
 

@@ -10,13 +10,14 @@ from hypothesis import strategies as st
 
 from wgmesh import ipam
 from wgmesh.errors import ExhaustedError, ValidationError
-from wgmesh.ipam import IPAddress, IPNetwork, RouteClaim, RouteVerdict
+from wgmesh.ipam import RouteClaim, RouteVerdict
+from wgmesh.values import IpAddress, Prefix
 
 OVERLAY4 = ipaddress.ip_network("100.96.0.0/16")
 OVERLAY6 = ipaddress.ip_network("fd7a:115c:a1e0::/48")
 
 
-def net(text: str) -> IPNetwork:
+def net(text: str) -> Prefix:
     return ipaddress.ip_network(text)
 
 
@@ -114,7 +115,7 @@ def test_allocate_never_hands_out_the_network_address_even_without_a_broadcast(
 
 def test_allocate_exhausts_an_ipv6_network() -> None:
     small = net("fd00::/126")
-    got: list[IPAddress] = []
+    got: list[IpAddress] = []
     for _ in range(3):
         got.append(ipam.allocate(small, got))
     assert [str(a) for a in got] == ["fd00::1", "fd00::2", "fd00::3"]
@@ -123,12 +124,12 @@ def test_allocate_exhausts_an_ipv6_network() -> None:
 
 
 @st.composite
-def overlay_and_used(draw: st.DrawFn) -> tuple[IPNetwork, list[IPAddress]]:
+def overlay_and_used(draw: st.DrawFn) -> tuple[Prefix, list[IpAddress]]:
     """A small overlay network (IPv4 /25-/30 in 10/8 or IPv6 /121-/126 in fd00::/8) and used addresses."""
     if draw(st.booleans()):
         length = draw(st.integers(25, 30))
         base = int(ipaddress.ip_address("10.0.0.0")) + draw(st.integers(0, 2**24 - 1))
-        network: IPNetwork = ipaddress.ip_network(f"{ipaddress.IPv4Address(base)}/{length}", strict=False)
+        network: Prefix = ipaddress.ip_network(f"{ipaddress.IPv4Address(base)}/{length}", strict=False)
     else:
         length = draw(st.integers(121, 126))
         base6 = int(ipaddress.ip_address("fd00::")) + draw(st.integers(0, 2**120 - 1))
@@ -140,11 +141,11 @@ def overlay_and_used(draw: st.DrawFn) -> tuple[IPNetwork, list[IPAddress]]:
 
 @given(overlay_and_used())
 def test_allocation_never_duplicates_and_never_leaves_the_network(
-    case: tuple[IPNetwork, list[IPAddress]],
+    case: tuple[Prefix, list[IpAddress]],
 ) -> None:
     network, used = case
     held = list(used)
-    handed_out: list[IPAddress] = []
+    handed_out: list[IpAddress] = []
     while True:
         try:
             address = ipam.allocate(network, held)
@@ -265,7 +266,7 @@ OVERLAYS = st.sampled_from(
 
 
 @st.composite
-def small_prefix(draw: st.DrawFn) -> IPNetwork:
+def small_prefix(draw: st.DrawFn) -> Prefix:
     length = draw(st.integers(8, 12))
     bits = draw(st.integers(0, 15))
     if draw(st.booleans()):
@@ -298,7 +299,7 @@ def check_verdict_is_explained(verdict: RouteVerdict, earlier: list[RouteClaim])
 
 @given(overlay=OVERLAYS, claims=CLAIMS, data=st.data())
 def test_a_verdict_depends_only_on_the_set_of_earlier_claims(
-    overlay: IPNetwork, claims: list[RouteClaim], data: st.DataObject
+    overlay: Prefix, claims: list[RouteClaim], data: st.DataObject
 ) -> None:
     verdicts = ipam.classify_routes(overlay, claims)
     assert [v.claim for v in verdicts] == claims
@@ -314,7 +315,7 @@ def test_a_verdict_depends_only_on_the_set_of_earlier_claims(
 
 @given(overlay=OVERLAYS, claims=CLAIMS, later=CLAIMS)
 def test_adding_a_later_claim_never_changes_an_earlier_verdict(
-    overlay: IPNetwork, claims: list[RouteClaim], later: list[RouteClaim]
+    overlay: Prefix, claims: list[RouteClaim], later: list[RouteClaim]
 ) -> None:
     before = ipam.classify_routes(overlay, claims)
     after = ipam.classify_routes(overlay, claims + later)
@@ -323,7 +324,7 @@ def test_adding_a_later_claim_never_changes_an_earlier_verdict(
 
 @given(overlay=OVERLAYS, claims=CLAIMS.filter(bool), data=st.data())
 def test_removing_a_claim_never_turns_an_active_one_inactive(
-    overlay: IPNetwork, claims: list[RouteClaim], data: st.DataObject
+    overlay: Prefix, claims: list[RouteClaim], data: st.DataObject
 ) -> None:
     gone = data.draw(st.integers(0, len(claims) - 1), label="index removed")
     before = ipam.classify_routes(overlay, claims)
@@ -337,7 +338,7 @@ def test_removing_a_claim_never_turns_an_active_one_inactive(
 
 @given(overlay=OVERLAYS, claims=CLAIMS)
 def test_active_routes_never_overlap_and_each_standby_backs_an_active_one(
-    overlay: IPNetwork, claims: list[RouteClaim]
+    overlay: Prefix, claims: list[RouteClaim]
 ) -> None:
     verdicts = ipam.classify_routes(overlay, claims)
     active = [v.claim for v in verdicts if v.state == "active"]

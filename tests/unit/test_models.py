@@ -152,7 +152,7 @@ def test_bad_cidrs_are_refused_with_a_reason(cidr: str, fragment: str) -> None:
     [("198.51.100.7:51820", "198.51.100.7:51820"), ("[FD00::1]:1", "[fd00::1]:1")],
 )
 def test_endpoints_are_address_and_port(endpoint: str, normal: str) -> None:
-    assert StatusReport(endpoints=[endpoint]).endpoints == [normal]
+    assert [str(e) for e in StatusReport(endpoints=[endpoint]).endpoints] == [normal]
 
 
 @pytest.mark.parametrize(

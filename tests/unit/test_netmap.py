@@ -22,6 +22,9 @@ from wgmesh.netmap import (
     endpoint_candidates,
 )
 from wgmesh.topology import pair_key
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 MASTER = b"\x07" * 32
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -161,19 +164,19 @@ def test_endpoint_candidates_reported_first_then_public_then_eth0_without_repeat
         public_ip="198.51.100.7",
         eth0_ip="10.9.0.5",
     )
-    assert endpoint_candidates(n) == ["198.51.100.7:51821", "10.9.0.5:40000", "10.9.0.5:51821"]
+    assert endpoint_candidates(n) == [ep("198.51.100.7:51821"), ep("10.9.0.5:40000"), ep("10.9.0.5:51821")]
 
 
 def test_endpoint_candidates_bracket_ipv6_and_may_be_empty() -> None:
     n = node(9, "gw-x", "100.96.0.9", public_ip="2001:db8::7", eth0_ip="10.9.0.5")
-    assert endpoint_candidates(n) == ["[2001:db8::7]:51820", "10.9.0.5:51820"]
+    assert endpoint_candidates(n) == [ep("[2001:db8::7]:51820"), ep("10.9.0.5:51820")]
     assert endpoint_candidates(node(8, "gw-y", "100.96.0.8")) == []
 
 
 def test_peer_carries_endpoint_candidates_and_addresses() -> None:
     b = B.model_copy(update={"public_ip": "203.0.113.2", "eth0_ip": "10.2.0.1", "endpoints": []})
     p = peer(build_netmap(snapshot(nodes=[A, b, C]), A.id), "gw-b")
-    assert p.endpoints == ["203.0.113.2:51820", "10.2.0.1:51820"]
+    assert p.endpoints == [ep("203.0.113.2:51820"), ep("10.2.0.1:51820")]
     assert (p.public_ip, p.eth0_ip) == ("203.0.113.2", "10.2.0.1")
 
 

@@ -15,6 +15,9 @@ from wgmesh.agent.paths import DEFAULT_CONFIG, PathInputs
 from wgmesh.agent.prober import BurstResult
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import PeerConfig
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 
 def peer(node_id: int, *, p2p: str = "auto", endpoints: list[str] | None = None) -> PeerConfig:
@@ -38,8 +41,8 @@ def controller() -> Iterator[PathController]:
 
 
 def test_probe_address_is_the_wireguard_port_plus_one() -> None:
-    assert probe_address("198.18.0.12:51820") == ("198.18.0.12", 51821)
-    assert probe_address("[2001:db8::1]:51820") == ("2001:db8::1", 51821)
+    assert probe_address(ep("198.18.0.12:51820")) == ("198.18.0.12", 51821)
+    assert probe_address(ep("[2001:db8::1]:51820")) == ("2001:db8::1", 51821)
 
 
 @pytest.mark.parametrize(
@@ -65,8 +68,8 @@ def test_burst_figures_reach_the_decision_inputs() -> None:
 
 def test_endpoints_before_any_decision(controller: PathController) -> None:
     off, bare, auto = peer(2, p2p="off"), peer(3, endpoints=[]), peer(4)
-    assert (controller.endpoint_for(off) or "").startswith("127.0.0.1:")
-    assert (controller.endpoint_for(bare) or "").startswith("127.0.0.1:")
+    assert str(controller.endpoint_for(off)).startswith("127.0.0.1:")
+    assert str(controller.endpoint_for(bare)).startswith("127.0.0.1:")
     assert controller.endpoint_for(auto) is None  # the planner's default: the first candidate
     # One stable shim socket per peer.
     assert controller.endpoint_for(off) == controller.endpoint_for(off) != controller.endpoint_for(bare)
@@ -74,7 +77,7 @@ def test_endpoints_before_any_decision(controller: PathController) -> None:
 
 def test_tick_decides_relay_for_p2p_off_and_direct_for_auto(controller: PathController) -> None:
     off, auto = peer(2, p2p="off"), peer(3)
-    stats = {auto.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.13:51820")}
+    stats = {auto.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=ep("198.18.0.13:51820"))}
     changed = controller.tick(netmap(off, auto), stats)
     assert {(p.name, s.path, s.code) for p, s, prev in changed if prev is None} == {
         ("gw2", "relay", "policy_off"),
@@ -82,23 +85,23 @@ def test_tick_decides_relay_for_p2p_off_and_direct_for_auto(controller: PathCont
     }
     assert controller.tick(netmap(off, auto), stats) == []  # nothing new: no endpoint churn
     shim_endpoint = controller.endpoint_for(off)
-    assert shim_endpoint is not None and shim_endpoint.startswith("127.0.0.1:")
+    assert shim_endpoint is not None and shim_endpoint.host == "127.0.0.1"
     assert controller.view(2, shim_endpoint).path == "relay"
     assert controller.view(2, shim_endpoint).reason == "p2p is off for this pair"
     # A direct peer WireGuard roamed onto its shim socket (the other side chose the relay) shows as relayed.
     roamed = controller.shim.endpoint_for(3)
     view = controller.view(3, roamed)
     assert view.path == "relay" and "WireGuard follows" in (view.reason or "")
-    assert controller.view(3, "198.18.0.13:51820").path == "direct"
+    assert controller.view(3, ep("198.18.0.13:51820")).path == "direct"
 
 
 def test_the_best_answering_candidate_becomes_the_endpoint(controller: PathController) -> None:
     two = peer(2, endpoints=["198.18.0.12:51820", "198.18.1.12:51820"])
     controller.tick(netmap(two), {})
-    controller._peers[2].best_direct = "198.18.1.12:51820"
-    assert controller.endpoint_for(two) == "198.18.1.12:51820"
+    controller._peers[2].best_direct = ep("198.18.1.12:51820")
+    assert controller.endpoint_for(two) == ep("198.18.1.12:51820")
     # A candidate the netmap no longer lists is never used.
-    controller._peers[2].best_direct = "198.18.9.9:51820"
+    controller._peers[2].best_direct = ep("198.18.9.9:51820")
     assert controller.endpoint_for(two) is None
 
 
@@ -112,7 +115,7 @@ def test_departed_peers_are_forgotten(controller: PathController) -> None:
 
 def test_a_stale_roam_is_undone_only_when_the_peer_says_it_is_direct(controller: PathController) -> None:
     two = peer(2)
-    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.12:51820")}
+    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=ep("198.18.0.12:51820"))}
     controller.tick(netmap(two), stats)
     assert (controller.state(2) or pytest.fail("no decision")).path == "direct"
     roamed = {
@@ -141,7 +144,7 @@ def test_static_peers_are_left_to_plain_wireguard(controller: PathController) ->
 
 def test_a_departed_peer_leaves_nothing_behind(controller: PathController) -> None:
     two, three = peer(2), peer(3)
-    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint="198.18.0.12:51820")}
+    stats = {two.public_key: PeerStats(last_handshake=datetime.now(UTC), endpoint=ep("198.18.0.12:51820"))}
     controller.tick(netmap(two, three), stats)
     # A stale roam undone for gw2: its time is kept per peer.
     roamed = {
@@ -170,8 +173,8 @@ def test_peer_reports_carry_counters_and_the_decided_path(controller: PathContro
     stranger = keys.generate_keypair().public_key
     stats = {
         off.public_key: PeerStats(1, 2, None, None),
-        auto.public_key: PeerStats(10, 20, when, "198.18.0.13:51820"),
-        stranger: PeerStats(5, 6, None, "198.18.0.99:51820"),
+        auto.public_key: PeerStats(10, 20, when, ep("198.18.0.13:51820")),
+        stranger: PeerStats(5, 6, None, ep("198.18.0.99:51820")),
     }
     controller.tick(netmap(off, auto), stats)
     reports = {
@@ -193,3 +196,22 @@ def test_peer_reports_carry_counters_and_the_decided_path(controller: PathContro
     # A key WireGuard holds but the netmap does not: counters only, no path to claim.
     config, status = reports[stranger]
     assert config is None and (status.rx_bytes, status.path, status.reason) == (5, None, None)
+
+
+def test_the_fastest_ipv6_candidate_becomes_the_endpoint(controller: PathController) -> None:
+    # The prober's socket cannot reach 2001:db8::/32 from here, so the RTTs the network would give are
+    # supplied per probe address; the round, what it records and the endpoint chosen are the real ones.
+    slow, fast = ep("[2001:db8::1]:51820"), ep("[2001:db8::2]:51820")
+    two = peer(2, endpoints=[str(slow), str(fast)])
+    rtts = {probe_address(slow): 0.040, probe_address(fast): 0.002}
+
+    async def ping(peer_id: int, via: object, timeout: float) -> float | None:
+        return rtts.get(via) if isinstance(via, tuple) else None
+
+    controller.prober.ping = ping  # type: ignore[method-assign]
+    controller.tick(netmap(two), {})
+    candidates = [probe_address(e) for e in two.endpoints]
+    controller.net.loop.run_until_complete(
+        controller._probe_round(2, controller._peers[2], candidates, ping=True, burst=False, via_relay=False)
+    )
+    assert controller.endpoint_for(two) == fast

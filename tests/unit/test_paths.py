@@ -19,7 +19,7 @@ from wgmesh.agent.paths import (
     ProbeResult,
     decide,
 )
-from wgmesh.models import P2PPolicy
+from wgmesh.values import P2PPolicy
 
 T = TypeVar("T")
 C = DEFAULT_CONFIG

@@ -31,6 +31,9 @@ from wgmesh.agent.plan import (
 )
 from wgmesh.agent.wgstate import KEEPALIVE, DeviceSpec, PeerSpec, PrivateKey
 from wgmesh.models import PeerConfig, ShadowedRoute
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 EMPTY = DeviceSpec(None, {})
 
@@ -63,7 +66,7 @@ def test_desired_device_takes_first_endpoint_keepalive_psk_and_sorted_allowed_ip
     )
     device = plan.desired_device(netmap(gw2))
     spec = device.peers[gw2.public_key]
-    assert spec.endpoint == "198.18.0.12:51820"
+    assert spec.endpoint == ep("198.18.0.12:51820")
     assert spec.keepalive == KEEPALIVE == 25
     assert spec.psk == psk
     assert spec.allowed_ips == ("10.2.0.0/24", "100.96.0.2/32")
@@ -73,12 +76,12 @@ def test_desired_device_takes_first_endpoint_keepalive_psk_and_sorted_allowed_ip
 def test_endpoint_overrides_by_mapping_and_by_function() -> None:
     gw2 = peer_config("gw2", "100.96.0.2")
     gw3 = peer_config("gw3", "100.96.0.3")
-    by_map = plan.desired_device(netmap(gw2, gw3), {gw2.public_key: "127.0.0.1:40002"})
-    assert by_map.peers[gw2.public_key].endpoint == "127.0.0.1:40002"
-    assert by_map.peers[gw3.public_key].endpoint == "198.18.0.3:51820"
-    by_fn = plan.desired_device(netmap(gw2, gw3), lambda p: "[::1]:9" if p.name == "gw3" else None)
-    assert by_fn.peers[gw2.public_key].endpoint == "198.18.0.2:51820"
-    assert by_fn.peers[gw3.public_key].endpoint == "[::1]:9"
+    by_map = plan.desired_device(netmap(gw2, gw3), {gw2.public_key: ep("127.0.0.1:40002")})
+    assert by_map.peers[gw2.public_key].endpoint == ep("127.0.0.1:40002")
+    assert by_map.peers[gw3.public_key].endpoint == ep("198.18.0.3:51820")
+    by_fn = plan.desired_device(netmap(gw2, gw3), lambda p: ep("[::1]:9") if p.name == "gw3" else None)
+    assert by_fn.peers[gw2.public_key].endpoint == ep("198.18.0.2:51820")
+    assert by_fn.peers[gw3.public_key].endpoint == ep("[::1]:9")
 
 
 def test_peer_without_endpoint_has_none_and_listen_port_can_be_forced() -> None:
@@ -148,9 +151,9 @@ def test_endpoint_change_is_one_operation_without_allowed_ips() -> None:
     gw2 = peer_config("gw2", "100.96.0.2", "10.2.0.0/24")
     before = plan.desired_device(netmap(gw2))
     device = apply_ops(EMPTY, plan_device(before, EMPTY))
-    moved = plan.desired_device(netmap(gw2.model_copy(update={"endpoints": ["198.18.0.99:51820"]})))
+    moved = plan.desired_device(netmap(gw2.model_copy(update={"endpoints": [ep("198.18.0.99:51820")]})))
     ops = plan_device(moved, device, applied_endpoints_after(before))
-    assert ops == [SetEndpoint(gw2.public_key, "198.18.0.99:51820")]
+    assert ops == [SetEndpoint(gw2.public_key, ep("198.18.0.99:51820"))]
     assert apply_ops(device, ops).peers[gw2.public_key].allowed_ips == ("10.2.0.0/24", "100.96.0.2/32")
 
 
@@ -158,10 +161,10 @@ def test_roamed_endpoint_is_left_alone_but_a_restarted_agent_lines_up_once() -> 
     gw2 = peer_config("gw2", "100.96.0.2")
     desired = plan.desired_device(netmap(gw2))
     device = apply_ops(EMPTY, plan_device(desired, EMPTY))
-    roamed = apply_ops(device, [SetEndpoint(gw2.public_key, "198.18.0.200:4444")])
+    roamed = apply_ops(device, [SetEndpoint(gw2.public_key, ep("198.18.0.200:4444"))])
     assert plan_device(desired, roamed, applied_endpoints_after(desired)) == []
     # Nothing recorded (the agent restarted and adopted the interface): compare with the interface.
-    assert plan_device(desired, roamed, {}) == [SetEndpoint(gw2.public_key, "198.18.0.2:51820")]
+    assert plan_device(desired, roamed, {}) == [SetEndpoint(gw2.public_key, ep("198.18.0.2:51820"))]
 
 
 def test_allowed_ips_psk_keepalive_changes_touch_only_that_peer() -> None:
@@ -227,7 +230,7 @@ KEYS = st.binary(min_size=32, max_size=32).map(lambda raw: base64.b64encode(raw)
 PREFIXES = st.sampled_from(
     [f"10.{i}.0.0/24" for i in range(8)] + [f"100.96.0.{i}/32" for i in range(2, 10)] + ["fd00:1::/64"]
 )
-ENDPOINTS = st.sampled_from([f"198.18.0.{i}:51820" for i in range(10, 16)] + ["[fd00::1]:51820"])
+ENDPOINTS = st.sampled_from([ep(f"198.18.0.{i}:51820") for i in range(10, 16)] + [ep("[fd00::1]:51820")])
 PSKS = st.none() | st.sampled_from([keys.generate_psk() for _ in range(3)])
 
 

@@ -19,13 +19,16 @@ from wgmesh.agent.system.wireguard_kernel import (
     requests_for,
 )
 from wgmesh.agent.wgstate import PeerSpec
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 PEER = keys.generate_keypair().public_key
 ZERO = base64.b64encode(bytes(32)).decode()
 
 
 def test_endpoint_update_has_no_allowed_ips_and_no_replace_flag() -> None:
-    (request,) = requests_for([SetEndpoint(PEER, "198.18.0.12:51820")])
+    (request,) = requests_for([SetEndpoint(PEER, ep("198.18.0.12:51820"))])
     assert request == {
         "peer": {
             "public_key": PEER,
@@ -34,13 +37,13 @@ def test_endpoint_update_has_no_allowed_ips_and_no_replace_flag() -> None:
             "endpoint_port": 51820,
         }
     }
-    (v6,) = requests_for([SetEndpoint(PEER, "[fd00::1]:7")])
+    (v6,) = requests_for([SetEndpoint(PEER, ep("[fd00::1]:7"))])
     assert (v6["peer"]["endpoint_addr"], v6["peer"]["endpoint_port"]) == ("fd00::1", 7)
 
 
 def test_add_peer_and_long_allowed_ip_lists_are_chunked() -> None:
     ips = tuple(f"10.{i // 256}.{i % 256}.0/24" for i in range(2 * ALLOWED_IPS_PER_MESSAGE + 1))
-    spec = PeerSpec(PEER, ips, "198.18.0.12:51820", None, 25)
+    spec = PeerSpec(PEER, ips, ep("198.18.0.12:51820"), None, 25)
     requests = requests_for([AddPeer(spec)])
     assert len(requests) == 3
     first = requests[0]["peer"]
@@ -129,9 +132,11 @@ def test_parse_info_merges_a_peer_continued_in_the_next_message() -> None:
     assert observed.public_key == me.public_key
     assert observed.spec.listen_port == 51820
     assert observed.spec.peers[PEER] == PeerSpec(
-        PEER, ("10.2.0.0/24", "10.22.0.0/24", "100.96.0.2/32"), "198.18.0.12:51821", psk, 25
+        PEER, ("10.2.0.0/24", "10.22.0.0/24", "100.96.0.2/32"), ep("198.18.0.12:51821"), psk, 25
     )
-    assert observed.spec.peers[other] == PeerSpec(other, ("100.96.0.3/32",), "198.18.0.13:51820", None, None)
+    assert observed.spec.peers[other] == PeerSpec(
+        other, ("100.96.0.3/32",), ep("198.18.0.13:51820"), None, None
+    )
     stats = observed.stats[PEER]
     assert (stats.rx_bytes, stats.tx_bytes) == (10, 20)
     assert stats.last_handshake is not None and stats.last_handshake.timestamp() == 1700000000

@@ -23,6 +23,9 @@ from wgmesh.agent.plan import (
 from wgmesh.agent.system.wireguard_uapi import UapiSocket, UserspaceBackend, encode_set, parse_get
 from wgmesh.agent.wgstate import PeerSpec, PrivateKey
 from wgmesh.errors import BackendError
+from wgmesh.values import Endpoint
+
+ep = Endpoint.parse
 
 PEER = keys.generate_keypair().public_key
 PEER_HEX = keys.key_to_hex(PEER)
@@ -30,7 +33,7 @@ PEER_HEX = keys.key_to_hex(PEER)
 
 def test_add_peer_sends_everything_and_replaces_allowed_ips() -> None:
     psk = keys.generate_psk()
-    spec = PeerSpec(PEER, ("100.96.0.2/32", "10.2.0.0/24"), "198.18.0.12:51820", psk, 25)
+    spec = PeerSpec(PEER, ("100.96.0.2/32", "10.2.0.0/24"), ep("198.18.0.12:51820"), psk, 25)
     assert encode_set([AddPeer(spec)]) == [
         [
             f"public_key={PEER_HEX}",
@@ -45,7 +48,7 @@ def test_add_peer_sends_everything_and_replaces_allowed_ips() -> None:
 
 
 def test_endpoint_update_never_mentions_allowed_ips() -> None:
-    (lines,) = encode_set([SetEndpoint(PEER, "[fd00::1]:51820")])
+    (lines,) = encode_set([SetEndpoint(PEER, ep("[fd00::1]:51820"))])
     assert lines == [f"public_key={PEER_HEX}", "update_only=true", "endpoint=[fd00::1]:51820"]
 
 
@@ -143,11 +146,11 @@ def test_parse_get_reads_device_peers_and_counters() -> None:
     assert observed.public_key == pair.public_key
     assert observed.spec.listen_port == 51820
     first = observed.spec.peers[PEER]
-    assert first == PeerSpec(PEER, ("10.2.0.0/24", "100.96.0.2/32"), "198.18.0.12:51820", None, 25)
+    assert first == PeerSpec(PEER, ("10.2.0.0/24", "100.96.0.2/32"), ep("198.18.0.12:51820"), None, 25)
     second = observed.spec.peers[peer2]
     assert (second.endpoint, second.psk, second.keepalive, second.allowed_ips) == (None, psk, None, ())
     stats = observed.stats[PEER]
-    assert (stats.rx_bytes, stats.tx_bytes, stats.endpoint) == (2000, 1000, "198.18.0.12:51820")
+    assert (stats.rx_bytes, stats.tx_bytes, stats.endpoint) == (2000, 1000, ep("198.18.0.12:51820"))
     assert stats.last_handshake is not None and stats.last_handshake.timestamp() == 1700000000.5
     assert observed.stats[peer2].last_handshake is None
 

@@ -39,6 +39,7 @@ from wgmesh.models import (
     ShadowedRoute,
     StatusReport,
 )
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -168,7 +169,7 @@ class Agent:
             public_key=self.keypair.public_key,
             listen_port=self.cfg.listen_port,
             # No subnets: `sync_advertised` states them right after, the one way they reach the coordinator.
-            endpoints=[f"{endpoint_ip}:{self.cfg.listen_port}"] if endpoint_ip else [],
+            endpoints=[Endpoint(endpoint_ip, self.cfg.listen_port)] if endpoint_ip else [],
             max_mtu=self.dataplane.underlay_limit,
         )
         while not self.stop.is_set():
@@ -239,7 +240,7 @@ class Agent:
             shadowed = list(self.shadowed)
             version = self.netmap.version if self.netmap else None
         return StatusReport(
-            endpoints=[f"{eth0}:{self.cfg.listen_port}"] if eth0 else [],
+            endpoints=[Endpoint(eth0, self.cfg.listen_port)] if eth0 else [],
             eth0_ip=eth0,
             netmap_version=version,
             peers=peers,

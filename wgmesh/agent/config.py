@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 from wgmesh import ipam
 from wgmesh.errors import ValidationError
 from wgmesh.models import check_name
+from wgmesh.values import Backend, Endpoint
 
 DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
-Backend = Literal["auto", "kernel", "userspace"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,13 @@ def parse_metrics_listen(text: str) -> tuple[str, int] | None:
     """`off`, or `ADDRESS:PORT` (IPv6 as `[ADDRESS]:PORT`) with an IP address; ValidationError otherwise."""
     if text == "off":
         return None
-    host, sep, port = text.rpartition(":")
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        valid = bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
-    except ValueError:
-        valid = False
-    if not valid:
+        address = Endpoint.parse(text, port_zero=True)
+    except ValidationError:
+        address = None
+    if address is None or address.ip is None:  # an address to bind: a name could resolve elsewhere
         raise ValidationError(f"metrics listen {text!r} must be ADDRESS:PORT or off", code="invalid_config")
-    return host.strip("[]"), int(port)
+    return address.address
 
 
 def _hostname_label() -> str:
@@ -99,8 +96,10 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
     values["state_dir"] = Path(values.get("state_dir", AgentConfig.state_dir))
     if values.get("relay_ca"):
         values["relay_ca"] = Path(values["relay_ca"])
-    if values.get("backend", "auto") not in ("auto", "kernel", "userspace"):
-        raise ValidationError("backend must be auto, kernel or userspace", code="invalid_config")
+    backends = get_args(Backend)
+    if values.get("backend", "auto") not in backends:
+        named = f"{', '.join(backends[:-1])} or {backends[-1]}"
+        raise ValidationError(f"backend must be {named}", code="invalid_config")
     iface = str(values.get("interface", AgentConfig.interface))
     if not 1 <= len(iface) <= 15 or "/" in iface or iface in (".", ".."):
         raise ValidationError(

@@ -19,7 +19,6 @@ from wgmesh import mtu as mtus
 from wgmesh.agent import plan, qos, ruleset
 from wgmesh.agent.plan import DeviceOp, EndpointFor
 from wgmesh.agent.system.backend import (
-    BackendName,
     Firewall,
     HostNetwork,
     Shaper,
@@ -30,6 +29,7 @@ from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
 from wgmesh.models import NetMap, ShadowedRoute
+from wgmesh.values import Backend, Endpoint
 
 log = logging.getLogger("wgmesh.agent.dataplane")
 
@@ -78,7 +78,7 @@ class DataPlane:
     def __init__(
         self,
         ifname: str,
-        backend: BackendName,
+        backend: Backend,
         private_key: str,
         listen_port: int,
         masquerade: bool = False,
@@ -90,7 +90,7 @@ class DataPlane:
         shaper: Shaper | None = None,
     ) -> None:
         self.ifname = ifname
-        self.backend_name: BackendName = backend
+        self.backend_name: Backend = backend
         self.listen_port = listen_port
         self.masquerade = masquerade
         self.mss_clamp = mss_clamp
@@ -107,7 +107,7 @@ class DataPlane:
         self._lock = threading.RLock()
         # The endpoint we last set per peer; compared with instead of the interface's, so the planner
         # does not undo WireGuard's roaming. Empty after a start: the first apply lines up once.
-        self._applied_endpoints: dict[str, str | None] = {}
+        self._applied_endpoints: dict[str, Endpoint | None] = {}
         self._shadowed: list[ShadowedRoute] = []
         self._claimed_twice: list[tuple[str, str, str]] = []  # warned about once, not every reconcile
 

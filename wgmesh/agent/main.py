@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from types import FrameType
+from typing import get_args
 
 from wgmesh import logs
 from wgmesh.agent import config as agent_config
@@ -15,6 +16,7 @@ from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.entrypoint import run_console
 from wgmesh.logs import kv
+from wgmesh.values import Backend
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="with status: print JSON")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--interface", help="WireGuard interface name (default wgmesh0)")
-    parser.add_argument("--backend", choices=["auto", "kernel", "userspace"])
+    parser.add_argument("--backend", choices=get_args(Backend))
     parser.add_argument("--state-dir", help="state directory (default /var/lib/wgmesh-agent)")
     parser.add_argument(
         "command",

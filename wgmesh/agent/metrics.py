@@ -24,6 +24,7 @@ from wgmesh.agent.path_control import PathController
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.logs import kv
 from wgmesh.models import NetMap
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -187,14 +188,11 @@ class AgentMetrics:
             server.shutdown()
             server.server_close()
 
-    def advertised(self, eth0: str | None) -> str | None:
+    def advertised(self, eth0: str | None) -> Endpoint | None:
         """The `ADDRESS:PORT` to put in status reports: a wildcard listener is announced on eth0."""
         if self.listen is None:
             return None
         host, port = self.listen
-        ip = ipaddress.ip_address(host)
-        if ip.is_unspecified:
-            if eth0 is None:
-                return None
-            ip = ipaddress.ip_address(eth0)
-        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        if ipaddress.ip_address(host).is_unspecified:
+            return None if eth0 is None else Endpoint(eth0, port)
+        return Endpoint(host, port)

@@ -24,6 +24,7 @@ from wgmesh.agent.prober import RELAY, Address, BurstResult, Prober
 from wgmesh.agent.shim import RelayShim
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import NetMap, PeerConfig, PeerStatus, RelayGrant
+from wgmesh.values import Endpoint, PathKind
 
 log = logging.getLogger("wgmesh.agent.paths")
 
@@ -62,7 +63,7 @@ class _Peer:
     """
 
     state: PeerPath | None = None
-    best_direct: str | None = None  # the fastest answering candidate, as a WireGuard endpoint
+    best_direct: Endpoint | None = None  # the fastest answering candidate, as a WireGuard endpoint
     observed: _Observed = field(default_factory=_Observed)
     last_tx: int | None = None
     last_probe: float = -1e9
@@ -76,16 +77,15 @@ class _Peer:
 class PeerPathView:
     """One peer's path for status reports."""
 
-    path: paths.Path | None
+    path: PathKind | None
     rtt: float | None
     reason: str | None
     relay: str | None
 
 
-def probe_address(endpoint: str) -> Address:
-    """The probe address of a WireGuard endpoint `HOST:PORT` (IPv6 as `[HOST]:PORT`): port + 1."""
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port) + probe_wire.PROBE_PORT_OFFSET
+def probe_address(endpoint: Endpoint) -> Address:
+    """The probe address of a WireGuard endpoint: its port + 1."""
+    return endpoint.host, endpoint.port + probe_wire.PROBE_PORT_OFFSET
 
 
 class PathController:
@@ -157,7 +157,7 @@ class PathController:
         return found
 
     def _stale_roam(
-        self, peer: PeerConfig, record: _Peer, state: PeerPath, endpoint: str | None, now: float
+        self, peer: PeerConfig, record: _Peer, state: PeerPath, endpoint: Endpoint | None, now: float
     ) -> bool:
         """WireGuard sits on the shim although both sides chose direct.
 
@@ -180,14 +180,16 @@ class PathController:
 
     def follow(self, netmap: NetMap, own_public_key: str) -> None:
         """Peer keys for probes, and sockets of departed peers closed."""
-        keys = {p.node_id: probe_wire.pair_key(p.psk, own_public_key, p.public_key) for p in netmap.peers}
+        keys: dict[int, bytes] = {
+            p.node_id: probe_wire.pair_key(p.psk, own_public_key, p.public_key) for p in netmap.peers
+        }
         self.prober.keys = keys
         ids = set(keys)
         self.shim.retain_threadsafe(ids)
         with self._lock:
             self._peers = {k: v for k, v in self._peers.items() if k in ids}
 
-    def endpoint_for(self, peer: PeerConfig) -> str | None:
+    def endpoint_for(self, peer: PeerConfig) -> Endpoint | None:
         """The endpoint WireGuard should use for `peer` now (None: the planner's default, its first endpoint)."""
         if peer.static:
             return None  # no agent behind it: plain WireGuard, which roams to us by itself
@@ -343,7 +345,9 @@ class PathController:
                     True,
                 )
             if best is not None:
-                record.best_direct = f"{best[0]}:{best[1] - probe_wire.PROBE_PORT_OFFSET}"
+                # Back from the probe port to the WireGuard endpoint, as a value: rebuilt as text, an
+                # IPv6 address lost its brackets and never matched a candidate again.
+                record.best_direct = Endpoint(best[0], best[1] - probe_wire.PROBE_PORT_OFFSET)
 
     # -- status ---------------------------------------------------------------------------------------
 
@@ -365,7 +369,7 @@ class PathController:
                         rx_bytes=st.rx_bytes,
                         tx_bytes=st.tx_bytes,
                         last_handshake=st.last_handshake,
-                        endpoint=st.endpoint,
+                        endpoint=str(st.endpoint) if st.endpoint else None,
                         path=view.path if view else None,
                         relay=view.relay if view else None,
                         rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
@@ -375,13 +379,13 @@ class PathController:
             )
         return out
 
-    def view(self, peer_id: int, observed_endpoint: str | None) -> PeerPathView:
+    def view(self, peer_id: int, observed_endpoint: Endpoint | None) -> PeerPathView:
         """The peer's path as reports show it; a peer WireGuard roamed onto the shim counts as relayed."""
         state = self.state(peer_id)
         active = self.shim.active()
         roamed = self.shim.peer_of_endpoint(observed_endpoint) == peer_id
         if state is None:
-            path: paths.Path | None = "relay" if roamed else ("direct" if observed_endpoint else None)
+            path: PathKind | None = "relay" if roamed else ("direct" if observed_endpoint else None)
             return PeerPathView(path, None, None, active.info.id if active and roamed else None)
         if state.path == "direct" and roamed:
             return PeerPathView(

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from wgmesh.models import P2PPolicy
+from wgmesh.values import P2PPolicy, PathKind
 
-Path = Literal["direct", "relay"]
 ReasonCode = Literal[
     "policy_off",  # p2p off for the pair (network, node or pair level)
     "no_endpoints",  # the peer has no endpoint candidates
@@ -101,7 +100,7 @@ class PathInputs:
 class PeerPath:
     """The decision for one peer and the little state the next decision needs."""
 
-    path: Path
+    path: PathKind
     code: ReasonCode
     reason: str
     """Why the peer is on this path (the last switch), for the status report."""

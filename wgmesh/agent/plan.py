@@ -11,10 +11,11 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from wgmesh.agent.wgstate import KEEPALIVE, DeviceSpec, PeerSpec, PrivateKey, normalize_endpoint
+from wgmesh.agent.wgstate import KEEPALIVE, DeviceSpec, PeerSpec, PrivateKey
 from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
+from wgmesh.values import Endpoint
 
-EndpointFor = Mapping[str, str] | Callable[[PeerConfig], str | None]
+EndpointFor = Mapping[str, Endpoint] | Callable[[PeerConfig], Endpoint | None]
 """Endpoint overrides: public key -> endpoint, or a function of the peer (None: no override)."""
 
 
@@ -61,7 +62,7 @@ class SetEndpoint:
     """Point a peer at another endpoint; its allowed IPs are not touched."""
 
     public_key: str
-    endpoint: str
+    endpoint: Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,7 @@ RouteOp = AddRoute | RemoveRoute
 # --- desired state --------------------------------------------------------------------------------
 
 
-def _override(endpoint_for: EndpointFor | None, peer: PeerConfig) -> str | None:
+def _override(endpoint_for: EndpointFor | None, peer: PeerConfig) -> Endpoint | None:
     if endpoint_for is None:
         return None
     if callable(endpoint_for):
@@ -154,7 +155,7 @@ def desired_device(
         spec = PeerSpec(
             public_key=peer.public_key,
             allowed_ips=tuple(peer.allowed_ips),
-            endpoint=normalize_endpoint(endpoint) if endpoint else None,
+            endpoint=endpoint,
             psk=peer.psk,
             keepalive=KEEPALIVE,
         )
@@ -188,7 +189,7 @@ def desired_routes(netmap: NetMap, device: DeviceSpec) -> dict[str, str | None]:
 
 
 def _endpoint_changed(
-    key: str, want: PeerSpec, have: PeerSpec, applied_endpoints: Mapping[str, str | None]
+    key: str, want: PeerSpec, have: PeerSpec, applied_endpoints: Mapping[str, Endpoint | None]
 ) -> bool:
     if want.endpoint is None:
         return False  # WireGuard cannot forget an endpoint; keeping the roamed one is the best we have
@@ -202,7 +203,7 @@ def _endpoint_changed(
 def plan_device(
     desired: DeviceSpec,
     observed: DeviceSpec,
-    applied_endpoints: Mapping[str, str | None] | None = None,
+    applied_endpoints: Mapping[str, Endpoint | None] | None = None,
 ) -> list[DeviceOp]:
     """Operations that turn `observed` into `desired`; empty when nothing differs.
 
@@ -236,7 +237,7 @@ def plan_device(
     return ops
 
 
-def applied_endpoints_after(desired: DeviceSpec) -> dict[str, str | None]:
+def applied_endpoints_after(desired: DeviceSpec) -> dict[str, Endpoint | None]:
     """The record to pass to the next `plan_device` once `desired` has been applied."""
     return {key: peer.endpoint for key, peer in desired.peers.items()}
 

@@ -45,6 +45,7 @@ from wgmesh.relay.protocol import (
     close_code_name,
 )
 from wgmesh.relay.tickets import ticket_fingerprint
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent.shim")
 
@@ -306,27 +307,26 @@ class RelayShim:
         """Use these relays and this ticket (connects, disconnects or re-hellos as needed)."""
         self.loop.call_soon_threadsafe(self._configure, grant)
 
-    def endpoint_for(self, peer_id: int) -> str:
+    def endpoint_for(self, peer_id: int) -> Endpoint:
         """`127.0.0.1:PORT` of the peer's shim socket, made on first use; safe from any thread."""
         with self._lock:
             port = self._ports.get(peer_id)
             if port is not None:
-                return f"{LOCALHOST}:{port}"
+                return Endpoint(LOCALHOST, port)
             sock = self._open_socket()
             port = sock.getsockname()[1]
             self._sockets[peer_id] = sock
             self._ports[peer_id] = port
         self.loop.call_soon_threadsafe(self._watch, peer_id, sock)
-        return f"{LOCALHOST}:{port}"
+        return Endpoint(LOCALHOST, port)
 
-    def peer_of_endpoint(self, endpoint: str | None) -> int | None:
+    def peer_of_endpoint(self, endpoint: Endpoint | None) -> int | None:
         """The peer whose shim socket `endpoint` is (WireGuard roamed there), else None."""
-        if endpoint is None or not endpoint.startswith(f"{LOCALHOST}:"):
+        if endpoint is None or endpoint.host != LOCALHOST:
             return None
-        port = int(endpoint.rpartition(":")[2])
         with self._lock:
             for peer_id, p in self._ports.items():
-                if p == port:
+                if p == endpoint.port:
                     return peer_id
         return None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from wgmesh import keys
+from wgmesh.values import Endpoint
 
 KEEPALIVE = 25
 """Persistent keepalive (seconds) for every mesh peer: keeps NAT mappings open and handshakes fresh."""
@@ -55,24 +56,13 @@ def normalize_ips(prefixes: Iterable[str]) -> tuple[str, ...]:
     return tuple(str(n) for n in ordered)
 
 
-def normalize_endpoint(endpoint: str) -> str:
-    """`IP:PORT` (IPv6 as `[IP]:PORT`) in canonical form, as WireGuard reports it."""
-    host, sep, port = endpoint.strip().rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint {endpoint!r} must be ADDRESS:PORT")
-    address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
-    if address.version == 6:
-        return f"[{address}]:{int(port)}"
-    return f"{address}:{int(port)}"
-
-
 @dataclass(frozen=True, slots=True)
 class PeerSpec:
     """One peer's configuration: allowed IPs are normalized and sorted, so equal specs compare equal."""
 
     public_key: str
     allowed_ips: tuple[str, ...] = ()
-    endpoint: str | None = None
+    endpoint: Endpoint | None = None
     psk: str | None = field(default=None, repr=False)
     keepalive: int | None = None
 
@@ -111,7 +101,7 @@ class PeerStats:
     rx_bytes: int = 0
     tx_bytes: int = 0
     last_handshake: datetime | None = None
-    endpoint: str | None = None
+    endpoint: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ def _peer_lines(peer: WgQuickPeer) -> list[str]:
         section.add_attr(peer.public_key, "PresharedKey", peer.preshared_key)
     section.add_attr(peer.public_key, "AllowedIPs", ", ".join(peer.allowed_ips))
     if peer.endpoint:
-        section.add_attr(peer.public_key, "Endpoint", peer.endpoint)
+        section.add_attr(peer.public_key, "Endpoint", str(peer.endpoint))
     if peer.persistent_keepalive:
         section.add_attr(peer.public_key, "PersistentKeepalive", peer.persistent_keepalive)
     return list(section.lines[1:])  # every WGConfig starts with its own "[Interface]" line
@@ -86,7 +86,12 @@ def _summary(config: WgQuickConfig, path: Path) -> dict[str, Any]:
         "path": str(path),
         "mode": "0600",
         "peers": [
-            {"name": p.name, "public_key": p.public_key, "allowed_ips": p.allowed_ips, "endpoint": p.endpoint}
+            {
+                "name": p.name,
+                "public_key": p.public_key,
+                "allowed_ips": p.allowed_ips,
+                "endpoint": str(p.endpoint) if p.endpoint else None,
+            }
             for p in config.peers
         ],
     }

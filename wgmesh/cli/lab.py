@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 from rich.table import Table
 
@@ -20,6 +20,7 @@ from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.control import Progress
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
+from wgmesh.values import Backend
 
 LAB_ENV = "WGMESH_LAB"
 
@@ -40,7 +41,7 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["userspace", "kernel", "auto"],
+        choices=get_args(Backend),
         default="userspace",
         help="agents' WireGuard backend",
     )

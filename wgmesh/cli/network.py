@@ -7,7 +7,7 @@ one it enrolled with), so the CLI offers no flag that would look like it changes
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import RenderableType
 from rich.table import Table
@@ -16,6 +16,7 @@ from wgmesh.cli import connection
 from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, print_json, stdout
 from wgmesh.errors import ValidationError
 from wgmesh.models import Network
+from wgmesh.values import P2PPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -38,7 +39,7 @@ def register(sub: Subparsers) -> None:
         "--mtu is every node's tunnel MTU unless the node has its own ceiling (`wgmesh node set "
         "--mtu`); each agent lowers its own to what its underlay carries.",
     )
-    p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
+    p.add_argument("--p2p", choices=get_args(P2PPolicy), help="auto: direct when possible; off: always relay")
     p.add_argument("--mtu", type=mtu_arg, metavar="BYTES", help="default tunnel MTU, 1280-9000")
 
 

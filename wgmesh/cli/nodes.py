@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -28,6 +28,7 @@ from wgmesh.cli.connection import segment
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, Node, NodeList, Route, RouteList
 from wgmesh.netmap import effective_mtu
+from wgmesh.values import P2PPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -60,7 +61,7 @@ def register(sub: Subparsers) -> None:
         "--endpoint", action="append", default=[], metavar="ADDR:PORT", help="where peers reach it"
     )
     p.add_argument("--listen-port", type=int, default=51820, metavar="PORT", help="default 51820")
-    p.add_argument("--p2p", choices=["auto", "off"], default="auto", help="P2P policy (default auto)")
+    p.add_argument("--p2p", choices=get_args(P2PPolicy), default="auto", help="P2P policy (default auto)")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag (repeatable)")
 
     p = group.command(
@@ -73,7 +74,7 @@ def register(sub: Subparsers) -> None:
         "still go lower to fit its underlay); --mtu none goes back to the network's default.",
     )
     p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
-    p.add_argument("--p2p", choices=["auto", "off"], help="auto: direct when possible; off: always relay")
+    p.add_argument("--p2p", choices=get_args(P2PPolicy), help="auto: direct when possible; off: always relay")
     p.add_argument("--rate", type=rate_arg, metavar="RATE", help="egress limit, e.g. 50mbit; none removes it")
     p.add_argument(
         "--mtu",
@@ -180,7 +181,7 @@ def node_detail(node: Node, network: Network, routes: Sequence[Route], now: date
         ("eth0 IP", render.dash(node.eth0_ip)),
         ("public IP", render.dash(node.public_ip)),
         ("listen port", str(node.listen_port)),
-        ("endpoints", "\n".join(node.endpoints) or render.DASH),
+        ("endpoints", "\n".join(map(str, node.endpoints)) or render.DASH),
         ("status", seen),
         ("p2p", node.p2p),
         ("rate limit", node.rate or render.DASH),

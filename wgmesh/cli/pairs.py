@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import get_args
 
 from rich import box
 from rich.table import Table
@@ -13,6 +14,7 @@ from wgmesh.cli.common import CommandGroup, Subparsers, node_ref, print_json, ra
 from wgmesh.cli.connection import segment
 from wgmesh.errors import ValidationError
 from wgmesh.models import PairList, PairPolicy
+from wgmesh.values import P2PPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -33,7 +35,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("b", type=node_ref, metavar="B", help="the other node")
     p.add_argument(
         "--p2p",
-        choices=["auto", "off", "clear"],
+        choices=[*get_args(P2PPolicy), "clear"],
         help="off: always relay; auto: direct when both nodes allow it; clear: remove the override",
     )
     p.add_argument(

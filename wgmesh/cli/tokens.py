@@ -6,7 +6,7 @@ import argparse
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from rich import box
 from rich.console import RenderableType
@@ -16,6 +16,7 @@ from rich.text import Text
 from wgmesh.cli import connection, render
 from wgmesh.cli.common import CommandGroup, Subparsers, print_json, stderr, stdout
 from wgmesh.models import TokenCreated, TokenInfo, TokenList
+from wgmesh.values import P2PPolicy
 
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -71,7 +72,7 @@ def register(sub: Subparsers) -> None:
         help="30m, 24h, 7d, 2w … or never (default 24h)",
     )
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag given to the nodes")
-    p.add_argument("--p2p", choices=["auto", "off"], help="P2P policy given to the nodes")
+    p.add_argument("--p2p", choices=get_args(P2PPolicy), help="P2P policy given to the nodes")
     p.add_argument("--description", default="", metavar="TEXT", help="a note for `tokens list`")
 
     p = group.command("list", cmd_list, help="every token, newest first; secrets are never shown")

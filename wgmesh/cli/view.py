@@ -14,9 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wgmesh.models import P2PPolicy, PeerView, Topology, TopologyNode, TopologyRoute
+from wgmesh.models import PeerView, Topology, TopologyNode, TopologyRoute
+from wgmesh.values import P2PPolicy, RouteState
 
-RouteViewState = Literal["active", "standby", "conflict", "rejected", "shadowed"]
+RouteViewState = RouteState | Literal["shadowed"]
 
 
 class View(BaseModel):

@@ -40,7 +40,6 @@ from wgmesh.coordinator.operations import (
 from wgmesh.coordinator.registry import Registry, row_id
 from wgmesh.coordinator.sessions import COOKIE, SessionTable, check_csrf, cookie_session
 from wgmesh.errors import AuthError, NotFoundError, PayloadTooLargeError, ValidationError, WgmeshError
-from wgmesh.ipam import IPNetwork
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
@@ -55,7 +54,6 @@ from wgmesh.models import (
     NodeList,
     NodePatch,
     NodeStatus,
-    P2PPolicy,
     PairList,
     PairPolicy,
     Rate,
@@ -75,6 +73,7 @@ from wgmesh.models import (
     WgQuickConfig,
 )
 from wgmesh.netmap import wg_quick_config
+from wgmesh.values import NodeId, P2PPolicy, Prefix
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -119,7 +118,7 @@ class PairSet(Model):
 class Settings:
     """How the API is exposed."""
 
-    trusted_proxies: Sequence[IPNetwork] = field(default_factory=list)
+    trusted_proxies: Sequence[Prefix] = field(default_factory=list)
     relays: Sequence[RelayInfo] = field(default_factory=list)
     """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
 
@@ -156,7 +155,7 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def client_address(request: Request, trusted: Sequence[IPNetwork]) -> str | None:
+def client_address(request: Request, trusted: Sequence[Prefix]) -> str | None:
     """The address a request came from; X-Forwarded-For counts only behind a trusted proxy."""
     peer = request.client.host if request.client else None
     if peer is None or not trusted:
@@ -194,7 +193,7 @@ def create_app(
     registry.store.on_change(notifier.notify_threadsafe)
     metrics = CoordinatorMetrics(registry)
 
-    async def authenticate(request: Request, auth: str) -> int | None:
+    async def authenticate(request: Request, auth: str) -> NodeId | None:
         if auth == "none":
             return None
         if auth == "admin" and "authorization" not in request.headers and COOKIE in request.cookies:

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -19,6 +19,7 @@ from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
 from wgmesh.relay.server import RelayConfig, RelayServer
+from wgmesh.values import Endpoint, P2PPolicy
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -27,11 +28,11 @@ ADMIN_ENV = "WGMESH_ADMIN_TOKEN"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[HOST]:PORT`) into its parts."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ValidationError(f"--listen {text!r} must be HOST:PORT", code="invalid_listen")
-    return host.strip("[]"), int(port)
+    """`HOST:PORT` (IPv6 as `[HOST]:PORT`, port 0: any free one) into its parts."""
+    try:
+        return Endpoint.parse(text, port_zero=True).address
+    except ValidationError:
+        raise ValidationError(f"--listen {text!r} must be HOST:PORT", code="invalid_listen") from None
 
 
 def parse_relay(text: str) -> RelayInfo:
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create the database and print an admin token once")
     init.add_argument("--overlay", default="100.96.0.0/16", help="overlay network CIDR")
     init.add_argument("--network", default="default", help="network name")
-    init.add_argument("--p2p", choices=["auto", "off"], default="auto", help="network-wide P2P policy")
+    init.add_argument("--p2p", choices=get_args(P2PPolicy), default="auto", help="network-wide P2P policy")
     sub.add_parser(
         "relay-key", help="print the public key relays verify tickets with (wgmesh-relay --coordinator-key)"
     )
@@ -126,11 +127,9 @@ def run(argv: Sequence[str]) -> int:
     relays = [parse_relay(text) for text in args.announce_relay]
     relay_config = _embedded_relay(args, registry)
     if relay_config is not None and relay_config.host not in ("0.0.0.0", "::"):
-        where = f"[{relay_config.host}]" if ":" in relay_config.host else relay_config.host
+        where = Endpoint(relay_config.host, relay_config.port)
         scheme = "tls" if relay_config.tls_cert else "tcp"
-        relays.append(
-            RelayInfo(id=f"{where}:{relay_config.port}", url=f"{scheme}://{where}:{relay_config.port}")
-        )
+        relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}"))
     settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
     app = create_app(registry, settings)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it

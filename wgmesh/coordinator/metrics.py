@@ -9,7 +9,6 @@ nothing is updated on writes. Request latency is labelled with the route *templa
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wgmesh.coordinator.registry import ONLINE_WINDOW, Registry
 from wgmesh.relay.metrics import RelayCollector
 from wgmesh.relay.server import RelayServer, RelayStats
+from wgmesh.values import Endpoint
 
 ROUTE_STATES = ("active", "standby", "conflict", "rejected")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -178,14 +178,10 @@ def scrape_targets(registry: Registry) -> list[dict[str, object]]:
         labels = {"node": status.node}
         if node_id in overlay:
             labels["overlay_ip"] = overlay[node_id]
-        groups.append({"targets": [address], "labels": labels})
+        groups.append({"targets": [str(address)], "labels": labels})
     return groups
 
 
-def _reachable(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return not (ip.is_loopback or ip.is_unspecified)
+def _reachable(address: Endpoint) -> bool:
+    ip = address.ip
+    return ip is not None and not (ip.is_loopback or ip.is_unspecified)

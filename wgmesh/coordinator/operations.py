@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from wgmesh.errors import MalformedRequestError, ValidationError
 from wgmesh.models import ErrorResponse
+from wgmesh.values import NodeId
 
 Auth = Literal["none", "admin", "node"]
 
@@ -35,7 +36,7 @@ class Call:
 
     request: Request
     body: Any
-    node_id: int | None = None
+    node_id: NodeId | None = None
 
     def param(self, name: str) -> str:
         """A path parameter."""
@@ -61,7 +62,7 @@ class Operation:
     extra_responses: dict[int, str] = field(default_factory=dict)
 
 
-Authenticator = Callable[[Request, Auth], Awaitable[int | None]]
+Authenticator = Callable[[Request, Auth], Awaitable[NodeId | None]]
 
 
 def format_validation_error(exc: pydantic.ValidationError) -> str:

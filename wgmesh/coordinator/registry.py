@@ -30,7 +30,6 @@ from wgmesh.models import (
     NodeCreate,
     NodePatch,
     NodeStatus,
-    P2PPolicy,
     PairPolicy,
     RelayGrant,
     RelayInfo,
@@ -44,6 +43,7 @@ from wgmesh.models import (
 from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
+from wgmesh.values import Endpoint, NodeId, P2PPolicy
 
 ONLINE_WINDOW = timedelta(seconds=45)
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
@@ -307,12 +307,12 @@ class Registry:
         public_key: str,
         listen_port: int,
         subnets: Sequence[str],
-        endpoints: Sequence[str],
+        endpoints: Sequence[Endpoint],
         p2p: P2PPolicy,
         tags: Sequence[str],
         private_key: str | None,
         max_mtu: int | None = None,
-    ) -> int:
+    ) -> NodeId:
         network = _network(w.conn)
         overlay = ipam.parse_cidr(network.overlay_cidr)
         ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
@@ -323,7 +323,7 @@ class Registry:
         address = ipam.allocate(overlay, used)
         now = utcnow()
         try:
-            node_id = int(
+            node_id = NodeId(
                 w.conn.execute(
                     insert(schema.nodes)
                     .values(
@@ -333,7 +333,7 @@ class Registry:
                         p2p=p2p,
                         tags=sorted(set(tags)),
                         listen_port=listen_port,
-                        endpoints=list(endpoints),
+                        endpoints=[str(e) for e in endpoints],
                         static=private_key is not None,
                         private_key=private_key,
                         max_mtu=max_mtu,
@@ -348,7 +348,7 @@ class Registry:
             w.conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
         return node_id
 
-    def enroll(self, req: EnrollRequest) -> tuple[int, str, NetMap]:
+    def enroll(self, req: EnrollRequest) -> tuple[NodeId, str, NetMap]:
         """Redeem a token for a new node: returns its id, its credential (shown once), its netmap."""
         with self.store.write() as w:
             token = self._redeem(w.conn, req.token)
@@ -397,7 +397,7 @@ class Registry:
             node = self._node_by_id(w.conn, node_id)
         return node, pair.private_key if pair else None
 
-    def authenticate_node(self, presented: str) -> int:
+    def authenticate_node(self, presented: str) -> NodeId:
         """The node id a credential belongs to, or AuthError."""
         cred = parse_credential(presented, "wgn", error="node credential is not valid")
         with self.store.read() as conn:
@@ -409,9 +409,9 @@ class Registry:
                 matched |= keys.secret_matches(cred.secret, stored)
         if not matched:
             raise AuthError("node credential is not valid", code="invalid_credential")
-        return cred.id
+        return NodeId(cred.id)
 
-    def _node_by_id(self, conn: Connection, node_id: int) -> Node:
+    def _node_by_id(self, conn: Connection, node_id: NodeId) -> Node:
         row = conn.execute(select(schema.nodes).where(schema.nodes.c.id == node_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
@@ -422,13 +422,13 @@ class Registry:
         ).scalars()
         return _node(row, list(subnets), utcnow())
 
-    def _resolve(self, conn: Connection, ref: str) -> int:
+    def _resolve(self, conn: Connection, ref: str) -> NodeId:
         found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == ref)).scalar()
         if found is None and (node_id := row_id(ref)) is not None:
             found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == node_id)).scalar()
         if found is None:
             raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
-        return int(found)
+        return NodeId(int(found))
 
     def list_nodes(self) -> list[Node]:
         """Every node, sorted by name."""
@@ -474,7 +474,7 @@ class Registry:
                 self._replace_subnets(w.conn, node_id, patch.subnets)
             return self._node_by_id(w.conn, node_id)
 
-    def set_own_subnets(self, node_id: int, subnets: Sequence[str]) -> list[Route]:
+    def set_own_subnets(self, node_id: NodeId, subnets: Sequence[str]) -> list[Route]:
         """A node states its advertised subnets: its list becomes exactly `subnets` (empty withdraws all).
 
         Every agent states its set at every start, so the same set again writes nothing and leaves the
@@ -490,7 +490,7 @@ class Registry:
             self._replace_subnets(w.conn, node_id, subnets)
             return _own_routes(_classify(w.conn, _network(w.conn)), node_id)
 
-    def _replace_subnets(self, conn: Connection, node_id: int, subnets: Sequence[str]) -> None:
+    def _replace_subnets(self, conn: Connection, node_id: NodeId, subnets: Sequence[str]) -> None:
         overlay = ipam.parse_cidr(_network(conn).overlay_cidr)
         ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
         current = set(
@@ -606,7 +606,7 @@ class Registry:
                     self._snapshot = self._snapshot_from(conn, version)
             return self._snapshot
 
-    def netmap(self, node_id: int) -> NetMap:
+    def netmap(self, node_id: NodeId) -> NetMap:
         """The current netmap of a node."""
         return build_netmap(self.snapshot(), node_id)
 
@@ -646,7 +646,7 @@ class Registry:
 
     # --- status -------------------------------------------------------------------------------
 
-    def record_status(self, node_id: int, report: StatusReport, public_ip: str | None) -> bool:
+    def record_status(self, node_id: NodeId, report: StatusReport, public_ip: str | None) -> bool:
         """Store a node's report; returns True when it changed what peers see (version bumped)."""
         now = utcnow()
         with self.store.read() as conn:
@@ -664,7 +664,7 @@ class Registry:
                 update(schema.nodes)
                 .where(schema.nodes.c.id == node_id)
                 .values(
-                    endpoints=report.endpoints,
+                    endpoints=[str(e) for e in report.endpoints],
                     eth0_ip=report.eth0_ip,
                     public_ip=public_ip,
                     max_mtu=report.max_mtu,
@@ -682,7 +682,7 @@ class Registry:
                 w.conn.execute(insert(schema.status).values(node_id=node_id, reported_at=now, report=body))
         return changed
 
-    def statuses(self) -> dict[int, NodeStatus]:
+    def statuses(self) -> dict[NodeId, NodeStatus]:
         """The last report of every node that has reported."""
         with self.store.read() as conn:
             rows = conn.execute(

@@ -70,11 +70,11 @@ from wgmesh.lab.teardown import DownReport, down, leftovers
 from wgmesh.lab.timescale import scaled, time_scale
 from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 from wgmesh.logs import kv
+from wgmesh.values import Backend, P2PPolicy
 
 log = logging.getLogger("wgmesh.lab")
 
 Progress = Callable[[str], None]
-Backend = Literal["userspace", "kernel", "auto"]
 
 COORDINATOR_START_TIMEOUT = 20.0
 RELAY_START_TIMEOUT = 10.0
@@ -568,7 +568,7 @@ class Lab:
         self._save()
         log.info("icmp unreachable allowed", extra=kv(lab=self.name, node=site.host))
 
-    def set_p2p(self, index: int, policy: Literal["auto", "off"]) -> None:
+    def set_p2p(self, index: int, policy: P2PPolicy) -> None:
         """Set gateway `index`'s P2P policy through the coordinator (the node must be enrolled)."""
         site = self.plan.site(index)
         self.api("PATCH", f"/api/v1/nodes/{site.node}", {"p2p": policy})

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh.errors import ValidationError
-from wgmesh.ipam import IPNetwork
 from wgmesh.lab.plan import LabPlan
+from wgmesh.values import Prefix
 
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
 
@@ -20,7 +20,7 @@ class WgPeer:
 
     public_key: str
     endpoint: str | None
-    allowed_ips: tuple[IPNetwork, ...]
+    allowed_ips: tuple[Prefix, ...]
     latest_handshake: int
     rx_bytes: int
     tx_bytes: int

@@ -19,6 +19,7 @@ from wgmesh.relay.server import (
     run_relay,
 )
 from wgmesh.relay.tickets import load_public_key
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.relay")
 
@@ -34,11 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[HOST]:PORT`) into its parts."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValidationError(f"--listen {text!r} must be HOST:PORT", code="invalid_listen")
-    return host.strip("[]"), int(port)
+    """`HOST:PORT` (IPv6 as `[HOST]:PORT`, port 0: any free one) into its parts."""
+    try:
+        return Endpoint.parse(text, port_zero=True).address
+    except ValidationError:
+        raise ValidationError(f"--listen {text!r} must be HOST:PORT", code="invalid_listen") from None
 
 
 def parse_metrics_listen(text: str) -> tuple[str, int]:

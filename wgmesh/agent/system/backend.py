@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from wgmesh.agent.plan import DeviceOp, RouteOp
 from wgmesh.agent.qos import QosOp
@@ -16,10 +16,9 @@ from wgmesh.agent.ruleset import FirewallSpec
 from wgmesh.agent.wgstate import ObservedDevice, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
+from wgmesh.values import Backend
 
 log = logging.getLogger("wgmesh.agent.system")
-
-BackendName = Literal["auto", "kernel", "userspace"]
 
 
 class WireGuardBackend(Protocol):
@@ -101,7 +100,7 @@ class Shaper(Protocol):
         ...
 
 
-def open_wireguard(kind: BackendName, ifname: str) -> WireGuardBackend:
+def open_wireguard(kind: Backend, ifname: str) -> WireGuardBackend:
     """The backend for `kind`; `auto` adopts a running device, else prefers the kernel module."""
     # Imported here: each backend pulls in its own machinery (pyroute2 generic netlink, sockets).
     from wgmesh.agent.system import wireguard_kernel, wireguard_uapi  # noqa: PLC0415

@@ -12,6 +12,7 @@ from wgmesh.agent.plan import AddRoute, DeviceOp, RouteOp, apply_ops
 from wgmesh.agent.ruleset import FirewallSpec
 from wgmesh.agent.wgstate import DeviceSpec, ObservedDevice, PeerStats, PrivateKey
 from wgmesh.errors import BackendError
+from wgmesh.values import Endpoint
 
 if TYPE_CHECKING:
     from wgmesh.agent.dataplane import DataPlane
@@ -50,7 +51,7 @@ class MemoryWireGuard:
         self.applied.append(list(ops))
         self.device = apply_ops(self.device, ops)
 
-    def roam(self, public_key: str, endpoint: str) -> None:
+    def roam(self, public_key: str, endpoint: Endpoint) -> None:
         """What WireGuard does when a peer's packets arrive from elsewhere."""
         assert self.device is not None
         peers = dict(self.device.peers)

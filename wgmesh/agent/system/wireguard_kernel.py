@@ -38,10 +38,10 @@ from wgmesh.agent.wgstate import (
     PeerSpec,
     PeerStats,
     PrivateKey,
-    normalize_endpoint,
 )
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent.kernel")
 
@@ -77,9 +77,8 @@ def is_kernel_device(ifname: str) -> bool:
 # --- requests and answers (pure) ------------------------------------------------------------------
 
 
-def _endpoint_fields(endpoint: str) -> dict[str, Any]:
-    host, _, port = endpoint.rpartition(":")
-    return {"endpoint_addr": host.strip("[]"), "endpoint_port": int(port)}
+def _endpoint_fields(endpoint: Endpoint) -> dict[str, Any]:
+    return {"endpoint_addr": endpoint.host, "endpoint_port": endpoint.port}
 
 
 def _peer_requests(key: str, ips: Sequence[str], first: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,11 +137,10 @@ def _key(value: Any) -> str | None:
     return None if text == _ZERO_KEY else text
 
 
-def _endpoint(value: Any) -> str | None:
+def _endpoint(value: Any) -> Endpoint | None:
     if not value or not value.get("port"):
         return None
-    addr = value["addr"]
-    return normalize_endpoint(f"[{addr}]:{value['port']}" if ":" in addr else f"{addr}:{value['port']}")
+    return Endpoint(value["addr"], int(value["port"]))
 
 
 def parse_info(messages: Iterable[Any]) -> ObservedDevice:

@@ -44,10 +44,10 @@ from wgmesh.agent.wgstate import (
     PeerSpec,
     PeerStats,
     PrivateKey,
-    normalize_endpoint,
 )
-from wgmesh.errors import BackendError
+from wgmesh.errors import BackendError, ValidationError
 from wgmesh.logs import kv
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent.uapi")
 
@@ -167,7 +167,7 @@ def parse_get(text: str) -> ObservedDevice:
         one = {k: v[-1] for k, v in raw.items()}
         public_key = keys.hex_to_key(one["public_key"])
         psk_hex = one.get("preshared_key", _ZERO_HEX)
-        endpoint = normalize_endpoint(one["endpoint"]) if one.get("endpoint") else None
+        endpoint = Endpoint.parse(one["endpoint"]) if one.get("endpoint") else None
         specs.append(
             PeerSpec(
                 public_key=public_key,
@@ -533,7 +533,7 @@ class UserspaceBackend:
         text = self.uapi.get()
         try:
             return parse_get(text)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, ValidationError) as exc:  # ValidationError: a bad endpoint
             raise BackendError(
                 f"unreadable UAPI answer from {self.ifname}: {exc}", code="uapi_protocol"
             ) from exc

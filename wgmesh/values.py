@@ -1,0 +1,116 @@
+"""Typed values of the pure core, parsed once where text enters: endpoints, node ids, the enumerations.
+
+Pydantic meets these types only in `models.py` (the edge); everything behind it passes values, never the
+strings they were parsed from, so no module splits `HOST:PORT` again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal, NewType
+
+from wgmesh.errors import ValidationError
+
+NodeId = NewType("NodeId", int)
+"""A node's registry id: what netmaps, routes, relay frames and probes name a node by."""
+
+P2PPolicy = Literal["auto", "off"]
+"""Whether a node or pair may talk directly (`auto`) or always goes through the relay (`off`)."""
+RouteState = Literal["active", "standby", "conflict", "rejected"]
+"""The verdict of route validation on an advertised subnet."""
+PathKind = Literal["direct", "relay"]
+"""How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
+Backend = Literal["auto", "kernel", "userspace"]
+"""Which WireGuard the agent drives: the kernel module, wireguard-go, or the first that works."""
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IP prefix: ipaddress's own networks, parsed strictly by `ipam.parse_cidr`."""
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_SHAPE = "must be HOST:PORT (IPv6 as [ADDRESS]:PORT)"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A UDP or TCP endpoint: an IP address (canonical spelling) or a hostname, and a port.
+
+    Built directly or by `parse`; either way the host is canonical, so equal endpoints compare equal
+    however they were written (`[2001:db8:0::1]:1` is `[2001:db8::1]:1`).
+    """
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValidationError(f"endpoint port {self.port} must be 1-65535", code="invalid_endpoint")
+        try:
+            canonical = str(ipaddress.ip_address(self.host))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(self.host):
+                raise ValidationError(
+                    f"endpoint host {self.host!r} is neither an IP address nor a hostname",
+                    code="invalid_endpoint",
+                ) from None
+            canonical = self.host.lower()
+        object.__setattr__(self, "host", canonical)
+
+    @classmethod
+    def parse(cls, text: str, *, port_zero: bool = False) -> Endpoint:
+        """`ADDRESS:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT`; ValidationError naming the text otherwise.
+
+        Port 0 is refused unless `port_zero` (a listen address where 0 means "any free port").
+        """
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValidationError(f"endpoint {text!r} {_SHAPE}", code="invalid_endpoint")
+        lowest = 0 if port_zero else 1
+        if not lowest <= int(port) <= 65535:
+            raise ValidationError(f"endpoint {text!r}: port must be {lowest}-65535", code="invalid_endpoint")
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
+            host = host[1:-1]
+        ip = _ip(host)
+        if bracketed and (ip is None or ip.version != 6):
+            raise ValidationError(
+                f"endpoint {text!r}: brackets are for IPv6 addresses", code="invalid_endpoint"
+            )
+        if not bracketed and ":" in host:
+            raise ValidationError(
+                f"endpoint {text!r}: write IPv6 endpoints as [ADDRESS]:PORT", code="invalid_endpoint"
+            )
+        try:
+            return cls(host, int(port))
+        except ValidationError as exc:
+            raise ValidationError(f"endpoint {text!r} {_SHAPE}: {exc.message}", code=exc.code) from None
+
+    @property
+    def ip(self) -> IpAddress | None:
+        """The host as an IP address; None for a hostname."""
+        return _ip(self.host)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) pair sockets take."""
+        return self.host, self.port
+
+    def with_port(self, port: int) -> Endpoint:
+        """The same host on another port."""
+        return Endpoint(self.host, port)
+
+    def __str__(self) -> str:
+        if ":" in self.host:  # only an IPv6 address holds a colon; the port's would be ambiguous
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _ip(host: str) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
