@@ -1,4 +1,4 @@
-"""What the agent reads of its underlay (agent/underlay.py), in a namespace of the test's own."""
+"""What the agent reads of its underlay (agent/system/underlay.py), in a namespace of the test's own."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from wgmesh.lab.timescale import scaled
 
 pytestmark = pytest.mark.e2e
 
-PROBE = "import json, sys; from wgmesh.agent.underlay import underlay_mtu; print(json.dumps(underlay_mtu(sys.argv[1])))"
+PROBE = "import json, sys; from wgmesh.agent.system.underlay import underlay_mtu; print(json.dumps(underlay_mtu(sys.argv[1])))"
 
 
 @pytest.fixture

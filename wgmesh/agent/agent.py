@@ -25,7 +25,7 @@ from wgmesh.agent.metrics import AgentMetrics
 from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
-from wgmesh.agent.underlay import eth0_address, underlay_mtu
+from wgmesh.agent.system.underlay import eth0_address, underlay_mtu
 from wgmesh.errors import UnreachableError, ValidationError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import (

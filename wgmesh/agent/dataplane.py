@@ -124,7 +124,7 @@ class DataPlane:
     def host(self) -> HostNetwork:
         """The host network (links, addresses, routes)."""
         if self._host is None:
-            from wgmesh.agent.system.routes import LinuxHost  # noqa: PLC0415
+            from wgmesh.agent.system.iproute import LinuxHost  # noqa: PLC0415
 
             self._host = LinuxHost()
         return self._host
@@ -336,7 +336,7 @@ class DataPlane:
     def cleanup_interface(cls, ifname: str) -> None:
         """`wgmesh-agent cleanup`: remove what an agent made for `ifname`, without its key."""
         from wgmesh.agent.system.firewall import NftFirewall  # noqa: PLC0415
-        from wgmesh.agent.system.routes import LinuxHost  # noqa: PLC0415
+        from wgmesh.agent.system.iproute import LinuxHost  # noqa: PLC0415
 
         NftFirewall().remove(ifname)
         backend = _existing_backend(ifname)

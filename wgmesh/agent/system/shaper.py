@@ -10,7 +10,7 @@ from typing import Any
 
 from wgmesh.agent import qos
 from wgmesh.agent.qos import DeleteClass, QosOp, RemoveRoot, ReplaceRoot, SetClass, SetFilters
-from wgmesh.agent.system.routes import link_index, netlink
+from wgmesh.agent.system.iproute import link_index, netlink
 
 log = logging.getLogger("wgmesh.agent.shaper")
 

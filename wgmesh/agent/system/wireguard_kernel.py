@@ -31,7 +31,7 @@ from wgmesh.agent.plan import (
     SetPrivateKey,
     SetPsk,
 )
-from wgmesh.agent.system.routes import link_kind
+from wgmesh.agent.system.iproute import link_kind
 from wgmesh.agent.wgstate import (
     DeviceSpec,
     ObservedDevice,
