@@ -73,7 +73,7 @@ def handle(plane: DataPlane | None, command: dict[str, Any]) -> tuple[DataPlane 
                     "rx_bytes": st.rx_bytes,
                     "tx_bytes": st.tx_bytes,
                     "last_handshake": st.last_handshake.isoformat() if st.last_handshake else None,
-                    "endpoint": st.endpoint,
+                    "endpoint": str(st.endpoint) if st.endpoint else None,
                 }
                 for key, st in sorted(plane.observe_stats().items())
             ]
