@@ -13,7 +13,7 @@ import pytest
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab import procs, timescale
-from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, save, state_path
+from wgmesh.lab.record import LabState, ProcessRecord, all_states, load, save, state_path
 from wgmesh.lab.system import parse_ss_pids
 from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 

@@ -18,7 +18,7 @@ from wgmesh.lab.impair import (
     unblock_udp_script,
     unthrottle_commands,
 )
-from wgmesh.lab.plan import plan_lab
+from wgmesh.lab.layout import plan_lab
 
 
 def test_parse_sites_sorts_and_dedups() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab.impair import GATEWAY_UPLINK, parse_site_values, table_script
-from wgmesh.lab.plan import IpCommand, Site
+from wgmesh.lab.layout import IpCommand, Site
 
 # What a lab link has when no switch says otherwise (a veth's default); not the tunnel's MTU
 # (models.DEFAULT_MTU).

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from wgmesh import rates
 from wgmesh.errors import ValidationError
-from wgmesh.lab.plan import MAX_SITES, LabPlan, Site
+from wgmesh.lab.layout import MAX_SITES, LabPlan, Site
 from wgmesh.rates import format_rate
 
 V = TypeVar("V")
