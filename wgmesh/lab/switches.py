@@ -17,6 +17,7 @@ from wgmesh.lab.api import admin_client
 from wgmesh.lab.cloud import (
     LAN_MTU,
     UNDERLAY_MTU,
+    MtuRange,
     check_mtu,
     lan_mtu_commands,
     sg_allow_icmp_script,
@@ -31,7 +32,7 @@ from wgmesh.lab.impair import (
     unblock_udp_script,
     unthrottle_commands,
 )
-from wgmesh.lab.layout import Site
+from wgmesh.lab.layout import IpCommand, Site
 from wgmesh.lab.record import LabState, save
 from wgmesh.logs import kv
 from wgmesh.values import P2PPolicy
@@ -90,24 +91,39 @@ class Switch(Generic[V]):
         return value
 
 
+def _nft(
+    event: str, script: Callable[[], str], entry: SiteList, on: bool, *, on_host: bool = False
+) -> Switch[None]:
+    """A switch that loads an nftables script in the gateway's (or the VPC host's) namespace."""
+
+    def change(site: Site, _: None) -> None:
+        system.nft_apply(script(), netns=site.vm_ns if on_host else site.gw_ns)
+
+    return Switch(event, change, entry, joined if on else left, on_host=on_host)
+
+
+def _mtu(
+    event: str, commands: Callable[[Site, int], list[IpCommand]], entry: SiteValues, limits: MtuRange
+) -> Switch[int]:
+    """A switch that sets an MTU with `ip`; 1500 is the default again and leaves the record."""
+    return Switch(
+        event,
+        lambda site, mtu: system.apply(commands(site, mtu)),
+        entry,
+        with_mtu,
+        check=lambda mtu: check_mtu(mtu, limits),
+        value_name="mtu",
+    )
+
+
 def _throttle(site: Site, rate: str) -> None:
     # Replacing any earlier limit: tc refuses a second root qdisc.
     system.tc_apply(unthrottle_commands(site), absent_ok=True)
     system.tc_apply(throttle_commands(site, rate))
 
 
-BLOCK_UDP: Switch[None] = Switch(
-    "udp blocked",
-    lambda site, _: system.nft_apply(block_udp_script(), netns=site.gw_ns),
-    "blocked_udp",
-    joined,
-)
-UNBLOCK_UDP: Switch[None] = Switch(
-    "udp unblocked",
-    lambda site, _: system.nft_apply(unblock_udp_script(), netns=site.gw_ns),
-    "blocked_udp",
-    left,
-)
+BLOCK_UDP = _nft("udp blocked", block_udp_script, "blocked_udp", on=True)
+UNBLOCK_UDP = _nft("udp unblocked", unblock_udp_script, "blocked_udp", on=False)
 THROTTLE_UDP: Switch[str] = Switch(
     "udp throttled", _throttle, "throttled_udp", valued, check=parse_rate, value_name="rate"
 )
@@ -117,38 +133,12 @@ UNTHROTTLE_UDP: Switch[None] = Switch(
     "throttled_udp",
     dropped,
 )
-SET_LAN_MTU: Switch[int] = Switch(
-    "lan mtu set",
-    lambda site, mtu: system.apply(lan_mtu_commands(site, mtu)),
-    "lan_mtu",
-    with_mtu,
-    check=lambda mtu: check_mtu(mtu, LAN_MTU),
-    value_name="mtu",
-)
+SET_LAN_MTU = _mtu("lan mtu set", lan_mtu_commands, "lan_mtu", LAN_MTU)
 # No restart needed: the agent re-measures its underlay with every status report (every 10 s), and
 # its next apply fits the tunnel MTU to it.
-SET_UNDERLAY_MTU: Switch[int] = Switch(
-    "underlay mtu set",
-    lambda site, mtu: system.apply(underlay_mtu_commands(site, mtu)),
-    "underlay_mtu",
-    with_mtu,
-    check=lambda mtu: check_mtu(mtu, UNDERLAY_MTU),
-    value_name="mtu",
-)
-SG_DROP_ICMP: Switch[None] = Switch(
-    "icmp unreachable dropped",
-    lambda site, _: system.nft_apply(sg_drop_icmp_script(), netns=site.vm_ns),
-    "sg_drop_icmp",
-    joined,
-    on_host=True,
-)
-SG_ALLOW_ICMP: Switch[None] = Switch(
-    "icmp unreachable allowed",
-    lambda site, _: system.nft_apply(sg_allow_icmp_script(), netns=site.vm_ns),
-    "sg_drop_icmp",
-    left,
-    on_host=True,
-)
+SET_UNDERLAY_MTU = _mtu("underlay mtu set", underlay_mtu_commands, "underlay_mtu", UNDERLAY_MTU)
+SG_DROP_ICMP = _nft("icmp unreachable dropped", sg_drop_icmp_script, "sg_drop_icmp", on=True, on_host=True)
+SG_ALLOW_ICMP = _nft("icmp unreachable allowed", sg_allow_icmp_script, "sg_drop_icmp", on=False, on_host=True)
 
 
 def set_p2p(state: LabState, index: int, policy: P2PPolicy) -> None:
