@@ -8,7 +8,7 @@
   unreachable" (and ICMPv6 "destination unreachable" and "packet too big"), as a cloud security group
   does unless told otherwise, so path MTU discovery toward the VPC host is a black hole.
 
-Nothing here runs anything: `system` applies it, `control` decides when.
+Nothing here runs anything: `system` applies it, `switches` and `build` decide when.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The state file of a lab: what it is made of and which processes it started, so `down` works after a crash."""
+"""The record file of a lab: what it is made of and which processes it started, so `down` works after a crash."""
 
 from __future__ import annotations
 
