@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab import Lab, down, up
+from wgmesh.lab import Lab, NotYet, WaitTimeout, down, up, wait_until
 
 LAB_NAME = "brp"
 TARGET = 0.9
@@ -54,15 +54,15 @@ def peer_paths(lab: Lab, node: str) -> dict[str, str | None]:
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `check` every 0.2 s; the seconds it took, or SystemExit naming `what`."""
-    start = time.monotonic()
-    while True:
-        with contextlib.suppress(WgmeshError, KeyError):
-            if check():
-                return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
+    """Poll `check` every 0.2 s; the seconds it took, or SystemExit naming `what`.
+
+    The lab's one wait (scaled to the machine); the API's errors and a report's missing key mean
+    that the lab is still coming up.
+    """
+    try:
+        return wait_until(check, timeout, what, interval=0.2, not_yet=(WgmeshError, KeyError))
+    except WaitTimeout as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def wait_paths(lab: Lab, expected: dict[tuple[str, str], str], timeout: float = 60) -> None:
@@ -118,27 +118,33 @@ def iperf(
     srv = lab.popen(
         server, "iperf3", "-s", "-p", str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    result: list[float | None] = []
+
+    def ran() -> bool:
+        try:
+            done = lab.exec(
+                client,
+                *("iperf3", "-J", "-c", address, "-p", str(port), "-t", str(seconds), *extra),
+                timeout=seconds + 30,
+            )
+        except WgmeshError as exc:
+            if exc.code != "timeout":
+                raise
+            result.append(None)
+            return True
+        end = json.loads(done.stdout or "{}").get("end", {}) if done.returncode == 0 else {}
+        if "sum_received" not in end:
+            # The server may not be listening yet.
+            raise NotYet(f"iperf3 {client} -> {address} failed: {done.stdout[-300:]}{done.stderr[-300:]}")
+        result.append(float(end["sum_received"]["bits_per_second"]) / 1e6)
+        return True
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                done = lab.exec(
-                    client,
-                    *("iperf3", "-J", "-c", address, "-p", str(port), "-t", str(seconds), *extra),
-                    timeout=seconds + 30,
-                )
-            except WgmeshError as exc:
-                if exc.code != "timeout":
-                    raise
-                return None
-            end = json.loads(done.stdout or "{}").get("end", {}) if done.returncode == 0 else {}
-            if "sum_received" in end:
-                return float(end["sum_received"]["bits_per_second"]) / 1e6
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"iperf3 {client} -> {address} failed: {done.stdout[-300:]}{done.stderr[-300:]}"
-                )
-            time.sleep(0.2)  # the server may not be listening yet
+        try:
+            wait_until(ran, 10, f"iperf3 {client} -> {address}", interval=0.2)
+        except WaitTimeout as exc:
+            raise SystemExit(str(exc)) from exc
+        return result[0]
     finally:
         srv.kill()
         srv.wait()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from wgmesh.lab import Lab, Site, wait_until
-from wgmesh.lab.control import program
-from wgmesh.lab.plan import agent_args
+from wgmesh.lab.layout import agent_args
+from wgmesh.lab.tools import program
 
 pytestmark = [pytest.mark.e2e]
 

@@ -20,11 +20,11 @@ import pytest
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, down, leftovers, wait_until
-from wgmesh.lab.control import relay_available
 from wgmesh.lab.impair import GATEWAY_UPLINK, UDP_FAMILY, UDP_TABLE
-from wgmesh.lab.plan import RELAY_PORT
-from wgmesh.lab.state import load
+from wgmesh.lab.layout import RELAY_PORT
+from wgmesh.lab.record import load
 from wgmesh.lab.system import listener_pids, nft_has_table_in, tc_root_kind
+from wgmesh.lab.tools import relay_available
 
 pytestmark = [
     pytest.mark.e2e,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from wgmesh.lab import Lab, down, leftovers, procs, system, wait_until
-from wgmesh.lab.state import load
+from wgmesh.lab.record import load
 
 pytestmark = [
     pytest.mark.e2e,

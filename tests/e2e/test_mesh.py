@@ -13,8 +13,8 @@ import pytest
 from lab_paths import ping_ok, tcp_transfer
 
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
-from wgmesh.lab.control import program
 from wgmesh.lab.converge import WgPeer, parse_wg_dump
+from wgmesh.lab.tools import program
 
 pytestmark = [pytest.mark.e2e]
 

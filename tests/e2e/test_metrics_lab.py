@@ -16,7 +16,7 @@ from lab_paths import ContinuousPing, ping_ok
 from metrics_harness import Samples, scrape, value
 
 from wgmesh.lab import Lab, wait_until
-from wgmesh.lab.plan import AGENT_METRICS_PORT, RELAY_METRICS_PORT
+from wgmesh.lab.layout import AGENT_METRICS_PORT, RELAY_METRICS_PORT
 
 pytestmark = [pytest.mark.e2e]
 

@@ -24,8 +24,8 @@ from lab_paths import both_on, tcp_transfer
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, wait_until
-from wgmesh.lab.control import relay_available
 from wgmesh.lab.timescale import scaled
+from wgmesh.lab.tools import relay_available
 
 pytestmark = [pytest.mark.e2e]
 

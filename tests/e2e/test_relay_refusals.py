@@ -13,7 +13,7 @@ from lab_paths import ContinuousPing, path_of, ping_ok
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.lab import Lab, wait_until
-from wgmesh.lab.plan import RELAY_PORT, coordinator_db_url
+from wgmesh.lab.layout import RELAY_PORT, coordinator_db_url
 from wgmesh.relay import protocol, tickets
 from wgmesh.relay.protocol import Close, CloseCode, Data, FrameDecoder, Hello, HelloOk
 

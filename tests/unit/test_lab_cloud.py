@@ -24,8 +24,8 @@ from wgmesh.lab.cloud import (
     with_mtu,
 )
 from wgmesh.lab.impair import describe
-from wgmesh.lab.plan import plan_lab
-from wgmesh.lab.state import LabState, load, save
+from wgmesh.lab.layout import plan_lab
+from wgmesh.lab.record import LabState, load, save
 
 
 @pytest.mark.parametrize(

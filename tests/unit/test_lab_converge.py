@@ -8,7 +8,7 @@ import pytest
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab.converge import GatewayView, WgPeer, assess, parse_ping_rtt, parse_wg_dump
-from wgmesh.lab.plan import plan_lab
+from wgmesh.lab.layout import plan_lab
 
 DUMP = (
     "cHJpdmF0ZQ==\tcHVibGlj\t51820\toff\n"

@@ -13,7 +13,7 @@ import pytest
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab import procs, timescale
-from wgmesh.lab.state import LabState, ProcessRecord, all_states, load, save, state_path
+from wgmesh.lab.record import LabState, ProcessRecord, all_states, load, save, state_path
 from wgmesh.lab.system import parse_ss_pids
 from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 
@@ -120,6 +120,25 @@ def test_lab_code_says_not_yet_with_its_own_type_and_other_errors_end_the_wait(
     with pytest.raises(ValidationError, match="bad plan"):
         wait_until(broken, 5, "it", interval=0.01)
     assert time.monotonic() - start < 1
+
+
+def test_wait_until_takes_named_errors_as_not_yet_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(timescale.ENV, "1")
+    calls: list[int] = []
+
+    def coming_up() -> bool:
+        # What a benchmark's check meets while the lab starts: a report without the key yet.
+        calls.append(1)
+        if len(calls) < 3:
+            raise KeyError("report")
+        return True
+
+    assert wait_until(coming_up, 5, "the report", interval=0.001, not_yet=(KeyError,)) < 5
+    assert len(calls) == 3
+    with pytest.raises(WaitTimeout, match=r"\(last: 'report'\)"):
+        wait_until(lambda: {}["report"], 0.05, "it", interval=0.01, not_yet=(KeyError,))
+    with pytest.raises(KeyError):
+        wait_until(lambda: {}["report"], 5, "it", interval=0.01)
 
 
 def test_wait_until_scales_its_deadline_with_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:

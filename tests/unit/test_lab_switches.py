@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from wgmesh.cli.lab import SWITCHES as COMMANDS
 from wgmesh.errors import ValidationError
+from wgmesh.lab import switches
 from wgmesh.lab.impair import (
     GATEWAY_UPLINK,
     UDP_TABLE,
@@ -18,7 +20,9 @@ from wgmesh.lab.impair import (
     unblock_udp_script,
     unthrottle_commands,
 )
-from wgmesh.lab.plan import plan_lab
+from wgmesh.lab.layout import plan_lab
+from wgmesh.lab.record import LabState
+from wgmesh.lab.switches import Switch, dropped, joined, left, valued
 
 
 def test_parse_sites_sorts_and_dedups() -> None:
@@ -141,3 +145,47 @@ def test_describe() -> None:
         "gw3: p2p off",
     ]
     assert describe([], {}, []) == []
+
+
+def _state() -> LabState:
+    return LabState(
+        name="wgl", slot=1, loopback_port=8081, sites=2, backend="userspace", agents=True, admin_token="t"
+    )
+
+
+def test_record_entries_follow_a_switch_on_and_off() -> None:
+    assert joined([3, 1], 2) == [1, 2, 3]
+    assert joined([1, 2], 2) == [1, 2]
+    assert left([1, 2], 2) == [1]
+    assert left([1], 2) == [1]
+    assert valued({3: "1mbit"}, 1, "10mbit") == {1: "10mbit", 3: "1mbit"}
+    assert list(valued({3: "x", 1: "y"}, 2, "z")) == [1, 2, 3]
+    assert dropped({1: "x", 2: "y"}, 1) == {2: "y"}
+    assert dropped({2: "y"}, 1) == {2: "y"}
+
+
+@pytest.mark.parametrize(
+    ("switch", "value", "match"),
+    [
+        (switches.SET_LAN_MTU, 100, "LAN MTU"),
+        (switches.SET_UNDERLAY_MTU, 1279, "underlay MTU"),
+        (switches.THROTTLE_UDP, "fast", "rate"),
+    ],
+)
+def test_a_bad_value_is_refused_before_anything_changes(
+    switch: Switch[object], value: object, match: str
+) -> None:
+    # No root here: reaching the machine or the record file would fail differently.
+    state = _state()
+    before = state.model_copy(deep=True)
+    with pytest.raises(ValidationError, match=match):
+        switch.flip(state, 1, value)
+    assert state == before
+
+
+def test_each_switch_has_a_command_and_a_pair_shares_its_record_entry() -> None:
+    table = {name: value for name, value in vars(switches).items() if isinstance(value, Switch)}
+    assert {c.switch for c in COMMANDS} == set(table.values())
+    assert table["BLOCK_UDP"].entry == table["UNBLOCK_UDP"].entry == "blocked_udp"
+    assert table["SG_DROP_ICMP"].entry == table["SG_ALLOW_ICMP"].entry == "sg_drop_icmp"
+    assert table["SG_DROP_ICMP"].on_host and not table["BLOCK_UDP"].on_host

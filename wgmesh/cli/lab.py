@@ -16,10 +16,10 @@ from rich.table import Table
 
 from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
 from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, up
+from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
-from wgmesh.lab.control import Progress
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
+from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
 
 LAB_ENV = "WGMESH_LAB"
@@ -429,15 +429,15 @@ class SwitchValue:
 
 @dataclass(frozen=True)
 class Switch:
-    """A runtime switch of the lab: `wgmesh lab COMMAND I[,I...] [VALUE]`, idempotent, applied site by site."""
+    """A runtime switch of the lab as a command: `wgmesh lab COMMAND I[,I...] [VALUE]`, idempotent,
+    applied site by site through the lab's own table (wgmesh.lab.switches)."""
 
     command: str
     help: str
     target: str  # what the numbers name, for the help
-    apply: Callable[[Lab, int, Any], object]
+    switch: switches.Switch[Any]
     said: Callable[[Any], str]  # what is now true, for the one line printed
     value: SwitchValue | None = None
-    hosts: bool = False  # the line names the VPC hosts rather than the gateways
 
     def run(self, args: argparse.Namespace) -> int:
         """Parse the value and the sites (usage errors before any change), apply, and say what holds."""
@@ -446,8 +446,8 @@ class Switch:
         lab = Lab.attach(args.name)
         sites = [lab.plan.site(i) for i in indexes]
         for index in indexes:
-            self.apply(lab, index, value)
-        names = ", ".join(s.host if self.hosts else s.node for s in sites)
+            lab.switch(self.switch, index, value)
+        names = ", ".join(s.host if self.switch.on_host else s.node for s in sites)
         stdout().print(f"lab {lab.name}: {names}: {self.said(value)}")
         return 0
 
@@ -457,21 +457,21 @@ SWITCHES = (
         "block-udp",
         "drop all UDP to and from gateways on their underlay link",
         "gateway",
-        lambda lab, i, _: lab.block_udp(i),
+        switches.BLOCK_UDP,
         lambda _: "UDP blocked on the underlay link",
     ),
     Switch(
         "unblock-udp",
         "let UDP through gateways' underlay link again",
         "gateway",
-        lambda lab, i, _: lab.unblock_udp(i),
+        switches.UNBLOCK_UDP,
         lambda _: "UDP unblocked",
     ),
     Switch(
         "throttle-udp",
         "limit UDP on gateways' underlay link, both ways (replaces any earlier limit)",
         "gateway",
-        lambda lab, i, rate: lab.throttle_udp(i, rate),
+        switches.THROTTLE_UDP,
         lambda rate: f"UDP limited to {rate} each way",
         SwitchValue("RATE", "e.g. 10mbit (units: bit, kbit, mbit, gbit)", parse_rate),
     ),
@@ -479,25 +479,24 @@ SWITCHES = (
         "unthrottle-udp",
         "remove the UDP limit of gateways",
         "gateway",
-        lambda lab, i, _: lab.unthrottle_udp(i),
+        switches.UNTHROTTLE_UDP,
         lambda _: "UDP limit removed",
     ),
     Switch(
         "lan-mtu",
         "set the MTU of sites' LAN (gateway lan and VPC host eth0)",
         "site",
-        lambda lab, i, mtu: lab.set_lan_mtu(i, mtu),
+        switches.SET_LAN_MTU,
         lambda mtu: f"LAN MTU {mtu} (gateway lan and VPC host eth0)",
         SwitchValue(
             "MTU", f"{LAN_MTU.low}-{LAN_MTU.high}; 1500 is the default", lambda t: parse_mtu(t, LAN_MTU)
         ),
-        hosts=True,
     ),
     Switch(
         "underlay-mtu",
         "set the MTU of gateways' underlay link (both veth ends)",
         "gateway",
-        lambda lab, i, mtu: lab.set_underlay_mtu(i, mtu),
+        switches.SET_UNDERLAY_MTU,
         lambda mtu: f"underlay MTU {mtu} (agents fit their tunnel to it within about 10 s)",
         SwitchValue(
             "MTU",
@@ -509,17 +508,15 @@ SWITCHES = (
         "sg-drop-icmp",
         "VPC hosts drop inbound ICMP unreachables (security group)",
         "VPC host",
-        lambda lab, i, _: lab.sg_drop_icmp(i),
+        switches.SG_DROP_ICMP,
         lambda _: "inbound ICMP unreachable dropped (security group)",
-        hosts=True,
     ),
     Switch(
         "sg-allow-icmp",
         "let ICMP unreachables reach VPC hosts again",
         "VPC host",
-        lambda lab, i, _: lab.sg_allow_icmp(i),
+        switches.SG_ALLOW_ICMP,
         lambda _: "inbound ICMP unreachable allowed",
-        hosts=True,
     ),
 )
 

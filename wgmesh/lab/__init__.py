@@ -1,13 +1,20 @@
 """Network-namespace lab: a multi-site mesh on one machine for `make demo`, e2e tests and benchmarks.
 
-`plan`, `impair` (switches that impair the underlay), `cloud` (switches that make a site look like a cloud
-VPC: MTUs, a security group) and `converge` are pure; `system` and `procs` touch the machine; `control`
-(build, run, wait) and `teardown` (down, even after a crash) tie them together.
+Pure: `layout` (namespaces, links, addresses, command lines), `impair` (switches that impair the
+underlay), `cloud` (switches that make a site look like a cloud VPC: MTUs, a security group) and
+`converge` (reading `wg show`, deciding convergence). At the edge: `system` and `procs` touch the
+machine, `tools` finds the programs, `record` keeps the lab's record file, `services` runs the
+coordinator, relay and agents, `switches` flips the runtime switches, `observe` watches the mesh,
+`status` sums it up, `build` (`up`) and `teardown` (`down`, even after a crash) make and remove a lab,
+and `handle.Lab` is the facade over them; `wait` is the one way anything here waits.
 """
 
-from wgmesh.lab.control import Lab, LabStatus, agent_available, up
-from wgmesh.lab.plan import DEFAULT_NAME, DEFAULT_SITES, LabPlan, Node, Site, plan_lab
+from wgmesh.lab.build import up
+from wgmesh.lab.handle import Lab
+from wgmesh.lab.layout import DEFAULT_NAME, DEFAULT_SITES, LabPlan, Node, Site, plan_lab
+from wgmesh.lab.status import LabStatus
 from wgmesh.lab.teardown import DownReport, Leftovers, down, leftovers
+from wgmesh.lab.tools import agent_available
 from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The lab's admin client for its coordinator, on the one API client base (wgmesh.api_client).
 
-Lab traffic leaves the root namespace only for the lab's underlay or 127.0.0.1 (plan.is_safe_destination);
+Lab traffic leaves the root namespace only for the lab's underlay or 127.0.0.1 (layout.is_safe_destination);
 an error answer is the exception class its code maps to, with `METHOD PATH: STATUS message` as its message.
 """
 
@@ -12,7 +12,9 @@ import httpx
 
 from wgmesh.api_client import ApiClient, JsonValue
 from wgmesh.errors import UnreachableError, WgmeshError
-from wgmesh.lab.plan import is_safe_destination
+from wgmesh.lab.layout import is_safe_destination
+from wgmesh.lab.record import LabState
+from wgmesh.lab.timescale import scaled
 from wgmesh.models import NodeList, TokenCreated
 
 
@@ -58,3 +60,11 @@ class LabApi(ApiClient):
         if not isinstance(links, list):
             raise UnreachableError("GET /api/v1/topology: no list of links", code="bad_answer")
         return [link for link in links if isinstance(link, dict)]
+
+
+def admin_client(state: LabState) -> LabApi:
+    """An admin client for the lab's coordinator, on the hub address.
+
+    A client per call, as before: a restarted coordinator never meets a pooled connection to its past.
+    """
+    return LabApi(state.plan().hub_url, state.admin_token, timeout=scaled(10.0))

@@ -8,7 +8,7 @@
   unreachable" (and ICMPv6 "destination unreachable" and "packet too big"), as a cloud security group
   does unless told otherwise, so path MTU discovery toward the VPC host is a black hole.
 
-Nothing here runs anything: `system` applies it, `control` decides when.
+Nothing here runs anything: `system` applies it, `switches` and `build` decide when.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab.impair import GATEWAY_UPLINK, parse_site_values, table_script
-from wgmesh.lab.plan import IpCommand, Site
+from wgmesh.lab.layout import IpCommand, Site
 
 # What a lab link has when no switch says otherwise (a veth's default); not the tunnel's MTU
 # (models.DEFAULT_MTU).

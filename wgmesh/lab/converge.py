@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.plan import LabPlan
+from wgmesh.lab.layout import LabPlan
 from wgmesh.values import Prefix
 
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")

@@ -1,7 +1,7 @@
 """The lab's switches for impaired underlays, as pure text: UDP blocked at a gateway, UDP throttled.
 
 Blocking is an nftables table inside the gateway's namespace; throttling is tc (HTB) on both ends of the
-gateway's underlay veth. Nothing here runs anything: `system` applies it, `control` decides when.
+gateway's underlay veth. Nothing here runs anything: `system` applies it, `switches` and `build` decide when.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from wgmesh import rates
 from wgmesh.errors import ValidationError
-from wgmesh.lab.plan import MAX_SITES, LabPlan, Site
+from wgmesh.lab.layout import MAX_SITES, LabPlan, Site
 from wgmesh.rates import format_rate
 
 V = TypeVar("V")
@@ -138,7 +138,7 @@ def unblock_udp_script() -> str:
 
 def _throttle_device(netns: str | None, dev: str, rate: str) -> list[TcCommand]:
     def tc(line: str) -> TcCommand:
-        # Device names and rates never contain spaces (plan.py and parse_rate make them).
+        # Device names and rates never contain spaces (layout.py and parse_rate make them).
         return TcCommand(netns, tuple(line.split()))
 
     # HTB derives quantum from the rate, and at UNLIMITED that is far above the kernel's cap (it would

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab.impair import TcCommand
-from wgmesh.lab.plan import IpCommand
+from wgmesh.lab.layout import IpCommand
 from wgmesh.lab.timescale import scaled
 from wgmesh.logs import kv
 

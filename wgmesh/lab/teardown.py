@@ -13,8 +13,8 @@ from pathlib import Path
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import procs, system
-from wgmesh.lab.plan import RELAY_PORT, STATE_ROOT, owns, plan_lab, validate_name
-from wgmesh.lab.state import LabState, load
+from wgmesh.lab.layout import RELAY_PORT, STATE_ROOT, owns, plan_lab, validate_name
+from wgmesh.lab.record import LabState, load
 from wgmesh.logs import kv
 
 log = logging.getLogger("wgmesh.lab")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.plan import (
+from wgmesh.lab.layout import (
     MAX_SITES,
     IpCommand,
     LabPlan,

@@ -1,4 +1,4 @@
-"""The state file of a lab: what it is made of and which processes it started, so `down` works after a crash."""
+"""The record file of a lab: what it is made of and which processes it started, so `down` works after a crash."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticError
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab.plan import STATE_ROOT, LabPlan, plan_lab
+from wgmesh.lab.layout import STATE_ROOT, LabPlan, plan_lab
 from wgmesh.models import Model
 
 Role = Literal["coordinator", "agent", "relay"]

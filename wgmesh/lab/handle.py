@@ -1,0 +1,234 @@
+"""`Lab`, the handle on a running lab that tests, benchmarks and the CLI hold.
+
+A facade: it keeps the lab's record and hands each call to the module that holds the concern —
+`services` (coordinator, relay, agents), `switches` (runtime impairments), `observe` (peers,
+convergence), `status`, `teardown`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from wgmesh.api_client import JsonValue
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.lab import procs, services, switches, system
+from wgmesh.lab.api import admin_client
+from wgmesh.lab.converge import GatewayView, Verdict, assess
+from wgmesh.lab.layout import STATE_ROOT, LabPlan, Node, Site, resolve_node, site_commands, validate_name
+from wgmesh.lab.observe import ping_matrix, read_gateways, wait_converged
+from wgmesh.lab.record import LabState, load, save
+from wgmesh.lab.services import COORDINATOR_START_TIMEOUT, RELAY_START_TIMEOUT
+from wgmesh.lab.status import LabStatus, lab_status
+from wgmesh.lab.switches import Switch
+from wgmesh.lab.teardown import DownReport, down
+from wgmesh.lab.timescale import scaled
+from wgmesh.lab.wait import Progress, quiet
+from wgmesh.values import P2PPolicy
+
+V = TypeVar("V")
+
+
+class Lab:
+    """A running lab: run commands on its nodes, call its coordinator, grow it, stop and restart pieces."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+
+    @classmethod
+    def attach(cls, name: str) -> Lab:
+        """The running lab `name`, or an error saying it is not up."""
+        validate_name(name)
+        state = load(name)
+        if state is None:
+            raise WgmeshError(f"lab {name} is not up (no state in {STATE_ROOT / name})", code="no_lab")
+        return cls(state)
+
+    def refresh(self) -> None:
+        """Re-read the record file (after another process changed the lab, e.g. `wgmesh lab add-site`)."""
+        self.state = Lab.attach(self.name).state
+
+    # --- addressing ---
+
+    @property
+    def name(self) -> str:
+        """The lab's name (the prefix of everything it creates)."""
+        return self.state.name
+
+    @property
+    def plan(self) -> LabPlan:
+        """The lab's current layout."""
+        return self.state.plan()
+
+    @property
+    def url(self) -> str:
+        """The coordinator's URL on the host's loopback."""
+        return self.plan.local_url
+
+    @property
+    def admin_token(self) -> str:
+        """The coordinator's admin token."""
+        return self.state.admin_token
+
+    def node(self, name: str) -> Node:
+        """A node of the lab by name (`hub`, `gwI`, `vmI`)."""
+        return resolve_node(self.plan, name)
+
+    def argv(self, node: str, cmd: Sequence[str]) -> list[str]:
+        """The command line that runs `cmd` on `node`."""
+        if not cmd:
+            raise ValidationError("no command given", code="no_command")
+        target = self.node(node)
+        if target.netns is None:
+            return list(cmd)
+        return ["ip", "netns", "exec", target.netns, *cmd]
+
+    def exec(
+        self, node: str, *cmd: str, check: bool = False, timeout: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` on `node` and return its result (text); with `check`, a failure raises WgmeshError."""
+        return system.run(self.argv(node, cmd), check=check, timeout=timeout, input=input)
+
+    def popen(self, node: str, *cmd: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """Start `cmd` on `node` in the background (it is ended by `down` if still running in a namespace)."""
+        kwargs.setdefault("text", True)
+        proc: subprocess.Popen[str] = subprocess.Popen(self.argv(node, cmd), **kwargs)
+        return proc
+
+    # --- the coordinator and the relay ---
+
+    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> JsonValue:
+        """Call the coordinator's API as admin: its JSON answer (None when empty); an error answer raises
+        the class its code maps to (wgmesh.errors), with `METHOD PATH: STATUS message`."""
+        with admin_client(self.state) as api:
+            return api.json(method, path, json=body, timeout=scaled(timeout))
+
+    def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
+        """Wait until the coordinator answers /healthz; fail at once if it exits."""
+        return services.wait_coordinator(self.state, timeout)
+
+    def prepare_relay(self) -> str:
+        """Initialise the database and fetch the coordinator's relay-ticket public key (kept in the record)."""
+        return services.prepare_relay(self.state)
+
+    def wait_relay(self, timeout: float = RELAY_START_TIMEOUT) -> float:
+        """Wait until the relay listens on the hub address; fail at once if it exits."""
+        return services.wait_relay(self.state, timeout)
+
+    # --- switches ---
+
+    def switch(self, switch: Switch[V], index: int, value: V) -> V:
+        """Apply a runtime switch (wgmesh.lab.switches) to site `index`; returns its normalised value."""
+        return switch.flip(self.state, index, value)
+
+    def block_udp(self, index: int) -> None:
+        """Drop all UDP to and from gateway `index` on its underlay link (idempotent)."""
+        self.switch(switches.BLOCK_UDP, index, None)
+
+    def unblock_udp(self, index: int) -> None:
+        """Let UDP through gateway `index`'s underlay link again (idempotent)."""
+        self.switch(switches.UNBLOCK_UDP, index, None)
+
+    def throttle_udp(self, index: int, rate: str) -> str:
+        """Limit UDP on gateway `index`'s underlay link to `rate` each way (replacing any limit); returns the rate."""
+        return self.switch(switches.THROTTLE_UDP, index, rate)
+
+    def unthrottle_udp(self, index: int) -> None:
+        """Remove the UDP limit of gateway `index` (idempotent)."""
+        self.switch(switches.UNTHROTTLE_UDP, index, None)
+
+    def set_lan_mtu(self, index: int, mtu: int) -> None:
+        """Give site `index`'s LAN (gateway `lan`, VPC host `eth0`) this MTU; 1500 is the default again."""
+        self.switch(switches.SET_LAN_MTU, index, mtu)
+
+    def set_underlay_mtu(self, index: int, mtu: int) -> None:
+        """Give gateway `index`'s underlay link (both veth ends) this MTU; 1500 is the default again."""
+        self.switch(switches.SET_UNDERLAY_MTU, index, mtu)
+
+    def sg_drop_icmp(self, index: int) -> None:
+        """Make VPC host `index` drop inbound ICMP unreachables and ICMPv6 packet-too-big (idempotent)."""
+        self.switch(switches.SG_DROP_ICMP, index, None)
+
+    def sg_allow_icmp(self, index: int) -> None:
+        """Let ICMP unreachables reach VPC host `index` again (idempotent)."""
+        self.switch(switches.SG_ALLOW_ICMP, index, None)
+
+    def set_p2p(self, index: int, policy: P2PPolicy) -> None:
+        """Set gateway `index`'s P2P policy through the coordinator (the node must be enrolled)."""
+        switches.set_p2p(self.state, index, policy)
+
+    # --- processes ---
+
+    def process(self, node: str) -> procs.ProcessId | None:
+        """The recorded process of `hub`, `relay` or a gateway, if any."""
+        return services.process(self.state, node)
+
+    def alive(self, node: str) -> bool:
+        """Whether the recorded coordinator (`hub`), relay (`relay`) or agent (`gwI`) is running."""
+        return services.alive(self.state, node)
+
+    def start(self, node: str) -> procs.ProcessId:
+        """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
+        return services.start(self.state, node)
+
+    def kill(self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
+        """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not
+        running (see services.kill)."""
+        return services.kill(self.state, node, sig, wait=wait)
+
+    def start_agents(self, sites: Iterable[Site]) -> None:
+        """Start the agent of each site."""
+        for site in sites:
+            self.start(site.node)
+
+    def wait_enrolled(self, nodes: Iterable[str], timeout: float, progress: Progress = quiet) -> float:
+        """Wait until the coordinator lists every one of `nodes`; fail at once if an agent exits."""
+        return services.wait_enrolled(self.state, nodes, timeout, progress)
+
+    # --- convergence ---
+
+    def observe(self) -> dict[int, GatewayView]:
+        """Each gateway's WireGuard peers, read in parallel."""
+        return read_gateways(self.plan)
+
+    def verdict(self) -> Verdict:
+        """How far the mesh is from converged, right now."""
+        return assess(self.plan, self.observe())
+
+    def wait_converged(
+        self, timeout: float = 60.0, progress: Progress = quiet, *, started: float | None = None
+    ) -> float:
+        """Wait until every gateway lists every other site with a handshake; returns the seconds taken.
+
+        `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
+        """
+        return wait_converged(self.state, timeout, progress, started=started)
+
+    def ping_matrix(self, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
+        """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
+        return ping_matrix(self.plan, count, wait)
+
+    # --- growing, status, teardown ---
+
+    def add_site(self, timeout: float = 60.0, progress: Progress = quiet) -> Site:
+        """Add site N+1 (namespaces, links, agent) and wait for the mesh to include it."""
+        plan = self.plan.with_sites(self.state.sites + 1)
+        site = plan.sites[-1]
+        progress(f"building site {site.index}")
+        system.apply(site_commands(plan, site))
+        self.state.sites += 1
+        save(self.state)
+        if self.state.agents:
+            self.start(site.node)
+            self.wait_converged(timeout, progress)
+        return site
+
+    def status(self) -> LabStatus:
+        """Namespaces, processes and per-gateway peers."""
+        return lab_status(self.state)
+
+    def down(self) -> DownReport:
+        """Tear the lab down."""
+        return down(self.name)

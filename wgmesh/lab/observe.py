@@ -1,0 +1,184 @@
+"""Watching a running lab's mesh: each gateway's WireGuard peers, pings, and waiting for convergence.
+
+`converge` judges what is read here (pure); this module reads the machine and nudges it along.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Iterable
+
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.lab import services, system
+from wgmesh.lab.api import admin_client
+from wgmesh.lab.converge import GatewayView, assess, parse_ping_rtt, parse_wg_dump
+from wgmesh.lab.layout import LabPlan
+from wgmesh.lab.record import LabState
+from wgmesh.lab.timescale import scaled
+from wgmesh.lab.wait import Progress, quiet
+from wgmesh.logs import kv
+
+log = logging.getLogger("wgmesh.lab")
+
+POLL_INTERVAL = 0.2
+NUDGE_INTERVAL = 1.0
+
+
+def read_gateways(plan: LabPlan) -> dict[int, GatewayView]:
+    """Each gateway's WireGuard peers, read in parallel."""
+    started = {s.index: system.wg_dump_start(s.gw_ns, s.wg_interface) for s in plan.sites}
+    views: dict[int, GatewayView] = {}
+    for index, proc in started.items():
+        read = system.wg_dump_finish(proc)
+        if read.text is None:
+            views[index] = GatewayView(error=read.error)
+            continue
+        try:
+            views[index] = GatewayView(peers=parse_wg_dump(read.text))
+        except ValidationError as exc:
+            views[index] = GatewayView(error=exc.message)
+    return views
+
+
+def wait_converged(
+    state: LabState, timeout: float = 60.0, progress: Progress = quiet, *, started: float | None = None
+) -> float:
+    """Wait until every gateway lists every other site with a handshake; returns the seconds taken.
+
+    `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
+    """
+    plan = state.plan()
+    start = time.monotonic() if started is None else started
+    budget = scaled(timeout)  # a budget on the reference machine; see wgmesh.lab.timescale
+    deadline = start + budget
+    nudger = _Nudger(plan)
+    try:
+        while True:
+            for site in plan.sites:
+                services.check_alive(state, site.node)
+            services.check_alive(state, "hub")
+            verdict = assess(plan, read_gateways(plan))
+            progress(f"{_enrolled(state)}, {verdict.summary}")
+            if verdict.converged:
+                seconds = time.monotonic() - start
+                log.info("lab converged", extra=kv(lab=state.name, seconds=round(seconds, 2)))
+                return seconds
+            if time.monotonic() >= deadline:
+                more = f" (+{len(verdict.pending) - 1} more)" if len(verdict.pending) > 1 else ""
+                raise WgmeshError(
+                    f"lab {state.name} did not converge within {budget:g}s: "
+                    f"{nudger.explain(verdict.pending[0])}{more}; logs in {plan.state_dir / 'logs'}",
+                    code="lab_timeout",
+                )
+            nudger.nudge(verdict.nudge)
+            time.sleep(POLL_INTERVAL)
+    finally:
+        nudger.close()
+
+
+def _enrolled(state: LabState) -> str:
+    sites = state.plan().sites
+    try:
+        with admin_client(state) as api:
+            names = api.node_names(scaled(2.0))
+    except WgmeshError:
+        return "enrolled ?"
+    count = sum(1 for s in sites if s.node in names)
+    return f"enrolled {count}/{len(sites)}"
+
+
+def ping_matrix(plan: LabPlan, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
+    """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
+    pairs = [(a, b) for a in plan.sites for b in plan.sites if a.index != b.index]
+    results: dict[tuple[int, int], float | None] = {}
+    # Bounded so that a big lab does not fork thousands of pings at once.
+    for chunk in range(0, len(pairs), 32):
+        running = [
+            (a.index, b.index, _ping(a.vm_ns, b.vm_ip, count, wait)) for a, b in pairs[chunk : chunk + 32]
+        ]
+        for src, dst, proc in running:
+            out, _ = proc.communicate(timeout=scaled(wait * count + 10))
+            results[(src, dst)] = parse_ping_rtt(out)
+    return results
+
+
+def _ping(netns: str, address: object, count: int, wait: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-W",
+            f"{wait:g}",
+            str(address),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+class _Nudger:
+    """Starts one ping across each peer pair that has no handshake yet, since WireGuard only
+    handshakes when there is traffic; remembers why a ping failed, for the timeout message."""
+
+    def __init__(self, plan: LabPlan) -> None:
+        self.plan = plan
+        self.running: dict[tuple[int, int], subprocess.Popen[str]] = {}
+        self.last: dict[frozenset[int], float] = {}
+        self.failures: dict[str, str] = {}
+
+    def nudge(self, pairs: Iterable[tuple[int, int]]) -> None:
+        self._harvest()
+        now = time.monotonic()
+        for src, dst in pairs:
+            key = frozenset((src, dst))
+            if now - self.last.get(key, -NUDGE_INTERVAL) < NUDGE_INTERVAL:
+                continue
+            self.last[key] = now
+            a, b = self.plan.site(src), self.plan.site(dst)
+            self.running[(src, dst)] = subprocess.Popen(
+                ["ip", "netns", "exec", a.gw_ns, "ping", "-n", "-q", "-c", "1", "-W", "1", str(b.gw_lan_ip)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def _harvest(self) -> None:
+        for (src, dst), proc in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[(src, dst)]
+            out = proc.communicate()[0]
+            a, b = self.plan.site(src), self.plan.site(dst)
+            key = f"{a.node} has no handshake with {b.node}"
+            if proc.returncode != 0:
+                lines = [line for line in out.splitlines() if line.strip()]
+                self.failures[key] = (
+                    f"ping {b.gw_lan_ip} from {a.node}: {lines[-1] if lines else 'no answer'}"
+                )
+
+    def explain(self, pending: str) -> str:
+        """`pending`, with the last ping failure that concerns it."""
+        self._harvest()
+        why = self.failures.get(pending)
+        return f"{pending} ({why})" if why else pending
+
+    def close(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self.running.clear()

@@ -1,0 +1,245 @@
+"""The lab's services: its coordinator (`hub`), relay (`relay`) and agents (`gwI`).
+
+Started, signalled, recorded in the lab's record file and checked here; `procs` holds the pid-level
+primitives underneath, `layout` the command lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.lab import procs, system
+from wgmesh.lab.api import admin_client
+from wgmesh.lab.layout import (
+    RELAY_PORT,
+    agent_args,
+    coordinator_args,
+    coordinator_init_args,
+    relay_args,
+    relay_key_args,
+    resolve_node,
+)
+from wgmesh.lab.record import LabState, ProcessRecord, Role, save
+from wgmesh.lab.timescale import scaled
+from wgmesh.lab.tools import RELAY_PROGRAM, program
+from wgmesh.lab.wait import NotYet, Progress, WaitTimeout, quiet, wait_until
+from wgmesh.logs import kv
+
+log = logging.getLogger("wgmesh.lab")
+
+COORDINATOR_START_TIMEOUT = 20.0
+RELAY_START_TIMEOUT = 10.0
+
+
+def log_path(state: LabState, node: str) -> Path:
+    """Where the service of `node` writes its output."""
+    return state.plan().state_dir / "logs" / f"{node}.log"
+
+
+def process(state: LabState, node: str) -> procs.ProcessId | None:
+    """The recorded process of `hub`, `relay` or a gateway, if any."""
+    rec = state.process(node)
+    return procs.ProcessId(rec.pid, rec.start_ticks) if rec else None
+
+
+def alive(state: LabState, node: str) -> bool:
+    """Whether the recorded coordinator (`hub`), relay (`relay`) or agent (`gwI`) is running."""
+    proc = process(state, node)
+    return proc is not None and procs.alive(proc)
+
+
+def check_alive(state: LabState, node: str) -> None:
+    """Nothing when the service of `node` runs or was never started; an error with its last log line
+    when it exited, so a wait fails at once instead of at its deadline."""
+    proc = process(state, node)
+    if proc is None or procs.alive(proc):
+        return
+    what = {"hub": "coordinator", "relay": "relay"}.get(node, f"agent {node}")
+    status = procs.exit_status(proc)
+    if status is None:
+        how = ""
+    elif status < 0:
+        how = f" on {signal.Signals(-status).name}"
+    else:
+        how = f" with status {status}"
+    path = log_path(state, node)
+    last = procs.tail(path) or "no output"
+    raise WgmeshError(f"{what} exited{how}: {last} (log: {path})", code="process_exited")
+
+
+def _record(state: LabState, role: Role, node: str, proc: procs.ProcessId) -> None:
+    state.record(
+        ProcessRecord(
+            role=role,
+            node=node,
+            pid=proc.pid,
+            start_ticks=proc.start_ticks,
+            log=str(log_path(state, node)),
+        )
+    )
+    save(state)
+
+
+def start(state: LabState, node: str) -> procs.ProcessId:
+    """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
+    if alive(state, node):
+        raise WgmeshError(f"{node} is already running", code="running")
+    plan = state.plan()
+    if node == "relay":
+        proc = _start_relay(state)
+        log.info("process started", extra=kv(lab=state.name, node=node, pid=proc.pid))
+        return proc
+    target = resolve_node(plan, node)
+    if target.role == "hub":
+        argv = [program("wgmesh-coordinator"), *coordinator_args(plan, announce_relay=state.relay)]
+        proc = procs.spawn(argv, log_path(state, node), {"WGMESH_ADMIN_TOKEN": state.admin_token})
+        _record(state, "coordinator", node, proc)
+    elif target.site is not None and target.role == "gateway":
+        site = target.site
+        token = _enroll_token(state)
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            site.gw_ns,
+            program("wgmesh-agent"),
+            *agent_args(plan, site, token, state.backend),
+        ]
+        proc = procs.spawn(argv, log_path(state, node))
+        _record(state, "agent", node, proc)
+    else:
+        raise ValidationError(f"{node} runs no lab process (only hub and gateways do)", code="no_process")
+    log.info("process started", extra=kv(lab=state.name, node=node, pid=proc.pid))
+    return proc
+
+
+def _start_relay(state: LabState) -> procs.ProcessId:
+    if not state.relay:
+        raise WgmeshError(
+            f"lab {state.name} runs no relay (it was built without one; rebuild it with {RELAY_PROGRAM} installed)",
+            code="no_relay",
+        )
+    key = state.relay_key or prepare_relay(state)
+    argv = [program(RELAY_PROGRAM), *relay_args(state.plan(), key)]
+    proc = procs.spawn(argv, log_path(state, "relay"))
+    _record(state, "relay", "relay", proc)
+    return proc
+
+
+def kill(state: LabState, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
+    """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not running.
+
+    A process still running after `wait` (scaled to the machine) is an error: a start that follows
+    would find it running, and a test would go on against a component it believes stopped.
+    """
+    proc = process(state, node)
+    if proc is None or not procs.send(proc, sig):
+        return False
+    try:
+        wait_until(lambda: not procs.alive(proc), wait, f"{node} to exit")
+    except WaitTimeout as exc:
+        raise WgmeshError(f"{node} still runs after {sig.name}: {exc}", code="still_running") from exc
+    return True
+
+
+def _enroll_token(state: LabState) -> str:
+    # Kept in the (root-only) record so an agent can be restarted while the coordinator is down.
+    token = state.enroll_token
+    if token is None:
+        with admin_client(state) as api:
+            token = api.create_token(f"lab {state.name}")
+        state.enroll_token = token
+        save(state)
+    return token
+
+
+def prepare_relay(state: LabState) -> str:
+    """Initialise the database and fetch the coordinator's relay-ticket public key (kept in the record)."""
+    env = {"WGMESH_ADMIN_TOKEN": state.admin_token}
+    coordinator = program("wgmesh-coordinator")
+    plan = state.plan()
+    try:
+        # `relay-key` needs an initialised database; with the token in the environment `init`
+        # takes it as the admin token and prints no secret.
+        system.run([coordinator, *coordinator_init_args(plan)], env=env)
+        done = system.run([coordinator, *relay_key_args(plan)], env=env)
+    except WgmeshError as exc:
+        raise WgmeshError(
+            f"cannot get the coordinator's relay key: {exc.message} (use --no-relay to run without the relay)",
+            code=exc.code,
+        ) from exc
+    key = parse_public_key(done.stdout)
+    state.relay_key = key
+    save(state)
+    return key
+
+
+def parse_public_key(text: str) -> str:
+    """The base64 Ed25519 public key `relay-key` printed (its last non-empty line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = lines[-1] if lines else ""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise WgmeshError(
+            f"wgmesh-coordinator relay-key printed {key[:60]!r}, not a base64 Ed25519 public key",
+            code="relay_key",
+        )
+    return key
+
+
+def wait_coordinator(state: LabState, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
+    """Wait until the coordinator answers /healthz; fail at once if it exits."""
+
+    def ready() -> bool:
+        check_alive(state, "hub")
+        try:
+            with admin_client(state) as api:
+                api.json("GET", "/healthz", timeout=scaled(1.0))
+        except WgmeshError as exc:
+            raise NotYet(exc.message) from exc
+        return True
+
+    return wait_until(ready, timeout, f"the coordinator of lab {state.name}", interval=0.1)
+
+
+def wait_relay(state: LabState, timeout: float = RELAY_START_TIMEOUT) -> float:
+    """Wait until the relay listens on the hub address; fail at once if it exits."""
+    hub = state.plan().hub_ip
+
+    def listening() -> bool:
+        check_alive(state, "relay")
+        if not system.listener_pids(str(hub), RELAY_PORT):
+            raise NotYet(f"nothing listens on {hub}:{RELAY_PORT} yet")
+        return True
+
+    return wait_until(listening, timeout, f"the relay of lab {state.name}", interval=0.1)
+
+
+def wait_enrolled(state: LabState, nodes: Iterable[str], timeout: float, progress: Progress = quiet) -> float:
+    """Wait until the coordinator lists every one of `nodes`; fail at once if an agent exits."""
+    wanted = set(nodes)
+
+    def enrolled() -> bool:
+        for site in state.plan().sites:
+            check_alive(state, site.node)
+        try:
+            with admin_client(state) as api:
+                names = api.node_names(scaled(2.0))
+        except WgmeshError as exc:
+            raise NotYet(exc.message) from exc
+        missing = sorted(wanted - names)
+        progress(f"waiting for {', '.join(missing) or 'nothing'} to enroll")
+        if missing:
+            raise NotYet(f"not enrolled yet: {', '.join(missing)}")
+        return True
+
+    return wait_until(enrolled, max(timeout, 0.1), f"nodes of lab {state.name} to enroll", interval=0.2)
