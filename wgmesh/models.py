@@ -41,9 +41,14 @@ def _check_tag(value: str) -> str:
     return value
 
 
-def _check_cidr(value: str) -> str:
+def _parse_prefix(value: object) -> values.Prefix:
+    """A prefix on the wire: `ADDRESS/LENGTH`, host bits clear (`ipam.parse_cidr` says why not)."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
     try:
-        return str(ipam.parse_cidr(value))
+        return ipam.parse_cidr(value)
     except errors.ValidationError as exc:
         raise ValueError(exc.message) from exc
 
@@ -74,7 +79,6 @@ def _parse_endpoint(value: object) -> values.Endpoint:
 Name = Annotated[str, AfterValidator(check_name)]
 WgKey = Annotated[str, AfterValidator(_check_key)]
 Tag = Annotated[str, AfterValidator(_check_tag)]
-Cidr = Annotated[str, AfterValidator(_check_cidr)]
 IpAddr = Annotated[str, AfterValidator(_check_ip)]
 EndpointField = Annotated[
     values.Endpoint,
@@ -82,6 +86,12 @@ EndpointField = Annotated[
     PlainSerializer(str, return_type=str),
 ]
 """An `Endpoint` parsed once where a payload enters and written back as the same `HOST:PORT` string."""
+PrefixField = Annotated[
+    values.Prefix,
+    PlainValidator(_parse_prefix, json_schema_input_type=str),
+    PlainSerializer(str, return_type=str),
+]
+"""A `Prefix` parsed once where a payload enters and written back as its canonical `ADDRESS/LENGTH`."""
 
 
 def _check_rate(value: str) -> str:
@@ -129,7 +139,7 @@ class Network(Model):
     """The overlay network every node belongs to."""
 
     name: Name = "default"
-    overlay_cidr: Cidr = "100.96.0.0/16"
+    overlay_cidr: PrefixField = ipaddress.IPv4Network("100.96.0.0/16")
     p2p: P2PPolicy = "auto"
     listen_port: Port = 51820
     mtu: Mtu = Field(DEFAULT_MTU, description="Tunnel MTU of every node without its own `mtu`")
@@ -150,7 +160,9 @@ class Node(Model):
     name: Name
     public_key: WgKey
     overlay_ip: IpAddr
-    subnets: list[Cidr] = Field(default_factory=list, description="Advertised subnets, in the order given")
+    subnets: list[PrefixField] = Field(
+        default_factory=list, description="Advertised subnets, in the order given"
+    )
     p2p: P2PPolicy = "auto"
     tags: list[Tag] = Field(default_factory=list)
     listen_port: Port = 51820
@@ -173,7 +185,7 @@ class Node(Model):
 class Route(Answer):
     """A subnet advertised by a gateway, with the verdict of route validation."""
 
-    prefix: Cidr
+    prefix: PrefixField
     gateway: Name
     gateway_id: NodeId
     state: RouteState
@@ -202,7 +214,7 @@ class PeerConfig(Answer):
     name: Name
     public_key: WgKey
     overlay_ip: IpAddr
-    allowed_ips: list[Cidr]
+    allowed_ips: list[PrefixField]
     endpoints: list[EndpointField] = Field(
         default_factory=list, description="Endpoint candidates, best first"
     )
@@ -226,7 +238,7 @@ class NetMap(Answer):
     node_id: NodeId
     name: Name
     overlay_ip: IpAddr
-    overlay_cidr: Cidr
+    overlay_cidr: PrefixField
     listen_port: Port
     p2p: P2PPolicy = Field(description="The node's own effective policy (network and node)")
     peers: list[PeerConfig]
@@ -282,7 +294,7 @@ class EnrollRequest(Model):
     name: Name
     public_key: WgKey
     listen_port: Port = 51820
-    subnets: list[Cidr] = Field(default_factory=list, max_length=1024)
+    subnets: list[PrefixField] = Field(default_factory=list, max_length=1024)
     endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     max_mtu: UnderlayMtu | None = Field(
         None, description="The largest tunnel MTU the node's underlay carries; null: unknown"
@@ -317,10 +329,10 @@ class PeerStatus(Model):
 class ShadowedRoute(Model):
     """A remote route the agent did not install because it overlaps a locally connected subnet."""
 
-    prefix: Cidr
+    prefix: PrefixField
     gateway: Name | None = None
     interface: str = Field(max_length=32)
-    local_prefix: Cidr | None = None
+    local_prefix: PrefixField | None = None
 
 
 class StatusReport(Model):
@@ -388,7 +400,7 @@ class NodeCreate(Model):
     generate_keys: bool = False
     public_key: WgKey | None = None
     listen_port: Port = 51820
-    subnets: list[Cidr] = Field(default_factory=list, max_length=1024)
+    subnets: list[PrefixField] = Field(default_factory=list, max_length=1024)
     endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     p2p: P2PPolicy = "auto"
     tags: list[Tag] = Field(default_factory=list)
@@ -398,7 +410,7 @@ class NodePatch(Model):
     """Changes an admin may make to a node; omitted fields stay as they are."""
 
     p2p: P2PPolicy | None = None
-    subnets: list[Cidr] | None = Field(None, max_length=1024)
+    subnets: list[PrefixField] | None = Field(None, max_length=1024)
     tags: list[Tag] | None = None
     rate: Rate | None = Field(None, description="Egress limit, e.g. 50mbit; null removes it")
     mtu: Mtu | None = Field(None, description="Ceiling on the tunnel MTU, 1280-9000; null: the network's")
@@ -407,7 +419,7 @@ class NodePatch(Model):
 class SubnetsUpdate(Model):
     """A gateway's full list of advertised subnets."""
 
-    subnets: list[Cidr] = Field(max_length=1024)
+    subnets: list[PrefixField] = Field(max_length=1024)
 
 
 class RouteList(Model):
@@ -444,7 +456,7 @@ class WgQuickInterface(Model):
     """The [Interface] section of a static peer's wg-quick file."""
 
     private_key: WgKey
-    address: list[Cidr] = Field(description="The overlay address as a host prefix (/32 or /128)")
+    address: list[PrefixField] = Field(description="The overlay address as a host prefix (/32 or /128)")
     listen_port: Port
     mtu: int = Field(
         DEFAULT_MTU, description="The tunnel MTU the gateways clamp this peer's TCP to: set it on the device"
@@ -457,7 +469,7 @@ class WgQuickPeer(Model):
     name: Name
     public_key: WgKey
     preshared_key: WgKey | None = None
-    allowed_ips: list[Cidr]
+    allowed_ips: list[PrefixField]
     endpoint: EndpointField | None = Field(None, description="The peer's best endpoint candidate, if any")
     persistent_keepalive: int | None = Field(None, ge=1, le=65535, description="Seconds")
 
@@ -523,7 +535,7 @@ class RouteShadow(Model):
 
     node: Name
     interface: str = Field(max_length=32)
-    local_prefix: Cidr | None = None
+    local_prefix: PrefixField | None = None
 
 
 class TopologyRoute(Route):
@@ -593,7 +605,7 @@ class LocalStatus(Model):
     overlay_ip: IpAddr | None
     eth0_ip: IpAddr | None
     p2p: P2PPolicy
-    subnets: list[str]
+    subnets: list[PrefixField]
     interface: str
     coordinator: str
     coordinator_reachable: bool

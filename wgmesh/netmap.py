@@ -21,7 +21,7 @@ from wgmesh.models import (
     WgQuickPeer,
 )
 from wgmesh.topology import node_p2p, pair_key, pair_p2p
-from wgmesh.values import Endpoint, NodeId, P2PPolicy
+from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
 STATIC_KEEPALIVE = 25
@@ -74,9 +74,9 @@ def endpoint_candidates(node: Node) -> list[Endpoint]:
     return seen
 
 
-def active_routes_by_gateway(routes: Sequence[Route]) -> dict[NodeId, list[str]]:
+def active_routes_by_gateway(routes: Sequence[Route]) -> dict[NodeId, list[Prefix]]:
     """Each gateway's active prefixes, in advertisement order."""
-    out: dict[NodeId, list[str]] = defaultdict(list)
+    out: dict[NodeId, list[Prefix]] = defaultdict(list)
     for route in routes:
         if route.state == "active":
             out[route.gateway_id].append(route.prefix)
@@ -104,7 +104,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
                 name=other.name,
                 public_key=other.public_key,
                 overlay_ip=other.overlay_ip,
-                allowed_ips=[str(overlay), *active.get(other.id, [])],
+                allowed_ips=[overlay, *active.get(other.id, [])],
                 endpoints=endpoint_candidates(other),
                 p2p=pair_p2p(snapshot.network, me, other, snapshot.pair_p2p.get(key)),
                 psk=psk,
@@ -140,7 +140,7 @@ def wg_quick_config(netmap: NetMap, private_key: str) -> WgQuickConfig:
     return WgQuickConfig(
         node=netmap.name,
         interface=WgQuickInterface(
-            private_key=private_key, address=[str(address)], listen_port=netmap.listen_port, mtu=netmap.mtu
+            private_key=private_key, address=[address], listen_port=netmap.listen_port, mtu=netmap.mtu
         ),
         peers=[
             WgQuickPeer(

@@ -53,7 +53,7 @@ def test_every_field_reads_back(tmp_path: Path) -> None:
     assert list(peers) == [p.public_key for p in cfg.peers]  # in order
     for p in cfg.peers:
         got = peers[p.public_key]
-        assert got["AllowedIPs"] == p.allowed_ips
+        assert got["AllowedIPs"] == [str(ip) for ip in p.allowed_ips]
         assert got.get("PresharedKey") == p.preshared_key
         assert got.get("Endpoint") == (str(p.endpoint) if p.endpoint else None)
         assert got.get("PersistentKeepalive") == p.persistent_keepalive

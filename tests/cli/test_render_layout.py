@@ -166,11 +166,11 @@ def test_status_at_80_and_120_columns_keeps_addresses_and_prefixes_whole(width: 
             assert value is not None and value in text, value
         shown = node.subnets if len(node.subnets) <= 4 else node.subnets[:3]
         for prefix in shown:
-            assert prefix in text
+            assert str(prefix) in text
         if len(node.subnets) > 4:
             assert f"+{len(node.subnets) - 3} more" in text
     for route in view.routes:
-        line_with(lines, route.prefix, route.state)
+        line_with(lines, str(route.prefix), route.state)
     for warning in view.warnings:
         assert warning in text
     assert line_with(lines, "Nodes") < line_with(lines, "Routes") < line_with(lines, "Warnings")

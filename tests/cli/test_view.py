@@ -147,7 +147,7 @@ def test_p2p_is_the_effective_policy_of_network_and_node(mesh: Any) -> None:
 
 def test_routes_keep_the_verdict_and_mark_shadowed_active_routes(mesh: Any) -> None:
     topo, _, _ = mesh
-    routes = {(r.prefix, r.gateway): r for r in route_views(topo.routes)}
+    routes = {(str(r.prefix), r.gateway): r for r in route_views(topo.routes)}
     assert [r.prefix for r in route_views(topo.routes)] == [r.prefix for r in topo.routes]
     assert routes[("10.1.0.0/16", "gw-a")].state == "active"
     conflict = routes[("10.1.5.0/24", "gw-b")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_flags(tmp_path: Path) -> None:
         ]
     )
     assert cfg.coordinator == "http://198.18.0.1:8080"
-    assert cfg.advertise == ("10.1.0.0/24", "10.9.0.0/16")
+    assert cfg.advertise == (ip_network("10.1.0.0/24"), ip_network("10.9.0.0/16"))
     assert (cfg.listen_port, cfg.interface, cfg.backend, cfg.masquerade) == (51900, "wgt0", "userspace", True)
     assert cfg.state_dir == tmp_path
     assert "wgt_1.x" not in repr(cfg)
@@ -54,7 +55,7 @@ def test_file_then_flags(tmp_path: Path) -> None:
     )
     cfg = _load(["--config", str(path), "--name", "gw-flag"])
     assert cfg.name == "gw-flag"
-    assert cfg.advertise == ("10.1.0.0/24",)
+    assert cfg.advertise == (ip_network("10.1.0.0/24"),)
     assert cfg.listen_port == 51000
     assert cfg.masquerade is True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from datetime import UTC, datetime
+from ipaddress import ip_network
 from typing import Any
 
 import pydantic
@@ -40,7 +41,7 @@ def error_text(exc: pytest.ExceptionInfo[pydantic.ValidationError]) -> str:
 
 def test_network_defaults_match_the_design() -> None:
     net = Network()
-    assert net.overlay_cidr == "100.96.0.0/16"
+    assert net.overlay_cidr == ip_network("100.96.0.0/16")
     assert net.p2p == "auto"
     assert net.listen_port == 51820
     assert net.mtu == 1420
@@ -128,7 +129,7 @@ def test_keys_must_be_32_bytes_of_base64(key: str, fragment: str) -> None:
 
 def test_cidrs_are_normalised() -> None:
     req = enroll(subnets=["10.1.0.0/16", "FD00:0::/8", "192.168.1.0/255.255.255.0"])
-    assert req.subnets == ["10.1.0.0/16", "fd00::/8", "192.168.1.0/24"]
+    assert req.subnets == [ip_network(p) for p in ("10.1.0.0/16", "fd00::/8", "192.168.1.0/24")]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -83,7 +84,7 @@ def test_every_other_node_is_a_peer_sorted_by_name_and_never_itself() -> None:
         assert netmap.name == me.name
         assert netmap.overlay_ip == me.overlay_ip
         assert netmap.version == 7
-        assert netmap.overlay_cidr == "100.96.0.0/16"
+        assert netmap.overlay_cidr == ip_network("100.96.0.0/16")
 
 
 def test_peer_fields_come_from_the_peer() -> None:
@@ -91,28 +92,35 @@ def test_peer_fields_come_from_the_peer() -> None:
     assert (p.node_id, p.public_key, p.overlay_ip) == (B.id, B.public_key, B.overlay_ip)
 
 
+def ips(peer: PeerConfig) -> list[str]:
+    return [str(ip) for ip in peer.allowed_ips]
+
+
 def test_allowed_ips_are_the_overlay_host_prefix_plus_active_routes_only() -> None:
     netmap = build_netmap(snapshot(), C.id)
-    assert peer(netmap, "gw-a").allowed_ips == ["100.96.0.1/32", "10.1.0.0/16"]  # rejected one left out
-    assert peer(netmap, "gw-b").allowed_ips == ["100.96.0.2/32", "10.2.0.0/16"]  # standby left out
-    assert peer(build_netmap(snapshot(), A.id), "gw-c").allowed_ips == ["100.96.0.3/32"]  # conflict left out
+    assert ips(peer(netmap, "gw-a")) == ["100.96.0.1/32", "10.1.0.0/16"]  # rejected one left out
+    assert ips(peer(netmap, "gw-b")) == ["100.96.0.2/32", "10.2.0.0/16"]  # standby left out
+    assert ips(peer(build_netmap(snapshot(), A.id), "gw-c")) == ["100.96.0.3/32"]  # conflict left out
 
 
 def test_ipv6_overlay_gives_a_128_host_prefix() -> None:
     six = [node(1, "gw-a", "fd7a::1"), node(2, "gw-b", "fd7a::2")]
     snap = snapshot(network=Network(overlay_cidr="fd7a::/48"), nodes=six, routes=[])
-    assert peer(build_netmap(snap, 1), "gw-b").allowed_ips == ["fd7a::2/128"]
+    assert ips(peer(build_netmap(snap, 1), "gw-b")) == ["fd7a::2/128"]
 
 
 def test_own_routes_are_reported_with_their_verdicts() -> None:
-    assert [(r.prefix, r.state) for r in build_netmap(snapshot(), B.id).routes] == [
+    assert [(str(r.prefix), r.state) for r in build_netmap(snapshot(), B.id).routes] == [
         ("10.2.0.0/16", "active"),
         ("10.1.0.0/16", "standby"),
     ]
 
 
 def test_active_routes_by_gateway() -> None:
-    assert dict(active_routes_by_gateway(ROUTES)) == {A.id: ["10.1.0.0/16"], B.id: ["10.2.0.0/16"]}
+    assert dict(active_routes_by_gateway(ROUTES)) == {
+        A.id: [ip_network("10.1.0.0/16")],
+        B.id: [ip_network("10.2.0.0/16")],
+    }
 
 
 def test_psk_is_the_same_from_both_ends_of_a_pair_and_differs_across_pairs() -> None:

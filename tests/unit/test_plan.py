@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -352,10 +353,10 @@ def test_shadowed_route_already_installed_is_withdrawn_and_families_do_not_clash
         [("10.50.0.0/24", "lan"), ("fd00:51::/64", "lan")],
     )
     assert ops == [RemoveRoute("10.50.0.0/24"), AddRoute("fd00:50::/64")]
-    assert [s.prefix for s in shadowed] == ["10.50.0.0/24"]
+    assert [str(s.prefix) for s in shadowed] == ["10.50.0.0/24"]
 
 
 def test_shadow_report_names_the_closest_local_subnet() -> None:
     _, shadowed = plan_routes(["10.50.1.0/24"], [], [("10.0.0.0/8", "eth0"), ("10.50.0.0/16", "lan")])
     assert shadowed[0].interface == "lan"
-    assert shadowed[0].local_prefix == "10.50.0.0/16"
+    assert shadowed[0].local_prefix == ip_network("10.50.0.0/16")

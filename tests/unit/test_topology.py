@@ -183,7 +183,7 @@ def test_a_route_is_shadowed_by_the_nodes_that_report_not_installing_it() -> Non
         # a shadow of gw-b's prefix that names another gateway does not shadow gw-c's route
         report(b, [], [ShadowedRoute(prefix="10.3.0.0/16", gateway="gw-x", interface="eth2")]),
     ]
-    got = {r.prefix: r.shadowed_by for r in topology([a, b, c], routes, statuses).routes}
+    got = {str(r.prefix): r.shadowed_by for r in topology([a, b, c], routes, statuses).routes}
     assert got == {
         "10.2.0.0/16": [
             RouteShadow(node="gw-a", interface="lan", local_prefix="10.2.0.0/24"),

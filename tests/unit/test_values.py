@@ -1,8 +1,9 @@
-"""The typed values of the pure core: endpoints parsed once, printed back the same, refused readably."""
+"""The typed values of the pure core: endpoints and prefixes parsed once, printed back the same, refused readably."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pydantic
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wgmesh.errors import ValidationError
-from wgmesh.models import PeerStatus, StatusReport
-from wgmesh.values import Endpoint
+from wgmesh.models import Network, PeerStatus, Route, StatusReport, SubnetsUpdate
+from wgmesh.values import Endpoint, Prefix
 
 
 @pytest.mark.parametrize(
@@ -115,3 +116,50 @@ def test_the_schema_of_an_endpoint_is_still_a_string() -> None:
     schema = StatusReport.model_json_schema()
     assert schema["properties"]["endpoints"]["items"] == {"type": "string"}
     assert PeerStatus.model_json_schema()["properties"]["endpoint"]["anyOf"][0]["type"] == "string"
+
+
+# --- prefixes -------------------------------------------------------------------------------------
+
+NETWORKS = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)).flatmap(
+    lambda host: st.integers(0, ipaddress.ip_address(host).max_prefixlen).map(
+        lambda length: ipaddress.ip_network(f"{host}/{length}", strict=False)
+    )
+)
+
+
+@given(NETWORKS)
+def test_prefixes_parse_once_and_write_back_the_canonical_string(net: Prefix) -> None:
+    route = Route.model_validate_json(
+        f'{{"prefix": "{net}", "gateway": "gw", "gateway_id": 1, "state": "active"}}'
+    )
+    assert route.prefix == net and isinstance(route.prefix, type(net))
+    assert route.model_dump(mode="json")["prefix"] == str(net)
+    assert route.model_dump()["prefix"] == str(net)  # python mode too: stores and caches hold strings
+    assert Route.model_validate_json(route.model_dump_json()) == route
+
+
+def test_a_prefix_is_canonical_however_written() -> None:
+    update = SubnetsUpdate(subnets=[" 10.1.0.0/24", "2001:DB8:0::/32"])
+    assert update.subnets == [ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_network("2001:db8::/32")]
+    assert update.model_dump_json() == '{"subnets":["10.1.0.0/24","2001:db8::/32"]}'
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("10.1.0.5/24", "10.1.0.5/24 has host bits set; did you mean 10.1.0.0/24?"),
+        ("10.1.0.0", "is not a CIDR prefix (expected ADDRESS/LENGTH)"),
+        ("10.1.0.0/33", "is not a valid CIDR prefix"),
+        (24, "Input should be a valid string"),
+    ],
+)
+def test_models_refuse_a_bad_prefix_with_the_parsers_words(value: object, fragment: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=re.escape(fragment)):
+        SubnetsUpdate.model_validate({"subnets": [value]})
+
+
+def test_a_network_default_is_a_prefix_and_the_schema_of_a_prefix_is_still_a_string() -> None:
+    assert Network().overlay_cidr == ipaddress.ip_network("100.96.0.0/16")
+    schema = Network.model_json_schema()["properties"]["overlay_cidr"]
+    assert schema == {"default": "100.96.0.0/16", "title": "Overlay Cidr", "type": "string"}
+    assert SubnetsUpdate.model_json_schema()["properties"]["subnets"]["items"] == {"type": "string"}

@@ -215,7 +215,7 @@ class Agent:
             except WgmeshError as exc:
                 log.error("subnets refused by the coordinator", extra=kv(code=exc.code, error=exc.message))
                 return
-            log.info("advertised subnets", extra=kv(subnets=",".join(subnets) or "none"))
+            log.info("advertised subnets", extra=kv(subnets=",".join(map(str, subnets)) or "none"))
             for route in verdicts:
                 if route.state != "active":
                     log.warning(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import httpx
 
 from wgmesh.api_client import ApiClient
@@ -15,6 +17,7 @@ from wgmesh.models import (
     StatusReport,
     SubnetsUpdate,
 )
+from wgmesh.values import Prefix
 
 
 class CoordinatorClient(ApiClient):
@@ -63,7 +66,7 @@ class CoordinatorClient(ApiClient):
         """The relays and a fresh relay ticket for this node."""
         return self.call("GET", "/api/v1/node/relay", RelayGrant)
 
-    def advertise(self, subnets: list[str]) -> list[Route]:
+    def advertise(self, subnets: Sequence[Prefix]) -> list[Route]:
         """Replace this node's advertised subnets; returns the coordinator's verdict on each."""
         response = self.request(
             "PUT", "/api/v1/node/subnets", json=SubnetsUpdate(subnets=subnets).model_dump()

@@ -12,7 +12,7 @@ from typing import Any, get_args
 from wgmesh import ipam
 from wgmesh.errors import ValidationError
 from wgmesh.models import check_name
-from wgmesh.values import Backend, Endpoint
+from wgmesh.values import Backend, Endpoint, Prefix
 
 DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
 
@@ -24,7 +24,7 @@ class AgentConfig:
     coordinator: str
     name: str
     token: str | None = field(default=None, repr=False)
-    advertise: tuple[str, ...] = ()
+    advertise: tuple[Prefix, ...] = ()
     listen_port: int = 51820
     interface: str = "wgmesh0"
     backend: Backend = "auto"
@@ -92,7 +92,7 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         check_name(values["name"])
     except ValueError as exc:
         raise ValidationError(f"--name {values['name']!r}: {exc}", code="invalid_config") from exc
-    values["advertise"] = tuple(str(ipam.parse_cidr(c)) for c in values.get("advertise", ()))
+    values["advertise"] = tuple(ipam.parse_cidr(c) for c in values.get("advertise", ()))
     values["state_dir"] = Path(values.get("state_dir", AgentConfig.state_dir))
     if values.get("relay_ca"):
         values["relay_ca"] = Path(values["relay_ca"])

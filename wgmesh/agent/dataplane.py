@@ -7,7 +7,6 @@ interface outlives the agent (`close`); only `cleanup` takes it down.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -171,7 +170,7 @@ class DataPlane:
             if self.wireguard.ensure_up(self._key, self.listen_port):
                 # A new device (first start, or wireguard-go restarted after dying) holds nothing yet.
                 self._applied_endpoints = {}
-            overlay = ipaddress.ip_network(netmap.overlay_cidr)
+            overlay = netmap.overlay_cidr
             tunnel_mtu = mtus.tunnel_mtu(netmap.mtu, self.underlay_limit)
             changes = self.host.ensure_interface(
                 self.ifname, netmap.overlay_ip, overlay.prefixlen, tunnel_mtu

@@ -154,7 +154,7 @@ def desired_device(
         endpoint = _override(endpoint_for, peer) or (peer.endpoints[0] if peer.endpoints else None)
         spec = PeerSpec(
             public_key=peer.public_key,
-            allowed_ips=tuple(peer.allowed_ips),
+            allowed_ips=device_ips(peer),
             endpoint=endpoint,
             psk=peer.psk,
             keepalive=KEEPALIVE,
@@ -167,12 +167,17 @@ def desired_device(
     )
 
 
+def device_ips(peer: PeerConfig) -> tuple[str, ...]:
+    """A peer's allowed IPs as the device holds them: WireGuard's text, which observed specs compare in."""
+    return tuple(str(ip) for ip in peer.allowed_ips)
+
+
 def claimed_twice(netmap: NetMap) -> list[tuple[str, str, str]]:
     """Allowed IPs given to more than one peer, as (prefix, peer kept, peer dropped) names."""
     owner: dict[str, str] = {}
     found: list[tuple[str, str, str]] = []
     for peer in netmap.peers:
-        for ip in PeerSpec(peer.public_key, tuple(peer.allowed_ips)).allowed_ips:
+        for ip in PeerSpec(peer.public_key, device_ips(peer)).allowed_ips:
             if ip in owner and owner[ip] != peer.name:
                 found.append((ip, owner[ip], peer.name))
             owner.setdefault(ip, peer.name)
@@ -313,9 +318,7 @@ def plan_routes(
             wanted.add(str(net))
         else:
             shadowed.append(
-                ShadowedRoute(
-                    prefix=str(net), gateway=owners[prefix], interface=clash[1], local_prefix=str(clash[0])
-                )
+                ShadowedRoute(prefix=net, gateway=owners[prefix], interface=clash[1], local_prefix=clash[0])
             )
     have = {str(ipaddress.ip_network(p, strict=False)) for p in observed}
     ops: list[RouteOp] = [RemoveRoute(p) for p in sorted(have - wanted)]

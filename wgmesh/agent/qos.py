@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wgmesh.agent import plan
 from wgmesh.models import NetMap
 from wgmesh.rates import parse_rate
 
@@ -105,7 +106,7 @@ QosOp = ReplaceRoot | RemoveRoot | SetClass | DeleteClass | SetFilters
 def desired_qos(netmap: NetMap) -> QosSpec | None:
     """The tree `netmap` asks for; None when neither the node nor any pair has a limit."""
     peers = tuple(
-        ShapedPeer(PEER_MINOR_BASE + p.node_id, parse_rate(p.rate), tuple(p.allowed_ips))
+        ShapedPeer(PEER_MINOR_BASE + p.node_id, parse_rate(p.rate), plan.device_ips(p))
         for p in sorted(netmap.peers, key=lambda p: p.node_id)
         if p.rate is not None and PEER_MINOR_BASE + p.node_id <= MAX_PEER_MINOR
     )

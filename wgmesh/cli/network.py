@@ -50,7 +50,7 @@ def network_detail(network: Network) -> RenderableType:
     grid.add_column(overflow="fold")
     for label, value in (
         ("name", network.name),
-        ("overlay", network.overlay_cidr),
+        ("overlay", str(network.overlay_cidr)),
         ("p2p", network.p2p),
         ("MTU", f"{network.mtu} (default tunnel MTU)"),
     ):

@@ -164,7 +164,7 @@ def node_detail(node: Node, network: Network, routes: Sequence[Route], now: date
     subnets = Text()
     for i, prefix in enumerate(node.subnets):
         route = states.get(prefix)
-        subnets.append(("\n" if i else "") + prefix)
+        subnets.append(("\n" if i else "") + str(prefix))
         if route is not None:
             subnets.append(f"  {route.state}", style=render.STATE_STYLE.get(route.state, ""))
             detail = render.route_detail_text(route.prefix, route.reason, route.conflicting_with)

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
 from wgmesh.models import PeerView
+from wgmesh.values import Prefix
 
 DASH = "—"
 SUBNETS_SHOWN = 4  # per node in the status table; `wgmesh routes` lists them all
@@ -112,11 +113,11 @@ def _peers(node: NodeView, sep: str) -> str:
     return sep.join(parts)
 
 
-def _subnets(subnets: Sequence[str], sep: str = "\n", limit: int = SUBNETS_SHOWN) -> Text:
+def _subnets(subnets: Sequence[Prefix], sep: str = "\n", limit: int = SUBNETS_SHOWN) -> Text:
     if not subnets:
         return Text(DASH)
     shown = subnets if len(subnets) <= limit else subnets[: limit - 1]
-    text = Text(sep.join(shown))
+    text = Text(sep.join(map(str, shown)))
     if len(shown) < len(subnets):
         text.append(f"{sep}+{len(subnets) - len(shown)} more", style="dim")
     return text
@@ -275,7 +276,7 @@ def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableTyp
     return _pick(width, wide, narrow, lines)
 
 
-def route_detail_text(prefix: str, reason: str, conflicts_with: str | None) -> str:
+def route_detail_text(prefix: Prefix, reason: str, conflicts_with: str | None) -> str:
     """The reason without the prefix it starts with, and the route it collides with if not named."""
     detail = reason.removeprefix(f"{prefix} ")
     if conflicts_with and conflicts_with.partition("@")[0] not in detail:
@@ -314,7 +315,7 @@ def routes_table(
         return Text("no routes advertised", style="dim")
     notes = notes or {}
     groups = _by_gateway(routes)
-    prefix_w = max(len(r.prefix) for r in routes)
+    prefix_w = max(len(str(r.prefix)) for r in routes)
     state_w = max(len(r.state) for r in routes)
     detail_w = width - ROUTE_INDENT - prefix_w - state_w - 4  # two spaces between columns
     if detail_w < DETAIL_MIN:
@@ -328,7 +329,7 @@ def routes_table(
         table.add_column("DETAIL", max_width=detail_w, overflow="fold")
         for route in group:
             table.add_row(
-                route.prefix,
+                str(route.prefix),
                 Text(route.state, style=STATE_STYLE.get(route.state, "")),
                 route_detail(route),
             )

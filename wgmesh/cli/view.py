@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wgmesh.models import PeerView, Topology, TopologyNode, TopologyRoute
+from wgmesh.models import PeerView, PrefixField, Topology, TopologyNode, TopologyRoute
 from wgmesh.values import P2PPolicy, RouteState
 
 RouteViewState = RouteState | Literal["shadowed"]
@@ -37,14 +37,14 @@ class NodeView(View):
     last_seen: datetime | None
     p2p: P2PPolicy
     mtu: int | None  # the MTU of the node's WireGuard interface, as its agent last reported it
-    subnets: list[str]
+    subnets: list[PrefixField]
     peers: list[PeerView]
 
 
 class RouteView(View):
     """One advertised subnet with its verdict; `shadowed`: active, but some node does not install it."""
 
-    prefix: str
+    prefix: PrefixField
     gateway: str
     state: RouteViewState
     reason: str
@@ -92,7 +92,7 @@ def route_view(route: TopologyRoute) -> RouteView:
     reason, conflicts_with = route.reason, route.conflicting_with
     if route.shadowed_by:
         where = "; ".join(
-            f"{s.node} (overlaps {'local ' + s.local_prefix if s.local_prefix else 'a local subnet'} "
+            f"{s.node} (overlaps {f'local {s.local_prefix}' if s.local_prefix else 'a local subnet'} "
             f"on {s.interface})"
             for s in route.shadowed_by
         )

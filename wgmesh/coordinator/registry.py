@@ -43,7 +43,7 @@ from wgmesh.models import (
 from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
-from wgmesh.values import Endpoint, NodeId, P2PPolicy
+from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
@@ -124,10 +124,10 @@ def _classify(conn: Connection, network: Network) -> list[Route]:
     ).all()
     gateway_ids = {r.name: r.node_id for r in rows}
     claims = [ipam.RouteClaim(ipam.parse_cidr(r.prefix), r.name) for r in rows]
-    verdicts = ipam.classify_routes(ipam.parse_cidr(network.overlay_cidr), claims)
+    verdicts = ipam.classify_routes(network.overlay_cidr, claims)
     return [
         Route(
-            prefix=str(v.claim.prefix),
+            prefix=v.claim.prefix,
             gateway=v.claim.gateway,
             gateway_id=gateway_ids[v.claim.gateway],
             state=v.state,
@@ -143,8 +143,7 @@ def _own_routes(routes: list[Route], node_id: int) -> list[Route]:
 
 
 def _route_sort_key(route: Route) -> tuple[int, Any, str]:
-    net = ipam.parse_cidr(route.prefix)
-    return (net.version, net, route.gateway)
+    return (route.prefix.version, route.prefix, route.gateway)
 
 
 def check_admin_token(token: str) -> None:
@@ -306,7 +305,7 @@ class Registry:
         name: str,
         public_key: str,
         listen_port: int,
-        subnets: Sequence[str],
+        subnets: Sequence[Prefix],
         endpoints: Sequence[Endpoint],
         p2p: P2PPolicy,
         tags: Sequence[str],
@@ -314,8 +313,8 @@ class Registry:
         max_mtu: int | None = None,
     ) -> NodeId:
         network = _network(w.conn)
-        overlay = ipam.parse_cidr(network.overlay_cidr)
-        ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
+        overlay = network.overlay_cidr
+        ipam.check_own_subnets(subnets, overlay)
         self._check_unique(w.conn, name, public_key)
         used = [
             ipaddress.ip_address(ip) for ip in w.conn.execute(select(schema.nodes.c.overlay_ip)).scalars()
@@ -345,7 +344,7 @@ class Registry:
         except IntegrityError as exc:
             raise ConflictError("the node collides with an existing one", code="duplicate_node") from exc
         for prefix in subnets:
-            w.conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
+            w.conn.execute(insert(schema.routes).values(node_id=node_id, prefix=str(prefix), created_at=now))
         return node_id
 
     def enroll(self, req: EnrollRequest) -> tuple[NodeId, str, NetMap]:
@@ -474,7 +473,7 @@ class Registry:
                 self._replace_subnets(w.conn, node_id, patch.subnets)
             return self._node_by_id(w.conn, node_id)
 
-    def set_own_subnets(self, node_id: NodeId, subnets: Sequence[str]) -> list[Route]:
+    def set_own_subnets(self, node_id: NodeId, subnets: Sequence[Prefix]) -> list[Route]:
         """A node states its advertised subnets: its list becomes exactly `subnets` (empty withdraws all).
 
         Every agent states its set at every start, so the same set again writes nothing and leaves the
@@ -490,14 +489,15 @@ class Registry:
             self._replace_subnets(w.conn, node_id, subnets)
             return _own_routes(_classify(w.conn, _network(w.conn)), node_id)
 
-    def _replace_subnets(self, conn: Connection, node_id: NodeId, subnets: Sequence[str]) -> None:
-        overlay = ipam.parse_cidr(_network(conn).overlay_cidr)
-        ipam.check_own_subnets([ipam.parse_cidr(s) for s in subnets], overlay)
+    def _replace_subnets(self, conn: Connection, node_id: NodeId, subnets: Sequence[Prefix]) -> None:
+        ipam.check_own_subnets(subnets, _network(conn).overlay_cidr)
+        # The table holds canonical text: prefixes become strings here, at the SQL edge, and nowhere else.
+        wanted = [str(s) for s in subnets]
         current = set(
             conn.execute(select(schema.routes.c.prefix).where(schema.routes.c.node_id == node_id)).scalars()
         )
         # Prefixes kept keep their row, and with it their seniority in route classification.
-        gone = current - set(subnets)
+        gone = current - set(wanted)
         if gone:
             conn.execute(
                 delete(schema.routes).where(
@@ -505,7 +505,7 @@ class Registry:
                 )
             )
         now = utcnow()
-        for prefix in subnets:
+        for prefix in wanted:
             if prefix not in current:
                 conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
 

@@ -119,7 +119,7 @@ class Store:
                 insert(schema.networks).values(
                     id=1,
                     name=network.name,
-                    overlay_cidr=network.overlay_cidr,
+                    overlay_cidr=str(network.overlay_cidr),  # the table holds canonical text
                     p2p=network.p2p,
                     listen_port=network.listen_port,
                     mtu=network.mtu,
