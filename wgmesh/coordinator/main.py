@@ -103,7 +103,7 @@ def run(argv: Sequence[str]) -> int:
         print(registry.relay_public_key())
         return 0
     if args.command == "init":
-        network = Network(name=args.network, overlay_cidr=str(ipam.parse_cidr(args.overlay)), p2p=args.p2p)
+        network = Network(name=args.network, overlay_cidr=ipam.parse_cidr(args.overlay), p2p=args.p2p)
         _upgrade(store)
         token = registry.initialise(network, admin)
         if token is not None:
