@@ -22,7 +22,7 @@ from coordinator_harness import (
 from starlette.requests import Request
 
 from wgmesh import ipam, keys
-from wgmesh.coordinator.app import client_address
+from wgmesh.coordinator.handlers.auth import client_address
 
 
 def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
