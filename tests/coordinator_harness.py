@@ -67,13 +67,19 @@ class CoordinatorExited(RuntimeError):
 
 
 @dataclass
-class Coordinator:
-    """One coordinator process on a SQLite file."""
+class Started:
+    """What a coordinator is started with: its SQLite file, log file, flags and admin token (none: init's)."""
 
     db: Path
     log: Path
     extra: Sequence[str] = ()
     admin_token: str | None = ADMIN_TOKEN
+
+
+@dataclass
+class Coordinator(Started):
+    """One coordinator process on a SQLite file."""
+
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from coordinator_harness import ADMIN_TOKEN
+from coordinator_harness import Started
 from starlette.exceptions import StarletteDeprecationWarning
 
 # Starlette 1.x prefers httpx2 for its TestClient; the project and these tests speak httpx (the clients
@@ -62,13 +61,9 @@ class SharedLoopClient(TestClient):
 
 
 @dataclass
-class InProcessCoordinator:
+class InProcessCoordinator(Started):
     """The coordinator's ASGI app on a SQLite file, started as `wgmesh-coordinator serve` starts it."""
 
-    db: Path
-    log: Path
-    extra: Sequence[str] = ()
-    admin_token: str | None = ADMIN_TOKEN
     url: str = BASE_URL
     _server: TestClient | None = field(default=None, repr=False)
     _store: Store | None = field(default=None, repr=False)
