@@ -176,7 +176,7 @@ def test_long_poll_needs_a_node_credential(coordinator: Api) -> None:
 
 
 def test_a_node_stating_the_same_subnets_again_wakes_nobody(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     """Every agent states its subnets at each start: only a different set may bump the version."""
     with coordinator.node(mesh["gw-b"].credential) as b:
@@ -204,7 +204,7 @@ def test_a_node_stating_the_same_subnets_again_wakes_nobody(
 
 
 def test_a_node_stating_no_subnets_withdraws_them_all(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     """An agent started without --advertise states an empty list: whatever the node advertised goes,
     one set by an admin too (the registry cannot tell them apart)."""
