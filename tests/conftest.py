@@ -15,7 +15,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from coordinator_harness import Coordinator, running  # noqa: E402  (needs the path above)
+from coordinator_harness import Api, Coordinator, running  # noqa: E402  (needs the path above)
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from wgmesh.lab import timescale  # noqa: E402
@@ -49,7 +49,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
 
 
 @pytest.fixture(scope="module")
-def admin(coordinator: Coordinator) -> Iterator[httpx.Client]:
+def admin(coordinator: Api) -> Iterator[httpx.Client]:
     """An HTTP client holding the module coordinator's admin token."""
     with coordinator.admin() as client:
         yield client

@@ -1,4 +1,6 @@
-"""Harness for the API and CLI tests: the real coordinator as a subprocess on 127.0.0.1, driven with httpx.
+"""Harness for the API, CLI and web tests: the real coordinator as a subprocess on 127.0.0.1, driven with
+httpx, and the helpers the API tests share. `Api` is what those helpers need; both this `Coordinator` and
+`inprocess_harness.InProcessCoordinator` (create_app in the test's interpreter, no process) provide it.
 
 Every coordinator started here is stopped by PID, whether the test passed or not.
 """
@@ -13,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -36,6 +38,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Api(Protocol):
+    """A running coordinator as the API tests use it, in a process or in this interpreter."""
+
+    db: Path
+    log: Path
+    admin_token: str | None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def admin(self, token: str | None = None) -> httpx.Client: ...
+
+    def node(self, credential: str) -> httpx.Client: ...
+
+    def anonymous(self) -> httpx.Client: ...
+
+
+C = TypeVar("C", bound=Api)
+
+
 class CoordinatorExited(RuntimeError):
     """The coordinator process ended while it should be serving.
 
@@ -44,13 +67,19 @@ class CoordinatorExited(RuntimeError):
 
 
 @dataclass
-class Coordinator:
-    """One coordinator process on a SQLite file."""
+class Started:
+    """What a coordinator is started with: its SQLite file, log file, flags and admin token (none: init's)."""
 
     db: Path
     log: Path
     extra: Sequence[str] = ()
     admin_token: str | None = ADMIN_TOKEN
+
+
+@dataclass
+class Coordinator(Started):
+    """One coordinator process on a SQLite file."""
+
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -129,7 +158,7 @@ class Coordinator:
 
 
 @contextmanager
-def running(coordinator: Coordinator) -> Iterator[Coordinator]:
+def running(coordinator: C) -> Iterator[C]:
     coordinator.start()
     try:
         yield coordinator
@@ -170,7 +199,7 @@ def enroll(client: httpx.Client, token: str, name: str, **fields: Any) -> Enroll
     return Enrolled(name, data["node_id"], data["credential"], pair, data["netmap"])
 
 
-def netmap(coordinator: Coordinator, node: Enrolled, **params: Any) -> dict[str, Any]:
+def netmap(coordinator: Api, node: Enrolled, **params: Any) -> dict[str, Any]:
     with coordinator.node(node.credential) as client:
         r = client.get("/api/v1/netmap", params=params)
     assert r.status_code == 200, r.text
@@ -222,7 +251,7 @@ def unchanged(admin: httpx.Client) -> Iterator[None]:
     assert state(admin) == before
 
 
-def post_status(coordinator: Coordinator, node: Enrolled, body: dict[str, Any]) -> dict[str, Any]:
+def post_status(coordinator: Api, node: Enrolled, body: dict[str, Any]) -> dict[str, Any]:
     """Send a status report as `node` (POST /api/v1/status with its credential)."""
     with coordinator.node(node.credential) as client:
         r = client.post("/api/v1/status", json=body)

@@ -14,6 +14,8 @@ from coordinator_harness import Coordinator, create_token, version
 from wgmesh.agent.agent import Agent
 from wgmesh.agent.config import AgentConfig
 
+REAL_PROCESS = True  # the agent's own HTTP client needs the coordinator's URL (tests/api/conftest.py)
+
 NAME = "gw-sub"
 
 

@@ -6,17 +6,20 @@ import base64
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from coordinator_harness import (
+    Api,
     Coordinator,
     Enrolled,
     assert_error,
     create_token,
     enroll,
     enroll_body,
+    running,
     state,
     unchanged,
 )
@@ -40,7 +43,7 @@ def twin_spelling(key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         return {
@@ -50,13 +53,13 @@ def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
 
 
 @pytest.fixture
-def anon(coordinator: Coordinator) -> Iterator[httpx.Client]:
+def anon(coordinator: Api) -> Iterator[httpx.Client]:
     with coordinator.anonymous() as client:
         yield client
 
 
 @pytest.fixture
-def node_a(coordinator: Coordinator, mesh: dict[str, Enrolled]) -> Iterator[httpx.Client]:
+def node_a(coordinator: Api, mesh: dict[str, Enrolled]) -> Iterator[httpx.Client]:
     with coordinator.node(mesh["gw-a"].credential) as client:
         yield client
 
@@ -307,7 +310,7 @@ def wrong_node_headers(mesh: dict[str, Enrolled]) -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_CALLS)
 def test_admin_calls_need_the_admin_token(
-    coordinator: Coordinator,
+    coordinator: Api,
     admin: httpx.Client,
     mesh: dict[str, Enrolled],
     method: str,
@@ -325,7 +328,7 @@ def test_admin_calls_need_the_admin_token(
 
 @pytest.mark.parametrize(("method", "path", "body"), NODE_CALLS)
 def test_node_calls_need_a_valid_node_credential(
-    coordinator: Coordinator,
+    coordinator: Api,
     admin: httpx.Client,
     mesh: dict[str, Enrolled],
     method: str,
@@ -358,21 +361,21 @@ def test_body_over_a_mebibyte_with_content_length_is_413(admin: httpx.Client, pa
         assert_error(r, 413, "payload_too_large")
 
 
-def test_a_declared_oversized_body_is_refused_before_it_is_sent(
-    coordinator: Coordinator, admin: httpx.Client
-) -> None:
-    head = (
-        f"POST /api/v1/enroll HTTP/1.1\r\nHost: 127.0.0.1:{coordinator.port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {64 * MIB}\r\n\r\n"
-    )
-    with unchanged(admin), socket.create_connection(("127.0.0.1", coordinator.port), timeout=5) as sock:
-        sock.sendall(head.encode())  # and not one byte of the body
-        received = b""
-        while b"}}" not in received:  # the end of the JSON error body
-            chunk = sock.recv(65536)  # the 5 s socket timeout bounds each wait
-            if not chunk:
-                break
-            received += chunk
+def test_a_declared_oversized_body_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    # About the server on its socket (the answer comes before the body is read): the real process.
+    with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log")) as real, real.admin() as admin:
+        head = (
+            f"POST /api/v1/enroll HTTP/1.1\r\nHost: 127.0.0.1:{real.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {64 * MIB}\r\n\r\n"
+        )
+        with unchanged(admin), socket.create_connection(("127.0.0.1", real.port), timeout=5) as sock:
+            sock.sendall(head.encode())  # and not one byte of the body
+            received = b""
+            while b"}}" not in received:  # the end of the JSON error body
+                chunk = sock.recv(65536)  # the 5 s socket timeout bounds each wait
+                if not chunk:
+                    break
+                received += chunk
     answer = received.decode(errors="replace")
     assert answer.startswith("HTTP/1.1 413 "), answer
     assert '"payload_too_large"' in answer
@@ -441,7 +444,7 @@ def json_calls(mesh: dict[str, Enrolled]) -> list[tuple[str, str, dict[str, str]
 
 @pytest.mark.parametrize("content", [c[1] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
 def test_malformed_json_is_400(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled], content: bytes
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled], content: bytes
 ) -> None:
     with unchanged(admin), coordinator.anonymous() as client:
         for method, path, headers in json_calls(mesh):
@@ -454,7 +457,7 @@ def test_malformed_json_is_400(
 
 @pytest.mark.parametrize("content", [c[1] for c in NOT_AN_OBJECT], ids=[c[0] for c in NOT_AN_OBJECT])
 def test_json_that_is_not_an_object_is_400(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled], content: bytes
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled], content: bytes
 ) -> None:
     with unchanged(admin), coordinator.anonymous() as client:
         for method, path, headers in json_calls(mesh):
@@ -465,7 +468,7 @@ def test_json_that_is_not_an_object_is_400(
             assert error["message"] == "request body must be a JSON object"
 
 
-def test_the_coordinator_is_still_healthy_afterwards(coordinator: Coordinator, admin: httpx.Client) -> None:
+def test_the_coordinator_is_still_healthy_afterwards(coordinator: Api, admin: httpx.Client) -> None:
     assert admin.get("/healthz").json()["status"] == "ok"
     assert "internal error" not in coordinator.log.read_text()
     assert "Traceback" not in coordinator.log.read_text()

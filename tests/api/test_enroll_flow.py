@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import (
-    Coordinator,
+    Api,
     Enrolled,
     assert_error,
     coordinator_command,
@@ -26,6 +26,7 @@ from coordinator_harness import (
     running,
     version,
 )
+from inprocess_harness import InProcessCoordinator
 
 from wgmesh import keys
 
@@ -46,7 +47,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     printed = init(tmp / "c.db")
     match = re.search(r"admin token \(shown once, store it safely\): (\S+)", printed)
     assert match, printed
-    c = Coordinator(db=tmp / "c.db", log=tmp / "c.log", admin_token=None)
+    c = InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", admin_token=None)
     with (
         running(c),
         c.admin(match[1]) as admin,
@@ -66,14 +67,14 @@ def routes(admin: httpx.Client) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_the_printed_admin_token_works_and_only_it(flow: dict[str, Any]) -> None:
-    c: Coordinator = flow["coordinator"]
+    c: Api = flow["coordinator"]
     assert flow["admin"].get("/api/v1/nodes").json() == {"nodes": []}
     with c.admin("wga_not-the-printed-token-at-all") as wrong:
         assert_error(wrong.get("/api/v1/nodes"), 401)
 
 
 def test_three_nodes_enroll_with_their_own_keys(flow: dict[str, Any]) -> None:
-    c: Coordinator = flow["coordinator"]
+    c: Api = flow["coordinator"]
     token = create_token(flow["admin"], reusable=True, expires_in=600, tags=["lab"])
     assert token["token"].startswith("wgt_")
     with c.anonymous() as anon:
@@ -191,7 +192,7 @@ def test_pair_and_node_p2p_policies_reach_the_netmaps(flow: dict[str, Any]) -> N
 
 
 def test_a_node_replaces_its_own_subnets_and_hears_the_verdicts(flow: dict[str, Any]) -> None:
-    c: Coordinator = flow["coordinator"]
+    c: Api = flow["coordinator"]
     with c.node(flow["nodes"]["gw-c"].credential) as node_c:
         r = node_c.put("/api/v1/node/subnets", json={"subnets": ["10.3.0.0/16", "10.1.0.0/16"]})
     assert r.status_code == 200, r.text
@@ -205,7 +206,7 @@ def test_a_node_replaces_its_own_subnets_and_hears_the_verdicts(flow: dict[str, 
 
 def test_a_deleted_node_disappears_from_the_others(flow: dict[str, Any]) -> None:
     admin: httpx.Client = flow["admin"]
-    c: Coordinator = flow["coordinator"]
+    c: Api = flow["coordinator"]
     before = {name: nm(flow, name)["version"] for name in ("gw-b", "gw-c")}
     r = admin.delete("/api/v1/nodes/gw-a")
     assert r.status_code == 200, r.text

@@ -21,6 +21,10 @@ from wgmesh.errors import (
 )
 from wgmesh.lab.api import LabApi
 
+REAL_PROCESS = (
+    True  # the agent's, the CLI's and the lab's own HTTP clients need a URL (tests/api/conftest.py)
+)
+
 
 @pytest.fixture
 def clients(coordinator: Coordinator) -> Iterator[dict[str, ApiClient]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from coordinator_harness import Coordinator, Enrolled, assert_error, create_token, enroll, netmap, version
+from coordinator_harness import Api, Enrolled, assert_error, create_token, enroll, netmap, version
 
 WAKE_BUDGET = 0.5
 
@@ -16,7 +16,7 @@ WAKE_BUDGET = 0.5
 class Poll(threading.Thread):
     """One long-poll in the background; records the answer and the monotonic time it arrived."""
 
-    def __init__(self, coordinator: Coordinator, node: Enrolled, since: int, wait: float) -> None:
+    def __init__(self, coordinator: Api, node: Enrolled, since: int, wait: float) -> None:
         super().__init__(daemon=True)
         self.client = coordinator.node(node.credential)
         self.params = {"since": since, "wait": wait}
@@ -44,7 +44,7 @@ class Poll(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         return {name: enroll(anon, token, name) for name in ("gw-a", "gw-b")}
@@ -55,12 +55,12 @@ def held(poll: Poll, seconds: float = 0.3) -> bool:
     return not poll.done.wait(seconds)
 
 
-def current(coordinator: Coordinator, node: Enrolled) -> dict[str, Any]:
+def current(coordinator: Api, node: Enrolled) -> dict[str, Any]:
     return netmap(coordinator, node)
 
 
 def test_a_held_request_returns_within_half_a_second_of_a_change(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     since = current(coordinator, mesh["gw-a"])["version"]
     poll = Poll(coordinator, mesh["gw-a"], since, wait=10)
@@ -79,7 +79,7 @@ def test_a_held_request_returns_within_half_a_second_of_a_change(
 
 
 def test_a_status_report_from_another_node_wakes_the_waiters(
-    coordinator: Coordinator, mesh: dict[str, Enrolled]
+    coordinator: Api, mesh: dict[str, Enrolled]
 ) -> None:
     since = current(coordinator, mesh["gw-a"])["version"]
     poll = Poll(coordinator, mesh["gw-a"], since, wait=10)
@@ -96,7 +96,7 @@ def test_a_status_report_from_another_node_wakes_the_waiters(
 
 
 def test_a_node_joining_wakes_the_waiters(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     since = current(coordinator, mesh["gw-a"])["version"]
     poll = Poll(coordinator, mesh["gw-a"], since, wait=10)
@@ -113,7 +113,7 @@ def test_a_node_joining_wakes_the_waiters(
 
 
 def test_many_waiters_all_wake_on_one_change(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     since = current(coordinator, mesh["gw-a"])["version"]
     polls = [Poll(coordinator, mesh[n], since, wait=10) for n in ("gw-a", "gw-b") for _ in range(5)]
@@ -128,9 +128,7 @@ def test_many_waiters_all_wake_on_one_change(
         assert changed_at <= p.answered_at < changed_at + WAKE_BUDGET
 
 
-def test_with_no_change_the_answer_is_304_after_wait(
-    coordinator: Coordinator, mesh: dict[str, Enrolled]
-) -> None:
+def test_with_no_change_the_answer_is_304_after_wait(coordinator: Api, mesh: dict[str, Enrolled]) -> None:
     since = current(coordinator, mesh["gw-a"])["version"]
     with coordinator.node(mesh["gw-a"].credential) as client:
         started = time.monotonic()
@@ -141,7 +139,7 @@ def test_with_no_change_the_answer_is_304_after_wait(
     assert 0.95 <= elapsed < 1.5, elapsed
 
 
-def test_an_older_version_is_answered_at_once(coordinator: Coordinator, mesh: dict[str, Enrolled]) -> None:
+def test_an_older_version_is_answered_at_once(coordinator: Api, mesh: dict[str, Enrolled]) -> None:
     latest = current(coordinator, mesh["gw-a"])["version"]
     with coordinator.node(mesh["gw-a"].credential) as client:
         for since in (latest - 1, 0, -1):
@@ -152,9 +150,7 @@ def test_an_older_version_is_answered_at_once(coordinator: Coordinator, mesh: di
             assert r.json()["version"] == latest
 
 
-def test_without_wait_an_unchanged_netmap_is_304_at_once(
-    coordinator: Coordinator, mesh: dict[str, Enrolled]
-) -> None:
+def test_without_wait_an_unchanged_netmap_is_304_at_once(coordinator: Api, mesh: dict[str, Enrolled]) -> None:
     with coordinator.node(mesh["gw-a"].credential) as client:
         v = version(client)
         started = time.monotonic()
@@ -166,13 +162,13 @@ def test_without_wait_an_unchanged_netmap_is_304_at_once(
     ("param", "value"), [("since", "abc"), ("wait", "soon"), ("wait", "nan"), ("wait", "inf")]
 )
 def test_bad_query_parameters_are_422(
-    coordinator: Coordinator, mesh: dict[str, Enrolled], param: str, value: str
+    coordinator: Api, mesh: dict[str, Enrolled], param: str, value: str
 ) -> None:
     with coordinator.node(mesh["gw-a"].credential) as client:
         assert_error(client.get("/api/v1/netmap", params={param: value}), 422, "invalid_query")
 
 
-def test_long_poll_needs_a_node_credential(coordinator: Coordinator) -> None:
+def test_long_poll_needs_a_node_credential(coordinator: Api) -> None:
     with coordinator.anonymous() as anon:
         assert_error(anon.get("/api/v1/netmap", params={"since": 0, "wait": 5}), 401)
     with coordinator.admin() as admin:  # an admin token is not a node credential
@@ -180,7 +176,7 @@ def test_long_poll_needs_a_node_credential(coordinator: Coordinator) -> None:
 
 
 def test_a_node_stating_the_same_subnets_again_wakes_nobody(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     """Every agent states its subnets at each start: only a different set may bump the version."""
     with coordinator.node(mesh["gw-b"].credential) as b:
@@ -208,7 +204,7 @@ def test_a_node_stating_the_same_subnets_again_wakes_nobody(
 
 
 def test_a_node_stating_no_subnets_withdraws_them_all(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     """An agent started without --advertise states an empty list: whatever the node advertised goes,
     one set by an admin too (the registry cannot tell them apart)."""

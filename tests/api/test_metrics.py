@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from coordinator_harness import (
+    Api,
     Coordinator,
     assert_error,
     create_token,
@@ -24,7 +25,7 @@ from coordinator_harness import (
 from metrics_harness import Samples, check, value
 
 
-def scrape(coordinator: Coordinator) -> Samples:
+def scrape(coordinator: Api) -> Samples:
     with coordinator.anonymous() as anon:  # no credentials: firewalled like the API instead
         return check(anon.get("/metrics"))
 
@@ -39,7 +40,7 @@ def token(admin: httpx.Client) -> str:
 
 
 def test_enrollments_and_status_reports_move_the_node_counts(
-    coordinator: Coordinator, admin: httpx.Client, token: str
+    coordinator: Api, admin: httpx.Client, token: str
 ) -> None:
     before = scrape(coordinator)
     with coordinator.anonymous() as anon:
@@ -72,7 +73,7 @@ def test_enrollments_and_status_reports_move_the_node_counts(
     assert value(reported, "wgmesh_registry_version") == version(admin)
 
 
-def test_routes_are_counted_by_verdict(coordinator: Coordinator, admin: httpx.Client, token: str) -> None:
+def test_routes_are_counted_by_verdict(coordinator: Api, admin: httpx.Client, token: str) -> None:
     with coordinator.anonymous() as anon:
         enroll(anon, token, "r-gw-1", subnets=["10.70.0.0/16"])
         enroll(anon, token, "r-gw-2", subnets=["10.70.0.0/16"])  # the same prefix: standby
@@ -86,7 +87,7 @@ def test_routes_are_counted_by_verdict(coordinator: Coordinator, admin: httpx.Cl
 
 
 def test_latency_is_labelled_with_route_templates_not_paths(
-    coordinator: Coordinator, admin: httpx.Client, token: str
+    coordinator: Api, admin: httpx.Client, token: str
 ) -> None:
     with coordinator.anonymous() as anon:
         enroll(anon, token, "lat-node-7")
@@ -105,7 +106,7 @@ def test_latency_is_labelled_with_route_templates_not_paths(
         assert "lat-node" not in labels["route"], labels
 
 
-def test_long_polls_are_counted_while_they_wait(coordinator: Coordinator, token: str) -> None:
+def test_long_polls_are_counted_while_they_wait(coordinator: Api, token: str) -> None:
     with coordinator.anonymous() as anon:
         node = enroll(anon, token, "poller")
     since = node.first_netmap["version"]
@@ -125,7 +126,7 @@ def test_long_polls_are_counted_while_they_wait(coordinator: Coordinator, token:
 
 
 def test_service_discovery_lists_reported_metrics_addresses(
-    coordinator: Coordinator, admin: httpx.Client, token: str
+    coordinator: Api, admin: httpx.Client, token: str
 ) -> None:
     with coordinator.anonymous() as anon:
         one = enroll(anon, token, "sd-one")
@@ -147,7 +148,7 @@ def test_service_discovery_lists_reported_metrics_addresses(
     assert "sd-silent" not in by_node
 
 
-def test_service_discovery_needs_the_admin_token(coordinator: Coordinator, token: str) -> None:
+def test_service_discovery_needs_the_admin_token(coordinator: Api, token: str) -> None:
     with coordinator.anonymous() as anon:
         node = enroll(anon, token, "sd-intruder")
         assert_error(anon.get("/api/v1/prometheus/targets"), 401, "missing_credentials")
@@ -155,7 +156,7 @@ def test_service_discovery_needs_the_admin_token(coordinator: Coordinator, token
         assert_error(client.get("/api/v1/prometheus/targets"), 401)
 
 
-def test_a_bad_metrics_address_is_refused(coordinator: Coordinator, token: str) -> None:
+def test_a_bad_metrics_address_is_refused(coordinator: Api, token: str) -> None:
     with coordinator.anonymous() as anon:
         node = enroll(anon, token, "sd-bad")
     with coordinator.node(node.credential) as client:

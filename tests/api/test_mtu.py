@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import (
+    Api,
     Coordinator,
     Enrolled,
     assert_error,
@@ -28,7 +29,7 @@ from coordinator_harness import (
 
 
 @pytest.fixture(scope="module")
-def trio(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def trio(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         return {
@@ -44,14 +45,14 @@ def network_mtu_restored(admin: httpx.Client) -> Iterator[None]:
     assert admin.patch("/api/v1/network", json={"mtu": 1420}).status_code == 200
 
 
-def mtus(coordinator: Coordinator, trio: dict[str, Enrolled], name: str) -> tuple[int, dict[str, int]]:
+def mtus(coordinator: Api, trio: dict[str, Enrolled], name: str) -> tuple[int, dict[str, int]]:
     """A node's own netmap MTU and the MTU its netmap gives each peer."""
     nm = netmap(coordinator, trio[name])
     return nm["mtu"], {p: peer["mtu"] for p, peer in peers_by_name(nm).items()}
 
 
 def test_enrollment_stores_what_the_underlay_carries(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled]
 ) -> None:
     b = admin.get("/api/v1/nodes/m-b").json()
     assert (b["mtu"], b["max_mtu"]) == (None, 1360)
@@ -62,7 +63,7 @@ def test_enrollment_stores_what_the_underlay_carries(
 
 
 def test_network_default_reaches_every_netmap_and_bumps_the_version(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled], network_mtu_restored: None
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled], network_mtu_restored: None
 ) -> None:
     assert admin.get("/api/v1/network").json()["mtu"] == 1420
     before = version(admin)
@@ -79,7 +80,7 @@ def test_network_default_reaches_every_netmap_and_bumps_the_version(
 
 
 def test_node_ceiling_is_set_kept_and_cleared(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled]
 ) -> None:
     r = admin.patch("/api/v1/nodes/m-a", json={"mtu": 1380})
     assert r.status_code == 200, r.text
@@ -97,7 +98,7 @@ def test_node_ceiling_is_set_kept_and_cleared(
 
 
 def test_status_reports_bump_the_version_only_when_the_underlay_mtu_changes(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled]
 ) -> None:
     c = trio["m-c"]
     report: dict[str, Any] = {"eth0_ip": "10.3.0.5", "mtu": 1420, "max_mtu": 1420}
@@ -124,7 +125,7 @@ def test_status_reports_bump_the_version_only_when_the_underlay_mtu_changes(
 
 
 def test_a_held_long_poll_is_not_woken_by_an_unchanged_underlay_mtu(
-    coordinator: Coordinator, trio: dict[str, Enrolled]
+    coordinator: Api, trio: dict[str, Enrolled]
 ) -> None:
     a, c = trio["m-a"], trio["m-c"]
     post_status(coordinator, c, {"max_mtu": 1420})
@@ -173,16 +174,14 @@ def test_null_network_mtu_changes_nothing(admin: httpx.Client, trio: dict[str, E
     [{"max_mtu": 575}, {"max_mtu": 65536}, {"mtu": 0}, {"mtu": "wide"}, {"max_mtu": True}],
 )
 def test_bad_reported_mtus_are_422_and_change_nothing(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled], body: dict[str, Any]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled], body: dict[str, Any]
 ) -> None:
     with unchanged(admin), coordinator.node(trio["m-a"].credential) as client:
         error = assert_error(client.post("/api/v1/status", json=body), 422, "invalid")
     assert next(iter(body)) in error["message"]
 
 
-def test_an_enrollment_with_a_bad_underlay_mtu_is_refused(
-    coordinator: Coordinator, admin: httpx.Client
-) -> None:
+def test_an_enrollment_with_a_bad_underlay_mtu_is_refused(coordinator: Api, admin: httpx.Client) -> None:
     created = create_token(admin)
     with unchanged(admin), coordinator.anonymous() as anon:
         r = anon.post("/api/v1/enroll", json=enroll_body(created["token"], "m-x", max_mtu=100))

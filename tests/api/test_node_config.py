@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import (
-    Coordinator,
+    Api,
     Enrolled,
     assert_error,
     create_token,
@@ -22,7 +22,7 @@ from wgmesh import keys
 
 
 @pytest.fixture(scope="module")
-def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Any]:
+def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Any]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
@@ -32,7 +32,7 @@ def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Any]:
     return {"gw-a": a, "gw-b": b, "dev": r.json()}
 
 
-def test_config_of_a_static_peer(coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Any]) -> None:
+def test_config_of_a_static_peer(coordinator: Api, admin: httpx.Client, mesh: dict[str, Any]) -> None:
     with unchanged(admin):
         r = admin.get("/api/v1/nodes/dev/config")
     assert r.status_code == 200, r.text
@@ -62,7 +62,7 @@ def test_config_of_a_static_peer(coordinator: Coordinator, admin: httpx.Client, 
     assert by_id.status_code == 200 and by_id.json() == doc
 
 
-def test_config_refusals(coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Any]) -> None:
+def test_config_refusals(coordinator: Api, admin: httpx.Client, mesh: dict[str, Any]) -> None:
     with unchanged(admin):
         assert_error(admin.get("/api/v1/nodes/gw-a/config"), 422, "not_static")
         assert_error(admin.get("/api/v1/nodes/ghost/config"), 404, "unknown_node")
@@ -73,7 +73,7 @@ def test_config_refusals(coordinator: Coordinator, admin: httpx.Client, mesh: di
 
 
 def test_statuses_lists_every_report_by_node_name(
-    coordinator: Coordinator, admin: httpx.Client, mesh: dict[str, Any]
+    coordinator: Api, admin: httpx.Client, mesh: dict[str, Any]
 ) -> None:
     a: Enrolled = mesh["gw-a"]
     b: Enrolled = mesh["gw-b"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from coordinator_harness import Coordinator, version
+from coordinator_harness import Api, version
 
 # Every operation the API offers (docs/api.md); the document must describe each one.
 OPERATIONS = {
@@ -37,7 +37,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 
 @pytest.fixture(scope="module")
-def document(coordinator: Coordinator) -> dict[str, Any]:
+def document(coordinator: Api) -> dict[str, Any]:
     with coordinator.anonymous() as anon:
         r = anon.get("/api/v1/openapi.json")  # no credentials needed
     assert r.status_code == 200
@@ -71,9 +71,7 @@ def test_every_operation_is_described(document: dict[str, Any]) -> None:
             assert declared == {seg[1:-1] for seg in path.split("/") if seg.startswith("{")}, (method, path)
 
 
-def test_every_described_operation_exists_on_the_server(
-    coordinator: Coordinator, document: dict[str, Any]
-) -> None:
+def test_every_described_operation_exists_on_the_server(coordinator: Api, document: dict[str, Any]) -> None:
     with coordinator.anonymous() as anon:
         for path, item in document["paths"].items():
             concrete = (
@@ -143,7 +141,7 @@ def test_request_bodies_and_errors_are_described(document: dict[str, Any]) -> No
     assert set(document["components"]["securitySchemes"]) == {"admin", "node"}
 
 
-def test_healthz_answers_without_credentials(coordinator: Coordinator) -> None:
+def test_healthz_answers_without_credentials(coordinator: Api) -> None:
     with coordinator.anonymous() as anon:
         r = anon.get("/healthz")
         assert r.status_code == 200

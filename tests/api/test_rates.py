@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from coordinator_harness import (
+    Api,
     Coordinator,
     Enrolled,
     assert_error,
@@ -23,14 +24,14 @@ from coordinator_harness import (
 
 
 @pytest.fixture(scope="module")
-def trio(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def trio(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         return {name: enroll(anon, token, name) for name in ("q-a", "q-b", "q-c")}
 
 
 def test_node_rate_is_the_nodes_own_netmap_limit(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled]
 ) -> None:
     r = admin.patch("/api/v1/nodes/q-a", json={"rate": "50MBIT"})
     assert r.status_code == 200, r.text
@@ -44,7 +45,7 @@ def test_node_rate_is_the_nodes_own_netmap_limit(
 
 
 def test_pair_rate_reaches_both_ends_only(
-    coordinator: Coordinator, admin: httpx.Client, trio: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, trio: dict[str, Enrolled]
 ) -> None:
     r = admin.put("/api/v1/pairs/q-a/q-b", json={"rate": "20mbit"})
     assert r.status_code == 200, r.text

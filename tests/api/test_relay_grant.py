@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from coordinator_harness import (
     ADMIN_TOKEN,
+    Api,
     Coordinator,
     assert_error,
     coordinator_command,
@@ -19,6 +20,7 @@ from coordinator_harness import (
     free_port,
     running,
 )
+from inprocess_harness import InProcessCoordinator
 
 from wgmesh.relay import protocol, tickets
 
@@ -26,12 +28,12 @@ RELAYS = ["tcp://198.18.0.1:8443", "hub2=tls://198.18.0.2:443"]
 
 
 @pytest.fixture(scope="module")
-def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessCoordinator]:
     tmp = tmp_path_factory.mktemp("relayed")
     extra: list[str] = []
     for relay in RELAYS:
         extra += ["--announce-relay", relay]
-    with running(Coordinator(db=tmp / "c.db", log=tmp / "c.log", extra=extra)) as c:
+    with running(InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", extra=extra)) as c:
         yield c
 
 
@@ -42,7 +44,7 @@ def relay_key(db: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Coordinator) -> None:
+def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Api) -> None:
     with relayed.admin() as admin, relayed.anonymous() as anon:
         node = enroll(anon, create_token(admin)["token"], "gw-a")
     with relayed.node(node.credential) as client:
@@ -65,14 +67,14 @@ def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Coordina
         tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id + 1)
 
 
-def test_grant_needs_a_node_credential(relayed: Coordinator) -> None:
+def test_grant_needs_a_node_credential(relayed: Api) -> None:
     with relayed.anonymous() as anon:
         assert_error(anon.get("/api/v1/node/relay"), 401)
     with relayed.admin() as admin:
         assert_error(admin.get("/api/v1/node/relay"), 401)
 
 
-def test_deleted_node_gets_no_new_ticket(relayed: Coordinator) -> None:
+def test_deleted_node_gets_no_new_ticket(relayed: Api) -> None:
     with relayed.admin() as admin, relayed.anonymous() as anon:
         node = enroll(anon, create_token(admin)["token"], "gw-gone")
         assert admin.delete(f"/api/v1/nodes/{node.node_id}").status_code == 200

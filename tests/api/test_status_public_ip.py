@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import (
-    Coordinator,
+    Api,
     Enrolled,
     assert_error,
     create_token,
@@ -19,33 +19,36 @@ from coordinator_harness import (
     running,
     unchanged,
 )
+from inprocess_harness import InProcessCoordinator
 from starlette.requests import Request
 
 from wgmesh import ipam, keys
-from wgmesh.coordinator.app import client_address
+from wgmesh.coordinator.handlers.auth import client_address
 
 
-def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]
     with coordinator.anonymous() as anon:
         return {name: enroll(anon, token, name, listen_port=51821) for name in ("gw-a", "gw-b")}
 
 
 @pytest.fixture(scope="module")
-def nodes(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
+def nodes(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     return mesh(coordinator, admin)
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Coordinator, dict[str, Enrolled]]]:
+def proxied(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[InProcessCoordinator, dict[str, Enrolled]]]:
     tmp = tmp_path_factory.mktemp("proxied")
-    c = Coordinator(db=tmp / "c.db", log=tmp / "c.log", extra=("--trusted-proxy", "127.0.0.0/8"))
+    c = InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", extra=("--trusted-proxy", "127.0.0.0/8"))
     with running(c), c.admin() as admin:
         yield c, mesh(c, admin)
 
 
 def report(
-    c: Coordinator, node: Enrolled, body: dict[str, Any], headers: dict[str, str] | None = None
+    c: Api, node: Enrolled, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> httpx.Response:
     with c.node(node.credential) as client:
         return client.post("/api/v1/status", json=body, headers=headers or {})
@@ -59,7 +62,7 @@ def public_ip(admin: httpx.Client, name: str) -> str | None:
 
 
 def test_status_records_the_source_address_and_reaches_the_peers(
-    coordinator: Coordinator, admin: httpx.Client, nodes: dict[str, Enrolled]
+    coordinator: Api, admin: httpx.Client, nodes: dict[str, Enrolled]
 ) -> None:
     a, b = nodes["gw-a"], nodes["gw-b"]
     peer_key = b.keypair.public_key
@@ -111,7 +114,7 @@ def test_a_node_that_never_reported_has_no_status(admin: httpx.Client, nodes: di
     ],
 )
 def test_bad_status_reports_are_422_and_change_nothing(
-    coordinator: Coordinator, admin: httpx.Client, nodes: dict[str, Enrolled], body: dict[str, Any]
+    coordinator: Api, admin: httpx.Client, nodes: dict[str, Enrolled], body: dict[str, Any]
 ) -> None:
     with unchanged(admin):
         assert_error(report(coordinator, nodes["gw-b"], body), 422, "invalid")
@@ -119,7 +122,7 @@ def test_bad_status_reports_are_422_and_change_nothing(
 
 
 def test_behind_a_trusted_proxy_x_forwarded_for_is_the_public_ip(
-    proxied: tuple[Coordinator, dict[str, Enrolled]],
+    proxied: tuple[Api, dict[str, Enrolled]],
 ) -> None:
     c, nodes = proxied
     with c.admin() as admin:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 from coordinator_harness import (
-    Coordinator,
+    Api,
     assert_error,
     create_token,
     enroll,
@@ -24,7 +24,7 @@ from coordinator_harness import (
 PARALLEL = 10
 
 
-def race(coordinator: Coordinator, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+def race(coordinator: Api, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     """POST every enrollment at the same moment, one client (connection) each."""
     barrier = threading.Barrier(len(bodies))
     clients = [coordinator.anonymous() for _ in bodies]
@@ -53,7 +53,7 @@ def token_info(admin: httpx.Client, token_id: int) -> dict[str, Any]:
 
 
 def test_parallel_redemptions_of_a_one_time_token_let_exactly_one_through(
-    coordinator: Coordinator, admin: httpx.Client
+    coordinator: Api, admin: httpx.Client
 ) -> None:
     for round_ in range(3):
         token = create_token(admin)
@@ -70,7 +70,7 @@ def test_parallel_redemptions_of_a_one_time_token_let_exactly_one_through(
 
 
 def test_parallel_redemptions_of_a_reusable_token_get_distinct_addresses(
-    coordinator: Coordinator, admin: httpx.Client
+    coordinator: Api, admin: httpx.Client
 ) -> None:
     token = create_token(admin, reusable=True)
     names = [f"herd-{i}" for i in range(PARALLEL)]
@@ -84,7 +84,7 @@ def test_parallel_redemptions_of_a_reusable_token_get_distinct_addresses(
     assert token_info(admin, token["id"])["uses"] == PARALLEL
 
 
-def test_a_used_one_time_token_is_refused(coordinator: Coordinator, admin: httpx.Client) -> None:
+def test_a_used_one_time_token_is_refused(coordinator: Api, admin: httpx.Client) -> None:
     token = create_token(admin)
     with coordinator.anonymous() as anon:
         enroll(anon, token["token"], "once")
@@ -95,7 +95,7 @@ def test_a_used_one_time_token_is_refused(coordinator: Coordinator, admin: httpx
     assert "twice" not in node_names(admin)
 
 
-def test_a_revoked_token_is_refused(coordinator: Coordinator, admin: httpx.Client) -> None:
+def test_a_revoked_token_is_refused(coordinator: Api, admin: httpx.Client) -> None:
     token = create_token(admin, reusable=True)
     r = admin.delete(f"/api/v1/tokens/{token['id']}")
     assert r.status_code == 200, r.text
@@ -108,7 +108,7 @@ def test_a_revoked_token_is_refused(coordinator: Coordinator, admin: httpx.Clien
     assert token_info(admin, token["id"])["uses"] == 0
 
 
-def test_an_expired_token_is_refused(coordinator: Coordinator, admin: httpx.Client) -> None:
+def test_an_expired_token_is_refused(coordinator: Api, admin: httpx.Client) -> None:
     token = create_token(admin, reusable=True, expires_in=1)
     expires_at = datetime.fromisoformat(token["expires_at"]).timestamp()
     wait_until(lambda: time.time() > expires_at + 0.05, timeout=5, what="the token to expire")
@@ -119,7 +119,7 @@ def test_an_expired_token_is_refused(coordinator: Coordinator, admin: httpx.Clie
     assert token_info(admin, token["id"])["uses"] == 0
 
 
-def test_unknown_and_malformed_tokens_are_refused(coordinator: Coordinator, admin: httpx.Client) -> None:
+def test_unknown_and_malformed_tokens_are_refused(coordinator: Api, admin: httpx.Client) -> None:
     real = create_token(admin)
     forged = real["token"][:-4] + ("AAAA" if not real["token"].endswith("AAAA") else "BBBB")
     with coordinator.anonymous() as anon, unchanged(admin):
@@ -133,9 +133,7 @@ def test_unknown_and_malformed_tokens_are_refused(coordinator: Coordinator, admi
             assert_error(anon.post("/api/v1/enroll", json=enroll_body(token, "forger")), 401, "invalid_token")
 
 
-def test_a_refused_enrollment_does_not_use_up_the_token(
-    coordinator: Coordinator, admin: httpx.Client
-) -> None:
+def test_a_refused_enrollment_does_not_use_up_the_token(coordinator: Api, admin: httpx.Client) -> None:
     token = create_token(admin)
     with coordinator.anonymous() as anon:
         with unchanged(admin):
@@ -161,9 +159,7 @@ def test_token_admin_errors(admin: httpx.Client) -> None:
             assert_error(admin.post("/api/v1/tokens", json=body), 422, "invalid")
 
 
-def test_a_token_hands_its_tags_and_p2p_policy_to_the_node(
-    coordinator: Coordinator, admin: httpx.Client
-) -> None:
+def test_a_token_hands_its_tags_and_p2p_policy_to_the_node(coordinator: Api, admin: httpx.Client) -> None:
     token = create_token(admin, tags=["site:fra", "prod"], p2p="off", description="frankfurt")
     assert (token["tags"], token["p2p"], token["description"]) == (["site:fra", "prod"], "off", "frankfurt")
     with coordinator.anonymous() as anon:

@@ -1,0 +1,159 @@
+"""The admin API: network settings, tokens, nodes, statuses, static-peer configs, routes, pairs, topology."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.metrics import scrape_targets
+from wgmesh.coordinator.operations import Call, error_response, json_response
+from wgmesh.coordinator.registry import row_id
+from wgmesh.errors import NotFoundError, ValidationError
+from wgmesh.logs import kv
+from wgmesh.models import (
+    Model,
+    Network,
+    Node,
+    NodeList,
+    PairList,
+    Rate,
+    RouteList,
+    StatusList,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
+    Topology,
+)
+from wgmesh.netmap import wg_quick_config
+from wgmesh.values import P2PPolicy
+
+log = logging.getLogger("wgmesh.coordinator")
+
+
+class PairSet(Model):
+    """A pair's overrides; a field given as null clears it, an omitted field stays as it is."""
+
+    p2p: P2PPolicy | None = Field(None, description="auto, off, or null to clear the override")
+    rate: Rate | None = Field(None, description="limit each way, e.g. 20mbit, or null to remove it")
+
+
+async def get_network(call: Call) -> Network:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.network)
+
+
+async def patch_network(call: Call) -> Network:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.patch_network, call.body)
+
+
+async def create_token(call: Call) -> TokenCreated:
+    registry = context(call.request).registry
+    created = await run_in_threadpool(registry.create_token, call.body)
+    log.info("token created", extra=kv(token_id=created.id, reusable=created.reusable))
+    return created
+
+
+async def list_tokens(call: Call) -> TokenList:
+    registry = context(call.request).registry
+    return TokenList(tokens=await run_in_threadpool(registry.list_tokens))
+
+
+async def revoke_token(call: Call) -> TokenInfo:
+    registry = context(call.request).registry
+    ref = call.param("token_id")
+    if not (ref.isascii() and ref.isdigit()):
+        raise ValidationError(f"token id {ref!r} is not a number", code="invalid_token_id")
+    token_id = row_id(ref)
+    if token_id is None:
+        raise NotFoundError(f"token {ref} does not exist", code="unknown_token")
+    return await run_in_threadpool(registry.revoke_token, token_id)
+
+
+async def list_nodes(call: Call) -> NodeList:
+    registry = context(call.request).registry
+    return NodeList(nodes=await run_in_threadpool(registry.list_nodes))
+
+
+async def create_node(call: Call) -> Node:
+    registry = context(call.request).registry
+    node, _ = await run_in_threadpool(registry.create_static_node, call.body)
+    log.info("static node created", extra=kv(node=node.name, node_id=node.id))
+    return node
+
+
+async def get_node(call: Call) -> Node:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.get_node, call.param("node"))
+
+
+async def patch_node(call: Call) -> Node:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.patch_node, call.param("node"), call.body)
+
+
+async def delete_node(call: Call) -> Node:
+    registry = context(call.request).registry
+    node = await run_in_threadpool(registry.delete_node, call.param("node"))
+    log.info("node deleted", extra=kv(node=node.name, node_id=node.id))
+    return node
+
+
+async def get_node_status(call: Call) -> Response:
+    registry = context(call.request).registry
+    found = await run_in_threadpool(registry.node_status, call.param("node"))
+    if found is None:
+        return error_response("no_status", f"node {call.param('node')!r} has not reported yet", 404)
+    return json_response(found)
+
+
+async def list_statuses(call: Call) -> StatusList:
+    registry = context(call.request).registry
+    found = await run_in_threadpool(registry.statuses)
+    return StatusList(statuses=sorted(found.values(), key=lambda s: s.node))
+
+
+async def get_node_config(call: Call) -> Response:
+    registry = context(call.request).registry
+    node, private_key = await run_in_threadpool(registry.node_private_key, call.param("node"))
+    netmap = await run_in_threadpool(registry.netmap, node.id)
+    log.info("static peer config exported", extra=kv(node=node.name, node_id=node.id))
+    response = json_response(wg_quick_config(netmap, private_key))
+    response.headers["cache-control"] = "no-store"  # it carries a private key
+    return response
+
+
+async def list_routes(call: Call) -> RouteList:
+    registry = context(call.request).registry
+    return RouteList(routes=await run_in_threadpool(registry.routes))
+
+
+async def list_pairs(call: Call) -> PairList:
+    registry = context(call.request).registry
+    return PairList(pairs=await run_in_threadpool(registry.list_pairs))
+
+
+async def set_pair(call: Call) -> Response:
+    registry = context(call.request).registry
+    body: PairSet = call.body
+    if not body.model_fields_set:
+        raise ValidationError("give p2p and/or rate (null clears)", code="empty_pair_update")
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    result = await run_in_threadpool(registry.set_pair, call.param("a"), call.param("b"), changes)
+    if result is None:
+        return Response(status_code=204)
+    return json_response(result)
+
+
+async def get_topology(call: Call) -> Topology:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.topology)
+
+
+async def prometheus_targets(call: Call) -> Response:
+    registry = context(call.request).registry
+    return JSONResponse(await run_in_threadpool(scrape_targets, registry))

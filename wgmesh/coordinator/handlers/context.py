@@ -1,0 +1,45 @@
+"""What the handlers share: set up once by `create_app`, read from the request's application."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from wgmesh.coordinator.changes import ChangeNotifier
+from wgmesh.coordinator.metrics import CoordinatorMetrics
+from wgmesh.coordinator.registry import Registry
+from wgmesh.coordinator.sessions import SessionTable
+from wgmesh.models import RelayInfo
+from wgmesh.values import Prefix
+
+
+@dataclass
+class Settings:
+    """How the API is exposed."""
+
+    trusted_proxies: Sequence[Prefix] = field(default_factory=list)
+    relays: Sequence[RelayInfo] = field(default_factory=list)
+    """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """One application's registry, settings, sessions, long-poll wake-ups, metrics and OpenAPI document."""
+
+    registry: Registry
+    settings: Settings
+    sessions: SessionTable
+    notifier: ChangeNotifier
+    metrics: CoordinatorMetrics
+    openapi: dict[str, Any]
+
+
+def context(request: Request) -> Context:
+    """The context of the application serving `request` (`app.state.context`)."""
+    found = request.app.state.context
+    # app.state is untyped: check once here, so every handler gets a typed context
+    assert isinstance(found, Context)
+    return found

@@ -1,0 +1,137 @@
+"""The dashboard: session login and logout, the live event stream, and its static files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+
+from wgmesh.coordinator.handlers.auth import client_address
+from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.operations import Call, json_response
+from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
+from wgmesh.errors import AuthError, NotFoundError, ValidationError
+from wgmesh.logs import kv
+from wgmesh.models import SessionInfo, SessionLogin
+
+log = logging.getLogger("wgmesh.coordinator")
+
+HEARTBEAT = 15.0  # seconds between keep-alive events on /api/v1/events
+EVENT_COALESCE = 0.25  # seconds: a burst of writes becomes one event
+ASSET = re.compile(r"^[a-z0-9-]+\.(js|css|svg)$")
+DASHBOARD_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-cache",
+}
+
+
+def web_root() -> Path:
+    """The dashboard's files: $WGMESH_WEB_DIR, else `web/` next to the package (source or editable install)."""
+    configured = os.environ.get("WGMESH_WEB_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "web"
+
+
+async def login(call: Call) -> Response:
+    ctx = context(call.request)
+    registry, settings, sessions = ctx.registry, ctx.settings, ctx.sessions
+    # JSON only: a cross-site HTML form cannot send it, so nobody can log a browser in behind its back
+    if call.request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ValidationError("log in with a JSON body", code="unsupported_media_type")
+    body: SessionLogin = call.body
+    if not await run_in_threadpool(registry.is_admin, body.token):
+        log.warning(
+            "dashboard login refused",
+            extra=kv(client=client_address(call.request, settings.trusted_proxies)),
+        )
+        raise AuthError("admin token is not valid", code="invalid_credentials")
+    session_id, session = sessions.create()
+    response = json_response(_session_info(session.csrf, session.expires_at), 201)
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        max_age=int(sessions.ttl),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=call.request.url.scheme == "https",
+    )
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+async def get_session(call: Call) -> Response:
+    sessions = context(call.request).sessions
+    session = cookie_session(sessions, call.request.cookies)
+    response = json_response(_session_info(session.csrf, session.expires_at))
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+async def logout(call: Call) -> Response:
+    sessions = context(call.request).sessions
+    session_id = call.request.cookies.get(COOKIE)
+    session = sessions.get(session_id)
+    if session is not None:
+        check_csrf(call.request.method, session, call.request.headers)
+        sessions.delete(session_id)
+    response = Response(status_code=204)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+async def events(call: Call) -> Response:
+    ctx = context(call.request)
+    registry, sessions, notifier = ctx.registry, ctx.sessions, ctx.notifier
+    session_id = call.request.cookies.get(COOKIE) if "authorization" not in call.request.headers else None
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        fired = True
+        while True:
+            if session_id is not None and sessions.get(session_id) is None:
+                yield "event: logout\ndata: {}\n\n"
+                return
+            event = notifier.current()
+            version = await run_in_threadpool(registry.version)
+            kind = "change" if fired else "heartbeat"
+            yield f"event: {kind}\ndata: {json.dumps({'version': version})}\n\n"
+            fired = await notifier.wait(event, HEARTBEAT)
+            if fired:
+                await asyncio.sleep(EVENT_COALESCE)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def dashboard(request: Request) -> Response:
+    name = request.path_params.get("name")
+    if name is None:
+        name = "index.html"
+    elif not ASSET.fullmatch(name):
+        raise NotFoundError(f"no dashboard file {name!r}")
+    path = web_root() / name
+    if not path.is_file():
+        raise NotFoundError(f"dashboard file {name!r} is not installed (see WGMESH_WEB_DIR)")
+    return FileResponse(path, headers=DASHBOARD_HEADERS)
+
+
+def _session_info(csrf: str, expires_at: float) -> SessionInfo:
+    return SessionInfo(csrf_token=csrf, expires_at=datetime.fromtimestamp(expires_at, UTC))

@@ -1,0 +1,114 @@
+"""Agent-facing calls: enrollment, the long-polled netmap, status reports, relay grants, own subnets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from wgmesh.coordinator.handlers.auth import client_address
+from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.operations import Call, json_response
+from wgmesh.errors import ValidationError
+from wgmesh.logs import kv
+from wgmesh.models import (
+    EnrollRequest,
+    EnrollResponse,
+    Model,
+    RelayGrant,
+    RouteList,
+    SubnetsUpdate,
+)
+
+log = logging.getLogger("wgmesh.coordinator")
+
+MAX_WAIT = 60.0
+
+
+class StatusAck(Model):
+    """The answer to a status report."""
+
+    version: int
+    changed: bool
+
+
+async def enroll(call: Call) -> EnrollResponse:
+    ctx = context(call.request)
+    registry, metrics = ctx.registry, ctx.metrics
+    req: EnrollRequest = call.body
+    node_id, credential, netmap = await run_in_threadpool(registry.enroll, req)
+    metrics.enrolled("ok")  # refusals are counted where errors are mapped (on_wgmesh_error)
+    log.info("node enrolled", extra=kv(node=req.name, node_id=node_id, key=req.public_key[:8]))
+    return EnrollResponse(node_id=node_id, credential=credential, netmap=netmap)
+
+
+async def get_netmap(call: Call) -> Response:
+    ctx = context(call.request)
+    registry, metrics, notifier = ctx.registry, ctx.metrics, ctx.notifier
+    assert call.node_id is not None
+    since = _int_query(call.request, "since", -1)
+    wait = min(max(_float_query(call.request, "wait", 0.0), 0.0), MAX_WAIT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        event = notifier.current()
+        version = await run_in_threadpool(registry.version)
+        # `!=` rather than `>`: after a database restore the version may have gone backwards.
+        if version != since:
+            netmap = await run_in_threadpool(registry.netmap, call.node_id)
+            return json_response(netmap)
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return Response(status_code=304)
+        with metrics.long_polls.track_inprogress():
+            await notifier.wait(event, remaining)
+
+
+async def post_status(call: Call) -> StatusAck:
+    ctx = context(call.request)
+    registry, settings = ctx.registry, ctx.settings
+    assert call.node_id is not None
+    address = client_address(call.request, settings.trusted_proxies)
+    changed = await run_in_threadpool(registry.record_status, call.node_id, call.body, address)
+    return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
+
+
+async def get_relay_grant(call: Call) -> RelayGrant:
+    ctx = context(call.request)
+    registry, settings = ctx.registry, ctx.settings
+    assert call.node_id is not None
+    return await run_in_threadpool(registry.relay_grant, call.node_id, settings.relays)
+
+
+async def put_own_subnets(call: Call) -> RouteList:
+    registry = context(call.request).registry
+    assert call.node_id is not None
+    body: SubnetsUpdate = call.body
+    return RouteList(routes=await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets))
+
+
+def _int_query(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValidationError(f"query parameter {name!r} must be an integer", code="invalid_query") from exc
+
+
+def _float_query(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValidationError(f"query parameter {name!r} must be a number", code="invalid_query") from exc
+    if not math.isfinite(value):
+        raise ValidationError(f"query parameter {name!r} must be a finite number", code="invalid_query")
+    return value

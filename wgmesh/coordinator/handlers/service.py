@@ -1,0 +1,29 @@
+"""Unauthenticated service endpoints: liveness, the OpenAPI document and the Prometheus scrape."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.operations import Call
+from wgmesh.models import Health
+
+
+async def healthz(call: Call) -> Health:
+    registry = context(call.request).registry
+    return Health(status="ok", version=await run_in_threadpool(registry.version))
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(context(request).openapi)
+
+
+async def metrics_text(request: Request) -> Response:
+    metrics = context(request).metrics
+    # No auth, like /healthz: firewall it like the API (docs/metrics.md).
+    metrics.refresh()  # on the loop: the embedded relay's connections
+    body = await run_in_threadpool(generate_latest, metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
