@@ -137,7 +137,7 @@ def run(argv: Sequence[str]) -> int:
 
     log.info("listening", extra=logs.kv(host=host, port=port, db=store.engine.url.render_as_string()))
     # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client
-    # address; only --trusted-proxy (client_address in app.py) decides that.
+    # address; only --trusted-proxy (client_address in handlers/auth.py) decides that.
     config = uvicorn.Config(
         app,
         host=host,

@@ -560,7 +560,10 @@ class Registry:
     def list_pairs(self) -> list[PairPolicy]:
         """Every pair with an override (P2P policy or bandwidth limit)."""
         with self.store.read() as conn:
-            names = dict(conn.execute(select(schema.nodes.c.id, schema.nodes.c.name)).tuples().all())
+            names: dict[int, str] = {
+                node_id: name
+                for node_id, name in conn.execute(select(schema.nodes.c.id, schema.nodes.c.name))
+            }
             rows = conn.execute(
                 select(schema.pairs).where(
                     or_(schema.pairs.c.p2p.is_not(None), schema.pairs.c.rate.is_not(None))
