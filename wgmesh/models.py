@@ -593,10 +593,6 @@ class ErrorResponse(Model):
 # --- agent-local status ---------------------------------------------------------------------------
 
 
-LocalPeer = PeerView
-"""The agent's name for a peer on its socket: the same type the CLI prints (one concept, one model)."""
-
-
 class LocalStatus(Model):
     """What `wgmesh-agent status` reads from the agent's unix socket; works while the coordinator is down."""
 

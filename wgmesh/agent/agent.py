@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from wgmesh import keys
+from wgmesh import keys, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
 from wgmesh.agent.backoff import Backoff
@@ -30,7 +30,6 @@ from wgmesh.errors import UnreachableError, ValidationError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
-    LocalPeer,
     LocalStatus,
     NetMap,
     PeerConfig,
@@ -259,21 +258,13 @@ class Agent:
         enrollment = self.state.enrollment()
         peers = []
         for peer in netmap.peers if netmap else []:
-            st = stats.get(peer.public_key)
             peers.append(
-                LocalPeer(
-                    name=peer.name,
-                    overlay_ip=peer.overlay_ip,
+                topology.observed_peer(
+                    peer.name,
+                    peer.overlay_ip,
                     eth0_ip=peer.eth0_ip,
                     public_ip=peer.public_ip,
-                    path=st.path if st else None,
-                    endpoint=st.endpoint if st else None,
-                    relay=st.relay if st else None,
-                    rtt_ms=st.rtt_ms if st else None,
-                    reason=st.reason if st else None,
-                    rx_bytes=st.rx_bytes if st else None,
-                    tx_bytes=st.tx_bytes if st else None,
-                    last_handshake=st.last_handshake if st else None,
+                    own=stats.get(peer.public_key),
                 )
             )
         return LocalStatus(
