@@ -2,7 +2,8 @@
 
 Each class carries its API `code` and HTTP `status`; the coordinator answers `{"error": {"code", "message"}}`
 with them, and `from_answer` turns such an answer back into the same class on the client side (agent, CLI,
-lab). The API and the CLI turn the tree into messages in one place each (coordinator/app.py, entrypoint.py).
+lab). The API and the CLI turn the tree into messages in one place each (coordinator/handlers/errors.py,
+entrypoint.py).
 """
 
 from __future__ import annotations
@@ -103,21 +104,31 @@ _BY_CODE: dict[tuple[int, str], type[WgmeshError]] = {
 }
 
 
+RETRY_LATER = frozenset({408, 429})
+"""4xx answers that mean "not now" rather than "not this request": a client tries again later."""
+
+
 def error_class(status: int, code: str | None) -> type[WgmeshError]:
     """The class an API answer with this HTTP status and error code stands for.
 
     The code decides between classes that share a status (`exhausted`, `overlay_exhausted` or `conflict`
     under 409); any other code takes its status's class. Every other 5xx is an UnreachableError (the
     service could not serve the request, whatever it says), so a client that waits out an absent
-    coordinator waits this out too.
+    coordinator waits this out too; so are 408 and 429, which a proxy in front of it answers for "not now".
     """
     if code is not None and (status, code) in _BY_CODE:
         return _BY_CODE[status, code]
-    if status >= 500:
+    if status >= 500 or status in RETRY_LATER:
         return UnreachableError
     return _BY_STATUS.get(status, WgmeshError)
 
 
 def from_answer(status: int, code: str | None, message: str) -> WgmeshError:
-    """The exception for an error answer; `code` None for one without a wgmesh error body."""
-    return error_class(status, code)(message, code=code or "http_error")
+    """The exception for an error answer; `code` None for one without a wgmesh error body.
+
+    It carries the answer's own status, which a class standing for a range (5xx) or the root (a 4xx no
+    class names, such as 405) does not know.
+    """
+    error = error_class(status, code)(message, code=code or "http_error")
+    error.status = status
+    return error

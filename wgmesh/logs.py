@@ -31,6 +31,10 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+LEVELS = ("debug", "info", "warning", "error")
+"""The levels every wgmesh program's `--log-level` takes."""
+
+
 def setup(level: str = "info") -> None:
     """Send wgmesh's logs to stderr as key=value lines."""
     handler = logging.StreamHandler(sys.stderr)

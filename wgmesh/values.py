@@ -48,7 +48,7 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValidationError(f"endpoint port {self.port} must be 1-65535", code="invalid_endpoint")
+            raise ValidationError(f"endpoint port {self.port} must be 0-65535", code="invalid_endpoint")
         try:
             canonical = str(ipaddress.ip_address(self.host))
         except ValueError:
@@ -67,7 +67,8 @@ class Endpoint:
         Port 0 is refused unless `port_zero` (a listen address where 0 means "any free port").
         """
         host, sep, port = text.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
+        # isascii: str.isdigit also takes digits int() refuses (`²`), which would escape as a ValueError.
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValidationError(f"endpoint {text!r} {_SHAPE}", code="invalid_endpoint")
         lowest = 0 if port_zero else 1
         if not lowest <= int(port) <= 65535:
@@ -98,10 +99,6 @@ class Endpoint:
     def address(self) -> tuple[str, int]:
         """The (host, port) pair sockets take."""
         return self.host, self.port
-
-    def with_port(self, port: int) -> Endpoint:
-        """The same host on another port."""
-        return Endpoint(self.host, port)
 
     def __str__(self) -> str:
         if ":" in self.host:  # only an IPv6 address holds a colon; the port's would be ambiguous

@@ -84,7 +84,7 @@ def test_every_code_wgmesh_raises_maps_back_to_the_class_that_raised_it(name: st
 @pytest.mark.parametrize(
     ("status", "code", "kind"),
     [
-        (404, "no_status", NotFoundError),  # app.py answers it without raising
+        (404, "no_status", NotFoundError),  # a handler answers it without raising
         (404, "not_found", NotFoundError),  # an unknown route
         (405, "method_not_allowed", WgmeshError),
         (409, "exhausted", ExhaustedError),
@@ -93,12 +93,15 @@ def test_every_code_wgmesh_raises_maps_back_to_the_class_that_raised_it(name: st
         (503, "store", StoreError),
         (502, None, UnreachableError),  # a proxy's page, not a wgmesh answer
         (418, None, WgmeshError),
+        (408, None, UnreachableError),  # a proxy gave up waiting: try again later
+        (429, None, UnreachableError),  # a proxy's rate limit: try again later
     ],
 )
 def test_answers_outside_the_table(status: int, code: str | None, kind: type[WgmeshError]) -> None:
     exc = errors.from_answer(status, code, "m")
     assert type(exc) is kind
     assert exc.code == (code or "http_error")
+    assert exc.status == status  # the answer's own, also where the class stands for a range
 
 
 def test_a_coordinator_without_its_database_is_one_the_agent_waits_for() -> None:

@@ -1,4 +1,4 @@
-"""The lab plan: addresses per DESIGN §7, names that fit and never collide, commands that keep traffic in."""
+"""The lab plan: addresses per docs/lab.md, names that fit and never collide, commands that keep traffic in."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""wgmesh.agent.paths: the per-peer direct/relay state machine (DESIGN §6, issue 4)."""
+"""wgmesh.agent.paths: the per-peer direct/relay state machine (issue 4)."""
 
 from __future__ import annotations
 

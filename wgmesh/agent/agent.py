@@ -393,7 +393,9 @@ class Agent:
                 self.paths.use_grant(cached)
             self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
             self._every(self.path_tick, TICK, "paths")
-            self.sync_advertised()
+            # Beside the follower, not before it: while the coordinator is away the statement retries with
+            # back-off, and the first netmap after its return must not wait for that back-off.
+            threading.Thread(target=self.sync_advertised, name="advertise", daemon=True).start()
             self.follower.run()
         finally:
             self.scheduler.shutdown(wait=False)

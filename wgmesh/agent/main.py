@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help=f"TOML config file (default {agent_config.DEFAULT_CONFIG} if present)"
     )
     parser.add_argument("--json", action="store_true", help="with status: print JSON")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
     parser.add_argument("--interface", help="WireGuard interface name (default wgmesh0)")
     parser.add_argument("--backend", choices=get_args(Backend))
     parser.add_argument("--state-dir", help="state directory (default /var/lib/wgmesh-agent)")

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Protocol, get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -24,12 +24,12 @@ from wgmesh.agent.path_control import PathController
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.logs import kv
 from wgmesh.models import NetMap
-from wgmesh.values import Endpoint
+from wgmesh.values import Endpoint, PathKind
 
 log = logging.getLogger("wgmesh.agent")
 
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-PATHS = ("direct", "relay")
+PATHS = get_args(PathKind)
 
 
 class Observed(Protocol):

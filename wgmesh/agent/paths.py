@@ -1,7 +1,7 @@
 """Per-peer path choice, `direct` or `relay`: a pure state machine driven by probes and WireGuard data.
 
 The agent calls `decide(previous, inputs)` on every tick and on every probe result; it owns the clock,
-the probes and the shim, and acts on the returned `PeerPath` (DESIGN §6, issue 4).
+the probes and the shim, and acts on the returned `PeerPath` (issue 4; docs/architecture.md).
 """
 
 from __future__ import annotations

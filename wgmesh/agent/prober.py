@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from wgmesh.agent import probe_wire
 from wgmesh.agent.probe_wire import Burst, Ping, Pong, ProbeFormatError, Report
 from wgmesh.logs import kv
+from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent.prober")
 
@@ -230,7 +231,7 @@ class Prober:
             "burst measured",
             extra=kv(
                 peer=peer_id,
-                via=via if isinstance(via, str) else f"{via[0]}:{via[1]}",
+                via=via if isinstance(via, str) else str(Endpoint(*via)),
                 sent=sent,
                 received=result.received,
                 mbit=round(result.goodput / 1e6, 1),

@@ -31,7 +31,7 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--log-level",
         default="warning",
-        choices=["debug", "info", "warning", "error"],
+        choices=logs.LEVELS,
         help="key=value log lines on stderr at this level (default: warning)",
     )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True, parser_class=Parser)

@@ -315,11 +315,7 @@ def create_app(
             Exception: on_unexpected,
         },
     )
-    app.state.context = context  # what the handlers read (handlers.context.context)
-    app.state.registry = registry
-    app.state.notifier = notifier
-    app.state.sessions = context.sessions
-    app.state.metrics = metrics
+    app.state.context = context  # what the handlers read (handlers.context.context), and nothing else
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
     return app

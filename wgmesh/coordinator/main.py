@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Without a command it serves ('serve'). 'init' creates the database and prints an admin token.",
     )
     parser.add_argument("--db", default=os.environ.get("WGMESH_DB", DEFAULT_DB), help="database URL")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sub = parser.add_subparsers(dest="command")
     init = sub.add_parser("init", help="create the database and print an admin token once")
     init.add_argument("--overlay", default="100.96.0.0/16", help="overlay network CIDR")
@@ -152,7 +152,7 @@ def run(argv: Sequence[str]) -> int:
     )
     relay = RelayServer(relay_config) if relay_config is not None else None
     if relay is not None:
-        app.state.metrics.attach_relay(relay)  # its metrics on the coordinator's /metrics
+        app.state.context.metrics.attach_relay(relay)  # its metrics on the coordinator's /metrics
     uvloop.run(_serve(uvicorn.Server(config), relay))
     return 0
 

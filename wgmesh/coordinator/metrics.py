@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -23,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wgmesh.coordinator.registry import ONLINE_WINDOW, Registry
 from wgmesh.relay.metrics import RelayCollector
 from wgmesh.relay.server import RelayServer, RelayStats
-from wgmesh.values import Endpoint
+from wgmesh.values import Endpoint, RouteState
 
-ROUTE_STATES = ("active", "standby", "conflict", "rejected")
+ROUTE_STATES = get_args(RouteState)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Up to a minute: a long-poll (`wait` at most 60 s) lands in the last buckets, not in +Inf."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

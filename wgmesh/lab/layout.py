@@ -3,7 +3,7 @@
 Every name a lab creates in a shared place (root-namespace links, namespace names, WireGuard interface
 names, whose UAPI sockets share `/var/run/wireguard`) starts with `LAB-`, and lab names cannot contain
 `-`, so `LAB-` belongs to exactly one lab. A second lab on the same machine takes the next *slot*:
-underlay `198.18.SLOT.0/24` and loopback port `8080 + SLOT` (the first lab gets DESIGN §7's plan exactly).
+underlay `198.18.SLOT.0/24` and loopback port `8080 + SLOT` (the first lab gets the plan of docs/lab.md exactly).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_SITES = 200
 # 198.18.0.0/15 (RFC 2544 benchmarking space) holds 512 /24s; the first 256 are plenty of labs.
 MAX_SLOT = 255
 API_PORT = 8080
-# The hub's relay (DESIGN §6), next to the coordinator on the hub address.
+# The hub's relay, next to the coordinator on the hub address.
 RELAY_PORT = 8443
 # Prometheus /metrics (docs/metrics.md): the relay on the hub address, each agent on its underlay address.
 RELAY_METRICS_PORT = 9587

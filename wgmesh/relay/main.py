@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; e.g. 127.0.0.1:9587)",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
     # For tests and benchmarks: the protocol fixes these at 10 s, 10 s, 30 s and the stats line at a minute.
     parser.add_argument("--hello-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--ping-after", type=float, default=10.0, help=argparse.SUPPRESS)
