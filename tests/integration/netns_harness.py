@@ -1,5 +1,7 @@
 """Two network namespaces joined by a veth pair, each running a DataPlane in a worker process.
 
+Workers are forked by one zygote per test session (see ns_worker.py).
+
 The `pair` fixture (conftest.py) builds them; this module holds the pieces the tests use.
 
 Addresses are 198.18.1.0/24 inside the namespaces only; names carry a random prefix so runs never
@@ -9,13 +11,16 @@ with them the links) and removes socket files with our prefix, whatever the test
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,18 +57,75 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.Comple
     return done
 
 
+class Zygote:
+    """The session's `ns_worker.py --zygote`: imported once, it forks each worker into its namespace."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wgmesh-zygote-"))
+        self.socket = self.dir / "zygote.sock"
+        self.log = self.dir / "zygote.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER), "--zygote", str(self.socket)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("a"),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        # A blocking read: the zygote answers once imported, or its pipe closes when it dies.
+        ready = self.proc.stdout.readline().strip()
+        assert ready == "ready", f"ns_worker zygote did not start; log:\n{self.log.read_text()[-3000:]}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def spawn(self, ns: str, log: Path) -> socket.socket:
+        """A connection to a new worker inside `ns` that logs to `log`."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(self.socket))
+        conn.sendall((json.dumps({"ns": ns, "log": str(log)}) + "\n").encode())
+        return conn
+
+    def close(self) -> None:
+        """End the zygote (closing its stdin) and remove its directory; its workers end on their own."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(scaled(10))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_ZYGOTE: list[Zygote] = []
+
+
+def zygote() -> Zygote:
+    """The session's zygote, started on first use (and again should it have died)."""
+    if not _ZYGOTE or not _ZYGOTE[0].alive():
+        if _ZYGOTE:
+            _ZYGOTE.pop().close()
+        _ZYGOTE.append(Zygote())
+        atexit.register(_ZYGOTE[0].close)
+    return _ZYGOTE[0]
+
+
 class Worker:
-    """A `ns_worker.py` process inside a namespace, driven one JSON command at a time."""
+    """A data-plane worker forked by the zygote into a namespace, driven one JSON command at a time."""
 
     def __init__(self, ns: str, log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(WORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log.open("a"),
-            text=True,
-        )
+        self.conn = zygote().spawn(ns, log)
+        self._answers = self.conn.makefile("r", encoding="utf-8")
+        self._commands = self.conn.makefile("w", encoding="utf-8")
+        hello: dict[str, Any] = json.loads(self._answers.readline() or "{}")
+        assert "pid" in hello, f"{hello.get('error', 'the worker died at start')}; log:\n{self._tail()}"
+        self.pid: int = hello["pid"]
+
+    def _tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
 
     def call(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command; return the answer, failing the test on an error answer."""
@@ -73,24 +135,23 @@ class Worker:
 
     def try_call(self, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command and return the raw answer (ok or not)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"worker died; log:\n{self.log.read_text()[-3000:]}"
+        self._commands.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self._commands.flush()
+        line = self._answers.readline()
+        assert line, f"worker died; log:\n{self._tail()}"
         answer: dict[str, Any] = json.loads(line)
         return answer
 
     def stop(self) -> None:
         """Let the worker exit (the data plane it managed keeps running)."""
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        for stream in (self._commands, self._answers, self.conn):
+            with contextlib.suppress(OSError):
+                stream.close()
+        deadline = time.monotonic() + scaled(10)
+        while running(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if running(self.pid):
+            stop_pids([self.pid])
 
 
 @dataclass
