@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from wgmesh.coordinator.handlers.auth import client_address
+from wgmesh.coordinator.handlers.auth import client_address, set_actor
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import Call, json_response
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
@@ -53,13 +53,15 @@ async def login(call: Call) -> Response:
     if call.request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise ValidationError("log in with a JSON body", code="unsupported_media_type")
     body: SessionLogin = call.body
-    if not await run_in_threadpool(registry.is_admin, body.token):
+    identity = await run_in_threadpool(registry.admin_tokens.identify, body.token)
+    if identity is None:
         log.warning(
             "dashboard login refused",
             extra=kv(client=client_address(call.request, settings.trusted_proxies)),
         )
         raise AuthError("admin token is not valid", code="invalid_credentials")
-    session_id, session = sessions.create()
+    set_actor(call.request, identity, session=False)
+    session_id, session = sessions.create(identity.token_id)
     response = json_response(_session_info(session.csrf, session.expires_at), 201)
     response.set_cookie(
         COOKIE,
@@ -83,12 +85,16 @@ async def get_session(call: Call) -> Response:
 
 
 async def logout(call: Call) -> Response:
-    sessions = context(call.request).sessions
+    ctx = context(call.request)
+    sessions = ctx.sessions
     session_id = call.request.cookies.get(COOKIE)
     session = sessions.get(session_id)
     if session is not None:
         check_csrf(call.request.method, session, call.request.headers)
         sessions.delete(session_id)
+        identity = await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id)
+        if identity is not None:
+            set_actor(call.request, identity, session=True)
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
