@@ -734,15 +734,21 @@ async function createToken(event) {
   };
   try {
     const created = await api("POST", "/api/v1/tokens", body);
-    $("#token-secret-value").textContent = created.token;
-    $("#token-secret").hidden = false;
     $("#token-description").value = "";
-    say(`Token ${created.id} created.`);
-    await refresh();
-    $("#token-secret-dismiss").focus();
+    await showSecret("#token-form", created.token, `Token ${created.id} created.`);
   } catch (err) {
     say(`Could not create the token: ${err.message}`, true);
   }
+}
+
+// A new secret, shown once in the one secret card, moved under the form that made it.
+async function showSecret(form, secret, message) {
+  $(form).after($("#token-secret"));
+  $("#token-secret-value").textContent = secret;
+  $("#token-secret").hidden = false;
+  say(message);
+  await refresh();
+  $("#token-secret-dismiss").focus();
 }
 
 async function revokeToken(id) {
@@ -795,12 +801,8 @@ async function createAdminToken(event) {
   const body = { name: $("#admin-token-name").value, read_only: $("#admin-token-read-only").checked };
   try {
     const created = await api("POST", "/api/v1/admin-tokens", body);
-    $("#admin-token-secret-value").textContent = created.token;
-    $("#admin-token-secret").hidden = false;
     $("#admin-token-name").value = "";
-    say(`Admin token ${created.name} created.`);
-    await refresh();
-    $("#admin-token-secret-dismiss").focus();
+    await showSecret("#admin-token-form", created.token, `Admin token ${created.name} created.`);
   } catch (err) {
     say(`Could not create the admin token: ${err.message}`, true);
   }
@@ -850,10 +852,6 @@ function wire() {
   }
   $("#token-form").addEventListener("submit", createToken);
   $("#admin-token-form").addEventListener("submit", createAdminToken);
-  $("#admin-token-secret-dismiss").addEventListener("click", () => {
-    $("#admin-token-secret").hidden = true;
-    $("#admin-token-secret-value").textContent = "";
-  });
   $("#token-secret-dismiss").addEventListener("click", () => {
     $("#token-secret").hidden = true;
     $("#token-secret-value").textContent = "";

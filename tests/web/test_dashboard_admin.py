@@ -28,13 +28,18 @@ def test_create_an_admin_token_and_see_it_in_the_audit_tab(dashboard: Any, admin
     page.locator("#admin-token-name").fill("web-reader")
     page.get_by_label("Read-only").check()
     page.get_by_role("button", name="Create admin token").click()
-    secret = page.locator("#admin-token-secret-value")
+    secret = page.locator("#token-secret-value")
     expect(secret).not_to_be_empty()
     token = secret.text_content() or ""
     row = page.locator('#admin-tokens-table tr[data-admin-token="web-reader"]')
     expect(row).to_contain_text("read-only")
     expect(row).to_have_attribute("data-state", "active")
     assert token not in page.locator("#admin-tokens-table").inner_text()
+    # the secret is shown under the form that made it, and goes when dismissed
+    expect(page.locator("#admin-token-form + #token-secret")).to_be_visible()
+    page.get_by_role("button", name="Done").click()
+    expect(page.locator("#token-secret")).to_be_hidden()
+    expect(secret).to_be_empty()
     with httpx.Client(base_url=admin.base_url, headers={"Authorization": f"Bearer {token}"}) as reader:
         assert reader.get("/api/v1/nodes").status_code == 200
     page.get_by_role("link", name="Audit").click()

@@ -12,7 +12,17 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import CommandGroup, Subparsers, node_ref, print_json, stderr, stdout
+from wgmesh.cli.common import (
+    CommandGroup,
+    Subparsers,
+    call,
+    node_ref,
+    print_json,
+    print_listing,
+    print_result,
+    print_secret_once,
+    stderr,
+)
 from wgmesh.models import AdminTokenCreated, AdminTokenInfo, AdminTokenList
 
 
@@ -26,24 +36,24 @@ def register(sub: Subparsers) -> None:
         help="admin tokens: create, list, revoke",
         description="Named admin tokens for people and tools. Without a command: list them.",
     )
-    p = group.command(
+    create = group.command(
         "create",
         cmd_create,
         help="create a named admin token; its secret is printed once",
         description="Create an admin token. Only the secret goes to stdout (TOKEN=$(wgmesh admin-tokens "
         "create ci --read-only)); what it is goes to stderr. The secret cannot be shown again.",
     )
-    p.add_argument("name", type=node_ref, metavar="NAME", help="a name for the audit log (a hostname label)")
-    p.add_argument("--read-only", action="store_true", help="it sees everything and changes nothing")
+    _name_argument(create, "a name for the audit log (a hostname label)")
+    create.add_argument("--read-only", action="store_true", help="it sees everything and changes nothing")
     group.command("list", cmd_list, help="every admin token, revoked ones too; secrets are never shown")
-    p = group.command(
-        "revoke",
-        cmd_revoke,
-        help="revoke an admin token at once, with the dashboard sessions opened with it",
+    revoke = group.command(
+        "revoke", cmd_revoke, help="revoke an admin token at once, with the dashboard sessions opened with it"
     )
-    p.add_argument(
-        "name", type=node_ref, metavar="NAME", help="its name, as `wgmesh admin-tokens list` shows"
-    )
+    _name_argument(revoke, "its name, as `wgmesh admin-tokens list` shows")
+
+
+def _name_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("name", type=node_ref, metavar="NAME", help=help)
 
 
 def admin_tokens_table(tokens: Sequence[AdminTokenInfo], now: datetime) -> RenderableType:
@@ -68,37 +78,27 @@ def admin_tokens_table(tokens: Sequence[AdminTokenInfo], now: datetime) -> Rende
 def cmd_create(args: argparse.Namespace) -> int:
     """`wgmesh admin-tokens create NAME [--read-only]`."""
     body = {"name": args.name, "read_only": args.read_only}
-    with connection.connect(args) as client:
-        created = client.call("POST", "/api/v1/admin-tokens", AdminTokenCreated, json=body)
+    created = call(args, "POST", "/api/v1/admin-tokens", AdminTokenCreated, json=body)
     if args.json:
         print_json(created.model_dump(mode="json"))
         return 0
-    err = stderr()
-    access = "read-only" if created.read_only else "full"
-    err.print(f"created {access} admin token {created.name}")
-    err.print("the secret below is shown only this once: store it now", style="bold yellow")
-    print(created.token)
+    stderr().print(f"created {'read-only' if created.read_only else 'full'} admin token {created.name}")
+    print_secret_once(created.token)
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """`wgmesh admin-tokens [list]`."""
-    with connection.connect(args) as client:
-        tokens = client.get("/api/v1/admin-tokens", AdminTokenList).admin_tokens
-    if args.json:
-        print_json({"admin_tokens": [t.model_dump(mode="json") for t in tokens]})
-    else:
-        stdout().print(admin_tokens_table(tokens, datetime.now(UTC)))
+    tokens = call(args, "GET", "/api/v1/admin-tokens", AdminTokenList).admin_tokens
+    print_listing(args.json, "admin_tokens", tokens, lambda: admin_tokens_table(tokens, datetime.now(UTC)))
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """`wgmesh admin-tokens revoke NAME`."""
     path = f"/api/v1/admin-tokens/{connection.segment(args.name)}"
-    with connection.connect(args) as client:
-        token = client.call("DELETE", path, AdminTokenInfo)
-    if args.json:
-        print_json(token.model_dump(mode="json"))
-    else:
-        stdout().print(f"revoked admin token {token.name}; its dashboard sessions are logged out")
+    token = call(args, "DELETE", path, AdminTokenInfo)
+    print_result(
+        args.json, token, lambda: f"revoked admin token {token.name}; its dashboard sessions are logged out"
+    )
     return 0

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_json_flag, print_json, stdout
+from wgmesh.cli.common import Subparsers, add_json_flag, print_listing
 from wgmesh.cli.tokens import expiry
 from wgmesh.models import AuditEntry, AuditList
 
@@ -84,8 +84,5 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with connection.connect(args) as client:
         response = client.request("GET", "/api/v1/audit", params=params)
         entries = client.parse(response, "/api/v1/audit", AuditList).entries
-    if args.json:
-        print_json({"entries": [e.model_dump(mode="json") for e in entries]})
-    else:
-        stdout().print(audit_table(entries, datetime.now(UTC)))
+    print_listing(args.json, "entries", entries, lambda: audit_table(entries, datetime.now(UTC)))
     return 0
