@@ -19,7 +19,7 @@ from wgmesh.values import NodeId, Prefix
 
 async def authenticate(request: Request, auth: Auth) -> NodeId | None:
     """Check the credentials `auth` asks for; the node id for node calls, else None. An admin call's
-    identity goes to the audit log (audit.set_actor)."""
+    identity is remembered for its audit entry (set_actor)."""
     ctx = context(request)
     registry, sessions = ctx.registry, ctx.sessions
     if auth == "none":

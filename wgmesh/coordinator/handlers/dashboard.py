@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
 from wgmesh.coordinator.handlers.auth import client_address, set_actor
-from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.handlers.context import Context, context
 from wgmesh.coordinator.operations import Call, json_response
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
 from wgmesh.errors import AuthError, NotFoundError, ValidationError
@@ -102,14 +102,14 @@ async def logout(call: Call) -> Response:
 
 async def events(call: Call) -> Response:
     ctx = context(call.request)
-    registry, sessions, notifier = ctx.registry, ctx.sessions, ctx.notifier
+    registry, notifier = ctx.registry, ctx.notifier
     session_id = call.request.cookies.get(COOKIE) if "authorization" not in call.request.headers else None
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         fired = True
         while True:
-            if session_id is not None and sessions.get(session_id) is None:
+            if session_id is not None and not await _session_live(ctx, session_id):
                 yield "event: logout\ndata: {}\n\n"
                 return
             event = notifier.current()
@@ -137,6 +137,15 @@ async def dashboard(request: Request) -> Response:
     if not path.is_file():
         raise NotFoundError(f"dashboard file {name!r} is not installed (see WGMESH_WEB_DIR)")
     return FileResponse(path, headers=DASHBOARD_HEADERS)
+
+
+async def _session_live(ctx: Context, session_id: str) -> bool:
+    """Whether a session is live: in the table, and its admin token not revoked (maybe by another
+    coordinator of the registry)."""
+    session = ctx.sessions.get(session_id)
+    if session is None:
+        return False
+    return await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id) is not None
 
 
 def _session_info(csrf: str, expires_at: float) -> SessionInfo:
