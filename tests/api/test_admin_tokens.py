@@ -119,6 +119,7 @@ def test_a_session_ends_when_another_coordinator_revokes_its_token(coordinator: 
             Registry(other).admin_tokens.revoke("elsewhere")
         finally:
             other.close()
+        assert_error(browser.get("/api/v1/session"), 401, "invalid_session")
         assert_error(browser.get("/api/v1/nodes"), 401, "invalid_session")
 
 

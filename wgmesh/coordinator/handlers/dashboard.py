@@ -77,8 +77,10 @@ async def login(call: Call) -> Response:
 
 
 async def get_session(call: Call) -> Response:
-    sessions = context(call.request).sessions
-    session = cookie_session(sessions, call.request.cookies)
+    ctx = context(call.request)
+    session = cookie_session(ctx.sessions, call.request.cookies)
+    if not await _session_live(ctx, call.request.cookies.get(COOKIE, "")):
+        raise AuthError("the admin token of this session was revoked", code="invalid_session")
     response = json_response(_session_info(session.csrf, session.expires_at))
     response.headers["cache-control"] = "no-store"
     return response
