@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -167,6 +168,15 @@ def running(coordinator: C) -> Iterator[C]:
 
 
 # --- helpers shared by the API tests ----------------------------------------------------------------------
+
+
+def undo_schema_4(conn: sqlite3.Connection) -> None:
+    """Turn a database this code made into what version 3 wrote: unnamed admin tokens, no audit table.
+    (The caller fixes schema_version and undoes the earlier versions.)"""
+    conn.execute("DROP INDEX admin_tokens_name")
+    for column in ("name", "read_only", "source", "revoked_at"):
+        conn.execute(f"ALTER TABLE admin_tokens DROP COLUMN {column}")
+    conn.execute("DROP TABLE audit")
 
 
 @dataclass

@@ -10,6 +10,8 @@ const state = {
   topology: null,
   statuses: new Map(), // node name -> NodeStatus
   tokens: [],
+  adminTokens: [],
+  audit: [],
   pairs: [],
   selected: null, // node name whose details are open
   sort: { key: "name", dir: 1 },
@@ -226,16 +228,20 @@ async function refresh() {
   }
   state.refreshing = (async () => {
     try {
-      const [topology, statuses, tokens, pairs] = await Promise.all([
+      const [topology, statuses, tokens, pairs, adminTokens, audit] = await Promise.all([
         api("GET", "/api/v1/topology"),
         api("GET", "/api/v1/statuses"),
         api("GET", "/api/v1/tokens"),
         api("GET", "/api/v1/pairs"),
+        api("GET", "/api/v1/admin-tokens"),
+        api("GET", "/api/v1/audit?limit=200"),
       ]);
       state.topology = topology;
       state.statuses = new Map(statuses.statuses.map((s) => [s.node, s]));
       state.tokens = tokens.tokens;
       state.pairs = pairs.pairs;
+      state.adminTokens = adminTokens.admin_tokens;
+      state.audit = audit.entries;
       render();
     } catch (err) {
       if (err.status !== 401) say(`Could not load the mesh: ${err.message}`, true);
@@ -257,6 +263,8 @@ function render() {
   renderRoutes();
   renderWarnings();
   renderTokens();
+  renderAdminTokens();
+  renderAudit();
   renderDetails();
 }
 
@@ -726,15 +734,21 @@ async function createToken(event) {
   };
   try {
     const created = await api("POST", "/api/v1/tokens", body);
-    $("#token-secret-value").textContent = created.token;
-    $("#token-secret").hidden = false;
     $("#token-description").value = "";
-    say(`Token ${created.id} created.`);
-    await refresh();
-    $("#token-secret-dismiss").focus();
+    await showSecret("#token-form", created.token, `Token ${created.id} created.`);
   } catch (err) {
     say(`Could not create the token: ${err.message}`, true);
   }
+}
+
+// A new secret, shown once in the one secret card, moved under the form that made it.
+async function showSecret(form, secret, message) {
+  $(form).after($("#token-secret"));
+  $("#token-secret-value").textContent = secret;
+  $("#token-secret").hidden = false;
+  say(message);
+  await refresh();
+  $("#token-secret-dismiss").focus();
 }
 
 async function revokeToken(id) {
@@ -744,6 +758,65 @@ async function revokeToken(id) {
     await refresh();
   } catch (err) {
     say(`Could not revoke token ${id}: ${err.message}`, true);
+  }
+}
+
+// --- admin tokens and audit ----------------------------------------------------------------------
+
+function renderAdminTokens() {
+  const rows = state.adminTokens.map((t) => {
+    const st = t.revoked_at ? "revoked" : "active";
+    return el(
+      "tr",
+      { "data-admin-token": t.name, "data-state": st },
+      el("td", { text: t.name }),
+      el("td", { text: t.read_only ? "read-only" : "full" }),
+      el("td", { text: t.source }),
+      el("td", { text: new Date(t.created_at).toLocaleString() }),
+      el("td", {}, pill(st === "active" ? "active" : "unknown", st)),
+      el("td", {}, st === "active"
+        ? el("button", { type: "button", class: "secondary", "aria-label": `Revoke ${t.name} (admin)`, text: "Revoke", onclick: () => revokeAdminToken(t.name) })
+        : ""),
+    );
+  });
+  $("#admin-tokens-table tbody").replaceChildren(...rows);
+}
+
+function renderAudit() {
+  const rows = [...state.audit].reverse().map((e) => el(
+    "tr",
+    { "data-audit": String(e.id) },
+    el("td", { text: new Date(e.at).toLocaleString() }),
+    el("td", { text: e.actor }),
+    el("td", { text: e.action }),
+    el("td", { text: e.target || "–" }),
+    el("td", { text: Object.keys(e.detail).length ? JSON.stringify(e.detail) : "–" }),
+    el("td", { text: e.client || "–" }),
+  ));
+  $("#audit-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", text: "no entries" }))]));
+}
+
+async function createAdminToken(event) {
+  event.preventDefault();
+  const body = { name: $("#admin-token-name").value, read_only: $("#admin-token-read-only").checked };
+  try {
+    const created = await api("POST", "/api/v1/admin-tokens", body);
+    $("#admin-token-name").value = "";
+    await showSecret("#admin-token-form", created.token, `Admin token ${created.name} created.`);
+  } catch (err) {
+    say(`Could not create the admin token: ${err.message}`, true);
+  }
+}
+
+async function revokeAdminToken(name) {
+  const ok = await confirmDialog(`Revoke admin token ${name}? Its dashboard sessions end at once.`, "Revoke");
+  if (!ok) return;
+  try {
+    await api("DELETE", `/api/v1/admin-tokens/${encodeURIComponent(name)}`);
+    say(`Admin token ${name} revoked.`);
+    await refresh();
+  } catch (err) {
+    say(`Could not revoke admin token ${name}: ${err.message}`, true);
   }
 }
 
@@ -778,6 +851,7 @@ function wire() {
     });
   }
   $("#token-form").addEventListener("submit", createToken);
+  $("#admin-token-form").addEventListener("submit", createAdminToken);
   $("#token-secret-dismiss").addEventListener("click", () => {
     $("#token-secret").hidden = true;
     $("#token-secret-value").textContent = "";

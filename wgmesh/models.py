@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 from pydantic_core import PydanticCustomError
@@ -391,6 +391,55 @@ class TokenCreated(TokenInfo):
     """A freshly created token, with its secret shown this once."""
 
     token: str
+
+
+class AdminTokenCreate(Model):
+    """A new named admin token; a read-only one sees everything and changes nothing."""
+
+    name: Name
+    read_only: bool = False
+
+
+class AdminTokenInfo(Model):
+    """An admin token as listed; the secret is never shown again."""
+
+    name: str
+    read_only: bool
+    source: Literal["init", "env", "api", "upgrade"] = Field(
+        description="init, env (WGMESH_ADMIN_TOKEN), api, or upgrade (made before schema version 4)"
+    )
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class AdminTokenCreated(AdminTokenInfo):
+    """A freshly created admin token, with its secret shown this once."""
+
+    token: str
+
+
+class AdminTokenList(Model):
+    """Every admin token, revoked ones included, oldest first."""
+
+    admin_tokens: list[AdminTokenInfo]
+
+
+class AuditEntry(Model):
+    """One admin change: who (a token name, or session:<token name>), what, when, from where."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = Field(description="what the request asked for, without any secret")
+    client: str | None
+
+
+class AuditList(Model):
+    """Audit entries, oldest first."""
+
+    entries: list[AuditEntry]
 
 
 class NodeCreate(Model):

@@ -145,6 +145,8 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     finally:
         store.close()
     added = {("networks", "mtu"), ("nodes", "mtu"), ("nodes", "max_mtu")}  # schema 3: unset until used
+    added |= {("admin_tokens", "revoked_at")}  # schema 4: no token revoked yet
+    added |= {("audit", c.name) for c in schema.audit.columns}  # schema 4: an empty audit log
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -152,6 +154,12 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
             *later,
         ]
         assert conn.execute("SELECT mtu FROM networks").fetchall() == [(1420,)]
+        # schema 4: the admin tokens from before are named after their ids, full admins, their origin
+        # unknown; the audit table exists, empty
+        assert conn.execute(
+            "SELECT id, name, read_only, source, revoked_at FROM admin_tokens ORDER BY id"
+        ).fetchall() == [(1, "admin-1", 0, "upgrade", None), (2, "admin-2", 0, "upgrade", None)]
+        assert conn.execute("SELECT COUNT(*) FROM audit").fetchone() == (0,)
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
                 if (table.name, column.name) in added:
@@ -194,6 +202,13 @@ def test_coordinator_serves_what_the_manifest_records(
     # the admin token `init` printed is still one
     with fixture_coordinator.admin(REGISTRY["admin_tokens"]["printed_by_init"]) as other:
         assert get(other, "/api/v1/network") == upgraded("network", REGISTRY["network"])
+    # schema 4: both are named; the one WGMESH_ADMIN_TOKEN still names became the bootstrap token (replaced
+    # when the variable changes), the other keeps its unknown origin
+    listed = get(admin, "/api/v1/admin-tokens")["admin_tokens"]
+    assert [(t["name"], t["read_only"], t["source"], t["revoked_at"]) for t in listed] == [
+        ("admin-1", False, "upgrade", None),
+        ("admin-2", False, "env", None),
+    ]
 
 
 def test_netmaps_static_export_relay_key_and_topology_build(

@@ -24,6 +24,7 @@ from coordinator_harness import (
     post_status,
     running,
     unchanged,
+    undo_schema_4,
     version,
 )
 
@@ -198,8 +199,9 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         with c.anonymous() as anon:
             old = enroll(anon, token, "old-a")
         assert admin.patch("/api/v1/nodes/old-a", json={"rate": "10mbit"}).status_code == 200
-    # Turn it into what version 2 wrote: no MTU columns, version rows 1 and 2.
+    # Turn it into what version 2 wrote: no MTU columns or admin-token names, version rows 1 and 2.
     with sqlite3.connect(db) as conn:
+        undo_schema_4(conn)
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
@@ -219,7 +221,7 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.patch("/api/v1/network", json={"mtu": 1400}).json()["mtu"] == 1400
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3, 4]
         assert conn.execute("SELECT mtu FROM networks").fetchall() == [(1400,)]
     # Started again: nothing left to upgrade, the data stays.
     with running(Coordinator(db=db, log=tmp_path / "c3.log")) as c, c.admin() as admin:

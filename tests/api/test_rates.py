@@ -20,6 +20,7 @@ from coordinator_harness import (
     peers_by_name,
     running,
     unchanged,
+    undo_schema_4,
 )
 
 
@@ -91,8 +92,10 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         token = create_token(admin)["token"]
         with c.anonymous() as anon:
             enroll(anon, token, "old-a")
-    # Turn it into what version 1 wrote: no rate (version 2) or MTU (version 3) columns, version row 1.
+    # Turn it into what version 1 wrote: no rate (version 2), MTU (version 3) or admin-token names
+    # (version 4), version row 1.
     with sqlite3.connect(db) as conn:
+        undo_schema_4(conn)
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
@@ -107,4 +110,4 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.get("/api/v1/network").json()["mtu"] == 1420  # both steps applied, in order
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3, 4]

@@ -10,11 +10,14 @@ import httpx
 import pytest
 from coordinator_harness import Coordinator, assert_error, create_token, enroll, unchanged
 
+from wgmesh.coordinator.registry import Registry
+from wgmesh.coordinator.store import Store
 
-def login(coordinator: Coordinator) -> tuple[httpx.Client, str]:
-    """A cookie-carrying client logged in as the admin, and its CSRF token."""
+
+def login(coordinator: Coordinator, token: str | None = None) -> tuple[httpx.Client, str]:
+    """A cookie-carrying client logged in with `token` (the admin token), and its CSRF token."""
     client = httpx.Client(base_url=coordinator.url, timeout=10.0, trust_env=False)
-    r = client.post("/api/v1/session", json={"token": coordinator.admin_token})
+    r = client.post("/api/v1/session", json={"token": token or coordinator.admin_token})
     assert r.status_code == 201, r.text
     return client, r.json()["csrf_token"]
 
@@ -151,6 +154,28 @@ def test_an_event_stream_ends_when_its_session_logs_out(
         assert client.delete("/api/v1/session", headers={"x-csrf-token": csrf}).status_code == 204
         with coordinator.anonymous() as anon:
             enroll(anon, token, "gw-wakes-up")  # the next change wakes the stream up
+        assert next(stream)[0] == "logout"
+        assert list(stream) == []
+
+
+def test_an_event_stream_ends_when_another_coordinator_revokes_its_token(
+    coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    r = admin.post("/api/v1/admin-tokens", json={"name": "stream-watcher"})
+    assert r.status_code == 201, r.text
+    client, _ = login(coordinator, r.json()["token"])
+    with closing(client), client.stream("GET", "/api/v1/events", timeout=10.0) as r:
+        stream = events(r)
+        assert next(stream)[0] == "change"
+        other = Store(f"sqlite:///{coordinator.db}")  # another coordinator of the registry
+        try:
+            Registry(other).admin_tokens.revoke("stream-watcher")
+        finally:
+            other.close()
+        # the next change wakes the stream up
+        assert (
+            admin.post("/api/v1/nodes", json={"name": "wakes-up", "generate_keys": True}).status_code == 201
+        )
         assert next(stream)[0] == "logout"
         assert list(stream) == []
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, TypeVar
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from wgmesh import rates
@@ -47,6 +48,38 @@ def stderr() -> Console:
 def print_json(data: Any) -> None:
     """Print a JSON document (the `--json` output of every command)."""
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def call(args: argparse.Namespace, method: str, path: str, model: type[_M], *, json: Any = None) -> _M:
+    """One admin call to the coordinator the command line names, answering a `model`."""
+    with connection.connect(args) as client:
+        return client.call(method, path, model, json=json)
+
+
+def print_result(as_json: bool, result: BaseModel, text: Callable[[], str]) -> None:
+    """A command's result: the model as JSON with --json, else the line `text()` makes."""
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    else:
+        stdout().print(text())
+
+
+def print_listing(as_json: bool, key: str, items: Sequence[BaseModel], table: Callable[[], Any]) -> None:
+    """A list command's result: `{KEY: [item, …]}` with --json, else the rich table `table()` makes."""
+    if as_json:
+        print_json({key: [item.model_dump(mode="json") for item in items]})
+    else:
+        stdout().print(table())
+
+
+def print_secret_once(secret: str) -> None:
+    """A new secret alone on stdout (`TOKEN=$(wgmesh … create)`), the warning that it is never shown again
+    on stderr."""
+    stderr().print("the secret below is shown only this once: store it now", style="bold yellow")
+    print(secret)
 
 
 def add_json_flag(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:

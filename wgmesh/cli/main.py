@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from wgmesh import __version__, logs
-from wgmesh.cli import export, lab, network, nodes, pairs, routes, status, tokens
+from wgmesh.cli import admin_tokens, audit, export, lab, network, nodes, pairs, routes, status, tokens
 from wgmesh.cli.common import Handler, Parser, Subparsers
 from wgmesh.entrypoint import run_console
 
@@ -19,6 +19,8 @@ GROUPS: tuple[Callable[[Subparsers], None], ...] = (
     pairs.register,
     network.register,
     tokens.register,
+    admin_tokens.register,
+    audit.register,
     export.register,
     lab.register,
 )

@@ -14,7 +14,16 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import CommandGroup, Subparsers, print_json, stderr, stdout
+from wgmesh.cli.common import (
+    CommandGroup,
+    Subparsers,
+    call,
+    print_json,
+    print_listing,
+    print_result,
+    print_secret_once,
+    stderr,
+)
 from wgmesh.models import TokenCreated, TokenInfo, TokenList
 from wgmesh.values import P2PPolicy
 
@@ -150,30 +159,24 @@ def cmd_create(args: argparse.Namespace) -> int:
         extras.append(f"tags {', '.join(created.tags)}")
     if created.p2p:
         extras.append(f"p2p {created.p2p}")
-    err = stderr()
-    err.print(f"created {kind} token {created.id}: {'; '.join(extras)}")
-    err.print("the secret below is shown only this once: store it now", style="bold yellow")
-    print(created.token)
+    stderr().print(f"created {kind} token {created.id}: {'; '.join(extras)}")
+    print_secret_once(created.token)
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """`wgmesh tokens [list]`."""
-    with connection.connect(args) as client:
-        tokens = client.get("/api/v1/tokens", TokenList).tokens
-    if args.json:
-        print_json({"tokens": [t.model_dump(mode="json") for t in tokens]})
-    else:
-        stdout().print(tokens_table(tokens, datetime.now(UTC)))
+    tokens = call(args, "GET", "/api/v1/tokens", TokenList).tokens
+    print_listing(args.json, "tokens", tokens, lambda: tokens_table(tokens, datetime.now(UTC)))
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """`wgmesh tokens revoke ID`."""
-    with connection.connect(args) as client:
-        token = client.call("DELETE", f"/api/v1/tokens/{args.id}", TokenInfo)
-    if args.json:
-        print_json(token.model_dump(mode="json"))
-    else:
-        stdout().print(f"revoked token {token.id} ({token.uses} use{'s' if token.uses != 1 else ''} so far)")
+    token = call(args, "DELETE", f"/api/v1/tokens/{args.id}", TokenInfo)
+    print_result(
+        args.json,
+        token,
+        lambda: f"revoked token {token.id} ({token.uses} use{'s' if token.uses != 1 else ''} so far)",
+    )
     return 0

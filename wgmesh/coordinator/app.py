@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh import __version__
 from wgmesh.coordinator.changes import ChangeNotifier
-from wgmesh.coordinator.handlers import admin, dashboard, node, service
+from wgmesh.coordinator.handlers import admin, audit, dashboard, node, service
 from wgmesh.coordinator.handlers.admin import PairSet
 from wgmesh.coordinator.handlers.auth import authenticate
 from wgmesh.coordinator.handlers.context import Context, Settings
@@ -26,6 +26,11 @@ from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
 from wgmesh.errors import PayloadTooLargeError, WgmeshError
 from wgmesh.models import (
+    AdminTokenCreate,
+    AdminTokenCreated,
+    AdminTokenInfo,
+    AdminTokenList,
+    AuditList,
     EnrollRequest,
     EnrollResponse,
     Health,
@@ -110,7 +115,9 @@ OPERATIONS: list[Operation] = [
         "node",
         response=RelayGrant,
     ),
-    Operation("GET", "/api/v1/network", admin.get_network, "The overlay network", "admin", response=Network),
+    Operation(
+        "GET", "/api/v1/network", admin.get_network, "The overlay network", "admin-read", response=Network
+    ),
     Operation(
         "PATCH",
         "/api/v1/network",
@@ -119,6 +126,7 @@ OPERATIONS: list[Operation] = [
         "admin",
         body=NetworkPatch,
         response=Network,
+        audit="network.update",
     ),
     Operation(
         "POST",
@@ -129,9 +137,10 @@ OPERATIONS: list[Operation] = [
         body=TokenCreate,
         response=TokenCreated,
         status=201,
+        audit="token.create",
     ),
     Operation(
-        "GET", "/api/v1/tokens", admin.list_tokens, "List enrollment tokens", "admin", response=TokenList
+        "GET", "/api/v1/tokens", admin.list_tokens, "List enrollment tokens", "admin-read", response=TokenList
     ),
     Operation(
         "DELETE",
@@ -140,8 +149,9 @@ OPERATIONS: list[Operation] = [
         "Revoke an enrollment token",
         "admin",
         response=TokenInfo,
+        audit="token.revoke",
     ),
-    Operation("GET", "/api/v1/nodes", admin.list_nodes, "List nodes", "admin", response=NodeList),
+    Operation("GET", "/api/v1/nodes", admin.list_nodes, "List nodes", "admin-read", response=NodeList),
     Operation(
         "POST",
         "/api/v1/nodes",
@@ -151,8 +161,9 @@ OPERATIONS: list[Operation] = [
         body=NodeCreate,
         response=Node,
         status=201,
+        audit="node.create",
     ),
-    Operation("GET", "/api/v1/nodes/{node}", admin.get_node, "One node", "admin", response=Node),
+    Operation("GET", "/api/v1/nodes/{node}", admin.get_node, "One node", "admin-read", response=Node),
     Operation(
         "PATCH",
         "/api/v1/nodes/{node}",
@@ -161,14 +172,23 @@ OPERATIONS: list[Operation] = [
         "admin",
         body=NodePatch,
         response=Node,
+        audit="node.update",
     ),
-    Operation("DELETE", "/api/v1/nodes/{node}", admin.delete_node, "Delete a node", "admin", response=Node),
+    Operation(
+        "DELETE",
+        "/api/v1/nodes/{node}",
+        admin.delete_node,
+        "Delete a node",
+        "admin",
+        response=Node,
+        audit="node.delete",
+    ),
     Operation(
         "GET",
         "/api/v1/nodes/{node}/status",
         admin.get_node_status,
         "A node's last status report",
-        "admin",
+        "admin-read",
         response=NodeStatus,
     ),
     Operation(
@@ -176,22 +196,33 @@ OPERATIONS: list[Operation] = [
         "/api/v1/nodes/{node}/config",
         admin.get_node_config,
         "A static peer's wg-quick configuration, with its private key",
-        "admin",
+        "admin-read",
         response=WgQuickConfig,
+        audit="node.export_config",
     ),
     Operation(
         "GET",
         "/api/v1/statuses",
         admin.list_statuses,
         "The last status report of every node",
-        "admin",
+        "admin-read",
         response=StatusList,
     ),
     Operation(
-        "GET", "/api/v1/routes", admin.list_routes, "Routes with their verdicts", "admin", response=RouteList
+        "GET",
+        "/api/v1/routes",
+        admin.list_routes,
+        "Routes with their verdicts",
+        "admin-read",
+        response=RouteList,
     ),
     Operation(
-        "GET", "/api/v1/pairs", admin.list_pairs, "P2P overrides per node pair", "admin", response=PairList
+        "GET",
+        "/api/v1/pairs",
+        admin.list_pairs,
+        "P2P overrides per node pair",
+        "admin-read",
+        response=PairList,
     ),
     Operation(
         "PUT",
@@ -202,13 +233,14 @@ OPERATIONS: list[Operation] = [
         body=PairSet,
         response=PairPolicy,
         extra_responses={204: "override cleared"},
+        audit="pair.set",
     ),
     Operation(
         "GET",
         "/api/v1/topology",
         admin.get_topology,
         "Nodes, links, routes and warnings",
-        "admin",
+        "admin-read",
         response=Topology,
     ),
     Operation(
@@ -220,6 +252,7 @@ OPERATIONS: list[Operation] = [
         body=SessionLogin,
         response=SessionInfo,
         status=201,
+        audit="session.login",
     ),
     Operation(
         "GET",
@@ -236,20 +269,61 @@ OPERATIONS: list[Operation] = [
         "Dashboard logout (needs the X-CSRF-Token header)",
         "none",
         extra_responses={204: "logged out"},
+        audit="session.logout",
     ),
     Operation(
         "GET",
         "/api/v1/events",
         dashboard.events,
         "Server-sent events: `change` with the registry version after writes, `heartbeat` every 15 s",
-        "admin",
+        "admin-read",
     ),
     Operation(
         "GET",
         "/api/v1/prometheus/targets",
         admin.prometheus_targets,
         "Prometheus HTTP service discovery: every agent's metrics address with node labels",
+        "admin-read",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/admin-tokens",
+        admin.create_admin_token,
+        "Create a named admin token (read-only: sees everything, changes nothing); its secret is shown once",
         "admin",
+        body=AdminTokenCreate,
+        response=AdminTokenCreated,
+        status=201,
+        audit="admin_token.create",
+    ),
+    Operation(
+        "GET",
+        "/api/v1/admin-tokens",
+        admin.list_admin_tokens,
+        "List admin tokens, revoked ones included",
+        "admin-read",
+        response=AdminTokenList,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/admin-tokens/{name}",
+        admin.revoke_admin_token,
+        "Revoke an admin token at once, with the dashboard sessions opened with it",
+        "admin",
+        response=AdminTokenInfo,
+        audit="admin_token.revoke",
+    ),
+    Operation(
+        "GET",
+        "/api/v1/audit",
+        audit.list_audit,
+        "The audit log: every admin change, oldest first",
+        "admin-read",
+        response=AuditList,
+        query=(
+            Query("since", "string", "only entries at or after this ISO 8601 time"),
+            Query("limit", "integer", "the latest this many entries (default 100, at most 1000)"),
+        ),
     ),
 ]
 
@@ -301,7 +375,7 @@ def create_app(
         metrics=metrics,
         openapi=openapi_document(OPERATIONS, title="wgmesh coordinator", version=__version__),
     )
-    routes = [to_route(op, authenticate) for op in OPERATIONS]
+    routes = [to_route(op, authenticate, audit.record) for op in OPERATIONS]
     routes.append(Route("/api/v1/openapi.json", service.openapi, methods=["GET"]))
     routes.append(Route("/metrics", service.metrics_text, methods=["GET"]))
     routes.append(Route("/", dashboard.dashboard, methods=["GET"]))

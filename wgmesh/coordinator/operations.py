@@ -18,7 +18,8 @@ from wgmesh.errors import MalformedRequestError, ValidationError
 from wgmesh.models import ErrorResponse
 from wgmesh.values import NodeId
 
-Auth = Literal["none", "admin", "node"]
+Auth = Literal["none", "admin-read", "admin", "node"]
+"""Who may call an operation: anyone, any admin token (read-only ones too), a full admin token, a node."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,12 @@ class Operation:
     status: int = 200
     query: tuple[Query, ...] = ()
     extra_responses: dict[int, str] = field(default_factory=dict)
+    audit: str | None = None
+    """The audit-log action a successful call records (every admin change has one)."""
 
 
 Authenticator = Callable[[Request, Auth], Awaitable[NodeId | None]]
+Auditor = Callable[[Operation, Call, BaseModel | Response], Awaitable[None]]
 
 
 def format_validation_error(exc: pydantic.ValidationError) -> str:
@@ -102,13 +106,17 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
-def to_route(op: Operation, authenticate: Authenticator) -> Route:
-    """A Starlette route that authenticates, parses the body and runs the handler."""
+def to_route(op: Operation, authenticate: Authenticator, audit: Auditor | None = None) -> Route:
+    """A Starlette route that authenticates, parses the body, runs the handler and, for an operation
+    with an audit action, records the call once it has succeeded."""
 
     async def endpoint(request: Request) -> Response:
         node_id = await authenticate(request, op.auth)
         body = await read_body(request, op.body) if op.body is not None else None
-        result = await op.handler(Call(request, body, node_id))
+        call = Call(request, body, node_id)
+        result = await op.handler(call)
+        if op.audit is not None and audit is not None:
+            await audit(op, call, result)
         if isinstance(result, Response):
             return result
         return json_response(result, op.status)
@@ -162,7 +170,11 @@ def openapi_document(ops: list[Operation], *, title: str, version: str) -> dict[
             responses[str(code)] = {"description": text}
         entry["responses"] = responses
         if op.auth != "none":
-            entry["security"] = [{"admin": []}] if op.auth == "admin" else [{"node": []}]
+            entry["security"] = [{"node": []}] if op.auth == "node" else [{"admin": []}]
+        # which credential may call it: admin-read takes read-only admin tokens too, admin does not
+        entry["x-wgmesh-auth"] = op.auth
+        if op.audit is not None:
+            entry["x-wgmesh-audit"] = op.audit
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from wgmesh import ipam, keys
-from wgmesh.coordinator import schema
+from wgmesh.coordinator import admin_tokens, schema
+from wgmesh.coordinator.audit import AuditLog
 from wgmesh.coordinator.credentials import make_credential, parse_credential
 from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
 from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
@@ -146,12 +147,6 @@ def _route_sort_key(route: Route) -> tuple[int, Any, str]:
     return (route.prefix.version, route.prefix, route.gateway)
 
 
-def check_admin_token(token: str) -> None:
-    """Refuse an admin token too short to be a secret."""
-    if len(token) < 16:
-        raise ValidationError("an admin token must be at least 16 characters", code="weak_token")
-
-
 RELAY_TICKET_TTL = 24 * 3600.0
 """Relay tickets last a day: relayed traffic outlives a long coordinator outage, a deleted node loses the
 relay within a day (agents refresh at half-life)."""
@@ -162,45 +157,33 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.admin_tokens = admin_tokens.AdminTokens(store)
+        self.audit = AuditLog(store)
         self._snapshot: RegistrySnapshot | None = None
         self._snapshot_lock = threading.Lock()
 
     # --- set-up and admin credentials ---------------------------------------------------------
 
     def initialise(self, network: Network, admin_token: str | None = None) -> str | None:
-        """Create the schema; return a new admin token, or None when one was supplied or exists."""
+        """Create the schema; return a new admin token (named `init`), or None when one was supplied or
+        exists."""
         if admin_token is not None:
-            check_admin_token(admin_token)
+            admin_tokens.check_supplied(admin_token)
         self.store.create(network)
         if admin_token is not None:
-            self.ensure_admin_token(admin_token)
+            self.admin_tokens.bootstrap(admin_token)
             return None
-        with self.store.read() as conn:
-            if conn.execute(select(func.count()).select_from(schema.admin_tokens)).scalar_one():
-                return None
-        token = "wga_" + secrets.token_urlsafe(32)
-        self.ensure_admin_token(token)
-        return token
+        if self.admin_tokens.any():
+            return None
+        return self.admin_tokens.create_init()
 
     def ensure_admin_token(self, token: str) -> None:
-        """Register `token` as an admin token (stored hashed) unless it already is."""
-        check_admin_token(token)
-        digest = keys.hash_secret(token)
-        with self.store.write(bump=False) as w:
-            found = w.conn.execute(
-                select(schema.admin_tokens.c.id).where(schema.admin_tokens.c.secret_hash == digest)
-            ).first()
-            if found is None:
-                w.conn.execute(insert(schema.admin_tokens).values(secret_hash=digest, created_at=utcnow()))
+        """Make `token` (WGMESH_ADMIN_TOKEN) the bootstrap admin token (admin_tokens.AdminTokens.bootstrap)."""
+        self.admin_tokens.bootstrap(token)
 
     def is_admin(self, token: str) -> bool:
-        """Whether `token` is an admin token (constant-time compare against each stored hash)."""
-        with self.store.read() as conn:
-            hashes = conn.execute(select(schema.admin_tokens.c.secret_hash)).scalars().all()
-        matched = False
-        for stored in hashes:
-            matched |= keys.secret_matches(token, stored)
-        return matched
+        """Whether `token` is a live admin token, read-only or not."""
+        return self.admin_tokens.identify(token) is not None
 
     # --- network ------------------------------------------------------------------------------
 

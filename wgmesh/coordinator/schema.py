@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,12 +20,22 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+Step = str | Callable[[Connection], None]
+"""One migration step: portable SQL, or a callable on the connection (creating a table from its
+definition below, so that a new database and an upgraded one hold the same table)."""
+
+
+def _create_audit(conn: Connection) -> None:
+    audit.create(conn)
+
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
 # PostgreSQL both add a nullable column in place), applied in one transaction by Store.upgrade.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+MIGRATIONS: dict[int, tuple[Step, ...]] = {
     2: (
         "ALTER TABLE nodes ADD COLUMN rate VARCHAR(16)",
         "ALTER TABLE pairs ADD COLUMN rate VARCHAR(16)",
@@ -36,6 +48,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "UPDATE networks SET mtu = 1420",
         "ALTER TABLE nodes ADD COLUMN mtu INTEGER",
         "ALTER TABLE nodes ADD COLUMN max_mtu INTEGER",
+    ),
+    4: (
+        # Named, read-only and revocable admin tokens. Tokens from before version 4 get a name from
+        # their id and the source "upgrade": whether init or WGMESH_ADMIN_TOKEN made them is not known.
+        "ALTER TABLE admin_tokens ADD COLUMN name VARCHAR(63)",
+        "ALTER TABLE admin_tokens ADD COLUMN read_only BOOLEAN",
+        "ALTER TABLE admin_tokens ADD COLUMN source VARCHAR(8)",
+        "ALTER TABLE admin_tokens ADD COLUMN revoked_at TIMESTAMP WITH TIME ZONE",
+        "UPDATE admin_tokens SET name = 'admin-' || CAST(id AS VARCHAR(20)), read_only = FALSE, "
+        "source = 'upgrade'",
+        "CREATE UNIQUE INDEX admin_tokens_name ON admin_tokens (name)",
+        _create_audit,
     ),
 }
 
@@ -140,6 +164,27 @@ admin_tokens = Table(
     Column("id", Integer, primary_key=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Since version 4; nullable as the migration adds them, but every row holds a value (it writes them).
+    Column("name", String(63)),
+    Column("read_only", Boolean),
+    Column("source", String(8)),  # init, env (WGMESH_ADMIN_TOKEN), api, upgrade (from before version 4)
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("admin_tokens_name", "name", unique=True),
+    sqlite_autoincrement=True,
+)
+
+# Since version 4: one row per admin change. `detail` never holds a secret (wgmesh.coordinator.audit).
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(80), nullable=False),  # a token name, or session:<token name>
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("client", String(64)),  # the client address, None when the server does not know it
+    Index("audit_at", "at"),
     sqlite_autoincrement=True,
 )
 

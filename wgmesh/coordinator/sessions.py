@@ -2,7 +2,9 @@
 
 A login with the admin token creates a server-side session: a random session id goes into the cookie and
 a random CSRF token goes to the page, which echoes it in the `X-CSRF-Token` header on every state change.
-The table keeps only the SHA-256 of each session id, never the admin token. Sessions live in the
+The table keeps only the SHA-256 of each session id and the row id of the admin token that opened it, never
+the token: revoking the token ends its sessions (`drop_token` here, and the API checks the token is still
+live on every request, which other coordinators of the registry see too). Sessions live in the
 coordinator's memory: a restart logs everybody out, which is what a dashboard can afford.
 """
 
@@ -31,6 +33,8 @@ class Session:
 
     csrf: str
     expires_at: float
+    token_id: int
+    """The admin token the session was opened with (admin_tokens), whose rights it has."""
 
 
 def _digest(session_id: str) -> str:
@@ -49,10 +53,13 @@ class SessionTable:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def create(self) -> tuple[str, Session]:
-        """A new session: (the id for the cookie, the session with its CSRF token)."""
+    def create(self, token_id: int) -> tuple[str, Session]:
+        """A new session opened with admin token `token_id`: (the id for the cookie, the session with its
+        CSRF token)."""
         session_id = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl)
+        session = Session(
+            csrf=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl, token_id=token_id
+        )
         with self._lock:
             self._expire()
             if len(self._sessions) >= self.limit:  # drop the oldest rather than grow without bound
@@ -79,6 +86,14 @@ class SessionTable:
             return False
         with self._lock:
             return self._sessions.pop(_digest(session_id), None) is not None
+
+    def drop_token(self, token_id: int) -> int:
+        """End every session opened with admin token `token_id` (it was revoked); how many there were."""
+        with self._lock:
+            keys = [k for k, s in self._sessions.items() if s.token_id == token_id]
+            for key in keys:
+                del self._sessions[key]
+        return len(keys)
 
     def __len__(self) -> int:
         with self._lock:

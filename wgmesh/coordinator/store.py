@@ -149,7 +149,10 @@ class Store:
                 if max(conn.execute(select(schema.schema_version.c.version)).scalars().all()) != found:
                     continue
                 for statement in schema.MIGRATIONS[step]:
-                    conn.execute(text(statement))
+                    if isinstance(statement, str):
+                        conn.execute(text(statement))
+                    else:
+                        statement(conn)
                 conn.execute(insert(schema.schema_version).values(version=step, applied_at=utcnow()))
             applied.append(step)
 

@@ -15,6 +15,10 @@ from wgmesh.coordinator.registry import row_id
 from wgmesh.errors import NotFoundError, ValidationError
 from wgmesh.logs import kv
 from wgmesh.models import (
+    AdminTokenCreate,
+    AdminTokenCreated,
+    AdminTokenInfo,
+    AdminTokenList,
     Model,
     Network,
     Node,
@@ -72,6 +76,32 @@ async def revoke_token(call: Call) -> TokenInfo:
     if token_id is None:
         raise NotFoundError(f"token {ref} does not exist", code="unknown_token")
     return await run_in_threadpool(registry.revoke_token, token_id)
+
+
+async def create_admin_token(call: Call) -> AdminTokenCreated:
+    registry = context(call.request).registry
+    body: AdminTokenCreate = call.body
+    info, secret = await run_in_threadpool(
+        lambda: registry.admin_tokens.create(body.name, read_only=body.read_only)
+    )
+    log.info("admin token created", extra=kv(name=info.name, read_only=info.read_only))
+    return AdminTokenCreated(**info.model_dump(), token=secret)
+
+
+async def list_admin_tokens(call: Call) -> AdminTokenList:
+    registry = context(call.request).registry
+    return AdminTokenList(admin_tokens=list(await run_in_threadpool(registry.admin_tokens.list)))
+
+
+async def revoke_admin_token(call: Call) -> AdminTokenInfo:
+    ctx = context(call.request)
+    info, token_id = await run_in_threadpool(ctx.registry.admin_tokens.revoke, call.param("name"))
+    ended = ctx.sessions.drop_token(token_id)  # at once; other coordinators find it revoked on the next call
+    if ended:
+        # wakes the event streams, so that those of the ended sessions tell their pages at once
+        ctx.notifier.notify_threadsafe(0)
+    log.info("admin token revoked", extra=kv(name=info.name, sessions_ended=ended))
+    return info
 
 
 async def list_nodes(call: Call) -> NodeList:

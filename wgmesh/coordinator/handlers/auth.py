@@ -4,33 +4,71 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from wgmesh.coordinator.admin_tokens import AdminIdentity
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import Auth
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
-from wgmesh.errors import AuthError
+from wgmesh.errors import AuthError, ForbiddenError
 from wgmesh.values import NodeId, Prefix
 
 
 async def authenticate(request: Request, auth: Auth) -> NodeId | None:
-    """Check the credentials `auth` asks for; the node id for node calls, else None."""
+    """Check the credentials `auth` asks for; the node id for node calls, else None. An admin call's
+    identity is remembered for its audit entry (set_actor)."""
     ctx = context(request)
     registry, sessions = ctx.registry, ctx.sessions
     if auth == "none":
         return None
-    if auth == "admin" and "authorization" not in request.headers and COOKIE in request.cookies:
+    if auth == "node":
+        return await run_in_threadpool(registry.authenticate_node, bearer(request))
+    if "authorization" not in request.headers and COOKIE in request.cookies:
         # the dashboard: a session cookie, and the CSRF header on every change
-        check_csrf(request.method, cookie_session(sessions, request.cookies), request.headers)
-        return None
-    token = bearer(request)
-    if auth == "admin":
-        if not await run_in_threadpool(registry.is_admin, token):
+        session = cookie_session(sessions, request.cookies)
+        check_csrf(request.method, session, request.headers)
+        identity = await run_in_threadpool(registry.admin_tokens.live, session.token_id)
+        if identity is None:  # its token was revoked, maybe through another coordinator
+            sessions.drop_token(session.token_id)
+            raise AuthError("the admin token of this session was revoked", code="invalid_session")
+        set_actor(request, identity, session=True)
+    else:
+        identity = await run_in_threadpool(registry.admin_tokens.identify, bearer(request))
+        if identity is None:
             raise AuthError("admin token is not valid", code="invalid_credentials")
-        return None
-    return await run_in_threadpool(registry.authenticate_node, token)
+        set_actor(request, identity, session=False)
+    if auth == "admin" and identity.read_only:
+        raise ForbiddenError(
+            f"admin token {identity.name!r} is read-only: it cannot change anything", code="read_only"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The admin behind a request, as the audit log names it."""
+
+    identity: AdminIdentity
+    session: bool
+
+    @property
+    def label(self) -> str:
+        """The token's name, or `session:NAME` for a dashboard session opened with it."""
+        return f"session:{self.identity.name}" if self.session else self.identity.name
+
+
+def set_actor(request: Request, identity: AdminIdentity, *, session: bool) -> None:
+    """Remember who the admin behind `request` is (authenticate, or the dashboard's login and logout)."""
+    request.state.wgmesh_actor = Actor(identity, session)
+
+
+def actor_of(request: Request) -> Actor | None:
+    """The admin set_actor remembered for `request`, or None."""
+    found = getattr(request.state, "wgmesh_actor", None)
+    return found if isinstance(found, Actor) else None
 
 
 def client_address(request: Request, trusted: Sequence[Prefix]) -> str | None:

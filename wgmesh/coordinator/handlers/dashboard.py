@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from wgmesh.coordinator.handlers.auth import client_address
-from wgmesh.coordinator.handlers.context import context
+from wgmesh.coordinator.handlers.auth import client_address, set_actor
+from wgmesh.coordinator.handlers.context import Context, context
 from wgmesh.coordinator.operations import Call, json_response
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
 from wgmesh.errors import AuthError, NotFoundError, ValidationError
@@ -53,13 +53,15 @@ async def login(call: Call) -> Response:
     if call.request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise ValidationError("log in with a JSON body", code="unsupported_media_type")
     body: SessionLogin = call.body
-    if not await run_in_threadpool(registry.is_admin, body.token):
+    identity = await run_in_threadpool(registry.admin_tokens.identify, body.token)
+    if identity is None:
         log.warning(
             "dashboard login refused",
             extra=kv(client=client_address(call.request, settings.trusted_proxies)),
         )
         raise AuthError("admin token is not valid", code="invalid_credentials")
-    session_id, session = sessions.create()
+    set_actor(call.request, identity, session=False)
+    session_id, session = sessions.create(identity.token_id)
     response = json_response(_session_info(session.csrf, session.expires_at), 201)
     response.set_cookie(
         COOKIE,
@@ -75,20 +77,26 @@ async def login(call: Call) -> Response:
 
 
 async def get_session(call: Call) -> Response:
-    sessions = context(call.request).sessions
-    session = cookie_session(sessions, call.request.cookies)
+    ctx = context(call.request)
+    session = cookie_session(ctx.sessions, call.request.cookies)
+    if not await _session_live(ctx, call.request.cookies.get(COOKIE, "")):
+        raise AuthError("the admin token of this session was revoked", code="invalid_session")
     response = json_response(_session_info(session.csrf, session.expires_at))
     response.headers["cache-control"] = "no-store"
     return response
 
 
 async def logout(call: Call) -> Response:
-    sessions = context(call.request).sessions
+    ctx = context(call.request)
+    sessions = ctx.sessions
     session_id = call.request.cookies.get(COOKIE)
     session = sessions.get(session_id)
     if session is not None:
         check_csrf(call.request.method, session, call.request.headers)
         sessions.delete(session_id)
+        identity = await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id)
+        if identity is not None:
+            set_actor(call.request, identity, session=True)
     response = Response(status_code=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -96,14 +104,14 @@ async def logout(call: Call) -> Response:
 
 async def events(call: Call) -> Response:
     ctx = context(call.request)
-    registry, sessions, notifier = ctx.registry, ctx.sessions, ctx.notifier
+    registry, notifier = ctx.registry, ctx.notifier
     session_id = call.request.cookies.get(COOKIE) if "authorization" not in call.request.headers else None
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         fired = True
         while True:
-            if session_id is not None and sessions.get(session_id) is None:
+            if session_id is not None and not await _session_live(ctx, session_id):
                 yield "event: logout\ndata: {}\n\n"
                 return
             event = notifier.current()
@@ -131,6 +139,15 @@ async def dashboard(request: Request) -> Response:
     if not path.is_file():
         raise NotFoundError(f"dashboard file {name!r} is not installed (see WGMESH_WEB_DIR)")
     return FileResponse(path, headers=DASHBOARD_HEADERS)
+
+
+async def _session_live(ctx: Context, session_id: str) -> bool:
+    """Whether a session is live: in the table, and its admin token not revoked (maybe by another
+    coordinator of the registry)."""
+    session = ctx.sessions.get(session_id)
+    if session is None:
+        return False
+    return await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id) is not None
 
 
 def _session_info(csrf: str, expires_at: float) -> SessionInfo:
