@@ -63,7 +63,7 @@ def tls_relay(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_hello_and_forwarding_over_tls(tls_relay: tuple[RelayProcess, Path], keys: Keys) -> None:
     relay, cert = tls_relay
     context = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the name
-    with nodes(relay.port, 2, tls=context) as (a, b):
+    with nodes(relay, 2, tls=context) as (a, b):
         assert a.hello(1, keys.ticket(1)).node_id == 1
         b.hello(2, keys.ticket(2))
         a.send(*[p.Data(2, bytes([i]) * 1400) for i in range(50)])

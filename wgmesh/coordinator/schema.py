@@ -16,10 +16,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
 # PostgreSQL both add a nullable column in place), applied in one transaction by Store.upgrade.
@@ -37,6 +38,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE nodes ADD COLUMN mtu INTEGER",
         "ALTER TABLE nodes ADD COLUMN max_mtu INTEGER",
     ),
+    # 4 and 5 belong to the admin-token and coordinator-TLS work of issue 15, merged beside this one;
+    # empty here so that this branch alone upgrades through them to 6.
+    4: (),
+    5: (),
+    # The embedded relay's TLS key (PEM), made when a coordinator first runs `--relay`.
+    6: ("ALTER TABLE registry ADD COLUMN relay_tls_key TEXT",),
 }
 
 metadata = MetaData()
@@ -56,6 +63,9 @@ registry = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", BigInteger, nullable=False),
     Column("psk_master", LargeBinary(32), nullable=False),
+    # Since version 6: the private key (PEM) of the relay `--relay` embeds, shared by every coordinator
+    # of the registry so that its pin survives failover; NULL until one first runs it.
+    Column("relay_tls_key", Text),
     CheckConstraint("id = 1", name="registry_single_row"),
 )
 
