@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,13 @@ from wgmesh.relay.identity import KEY_FILE, RelayIdentity, generate_key, load_or
 PIN = "sha256:" + "0123456789abcdef" * 4
 
 
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def test_key_file_is_made_0600_in_a_0700_directory_under_umask_022(tmp_path: Path, umask_022: None) -> None:
+def test_key_file_is_made_0600_in_a_0700_directory_under_umask_022(tmp_path: Path) -> None:
     path = tmp_path / "state" / KEY_FILE
-    key = load_or_create_key(path)
+    umask = os.umask(0o022)  # what `init` or a shell would run with: files 0644 unless made otherwise
+    try:
+        key = load_or_create_key(path)
+    finally:
+        os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert load_or_create_key(path) == key  # kept, not remade

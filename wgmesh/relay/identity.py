@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,11 @@ class RelayIdentity:
     cert_pem: bytes
 
     @classmethod
-    def from_key(cls, key_pem: bytes, *, source: str = "relay key") -> RelayIdentity:
-        """The identity of a stored P-256 key, with a fresh self-signed certificate."""
+    def from_key(
+        cls, key_pem: bytes, *, source: str = "relay key", names: Sequence[x509.GeneralName] = ()
+    ) -> RelayIdentity:
+        """The identity of a stored P-256 key, with a fresh self-signed certificate; `names` become its
+        subject alternative names, for clients that verify a name (agents checking the pin need none)."""
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError):
@@ -71,7 +75,7 @@ class RelayIdentity:
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise ValidationError(f"{source} is not an ECDSA P-256 key", code="invalid_key")
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(_SUBJECT)
             .issuer_name(_SUBJECT)
@@ -79,8 +83,10 @@ class RelayIdentity:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))  # a client's clock may be behind
             .not_valid_after(_NO_EXPIRY)
-            .sign(key, hashes.SHA256())
         )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(key, hashes.SHA256())
         return cls(key_pem, cert.public_bytes(serialization.Encoding.PEM))
 
     @property
