@@ -122,6 +122,9 @@ def run_tier(tier: str, pairs: int, seconds: float, rate: float, warmup: float =
                 f"127.0.0.1:{port}",
                 "--coordinator-key",
                 public_key_of(key),
+                # The relay's forwarding alone, as before relays served TLS by default (its clients are
+                # plain sockets); TLS's cost on the relayed path is measured by relay_path.py.
+                "--plain-tcp",
                 "--stats-interval",
                 "3600",
             ],

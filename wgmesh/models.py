@@ -7,10 +7,18 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from wgmesh import errors, ipam, keys, rates, values
+from wgmesh import errors, ipam, keys, pins, rates, values
 from wgmesh.values import NodeId, P2PPolicy, PathKind, RouteState
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -268,11 +276,32 @@ def _check_relay_url(value: str) -> str:
 RelayUrl = Annotated[str, AfterValidator(_check_relay_url)]
 
 
+def _check_pin(value: str) -> str:
+    try:
+        return str(pins.Pin.parse(value))  # one spelling (lowercase hex) on the wire
+    except errors.ValidationError as exc:
+        raise ValueError(exc.message) from exc
+
+
+PinText = Annotated[str, AfterValidator(_check_pin)]
+
+
 class RelayInfo(Answer):
-    """A relay agents may use: where it listens, and whether it speaks TLS (`tls://`)."""
+    """A relay agents may use: where it listens, whether it speaks TLS (`tls://`), and which key it holds."""
 
     id: str = Field(max_length=64, description="The relay's id (a ticket audience); its host:port by default")
     url: RelayUrl
+    pin: PinText | None = Field(
+        None,
+        description="sha256:<hex> of the relay's TLS public key; agents refuse a relay presenting another. "
+        "Without it a tls:// relay is verified by the CA store",
+    )
+
+    @model_validator(mode="after")
+    def _pin_needs_tls(self) -> RelayInfo:
+        if self.pin is not None and not self.url.startswith("tls://"):
+            raise ValueError(f"relay {self.url!r} has a pin but no TLS: a pin needs tls://")
+        return self
 
 
 class RelayGrant(Answer):

@@ -28,8 +28,10 @@ from wgmesh import keys
 from wgmesh.agent.config import AgentConfig
 from wgmesh.agent.state import StateDir
 from wgmesh.coordinator import schema
+from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.models import NetMap
+from wgmesh.relay.identity import RelayIdentity
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "MANIFEST.json").read_text())
@@ -95,6 +97,8 @@ ADDED_BY_SCHEMA_3 = {
     "report": {"mtu": None, "max_mtu": None},  # reports from before the agents knew MTUs
     "static_config": {"mtu": 1420},  # a static peer's wg-quick file sets the MTU the gateways clamp to
 }
+# Relays announced without a pin (the fixture's flags name none) are verified by the CA store, as before.
+ADDED_BY_RELAY_PINS = {"pin": None}
 
 
 def upgraded(kind: str, value: Any) -> Any:
@@ -147,6 +151,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     added = {("networks", "mtu"), ("nodes", "mtu"), ("nodes", "max_mtu")}  # schema 3: unset until used
     added |= {("admin_tokens", "revoked_at")}  # schema 4: no token revoked yet
     added |= {("audit", c.name) for c in schema.audit.columns}  # schema 4: an empty audit log
+    added.add(("registry", "relay_tls_key"))  # schema 5: made when a coordinator first runs --relay
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -160,6 +165,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
             "SELECT id, name, read_only, source, revoked_at FROM admin_tokens ORDER BY id"
         ).fetchall() == [(1, "admin-1", 0, "upgrade", None), (2, "admin-2", 0, "upgrade", None)]
         assert conn.execute("SELECT COUNT(*) FROM audit").fetchone() == (0,)
+        assert conn.execute("SELECT relay_tls_key FROM registry").fetchall() == [(None,)]
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
                 if (table.name, column.name) in added:
@@ -177,6 +183,20 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         )
     finally:
         conn.close()
+
+
+def test_upgraded_database_makes_the_embedded_relays_key_once_and_keeps_its_secrets(tmp_path: Path) -> None:
+    db = copy_database(tmp_path)
+    stores = [Store(f"sqlite:///{db}") for _ in range(2)]  # two coordinators sharing the registry
+    try:
+        stores[0].upgrade()
+        first, second = (Registry(store).relay_tls_key() for store in stores)
+        assert first == second  # made once; the second coordinator reads it
+        assert RelayIdentity.from_key(first).pin == RelayIdentity.from_key(second).pin
+        assert Registry(stores[1]).relay_public_key() == REGISTRY["relay_coordinator_key"]
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_coordinator_serves_what_the_manifest_records(
@@ -224,7 +244,7 @@ def test_netmaps_static_export_relay_key_and_topology_build(
     with fixture_coordinator.node(REGISTRY["credentials"][AGENT["node"]]) as node:
         grant = get(node, "/api/v1/node/relay")
     assert grant["coordinator_key"] == REGISTRY["relay_coordinator_key"]  # same master secret
-    assert grant["relays"] == REGISTRY["agent_grant"]["relays"]
+    assert grant["relays"] == [{**r, **ADDED_BY_RELAY_PINS} for r in REGISTRY["agent_grant"]["relays"]]
     warnings = get(admin, "/api/v1/topology")["warnings"]
     assert "route 10.2.128.0/24@gw-c is inactive: 10.2.128.0/24 overlaps 10.2.0.0/16@gw-b" in warnings
     assert "gw-agent does not install 10.20.0.0/24: it overlaps a local subnet on eth1" in warnings, warnings
@@ -281,7 +301,10 @@ def test_agent_state_module_reads_the_state_dir(tmp_path: Path, caplog: pytest.L
     )
     assert grant is not None
     assert grant.coordinator_key == REGISTRY["relay_coordinator_key"]
-    assert [r.model_dump() for r in grant.relays] == REGISTRY["agent_grant"]["relays"]
+    # A grant cached before relay pins reads with none: its tls:// relays are verified by the CA store.
+    assert [r.model_dump() for r in grant.relays] == [
+        {**r, **ADDED_BY_RELAY_PINS} for r in REGISTRY["agent_grant"]["relays"]
+    ]
 
 
 def test_state_dir_with_checkout_modes_is_read_with_a_warning(

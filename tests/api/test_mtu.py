@@ -28,6 +28,8 @@ from coordinator_harness import (
     version,
 )
 
+from wgmesh.coordinator import schema
+
 
 @pytest.fixture(scope="module")
 def trio(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
@@ -205,6 +207,7 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
+        conn.execute("ALTER TABLE registry DROP COLUMN relay_tls_key")  # schema 5
         conn.execute("DELETE FROM schema_version")
         conn.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00'), "
@@ -221,7 +224,9 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.patch("/api/v1/network", json={"mtu": 1400}).json()["mtu"] == 1400
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3, 4]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == list(
+            range(1, schema.SCHEMA_VERSION + 1)
+        )
         assert conn.execute("SELECT mtu FROM networks").fetchall() == [(1400,)]
     # Started again: nothing left to upgrade, the data stays.
     with running(Coordinator(db=db, log=tmp_path / "c3.log")) as c, c.admin() as admin:

@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coordinator_harness import (
@@ -22,9 +23,12 @@ from coordinator_harness import (
 )
 from inprocess_harness import InProcessCoordinator
 
+from wgmesh.pins import Pin
 from wgmesh.relay import protocol, tickets
+from wgmesh.relay.identity import pinned_client_context, refusal
 
-RELAYS = ["tcp://198.18.0.1:8443", "hub2=tls://198.18.0.2:443"]
+PIN = "sha256:" + "Ab" * 32
+RELAYS = ["tcp://198.18.0.1:8443", "hub2=tls://198.18.0.2:443", f"hub3=tls://198.18.0.3:443#{PIN}"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +56,9 @@ def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Api) -> 
     assert r.status_code == 200, r.text
     grant = r.json()
     assert grant["relays"] == [
-        {"id": "198.18.0.1:8443", "url": "tcp://198.18.0.1:8443"},
-        {"id": "hub2", "url": "tls://198.18.0.2:443"},
+        {"id": "198.18.0.1:8443", "url": "tcp://198.18.0.1:8443", "pin": None},
+        {"id": "hub2", "url": "tls://198.18.0.2:443", "pin": None},
+        {"id": "hub3", "url": "tls://198.18.0.3:443", "pin": PIN.lower()},  # one spelling on the wire
     ]
     printed = relay_key(relayed.db)
     assert printed.returncode == 0, printed.stderr
@@ -97,6 +102,9 @@ def test_key_is_stable_across_restarts_and_shared_by_coordinators(tmp_path: Path
         ("udp://198.18.0.1:8443", "must be tcp://HOST:PORT or tls://HOST:PORT"),
         ("tcp://198.18.0.1:70000", "port must be 1-65535"),
         ("tcp://198.18.0.1", "must be tcp://HOST:PORT"),
+        (f"tcp://198.18.0.1:8443#{PIN}", "a pin needs tls://"),
+        ("tls://198.18.0.1:8443#sha256:12ab", "must be sha256: and 64 hex digits"),
+        ("tls://198.18.0.1:8443#md5:" + "ab" * 32, "must start with sha256:"),
     ],
 )
 def test_bad_relay_flag_is_one_line_exit_2(tmp_path: Path, flag: str, message: str) -> None:
@@ -121,19 +129,50 @@ def test_relay_key_on_a_missing_database_is_one_line(tmp_path: Path) -> None:
     assert "not initialised" in done.stderr
 
 
-def test_embedded_relay_is_announced_and_accepts_the_grants_ticket(tmp_path: Path) -> None:
+def embedded_relay_grant(c: Coordinator, name: str) -> tuple[int, dict[str, Any]]:
+    with c.admin() as admin, c.anonymous() as anon:
+        node = enroll(anon, create_token(admin)["token"], name)
+    with c.node(node.credential) as client:
+        return node.node_id, client.get("/api/v1/node/relay").json()
+
+
+def test_embedded_relay_serves_tls_with_the_announced_pin_and_accepts_the_grants_ticket(
+    tmp_path: Path,
+) -> None:
     relay_port = free_port()
     extra = ["--relay", f"127.0.0.1:{relay_port}"]
     with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log", extra=extra)) as c:
-        with c.admin() as admin, c.anonymous() as anon:
-            node = enroll(anon, create_token(admin)["token"], "gw-e")
-        with c.node(node.credential) as client:
-            grant = client.get("/api/v1/node/relay").json()
-        assert grant["relays"] == [{"id": f"127.0.0.1:{relay_port}", "url": f"tcp://127.0.0.1:{relay_port}"}]
-        with socket.create_connection(("127.0.0.1", relay_port), timeout=5) as sock:
-            sock.sendall(protocol.encode(protocol.Hello(node.node_id, grant["ticket"])))
+        node_id, grant = embedded_relay_grant(c, "gw-e")
+        [announced] = grant["relays"]
+        assert announced["id"] == f"127.0.0.1:{relay_port}"
+        assert announced["url"] == f"tls://127.0.0.1:{relay_port}"
+        pin = Pin.parse(announced["pin"])
+        with (
+            socket.create_connection(("127.0.0.1", relay_port), timeout=5) as raw,
+            pinned_client_context().wrap_socket(raw) as sock,
+        ):
+            assert refusal(sock.getpeercert(binary_form=True), pin) is None  # the key the pin names
+            sock.sendall(protocol.encode(protocol.Hello(node_id, grant["ticket"])))
             frames = protocol.FrameDecoder().feed(sock.recv(4096))
-        assert isinstance(frames[0], protocol.HelloOk) and frames[0].node_id == node.node_id
+        assert isinstance(frames[0], protocol.HelloOk) and frames[0].node_id == node_id
+    # The key lives in the registry: a restarted (or another) coordinator presents the same one.
+    with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c2.log", extra=extra)) as c:
+        _, again = embedded_relay_grant(c, "gw-f")
+    assert again["relays"][0]["pin"] == announced["pin"]
+
+
+def test_embedded_relay_serves_plain_tcp_only_when_asked(tmp_path: Path) -> None:
+    relay_port = free_port()
+    extra = ["--relay", f"127.0.0.1:{relay_port}", "--relay-plain-tcp"]
+    with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log", extra=extra)) as c:
+        node_id, grant = embedded_relay_grant(c, "gw-p")
+        assert grant["relays"] == [
+            {"id": f"127.0.0.1:{relay_port}", "url": f"tcp://127.0.0.1:{relay_port}", "pin": None}
+        ]
+        with socket.create_connection(("127.0.0.1", relay_port), timeout=5) as sock:
+            sock.sendall(protocol.encode(protocol.Hello(node_id, grant["ticket"])))
+            frames = protocol.FrameDecoder().feed(sock.recv(4096))
+        assert isinstance(frames[0], protocol.HelloOk)
 
 
 def test_embedded_relay_on_a_taken_port_fails_the_start_in_one_line(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from wgmesh.lab import Lab, down, leftovers, wait_until
 from wgmesh.lab.impair import GATEWAY_UPLINK, UDP_FAMILY, UDP_TABLE
 from wgmesh.lab.layout import RELAY_PORT
 from wgmesh.lab.record import load
+from wgmesh.lab.services import relay_pin
 from wgmesh.lab.system import listener_pids, nft_has_table_in, tc_root_kind
 from wgmesh.lab.tools import relay_available
 
@@ -268,7 +269,8 @@ def test_up_starts_the_relay_on_the_hub(lab: Lab) -> None:
     assert argv[argv.index("--coordinator-key") + 1] == lab.state.relay_key
     coordinator = lab.process("hub")
     assert coordinator is not None
-    assert f"tcp://{hub}:{RELAY_PORT}" in _cmdline(coordinator.pid)
+    announced = f"tls://{hub}:{RELAY_PORT}#{relay_pin(lab.plan)}"  # the relay's own key, pinned
+    assert announced in _cmdline(coordinator.pid)
     status = lab.status()
     assert status.relay is True
     assert status.healthy()

@@ -14,17 +14,24 @@ from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.layout import RELAY_PORT, coordinator_db_url
+from wgmesh.lab.services import log_path, relay_pin
+from wgmesh.pins import Pin
 from wgmesh.relay import protocol, tickets
+from wgmesh.relay.identity import KEY_FILE, RelayIdentity, generate_key, pinned_client_context, refusal
 from wgmesh.relay.protocol import Close, CloseCode, Data, FrameDecoder, Hello, HelloOk
+from wgmesh.secure_files import write_private
 
 pytestmark = [pytest.mark.e2e]
 
 
 class Client:
-    """A synthetic node speaking the relay protocol from the root namespace to the lab's hub."""
+    """A synthetic node speaking the relay protocol from the root namespace to the lab's hub, over TLS
+    with the relay's key checked against the pin the coordinator announces, as the agents do."""
 
     def __init__(self, lab: Lab) -> None:
-        self.sock = socket.create_connection((str(lab.plan.hub_ip), RELAY_PORT), timeout=5)
+        raw = socket.create_connection((str(lab.plan.hub_ip), RELAY_PORT), timeout=5)
+        self.sock = pinned_client_context().wrap_socket(raw)
+        assert refusal(self.sock.getpeercert(binary_form=True), Pin.parse(relay_pin(lab.plan))) is None
         self.decoder = FrameDecoder()
         self.frames: list[protocol.Frame] = []
 
@@ -98,3 +105,32 @@ def test_refusals_do_not_disturb_relayed_traffic(lab: Lab, tmp_path: Path) -> No
         assert lab.alive("relay")
     finally:
         ping.stop()
+
+
+@pytest.mark.lab(sites=3, block_udp=[3])
+def test_agents_refuse_a_relay_presenting_another_key_until_the_pinned_one_is_back(lab: Lab) -> None:
+    three = lab.plan.site(3)
+    wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")
+    key_file = lab.plan.relay_state_dir / KEY_FILE
+    pinned = key_file.read_bytes()
+    gw3_log = log_path(lab.state, "gw3")
+    # An impostor on the relay's address: another key than the one the coordinator announced.
+    assert lab.kill("relay")
+    write_private(key_file, generate_key())
+    try:
+        lab.start("relay")
+        lab.wait_relay()
+        wait_until(lambda: 'event="relay refused"' in gw3_log.read_text(), 20, "gw3 to refuse the relay")
+        line = next(x for x in gw3_log.read_text().splitlines() if 'event="relay refused"' in x)
+        assert f"the netmap pins {relay_pin_of(pinned)}" in line
+        assert not ping_ok(lab, "vm1", three.vm_ip)  # no relay to carry it, and no ticket handed over
+    finally:
+        lab.kill("relay")
+        write_private(key_file, pinned)
+        lab.start("relay")
+        lab.wait_relay()
+    wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 40, "vm1 to reach vm3 again over the pinned relay")
+
+
+def relay_pin_of(key: bytes) -> str:
+    return str(RelayIdentity.from_key(key).pin)

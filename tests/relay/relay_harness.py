@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import socket
 import ssl
@@ -24,7 +25,9 @@ from typing import Any, TypeVar
 import uvloop
 
 from wgmesh.lab.wait import wait_until
+from wgmesh.pins import Pin
 from wgmesh.relay import protocol as p
+from wgmesh.relay.identity import pinned_client_context, refusal
 from wgmesh.relay.server import RelayConfig, RelayServer, RelayStats
 from wgmesh.relay.tickets import generate_signing_key, issue_ticket, public_key_of
 
@@ -59,12 +62,30 @@ class Keys:
 
 @dataclass
 class RelayProcess:
-    """One `wgmesh-relay` process on 127.0.0.1 with a free port; its stderr goes to `log`."""
+    """One `wgmesh-relay` process on 127.0.0.1 with a free port; its stderr goes to `log`.
+
+    It serves TLS with its own key (kept in `relay-state` next to the log) unless `args` ask for plain
+    TCP or a certificate; `pin` is that key's pin, as its listening line reports it.
+    """
 
     log: Path
     args: Sequence[str]
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pin: str | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.log.parent / "relay-state"
+
+    @property
+    def url(self) -> str:
+        return f"{'tcp' if '--plain-tcp' in self.args else 'tls'}://127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        own_key = "--plain-tcp" not in self.args and "--tls-cert" not in self.args
+        state = ["--state-dir", str(self.state_dir)] if own_key else []
+        return [RELAY_BIN, "--listen", f"127.0.0.1:{self.port}", *state, *self.args]
 
     def start(self) -> None:
         """Start and wait for its `listening` line; retried when the port was taken meanwhile."""
@@ -73,12 +94,14 @@ class RelayProcess:
             self.log.write_text("")
             with self.log.open("ab") as out:
                 self.proc = subprocess.Popen(
-                    [RELAY_BIN, "--listen", f"127.0.0.1:{self.port}", *self.args],
+                    self._argv(),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
             try:
                 wait_until(self._listening, START_DEADLINE, "the relay's listening line")
+                found = re.search(r"event=listening .*\bpin=(sha256:[0-9a-f]{64})", self.log.read_text())
+                self.pin = found.group(1) if found else None
                 return
             except ProcessLookupError:
                 self.proc = None
@@ -132,6 +155,7 @@ class InProcessRelay:
         self.thread.start()
         self.call(self.server.start())
         self.port = self.server.port
+        self.pin = str(config.identity.pin) if config.identity is not None else None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -156,9 +180,23 @@ class Closed(AssertionError):
 
 
 class Node:
-    """A blocking synthetic node: one TCP (or TLS) connection to the relay."""
+    """A blocking synthetic node: one TCP (or TLS) connection to the relay.
 
-    def __init__(self, port: int, *, tls: ssl.SSLContext | None = None, rcvbuf: int | None = None) -> None:
+    Given a relay with a pin (and no `tls` context of the test's own), it connects over TLS and checks the
+    relay's key against the pin, as the agent's shim does; given a bare port, plain TCP.
+    """
+
+    def __init__(
+        self,
+        relay: RelayProcess | InProcessRelay | int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
+        port = relay if isinstance(relay, int) else relay.port
+        pin = None if isinstance(relay, int) or tls is not None else relay.pin
+        if pin is not None:
+            tls = pinned_client_context()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Set before connecting so the window is small from the start (a slow receiver).
@@ -167,6 +205,9 @@ class Node:
         sock.connect(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock: socket.socket = tls.wrap_socket(sock, server_hostname="localhost") if tls else sock
+        if pin is not None:
+            assert isinstance(self.sock, ssl.SSLSocket)
+            assert refusal(self.sock.getpeercert(binary_form=True), Pin.parse(pin)) is None
         self.decoder = p.FrameDecoder()
         self.frames: deque[p.Frame] = deque()
 
@@ -231,8 +272,8 @@ class Node:
 
 
 @contextlib.contextmanager
-def nodes(port: int, count: int, **kw: Any) -> Iterator[list[Node]]:
-    made = [Node(port, **kw) for _ in range(count)]
+def nodes(relay: RelayProcess | InProcessRelay | int, count: int, **kw: Any) -> Iterator[list[Node]]:
+    made = [Node(relay, **kw) for _ in range(count)]
     try:
         yield made
     finally:

@@ -34,7 +34,7 @@ def relay(keys: Keys) -> Iterator[InProcessRelay]:
 
 
 def test_counts_forwarded_frames_and_drops_by_reason(relay: InProcessRelay, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(1, keys.ticket(1))
         b.hello(2, keys.ticket(2))
         a.send(p.Data(2, b"x" * 100), p.Data(3, b"nobody"), p.Data(3, b"nobody"), p.Data(1, b"me"))
@@ -49,7 +49,7 @@ def test_counts_forwarded_frames_and_drops_by_reason(relay: InProcessRelay, keys
 
 
 def test_hello_and_data_in_one_write(relay: InProcessRelay, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         b.hello(2, keys.ticket(2))
         a.send(p.Hello(node_id=1, ticket=keys.ticket(1)), p.Data(2, b"right after hello"))
         assert isinstance(a.recv(), p.HelloOk)
@@ -57,7 +57,7 @@ def test_hello_and_data_in_one_write(relay: InProcessRelay, keys: Keys) -> None:
 
 
 def test_refusals_are_counted_by_close_code(relay: InProcessRelay, keys: Keys) -> None:
-    with nodes(relay.port, 3) as (a, b, c):
+    with nodes(relay, 3) as (a, b, c):
         a.send(p.Hello(node_id=1, ticket=Keys().ticket(1)))
         a.expect_close(p.CloseCode.BAD_TICKET)
         b.send(p.Hello(node_id=1, ticket=keys.ticket(2)))
@@ -70,7 +70,7 @@ def test_refusals_are_counted_by_close_code(relay: InProcessRelay, keys: Keys) -
 def test_slow_receiver_costs_its_own_drops_not_the_senders_other_traffic(
     relay: InProcessRelay, keys: Keys
 ) -> None:
-    with nodes(relay.port, 2) as (sender, fast), nodes(relay.port, 1, rcvbuf=4096) as (slow,):
+    with nodes(relay, 2) as (sender, fast), nodes(relay, 1, rcvbuf=4096) as (slow,):
         sender.hello(1, keys.ticket(1))
         fast.hello(2, keys.ticket(2))
         slow.hello(3, keys.ticket(3))
@@ -113,7 +113,7 @@ def test_silent_node_is_pinged_then_closed(keys: Keys) -> None:
     )
     relay = InProcessRelay(config)
     try:
-        with nodes(relay.port, 1) as (a,):
+        with nodes(relay, 1) as (a,):
             a.hello(1, keys.ticket(1))
             # answering pings keeps the connection alive well past dead_after
             deadline = time.monotonic() + 1.5
@@ -135,7 +135,7 @@ def test_silent_node_is_pinged_then_closed(keys: Keys) -> None:
 def test_stop_sends_going_away_to_every_node(keys: Keys) -> None:
     relay = InProcessRelay(RelayConfig(host="127.0.0.1", port=0, coordinator_key=keys.public))
     try:
-        with nodes(relay.port, 2) as (a, b):
+        with nodes(relay, 2) as (a, b):
             a.hello(1, keys.ticket(1))
             closer = threading.Thread(target=relay.close)
             closer.start()
@@ -174,7 +174,7 @@ def test_config_is_checked_where_it_enters(keys: Keys) -> None:
 
 
 def test_closed_connection_is_forgotten(relay: InProcessRelay, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(1, keys.ticket(1))
         b.hello(2, keys.ticket(2))
         a.close()

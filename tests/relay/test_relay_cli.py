@@ -96,7 +96,7 @@ def test_sigterm_sends_going_away_and_logs_final_counts(keys: Keys, tmp_path: Pa
     key_file = tmp_path / "coordinator.pub"
     key_file.write_text(keys.public + "\n")
     with relay_process(tmp_path / "relay.log", "--coordinator-key-file", str(key_file)) as relay:
-        with nodes(relay.port, 2) as (a, b):
+        with nodes(relay, 2) as (a, b):
             a.hello(1, keys.ticket(1))
             b.hello(2, keys.ticket(2))
             a.send(p.Data(2, b"delivered"), p.Data(7, b"to nobody"), p.Data(1, b"to myself"))

@@ -13,13 +13,13 @@ from wgmesh.relay import protocol as p
 
 def test_hello_ok_echoes_node_and_ticket_expiry(relay: RelayProcess, keys: Keys) -> None:
     issued = int(time.time()) - 100
-    with nodes(relay.port, 1) as (a,):
+    with nodes(relay, 1) as (a,):
         ok = a.hello(11, keys.ticket(11, ttl=600, now=issued))
     assert ok == p.HelloOk(node_id=11, expires_at=issued + 600, version=1)
 
 
 def test_forwards_both_ways_with_sender_id_rewritten(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         ok = a.hello(21, keys.ticket(21))
         assert (ok.node_id, ok.version) == (21, 1)
         b.hello(22, keys.ticket(22))
@@ -30,7 +30,7 @@ def test_forwards_both_ways_with_sender_id_rewritten(relay: RelayProcess, keys: 
 
 
 def test_many_frames_in_one_write_arrive_in_order(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 3) as (a, b, c):
+    with nodes(relay, 3) as (a, b, c):
         a.hello(31, keys.ticket(31))
         b.hello(32, keys.ticket(32))
         c.hello(33, keys.ticket(33))
@@ -47,7 +47,7 @@ def test_many_frames_in_one_write_arrive_in_order(relay: RelayProcess, keys: Key
 
 
 def test_frames_split_across_writes_are_reassembled(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(41, keys.ticket(41))
         b.hello(42, keys.ticket(42))
         wire = p.encode_many([p.Data(42, b"x" * 1000), p.Data(42, b"y" * 5)])
@@ -58,7 +58,7 @@ def test_frames_split_across_writes_are_reassembled(relay: RelayProcess, keys: K
 
 
 def test_oversized_frame_closes_only_that_connection(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 4) as (a, b, c, d):
+    with nodes(relay, 4) as (a, b, c, d):
         for node, nid in ((a, 51), (b, 52), (c, 53), (d, 54)):
             node.hello(nid, keys.ticket(nid))
         # the default limit is 9,216 bytes; a header announcing more is refused before its payload arrives
@@ -72,7 +72,7 @@ def test_oversized_frame_closes_only_that_connection(relay: RelayProcess, keys: 
 
 
 def test_frame_to_unconnected_node_is_dropped_silently(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(61, keys.ticket(61))
         b.hello(62, keys.ticket(62))
         a.send(p.Data(999, b"nobody"), p.Data(61, b"myself"), p.Data(62, b"after"))
@@ -82,7 +82,7 @@ def test_frame_to_unconnected_node_is_dropped_silently(relay: RelayProcess, keys
 
 
 def test_newer_connection_replaces_older(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 3) as (old, new, peer):
+    with nodes(relay, 3) as (old, new, peer):
         old.hello(71, keys.ticket(71))
         peer.hello(72, keys.ticket(72))
         new.hello(71, keys.ticket(71))
@@ -92,7 +92,7 @@ def test_newer_connection_replaces_older(relay: RelayProcess, keys: Keys) -> Non
 
 
 def test_refresh_with_another_nodes_id_is_wrong_node(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 1) as (a,):
+    with nodes(relay, 1) as (a,):
         a.hello(81, keys.ticket(81, ttl=60))
         refreshed = a.hello(81, keys.ticket(81, ttl=7200))
         assert refreshed.node_id == 81 and refreshed.expires_at > 0
@@ -101,14 +101,14 @@ def test_refresh_with_another_nodes_id_is_wrong_node(relay: RelayProcess, keys: 
 
 
 def test_ping_is_answered_with_its_token(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 1) as (a,):
+    with nodes(relay, 1) as (a,):
         a.hello(91, keys.ticket(91))
         a.send(p.Ping(0x0102030405060708))
         assert a.recv() == p.Pong(0x0102030405060708)
 
 
 def test_node_close_frame_ends_the_connection(relay: RelayProcess, keys: Keys) -> None:
-    with nodes(relay.port, 1) as (a,):
+    with nodes(relay, 1) as (a,):
         a.hello(95, keys.ticket(95))
         a.send(p.Close(p.CloseCode.NORMAL, "bye"))
         with pytest.raises(Closed):

@@ -30,7 +30,7 @@ def test_forwarded_frames_and_bytes_rise_with_traffic(
 ) -> None:
     relay, url = metrics_relay
     before = scrape(url)
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(101, keys.ticket(101))
         b.hello(102, keys.ticket(102))
         during = scrape(url)
@@ -60,7 +60,7 @@ def test_drops_and_refusals_are_counted_by_reason(
 ) -> None:
     relay, url = metrics_relay
     before = scrape(url)
-    with nodes(relay.port, 2) as (a, b):
+    with nodes(relay, 2) as (a, b):
         a.hello(111, keys.ticket(111))
         a.send(p.Data(999, b"nobody"), p.Data(111, b"myself"))
         assert a.alive()  # the frames were handled before the pong

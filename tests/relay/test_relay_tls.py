@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import ssl
 from collections.abc import Iterator
@@ -10,43 +9,20 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from relay_harness import Closed, Keys, RelayProcess, nodes, relay_process
 
 from wgmesh.relay import protocol as p
+from wgmesh.relay.identity import RelayIdentity, generate_key
+from wgmesh.secure_files import write_private
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A P-256 certificate for localhost and 127.0.0.1, valid for a day, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wgmesh test relay")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    """A P-256 certificate for localhost and 127.0.0.1 and its key, as PEM files (key 0600)."""
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    identity = RelayIdentity.from_key(generate_key(), names=names)
     cert_path, key_path = directory / "relay.crt", directory / "relay.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    key_path.chmod(0o600)
+    cert_path.write_bytes(identity.cert_pem)
+    write_private(key_path, identity.key_pem)
     return cert_path, key_path
 
 
@@ -63,7 +39,7 @@ def tls_relay(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_hello_and_forwarding_over_tls(tls_relay: tuple[RelayProcess, Path], keys: Keys) -> None:
     relay, cert = tls_relay
     context = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the name
-    with nodes(relay.port, 2, tls=context) as (a, b):
+    with nodes(relay, 2, tls=context) as (a, b):
         assert a.hello(1, keys.ticket(1)).node_id == 1
         b.hello(2, keys.ticket(2))
         a.send(*[p.Data(2, bytes([i]) * 1400) for i in range(50)])

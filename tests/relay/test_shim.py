@@ -41,7 +41,7 @@ class Side:
 
     def grant(self, keys: Keys, relays: list[RelayProcess], ticket: str | None = None) -> RelayGrant:
         return RelayGrant(
-            relays=[RelayInfo(id=f"r{r.port}", url=f"tcp://127.0.0.1:{r.port}") for r in relays],
+            relays=[RelayInfo(id=f"r{r.port}", url=r.url, pin=r.pin) for r in relays],
             ticket=ticket or keys.ticket(self.node_id),
             expires_at=datetime.now(UTC),
             coordinator_key=keys.public,

@@ -29,6 +29,7 @@ class FakePaths:
         self.views = {2: PeerPathView("relay", 0.012, "probes failed", "r1")}
         counters = ShimCounters(to_relay=7, from_relay=5)
         counters.drop("relay_down", 3)
+        counters.refused_relays["r2"] = 2  # presented another key than its pin, twice
         self.shim = SimpleNamespace(
             counters=counters, views=lambda: [RelayView("r1", "tcp://198.18.0.1:8443", True, 0.004, None)]
         )
@@ -80,6 +81,7 @@ def test_renders_the_cached_stats_paths_and_events() -> None:
     assert s[("wgmesh_agent_relay_rtt_seconds", frozenset({("relay", "r1")}))] == 0.004
     assert s[("wgmesh_shim_datagrams_total", frozenset({("direction", "to_relay")}))] == 7
     assert s[("wgmesh_shim_dropped_datagrams_total", frozenset({("reason", "relay_down")}))] == 3
+    assert s[("wgmesh_shim_relay_refusals_total", frozenset({("relay", "r2")}))] == 2
     # gw3 has neither counters nor a decision yet; K9 is not in the netmap: no series for either
     assert not [k for k in s if ("peer", "gw3") in k[1]]
     assert not [k for k in s if ("peer", "K9") in k[1]]

@@ -225,8 +225,9 @@ def test_process_command_lines_match_issue_3() -> None:
 def test_relay_command_lines_match_issue_4() -> None:
     plan = plan_lab("wgl", 2, slot=3)
     db = "sqlite:////run/wgmesh-lab/wgl/coordinator.db"
-    assert plan.relay_url == "tcp://198.18.3.1:8443"
-    assert coordinator_args(plan, announce_relay=True)[-2:] == ["--announce-relay", "tcp://198.18.3.1:8443"]
+    assert plan.relay_url == "tls://198.18.3.1:8443"
+    pin = "sha256:" + "ab" * 32
+    assert coordinator_args(plan, relay_pin=pin)[-2:] == ["--announce-relay", f"tls://198.18.3.1:8443#{pin}"]
     assert coordinator_init_args(plan) == ["--db", db, "init"]
     assert relay_key_args(plan) == ["--db", db, "relay-key"]
     assert relay_args(plan, "KEY=") == [
@@ -234,6 +235,8 @@ def test_relay_command_lines_match_issue_4() -> None:
         "198.18.3.1:8443",
         "--coordinator-key",
         "KEY=",
+        "--state-dir",
+        "/run/wgmesh-lab/wgl/relay",
         "--metrics-listen",
         "198.18.3.1:9587",
     ]

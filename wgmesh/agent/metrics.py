@@ -107,6 +107,14 @@ class _AgentCollector(Collector):
         for reason, count in sorted(dict(counters.dropped).items()):
             drops.add_metric([reason], count)
         yield drops
+        refused = CounterMetricFamily(
+            "wgmesh_shim_relay_refusals",
+            "Relay connections refused because the relay presented another key than its pin",
+            labels=["relay"],
+        )
+        for relay, count in sorted(dict(counters.refused_relays).items()):
+            refused.add_metric([relay], count)
+        yield refused
 
 
 class AgentMetrics:

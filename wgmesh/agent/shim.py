@@ -31,7 +31,9 @@ from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.probe_wire import is_probe
 from wgmesh.logs import kv
 from wgmesh.models import RelayGrant, RelayInfo
+from wgmesh.pins import Pin
 from wgmesh.relay import protocol
+from wgmesh.relay.identity import pinned_client_context, refusal
 from wgmesh.relay.protocol import (
     DATA_HEADER,
     DATA_HEADER_SIZE,
@@ -73,6 +75,8 @@ class ShimCounters:
     to_relay: int = 0
     from_relay: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    refused_relays: dict[str, int] = field(default_factory=dict)
+    """Connections refused because the relay presented another key than its pin, by relay id."""
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count `count` datagrams dropped for `reason`."""
@@ -106,6 +110,7 @@ class RelayLink(asyncio.Protocol):
         self.closed = False
         self._backoff = Backoff(initial=0.5, maximum=10.0)
         self._task: asyncio.Task[None] | None = None
+        self.pin = Pin.parse(info.pin) if info.pin is not None else None
 
     # -- lifecycle, on the loop ------------------------------------------------------------------
 
@@ -128,7 +133,9 @@ class RelayLink(asyncio.Protocol):
         split = urlsplit(self.info.url)
         host, port = split.hostname or "", split.port or 0
         context: ssl.SSLContext | None = None
-        if split.scheme == "tls":
+        if split.scheme == "tls" and self.pin is not None:
+            context = pinned_client_context()  # the key is checked in connection_made, before the hello
+        elif split.scheme == "tls":
             context = ssl.create_default_context(cafile=str(self.shim.ca_file) if self.shim.ca_file else None)
         while not self.closed:
             lost = loop.create_future()
@@ -169,16 +176,36 @@ class RelayLink(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Send hello at once; TCP_NODELAY because every frame is a latency-sensitive datagram."""
+        """Check a pinned relay's key, then send hello at once; TCP_NODELAY because every frame is a
+        latency-sensitive datagram."""
         # uvloop's transports are not asyncio.Transport subclasses, though they implement it.
         self.transport = cast(asyncio.Transport, transport)
         self._buffer = bytearray()
         self.last_heard = time.monotonic()
+        if self.pin is not None and not self._holds_pinned_key():
+            return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=SEND_LIMIT)
         self.send_hello()
+
+    def _holds_pinned_key(self) -> bool:
+        """Whether the relay presented the pinned key; if not, the connection is aborted before the
+        ticket (a bearer secret) is sent, and the relay counts as unavailable until the next attempt."""
+        assert self.transport is not None and self.pin is not None
+        tls = self.transport.get_extra_info("ssl_object")
+        reason = refusal(tls.getpeercert(binary_form=True) if tls is not None else None, self.pin)
+        if reason is None:
+            return True
+        counts = self.shim.counters.refused_relays
+        counts[self.info.id] = counts.get(self.info.id, 0) + 1
+        error = f"refused: {reason}"
+        if error != self.error:  # once per change, not at every reconnection
+            log.warning("relay refused", extra=kv(relay=self.info.id, url=self.info.url, reason=reason))
+        self.error = error
+        self.transport.abort()
+        return False
 
     def send_hello(self) -> None:
         """Authenticate (or refresh the ticket of) this connection."""

@@ -18,6 +18,7 @@ from wgmesh.coordinator.store import Store
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
+from wgmesh.relay.identity import RelayIdentity
 from wgmesh.relay.server import RelayConfig, RelayServer
 from wgmesh.values import Endpoint, P2PPolicy
 
@@ -36,12 +37,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_relay(text: str) -> RelayInfo:
-    """`[ID=]tcp://HOST:PORT` or `[ID=]tls://HOST:PORT`; the id defaults to HOST:PORT."""
+    """`[ID=]tcp://HOST:PORT` or `[ID=]tls://HOST:PORT[#sha256:PIN]`; the id defaults to HOST:PORT."""
     ident, sep, url = text.partition("=")
     if not sep:
         ident, url = "", text
+    url, hashed, pin = url.partition("#")
     try:
-        return RelayInfo(id=ident or url.partition("://")[2], url=url)
+        return RelayInfo(id=ident or url.partition("://")[2], url=url, pin=pin if hashed else None)
     except PydanticValidationError as exc:
         detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ValidationError(f"--announce-relay {text!r}: {detail}", code="invalid_relay") from None
@@ -78,15 +80,24 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="[ID=]URL",
-            help="a relay agents may use, tcp://HOST:PORT or tls://HOST:PORT (repeatable)",
+            help="a relay agents may use, tls://HOST:PORT#sha256:PIN (the key 'wgmesh-relay pin' prints; "
+            "without #PIN verified by the CA store) or tcp://HOST:PORT (repeatable)",
         )
         p.add_argument(
             "--relay",
             metavar="HOST:PORT",
             help="also run a relay in this process (announced to agents unless HOST is a wildcard)",
         )
-        p.add_argument("--relay-tls-cert", help="TLS certificate (PEM) for --relay")
+        p.add_argument(
+            "--relay-tls-cert",
+            help="TLS certificate (PEM) for --relay (default: a key kept in the registry, pinned by agents)",
+        )
         p.add_argument("--relay-tls-key", help="TLS private key (PEM) for --relay")
+        p.add_argument(
+            "--relay-plain-tcp",
+            action="store_true",
+            help="--relay serves plain TCP, not TLS (only where the path is trusted)",
+        )
     return parser
 
 
@@ -128,8 +139,10 @@ def run(argv: Sequence[str]) -> int:
     relay_config = _embedded_relay(args, registry)
     if relay_config is not None and relay_config.host not in ("0.0.0.0", "::"):
         where = Endpoint(relay_config.host, relay_config.port)
-        scheme = "tls" if relay_config.tls_cert else "tcp"
-        relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}"))
+        own = relay_config.identity
+        scheme = "tls" if relay_config.tls_cert or own else "tcp"
+        pin = str(own.pin) if own is not None else None
+        relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}", pin=pin))
     settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
     app = create_app(registry, settings)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
@@ -164,13 +177,21 @@ def _upgrade(store: Store) -> None:
 
 
 def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig | None:
-    """The relay `--relay` asks for, verifying tickets with this coordinator's own key."""
+    """The relay `--relay` asks for, verifying tickets with this coordinator's own key; TLS with the
+    registry's relay key unless a certificate or plain TCP is asked for."""
     if not args.relay:
-        if args.relay_tls_cert or args.relay_tls_key:
-            raise ValidationError("--relay-tls-cert/--relay-tls-key need --relay", code="invalid_relay")
+        if args.relay_tls_cert or args.relay_tls_key or args.relay_plain_tcp:
+            raise ValidationError(
+                "--relay-tls-cert/--relay-tls-key/--relay-plain-tcp need --relay", code="invalid_relay"
+            )
         return None
     if bool(args.relay_tls_cert) != bool(args.relay_tls_key):
         raise ValidationError("--relay-tls-cert and --relay-tls-key go together", code="invalid_relay")
+    if args.relay_plain_tcp and args.relay_tls_cert:
+        raise ValidationError(
+            "--relay-plain-tcp serves no TLS: give it or --relay-tls-cert/--relay-tls-key",
+            code="invalid_relay",
+        )
     try:
         host, port = parse_listen(args.relay)
     except ValidationError:
@@ -181,6 +202,9 @@ def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig
         coordinator_key=registry.relay_public_key(),
         tls_cert=Path(args.relay_tls_cert) if args.relay_tls_cert else None,
         tls_key=Path(args.relay_tls_key) if args.relay_tls_key else None,
+        identity=None
+        if args.relay_plain_tcp or args.relay_tls_cert
+        else RelayIdentity.from_key(registry.relay_tls_key(), source="the registry's relay key"),
     )
 
 

@@ -42,7 +42,7 @@ from wgmesh.models import (
     Topology,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap
-from wgmesh.relay import tickets
+from wgmesh.relay import identity, tickets
 from wgmesh.topology import build_topology, pair_key
 from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
@@ -607,6 +607,19 @@ class Registry:
     def relay_public_key(self) -> str:
         """The public half relays are configured with (`wgmesh-coordinator relay-key`)."""
         return tickets.public_key_of(self.relay_signing_key())
+
+    def relay_tls_key(self) -> bytes:
+        """The embedded relay's TLS private key (PEM), made once per registry: every coordinator running
+        `--relay` on it presents the same key, so the pin agents hold survives a failover."""
+        with self.store.write(bump=False) as w:
+            # Only fills an empty slot: of coordinators starting together, the first key written wins.
+            w.conn.execute(
+                update(schema.registry)
+                .where(schema.registry.c.relay_tls_key.is_(None))
+                .values(relay_tls_key=identity.generate_key().decode("ascii"))
+            )
+            stored = w.conn.execute(select(schema.registry.c.relay_tls_key)).scalar_one()
+        return str(stored).encode("ascii")
 
     def relay_grant(
         self, node_id: int, relays: Sequence[RelayInfo], now: datetime | None = None

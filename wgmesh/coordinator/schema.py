@@ -18,11 +18,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -61,6 +62,8 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "CREATE UNIQUE INDEX admin_tokens_name ON admin_tokens (name)",
         _create_audit,
     ),
+    # The embedded relay's TLS key (PEM), made when a coordinator first runs `--relay`.
+    5: ("ALTER TABLE registry ADD COLUMN relay_tls_key TEXT",),
 }
 
 metadata = MetaData()
@@ -80,6 +83,9 @@ registry = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", BigInteger, nullable=False),
     Column("psk_master", LargeBinary(32), nullable=False),
+    # Since version 5: the private key (PEM) of the relay `--relay` embeds, shared by every coordinator
+    # of the registry so that its pin survives failover; NULL until one first runs it.
+    Column("relay_tls_key", Text),
     CheckConstraint("id = 1", name="registry_single_row"),
 )
 

@@ -85,8 +85,13 @@ class LabPlan:
 
     @property
     def relay_url(self) -> str:
-        """The relay as the coordinator announces it to agents."""
-        return f"tcp://{self.hub_ip}:{RELAY_PORT}"
+        """The relay as the coordinator announces it to agents (with its pin after a `#`)."""
+        return f"tls://{self.hub_ip}:{RELAY_PORT}"
+
+    @property
+    def relay_state_dir(self) -> Path:
+        """Where the lab's relay keeps its TLS key."""
+        return self.state_dir / "relay"
 
     @property
     def local_url(self) -> str:
@@ -293,11 +298,12 @@ def coordinator_db_url(plan: LabPlan) -> str:
     return f"sqlite:///{plan.state_dir / 'coordinator.db'}"
 
 
-def coordinator_args(plan: LabPlan, *, announce_relay: bool = False) -> list[str]:
-    """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only."""
+def coordinator_args(plan: LabPlan, *, relay_pin: str | None = None) -> list[str]:
+    """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only;
+    with the relay's pin, the relay announced to agents with it."""
     args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{plan.hub_ip}:{plan.api_port}"]
-    if announce_relay:
-        args += ["--announce-relay", plan.relay_url]
+    if relay_pin is not None:
+        args += ["--announce-relay", f"{plan.relay_url}#{relay_pin}"]
     return args
 
 
@@ -318,6 +324,8 @@ def relay_args(plan: LabPlan, coordinator_key: str) -> list[str]:
         f"{plan.hub_ip}:{RELAY_PORT}",
         "--coordinator-key",
         coordinator_key,
+        "--state-dir",
+        str(plan.relay_state_dir),
         "--metrics-listen",
         f"{plan.hub_ip}:{RELAY_METRICS_PORT}",
     ]

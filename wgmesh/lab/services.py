@@ -18,6 +18,7 @@ from wgmesh.lab import procs, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.layout import (
     RELAY_PORT,
+    LabPlan,
     agent_args,
     coordinator_args,
     coordinator_init_args,
@@ -30,6 +31,7 @@ from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import RELAY_PROGRAM, program
 from wgmesh.lab.wait import NotYet, Progress, WaitTimeout, quiet, wait_until
 from wgmesh.logs import kv
+from wgmesh.relay.identity import KEY_FILE, RelayIdentity, load_or_create_key
 
 log = logging.getLogger("wgmesh.lab")
 
@@ -97,7 +99,8 @@ def start(state: LabState, node: str) -> procs.ProcessId:
         return proc
     target = resolve_node(plan, node)
     if target.role == "hub":
-        argv = [program("wgmesh-coordinator"), *coordinator_args(plan, announce_relay=state.relay)]
+        pin = relay_pin(plan) if state.relay else None
+        argv = [program("wgmesh-coordinator"), *coordinator_args(plan, relay_pin=pin)]
         proc = procs.spawn(argv, log_path(state, node), {"WGMESH_ADMIN_TOKEN": state.admin_token})
         _record(state, "coordinator", node, proc)
     elif target.site is not None and target.role == "gateway":
@@ -178,6 +181,13 @@ def prepare_relay(state: LabState) -> str:
     state.relay_key = key
     save(state)
     return key
+
+
+def relay_pin(plan: LabPlan) -> str:
+    """The pin of the lab relay's TLS key, made here first if the relay has not run yet (the coordinator
+    announces the pin before the relay starts)."""
+    key = load_or_create_key(plan.relay_state_dir / KEY_FILE)
+    return str(RelayIdentity.from_key(key).pin)
 
 
 def parse_public_key(text: str) -> str:

@@ -1,4 +1,4 @@
-"""`wgmesh-relay`: forward WireGuard datagrams over TCP (or TLS) between nodes holding coordinator tickets."""
+"""`wgmesh-relay`: forward WireGuard datagrams over TLS (or plain TCP) between nodes holding coordinator tickets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from cryptography import x509
+
 from wgmesh import logs
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError
+from wgmesh.pins import Pin
+from wgmesh.relay.identity import DEFAULT_STATE_DIR, KEY_FILE, RelayIdentity, load_or_create_key
 from wgmesh.relay.server import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_PORT,
@@ -56,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of `wgmesh-relay`."""
     parser = _Parser(
         prog=PROG,
-        description="wgmesh relay: forwards WireGuard datagrams over TCP between nodes whose UDP is blocked.",
-        epilog="Nodes authenticate with tickets signed by the coordinator; see docs/relay-protocol.md.",
+        description="wgmesh relay: forwards WireGuard datagrams over TLS between nodes whose UDP is blocked.",
+        epilog="Nodes authenticate with tickets signed by the coordinator and check the relay's key against "
+        f"its pin ('{PROG} pin' prints it); see docs/relay-protocol.md.",
     )
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})"
@@ -73,10 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="this relay's id: also accept tickets issued for it alone",
     )
-    parser.add_argument(
-        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this PEM certificate chain"
-    )
+    _add_identity_arguments(parser)
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--plain-tcp",
+        action="store_true",
+        help="serve plain TCP instead of TLS (tcp:// URLs; only where the path is trusted)",
+    )
     parser.add_argument(
         "--max-frame",
         type=int,
@@ -106,6 +114,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_identity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help=f"keep the relay's TLS key in DIR/{KEY_FILE}, made on first start "
+        f"(default {DEFAULT_STATE_DIR}; unused with --tls-cert or --plain-tcp)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve TLS with this PEM certificate chain instead of the relay's own key",
+    )
+
+
+def build_pin_parser() -> argparse.ArgumentParser:
+    """The command line of `wgmesh-relay pin`."""
+    parser = _Parser(
+        prog=f"{PROG} pin",
+        description="Print the pin agents check this relay's TLS key against (sha256:<hex>), making the "
+        "key first if there is none; give it to the coordinator as --announce-relay ID=tls://HOST:PORT#PIN.",
+    )
+    _add_identity_arguments(parser)
+    return parser
+
+
+def print_pin(argv: Sequence[str]) -> int:
+    """`wgmesh-relay pin`: the pin of the key the relay serves with (its own, or --tls-cert's leaf)."""
+    args = build_pin_parser().parse_args(argv)
+    if args.tls_cert is not None:
+        try:
+            pin = Pin.of_certificate(x509.load_pem_x509_certificate(args.tls_cert.read_bytes()))
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ValidationError(f"cannot read certificate --tls-cert {args.tls_cert}: {reason}") from None
+    else:
+        pin = _identity(args.state_dir).pin
+    print(pin)
+    return 0
+
+
+def _identity(state_dir: Path) -> RelayIdentity:
+    path = state_dir / KEY_FILE
+    try:
+        return RelayIdentity.from_key(load_or_create_key(path), source=f"relay key file {path}")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValidationError(f"cannot keep the relay key in {path}: {reason}") from None
+
+
 def _coordinator_key(args: argparse.Namespace) -> str:
     if args.coordinator_key is not None:
         value, source = str(args.coordinator_key), "--coordinator-key"
@@ -129,6 +189,10 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
     host, port = parse_listen(args.listen)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValidationError("--tls-cert and --tls-key go together: give both or neither")
+    if args.plain_tcp and args.tls_cert is not None:
+        raise ValidationError("--plain-tcp serves no TLS: give it or --tls-cert/--tls-key, not both")
+    # TLS unless asked not to: a certificate given, else the relay's own key (agents pin it).
+    identity = None if args.plain_tcp or args.tls_cert is not None else _identity(args.state_dir)
     return RelayConfig(
         host=host,
         port=port,
@@ -136,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         relay_id=args.relay_id,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        identity=identity,
         max_payload=args.max_frame,
         queue_bytes=args.queue_bytes,
         hello_timeout=args.hello_timeout,
@@ -145,7 +210,9 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
 
 
 def run(argv: Sequence[str]) -> int:
-    """Run the relay command line until SIGTERM/SIGINT; returns the exit status."""
+    """Run the relay command line until SIGTERM/SIGINT (or print its pin); returns the exit status."""
+    if list(argv[:1]) == ["pin"]:
+        return print_pin(argv[1:])
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
     config = config_from_args(args)

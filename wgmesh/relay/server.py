@@ -23,6 +23,7 @@ from typing import cast
 
 from wgmesh import logs
 from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.relay.identity import RelayIdentity, server_context
 from wgmesh.relay.protocol import (
     MAX_MESSAGE,
     MAX_PAYLOAD,
@@ -81,6 +82,9 @@ class RelayConfig:
     """This relay's name for ticket audiences; with "" only tickets for every relay (empty audience) pass."""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    identity: RelayIdentity | None = None
+    """A key of its own and a self-signed certificate (pinned by agents), instead of `tls_cert`/`tls_key`;
+    with neither, plain TCP."""
     max_payload: int = DEFAULT_MAX_PAYLOAD
     queue_bytes: int = DEFAULT_QUEUE_BYTES
     hello_timeout: float = 10.0
@@ -94,6 +98,8 @@ class RelayConfig:
             raise ValidationError(f"queue bytes {self.queue_bytes} must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValidationError("TLS needs both a certificate and its key")
+        if self.identity is not None and self.tls_cert is not None:
+            raise ValidationError("TLS takes a certificate file or a relay identity, not both")
         if not 0 <= self.port <= 65535:
             raise ValidationError(f"port {self.port} must be 0 to 65535")
         for name in ("hello_timeout", "ping_after", "dead_after"):
@@ -450,6 +456,7 @@ class RelayServer:
                 host=config.host,
                 port=self.port,
                 tls=context is not None,
+                pin=str(config.identity.pin) if config.identity is not None else None,
                 relay_id=config.relay_id,
                 max_payload=config.max_payload,
                 queue_bytes=config.queue_bytes,
@@ -533,10 +540,11 @@ class RelayServer:
 
 
 def _tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    if config.identity is not None:
+        return config.identity.server_context()
     if config.tls_cert is None or config.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = server_context()
     try:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as error:
