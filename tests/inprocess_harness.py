@@ -29,6 +29,7 @@ with warnings.catch_warnings():
 from wgmesh import ipam
 from wgmesh.coordinator.app import Settings, create_app
 from wgmesh.coordinator.main import _parser, _upgrade, parse_relay
+from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.errors import WgmeshError
@@ -109,6 +110,7 @@ class InProcessCoordinator(Started):
         return Settings(
             trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
             relays=[parse_relay(text) for text in args.announce_relay],
+            limits=RateLimits.parse(args.rate_limit),
         )
 
     def stop(self) -> None:

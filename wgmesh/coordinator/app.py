@@ -20,6 +20,7 @@ from wgmesh.coordinator.handlers.auth import authenticate
 from wgmesh.coordinator.handlers.context import Context, Settings
 from wgmesh.coordinator.handlers.errors import on_http_error, on_unexpected, on_wgmesh_error
 from wgmesh.coordinator.handlers.node import StatusAck
+from wgmesh.coordinator.handlers.throttle import RateLimit
 from wgmesh.coordinator.metrics import CoordinatorMetrics, RequestMetrics
 from wgmesh.coordinator.operations import Operation, Query, error_response, openapi_document, to_route
 from wgmesh.coordinator.registry import Registry
@@ -317,6 +318,7 @@ def create_app(
     )
     app.state.context = context  # what the handlers read (handlers.context.context), and nothing else
     app.add_middleware(BodyLimit)
+    app.add_middleware(RateLimit, limits=context.settings.limits, trusted=context.settings.trusted_proxies)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
     return app
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from wgmesh import ipam, logs
 from wgmesh.coordinator.app import Settings, create_app
+from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.entrypoint import run_console
@@ -85,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar="HOST:PORT",
             help="also run a relay in this process (announced to agents unless HOST is a wildcard)",
         )
+        p.add_argument(
+            "--rate-limit",
+            action="append",
+            default=[],
+            metavar="KIND=BURST/PER_SECOND",
+            help="per source address: enroll (default 60/1), login (20/0.2) or failures, answers 401 "
+            "(100/1); KIND=off turns one off (repeatable; docs/security.md)",
+        )
         p.add_argument("--relay-tls-cert", help="TLS certificate (PEM) for --relay")
         p.add_argument("--relay-tls-key", help="TLS private key (PEM) for --relay")
     return parser
@@ -130,7 +139,11 @@ def run(argv: Sequence[str]) -> int:
         where = Endpoint(relay_config.host, relay_config.port)
         scheme = "tls" if relay_config.tls_cert else "tcp"
         relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}"))
-    settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
+    settings = Settings(
+        trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
+        relays=relays,
+        limits=RateLimits.parse(args.rate_limit),
+    )
     app = create_app(registry, settings)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
