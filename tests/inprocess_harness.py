@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from wgmesh import ipam
-from wgmesh.coordinator.app import Settings, create_app
+from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
 from wgmesh.coordinator.main import _parser, _upgrade, parse_relay
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
@@ -144,6 +144,17 @@ class InProcessCoordinator(Started):
 
     def anonymous(self) -> SharedLoopClient:
         return self._client({})
+
+    def scraper(self) -> SharedLoopClient:
+        assert self._server is not None and self._server.portal is not None, "not running"
+        client = SharedLoopClient(
+            create_metrics_app(self._server.app),
+            base_url=BASE_URL,
+            raise_server_exceptions=False,
+            client=CLIENT,
+        )
+        client.portal = self._server.portal
+        return client
 
 
 def _log_to(path: Path) -> tuple[logging.Handler, int]:

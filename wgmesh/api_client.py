@@ -110,7 +110,9 @@ class ApiClient:
         if response.status_code >= 400:
             found = answer_error(response)
             code, message = found if found is not None else (None, "")
-            error = from_answer(response.status_code, code, self.describe(method, path, response, code, message))
+            error = from_answer(
+                response.status_code, code, self.describe(method, path, response, code, message)
+            )
             if isinstance(error, UnreachableError):
                 error.retry_after = retry_after(response)
             raise error
