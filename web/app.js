@@ -95,12 +95,11 @@ const PATH_LABEL = { direct: "direct UDP", relay: "relayed TCP", down: "down", u
 // Text as wgmesh.printable.escape writes it: every character that is not printable (ESC, CR, LF, bidi
 // overrides, …) as a visible escape, so a value a node reported before the API refused such text can
 // neither hide nor reorder what is around it.
-const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/gu;
+const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]/gu; // wgmesh.printable.HIDDEN
 const NAMED_ESCAPES = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
 
 function visible(text) {
   return String(text).replace(NOT_PRINTABLE, (c) => {
-    if (c === " ") return c;
     if (NAMED_ESCAPES[c]) return NAMED_ESCAPES[c];
     const code = c.codePointAt(0);
     const hex = code.toString(16);

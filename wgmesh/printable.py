@@ -9,19 +9,31 @@ this is for what got in before, and for every place text is shown: the CLI, the 
 
 from __future__ import annotations
 
+import unicodedata
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories that are not printable text: controls (ESC, CR, LF, BEL), format characters (bidi
+overrides, zero-width ones), surrogates, private-use and unassigned code points, line and paragraph
+separators. Spaces of every width (Zs) are text: a clock's narrow no-break space must not be escaped."""
+
+
 def is_printable(text: str) -> bool:
-    """No control, format, separator (other than space) or unassigned characters: what `escape` keeps."""
-    return text.isprintable()
+    """No character of a HIDDEN category: what `escape` leaves as it is."""
+    return text.isprintable() or not any(_hidden(c) for c in text)
 
 
 def escape(text: str) -> str:
-    """`text` with every character that is not printable written as its Python escape."""
-    if text.isprintable():
+    """`text` with every character of a HIDDEN category written as its Python escape."""
+    if text.isprintable():  # the common case, in C: str.isprintable refuses a superset of HIDDEN
         return text
-    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+    return "".join(_escaped(c) if _hidden(c) else c for c in text)
+
+
+def _hidden(char: str) -> bool:
+    return unicodedata.category(char) in HIDDEN
 
 
 def _escaped(char: str) -> str:

@@ -20,7 +20,7 @@ def test_escape_writes_control_characters_visibly(raw: str, shown: str) -> None:
 
 
 def test_escape_keeps_printable_text_of_any_script_and_is_idempotent() -> None:
-    for text in ("gw-a", "pas de poignée — 5 s", "中继 1", "a\\x1bb", ""):
+    for text in ("gw-a", "pas de poignée — 5 s", "中继 1", "a\\x1bb", "", "4:42\u202fPM", "a\xa0b"):
         assert escape(text) == text
         assert is_printable(text)
     once = escape("x\x1b\u202e\x00\n\t\U000e0001")
