@@ -210,6 +210,7 @@ def bind_metrics(text: str) -> socket.socket | None:
     except OSError as exc:
         sock.close()
         raise WgmeshError(f"--metrics-listen {text}: {exc.strerror}", code="metrics_listen") from None
+    sock.listen(128)  # a scrape before the server's first turn waits in the queue instead of being refused
     bound = sock.getsockname()
     log.info("metrics listening", extra=logs.kv(host=bound[0], port=bound[1]))
     return sock
