@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 
 from starlette.requests import Request
@@ -14,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh.coordinator.handlers.auth import client_address
 from wgmesh.coordinator.operations import error_response
-from wgmesh.coordinator.ratelimit import Clock, RateLimits, TokenBuckets
+from wgmesh.coordinator.ratelimit import RateLimits, TokenBuckets
 from wgmesh.errors import RateLimitedError
 from wgmesh.logs import kv
 from wgmesh.values import Prefix
@@ -29,14 +28,10 @@ WHAT = {"enroll": "enrollments", "login": "logins", "failures": "failed credenti
 class RateLimit:
     """Answers 429 to an address over its limits; every other request passes untouched."""
 
-    def __init__(
-        self, app: ASGIApp, *, limits: RateLimits, trusted: Sequence[Prefix], clock: Clock | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, limits: RateLimits, trusted: Sequence[Prefix]) -> None:
         self.app = app
         self.trusted = trusted
-        self.buckets = {
-            kind: TokenBuckets(getattr(limits, kind), clock or time.monotonic) for kind in RateLimits.KINDS
-        }
+        self.buckets = {kind: TokenBuckets(getattr(limits, kind)) for kind in RateLimits.KINDS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The dashboard's files and /healthz cost nothing and carry no credential: never limited.
