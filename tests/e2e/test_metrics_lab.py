@@ -1,6 +1,6 @@
 """Issue 7 (metrics): Prometheus scrapes of all three processes in the lab, from the root namespace.
 
-The coordinator's /metrics on the hub URL, the relay's on the hub address port 9587, each agent's on its
+The coordinator's /metrics on the hub address port 9585 (never the API's), the relay's on port 9587, each agent's on its
 underlay address port 9586 (all inside 198.18.0.0/15). Traffic between the VPC hosts must move the
 per-peer byte counters, and blocking UDP at gw2 must flip the path gauge to the relay with a switch
 counted under `probes_failed`.
