@@ -7,13 +7,15 @@ Every coordinator started here is stopped by PID, whether the test passed or not
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,6 +28,7 @@ from wgmesh.lab.wait import wait_until
 ADMIN_TOKEN = "admin-token-0123456789"
 ENTRY = "from wgmesh.coordinator.main import main; main()"
 START_DEADLINE = 15.0
+METRICS_LINE = re.compile(r"event=\"metrics listening\" host=(\S+) port=(\d+)")
 
 
 def coordinator_command(db: Path, *args: str) -> list[str]:
@@ -55,6 +58,10 @@ class Api(Protocol):
     def node(self, credential: str) -> httpx.Client: ...
 
     def anonymous(self) -> httpx.Client: ...
+
+    def scraper(self) -> httpx.Client:
+        """A client of the /metrics listener (`--metrics-listen`), apart from the API's."""
+        ...
 
 
 C = TypeVar("C", bound=Api)
@@ -94,11 +101,13 @@ class Coordinator(Started):
         env = {k: v for k, v in os.environ.items() if k not in ("WGMESH_ADMIN_TOKEN", "WGMESH_DB")}
         if self.admin_token is not None:
             env["WGMESH_ADMIN_TOKEN"] = self.admin_token
+        # Any free port for /metrics unless the test names one: coordinators run side by side here.
+        metrics = () if "--metrics-listen" in self.extra else ("--metrics-listen", "127.0.0.1:0")
         for attempt in range(3):
             self.port = free_port()
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
-                    coordinator_command(self.db, "--listen", f"127.0.0.1:{self.port}", *self.extra),
+                    coordinator_command(self.db, "--listen", f"127.0.0.1:{self.port}", *self.extra, *metrics),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -113,6 +122,14 @@ class Coordinator(Started):
             except BaseException:
                 self.stop()
                 raise
+
+    @property
+    def metrics_url(self) -> str:
+        """Where this coordinator serves /metrics, as its log says (`metrics listening host=… port=…`)."""
+        found = METRICS_LINE.findall(self.log.read_text())
+        assert found, f"no metrics listener in the log:\n{self.log.read_text()}"
+        host, port = found[-1]
+        return f"http://{host}:{port}"
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -156,6 +173,9 @@ class Coordinator(Started):
 
     def anonymous(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
+
+    def scraper(self) -> httpx.Client:
+        return httpx.Client(base_url=self.metrics_url, timeout=10.0, trust_env=False)
 
 
 @contextmanager
@@ -259,6 +279,24 @@ def unchanged(admin: httpx.Client) -> Iterator[None]:
     before = state(admin)
     yield
     assert state(admin) == before
+
+
+HOSTILE = ("\x1b[31m", "\x1b]0;x\x07", "\r")
+"""Text that drives a terminal (colour, window title with BEL, carriage return): what the API refuses."""
+SHOWN = ("\\x1b[31m", "\\x1b]0;x\\x07", "\\r")
+"""The same as every place that shows text writes it (wgmesh.printable.escape, the dashboard's `visible`)."""
+
+
+def hostile(text: str) -> str:
+    """`text` with every HOSTILE sequence in it."""
+    return f"{HOSTILE[0]}{text}{HOSTILE[1]}x{HOSTILE[2]}"
+
+
+def write_report(db: Path, node_id: int, report: dict[str, Any]) -> None:
+    """Overwrite a node's stored status report with SQL, unvalidated, as an older version could have."""
+    with closing(sqlite3.connect(db)) as conn, conn:
+        found = conn.execute("UPDATE status SET report = ? WHERE node_id = ?", (json.dumps(report), node_id))
+        assert found.rowcount == 1, f"node {node_id} has no stored report"
 
 
 def post_status(coordinator: Api, node: Enrolled, body: dict[str, Any]) -> dict[str, Any]:

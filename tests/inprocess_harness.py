@@ -27,8 +27,9 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from wgmesh import ipam
-from wgmesh.coordinator.app import Settings, create_app
+from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
 from wgmesh.coordinator.main import _parser, _upgrade, parse_relay
+from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.errors import WgmeshError
@@ -109,6 +110,7 @@ class InProcessCoordinator(Started):
         return Settings(
             trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
             relays=[parse_relay(text) for text in args.announce_relay],
+            limits=RateLimits.parse(args.rate_limit),
         )
 
     def stop(self) -> None:
@@ -142,6 +144,17 @@ class InProcessCoordinator(Started):
 
     def anonymous(self) -> SharedLoopClient:
         return self._client({})
+
+    def scraper(self) -> SharedLoopClient:
+        assert self._server is not None and self._server.portal is not None, "not running"
+        client = SharedLoopClient(
+            create_metrics_app(self._server.app),
+            base_url=BASE_URL,
+            raise_server_exceptions=False,
+            client=CLIENT,
+        )
+        client.portal = self._server.portal
+        return client
 
 
 def _log_to(path: Path) -> tuple[logging.Handler, int]:

@@ -1,5 +1,5 @@
 // wgmesh dashboard. Plain JavaScript, no build step. Every value from the API goes through
-// textContent or setAttribute, never innerHTML. Changes carry the session's CSRF token.
+// textContent (through `visible`) or setAttribute, never innerHTML. Changes carry the session's CSRF token.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -94,15 +94,31 @@ function fmtRtt(ms) {
 
 const PATH_LABEL = { direct: "direct UDP", relay: "relayed TCP", down: "down", unknown: "unknown" };
 
+// Text as wgmesh.printable.escape writes it: every character that is not printable (ESC, CR, LF, bidi
+// overrides, …) as a visible escape, so a value a node reported before the API refused such text can
+// neither hide nor reorder what is around it.
+const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}]/gu; // wgmesh.printable.HIDDEN
+const NAMED_ESCAPES = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+function visible(text) {
+  return String(text).replace(NOT_PRINTABLE, (c) => {
+    if (NAMED_ESCAPES[c]) return NAMED_ESCAPES[c];
+    const code = c.codePointAt(0);
+    const hex = code.toString(16);
+    if (code < 0x100) return `\\x${hex.padStart(2, "0")}`;
+    return code < 0x10000 ? `\\u${hex.padStart(4, "0")}` : `\\U${hex.padStart(8, "0")}`;
+  });
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
+    else if (k === "text") node.textContent = v === undefined || v === null ? "" : visible(v);
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children) node.append(c);
+  for (const c of children) node.append(typeof c === "string" ? visible(c) : c);
   return node;
 }
 

@@ -38,6 +38,12 @@ def answer_error(response: httpx.Response) -> tuple[str, str] | None:
         return None
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds of a `Retry-After: SECONDS` header (429, 503); None without one (or with a date)."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isascii() and value.isdigit() else None
+
+
 class ApiClient:
     """Calls to the coordinator with an optional bearer token; every failure is a WgmeshError, one line."""
 
@@ -104,9 +110,12 @@ class ApiClient:
         if response.status_code >= 400:
             found = answer_error(response)
             code, message = found if found is not None else (None, "")
-            raise from_answer(
+            error = from_answer(
                 response.status_code, code, self.describe(method, path, response, code, message)
             )
+            if isinstance(error, UnreachableError):
+                error.retry_after = retry_after(response)
+            raise error
         return response
 
     def describe(

@@ -75,6 +75,17 @@ class BackendError(WgmeshError, code="backend"):
 class UnreachableError(WgmeshError, code="unreachable", status=503):
     """A service did not answer or could not serve: refused, timeout, TLS or protocol failure, 5xx."""
 
+    retry_after: float | None = None
+    """Seconds the service asked the client to wait (`Retry-After`), when it said so."""
+
+
+class RateLimitedError(UnreachableError, code="rate_limited", status=429):
+    """Too many requests from one address (enrollments, logins, failed credentials): try again later.
+
+    An UnreachableError too, so that every client waits it out as it waits out an absent coordinator; the
+    answer's `Retry-After` says for how long (`retry_after`, seconds, when the client read it).
+    """
+
 
 class StoreError(UnreachableError, code="store", status=503):
     """The database is unusable (missing schema, wrong schema version).
@@ -96,6 +107,7 @@ ANSWERS: tuple[type[WgmeshError], ...] = (
     PayloadTooLargeError,
     ValidationError,
     UnreachableError,
+    RateLimitedError,
     StoreError,
 )
 _BY_STATUS: dict[int, type[WgmeshError]] = {c.status: c for c in reversed(ANSWERS)}

@@ -6,11 +6,15 @@ import logging
 import sys
 from typing import Any
 
+from wgmesh import printable
+
 
 def _quote(value: Any) -> str:
+    # Every character that is not printable is escaped, not only LF: a CR or an ESC in a value (a node's
+    # report, a client's header) would otherwise hide or forge lines on the terminal that shows the log.
     text = str(value)
-    if not text or any(c in text for c in ' "=\t\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if not text or not printable.is_printable(text) or any(c in text for c in ' "=\\'):
+        return '"' + printable.escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
 
 

@@ -14,11 +14,12 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationInfo,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from wgmesh import errors, ipam, keys, pins, rates, values
+from wgmesh import errors, ipam, keys, pins, printable, rates, values
 from wgmesh.values import NodeId, P2PPolicy, PathKind, RouteState
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -111,6 +112,23 @@ def _check_rate(value: str) -> str:
 
 Rate = Annotated[str, AfterValidator(_check_rate)]
 """A bandwidth limit as tc writes it (`20mbit`), stored in its canonical spelling."""
+
+FROM_CLIENT = {"from_client": True}
+"""The validation context of a request body (operations.read_body): text a client sends is checked there."""
+
+
+def _check_printable(value: str, info: ValidationInfo) -> str:
+    # Only where a request enters: a value stored by an older version must still read back (and is escaped
+    # wherever it is shown, wgmesh.printable), or one bad report would break every topology answer.
+    context = info.context
+    if isinstance(context, dict) and context.get("from_client") and not printable.is_printable(value):
+        raise ValueError("must be printable text: no control characters (ESC, CR, LF, …)")
+    return value
+
+
+Printable = Annotated[str, AfterValidator(_check_printable)]
+"""Free text a client sends (a reason, a relay id, an interface name, a description): refused at the API
+when it holds a character that is not printable; the length is bounded where it is used (`max_length`)."""
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 DEFAULT_MTU = 1420
@@ -289,7 +307,9 @@ PinText = Annotated[str, AfterValidator(_check_pin)]
 class RelayInfo(Answer):
     """A relay agents may use: where it listens, whether it speaks TLS (`tls://`), and which key it holds."""
 
-    id: str = Field(max_length=64, description="The relay's id (a ticket audience); its host:port by default")
+    id: Printable = Field(
+        max_length=64, description="The relay's id (a ticket audience); its host:port by default"
+    )
     url: RelayUrl
     pin: PinText | None = Field(
         None,
@@ -348,11 +368,11 @@ class PeerStatus(Model):
     rx_bytes: int = Field(0, ge=0)
     tx_bytes: int = Field(0, ge=0)
     last_handshake: datetime | None = None
-    endpoint: str | None = Field(None, max_length=64)
+    endpoint: Printable | None = Field(None, max_length=64)
     path: PathKind | None = None
-    relay: str | None = Field(None, max_length=128)
+    relay: Printable | None = Field(None, max_length=128)
     rtt_ms: float | None = Field(None, ge=0)
-    reason: str | None = Field(None, max_length=256)
+    reason: Printable | None = Field(None, max_length=256)
 
 
 class ShadowedRoute(Model):
@@ -360,7 +380,7 @@ class ShadowedRoute(Model):
 
     prefix: PrefixField
     gateway: Name | None = None
-    interface: str = Field(max_length=32)
+    interface: Printable = Field(max_length=32)
     local_prefix: PrefixField | None = None
 
 
@@ -399,7 +419,7 @@ class TokenCreate(Model):
     expires_in: int | None = Field(86400, ge=1, le=10 * 365 * 86400, description="Seconds; null: never")
     tags: list[Tag] = Field(default_factory=list)
     p2p: P2PPolicy | None = None
-    description: str = Field("", max_length=200)
+    description: Printable = Field("", max_length=200)
 
 
 class TokenInfo(Model):
@@ -612,7 +632,7 @@ class RouteShadow(Model):
     """A node that does not install an active route: it overlaps a subnet connected to that node."""
 
     node: Name
-    interface: str = Field(max_length=32)
+    interface: Printable = Field(max_length=32)
     local_prefix: PrefixField | None = None
 
 

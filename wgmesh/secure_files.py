@@ -65,6 +65,28 @@ def _link_new(tmp: str, path: Path) -> bool:
         return False
 
 
+def create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists, whatever the umask; tighten an existing one.
+
+    For files another library writes (SQLite's database: it creates a missing one 0644 under umask 022,
+    and gives its -wal and -shm files the database's own mode).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning(
+                "secret file was readable by others: tightened", extra=kv(path=str(path), mode=oct(mode))
+            )
+        return
+    try:
+        os.fchmod(fd, 0o600)  # exactly: a umask such as 0277 would leave the owner unable to write
+    finally:
+        os.close(fd)
+
+
 def read_private(path: Path) -> bytes | None:
     """Read a secret file, or None if absent; warns when others may read it."""
     try:

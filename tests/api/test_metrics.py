@@ -3,6 +3,9 @@ service discovery at GET /api/v1/prometheus/targets."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from coordinator_harness import (
     Api,
     Coordinator,
     assert_error,
+    coordinator_command,
     create_token,
     enroll,
     enroll_body,
@@ -26,7 +30,7 @@ from metrics_harness import Samples, check, value
 
 
 def scrape(coordinator: Api) -> Samples:
-    with coordinator.anonymous() as anon:  # no credentials: firewalled like the API instead
+    with coordinator.scraper() as anon:  # no credentials: on its own listener instead
         return check(anon.get("/metrics"))
 
 
@@ -177,3 +181,43 @@ def test_embedded_relay_metrics_appear_on_the_coordinator(with_relay: Coordinato
     assert ("wgmesh_relay_forwarded_frames_total", frozenset()) in samples
     assert value(samples, "wgmesh_relay_dropped_frames_total", reason="queue_full") == 0
     assert ("wgmesh_registry_version", frozenset()) in samples
+
+
+def test_the_api_port_does_not_serve_metrics(coordinator: Api) -> None:
+    # /metrics names every node: whoever reaches the API must not read it (docs/security.md)
+    with coordinator.anonymous() as anon:
+        assert_error(anon.get("/metrics"), 404, "not_found")
+
+
+def test_the_metrics_listener_serves_metrics_and_only_them(with_relay: Coordinator) -> None:
+    assert with_relay.metrics_url.startswith("http://127.0.0.1:")
+    with with_relay.anonymous() as anon:
+        assert_error(anon.get("/metrics"), 404, "not_found")
+    with with_relay.scraper() as scraper:
+        assert scraper.get("/metrics").status_code == 200
+        assert scraper.get("/api/v1/nodes").status_code == 404  # nothing but the scrape there
+        assert scraper.get("/healthz").status_code == 404
+
+
+def test_metrics_listen_off_and_a_taken_port(tmp_path: Path) -> None:
+    with running(
+        Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log", extra=["--metrics-listen", "off"])
+    ):
+        pass
+    assert "metrics listening" not in (tmp_path / "c.log").read_text()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            coordinator_command(tmp_path / "c.db", "--metrics-listen", f"127.0.0.1:{port}"),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "WGMESH_ADMIN_TOKEN": "admin-token-0123456789"},
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"wgmesh-coordinator: --metrics-listen 127.0.0.1:{port}: Address already in use"
+    )

@@ -1,6 +1,6 @@
 """Issue 7 (metrics): Prometheus scrapes of all three processes in the lab, from the root namespace.
 
-The coordinator's /metrics on the hub URL, the relay's on the hub address port 9587, each agent's on its
+The coordinator's /metrics on the hub address port 9585 (never the API's), the relay's on port 9587, each agent's on its
 underlay address port 9586 (all inside 198.18.0.0/15). Traffic between the VPC hosts must move the
 per-peer byte counters, and blocking UDP at gw2 must flip the path gauge to the relay with a switch
 counted under `probes_failed`.
@@ -16,7 +16,7 @@ from lab_paths import ContinuousPing, ping_ok
 from metrics_harness import Samples, scrape, value
 
 from wgmesh.lab import Lab, wait_until
-from wgmesh.lab.layout import AGENT_METRICS_PORT, RELAY_METRICS_PORT
+from wgmesh.lab.layout import AGENT_METRICS_PORT, COORDINATOR_METRICS_PORT, RELAY_METRICS_PORT
 
 pytestmark = [pytest.mark.e2e]
 
@@ -33,7 +33,7 @@ def switches(samples: Samples, peer: str) -> dict[str, float]:
 def test_scrapes_follow_traffic_and_the_switch_to_the_relay(lab: Lab, tmp_path: Path) -> None:
     started = time.monotonic()
     one, two = lab.plan.site(1), lab.plan.site(2)
-    coordinator = f"{lab.plan.hub_url}/metrics"
+    coordinator = f"http://{lab.plan.hub_ip}:{COORDINATOR_METRICS_PORT}/metrics"
     relay = f"http://{lab.plan.hub_ip}:{RELAY_METRICS_PORT}/metrics"
     agent = {i: f"http://{lab.plan.site(i).underlay_ip}:{AGENT_METRICS_PORT}/metrics" for i in (1, 2)}
 

@@ -219,6 +219,8 @@ def test_process_command_lines_match_issue_3() -> None:
         "serve",
         "--listen",
         "198.18.0.1:8080",
+        "--metrics-listen",
+        "198.18.0.1:9585",
     ]
 
 

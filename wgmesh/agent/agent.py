@@ -175,7 +175,7 @@ class Agent:
             try:
                 answer = self.client.enroll(request)
             except UnreachableError as exc:
-                delay = backoff.next_delay()
+                delay = backoff.next_delay(exc.retry_after)
                 log.warning(
                     "enrollment waits for the coordinator",
                     extra=kv(error=exc.message, retry_in=round(delay, 1)),

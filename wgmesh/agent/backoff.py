@@ -15,11 +15,13 @@ class Backoff:
     jitter: float = 0.2
     _attempt: int = field(default=0, init=False)
 
-    def next_delay(self) -> float:
-        """The delay before the next retry; grows with every call."""
+    def next_delay(self, at_least: float | None = None) -> float:
+        """The delay before the next retry; grows with every call. Never under `at_least`, the wait a
+        server asked for (`Retry-After` of a 429), which may exceed the cap."""
         base = min(self.maximum, self.initial * (2.0**self._attempt))
         self._attempt = min(self._attempt + 1, 32)
-        return base * (1 - self.jitter * random.random())  # noqa: S311 - pacing, not security
+        delay = base * (1 - self.jitter * random.random())  # noqa: S311 - pacing, not security
+        return max(delay, at_least or 0.0)
 
     def reset(self) -> None:
         """Back to the initial delay after a success."""

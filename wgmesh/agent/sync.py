@@ -73,7 +73,7 @@ class NetmapFollower:
                 self.backoff.reset()
             except UnreachableError as exc:
                 self.on_reachability(False)
-                delay = self.backoff.next_delay()
+                delay = self.backoff.next_delay(exc.retry_after)
                 log.warning("coordinator unreachable", extra=kv(error=exc.message, retry_in=round(delay, 1)))
                 self.stop.wait(delay)
             except AuthError as exc:

@@ -47,7 +47,8 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
     for shadow in status.shadowed:
         parts.append(
             Text(
-                f"! {shadow.prefix} not installed: overlaps {shadow.local_prefix} on {shadow.interface}",
+                f"! {shadow.prefix} not installed: overlaps {shadow.local_prefix} on "
+                f"{render.dash(shadow.interface)}",
                 style="yellow",
             )
         )

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
 from wgmesh.models import PeerView
+from wgmesh.printable import escape
 from wgmesh.values import Prefix
 
 DASH = "—"
@@ -33,8 +34,17 @@ MEASURE_WIDTH = 10_000
 
 
 def dash(value: object) -> str:
-    """The value as text, or an em dash when unknown."""
-    return DASH if value is None or value == "" else str(value)
+    """The value as text safe to print (wgmesh.printable.escape), or an em dash when unknown.
+
+    Every value the CLI shows goes through here, in a `Text` (never a markup string): a report stored
+    before the API refused control characters cannot drive the terminal, and `[…]` in it is not markup.
+    """
+    return DASH if value is None or value == "" else escape(str(value))
+
+
+def cell(value: object) -> Text:
+    """A table cell: the value as `dash` writes it, never read as markup."""
+    return Text(dash(value))
 
 
 def age(when: datetime | None, now: datetime) -> str:
@@ -128,9 +138,9 @@ def _p2p(policy: str) -> Text:
 
 
 def _name(name: str, second: str | None = None) -> Text:
-    text = Text(name, style="bold")
+    text = Text(dash(name), style="bold")
     if second is not None:
-        text.append(f"\n{second}", style="")
+        text.append(f"\n{dash(second)}", style="")
     return text
 
 
@@ -163,20 +173,20 @@ def nodes_table(
         seen = _seen(node, now, node.name in static)
         wide.add_row(
             _name(node.name),
-            node.overlay_ip,
-            dash(node.eth0_ip),
-            dash(node.public_ip),
+            cell(node.overlay_ip),
+            cell(node.eth0_ip),
+            cell(node.public_ip),
             seen,
             _p2p(node.p2p),
-            _peers(node, ", "),
+            cell(_peers(node, ", ")),
             _subnets(node.subnets),
         )
         narrow.add_row(
             _name(node.name, node.overlay_ip),
-            f"{dash(node.eth0_ip)}\n{dash(node.public_ip)}",
+            Text(f"{dash(node.eth0_ip)}\n{dash(node.public_ip)}"),
             seen,
             _p2p(node.p2p),
-            _peers(node, "\n"),
+            cell(_peers(node, "\n")),
             _subnets(node.subnets),
         )
 
@@ -189,7 +199,9 @@ def nodes_table(
             head.append(f"  p2p {node.p2p}  peers {_peers(node, ', ')}")
             out.append(head)
             out.append(
-                Text(f"  overlay {node.overlay_ip}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}")
+                Text(
+                    f"  overlay {dash(node.overlay_ip)}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}"
+                )
             )
             out.append(Text("  subnets ").append_text(_subnets(node.subnets, "  ")))
         return Group(*out)
@@ -234,23 +246,23 @@ def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableTyp
     for peer in node.peers:
         wide.add_row(
             _name(peer.name),
-            peer.overlay_ip,
-            dash(peer.eth0_ip),
-            dash(peer.public_ip),
+            cell(peer.overlay_ip),
+            cell(peer.eth0_ip),
+            cell(peer.public_ip),
             _path(peer, " "),
-            rtt(peer.rtt_ms),
-            human_bytes(peer.rx_bytes),
-            human_bytes(peer.tx_bytes),
-            age(peer.last_handshake, now),
-            dash(peer.reason),
+            cell(rtt(peer.rtt_ms)),
+            cell(human_bytes(peer.rx_bytes)),
+            cell(human_bytes(peer.tx_bytes)),
+            cell(age(peer.last_handshake, now)),
+            cell(peer.reason),
         )
         narrow.add_row(
             _name(peer.name, peer.overlay_ip),
-            f"{dash(peer.eth0_ip)}\n{dash(peer.public_ip)}",
+            Text(f"{dash(peer.eth0_ip)}\n{dash(peer.public_ip)}"),
             _path(peer, "\n"),
-            f"{rtt(peer.rtt_ms)}\n{age(peer.last_handshake, now)}",
-            f"{human_bytes(peer.rx_bytes)}\n{human_bytes(peer.tx_bytes)}",
-            dash(peer.reason),
+            Text(f"{rtt(peer.rtt_ms)}\n{age(peer.last_handshake, now)}"),
+            Text(f"{human_bytes(peer.rx_bytes)}\n{human_bytes(peer.tx_bytes)}"),
+            cell(peer.reason),
         )
 
     def lines() -> RenderableType:
@@ -261,7 +273,9 @@ def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableTyp
             head.append_text(_path(peer, " "))
             out.append(head)
             out.append(
-                Text(f"  overlay {peer.overlay_ip}  eth0 {dash(peer.eth0_ip)}  public {dash(peer.public_ip)}")
+                Text(
+                    f"  overlay {dash(peer.overlay_ip)}  eth0 {dash(peer.eth0_ip)}  public {dash(peer.public_ip)}"
+                )
             )
             out.append(
                 Text(
@@ -270,7 +284,7 @@ def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableTyp
                 )
             )
             if peer.reason:
-                out.append(Text(f"  reason {peer.reason}"))
+                out.append(Text(f"  reason {dash(peer.reason)}"))
         return Group(*out)
 
     return _pick(width, wide, narrow, lines)
@@ -295,9 +309,9 @@ def _by_gateway(routes: Sequence[RouteView]) -> list[tuple[str, list[RouteView]]
 
 
 def _heading(gateway: str, routes: Sequence[RouteView], notes: Mapping[str, str]) -> Text:
-    text = Text(gateway, style="bold")
+    text = Text(dash(gateway), style="bold")
     note = notes.get(gateway)
-    text.append(f"  {note}" if note else "", style="dim")
+    text.append(f"  {dash(note)}" if note else "", style="dim")
     text.append(f"  {len(routes)} route{'s' if len(routes) != 1 else ''}", style="dim")
     return text
 
@@ -329,9 +343,9 @@ def routes_table(
         table.add_column("DETAIL", max_width=detail_w, overflow="fold")
         for route in group:
             table.add_row(
-                str(route.prefix),
+                cell(route.prefix),
                 Text(route.state, style=STATE_STYLE.get(route.state, "")),
-                route_detail(route),
+                Text(escape(route_detail(route))),
             )
         parts += [_heading(gateway, group, notes), Padding(table, (0, 0, 0, ROUTE_INDENT), expand=False)]
     return Group(*parts)
@@ -350,7 +364,7 @@ def _routes_lines(
             lines.append(line)
             detail = route_detail(route)
             if detail:
-                lines.append(Text(f"    {detail}", style="dim"))
+                lines.append(Text(f"    {escape(detail)}", style="dim"))
     return Group(*lines)
 
 
@@ -361,7 +375,7 @@ def warnings_block(warnings: Sequence[str]) -> RenderableType:
     text = Text()
     for i, warning in enumerate(warnings):
         text.append(("\n" if i else "") + "! ", style="bold yellow")
-        text.append(warning)
+        text.append(escape(warning))
     return text
 
 
@@ -397,9 +411,9 @@ def status_screen(
 
 def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = False) -> RenderableType:
     """`wgmesh status NODE`: a heading with the node's own addresses, then its peers."""
-    head = Text(node.name, style="bold")
+    head = Text(dash(node.name), style="bold")
     head.append(
-        f"  {node.overlay_ip}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}  p2p {node.p2p}  "
+        f"  {dash(node.overlay_ip)}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}  p2p {node.p2p}  "
         f"mtu {dash(node.mtu)}  "
     )
     head.append(liveness(node, now, static))

@@ -132,7 +132,7 @@ def tokens_table(tokens: Sequence[TokenInfo], now: datetime) -> RenderableType:
             expires_in(token, now),
             ", ".join(token.tags) or render.DASH,
             token.p2p or render.DASH,
-            token.description or render.DASH,
+            render.cell(token.description),
         )
     return table
 

@@ -20,6 +20,7 @@ from wgmesh.coordinator.handlers.auth import authenticate
 from wgmesh.coordinator.handlers.context import Context, Settings
 from wgmesh.coordinator.handlers.errors import on_http_error, on_unexpected, on_wgmesh_error
 from wgmesh.coordinator.handlers.node import StatusAck
+from wgmesh.coordinator.handlers.throttle import RateLimit
 from wgmesh.coordinator.metrics import CoordinatorMetrics, RequestMetrics
 from wgmesh.coordinator.operations import Operation, Query, error_response, openapi_document, to_route
 from wgmesh.coordinator.registry import Registry
@@ -59,7 +60,7 @@ from wgmesh.models import (
     WgQuickConfig,
 )
 
-__all__ = ["MAX_BODY", "OPERATIONS", "BodyLimit", "Settings", "create_app"]
+__all__ = ["MAX_BODY", "OPERATIONS", "BodyLimit", "Settings", "create_app", "create_metrics_app"]
 
 MAX_BODY = 1024 * 1024
 
@@ -377,7 +378,6 @@ def create_app(
     )
     routes = [to_route(op, authenticate, audit.record) for op in OPERATIONS]
     routes.append(Route("/api/v1/openapi.json", service.openapi, methods=["GET"]))
-    routes.append(Route("/metrics", service.metrics_text, methods=["GET"]))
     routes.append(Route("/", dashboard.dashboard, methods=["GET"]))
     routes.append(Route("/assets/{name}", dashboard.dashboard, methods=["GET"]))
     app = Starlette(
@@ -391,7 +391,16 @@ def create_app(
     )
     app.state.context = context  # what the handlers read (handlers.context.context), and nothing else
     app.add_middleware(BodyLimit)
+    app.add_middleware(RateLimit, limits=context.settings.limits, trusted=context.settings.trusted_proxies)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=routes)
+    return app
+
+
+def create_metrics_app(api: Starlette) -> Starlette:
+    """The Prometheus scrape of `api` (its registry, requests and embedded relay) as an application of its own,
+    for its own listener (`--metrics-listen`): /metrics names every node, so it is not on the API's port."""
+    app = Starlette(routes=[Route("/metrics", service.metrics_text, methods=["GET"])])
+    app.state.context = api.state.context
     return app
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -12,7 +15,8 @@ from typing import Any, get_args
 from pydantic import ValidationError as PydanticValidationError
 
 from wgmesh import ipam, logs
-from wgmesh.coordinator.app import Settings, create_app
+from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
+from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.entrypoint import run_console
@@ -25,6 +29,8 @@ from wgmesh.values import Endpoint, P2PPolicy
 log = logging.getLogger("wgmesh.coordinator")
 
 DEFAULT_DB = "sqlite:////var/lib/wgmesh/coordinator.db"
+METRICS_LISTEN = "127.0.0.1:9585"
+"""Where /metrics is served by default: loopback, since it names every node (docs/metrics.md)."""
 ADMIN_ENV = "WGMESH_ADMIN_TOKEN"
 
 
@@ -89,6 +95,21 @@ def _parser() -> argparse.ArgumentParser:
             help="also run a relay in this process (announced to agents unless HOST is a wildcard)",
         )
         p.add_argument(
+            "--metrics-listen",
+            default=METRICS_LISTEN,
+            metavar="HOST:PORT|off",
+            help=f"serve Prometheus /metrics here, not on the API's port (default {METRICS_LISTEN}; it names "
+            "every node, so keep it off the internet); off: nowhere",
+        )
+        p.add_argument(
+            "--rate-limit",
+            action="append",
+            default=[],
+            metavar="KIND=BURST/PER_SECOND",
+            help="per source address: enroll (default 60/1), login (20/0.2) or failures, answers 401 "
+            "(100/1); KIND=off turns one off (repeatable; docs/security.md)",
+        )
+        p.add_argument(
             "--relay-tls-cert",
             help="TLS certificate (PEM) for --relay (default: a key kept in the registry, pinned by agents)",
         )
@@ -143,8 +164,13 @@ def run(argv: Sequence[str]) -> int:
         scheme = "tls" if relay_config.tls_cert or own else "tcp"
         pin = str(own.pin) if own is not None else None
         relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}", pin=pin))
-    settings = Settings(trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy], relays=relays)
+    settings = Settings(
+        trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
+        relays=relays,
+        limits=RateLimits.parse(args.rate_limit),
+    )
     app = create_app(registry, settings)
+    metrics_socket = bind_metrics(args.metrics_listen)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
 
@@ -166,8 +192,41 @@ def run(argv: Sequence[str]) -> int:
     relay = RelayServer(relay_config) if relay_config is not None else None
     if relay is not None:
         app.state.context.metrics.attach_relay(relay)  # its metrics on the coordinator's /metrics
-    uvloop.run(_serve(uvicorn.Server(config), relay))
+    metrics: Any = None
+    if metrics_socket is not None:
+        metrics = uvicorn.Server(
+            uvicorn.Config(
+                create_metrics_app(app), loop="none", log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        # The API's server owns SIGTERM and SIGINT; this one stops when it does (_serve).
+        metrics.capture_signals = contextlib.nullcontext
+    uvloop.run(_serve(uvicorn.Server(config), relay, metrics, metrics_socket))
     return 0
+
+
+def bind_metrics(text: str) -> socket.socket | None:
+    """The bound socket of `--metrics-listen HOST:PORT` (None for `off`): a taken port fails the start with
+    one line, not a coordinator without its metrics."""
+    if text.strip() == "off":
+        return None
+    try:
+        host, port = Endpoint.parse(text, port_zero=True).address
+    except ValidationError:
+        raise ValidationError(
+            f"--metrics-listen {text!r} must be HOST:PORT or off", code="invalid_listen"
+        ) from None
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise WgmeshError(f"--metrics-listen {text}: {exc.strerror}", code="metrics_listen") from None
+    sock.listen(128)  # a scrape before the server's first turn waits in the queue instead of being refused
+    bound = sock.getsockname()
+    log.info("metrics listening", extra=logs.kv(host=bound[0], port=bound[1]))
+    return sock
 
 
 def _upgrade(store: Store) -> None:
@@ -208,17 +267,26 @@ def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig
     )
 
 
-async def _serve(server: Any, relay: RelayServer | None) -> None:
-    """The API and, with `--relay`, the relay on the same event loop; uvicorn owns SIGTERM for both."""
-    if relay is None:
-        await server.serve()
-        return
-    await relay.start()  # a taken port fails the start with one line, not a coordinator without its relay
-    log.info("relay listening", extra=logs.kv(host=relay.config.host, port=relay.port))
+async def _serve(
+    server: Any, relay: RelayServer | None, metrics: Any | None, metrics_socket: socket.socket | None
+) -> None:
+    """The API, /metrics on its own listener and, with `--relay`, the relay on the same event loop; uvicorn
+    owns SIGTERM for all three through the API's server."""
+    side = asyncio.create_task(metrics.serve([metrics_socket])) if metrics is not None else None
     try:
-        await server.serve()
+        if relay is None:
+            await server.serve()
+            return
+        await relay.start()  # a taken port fails the start with one line, not a coordinator without its relay
+        log.info("relay listening", extra=logs.kv(host=relay.config.host, port=relay.port))
+        try:
+            await server.serve()
+        finally:
+            await relay.stop()
     finally:
-        await relay.stop()
+        if side is not None and metrics is not None:
+            metrics.should_exit = True
+            await side
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from wgmesh.errors import MalformedRequestError, ValidationError
-from wgmesh.models import ErrorResponse
+from wgmesh.models import FROM_CLIENT, ErrorResponse
 from wgmesh.values import NodeId
 
 Auth = Literal["none", "admin-read", "admin", "node"]
@@ -96,7 +96,7 @@ async def read_body(request: Request, model: type[BaseModel]) -> BaseModel:
     if not isinstance(data, dict):
         raise MalformedRequestError("request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=FROM_CLIENT)
     except pydantic.ValidationError as exc:
         raise ValidationError(format_validation_error(exc)) from exc
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from wgmesh.coordinator import schema
 from wgmesh.errors import StoreError, ValidationError
 from wgmesh.models import Network
+from wgmesh.secure_files import create_private
 
 ChangeListener = Callable[[int], None]
 
@@ -44,6 +45,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_files(db: Path) -> Callable[..., None]:
+    """Before each connection: the database file exists 0600 (SQLite would create it 0644 under umask 022,
+    and it holds the master secret and static peers' private keys), and so do its -wal and -shm files,
+    which SQLite creates with the database's mode; files an older version left looser are tightened."""
+
+    def before_connect(*_args: Any) -> None:
+        create_private(db)
+        for side in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            if side.exists():
+                create_private(side)
+
+    return before_connect
+
+
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
@@ -60,6 +75,8 @@ def make_engine(url: str) -> Engine:
             if not os.path.isdir(directory):
                 raise StoreError(f"directory {directory} for the database does not exist")
         engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        if parsed.database and parsed.database != ":memory:":
+            event.listen(engine, "do_connect", _private_files(Path(parsed.database)))
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine

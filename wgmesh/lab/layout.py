@@ -27,7 +27,9 @@ MAX_SLOT = 255
 API_PORT = 8080
 # The hub's relay, next to the coordinator on the hub address.
 RELAY_PORT = 8443
-# Prometheus /metrics (docs/metrics.md): the relay on the hub address, each agent on its underlay address.
+# Prometheus /metrics (docs/metrics.md): the coordinator and the relay on the hub address, each agent on its
+# underlay address.
+COORDINATOR_METRICS_PORT = 9585
 RELAY_METRICS_PORT = 9587
 AGENT_METRICS_PORT = 9586
 LOOPBACK_BASE_PORT = 8080
@@ -302,6 +304,7 @@ def coordinator_args(plan: LabPlan, *, relay_pin: str | None = None) -> list[str
     """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only;
     with the relay's pin, the relay announced to agents with it."""
     args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{plan.hub_ip}:{plan.api_port}"]
+    args += ["--metrics-listen", f"{plan.hub_ip}:{COORDINATOR_METRICS_PORT}"]
     if relay_pin is not None:
         args += ["--announce-relay", f"{plan.relay_url}#{relay_pin}"]
     return args

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ from pydantic import ValidationError as PydanticError
 from wgmesh.errors import WgmeshError
 from wgmesh.lab.layout import STATE_ROOT, LabPlan, plan_lab
 from wgmesh.models import Model
+from wgmesh.secure_files import write_private
 
 Role = Literal["coordinator", "agent", "relay"]
 
@@ -96,17 +95,7 @@ def save(state: LabState, root: Path = STATE_ROOT) -> None:
     """Write the state atomically, readable by root only (it holds the admin token)."""
     path = state_path(state.name, root)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(state.model_dump_json(indent=2))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_private(path, state.model_dump_json(indent=2).encode())
 
 
 def all_states(root: Path = STATE_ROOT) -> list[LabState]:

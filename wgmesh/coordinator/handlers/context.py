@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from wgmesh.coordinator.changes import ChangeNotifier
 from wgmesh.coordinator.metrics import CoordinatorMetrics
+from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
 from wgmesh.models import RelayInfo
@@ -23,6 +24,8 @@ class Settings:
     trusted_proxies: Sequence[Prefix] = field(default_factory=list)
     relays: Sequence[RelayInfo] = field(default_factory=list)
     """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
+    limits: RateLimits = field(default_factory=RateLimits)
+    """Per-address limits on enrollments, logins and failed credentials (`--rate-limit`)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Unauthenticated service endpoints: liveness, the OpenAPI document and the Prometheus scrape."""
+"""Unauthenticated service endpoints: liveness, the OpenAPI document and the Prometheus scrape (the latter
+on its own listener, app.create_metrics_app)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ async def openapi(request: Request) -> Response:
 
 async def metrics_text(request: Request) -> Response:
     metrics = context(request).metrics
-    # No auth, like /healthz: firewall it like the API (docs/metrics.md).
+    # No auth: it is served on its own listener, loopback by default (--metrics-listen, docs/metrics.md).
     metrics.refresh()  # on the loop: the embedded relay's connections
     body = await run_in_threadpool(generate_latest, metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
