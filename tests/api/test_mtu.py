@@ -27,6 +27,8 @@ from coordinator_harness import (
     version,
 )
 
+from wgmesh.coordinator import schema
+
 
 @pytest.fixture(scope="module")
 def trio(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
@@ -203,6 +205,8 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
+        for column in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert"):  # version 5
+            conn.execute(f"ALTER TABLE registry DROP COLUMN {column}")
         conn.execute("DELETE FROM schema_version")
         conn.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00'), "
@@ -219,7 +223,10 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.patch("/api/v1/network", json={"mtu": 1400}).json()["mtu"] == 1400
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [
+            1,
+            *range(2, schema.SCHEMA_VERSION + 1),
+        ]
         assert conn.execute("SELECT mtu FROM networks").fetchall() == [(1400,)]
     # Started again: nothing left to upgrade, the data stays.
     with running(Coordinator(db=db, log=tmp_path / "c3.log")) as c, c.admin() as admin:

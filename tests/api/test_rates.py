@@ -22,6 +22,8 @@ from coordinator_harness import (
     unchanged,
 )
 
+from wgmesh.coordinator import schema
+
 
 @pytest.fixture(scope="module")
 def trio(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
@@ -98,6 +100,8 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
+        for column in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert"):  # version 5
+            conn.execute(f"ALTER TABLE registry DROP COLUMN {column}")
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00')")
     with running(Coordinator(db=db, log=tmp_path / "c2.log")) as c, c.admin() as admin:
@@ -107,4 +111,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.get("/api/v1/network").json()["mtu"] == 1420  # both steps applied, in order
     assert "database schema upgraded" in (tmp_path / "c2.log").read_text()
     with sqlite3.connect(db) as conn:
-        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [1, 2, 3]
+        assert sorted(v for (v,) in conn.execute("SELECT version FROM schema_version")) == [
+            1,
+            *range(2, schema.SCHEMA_VERSION + 1),
+        ]

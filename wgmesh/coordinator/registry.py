@@ -17,10 +17,11 @@ from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, 
 from sqlalchemy.exc import IntegrityError
 
 from wgmesh import ipam, keys
-from wgmesh.coordinator import schema
+from wgmesh.coordinator import identity, schema
 from wgmesh.coordinator.credentials import make_credential, parse_credential
 from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
 from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from wgmesh.join_token import JoinToken
 from wgmesh.models import (
     EnrollRequest,
     NetMap,
@@ -172,6 +173,7 @@ class Registry:
         if admin_token is not None:
             check_admin_token(admin_token)
         self.store.create(network)
+        identity.ensure(self.store)
         if admin_token is not None:
             self.ensure_admin_token(admin_token)
             return None
@@ -265,7 +267,8 @@ class Registry:
             return _token_info(row)
 
     def _redeem(self, conn: Connection, presented: str) -> RowMapping:
-        cred = parse_credential(presented, "wgt")
+        # A token may carry the coordinator's pin and URLs (join_token.py); only its secret is checked.
+        cred = parse_credential(JoinToken.parse(presented).secret, "wgt")
         row = conn.execute(select(schema.tokens).where(schema.tokens.c.id == cred.id)).mappings().first()
         if row is None or not keys.secret_matches(cred.secret, row["secret_hash"]):
             raise AuthError("enrollment token is not valid", code="invalid_token")
@@ -598,6 +601,7 @@ class Registry:
             pair_rate=pair_rate,
             psk_generation=generation,
             psk_master=bytes(master),
+            coordinator_next_pin=str(staged) if (staged := identity.next_pin(conn)) else None,
         )
 
     def snapshot(self) -> RegistrySnapshot:

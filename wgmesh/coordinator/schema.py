@@ -16,10 +16,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
 # PostgreSQL both add a nullable column in place), applied in one transaction by Store.upgrade.
@@ -36,6 +37,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "UPDATE networks SET mtu = 1420",
         "ALTER TABLE nodes ADD COLUMN mtu INTEGER",
         "ALTER TABLE nodes ADD COLUMN max_mtu INTEGER",
+    ),
+    # Version 4 belongs to the admin-token work (issue 15), merged beside this one; empty until then.
+    4: (),
+    # The coordinator's TLS identity (coordinator/identity.py): PEM key and certificate, and the staged
+    # next ones a rotation announces. NULL until the first start makes one (an upgraded database).
+    5: (
+        "ALTER TABLE registry ADD COLUMN tls_key TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_cert TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_next_key TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_next_cert TEXT",
     ),
 }
 
@@ -56,6 +67,11 @@ registry = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", BigInteger, nullable=False),
     Column("psk_master", LargeBinary(32), nullable=False),
+    # Since version 5: the coordinator's TLS identity (PEM), secret like psk_master; see identity.py.
+    Column("tls_key", Text),
+    Column("tls_cert", Text),
+    Column("tls_next_key", Text),
+    Column("tls_next_cert", Text),
     CheckConstraint("id = 1", name="registry_single_row"),
 )
 

@@ -13,6 +13,7 @@ from wgmesh.coordinator.metrics import CoordinatorMetrics
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
 from wgmesh.models import RelayInfo
+from wgmesh.pins import Pin
 from wgmesh.values import Prefix
 
 
@@ -23,6 +24,12 @@ class Settings:
     trusted_proxies: Sequence[Prefix] = field(default_factory=list)
     relays: Sequence[RelayInfo] = field(default_factory=list)
     """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
+    pin: Pin | None = None
+    """What clients pin (coordinator/identity.py); enrollment tokens carry it. None: tokens are bare."""
+    public_urls: Sequence[str] = field(default_factory=list)
+    """The URLs tokens name (`--public-url`); none: the URL the token's request came to."""
+    forwarded_proto: bool = False
+    """Plain HTTP behind a TLS-terminating proxy: X-Forwarded-Proto from a trusted proxy is the scheme."""
 
 
 @dataclass(frozen=True)
