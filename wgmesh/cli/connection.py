@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, nested: bool = False) -> N
         "--coordinator",
         metavar="URL",
         default=default,
-        help=f"coordinator URL, e.g. http://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
+        help=f"coordinator URL, e.g. https://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
     )
     group.add_argument(
         "--token",
