@@ -69,7 +69,7 @@ class Result:
 
 def base_env(home: Path) -> dict[str, str]:
     """The environment of a CLI run: nothing of the caller's wgmesh settings or proxies."""
-    drop = ("WGMESH_", "XDG_CONFIG_HOME", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+    drop = ("WGMESH_", "XDG_CONFIG_HOME", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(drop)}
     env["HOME"] = str(home)
     env["COLUMNS"] = "120"

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,8 +23,11 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from wgmesh import keys
+from wgmesh import keys, trust
+from wgmesh.coordinator import identity
+from wgmesh.coordinator.store import Store
 from wgmesh.lab.wait import wait_until
+from wgmesh.pins import Pin
 
 ADMIN_TOKEN = "admin-token-0123456789"
 ENTRY = "from wgmesh.coordinator.main import main; main()"
@@ -92,8 +96,32 @@ class Coordinator(Started):
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
+    def insecure(self) -> bool:
+        """Started with --insecure-http (plain HTTP for a proxy): no TLS, no pin."""
+        return "--insecure-http" in self.extra
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.insecure else 'https'}://127.0.0.1:{self.port}"
+
+    @property
+    def pin(self) -> Pin:
+        """What clients pin, read as an operator would (`wgmesh-coordinator pin`), not from the server."""
+        if "--tls-cert" in self.extra:
+            return identity.from_chain(Path(self.extra[list(self.extra).index("--tls-cert") + 1]))
+        store = Store(f"sqlite:///{self.db}")
+        try:
+            return identity.ensure(store).pin
+        finally:
+            store.close()
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """How the test clients trust this coordinator: its pin (read once it has started)."""
+        if self.insecure:
+            return False
+        pin = self.pin
+        return trust.pinned(lambda: [pin])
 
     def start(self) -> None:
         """Start on a free port and wait for /healthz; retried when the port was taken meanwhile."""
@@ -138,7 +166,9 @@ class Coordinator(Started):
                 f"coordinator exited with {self.proc.returncode}:\n{self.log.read_text()}"
             )
         try:
-            with self.anonymous() as client:
+            # Unverified: whether it answers yet (its pin may not exist before its first start); every
+            # client the tests use afterwards checks the pin.
+            with httpx.Client(base_url=self.url, verify=False, trust_env=False) as client:
                 return client.get("/healthz", timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
@@ -161,6 +191,7 @@ class Coordinator(Started):
             headers={"Authorization": f"Bearer {token or self.admin_token}"},
             timeout=10.0,
             trust_env=False,
+            verify=self.verify,
         )
 
     def node(self, credential: str) -> httpx.Client:
@@ -169,10 +200,11 @@ class Coordinator(Started):
             headers={"Authorization": f"Bearer {credential}"},
             timeout=10.0,
             trust_env=False,
+            verify=self.verify,
         )
 
     def anonymous(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
+        return httpx.Client(base_url=self.url, timeout=10.0, trust_env=False, verify=self.verify)
 
     def scraper(self) -> httpx.Client:
         return httpx.Client(base_url=self.metrics_url, timeout=10.0, trust_env=False)

@@ -6,8 +6,9 @@ The mesh is made through the real API only: a token, nodes enrolled with their o
 
 from __future__ import annotations
 
+import base64
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import Coordinator, Enrolled, create_token, enroll, post_status
+
+from wgmesh.pins import Pin
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -107,14 +110,21 @@ def shoot(page: Any, directory: Path | None, name: str) -> None:
         page.screenshot(path=str(directory / f"{name}.png"), full_page=False)
 
 
+def spki_list(pins: Sequence[Pin]) -> str:
+    """Chromium's own form of key pins: base64 of the same SHA-256 of the SubjectPublicKeyInfo."""
+    return ",".join(base64.b64encode(pin.digest).decode() for pin in pins)
+
+
 @contextmanager
-def chromium(executable: str = CHROMIUM) -> Iterator[Any]:
-    """Debian's headless Chromium under Playwright; skips the test when either is missing."""
+def chromium(pins: Sequence[Pin], executable: str = CHROMIUM) -> Iterator[Any]:
+    """Debian's headless Chromium under Playwright, trusting exactly the coordinator keys `pins` name (a
+    certificate error for another key still fails the page); skips the test when either is missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
     if shutil.which(executable) is None:
         pytest.skip(f"{executable} is not installed (make setup installs Debian's chromium)")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        args = [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={spki_list(pins)}"]
+        browser = pw.chromium.launch(executable_path=executable, args=args, headless=True)
         try:
             yield browser
         finally:

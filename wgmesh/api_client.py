@@ -2,20 +2,23 @@
 
 The agent (agent/client.py), the CLI (cli/connection.py) and the lab (lab/api.py) are thin users of it: they
 add their paths, their models and, for the CLI, hints in messages. Which exception an error answer becomes is
-decided in wgmesh.errors.error_class, nowhere else.
+decided in wgmesh.errors.error_class, nowhere else. How the coordinator's TLS is trusted is wgmesh.trust's:
+the users pass the context (a pin, a CA file), else the system's store with SSL_CERT_FILE is used.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 from types import TracebackType
 from typing import Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pydantic
 
-from wgmesh import __version__
-from wgmesh.errors import UnreachableError, from_answer
+from wgmesh import __version__, trust
+from wgmesh.errors import IdentityError, UnreachableError, ValidationError, from_answer
 
 JsonValue = pydantic.JsonValue
 _M = TypeVar("_M", bound=pydantic.BaseModel)
@@ -44,6 +47,18 @@ def retry_after(response: httpx.Response) -> float | None:
     return float(value) if value.isascii() and value.isdigit() else None
 
 
+def check_url(url: str) -> str:
+    """A coordinator URL without its trailing slash, or ValidationError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(
+            f"coordinator URL {url!r} must look like http://HOST:PORT or https://HOST", code="bad_url"
+        )
+    if parts.query or parts.fragment:
+        raise ValidationError(f"coordinator URL {url!r} must not have a query or fragment", code="bad_url")
+    return url.rstrip("/")
+
+
 class ApiClient:
     """Calls to the coordinator with an optional bearer token; every failure is a WgmeshError, one line."""
 
@@ -55,8 +70,11 @@ class ApiClient:
         user_agent: str,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        if isinstance(tls, trust.PinnedContext) and not self.url.startswith("https://"):
+            raise IdentityError(f"coordinator {self.url} is pinned: use its https:// URL")
         self.timeout = timeout
         self.bearer = bearer
         self._http = httpx.Client(
@@ -66,6 +84,7 @@ class ApiClient:
             trust_env=False,
             headers={"user-agent": f"{user_agent}/{__version__}"},
             transport=transport,
+            verify=tls if tls is not None else trust.system(),
         )
 
     def __enter__(self) -> Self:
@@ -104,6 +123,9 @@ class ApiClient:
             waited = timeout if timeout is not None else self.timeout
             raise UnreachableError(f"coordinator {self.url} did not answer within {waited:g} s") from exc
         except httpx.HTTPError as exc:
+            refused = trust.refusal(self.url, exc)
+            if refused is not None:
+                raise refused from exc
             raise UnreachableError(
                 f"cannot reach the coordinator at {self.url}: {transport_reason(exc)}"
             ) from exc

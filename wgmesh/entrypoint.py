@@ -1,4 +1,5 @@
-"""The one place where errors become what a console user sees: one line, exit 2 for bad input, 1 otherwise."""
+"""The one place where errors become what a console user sees: one line, exit 2 for bad input and an
+untrusted coordinator, 1 otherwise."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.errors import IdentityError, ValidationError, WgmeshError
 
 
 def run_console(prog: str, run: Callable[[Sequence[str]], int]) -> None:
     """Run `run(argv)` as a console program and exit with its status."""
     try:
         sys.exit(run(sys.argv[1:]))
-    except ValidationError as exc:
+    except (ValidationError, IdentityError) as exc:
         print(f"{prog}: {exc.message}", file=sys.stderr)
         sys.exit(2)
     except WgmeshError as exc:

@@ -95,6 +95,15 @@ class StoreError(UnreachableError, code="store", status=503):
     """
 
 
+class IdentityError(UnreachableError, code="coordinator_identity"):
+    """The coordinator's TLS identity is not one this client trusts (another key, an untrusted chain).
+
+    An UnreachableError: the agent keeps its data plane on the cached netmap as for an absent coordinator
+    (and says why). Refused like bad input by the console programs (exit 2). Never an API answer: it is
+    found before any request is sent.
+    """
+
+
 # The classes an API answer can name, each under its status; the first of a status is what an answer of that
 # status means when its code names no class of that status (`duplicate_name` under 409 is a ConflictError).
 ANSWERS: tuple[type[WgmeshError], ...] = (

@@ -276,6 +276,12 @@ class NetMap(Answer):
         description="This node's effective tunnel MTU: its ceiling (else the network's), at most what its "
         "underlay carries",
     )
+    coordinator_next_pin: str | None = Field(
+        None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="The pin of the key the coordinator will switch to (a staged rotation); agents accept "
+        "a coordinator presenting it only once it was announced here",
+    )
 
 
 _RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")

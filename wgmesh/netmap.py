@@ -39,6 +39,7 @@ class RegistrySnapshot:
     pair_rate: Mapping[tuple[int, int], str] = field(default_factory=dict)
     psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
     psk_master: bytes = b""
+    coordinator_next_pin: str | None = None
 
     def node(self, node_id: NodeId) -> Node:
         """The node with this id, or NotFoundError."""
@@ -127,6 +128,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         routes=[r for r in snapshot.routes if r.gateway_id == me.id],
         rate=me.rate,
         mtu=effective_mtu(snapshot.network, me),
+        coordinator_next_pin=snapshot.coordinator_next_pin,
     )
 
 

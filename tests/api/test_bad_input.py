@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -368,7 +369,13 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(tmp_path: Path) 
             f"POST /api/v1/enroll HTTP/1.1\r\nHost: 127.0.0.1:{real.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {64 * MIB}\r\n\r\n"
         )
-        with unchanged(admin), socket.create_connection(("127.0.0.1", real.port), timeout=5) as sock:
+        context = real.verify
+        assert isinstance(context, ssl.SSLContext)
+        with (
+            unchanged(admin),
+            socket.create_connection(("127.0.0.1", real.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+        ):
             sock.sendall(head.encode())  # and not one byte of the body
             received = b""
             while b"}}" not in received:  # the end of the JSON error body

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from coordinator_harness import ADMIN_TOKEN, Coordinator
 
+from wgmesh import trust
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.api_client import ApiClient
 from wgmesh.cli.connection import AdminClient, Target
@@ -28,10 +29,11 @@ REAL_PROCESS = (
 
 @pytest.fixture
 def clients(coordinator: Coordinator) -> Iterator[dict[str, ApiClient]]:
+    pin = coordinator.pin
     made: dict[str, ApiClient] = {
-        "agent": CoordinatorClient(coordinator.url, ADMIN_TOKEN),
-        "cli": AdminClient(Target(coordinator.url, ADMIN_TOKEN)),
-        "lab": LabApi(coordinator.url, ADMIN_TOKEN),
+        "agent": CoordinatorClient(coordinator.url, ADMIN_TOKEN, tls=trust.pinned(lambda: [pin])),
+        "cli": AdminClient(Target(coordinator.url, ADMIN_TOKEN, pin=pin)),
+        "lab": LabApi(coordinator.url, ADMIN_TOKEN, pin=pin),
     }
     yield made
     for client in made.values():

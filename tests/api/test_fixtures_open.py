@@ -27,10 +27,11 @@ from coordinator_harness import Coordinator, assert_error, running
 from wgmesh import keys
 from wgmesh.agent.config import AgentConfig
 from wgmesh.agent.state import StateDir
-from wgmesh.coordinator import schema
+from wgmesh.coordinator import identity, schema
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.models import NetMap
+from wgmesh.pins import Pin
 from wgmesh.relay.identity import RelayIdentity
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -101,12 +102,16 @@ ADDED_BY_SCHEMA_3 = {
 ADDED_BY_RELAY_PINS = {"pin": None}
 
 
+ADDED_BY_SCHEMA_6 = {"netmap": {"coordinator_next_pin": None}}  # no rotation of the identity staged
+
+
 def upgraded(kind: str, value: Any) -> Any:
     """A manifest value (written at schema 2) as the current code serves it."""
     if kind == "netmap":
         return {
             **value,
             **ADDED_BY_SCHEMA_3["netmap"],
+            **ADDED_BY_SCHEMA_6["netmap"],
             "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
         }
     if kind == "status":
@@ -146,12 +151,22 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         assert store.upgrade() == later  # every later version's step, once
         store.check_schema()  # what the coordinator checks before serving
         assert store.upgrade() == []
+        # Schema 5: no identity yet; the first start (or `pin`, `init`) makes it, once.
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("SELECT tls_key, tls_cert FROM registry").fetchall() == [(None, None)]
+        finally:
+            conn.close()
+        made = identity.ensure(store)
+        assert identity.ensure(store) == made
+        assert made.pin == Pin.of_certificate(made.chain[0])  # self-signed: the leaf's own key
     finally:
         store.close()
     added = {("networks", "mtu"), ("nodes", "mtu"), ("nodes", "max_mtu")}  # schema 3: unset until used
     added |= {("admin_tokens", "revoked_at")}  # schema 4: no token revoked yet
     added |= {("audit", c.name) for c in schema.audit.columns}  # schema 4: an empty audit log
     added.add(("registry", "relay_tls_key"))  # schema 5: made when a coordinator first runs --relay
+    added |= {("registry", "tls_next_key"), ("registry", "tls_next_cert")}  # schema 6: until a rotation
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -327,6 +342,8 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
     enrollment (no token), then one poll: the coordinator on the fixture has nothing newer (304)."""
     cfg = AgentConfig(
         coordinator=fixture_coordinator.url,
+        # An agent enrolled before pins learns its coordinator's from the operator (`--coordinator-pin`).
+        coordinator_pin=str(fixture_coordinator.pin),
         name=AGENT["node"],
         state_dir=copy_state_dir(tmp_path),
         interface="wgfix0",

@@ -25,6 +25,7 @@ def cli_env(coordinator: Coordinator, home: Path) -> dict[str, str]:
     env["WGMESH_URL"] = coordinator.url
     assert coordinator.admin_token is not None
     env["WGMESH_TOKEN"] = coordinator.admin_token
+    env["WGMESH_PIN"] = str(coordinator.pin)  # as `eval "$(wgmesh lab env)"` sets it
     return env
 
 

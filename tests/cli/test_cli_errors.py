@@ -44,7 +44,7 @@ def seeded(admin: httpx.Client) -> None:
 def test_unreachable_coordinator_is_one_line_and_exit_1(
     wgmesh: Cli, cli_env: dict[str, str], closed_port: int, argv: tuple[str, ...]
 ) -> None:
-    url = f"http://127.0.0.1:{closed_port}"
+    url = f"https://127.0.0.1:{closed_port}"
     r = wgmesh(*argv, "--json", env=cli_env | {"WGMESH_URL": url})
     assert r.code == 1
     assert r.one_line_error() == f"wgmesh: cannot reach the coordinator at {url}: Connection refused"
@@ -75,11 +75,18 @@ def test_flags_win_over_the_environment_before_or_after_the_subcommand(
     wgmesh: Cli, coordinator: Coordinator, home: Path, closed_port: int
 ) -> None:
     env = base_env(home) | {
-        "WGMESH_URL": f"http://127.0.0.1:{closed_port}",
+        "WGMESH_URL": f"https://127.0.0.1:{closed_port}",
         "WGMESH_TOKEN": "wrong-token-wrong",
     }
     assert coordinator.admin_token is not None
-    flags = ("--coordinator", coordinator.url, "--token", coordinator.admin_token)
+    flags = (
+        "--coordinator",
+        coordinator.url,
+        "--token",
+        coordinator.admin_token,
+        "--pin",
+        str(coordinator.pin),
+    )
     assert wgmesh("status", *flags, "--json", env=env).code == 0
     assert wgmesh("nodes", *flags, "list", "--json", env=env).code == 0
     assert wgmesh("nodes", "list", *flags, "--json", env=env).code == 0
@@ -99,7 +106,7 @@ def test_config_file_in_home_and_the_mode_warning(
 ) -> None:
     path = write_config(
         tmp_path / ".config",
-        f'coordinator = "{coordinator.url}"\ntoken = "{coordinator.admin_token}"\n',
+        f'coordinator = "{coordinator.url}"\ntoken = "{coordinator.admin_token}"\npin = "{coordinator.pin}"\n',
         0o600,
     )
     env = base_env(tmp_path)
@@ -119,7 +126,11 @@ def test_config_file_under_xdg_config_home_and_a_broken_one(
     wgmesh: Cli, coordinator: Coordinator, tmp_path: Path
 ) -> None:
     xdg = tmp_path / "xdg"
-    write_config(xdg, f'coordinator = "{coordinator.url}"\ntoken = "{coordinator.admin_token}"\n', 0o600)
+    write_config(
+        xdg,
+        f'coordinator = "{coordinator.url}"\ntoken = "{coordinator.admin_token}"\npin = "{coordinator.pin}"\n',
+        0o600,
+    )
     env = base_env(tmp_path) | {"XDG_CONFIG_HOME": str(xdg)}
     assert wgmesh("routes", "--json", env=env).code == 0
     write_config(xdg, 'coordinator = "http://x:1"\ntoken = "t"\nverbose = true\n', 0o600)

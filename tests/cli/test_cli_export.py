@@ -101,7 +101,7 @@ def test_an_existing_file_is_refused_before_asking_the_coordinator(
 ) -> None:
     out = tmp_path / "x.conf"
     out.write_text("")
-    env = cli_env | {"WGMESH_URL": f"http://127.0.0.1:{closed_port}"}
+    env = cli_env | {"WGMESH_URL": f"https://127.0.0.1:{closed_port}"}
     r = wgmesh("export", "laptop", "-o", str(out), env=env)
     assert (r.code, "exists" in r.one_line_error()) == (1, True)
 

@@ -21,10 +21,13 @@ from wgmesh.errors import (
     WgmeshError,
 )
 from wgmesh.models import Health
+from wgmesh.pins import Pin
 
 
-def args(coordinator: str | None = None, token: str | None = None) -> argparse.Namespace:
-    return argparse.Namespace(coordinator=coordinator, token=token)
+def args(
+    coordinator: str | None = None, token: str | None = None, pin: str | None = None, ca: str | None = None
+) -> argparse.Namespace:
+    return argparse.Namespace(coordinator=coordinator, token=token, pin=pin, ca=ca)
 
 
 def write_config(home: Path, text: str, mode: int = 0o600) -> Path:
@@ -82,8 +85,29 @@ def test_a_config_readable_by_others_is_used_with_a_warning(tmp_path: Path) -> N
 def test_the_config_is_read_only_when_needed(tmp_path: Path) -> None:
     write_config(tmp_path, "not toml at all [", mode=0o644)
     warnings: list[str] = []
-    target = resolve(args("http://x:1", "t"), {"HOME": str(tmp_path)}, warnings.append)
+    target = resolve(args("http://x:1", "t", PIN), {"HOME": str(tmp_path)}, warnings.append)
     assert target.url == "http://x:1" and warnings == []
+    # Without a pin or CA file given, the file may hold one: it is read.
+    with pytest.raises(ValidationError, match="is not valid TOML"):
+        resolve(args("http://x:1", "t"), {"HOME": str(tmp_path)}, warnings.append)
+
+
+PIN = "sha256:" + "ab" * 32
+
+
+def test_pin_and_ca_come_from_flag_environment_or_config_file(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    write_config(tmp_path, f'coordinator = "https://file:1"\ntoken = "t"\npin = "{PIN}"\n')
+    assert resolve(args(), env).pin == Pin.parse(PIN)
+    other = "sha256:" + "cd" * 32
+    assert resolve(args(), env | {"WGMESH_PIN": other}).pin == Pin.parse(other)
+    # a --ca flag replaces the file's pin: the two are one choice
+    flagged = resolve(args(ca="/etc/ssl/ca.pem"), env)
+    assert (flagged.pin, flagged.ca) == (None, Path("/etc/ssl/ca.pem"))
+    with pytest.raises(ValidationError, match="--pin or --ca, not both"):
+        resolve(args(pin=PIN, ca="/x"), env)
+    with pytest.raises(ValidationError, match="must start with sha256:"):
+        resolve(args(pin="md5:00"), env)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,12 @@ AGENT = [sys.executable, "-c", "from wgmesh.agent.main import main; main()"]
 
 
 def run(argv: list[str], lab: Lab) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "WGMESH_URL": lab.url, "WGMESH_TOKEN": lab.admin_token}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "WGMESH_URL": lab.url,
+        "WGMESH_TOKEN": lab.admin_token,
+        "WGMESH_PIN": lab.pin,
+    }
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
 
 

@@ -6,7 +6,9 @@ import httpx
 import pytest
 from web_harness import chromium, login
 
+from wgmesh import trust
 from wgmesh.lab import Lab, wait_until
+from wgmesh.pins import Pin
 
 pytestmark = [pytest.mark.e2e]
 
@@ -15,8 +17,12 @@ pytestmark = [pytest.mark.e2e]
 def test_dashboard_draws_the_lab(lab: Lab) -> None:
     from playwright.sync_api import expect  # noqa: PLC0415 - chromium() skips when playwright is missing
 
+    pin = Pin.parse(lab.pin)
     with httpx.Client(
-        base_url=lab.url, headers={"Authorization": f"Bearer {lab.admin_token}"}, trust_env=False
+        base_url=lab.url,
+        headers={"Authorization": f"Bearer {lab.admin_token}"},
+        trust_env=False,
+        verify=trust.pinned(lambda: [pin]),
     ) as admin:
 
         def all_direct() -> bool:
@@ -24,7 +30,7 @@ def test_dashboard_draws_the_lab(lab: Lab) -> None:
             return len(links) == 3 and all(link["path"] == "direct" for link in links)
 
         wait_until(all_direct, 40, "three direct links in the topology")
-    with chromium() as browser:
+    with chromium([pin]) as browser:
         context = browser.new_context(viewport={"width": 1440, "height": 900})
         context.set_default_timeout(15_000)
         page = context.new_page()

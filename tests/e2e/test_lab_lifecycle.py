@@ -15,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from wgmesh import trust
 from wgmesh.lab import Lab, down, leftovers, procs, system, wait_until
 from wgmesh.lab.record import load
+from wgmesh.pins import Pin
 
 pytestmark = [
     pytest.mark.e2e,
@@ -66,8 +68,13 @@ def test_underlay_connects_sites_hub_and_coordinator(lab: Lab) -> None:
     ping(lab, "gw1", gw2.underlay_ip)
     ping(lab, "hub", gw1.underlay_ip)
     # The coordinator: on loopback for the host, on the hub address for the gateways.
-    assert httpx.get(f"{lab.url}/healthz", timeout=5, trust_env=False).json()["status"] == "ok"
-    fetch = f"import urllib.request; print(urllib.request.urlopen('{plan.hub_url}/healthz', timeout=5).read().decode())"
+    tls = trust.pinned(lambda: [Pin.parse(lab.pin)])
+    assert httpx.get(f"{lab.url}/healthz", timeout=5, trust_env=False, verify=tls).json()["status"] == "ok"
+    fetch = (
+        "import urllib.request; from wgmesh import trust; from wgmesh.pins import Pin; "
+        f"tls = trust.pinned(lambda: [Pin.parse('{lab.pin}')]); "
+        f"print(urllib.request.urlopen('{plan.hub_url}/healthz', timeout=5, context=tls).read().decode())"
+    )
     done = lab.exec("gw2", sys.executable, "-c", fetch, check=True)
     assert json.loads(done.stdout)["status"] == "ok"
     # Nothing can leave the lab: gateways know only their connected networks.
@@ -122,11 +129,13 @@ def test_cli_up_status_env_exec_down(spare_name: str) -> None:
     assert env.returncode == 0
     exports = dict(item.split("=", 1) for item in shlex.split(env.stdout.strip())[1:])
     assert exports["WGMESH_URL"] == lab.url
+    assert exports["WGMESH_PIN"] == lab.pin
     nodes = httpx.get(
         f"{exports['WGMESH_URL']}/api/v1/nodes",
         headers={"Authorization": f"Bearer {exports['WGMESH_TOKEN']}"},
         timeout=5,
         trust_env=False,
+        verify=trust.pinned(lambda: [Pin.parse(exports["WGMESH_PIN"])]),
     )
     assert nodes.status_code == 200
     assert nodes.json() == {"nodes": []}

@@ -15,8 +15,10 @@ import pytest
 from lab_paths import ContinuousPing, ping_ok
 from metrics_harness import Samples, scrape, value
 
+from wgmesh import trust
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.layout import AGENT_METRICS_PORT, COORDINATOR_METRICS_PORT, RELAY_METRICS_PORT
+from wgmesh.pins import Pin
 
 pytestmark = [pytest.mark.e2e]
 
@@ -38,8 +40,12 @@ def test_scrapes_follow_traffic_and_the_switch_to_the_relay(lab: Lab, tmp_path: 
     agent = {i: f"http://{lab.plan.site(i).underlay_ip}:{AGENT_METRICS_PORT}/metrics" for i in (1, 2)}
 
     # The coordinator: both gateways online, their routes active; discovery lists both agents.
-    wait_until(lambda: value(scrape(coordinator), "wgmesh_nodes", state="online") == 2, 20, "2 nodes online")
-    c = scrape(coordinator)
+    pin = Pin.parse(lab.pin)
+    tls = trust.pinned(lambda: [pin])
+    wait_until(
+        lambda: value(scrape(coordinator, tls), "wgmesh_nodes", state="online") == 2, 20, "2 nodes online"
+    )
+    c = scrape(coordinator, tls)
     assert value(c, "wgmesh_node_online", node="gw1", role="gateway") == 1
     assert value(c, "wgmesh_routes", state="active") == 2
     wait_until(lambda: len(lab.api("GET", "/api/v1/prometheus/targets")) == 2, 15, "both agents discovered")

@@ -46,8 +46,8 @@ def test_default_plan_is_design_section_7() -> None:
     plan = plan_lab("wgl", 3)
     assert plan.underlay == IPv4Network("198.18.0.0/24")
     assert plan.hub_ip == IPv4Address("198.18.0.1")
-    assert plan.hub_url == "http://198.18.0.1:8080"
-    assert plan.local_url == "http://127.0.0.1:8080"
+    assert plan.hub_url == "https://198.18.0.1:8080"
+    assert plan.local_url == "https://127.0.0.1:8080"
     for i, site in enumerate(plan.sites, start=1):
         assert site.index == i
         assert site.node == f"gw{i}"
@@ -197,7 +197,7 @@ def test_process_command_lines_match_issue_3() -> None:
     args = agent_args(plan, plan.site(2), "tok", "userspace")
     assert args == [
         "--coordinator",
-        "http://198.18.0.1:8080",
+        "https://198.18.0.1:8080",
         "--token",
         "tok",
         "--name",
@@ -219,6 +219,8 @@ def test_process_command_lines_match_issue_3() -> None:
         "serve",
         "--listen",
         "198.18.0.1:8080",
+        "--public-url",
+        "https://198.18.0.1:8080",
         "--metrics-listen",
         "198.18.0.1:9585",
     ]

@@ -25,7 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from wgmesh import trust
+from wgmesh.coordinator import identity
 from wgmesh.coordinator.main import ADMIN_ENV, DEFAULT_DB
+from wgmesh.coordinator.store import Store
 from wgmesh.lab.wait import WaitTimeout, wait_until
 from wgmesh.relay.server import DEFAULT_PORT
 
@@ -441,10 +444,21 @@ def test_coordinator_and_relay_serve_under_memory_deny_write_execute(tmp_path: P
     coordinator = [str(SCRIPTS / "wgmesh-coordinator"), "--db", db, "--listen", f"127.0.0.1:{api}"]
     log = tmp_path / "coordinator.log"
     with _mdwe_process(coordinator, log, env) as proc:
+        # Up (its identity exists from then on), then over TLS trusted by the registry's pin: the
+        # handshake's cryptography runs under the filter too.
         _wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{api}/healthz", timeout=2).status_code == 200, proc, log
+            lambda: httpx.get(f"https://127.0.0.1:{api}/healthz", timeout=2, verify=False).status_code == 200,
+            proc,
+            log,
         )
-        assert httpx.get(f"http://127.0.0.1:{api}/", timeout=5).status_code == 200
+        store = Store(db)
+        try:
+            pin = identity.ensure(store).pin
+        finally:
+            store.close()
+        tls = trust.pinned(lambda: [pin])
+        assert httpx.get(f"https://127.0.0.1:{api}/healthz", timeout=5, verify=tls).status_code == 200
+        assert httpx.get(f"https://127.0.0.1:{api}/", timeout=5, verify=tls).status_code == 200
     key = _mdwe_run([str(SCRIPTS / "wgmesh-coordinator"), "--db", db, "relay-key"], env=env)
     assert key.returncode == 0, key.stderr
     port = _free_port()

@@ -23,9 +23,10 @@ def mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
     return build_mesh(coordinator, admin)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    with chromium(os.environ.get("WGMESH_CHROMIUM", CHROMIUM)) as b:
+@pytest.fixture(scope="module")
+def browser(coordinator: Coordinator) -> Iterator[Any]:
+    """A browser that trusts the module coordinator's key, and no other."""
+    with chromium([coordinator.pin], os.environ.get("WGMESH_CHROMIUM", CHROMIUM)) as b:
         yield b
 
 

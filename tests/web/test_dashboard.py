@@ -14,6 +14,8 @@ import pytest
 from coordinator_harness import Coordinator, enroll, post_status
 from web_harness import GATEWAYS, PATHS, Mesh, login, shoot
 
+from wgmesh.join_token import JoinToken
+
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
 from playwright.sync_api import expect
 
@@ -186,7 +188,11 @@ def test_create_and_revoke_a_token(dashboard: Any, admin: httpx.Client, screensh
     page.get_by_role("button", name=f"Revoke token {tid}").click()
     expect(page.locator(f'#tokens-table tr[data-token="{tid}"]')).to_have_attribute("data-state", "revoked")
     assert next(t for t in admin.get("/api/v1/tokens").json()["tokens"] if t["id"] == tid)["revoked"]
-    with httpx.Client(base_url=admin.base_url, trust_env=False) as anon:
+    # the token the dashboard shows carries the coordinator's pin
+    assert JoinToken.parse(token).pin is not None
+    with httpx.Client(
+        base_url=admin.base_url, trust_env=False, verify=False
+    ) as anon:  # revoked: no secret at stake
         r = anon.post("/api/v1/enroll", json={"token": token, "name": "site-e", "public_key": "x" * 44})
     assert r.status_code in (400, 401, 422), r.text
 
@@ -274,7 +280,10 @@ def test_logout_ends_the_session(dashboard: Any, coordinator: Coordinator) -> No
     expect(page.locator("#login-error")).to_have_text("Logged out.")
     # the old cookie value is dead on the server, not just removed from the browser
     with httpx.Client(
-        base_url=coordinator.url, trust_env=False, cookies={"wgmesh_session": cookie["value"]}
+        base_url=coordinator.url,
+        trust_env=False,
+        verify=coordinator.verify,
+        cookies={"wgmesh_session": cookie["value"]},
     ) as c:
         assert c.get("/api/v1/nodes").status_code == 401
     page.reload()

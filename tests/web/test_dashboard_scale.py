@@ -85,5 +85,5 @@ def test_thirty_gateways_are_legible(
     shoot(page, screenshots, "dashboard-30-gateways")
     assert not clashes, f"{len(clashes)} overlapping labels"
     assert min(height(b) for b in boxes) >= 10, "labels too small to read"
-    with httpx.Client(base_url=coordinator.url, trust_env=False) as anon:
+    with httpx.Client(base_url=coordinator.url, trust_env=False, verify=coordinator.verify) as anon:
         assert anon.get("/healthz").status_code == 200

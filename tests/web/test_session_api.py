@@ -9,14 +9,18 @@ from contextlib import closing
 import httpx
 import pytest
 from coordinator_harness import Coordinator, assert_error, create_token, enroll, unchanged
+from web_harness import chromium
+
+from wgmesh.coordinator import identity
 
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 
 
+
 def login(coordinator: Coordinator, token: str | None = None) -> tuple[httpx.Client, str]:
     """A cookie-carrying client logged in with `token` (the admin token), and its CSRF token."""
-    client = httpx.Client(base_url=coordinator.url, timeout=10.0, trust_env=False)
+    client = httpx.Client(base_url=coordinator.url, timeout=10.0, trust_env=False, verify=coordinator.verify)
     r = client.post("/api/v1/session", json={"token": token or coordinator.admin_token})
     assert r.status_code == 201, r.text
     return client, r.json()["csrf_token"]
@@ -106,7 +110,12 @@ def test_bearer_tokens_still_work_and_win_over_the_cookie(
 
 
 def test_a_forged_cookie_is_refused(coordinator: Coordinator) -> None:
-    with httpx.Client(base_url=coordinator.url, trust_env=False, cookies={"wgmesh_session": "forged"}) as c:
+    with httpx.Client(
+        base_url=coordinator.url,
+        trust_env=False,
+        verify=coordinator.verify,
+        cookies={"wgmesh_session": "forged"},
+    ) as c:
         assert_error(c.get("/api/v1/nodes"), 401, "invalid_session")
         assert_error(c.get("/api/v1/session"), 401, "invalid_session")
 
@@ -118,7 +127,9 @@ def test_logout_kills_the_session_on_the_server(coordinator: Coordinator) -> Non
         r = client.delete("/api/v1/session", headers={"x-csrf-token": csrf})
         assert r.status_code == 204
         assert 'wgmesh_session=""' in r.headers["set-cookie"] or "Max-Age=0" in r.headers["set-cookie"]
-    with httpx.Client(base_url=coordinator.url, trust_env=False, cookies={"wgmesh_session": sid}) as c:
+    with httpx.Client(
+        base_url=coordinator.url, trust_env=False, verify=coordinator.verify, cookies={"wgmesh_session": sid}
+    ) as c:
         assert_error(c.get("/api/v1/nodes"), 401, "invalid_session")
 
 
@@ -193,3 +204,18 @@ def test_the_dashboard_is_served_with_a_strict_policy(coordinator: Coordinator) 
             assert r.status_code == 200 and ctype in r.headers["content-type"], name
         for bad in ("/assets/nope.js", "/assets/..%2Fpyproject.toml", "/assets/index.html", "/assets/.env"):
             assert anon.get(bad).status_code == 404, bad
+
+
+def test_the_browser_trusts_the_pinned_key_and_no_other(coordinator: Coordinator) -> None:
+    """What lets the dashboard tests' Chromium accept the self-signed identity is a real pin."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
+    for pins, fails in (([coordinator.pin], False), ([identity.generate().pin], True)):
+        with chromium(pins) as browser:
+            page = browser.new_page()
+            try:
+                page.goto(coordinator.url + "/healthz")
+                failed = False
+            except Exception as exc:
+                assert "ERR_CERT" in str(exc), exc
+                failed = True
+            assert failed is fails

@@ -19,6 +19,7 @@ from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
+from wgmesh.agent.coordinator_pin import CoordinatorTrust
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer
 from wgmesh.agent.metrics import AgentMetrics
@@ -26,7 +27,8 @@ from wgmesh.agent.path_control import TICK, PathController
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.system.underlay import eth0_address, underlay_mtu
-from wgmesh.errors import UnreachableError, ValidationError, WgmeshError
+from wgmesh.errors import IdentityError, UnreachableError, ValidationError, WgmeshError
+from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
@@ -38,6 +40,7 @@ from wgmesh.models import (
     ShadowedRoute,
     StatusReport,
 )
+from wgmesh.pins import Pin
 from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent")
@@ -81,7 +84,11 @@ class Agent:
             masquerade=cfg.masquerade,
             mss_clamp=cfg.mss_clamp,
         )
-        self.client = CoordinatorClient(cfg.coordinator)
+        token = JoinToken.parse(cfg.token) if cfg.token else None
+        self.token_secret = token.secret if token is not None else None
+        first_pin = Pin.parse(cfg.coordinator_pin) if cfg.coordinator_pin else token.pin if token else None
+        self.trust = CoordinatorTrust(self.state, first_pin)
+        self.client = CoordinatorClient(cfg.coordinator, tls=self.trust.context())
         self.local = LocalStatusServer(cfg.state_dir / SOCKET_NAME, self.local_status)
         self.paths = PathController(cfg.listen_port, ca_file=cfg.relay_ca)
         self.metrics = AgentMetrics(self)
@@ -103,6 +110,8 @@ class Agent:
         read earlier could be older than what the follower applied meanwhile, and applying it would roll
         the interface back to it.
         """
+        if netmap is not None:
+            self.trust.announced(netmap)
         with self.lock:
             if netmap is None:
                 netmap = self.netmap
@@ -158,12 +167,12 @@ class Agent:
         found = self.state.enrollment()
         if found is not None:
             return found
-        if not self.cfg.token:
+        if not self.token_secret:
             raise ValidationError("this node is not enrolled yet: give --token", code="no_token")
         backoff = Backoff()
         endpoint_ip = eth0_address(self.cfg.coordinator)
         request = EnrollRequest(
-            token=self.cfg.token,
+            token=self.token_secret,  # only the secret: the pin and URLs are the agent's to use
             name=self.cfg.name,
             public_key=self.keypair.public_key,
             listen_port=self.cfg.listen_port,
@@ -174,6 +183,8 @@ class Agent:
         while not self.stop.is_set():
             try:
                 answer = self.client.enroll(request)
+            except IdentityError:
+                raise  # the token names another coordinator key: enrolling elsewhere would hand it our key
             except UnreachableError as exc:
                 delay = backoff.next_delay(exc.retry_after)
                 log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 
 import httpx
@@ -30,9 +31,15 @@ class CoordinatorClient(ApiClient):
         timeout: float = 10.0,
         *,
         transport: httpx.BaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(
-            base_url, bearer=credential, user_agent="wgmesh-agent", timeout=timeout, transport=transport
+            base_url,
+            bearer=credential,
+            user_agent="wgmesh-agent",
+            timeout=timeout,
+            transport=transport,
+            tls=tls,
         )
 
     @property

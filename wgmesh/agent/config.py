@@ -11,7 +11,9 @@ from typing import Any, get_args
 
 from wgmesh import ipam
 from wgmesh.errors import ValidationError
+from wgmesh.join_token import JoinToken
 from wgmesh.models import check_name
+from wgmesh.pins import Pin
 from wgmesh.values import Backend, Endpoint, Prefix
 
 DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
@@ -33,6 +35,8 @@ class AgentConfig:
     mss_clamp: bool = True
     """Clamp the TCP MSS of forwarded SYNs to what the tunnel carries (agent/ruleset.py)."""
     relay_ca: Path | None = None
+    coordinator_pin: str | None = None
+    """`sha256:…` of the coordinator's key, for a token that carries none (the token's pin otherwise)."""
     metrics_listen: str = "127.0.0.1:9586"
     """`ADDRESS:PORT` of the Prometheus /metrics listener, or `off`."""
 
@@ -84,6 +88,13 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         values["mss_clamp"] = False
     if not isinstance(values.get("mss_clamp", True), bool):
         raise ValidationError("mss_clamp must be true or false", code="invalid_config")
+    if values.get("token") and not values.get("coordinator"):
+        # A token names its coordinator (join_token.py); --coordinator still overrides.
+        urls = JoinToken.parse(str(values["token"])).urls
+        if urls:
+            values["coordinator"] = urls[0]
+    if values.get("coordinator_pin"):
+        values["coordinator_pin"] = str(Pin.parse(str(values["coordinator_pin"])))
     if require_coordinator and not values.get("coordinator"):
         raise ValidationError("--coordinator URL is required (flag or config file)", code="invalid_config")
     values.setdefault("coordinator", "")

@@ -44,8 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run (default); status: the running agent's peers (no coordinator needed); "
         "cleanup: remove the interface, routes and firewall rules the agent made",
     )
-    parser.add_argument("--coordinator", help="coordinator URL, e.g. http://198.18.0.1:8080")
-    parser.add_argument("--token", help="enrollment token (needed only for the first start)")
+    parser.add_argument(
+        "--coordinator", help="coordinator URL, e.g. https://198.18.0.1:8080 (default: the token's)"
+    )
+    parser.add_argument(
+        "--token", help="enrollment token (needed only for the first start; it carries the coordinator's pin)"
+    )
+    parser.add_argument(
+        "--coordinator-pin",
+        metavar="sha256:HEX",
+        help="the coordinator's key, for a token without one (`wgmesh-coordinator pin`); once pinned, the "
+        "state directory's pin counts",
+    )
     parser.add_argument("--name", help="node name (default: the hostname)")
     parser.add_argument(
         "--advertise",

@@ -1,4 +1,4 @@
-"""The agent's state directory: its private key, its node credential and the last netmap."""
+"""The agent's state directory: its private key, its node credential, the last netmap and the coordinator's pin."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pydantic
 from wgmesh import keys
 from wgmesh.errors import WgmeshError
 from wgmesh.models import NetMap, RelayGrant
+from wgmesh.pins import Pin
 from wgmesh.secure_files import ensure_private_dir, read_private, write_private
 
 
@@ -30,6 +31,14 @@ class Enrollment:
 
     def __repr__(self) -> str:
         return f"Enrollment(node_id={self.node_id}, coordinator={self.coordinator!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorPins:
+    """The coordinator key this agent trusts, and the next one it announced (agent/coordinator_pin.py)."""
+
+    pin: Pin
+    next: Pin | None = None
 
 
 class StateDir:
@@ -119,6 +128,31 @@ class StateDir:
     def save_grant(self, grant: RelayGrant) -> None:
         """Cache a relay grant (0600, atomic)."""
         self._write(self.grant_file, grant.model_dump_json().encode())
+
+    @property
+    def pin_file(self) -> Path:
+        """The pinned coordinator key (not secret, but what keeps a forged coordinator out: 0600 too)."""
+        return self.path / "coordinator-pin.json"
+
+    def coordinator_pins(self) -> CoordinatorPins | None:
+        """The pinned coordinator key, or None before the first contact with a pin."""
+        raw = read_private(self.pin_file)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            following = data.get("next")
+            return CoordinatorPins(Pin.parse(data["pin"]), Pin.parse(following) if following else None)
+        except (ValueError, KeyError, TypeError, AttributeError, WgmeshError) as exc:
+            # Never fall back to trusting any key: the agent stays refused until an operator looks.
+            raise StateError(
+                f"{self.pin_file} is corrupt; restore it, or remove it and restart with --coordinator-pin"
+            ) from exc
+
+    def save_coordinator_pins(self, pins: CoordinatorPins) -> None:
+        """Persist the pins (0600, atomic)."""
+        body = {"pin": str(pins.pin), "next": str(pins.next) if pins.next is not None else None}
+        self._write(self.pin_file, json.dumps(body).encode())
 
     def save_netmap(self, netmap: NetMap) -> None:
         """Cache a netmap (it holds preshared keys: 0600, atomic)."""

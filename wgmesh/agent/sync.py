@@ -12,7 +12,7 @@ from collections.abc import Callable
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.state import StateDir
-from wgmesh.errors import AuthError, UnreachableError, WgmeshError
+from wgmesh.errors import AuthError, IdentityError, UnreachableError, WgmeshError
 from wgmesh.logs import kv
 from wgmesh.models import NetMap
 
@@ -71,6 +71,16 @@ class NetmapFollower:
             try:
                 self.poll_once()
                 self.backoff.reset()
+            except IdentityError as exc:
+                # A coordinator with another key is no coordinator: keep the data plane on the cached
+                # netmap, as for an absent one, and say plainly why.
+                self.on_reachability(False)
+                delay = self.backoff.next_delay()
+                log.error(
+                    "coordinator refused: it is not the pinned identity; the data plane keeps the cached netmap",
+                    extra=kv(error=exc.message, retry_in=round(delay, 1)),
+                )
+                self.stop.wait(delay)
             except UnreachableError as exc:
                 self.on_reachability(False)
                 delay = self.backoff.next_delay(exc.retry_after)

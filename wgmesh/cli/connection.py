@@ -1,7 +1,8 @@
 """Where the CLI finds the coordinator and its admin token, and the admin HTTP client.
 
 Each setting comes from the first of: the command-line flag, the environment variable, the config file
-(`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator` and `token`).
+(`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator`, `token`, and
+`pin` or `ca` for how to trust the coordinator's TLS; without either, `SSL_CERT_FILE` or the system's store).
 The client is wgmesh.api_client's, which turns error answers into wgmesh.errors exceptions; it adds hints.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import stat
 import sys
 import tomllib
@@ -16,17 +18,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import pydantic
 
-from wgmesh.api_client import ApiClient
+from wgmesh import trust
+from wgmesh.api_client import ApiClient, check_url
 from wgmesh.errors import ValidationError
+from wgmesh.pins import Pin
 
 URL_ENV = "WGMESH_URL"
 TOKEN_ENV = "WGMESH_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-CONFIG_KEYS = ("coordinator", "token")
+PIN_ENV = "WGMESH_PIN"
+CONFIG_KEYS = ("coordinator", "token", "pin", "ca")
 TIMEOUT = 10.0
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
@@ -38,6 +43,14 @@ class Target:
 
     url: str
     token: str = field(repr=False)
+    pin: Pin | None = None
+    """The coordinator's key (`wgmesh-coordinator pin`), trusted instead of any CA."""
+    ca: Path | None = None
+    """A CA file to verify the coordinator's certificate with, instead of the system's store."""
+
+    def tls(self, env: Mapping[str, str] | None = None) -> ssl.SSLContext:
+        """How to trust the coordinator's TLS: the pin, else the CA file, else SSL_CERT_FILE / the system."""
+        return trust.for_client(self.pin, self.ca, env)
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -49,13 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser, *, nested: bool = False) -> N
         "--coordinator",
         metavar="URL",
         default=default,
-        help=f"coordinator URL, e.g. http://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
+        help=f"coordinator URL, e.g. https://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
     )
     group.add_argument(
         "--token",
         metavar="TOKEN",
         default=default,
         help=f"admin token (default: ${TOKEN_ENV}, then cli.toml; a flag is visible in `ps`)",
+    )
+    group.add_argument(
+        "--pin",
+        metavar="sha256:HEX",
+        default=default,
+        help=f"trust the coordinator whose key has this pin (`wgmesh-coordinator pin`; default: ${PIN_ENV}, "
+        "then cli.toml)",
+    )
+    group.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=default,
+        help="verify the coordinator's certificate with this CA file (default: cli.toml, then "
+        "$SSL_CERT_FILE, then the system's store)",
     )
 
 
@@ -97,18 +124,6 @@ def load_config(path: Path, on_warning: Callable[[str], None] = warn) -> dict[st
     return {k: str(v) for k, v in data.items() if v}
 
 
-def check_url(url: str) -> str:
-    """A coordinator URL without its trailing slash, or ValidationError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError(
-            f"coordinator URL {url!r} must look like http://HOST:PORT or https://HOST", code="bad_url"
-        )
-    if parts.query or parts.fragment:
-        raise ValidationError(f"coordinator URL {url!r} must not have a query or fragment", code="bad_url")
-    return url.rstrip("/")
-
-
 def resolve(
     args: argparse.Namespace,
     env: Mapping[str, str] | None = None,
@@ -119,10 +134,15 @@ def resolve(
     url = getattr(args, "coordinator", None) or env.get(URL_ENV) or None
     token = getattr(args, "token", None) or env.get(TOKEN_ENV) or None
     path = config_path(env)
-    if url is None or token is None:
-        config = load_config(path, on_warning)
-        url = url or config.get("coordinator")
-        token = token or config.get("token")
+    pin = getattr(args, "pin", None) or env.get(PIN_ENV) or None
+    ca = getattr(args, "ca", None)
+    config = load_config(path, on_warning) if None in (url, token) or not (pin or ca) else {}
+    url = url or config.get("coordinator")
+    token = token or config.get("token")
+    if not (pin or ca):  # a flag for one replaces the file's choice of either
+        pin, ca = config.get("pin"), config.get("ca")
+    if pin and ca:
+        raise ValidationError("give --pin or --ca, not both", code="bad_config")
     if not url:
         raise ValidationError(
             f"no coordinator: pass --coordinator URL, set {URL_ENV}, or set coordinator in {path}",
@@ -132,7 +152,7 @@ def resolve(
         raise ValidationError(
             f"no admin token: pass --token, set {TOKEN_ENV}, or set token in {path}", code="no_token"
         )
-    return Target(check_url(url), token)
+    return Target(check_url(url), token, Pin.parse(pin) if pin else None, Path(ca) if ca else None)
 
 
 def segment(value: str) -> str:
@@ -147,7 +167,12 @@ class AdminClient(ApiClient):
         self, target: Target, *, timeout: float = TIMEOUT, transport: httpx.BaseTransport | None = None
     ) -> None:
         super().__init__(
-            target.url, bearer=target.token, user_agent="wgmesh-cli", timeout=timeout, transport=transport
+            target.url,
+            bearer=target.token,
+            user_agent="wgmesh-cli",
+            timeout=timeout,
+            transport=transport,
+            tls=target.tls(),
         )
 
     def describe(

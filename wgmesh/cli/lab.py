@@ -312,7 +312,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     """`wgmesh lab env`: `eval "$(wgmesh lab env)"` points the CLI at the lab."""
     lab = Lab.attach(args.name)
-    env = {"WGMESH_URL": lab.url, "WGMESH_TOKEN": lab.admin_token}
+    env = {"WGMESH_URL": lab.url, "WGMESH_TOKEN": lab.admin_token, "WGMESH_PIN": lab.pin}
     if args.json:
         print_json(env)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -15,6 +16,8 @@ from typing import Any, get_args
 from pydantic import ValidationError as PydanticValidationError
 
 from wgmesh import ipam, logs
+from wgmesh.api_client import check_url
+from wgmesh.coordinator import identity
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
@@ -22,6 +25,7 @@ from wgmesh.coordinator.store import Store
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
+from wgmesh.pins import Pin
 from wgmesh.relay.identity import RelayIdentity
 from wgmesh.relay.server import RelayConfig, RelayServer
 from wgmesh.values import Endpoint, P2PPolicy
@@ -71,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "relay-key", help="print the public key relays verify tickets with (wgmesh-relay --coordinator-key)"
     )
+    pin = sub.add_parser("pin", help="print the pin (sha256:…) clients trust this coordinator by")
+    pin.add_argument("--tls-cert", help="the pin of this chain's last certificate (as serve --tls-cert)")
+    rotate = sub.add_parser(
+        "rotate-identity",
+        help="replace the coordinator's key: --stage announces the next one, --activate switches to it",
+    )
+    step = rotate.add_mutually_exclusive_group(required=True)
+    step.add_argument("--stage", action="store_true", help="make the next key; netmaps announce its pin")
+    step.add_argument("--activate", action="store_true", help="serve the staged key from the next start")
     serve = sub.add_parser("serve", help="serve the API (the default)")
     for p in (parser, serve):
         p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on")
@@ -110,6 +123,32 @@ def _parser() -> argparse.ArgumentParser:
             "(100/1); KIND=off turns one off (repeatable; docs/security.md)",
         )
         p.add_argument(
+            "--tls-cert",
+            metavar="FILE",
+            help="serve this certificate chain (PEM, leaf first, issuing CA last; the pin is the CA's) "
+            "instead of the registry's own identity",
+        )
+        p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+        p.add_argument(
+            "--insecure-http",
+            action="store_true",
+            help="serve plain HTTP, for a TLS-terminating proxy on this host (loopback --listen only); "
+            "X-Forwarded-Proto from --trusted-proxy then counts",
+        )
+        p.add_argument(
+            "--public-pin",
+            metavar="sha256:HEX",
+            help="with --insecure-http: the pin of the key (or CA) the proxy presents, for tokens to carry",
+        )
+        p.add_argument(
+            "--public-url",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="a URL agents reach this coordinator at, carried in enrollment tokens (repeatable; "
+            "default: the URL the token was requested at)",
+        )
+        p.add_argument(
             "--relay-tls-cert",
             help="TLS certificate (PEM) for --relay (default: a key kept in the registry, pinned by agents)",
         )
@@ -134,10 +173,29 @@ def run(argv: Sequence[str]) -> int:
         store.check_schema()
         print(registry.relay_public_key())
         return 0
+    if args.command == "pin":
+        if args.tls_cert:
+            print(identity.from_chain(Path(args.tls_cert)))
+            return 0
+        _upgrade(store)
+        store.check_schema()
+        print(identity.ensure(store).pin)
+        return 0
+    if args.command == "rotate-identity":
+        _upgrade(store)
+        store.check_schema()
+        if args.stage:
+            staged = identity.stage(store)
+            print(f"next pin (announced to agents now; activate once they all have it): {staged.pin}")
+        else:
+            active = identity.activate(store)
+            print(f"pin (served from each coordinator's next start): {active.pin}")
+        return 0
     if args.command == "init":
         network = Network(name=args.network, overlay_cidr=ipam.parse_cidr(args.overlay), p2p=args.p2p)
         _upgrade(store)
         token = registry.initialise(network, admin)
+        print(f"{identity.PIN_LINE}{identity.ensure(store).pin}")
         if token is not None:
             print(f"admin token (shown once, store it safely): {token}")
         elif admin is not None:
@@ -164,17 +222,30 @@ def run(argv: Sequence[str]) -> int:
         scheme = "tls" if relay_config.tls_cert or own else "tcp"
         pin = str(own.pin) if own is not None else None
         relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}", pin=pin))
+    tls = _tls(args, host, store)
     settings = Settings(
         trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
         relays=relays,
         limits=RateLimits.parse(args.rate_limit),
+        pin=tls.pin if tls is not None else (Pin.parse(args.public_pin) if args.public_pin else None),
+        public_urls=[check_url(u) for u in args.public_url],
+        forwarded_proto=tls is None,
     )
     app = create_app(registry, settings)
     metrics_socket = bind_metrics(args.metrics_listen)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
 
-    log.info("listening", extra=logs.kv(host=host, port=port, db=store.engine.url.render_as_string()))
+    log.info(
+        "listening",
+        extra=logs.kv(
+            host=host,
+            port=port,
+            scheme="https" if tls is not None else "http",
+            pin=settings.pin,
+            db=store.engine.url.render_as_string(),
+        ),
+    )
     # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from 127.0.0.1 as the client
     # address; only --trusted-proxy (client_address in handlers/auth.py) decides that.
     config = uvicorn.Config(
@@ -189,6 +260,10 @@ def run(argv: Sequence[str]) -> int:
         # open dashboard event streams and long polls must not hold a SIGTERM up
         timeout_graceful_shutdown=5,
     )
+    if tls is not None:
+        with identity.served_files(tls) as (certfile, keyfile):
+            config.ssl_certfile, config.ssl_keyfile = str(certfile), str(keyfile)
+            config.load()  # reads the key now, so its file lives no longer than this block
     relay = RelayServer(relay_config) if relay_config is not None else None
     if relay is not None:
         app.state.context.metrics.attach_relay(relay)  # its metrics on the coordinator's /metrics
@@ -233,6 +308,38 @@ def _upgrade(store: Store) -> None:
     """Bring an existing database to this version's schema (a new one is created at it)."""
     for step in store.upgrade():
         log.info("database schema upgraded", extra=logs.kv(version=step))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _tls(args: argparse.Namespace, host: str, store: Store) -> identity.Identity | None:
+    """What the API serves: `--tls-cert/--tls-key`, else the registry's identity; None for --insecure-http."""
+    if args.insecure_http:
+        if args.tls_cert or args.tls_key:
+            raise ValidationError(
+                "--insecure-http serves no certificate: drop --tls-cert/--tls-key", code="invalid_tls"
+            )
+        if not _is_loopback(host):
+            raise ValidationError(
+                f"--insecure-http is only for a TLS-terminating proxy on this host: listen on a loopback "
+                f"address, not {host}",
+                code="invalid_tls",
+            )
+        return None
+    if args.public_pin:
+        raise ValidationError(
+            "--public-pin goes with --insecure-http (otherwise the pin is known)", code="invalid_tls"
+        )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValidationError("--tls-cert and --tls-key go together", code="invalid_tls")
+    if args.tls_cert:
+        return identity.from_files(Path(args.tls_cert), Path(args.tls_key))
+    return identity.ensure(store)
 
 
 def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig | None:

@@ -17,11 +17,12 @@ from sqlalchemy import Connection, RowMapping, and_, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from wgmesh import ipam, keys
-from wgmesh.coordinator import admin_tokens, schema
+from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog
 from wgmesh.coordinator.credentials import make_credential, parse_credential
 from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
 from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from wgmesh.join_token import JoinToken
 from wgmesh.models import (
     EnrollRequest,
     NetMap,
@@ -170,6 +171,7 @@ class Registry:
         if admin_token is not None:
             admin_tokens.check_supplied(admin_token)
         self.store.create(network)
+        identity.ensure(self.store)
         if admin_token is not None:
             self.admin_tokens.bootstrap(admin_token)
             return None
@@ -248,7 +250,8 @@ class Registry:
             return _token_info(row)
 
     def _redeem(self, conn: Connection, presented: str) -> RowMapping:
-        cred = parse_credential(presented, "wgt")
+        # A token may carry the coordinator's pin and URLs (join_token.py); only its secret is checked.
+        cred = parse_credential(JoinToken.parse(presented).secret, "wgt")
         row = conn.execute(select(schema.tokens).where(schema.tokens.c.id == cred.id)).mappings().first()
         if row is None or not keys.secret_matches(cred.secret, row["secret_hash"]):
             raise AuthError("enrollment token is not valid", code="invalid_token")
@@ -581,6 +584,7 @@ class Registry:
             pair_rate=pair_rate,
             psk_generation=generation,
             psk_master=bytes(master),
+            coordinator_next_pin=str(staged) if (staged := identity.next_pin(conn)) else None,
         )
 
     def snapshot(self) -> RegistrySnapshot:

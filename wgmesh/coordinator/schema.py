@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -64,6 +64,14 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
     ),
     # The embedded relay's TLS key (PEM), made when a coordinator first runs `--relay`.
     5: ("ALTER TABLE registry ADD COLUMN relay_tls_key TEXT",),
+    # The coordinator's TLS identity (coordinator/identity.py): PEM key and certificate, and the staged
+    # next ones a rotation announces. NULL until the first start makes one (an upgraded database).
+    6: (
+        "ALTER TABLE registry ADD COLUMN tls_key TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_cert TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_next_key TEXT",
+        "ALTER TABLE registry ADD COLUMN tls_next_cert TEXT",
+    ),
 }
 
 metadata = MetaData()
@@ -86,6 +94,11 @@ registry = Table(
     # Since version 5: the private key (PEM) of the relay `--relay` embeds, shared by every coordinator
     # of the registry so that its pin survives failover; NULL until one first runs it.
     Column("relay_tls_key", Text),
+    # Since version 6: the coordinator's TLS identity (PEM), secret like psk_master; see identity.py.
+    Column("tls_key", Text),
+    Column("tls_cert", Text),
+    Column("tls_next_key", Text),
+    Column("tls_next_cert", Text),
     CheckConstraint("id = 1", name="registry_single_row"),
 )
 

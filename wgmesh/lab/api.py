@@ -10,12 +10,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from wgmesh import trust
 from wgmesh.api_client import ApiClient, JsonValue
 from wgmesh.errors import UnreachableError, WgmeshError
 from wgmesh.lab.layout import is_safe_destination
 from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
 from wgmesh.models import NodeList, TokenCreated
+from wgmesh.pins import Pin
 
 
 class LabApi(ApiClient):
@@ -28,12 +30,18 @@ class LabApi(ApiClient):
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        pin: Pin | None = None,
     ) -> None:
         host = urlsplit(url).hostname or ""
         if not is_safe_destination(host):
             raise WgmeshError(f"refusing to send lab traffic to {host}", code="unsafe_destination")
         super().__init__(
-            url, bearer=admin_token, user_agent="wgmesh-lab", timeout=timeout, transport=transport
+            url,
+            bearer=admin_token,
+            user_agent="wgmesh-lab",
+            timeout=timeout,
+            transport=transport,
+            tls=trust.for_client(pin, None),
         )
 
     def describe(
@@ -67,4 +75,5 @@ def admin_client(state: LabState) -> LabApi:
 
     A client per call, as before: a restarted coordinator never meets a pooled connection to its past.
     """
-    return LabApi(state.plan().hub_url, state.admin_token, timeout=scaled(10.0))
+    pin = Pin.parse(state.coordinator_pin) if state.coordinator_pin else None
+    return LabApi(state.plan().hub_url, state.admin_token, timeout=scaled(10.0), pin=pin)

@@ -68,6 +68,13 @@ class Lab:
         return self.plan.local_url
 
     @property
+    def pin(self) -> str:
+        """The coordinator's pin (`sha256:…`): what clients of the lab trust its HTTPS by."""
+        if self.state.coordinator_pin is None:
+            raise WgmeshError(f"lab {self.name} has no coordinator pin yet (start its hub)", code="no_pin")
+        return self.state.coordinator_pin
+
+    @property
     def admin_token(self) -> str:
         """The coordinator's admin token."""
         return self.state.admin_token

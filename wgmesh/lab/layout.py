@@ -83,7 +83,7 @@ class LabPlan:
     @property
     def hub_url(self) -> str:
         """The coordinator as agents see it, on the underlay."""
-        return f"http://{self.hub_ip}:{self.api_port}"
+        return f"https://{self.hub_ip}:{self.api_port}"
 
     @property
     def relay_url(self) -> str:
@@ -98,7 +98,7 @@ class LabPlan:
     @property
     def local_url(self) -> str:
         """The coordinator as the host sees it, on loopback."""
-        return f"http://127.0.0.1:{self.loopback_port}"
+        return f"https://127.0.0.1:{self.loopback_port}"
 
     def site(self, index: int) -> Site:
         """Site `index` (1-based), or ValidationError."""
@@ -303,7 +303,9 @@ def coordinator_db_url(plan: LabPlan) -> str:
 def coordinator_args(plan: LabPlan, *, relay_pin: str | None = None) -> list[str]:
     """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only;
     with the relay's pin, the relay announced to agents with it."""
+    # HTTPS with the registry's own identity; tokens name the hub, wherever they are created from.
     args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{plan.hub_ip}:{plan.api_port}"]
+    args += ["--public-url", plan.hub_url]
     args += ["--metrics-listen", f"{plan.hub_ip}:{COORDINATOR_METRICS_PORT}"]
     if relay_pin is not None:
         args += ["--announce-relay", f"{plan.relay_url}#{relay_pin}"]

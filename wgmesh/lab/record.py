@@ -45,6 +45,8 @@ class LabState(Model):
     relay: bool = False
     # The coordinator's relay-ticket public key (base64), the relay's --coordinator-key.
     relay_key: str | None = None
+    # The coordinator's pin (`sha256:…`, printed by `init`): how the lab's own clients trust its HTTPS.
+    coordinator_pin: str | None = None
     # The switches in force: gateways whose underlay UDP is dropped, UDP rate limits, P2P turned off.
     blocked_udp: list[int] = Field(default_factory=list)
     throttled_udp: dict[int, str] = Field(default_factory=dict)

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
+from wgmesh.coordinator.identity import PIN_LINE
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import procs, system
 from wgmesh.lab.api import admin_client
@@ -31,6 +32,7 @@ from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import RELAY_PROGRAM, program
 from wgmesh.lab.wait import NotYet, Progress, WaitTimeout, quiet, wait_until
 from wgmesh.logs import kv
+from wgmesh.pins import Pin
 from wgmesh.relay.identity import KEY_FILE, RelayIdentity, load_or_create_key
 
 log = logging.getLogger("wgmesh.lab")
@@ -99,6 +101,8 @@ def start(state: LabState, node: str) -> procs.ProcessId:
         return proc
     target = resolve_node(plan, node)
     if target.role == "hub":
+        if state.coordinator_pin is None:
+            initialise(state)
         pin = relay_pin(plan) if state.relay else None
         argv = [program("wgmesh-coordinator"), *coordinator_args(plan, relay_pin=pin)]
         proc = procs.spawn(argv, log_path(state, node), {"WGMESH_ADMIN_TOKEN": state.admin_token})
@@ -170,7 +174,7 @@ def prepare_relay(state: LabState) -> str:
     try:
         # `relay-key` needs an initialised database; with the token in the environment `init`
         # takes it as the admin token and prints no secret.
-        system.run([coordinator, *coordinator_init_args(plan)], env=env)
+        initialise(state)
         done = system.run([coordinator, *relay_key_args(plan)], env=env)
     except WgmeshError as exc:
         raise WgmeshError(
@@ -188,6 +192,20 @@ def relay_pin(plan: LabPlan) -> str:
     announces the pin before the relay starts)."""
     key = load_or_create_key(plan.relay_state_dir / KEY_FILE)
     return str(RelayIdentity.from_key(key).pin)
+
+
+def initialise(state: LabState) -> str:
+    """Initialise the database (idempotent) and keep the coordinator's pin, which `init` prints, in the record."""
+    done = system.run(
+        [program("wgmesh-coordinator"), *coordinator_init_args(state.plan())],
+        env={"WGMESH_ADMIN_TOKEN": state.admin_token},
+    )
+    found = [line for line in done.stdout.splitlines() if line.startswith(PIN_LINE)]
+    if not found:
+        raise WgmeshError("wgmesh-coordinator init printed no pin", code="no_pin")
+    state.coordinator_pin = str(Pin.parse(found[-1].removeprefix(PIN_LINE)))
+    save(state)
+    return state.coordinator_pin
 
 
 def parse_public_key(text: str) -> str:

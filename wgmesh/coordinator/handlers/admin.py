@@ -8,11 +8,13 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from wgmesh.coordinator.handlers.auth import request_scheme
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.metrics import scrape_targets
 from wgmesh.coordinator.operations import Call, error_response, json_response
 from wgmesh.coordinator.registry import row_id
 from wgmesh.errors import NotFoundError, ValidationError
+from wgmesh.join_token import with_identity
 from wgmesh.logs import kv
 from wgmesh.models import (
     AdminTokenCreate,
@@ -56,10 +58,17 @@ async def patch_network(call: Call) -> Network:
 
 
 async def create_token(call: Call) -> TokenCreated:
-    registry = context(call.request).registry
+    ctx = context(call.request)
+    registry, settings = ctx.registry, ctx.settings
     created = await run_in_threadpool(registry.create_token, call.body)
     log.info("token created", extra=kv(token_id=created.id, reusable=created.reusable))
-    return created
+    if settings.pin is None:
+        return created
+    # The token names whom to trust and where: the --public-url(s), else the URL this request came to.
+    request = call.request
+    scheme = request_scheme(request, settings.trusted_proxies, settings.forwarded_proto)
+    urls = list(settings.public_urls) or [f"{scheme}://{request.url.netloc}"]
+    return created.model_copy(update={"token": with_identity(created.token, settings.pin, urls)})
 
 
 async def list_tokens(call: Call) -> TokenList:

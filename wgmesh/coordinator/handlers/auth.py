@@ -90,6 +90,17 @@ def client_address(request: Request, trusted: Sequence[Prefix]) -> str | None:
     return peer
 
 
+def request_scheme(request: Request, trusted: Sequence[Prefix], forwarded_proto: bool) -> str:
+    """`https` or `http` as the client spoke it: behind a trusted TLS-terminating proxy (`--insecure-http`),
+    the proxy's X-Forwarded-Proto; otherwise this connection's own scheme."""
+    peer = request.client.host if request.client else None
+    if forwarded_proto and peer is not None and any(ipaddress.ip_address(peer) in net for net in trusted):
+        said = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if said in ("http", "https"):
+            return said
+    return request.url.scheme
+
+
 def bearer(request: Request) -> str:
     """The bearer token of a request, or AuthError."""
     header = request.headers.get("authorization", "")

@@ -14,6 +14,7 @@ from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
 from wgmesh.models import RelayInfo
+from wgmesh.pins import Pin
 from wgmesh.values import Prefix
 
 
@@ -26,6 +27,12 @@ class Settings:
     """Relays announced to agents with their tickets (`--announce-relay`, `--relay`)."""
     limits: RateLimits = field(default_factory=RateLimits)
     """Per-address limits on enrollments, logins and failed credentials (`--rate-limit`)."""
+    pin: Pin | None = None
+    """What clients pin (coordinator/identity.py); enrollment tokens carry it. None: tokens are bare."""
+    public_urls: Sequence[str] = field(default_factory=list)
+    """The URLs tokens name (`--public-url`); none: the URL the token's request came to."""
+    forwarded_proto: bool = False
+    """Plain HTTP behind a TLS-terminating proxy: X-Forwarded-Proto from a trusted proxy is the scheme."""
 
 
 @dataclass(frozen=True)

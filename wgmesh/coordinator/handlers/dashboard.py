@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from wgmesh.coordinator.handlers.auth import client_address, set_actor
+from wgmesh.coordinator.handlers.auth import client_address, request_scheme, set_actor
 from wgmesh.coordinator.handlers.context import Context, context
 from wgmesh.coordinator.operations import Call, json_response
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
@@ -70,7 +70,7 @@ async def login(call: Call) -> Response:
         path="/",
         httponly=True,
         samesite="strict",
-        secure=call.request.url.scheme == "https",
+        secure=request_scheme(call.request, settings.trusted_proxies, settings.forwarded_proto) == "https",
     )
     response.headers["cache-control"] = "no-store"
     return response
