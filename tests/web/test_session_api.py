@@ -12,10 +12,8 @@ from coordinator_harness import Coordinator, assert_error, create_token, enroll,
 from web_harness import chromium
 
 from wgmesh.coordinator import identity
-
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
-
 
 
 def login(coordinator: Coordinator, token: str | None = None) -> tuple[httpx.Client, str]:

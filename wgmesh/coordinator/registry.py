@@ -43,7 +43,8 @@ from wgmesh.models import (
     Topology,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap
-from wgmesh.relay import identity, tickets
+from wgmesh.relay import identity as relay_identity
+from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
 from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
@@ -620,7 +621,7 @@ class Registry:
             w.conn.execute(
                 update(schema.registry)
                 .where(schema.registry.c.relay_tls_key.is_(None))
-                .values(relay_tls_key=identity.generate_key().decode("ascii"))
+                .values(relay_tls_key=relay_identity.generate_key().decode("ascii"))
             )
             stored = w.conn.execute(select(schema.registry.c.relay_tls_key)).scalar_one()
         return str(stored).encode("ascii")
