@@ -12,7 +12,7 @@ import pytest
 from coordinator_harness import Coordinator, assert_error, create_token, enroll_body, running
 from inprocess_harness import InProcessCoordinator
 
-from wgmesh import keys
+from wgmesh import keys, trust
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.errors import RateLimitedError
 from wgmesh.models import EnrollRequest
@@ -105,7 +105,8 @@ def test_the_agents_client_reads_retry_after(tmp_path: Path) -> None:
     with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log", extra=LIMITS)) as c:
         with c.admin() as admin:
             token = create_token(admin, reusable=True)["token"]
-        client = CoordinatorClient(c.url, None)
+        pin = c.pin
+        client = CoordinatorClient(c.url, None, tls=trust.pinned(lambda: [pin]))
         try:
             for i in range(3):
                 req = EnrollRequest(

@@ -22,7 +22,9 @@ def dashboard(page: Any, coordinator: Coordinator, mesh: Mesh) -> Any:
     return page
 
 
-def test_create_an_admin_token_and_see_it_in_the_audit_tab(dashboard: Any, admin: httpx.Client) -> None:
+def test_create_an_admin_token_and_see_it_in_the_audit_tab(
+    dashboard: Any, coordinator: Coordinator, admin: httpx.Client
+) -> None:
     page = dashboard
     page.get_by_role("link", name="Admin tokens").click()
     page.locator("#admin-token-name").fill("web-reader")
@@ -40,7 +42,9 @@ def test_create_an_admin_token_and_see_it_in_the_audit_tab(dashboard: Any, admin
     page.get_by_role("button", name="Done").click()
     expect(page.locator("#token-secret")).to_be_hidden()
     expect(secret).to_be_empty()
-    with httpx.Client(base_url=admin.base_url, headers={"Authorization": f"Bearer {token}"}) as reader:
+    with httpx.Client(
+        base_url=admin.base_url, headers={"Authorization": f"Bearer {token}"}, verify=coordinator.verify
+    ) as reader:
         assert reader.get("/api/v1/nodes").status_code == 200
     page.get_by_role("link", name="Audit").click()
     entry = (
