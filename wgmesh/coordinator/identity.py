@@ -18,22 +18,20 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, select, update
 
+from wgmesh import selfsigned
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.pins import Pin
 from wgmesh.secure_files import write_private
 
-NEVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 COMMON_NAME = "wgmesh coordinator"
 PIN_LINE = "coordinator pin: "
 """How `init` prints the pin (the lab reads it from there)."""
@@ -59,23 +57,8 @@ class Identity:
 
 def generate(now: datetime | None = None) -> Identity:
     """A new ECDSA P-256 key and a self-signed certificate for it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
-    start = (now or datetime.now(UTC)) - timedelta(days=1)  # a client clock a little behind still agrees
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(NEVER)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key_pem = selfsigned.generate_key()
+    cert = selfsigned.certificate(selfsigned.load_key(key_pem, "a new key"), COMMON_NAME, now=now)
     return Identity(key_pem.decode(), cert.public_bytes(serialization.Encoding.PEM).decode())
 
 

@@ -8,7 +8,6 @@ relay embedded in it. A relay with a certificate of its own (`--tls-cert`) does 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -16,28 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from wgmesh import selfsigned
 from wgmesh.errors import ValidationError
 from wgmesh.pins import Pin
 from wgmesh.secure_files import ensure_private_dir, read_private, write_private
 
 DEFAULT_STATE_DIR = Path("/var/lib/wgmesh-relay")
 KEY_FILE = "relay-tls.key"
-_SUBJECT = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wgmesh relay")])
-# RFC 5280 4.1.2.5: "no well-defined expiration date". Agents check the pinned key, not dates, and the
-# certificate is remade at every start, so an expiry would only stop a long-running relay for nothing.
-_NO_EXPIRY = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
-
-
-def generate_key() -> bytes:
-    """A new P-256 private key, PKCS#8 PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+generate_key = selfsigned.generate_key
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -68,25 +55,8 @@ class RelayIdentity:
     ) -> RelayIdentity:
         """The identity of a stored P-256 key, with a fresh self-signed certificate; `names` become its
         subject alternative names, for clients that verify a name (agents checking the pin need none)."""
-        try:
-            key = serialization.load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError):
-            raise ValidationError(f"{source} is not a PEM private key", code="invalid_key") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise ValidationError(f"{source} is not an ECDSA P-256 key", code="invalid_key")
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_SUBJECT)
-            .issuer_name(_SUBJECT)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))  # a client's clock may be behind
-            .not_valid_after(_NO_EXPIRY)
-        )
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = builder.sign(key, hashes.SHA256())
+        key = selfsigned.load_key(key_pem, source)
+        cert = selfsigned.certificate(key, "wgmesh relay", names=names)
         return cls(key_pem, cert.public_bytes(serialization.Encoding.PEM))
 
     @property
