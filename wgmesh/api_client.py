@@ -41,10 +41,15 @@ def answer_error(response: httpx.Response) -> tuple[str, str] | None:
         return None
 
 
+MAX_RETRY_AFTER = 3600.0
+"""The longest `Retry-After` honoured: a larger one would park an agent for good (or overflow a wait)."""
+
+
 def retry_after(response: httpx.Response) -> float | None:
-    """The seconds of a `Retry-After: SECONDS` header (429, 503); None without one (or with a date)."""
+    """The seconds of a `Retry-After: SECONDS` header (429, 503), at most an hour; None without one (or
+    with a date)."""
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isascii() and value.isdigit() else None
+    return min(float(value), MAX_RETRY_AFTER) if value.isascii() and value.isdigit() else None
 
 
 def check_url(url: str) -> str:

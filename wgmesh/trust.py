@@ -38,6 +38,14 @@ class PinMismatch(ssl.SSLCertVerificationError):
         self.accepted = tuple(accepted)
 
 
+class UnreadableCertificate(ssl.SSLCertVerificationError):
+    """Raised inside the handshake: the presented certificate cannot be read, so it proves no pin."""
+
+    def __init__(self, cause: ValueError) -> None:
+        super().__init__(f"presented a certificate that cannot be read ({cause})")
+        self.verify_message = "unreadable certificate"
+
+
 def _verifies(
     leaf: x509.Certificate, rest: list[x509.Certificate], anchor: x509.Certificate, host: str
 ) -> bool:
@@ -89,6 +97,11 @@ class PinnedContext(ssl.SSLContext):
     accepted: Callable[[], Sequence[Pin]]
     on_match: Callable[[Pin], None]
 
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        # The pin is checked on sockets only (_PinCheckingSocket); a memory-BIO connection (asyncio,
+        # httpx.AsyncClient) would get CERT_NONE and no check at all, so it is refused outright.
+        raise NotImplementedError("a pinned connection needs a socket (use the synchronous client)")
+
 
 class _PinCheckingSocket(ssl.SSLSocket):
     def do_handshake(self, block: bool = False) -> None:
@@ -98,9 +111,14 @@ class _PinCheckingSocket(ssl.SSLSocket):
             return
         accepted = list(context.accepted())
         chain = _presented_chain(self)
-        found = proven_pin(chain, self.server_hostname or "", accepted)
-        if found is None:
+        try:
+            found = proven_pin(chain, self.server_hostname or "", accepted)
             presented = Pin.of_certificate(chain[0]) if chain else Pin(bytes(32))
+        except ValueError as exc:
+            # OpenSSL took a certificate that `cryptography` cannot parse (with CERT_NONE nothing checked
+            # it): a refusal like any other, not a crash of whoever connected.
+            raise UnreadableCertificate(exc) from exc
+        if found is None:
             raise PinMismatch(presented, accepted)
         context.on_match(found)
 
@@ -152,7 +170,7 @@ def refusal(url: str, exc: BaseException) -> IdentityError | None:
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, PinMismatch):
+        if isinstance(cause, PinMismatch | UnreadableCertificate):
             return IdentityError(
                 f"refusing coordinator {url}: it {cause.args[0]}; if its key was replaced on purpose, "
                 "see 'rotate-identity' in docs/security.md"

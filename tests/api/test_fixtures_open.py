@@ -244,6 +244,8 @@ def test_coordinator_serves_what_the_manifest_records(
         ("admin-1", False, "upgrade", None),
         ("admin-2", False, "env", None),
     ]
+    # the old token nobody names any more still works, and the coordinator says so at start
+    assert "names=admin-1" in fixture_coordinator.log.read_text()
 
 
 def test_netmaps_static_export_relay_key_and_topology_build(

@@ -90,3 +90,13 @@ def test_bad_audit_flags_are_bad_usage(wgmesh: Cli, flag: str) -> None:
     r = wgmesh("audit", flag)
     assert r.code == 2 and r.out == ""
     assert flag.split("=", maxsplit=1)[0] in r.one_line_error()
+
+
+def test_audit_shows_admin_written_text_as_text_not_markup(wgmesh: Cli, admin: httpx.Client) -> None:
+    # A token description is free text an admin wrote; the audit detail carries it. Rich would read
+    # `[/x]` as a closing tag (and fail the whole listing) and `[conceal]` as a style.
+    r = admin.post("/api/v1/tokens", json={"description": "[conceal]hidden[/conceal] and [/x]"})
+    assert r.status_code == 201, r.text
+    table = wgmesh("audit", "--limit", "5")
+    assert table.code == 0, table.err
+    assert "[conceal]" in table.out and "[/x]" in table.out  # shown as written (a narrow table folds it)

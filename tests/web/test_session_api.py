@@ -189,6 +189,28 @@ def test_an_event_stream_ends_when_another_coordinator_revokes_its_token(
         assert list(stream) == []
 
 
+def test_an_event_stream_opened_with_a_bearer_token_ends_when_the_token_is_revoked(
+    coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    r = admin.post("/api/v1/admin-tokens", json={"name": "bearer-watcher"})
+    assert r.status_code == 201, r.text
+    headers = {"authorization": f"Bearer {r.json()['token']}"}
+    with (
+        httpx.Client(base_url=coordinator.url, trust_env=False, verify=coordinator.verify) as client,
+        client.stream("GET", "/api/v1/events", headers=headers, timeout=10.0) as r,
+    ):
+        assert r.status_code == 200
+        stream = events(r)
+        assert next(stream)[0] == "change"
+        assert admin.delete("/api/v1/admin-tokens/bearer-watcher").status_code == 200
+        assert (
+            admin.post("/api/v1/nodes", json={"name": "wakes-bearer", "generate_keys": True}).status_code
+            == 201
+        )
+        assert next(stream)[0] == "logout"
+        assert list(stream) == []
+
+
 def test_the_dashboard_is_served_with_a_strict_policy(coordinator: Coordinator) -> None:
     with coordinator.anonymous() as anon:
         r = anon.get("/")

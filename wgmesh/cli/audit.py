@@ -65,13 +65,15 @@ def audit_table(entries: Sequence[AuditEntry], now: datetime) -> RenderableType:
     for header in ("WHEN", "ACTOR", "ACTION", "TARGET", "DETAIL", "CLIENT"):
         table.add_column(header, overflow="fold")
     for e in entries:
+        # Every cell a Text: the detail holds admin-written free text (a token's description), which
+        # must neither drive the terminal nor be read as rich markup (`[/x]` would break the listing).
         table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S} ({render.age(e.at, now)})",
-            e.actor,
-            e.action,
-            e.target or render.DASH,
-            json.dumps(e.detail, sort_keys=True) if e.detail else render.DASH,
-            e.client or render.DASH,
+            render.cell(f"{e.at:%Y-%m-%d %H:%M:%S} ({render.age(e.at, now)})"),
+            render.cell(e.actor),
+            render.cell(e.action),
+            render.cell(e.target),
+            render.cell(json.dumps(e.detail, sort_keys=True) if e.detail else None),
+            render.cell(e.client),
         )
     return table
 

@@ -213,6 +213,7 @@ def run(argv: Sequence[str]) -> int:
     store.check_schema()
     if admin is not None:
         registry.ensure_admin_token(admin)
+    _warn_about_old_tokens(registry)
     host, port = parse_listen(args.listen)
     relays = [parse_relay(text) for text in args.announce_relay]
     relay_config = _embedded_relay(args, registry)
@@ -223,6 +224,7 @@ def run(argv: Sequence[str]) -> int:
         pin = str(own.pin) if own is not None else None
         relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}", pin=pin))
     tls = _tls(args, host, store)
+    _warn_without_proxy(args)
     settings = Settings(
         trusted_proxies=[ipam.parse_cidr(c) for c in args.trusted_proxy],
         relays=relays,
@@ -302,6 +304,28 @@ def bind_metrics(text: str) -> socket.socket | None:
     bound = sock.getsockname()
     log.info("metrics listening", extra=logs.kv(host=bound[0], port=bound[1]))
     return sock
+
+
+def _warn_about_old_tokens(registry: Registry) -> None:
+    """Say which admin tokens from before schema version 4 still work: each WGMESH_ADMIN_TOKEN value of
+    those versions added a token, and nobody can tell which are still wanted (`wgmesh admin-tokens
+    revoke NAME` the others)."""
+    old = [t.name for t in registry.admin_tokens.list() if t.source == "upgrade" and t.revoked_at is None]
+    if old:
+        log.warning(
+            "admin tokens from before named tokens still work: revoke those not in use",
+            extra=logs.kv(names=",".join(old)),
+        )
+
+
+def _warn_without_proxy(args: argparse.Namespace) -> None:
+    """Behind a proxy without --trusted-proxy every client is the proxy's address: one budget for all."""
+    if args.insecure_http and not args.trusted_proxy:
+        log.warning(
+            "--insecure-http without --trusted-proxy: every client counts as the proxy's address, so one "
+            "client spending the failures budget gets everyone answered 429",
+            extra=logs.kv(hint="add --trusted-proxy 127.0.0.1/32"),
+        )
 
 
 def _upgrade(store: Store) -> None:

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from wgmesh.coordinator.handlers.auth import client_address, request_scheme, set_actor
+from wgmesh.coordinator.handlers.auth import actor_of, client_address, request_scheme, set_actor
 from wgmesh.coordinator.handlers.context import Context, context
 from wgmesh.coordinator.operations import Call, json_response
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
@@ -106,12 +106,23 @@ async def events(call: Call) -> Response:
     ctx = context(call.request)
     registry, notifier = ctx.registry, ctx.notifier
     session_id = call.request.cookies.get(COOKIE) if "authorization" not in call.request.headers else None
+    actor = actor_of(call.request)
+    token_id = actor.identity.token_id if actor is not None else None
+
+    async def live() -> bool:
+        # A revocation ends a stream at its next change or heartbeat, whether a session or a bearer
+        # token opened it (maybe revoked through another coordinator of the registry).
+        if session_id is not None:
+            return await _session_live(ctx, session_id)
+        if token_id is not None:
+            return await run_in_threadpool(ctx.registry.admin_tokens.live, token_id) is not None
+        return True
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         fired = True
         while True:
-            if session_id is not None and not await _session_live(ctx, session_id):
+            if not await live():
                 yield "event: logout\ndata: {}\n\n"
                 return
             event = notifier.current()
