@@ -69,6 +69,8 @@ class Agent:
         self.cfg = cfg
         self.state = StateDir(cfg.state_dir)
         self.stop = threading.Event()
+        self.on_unwind: Callable[[], None] = lambda: None
+        """Called first when `run` unwinds (the command line stops repeating its stop signal then)."""
         self.lock = threading.Lock()
         self.shadowed: list[ShadowedRoute] = []
         self.netmap: NetMap | None = None
@@ -409,6 +411,7 @@ class Agent:
             threading.Thread(target=self.sync_advertised, name="advertise", daemon=True).start()
             self.follower.run()
         finally:
+            self.on_unwind()
             self.scheduler.shutdown(wait=False)
             self.local.stop()
             self.metrics.stop()

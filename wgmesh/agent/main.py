@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import get_args
@@ -21,8 +22,41 @@ from wgmesh.values import Backend
 log = logging.getLogger("wgmesh.agent")
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise Stopped(signal.Signals(signum).name)
+RERAISE_EVERY = 0.5
+"""Seconds between repeats of a stop until the main thread unwinds."""
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT stop the agent: the stop event is set and Stopped is raised in the main thread,
+    to unwind it out of a blocking call (a long poll, an apply).
+
+    A raise can be lost: one that lands while the interpreter runs an object's `__del__` (a garbage
+    collected event loop, in run 13 of issue 12) is printed and ignored, and the agent went on applying
+    netmaps. So the stop is raised again every RERAISE_EVERY seconds (SIGALRM) until the agent begins to
+    unwind and calls `disarm`, after which its clean-up runs undisturbed.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.reason = ""
+        self.armed = True
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            signal.signal(sig, self)
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if signum != signal.SIGALRM:
+            self.reason = self.reason or signal.Signals(signum).name
+            self.stop.set()
+            signal.setitimer(signal.ITIMER_REAL, RERAISE_EVERY, RERAISE_EVERY)
+        if self.armed and self.stop.is_set():
+            raise Stopped(self.reason)
+
+    def disarm(self) -> None:
+        """The agent is unwinding: no more raises."""
+        self.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,13 +142,16 @@ def run(argv: Sequence[str]) -> int:
         return 0
     cfg = agent_config.load(args)
     agent = Agent(cfg)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stopper = StopOnSignal(agent.stop)
+    agent.on_unwind = stopper.disarm
+    stopper.install()
     try:
         agent.run()
     except Stopped as exc:
         agent.stop.set()
         log.info("stopping; the interface stays up", extra=kv(reason=str(exc) or "interrupt"))
+    finally:
+        stopper.disarm()
     return 0
 
 

@@ -36,6 +36,8 @@ DEFAULT_DB = "sqlite:////var/lib/wgmesh/coordinator.db"
 METRICS_LISTEN = "127.0.0.1:9585"
 """Where /metrics is served by default: loopback, since it names every node (docs/metrics.md)."""
 ADMIN_ENV = "WGMESH_ADMIN_TOKEN"
+GRACEFUL_SHUTDOWN = 5
+"""Seconds a stopping coordinator lets open requests (agents' long polls) finish before it cuts them."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -260,7 +262,7 @@ def run(argv: Sequence[str]) -> int:
         lifespan="on",
         proxy_headers=False,
         # open dashboard event streams and long polls must not hold a SIGTERM up
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     if tls is not None:
         with identity.served_files(tls) as (certfile, keyfile):

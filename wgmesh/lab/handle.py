@@ -180,7 +180,9 @@ class Lab:
         """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
         return services.start(self.state, node)
 
-    def kill(self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = 5.0) -> bool:
+    def kill(
+        self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = services.STOP_BUDGET
+    ) -> bool:
         """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not
         running (see services.kill)."""
         return services.kill(self.state, node, sig, wait=wait)
