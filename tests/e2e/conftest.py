@@ -19,6 +19,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
         yield handle
     finally:
         if failed():
+            _print_snapshot(handle)
             _print_logs(logs)
         down(name)
 
@@ -142,10 +144,45 @@ def shared_lab(request: pytest.FixtureRequest, lab_name: str) -> Iterator[Lab]:
         yield handle
 
 
+# Lines every apply writes: in a failure's excerpt they would push out the few that say what changed.
+ROUTINE_LOG = ("firewall table written", "data plane changed", "netmap applied")
+
+
 def _print_logs(logs: Path) -> None:
     # Printed in the fixture, so pytest shows them with the failure; the files go with `down`.
     for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
-        print(f"--- {path.name} (last 20 lines) ---\n{tail(path, 20)}")
+        lines = [line for line in tail(path, 400).splitlines() if not any(r in line for r in ROUTINE_LOG)]
+        shown = "\n".join(lines[-25:])
+        print(f"--- {path.name} (last 25 lines, routine apply lines left out) ---\n{shown}")
+
+
+def _print_snapshot(lab: Lab) -> None:
+    """Each gateway's WireGuard peers (handshake age, counters, endpoint) and tunnel routes at failure
+    time: what a flake that does not come back needs to be explained (run 14's lost pings were not)."""
+    now = int(time.time())
+    for site in lab.plan.sites:
+        dump = lab.exec(site.node, "wg", "show", site.wg_interface, "dump")
+        routes = lab.exec(site.node, "ip", "-4", "route", "show", "dev", site.wg_interface)
+        print(f"--- {site.node} {site.wg_interface} at failure ---")
+        for line in dump.stdout.splitlines()[1:]:
+            cols = line.split("\t")
+            if len(cols) == 8:
+                age = f"{now - int(cols[4])}s ago" if cols[4] != "0" else "never"
+                print(
+                    f"peer {cols[0][:8]} endpoint={cols[2]} handshake={age} rx={cols[5]} tx={cols[6]} allowed={cols[3]}"
+                )
+        if dump.returncode != 0:
+            print(f"wg show failed: {dump.stderr.strip()}")
+        print("routes: " + "; ".join(routes.stdout.splitlines()))
+        try:
+            report = lab.api("GET", f"/api/v1/nodes/{site.node}/status").get("report") or {}
+        except Exception as exc:  # the coordinator may be what the test stopped
+            print(f"paths: unknown ({exc})")
+            continue
+        reported = [
+            f"{p['public_key'][:8]}={p.get('path')}/{p.get('reason')}" for p in report.get("peers", [])
+        ]
+        print("paths: " + " ".join(reported))
 
 
 @pytest.fixture

@@ -7,13 +7,15 @@ import ipaddress
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_paths import ping_ok, tcp_transfer
+from lab_paths import ContinuousPing, ping_ok, tcp_transfer
 
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
 from wgmesh.lab.converge import WgPeer, parse_wg_dump
+from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import program
 
 pytestmark = [pytest.mark.e2e]
@@ -62,7 +64,13 @@ def test_three_sites_reach_each_other(lab: Lab) -> None:
 
 
 @pytest.mark.lab(sites=3)
-def test_new_site_is_everywhere_within_3s(lab: Lab) -> None:
+def test_new_site_is_everywhere_within_3s(lab: Lab, tmp_path: Path) -> None:
+    """Measured from the moment gw4 is in the registry to vm1's first answer from vm4.
+
+    vm1 pings every 100 ms from before the site exists, so the figure is the data plane's and not the
+    cadence of a test's ping attempts: retrying `ping -W 2` cost 2.2 s per miss and once read 5.03 s
+    for a join that had completed in under one (CI, stop 24).
+    """
     added: list[Site] = []
     failure: list[BaseException] = []
 
@@ -72,27 +80,29 @@ def test_new_site_is_everywhere_within_3s(lab: Lab) -> None:
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
+    site4 = lab.plan.with_sites(4).site(4)
+    pinger = ContinuousPing(lab, "vm1", site4.vm_ip, tmp_path / "ping.log")
     grower = threading.Thread(target=grow)
-    begun = time.monotonic()
     grower.start()
     try:
         wait_until(lambda: "gw4" in nodes(lab), 30, "gw4 to enroll")
-        enrolled = time.monotonic()
+        enrolled = time.time()  # the ping log's clock
         key = nodes(lab)["gw4"]["public_key"]
-        site4 = lab.plan.with_sites(4).site(4)
 
         def everyone_has_it() -> bool:
             return all(key in {p.public_key for p in wg_peers(lab, s)} for s in lab.plan.sites[:3])
 
         wait_until(everyone_has_it, 10, "every gateway to list gw4")
-        wait_until(lambda: ping_ok(lab, "vm1", site4.vm_ip), 10, "vm1 to reach vm4")
-        took = time.monotonic() - enrolled
-        reached = time.monotonic()
+        listed = time.time() - enrolled
+        wait_until(lambda: pinger.replies_since(enrolled) > 0, 10, "vm1 to reach vm4")
+        reached = min(t for t in pinger.replies() if t > enrolled) - enrolled
     finally:
+        pinger.stop()
         grower.join(90)
     assert not failure, failure
-    print(f"gw4 everywhere and reachable {took:.2f}s after enrolling, {reached - begun:.2f}s after add-site")
-    assert took < 3.0, f"gw4 reached everywhere {took:.2f}s after enrolling"
+    print(f"gw4 listed everywhere {listed:.2f}s and vm4 answering vm1 {reached:.2f}s after enrolling")
+    # The 3 s is a budget on the reference machine; a slower one (the time scale) gets more.
+    assert reached < scaled(3.0), f"vm4 answered vm1 {reached:.2f}s after gw4 enrolled"
     assert ping_ok(lab, "vm4", lab.plan.site(2).vm_ip)
 
 
@@ -109,9 +119,10 @@ def test_deleted_node_disappears_within_3s(lab: Lab) -> None:
             for s in (s1, s2)
         )
 
-    took = wait_until(gone, 10, "gw3 to disappear from gw1 and gw2")
-    print(f"gw3 gone everywhere {time.monotonic() - start:.2f}s after the DELETE")
-    assert time.monotonic() - start < 3.0, f"took {took:.2f}s"
+    wait_until(gone, 10, "gw3 to disappear from gw1 and gw2")
+    took = time.monotonic() - start
+    print(f"gw3 gone everywhere {took:.2f}s after the DELETE")
+    assert took < scaled(3.0), f"took {took:.2f}s"  # a budget on the reference machine, scaled
     assert not ping_ok(lab, "vm1", s3.vm_ip)
     assert ping_ok(lab, "vm1", s2.vm_ip)
 
