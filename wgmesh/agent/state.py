@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pydantic
 
@@ -13,6 +14,8 @@ from wgmesh.errors import WgmeshError
 from wgmesh.models import NetMap, RelayGrant
 from wgmesh.pins import Pin
 from wgmesh.secure_files import ensure_private_dir, read_private, write_private
+
+_Cached = TypeVar("_Cached", bound=pydantic.BaseModel)
 
 
 class StateError(WgmeshError):
@@ -102,13 +105,7 @@ class StateDir:
 
     def cached_netmap(self) -> NetMap | None:
         """The last netmap applied, or None; a corrupt cache counts as none."""
-        raw = read_private(self.netmap_file)
-        if raw is None:
-            return None
-        try:
-            return NetMap.model_validate_json(raw)
-        except pydantic.ValidationError:
-            return None
+        return _read_cache(self.netmap_file, NetMap)
 
     @property
     def grant_file(self) -> Path:
@@ -117,13 +114,7 @@ class StateDir:
 
     def cached_grant(self) -> RelayGrant | None:
         """The last relay grant, so relayed peers keep working when the agent restarts without a coordinator."""
-        raw = read_private(self.grant_file)
-        if raw is None:
-            return None
-        try:
-            return RelayGrant.model_validate_json(raw)
-        except pydantic.ValidationError:
-            return None
+        return _read_cache(self.grant_file, RelayGrant)
 
     def save_grant(self, grant: RelayGrant) -> None:
         """Cache a relay grant (0600, atomic)."""
@@ -157,3 +148,15 @@ class StateDir:
     def save_netmap(self, netmap: NetMap) -> None:
         """Cache a netmap (it holds preshared keys: 0600, atomic)."""
         self._write(self.netmap_file, netmap.model_dump_json().encode())
+
+
+def _read_cache(path: Path, model: type[_Cached]) -> _Cached | None:
+    """A cache file parsed as `model`, or None when it is missing or unreadable: a cache rebuilds from
+    the coordinator, so a corrupt one must never stop the agent."""
+    raw = read_private(path)
+    if raw is None:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError:
+        return None
