@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wgmesh import errors, ipam, keys, pins, printable, rates, values
-from wgmesh.values import NodeId, P2PPolicy, PathKind, RouteState
+from wgmesh.values import NodeId, P2PPolicy, PathKind, RefusalCode, RouteState
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
@@ -390,6 +390,28 @@ class ShadowedRoute(Model):
     local_prefix: PrefixField | None = None
 
 
+class RefusedRoute(Model):
+    """A remote prefix the agent refused to route or put in WireGuard's allowed IPs (agent/route_guard.py)."""
+
+    prefix: PrefixField
+    gateway: Name | None = None
+    code: RefusalCode
+    address: IpAddr | None = Field(None, description="The protected underlay address the prefix covers")
+
+    @property
+    def reason(self) -> str:
+        """The refusal in words, for status screens and warnings."""
+        what = {
+            "coordinator": "the coordinator's address",
+            "relay": "a relay's address",
+            "next_hop": "the underlay next hop",
+            "peer_endpoint": "the endpoint of a peer reached directly",
+        }
+        if self.code == "too_wide":
+            return "wider than the agent's bound (--min-prefix-length, --allow-wide-routes)"
+        return f"covers {what[self.code]} {self.address}"
+
+
 class StatusReport(Model):
     """The agent's periodic report."""
 
@@ -398,6 +420,9 @@ class StatusReport(Model):
     netmap_version: int | None = None
     peers: list[PeerStatus] = Field(default_factory=list, max_length=10000)
     shadowed: list[ShadowedRoute] = Field(default_factory=list, max_length=10000)
+    refused: list[RefusedRoute] = Field(
+        default_factory=list, max_length=10000, description="Netmap routes the agent refused to install"
+    )
     metrics: EndpointField | None = Field(
         None, description="ADDRESS:PORT of the agent's Prometheus /metrics listener; null: off"
     )
@@ -712,5 +737,6 @@ class LocalStatus(Model):
     netmap_version: int | None
     peers: list[PeerView]
     shadowed: list[ShadowedRoute]
+    refused: list[RefusedRoute] = Field(default_factory=list)
     mtu: int | None = None
     mss_clamp: bool = True

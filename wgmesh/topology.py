@@ -164,7 +164,7 @@ def warnings(
     statuses: Mapping[NodeId, NodeStatus],
 ) -> list[str]:
     """What an admin should look at: links without a recent handshake, routes that do not take effect,
-    gateways offline, and routes a node does not install."""
+    gateways offline, and routes a node does not install (shadowed, or refused by its route guard)."""
     out = [f"{lk.a} and {lk.b} have no recent handshake" for lk in links if lk.path == "down"]
     for route in routes:
         if route.state == "conflict":
@@ -179,6 +179,9 @@ def warnings(
             out.append(
                 f"{node.name} does not install {shadow.prefix}: it overlaps a local subnet on {shadow.interface}"
             )
+        for refused in st.report.refused if st else []:
+            owner = f"@{refused.gateway}" if refused.gateway else ""
+            out.append(f"{node.name} refused route {refused.prefix}{owner}: {refused.reason}")
     return out
 
 

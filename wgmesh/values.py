@@ -22,6 +22,8 @@ RouteState = Literal["active", "standby", "conflict", "rejected"]
 """The verdict of route validation on an advertised subnet."""
 PathKind = Literal["direct", "relay"]
 """How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
+RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_wide"]
+"""Why an agent refused to route a prefix into the tunnel (agent/route_guard.py)."""
 Backend = Literal["auto", "kernel", "userspace"]
 """Which WireGuard the agent drives: the kernel module, wireguard-go, or the first that works."""
 

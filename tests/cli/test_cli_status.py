@@ -287,3 +287,23 @@ def test_routes_table_groups_by_gateway_on_80_columns(
     conflict = next(i for i, line in enumerate(lines) if " 10.1.5.0/24 " in line)
     assert heads["gw-b"] < conflict < heads["gw-c"]
     assert "conflict" in lines[conflict] and "10.1.0.0/16@gw-a" in lines[conflict]
+
+
+def test_status_warns_of_each_route_an_agent_refused(
+    wgmesh: Cli, coordinator: Coordinator, mesh: Mesh, cli_env: dict[str, str]
+) -> None:
+    refused = [
+        {"prefix": "198.18.0.1/32", "gateway": "gw-a", "code": "coordinator", "address": "198.18.0.1"},
+        {"prefix": "0.0.0.0/1", "gateway": "gw-a", "code": "too_wide"},
+    ]
+    post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5", "refused": refused})
+    try:
+        warnings = wgmesh("status", "--json").json()["warnings"]
+        assert (
+            "gw-b refused route 198.18.0.1/32@gw-a: covers the coordinator's address 198.18.0.1" in warnings
+        )
+        assert any(w.startswith("gw-b refused route 0.0.0.0/1@gw-a: wider than") for w in warnings)
+        r = wgmesh("status", env=cli_env | {"COLUMNS": "200"})
+        assert "gw-b refused route 198.18.0.1/32@gw-a" in r.out
+    finally:
+        post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5"})

@@ -68,6 +68,18 @@ def test_mss_clamp_is_on_unless_a_flag_or_the_file_turns_it_off(tmp_path: Path) 
     assert _load(["--config", str(path)]).mss_clamp is False
 
 
+def test_route_width_bounds_from_flags_and_file(tmp_path: Path) -> None:
+    cfg = _load(["--coordinator", "http://x"])
+    assert (cfg.min_prefix_length, cfg.min_prefix_length6, cfg.allow_wide_routes) == (8, 16, False)
+    cfg = _load(["--coordinator", "http://x", "--min-prefix-length", "0", "--min-prefix-length6", "48"])
+    assert (cfg.min_prefix_length, cfg.min_prefix_length6) == (0, 48)
+    assert _load(["--coordinator", "http://x", "--allow-wide-routes"]).allow_wide_routes is True
+    path = tmp_path / "agent.toml"
+    path.write_text('coordinator = "http://x"\nallow_wide_routes = true\nmin_prefix_length = 12\n')
+    cfg = _load(["--config", str(path)])
+    assert (cfg.min_prefix_length, cfg.allow_wide_routes) == (12, True)
+
+
 @pytest.mark.parametrize(
     ("argv", "toml", "message"),
     [
@@ -78,6 +90,9 @@ def test_mss_clamp_is_on_unless_a_flag_or_the_file_turns_it_off(tmp_path: Path) 
         ([], "coordinator = \n", "config file"),
         ([], 'coordinater = "http://x"\n', "unknown key 'coordinater'"),
         ([], 'coordinator = "http://x"\nmss_clamp = "no"\n', "mss_clamp must be true or false"),
+        (["--coordinator", "http://x", "--min-prefix-length", "33"], None, "min_prefix_length must be"),
+        (["--coordinator", "http://x", "--min-prefix-length6", "-1"], None, "min_prefix_length6 must be"),
+        ([], 'coordinator = "http://x"\nallow_wide_routes = 1\n', "allow_wide_routes must be true or false"),
     ],
 )
 def test_bad_settings(tmp_path: Path, argv: list[str], toml: str | None, message: str) -> None:

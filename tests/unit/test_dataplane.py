@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from datetime import UTC, datetime
 
@@ -12,9 +13,10 @@ from wgmesh import keys
 from wgmesh.agent import qos
 from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.plan import AddPeer, RemovePeer, SetEndpoint
+from wgmesh.agent.route_guard import Protected, WidthBound
 from wgmesh.agent.system.memory import MemoryFirewall, MemoryHost, MemoryShaper, MemoryWireGuard
 from wgmesh.agent.wgstate import PeerStats
-from wgmesh.models import PeerConfig, ShadowedRoute
+from wgmesh.models import PeerConfig, RefusedRoute, ShadowedRoute
 from wgmesh.mtu import DEFAULT_MTU
 from wgmesh.values import Endpoint
 
@@ -246,3 +248,53 @@ def test_a_tree_changed_behind_the_agents_back_is_rebuilt() -> None:
     p.dp.apply(nm)
     assert p.shaper.applied[0] == qos.ReplaceRoot()
     assert qos.PEER_MINOR_BASE + GW2.node_id in (p.shaper.observe("wgm0") or set())
+
+
+# --- refused routes (agent/route_guard.py, issue 16) --------------------------------------------------
+
+
+def test_refused_prefix_is_neither_routed_nor_allowed_and_the_rest_applies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p = Plane()
+    p.dp.protected = Protected(coordinator=(ipaddress.ip_address("198.18.0.1"),))
+    rogue = peer("gw3", 3, "10.3.0.0/24", "198.18.0.1/32", "0.0.0.0/1")
+    with caplog.at_level(logging.INFO):
+        result = p.dp.apply(netmap(GW2, rogue))
+        again = p.dp.apply(netmap(GW2, rogue, version=2))
+    assert result.refused == [
+        RefusedRoute(prefix="0.0.0.0/1", gateway="gw3", code="too_wide"),
+        RefusedRoute(prefix="198.18.0.1/32", gateway="gw3", code="coordinator", address="198.18.0.1"),
+    ]
+    assert again.refused == result.refused
+    assert again.operations == 0
+    assert p.host.installed_routes("wgm0") == ["10.2.0.0/24", "10.3.0.0/24", "100.96.0.2/32", "100.96.0.3/32"]
+    # WireGuard does not hold them either: replies to those addresses must not go into the tunnel
+    assert p.wg.observe().spec.peers[rogue.public_key].allowed_ips == ("10.3.0.0/24", "100.96.0.3/32")
+    logged = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(logged) == 2  # once per change, not at every apply
+
+
+def test_a_route_becomes_refused_when_a_peer_is_reached_directly_inside_it() -> None:
+    p = Plane()
+    lan = peer("gw3", 3, "192.0.2.0/24")
+    inside = peer("gw2", 2, endpoint="192.0.2.20:51820")
+    relayed = {inside.public_key: ep("127.0.0.1:40002")}
+    assert p.dp.apply(netmap(inside, lan), relayed).refused == []  # the shim's loopback endpoint: no loop
+    assert "192.0.2.0/24" in p.host.installed_routes("wgm0")
+    result = p.dp.apply(netmap(inside, lan))  # gw2 direct at 192.0.2.20: the route would carry its packets
+    assert result.refused == [
+        RefusedRoute(prefix="192.0.2.0/24", gateway="gw3", code="peer_endpoint", address="192.0.2.20")
+    ]
+    assert "192.0.2.0/24" not in p.host.installed_routes("wgm0")
+    assert p.wg.observe().spec.peers[lan.public_key].allowed_ips == ("100.96.0.3/32",)
+
+
+def test_the_width_flag_installs_a_wide_route() -> None:
+    wide = peer("gw3", 3, "0.0.0.0/0", "::/0")
+    assert {str(r.prefix) for r in Plane().dp.apply(netmap(wide)).refused} == {"0.0.0.0/0", "::/0"}
+    p = Plane()
+    p.dp.width = WidthBound(allow_wide=True)
+    p.dp.protected = Protected(coordinator=(ipaddress.ip_address("198.18.0.1"),))
+    assert [str(r.prefix) for r in p.dp.apply(netmap(wide)).refused] == ["0.0.0.0/0"]
+    assert "::/0" in p.host.installed_routes("wgm0")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from wgmesh.agent.local_status import AgentNotRunning, LocalStatusServer, read_local_status
-from wgmesh.models import LocalStatus, PeerView
+from wgmesh.cli.local import show_local_status
+from wgmesh.models import LocalStatus, PeerView, RefusedRoute
 
 
 def _status(version: int) -> LocalStatus:
@@ -47,3 +48,20 @@ def test_round_trip_and_mode(tmp_path: Path) -> None:
 def test_no_agent(tmp_path: Path) -> None:
     with pytest.raises(AgentNotRunning, match="no agent is running"):
         read_local_status(tmp_path / "agent.sock")
+
+
+def test_refused_routes_show_in_the_local_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    refused = RefusedRoute(prefix="198.18.0.1/32", gateway="gw2", code="coordinator", address="198.18.0.1")
+    status = _status(1).model_copy(update={"refused": [refused]})
+    path = tmp_path / "agent.sock"
+    server = LocalStatusServer(path, lambda: status)
+    server.start()
+    try:
+        read = read_local_status(path)
+    finally:
+        server.stop()
+    assert read.refused == [refused]
+    show_local_status(read, as_json=False)
+    assert (
+        "198.18.0.1/32 of gw2 refused: covers the coordinator's address 198.18.0.1" in capsys.readouterr().out
+    )

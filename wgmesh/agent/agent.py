@@ -24,9 +24,10 @@ from wgmesh.agent.dataplane import ApplyResult, DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer
 from wgmesh.agent.metrics import AgentMetrics
 from wgmesh.agent.path_control import TICK, PathController
+from wgmesh.agent.route_guard import WidthBound
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
-from wgmesh.agent.system.underlay import eth0_address, underlay_mtu
+from wgmesh.agent.system.underlay import eth0_address, protected_addresses, underlay_mtu
 from wgmesh.errors import IdentityError, UnreachableError, ValidationError, WgmeshError
 from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
@@ -36,6 +37,7 @@ from wgmesh.models import (
     NetMap,
     PeerConfig,
     PeerStatus,
+    RefusedRoute,
     RelayGrant,
     ShadowedRoute,
     StatusReport,
@@ -73,6 +75,7 @@ class Agent:
         """Called first when `run` unwinds (the command line stops repeating its stop signal then)."""
         self.lock = threading.Lock()
         self.shadowed: list[ShadowedRoute] = []
+        self.refused: list[RefusedRoute] = []
         self.netmap: NetMap | None = None
         self.reachable = False
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -85,6 +88,7 @@ class Agent:
             cfg.listen_port,
             masquerade=cfg.masquerade,
             mss_clamp=cfg.mss_clamp,
+            width=WidthBound(cfg.min_prefix_length, cfg.min_prefix_length6, cfg.allow_wide_routes),
         )
         token = JoinToken.parse(cfg.token) if cfg.token else None
         self.token_secret = token.secret if token is not None else None
@@ -125,6 +129,7 @@ class Agent:
             changed = self.netmap is None or netmap.version != self.netmap.version
             self.netmap = netmap
             self.shadowed = list(result.shadowed)
+            self.refused = list(result.refused)
         if result.operations or changed:
             log.info(
                 "netmap applied",
@@ -133,6 +138,7 @@ class Agent:
                     peers=len(netmap.peers),
                     operations=result.operations,
                     shadowed=len(result.shadowed),
+                    refused=len(result.refused),
                 ),
             )
             self.report_soon()
@@ -163,6 +169,23 @@ class Agent:
             log.info("underlay", extra=kv(link_mtu=found[0], ipv6=found[1], tunnel_limit=limit))
             self.dataplane.underlay_limit = limit
         return limit
+
+    def refresh_protected(self) -> None:
+        """Resolve the addresses no netmap route may cover (route_guard.py); a change re-applies the netmap."""
+        relays = [relay.url for relay in self.grant.relays] if self.grant else []
+        found = protected_addresses(self.cfg.coordinator, relays, self.dataplane.protected)
+        if found == self.dataplane.protected:
+            return
+        log.info(
+            "protected underlay addresses",
+            extra=kv(
+                coordinator=",".join(map(str, found.coordinator)) or "unresolved",
+                relays=",".join(map(str, found.relays)) or "none",
+                next_hops=",".join(map(str, found.next_hops)) or "none",
+            ),
+        )
+        self.dataplane.protected = found
+        self.reconcile()
 
     def enroll(self) -> Enrollment:
         """The stored enrollment, or a new one made with the token (retrying while unreachable)."""
@@ -247,9 +270,11 @@ class Agent:
         """The report the coordinator gets every 10 s and after every change."""
         eth0 = eth0_address(self.cfg.coordinator)
         limit = self.refresh_underlay()
+        self.refresh_protected()
         peers = [status for _, status in self._peer_reports()]
         with self.lock:
             shadowed = list(self.shadowed)
+            refused = list(self.refused)
             version = self.netmap.version if self.netmap else None
         return StatusReport(
             endpoints=[Endpoint(eth0, self.cfg.listen_port)] if eth0 else [],
@@ -257,6 +282,7 @@ class Agent:
             netmap_version=version,
             peers=peers,
             shadowed=shadowed,
+            refused=refused,
             metrics=self.metrics.advertised(eth0),
             mtu=self.dataplane.mtu,
             max_mtu=limit,
@@ -268,6 +294,7 @@ class Agent:
         with self.lock:
             netmap = self.netmap
             shadowed = list(self.shadowed)
+            refused = list(self.refused)
         enrollment = self.state.enrollment()
         peers = []
         for peer in netmap.peers if netmap else []:
@@ -293,6 +320,7 @@ class Agent:
             netmap_version=netmap.version if netmap else None,
             peers=peers,
             shadowed=shadowed,
+            refused=refused,
             mtu=self.dataplane.mtu,
             mss_clamp=self.cfg.mss_clamp,
         )
@@ -358,6 +386,7 @@ class Agent:
         self.grant = grant
         self.state.save_grant(grant)
         self.paths.use_grant(grant)
+        self.refresh_protected()
 
     def report(self) -> None:
         """Send one status report; failures only log (the next one retries)."""
@@ -388,6 +417,7 @@ class Agent:
         """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
         self.dataplane.up()
         self.refresh_underlay()
+        self.refresh_protected()
         self.follower.restore()
         self.local.start()
         self.metrics.start(self.cfg.metrics_address)
@@ -404,6 +434,7 @@ class Agent:
             if cached is not None:
                 self.grant = cached
                 self.paths.use_grant(cached)
+                self.refresh_protected()
             self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
             self._every(self.path_tick, TICK, "paths")
             # Beside the follower, not before it: while the coordinator is away the statement retries with

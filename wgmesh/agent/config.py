@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from wgmesh import ipam
+from wgmesh.agent import route_guard
 from wgmesh.errors import ValidationError
 from wgmesh.join_token import JoinToken
 from wgmesh.models import check_name
@@ -39,6 +40,12 @@ class AgentConfig:
     """`sha256:…` of the coordinator's key, for a token that carries none (the token's pin otherwise)."""
     metrics_listen: str = "127.0.0.1:9586"
     """`ADDRESS:PORT` of the Prometheus /metrics listener, or `off`."""
+    min_prefix_length: int = route_guard.MIN_PREFIX_V4
+    """IPv4 netmap routes shorter than this are refused (agent/route_guard.py)."""
+    min_prefix_length6: int = route_guard.MIN_PREFIX_V6
+    """IPv6 netmap routes shorter than this are refused."""
+    allow_wide_routes: bool = False
+    """Install routes of any width, a default route too (never one covering a protected address)."""
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -86,8 +93,15 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
             values[name] = given
     if getattr(args, "mss_clamp", None) is False:  # --no-mss-clamp: a flag that sets False
         values["mss_clamp"] = False
-    if not isinstance(values.get("mss_clamp", True), bool):
-        raise ValidationError("mss_clamp must be true or false", code="invalid_config")
+    for flag in ("mss_clamp", "allow_wide_routes"):
+        if not isinstance(values.get(flag, True), bool):
+            raise ValidationError(f"{flag} must be true or false", code="invalid_config")
+    for key, most in (("min_prefix_length", 32), ("min_prefix_length6", 128)):
+        if getattr(args, key, None) == 0:  # a flag given as 0 (no bound) is not "not given"
+            values[key] = 0
+        length = values.get(key, getattr(AgentConfig, key))
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= most:
+            raise ValidationError(f"{key} must be a prefix length 0-{most}", code="invalid_config")
     if values.get("token") and not values.get("coordinator"):
         # A token names its coordinator (join_token.py); --coordinator still overrides.
         urls = JoinToken.parse(str(values["token"])).urls

@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from wgmesh import keys
 from wgmesh import mtu as mtus
-from wgmesh.agent import plan, qos, ruleset
+from wgmesh.agent import plan, qos, route_guard, ruleset
 from wgmesh.agent.plan import DeviceOp, EndpointFor
 from wgmesh.agent.system.backend import (
     Firewall,
@@ -27,10 +28,11 @@ from wgmesh.agent.system.backend import (
 from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
-from wgmesh.models import NetMap, ShadowedRoute
+from wgmesh.models import NetMap, RefusedRoute, ShadowedRoute
 from wgmesh.values import Backend, Endpoint
 
 log = logging.getLogger("wgmesh.agent.dataplane")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ApplyResult:
 
     operations: int
     shadowed: list[ShadowedRoute] = field(default_factory=list)
+    refused: list[RefusedRoute] = field(default_factory=list)
     device_ops: int = 0
     route_ops: int = 0
     seconds: float = 0.0
@@ -87,6 +90,7 @@ class DataPlane:
         host: HostNetwork | None = None,
         firewall: Firewall | None = None,
         shaper: Shaper | None = None,
+        width: route_guard.WidthBound = route_guard.DEFAULT_BOUND,
     ) -> None:
         self.ifname = ifname
         self.backend_name: Backend = backend
@@ -96,6 +100,9 @@ class DataPlane:
         # The largest tunnel MTU the underlay carries (agent/mtu.py), measured by the agent; None: unknown.
         self.underlay_limit: int | None = None
         self.mtu: int | None = None  # the MTU last set on the interface
+        # Addresses no route may cover (route_guard.py), resolved by the agent; the width bound from its flags.
+        self.protected = route_guard.Protected()
+        self.width = width
         self._firewall_error: str | None = None  # the last firewall failure, logged once
         self._key = PrivateKey(private_key)
         self._wg = wireguard
@@ -108,6 +115,7 @@ class DataPlane:
         # does not undo WireGuard's roaming. Empty after a start: the first apply lines up once.
         self._applied_endpoints: dict[str, Endpoint | None] = {}
         self._shadowed: list[ShadowedRoute] = []
+        self._refused: list[RefusedRoute] = []
         self._claimed_twice: list[tuple[str, str, str]] = []  # warned about once, not every reconcile
 
     # -- parts, made on first use so that constructing a DataPlane touches nothing -----------------
@@ -190,6 +198,13 @@ class DataPlane:
             desired = plan.desired_device(
                 netmap, endpoint_overrides, listen_port=self.listen_port, private_key=self._key
             )
+            refused = route_guard.judge(
+                plan.desired_routes(netmap, desired),
+                self.protected,
+                plan.direct_endpoints(desired),
+                self.width,
+            )
+            desired = plan.without_prefixes(desired, (str(r.prefix) for r in refused))
             twice = plan.claimed_twice(netmap)
             for prefix, kept, dropped in twice if twice != self._claimed_twice else []:
                 log.warning(
@@ -224,11 +239,13 @@ class DataPlane:
             )
             changes += self._apply_qos(netmap)
             self._report_shadowed(shadowed)
+            self._report_refused(refused)
 
             total = len(device_ops) + len(route_ops) + changes
             result = ApplyResult(
                 operations=total,
                 shadowed=shadowed,
+                refused=refused,
                 device_ops=len(device_ops),
                 route_ops=len(route_ops),
                 seconds=time.monotonic() - started,
@@ -287,19 +304,27 @@ class DataPlane:
         return len(ops)
 
     def _report_shadowed(self, shadowed: list[ShadowedRoute]) -> None:
-        if shadowed != self._shadowed:
-            for route in shadowed:
-                if route not in self._shadowed:
-                    log.warning(
-                        "remote route shadowed by a local subnet; not installed",
-                        extra=kv(
-                            prefix=route.prefix,
-                            gateway=route.gateway,
-                            interface=route.interface,
-                            local_prefix=route.local_prefix,
-                        ),
-                    )
+        for route in _added(shadowed, self._shadowed):
+            log.warning(
+                "remote route shadowed by a local subnet; not installed",
+                extra=kv(
+                    prefix=route.prefix,
+                    gateway=route.gateway,
+                    interface=route.interface,
+                    local_prefix=route.local_prefix,
+                ),
+            )
         self._shadowed = list(shadowed)
+
+    def _report_refused(self, refused: list[RefusedRoute]) -> None:
+        for route in _added(refused, self._refused):
+            log.warning(
+                "remote route refused; neither routed nor allowed",
+                extra=kv(prefix=route.prefix, gateway=route.gateway, code=route.code, address=route.address),
+            )
+        for route in _added(self._refused, refused):
+            log.info("remote route no longer refused", extra=kv(prefix=route.prefix, gateway=route.gateway))
+        self._refused = list(refused)
 
     def forget_endpoint(self, public_key: str) -> None:
         """Compare this peer's endpoint with the interface on the next apply, so a stale roam is undone."""
@@ -329,6 +354,7 @@ class DataPlane:
             self.host.delete_link(self.ifname)
             self._applied_endpoints = {}
             self._shadowed = []
+            self._refused = []
             log.info("data plane removed", extra=kv(interface=self.ifname))
 
     @classmethod
@@ -343,6 +369,11 @@ class DataPlane:
             backend.cleanup()
         LinuxHost().delete_link(ifname)
         log.info("data plane removed", extra=kv(interface=ifname))
+
+
+def _added(now: list[T], before: list[T]) -> list[T]:
+    """What `now` holds that `before` did not: each change is logged once, not at every reconcile."""
+    return [item for item in now if item not in before]
 
 
 def _existing_backend(ifname: str) -> WireGuardBackend | None:

@@ -12,6 +12,7 @@ from typing import get_args
 
 from wgmesh import logs
 from wgmesh.agent import config as agent_config
+from wgmesh.agent import route_guard
 from wgmesh.agent.agent import Agent, Stopped
 from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
@@ -120,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         default=None,
         help="do not clamp the TCP MSS of forwarded traffic to the tunnel's MTU (on by default)",
+    )
+    parser.add_argument(
+        "--min-prefix-length",
+        type=int,
+        metavar="N",
+        help=f"refuse netmap routes into the tunnel shorter than /N for IPv4 (default {route_guard.MIN_PREFIX_V4})",
+    )
+    parser.add_argument(
+        "--min-prefix-length6",
+        type=int,
+        metavar="N",
+        help=f"the same for IPv6 (default {route_guard.MIN_PREFIX_V6})",
+    )
+    parser.add_argument(
+        "--allow-wide-routes",
+        action="store_true",
+        default=None,
+        help="install netmap routes of any width, a default route too; a route covering the coordinator, "
+        "a relay, the underlay next hop or a direct peer's endpoint stays refused",
     )
     return parser
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from wgmesh.agent.wgstate import KEEPALIVE, DeviceSpec, PeerSpec, PrivateKey
 from wgmesh.models import NetMap, PeerConfig, ShadowedRoute
-from wgmesh.values import Endpoint
+from wgmesh.values import Endpoint, IpAddress
 
 EndpointFor = Mapping[str, Endpoint] | Callable[[PeerConfig], Endpoint | None]
 """Endpoint overrides: public key -> endpoint, or a function of the peer (None: no override)."""
@@ -181,6 +181,32 @@ def claimed_twice(netmap: NetMap) -> list[tuple[str, str, str]]:
             if ip in owner and owner[ip] != peer.name:
                 found.append((ip, owner[ip], peer.name))
             owner.setdefault(ip, peer.name)
+    return found
+
+
+def without_prefixes(device: DeviceSpec, prefixes: Iterable[str]) -> DeviceSpec:
+    """`device` with `prefixes` taken out of every peer's allowed IPs (refused routes, agent/route_guard.py).
+
+    Out of the allowed IPs too, not only the routes: WireGuard would otherwise still accept the prefix's
+    packets from that peer and send replies to its addresses into the tunnel.
+    """
+    gone = {str(ipaddress.ip_network(p, strict=False)) for p in prefixes}
+    if not gone:
+        return device
+    peers = {
+        key: replace(peer, allowed_ips=tuple(ip for ip in peer.allowed_ips if ip not in gone))
+        for key, peer in device.peers.items()
+    }
+    return replace(device, peers=peers)
+
+
+def direct_endpoints(device: DeviceSpec) -> list[IpAddress]:
+    """The underlay addresses WireGuard sends to: every peer endpoint but the relay shim's loopback ones."""
+    found: list[IpAddress] = []
+    for peer in device.peers.values():
+        ip = peer.endpoint.ip if peer.endpoint is not None else None
+        if ip is not None and not ip.is_loopback:
+            found.append(ip)
     return found
 
 

@@ -52,4 +52,7 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
                 style="yellow",
             )
         )
+    for refused in status.refused:
+        owner = f" of {refused.gateway}" if refused.gateway else ""
+        parts.append(Text(f"! {refused.prefix}{owner} refused: {refused.reason}", style="yellow"))
     console.print(Group(*parts))

@@ -3,10 +3,15 @@ the MTU of the link its WireGuard packets leave by."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
+
+from wgmesh.agent.route_guard import Protected
+from wgmesh.values import IpAddress
 
 
 def local_address_towards(url: str) -> str | None:
@@ -112,3 +117,59 @@ def _coordinator_address(url: str, local: str) -> str:
     family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
     host = urlsplit(url).hostname or ""
     return str(socket.getaddrinfo(host, 9, family=family, type=socket.SOCK_DGRAM)[0][4][0])
+
+
+def resolve_host(url: str) -> tuple[IpAddress, ...]:
+    """Every address `url`'s host resolves to (an address literal is itself); () when it does not resolve."""
+    host = urlsplit(url).hostname
+    if not host:
+        return ()
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+    except OSError:
+        return ()
+    found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    return tuple(dict.fromkeys(found))
+
+
+def next_hops(coordinator_url: str) -> tuple[IpAddress, ...]:
+    """The gateways the agent's underlay traffic leaves by: of the default routes (both families) and of
+    the route towards the coordinator. Netlink failures come out as OSError."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where it is used
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
+    found: list[IpAddress] = []
+    try:
+        with IPRoute() as ipr:
+            routes = [
+                *ipr.get_default_routes(family=socket.AF_INET),
+                *ipr.get_default_routes(family=socket.AF_INET6),
+            ]
+            for address in resolve_host(coordinator_url):
+                with contextlib.suppress(NetlinkError):  # no route to it now: the default routes still count
+                    routes.extend(ipr.route("get", dst=str(address)))
+            for route in routes:
+                gateway = route.get_attr("RTA_GATEWAY")
+                if gateway:
+                    found.append(ipaddress.ip_address(str(gateway).split("%")[0]))
+    except NetlinkError as exc:
+        raise OSError(f"netlink: {exc}") from exc
+    return tuple(dict.fromkeys(found))
+
+
+def protected_addresses(coordinator_url: str, relay_urls: Sequence[str], previous: Protected) -> Protected:
+    """The addresses no netmap route may cover (agent/route_guard.py), resolved now.
+
+    A group that fails to resolve (DNS down, netlink refused) keeps its previous addresses: an outage
+    of the resolver must not lift the protection it exists for.
+    """
+    relays = tuple(dict.fromkeys(a for url in relay_urls for a in resolve_host(url)))
+    try:
+        hops = next_hops(coordinator_url)
+    except OSError:
+        hops = previous.next_hops
+    return Protected(
+        coordinator=resolve_host(coordinator_url) or previous.coordinator,
+        relays=relays if relays or not relay_urls else previous.relays,
+        next_hops=hops,
+    )
