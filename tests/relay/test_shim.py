@@ -96,6 +96,8 @@ def pair(keys: Keys, relay: RelayProcess) -> Iterator[tuple[Side, Side]]:
         a, b = make_side(1, stack), make_side(2, stack)
         key = probe_wire.pair_key(None, "A", "B")
         a.prober.keys, b.prober.keys = {2: key}, {1: key}
+        a.shim.retain_threadsafe({2})  # the netmap's peers: the shim takes frames from these only
+        b.shim.retain_threadsafe({1})
         for side in (a, b):
             side.shim.configure_threadsafe(side.grant(keys, [relay]))
         wait_until(lambda: a.shim.active() is not None and b.shim.active() is not None, 5, "both connected")
@@ -179,6 +181,8 @@ def test_fails_over_to_the_next_relay_when_the_active_one_dies(
 ) -> None:
     with ExitStack() as stack:
         a, b = make_side(1, stack), make_side(2, stack)
+        a.shim.retain_threadsafe({2})
+        b.shim.retain_threadsafe({1})
         for side in (a, b):
             side.shim.configure_threadsafe(side.grant(keys, two_relays))
         wait_until(
@@ -210,3 +214,24 @@ def test_foreign_datagrams_among_wireguards_are_dropped_and_the_rest_relayed(pai
     with pytest.raises(TimeoutError):
         b.recv(timeout=0.3)
     assert b.shim.counters.from_relay == 20
+
+
+def test_frames_from_senders_outside_the_netmap_are_dropped_without_a_socket(
+    keys: Keys, relay: RelayProcess, pair: tuple[Side, Side]
+) -> None:
+    a, b = pair
+    with ExitStack() as stack:
+        stranger = make_side(9, stack)  # holds a valid ticket, but is not in B's netmap
+        stranger.shim.retain_threadsafe({2})
+        stranger.shim.configure_threadsafe(stranger.grant(keys, [relay]))
+        wait_until(lambda: stranger.shim.active() is not None, 5, "the stranger connected")
+        sockets_before = len(b.shim._sockets)
+        for i in range(5):
+            stranger.wg.sendto(b"\x01\x00\x00\x00" + bytes([i]), stranger.shim_address(2))
+        wait_until(lambda: b.shim.counters.dropped.get("unknown_sender", 0) == 5, 3, "the drops counted")
+        with pytest.raises(TimeoutError):
+            b.recv(timeout=0.3)
+        assert len(b.shim._sockets) == sockets_before  # no local socket opened per unknown sender
+    # a peer of the netmap still gets through
+    a.wg.sendto(b"\x04\x00\x00\x00still", a.shim_address(2))
+    assert b.recv()[0] == b"\x04\x00\x00\x00still"

@@ -326,6 +326,9 @@ class RelayShim:
         self._sockets: dict[int, socket.socket] = {}
         self._out = bytearray(DRAIN_BUFFER)  # reused by every drain (all on the loop thread)
         self._ports: dict[int, int] = {}
+        self._peers: frozenset[int] = frozenset()
+        """The netmap's peers (`retain_threadsafe`): frames from any other sender are dropped, so a ticket
+        holder the netmap does not list cannot make this agent open a socket per sender id it makes up."""
         self._lock = threading.Lock()
 
     # -- from other threads -----------------------------------------------------------------------
@@ -358,7 +361,7 @@ class RelayShim:
         return None
 
     def retain_threadsafe(self, peer_ids: set[int]) -> None:
-        """Close the sockets of peers that left the netmap."""
+        """The netmap's peers: accept frames from these only, and close the sockets of peers that left."""
         self.loop.call_soon_threadsafe(self._retain, peer_ids)
 
     def stop_threadsafe(self) -> None:
@@ -465,6 +468,9 @@ class RelayShim:
 
     def deliver(self, sender: int, datagram: bytes | memoryview) -> None:
         """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
+        if sender not in self._peers:
+            self.counters.drop("unknown_sender")
+            return
         if datagram[0] == _PROBE_FIRST and is_probe(datagram):  # WireGuard's first byte is 1-4
             self.on_probe(sender, bytes(datagram))
             return
@@ -482,6 +488,7 @@ class RelayShim:
             self.counters.drop("wireguard_unreachable")
 
     def _retain(self, peer_ids: set[int]) -> None:
+        self._peers = frozenset(peer_ids)
         with self._lock:
             gone = [p for p in self._sockets if p not in peer_ids]
             closing = [(p, self._sockets.pop(p)) for p in gone]
