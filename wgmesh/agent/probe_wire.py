@@ -48,7 +48,10 @@ class Ping:
     """Asks for a pong with the same token; the sender keeps the send time under the token.
 
     `relayed` is the sender's own choice for this pair, so each side knows whether WireGuard roaming onto
-    its shim follows a peer that chose the relay (leave it) or is a leftover of a switch (undo it).
+    its shim follows a peer that chose the relay (leave it) or is a leftover of a switch (undo it). The
+    token is a random nonce: the prober takes a pong (and the choice it carries) only as the answer to
+    an outstanding ping with that token, from the peer and over the path the ping took; a ping itself is
+    answered but believed in nothing, as it may be a recording replayed.
     """
 
     sender: int

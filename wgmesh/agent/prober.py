@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from wgmesh.agent import probe_wire
 from wgmesh.agent.probe_wire import Burst, Ping, Pong, ProbeFormatError, Report
@@ -23,6 +24,7 @@ from wgmesh.values import Endpoint
 
 log = logging.getLogger("wgmesh.agent.prober")
 
+T = TypeVar("T")
 Address = tuple[str, int]
 RELAY = "relay"
 Via = Address | str
@@ -51,6 +53,17 @@ class BurstResult:
         return 1.0 - self.received / self.sent if self.sent else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Outstanding:
+    """A probe waiting for its answer: only an answer from the peer it went to, over the path it took,
+    with its token, counts; so a recorded answer replayed later, or one carried over another path, never
+    makes a dead path look alive."""
+
+    peer: int
+    via: Via
+    sent: float
+
+
 @dataclass
 class _Incoming:
     first: float
@@ -74,14 +87,18 @@ class Prober:
         self.loop = loop
         self.relays_peer = relays_peer
         self.peer_relays: dict[int, tuple[bool, float]] = {}
-        """Per peer: whether it said it relays this pair, and when (monotonic) it last said so."""
+        """Per peer: whether it said it relays this pair, and when (monotonic) it last said so. Taken from
+        answers to our own pings only: a ping can be a replay, and an old "direct" would make the agent
+        undo a roam onto the shim towards a peer that relays."""
+        self.unmatched = 0
+        """Answers dropped because they matched no outstanding probe (replays, late or misrouted answers)."""
         self.node_id = node_id
         self.port = port
         self.send_via_relay = send_via_relay
         self.keys: Mapping[int, bytes] = {}
         self.sock: socket.socket | None = None
-        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
-        self._reports: dict[int, asyncio.Future[Report]] = {}
+        self._pings: dict[int, tuple[asyncio.Future[float], _Outstanding]] = {}
+        self._reports: dict[int, tuple[asyncio.Future[Report], _Outstanding]] = {}
         self._incoming: dict[tuple[int, int], _Incoming] = {}
 
     # -- setup ------------------------------------------------------------------------------------
@@ -132,15 +149,14 @@ class Prober:
             return
         now = time.monotonic()
         match message:
-            case Ping(token=token, relayed=relayed):
-                self.peer_relays[sender] = (relayed, now)
+            case Ping(token=token):
                 pong = Pong(self.node_id, token, self.relays_peer(sender))
                 self._send(sender, probe_wire.encode(pong, key), via)
             case Pong(token=token, relayed=relayed):
-                self.peer_relays[sender] = (relayed, now)
-                waiting = self._pings.pop(token, None)
-                if waiting is not None and not waiting[0].done():
-                    waiting[0].set_result(now - waiting[1])
+                ping = self._answered(self._pings, token, sender, via)
+                if ping is not None:
+                    self.peer_relays[sender] = (relayed, now)
+                    ping[0].set_result(now - ping[1].sent)
             case Burst(token=token, count=count, size=size):
                 record = self._incoming.get((sender, token))
                 if record is None:
@@ -153,9 +169,20 @@ class Prober:
                 record.received += 1
                 record.nbytes += size
             case Report(token=token):
-                future = self._reports.pop(token, None)
-                if future is not None and not future.done():
-                    future.set_result(message)
+                burst = self._answered(self._reports, token, sender, via)
+                if burst is not None:
+                    burst[0].set_result(message)
+
+    def _answered(
+        self, waiting: dict[int, tuple[asyncio.Future[T], _Outstanding]], token: int, sender: int, via: Via
+    ) -> tuple[asyncio.Future[T], _Outstanding] | None:
+        """The outstanding probe this answer is for, taken off the list; None (counted) when there is none."""
+        found = waiting.get(token)
+        if found is None or found[0].done() or found[1].peer != sender or found[1].via != via:
+            self.unmatched += 1
+            return None
+        del waiting[token]
+        return found
 
     def _report(self, sender: int, token: int, via: Via) -> None:
         record = self._incoming.pop((sender, token), None)
@@ -188,7 +215,7 @@ class Prober:
             return None
         token = secrets.randbits(64)
         future: asyncio.Future[float] = self.loop.create_future()
-        self._pings[token] = (future, time.monotonic())
+        self._pings[token] = (future, _Outstanding(peer_id, via, time.monotonic()))
         try:
             ping = Ping(self.node_id, token, self.relays_peer(peer_id))
             if not self._send(peer_id, probe_wire.encode(ping, key), via):
@@ -206,7 +233,7 @@ class Prober:
             return None
         token = secrets.randbits(64)
         future: asyncio.Future[Report] = self.loop.create_future()
-        self._reports[token] = future
+        self._reports[token] = (future, _Outstanding(peer_id, via, time.monotonic()))
         steps = 10
         per_step = BURST_COUNT // steps
         sent = 0
