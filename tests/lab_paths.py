@@ -1,6 +1,6 @@
 """Helpers for the path and relay tests in the lab: each gateway's view of its peers' paths, continuous
-pings with their longest silence, a TCP stream that must survive path switches, and a TCP transfer that
-must arrive whole within a deadline."""
+pings with their longest silence, a TCP stream that must survive path switches, a TCP transfer that
+must arrive whole within a deadline, and the operator's and the agent's command lines run against it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,23 @@ from typing import Any
 
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
 from wgmesh.lab.timescale import scaled
+
+CLI = [sys.executable, "-c", "from wgmesh.cli.main import main; main()"]
+AGENT = [sys.executable, "-c", "from wgmesh.agent.main import main; main()"]
+
+
+def run_cli(argv: list[str], lab: Lab, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv` (CLI or AGENT and its arguments) from the host, as an admin of `lab` with nothing else set."""
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "WGMESH_URL": lab.url,
+        "WGMESH_TOKEN": lab.admin_token,
+        "WGMESH_PIN": lab.pin,
+    }
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+
 
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
 

@@ -103,6 +103,8 @@ ADDED_BY_RELAY_PINS = {"pin": None}
 
 
 ADDED_BY_SCHEMA_6 = {"netmap": {"coordinator_next_pin": None}}  # no rotation of the identity staged
+# No schema change: a report stored before agents had a route guard reads back with no refused route.
+ADDED_BY_ROUTE_GUARD = {"report": {"refused": []}}
 
 
 def upgraded(kind: str, value: Any) -> Any:
@@ -115,7 +117,8 @@ def upgraded(kind: str, value: Any) -> Any:
             "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
         }
     if kind == "status":
-        return {**value, "report": {**value["report"], **ADDED_BY_SCHEMA_3["report"]}}
+        report = {**value["report"], **ADDED_BY_SCHEMA_3["report"], **ADDED_BY_ROUTE_GUARD["report"]}
+        return {**value, "report": report}
     if kind == "static_config":
         return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}
     return {**value, **ADDED_BY_SCHEMA_3[kind]}

@@ -6,33 +6,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from lab_paths import AGENT, CLI, run_cli
 
 from wgmesh.lab import Lab, wait_until
 
 pytestmark = [pytest.mark.e2e]
 
-CLI = [sys.executable, "-c", "from wgmesh.cli.main import main; main()"]
-AGENT = [sys.executable, "-c", "from wgmesh.agent.main import main; main()"]
-
-
-def run(argv: list[str], lab: Lab) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "WGMESH_URL": lab.url,
-        "WGMESH_TOKEN": lab.admin_token,
-        "WGMESH_PIN": lab.pin,
-    }
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
-
 
 @pytest.mark.lab(sites=3)
 def test_status_lists_every_node_with_direct_paths(lab: Lab) -> None:
     def reported() -> bool:
-        done = run([*CLI, "status", "--json"], lab)
+        done = run_cli([*CLI, "status", "--json"], lab)
         assert done.returncode == 0, done.stderr
         nodes = json.loads(done.stdout)["nodes"]
         # A path is chosen before the first handshake; wait for both, as the listing must show them.
@@ -43,7 +30,7 @@ def test_status_lists_every_node_with_direct_paths(lab: Lab) -> None:
         )
 
     wait_until(reported, 30, "every gateway to report two direct peers with a handshake")
-    view = json.loads(run([*CLI, "status", "--json"], lab).stdout)
+    view = json.loads(run_cli([*CLI, "status", "--json"], lab).stdout)
     by_name = {n["name"]: n for n in view["nodes"]}
     assert set(by_name) == {"gw1", "gw2", "gw3"}
     for site in lab.plan.sites:
@@ -55,7 +42,7 @@ def test_status_lists_every_node_with_direct_paths(lab: Lab) -> None:
             assert peer["last_handshake"] is not None
             assert peer["endpoint"].endswith(":51820")
     assert {r["prefix"] for r in view["routes"]} == {str(s.lan) for s in lab.plan.sites}
-    table = run([*CLI, "status"], lab)
+    table = run_cli([*CLI, "status"], lab)
     assert table.returncode == 0 and all(s.node in table.stdout for s in lab.plan.sites)
 
 
@@ -65,7 +52,7 @@ def test_agent_status_works_while_the_coordinator_is_down(lab: Lab) -> None:
     assert lab.kill("hub", signal.SIGKILL)
     wait_until(
         lambda: (
-            json.loads(run([*AGENT, "status", "--json", "--state-dir", str(state)], lab).stdout)[
+            json.loads(run_cli([*AGENT, "status", "--json", "--state-dir", str(state)], lab).stdout)[
                 "coordinator_reachable"
             ]
             is False
@@ -73,14 +60,14 @@ def test_agent_status_works_while_the_coordinator_is_down(lab: Lab) -> None:
         45,
         "gw1's agent to notice the coordinator is gone",
     )
-    done = run([*AGENT, "status", "--json", "--state-dir", str(state)], lab)
+    done = run_cli([*AGENT, "status", "--json", "--state-dir", str(state)], lab)
     status = json.loads(done.stdout)
     assert status["name"] == "gw1"
     assert [p["name"] for p in status["peers"]] == ["gw2"]
     assert status["peers"][0]["last_handshake"] is not None
-    shown = run([*CLI, "status", "--local", "--state-dir", str(state)], lab)
+    shown = run_cli([*CLI, "status", "--local", "--state-dir", str(state)], lab)
     assert shown.returncode == 0 and "gw2" in shown.stdout and "UNREACHABLE" in shown.stdout
-    missing = run([*AGENT, "status", "--state-dir", str(state / "nowhere")], lab)
+    missing = run_cli([*AGENT, "status", "--state-dir", str(state / "nowhere")], lab)
     assert (
         missing.returncode == 1
         and missing.stderr.count("\n") == 1
@@ -90,10 +77,10 @@ def test_agent_status_works_while_the_coordinator_is_down(lab: Lab) -> None:
 
 @pytest.mark.lab(sites=2)
 def test_exported_static_peer_loads_into_a_real_interface(lab: Lab, tmp_path: Path) -> None:
-    made = run([*CLI, "nodes", "add", "laptop", "--json"], lab)
+    made = run_cli([*CLI, "nodes", "add", "laptop", "--json"], lab)
     assert made.returncode == 0, made.stderr
     out = tmp_path / "laptop.conf"
-    done = run([*CLI, "export", "laptop", "-o", str(out)], lab)
+    done = run_cli([*CLI, "export", "laptop", "-o", str(out)], lab)
     assert done.returncode == 0, done.stderr
     assert out.stat().st_mode & 0o777 == 0o600
     stripped = subprocess.run(

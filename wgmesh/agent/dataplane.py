@@ -304,16 +304,18 @@ class DataPlane:
         return len(ops)
 
     def _report_shadowed(self, shadowed: list[ShadowedRoute]) -> None:
-        for route in _added(shadowed, self._shadowed):
-            log.warning(
-                "remote route shadowed by a local subnet; not installed",
-                extra=kv(
-                    prefix=route.prefix,
-                    gateway=route.gateway,
-                    interface=route.interface,
-                    local_prefix=route.local_prefix,
-                ),
-            )
+        if shadowed != self._shadowed:
+            for route in shadowed:
+                if route not in self._shadowed:
+                    log.warning(
+                        "remote route shadowed by a local subnet; not installed",
+                        extra=kv(
+                            prefix=route.prefix,
+                            gateway=route.gateway,
+                            interface=route.interface,
+                            local_prefix=route.local_prefix,
+                        ),
+                    )
         self._shadowed = list(shadowed)
 
     def _report_refused(self, refused: list[RefusedRoute]) -> None:

@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 import pytest
-from lab_paths import ping_ok
+from lab_paths import AGENT, CLI, ping_ok, run_cli
 
 from wgmesh.lab import Lab, wait_until
 
 pytestmark = [pytest.mark.e2e]
 
-CLI = [sys.executable, "-c", "from wgmesh.cli.main import main; main()"]
-AGENT = [sys.executable, "-c", "from wgmesh.agent.main import main; main()"]
-
 
 def run(argv: list[str], lab: Lab) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "WGMESH_URL": lab.url,
-        "WGMESH_TOKEN": lab.admin_token,
-        "WGMESH_PIN": lab.pin,
-        "COLUMNS": "200",
-    }
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+    return run_cli(argv, lab, columns=200)
 
 
 def routes(lab: Lab, node: str, interface: str) -> str:
