@@ -74,3 +74,38 @@ def test_default_route_link_route_metric_and_the_way_to_the_coordinator(namespac
 
 def test_no_way_to_the_coordinator_is_unknown(namespace: str) -> None:
     assert underlay(namespace, "http://203.0.113.9:8080") is None  # no route: nothing is sent, None
+
+
+PROTECTED = (
+    "import json, sys; from wgmesh.agent.route_guard import Protected; "
+    "from wgmesh.agent.system.underlay import protected_addresses; "
+    "old = Protected(coordinator=(__import__('ipaddress').ip_address('192.0.2.99'),)); "
+    "p = protected_addresses(sys.argv[1], sys.argv[2:], old); "
+    "print(json.dumps([[str(a) for a in g] for g in (p.coordinator, p.relays, p.next_hops)]))"
+)
+
+
+def protected(ns: str, coordinator: str, *relays: str) -> object:
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", PROTECTED, coordinator, *relays],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=scaled(60),
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_protected_addresses_name_the_coordinator_relays_and_next_hops(namespace: str) -> None:
+    sh("ip", "-n", namespace, "route", "add", "default", "via", "198.18.77.1")
+    sh("ip", "-n", namespace, "route", "add", "203.0.113.0/24", "via", "198.18.77.2")
+    assert protected(
+        namespace, "https://203.0.113.5:8443", "tls://198.51.100.7:443", "tcp://[2001:db8::7]:443"
+    ) == [
+        ["203.0.113.5"],
+        ["198.51.100.7", "2001:db8::7"],
+        ["198.18.77.1", "198.18.77.2"],
+    ]
+    # A host that does not resolve keeps the addresses known before: resolution failing lifts no protection.
+    assert protected(namespace, "https://:8443") == [["192.0.2.99"], [], ["198.18.77.1"]]
