@@ -34,9 +34,10 @@ def namespace() -> Iterator[str]:
         remove_namespaces([ns])
 
 
-def underlay(ns: str, coordinator: str = "http://198.18.77.1:8080") -> object:
+def in_namespace(ns: str, script: str, *args: str) -> object:
+    """What `script` prints as JSON, run with `args` inside the namespace."""
     done = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, coordinator],
+        ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -44,6 +45,10 @@ def underlay(ns: str, coordinator: str = "http://198.18.77.1:8080") -> object:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def underlay(ns: str, coordinator: str = "http://198.18.77.1:8080") -> object:
+    return in_namespace(ns, PROBE, coordinator)
 
 
 def test_default_route_link_route_metric_and_the_way_to_the_coordinator(namespace: str) -> None:
@@ -86,15 +91,7 @@ PROTECTED = (
 
 
 def protected(ns: str, coordinator: str, *relays: str) -> object:
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", PROTECTED, coordinator, *relays],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=scaled(60),
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return in_namespace(ns, PROTECTED, coordinator, *relays)
 
 
 def test_protected_addresses_name_the_coordinator_relays_and_next_hops(namespace: str) -> None:
