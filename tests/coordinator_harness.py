@@ -231,6 +231,23 @@ def undo_schema_4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE audit")
 
 
+SCHEMA_7_COLUMNS = (
+    ("routes", "decision"),
+    ("routes", "decided_by"),
+    ("routes", "decision_reason"),
+    ("tokens", "allow_subnets"),
+    ("nodes", "allow_subnets"),
+    ("networks", "auto_approve"),
+)
+"""What version 7 (route approval) added."""
+
+
+def undo_schema_7(conn: sqlite3.Connection) -> None:
+    """Turn a database this code made into what version 6 wrote: no route approval columns."""
+    for table, column in SCHEMA_7_COLUMNS:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
 @dataclass
 class Enrolled:
     """A node enrolled through the API, with the key pair it generated itself."""

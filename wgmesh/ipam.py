@@ -85,6 +85,27 @@ def unroutable_reason(prefix: Prefix, overlay: Prefix) -> str | None:
     return None
 
 
+def endpoint_refusal(address: IpAddress, overlay: Prefix) -> str | None:
+    """Why a node may not report `address` as where peers reach it, or None when it may.
+
+    Loopback, unspecified, link-local and multicast addresses would make peers send to themselves or to
+    their own link; an overlay address would loop WireGuard into its own tunnel.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 on the wire
+    for what, found in (
+        ("loopback", address.is_loopback),
+        ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+    ):
+        if found:
+            return f"{address} is a {what} address"
+    if address in overlay:
+        return f"{address} is inside the overlay network {overlay}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class RouteClaim:
     """A gateway's claim on a prefix; claims are classified in the order they were made."""

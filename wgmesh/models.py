@@ -169,6 +169,11 @@ class Network(Model):
     p2p: P2PPolicy = "auto"
     listen_port: Port = 51820
     mtu: Mtu = Field(DEFAULT_MTU, description="Tunnel MTU of every node without its own `mtu`")
+    auto_approve: list[PrefixField] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Advertised prefixes inside one of these are approved (private, CGNAT, ULA space only)",
+    )
 
 
 class NetworkPatch(Model):
@@ -177,6 +182,9 @@ class NetworkPatch(Model):
     p2p: P2PPolicy | None = None
     listen_port: Port | None = None
     mtu: Mtu | None = Field(None, description="Default tunnel MTU, 1280-9000")
+    auto_approve: list[PrefixField] | None = Field(
+        None, max_length=256, description="The network's auto-approve rule, replaced whole ([] clears it)"
+    )
 
 
 class Node(Model):
@@ -219,6 +227,19 @@ class Route(Answer):
     conflicting_with: str | None = Field(
         None, description="The route this one collides with or stands by for, as 'PREFIX@GATEWAY'"
     )
+    decided_by: str | None = Field(
+        None,
+        description="Who approved or rejected it: an admin token's name, 'token' (the node's enrollment "
+        "token), 'network' (the network's auto-approve rule) or 'upgrade' (routed before approvals existed); "
+        "null while pending",
+    )
+
+
+class RouteDecision(Model):
+    """An admin's approval or rejection of one prefix a node advertises."""
+
+    prefix: PrefixField
+    reason: Printable = Field("", max_length=200)
 
 
 class PairPolicy(Model):
@@ -451,6 +472,11 @@ class TokenCreate(Model):
     tags: list[Tag] = Field(default_factory=list)
     p2p: P2PPolicy | None = None
     description: Printable = Field("", max_length=200)
+    allow_subnets: list[PrefixField] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Routes its nodes advertise inside one of these are approved (private, CGNAT, ULA only)",
+    )
 
 
 class TokenInfo(Model):
@@ -465,6 +491,7 @@ class TokenInfo(Model):
     p2p: P2PPolicy | None
     description: str
     created_at: datetime
+    allow_subnets: list[PrefixField] = Field(default_factory=list)
 
 
 class TokenCreated(TokenInfo):

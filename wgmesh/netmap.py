@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from wgmesh import ipam, keys
+from wgmesh import ipam, keys, route_approval
 from wgmesh import mtu as mtus
 from wgmesh.errors import NotFoundError
 from wgmesh.models import (
@@ -125,7 +125,10 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         listen_port=me.listen_port,
         p2p=node_p2p(snapshot.network, me),
         peers=peers,
-        routes=[r for r in snapshot.routes if r.gateway_id == me.id],
+        # Its own routes as the gateway should know them; a pending or rejected one is in no netmap.
+        routes=[
+            r for r in snapshot.routes if r.gateway_id == me.id and route_approval.enters_netmap(r.state)
+        ],
         rate=me.rate,
         mtu=effective_mtu(snapshot.network, me),
         coordinator_next_pin=snapshot.coordinator_next_pin,

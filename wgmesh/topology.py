@@ -171,6 +171,11 @@ def warnings(
             out.append(f"route {route.prefix}@{route.gateway} is inactive: {route.reason}")
         elif route.state == "rejected":
             out.append(f"route {route.prefix}@{route.gateway} is rejected: {route.reason}")
+        elif route.state == "pending":
+            out.append(
+                f"route {route.prefix}@{route.gateway} is pending approval: {route.reason} "
+                f"(wgmesh routes approve {route.prefix} --node {route.gateway})"
+            )
     for node in nodes:
         if node.subnets and not node.online and not node.static:
             out.append(f"gateway {node.name} is offline")

@@ -18,8 +18,11 @@ NodeId = NewType("NodeId", int)
 
 P2PPolicy = Literal["auto", "off"]
 """Whether a node or pair may talk directly (`auto`) or always goes through the relay (`off`)."""
-RouteState = Literal["active", "standby", "conflict", "rejected"]
-"""The verdict of route validation on an advertised subnet."""
+RouteState = Literal["active", "standby", "conflict", "rejected", "pending"]
+"""The verdict on an advertised subnet: `pending` (not approved yet, wgmesh.route_approval) and `rejected`
+(by an admin, or unroutable) keep it out of every netmap; an approved one is active, standby or conflict."""
+Decision = Literal["approved", "rejected"]
+"""An admin's verdict on an advertised subnet (`wgmesh routes approve|reject`)."""
 PathKind = Literal["direct", "relay"]
 """How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
 RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_wide"]

@@ -69,6 +69,7 @@ def test_init_takes_the_admin_token_from_the_environment_and_prints_none(tmp_pat
         "p2p": "off",
         "listen_port": 51820,
         "mtu": 1420,
+        "auto_approve": [],
     }
 
 

@@ -20,11 +20,14 @@ def test_state_versions_and_credentials_survive_a_restart(tmp_path: Path) -> Non
     try:
         c.start()
         with c.admin() as admin, c.anonymous() as anon:
-            reusable = create_token(admin, reusable=True)
-            one_time = create_token(admin)
+            reusable = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])
+            one_time = create_token(admin, allow_subnets=["10.2.5.0/24"])
             a = enroll(anon, reusable["token"], "gw-a", subnets=["10.1.0.0/16"])
             b = enroll(anon, reusable["token"], "gw-b", subnets=["10.1.0.0/16", "10.2.0.0/16"])
             enroll(anon, one_time["token"], "gw-c", subnets=["10.2.5.0/24"])
+            # gw-b joins gw-a's prefix: an HA claim an admin approves (and a decision survives a restart).
+            r = admin.post("/api/v1/nodes/gw-b/routes/approve", json={"prefix": "10.1.0.0/16"})
+            assert r.status_code == 200, r.text
             assert admin.put("/api/v1/pairs/gw-a/gw-c", json={"p2p": "off"}).status_code == 200
             with c.node(b.credential) as node_b:
                 assert node_b.post("/api/v1/status", json={"eth0_ip": "10.2.0.1"}).status_code == 200

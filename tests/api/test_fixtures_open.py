@@ -105,17 +105,31 @@ ADDED_BY_RELAY_PINS = {"pin": None}
 ADDED_BY_SCHEMA_6 = {"netmap": {"coordinator_next_pin": None}}  # no rotation of the identity staged
 # No schema change: a report stored before agents had a route guard reads back with no refused route.
 ADDED_BY_ROUTE_GUARD = {"report": {"refused": []}}
+# Route approval: every route from before stays routed, approved by "upgrade"; no token or network rule
+# approves anything new. A netmap an agent cached before knows no `decided_by` (it reads as null).
+ADDED_BY_SCHEMA_7 = {
+    "network": {"auto_approve": []},
+    "token": {"allow_subnets": []},
+    "route": {"decided_by": "upgrade"},
+    "cached_route": {"decided_by": None},
+}
 
 
 def upgraded(kind: str, value: Any) -> Any:
     """A manifest value (written at schema 2) as the current code serves it."""
-    if kind == "netmap":
+    if kind in ("netmap", "cached_netmap"):
+        route = ADDED_BY_SCHEMA_7["route" if kind == "netmap" else "cached_route"]
         return {
             **value,
             **ADDED_BY_SCHEMA_3["netmap"],
             **ADDED_BY_SCHEMA_6["netmap"],
             "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
+            "routes": [{**r, **route} for r in value["routes"]],
         }
+    if kind in ("route", "token"):
+        return {**value, **ADDED_BY_SCHEMA_7[kind]}
+    if kind == "network":
+        return {**value, **ADDED_BY_SCHEMA_3["network"], **ADDED_BY_SCHEMA_7["network"]}
     if kind == "status":
         report = {**value["report"], **ADDED_BY_SCHEMA_3["report"], **ADDED_BY_ROUTE_GUARD["report"]}
         return {**value, "report": report}
@@ -170,6 +184,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     added |= {("audit", c.name) for c in schema.audit.columns}  # schema 4: an empty audit log
     added.add(("registry", "relay_tls_key"))  # schema 5: made when a coordinator first runs --relay
     added |= {("registry", "tls_next_key"), ("registry", "tls_next_cert")}  # schema 6: until a rotation
+    added.add(("routes", "decision_reason"))  # schema 7: the upgrade gives no reason ("upgrade" decided)
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -184,6 +199,16 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         ).fetchall() == [(1, "admin-1", 0, "upgrade", None), (2, "admin-2", 0, "upgrade", None)]
         assert conn.execute("SELECT COUNT(*) FROM audit").fetchone() == (0,)
         assert conn.execute("SELECT relay_tls_key FROM registry").fetchall() == [(None,)]
+        # schema 7: every route from before stays routed, approved by "upgrade"; nothing allowed anew
+        assert set(conn.execute("SELECT decision, decided_by, decision_reason FROM routes")) == {
+            ("approved", "upgrade", None)
+        }
+        for table, column in (
+            ("tokens", "allow_subnets"),
+            ("nodes", "allow_subnets"),
+            ("networks", "auto_approve"),
+        ):
+            assert {v for (v,) in conn.execute(f"SELECT {column} FROM {table}")} == {"[]"}, table
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
                 if (table.name, column.name) in added:
@@ -228,13 +253,13 @@ def test_coordinator_serves_what_the_manifest_records(
         node.pop("online")  # derived from the clock
     assert nodes == [upgraded("node", n) for n in REGISTRY["nodes"]]
     assert REGISTRY["deleted_node"]["name"] not in {n["name"] for n in nodes}
-    assert get(admin, "/api/v1/routes")["routes"] == REGISTRY["routes"]
+    assert get(admin, "/api/v1/routes")["routes"] == [upgraded("route", r) for r in REGISTRY["routes"]]
     assert {(r["prefix"], r["gateway"], r["state"]) for r in REGISTRY["routes"]} >= {
         ("10.1.0.0/16", "gw-a", "active"),
         ("10.1.0.0/16", "gw-b", "standby"),
         ("10.2.128.0/24", "gw-c", "conflict"),
     }
-    assert get(admin, "/api/v1/tokens")["tokens"] == REGISTRY["tokens"]
+    assert get(admin, "/api/v1/tokens")["tokens"] == [upgraded("token", t) for t in REGISTRY["tokens"]]
     assert get(admin, "/api/v1/pairs")["pairs"] == REGISTRY["pairs"]
     assert get(admin, "/api/v1/statuses")["statuses"] == [upgraded("status", x) for x in REGISTRY["statuses"]]
     # the admin token `init` printed is still one
@@ -313,7 +338,7 @@ def test_agent_state_module_reads_the_state_dir(tmp_path: Path, caplog: pytest.L
     assert enrollment.credential == REGISTRY["credentials"][AGENT["node"]]
     assert cached is not None
     # A cached netmap from before schema 3 reads with the MTU at its default.
-    assert cached.model_dump(mode="json") == upgraded("netmap", REGISTRY["netmaps"][AGENT["node"]])
+    assert cached.model_dump(mode="json") == upgraded("cached_netmap", REGISTRY["netmaps"][AGENT["node"]])
     assert (cached.name, cached.overlay_ip, cached.version) == (
         AGENT["node"],
         AGENT["overlay_ip"],
@@ -361,7 +386,9 @@ def test_agent_starting_on_the_state_dir_restores_its_netmap_and_finds_it_curren
         restored = agent.follower.restore()
         assert isinstance(restored, NetMap)
         assert agent.netmap == restored
-        assert restored.model_dump(mode="json") == upgraded("netmap", REGISTRY["netmaps"][AGENT["node"]])
+        assert restored.model_dump(mode="json") == upgraded(
+            "cached_netmap", REGISTRY["netmaps"][AGENT["node"]]
+        )
         # the planner shadows the same remote route as when the fixture was made
         agent_status = next(s for s in REGISTRY["statuses"] if s["node"] == AGENT["node"])
         assert [s.model_dump() for s in agent.shadowed] == agent_status["report"]["shadowed"]

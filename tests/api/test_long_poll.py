@@ -45,7 +45,7 @@ class Poll(threading.Thread):
 
 @pytest.fixture(scope="module")
 def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
-    token = create_token(admin, reusable=True)["token"]
+    token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])["token"]
     with coordinator.anonymous() as anon:
         return {name: enroll(anon, token, name) for name in ("gw-a", "gw-b")}
 

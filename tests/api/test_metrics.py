@@ -78,13 +78,18 @@ def test_enrollments_and_status_reports_move_the_node_counts(
 
 
 def test_routes_are_counted_by_verdict(coordinator: Api, admin: httpx.Client, token: str) -> None:
+    allowing = create_token(admin, reusable=True, allow_subnets=["10.70.0.0/16"])["token"]
     with coordinator.anonymous() as anon:
-        enroll(anon, token, "r-gw-1", subnets=["10.70.0.0/16"])
-        enroll(anon, token, "r-gw-2", subnets=["10.70.0.0/16"])  # the same prefix: standby
-        enroll(anon, token, "r-gw-3", subnets=["10.70.5.0/24"])  # inside it: conflict
+        enroll(anon, allowing, "r-gw-1", subnets=["10.70.0.0/16"])
+        enroll(anon, allowing, "r-gw-2", subnets=["10.70.0.0/16"])  # the same prefix: standby, once approved
+        enroll(anon, allowing, "r-gw-3", subnets=["10.70.5.0/24"])  # inside it: conflict
+        enroll(anon, token, "r-gw-4", subnets=["10.71.0.0/16"])  # no rule allows it: pending
+    r = admin.post("/api/v1/nodes/r-gw-2/routes/approve", json={"prefix": "10.70.0.0/16"})
+    assert r.status_code == 200, r.text
     routes = admin.get("/api/v1/routes").json()["routes"]
     samples = scrape(coordinator)
-    for state in ("active", "standby", "conflict", "rejected"):
+    assert value(samples, "wgmesh_routes", state="pending") >= 1
+    for state in ("active", "standby", "conflict", "rejected", "pending"):
         assert value(samples, "wgmesh_routes", state=state) == sum(r["state"] == state for r in routes), state
     assert value(samples, "wgmesh_routes", state="conflict") >= 1
     assert value(samples, "wgmesh_routes", state="standby") >= 1
@@ -136,7 +141,7 @@ def test_service_discovery_lists_reported_metrics_addresses(
         one = enroll(anon, token, "sd-one")
         local = enroll(anon, token, "sd-local")
         enroll(anon, token, "sd-silent")
-    post_status(coordinator, one, {"metrics": "198.18.0.11:9586"})
+    post_status(coordinator, one, {"eth0_ip": "198.18.0.11", "metrics": "198.18.0.11:9586"})
     post_status(coordinator, local, {"metrics": "127.0.0.1:9586"})  # unreachable from a Prometheus server
     r = admin.get("/api/v1/prometheus/targets")
     assert r.status_code == 200, r.text
@@ -150,6 +155,25 @@ def test_service_discovery_lists_reported_metrics_addresses(
     }
     assert "sd-local" not in by_node
     assert "sd-silent" not in by_node
+
+
+def test_service_discovery_lists_only_the_nodes_own_addresses(
+    coordinator: Api, admin: httpx.Client, token: str
+) -> None:
+    """A node must not make Prometheus scrape an address of its choosing (issue 16)."""
+    with coordinator.anonymous() as anon:
+        elsewhere = enroll(anon, token, "sd-elsewhere")
+        overlay = enroll(anon, token, "sd-overlay")
+    post_status(coordinator, elsewhere, {"eth0_ip": "198.18.0.12", "metrics": "10.0.0.5:6379"})
+    address = overlay.first_netmap["overlay_ip"]
+    post_status(coordinator, overlay, {"eth0_ip": "198.18.0.13", "metrics": f"{address}:9586"})
+    by_node = {g["labels"]["node"]: g for g in admin.get("/api/v1/prometheus/targets").json()}
+    assert "sd-elsewhere" not in by_node
+    assert by_node["sd-overlay"]["targets"] == [f"{address}:9586"]
+    # Its own eth0 address again, and it is listed.
+    post_status(coordinator, elsewhere, {"eth0_ip": "198.18.0.12", "metrics": "198.18.0.12:9586"})
+    by_node = {g["labels"]["node"]: g for g in admin.get("/api/v1/prometheus/targets").json()}
+    assert by_node["sd-elsewhere"]["targets"] == ["198.18.0.12:9586"]
 
 
 def test_service_discovery_needs_the_admin_token(coordinator: Api, token: str) -> None:

@@ -25,6 +25,7 @@ from coordinator_harness import (
     running,
     unchanged,
     undo_schema_4,
+    undo_schema_7,
     version,
 )
 
@@ -204,6 +205,7 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
     # Turn it into what version 2 wrote: no MTU columns or admin-token names, version rows 1 and 2.
     with sqlite3.connect(db) as conn:
         undo_schema_4(conn)
+        undo_schema_7(conn)
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")

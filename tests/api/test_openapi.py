@@ -96,6 +96,7 @@ def test_schemas_come_from_the_models_and_every_reference_resolves(document: dic
         "standby",
         "conflict",
         "rejected",
+        "pending",
     }
     assert {"public_key", "allowed_ips", "endpoints", "psk", "p2p", "mtu"} <= set(
         schemas["PeerConfig"]["properties"]

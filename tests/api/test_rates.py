@@ -21,6 +21,7 @@ from coordinator_harness import (
     running,
     unchanged,
     undo_schema_4,
+    undo_schema_7,
 )
 
 from wgmesh.coordinator import schema
@@ -98,6 +99,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
     # (version 4), version row 1.
     with sqlite3.connect(db) as conn:
         undo_schema_4(conn)
+        undo_schema_7(conn)
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")

@@ -46,6 +46,7 @@ from wgmesh.models import (
     PairList,
     PairPolicy,
     RelayGrant,
+    RouteDecision,
     RouteList,
     SessionInfo,
     SessionLogin,
@@ -59,6 +60,7 @@ from wgmesh.models import (
     Topology,
     WgQuickConfig,
 )
+from wgmesh.models import Route as RouteAnswer  # `Route` here is Starlette's
 
 __all__ = ["MAX_BODY", "OPERATIONS", "BodyLimit", "Settings", "create_app", "create_metrics_app"]
 
@@ -216,6 +218,26 @@ OPERATIONS: list[Operation] = [
         "Routes with their verdicts",
         "admin-read",
         response=RouteList,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/nodes/{node}/routes/approve",
+        admin.approve_route,
+        "Approve a prefix the node advertises (needed outside private space and to join another gateway)",
+        "admin",
+        body=RouteDecision,
+        response=RouteAnswer,
+        audit="route.approve",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/nodes/{node}/routes/reject",
+        admin.reject_route,
+        "Reject a prefix the node advertises: it stays out of every netmap while advertised",
+        "admin",
+        body=RouteDecision,
+        response=RouteAnswer,
+        audit="route.reject",
     ),
     Operation(
         "GET",

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh.coordinator.registry import ONLINE_WINDOW, Registry
+from wgmesh.models import Node
 from wgmesh.relay.metrics import RelayCollector
 from wgmesh.relay.server import RelayServer, RelayStats
 from wgmesh.values import Endpoint, RouteState
@@ -168,19 +169,25 @@ class RequestMetrics:
 def scrape_targets(registry: Registry) -> list[dict[str, object]]:
     """Prometheus HTTP service discovery: every agent's reported metrics address with node labels.
 
-    Loopback and wildcard addresses are left out: a Prometheus server elsewhere cannot reach them.
+    Only an address of the node's own is listed: its eth0 address, the public address the coordinator
+    sees it come from, or its overlay address. Anything else a node reports (10.0.0.5:6379) would make
+    Prometheus send requests wherever the node likes. Loopback and wildcard addresses are left out too:
+    a Prometheus server elsewhere cannot reach them.
     """
-    overlay = {node.id: node.overlay_ip for node in registry.snapshot().nodes}
+    nodes = {node.id: node for node in registry.snapshot().nodes}
     groups: list[dict[str, object]] = []
     for node_id, status in sorted(registry.statuses().items(), key=lambda item: item[1].node):
         address = status.report.metrics
-        if address is None or not _reachable(address):
+        node = nodes.get(node_id)
+        if address is None or node is None or not _reachable(address) or not _own(address, node):
             continue
-        labels = {"node": status.node}
-        if node_id in overlay:
-            labels["overlay_ip"] = overlay[node_id]
+        labels = {"node": status.node, "overlay_ip": node.overlay_ip}
         groups.append({"targets": [str(address)], "labels": labels})
     return groups
+
+
+def _own(address: Endpoint, node: Node) -> bool:
+    return address.ip is not None and str(address.ip) in (node.eth0_ip, node.public_ip, node.overlay_ip)
 
 
 def _reachable(address: Endpoint) -> bool:

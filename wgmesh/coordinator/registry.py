@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from wgmesh import ipam, keys
+from wgmesh import ipam, keys, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog
 from wgmesh.coordinator.credentials import make_credential, parse_credential
@@ -46,7 +46,7 @@ from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
-from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
+from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
@@ -67,6 +67,7 @@ def _network(conn: Connection) -> Network:
         p2p=row["p2p"],
         listen_port=row["listen_port"],
         mtu=row["mtu"],
+        auto_approve=row["auto_approve"] or [],
     )
 
 
@@ -105,6 +106,7 @@ def _token_info(row: RowMapping) -> TokenInfo:
         p2p=row["p2p"],
         description=row["description"],
         created_at=as_utc(row["created_at"]),
+        allow_subnets=row["allow_subnets"] or [],
     )
 
 
@@ -119,15 +121,27 @@ def _load_nodes(conn: Connection) -> list[Node]:
     return [_node(row, subnets.get(row["id"], []), now) for row in rows]
 
 
+def _claim(row: Any) -> route_approval.Claim:
+    decision = (
+        route_approval.AdminDecision(row.decision, row.decided_by or "", row.decision_reason or "")
+        if row.decision in ("approved", "rejected")
+        else None
+    )
+    allows = tuple(ipam.parse_cidr(p) for p in row.allow_subnets or ())
+    return route_approval.Claim(ipam.parse_cidr(row.prefix), row.name, decision, allows)
+
+
 def _classify(conn: Connection, network: Network) -> list[Route]:
+    r, n = schema.routes.c, schema.nodes.c
     rows = conn.execute(
-        select(schema.routes.c.prefix, schema.routes.c.node_id, schema.nodes.c.name)
-        .join(schema.nodes, schema.nodes.c.id == schema.routes.c.node_id)
-        .order_by(schema.routes.c.id)
+        select(r.prefix, r.node_id, r.decision, r.decided_by, r.decision_reason, n.name, n.allow_subnets)
+        .join(schema.nodes, n.id == r.node_id)
+        .order_by(r.id)
     ).all()
-    gateway_ids = {r.name: r.node_id for r in rows}
-    claims = [ipam.RouteClaim(ipam.parse_cidr(r.prefix), r.name) for r in rows]
-    verdicts = ipam.classify_routes(network.overlay_cidr, claims)
+    gateway_ids = {row.name: row.node_id for row in rows}
+    verdicts = route_approval.judge_routes(
+        network.overlay_cidr, [_claim(row) for row in rows], network.auto_approve
+    )
     return [
         Route(
             prefix=v.claim.prefix,
@@ -136,6 +150,7 @@ def _classify(conn: Connection, network: Network) -> list[Route]:
             state=v.state,
             reason=v.reason,
             conflicting_with=v.other.label if v.other else None,
+            decided_by=v.decided_by,
         )
         for v in verdicts
     ]
@@ -147,6 +162,20 @@ def _own_routes(routes: list[Route], node_id: int) -> list[Route]:
 
 def _route_sort_key(route: Route) -> tuple[int, Any, str]:
     return (route.prefix.version, route.prefix, route.gateway)
+
+
+def _approved(actor: str | None) -> dict[str, str | None]:
+    """The decision columns of a route an admin listed (approved by `actor`); none when no admin did."""
+    if actor is None:
+        return {}
+    return {"decision": "approved", "decided_by": actor, "decision_reason": ""}
+
+
+def _check_endpoints(endpoints: Sequence[Endpoint], overlay: Prefix) -> None:
+    """Refuse endpoints a node reports that no peer should send to (ipam.endpoint_refusal)."""
+    for endpoint in endpoints:
+        if endpoint.ip is not None and (why := ipam.endpoint_refusal(endpoint.ip, overlay)):
+            raise ValidationError(f"endpoint {endpoint}: {why}", code="invalid_endpoint")
 
 
 RELAY_TICKET_TTL = 24 * 3600.0
@@ -196,8 +225,8 @@ class Registry:
             return _network(conn)
 
     def patch_network(self, patch: NetworkPatch) -> Network:
-        """Change the network-wide P2P policy, default listen port or default tunnel MTU."""
-        values = patch.model_dump(exclude_none=True)
+        """Change the network-wide P2P policy, default listen port, default tunnel MTU or auto-approve rule."""
+        values = patch.model_dump(mode="json", exclude_none=True)
         with self.store.write() as w:
             if values:
                 w.conn.execute(update(schema.networks).values(**values))
@@ -222,6 +251,7 @@ class Registry:
                     p2p=req.p2p,
                     description=req.description,
                     created_at=now,
+                    allow_subnets=[str(p) for p in req.allow_subnets],
                 )
                 .returning(schema.tokens.c.id)
             ).scalar_one()
@@ -298,6 +328,8 @@ class Registry:
         tags: Sequence[str],
         private_key: str | None,
         max_mtu: int | None = None,
+        allow_subnets: Sequence[str] = (),
+        approved_by: str | None = None,
     ) -> NodeId:
         network = _network(w.conn)
         overlay = network.overlay_cidr
@@ -323,6 +355,7 @@ class Registry:
                         static=private_key is not None,
                         private_key=private_key,
                         max_mtu=max_mtu,
+                        allow_subnets=list(allow_subnets),
                         created_at=now,
                     )
                     .returning(schema.nodes.c.id)
@@ -331,13 +364,18 @@ class Registry:
         except IntegrityError as exc:
             raise ConflictError("the node collides with an existing one", code="duplicate_node") from exc
         for prefix in subnets:
-            w.conn.execute(insert(schema.routes).values(node_id=node_id, prefix=str(prefix), created_at=now))
+            w.conn.execute(
+                insert(schema.routes).values(
+                    node_id=node_id, prefix=str(prefix), created_at=now, **_approved(approved_by)
+                )
+            )
         return node_id
 
     def enroll(self, req: EnrollRequest) -> tuple[NodeId, str, NetMap]:
         """Redeem a token for a new node: returns its id, its credential (shown once), its netmap."""
         with self.store.write() as w:
             token = self._redeem(w.conn, req.token)
+            _check_endpoints(req.endpoints, _network(w.conn).overlay_cidr)
             node_id = self._insert_node(
                 w,
                 name=req.name,
@@ -349,6 +387,7 @@ class Registry:
                 tags=token["tags"],
                 private_key=None,
                 max_mtu=req.max_mtu,
+                allow_subnets=token["allow_subnets"] or [],
             )
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
@@ -359,8 +398,10 @@ class Registry:
             netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
         return node_id, make_credential("wgn", node_id, secret), netmap
 
-    def create_static_node(self, req: NodeCreate) -> tuple[Node, str | None]:
-        """A node for a device without an agent; with `generate_keys` the coordinator makes its keys."""
+    def create_static_node(self, req: NodeCreate, actor: str = "admin") -> tuple[Node, str | None]:
+        """A node for a device without an agent; with `generate_keys` the coordinator makes its keys.
+
+        An admin lists its subnets, so `actor` (who made the call) approves them."""
         if req.generate_keys == (req.public_key is not None):
             raise ValidationError(
                 "give either generate_keys: true or a public_key, not both or neither", code="invalid_keys"
@@ -379,6 +420,7 @@ class Registry:
                 p2p=req.p2p,
                 tags=req.tags,
                 private_key=pair.private_key if pair else None,
+                approved_by=actor,
             )
             node = self._node_by_id(w.conn, node_id)
         return node, pair.private_key if pair else None
@@ -441,8 +483,10 @@ class Registry:
             )
         return node, str(key)
 
-    def patch_node(self, ref: str, patch: NodePatch) -> Node:
-        """Change a node's P2P policy, advertised subnets, tags, bandwidth limit or MTU ceiling."""
+    def patch_node(self, ref: str, patch: NodePatch, actor: str = "admin") -> Node:
+        """Change a node's P2P policy, advertised subnets, tags, bandwidth limit or MTU ceiling.
+
+        Subnets an admin lists are approved by `actor` (who made the call), those kept included."""
         with self.store.write() as w:
             node_id = self._resolve(w.conn, ref)
             values: dict[str, Any] = {}
@@ -457,7 +501,7 @@ class Registry:
             if values:
                 w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(**values))
             if patch.subnets is not None:
-                self._replace_subnets(w.conn, node_id, patch.subnets)
+                self._replace_subnets(w.conn, node_id, patch.subnets, approved_by=actor)
             return self._node_by_id(w.conn, node_id)
 
     def set_own_subnets(self, node_id: NodeId, subnets: Sequence[Prefix]) -> list[Route]:
@@ -476,7 +520,9 @@ class Registry:
             self._replace_subnets(w.conn, node_id, subnets)
             return _own_routes(_classify(w.conn, _network(w.conn)), node_id)
 
-    def _replace_subnets(self, conn: Connection, node_id: NodeId, subnets: Sequence[Prefix]) -> None:
+    def _replace_subnets(
+        self, conn: Connection, node_id: NodeId, subnets: Sequence[Prefix], approved_by: str | None = None
+    ) -> None:
         ipam.check_own_subnets(subnets, _network(conn).overlay_cidr)
         # The table holds canonical text: prefixes become strings here, at the SQL edge, and nowhere else.
         wanted = [str(s) for s in subnets]
@@ -494,7 +540,17 @@ class Registry:
         now = utcnow()
         for prefix in wanted:
             if prefix not in current:
-                conn.execute(insert(schema.routes).values(node_id=node_id, prefix=prefix, created_at=now))
+                conn.execute(
+                    insert(schema.routes).values(
+                        node_id=node_id, prefix=prefix, created_at=now, **_approved(approved_by)
+                    )
+                )
+        if approved_by is not None and wanted:
+            conn.execute(
+                update(schema.routes)
+                .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix.in_(wanted))
+                .values(**_approved(approved_by))
+            )
 
     def delete_node(self, ref: str) -> Node:
         """Remove a node with its routes, credentials, pair overrides and status."""
@@ -522,6 +578,26 @@ class Registry:
         """Every route with its verdict, sorted by prefix then gateway."""
         with self.store.read() as conn:
             return sorted(_classify(conn, _network(conn)), key=_route_sort_key)
+
+    def decide_route(
+        self, ref: str, prefix: Prefix, verdict: Decision, actor: str, reason: str = ""
+    ) -> Route:
+        """An admin approves or rejects a prefix node `ref` advertises; the route with its new verdict.
+
+        The decision lives on the route row: it lasts while the node advertises the prefix, and a
+        withdrawn and re-advertised prefix is a new claim that the rules judge again.
+        """
+        with self.store.write() as w:
+            node_id = self._resolve(w.conn, ref)
+            done = w.conn.execute(
+                update(schema.routes)
+                .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix == str(prefix))
+                .values(decision=verdict, decided_by=actor, decision_reason=reason)
+            )
+            if done.rowcount != 1:
+                raise NotFoundError(f"node {ref!r} does not advertise {prefix}", code="unknown_route")
+            routes = _classify(w.conn, _network(w.conn))
+        return next(r for r in routes if r.gateway_id == node_id and r.prefix == prefix)
 
     def set_pair(self, a: str, b: str, changes: Mapping[str, str | None]) -> PairPolicy | None:
         """Set (or with None clear) a node pair's `p2p` and/or `rate` override; None when none is left."""
@@ -655,6 +731,11 @@ class Registry:
         now = utcnow()
         with self.store.read() as conn:
             node = self._node_by_id(conn, node_id)
+            overlay = _network(conn).overlay_cidr
+        _check_endpoints(report.endpoints, overlay)
+        if report.eth0_ip is not None:
+            # eth0 is an endpoint candidate too (netmap.endpoint_candidates): the same rule holds.
+            _check_endpoints([Endpoint(report.eth0_ip, node.listen_port)], overlay)
         # Only what reaches netmaps counts: the interface MTU the agent set (report.mtu) and its
         # counters are shown to admins but change nothing for peers, so they must not wake long-polls.
         changed = (

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -72,6 +72,21 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "ALTER TABLE registry ADD COLUMN tls_next_key TEXT",
         "ALTER TABLE registry ADD COLUMN tls_next_cert TEXT",
     ),
+    # Route approval (wgmesh/route_approval.py): an admin's decision on each advertised prefix, the
+    # prefixes an enrollment token allows (copied onto the nodes it enrolls) and the network's rule.
+    # Routes from before version 7 were all routed: they stay so, approved by "upgrade".
+    7: (
+        "ALTER TABLE routes ADD COLUMN decision VARCHAR(8)",
+        "ALTER TABLE routes ADD COLUMN decided_by VARCHAR(80)",
+        "ALTER TABLE routes ADD COLUMN decision_reason VARCHAR(200)",
+        "UPDATE routes SET decision = 'approved', decided_by = 'upgrade'",
+        "ALTER TABLE tokens ADD COLUMN allow_subnets JSON",
+        "UPDATE tokens SET allow_subnets = '[]'",
+        "ALTER TABLE nodes ADD COLUMN allow_subnets JSON",
+        "UPDATE nodes SET allow_subnets = '[]'",
+        "ALTER TABLE networks ADD COLUMN auto_approve JSON",
+        "UPDATE networks SET auto_approve = '[]'",
+    ),
 }
 
 metadata = MetaData()
@@ -113,6 +128,7 @@ networks = Table(
     # Since version 3; nullable as the migration adds it, but every row holds one (the migration writes
     # it, a new network is created with it), so readers never have to guess a default.
     Column("mtu", Integer),
+    Column("auto_approve", JSON),  # since version 7: prefixes any node's routes are approved inside
 )
 
 nodes = Table(
@@ -136,6 +152,8 @@ nodes = Table(
     Column("rate", String(16)),  # since version 2
     Column("mtu", Integer),  # since version 3: the admin's ceiling; NULL: the network's default
     Column("max_mtu", Integer),  # since version 3: what the agent reported its underlay carries
+    # Since version 7: the prefixes the enrolling token allowed (route_approval); [] for static peers.
+    Column("allow_subnets", JSON),
     sqlite_autoincrement=True,
 )
 
@@ -146,6 +164,10 @@ routes = Table(
     Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
     Column("prefix", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Since version 7: an admin's decision (approved, rejected; NULL: the rules decide), by whom, why.
+    Column("decision", String(8)),
+    Column("decided_by", String(80)),
+    Column("decision_reason", String(200)),
     UniqueConstraint("node_id", "prefix", name="routes_node_prefix"),
     sqlite_autoincrement=True,
 )
@@ -163,6 +185,7 @@ tokens = Table(
     Column("p2p", String(8)),
     Column("description", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("allow_subnets", JSON),  # since version 7: prefixes its nodes' routes are approved inside
     sqlite_autoincrement=True,
 )
 

@@ -140,6 +140,7 @@ class Store:
                     p2p=network.p2p,
                     listen_port=network.listen_port,
                     mtu=network.mtu,
+                    auto_approve=[str(p) for p in network.auto_approve],
                 )
             )
 

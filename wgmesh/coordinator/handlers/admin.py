@@ -8,7 +8,7 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from wgmesh.coordinator.handlers.auth import request_scheme
+from wgmesh.coordinator.handlers.auth import actor_of, request_scheme
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.metrics import scrape_targets
 from wgmesh.coordinator.operations import Call, error_response, json_response
@@ -27,6 +27,8 @@ from wgmesh.models import (
     NodeList,
     PairList,
     Rate,
+    Route,
+    RouteDecision,
     RouteList,
     StatusList,
     TokenCreated,
@@ -35,7 +37,7 @@ from wgmesh.models import (
     Topology,
 )
 from wgmesh.netmap import wg_quick_config
-from wgmesh.values import P2PPolicy
+from wgmesh.values import Decision, P2PPolicy
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -118,9 +120,15 @@ async def list_nodes(call: Call) -> NodeList:
     return NodeList(nodes=await run_in_threadpool(registry.list_nodes))
 
 
+def _actor(call: Call) -> str:
+    """Who approves what an admin call lists or decides: the audit log's name for the caller."""
+    actor = actor_of(call.request)
+    return actor.label if actor is not None else "admin"
+
+
 async def create_node(call: Call) -> Node:
     registry = context(call.request).registry
-    node, _ = await run_in_threadpool(registry.create_static_node, call.body)
+    node, _ = await run_in_threadpool(registry.create_static_node, call.body, _actor(call))
     log.info("static node created", extra=kv(node=node.name, node_id=node.id))
     return node
 
@@ -132,7 +140,7 @@ async def get_node(call: Call) -> Node:
 
 async def patch_node(call: Call) -> Node:
     registry = context(call.request).registry
-    return await run_in_threadpool(registry.patch_node, call.param("node"), call.body)
+    return await run_in_threadpool(registry.patch_node, call.param("node"), call.body, _actor(call))
 
 
 async def delete_node(call: Call) -> Node:
@@ -169,6 +177,23 @@ async def get_node_config(call: Call) -> Response:
 async def list_routes(call: Call) -> RouteList:
     registry = context(call.request).registry
     return RouteList(routes=await run_in_threadpool(registry.routes))
+
+
+async def approve_route(call: Call) -> Route:
+    return await _decide_route(call, "approved")
+
+
+async def reject_route(call: Call) -> Route:
+    return await _decide_route(call, "rejected")
+
+
+async def _decide_route(call: Call, verdict: Decision) -> Route:
+    registry = context(call.request).registry
+    body: RouteDecision = call.body
+    node, actor = call.param("node"), _actor(call)
+    route = await run_in_threadpool(registry.decide_route, node, body.prefix, verdict, actor, body.reason)
+    log.info("route decided", extra=kv(node=node, prefix=body.prefix, verdict=verdict, actor=actor))
+    return route
 
 
 async def list_pairs(call: Call) -> PairList:
