@@ -679,16 +679,27 @@ function renderRoutes() {
       const shadows = r.shadowed_by.map(shadowText);
       const collides =
         r.conflicting_with && !(r.reason || "").includes(r.conflicting_with) ? `collides with ${r.conflicting_with}` : "";
-      const reason = [r.reason, collides, ...shadows]
+      // Who approved it, as the coordinator says (a rejection's reason already names who rejected it).
+      const approved = r.decided_by && r.state !== "rejected" ? `approved by ${r.decided_by}` : "";
+      const reason = [r.reason, collides, ...shadows, approved]
         .filter(Boolean)
         .filter((v, i, all) => all.indexOf(v) === i)
         .join("; ");
+      const decide =
+        r.state === "pending"
+          ? [
+              " ",
+              el("button", { type: "button", class: "secondary", "aria-label": `Approve ${r.prefix} of ${gw}`, onclick: () => decideRoute(gw, r.prefix, "approve"), text: "Approve" }),
+              " ",
+              el("button", { type: "button", class: "secondary", "aria-label": `Reject ${r.prefix} of ${gw}`, onclick: () => decideRoute(gw, r.prefix, "reject"), text: "Reject" }),
+            ]
+          : [];
       return el(
         "tr",
         { class: `state-${r.state}${shadows.length ? " is-shadowed" : ""}`, "data-prefix": r.prefix, "data-state": r.state },
         el("td", { class: "num", text: r.prefix }),
         el("td", {}, pill(r.state), shadows.length ? " " : "", shadows.length ? pill("shadowed") : ""),
-        el("td", { text: reason || "–" }),
+        el("td", {}, reason || "–", ...decide),
       );
     });
     return el(
@@ -705,6 +716,23 @@ function renderRoutes() {
     );
   });
   $("#routes").replaceChildren(...(blocks.length ? blocks : [el("p", { class: "card", text: "No subnet routes advertised." })]));
+}
+
+async function decideRoute(gateway, prefix, verb) {
+  const ok = await confirmDialog(
+    verb === "approve"
+      ? `Approve ${prefix} of ${gateway}? Every gateway routes it into the tunnel to ${gateway}.`
+      : `Reject ${prefix} of ${gateway}? It stays out of every netmap while ${gateway} advertises it.`,
+    verb === "approve" ? "Approve" : "Reject",
+  );
+  if (!ok) return;
+  try {
+    const route = await api("POST", `/api/v1/nodes/${encodeURIComponent(gateway)}/routes/${verb}`, { prefix });
+    say(`${prefix} of ${gateway}: ${route.state}.`);
+    await refresh();
+  } catch (err) {
+    say(`Could not ${verb} ${prefix} of ${gateway}: ${err.message}`, true);
+  }
 }
 
 function renderWarnings() {

@@ -26,7 +26,7 @@ from coordinator_harness import (
 @pytest.fixture(scope="module")
 def stored(coordinator: Coordinator, admin: httpx.Client) -> tuple[Enrolled, Enrolled]:
     """gw-a reports gw-b through a relay; then its stored report is rewritten with hostile text."""
-    token = create_token(admin, reusable=True)
+    token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])
     with coordinator.anonymous() as anon:
         a = enroll(anon, token["token"], "gw-a", subnets=["10.1.0.0/24"])
         b = enroll(anon, token["token"], "gw-b", subnets=["10.2.0.0/24"])

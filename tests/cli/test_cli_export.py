@@ -20,7 +20,7 @@ from wgmesh import keys
 
 @pytest.fixture(scope="module")
 def mesh(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Any]:
-    token = create_token(admin, reusable=True)["token"]
+    token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])["token"]
     with coordinator.anonymous() as anon:
         a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
         b = enroll(anon, token, "gw-b", subnets=["10.2.0.0/16", "10.1.9.0/24"])  # the /24 conflicts

@@ -24,7 +24,7 @@ from wgmesh import keys
 
 @pytest.fixture(scope="module")
 def gateways(coordinator: Coordinator, admin: httpx.Client) -> dict[str, Enrolled]:
-    token = create_token(admin, reusable=True, tags=["prod"])["token"]
+    token = create_token(admin, reusable=True, tags=["prod"], allow_subnets=["10.0.0.0/8"])["token"]
     with coordinator.anonymous() as anon:
         return {
             "gw-a": enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"]),

@@ -35,11 +35,14 @@ def enrolled(
     coordinator: Coordinator, admin: httpx.Client
 ) -> tuple[Enrolled, Enrolled, Enrolled, dict[str, Any]]:
     """Three gateways and a static peer, enrolled once for the module."""
-    token = create_token(admin, reusable=True)["token"]
+    token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])["token"]
     with coordinator.anonymous() as anon:
         a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
         b = enroll(anon, token, "gw-b", subnets=["10.2.0.0/16", "10.1.5.0/24"])
         c = enroll(anon, token, "gw-c", subnets=["10.2.0.0/16"])
+    # gw-c joins gw-b's prefix: an HA claim, which an admin approves (issue 16)
+    r = admin.post("/api/v1/nodes/gw-c/routes/approve", json={"prefix": "10.2.0.0/16"})
+    assert r.status_code == 200, r.text
     r = admin.post("/api/v1/nodes", json={"name": "dev", "generate_keys": True})
     assert r.status_code == 201, r.text
     return a, b, c, r.json()

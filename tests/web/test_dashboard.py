@@ -234,6 +234,33 @@ def test_a_route_shadowed_without_a_named_gateway_is_shown_from_the_api(
         post_status(coordinator, c, {"eth0_ip": "172.16.3.10", "peers": []})
 
 
+def test_a_pending_route_is_approved_and_another_rejected_from_the_dashboard(
+    dashboard: Any, coordinator: Coordinator, mesh: Mesh, admin: httpx.Client
+) -> None:
+    """Issue 16: a node's public prefixes wait for an admin; the dashboard shows them with buttons."""
+    page = dashboard
+    with coordinator.anonymous() as anon:
+        enroll(anon, mesh.token, "gw-public", subnets=["203.0.113.20/32", "203.0.113.21/32"])
+    first = page.locator('#routes [data-gateway="gw-public"] tr[data-prefix="203.0.113.20/32"]')
+    second = page.locator('#routes [data-gateway="gw-public"] tr[data-prefix="203.0.113.21/32"]')
+    expect(first).to_have_attribute("data-state", "pending")
+    expect(first).to_contain_text("outside private, CGNAT and ULA space")
+    expect(page.locator("#warnings")).to_contain_text("route 203.0.113.20/32@gw-public is pending approval")
+    page.get_by_role("button", name="Approve 203.0.113.20/32 of gw-public").click()
+    page.locator("#confirm").get_by_role("button", name="Approve").click()
+    expect(first).to_have_attribute("data-state", "active")
+    expect(first).to_contain_text("approved by session:env")
+    page.get_by_role("button", name="Reject 203.0.113.21/32 of gw-public").click()
+    page.locator("#confirm").get_by_role("button", name="Reject").click()
+    expect(second).to_have_attribute("data-state", "rejected")
+    expect(second.get_by_role("button")).to_have_count(0)
+    routes = {
+        r["prefix"]: r for r in admin.get("/api/v1/routes").json()["routes"] if r["gateway"] == "gw-public"
+    }
+    assert [routes[p]["state"] for p in ("203.0.113.20/32", "203.0.113.21/32")] == ["active", "rejected"]
+    assert admin.delete("/api/v1/nodes/gw-public").status_code == 200
+
+
 def test_nodes_table_sorts_and_filters(dashboard: Any) -> None:
     page = dashboard
     rows = page.locator("#nodes-table tbody tr")

@@ -20,7 +20,7 @@ GATEWAYS = 30
 @pytest.fixture(scope="module")
 def big_mesh(coordinator: Coordinator) -> list[Enrolled]:
     with coordinator.admin() as admin, coordinator.anonymous() as anon:
-        token = create_token(admin, reusable=True)["token"]
+        token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8", "172.20.0.0/16"])["token"]
         nodes = [
             enroll(anon, token, f"gw-{i:02d}-region", subnets=[f"10.{i}.0.0/16", f"172.20.{i}.0/24"])
             for i in range(GATEWAYS)

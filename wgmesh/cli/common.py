@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, TypeVar
 from pydantic import BaseModel
 from rich.console import Console
 
-from wgmesh import rates
+from wgmesh import ipam, rates
 from wgmesh.cli import connection
 from wgmesh.errors import ValidationError
 from wgmesh.models import MAX_MTU, MIN_MTU, check_name
@@ -143,6 +143,21 @@ def node_ref(text: str) -> str:
         return check_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"node {text!r}: {exc}") from exc
+
+
+def prefix_arg(text: str) -> str:
+    """An argparse type: a CIDR prefix, host bits clear (`ipam.parse_cidr` says why not), canonical."""
+    try:
+        return str(ipam.parse_cidr(text))
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def prefixes_arg(text: str) -> list[str]:
+    """An argparse type: comma-separated CIDR prefixes; empty or `none` is the empty list."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [prefix_arg(part) for part in text.split(",")]
 
 
 def rate_arg(text: str) -> str:

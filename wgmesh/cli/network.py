@@ -1,4 +1,4 @@
-"""`wgmesh network`: the network-wide settings (P2P policy, default tunnel MTU).
+"""`wgmesh network`: the network-wide settings (P2P policy, default tunnel MTU, the auto-approve rule).
 
 NetworkPatch also takes `listen_port`, but nothing reads the network's listen port (each node keeps the
 one it enrolled with), so the CLI offers no flag that would look like it changes something.
@@ -13,7 +13,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from wgmesh.cli import connection
-from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, print_json, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, prefixes_arg, print_json, stdout
 from wgmesh.errors import ValidationError
 from wgmesh.models import Network
 from wgmesh.values import P2PPolicy
@@ -29,18 +29,28 @@ def register(sub: Subparsers) -> None:
         description="The overlay network's settings. Without a command: show them.",
     )
 
-    p = group.command("show", cmd_show, help="name, overlay, P2P policy and default tunnel MTU")
+    p = group.command(
+        "show", cmd_show, help="name, overlay, P2P policy, default tunnel MTU, auto-approve rule"
+    )
 
     p = group.command(
         "set",
         cmd_set,
-        help="change the P2P policy or the default tunnel MTU",
+        help="change the P2P policy, the default tunnel MTU or the auto-approve rule",
         description="Change network-wide settings. --p2p off sends every pair through the relay. "
         "--mtu is every node's tunnel MTU unless the node has its own ceiling (`wgmesh node set "
-        "--mtu`); each agent lowers its own to what its underlay carries.",
+        "--mtu`); each agent lowers its own to what its underlay carries. --auto-approve replaces the "
+        "rule approving any node's routes inside the prefixes given (private, CGNAT and ULA space only; "
+        "a route joining another gateway's prefix still waits for `wgmesh routes approve`).",
     )
     p.add_argument("--p2p", choices=get_args(P2PPolicy), help="auto: direct when possible; off: always relay")
     p.add_argument("--mtu", type=mtu_arg, metavar="BYTES", help="default tunnel MTU, 1280-9000")
+    p.add_argument(
+        "--auto-approve",
+        type=prefixes_arg,
+        metavar="PREFIX[,…]",
+        help="approve every node's routes inside these prefixes; none clears the rule",
+    )
 
 
 def network_detail(network: Network) -> RenderableType:
@@ -53,6 +63,7 @@ def network_detail(network: Network) -> RenderableType:
         ("overlay", str(network.overlay_cidr)),
         ("p2p", network.p2p),
         ("MTU", f"{network.mtu} (default tunnel MTU)"),
+        ("auto-approve", ", ".join(str(p) for p in network.auto_approve) or "none"),
     ):
         grid.add_row(label, value)
     return grid
@@ -70,18 +81,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    """`wgmesh network set [--p2p auto|off] [--mtu BYTES]`."""
+    """`wgmesh network set [--p2p auto|off] [--mtu BYTES] [--auto-approve PREFIX[,…]]`."""
     body: dict[str, Any] = {}
     if args.p2p is not None:
         body["p2p"] = args.p2p
     if args.mtu is not None:
         body["mtu"] = args.mtu
+    if args.auto_approve is not None:
+        body["auto_approve"] = args.auto_approve
     if not body:
-        raise ValidationError("nothing to change: give --p2p and/or --mtu", code="usage")
+        raise ValidationError("nothing to change: give --p2p, --mtu and/or --auto-approve", code="usage")
     with connection.connect(args) as client:
         network = client.call("PATCH", "/api/v1/network", Network, json=body)
     if args.json:
         print_json(network.model_dump(mode="json"))
     else:
-        stdout().print(f"network {network.name}: p2p {network.p2p}, MTU {network.mtu}")
+        rule = ", ".join(str(p) for p in network.auto_approve) or "none"
+        stdout().print(f"network {network.name}: p2p {network.p2p}, MTU {network.mtu}, auto-approve {rule}")
     return 0

@@ -26,6 +26,7 @@ STATE_STYLE = {
     "standby": "cyan",
     "conflict": "bold red",
     "rejected": "red",
+    "pending": "bold yellow",
     "shadowed": "yellow",
 }
 DETAIL_MIN = 16  # narrowest useful detail/reason column; below it routes fall back to lines
@@ -299,8 +300,12 @@ def route_detail_text(prefix: Prefix, reason: str, conflicts_with: str | None) -
 
 
 def route_detail(route: RouteView) -> str:
-    """The detail column of a route."""
-    return route_detail_text(route.prefix, route.reason, route.conflicts_with)
+    """The detail column of a route, with who approved it (a rejection's reason names who rejected it)."""
+    detail = route_detail_text(route.prefix, route.reason, route.conflicts_with)
+    if route.decided_by is None or route.state == "rejected":
+        return detail
+    approved = f"approved by {route.decided_by}"
+    return f"{detail}; {approved}" if detail else approved
 
 
 def _by_gateway(routes: Sequence[RouteView]) -> list[tuple[str, list[RouteView]]]:

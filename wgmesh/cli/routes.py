@@ -1,32 +1,49 @@
-"""`wgmesh routes`: every advertised subnet with its verdict, grouped by gateway."""
+"""`wgmesh routes`: every advertised subnet with its verdict, grouped by gateway; approve and reject."""
 
 from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
 
+from rich.text import Text
+
 from wgmesh.cli import connection, render
-from wgmesh.cli.common import Subparsers, add_json_flag, print_json, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, call, node_ref, prefix_arg, print_json, stdout
 from wgmesh.cli.status import load
 from wgmesh.cli.view import RoutesView, route_views, status_view
+from wgmesh.models import Route
+from wgmesh.printable import escape
 
 
 def register(sub: Subparsers) -> None:
-    """Add `wgmesh routes`."""
-    p = sub.add_parser(
+    """Add `wgmesh routes` and its commands."""
+    group = CommandGroup(
+        sub,
         "routes",
-        help="advertised subnets by gateway: active, standby, conflict, rejected, shadowed",
+        default=cmd_routes,
+        help="advertised subnets by gateway (active, standby, conflict, pending, rejected, shadowed); "
+        "approve or reject them",
         description="Every advertised subnet, grouped by gateway and sorted by prefix, with its state, "
-        "the reason and the route it collides with. 'shadowed': active, but a node does not install "
-        "it because it overlaps one of that node's local subnets.",
+        "the reason, who decided and the route it collides with. 'pending': no rule approved it (public "
+        "space, joining another gateway's prefix, or no token or network rule covers it) and it is in no "
+        "netmap until an admin approves it. 'shadowed': active, but a node does not install it because "
+        "it overlaps one of that node's local subnets. Without a command: list them.",
     )
-    add_json_flag(p)
-    connection.add_arguments(p)
-    p.set_defaults(func=cmd_routes)
+    group.command("list", cmd_routes, help="every advertised subnet with its verdict (the default)")
+    for verb, run, what in (
+        ("approve", cmd_approve, "route it (needed outside private space and to join another gateway)"),
+        ("reject", cmd_reject, "keep it out of every netmap while the node advertises it"),
+    ):
+        p = group.command(verb, run, help=f"{verb} a prefix a node advertises: {what}")
+        p.add_argument(
+            "prefix", type=prefix_arg, metavar="PREFIX", help="the advertised prefix, e.g. 10.1.0.0/16"
+        )
+        p.add_argument("--node", type=node_ref, required=True, metavar="NODE", help="the node advertising it")
+        p.add_argument("--reason", default="", metavar="TEXT", help="why (shown with the route, audited)")
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    """`wgmesh routes`."""
+    """`wgmesh routes [list]`."""
     with connection.connect(args) as client:
         topology = load(client)
     routes = route_views(topology.routes)
@@ -38,4 +55,29 @@ def cmd_routes(args: argparse.Namespace) -> int:
     static = {n.name for n in topology.nodes if n.static}
     notes = render.gateway_notes(status_view(topology).nodes, now, static)
     console.print(render.routes_table(routes, console.width, notes))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """`wgmesh routes approve PREFIX --node NODE`."""
+    return _decide(args, "approve")
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    """`wgmesh routes reject PREFIX --node NODE`."""
+    return _decide(args, "reject")
+
+
+def _decide(args: argparse.Namespace, verb: str) -> int:
+    body = {"prefix": args.prefix, "reason": args.reason}
+    route = call(args, "POST", f"/api/v1/nodes/{args.node}/routes/{verb}", Route, json=body)
+    if args.json:
+        print_json(route.model_dump(mode="json"))
+        return 0
+    # Text, not markup: the reason is free text from an admin.
+    line = Text(f"{route.prefix}@{route.gateway}: ")
+    line.append(route.state, style=render.STATE_STYLE.get(route.state, ""))
+    detail = render.route_detail_text(route.prefix, route.reason, route.conflicting_with)
+    line.append(f" ({escape(detail)})" if detail else "")
+    stdout().print(line)
     return 0

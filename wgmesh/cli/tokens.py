@@ -18,6 +18,7 @@ from wgmesh.cli.common import (
     CommandGroup,
     Subparsers,
     call,
+    prefix_arg,
     print_json,
     print_listing,
     print_result,
@@ -83,6 +84,15 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag given to the nodes")
     p.add_argument("--p2p", choices=get_args(P2PPolicy), help="P2P policy given to the nodes")
     p.add_argument("--description", default="", metavar="TEXT", help="a note for `tokens list`")
+    p.add_argument(
+        "--allow-subnet",
+        action="append",
+        default=[],
+        type=prefix_arg,
+        metavar="PREFIX",
+        help="approve the routes its nodes advertise inside PREFIX (repeatable; private, CGNAT and ULA "
+        "space only: anything else, or another gateway's prefix, still waits for `wgmesh routes approve`)",
+    )
 
     p = group.command("list", cmd_list, help="every token, newest first; secrets are never shown")
 
@@ -119,7 +129,7 @@ def tokens_table(tokens: Sequence[TokenInfo], now: datetime) -> RenderableType:
     if not tokens:
         return Text("no tokens", style="dim")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for header in ("ID", "KIND", "STATE", "USES", "EXPIRES", "TAGS", "P2P", "DESCRIPTION"):
+    for header in ("ID", "KIND", "STATE", "USES", "EXPIRES", "TAGS", "P2P", "ALLOWS", "DESCRIPTION"):
         table.add_column(header, overflow="fold", justify="right" if header in ("ID", "USES") else "left")
     styles = {"valid": "green", "revoked": "red", "expired": "dim", "used": "dim"}
     for token in tokens:
@@ -132,6 +142,7 @@ def tokens_table(tokens: Sequence[TokenInfo], now: datetime) -> RenderableType:
             expires_in(token, now),
             ", ".join(token.tags) or render.DASH,
             token.p2p or render.DASH,
+            ", ".join(str(p) for p in token.allow_subnets) or render.DASH,
             render.cell(token.description),
         )
     return table
@@ -145,6 +156,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         "tags": args.tag,
         "p2p": args.p2p,
         "description": args.description,
+        "allow_subnets": args.allow_subnet,
     }
     with connection.connect(args) as client:
         created = client.call("POST", "/api/v1/tokens", TokenCreated, json=body)
@@ -159,6 +171,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         extras.append(f"tags {', '.join(created.tags)}")
     if created.p2p:
         extras.append(f"p2p {created.p2p}")
+    if created.allow_subnets:
+        extras.append(f"allows {', '.join(str(p) for p in created.allow_subnets)}")
     stderr().print(f"created {kind} token {created.id}: {'; '.join(extras)}")
     print_secret_once(created.token)
     return 0

@@ -49,6 +49,7 @@ class RouteView(View):
     state: RouteViewState
     reason: str
     conflicts_with: str | None
+    decided_by: str | None = None
 
 
 class StatusView(View):
@@ -100,7 +101,12 @@ def route_view(route: TopologyRoute) -> RouteView:
         state, reason = "shadowed", f"active, but not installed on {where}"
         conflicts_with = f"{first.local_prefix}@{first.node}" if first.local_prefix else None
     return RouteView(
-        prefix=route.prefix, gateway=route.gateway, state=state, reason=reason, conflicts_with=conflicts_with
+        prefix=route.prefix,
+        gateway=route.gateway,
+        state=state,
+        reason=reason,
+        conflicts_with=conflicts_with,
+        decided_by=route.decided_by,
     )
 
 

@@ -6,6 +6,7 @@ an error answer is the exception class its code maps to, with `METHOD PATH: STAT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,6 +19,7 @@ from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
 from wgmesh.models import NodeList, TokenCreated
 from wgmesh.pins import Pin
+from wgmesh.values import Prefix
 
 
 class LabApi(ApiClient):
@@ -56,9 +58,14 @@ class LabApi(ApiClient):
         """The names of the enrolled nodes."""
         return {node.name for node in self.call("GET", "/api/v1/nodes", NodeList, timeout=timeout).nodes}
 
-    def create_token(self, description: str) -> str:
-        """A new reusable enrollment token that does not expire."""
-        body = {"reusable": True, "expires_in": None, "description": description}
+    def create_token(self, description: str, allow_subnets: Sequence[Prefix] = ()) -> str:
+        """A new reusable enrollment token that does not expire, approving routes inside `allow_subnets`."""
+        body = {
+            "reusable": True,
+            "expires_in": None,
+            "description": description,
+            "allow_subnets": [str(p) for p in allow_subnets],
+        }
         return self.call("POST", "/api/v1/tokens", TokenCreated, json=body).token
 
     def topology_links(self, timeout: float) -> list[dict[str, JsonValue]]:

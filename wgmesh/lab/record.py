@@ -40,7 +40,11 @@ class LabState(Model):
     backend: str
     agents: bool
     admin_token: str
+    # Labs recorded before issue 16 kept one token for every site; it is no longer used (each site's
+    # token allows its own LAN, `site_tokens`) but still read, so `down` works on such a record.
     enroll_token: str | None = None
+    # Each site's enrollment token (by site index), allowing that site's LAN (route approval, issue 16).
+    site_tokens: dict[int, str] = Field(default_factory=dict)
     # Whether the lab runs the hub's relay (False when wgmesh-relay was not installed at `up`).
     relay: bool = False
     # The coordinator's relay-ticket public key (base64), the relay's --coordinator-key.

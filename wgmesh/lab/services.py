@@ -20,6 +20,7 @@ from wgmesh.lab.api import admin_client
 from wgmesh.lab.layout import (
     RELAY_PORT,
     LabPlan,
+    Site,
     agent_args,
     coordinator_args,
     coordinator_init_args,
@@ -109,7 +110,7 @@ def start(state: LabState, node: str) -> procs.ProcessId:
         _record(state, "coordinator", node, proc)
     elif target.site is not None and target.role == "gateway":
         site = target.site
-        token = _enroll_token(state)
+        token = _enroll_token(state, site)
         argv = [
             "ip",
             "netns",
@@ -163,13 +164,15 @@ def kill(
     return True
 
 
-def _enroll_token(state: LabState) -> str:
-    # Kept in the (root-only) record so an agent can be restarted while the coordinator is down.
-    token = state.enroll_token
+def _enroll_token(state: LabState, site: Site) -> str:
+    # One per site, allowing that site's LAN: its route is approved with no manual step, and no site's
+    # token approves another's. Kept in the (root-only) record so an agent can be restarted while the
+    # coordinator is down.
+    token = state.site_tokens.get(site.index)
     if token is None:
         with admin_client(state) as api:
-            token = api.create_token(f"lab {state.name}")
-        state.enroll_token = token
+            token = api.create_token(f"lab {state.name} {site.node}", allow_subnets=[site.lan])
+        state.site_tokens[site.index] = token
         save(state)
     return token
 
