@@ -43,7 +43,7 @@ PEER_FIELDS = {
     "last_handshake",
     "reason",
 }
-ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with"}
+ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with", "decided_by"}
 
 
 @dataclass

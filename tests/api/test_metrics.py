@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -134,6 +135,15 @@ def test_long_polls_are_counted_while_they_wait(coordinator: Api, token: str) ->
     wait_until(lambda: value(scrape(coordinator), "wgmesh_netmap_long_polls") == 0, 5, "no waiting long-poll")
 
 
+def targets(admin: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The service discovery answer, a list of target groups, by node name."""
+    r = admin.get("/api/v1/prometheus/targets")
+    assert r.status_code == 200, r.text
+    groups = r.json()
+    assert isinstance(groups, list)
+    return {g["labels"]["node"]: g for g in groups}
+
+
 def test_service_discovery_lists_reported_metrics_addresses(
     coordinator: Api, admin: httpx.Client, token: str
 ) -> None:
@@ -143,11 +153,7 @@ def test_service_discovery_lists_reported_metrics_addresses(
         enroll(anon, token, "sd-silent")
     post_status(coordinator, one, {"eth0_ip": "198.18.0.11", "metrics": "198.18.0.11:9586"})
     post_status(coordinator, local, {"metrics": "127.0.0.1:9586"})  # unreachable from a Prometheus server
-    r = admin.get("/api/v1/prometheus/targets")
-    assert r.status_code == 200, r.text
-    groups = r.json()
-    assert isinstance(groups, list)
-    by_node = {g["labels"]["node"]: g for g in groups}
+    by_node = targets(admin)
     overlay = admin.get("/api/v1/nodes/sd-one").json()["overlay_ip"]
     assert by_node["sd-one"] == {
         "targets": ["198.18.0.11:9586"],
@@ -167,12 +173,12 @@ def test_service_discovery_lists_only_the_nodes_own_addresses(
     post_status(coordinator, elsewhere, {"eth0_ip": "198.18.0.12", "metrics": "10.0.0.5:6379"})
     address = overlay.first_netmap["overlay_ip"]
     post_status(coordinator, overlay, {"eth0_ip": "198.18.0.13", "metrics": f"{address}:9586"})
-    by_node = {g["labels"]["node"]: g for g in admin.get("/api/v1/prometheus/targets").json()}
+    by_node = targets(admin)
     assert "sd-elsewhere" not in by_node
     assert by_node["sd-overlay"]["targets"] == [f"{address}:9586"]
     # Its own eth0 address again, and it is listed.
     post_status(coordinator, elsewhere, {"eth0_ip": "198.18.0.12", "metrics": "198.18.0.12:9586"})
-    by_node = {g["labels"]["node"]: g for g in admin.get("/api/v1/prometheus/targets").json()}
+    by_node = targets(admin)
     assert by_node["sd-elsewhere"]["targets"] == ["198.18.0.12:9586"]
 
 

@@ -68,7 +68,10 @@ def test_bad_mtu_is_bad_usage_and_changes_nothing(wgmesh: Cli, admin: httpx.Clie
 
 def test_set_refusals(wgmesh: Cli) -> None:
     r = wgmesh("network", "set")
-    assert (r.code, r.one_line_error()) == (2, "wgmesh: nothing to change: give --p2p and/or --mtu")
+    assert (r.code, r.one_line_error()) == (
+        2,
+        "wgmesh: nothing to change: give --p2p, --mtu and/or --auto-approve",
+    )
     r = wgmesh("network", "set", "--p2p", "sometimes")
     assert r.code == 2
     assert "invalid choice: 'sometimes'" in r.one_line_error()

@@ -199,7 +199,9 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
         "state": "active",
         "reason": "",
         "conflicts_with": None,
+        "decided_by": "token",  # its enrollment token allows 10/8 (issue 16)
     }
+    assert routes[("10.2.0.0/16", "gw-c")]["decided_by"] == "env"  # the HA claim an admin approved
     conflict = routes[("10.1.5.0/24", "gw-b")]
     assert (conflict["state"], conflict["conflicts_with"]) == ("conflict", "10.1.0.0/16@gw-a")
     assert "overlaps 10.1.0.0/16@gw-a" in conflict["reason"]

@@ -9,7 +9,18 @@ import pytest
 from cli_harness import Cli
 from coordinator_harness import Coordinator, enroll, enroll_body
 
-TOKEN_FIELDS = {"id", "reusable", "expires_at", "revoked", "uses", "tags", "p2p", "description", "created_at"}
+TOKEN_FIELDS = {
+    "id",
+    "reusable",
+    "expires_at",
+    "revoked",
+    "uses",
+    "tags",
+    "p2p",
+    "description",
+    "created_at",
+    "allow_subnets",
+}
 
 
 def test_create_prints_only_the_secret_on_stdout_and_it_enrolls(
