@@ -96,9 +96,30 @@ def build_mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
     return Mesh(nodes=nodes, token=token)
 
 
+NAVIGATION_ATTEMPTS = 3
+
+
+def open_page(page: Any, url: str) -> None:
+    """`page.goto(url)`, again when Chromium aborted it with ERR_NETWORK_CHANGED.
+
+    Chromium watches the host's links and addresses over netlink and aborts in-flight loads when they
+    change, even for a page on 127.0.0.1; a lab or a VM starting elsewhere on the machine adds and removes
+    links in the root namespace (CI run 17 lost a login that way). A browser shows its error page and
+    reloads; so does this, a bounded number of times. Any other error, a certificate refused included, is
+    raised at once.
+    """
+    for attempt in range(1, NAVIGATION_ATTEMPTS + 1):
+        try:
+            page.goto(url)
+            return
+        except Exception as exc:
+            if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == NAVIGATION_ATTEMPTS:
+                raise
+
+
 def login(page: Any, url: str, token: str) -> None:
     """Open the dashboard and log in with `token`; returns once the topology is drawn."""
-    page.goto(url + "/")
+    open_page(page, url + "/")
     page.get_by_label("Admin token").fill(token)
     page.get_by_role("button", name="Log in").click()
     page.locator("#app-view").wait_for(state="visible")

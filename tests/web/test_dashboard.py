@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import Coordinator, enroll, post_status
-from web_harness import GATEWAYS, PATHS, Mesh, login, shoot
+from web_harness import GATEWAYS, PATHS, Mesh, login, open_page, shoot
 
 from wgmesh.join_token import JoinToken
 
@@ -30,7 +30,7 @@ def dashboard(page: Any, coordinator: Coordinator, mesh: Mesh) -> Any:
 
 
 def test_wrong_token_is_refused(page: Any, coordinator: Coordinator, screenshots: Path | None) -> None:
-    page.goto(coordinator.url + "/")
+    open_page(page, coordinator.url + "/")
     page.get_by_label("Admin token").fill("not-the-admin-token")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert").filter(has_text="not valid")).to_be_visible()

@@ -9,7 +9,7 @@ from contextlib import closing
 import httpx
 import pytest
 from coordinator_harness import Coordinator, assert_error, create_token, enroll, unchanged
-from web_harness import chromium
+from web_harness import chromium, open_page
 
 from wgmesh.coordinator import identity
 from wgmesh.coordinator.registry import Registry
@@ -233,7 +233,7 @@ def test_the_browser_trusts_the_pinned_key_and_no_other(coordinator: Coordinator
         with chromium(pins) as browser:
             page = browser.new_page()
             try:
-                page.goto(coordinator.url + "/healthz")
+                open_page(page, coordinator.url + "/healthz")
                 failed = False
             except Exception as exc:
                 assert "ERR_CERT" in str(exc), exc
