@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from relay_harness import Keys, Node, RelayProcess, nodes, relay_process, wait_until
 
 from wgmesh.relay import protocol as p
+from wgmesh.relay.main import RESERVED_DESCRIPTORS
 
 QUEUE = 64 * 1024
 FLOOD = 64 * 1024 * 1024
@@ -154,3 +157,30 @@ def test_silent_connection_is_closed_at_the_hello_deadline(keys: Keys, tmp_path:
         start = time.monotonic()
         silent.expect_close(p.CloseCode.NOT_AUTHENTICATED)
         assert time.monotonic() - start < 5
+
+
+def test_connection_cap_fits_the_open_files_limit(keys: Keys, tmp_path: Path) -> None:
+    """A relay whose open-files limit cannot hold its cap lowers the cap (and says so) rather than run out
+    of descriptors with a valid node waiting; one that may raise its limit does."""
+    probe = (
+        "import resource, sys\n"
+        "from wgmesh.relay.main import fit_descriptors\n"
+        "from wgmesh.relay.server import RelayConfig\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))\n"
+        "config = fit_descriptors(RelayConfig(host='127.0.0.1', port=0, coordinator_key=sys.argv[3],"
+        " max_connections=1000))\n"
+        "print(config.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+
+    def run(soft: int, hard: int) -> list[int]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(soft), str(hard), keys.public],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return [int(v) for v in done.stdout.split()]
+
+    assert run(300, 300) == [300 - RESERVED_DESCRIPTORS, 300]  # lowered to fit
+    assert run(300, 4096) == [1000, 1000 + RESERVED_DESCRIPTORS]  # the limit raised instead
