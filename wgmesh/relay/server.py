@@ -202,6 +202,11 @@ class _Connection(asyncio.BufferedProtocol):
         self.last_ping = 0.0
         self.closing = False
         self.lost = False
+        self.tls_pending = False
+        """Admitted, its TLS handshake still running: nothing may be written (there is no session yet)."""
+        self._tls_task: asyncio.Task[asyncio.Transport | None] | None = None
+        self.early = b""
+        """Bytes of the TLS handshake read before start_tls took the socket over, handed on to it."""
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- asyncio callbacks ------------------------------------------------------------------------
@@ -229,8 +234,68 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.source = str(peer[0]) if isinstance(peer, tuple) else "?"
         relay.unauthenticated[self.source] = relay.unauthenticated.get(self.source, 0) + 1
+        # One deadline for the TLS handshake and the hello together.
         self._timer("hello", relay.config.hello_timeout, self._hello_timeout)
+        if relay.tls is not None:
+            # TLS starts only once the caps admitted the connection, so a socket that never completes a
+            # handshake is counted (and refused) like any other before it costs a TLS session.
+            self.tls_pending = True
+            raw = self.transport
+            loop = asyncio.get_running_loop()
+            self._tls_task = loop.create_task(
+                loop.start_tls(
+                    raw, self, relay.tls, server_side=True, ssl_handshake_timeout=relay.config.hello_timeout
+                )
+            )
+            self._tls_task.add_done_callback(lambda task: self._tls_done(raw, task))
+            # The loop starts reading as soon as this returns, so the client's first handshake bytes may
+            # reach buffer_updated before start_tls has taken the socket over. They are kept and handed
+            # to the TLS protocol after its connection_made: queued behind the task's first step (which
+            # queues connection_made), so two hops.
+            loop.call_soon(loop.call_soon, self._feed_early, raw)
         log.debug("connection opened", extra=logs.kv(peer=self.peer))
+
+    def _tls_started(self, nbytes: int) -> bool:
+        """While TLS is pending: True if these bytes came from the raw socket before start_tls took it over
+        (kept for it); False if they are the first the finished TLS session decrypted for us."""
+        transport = self.transport
+        assert transport is not None
+        protocol = transport.get_protocol()
+        if protocol is self:
+            # Handshake bytes (see connection_made); no more until start_tls has taken over: reading is
+            # on now, so pausing it holds.
+            self.early += bytes(self.view[self.filled : self.filled + nbytes])
+            transport.pause_reading()
+            return True
+        # The handshake is done and data follows at once, before start_tls's caller hears of it: take the
+        # session's transport now (the one start_tls returns), so replies go over TLS.
+        self.tls_pending = False
+        self.transport = protocol._get_app_transport()  # type: ignore[attr-defined]
+        return False
+
+    def _feed_early(self, raw: asyncio.Transport) -> None:
+        early, self.early = self.early, b""
+        # The TLS protocol start_tls put in (uvloop's reads into buffers; it subclasses no asyncio class).
+        protocol = cast(asyncio.BufferedProtocol, raw.get_protocol())
+        if not early or self.lost or protocol is self:
+            return
+        with memoryview(protocol.get_buffer(len(early))) as buf:
+            buf[: len(early)] = early
+        protocol.buffer_updated(len(early))
+
+    def _tls_done(self, raw: asyncio.Transport, task: asyncio.Task[asyncio.Transport | None]) -> None:
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if error is not None:  # a failed handshake costs this connection only
+            log.debug("tls handshake failed", extra=logs.kv(peer=self.peer, error=error))
+            if not self.lost:
+                raw.abort()
+                self.connection_lost(error if isinstance(error, Exception) else None)
+            return
+        tls = task.result()
+        if tls is None or self.lost or not self.tls_pending:
+            return
+        self.tls_pending = False
+        self.transport = tls
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # After every read the unparsed tail moves to the front, so at least READ_BUFFER minus one
@@ -238,6 +303,8 @@ class _Connection(asyncio.BufferedProtocol):
         return self.view[self.filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.tls_pending and self._tls_started(nbytes):
+            return
         self.filled += nbytes
         self.last_rx = time.monotonic()
         if self.closing:
@@ -269,6 +336,8 @@ class _Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:  # a failed TLS handshake may report it twice
+            return
         self.lost = True
         self._detach()
         self.relay.conns.discard(self)
@@ -467,6 +536,12 @@ class _Connection(asyncio.BufferedProtocol):
             "closing connection",
             extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
+        if self.tls_pending:
+            # No TLS session yet to carry a close frame: drop the socket.
+            self.closing = True
+            self._detach()
+            self.transport.abort()
+            return
         self.transport.write(_close_frame(code, message))
         self._shutdown()
 
@@ -517,6 +592,7 @@ class RelayServer:
         self.refused = self.counters.refused
         self.revocations = Revocations()
         self.stopping = False
+        self.tls: ssl.SSLContext | None = None
         self.unauthenticated: dict[str, int] = {}
         """Open connections without an accepted hello, by source address."""
         self.buffered = 0
@@ -575,15 +651,14 @@ class RelayServer:
     async def start(self) -> None:
         """Bind and start accepting; RelayError (one readable line) if the address is taken."""
         config = self.config
-        context = _tls_context(config)
+        context = self.tls = _tls_context(config)
         loop = asyncio.get_running_loop()
         try:
+            # Plain TCP listener: each connection starts TLS itself once admitted (_Connection).
             self._server = await loop.create_server(
                 lambda: _Connection(self),
                 config.host,
                 config.port,
-                ssl=context,
-                ssl_handshake_timeout=config.hello_timeout if context is not None else None,
                 reuse_address=True,
                 backlog=1024,
             )
