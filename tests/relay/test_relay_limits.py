@@ -184,3 +184,34 @@ def test_connection_cap_fits_the_open_files_limit(keys: Keys, tmp_path: Path) ->
 
     assert run(300, 300) == [300 - RESERVED_DESCRIPTORS, 300]  # lowered to fit
     assert run(300, 4096) == [1000, 1000 + RESERVED_DESCRIPTORS]  # the limit raised instead
+
+
+def test_idle_sockets_count_against_the_caps_before_any_tls_handshake(keys: Keys, tmp_path: Path) -> None:
+    """The relay's TLS starts per connection once admitted: sockets that never start a handshake are
+    counted and the excess is refused at once, without TLS (no close frame can be sent), while a node from
+    another address completes its handshake and authenticates."""
+    with relay_process(
+        tmp_path / "relay.log",
+        "--coordinator-key",
+        keys.public,
+        "--relay-id",
+        "r1",
+        "--max-unauthenticated-per-source",
+        "4",
+        "--hello-timeout",
+        "30",
+    ) as relay:
+        assert relay.pin is not None
+        idle = [socket.create_connection(("127.0.0.1", relay.port), timeout=5) for _ in range(4)]
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", relay.port), timeout=5) as extra,
+                contextlib.suppress(ConnectionResetError),
+            ):
+                assert extra.recv(1) == b""  # dropped without a byte
+            with nodes(relay, 1, source="127.0.0.2") as (valid,):
+                assert valid.hello(5, keys.ticket(5, relays=["r1"])).node_id == 5
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_until(lambda: "code=busy" in relay.text(), 5, "the refusal logged")

@@ -75,6 +75,9 @@ READ_BUFFER = 256 * 1024
 HELLO_BUFFER = 2048
 """The read buffer before a hello is accepted: the largest frame allowed then (a close) fits, and 2,000
 idle connections cost 4 MB rather than 500 MB of read buffers."""
+CONTROL_BURST = 256
+"""Control frames (pings, mostly) one read may carry before the connection yields the loop: answering a
+256 KiB read of pings takes ~100 ms, and the loop reads a busy socket up to 32 times in a row."""
 RECOUNT_INTERVAL = 0.01
 """Seconds between exact recounts of the buffered bytes when the running estimate says the cap is hit."""
 CLOSE_GRACE = 2.0
@@ -207,6 +210,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._tls_task: asyncio.Task[asyncio.Transport | None] | None = None
         self.early = b""
         """Bytes of the TLS handshake read before start_tls took the socket over, handed on to it."""
+        self.controls = 0
+        """Control frames handled in the read being scanned."""
+        self.replies: list[bytes] = []
+        """Control frames for this node from the read being scanned, written together after it."""
+        self.scanning = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- asyncio callbacks ------------------------------------------------------------------------
@@ -225,6 +233,10 @@ class _Connection(asyncio.BufferedProtocol):
         relay = self.relay
         relay.conns.add(self)
         relay.counters.connections_total += 1
+        # TLS starts once the caps admitted the connection and its first bytes came (_tls_started), so a
+        # socket that never sends costs no TLS session (~55 KB each with uvloop), and one that does is
+        # counted (and refused, without a frame: there is no session to carry one) before it.
+        self.tls_pending = relay.tls is not None
         if relay.stopping:
             self.close(CloseCode.GOING_AWAY, "relay stopping")
             return
@@ -236,24 +248,19 @@ class _Connection(asyncio.BufferedProtocol):
         relay.unauthenticated[self.source] = relay.unauthenticated.get(self.source, 0) + 1
         # One deadline for the TLS handshake and the hello together.
         self._timer("hello", relay.config.hello_timeout, self._hello_timeout)
-        if relay.tls is not None:
-            # TLS starts only once the caps admitted the connection, so a socket that never completes a
-            # handshake is counted (and refused) like any other before it costs a TLS session.
-            self.tls_pending = True
-            raw = self.transport
-            loop = asyncio.get_running_loop()
-            self._tls_task = loop.create_task(
-                loop.start_tls(
-                    raw, self, relay.tls, server_side=True, ssl_handshake_timeout=relay.config.hello_timeout
-                )
-            )
-            self._tls_task.add_done_callback(lambda task: self._tls_done(raw, task))
-            # The loop starts reading as soon as this returns, so the client's first handshake bytes may
-            # reach buffer_updated before start_tls has taken the socket over. They are kept and handed
-            # to the TLS protocol after its connection_made: queued behind the task's first step (which
-            # queues connection_made), so two hops.
-            loop.call_soon(loop.call_soon, self._feed_early, raw)
         log.debug("connection opened", extra=logs.kv(peer=self.peer))
+
+    def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        self._tls_task = loop.create_task(
+            loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=self.relay.config.hello_timeout
+            )
+        )
+        self._tls_task.add_done_callback(lambda task: self._tls_done(raw, task))
+        # The bytes already read go to the TLS protocol after its connection_made: queued behind the
+        # task's first step (which queues connection_made), so two hops.
+        loop.call_soon(loop.call_soon, self._feed_early, raw)
 
     def _tls_started(self, nbytes: int) -> bool:
         """While TLS is pending: True if these bytes came from the raw socket before start_tls took it over
@@ -262,16 +269,22 @@ class _Connection(asyncio.BufferedProtocol):
         assert transport is not None
         protocol = transport.get_protocol()
         if protocol is self:
-            # Handshake bytes (see connection_made); no more until start_tls has taken over: reading is
-            # on now, so pausing it holds.
+            # The client's first handshake bytes: kept for start_tls, and no more read until it has
+            # taken the socket over.
             self.early += bytes(self.view[self.filled : self.filled + nbytes])
             transport.pause_reading()
+            if self._tls_task is None and self.relay.tls is not None:
+                self._start_tls(transport, self.relay.tls)
             return True
         # The handshake is done and data follows at once, before start_tls's caller hears of it: take the
         # session's transport now (the one start_tls returns), so replies go over TLS.
         self.tls_pending = False
         self.transport = protocol._get_app_transport()  # type: ignore[attr-defined]
         return False
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closing and not self.lost:
+            self.transport.resume_reading()
 
     def _feed_early(self, raw: asyncio.Transport) -> None:
         early, self.early = self.early, b""
@@ -347,12 +360,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _scan(self) -> int:
         """Handle every complete frame in the buffer; returns the bytes consumed."""
+        self.scanning = True
+        self.controls = 0
         try:
             return self.scanner.scan(self.buf, 0, self.filled, self._route, self._frame)
         finally:
+            self.scanning = False
+            if self.controls >= CONTROL_BURST and self.transport is not None and not self.closing:
+                # A flood of control frames: let every other connection have its turn before the next read.
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._resume_reading)
             # Frames decoded before a bad one are still delivered: they were authenticated.
             if self.batches:
                 self._deliver()
+            self._flush_replies()
 
     def _route(self, peer: int, start: int, end: int, frames: int) -> None:
         """Queue a run of Data frames for `peer` (already stamped with our id by the scanner) in this
@@ -393,6 +414,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.batches.clear()
 
     def _frame(self, kind: int, start: int, end: int) -> bool:
+        self.controls += 1
         self._control(parse_payload(kind, self.view, start, end))
         return self.closing
 
@@ -494,6 +516,13 @@ class _Connection(asyncio.BufferedProtocol):
         A reply that does not fit means the client stopped reading what it asks for (a ping flood never
         read): the connection is dropped at once, since a close frame would only wait behind the rest.
         """
+        if self.scanning:
+            # One write per read, however many pings it held: tiny writes cost far more than their bytes.
+            self.replies.append(data)
+        else:
+            self._write_reply(data)
+
+    def _write_reply(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or self.closing:
             return
@@ -502,6 +531,12 @@ class _Connection(asyncio.BufferedProtocol):
         elif self.relay.room_for(len(data)):
             transport.write(data)
             self.relay.buffered += len(data)
+
+    def _flush_replies(self) -> None:
+        if self.replies:
+            data = b"".join(self.replies)
+            self.replies.clear()
+            self._write_reply(data)
 
     def _drop_slow_reader(self) -> None:
         relay = self.relay
@@ -536,6 +571,7 @@ class _Connection(asyncio.BufferedProtocol):
             "closing connection",
             extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
+        self._flush_replies()  # what it was answered before, then why it is closed
         if self.tls_pending:
             # No TLS session yet to carry a close frame: drop the socket.
             self.closing = True
