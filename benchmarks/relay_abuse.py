@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import re
 import resource
 import selectors
 import socket
@@ -33,18 +34,11 @@ from pathlib import Path
 
 from wgmesh.relay import protocol as p
 from wgmesh.relay.identity import pinned_client_context
+from wgmesh.relay.server import DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE as PER_SOURCE
 from wgmesh.relay.tickets import generate_signing_key, issue_ticket, public_key_of
 
 RELAY_BIN = str(Path(sys.executable).with_name("wgmesh-relay"))
 PING_INTERVAL = 0.05
-PER_SOURCE = 16
-"""Idle connections per source address: the relay's default cap of unauthenticated ones per address."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def status_kib(pid: int, field_name: str) -> int:
@@ -218,18 +212,23 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.idle + 512)), hard))
     key = generate_signing_key()
     tickets = {n: issue_ticket(key, n, 3600, time.time(), relays=["bench"]) for n in (1, 2, 3)}
-    relay = Relay(free_port(), tls=not args.plain_tcp)
+    relay = Relay(0, tls=not args.plain_tcp)
     with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "relay.log").open("wb") as log:
-        argv = [RELAY_BIN, "--listen", f"127.0.0.1:{relay.port}", "--coordinator-key", public_key_of(key)]
+        argv = [RELAY_BIN, "--listen", "127.0.0.1:0", "--coordinator-key", public_key_of(key)]
         argv += ["--relay-id", "bench", "--stats-interval", "3600"]
         argv += ["--plain-tcp"] if args.plain_tcp else ["--state-dir", tmp]
         proc = subprocess.Popen(argv, stderr=log)
         try:
             deadline = time.monotonic() + 10
-            while "event=listening" not in (Path(tmp) / "relay.log").read_text():
+            while not (
+                listening := re.search(
+                    r"event=listening .*\bport=(\d+)", (Path(tmp) / "relay.log").read_text()
+                )
+            ):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"relay did not start:\n{(Path(tmp) / 'relay.log').read_text()}")
                 time.sleep(0.05)
+            relay.port = int(listening.group(1))  # it took a free port itself
             start_rss = status_kib(proc.pid, "VmRSS")
             # The ping runs first, as a relay's real traffic would; the abuse then starts around it, each
             # in a process of its own so the ping's timing measures the relay, not this program's GIL.
