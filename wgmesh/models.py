@@ -351,6 +351,19 @@ class RelayInfo(Answer):
         return self
 
 
+class RevokedTicket(Answer):
+    """Relay tickets of a deleted node: those issued at or before `issued_before` no longer pass."""
+
+    node_id: int = Field(ge=0, le=0xFFFF_FFFF)
+    issued_before: int = Field(ge=0, description="Unix seconds")
+
+
+class RevocationList(Answer):
+    """What a relay pulls from the coordinator: every deleted node whose tickets may still be unexpired."""
+
+    revoked: list[RevokedTicket]
+
+
 class RelayGrant(Answer):
     """What a node needs to use the relays: where they are and a ticket the coordinator signed."""
 

@@ -185,6 +185,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     added.add(("registry", "relay_tls_key"))  # schema 5: made when a coordinator first runs --relay
     added |= {("registry", "tls_next_key"), ("registry", "tls_next_cert")}  # schema 6: until a rotation
     added.add(("routes", "decision_reason"))  # schema 7: the upgrade gives no reason ("upgrade" decided)
+    added |= {("relay_revocations", c.name) for c in schema.relay_revocations.columns}  # 8: no node deleted
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -209,6 +210,8 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
             ("networks", "auto_approve"),
         ):
             assert {v for (v,) in conn.execute(f"SELECT {column} FROM {table}")} == {"[]"}, table
+        # schema 8: no tombstone, so no ticket of a node that still exists is refused
+        assert conn.execute("SELECT COUNT(*) FROM relay_revocations").fetchone() == (0,)
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
                 if (table.name, column.name) in added:
@@ -226,6 +229,21 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         )
     finally:
         conn.close()
+
+
+def test_upgraded_database_revokes_the_tickets_of_a_node_deleted_after_the_upgrade(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{copy_database(tmp_path)}")
+    try:
+        store.upgrade()
+        registry = Registry(store)
+        assert registry.relay_revocations() == []
+        node = registry.list_nodes()[0]
+        registry.delete_node(node.name)
+        (revoked,) = registry.relay_revocations()
+        assert revoked.node_id == node.id
+        assert [n.id for n in registry.list_nodes()].count(node.id) == 0
+    finally:
+        store.close()
 
 
 def test_upgraded_database_makes_the_embedded_relays_key_once_and_keeps_its_secrets(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_request_bodies_and_errors_are_described(document: dict[str, Any]) -> No
     assert document["paths"]["/api/v1/nodes"]["get"]["security"] == [{"admin": []}]
     assert document["paths"]["/api/v1/netmap"]["get"]["security"] == [{"node": []}]
     assert "304" in document["paths"]["/api/v1/netmap"]["get"]["responses"]
-    assert set(document["components"]["securitySchemes"]) == {"admin", "node"}
+    assert set(document["components"]["securitySchemes"]) == {"admin", "node", "relay"}
 
 
 def test_healthz_answers_without_credentials(coordinator: Api) -> None:

@@ -108,6 +108,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         conn.execute("ALTER TABLE registry DROP COLUMN relay_tls_key")  # schema 5
         for column in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert"):  # version 6
             conn.execute(f"ALTER TABLE registry DROP COLUMN {column}")
+        conn.execute("DROP TABLE relay_revocations")  # version 8
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00')")
     with running(Coordinator(db=db, log=tmp_path / "c2.log")) as c, c.admin() as admin:

@@ -64,12 +64,16 @@ def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Api) -> 
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == grant["coordinator_key"]
     key = tickets.load_public_key(grant["coordinator_key"])
-    claims = tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id)
+    claims = tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id, relay_id="hub3")
     assert claims.node_id == node.node_id
     assert 23 * 3600 < claims.expires_at - time.time() <= 24 * 3600
+    # It names exactly the announced relays: another relay refuses it (issue 16).
+    assert claims.relays == ("198.18.0.1:8443", "hub2", "hub3")
+    with pytest.raises(tickets.TicketWrongAudienceError):
+        tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id, relay_id="hub4")
     # Another node's hello cannot reuse it.
     with pytest.raises(tickets.TicketWrongNodeError):
-        tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id + 1)
+        tickets.verify_ticket(key, grant["ticket"], time.time(), node.node_id + 1, relay_id="hub3")
 
 
 def test_grant_needs_a_node_credential(relayed: Api) -> None:

@@ -54,10 +54,16 @@ class Keys:
     def public(self) -> str:
         return public_key_of(self.private)
 
-    def ticket(self, node_id: int, ttl: float = 3600, *, now: float | None = None, audience: str = "") -> str:
-        return issue_ticket(
-            self.private, node_id, ttl, time.time() if now is None else now, audience=audience
-        )
+    def ticket(
+        self,
+        node_id: int,
+        ttl: float = 3600,
+        *,
+        now: float | None = None,
+        relays: Sequence[str] | None = None,
+    ) -> str:
+        """Like the coordinator: for `relays` by id; without, an unnamed ticket (issued before issue 16)."""
+        return issue_ticket(self.private, node_id, ttl, time.time() if now is None else now, relays=relays)
 
 
 @dataclass
@@ -192,6 +198,7 @@ class Node:
         *,
         tls: ssl.SSLContext | None = None,
         rcvbuf: int | None = None,
+        source: str | None = None,
     ) -> None:
         port = relay if isinstance(relay, int) else relay.port
         pin = None if isinstance(relay, int) or tls is not None else relay.pin
@@ -201,6 +208,9 @@ class Node:
         if rcvbuf is not None:
             # Set before connecting so the window is small from the start (a slow receiver).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            # Another loopback address: a second client address to the relay's per-source caps.
+            sock.bind((source, 0))
         sock.settimeout(5)
         sock.connect(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -22,7 +22,7 @@ Code = p.CloseCode
             lambda k: k.ticket(101, ttl=60, now=time.time() - 3600), Code.TICKET_EXPIRED, id="expired"
         ),
         pytest.param(lambda k: k.ticket(102), Code.WRONG_NODE, id="replayed-from-another-node"),
-        pytest.param(lambda k: k.ticket(101, audience="r2"), Code.BAD_TICKET, id="for-another-relay"),
+        pytest.param(lambda k: k.ticket(101, relays=["r2"]), Code.BAD_TICKET, id="for-another-relay"),
         pytest.param(lambda k: k.ticket(101, now=time.time() + 3600), Code.BAD_TICKET, id="not-yet-valid"),
         pytest.param(lambda k: "not.a.ticket", Code.BAD_TICKET, id="malformed"),
     ],
@@ -40,7 +40,7 @@ def test_unusable_ticket_is_refused(
 
 def test_ticket_for_this_relay_id_is_accepted(relay: RelayProcess, keys: Keys) -> None:
     with nodes(relay, 1) as (a,):
-        assert a.hello(103, keys.ticket(103, audience="r1")).node_id == 103
+        assert a.hello(103, keys.ticket(103, relays=["r1"])).node_id == 103
 
 
 def test_ticket_is_never_logged(relay: RelayProcess, keys: Keys) -> None:

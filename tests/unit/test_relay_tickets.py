@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import math
+import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,18 +21,32 @@ NOW = 1_800_000_000.0
 DAY = 86_400.0
 
 
-def issue(node_id: int = 7, ttl: float = DAY, now: float = NOW, **kwargs: str) -> str:
+def issue(node_id: int = 7, ttl: float = DAY, now: float = NOW, **kwargs: Any) -> str:
     return t.issue_ticket(KEY, node_id, ttl, now, **kwargs)
 
 
+def format_1_ticket(audience: str, node_id: int = 7) -> str:
+    """A ticket as coordinators signed them before issue 16: format 1, one audience or (empty) any relay."""
+    aud = audience.encode()
+    payload = struct.pack(">BIQQB", 1, node_id, int(NOW), int(NOW + DAY), len(aud)) + aud
+    signed = payload + t.load_private_key(KEY).sign(b"wgmesh-relay-ticket\x00" + payload)
+    return base64.urlsafe_b64encode(signed).rstrip(b"=").decode()
+
+
 def test_issued_ticket_verifies_and_says_what_was_signed() -> None:
-    ticket = t.verify_ticket(PUB, issue(), NOW + 10, 7)
-    assert ticket == t.Ticket(node_id=7, audience="", issued_at=int(NOW), expires_at=int(NOW + DAY))
+    ticket = t.verify_ticket(PUB, issue(relays=["r1", "r2"]), NOW + 10, 7, relay_id="r2")
+    assert ticket == t.Ticket(node_id=7, relays=("r1", "r2"), issued_at=int(NOW), expires_at=int(NOW + DAY))
+    unnamed = t.verify_ticket(PUB, issue(), NOW + 10, 7)
+    assert unnamed == t.Ticket(node_id=7, relays=None, issued_at=int(NOW), expires_at=int(NOW + DAY))
 
 
 def test_ticket_is_compact_base64url_that_fits_a_hello() -> None:
-    ticket = issue(audience="relay-central")
+    ticket = issue(relays=["relay-central"])
     assert len(ticket) < 160
+    # As many relay ids as a ticket may hold still fit a hello.
+    widest = issue(relays=["r" * 63] * 4)
+    assert len(widest) <= protocol.MAX_TICKET
+    assert t.verify_ticket(PUB, widest, NOW, 7, relay_id="r" * 63)
     assert set(ticket) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     assert protocol.FrameDecoder().feed(protocol.encode(protocol.Hello(7, ticket))) == [
         protocol.Hello(7, ticket)
@@ -74,12 +91,33 @@ def test_ticket_replayed_by_another_node_refused() -> None:
         t.verify_ticket(PUB, issue(node_id=7), NOW, 8)
 
 
-def test_audience_binds_a_ticket_to_one_relay() -> None:
-    ticket = issue(audience="relay-a")
+def test_ticket_passes_only_on_the_relays_it_names() -> None:
+    ticket = issue(relays=["relay-a", "relay-c"])
     assert t.verify_ticket(PUB, ticket, NOW, 7, relay_id="relay-a")
-    with pytest.raises(t.TicketWrongAudienceError, match="'relay-a', not 'relay-b'"):
+    assert t.verify_ticket(PUB, ticket, NOW, 7, relay_id="relay-c", accept_unnamed=False)
+    with pytest.raises(t.TicketWrongAudienceError, match="'relay-a', 'relay-c', not 'relay-b'"):
         t.verify_ticket(PUB, ticket, NOW, 7, relay_id="relay-b")
-    assert t.verify_ticket(PUB, issue(), NOW, 7, relay_id="relay-b")  # "" means any relay
+    with pytest.raises(t.TicketWrongAudienceError):
+        t.verify_ticket(PUB, ticket, NOW, 7)  # a relay without an id takes no named ticket
+    with pytest.raises(t.TicketWrongAudienceError, match="for no relay"):
+        t.verify_ticket(PUB, issue(relays=[]), NOW, 7, relay_id="relay-a")
+
+
+def test_unnamed_tickets_pass_only_while_the_relay_accepts_them() -> None:
+    unnamed = issue()
+    assert t.verify_ticket(PUB, unnamed, NOW, 7, relay_id="relay-b")
+    with pytest.raises(t.TicketUnnamedError, match="names no relay"):
+        t.verify_ticket(PUB, unnamed, NOW, 7, relay_id="relay-b", accept_unnamed=False)
+
+
+def test_format_1_tickets_still_verify_as_they_did() -> None:
+    assert t.verify_ticket(PUB, format_1_ticket(""), NOW, 7, relay_id="relay-a").relays is None
+    named = format_1_ticket("relay-a")
+    assert t.verify_ticket(PUB, named, NOW, 7, relay_id="relay-a", accept_unnamed=False).relays == (
+        "relay-a",
+    )
+    with pytest.raises(t.TicketWrongAudienceError):
+        t.verify_ticket(PUB, named, NOW, 7, relay_id="relay-b")
 
 
 @pytest.mark.parametrize(
@@ -99,8 +137,8 @@ def test_malformed_tickets_refused(ticket: str, message: str) -> None:
 
 def test_unknown_format_refused() -> None:
     raw = bytearray(base64.urlsafe_b64decode(issue() + "=="))
-    raw[0] = 2
-    with pytest.raises(t.TicketMalformedError, match="format 2 is unknown"):
+    raw[0] = 3
+    with pytest.raises(t.TicketMalformedError, match="format 3 is unknown"):
         t.verify_ticket(PUB, base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode(), NOW, 7)
 
 
@@ -131,9 +169,20 @@ def test_issue_refuses_values_a_ticket_cannot_hold(kwargs: dict[str, float]) -> 
         t.issue_ticket(KEY, int(args["node_id"]), args["ttl"], args["now"])
 
 
-def test_issue_refuses_a_long_audience() -> None:
-    with pytest.raises(ValidationError, match="audience"):
-        issue(audience="r" * 65)
+def test_issue_refuses_relay_ids_a_ticket_cannot_hold() -> None:
+    with pytest.raises(ValidationError, match="relay id"):
+        issue(relays=["r" * 65])
+    with pytest.raises(ValidationError, match="relay id"):
+        issue(relays=[""])
+    with pytest.raises(ValidationError, match="at most 256"):
+        issue(relays=["r" * 60] * 5)
+
+
+def test_relay_list_lengths_that_do_not_add_up_are_malformed() -> None:
+    raw = bytearray(base64.urlsafe_b64decode(issue(relays=["ab", "cd"]) + "=="))
+    raw[21] = 3  # the count says three relays, the payload holds two
+    with pytest.raises(t.TicketMalformedError, match="relay list"):
+        t.decode_ticket(base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode())
 
 
 @pytest.mark.parametrize("bad", ["not base64!", base64.b64encode(b"short").decode()])
@@ -154,7 +203,7 @@ def test_fingerprint_is_short_stable_and_not_the_ticket() -> None:
 @settings(max_examples=300)
 @given(data=st.data())
 def test_tampering_with_any_byte_is_refused(data: st.DataObject) -> None:
-    ticket = issue(audience=data.draw(st.sampled_from(["", "relay-a"])))
+    ticket = issue(relays=data.draw(st.sampled_from([None, ["relay-a"], ["relay-b", "relay-a"]])))
     raw = bytearray(base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4)))
     index = data.draw(st.integers(0, len(raw) - 1))
     raw[index] ^= data.draw(st.integers(1, 255))
@@ -174,19 +223,23 @@ def test_arbitrary_text_raises_only_ticket_errors(text: str) -> None:
     node_id=st.integers(0, 2**32 - 1),
     ttl=st.floats(1, t.MAX_TTL),
     now=st.floats(0, 4e9),
-    audience=st.text(max_size=16),
+    relays=st.lists(st.text(min_size=1, max_size=16), min_size=1, max_size=3),
 )
-def test_any_valid_issue_verifies_at_issue_time(node_id: int, ttl: float, now: float, audience: str) -> None:
-    ticket = t.issue_ticket(KEY, node_id, ttl, now, audience=audience)
-    claims = t.verify_ticket(PUB, ticket, now, node_id, relay_id=audience)
+def test_any_valid_issue_verifies_at_issue_time(
+    node_id: int, ttl: float, now: float, relays: list[str]
+) -> None:
+    ticket = t.issue_ticket(KEY, node_id, ttl, now, relays=relays)
+    claims = t.verify_ticket(PUB, ticket, now, node_id, relay_id=relays[-1])
     assert claims.node_id == node_id
-    assert claims.expires_at - claims.issued_at >= ttl
+    assert claims.relays == tuple(relays)
+    assert claims.expires_at - claims.issued_at >= math.ceil(ttl)
 
 
 def test_decode_reads_claims_without_verifying_for_logs() -> None:
     claims, payload, signature = t.decode_ticket(t.issue_ticket(t.generate_signing_key(), 3, 60, NOW))
     assert (claims.node_id, claims.expires_at, len(signature)) == (3, int(NOW) + 60, 64)
-    assert payload[0] == t.TICKET_FORMAT
+    assert payload[0] == t.LEGACY_FORMAT
+    assert t.decode_ticket(issue(relays=["r"]))[1][0] == t.TICKET_FORMAT
 
 
 def test_leeway_is_configurable() -> None:

@@ -30,7 +30,8 @@ from wgmesh.coordinator import identity
 from wgmesh.coordinator.main import ADMIN_ENV, DEFAULT_DB
 from wgmesh.coordinator.store import Store
 from wgmesh.lab.wait import WaitTimeout, wait_until
-from wgmesh.relay.server import DEFAULT_PORT
+from wgmesh.relay.main import RESERVED_DESCRIPTORS
+from wgmesh.relay.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = ROOT / "systemd"
@@ -243,6 +244,12 @@ def test_relay_default_port_needs_no_capability() -> None:
     port = int(env["WGMESH_RELAY_LISTEN"].rpartition(":")[2])
     assert port == DEFAULT_PORT >= 1024
     assert "--coordinator-key-file /etc/wgmesh/coordinator-relay.pub" in unit["Service"]["ExecStart"][0]
+
+
+def test_relay_open_files_limit_fits_its_connection_cap_with_room_for_handshakes() -> None:
+    nofile = int(last(load("wgmesh-relay.service"), "Service", "LimitNOFILE") or 0)
+    # Connections still in their TLS handshake are not counted by the cap: they need room beyond it.
+    assert nofile >= 2 * DEFAULT_MAX_CONNECTIONS >= DEFAULT_MAX_CONNECTIONS + RESERVED_DESCRIPTORS
 
 
 def test_agent_has_net_admin_and_nothing_broader() -> None:

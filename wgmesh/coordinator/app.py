@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh import __version__
 from wgmesh.coordinator.changes import ChangeNotifier
-from wgmesh.coordinator.handlers import admin, audit, dashboard, node, service
+from wgmesh.coordinator.handlers import admin, audit, dashboard, node, relay, service
 from wgmesh.coordinator.handlers.admin import PairSet
 from wgmesh.coordinator.handlers.auth import authenticate
 from wgmesh.coordinator.handlers.context import Context, Settings
@@ -46,6 +46,7 @@ from wgmesh.models import (
     PairList,
     PairPolicy,
     RelayGrant,
+    RevocationList,
     RouteDecision,
     RouteList,
     SessionInfo,
@@ -117,6 +118,14 @@ OPERATIONS: list[Operation] = [
         "The relays and a fresh relay ticket for the node",
         "node",
         response=RelayGrant,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/relay/revocations",
+        relay.get_revocations,
+        "Deleted nodes whose relay tickets relays must refuse",
+        "relay",
+        response=RevocationList,
     ),
     Operation(
         "GET", "/api/v1/network", admin.get_network, "The overlay network", "admin-read", response=Network

@@ -26,7 +26,9 @@ from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
 from wgmesh.pins import Pin
+from wgmesh.relay import tickets
 from wgmesh.relay.identity import RelayIdentity
+from wgmesh.relay.revocation import DEFAULT_PULL_INTERVAL
 from wgmesh.relay.server import RelayConfig, RelayServer
 from wgmesh.values import Endpoint, P2PPolicy
 
@@ -156,6 +158,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--relay-tls-key", help="TLS private key (PEM) for --relay")
         p.add_argument(
+            "--relay-id",
+            metavar="ID",
+            help="the id --relay is announced with (tickets name it; default HOST:PORT, needed with a "
+            "wildcard HOST announced by --announce-relay ID=…)",
+        )
+        p.add_argument(
             "--relay-plain-tcp",
             action="store_true",
             help="--relay serves plain TCP, not TLS (only where the path is trusted)",
@@ -224,7 +232,11 @@ def run(argv: Sequence[str]) -> int:
         own = relay_config.identity
         scheme = "tls" if relay_config.tls_cert or own else "tcp"
         pin = str(own.pin) if own is not None else None
-        relays.append(RelayInfo(id=str(where), url=f"{scheme}://{where}", pin=pin))
+        relays.append(RelayInfo(id=relay_config.relay_id, url=f"{scheme}://{where}", pin=pin))
+    try:
+        tickets.check_relay_ids([r.id for r in relays])
+    except ValidationError as error:
+        raise ValidationError(f"announced relays: {error.message}", code="invalid_relay") from None
     tls = _tls(args, host, store)
     _warn_without_proxy(args)
     settings = Settings(
@@ -280,7 +292,7 @@ def run(argv: Sequence[str]) -> int:
         )
         # The API's server owns SIGTERM and SIGINT; this one stops when it does (_serve).
         metrics.capture_signals = contextlib.nullcontext
-    uvloop.run(_serve(uvicorn.Server(config), relay, metrics, metrics_socket))
+    uvloop.run(_serve(uvicorn.Server(config), relay, metrics, metrics_socket, registry))
     return 0
 
 
@@ -388,9 +400,16 @@ def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig
         host, port = parse_listen(args.relay)
     except ValidationError:
         raise ValidationError(f"--relay {args.relay!r} must be HOST:PORT", code="invalid_relay") from None
+    wildcard = host in ("0.0.0.0", "::")
+    if not args.relay_id and wildcard:
+        log.warning(
+            "--relay on a wildcard address without --relay-id: it refuses the tickets agents get "
+            "(they name the relays announced); give --relay-id as --announce-relay names it"
+        )
     return RelayConfig(
         host=host,
         port=port,
+        relay_id=args.relay_id or ("" if wildcard else str(Endpoint(host, port))),
         coordinator_key=registry.relay_public_key(),
         tls_cert=Path(args.relay_tls_cert) if args.relay_tls_cert else None,
         tls_key=Path(args.relay_tls_key) if args.relay_tls_key else None,
@@ -401,7 +420,11 @@ def _embedded_relay(args: argparse.Namespace, registry: Registry) -> RelayConfig
 
 
 async def _serve(
-    server: Any, relay: RelayServer | None, metrics: Any | None, metrics_socket: socket.socket | None
+    server: Any,
+    relay: RelayServer | None,
+    metrics: Any | None,
+    metrics_socket: socket.socket | None,
+    registry: Registry,
 ) -> None:
     """The API, /metrics on its own listener and, with `--relay`, the relay on the same event loop; uvicorn
     owns SIGTERM for all three through the API's server."""
@@ -412,14 +435,28 @@ async def _serve(
             return
         await relay.start()  # a taken port fails the start with one line, not a coordinator without its relay
         log.info("relay listening", extra=logs.kv(host=relay.config.host, port=relay.port))
+        revoking = asyncio.create_task(_revoke_into(relay, registry))
         try:
             await server.serve()
         finally:
+            revoking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await revoking
             await relay.stop()
     finally:
         if side is not None and metrics is not None:
             metrics.should_exit = True
             await side
+
+
+async def _revoke_into(relay: RelayServer, registry: Registry) -> None:
+    """The embedded relay's revocation list, read from the registry as a standalone relay pulls it."""
+    while True:
+        try:
+            relay.revoke(await asyncio.to_thread(registry.relay_revocations))
+        except Exception as error:  # the database is away: keep the last list, as a relay does
+            log.warning("revocation list not read", extra=logs.kv(error=str(error)))
+        await asyncio.sleep(DEFAULT_PULL_INTERVAL)
 
 
 def main() -> None:

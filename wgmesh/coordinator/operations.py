@@ -18,8 +18,9 @@ from wgmesh.errors import MalformedRequestError, ValidationError
 from wgmesh.models import FROM_CLIENT, ErrorResponse
 from wgmesh.values import NodeId
 
-Auth = Literal["none", "admin-read", "admin", "node"]
-"""Who may call an operation: anyone, any admin token (read-only ones too), a full admin token, a node."""
+Auth = Literal["none", "admin-read", "admin", "node", "relay"]
+"""Who may call an operation: anyone, any admin token (read-only ones too), a full admin token, a node,
+a relay the coordinator announces (its signed token, wgmesh/relay/revocation.py)."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def openapi_document(ops: list[Operation], *, title: str, version: str) -> dict[
             responses[str(code)] = {"description": text}
         entry["responses"] = responses
         if op.auth != "none":
-            entry["security"] = [{"node": []}] if op.auth == "node" else [{"admin": []}]
+            entry["security"] = [{op.auth: []}] if op.auth in ("node", "relay") else [{"admin": []}]
         # which credential may call it: admin-read takes read-only admin tokens too, admin does not
         entry["x-wgmesh-auth"] = op.auth
         if op.audit is not None:
@@ -185,6 +186,11 @@ def openapi_document(ops: list[Operation], *, title: str, version: str) -> dict[
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer", "description": "admin token"},
                 "node": {"type": "http", "scheme": "bearer", "description": "node credential"},
+                "relay": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "relay token signed with its pinned key",
+                },
             },
         },
     }

@@ -7,6 +7,7 @@ transaction, so a refused request leaves the database exactly as it was.
 from __future__ import annotations
 
 import ipaddress
+import math
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from wgmesh.models import (
     PairPolicy,
     RelayGrant,
     RelayInfo,
+    RevokedTicket,
     Route,
     StatusReport,
     TokenCreate,
@@ -57,6 +59,22 @@ def row_id(text: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_ROW_ID:
         return int(text)
     return None
+
+
+def _revoke_tickets(conn: Connection, node_id: int, now: float) -> None:
+    """Revoke every relay ticket `node_id` holds, until the last one has expired; drop stale tombstones."""
+    rev = schema.relay_revocations
+    # A ticket is signed at whole seconds (floored): one issued in this very second is revoked too.
+    issued_before = math.ceil(now)
+    conn.execute(delete(rev).where(or_(rev.c.node_id == node_id, rev.c.expires_at <= now)))
+    conn.execute(
+        insert(rev).values(
+            node_id=node_id,
+            issued_before=issued_before,
+            # Its last ticket expires a lifetime after it was issued; the relay's clock may be behind.
+            expires_at=issued_before + math.ceil(RELAY_TICKET_TTL + tickets.DEFAULT_LEEWAY),
+        )
+    )
 
 
 def _network(conn: Connection) -> Network:
@@ -570,6 +588,7 @@ class Registry:
                 )
             )
             w.conn.execute(delete(schema.nodes).where(schema.nodes.c.id == node_id))
+            _revoke_tickets(w.conn, node_id, utcnow().timestamp())
             return node
 
     # --- routes and pairs ---------------------------------------------------------------------
@@ -711,7 +730,10 @@ class Registry:
                 raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
         private = self.relay_signing_key()
         issued = (now or utcnow()).timestamp()
-        ticket = tickets.issue_ticket(private, node_id, RELAY_TICKET_TTL, issued)
+        # Named for exactly the relays announced with it: another relay refuses it (issue 16).
+        ticket = tickets.issue_ticket(
+            private, node_id, RELAY_TICKET_TTL, issued, relays=[r.id for r in relays]
+        )
         claims, _, _ = tickets.decode_ticket(ticket)
         return RelayGrant(
             relays=list(relays),
@@ -719,6 +741,18 @@ class Registry:
             expires_at=datetime.fromtimestamp(claims.expires_at, tz=UTC),
             coordinator_key=tickets.public_key_of(private),
         )
+
+    def relay_revocations(self, now: datetime | None = None) -> list[RevokedTicket]:
+        """Deleted nodes whose relay tickets may not have expired yet, for relays to refuse them."""
+        at = (now or utcnow()).timestamp()
+        rev = schema.relay_revocations
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(rev.c.node_id, rev.c.issued_before)
+                .where(rev.c.expires_at > at)
+                .order_by(rev.c.node_id)
+            ).mappings()
+            return [RevokedTicket(node_id=r["node_id"], issued_before=r["issued_before"]) for r in rows]
 
     def version(self) -> int:
         """The registry version."""

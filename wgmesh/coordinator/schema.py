@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -32,6 +32,10 @@ definition below, so that a new database and an upgraded one hold the same table
 
 def _create_audit(conn: Connection) -> None:
     audit.create(conn)
+
+
+def _create_relay_revocations(conn: Connection) -> None:
+    relay_revocations.create(conn)
 
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
@@ -87,6 +91,9 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "ALTER TABLE networks ADD COLUMN auto_approve JSON",
         "UPDATE networks SET auto_approve = '[]'",
     ),
+    # Deleted nodes' relay tickets, revoked until the last of them expires. Empty after the upgrade:
+    # nodes deleted before it keep their tickets until these expire (a day), as before.
+    8: (_create_relay_revocations,),
 }
 
 metadata = MetaData()
@@ -228,6 +235,16 @@ audit = Table(
     Column("client", String(64)),  # the client address, None when the server does not know it
     Index("audit_at", "at"),
     sqlite_autoincrement=True,
+)
+
+# Since version 7: one tombstone per deleted node, so relays refuse its tickets (wgmesh/relay/revocation.py).
+# Unix seconds, as tickets carry them; no foreign key, as the node is gone.
+relay_revocations = Table(
+    "relay_revocations",
+    metadata,
+    Column("node_id", Integer, primary_key=True, autoincrement=False),
+    Column("issued_before", BigInteger, nullable=False),  # tickets issued at or before this are revoked
+    Column("expires_at", BigInteger, nullable=False),  # the last such ticket has expired: drop the row
 )
 
 # Sparse: a row exists only for a pair with an override or a rotated preshared key.

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from cryptography import x509
 
-from wgmesh import logs
+from wgmesh import logs, trust
+from wgmesh.api_client import check_url
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError
 from wgmesh.pins import Pin
 from wgmesh.relay.identity import DEFAULT_STATE_DIR, KEY_FILE, RelayIdentity, load_or_create_key
+from wgmesh.relay.revocation import DEFAULT_PULL_INTERVAL, RevocationPuller
 from wgmesh.relay.server import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
     DEFAULT_PORT,
     DEFAULT_QUEUE_BYTES,
     RelayConfig,
@@ -29,6 +37,9 @@ log = logging.getLogger("wgmesh.relay")
 
 PROG = "wgmesh-relay"
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+RESERVED_DESCRIPTORS = 64
+"""Descriptors kept beyond --max-connections: listener, metrics, logs, the revocation pull, and sockets
+still in their TLS handshake (counted only once it completes)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--relay-id",
         default="",
         metavar="ID",
-        help="this relay's id: also accept tickets issued for it alone",
+        help="this relay's id, as the coordinator announces it: tickets must name it "
+        "(default: --listen's HOST:PORT unless HOST is a wildcard)",
+    )
+    parser.add_argument(
+        "--unnamed-tickets",
+        choices=("accept", "refuse"),
+        default="accept",
+        help="tickets from coordinators before issue 16 name no relay: accept them while they last "
+        "(a day after the coordinator's upgrade), then refuse (default accept)",
     )
     _add_identity_arguments(parser)
     parser.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert")
@@ -100,14 +119,66 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"send queue per connection; frames beyond it are dropped (default {DEFAULT_QUEUE_BYTES})",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections at once; more are closed with 'busy', and at most half may be without a hello "
+        f"(default {DEFAULT_MAX_CONNECTIONS}; lowered to fit the open-files limit)",
+    )
+    parser.add_argument(
+        "--max-unauthenticated-per-source",
+        type=int,
+        default=DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
+        metavar="N",
+        help="connections without a hello from one address "
+        f"(default {DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE})",
+    )
+    parser.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=DEFAULT_MAX_BUFFERED_BYTES,
+        metavar="N",
+        help=f"send queues of all connections together; frames beyond are dropped (default {DEFAULT_MAX_BUFFERED_BYTES})",
+    )
+    parser.add_argument(
+        "--hello-timeout",
+        type=float,
+        default=DEFAULT_HELLO_TIMEOUT,
+        metavar="SECONDS",
+        help="time a connection has for its TLS handshake and hello before it is closed "
+        f"(default {DEFAULT_HELLO_TIMEOUT:g})",
+    )
+    pull = parser.add_argument_group(
+        "revocations",
+        "Pull the coordinator's list of deleted nodes and refuse their tickets; the coordinator must "
+        "announce this relay with its pin (--announce-relay ID=tls://HOST:PORT#PIN). Without the "
+        "coordinator the relay goes on verifying tickets offline.",
+    )
+    pull.add_argument(
+        "--coordinator", metavar="URL", help="the coordinator's https:// URL (default: no pull)"
+    )
+    pull.add_argument(
+        "--coordinator-pin", metavar="PIN", help="sha256:… of the coordinator's key, as agents pin it"
+    )
+    pull.add_argument(
+        "--coordinator-ca", type=Path, metavar="FILE", help="verify the coordinator with this CA file"
+    )
+    pull.add_argument(
+        "--revocation-interval",
+        type=float,
+        default=DEFAULT_PULL_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between pulls (default {DEFAULT_PULL_INTERVAL:g}: deleted nodes are refused within a minute)",
+    )
+    parser.add_argument(
         "--metrics-listen",
         default="off",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default off; e.g. 127.0.0.1:9587)",
     )
     parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
-    # For tests and benchmarks: the protocol fixes these at 10 s, 10 s, 30 s and the stats line at a minute.
-    parser.add_argument("--hello-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    # For tests and benchmarks: the protocol fixes these at 10 s, 30 s and the stats line at a minute.
     parser.add_argument("--ping-after", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--dead-after", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--stats-interval", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -197,16 +268,76 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         host=host,
         port=port,
         coordinator_key=_coordinator_key(args),
-        relay_id=args.relay_id,
+        relay_id=args.relay_id or _default_relay_id(host, port),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         identity=identity,
         max_payload=args.max_frame,
         queue_bytes=args.queue_bytes,
+        max_connections=args.max_connections,
+        max_unauthenticated_per_source=args.max_unauthenticated_per_source,
+        max_buffered_bytes=args.max_buffered_bytes,
+        accept_unnamed_tickets=args.unnamed_tickets == "accept",
         hello_timeout=args.hello_timeout,
         ping_after=args.ping_after,
         dead_after=args.dead_after,
     )
+
+
+def puller_from_args(args: argparse.Namespace, config: RelayConfig) -> RevocationPuller | None:
+    """The revocation pull the flags ask for (None without --coordinator), signing with the relay's key."""
+    if args.coordinator is None:
+        if args.coordinator_pin or args.coordinator_ca:
+            raise ValidationError("--coordinator-pin and --coordinator-ca need --coordinator")
+        return None
+    if args.coordinator_pin and args.coordinator_ca:
+        raise ValidationError("--coordinator-pin or --coordinator-ca, not both")
+    if config.identity is not None:
+        key_pem = config.identity.key_pem
+    elif config.tls_key is not None:
+        try:
+            key_pem = config.tls_key.read_bytes()
+        except OSError as error:
+            raise ValidationError(f"cannot read --tls-key {config.tls_key}: {error.strerror}") from None
+    else:
+        raise ValidationError("--coordinator needs TLS: the relay signs its pulls with the key agents pin")
+    pin = Pin.parse(args.coordinator_pin) if args.coordinator_pin else None
+    return RevocationPuller(
+        url=check_url(args.coordinator),
+        tls=trust.for_client(pin, args.coordinator_ca),
+        relay_id=config.relay_id,
+        key_pem=key_pem,
+        interval=args.revocation_interval,
+    )
+
+
+def _default_relay_id(host: str, port: int) -> str:
+    """HOST:PORT, the id a coordinator gives a relay announced without one; none for a wildcard address."""
+    if host in ("0.0.0.0", "::") or port == 0:
+        return ""
+    return str(Endpoint(host, port))
+
+
+def fit_descriptors(config: RelayConfig) -> RelayConfig:
+    """Raise the open-files limit to what the connection cap needs (up to the hard limit), or lower the
+    cap to fit it: a relay out of descriptors cannot even accept the node that would authenticate."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = config.max_connections + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(1, soft - RESERVED_DESCRIPTORS)
+        log.warning(
+            "connection cap lowered to fit the open-files limit",
+            extra=logs.kv(max_connections=fitted, asked=config.max_connections, nofile=soft),
+        )
+        return dataclasses.replace(config, max_connections=fitted)
+    return config
 
 
 def run(argv: Sequence[str]) -> int:
@@ -215,13 +346,16 @@ def run(argv: Sequence[str]) -> int:
         return print_pin(argv[1:])
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
-    config = config_from_args(args)
+    config = fit_descriptors(config_from_args(args))
+    puller = puller_from_args(args, config)
     if args.stats_interval <= 0:
         raise ValidationError("--stats-interval must be above 0 seconds")
     import uvloop  # noqa: PLC0415 - the relay's event loop; importing it is only needed to serve
 
     metrics = None if args.metrics_listen == "off" else parse_metrics_listen(args.metrics_listen)
-    uvloop.run(run_relay(config, stats_interval=args.stats_interval, metrics_listen=metrics))
+    uvloop.run(
+        run_relay(config, stats_interval=args.stats_interval, metrics_listen=metrics, revocations=puller)
+    )
     return 0
 
 

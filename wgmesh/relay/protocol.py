@@ -66,6 +66,8 @@ class CloseCode(IntEnum):
     WRONG_NODE = 8
     REPLACED = 9
     INTERNAL = 10
+    BUSY = 11
+    """The relay is at a connection cap (total, or without a hello from this address or in all)."""
 
 
 def close_code_name(code: int) -> str:

@@ -3,7 +3,9 @@
 One asyncio server (uvloop in `wgmesh-relay`, any loop when embedded). Each connection reads into its own
 buffer, rewrites the 4-byte peer id of every Data frame in place to the sender's id, and hands each
 receiver the frames of one read with one write. A receiver whose send queue is full costs its own drops,
-never the sender's reading (docs/relay-protocol.md, "Backpressure and limits").
+never the sender's reading; a connection whose own replies (pong, hello-ok) no longer fit its queue is not
+reading and is dropped. Connections, unauthenticated ones per source address and buffered bytes are capped
+(docs/relay-protocol.md, "Backpressure and limits").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import cast
 
 from wgmesh import logs
 from wgmesh.errors import ValidationError, WgmeshError
+from wgmesh.models import RevokedTicket
 from wgmesh.relay.identity import RelayIdentity, server_context
 from wgmesh.relay.protocol import (
     MAX_MESSAGE,
@@ -42,9 +45,11 @@ from wgmesh.relay.protocol import (
     parse_payload,
     peer_id_field,
 )
+from wgmesh.relay.revocation import RevocationPuller, Revocations
 from wgmesh.relay.tickets import (
     TicketError,
     TicketExpiredError,
+    TicketRevokedError,
     TicketWrongNodeError,
     load_public_key,
     ticket_fingerprint,
@@ -57,8 +62,24 @@ DEFAULT_PORT = 8443
 DEFAULT_MAX_PAYLOAD = 9216
 """Frame payload limit: a jumbo-MTU (9,000) WireGuard datagram plus its 32-byte overhead and the peer id fit."""
 DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 8192
+DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE = 16
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+DEFAULT_HELLO_TIMEOUT = 5.0
+"""Seconds a connection has for its TLS handshake and hello: a node sends its hello at once."""
+UNAUTHENTICATED_SHARE = 2
+"""Unauthenticated connections may hold at most 1/this of the connection cap, so idle connections from
+anywhere never take the slots (and descriptors) of nodes that authenticated."""
 READ_BUFFER = 256 * 1024
 """Bytes read per call: ~180 datagrams of 1,400 bytes per read at full load, so per-read costs amortise."""
+HELLO_BUFFER = 2048
+"""The read buffer before a hello is accepted: the largest frame allowed then (a close) fits, and 2,000
+idle connections cost 4 MB rather than 500 MB of read buffers."""
+CONTROL_BURST = 256
+"""Control frames (pings, mostly) one read may carry before the connection yields the loop: answering a
+256 KiB read of pings takes ~100 ms, and the loop reads a busy socket up to 32 times in a row."""
+RECOUNT_INTERVAL = 0.01
+"""Seconds between exact recounts of the buffered bytes when the running estimate says the cap is hit."""
 CLOSE_GRACE = 2.0
 """Seconds a closing connection may take to flush its close frame before it is aborted."""
 DROP_REASONS = ("no_receiver", "queue_full", "to_self")
@@ -87,15 +108,26 @@ class RelayConfig:
     with neither, plain TCP."""
     max_payload: int = DEFAULT_MAX_PAYLOAD
     queue_bytes: int = DEFAULT_QUEUE_BYTES
-    hello_timeout: float = 10.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_unauthenticated_per_source: int = DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    accept_unnamed_tickets: bool = True
+    """Take format-1 tickets naming no relay (issued before issue 16): the upgrade window."""
+    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
     ping_after: float = 10.0
     dead_after: float = 30.0
 
     def __post_init__(self) -> None:
         if not 4 <= self.max_payload <= MAX_PAYLOAD:
             raise ValidationError(f"max frame payload {self.max_payload} must be 4 to {MAX_PAYLOAD}")
-        if self.queue_bytes < 1:
-            raise ValidationError(f"queue bytes {self.queue_bytes} must be positive")
+        for name in (
+            "queue_bytes",
+            "max_connections",
+            "max_unauthenticated_per_source",
+            "max_buffered_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValidationError(f"{name} {getattr(self, name)} must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValidationError("TLS needs both a certificate and its key")
         if self.identity is not None and self.tls_cert is not None:
@@ -119,7 +151,8 @@ class RelayStats:
     queue_bytes: int = 0
     connections_total: int = 0
     refused: dict[str, int] = field(default_factory=dict)
-    """Close frames the relay sent, by close code name (refusals, `replaced`, `going_away`, …)."""
+    """Close frames the relay sent, by close code name (refusals, `replaced`, `going_away`, …), and
+    `slow_reader`: connections dropped because their own replies no longer fit their queue."""
 
 
 def close_code_for(error: TicketError) -> CloseCode:
@@ -128,7 +161,7 @@ def close_code_for(error: TicketError) -> CloseCode:
         return CloseCode.TICKET_EXPIRED
     if isinstance(error, TicketWrongNodeError):
         return CloseCode.WRONG_NODE
-    # malformed, forged, not yet valid, another relay's
+    # malformed, forged, not yet valid, another relay's, unnamed, revoked
     return CloseCode.BAD_TICKET
 
 
@@ -155,20 +188,33 @@ class _Connection(asyncio.BufferedProtocol):
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.source = ""
+        """The client's address, whose unauthenticated connections are counted while this one is one."""
         self.node_id: int | None = None
         # Merges each receiver's Data frames into slices; stamps our sender id once authenticated.
         self.scanner = FrameScanner(relay.config.max_payload, merge=True, hello_first=True)
         # This read's Data frames per receiving connection, written out when the read is handled.
         self.batches: dict[_Connection, _Batch] = {}
         self.expires_at = 0
+        self.issued_at = 0
         self.fingerprint = ""
-        self.buf = bytearray(READ_BUFFER)
+        self.buf = bytearray(HELLO_BUFFER)
         self.view = memoryview(self.buf)
         self.filled = 0
         self.last_rx = time.monotonic()
         self.last_ping = 0.0
         self.closing = False
         self.lost = False
+        self.tls_pending = False
+        """Admitted, its TLS handshake still running: nothing may be written (there is no session yet)."""
+        self._tls_task: asyncio.Task[asyncio.Transport | None] | None = None
+        self.early = b""
+        """Bytes of the TLS handshake read before start_tls took the socket over, handed on to it."""
+        self.controls = 0
+        """Control frames handled in the read being scanned."""
+        self.replies: list[bytes] = []
+        """Control frames for this node from the read being scanned, written together after it."""
+        self.scanning = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- asyncio callbacks ------------------------------------------------------------------------
@@ -187,11 +233,82 @@ class _Connection(asyncio.BufferedProtocol):
         relay = self.relay
         relay.conns.add(self)
         relay.counters.connections_total += 1
+        # TLS starts once the caps admitted the connection and its first bytes came (_tls_started), so a
+        # socket that never sends costs no TLS session (~55 KB each with uvloop), and one that does is
+        # counted (and refused, without a frame: there is no session to carry one) before it.
+        self.tls_pending = relay.tls is not None
         if relay.stopping:
             self.close(CloseCode.GOING_AWAY, "relay stopping")
             return
+        refusal = relay.admit(str(peer[0]) if isinstance(peer, tuple) else "?")
+        if refusal:
+            self.close(CloseCode.BUSY, refusal)
+            return
+        self.source = str(peer[0]) if isinstance(peer, tuple) else "?"
+        relay.unauthenticated[self.source] = relay.unauthenticated.get(self.source, 0) + 1
+        # One deadline for the TLS handshake and the hello together.
         self._timer("hello", relay.config.hello_timeout, self._hello_timeout)
         log.debug("connection opened", extra=logs.kv(peer=self.peer))
+
+    def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        self._tls_task = loop.create_task(
+            loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=self.relay.config.hello_timeout
+            )
+        )
+        self._tls_task.add_done_callback(lambda task: self._tls_done(raw, task))
+        # The bytes already read go to the TLS protocol after its connection_made: queued behind the
+        # task's first step (which queues connection_made), so two hops.
+        loop.call_soon(loop.call_soon, self._feed_early, raw)
+
+    def _tls_started(self, nbytes: int) -> bool:
+        """While TLS is pending: True if these bytes came from the raw socket before start_tls took it over
+        (kept for it); False if they are the first the finished TLS session decrypted for us."""
+        transport = self.transport
+        assert transport is not None
+        protocol = transport.get_protocol()
+        if protocol is self:
+            # The client's first handshake bytes: kept for start_tls, and no more read until it has
+            # taken the socket over.
+            self.early += bytes(self.view[self.filled : self.filled + nbytes])
+            transport.pause_reading()
+            if self._tls_task is None and self.relay.tls is not None:
+                self._start_tls(transport, self.relay.tls)
+            return True
+        # The handshake is done and data follows at once, before start_tls's caller hears of it: take the
+        # session's transport now (the one start_tls returns), so replies go over TLS.
+        self.tls_pending = False
+        self.transport = protocol._get_app_transport()  # type: ignore[attr-defined]
+        return False
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closing and not self.lost:
+            self.transport.resume_reading()
+
+    def _feed_early(self, raw: asyncio.Transport) -> None:
+        early, self.early = self.early, b""
+        # The TLS protocol start_tls put in (uvloop's reads into buffers; it subclasses no asyncio class).
+        protocol = cast(asyncio.BufferedProtocol, raw.get_protocol())
+        if not early or self.lost or protocol is self:
+            return
+        with memoryview(protocol.get_buffer(len(early))) as buf:
+            buf[: len(early)] = early
+        protocol.buffer_updated(len(early))
+
+    def _tls_done(self, raw: asyncio.Transport, task: asyncio.Task[asyncio.Transport | None]) -> None:
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if error is not None:  # a failed handshake costs this connection only
+            log.debug("tls handshake failed", extra=logs.kv(peer=self.peer, error=error))
+            if not self.lost:
+                raw.abort()
+                self.connection_lost(error if isinstance(error, Exception) else None)
+            return
+        tls = task.result()
+        if tls is None or self.lost or not self.tls_pending:
+            return
+        self.tls_pending = False
+        self.transport = tls
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # After every read the unparsed tail moves to the front, so at least READ_BUFFER minus one
@@ -199,6 +316,8 @@ class _Connection(asyncio.BufferedProtocol):
         return self.view[self.filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.tls_pending and self._tls_started(nbytes):
+            return
         self.filled += nbytes
         self.last_rx = time.monotonic()
         if self.closing:
@@ -217,7 +336,12 @@ class _Connection(asyncio.BufferedProtocol):
             self.close(CloseCode.INTERNAL, "relay fault")
             return
         left = self.filled - pos
-        if pos and left:
+        if self.node_id is not None and len(self.buf) < READ_BUFFER:
+            # Authenticated: the full read buffer, with whatever partial frame followed the hello.
+            buf = bytearray(READ_BUFFER)
+            buf[:left] = self.buf[pos : self.filled]
+            self.buf, self.view = buf, memoryview(buf)
+        elif pos and left:
             self.buf[:left] = self.buf[pos : self.filled]
         self.filled = left
 
@@ -225,6 +349,8 @@ class _Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:  # a failed TLS handshake may report it twice
+            return
         self.lost = True
         self._detach()
         self.relay.conns.discard(self)
@@ -234,12 +360,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _scan(self) -> int:
         """Handle every complete frame in the buffer; returns the bytes consumed."""
+        self.scanning = True
+        self.controls = 0
         try:
             return self.scanner.scan(self.buf, 0, self.filled, self._route, self._frame)
         finally:
+            self.scanning = False
+            if self.controls >= CONTROL_BURST and self.transport is not None and not self.closing:
+                # A flood of control frames: let every other connection have its turn before the next read.
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._resume_reading)
             # Frames decoded before a bad one are still delivered: they were authenticated.
             if self.batches:
                 self._deliver()
+            self._flush_replies()
 
     def _route(self, peer: int, start: int, end: int, frames: int) -> None:
         """Queue a run of Data frames for `peer` (already stamped with our id by the scanner) in this
@@ -269,16 +403,18 @@ class _Connection(asyncio.BufferedProtocol):
             transport = target.transport
             if target.closing or transport is None:
                 relay.drops["no_receiver"] += frames
-            elif transport.get_write_buffer_size() + batch.nbytes > limit:
+            elif transport.get_write_buffer_size() + batch.nbytes > limit or not relay.room_for(batch.nbytes):
                 relay.drops["queue_full"] += frames
             else:
                 # One copy out of the read buffer (which is reused) and one send for the whole batch.
                 transport.write(b"".join(batch.parts))
+                relay.buffered += batch.nbytes
                 counters.frames_forwarded += frames
                 counters.bytes_forwarded += batch.nbytes
         self.batches.clear()
 
     def _frame(self, kind: int, start: int, end: int) -> bool:
+        self.controls += 1
         self._control(parse_payload(kind, self.view, start, end))
         return self.closing
 
@@ -296,7 +432,7 @@ class _Connection(asyncio.BufferedProtocol):
         elif isinstance(frame, Hello):
             self._hello(frame)
         elif isinstance(frame, Ping):
-            self._send(encode(Pong(frame.token)))
+            self._reply(encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
             pass  # it already counted as traffic for liveness
         elif isinstance(frame, HelloOk):
@@ -313,8 +449,17 @@ class _Connection(asyncio.BufferedProtocol):
             return
         try:
             ticket = verify_ticket(
-                relay.key, hello.ticket, time.time(), hello.node_id, relay_id=relay.config.relay_id or None
+                relay.key,
+                hello.ticket,
+                time.time(),
+                hello.node_id,
+                relay_id=relay.config.relay_id or None,
+                accept_unnamed=relay.config.accept_unnamed_tickets,
             )
+            if relay.revocations.revoked(ticket.node_id, ticket.issued_at):
+                raise TicketRevokedError(
+                    f"relay ticket of node {ticket.node_id} is revoked: the node was deleted"
+                )
         except TicketError as error:
             log.info(
                 "ticket refused",
@@ -323,18 +468,24 @@ class _Connection(asyncio.BufferedProtocol):
             self.close(close_code_for(error), error.message)
             return
         refresh = self.node_id is not None
+        self._authenticated()
         self.node_id = hello.node_id
         self.scanner.stamp = peer_id_field(hello.node_id)
         self.scanner.hello_first = False
         self.expires_at = ticket.expires_at
+        self.issued_at = ticket.issued_at
         self.fingerprint = fingerprint
         self._cancel("hello")
         self._timer("expiry", max(0.0, ticket.expires_at - time.time()), self._ticket_expired)
-        self._send(encode(HelloOk(node_id=hello.node_id, expires_at=ticket.expires_at, version=VERSION)))
+        self._reply(encode(HelloOk(node_id=hello.node_id, expires_at=ticket.expires_at, version=VERSION)))
         log.info(
             "ticket refreshed" if refresh else "node authenticated",
             extra=logs.kv(
-                node=hello.node_id, peer=self.peer, ticket=fingerprint, expires_at=ticket.expires_at
+                node=hello.node_id,
+                peer=self.peer,
+                ticket=fingerprint,
+                expires_at=ticket.expires_at,
+                unnamed=ticket.relays is None,
             ),
         )
         if not refresh:
@@ -357,11 +508,59 @@ class _Connection(asyncio.BufferedProtocol):
     def ping(self, now: float) -> None:
         """Probe a silent connection; any frame back (the pong) proves it alive."""
         self.last_ping = now
-        self._send(encode(Ping(time.monotonic_ns() & 0xFFFF_FFFF_FFFF_FFFF)))
+        self._reply(encode(Ping(time.monotonic_ns() & 0xFFFF_FFFF_FFFF_FFFF)))
 
-    def _send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.write(data)
+    def _reply(self, data: bytes) -> None:
+        """Queue a control frame of our own; it counts against this connection's queue like Data does.
+
+        A reply that does not fit means the client stopped reading what it asks for (a ping flood never
+        read): the connection is dropped at once, since a close frame would only wait behind the rest.
+        """
+        if self.scanning:
+            # One write per read, however many pings it held: tiny writes cost far more than their bytes.
+            self.replies.append(data)
+        else:
+            self._write_reply(data)
+
+    def _write_reply(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if transport.get_write_buffer_size() + len(data) > self.relay.config.queue_bytes:
+            self._drop_slow_reader()
+        elif self.relay.room_for(len(data)):
+            transport.write(data)
+            self.relay.buffered += len(data)
+
+    def _flush_replies(self) -> None:
+        if self.replies:
+            data = b"".join(self.replies)
+            self.replies.clear()
+            self._write_reply(data)
+
+    def _drop_slow_reader(self) -> None:
+        relay = self.relay
+        relay.refused["slow_reader"] = relay.refused.get("slow_reader", 0) + 1
+        log.info(
+            "closing connection",
+            extra=logs.kv(node=self.node_id, peer=self.peer, code="slow_reader", reason="send queue full"),
+        )
+        self.closing = True
+        self._detach()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _authenticated(self) -> None:
+        """This connection no longer counts as unauthenticated for its source address."""
+        if not self.source:
+            return
+        relay = self.relay
+        left = relay.unauthenticated.get(self.source, 0) - 1
+        if left > 0:
+            relay.unauthenticated[self.source] = left
+        else:
+            relay.unauthenticated.pop(self.source, None)
+        self.source = ""
 
     def close(self, code: int, message: str) -> None:
         """Send close(code, message) after whatever is queued, then disconnect."""
@@ -372,6 +571,13 @@ class _Connection(asyncio.BufferedProtocol):
             "closing connection",
             extra=logs.kv(node=self.node_id, peer=self.peer, code=close_code_name(code), reason=message),
         )
+        self._flush_replies()  # what it was answered before, then why it is closed
+        if self.tls_pending:
+            # No TLS session yet to carry a close frame: drop the socket.
+            self.closing = True
+            self._detach()
+            self.transport.abort()
+            return
         self.transport.write(_close_frame(code, message))
         self._shutdown()
 
@@ -391,6 +597,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _detach(self) -> None:
         """Stop routing to this connection and cancel its timers (except the abort that ends it)."""
         relay = self.relay
+        self._authenticated()
         if self.node_id is not None and relay.routes.get(self.node_id) is self:
             del relay.routes[self.node_id]
         for name in ("hello", "expiry"):
@@ -419,9 +626,56 @@ class RelayServer:
         self.counters = RelayStats()
         self.drops = self.counters.drops
         self.refused = self.counters.refused
+        self.revocations = Revocations()
         self.stopping = False
+        self.tls: ssl.SSLContext | None = None
+        self.unauthenticated: dict[str, int] = {}
+        """Open connections without an accepted hello, by source address."""
+        self.buffered = 0
+        """Bytes queued on all connections: counted up as they are written and recounted exactly when
+        the cap seems reached (and at every sweep), since transports drain without telling."""
+        self._recounted = 0.0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def admit(self, source: str) -> str:
+        """Why a new connection from `source` is refused (the caps), or "" to admit it; it is in `conns`."""
+        config = self.config
+        if len(self.conns) > config.max_connections:
+            return f"relay at its limit of {config.max_connections} connections"
+        if sum(self.unauthenticated.values()) >= config.max_connections // UNAUTHENTICATED_SHARE:
+            return "relay at its limit of connections without a hello"
+        if self.unauthenticated.get(source, 0) >= config.max_unauthenticated_per_source:
+            return f"{config.max_unauthenticated_per_source} connections from {source} without a hello"
+        return ""
+
+    def revoke(self, revoked: list[RevokedTicket]) -> None:
+        """Hold this revocation list, and close the connections whose ticket it revokes."""
+        self.revocations.replace(revoked)
+        for conn in list(self.routes.values()):
+            if conn.node_id is not None and self.revocations.revoked(conn.node_id, conn.issued_at):
+                conn.close(
+                    CloseCode.BAD_TICKET,
+                    f"relay ticket of node {conn.node_id} is revoked: the node was deleted",
+                )
+
+    def room_for(self, nbytes: int) -> bool:
+        """True if `nbytes` more fit the relay-wide buffered bytes cap."""
+        cap = self.config.max_buffered_bytes
+        if self.buffered + nbytes <= cap:
+            return True
+        now = time.monotonic()
+        if now - self._recounted >= RECOUNT_INTERVAL:
+            self._recount(now)
+        return self.buffered + nbytes <= cap
+
+    def _recount(self, now: float) -> None:
+        self._recounted = now
+        self.buffered = sum(
+            conn.transport.get_write_buffer_size()
+            for conn in self.conns
+            if conn.transport is not None and not conn.lost
+        )
 
     @property
     def port(self) -> int:
@@ -433,15 +687,14 @@ class RelayServer:
     async def start(self) -> None:
         """Bind and start accepting; RelayError (one readable line) if the address is taken."""
         config = self.config
-        context = _tls_context(config)
+        context = self.tls = _tls_context(config)
         loop = asyncio.get_running_loop()
         try:
+            # Plain TCP listener: each connection starts TLS itself once admitted (_Connection).
             self._server = await loop.create_server(
                 lambda: _Connection(self),
                 config.host,
                 config.port,
-                ssl=context,
-                ssl_handshake_timeout=config.hello_timeout if context is not None else None,
                 reuse_address=True,
                 backlog=1024,
             )
@@ -460,8 +713,18 @@ class RelayServer:
                 relay_id=config.relay_id,
                 max_payload=config.max_payload,
                 queue_bytes=config.queue_bytes,
+                max_connections=config.max_connections,
+                max_unauthenticated_per_source=config.max_unauthenticated_per_source,
+                max_buffered_bytes=config.max_buffered_bytes,
+                hello_timeout=config.hello_timeout,
+                unnamed_tickets="accept" if config.accept_unnamed_tickets else "refuse",
             ),
         )
+        if not config.relay_id:
+            log.warning(
+                "no relay id: tickets naming relays are refused here; give --relay-id as the coordinator "
+                "announces this relay"
+            )
 
     async def stop(self) -> None:
         """Close the listener, send close(going_away) to every connection, and wait briefly for them."""
@@ -523,6 +786,7 @@ class RelayServer:
         """Liveness: ping connections silent for ping_after, close those silent for dead_after."""
         config = self.config
         now = time.monotonic()
+        self._recount(now)
         for conn in list(self.conns):
             if conn.closing:
                 continue
@@ -561,9 +825,11 @@ async def run_relay(
     *,
     stats_interval: float = 60.0,
     metrics_listen: tuple[str, int] | None = None,
+    revocations: RevocationPuller | None = None,
 ) -> None:
     """Serve until `stop` is set (or, without one, until SIGTERM/SIGINT), logging stats periodically;
-    with `metrics_listen`, answer Prometheus scrapes there (on this loop)."""
+    with `metrics_listen`, answer Prometheus scrapes there (on this loop); with `revocations`, pull the
+    coordinator's revocation list."""
     from wgmesh.relay.metrics import relay_registry, serve_metrics  # noqa: PLC0415 - it imports this module
 
     server = RelayServer(config)
@@ -576,6 +842,7 @@ async def run_relay(
             await server.stop()
             raise
     loop = asyncio.get_running_loop()
+    puller = asyncio.create_task(revocations.run(server.revoke)) if revocations is not None else None
     handled: list[signal.Signals] = []
     if stop is None:
         # Only the standalone relay owns the process signals; an embedding program keeps its own.
@@ -593,6 +860,10 @@ async def run_relay(
     finally:
         # The handlers stay until the connections are told: a second SIGTERM must not cut that short.
         try:
+            if puller is not None:
+                puller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await puller
             if metrics is not None:
                 metrics.close()
             await server.stop()

@@ -2,6 +2,7 @@
 
 A ticket is base64url (no padding) of `payload ‖ signature`; the payload layout is in docs/relay-protocol.md.
 The signature covers a domain-separation prefix plus the payload, so no other Ed25519 message can pass as one.
+Format 2 names the relays a ticket is for; format 1 (before issue 16) named one or, empty, any relay.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import binascii
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -19,20 +21,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from wgmesh.errors import AuthError, ValidationError
 
-TICKET_FORMAT = 1
+TICKET_FORMAT = 2
+"""What coordinators issue: the relays a ticket is for, by id. Relays also read format 1."""
+LEGACY_FORMAT = 1
 MAX_AUDIENCE = 64
+"""Bytes of one relay id."""
+MAX_RELAYS_BYTES = 256
+"""Bytes of all relay ids with their length bytes: keeps a ticket under the hello's 512 characters."""
 MAX_TTL = 30 * 24 * 3600
 """A month: tickets must outlive a coordinator outage but still expire, since expiry is the revocation."""
 DEFAULT_LEEWAY = 60.0
 """Seconds a ticket's issue time may lie in the relay's future: coordinator and relay clocks differ."""
-ANY_RELAY = ""
-"""The audience of a ticket every relay that trusts the coordinator's key accepts."""
 
 _DOMAIN = b"wgmesh-relay-ticket\x00"
 _FIXED = struct.Struct(">BIQQB")
+"""format, node id, issued, expires, then (format 1) the audience's length or (format 2) the relay count."""
 _SIGNATURE = 64
 _MIN_RAW = _FIXED.size + _SIGNATURE
-_MAX_RAW = _MIN_RAW + MAX_AUDIENCE
+_MAX_RAW = _MIN_RAW + max(MAX_AUDIENCE, MAX_RELAYS_BYTES)
 _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -78,12 +84,25 @@ class TicketWrongAudienceError(TicketError):
     code = "ticket_wrong_audience"
 
 
+class TicketUnnamedError(TicketError):
+    """A valid format-1 ticket for any relay, presented to a relay that takes only tickets naming it."""
+
+    code = "ticket_unnamed"
+
+
+class TicketRevokedError(TicketError):
+    """A valid ticket of a node the coordinator has deleted (the relay's revocation list names it)."""
+
+    code = "ticket_revoked"
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """What a verified ticket says; times are unix seconds."""
 
     node_id: int
-    audience: str
+    relays: tuple[str, ...] | None
+    """The relay ids it is for; None: any relay (a format-1 ticket without an audience)."""
     issued_at: int
     expires_at: int
 
@@ -126,22 +145,46 @@ def issue_ticket(
     ttl: float,
     now: float,
     *,
-    audience: str = ANY_RELAY,
+    relays: Sequence[str] | None = None,
 ) -> str:
-    """A ticket letting `node_id` use relays (or the one named by `audience`) from `now` for `ttl` seconds."""
+    """A ticket letting `node_id` use the relays named by id in `relays` from `now` for `ttl` seconds.
+
+    Without `relays`, a format-1 ticket for any relay, as coordinators issued before issue 16 (tests and
+    benchmarks use it; relays take it only while `--unnamed-tickets accept`).
+    """
     key = load_private_key(private_key) if isinstance(private_key, str) else private_key
     if not 0 <= node_id <= 0xFFFF_FFFF:
         raise ValidationError(f"node id {node_id} does not fit in a ticket (u32)")
     if not 0 < ttl <= MAX_TTL:
         raise ValidationError(f"ticket lifetime {ttl} s must be above 0 and at most {MAX_TTL} s")
-    aud = audience.encode("utf-8")
-    if len(aud) > MAX_AUDIENCE:
-        raise ValidationError(f"ticket audience is {len(aud)} bytes; at most {MAX_AUDIENCE}")
     if now < 0:
         raise ValidationError("ticket issue time before 1970")
+    if relays is None:
+        fmt, count, named = LEGACY_FORMAT, 0, b""
+    else:
+        fmt, count, named = TICKET_FORMAT, len(relays), _encode_relays(relays)
     issued = math.floor(now)
-    payload = _FIXED.pack(TICKET_FORMAT, node_id, issued, issued + math.ceil(ttl), len(aud)) + aud
+    payload = _FIXED.pack(fmt, node_id, issued, issued + math.ceil(ttl), count) + named
     return _b64url(payload + key.sign(_DOMAIN + payload))
+
+
+def check_relay_ids(relays: Sequence[str]) -> None:
+    """ValidationError unless one ticket can name all of `relays` (a coordinator checks its announced
+    relays at start, so issuing never fails)."""
+    _encode_relays(relays)
+
+
+def _encode_relays(relays: Sequence[str]) -> bytes:
+    parts = []
+    for relay in relays:
+        raw = relay.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_AUDIENCE:
+            raise ValidationError(f"relay id {relay!r} is {len(raw)} bytes; must be 1 to {MAX_AUDIENCE}")
+        parts.append(bytes([len(raw)]) + raw)
+    named = b"".join(parts)
+    if len(named) > MAX_RELAYS_BYTES:
+        raise ValidationError(f"relay ids take {len(named)} bytes in a ticket; at most {MAX_RELAYS_BYTES}")
+    return named
 
 
 def decode_ticket(ticket: str) -> tuple[Ticket, bytes, bytes]:
@@ -157,20 +200,47 @@ def decode_ticket(ticket: str) -> tuple[Ticket, bytes, bytes]:
         raise TicketMalformedError("relay ticket is not base64url") from None
     if not _MIN_RAW <= len(raw) <= _MAX_RAW:
         raise TicketMalformedError(f"relay ticket of {len(raw)} bytes has an impossible length")
-    fmt, node_id, issued, expires, aud_len = _FIXED.unpack_from(raw)
-    if fmt != TICKET_FORMAT:
-        raise TicketMalformedError(f"relay ticket format {fmt} is unknown (this relay reads {TICKET_FORMAT})")
-    end = _FIXED.size + aud_len
-    if len(raw) != end + _SIGNATURE:
-        raise TicketMalformedError("relay ticket length does not match its audience length")
-    try:
-        audience = raw[_FIXED.size : end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise TicketMalformedError("relay ticket audience is not UTF-8") from None
+    fmt, node_id, issued, expires, count = _FIXED.unpack_from(raw)
+    body = raw[_FIXED.size : len(raw) - _SIGNATURE]
+    if fmt == TICKET_FORMAT:
+        relays: tuple[str, ...] | None = _decode_relays(body, count)
+    elif fmt == LEGACY_FORMAT:
+        if len(body) != count or count > MAX_AUDIENCE:
+            raise TicketMalformedError("relay ticket length does not match its audience length")
+        audience = _utf8(body, "audience")
+        relays = (audience,) if audience else None
+    else:
+        raise TicketMalformedError(
+            f"relay ticket format {fmt} is unknown (this relay reads {LEGACY_FORMAT} and {TICKET_FORMAT})"
+        )
     # Re-encoding must give the same string: otherwise two texts (padding, trailing bits) name one ticket.
     if _b64url(raw) != ticket:
         raise TicketMalformedError("relay ticket is not in canonical base64url")
-    return Ticket(node_id, audience, issued, expires), raw[:end], raw[end:]
+    end = len(raw) - _SIGNATURE
+    return Ticket(node_id, relays, issued, expires), raw[:end], raw[end:]
+
+
+def _decode_relays(body: bytes, count: int) -> tuple[str, ...]:
+    if len(body) > MAX_RELAYS_BYTES:
+        raise TicketMalformedError("relay ticket names relays in too many bytes")
+    relays = []
+    pos = 0
+    for _ in range(count):
+        size = body[pos] if pos < len(body) else 0
+        if not 1 <= size <= MAX_AUDIENCE or pos + 1 + size > len(body):
+            raise TicketMalformedError("relay ticket relay list does not match its lengths")
+        relays.append(_utf8(body[pos + 1 : pos + 1 + size], "relay id"))
+        pos += 1 + size
+    if pos != len(body):
+        raise TicketMalformedError("relay ticket length does not match its relay list")
+    return tuple(relays)
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TicketMalformedError(f"relay ticket {what} is not UTF-8") from None
 
 
 def verify_ticket(
@@ -180,9 +250,14 @@ def verify_ticket(
     expected_node_id: int,
     *,
     relay_id: str | None = None,
+    accept_unnamed: bool = True,
     leeway: float = DEFAULT_LEEWAY,
 ) -> Ticket:
-    """The ticket's contents if the coordinator signed it for this node (and relay) and it is valid now."""
+    """The ticket's contents if the coordinator signed it for this node and relay and it is valid now.
+
+    A ticket naming relays passes only on the relay whose `relay_id` it names; an unnamed (format-1, any
+    relay) ticket passes only with `accept_unnamed`, the upgrade window of docs/relay-protocol.md.
+    """
     key = load_public_key(public_key) if isinstance(public_key, str) else public_key
     claims, payload, signature = decode_ticket(ticket)
     try:
@@ -194,8 +269,14 @@ def verify_ticket(
         raise TicketWrongNodeError(
             f"relay ticket belongs to node {claims.node_id}, presented by node {expected_node_id}"
         )
-    if claims.audience and claims.audience != relay_id:
-        raise TicketWrongAudienceError(f"relay ticket is for relay {claims.audience!r}, not {relay_id!r}")
+    if claims.relays is None:
+        if not accept_unnamed:
+            raise TicketUnnamedError("relay ticket names no relay; this relay takes only tickets naming it")
+    elif relay_id not in claims.relays:
+        named = ", ".join(repr(r) for r in claims.relays) or "no relay"
+        raise TicketWrongAudienceError(
+            f"relay ticket is for {named}, not {relay_id or 'this unnamed relay'!r}"
+        )
     if claims.issued_at > now + leeway:
         raise TicketNotYetValidError(
             f"relay ticket issued {claims.issued_at - now:.0f} s in the future (clock skew over {leeway:.0f} s)"

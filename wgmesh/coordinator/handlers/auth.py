@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import Auth
 from wgmesh.coordinator.sessions import COOKIE, check_csrf, cookie_session
 from wgmesh.errors import AuthError, ForbiddenError
+from wgmesh.pins import Pin
+from wgmesh.relay.revocation import verify_relay_token
 from wgmesh.values import NodeId, Prefix
 
 
@@ -26,6 +29,11 @@ async def authenticate(request: Request, auth: Auth) -> NodeId | None:
         return None
     if auth == "node":
         return await run_in_threadpool(registry.authenticate_node, bearer(request))
+    if auth == "relay":
+        # Only relays announced with a pin: the pin is what ties the signing key to the relay's id.
+        pins = {r.id: Pin.parse(r.pin) for r in ctx.settings.relays if r.pin is not None}
+        verify_relay_token(bearer(request), time.time(), pins)
+        return None
     if "authorization" not in request.headers and COOKIE in request.cookies:
         # the dashboard: a session cookie, and the CSRF header on every change
         session = cookie_session(sessions, request.cookies)
