@@ -13,6 +13,7 @@ import pytest
 from wgmesh.agent import probe_wire
 from wgmesh.agent.netloop import NetLoop
 from wgmesh.agent.prober import Prober
+from wgmesh.lab.timescale import scaled
 from wgmesh.lab.wait import wait_until
 
 KEY = probe_wire.pair_key(None, "A", "B")
@@ -105,11 +106,17 @@ def test_an_answer_over_another_path_does_not_make_the_pinged_one_alive(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tap:
         tap.bind(dead)
         tap.settimeout(2.0)
-        future = pair.net.submit(pair.a.ping(2, dead, 0.8))
+        # A's probe waits long enough on any machine for the forged pong to arrive while it is still
+        # outstanding: with a short one, a slow machine would time the probe out first and the test would
+        # pass with the path check gone.
+        future = pair.net.submit(pair.a.ping(2, dead, scaled(5.0)))
         ping, a_addr = tap.recvfrom(2048)
     attacker.sendto(ping, ("127.0.0.1", pair.b.port))
     pong, _ = attacker.recvfrom(2048)
+    before = pair.a.unmatched
     attacker.sendto(pong, a_addr)
-    assert future.result(5) is None
+    wait_until(lambda: pair.a.unmatched > before, 2, "the misrouted pong counted")
+    assert not future.done(), "the probe ended before the forged pong was judged"
+    assert future.result(scaled(10.0)) is None
     assert 2 not in pair.a.peer_relays
     assert pair.ping(pair.a, 2, ("127.0.0.1", pair.b.port)) is not None  # the real path still answers
