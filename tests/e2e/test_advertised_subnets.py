@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wgmesh.errors import NotFoundError
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.layout import agent_args
 from wgmesh.lab.tools import program
@@ -39,6 +40,14 @@ def reported_since(lab: Lab, node: str, when: datetime) -> bool:
     return datetime.fromisoformat(status["reported_at"]) > when
 
 
+def has_reported(lab: Lab, node: str) -> bool:
+    try:
+        lab.api("GET", f"/api/v1/nodes/{node}/status")
+    except NotFoundError:
+        return False
+    return True
+
+
 def without(argv: list[str], *flags: str) -> list[str]:
     """`argv` without each of `flags` and its value."""
     out: list[str] = []
@@ -58,6 +67,10 @@ def test_restarts_state_the_flags_and_the_same_flags_wake_nobody(lab: Lab, tmp_p
     s1, s2 = lab.plan.sites
     lan = str(s2.lan)
     assert routed(lab, s1, lan)
+    # A gateway's first report publishes its endpoints, which moves the version once; the mesh can
+    # converge before it lands (CI stop 25 killed gw2 before its first report), so wait for both.
+    nodes = [site.node for site in lab.plan.sites]
+    wait_until(lambda: all(has_reported(lab, node) for node in nodes), 30, "both gateways to report")
     # The same flags again: the statement is made, and nothing in the registry moves.
     before, stated = registry_version(lab), statements(lab, s2.node)
     assert lab.kill(s2.node, signal.SIGTERM)
