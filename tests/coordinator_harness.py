@@ -248,6 +248,12 @@ def undo_schema_7(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 
 
+def undo_schema_9(conn: sqlite3.Connection) -> None:
+    """Turn a database this code made into what version 8 wrote: no key rotation, no replacing tokens."""
+    conn.execute("ALTER TABLE nodes DROP COLUMN rotate_requested_at")
+    conn.execute("ALTER TABLE tokens DROP COLUMN replaces")
+
+
 @dataclass
 class Enrolled:
     """A node enrolled through the API, with the key pair it generated itself."""

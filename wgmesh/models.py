@@ -214,6 +214,9 @@ class Node(Model):
         None, description="The largest tunnel MTU the node's underlay carries, as its agent reported it"
     )
     created_at: datetime
+    rotate_requested_at: datetime | None = Field(
+        None, description="When an admin asked its agent for a new key; null once the agent has rotated"
+    )
 
 
 class Route(Answer):
@@ -303,6 +306,12 @@ class NetMap(Answer):
         description="The pin of the key the coordinator will switch to (a staged rotation); agents accept "
         "a coordinator presenting it only once it was announced here",
     )
+    # Defaults, so that a cached netmap from before key rotation still reads.
+    public_key: WgKey | None = Field(
+        None,
+        description="The node's own key as the coordinator holds it (an agent finishes a rotation by it)",
+    )
+    rotate_key: bool = Field(False, description="An admin asked this node's agent to rotate its key")
 
 
 _RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
@@ -394,6 +403,20 @@ class EnrollResponse(Answer):
     """The answer to an enrollment; the credential is shown this once."""
 
     node_id: NodeId
+    credential: str
+    netmap: NetMap
+
+
+class KeyRotation(Model):
+    """A node's new WireGuard public key (its agent made the pair and keeps the private half)."""
+
+    public_key: WgKey
+
+
+class KeyRotated(Answer):
+    """The answer to a key rotation: a new credential (shown this once; the old one works until this one
+    is first used) and the netmap with the new key."""
+
     credential: str
     netmap: NetMap
 
@@ -490,6 +513,11 @@ class TokenCreate(Model):
         max_length=256,
         description="Routes its nodes advertise inside one of these are approved (private, CGNAT, ULA only)",
     )
+    replaces: Name | None = Field(
+        None,
+        description="The token enrolls only this node name, replacing the node of that name (a dead "
+        "instance): the node keeps its id, overlay IP and routes, and its old credential dies at once",
+    )
 
 
 class TokenInfo(Model):
@@ -505,6 +533,7 @@ class TokenInfo(Model):
     description: str
     created_at: datetime
     allow_subnets: list[PrefixField] = Field(default_factory=list)
+    replaces: str | None = None
 
 
 class TokenCreated(TokenInfo):

@@ -132,6 +132,8 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         rate=me.rate,
         mtu=effective_mtu(snapshot.network, me),
         coordinator_next_pin=snapshot.coordinator_next_pin,
+        public_key=me.public_key,
+        rotate_key=me.rotate_requested_at is not None,
     )
 
 

@@ -196,6 +196,7 @@ AUDITED: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/api/v1/nodes/{node}/routes/approve", {"prefix": "198.51.100.0/24"}, "audited-a"),
     ("POST", "/api/v1/nodes", {"name": "audited-b", "public_key": "<key>"}, "audited-b"),
     ("PATCH", "/api/v1/nodes/{node}", {"rate": "10mbit"}, "audited-a"),
+    ("POST", "/api/v1/nodes/{node}/rotate-key", None, "audited-a"),
     ("GET", "/api/v1/nodes/{node}/config", None, "audited-a"),
     ("PUT", "/api/v1/pairs/{a}/{b}", {"p2p": "off"}, "audited-a/audited-b"),
     ("DELETE", "/api/v1/nodes/{node}", None, "audited-b"),

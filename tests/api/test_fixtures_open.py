@@ -115,19 +115,41 @@ ADDED_BY_SCHEMA_7 = {
 }
 
 
+# Node lifecycle: no rotation asked, no token replaces a node. A netmap names the node's own key (one
+# an agent cached before does not) and asks for no rotation.
+ADDED_BY_SCHEMA_9 = {
+    "node": {"rotate_requested_at": None},
+    "token": {"replaces": None},
+    "cached_netmap": {"public_key": None, "rotate_key": False},
+}
+
+
+def own_key(name: str) -> str:
+    """The public key the manifest records for node `name`."""
+    return str(next(n["public_key"] for n in REGISTRY["nodes"] if n["name"] == name))
+
+
 def upgraded(kind: str, value: Any) -> Any:
     """A manifest value (written at schema 2) as the current code serves it."""
     if kind in ("netmap", "cached_netmap"):
         route = ADDED_BY_SCHEMA_7["route" if kind == "netmap" else "cached_route"]
+        lifecycle = (
+            ADDED_BY_SCHEMA_9["cached_netmap"]
+            if kind == "cached_netmap"
+            else {"public_key": own_key(value["name"]), "rotate_key": False}
+        )
         return {
             **value,
             **ADDED_BY_SCHEMA_3["netmap"],
             **ADDED_BY_SCHEMA_6["netmap"],
+            **lifecycle,
             "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
             "routes": [{**r, **route} for r in value["routes"]],
         }
-    if kind in ("route", "token"):
+    if kind == "route":
         return {**value, **ADDED_BY_SCHEMA_7[kind]}
+    if kind == "token":
+        return {**value, **ADDED_BY_SCHEMA_7[kind], **ADDED_BY_SCHEMA_9[kind]}
     if kind == "network":
         return {**value, **ADDED_BY_SCHEMA_3["network"], **ADDED_BY_SCHEMA_7["network"]}
     if kind == "status":
@@ -135,6 +157,8 @@ def upgraded(kind: str, value: Any) -> Any:
         return {**value, "report": report}
     if kind == "static_config":
         return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}
+    if kind == "node":
+        return {**value, **ADDED_BY_SCHEMA_3[kind], **ADDED_BY_SCHEMA_9[kind]}
     return {**value, **ADDED_BY_SCHEMA_3[kind]}
 
 
@@ -186,6 +210,10 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     added |= {("registry", "tls_next_key"), ("registry", "tls_next_cert")}  # schema 6: until a rotation
     added.add(("routes", "decision_reason"))  # schema 7: the upgrade gives no reason ("upgrade" decided)
     added |= {("relay_revocations", c.name) for c in schema.relay_revocations.columns}  # 8: no node deleted
+    added |= {
+        ("nodes", "rotate_requested_at"),
+        ("tokens", "replaces"),
+    }  # 9: no rotation asked, no replacement
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [

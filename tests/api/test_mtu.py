@@ -26,6 +26,7 @@ from coordinator_harness import (
     unchanged,
     undo_schema_4,
     undo_schema_7,
+    undo_schema_9,
     version,
 )
 
@@ -206,6 +207,7 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         undo_schema_4(conn)
         undo_schema_7(conn)
+        undo_schema_9(conn)
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
         conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")

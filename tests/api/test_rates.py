@@ -22,6 +22,7 @@ from coordinator_harness import (
     unchanged,
     undo_schema_4,
     undo_schema_7,
+    undo_schema_9,
 )
 
 from wgmesh.coordinator import schema
@@ -100,6 +101,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         undo_schema_4(conn)
         undo_schema_7(conn)
+        undo_schema_9(conn)
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")
         conn.execute("ALTER TABLE networks DROP COLUMN mtu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -297,3 +298,52 @@ def test_rm_on_a_terminal_removes_on_yes(wgmesh: Cli, admin: httpx.Client, termi
     assert r.code == 0, r.err
     assert "removed node drop-me" in r.out
     assert api_node(admin, "drop-me") is None
+
+
+def test_rotate_asks_the_agent_and_waits_for_it(
+    wgmesh: Cli, coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    token = create_token(admin)["token"]
+    with coordinator.anonymous() as anon:
+        node = enroll(anon, token, "gw-rot")
+    r = wgmesh("nodes", "rotate", "gw-rot")
+    assert r.code == 0, r.err
+    assert r.out.strip() == "gw-rot: key rotation requested; its agent rotates at its next netmap"
+    assert re.search(r"^key rotation +requested \d+s ago", wgmesh("nodes", "show", "gw-rot").out, re.M)
+    # Nobody rotates: --wait gives up with one line, and the request stands.
+    r = wgmesh("nodes", "rotate", "gw-rot", "--wait", "0.3")
+    assert r.code == 1
+    assert r.one_line_error() == (
+        "wgmesh: gw-rot's agent has not rotated its key within 0.3 s (is it online?); the request stands"
+    )
+    # The agent's part, as it does it: a new key, and the request is done.
+    new = keys.generate_keypair()
+    with coordinator.node(node.credential) as client:
+        assert client.post("/api/v1/node/key", json={"public_key": new.public_key}).status_code == 200
+    r = wgmesh("nodes", "rotate", "gw-rot", "--json")
+    assert r.code == 0 and r.json()["rotate_requested_at"] is not None
+    with coordinator.node(node.credential) as client:
+        assert (
+            client.post(
+                "/api/v1/node/key", json={"public_key": keys.generate_keypair().public_key}
+            ).status_code
+            == 200
+        )
+    shown = wgmesh("nodes", "show", "gw-rot")
+    assert "key rotation" not in shown.out
+
+
+def test_rotate_a_static_peer_at_once_and_refusals(wgmesh: Cli, admin: httpx.Client, gateways: Any) -> None:
+    add_static(admin, "static-rot")
+    before = api_node(admin, "static-rot")
+    assert before is not None
+    r = wgmesh("node", "rotate", "static-rot")
+    assert r.code == 0, r.err
+    after = api_node(admin, "static-rot")
+    assert after is not None and after["public_key"] != before["public_key"]
+    assert r.out.strip() == f"static-rot: new key {after['public_key']}"
+    assert "wgmesh export static-rot" in r.err
+    r = wgmesh("node", "rotate", "ghost")
+    assert (r.code, r.one_line_error()) == (1, "wgmesh: no node named 'ghost'")
+    r = wgmesh("node", "rotate", "gw-a", "--wait", "-1")
+    assert (r.code, r.one_line_error()) == (2, "wgmesh: --wait must be between 0 and 3600 seconds")

@@ -20,6 +20,7 @@ TOKEN_FIELDS = {
     "description",
     "created_at",
     "allow_subnets",
+    "replaces",
 }
 
 
@@ -122,3 +123,23 @@ def test_revoke_refusals(wgmesh: Cli) -> None:
         r = wgmesh("tokens", "revoke", bad)
         assert r.code == 2
         r.one_line_error()
+
+
+def test_create_replace_names_the_node_and_enrolls_it_only(
+    wgmesh: Cli, coordinator: Coordinator, admin: httpx.Client
+) -> None:
+    with coordinator.anonymous() as anon:
+        first = enroll(anon, wgmesh("tokens", "create").out.strip(), "tok-replaced")
+    r = wgmesh("tokens", "create", "--replace", "tok-replaced")
+    assert r.code == 0, r.err
+    assert "replaces node tok-replaced (enrolls that name only)" in r.err
+    listed = wgmesh("tokens", "list", "--json").json()["tokens"]
+    assert listed[0]["replaces"] == "tok-replaced"
+    assert "replaces tok-replaced" in wgmesh("tokens").out
+    with coordinator.anonymous() as anon:
+        second = enroll(anon, r.out.strip(), "tok-replaced")
+    assert second.node_id == first.node_id
+    r = wgmesh("tokens", "create", "--replace", "ghost")
+    assert (r.code, r.one_line_error()) == (1, "wgmesh: no node named 'ghost' to replace")
+    r = wgmesh("tokens", "create", "--replace", "Not_A_Name")
+    assert r.code == 2

@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from wgmesh import keys, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
+from wgmesh.agent import handshakes
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.coordinator_pin import CoordinatorTrust
@@ -101,7 +102,12 @@ class Agent:
         self.grant: RelayGrant | None = None
         self.grant_fetched = 0.0
         self.follower = NetmapFollower(
-            self.client, self.state, self.apply, on_reachability=self._set_reachable, stop=self.stop
+            self.client,
+            self.state,
+            self.apply,
+            on_reachability=self._set_reachable,
+            stop=self.stop,
+            rotate_key=self.rotate_key,
         )
 
     def _set_reachable(self, ok: bool) -> None:
@@ -118,6 +124,7 @@ class Agent:
         """
         if netmap is not None:
             self.trust.announced(netmap)
+            self._finish_rotation(netmap)
         with self.lock:
             if netmap is None:
                 netmap = self.netmap
@@ -127,9 +134,11 @@ class Agent:
             result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
             self.metrics.applied(result)
             changed = self.netmap is None or netmap.version != self.netmap.version
+            newcomers = handshakes.to_start(self.netmap, netmap)
             self.netmap = netmap
             self.shadowed = list(result.shadowed)
             self.refused = list(result.refused)
+        self.dataplane.start_handshakes(newcomers)
         if result.operations or changed:
             log.info(
                 "netmap applied",
@@ -142,6 +151,68 @@ class Agent:
                 ),
             )
             self.report_soon()
+
+    def rotate_key(self) -> NetMap:
+        """Carry out the key rotation an admin asked for (`wgmesh nodes rotate`); the follower calls this.
+
+        The order keeps the tunnels' gap to the time a netmap takes to reach the peers. The new key is on
+        disk first (an agent stopped at any point finds it), then on the interface, and only then does
+        the coordinator hear of it and tell the peers. A peer's first handshake to the new key must meet
+        an interface that already holds it: one that fails makes WireGuard wait 5 s before the next. The
+        peers start that handshake as soon as they have the key (agent/handshakes.py). A refused rotation puts the
+        old key back; the follower asks again after a back-off.
+        """
+        pending = self.state.pending_key() or self.state.new_pending_key()
+        old = self.keypair
+        log.info(
+            "rotating key",
+            extra=kv(old=keys.fingerprint(old.public_key), new=keys.fingerprint(pending.public_key)),
+        )
+        self.dataplane.set_private_key(pending.private_key)
+        self.apply()
+        try:
+            answer = self.client.rotate_key(pending.public_key)
+        except WgmeshError:
+            # Kept on disk: an answer lost on the way is asked for again with the same key, and a netmap
+            # naming it makes the agent take it (_finish_rotation).
+            self.dataplane.set_private_key(old.private_key)
+            self.apply()
+            raise
+        self._take_key(pending, answer.credential)
+        return answer.netmap
+
+    def _finish_rotation(self, netmap: NetMap) -> None:
+        """Take the pending key when the coordinator already holds it (the agent stopped between the
+        coordinator's answer and saving it: the old credential still works, the old key no longer)."""
+        if netmap.public_key is None or netmap.public_key == self.keypair.public_key:
+            return
+        pending = self.state.pending_key()
+        if pending is not None and pending.public_key == netmap.public_key:
+            self._take_key(pending, None)
+        else:
+            log.warning(
+                "the coordinator holds another key for this node (replaced by another instance?)",
+                extra=kv(
+                    own=keys.fingerprint(self.keypair.public_key),
+                    coordinator=keys.fingerprint(netmap.public_key),
+                ),
+            )
+
+    def _take_key(self, pending: keys.KeyPair, credential: str | None) -> None:
+        # The key first: an agent stopped after it holds the new key and the old credential, which
+        # still works; the other way round it would hold a credential for a key it lost.
+        self.state.commit_key(pending)
+        if credential is not None:
+            enrollment = self.state.enrollment()
+            if enrollment is not None:
+                self.state.save_enrollment(Enrollment(enrollment.node_id, credential, enrollment.coordinator))
+            self.client.credential = credential
+        old, self.keypair = self.keypair, pending
+        self.dataplane.set_private_key(pending.private_key)
+        log.info(
+            "key rotated",
+            extra=kv(old=keys.fingerprint(old.public_key), new=keys.fingerprint(pending.public_key)),
+        )
 
     def reconcile(self) -> None:
         """Re-apply the current netmap, repairing drift (a route removed by hand, a dead wireguard-go)."""

@@ -11,6 +11,8 @@ from wgmesh.api_client import ApiClient
 from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
+    KeyRotated,
+    KeyRotation,
     NetMap,
     RelayGrant,
     Route,
@@ -64,6 +66,12 @@ class CoordinatorClient(ApiClient):
         if response.status_code == 304:
             return None
         return self.parse(response, "/api/v1/netmap", NetMap)
+
+    def rotate_key(self, public_key: str) -> KeyRotated:
+        """Give the coordinator this node's new public key; answers the new credential and netmap."""
+        return self.call(
+            "POST", "/api/v1/node/key", KeyRotated, json=KeyRotation(public_key=public_key).model_dump()
+        )
 
     def report(self, status: StatusReport) -> None:
         """Post a status report."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,7 +28,7 @@ from wgmesh.agent.system.backend import (
 from wgmesh.agent.wgstate import PeerStats, PrivateKey
 from wgmesh.errors import BackendError
 from wgmesh.logs import kv
-from wgmesh.models import NetMap, RefusedRoute, ShadowedRoute
+from wgmesh.models import NetMap, PeerConfig, RefusedRoute, ShadowedRoute
 from wgmesh.values import Backend, Endpoint
 
 log = logging.getLogger("wgmesh.agent.dataplane")
@@ -117,6 +117,26 @@ class DataPlane:
         self._shadowed: list[ShadowedRoute] = []
         self._refused: list[RefusedRoute] = []
         self._claimed_twice: list[tuple[str, str, str]] = []  # warned about once, not every reconcile
+
+    def start_handshakes(self, peers: Sequence[PeerConfig]) -> None:
+        """Make WireGuard handshake with `peers` now (new to the netmap or under a new key: see
+        agent/handshakes.py), by sending each one datagram through the tunnel."""
+        if not peers:
+            return
+        failed = self.host.send_through(self.ifname, [p.overlay_ip for p in peers])
+        for failure in failed[:3]:
+            log.warning("handshake not started", extra=kv(interface=self.ifname, error=failure))
+        names = ",".join(p.name for p in peers[:8]) + (f",+{len(peers) - 8}" if len(peers) > 8 else "")
+        log.info(
+            "handshakes started",
+            extra=kv(interface=self.ifname, peers=names, count=len(peers), failed=len(failed)),
+        )
+
+    def set_private_key(self, private_key: str) -> None:
+        """Use another key from the next apply on (a key rotation): one set on the live interface, which
+        keeps its peers, routes and addresses."""
+        with self._lock:
+            self._key = PrivateKey(private_key)
 
     # -- parts, made on first use so that constructing a DataPlane touches nothing -----------------
 

@@ -55,6 +55,11 @@ class StateDir:
         return self.path / "private.key"
 
     @property
+    def next_key_file(self) -> Path:
+        """The key a rotation made, until the agent has taken it (agent.Agent.rotate_key)."""
+        return self.path / "private.key.next"
+
+    @property
     def enrollment_file(self) -> Path:
         return self.path / "enrollment.json"
 
@@ -82,6 +87,29 @@ class StateDir:
         pair = keys.generate_keypair()
         self._write(self.key_file, (pair.private_key + "\n").encode())
         return pair
+
+    def pending_key(self) -> keys.KeyPair | None:
+        """The key of a rotation not finished yet, or None."""
+        raw = read_private(self.next_key_file)
+        if raw is None:
+            return None
+        private = raw.decode().strip()
+        try:
+            return keys.KeyPair(private, keys.public_key_of(private))
+        except WgmeshError as exc:
+            raise StateError(f"{self.next_key_file} does not hold a valid key: {exc.message}") from exc
+
+    def new_pending_key(self) -> keys.KeyPair:
+        """Make the key a rotation offers the coordinator; it is on disk before the coordinator hears of it,
+        so an agent that dies in between takes it on restart instead of losing it."""
+        pair = keys.generate_keypair()
+        self._write(self.next_key_file, (pair.private_key + "\n").encode())
+        return pair
+
+    def commit_key(self, pair: keys.KeyPair) -> None:
+        """Make `pair` the node's key (the coordinator holds its public half) and forget the pending file."""
+        self._write(self.key_file, (pair.private_key + "\n").encode())
+        self.next_key_file.unlink(missing_ok=True)
 
     def enrollment(self) -> Enrollment | None:
         """The stored enrollment, or None before the first one."""

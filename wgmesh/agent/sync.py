@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from wgmesh.agent.backoff import Backoff
@@ -29,16 +30,22 @@ class NetmapFollower:
         client: CoordinatorClient,
         state: StateDir,
         on_netmap: Callable[[NetMap], None],
+        *,
         on_reachability: Callable[[bool], None] = lambda _ok: None,
         stop: threading.Event | None = None,
+        rotate_key: Callable[[], NetMap] | None = None,
     ) -> None:
         self.client = client
+        self.rotate_key = rotate_key
+        """Carries out a key rotation the current netmap asks for; answers the netmap with the new key."""
         self.state = state
         self.on_netmap = on_netmap
         self.on_reachability = on_reachability
         self.stop = stop or threading.Event()
         self.current: NetMap | None = None
         self.backoff = Backoff()
+        self.rotate_backoff = Backoff()
+        self.rotate_after = 0.0
 
     def restore(self) -> NetMap | None:
         """Apply the cached netmap (fail-static start); returns it, or None if there is none."""
@@ -65,9 +72,35 @@ class NetmapFollower:
         self.accept(netmap)
         return True
 
+    def rotate_if_asked(self) -> None:
+        """Carry out the key rotation the current netmap asks for, when due.
+
+        Here, between polls, and not inside `accept`: the netmap the rotation answers is accepted in
+        order. A failure never stops the following: the rotation is tried again after a back-off.
+        """
+        if self.rotate_key is None or self.current is None or not self.current.rotate_key:
+            return
+        if time.monotonic() < self.rotate_after:
+            return
+        try:
+            netmap = self.rotate_key()
+        except WgmeshError as exc:
+            delay = self.rotate_backoff.next_delay(
+                exc.retry_after if isinstance(exc, UnreachableError) else None
+            )
+            self.rotate_after = time.monotonic() + delay
+            log.warning(
+                "key rotation failed; the old key stays",
+                extra=kv(code=exc.code, error=exc.message, retry_in=round(delay, 1)),
+            )
+            return
+        self.rotate_backoff.reset()
+        self.accept(netmap)
+
     def run(self) -> None:
         """Follow until `stop` is set, backing off while the coordinator is away."""
         while not self.stop.is_set():
+            self.rotate_if_asked()
             try:
                 self.poll_once()
                 self.backoff.reset()

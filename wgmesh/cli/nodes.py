@@ -1,9 +1,10 @@
-"""`wgmesh nodes` (alias `node`): list, show, add a static peer, change, remove."""
+"""`wgmesh nodes` (alias `node`): list, show, add a static peer, change, rotate keys, remove."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -85,6 +86,24 @@ def register(sub: Subparsers) -> None:
     tags = p.add_mutually_exclusive_group()
     tags.add_argument("--tag", action="append", metavar="TAG", help="set the tags (repeatable)")
     tags.add_argument("--clear-tags", action="store_true", help="remove every tag")
+
+    p = group.command(
+        "rotate",
+        cmd_rotate,
+        help="rotate a node's WireGuard key and credential (its agent does it, without downtime)",
+        description="Ask a node's agent for a new WireGuard key and credential: it makes the key, the "
+        "coordinator gives its peers the new key in their netmaps and the old credential stops working "
+        "at the agent's next call. A static peer whose keys the coordinator made gets new keys at once: "
+        "export its configuration again. With --wait, wait until the agent has rotated.",
+    )
+    p.add_argument("node", type=node_ref, metavar="NODE", help="node name or id")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the agent to rotate (default: do not wait)",
+    )
 
     p = group.command(
         "rm",
@@ -191,6 +210,8 @@ def node_detail(node: Node, network: Network, routes: Sequence[Route], now: date
         ("tags", ", ".join(node.tags) or render.DASH),
         ("created", node.created_at.isoformat()),
     ]
+    if node.rotate_requested_at is not None:
+        rows.append(("key rotation", f"requested {render.age(node.rotate_requested_at, now)}"))
     for label, value in rows:
         grid.add_row(label, value)
     grid.add_row("subnets", subnets if node.subnets else Text(render.DASH))
@@ -275,6 +296,34 @@ def cmd_set(args: argparse.Namespace) -> int:
         stdout().print(
             f"{node.name}: p2p {node.p2p}, rate limit {node.rate or 'none'}, "
             f"MTU ceiling {node.mtu or 'network default'}, tags {', '.join(node.tags) or render.DASH}"
+        )
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """`wgmesh nodes rotate NODE [--wait SECONDS]`."""
+    if not 0 <= args.wait <= 3600:
+        raise ValidationError("--wait must be between 0 and 3600 seconds", code="usage")
+    with connection.connect(args) as client:
+        before = client.get(_path(args.node), Node)
+        node = client.call("POST", f"{_path(before.name)}/rotate-key", Node)
+        deadline = time.monotonic() + args.wait
+        while node.rotate_requested_at is not None and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            node = client.get(_path(node.name), Node)
+    if args.json:
+        print_json(_dump(node))
+    elif node.rotate_requested_at is None:
+        stdout().print(f"{node.name}: new key {node.public_key}")
+        if node.static:
+            stderr().print(f"export its configuration again: `wgmesh export {node.name} -o {node.name}.conf`")
+    else:
+        stdout().print(f"{node.name}: key rotation requested; its agent rotates at its next netmap")
+    if node.rotate_requested_at is not None and args.wait > 0:
+        raise WgmeshError(
+            f"{node.name}'s agent has not rotated its key within {args.wait:g} s (is it online?); "
+            "the request stands",
+            code="timeout",
         )
     return 0
 

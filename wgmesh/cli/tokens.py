@@ -18,6 +18,7 @@ from wgmesh.cli.common import (
     CommandGroup,
     Subparsers,
     call,
+    node_ref,
     prefix_arg,
     print_json,
     print_listing,
@@ -93,6 +94,13 @@ def register(sub: Subparsers) -> None:
         help="approve the routes its nodes advertise inside PREFIX (repeatable; private, CGNAT and ULA "
         "space only: anything else, or another gateway's prefix, still waits for `wgmesh routes approve`)",
     )
+    p.add_argument(
+        "--replace",
+        type=node_ref,
+        metavar="NODE",
+        help="enroll only NODE, replacing it (a dead instance): the new one keeps its id, overlay IP and "
+        "routes, and the old credential, relay tickets and preshared keys stop working at once",
+    )
 
     p = group.command("list", cmd_list, help="every token, newest first; secrets are never shown")
 
@@ -143,7 +151,11 @@ def tokens_table(tokens: Sequence[TokenInfo], now: datetime) -> RenderableType:
             ", ".join(token.tags) or render.DASH,
             token.p2p or render.DASH,
             ", ".join(str(p) for p in token.allow_subnets) or render.DASH,
-            render.cell(token.description),
+            render.cell(
+                token.description
+                if not token.replaces
+                else f"replaces {token.replaces}; {token.description}".rstrip("; ")
+            ),
         )
     return table
 
@@ -158,6 +170,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         "description": args.description,
         "allow_subnets": args.allow_subnet,
     }
+    if args.replace is not None:
+        body["replaces"] = args.replace
     with connection.connect(args) as client:
         created = client.call("POST", "/api/v1/tokens", TokenCreated, json=body)
     if args.json:
@@ -173,6 +187,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         extras.append(f"p2p {created.p2p}")
     if created.allow_subnets:
         extras.append(f"allows {', '.join(str(p) for p in created.allow_subnets)}")
+    if created.replaces:
+        extras.append(f"replaces node {created.replaces} (enrolls that name only)")
     stderr().print(f"created {kind} token {created.id}: {'; '.join(extras)}")
     print_secret_once(created.token)
     return 0

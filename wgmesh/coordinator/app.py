@@ -35,6 +35,8 @@ from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
     Health,
+    KeyRotated,
+    KeyRotation,
     NetMap,
     Network,
     NetworkPatch,
@@ -110,6 +112,15 @@ OPERATIONS: list[Operation] = [
         "node",
         body=SubnetsUpdate,
         response=RouteList,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/node/key",
+        node.rotate_own_key,
+        "The node takes a new WireGuard key (its agent made it); answers a new credential",
+        "node",
+        body=KeyRotation,
+        response=KeyRotated,
     ),
     Operation(
         "GET",
@@ -194,6 +205,16 @@ OPERATIONS: list[Operation] = [
         "admin",
         response=Node,
         audit="node.delete",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/nodes/{node}/rotate-key",
+        admin.rotate_node_key,
+        "Ask the node's agent to rotate its WireGuard key and credential (a static peer with generated "
+        "keys gets new ones at once)",
+        "admin",
+        response=Node,
+        audit="node.rotate",
     ),
     Operation(
         "GET",

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store, as_utc, utcnow
@@ -32,6 +32,29 @@ def detail_of(body: BaseModel | None) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in SECRET_FIELDS}
 
 
+def write_entry(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    client: str | None = None,
+) -> None:
+    """One entry, in the caller's transaction: a change an agent makes (a key rotation, a replacement)
+    is logged in the transaction that makes it, so that neither exists without the other."""
+    conn.execute(
+        insert(schema.audit).values(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            target=target[:MAX_TARGET],
+            detail=detail,
+            client=client,
+        )
+    )
+
+
 class AuditLog:
     """The audit entries of one registry."""
 
@@ -43,16 +66,7 @@ class AuditLog:
     ) -> None:
         """Store one entry (without bumping the registry version: agents have nothing to learn)."""
         with self.store.write(bump=False) as w:
-            w.conn.execute(
-                insert(schema.audit).values(
-                    at=utcnow(),
-                    actor=actor,
-                    action=action,
-                    target=target[:MAX_TARGET],
-                    detail=detail,
-                    client=client,
-                )
-            )
+            write_entry(w.conn, actor=actor, action=action, target=target, detail=detail, client=client)
 
     def entries(self, *, since: datetime | None = None, limit: int = 100) -> Sequence[AuditEntry]:
         """The latest `limit` entries at or after `since`, oldest first."""

@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError
 
 from wgmesh import ipam, keys, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
-from wgmesh.coordinator.audit import AuditLog
+from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import make_credential, parse_credential
 from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
-from wgmesh.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from wgmesh.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, ValidationError
 from wgmesh.join_token import JoinToken
 from wgmesh.models import (
     EnrollRequest,
@@ -77,6 +77,32 @@ def _revoke_tickets(conn: Connection, node_id: int, now: float) -> None:
     )
 
 
+def _renew_psks(conn: Connection, node_id: int) -> None:
+    """A new preshared key for every pair `node_id` is in: what an instance that is gone (a rotated key,
+    a replaced node) held on its disk no longer matches anything."""
+    p = schema.pairs
+    others = [i for i in conn.execute(select(schema.nodes.c.id)).scalars() if i != node_id]
+    existing = {
+        (r.node_a, r.node_b)
+        for r in conn.execute(
+            select(p.c.node_a, p.c.node_b).where(or_(p.c.node_a == node_id, p.c.node_b == node_id))
+        )
+    }
+    conn.execute(
+        update(p)
+        .where(or_(p.c.node_a == node_id, p.c.node_b == node_id))
+        .values(psk_generation=p.c.psk_generation + 1)
+    )
+    missing = [pair_key(node_id, other) for other in others]
+    rows = [{"node_a": a, "node_b": b, "psk_generation": 1} for a, b in missing if (a, b) not in existing]
+    if rows:
+        conn.execute(insert(p), rows)
+
+
+def _current_version(conn: Connection) -> int:
+    return int(conn.execute(select(schema.registry.c.version)).scalar_one())
+
+
 def _network(conn: Connection) -> Network:
     row = conn.execute(select(schema.networks)).mappings().one()
     return Network(
@@ -110,6 +136,7 @@ def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
         mtu=row["mtu"],
         max_mtu=row["max_mtu"],
         created_at=as_utc(row["created_at"]),
+        rotate_requested_at=as_utc(row["rotate_requested_at"]),
     )
 
 
@@ -125,6 +152,7 @@ def _token_info(row: RowMapping) -> TokenInfo:
         description=row["description"],
         created_at=as_utc(row["created_at"]),
         allow_subnets=row["allow_subnets"] or [],
+        replaces=row["replaces"],
     )
 
 
@@ -257,6 +285,8 @@ class Registry:
         secret = secrets.token_urlsafe(32)
         now = utcnow()
         with self.store.write(bump=False) as w:
+            if req.replaces is not None:
+                self._check_replaceable(w.conn, req.replaces)
             token_id = w.conn.execute(
                 insert(schema.tokens)
                 .values(
@@ -270,6 +300,7 @@ class Registry:
                     description=req.description,
                     created_at=now,
                     allow_subnets=[str(p) for p in req.allow_subnets],
+                    replaces=req.replaces,
                 )
                 .returning(schema.tokens.c.id)
             ).scalar_one()
@@ -321,6 +352,17 @@ class Registry:
         if used.rowcount != 1:
             raise AuthError("enrollment token has already been used", code="token_used")
         return row
+
+    def _check_replaceable(self, conn: Connection, name: str) -> None:
+        """A token may replace `name` only if such a node exists and has an agent."""
+        row = conn.execute(select(schema.nodes.c.static).where(schema.nodes.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no node named {name!r} to replace", code="unknown_node")
+        if row.static:
+            raise ValidationError(
+                f"node {name!r} is a static peer without an agent: delete it and create it again",
+                code="static_node",
+            )
 
     # --- nodes --------------------------------------------------------------------------------
 
@@ -390,23 +432,26 @@ class Registry:
         return node_id
 
     def enroll(self, req: EnrollRequest) -> tuple[NodeId, str, NetMap]:
-        """Redeem a token for a new node: returns its id, its credential (shown once), its netmap."""
+        """Redeem a token for a new node: returns its id, its credential (shown once), its netmap.
+
+        A token that replaces a node enrolls only that name; when the node exists, the new instance takes
+        its place (`_replace_node`) instead of adding one.
+        """
         with self.store.write() as w:
             token = self._redeem(w.conn, req.token)
             _check_endpoints(req.endpoints, _network(w.conn).overlay_cidr)
-            node_id = self._insert_node(
-                w,
-                name=req.name,
-                public_key=req.public_key,
-                listen_port=req.listen_port,
-                subnets=req.subnets,
-                endpoints=req.endpoints,
-                p2p=token["p2p"] or "auto",
-                tags=token["tags"],
-                private_key=None,
-                max_mtu=req.max_mtu,
-                allow_subnets=token["allow_subnets"] or [],
-            )
+            replaces = token["replaces"]
+            if replaces is not None and replaces != req.name:
+                raise ForbiddenError(
+                    f"this enrollment token enrolls only node {replaces!r}", code="token_for_other_node"
+                )
+            existing = w.conn.execute(
+                select(schema.nodes.c.id).where(schema.nodes.c.name == req.name)
+            ).scalar()
+            if replaces is not None and existing is not None:
+                node_id = self._replace_node(w, NodeId(int(existing)), req, token)
+            else:
+                node_id = self._enroll_new(w, req, token)
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
                 insert(schema.credentials).values(
@@ -415,6 +460,81 @@ class Registry:
             )
             netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
         return node_id, make_credential("wgn", node_id, secret), netmap
+
+    def _enroll_new(self, w: Writer, req: EnrollRequest, token: RowMapping) -> NodeId:
+        return self._insert_node(
+            w,
+            name=req.name,
+            public_key=req.public_key,
+            listen_port=req.listen_port,
+            subnets=req.subnets,
+            endpoints=req.endpoints,
+            p2p=token["p2p"] or "auto",
+            tags=token["tags"],
+            private_key=None,
+            max_mtu=req.max_mtu,
+            allow_subnets=token["allow_subnets"] or [],
+        )
+
+    def _replace_node(self, w: Writer, node_id: NodeId, req: EnrollRequest, token: RowMapping) -> NodeId:
+        """A new instance takes node `node_id`'s place: same id, overlay IP, routes (with their decisions),
+        tags and overrides; its own key, port and endpoints. What the old instance held dies here: its
+        credentials, its relay tickets and every preshared key of its pairs."""
+        node = self._node_by_id(w.conn, node_id)
+        if node.static:
+            raise ValidationError(
+                f"node {node.name!r} is a static peer without an agent: delete it and create it again",
+                code="static_node",
+            )
+        taken = w.conn.execute(
+            select(schema.nodes.c.id).where(
+                schema.nodes.c.public_key == req.public_key, schema.nodes.c.id != node_id
+            )
+        ).first()
+        if taken is not None:
+            raise ConflictError(
+                f"public key {keys.fingerprint(req.public_key)}… is already used by another node",
+                code="duplicate_key",
+            )
+        allowed = list(
+            dict.fromkeys([*self._allow_subnets(w.conn, node_id), *(token["allow_subnets"] or [])])
+        )
+        w.conn.execute(
+            update(schema.nodes)
+            .where(schema.nodes.c.id == node_id)
+            .values(
+                public_key=req.public_key,
+                listen_port=req.listen_port,
+                endpoints=[str(e) for e in req.endpoints],
+                eth0_ip=None,
+                public_ip=None,
+                last_seen=None,
+                max_mtu=req.max_mtu,
+                allow_subnets=allowed,
+                rotate_requested_at=None,
+            )
+        )
+        for table, column in (
+            (schema.credentials, schema.credentials.c.node_id),
+            (schema.status, schema.status.c.node_id),
+        ):
+            w.conn.execute(delete(table).where(column == node_id))
+        _renew_psks(w.conn, node_id)
+        _revoke_tickets(w.conn, node_id, utcnow().timestamp())
+        write_entry(
+            w.conn,
+            actor=f"token:{token['id']}",
+            action="node.replace",
+            target=node.name,
+            detail={"node_id": node_id, "old_key": keys.fingerprint(node.public_key)},
+        )
+        return node_id
+
+    def _allow_subnets(self, conn: Connection, node_id: NodeId) -> list[str]:
+        found = conn.execute(
+            select(schema.nodes.c.allow_subnets).where(schema.nodes.c.id == node_id)
+        ).scalar()
+        return list(found or [])
 
     def create_static_node(self, req: NodeCreate, actor: str = "admin") -> tuple[Node, str | None]:
         """A node for a device without an agent; with `generate_keys` the coordinator makes its keys.
@@ -444,18 +564,108 @@ class Registry:
         return node, pair.private_key if pair else None
 
     def authenticate_node(self, presented: str) -> NodeId:
-        """The node id a credential belongs to, or AuthError."""
+        """The node id a credential belongs to, or AuthError.
+
+        A node holds two credentials only between a key rotation and its agent's first call with the new
+        one: that call retires the older (so a rotation whose answer was lost can be asked again).
+        """
         cred = parse_credential(presented, "wgn", error="node credential is not valid")
+        c = schema.credentials.c
         with self.store.read() as conn:
-            hashes = conn.execute(
-                select(schema.credentials.c.secret_hash).where(schema.credentials.c.node_id == cred.id)
-            ).scalars()
-            matched = False
-            for stored in hashes:
-                matched |= keys.secret_matches(cred.secret, stored)
-        if not matched:
+            rows = conn.execute(select(c.id, c.secret_hash).where(c.node_id == cred.id)).all()
+        matched: int | None = None
+        for row in rows:  # every row is compared: the time taken does not say which one matched
+            if keys.secret_matches(cred.secret, row.secret_hash):
+                matched = row.id
+        if matched is None:
             raise AuthError("node credential is not valid", code="invalid_credential")
+        if any(row.id < matched for row in rows):
+            with self.store.write(bump=False) as w:
+                w.conn.execute(delete(schema.credentials).where(c.node_id == cred.id, c.id < matched))
         return NodeId(cred.id)
+
+    # --- key rotation -------------------------------------------------------------------------
+
+    def request_rotation(self, ref: str) -> Node:
+        """Ask node `ref`'s agent for a new key (its netmap says so); a static peer whose keys the
+        coordinator made gets new ones at once (its configuration must be exported again)."""
+        with self.store.write() as w:
+            node_id = self._resolve(w.conn, ref)
+            node = self._node_by_id(w.conn, node_id)
+            has_agent = w.conn.execute(
+                select(schema.credentials.c.id).where(schema.credentials.c.node_id == node_id).limit(1)
+            ).first()
+            if has_agent is not None:
+                w.conn.execute(
+                    update(schema.nodes)
+                    .where(schema.nodes.c.id == node_id)
+                    .values(rotate_requested_at=utcnow())
+                )
+                return self._node_by_id(w.conn, node_id)
+            private = w.conn.execute(
+                select(schema.nodes.c.private_key).where(schema.nodes.c.id == node_id)
+            ).scalar()
+            if private is None:
+                raise ValidationError(
+                    f"node {node.name!r} has no agent and holds its own private key: delete it and "
+                    "create it again with its new public key",
+                    code="not_rotatable",
+                )
+            pair = keys.generate_keypair()
+            self._set_key(w, node, pair.public_key)  # the admin's call is audited as node.rotate
+            w.conn.execute(
+                update(schema.nodes).where(schema.nodes.c.id == node_id).values(private_key=pair.private_key)
+            )
+            return self._node_by_id(w.conn, node_id)
+
+    def rotate_key(self, node_id: NodeId, public_key: str) -> tuple[str, NetMap]:
+        """Node `node_id` (its agent) takes `public_key`: a new credential, and its netmap with the key.
+
+        Asking again with the key it already holds (the answer to the first was lost) gives another
+        credential and changes nothing else; the old credential works until a new one is used.
+        """
+        with self.store.read() as conn:
+            same = self._node_by_id(conn, node_id).public_key == public_key
+        # The same key again changes no netmap: no version, no long-poll in the fleet wakes.
+        with self.store.write(bump=not same) as w:
+            node = self._node_by_id(w.conn, node_id)
+            if node.public_key != public_key:
+                self._set_key(w, node, public_key, agent=True)
+            secret = secrets.token_urlsafe(32)
+            w.conn.execute(
+                insert(schema.credentials).values(
+                    node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
+                )
+            )
+            netmap = build_netmap(self._snapshot_from(w.conn, w.version or _current_version(w.conn)), node_id)
+        return make_credential("wgn", node_id, secret), netmap
+
+    def _set_key(self, w: Writer, node: Node, public_key: str, *, agent: bool = False) -> None:
+        taken = w.conn.execute(
+            select(schema.nodes.c.id).where(schema.nodes.c.public_key == public_key)
+        ).first()
+        if taken is not None:
+            raise ConflictError(
+                f"public key {keys.fingerprint(public_key)}… is already used by another node",
+                code="duplicate_key",
+            )
+        w.conn.execute(
+            update(schema.nodes)
+            .where(schema.nodes.c.id == node.id)
+            .values(public_key=public_key, rotate_requested_at=None)
+        )
+        # The preshared keys stay: the agent sets its new key on the interface before the peers learn it,
+        # which keeps the rotation's gap short, and it cannot know new preshared keys that early. They are
+        # worth nothing without a pair's private keys, and a replacement (a lost instance) renews them.
+        if not agent:
+            return
+        write_entry(
+            w.conn,
+            actor=f"node:{node.name}",
+            action="node.rotate_key",
+            target=node.name,
+            detail={"old_key": keys.fingerprint(node.public_key), "new_key": keys.fingerprint(public_key)},
+        )
 
     def _node_by_id(self, conn: Connection, node_id: NodeId) -> Node:
         row = conn.execute(select(schema.nodes).where(schema.nodes.c.id == node_id)).mappings().first()
@@ -728,8 +938,17 @@ class Registry:
         with self.store.read() as conn:
             if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == node_id)).first() is None:
                 raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
+            revoked = conn.execute(
+                select(schema.relay_revocations.c.issued_before).where(
+                    schema.relay_revocations.c.node_id == node_id
+                )
+            ).scalar()
         private = self.relay_signing_key()
         issued = (now or utcnow()).timestamp()
+        if revoked is not None:
+            # A replaced node: its old instance's tickets are revoked up to that whole second; the new
+            # instance's must pass, even when asked within it (tickets allow a minute of clock skew).
+            issued = max(issued, float(revoked + 1))
         # Named for exactly the relays announced with it: another relay refuses it (issue 16).
         ticket = tickets.issue_ticket(
             private, node_id, RELAY_TICKET_TTL, issued, relays=[r.id for r in relays]

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -94,6 +94,12 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
     # Deleted nodes' relay tickets, revoked until the last of them expires. Empty after the upgrade:
     # nodes deleted before it keep their tickets until these expire (a day), as before.
     8: (_create_relay_revocations,),
+    # Node lifecycle: an admin's request that a node's agent rotate its key, and enrollment tokens that
+    # replace a named node (a dead instance) instead of adding one.
+    9: (
+        "ALTER TABLE nodes ADD COLUMN rotate_requested_at TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE tokens ADD COLUMN replaces VARCHAR(63)",
+    ),
 }
 
 metadata = MetaData()
@@ -161,6 +167,8 @@ nodes = Table(
     Column("max_mtu", Integer),  # since version 3: what the agent reported its underlay carries
     # Since version 7: the prefixes the enrolling token allowed (route_approval); [] for static peers.
     Column("allow_subnets", JSON),
+    # Since version 9: when an admin asked the node's agent to rotate its key; NULL once it has.
+    Column("rotate_requested_at", DateTime(timezone=True)),
     sqlite_autoincrement=True,
 )
 
@@ -193,6 +201,7 @@ tokens = Table(
     Column("description", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("allow_subnets", JSON),  # since version 7: prefixes its nodes' routes are approved inside
+    Column("replaces", String(63)),  # since version 9: the one node name it enrolls, replacing that node
     sqlite_autoincrement=True,
 )
 

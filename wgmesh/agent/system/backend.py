@@ -71,6 +71,10 @@ class HostNetwork(Protocol):
         """Remove the tunnel link if it exists; True when it did."""
         ...
 
+    def send_through(self, ifname: str, addresses: Sequence[str]) -> list[str]:
+        """One empty UDP datagram to each address, out through `ifname` only; returns the failures."""
+        ...
+
 
 class Firewall(Protocol):
     """The agent's own nftables table (agent/ruleset.py): MSS clamping and masquerade."""

@@ -24,6 +24,9 @@ log = logging.getLogger("wgmesh.agent.routes")
 ROUTE_PROTO = 0x77
 """rtnetlink protocol of the agent's routes (`ip route` shows `proto 119`)."""
 MAIN_TABLE = 254
+DISCARD_PORT = 9
+"""Where `send_through` sends: the discard service. What counts is the handshake WireGuard makes to carry
+the datagram; the peer drops it or answers with an ICMP error."""
 _FORWARDING = {
     "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),
     "ipv6": Path("/proc/sys/net/ipv6/conf/all/forwarding"),
@@ -168,6 +171,20 @@ class LinuxHost:
                     f"cannot enable {family} forwarding: {exc.strerror}", code="sysctl"
                 ) from exc
         return changes
+
+    def send_through(self, ifname: str, addresses: Sequence[str]) -> list[str]:
+        """One empty UDP datagram to each address's discard port, bound to `ifname`: it leaves through the
+        tunnel or not at all (never by another route). Returns `address: error` for each that failed."""
+        failed: list[str] = []
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+                    sock.sendto(b"", (address, DISCARD_PORT))
+            except OSError as exc:
+                failed.append(f"{address}: {exc.strerror or exc}")
+        return failed
 
     def delete_link(self, ifname: str) -> bool:
         """Delete the tunnel link `ifname` if it exists (its addresses and routes go with it).

@@ -71,6 +71,7 @@ class MemoryHost:
     routes: dict[str, set[str]] = field(default_factory=dict)
     local: list[tuple[str, str]] = field(default_factory=list)
     forwarding: dict[str, bool] = field(default_factory=lambda: {"ipv4": False, "ipv6": False})
+    sent: list[tuple[str, str]] = field(default_factory=list)
 
     def ensure_interface(self, ifname: str, address: str, prefixlen: int, mtu: int) -> int:
         """Record the link's state; count what changed."""
@@ -79,6 +80,11 @@ class MemoryHost:
         changes = sum(1 for k, v in want.items() if link.get(k) != v)
         link.update(want)
         return changes
+
+    def send_through(self, ifname: str, addresses: Sequence[str]) -> list[str]:
+        """Record (interface, address) for each datagram; none fails."""
+        self.sent.extend((ifname, a) for a in addresses)
+        return []
 
     def installed_routes(self, ifname: str) -> list[str]:
         """Routes through `ifname`."""

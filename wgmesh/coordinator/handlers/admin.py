@@ -150,6 +150,16 @@ async def delete_node(call: Call) -> Node:
     return node
 
 
+async def rotate_node_key(call: Call) -> Node:
+    registry = context(call.request).registry
+    node = await run_in_threadpool(registry.request_rotation, call.param("node"))
+    log.info(
+        "key rotation requested",
+        extra=kv(node=node.name, node_id=node.id, done=node.rotate_requested_at is None),
+    )
+    return node
+
+
 async def get_node_status(call: Call) -> Response:
     registry = context(call.request).registry
     found = await run_in_threadpool(registry.node_status, call.param("node"))

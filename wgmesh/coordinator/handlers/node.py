@@ -18,6 +18,8 @@ from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
+    KeyRotated,
+    KeyRotation,
     Model,
     RelayGrant,
     RouteList,
@@ -44,6 +46,15 @@ async def enroll(call: Call) -> EnrollResponse:
     metrics.enrolled("ok")  # refusals are counted where errors are mapped (on_wgmesh_error)
     log.info("node enrolled", extra=kv(node=req.name, node_id=node_id, key=req.public_key[:8]))
     return EnrollResponse(node_id=node_id, credential=credential, netmap=netmap)
+
+
+async def rotate_own_key(call: Call) -> KeyRotated:
+    registry = context(call.request).registry
+    assert call.node_id is not None
+    body: KeyRotation = call.body
+    credential, netmap = await run_in_threadpool(registry.rotate_key, call.node_id, body.public_key)
+    log.info("node key rotated", extra=kv(node=netmap.name, node_id=call.node_id, key=body.public_key[:8]))
+    return KeyRotated(credential=credential, netmap=netmap)
 
 
 async def get_netmap(call: Call) -> Response:
