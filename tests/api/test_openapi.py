@@ -14,6 +14,8 @@ OPERATIONS = {
     ("get", "/api/v1/netmap"),
     ("post", "/api/v1/status"),
     ("put", "/api/v1/node/subnets"),
+    ("post", "/api/v1/node/key"),
+    ("post", "/api/v1/nodes/{node}/rotate-key"),
     ("get", "/api/v1/network"),
     ("patch", "/api/v1/network"),
     ("post", "/api/v1/tokens"),
