@@ -19,6 +19,7 @@ from wgmesh.agent.client import CoordinatorClient
 from wgmesh.errors import AuthError
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.layout import agent_args
+from wgmesh.lab.services import log_path
 from wgmesh.lab.tools import program
 from wgmesh.pins import Pin
 
@@ -124,6 +125,11 @@ def test_a_replacement_instance_takes_a_dead_gateways_place(lab: Lab, tmp_path: 
         assert ping_ok(lab, s2.host, s1.vm_ip)
         entries = [e for e in lab.api("GET", "/api/v1/audit")["entries"] if e["action"] == "node.replace"]
         assert [e["target"] for e in entries] == [s2.node]
+        # The lab's relay pulls the revocations that now name the old instance's tickets.
+        relay_log = log_path(lab.state, "relay").read_text()
+        assert "revocations pulled" in relay_log and "revocation pull failed" not in relay_log, relay_log[
+            -2000:
+        ]
     finally:
         agent.terminate()  # by its PID: `ip netns exec` became the agent
         agent.wait(timeout=30)

@@ -244,5 +244,11 @@ def test_relay_command_lines_match_issue_4() -> None:
         "--metrics-listen",
         "198.18.3.1:9587",
     ]
+    assert relay_args(plan, "KEY=", pin)[-4:] == [
+        "--coordinator",
+        "https://198.18.3.1:8080",
+        "--coordinator-pin",
+        pin,
+    ]
     host = relay_args(plan, "KEY=")[1].rpartition(":")[0]
     assert is_safe_destination(host)

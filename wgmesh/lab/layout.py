@@ -322,9 +322,10 @@ def relay_key_args(plan: LabPlan) -> list[str]:
     return ["--db", coordinator_db_url(plan), "relay-key"]
 
 
-def relay_args(plan: LabPlan, coordinator_key: str) -> list[str]:
-    """The relay's arguments (after the program name): the hub address only, trusting the lab's coordinator."""
-    return [
+def relay_args(plan: LabPlan, coordinator_key: str, coordinator_pin: str | None = None) -> list[str]:
+    """The relay's arguments (after the program name): the hub address only, trusting the lab's coordinator;
+    with its pin, pulling the coordinator's revocations (deleted and replaced nodes' tickets) as in production."""
+    args = [
         "--listen",
         f"{plan.hub_ip}:{RELAY_PORT}",
         "--coordinator-key",
@@ -334,6 +335,9 @@ def relay_args(plan: LabPlan, coordinator_key: str) -> list[str]:
         "--metrics-listen",
         f"{plan.hub_ip}:{RELAY_METRICS_PORT}",
     ]
+    if coordinator_pin is not None:
+        args += ["--coordinator", plan.hub_url, "--coordinator-pin", coordinator_pin]
+    return args
 
 
 def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]:

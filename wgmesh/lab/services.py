@@ -134,7 +134,7 @@ def _start_relay(state: LabState) -> procs.ProcessId:
             code="no_relay",
         )
     key = state.relay_key or prepare_relay(state)
-    argv = [program(RELAY_PROGRAM), *relay_args(state.plan(), key)]
+    argv = [program(RELAY_PROGRAM), *relay_args(state.plan(), key, state.coordinator_pin)]
     proc = procs.spawn(argv, log_path(state, "relay"))
     _record(state, "relay", "relay", proc)
     return proc

@@ -152,7 +152,7 @@ class RevocationPuller:
     async def run(self, apply: Callable[[list[RevokedTicket]], None]) -> None:
         """Pull every `interval` until cancelled, handing each list to `apply` (on this loop). A failed
         pull keeps the last list: tickets are still verified offline, relayed traffic goes on."""
-        failing = False
+        failing, pulled = False, False
         while True:
             try:
                 revoked = await asyncio.to_thread(self.pull)
@@ -163,6 +163,8 @@ class RevocationPuller:
             else:
                 if failing:
                     log.info("revocation pull works again", extra=logs.kv(url=self.url))
-                failing = False
+                elif not pulled:  # once, so that an operator sees the pull works
+                    log.info("revocations pulled", extra=logs.kv(url=self.url, revoked=len(revoked)))
+                failing, pulled = False, True
                 apply(revoked)
             await asyncio.sleep(self.interval)

@@ -458,7 +458,7 @@ class _Connection(asyncio.BufferedProtocol):
             )
             if relay.revocations.revoked(ticket.node_id, ticket.issued_at):
                 raise TicketRevokedError(
-                    f"relay ticket of node {ticket.node_id} is revoked: the node was deleted"
+                    f"relay ticket of node {ticket.node_id} is revoked: the node was deleted or replaced"
                 )
         except TicketError as error:
             log.info(
@@ -656,7 +656,7 @@ class RelayServer:
             if conn.node_id is not None and self.revocations.revoked(conn.node_id, conn.issued_at):
                 conn.close(
                     CloseCode.BAD_TICKET,
-                    f"relay ticket of node {conn.node_id} is revoked: the node was deleted",
+                    f"relay ticket of node {conn.node_id} is revoked: the node was deleted or replaced",
                 )
 
     def room_for(self, nbytes: int) -> bool:
