@@ -44,7 +44,7 @@ from wgmesh.models import (
     StatusReport,
 )
 from wgmesh.pins import Pin
-from wgmesh.values import Endpoint
+from wgmesh.values import Endpoint, PathKind
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -77,6 +77,8 @@ class Agent:
         self.lock = threading.Lock()
         self.shadowed: list[ShadowedRoute] = []
         self.refused: list[RefusedRoute] = []
+        self.shown_paths: dict[str, PathKind | None] = {}
+        """Each peer's path as the last path tick saw it for reports (a change sends a report)."""
         self.netmap: NetMap | None = None
         self.reachable = False
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -406,9 +408,21 @@ class Agent:
                 stats = self.dataplane.observe_stats()
             self.metrics.stats_seen(stats)  # scrapes read this, never the device
             changed = self.paths.tick(netmap, stats)
+            shown = {
+                p.public_key: self.paths.view(p.node_id, stats[p.public_key].endpoint).path
+                for p in netmap.peers
+                if p.public_key in stats
+            }
         except WgmeshError as exc:
             log.warning("path check failed", extra=kv(code=exc.code, error=exc.message))
             return
+        if shown != self.shown_paths:
+            # What reports show can change without a decision: WireGuard roams onto the shim when the
+            # peer relays, and back when it goes direct. Admins (and `wgmesh status`) see it now, not
+            # at the next 10 s report (CI run 22 read a roam 5 s old).
+            if self.shown_paths:
+                self.report_soon()
+            self.shown_paths = shown
         if not changed:
             return
         for key in self.paths.take_reasserts():
