@@ -35,9 +35,11 @@ START_DEADLINE = 15.0
 METRICS_LINE = re.compile(r"event=\"metrics listening\" host=(\S+) port=(\d+)")
 
 
-def coordinator_command(db: Path, *args: str) -> list[str]:
-    """The command line of `wgmesh-coordinator --db sqlite:///DB ARGS…`, independent of PATH."""
-    return [sys.executable, "-c", ENTRY, "--db", f"sqlite:///{db}", *args]
+def coordinator_command(db: Path | str, *args: str) -> list[str]:
+    """The command line of `wgmesh-coordinator --db URL ARGS…`, independent of PATH: a Path is a SQLite
+    file, a str a database URL (PostgreSQL, tests/pg_harness.py)."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    return [sys.executable, "-c", ENTRY, "--db", url, *args]
 
 
 def free_port() -> int:
@@ -52,6 +54,9 @@ class Api(Protocol):
     db: Path
     log: Path
     admin_token: str | None
+
+    @property
+    def db_url(self) -> str: ...
 
     def start(self) -> None: ...
 
@@ -80,12 +85,19 @@ class CoordinatorExited(RuntimeError):
 
 @dataclass
 class Started:
-    """What a coordinator is started with: its SQLite file, log file, flags and admin token (none: init's)."""
+    """What a coordinator is started with: its SQLite file (or `database`, a PostgreSQL URL, instead), log
+    file, flags and admin token (none: init's)."""
 
     db: Path
     log: Path
     extra: Sequence[str] = ()
     admin_token: str | None = ADMIN_TOKEN
+    database: str | None = None
+
+    @property
+    def db_url(self) -> str:
+        """The URL of the database it runs on, as `--db` takes it."""
+        return self.database or f"sqlite:///{self.db}"
 
 
 @dataclass
@@ -109,7 +121,7 @@ class Coordinator(Started):
         """What clients pin, read as an operator would (`wgmesh-coordinator pin`), not from the server."""
         if "--tls-cert" in self.extra:
             return identity.from_chain(Path(self.extra[list(self.extra).index("--tls-cert") + 1]))
-        store = Store(f"sqlite:///{self.db}")
+        store = Store(self.db_url)
         try:
             return identity.ensure(store).pin
         finally:
@@ -135,7 +147,9 @@ class Coordinator(Started):
             self.port = free_port()
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
-                    coordinator_command(self.db, "--listen", f"127.0.0.1:{self.port}", *self.extra, *metrics),
+                    coordinator_command(
+                        self.db_url, "--listen", f"127.0.0.1:{self.port}", *self.extra, *metrics
+                    ),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
