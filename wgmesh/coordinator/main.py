@@ -19,10 +19,9 @@ from wgmesh import ipam, logs
 from wgmesh.api_client import check_url
 from wgmesh.coordinator import identity, migrate
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
-from wgmesh.coordinator.migrate import redacted
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
-from wgmesh.coordinator.store import Store
+from wgmesh.coordinator.store import Store, redacted
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from wgmesh.coordinator import schema
-from wgmesh.coordinator.store import Store
+from wgmesh.coordinator.store import Store, redacted
 from wgmesh.errors import StoreError, ValidationError
 
 BATCH = 1000
@@ -37,14 +37,6 @@ class Copied:
     rows: int
     digest: str
     next_id: int | None  # tables whose ids come from a sequence; None for the others
-
-
-def redacted(url: str) -> str:
-    """`url` fit for a log or a terminal: a password in it shown as ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(a database URL that does not parse)"
 
 
 def _open(url: str, role: str) -> Store:

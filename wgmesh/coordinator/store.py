@@ -63,12 +63,23 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+def redacted(url: str) -> str:
+    """`url` fit for a log or a terminal: a password in it shown as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a database URL that does not parse)"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a `sqlite:///PATH` or `postgresql://…` URL."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValidationError(f"database URL {url!r} is not valid", code="invalid_db_url") from exc
+        # Not echoed: it may hold a password.
+        raise ValidationError(
+            "the database URL is not valid: use sqlite:///PATH or postgresql://…", code="invalid_db_url"
+        ) from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             directory = os.path.dirname(os.path.abspath(parsed.database))
