@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from wgmesh.coordinator import schema
-from wgmesh.coordinator.store import Store, redacted
+from wgmesh.coordinator.store import Store, redacted, schema_found
 from wgmesh.errors import StoreError, ValidationError
 
 BATCH = 1000
@@ -60,7 +60,7 @@ def _check_source(store: Store) -> None:
     if not store.is_initialised():
         raise ValidationError(f"--from {redacted(store.url)} holds no registry", code="invalid_source")
     with store.read() as conn:
-        found = max(conn.execute(select(schema.schema_version.c.version)).scalars().all(), default=0)
+        found = schema_found(conn)
     if found != schema.SCHEMA_VERSION:
         raise ValidationError(
             f"--from {redacted(store.url)} is at schema version {found}, this wgmesh's is "

@@ -114,7 +114,7 @@ def snapshot_engine(engine: Engine) -> Engine:
     return engine
 
 
-def _schema_found(conn: Connection) -> int:
+def schema_found(conn: Connection) -> int:
     """The schema version the database holds (0: none recorded)."""
     return max(conn.execute(select(schema.schema_version.c.version)).scalars().all(), default=0)
 
@@ -186,21 +186,20 @@ class Store:
         if not self.is_initialised():
             return []
         with self.engine.connect() as conn:
-            if _schema_found(conn) >= schema.SCHEMA_VERSION:
+            if schema_found(conn) >= schema.SCHEMA_VERSION:
                 return []  # the usual start: no lock taken
         applied: list[int] = []
         while True:
             with self.engine.begin() as conn:
                 # Serialises coordinators upgrading at once: the second waits here, then finds the new
-                # version. The first statement, so that SQLite takes its write lock before any read (a
-                # read first makes a waiting writer fail with "database is locked"), and on rows of the
-                # one table no step alters: a waiter holding a lock on a table a step alters (the
-                # registry) deadlocks that step's ALTER TABLE on PostgreSQL.
-                # One row (the first version's, never removed): locking several could deadlock in turn.
+                # version. It is the first statement: after a read, SQLite answers a waiting writer
+                # "database is locked". It locks a row of the one table no step alters: a waiter holding
+                # a lock on the registry (as the version bump would) deadlocks step 5's ALTER TABLE on
+                # PostgreSQL. And one row, the first version's (never removed): several could deadlock.
                 sv = schema.schema_version
                 first = select(func.min(sv.c.version)).scalar_subquery()
                 conn.execute(update(sv).where(sv.c.version == first).values(applied_at=sv.c.applied_at))
-                found = _schema_found(conn)
+                found = schema_found(conn)
                 step = found + 1
                 if found >= schema.SCHEMA_VERSION or step not in schema.MIGRATIONS:
                     return applied
@@ -217,7 +216,7 @@ class Store:
         if not self.is_initialised():
             raise StoreError("the database is not initialised: run 'wgmesh-coordinator init' first")
         with self.engine.connect() as conn:
-            found = _schema_found(conn)
+            found = schema_found(conn)
         if found != schema.SCHEMA_VERSION:
             raise StoreError(f"database schema version {found} does not match {schema.SCHEMA_VERSION}")
 
