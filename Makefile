@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-ping chromium udptunnel
 # test-kernel: QEMU, and what virtme-ng needs on the host (depmod, a static busybox for its initramfs).
 APT_PACKAGES += qemu-system-x86 kmod busybox-static file
+# The store tests: a private PostgreSQL cluster (tests/pg_harness.py), and the backup steps of docs/deploy.md.
+APT_PACKAGES += postgresql sqlite3
 
 .PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel clean demo demo-down
 

@@ -1,5 +1,6 @@
 """Loaded for every test: makes the helper modules in tests/ (coordinator_harness) importable from
-each test directory, and gives the API, CLI and web tests one coordinator fixture."""
+each test directory, and gives the API, CLI and web tests one coordinator fixture, and the tests that
+need PostgreSQL one private cluster per session (tests/pg_harness.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ if _HERE not in sys.path:
 
 from coordinator_harness import Api, Coordinator, running  # noqa: E402  (needs the path above)
 from hypothesis import HealthCheck, settings  # noqa: E402
+from pg_harness import Cluster, missing, running_cluster  # noqa: E402
 
 from wgmesh.lab import timescale  # noqa: E402
 
@@ -53,3 +55,19 @@ def admin(coordinator: Api) -> Iterator[httpx.Client]:
     """An HTTP client holding the module coordinator's admin token."""
     with coordinator.admin() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One private PostgreSQL cluster for the whole session (started on first use), stopped at its end."""
+    if (why := missing()) is not None:
+        pytest.skip(why)
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with pg_cluster.database() as url:
+        yield url

@@ -15,7 +15,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ import httpx
 
 from wgmesh import keys, trust
 from wgmesh.coordinator import identity
+from wgmesh.coordinator.schema import SCHEMA_VERSION
 from wgmesh.coordinator.store import Store
 from wgmesh.lab.wait import wait_until
 from wgmesh.pins import Pin
@@ -35,9 +36,11 @@ START_DEADLINE = 15.0
 METRICS_LINE = re.compile(r"event=\"metrics listening\" host=(\S+) port=(\d+)")
 
 
-def coordinator_command(db: Path, *args: str) -> list[str]:
-    """The command line of `wgmesh-coordinator --db sqlite:///DB ARGS…`, independent of PATH."""
-    return [sys.executable, "-c", ENTRY, "--db", f"sqlite:///{db}", *args]
+def coordinator_command(db: Path | str, *args: str) -> list[str]:
+    """The command line of `wgmesh-coordinator --db URL ARGS…`, independent of PATH: a Path is a SQLite
+    file, a str a database URL (PostgreSQL, tests/pg_harness.py)."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    return [sys.executable, "-c", ENTRY, "--db", url, *args]
 
 
 def free_port() -> int:
@@ -52,6 +55,9 @@ class Api(Protocol):
     db: Path
     log: Path
     admin_token: str | None
+
+    @property
+    def db_url(self) -> str: ...
 
     def start(self) -> None: ...
 
@@ -80,12 +86,19 @@ class CoordinatorExited(RuntimeError):
 
 @dataclass
 class Started:
-    """What a coordinator is started with: its SQLite file, log file, flags and admin token (none: init's)."""
+    """What a coordinator is started with: its SQLite file (or `database`, a PostgreSQL URL, instead), log
+    file, flags and admin token (none: init's)."""
 
     db: Path
     log: Path
     extra: Sequence[str] = ()
     admin_token: str | None = ADMIN_TOKEN
+    database: str | None = None
+
+    @property
+    def db_url(self) -> str:
+        """The URL of the database it runs on, as `--db` takes it."""
+        return self.database or f"sqlite:///{self.db}"
 
 
 @dataclass
@@ -109,7 +122,7 @@ class Coordinator(Started):
         """What clients pin, read as an operator would (`wgmesh-coordinator pin`), not from the server."""
         if "--tls-cert" in self.extra:
             return identity.from_chain(Path(self.extra[list(self.extra).index("--tls-cert") + 1]))
-        store = Store(f"sqlite:///{self.db}")
+        store = Store(self.db_url)
         try:
             return identity.ensure(store).pin
         finally:
@@ -135,7 +148,9 @@ class Coordinator(Started):
             self.port = free_port()
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
-                    coordinator_command(self.db, "--listen", f"127.0.0.1:{self.port}", *self.extra, *metrics),
+                    coordinator_command(
+                        self.db_url, "--listen", f"127.0.0.1:{self.port}", *self.extra, *metrics
+                    ),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -222,7 +237,13 @@ def running(coordinator: C) -> Iterator[C]:
 # --- helpers shared by the API tests ----------------------------------------------------------------------
 
 
-def undo_schema_4(conn: sqlite3.Connection) -> None:
+class SqlConnection(Protocol):
+    """A DB-API connection that runs one SQL statement: sqlite3's, or psycopg's for PostgreSQL."""
+
+    def execute(self, sql: str, /) -> object: ...
+
+
+def undo_schema_4(conn: SqlConnection) -> None:
     """Turn a database this code made into what version 3 wrote: unnamed admin tokens, no audit table.
     (The caller fixes schema_version and undoes the earlier versions.)"""
     conn.execute("DROP INDEX admin_tokens_name")
@@ -242,16 +263,48 @@ SCHEMA_7_COLUMNS = (
 """What version 7 (route approval) added."""
 
 
-def undo_schema_7(conn: sqlite3.Connection) -> None:
+def undo_schema_7(conn: SqlConnection) -> None:
     """Turn a database this code made into what version 6 wrote: no route approval columns."""
     for table, column in SCHEMA_7_COLUMNS:
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 
 
-def undo_schema_9(conn: sqlite3.Connection) -> None:
+def undo_schema_9(conn: SqlConnection) -> None:
     """Turn a database this code made into what version 8 wrote: no key rotation, no replacing tokens."""
     conn.execute("ALTER TABLE nodes DROP COLUMN rotate_requested_at")
     conn.execute("ALTER TABLE tokens DROP COLUMN replaces")
+
+
+def undo_schema_down_to(conn: SqlConnection, version: int) -> None:
+    """Turn a database this code made into what `version` (at least 2) wrote, its version rows included:
+    each later version undone, newest first."""
+    undo: dict[int, Sequence[str | Callable[[SqlConnection], None]]] = {
+        9: (undo_schema_9,),
+        8: ("DROP TABLE relay_revocations",),
+        7: (undo_schema_7,),
+        6: tuple(
+            f"ALTER TABLE registry DROP COLUMN {c}"
+            for c in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert")
+        ),
+        5: ("ALTER TABLE registry DROP COLUMN relay_tls_key",),
+        4: (undo_schema_4,),
+        3: (
+            "ALTER TABLE networks DROP COLUMN mtu",
+            "ALTER TABLE nodes DROP COLUMN mtu",
+            "ALTER TABLE nodes DROP COLUMN max_mtu",
+        ),
+    }
+    assert set(undo) == set(range(3, SCHEMA_VERSION + 1)), "a new schema version needs its undo here"
+    for step in range(SCHEMA_VERSION, version, -1):
+        for statement in undo[step]:
+            if isinstance(statement, str):
+                conn.execute(statement)
+            else:
+                statement(conn)
+    # A database made at the current version holds that one row; an old one held a row per version.
+    conn.execute("DELETE FROM schema_version")
+    rows = ", ".join(f"({v}, '2026-11-{v:02d} 00:00:00')" for v in range(1, version + 1))
+    conn.execute(f"INSERT INTO schema_version (version, applied_at) VALUES {rows}")
 
 
 @dataclass

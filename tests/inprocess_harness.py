@@ -1,5 +1,5 @@
 """Harness for the API tests that need no real process: `create_app` on a SQLite file in a temporary
-directory, served in the test's own interpreter through Starlette's TestClient.
+directory (or a PostgreSQL database, `Started.database`), served in the test's own interpreter through Starlette's TestClient.
 
 `InProcessCoordinator` has the test-facing interface of `coordinator_harness.Coordinator` (start/stop,
 `running()`, admin/node/anonymous clients, `db`, `log`, `admin_token`, `extra`), so a test moves between the
@@ -90,7 +90,7 @@ class InProcessCoordinator(Started):
 
     def _open(self) -> Registry:
         """The registry on the database as `serve` opens it: upgraded, initialised from the admin token if new."""
-        self._store = store = Store(f"sqlite:///{self.db}")
+        self._store = store = Store(self.db_url)
         registry = Registry(store)
         _upgrade(store)
         if not store.is_initialised():

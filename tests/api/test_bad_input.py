@@ -27,6 +27,9 @@ from coordinator_harness import (
 
 from wgmesh import keys
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 MIB = 1024 * 1024
 
 

@@ -30,10 +30,13 @@ from inprocess_harness import InProcessCoordinator
 
 from wgmesh import keys
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 OVERLAY = ipaddress.ip_network("100.96.0.0/16")
 
 
-def init(db: Path) -> str:
+def init(db: Path | str) -> str:
     out = subprocess.run(
         coordinator_command(db, "init"), capture_output=True, text=True, timeout=30, check=True
     )
@@ -41,13 +44,13 @@ def init(db: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def flow(tmp_path_factory: pytest.TempPathFactory, database: str | None) -> Iterator[dict[str, Any]]:
     """A coordinator on a database made by `wgmesh-coordinator init`, using the token init printed."""
     tmp = tmp_path_factory.mktemp("flow")
-    printed = init(tmp / "c.db")
+    printed = init(database or tmp / "c.db")
     match = re.search(r"admin token \(shown once, store it safely\): (\S+)", printed)
     assert match, printed
-    c = InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", admin_token=None)
+    c = InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", admin_token=None, database=database)
     with (
         running(c),
         c.admin(match[1]) as admin,

@@ -10,6 +10,9 @@ import httpx
 import pytest
 from coordinator_harness import Api, Enrolled, assert_error, create_token, enroll, netmap, version
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 WAKE_BUDGET = 0.5
 
 

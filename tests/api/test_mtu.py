@@ -24,9 +24,7 @@ from coordinator_harness import (
     post_status,
     running,
     unchanged,
-    undo_schema_4,
-    undo_schema_7,
-    undo_schema_9,
+    undo_schema_down_to,
     version,
 )
 
@@ -205,21 +203,7 @@ def test_a_version_2_database_is_upgraded_at_start(tmp_path: Path) -> None:
         assert admin.patch("/api/v1/nodes/old-a", json={"rate": "10mbit"}).status_code == 200
     # Turn it into what version 2 wrote: no MTU columns or admin-token names, version rows 1 and 2.
     with sqlite3.connect(db) as conn:
-        undo_schema_4(conn)
-        undo_schema_7(conn)
-        undo_schema_9(conn)
-        conn.execute("ALTER TABLE networks DROP COLUMN mtu")
-        conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
-        conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
-        conn.execute("ALTER TABLE registry DROP COLUMN relay_tls_key")  # schema 5
-        for column in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert"):  # version 6
-            conn.execute(f"ALTER TABLE registry DROP COLUMN {column}")
-        conn.execute("DROP TABLE relay_revocations")  # version 8
-        conn.execute("DELETE FROM schema_version")
-        conn.execute(
-            "INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00'), "
-            "(2, '2026-11-26 00:00:00')"
-        )
+        undo_schema_down_to(conn, 2)
     with running(Coordinator(db=db, log=tmp_path / "c2.log")) as c, c.admin() as admin:
         assert admin.get("/api/v1/network").json()["mtu"] == 1420  # the MTU agents used before
         node = admin.get("/api/v1/nodes/old-a").json()

@@ -30,10 +30,14 @@ from wgmesh.relay import tickets
 _subnets = itertools.count()
 
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
+
 @pytest.fixture
 def mesh(coordinator: Api, admin: httpx.Client, request: pytest.FixtureRequest) -> dict[str, Enrolled]:
     """Two gateways with names of their own test (the module's coordinator is shared)."""
-    tag = request.node.name[-24:].replace("_", "-").strip("-")
+    tag = request.node.originalname[-24:].replace("_", "-").strip("-")
     token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])["token"]
     third = next(_subnets)  # prefixes of their own too: the same prefix twice would be an HA pair
     with coordinator.anonymous() as anon:
@@ -200,7 +204,7 @@ def test_a_replacement_takes_the_nodes_place_and_the_old_instance_is_out_at_once
     assert len(entries) == 1 and entries[0]["actor"] == f"token:{token['id']}"
 
     # The old instance's relay tickets are revoked; the new one's pass, even within the same second.
-    registry = Registry(Store(f"sqlite:///{coordinator.db}"))
+    registry = Registry(Store(coordinator.db_url))
     try:
         revoked = {r.node_id: r.issued_before for r in registry.relay_revocations()}
     finally:

@@ -27,21 +27,27 @@ from wgmesh.pins import Pin
 from wgmesh.relay import protocol, tickets
 from wgmesh.relay.identity import pinned_client_context, refusal
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py); the tests that start their own
+coordinator process run on SQLite alone."""
+
 PIN = "sha256:" + "Ab" * 32
 RELAYS = ["tcp://198.18.0.1:8443", "hub2=tls://198.18.0.2:443", f"hub3=tls://198.18.0.3:443#{PIN}"]
 
 
 @pytest.fixture(scope="module")
-def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessCoordinator]:
+def relayed(tmp_path_factory: pytest.TempPathFactory, database: str | None) -> Iterator[InProcessCoordinator]:
     tmp = tmp_path_factory.mktemp("relayed")
     extra: list[str] = []
     for relay in RELAYS:
         extra += ["--announce-relay", relay]
-    with running(InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", extra=extra)) as c:
+    with running(
+        InProcessCoordinator(db=tmp / "c.db", log=tmp / "c.log", extra=extra, database=database)
+    ) as c:
         yield c
 
 
-def relay_key(db: Path) -> subprocess.CompletedProcess[str]:
+def relay_key(db: Path | str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "WGMESH_ADMIN_TOKEN": ADMIN_TOKEN}
     return subprocess.run(
         coordinator_command(db, "relay-key"), capture_output=True, text=True, env=env, timeout=30, check=False
@@ -60,7 +66,7 @@ def test_grant_lists_relays_and_carries_a_ticket_relays_accept(relayed: Api) -> 
         {"id": "hub2", "url": "tls://198.18.0.2:443", "pin": None},
         {"id": "hub3", "url": "tls://198.18.0.3:443", "pin": PIN.lower()},  # one spelling on the wire
     ]
-    printed = relay_key(relayed.db)
+    printed = relay_key(relayed.db_url)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.strip() == grant["coordinator_key"]
     key = tickets.load_public_key(grant["coordinator_key"])

@@ -22,6 +22,9 @@ from coordinator_harness import (
     version,
 )
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 PUBLIC = "203.0.113.10/32"
 HALF = "64.0.0.0/3"  # what the issue saw accepted; 0.0.0.0/1 is refused outright (loopback, overlay)
 SIXES = "2000::/3"

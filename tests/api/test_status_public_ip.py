@@ -25,6 +25,9 @@ from starlette.requests import Request
 from wgmesh import ipam, keys
 from wgmesh.coordinator.handlers.auth import client_address
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 
 def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token = create_token(admin, reusable=True)["token"]

@@ -21,6 +21,9 @@ from coordinator_harness import (
     wait_until,
 )
 
+BACKENDS = ("sqlite", "postgresql")
+"""Run on both databases, through the same code (tests/api/conftest.py)."""
+
 PARALLEL = 10
 
 

@@ -17,11 +17,11 @@ from pydantic import ValidationError as PydanticValidationError
 
 from wgmesh import ipam, logs
 from wgmesh.api_client import check_url
-from wgmesh.coordinator import identity
+from wgmesh.coordinator import identity, migrate
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
-from wgmesh.coordinator.store import Store
+from wgmesh.coordinator.store import Store, redacted
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     step = rotate.add_mutually_exclusive_group(required=True)
     step.add_argument("--stage", action="store_true", help="make the next key; netmaps announce its pin")
     step.add_argument("--activate", action="store_true", help="serve the staged key from the next start")
+    move = sub.add_parser(
+        "migrate",
+        help="copy the registry (everything in it) from one database to another, empty one, and check it",
+    )
+    move.add_argument("--from", dest="source", required=True, metavar="URL", help="the database to copy")
+    move.add_argument("--to", dest="target", required=True, metavar="URL", help="an empty database")
     serve = sub.add_parser("serve", help="serve the API (the default)")
     for p in (parser, serve):
         p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on")
@@ -175,6 +181,8 @@ def run(argv: Sequence[str]) -> int:
     """Run the coordinator command line; returns the exit status."""
     args = _parser().parse_args(argv)
     logs.setup(args.log_level)
+    if args.command == "migrate":  # two databases of its own, not --db
+        return _migrate(args.source, args.target)
     store = Store(args.db)
     registry = Registry(store)
     admin = os.environ.get(ADMIN_ENV) or None
@@ -217,7 +225,8 @@ def run(argv: Sequence[str]) -> int:
     if not store.is_initialised():
         if admin is None:
             raise WgmeshError(
-                f"database {args.db} is not initialised: run 'wgmesh-coordinator init' or set {ADMIN_ENV}"
+                f"database {redacted(args.db)} is not initialised: run 'wgmesh-coordinator init' or set "
+                f"{ADMIN_ENV}"
             )
         registry.initialise(Network(), admin)
     store.check_schema()
@@ -293,6 +302,19 @@ def run(argv: Sequence[str]) -> int:
         # The API's server owns SIGTERM and SIGINT; this one stops when it does (_serve).
         metrics.capture_signals = contextlib.nullcontext
     uvloop.run(_serve(uvicorn.Server(config), relay, metrics, metrics_socket, registry))
+    return 0
+
+
+def _migrate(source: str, target: str) -> int:
+    """Copy the registry, then say what moved: a line per table and a summary (URLs without passwords)."""
+    copied = migrate.migrate(source, target)
+    for table in copied:
+        next_id = f" next_id={table.next_id}" if table.next_id is not None else ""
+        print(f"table={table.table} rows={table.rows} sha256={table.digest[:16]}{next_id}")
+    print(
+        f"migrated {sum(t.rows for t in copied)} rows in {len(copied)} tables from {redacted(source)} to "
+        f"{redacted(target)}; row counts and digests match"
+    )
     return 0
 
 

@@ -679,7 +679,13 @@ class Registry:
         return _node(row, list(subnets), utcnow())
 
     def _resolve(self, conn: Connection, ref: str) -> NodeId:
-        found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == ref)).scalar()
+        # No stored name holds a NUL (names are hostname labels): PostgreSQL refuses one in a query's text
+        # with an error, where the answer is simply "no such node".
+        found = (
+            None
+            if "\x00" in ref
+            else conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == ref)).scalar()
+        )
         if found is None and (node_id := row_id(ref)) is not None:
             found = conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.id == node_id)).scalar()
         if found is None:

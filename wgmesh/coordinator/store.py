@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
@@ -63,12 +63,23 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+def redacted(url: str) -> str:
+    """`url` fit for a log or a terminal: a password in it shown as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a database URL that does not parse)"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a `sqlite:///PATH` or `postgresql://…` URL."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ValidationError(f"database URL {url!r} is not valid", code="invalid_db_url") from exc
+        # Not echoed: it may hold a password.
+        raise ValidationError(
+            "the database URL is not valid: use sqlite:///PATH or postgresql://…", code="invalid_db_url"
+        ) from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             directory = os.path.dirname(os.path.abspath(parsed.database))
@@ -90,6 +101,24 @@ def make_engine(url: str) -> Engine:
     )
 
 
+def snapshot_engine(engine: Engine) -> Engine:
+    """The engine read transactions use: one snapshot for all their statements.
+
+    SQLite's read transaction is one already. PostgreSQL's default, READ COMMITTED, takes a new snapshot
+    per statement: a netmap could mix a version with nodes written after it. REPEATABLE READ gives the
+    snapshot; writers stay at READ COMMITTED, where the version bump's row lock orders them and each
+    statement after it sees what the writer before committed.
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return engine
+
+
+def schema_found(conn: Connection) -> int:
+    """The schema version the database holds (0: none recorded)."""
+    return max(conn.execute(select(schema.schema_version.c.version)).scalars().all(), default=0)
+
+
 @dataclass
 class Writer:
     """A write transaction: `version` is the registry version this transaction produces."""
@@ -104,6 +133,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._reader = snapshot_engine(self.engine)
         self._listeners: list[ChangeListener] = []
 
     def close(self) -> None:
@@ -155,17 +185,24 @@ class Store:
             return []  # nothing to upgrade, and looking would create the file
         if not self.is_initialised():
             return []
+        with self.engine.connect() as conn:
+            if schema_found(conn) >= schema.SCHEMA_VERSION:
+                return []  # the usual start: no lock taken
         applied: list[int] = []
         while True:
             with self.engine.begin() as conn:
-                found = max(conn.execute(select(schema.schema_version.c.version)).scalars().all(), default=0)
+                # Serialises coordinators upgrading at once: the second waits here, then finds the new
+                # version. It is the first statement: after a read, SQLite answers a waiting writer
+                # "database is locked". It locks a row of the one table no step alters: a waiter holding
+                # a lock on the registry (as the version bump would) deadlocks step 5's ALTER TABLE on
+                # PostgreSQL. And one row, the first version's (never removed): several could deadlock.
+                sv = schema.schema_version
+                first = select(func.min(sv.c.version)).scalar_subquery()
+                conn.execute(update(sv).where(sv.c.version == first).values(applied_at=sv.c.applied_at))
+                found = schema_found(conn)
                 step = found + 1
                 if found >= schema.SCHEMA_VERSION or step not in schema.MIGRATIONS:
                     return applied
-                # Serialises coordinators upgrading at once: the second waits, then finds the new version.
-                conn.execute(update(schema.registry).values(version=schema.registry.c.version))
-                if max(conn.execute(select(schema.schema_version.c.version)).scalars().all()) != found:
-                    continue
                 for statement in schema.MIGRATIONS[step]:
                     if isinstance(statement, str):
                         conn.execute(text(statement))
@@ -179,16 +216,14 @@ class Store:
         if not self.is_initialised():
             raise StoreError("the database is not initialised: run 'wgmesh-coordinator init' first")
         with self.engine.connect() as conn:
-            found = conn.execute(select(schema.schema_version.c.version)).scalars().all()
-        if max(found, default=0) != schema.SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version {max(found, default=0)} does not match {schema.SCHEMA_VERSION}"
-            )
+            found = schema_found(conn)
+        if found != schema.SCHEMA_VERSION:
+            raise StoreError(f"database schema version {found} does not match {schema.SCHEMA_VERSION}")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only transaction with a consistent view."""
-        with self.engine.connect() as conn, conn.begin():
+        """A read-only transaction with a consistent view (one snapshot for all its statements)."""
+        with self._reader.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
