@@ -275,10 +275,16 @@ def undo_schema_9(conn: SqlConnection) -> None:
     conn.execute("ALTER TABLE tokens DROP COLUMN replaces")
 
 
+def undo_schema_10(conn: SqlConnection) -> None:
+    """Turn a database this code made into what version 9 wrote: dashboard sessions in memory, no table."""
+    conn.execute("DROP TABLE sessions")
+
+
 def undo_schema_down_to(conn: SqlConnection, version: int) -> None:
     """Turn a database this code made into what `version` (at least 2) wrote, its version rows included:
     each later version undone, newest first."""
     undo: dict[int, Sequence[str | Callable[[SqlConnection], None]]] = {
+        10: (undo_schema_10,),
         9: (undo_schema_9,),
         8: ("DROP TABLE relay_revocations",),
         7: (undo_schema_7,),

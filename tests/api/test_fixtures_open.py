@@ -214,6 +214,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         ("nodes", "rotate_requested_at"),
         ("tokens", "replaces"),
     }  # 9: no rotation asked, no replacement
+    added |= {("sessions", c.name) for c in schema.sessions.columns}  # 10: no one logged in yet
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -240,6 +241,8 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
             assert {v for (v,) in conn.execute(f"SELECT {column} FROM {table}")} == {"[]"}, table
         # schema 8: no tombstone, so no ticket of a node that still exists is refused
         assert conn.execute("SELECT COUNT(*) FROM relay_revocations").fetchone() == (0,)
+        # schema 10: the sessions table exists, empty (sessions were in memory before)
+        assert conn.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,)
         for table in schema.metadata.sorted_tables:
             for column in table.columns:
                 if (table.name, column.name) in added:

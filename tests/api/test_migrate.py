@@ -17,6 +17,8 @@ from coordinator_harness import ENTRY, undo_schema_down_to
 from full_registry import Before, fill, served
 from pg_harness import Cluster
 
+from wgmesh.coordinator.schema import SCHEMA_VERSION
+
 PASSWORD = "pw-never-printed-42"
 
 
@@ -83,7 +85,7 @@ def test_refusals_are_one_line_and_write_nothing(before: Before, pg_cluster: Clu
     with pg_cluster.database() as target:
         one_line_refusal(
             migrate(f"sqlite:///{old}", target),
-            "is at schema version 8, this wgmesh's is 9: upgrade it first",
+            f"is at schema version 8, this wgmesh's is {SCHEMA_VERSION}: upgrade it first",
         )
         one_line_refusal(migrate(before.url, before.url), "already holds a registry")
         one_line_refusal(migrate(f"sqlite:///{tmp_path / 'none.db'}", target), "no such database file")

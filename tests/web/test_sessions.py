@@ -1,9 +1,16 @@
-"""Unit tests of wgmesh.coordinator.sessions: the session table and the CSRF check, with a fake clock."""
+"""Unit tests of wgmesh.coordinator.sessions: the session table (in a SQLite registry) and the CSRF check,
+with a fake clock."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from sqlalchemy import select
+
+from wgmesh.coordinator import schema
+from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import (
     COOKIE,
     CSRF_HEADER,
@@ -12,7 +19,9 @@ from wgmesh.coordinator.sessions import (
     check_csrf,
     cookie_session,
 )
+from wgmesh.coordinator.store import Store
 from wgmesh.errors import AuthError, ForbiddenError
+from wgmesh.models import Network
 
 
 class Clock:
@@ -23,8 +32,18 @@ class Clock:
         return self.now
 
 
-def test_a_session_is_found_by_its_id_and_carries_a_csrf_token() -> None:
-    table = SessionTable(ttl=60, clock=Clock())
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'registry.db'}")
+    Registry(store).initialise(Network())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_a_session_is_found_by_its_id_and_carries_a_csrf_token(store: Store) -> None:
+    table = SessionTable(store, ttl=60, clock=Clock())
     sid, session = table.create(1)
     assert table.get(sid) == session
     assert len(sid) >= 40 and len(session.csrf) >= 40 and sid != session.csrf
@@ -32,24 +51,32 @@ def test_a_session_is_found_by_its_id_and_carries_a_csrf_token() -> None:
     assert other_sid != sid and other.csrf != session.csrf
 
 
-def test_the_table_keeps_only_hashes_of_session_ids() -> None:
-    table = SessionTable(clock=Clock())
-    sid, _ = table.create(1)
-    assert sid not in table._sessions
-    assert all(sid not in key for key in table._sessions)
+def test_the_table_keeps_only_hashes_of_session_ids(store: Store) -> None:
+    table = SessionTable(store, clock=Clock())
+    sid, session = table.create(1)
+    with store.read() as conn:
+        rows = [tuple(str(v) for v in row) for row in conn.execute(select(schema.sessions))]
+    assert len(rows) == 1
+    for secret in (sid, session.csrf):
+        assert all(secret not in value for value in rows[0])
 
 
-def test_unknown_and_empty_ids_find_nothing() -> None:
-    table = SessionTable(clock=Clock())
+def test_another_coordinators_table_finds_the_session_with_its_csrf_token(store: Store) -> None:
+    sid, session = SessionTable(store, clock=Clock()).create(1)
+    assert SessionTable(store, clock=Clock()).get(sid) == session  # another coordinator's table
+
+
+def test_unknown_and_empty_ids_find_nothing(store: Store) -> None:
+    table = SessionTable(store, clock=Clock())
     table.create(1)
     assert table.get("nope") is None
     assert table.get("") is None
     assert table.get(None) is None
 
 
-def test_sessions_expire() -> None:
+def test_sessions_expire(store: Store) -> None:
     clock = Clock()
-    table = SessionTable(ttl=60, clock=clock)
+    table = SessionTable(store, ttl=60, clock=clock)
     sid, session = table.create(1)
     assert session.expires_at == 1060.0
     clock.now = 1059.9
@@ -59,8 +86,8 @@ def test_sessions_expire() -> None:
     assert len(table) == 0
 
 
-def test_logout_deletes_the_session() -> None:
-    table = SessionTable(clock=Clock())
+def test_logout_deletes_the_session(store: Store) -> None:
+    table = SessionTable(store, clock=Clock())
     sid, _ = table.create(1)
     assert table.delete(sid) is True
     assert table.get(sid) is None
@@ -68,9 +95,32 @@ def test_logout_deletes_the_session() -> None:
     assert table.delete(None) is False
 
 
-def test_the_table_is_bounded_and_drops_the_oldest() -> None:
+def test_revoking_a_token_ends_only_its_sessions(store: Store) -> None:
+    table = SessionTable(store, clock=Clock())
+    first, _ = table.create(1)
+    second, _ = table.create(1)
+    other, _ = table.create(2)
+    assert table.drop_token(1) == 2
+    assert table.get(first) is None and table.get(second) is None
+    assert table.get(other) is not None
+
+
+def test_the_sweep_deletes_expired_rows_only(store: Store) -> None:
     clock = Clock()
-    table = SessionTable(ttl=100, clock=clock, limit=3)
+    table = SessionTable(store, ttl=60, clock=clock)
+    old, _ = table.create(1)
+    clock.now += 30
+    young, _ = table.create(1)
+    clock.now += 30
+    assert table.expire() == 1
+    with store.read() as conn:
+        assert len(conn.execute(select(schema.sessions)).all()) == 1
+    assert table.get(young) is not None and table.get(old) is None
+
+
+def test_the_table_is_bounded_and_drops_the_oldest(store: Store) -> None:
+    clock = Clock()
+    table = SessionTable(store, ttl=100, clock=clock, limit=3)
     ids = []
     for _ in range(4):
         ids.append(table.create(1)[0])
@@ -97,8 +147,8 @@ def test_changes_need_the_sessions_csrf_token(method: str) -> None:
         assert caught.value.code == "csrf" and caught.value.status == 403
 
 
-def test_cookie_session_refuses_a_missing_or_dead_cookie() -> None:
-    table = SessionTable(clock=Clock())
+def test_cookie_session_refuses_a_missing_or_dead_cookie(store: Store) -> None:
+    table = SessionTable(store, clock=Clock())
     sid, session = table.create(1)
     assert cookie_session(table, {COOKIE: sid}) == session
     for cookies in ({}, {COOKIE: "forged"}, {"other": sid}):

@@ -4,6 +4,7 @@ and the middleware. The handlers live in `wgmesh.coordinator.handlers`, grouped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wgmesh import __version__
+from wgmesh.coordinator import sweeps
 from wgmesh.coordinator.changes import ChangeNotifier
 from wgmesh.coordinator.handlers import admin, audit, dashboard, node, relay, service
 from wgmesh.coordinator.handlers.admin import PairSet
@@ -21,6 +23,7 @@ from wgmesh.coordinator.handlers.context import Context, Settings
 from wgmesh.coordinator.handlers.errors import on_http_error, on_unexpected, on_wgmesh_error
 from wgmesh.coordinator.handlers.node import StatusAck
 from wgmesh.coordinator.handlers.throttle import RateLimit
+from wgmesh.coordinator.listener import change_feed
 from wgmesh.coordinator.metrics import CoordinatorMetrics, RequestMetrics
 from wgmesh.coordinator.operations import Operation, Query, error_response, openapi_document, to_route
 from wgmesh.coordinator.registry import Registry
@@ -423,7 +426,7 @@ def create_app(
     context = Context(
         registry=registry,
         settings=settings or Settings(),
-        sessions=sessions if sessions is not None else SessionTable(),
+        sessions=sessions if sessions is not None else SessionTable(registry.store),
         notifier=notifier,
         metrics=metrics,
         openapi=openapi_document(OPERATIONS, title="wgmesh coordinator", version=__version__),
@@ -458,6 +461,19 @@ def create_metrics_app(api: Starlette) -> Starlette:
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    ctx: Context = app.state.context
     # writes commit on worker threads; the notifier wakes long polls on the loop that serves them
-    app.state.context.notifier.bind(asyncio.get_running_loop())
-    yield
+    ctx.notifier.bind(asyncio.get_running_loop())
+    # other coordinators' writes, on a shared database (none on SQLite: Store.on_change hears them all)
+    feed = change_feed(ctx.registry.store)
+    if feed is not None:
+        feed.start(ctx.notifier.notify_threadsafe)
+    sweeping = asyncio.create_task(sweeps.run(ctx.registry.store, ctx.sessions))
+    try:
+        yield
+    finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
+        if feed is not None:
+            await asyncio.to_thread(feed.stop)

@@ -61,12 +61,19 @@ def row_id(text: str) -> int | None:
     return None
 
 
+def drop_stale_tombstones(conn: Connection, now: float) -> int:
+    """Delete the relay-ticket tombstones whose last ticket has expired by `now`; how many there were."""
+    rev = schema.relay_revocations
+    return int(conn.execute(delete(rev).where(rev.c.expires_at <= now)).rowcount)
+
+
 def _revoke_tickets(conn: Connection, node_id: int, now: float) -> None:
     """Revoke every relay ticket `node_id` holds, until the last one has expired; drop stale tombstones."""
     rev = schema.relay_revocations
     # A ticket is signed at whole seconds (floored): one issued in this very second is revoked too.
     issued_before = math.ceil(now)
-    conn.execute(delete(rev).where(or_(rev.c.node_id == node_id, rev.c.expires_at <= now)))
+    conn.execute(delete(rev).where(rev.c.node_id == node_id))
+    drop_stale_tombstones(conn, now)
     conn.execute(
         insert(rev).values(
             node_id=node_id,

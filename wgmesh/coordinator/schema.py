@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -36,6 +36,10 @@ def _create_audit(conn: Connection) -> None:
 
 def _create_relay_revocations(conn: Connection) -> None:
     relay_revocations.create(conn)
+
+
+def _create_sessions(conn: Connection) -> None:
+    sessions.create(conn)
 
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
@@ -100,6 +104,9 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "ALTER TABLE nodes ADD COLUMN rotate_requested_at TIMESTAMP WITH TIME ZONE",
         "ALTER TABLE tokens ADD COLUMN replaces VARCHAR(63)",
     ),
+    # Dashboard sessions in the database, so that every coordinator of the registry serves a browser.
+    # Empty after the upgrade: sessions were in the coordinator's memory, and its restart ended them.
+    10: (_create_sessions,),
 }
 
 metadata = MetaData()
@@ -254,6 +261,19 @@ relay_revocations = Table(
     Column("node_id", Integer, primary_key=True, autoincrement=False),
     Column("issued_before", BigInteger, nullable=False),  # tickets issued at or before this are revoked
     Column("expires_at", BigInteger, nullable=False),  # the last such ticket has expired: drop the row
+)
+
+# Since version 10: dashboard sessions (coordinator/sessions.py). Only the SHA-256 of the session id (the
+# cookie): the CSRF token is derived from the id, the admin token is named by its row id. No foreign key:
+# admin tokens are revoked, never deleted, and a revocation deletes their sessions itself.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("sessions_token", "token_id"),
+    Index("sessions_expires", "expires_at"),
 )
 
 # Sparse: a row exists only for a pair with an override or a rotated preshared key.

@@ -1,23 +1,30 @@
 """Dashboard sessions: an HttpOnly cookie instead of the admin token, and CSRF checks on every change.
 
 A login with the admin token creates a server-side session: a random session id goes into the cookie and
-a random CSRF token goes to the page, which echoes it in the `X-CSRF-Token` header on every state change.
-The table keeps only the SHA-256 of each session id and the row id of the admin token that opened it, never
-the token: revoking the token ends its sessions (`drop_token` here, and the API checks the token is still
-live on every request, which other coordinators of the registry see too). Sessions live in the
-coordinator's memory: a restart logs everybody out, which is what a dashboard can afford.
+a CSRF token goes to the page, which echoes it in the `X-CSRF-Token` header on every state change.
+Sessions live in the registry's database (`sessions`, schema version 10), so every coordinator of the
+registry serves every browser, and a logout or a revocation on one ends the session on all. The table
+keeps only the SHA-256 of each session id, its expiry and the row id of the admin token that opened it:
+never the id, the token or the CSRF token, which is derived from the session id (an HMAC keyed with it),
+so whoever reads the database can neither present a cookie nor forge the header. Revoking the token
+ends its sessions (`drop_token`), and the API checks the token is still live on every request.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from sqlalchemy import Connection, delete, func, insert, select
+
+from wgmesh.coordinator import schema
+from wgmesh.coordinator.store import Store, as_utc
 from wgmesh.errors import AuthError, ForbiddenError
 
 COOKIE = "wgmesh_session"
@@ -41,69 +48,110 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+def _csrf(session_id: str) -> str:
+    # Derived, not stored: the page gets it again from GET /api/v1/session on any coordinator, and the
+    # database holds nothing that yields it.
+    mac = hmac.new(session_id.encode(), b"wgmesh dashboard csrf", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 class SessionTable:
-    """Sessions by the hash of their id, with an expiry; safe to use from worker threads."""
+    """Sessions by the hash of their id, with an expiry, in the registry's database (blocking calls:
+    handlers run them in the thread pool)."""
 
     def __init__(
-        self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time, limit: int = MAX_SESSIONS
+        self,
+        store: Store,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+        limit: int = MAX_SESSIONS,
     ) -> None:
+        self.store = store
         self.ttl = ttl
         self.clock = clock
         self.limit = limit
-        self._sessions: dict[str, Session] = {}
-        self._lock = threading.Lock()
 
     def create(self, token_id: int) -> tuple[str, Session]:
         """A new session opened with admin token `token_id`: (the id for the cookie, the session with its
         CSRF token)."""
         session_id = secrets.token_urlsafe(32)
-        session = Session(
-            csrf=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl, token_id=token_id
-        )
-        with self._lock:
-            self._expire()
-            if len(self._sessions) >= self.limit:  # drop the oldest rather than grow without bound
-                oldest = min(self._sessions, key=lambda k: self._sessions[k].expires_at)
-                del self._sessions[oldest]
-            self._sessions[_digest(session_id)] = session
+        session = Session(csrf=_csrf(session_id), expires_at=self.clock() + self.ttl, token_id=token_id)
+        t = schema.sessions
+        # bump=False: a login changes nothing a netmap shows, so it wakes no long poll
+        with self.store.write(bump=False) as w:
+            self._expire(w.conn)
+            count = w.conn.execute(select(func.count()).select_from(t)).scalar_one()
+            if count >= self.limit:  # drop the oldest rather than grow without bound
+                oldest = select(t.c.id_hash).order_by(t.c.expires_at).limit(count - self.limit + 1)
+                w.conn.execute(delete(t).where(t.c.id_hash.in_(oldest.scalar_subquery())))
+            w.conn.execute(
+                insert(t).values(
+                    id_hash=_digest(session_id), token_id=token_id, expires_at=_at(session.expires_at)
+                )
+            )
         return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session for a cookie value, or None (unknown, expired or logged out)."""
         if not session_id:
             return None
-        key = _digest(session_id)
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is not None and session.expires_at <= self.clock():
-                del self._sessions[key]
-                return None
-        return session
+        t = schema.sessions
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(t.c.token_id, t.c.expires_at).where(t.c.id_hash == _digest(session_id))
+            ).first()
+        if row is None:
+            return None
+        expires = as_utc(row.expires_at)
+        assert expires is not None  # NOT NULL
+        if expires.timestamp() <= self.clock():
+            return None  # the sweep (sweeps.py) deletes it
+        return Session(csrf=_csrf(session_id), expires_at=expires.timestamp(), token_id=int(row.token_id))
 
     def delete(self, session_id: str | None) -> bool:
         """Log out; True when there was a session."""
         if not session_id:
             return False
-        with self._lock:
-            return self._sessions.pop(_digest(session_id), None) is not None
+        t = schema.sessions
+        with self.store.write(bump=False) as w:
+            ended = int(w.conn.execute(delete(t).where(t.c.id_hash == _digest(session_id))).rowcount)
+            self._announce(w.conn, ended)
+        return ended > 0
 
     def drop_token(self, token_id: int) -> int:
         """End every session opened with admin token `token_id` (it was revoked); how many there were."""
-        with self._lock:
-            keys = [k for k, s in self._sessions.items() if s.token_id == token_id]
-            for key in keys:
-                del self._sessions[key]
-        return len(keys)
+        t = schema.sessions
+        with self.store.write(bump=False) as w:
+            ended = int(w.conn.execute(delete(t).where(t.c.token_id == token_id)).rowcount)
+            self._announce(w.conn, ended)
+        return ended
+
+    def expire(self) -> int:
+        """Delete the expired sessions (the periodic sweep); how many there were."""
+        with self.store.write(bump=False) as w:
+            return self._expire(w.conn)
 
     def __len__(self) -> int:
-        with self._lock:
-            self._expire()
-            return len(self._sessions)
+        t = schema.sessions
+        with self.store.read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(t).where(t.c.expires_at > _at(self.clock()))
+                ).scalar_one()
+            )
 
-    def _expire(self) -> None:
-        now = self.clock()
-        for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-            del self._sessions[key]
+    def _announce(self, conn: Connection, ended: int) -> None:
+        # The event streams of ended sessions, on every coordinator, look again and tell their pages.
+        if ended:
+            self.store.announce(conn, 0)
+
+    def _expire(self, conn: Connection) -> int:
+        t = schema.sessions
+        return int(conn.execute(delete(t).where(t.c.expires_at <= _at(self.clock()))).rowcount)
 
 
 def check_csrf(method: str, session: Session, headers: Mapping[str, str]) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
@@ -19,7 +19,13 @@ from wgmesh.errors import StoreError, ValidationError
 from wgmesh.models import Network
 from wgmesh.secure_files import create_private
 
+if TYPE_CHECKING:
+    import psycopg
+
 ChangeListener = Callable[[int], None]
+
+CHANGES_CHANNEL = "wgmesh_changes"
+"""The PostgreSQL NOTIFY channel a committed write announces its registry version on (listener.py)."""
 
 
 def utcnow() -> datetime:
@@ -235,10 +241,36 @@ class Store:
             if bump:
                 conn.execute(update(schema.registry).values(version=schema.registry.c.version + 1))
                 version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+                self.announce(conn, version)
             yield Writer(conn, version)
         if bump:
             for listener in self._listeners:
                 listener(version)
+
+    def announce(self, conn: Connection, version: int) -> None:
+        """Tell every coordinator of a shared database that `version` (0: something that is not a registry
+        change, such as ended sessions) was committed: a NOTIFY in the writing transaction, which
+        PostgreSQL delivers to every listener (listener.py) only if the transaction commits. The payload is
+        the number, nothing secret. Nothing on SQLite, where on_change reaches the one coordinator."""
+        if self.shared:
+            conn.execute(
+                text("SELECT pg_notify(:channel, :version)"),
+                {"channel": CHANGES_CHANNEL, "version": str(version)},
+            )
+
+    @property
+    def shared(self) -> bool:
+        """Whether other coordinators may use this database too (PostgreSQL), so that changes and jobs
+        must be coordinated through it; a SQLite file has one coordinator."""
+        return self.engine.dialect.name == "postgresql"
+
+    def dedicated(self) -> psycopg.Connection[Any]:
+        """A psycopg connection of its own, outside the pool, in autocommit (LISTEN, advisory locks):
+        made from the engine's URL exactly as the pool's are. PostgreSQL only."""
+        import psycopg  # noqa: PLC0415 - only a PostgreSQL store needs it
+
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        return psycopg.connect(*cargs, **{**cparams, "autocommit": True, "connect_timeout": 5})
 
     def version(self) -> int:
         """The current registry version."""

@@ -107,9 +107,11 @@ async def list_admin_tokens(call: Call) -> AdminTokenList:
 async def revoke_admin_token(call: Call) -> AdminTokenInfo:
     ctx = context(call.request)
     info, token_id = await run_in_threadpool(ctx.registry.admin_tokens.revoke, call.param("name"))
-    ended = ctx.sessions.drop_token(token_id)  # at once; other coordinators find it revoked on the next call
+    # at once, on every coordinator: the sessions are rows of the registry's database
+    ended = await run_in_threadpool(ctx.sessions.drop_token, token_id)
     if ended:
-        # wakes the event streams, so that those of the ended sessions tell their pages at once
+        # wakes the event streams, so that those of the ended sessions tell their pages at once (on a
+        # shared database drop_token's NOTIFY wakes every coordinator's too)
         ctx.notifier.notify_threadsafe(0)
     log.info("admin token revoked", extra=kv(name=info.name, sessions_ended=ended))
     return info

@@ -36,11 +36,11 @@ async def authenticate(request: Request, auth: Auth) -> NodeId | None:
         return None
     if "authorization" not in request.headers and COOKIE in request.cookies:
         # the dashboard: a session cookie, and the CSRF header on every change
-        session = cookie_session(sessions, request.cookies)
+        session = await run_in_threadpool(cookie_session, sessions, request.cookies)
         check_csrf(request.method, session, request.headers)
         identity = await run_in_threadpool(registry.admin_tokens.live, session.token_id)
         if identity is None:  # its token was revoked, maybe through another coordinator
-            sessions.drop_token(session.token_id)
+            await run_in_threadpool(sessions.drop_token, session.token_id)
             raise AuthError("the admin token of this session was revoked", code="invalid_session")
         set_actor(request, identity, session=True)
     else:

@@ -61,7 +61,7 @@ async def login(call: Call) -> Response:
         )
         raise AuthError("admin token is not valid", code="invalid_credentials")
     set_actor(call.request, identity, session=False)
-    session_id, session = sessions.create(identity.token_id)
+    session_id, session = await run_in_threadpool(sessions.create, identity.token_id)
     response = json_response(_session_info(session.csrf, session.expires_at), 201)
     response.set_cookie(
         COOKIE,
@@ -78,7 +78,7 @@ async def login(call: Call) -> Response:
 
 async def get_session(call: Call) -> Response:
     ctx = context(call.request)
-    session = cookie_session(ctx.sessions, call.request.cookies)
+    session = await run_in_threadpool(cookie_session, ctx.sessions, call.request.cookies)
     if not await _session_live(ctx, call.request.cookies.get(COOKIE, "")):
         raise AuthError("the admin token of this session was revoked", code="invalid_session")
     response = json_response(_session_info(session.csrf, session.expires_at))
@@ -90,10 +90,10 @@ async def logout(call: Call) -> Response:
     ctx = context(call.request)
     sessions = ctx.sessions
     session_id = call.request.cookies.get(COOKIE)
-    session = sessions.get(session_id)
+    session = await run_in_threadpool(sessions.get, session_id)
     if session is not None:
         check_csrf(call.request.method, session, call.request.headers)
-        sessions.delete(session_id)
+        await run_in_threadpool(sessions.delete, session_id)
         identity = await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id)
         if identity is not None:
             set_actor(call.request, identity, session=True)
@@ -155,7 +155,7 @@ async def dashboard(request: Request) -> Response:
 async def _session_live(ctx: Context, session_id: str) -> bool:
     """Whether a session is live: in the table, and its admin token not revoked (maybe by another
     coordinator of the registry)."""
-    session = ctx.sessions.get(session_id)
+    session = await run_in_threadpool(ctx.sessions.get, session_id)
     if session is None:
         return False
     return await run_in_threadpool(ctx.registry.admin_tokens.live, session.token_id) is not None
