@@ -8,8 +8,12 @@ the users pass the context (a pin, a CA file), else the system's store with SSL_
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
+import threading
+import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 from urllib.parse import urlsplit
@@ -17,13 +21,21 @@ from urllib.parse import urlsplit
 import httpx
 import pydantic
 
-from wgmesh import __version__, trust
-from wgmesh.errors import IdentityError, UnreachableError, ValidationError, from_answer
+from wgmesh import __version__, failover, trust
+from wgmesh.errors import IdentityError, RateLimitedError, UnreachableError, ValidationError, from_answer
+from wgmesh.logs import kv
 
 JsonValue = pydantic.JsonValue
 _M = TypeVar("_M", bound=pydantic.BaseModel)
 _ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 _JSON: pydantic.TypeAdapter[JsonValue] = pydantic.TypeAdapter(JsonValue)
+log = logging.getLogger("wgmesh.api_client")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
+"""Methods sent again to the next coordinator after a failure that may have reached the first one; any
+other write is sent again only when it surely did nothing there (`UnreachableError.unsent`)."""
+UNSENT_CODES = frozenset({"database_unavailable"})
+"""Error codes of an answer given before the coordinator acted on the request."""
 
 
 def transport_reason(exc: Exception) -> str:
@@ -65,25 +77,34 @@ def check_url(url: str) -> str:
 
 
 class ApiClient:
-    """Calls to the coordinator with an optional bearer token; every failure is a WgmeshError, one line."""
+    """Calls to the coordinator with an optional bearer token; every failure is a WgmeshError, one line.
+
+    Several URLs name coordinators of one registry: a request that finds one unreachable moves to the
+    next (wgmesh/failover.py says which and when), and the client stays there.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         bearer: str | None = None,
         user_agent: str,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         tls: ssl.SSLContext | None = None,
+        failover_config: failover.FailoverConfig = failover.DEFAULT,
     ) -> None:
-        self.url = url.rstrip("/")
-        if isinstance(tls, trust.PinnedContext) and not self.url.startswith("https://"):
-            raise IdentityError(f"coordinator {self.url} is pinned: use its https:// URL")
+        urls = tuple(u.rstrip("/") for u in ([url] if isinstance(url, str) else url))
+        self._choice = failover.Choice(urls, since=time.monotonic())
+        self._failover = failover_config
+        self._lock = threading.Lock()  # the agent's threads share one client
+        for each in urls:
+            if isinstance(tls, trust.PinnedContext) and not each.startswith("https://"):
+                raise IdentityError(f"coordinator {each} is pinned: use its https:// URL")
         self.timeout = timeout
         self.bearer = bearer
         self._http = httpx.Client(
-            base_url=self.url,
+            base_url=urls[0],
             timeout=timeout,
             # A proxy from the environment must never see mesh control traffic or its tokens.
             trust_env=False,
@@ -91,6 +112,16 @@ class ApiClient:
             transport=transport,
             verify=tls if tls is not None else trust.system(),
         )
+
+    @property
+    def url(self) -> str:
+        """The coordinator URL in use."""
+        return self._choice.url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every coordinator URL, the preferred first."""
+        return self._choice.urls
 
     def __enter__(self) -> Self:
         return self
@@ -104,6 +135,25 @@ class ApiClient:
         """Close pooled connections."""
         self._http.close()
 
+    def _pick(self) -> str:
+        with self._lock:
+            before = self._choice
+            self._choice = failover.before_request(before, time.monotonic(), self._failover)
+        if self._choice is not before:
+            log.info(
+                "coordinator switched",
+                extra=kv(coordinator=self._choice.url, previous=before.url, reason="retry_first"),
+            )
+        return self._choice.url
+
+    def _failed(self, url: str, error: UnreachableError) -> None:
+        with self._lock:
+            if self._choice.url != url:
+                return  # another thread has moved on already
+            self._choice = failover.after_failure(self._choice, time.monotonic())
+            now = self._choice.url
+        log.warning("coordinator switched", extra=kv(coordinator=now, previous=url, error=error.message))
+
     def request(
         self,
         method: str,
@@ -112,13 +162,45 @@ class ApiClient:
         json: object = None,
         params: dict[str, str] | None = None,
         timeout: float | None = None,
+        retry: bool | None = None,
     ) -> httpx.Response:
-        """Send one request; a transport failure is UnreachableError, an error answer its mapped class."""
+        """Send one request; a transport failure is UnreachableError, an error answer its mapped class.
+
+        With several URLs an unreachable coordinator (refused, timeout, 5xx) makes the next one current;
+        the request goes there too when it is safe to send twice (`retry`, by default for IDEMPOTENT
+        methods) or surely did nothing. A rate limit is one coordinator's answer, not its absence.
+        """
+        again = method in IDEMPOTENT if retry is None else retry
+        tries = failover.attempts(self._choice)
+        for attempt in range(tries):
+            url = self._pick()
+            try:
+                return self._send(url, method, path, json=json, params=params, timeout=timeout)
+            except RateLimitedError:
+                raise
+            except UnreachableError as exc:
+                if tries == 1:
+                    raise
+                self._failed(url, exc)
+                if attempt == tries - 1 or not (again or exc.unsent):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _send(
+        self,
+        url: str,
+        method: str,
+        path: str,
+        *,
+        json: object,
+        params: dict[str, str] | None,
+        timeout: float | None,
+    ) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.bearer}"} if self.bearer else {}
         try:
             response = self._http.request(
                 method,
-                path,
+                url + path,
                 json=json,
                 params=params,
                 headers=headers,
@@ -126,23 +208,27 @@ class ApiClient:
             )
         except httpx.TimeoutException as exc:
             waited = timeout if timeout is not None else self.timeout
-            raise UnreachableError(f"coordinator {self.url} did not answer within {waited:g} s") from exc
+            error = UnreachableError(f"coordinator {url} did not answer within {waited:g} s")
+            error.unsent = isinstance(exc, httpx.ConnectTimeout)
+            raise error from exc
         except httpx.HTTPError as exc:
-            refused = trust.refusal(self.url, exc)
+            refused = trust.refusal(url, exc)
             if refused is not None:
+                refused.unsent = True  # the TLS handshake failed: nothing was sent
                 raise refused from exc
-            raise UnreachableError(
-                f"cannot reach the coordinator at {self.url}: {transport_reason(exc)}"
-            ) from exc
+            error = UnreachableError(f"cannot reach the coordinator at {url}: {transport_reason(exc)}")
+            error.unsent = isinstance(exc, httpx.ConnectError)
+            raise error from exc
         if response.status_code >= 400:
             found = answer_error(response)
             code, message = found if found is not None else (None, "")
-            error = from_answer(
+            error_answer = from_answer(
                 response.status_code, code, self.describe(method, path, response, code, message)
             )
-            if isinstance(error, UnreachableError):
-                error.retry_after = retry_after(response)
-            raise error
+            if isinstance(error_answer, UnreachableError):
+                error_answer.retry_after = retry_after(response)
+                error_answer.unsent = code in UNSENT_CODES
+            raise error_answer
         return response
 
     def describe(
@@ -169,10 +255,17 @@ class ApiClient:
             raise UnreachableError(f"{self.url}{path} answered with invalid JSON", code="bad_answer") from exc
 
     def call(
-        self, method: str, path: str, model: type[_M], *, json: object = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        model: type[_M],
+        *,
+        json: object = None,
+        timeout: float | None = None,
+        retry: bool | None = None,
     ) -> _M:
         """A request whose answer is a `model` document."""
-        return self.parse(self.request(method, path, json=json, timeout=timeout), path, model)
+        return self.parse(self.request(method, path, json=json, timeout=timeout, retry=retry), path, model)
 
     def parse(self, response: httpx.Response, path: str, model: type[_M]) -> _M:
         """The answer as a `model`; another shape means a coordinator of another version (UnreachableError)."""

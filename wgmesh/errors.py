@@ -77,6 +77,9 @@ class UnreachableError(WgmeshError, code="unreachable", status=503):
 
     retry_after: float | None = None
     """Seconds the service asked the client to wait (`Retry-After`), when it said so."""
+    unsent: bool = False
+    """True when the request surely did nothing (the connection was refused, or the service refused it
+    before acting: `database_unavailable`): safe to send again to another coordinator, whatever it was."""
 
 
 class RateLimitedError(UnreachableError, code="rate_limited", status=429):
@@ -87,8 +90,9 @@ class RateLimitedError(UnreachableError, code="rate_limited", status=429):
     """
 
 
-class StoreError(UnreachableError, code="store", status=503):
-    """The database is unusable (missing schema, wrong schema version).
+class StoreError(UnreachableError, code="store", status=503, also=("database_unavailable",)):
+    """The database is unusable (missing schema, wrong schema version), or out of reach
+    (`database_unavailable`: the coordinator still serves long-polls from memory and refuses writes).
 
     An UnreachableError too: to a client, a coordinator without its database is one that cannot serve, and
     an agent waits for it as for one that does not answer.

@@ -487,6 +487,11 @@ class StatusReport(Model):
     max_mtu: UnderlayMtu | None = Field(
         None, description="The largest tunnel MTU the node's underlay carries; null: unknown"
     )
+    coordinator: str | None = Field(
+        None,
+        max_length=2048,
+        description="The coordinator URL the agent follows (it may have several); null: an older agent",
+    )
 
 
 class NodeStatus(Model):
@@ -723,6 +728,9 @@ class TopologyNode(Node):
     interface_mtu: int | None = Field(
         None, description="The MTU the node's agent set on its WireGuard interface, from its last report"
     )
+    coordinator: str | None = Field(
+        None, description="The coordinator URL the node's agent follows, from its last report"
+    )
     peers: list[PeerView] = Field(
         default_factory=list, description="Every other node as this one sees it, sorted by name"
     )
@@ -769,10 +777,12 @@ class SessionInfo(Model):
 
 
 class Health(Model):
-    """Liveness answer."""
+    """Liveness answer: 200 `ok`, or 503 `degraded` while the database is unavailable (a load balancer
+    takes the coordinator out; it still answers long-polls from memory)."""
 
-    status: Literal["ok"]
-    version: int
+    status: Literal["ok", "degraded"]
+    version: int = Field(description="The registry version (without the database: the one held in memory)")
+    database: Literal["ok", "unavailable"] = "ok"
 
 
 class ErrorBody(Model):

@@ -224,6 +224,7 @@ def build_topology(
                 **node.model_dump(),
                 effective_p2p=node_p2p(network, node),
                 interface_mtu=st.report.mtu if (st := statuses.get(node.id)) is not None else None,
+                coordinator=st.report.coordinator if st is not None else None,
                 peers=[peer_view(node, other, reports) for other in by_name if other.id != node.id],
             )
             for node in nodes

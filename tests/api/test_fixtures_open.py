@@ -105,6 +105,8 @@ ADDED_BY_RELAY_PINS = {"pin": None}
 ADDED_BY_SCHEMA_6 = {"netmap": {"coordinator_next_pin": None}}  # no rotation of the identity staged
 # No schema change: a report stored before agents had a route guard reads back with no refused route.
 ADDED_BY_ROUTE_GUARD = {"report": {"refused": []}}
+# Several coordinators (issue 17): a report from before names none.
+ADDED_BY_FAILOVER = {"report": {"coordinator": None}}
 # Route approval: every route from before stays routed, approved by "upgrade"; no token or network rule
 # approves anything new. A netmap an agent cached before knows no `decided_by` (it reads as null).
 ADDED_BY_SCHEMA_7 = {
@@ -153,7 +155,12 @@ def upgraded(kind: str, value: Any) -> Any:
     if kind == "network":
         return {**value, **ADDED_BY_SCHEMA_3["network"], **ADDED_BY_SCHEMA_7["network"]}
     if kind == "status":
-        report = {**value["report"], **ADDED_BY_SCHEMA_3["report"], **ADDED_BY_ROUTE_GUARD["report"]}
+        report = {
+            **value["report"],
+            **ADDED_BY_SCHEMA_3["report"],
+            **ADDED_BY_ROUTE_GUARD["report"],
+            **ADDED_BY_FAILOVER["report"],
+        }
         return {**value, "report": report}
     if kind == "static_config":
         return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}

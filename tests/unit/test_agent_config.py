@@ -10,6 +10,8 @@ import pytest
 from wgmesh.agent import config
 from wgmesh.agent.main import build_parser
 from wgmesh.errors import ValidationError
+from wgmesh.join_token import with_identity
+from wgmesh.pins import Pin
 
 
 def _load(argv: list[str], **kw: bool) -> config.AgentConfig:
@@ -40,7 +42,7 @@ def test_flags(tmp_path: Path) -> None:
             "--masquerade",
         ]
     )
-    assert cfg.coordinator == "http://198.18.0.1:8080"
+    assert cfg.coordinator == ("http://198.18.0.1:8080",)
     assert cfg.advertise == (ip_network("10.1.0.0/24"), ip_network("10.9.0.0/16"))
     assert (cfg.listen_port, cfg.interface, cfg.backend, cfg.masquerade) == (51900, "wgt0", "userspace", True)
     assert cfg.state_dir == tmp_path
@@ -93,6 +95,8 @@ def test_route_width_bounds_from_flags_and_file(tmp_path: Path) -> None:
         (["--coordinator", "http://x", "--min-prefix-length", "33"], None, "min_prefix_length must be"),
         (["--coordinator", "http://x", "--min-prefix-length6", "-1"], None, "min_prefix_length6 must be"),
         ([], 'coordinator = "http://x"\nallow_wide_routes = 1\n', "allow_wide_routes must be true or false"),
+        ([], "coordinator = [1, 2]\n", "a URL or a list of URLs"),
+        (["--coordinator", "http://a", "--coordinator", "ftp://b"], None, "must look like http"),
     ],
 )
 def test_bad_settings(tmp_path: Path, argv: list[str], toml: str | None, message: str) -> None:
@@ -112,4 +116,16 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_cleanup_needs_no_coordinator(tmp_path: Path) -> None:
     cfg = _load(["cleanup", "--interface", "wgt0"], require_coordinator=False)
     assert cfg.interface == "wgt0"
-    assert cfg.coordinator == ""
+    assert cfg.coordinator == ()
+
+
+def test_several_coordinators_from_flags_the_file_or_the_token(tmp_path: Path) -> None:
+    flags = _load(["--coordinator", "https://a:8443/", "--coordinator", "https://b:8443"])
+    assert flags.coordinator == ("https://a:8443", "https://b:8443")
+    path = tmp_path / "agent.toml"
+    path.write_text('coordinator = ["https://a:8443", "https://b:8443", "https://a:8443"]\n')
+    assert _load(["--config", str(path)]).coordinator == ("https://a:8443", "https://b:8443")
+    token = with_identity("wgt_1.x", Pin(bytes(32)), ["https://c:8443", "https://d:8443"])
+    assert _load(["--token", token]).coordinator == ("https://c:8443", "https://d:8443")
+    # the flags override what the token carries
+    assert _load(["--token", token, "--coordinator", "https://a:8443"]).coordinator == ("https://a:8443",)

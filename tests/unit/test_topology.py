@@ -242,7 +242,9 @@ def test_the_document_keeps_the_network_version_and_nodes() -> None:
     a, b = node(1, "gw-a", tags=["x"]), node(2, "gw-b")
     topo = topology([b, a], network=Network(name="n1"))
     assert (topo.network.name, topo.version) == ("n1", 7)
-    assert [n.model_dump(exclude={"effective_p2p", "interface_mtu", "peers"}) for n in topo.nodes] == [
+    assert [
+        n.model_dump(exclude={"effective_p2p", "interface_mtu", "coordinator", "peers"}) for n in topo.nodes
+    ] == [
         a.model_dump(),
         b.model_dump(),
     ]

@@ -230,7 +230,7 @@ class Agent:
         its ceiling and change every peer's netmap, only to lower both again at the next report.
         """
         try:
-            found = underlay_mtu(self.cfg.coordinator)
+            found = underlay_mtu(self.client.url)
         except OSError as exc:
             log.warning("cannot read the underlay link", extra=kv(error=str(exc)))
             return self.dataplane.underlay_limit
@@ -268,7 +268,7 @@ class Agent:
         if not self.token_secret:
             raise ValidationError("this node is not enrolled yet: give --token", code="no_token")
         backoff = Backoff()
-        endpoint_ip = eth0_address(self.cfg.coordinator)
+        endpoint_ip = eth0_address(self.client.url)
         request = EnrollRequest(
             token=self.token_secret,  # only the secret: the pin and URLs are the agent's to use
             name=self.cfg.name,
@@ -291,7 +291,7 @@ class Agent:
                 )
                 self.stop.wait(delay)
                 continue
-            enrollment = Enrollment(answer.node_id, answer.credential, self.cfg.coordinator)
+            enrollment = Enrollment(answer.node_id, answer.credential, self.client.url)
             self.state.save_enrollment(enrollment)
             log.info(
                 "enrolled",
@@ -341,7 +341,7 @@ class Agent:
 
     def status(self) -> StatusReport:
         """The report the coordinator gets every 10 s and after every change."""
-        eth0 = eth0_address(self.cfg.coordinator)
+        eth0 = eth0_address(self.client.url)
         limit = self.refresh_underlay()
         self.refresh_protected()
         peers = [status for _, status in self._peer_reports()]
@@ -359,6 +359,7 @@ class Agent:
             metrics=self.metrics.advertised(eth0),
             mtu=self.dataplane.mtu,
             max_mtu=limit,
+            coordinator=self.client.url,
         )
 
     def local_status(self) -> LocalStatus:
@@ -384,11 +385,11 @@ class Agent:
             name=netmap.name if netmap else self.cfg.name,
             node_id=enrollment.node_id if enrollment else None,
             overlay_ip=netmap.overlay_ip if netmap else None,
-            eth0_ip=eth0_address(self.cfg.coordinator),
+            eth0_ip=eth0_address(self.client.url),
             p2p=netmap.p2p if netmap else "auto",
             subnets=[r.prefix for r in netmap.routes] if netmap else list(self.cfg.advertise),
             interface=self.cfg.interface,
-            coordinator=self.cfg.coordinator,
+            coordinator=self.client.url,
             coordinator_reachable=self.reachable,
             netmap_version=netmap.version if netmap else None,
             peers=peers,
@@ -511,7 +512,7 @@ class Agent:
         self.scheduler.start()
         try:
             enrollment = self.enroll()
-            if enrollment.coordinator != self.cfg.coordinator:
+            if enrollment.coordinator not in self.cfg.coordinator:
                 log.warning("enrolled with another coordinator URL", extra=kv(stored=enrollment.coordinator))
             self.client.credential = enrollment.credential
             self.paths.start(enrollment.node_id)

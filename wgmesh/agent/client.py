@@ -22,13 +22,22 @@ from wgmesh.models import (
 )
 from wgmesh.values import Prefix
 
+ENROLL_RETRY = False
+"""Whether an enrollment whose answer may have been lost is sent to the next coordinator."""
+
 
 class CoordinatorClient(ApiClient):
-    """Node calls: enroll, follow the netmap, report status."""
+    """Node calls: enroll, follow the netmap, report status.
+
+    Each write says whether it may go to the next coordinator after a failure that may have reached the
+    first (api_client.py): a status report and a subnets statement replace what the coordinator holds,
+    a key rotation with the same key again answers the same node (registry.rotate_key), and an
+    enrollment retried with the same token, name and key answers the node it made (registry.enroll).
+    """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         credential: str | None = None,
         timeout: float = 10.0,
         *,
@@ -55,7 +64,9 @@ class CoordinatorClient(ApiClient):
 
     def enroll(self, req: EnrollRequest) -> EnrollResponse:
         """Redeem the enrollment token."""
-        response = self.request("POST", "/api/v1/enroll", json=req.model_dump(mode="json", exclude_none=True))
+        response = self.request(
+            "POST", "/api/v1/enroll", json=req.model_dump(mode="json", exclude_none=True), retry=ENROLL_RETRY
+        )
         return self.parse(response, "/api/v1/enroll", EnrollResponse)
 
     def netmap(self, since: int, wait: float) -> NetMap | None:
@@ -70,12 +81,18 @@ class CoordinatorClient(ApiClient):
     def rotate_key(self, public_key: str) -> KeyRotated:
         """Give the coordinator this node's new public key; answers the new credential and netmap."""
         return self.call(
-            "POST", "/api/v1/node/key", KeyRotated, json=KeyRotation(public_key=public_key).model_dump()
+            "POST",
+            "/api/v1/node/key",
+            KeyRotated,
+            json=KeyRotation(public_key=public_key).model_dump(),
+            retry=True,
         )
 
     def report(self, status: StatusReport) -> None:
         """Post a status report."""
-        self.request("POST", "/api/v1/status", json=status.model_dump(mode="json", exclude_none=True))
+        self.request(
+            "POST", "/api/v1/status", json=status.model_dump(mode="json", exclude_none=True), retry=True
+        )
 
     def relay_grant(self) -> RelayGrant:
         """The relays and a fresh relay ticket for this node."""

@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 from wgmesh import ipam
 from wgmesh.agent import route_guard
+from wgmesh.api_client import check_url
 from wgmesh.errors import ValidationError
 from wgmesh.join_token import JoinToken
 from wgmesh.models import check_name
@@ -24,7 +25,8 @@ DEFAULT_CONFIG = Path("/etc/wgmesh/agent.toml")
 class AgentConfig:
     """Everything the agent process needs to know at start."""
 
-    coordinator: str
+    coordinator: tuple[str, ...]
+    """The coordinators' URLs, all of one registry, the preferred first (wgmesh/failover.py)."""
     name: str
     token: str | None = field(default=None, repr=False)
     advertise: tuple[Prefix, ...] = ()
@@ -46,6 +48,10 @@ class AgentConfig:
     """IPv6 netmap routes shorter than this are refused."""
     allow_wide_routes: bool = False
     """Install routes of any width, a default route too (never one covering a protected address)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.coordinator, str):  # one URL given as a string (tests, callers from before lists)
+            object.__setattr__(self, "coordinator", (self.coordinator,))
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -102,16 +108,19 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         length = values.get(key, getattr(AgentConfig, key))
         if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= most:
             raise ValidationError(f"{key} must be a prefix length 0-{most}", code="invalid_config")
-    if values.get("token") and not values.get("coordinator"):
-        # A token names its coordinator (join_token.py); --coordinator still overrides.
-        urls = JoinToken.parse(str(values["token"])).urls
-        if urls:
-            values["coordinator"] = urls[0]
+    given_urls = values.get("coordinator", ())
+    if isinstance(given_urls, str):
+        given_urls = [given_urls]  # `coordinator = "URL"` in the file, as before lists
+    if not isinstance(given_urls, list | tuple) or not all(isinstance(u, str) for u in given_urls):
+        raise ValidationError("coordinator must be a URL or a list of URLs", code="invalid_config")
+    values["coordinator"] = tuple(dict.fromkeys(check_url(u) for u in given_urls))
+    if values.get("token") and not values["coordinator"]:
+        # A token names its coordinators (join_token.py); --coordinator still overrides.
+        values["coordinator"] = tuple(check_url(u) for u in JoinToken.parse(str(values["token"])).urls)
     if values.get("coordinator_pin"):
         values["coordinator_pin"] = str(Pin.parse(str(values["coordinator_pin"])))
     if require_coordinator and not values.get("coordinator"):
         raise ValidationError("--coordinator URL is required (flag or config file)", code="invalid_config")
-    values.setdefault("coordinator", "")
     values.setdefault("name", _hostname_label())
     try:
         check_name(values["name"])

@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup: remove the interface, routes and firewall rules the agent made",
     )
     parser.add_argument(
-        "--coordinator", help="coordinator URL, e.g. https://198.18.0.1:8080 (default: the token's)"
+        "--coordinator",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="coordinator URL, e.g. https://198.18.0.1:8080 (default: the token's); repeat it for several "
+        "coordinators of one registry: the agent uses the first that answers and fails over to the next",
     )
     parser.add_argument(
         "--token", help="enrollment token (needed only for the first start; it carries the coordinator's pin)"

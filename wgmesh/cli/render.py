@@ -421,6 +421,8 @@ def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = F
         f"  {dash(node.overlay_ip)}  eth0 {dash(node.eth0_ip)}  public {dash(node.public_ip)}  p2p {node.p2p}  "
         f"mtu {dash(node.mtu)}  "
     )
+    if node.coordinator is not None:
+        head.append(f"coordinator {node.coordinator}  ")
     head.append(liveness(node, now, static))
     body: RenderableType = peers_table(node, now, width) if node.peers else Text("no peers", style="dim")
     return Group(head, Text(""), body)

@@ -37,6 +37,7 @@ class NodeView(View):
     last_seen: datetime | None
     p2p: P2PPolicy
     mtu: int | None  # the MTU of the node's WireGuard interface, as its agent last reported it
+    coordinator: str | None = None  # the coordinator URL its agent follows, as it last reported it
     subnets: list[PrefixField]
     peers: list[PeerView]
 
@@ -82,6 +83,7 @@ def _node_view(node: TopologyNode) -> NodeView:
         last_seen=node.last_seen,
         p2p=node.effective_p2p,
         mtu=node.interface_mtu,
+        coordinator=node.coordinator,
         subnets=list(node.subnets),
         peers=list(node.peers),
     )

@@ -6,6 +6,7 @@ transaction, so a refused request leaves the database exactly as it was.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import secrets
@@ -21,8 +22,15 @@ from wgmesh import ipam, keys, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import make_credential, parse_credential
-from wgmesh.coordinator.store import Store, Writer, as_utc, utcnow
-from wgmesh.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, ValidationError
+from wgmesh.coordinator.store import UNAVAILABLE, Store, Writer, as_utc, utcnow
+from wgmesh.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    StoreError,
+    ValidationError,
+)
 from wgmesh.join_token import JoinToken
 from wgmesh.models import (
     EnrollRequest,
@@ -51,6 +59,8 @@ from wgmesh.topology import build_topology, pair_key
 from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
+MAX_KNOWN_CREDENTIALS = 100_000
+"""Node credentials remembered for a database outage; more than any registry has nodes."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
 
 
@@ -245,6 +255,8 @@ class Registry:
         self.audit = AuditLog(store)
         self._snapshot: RegistrySnapshot | None = None
         self._snapshot_lock = threading.Lock()
+        self._known: dict[bytes, NodeId] = {}
+        """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
 
     # --- set-up and admin credentials ---------------------------------------------------------
 
@@ -578,8 +590,16 @@ class Registry:
         """
         cred = parse_credential(presented, "wgn", error="node credential is not valid")
         c = schema.credentials.c
-        with self.store.read() as conn:
-            rows = conn.execute(select(c.id, c.secret_hash).where(c.node_id == cred.id)).all()
+        seen = hashlib.sha256(presented.encode()).digest()
+        try:
+            with self.store.read() as conn:
+                rows = conn.execute(select(c.id, c.secret_hash).where(c.node_id == cred.id)).all()
+        except StoreError as exc:
+            # Without its database the coordinator still serves netmaps to the agents it knew: what
+            # it holds in memory is all it can give, and writes are refused anyway (docs/security.md).
+            if exc.code == UNAVAILABLE and seen in self._known:
+                return self._known[seen]
+            raise
         matched: int | None = None
         for row in rows:  # every row is compared: the time taken does not say which one matched
             if keys.secret_matches(cred.secret, row.secret_hash):
@@ -589,6 +609,11 @@ class Registry:
         if any(row.id < matched for row in rows):
             with self.store.write(bump=False) as w:
                 w.conn.execute(delete(schema.credentials).where(c.node_id == cred.id, c.id < matched))
+            # the retired ones must not outlive the database's answer in memory
+            self._known = {k: v for k, v in self._known.items() if v != cred.id}
+        if len(self._known) >= MAX_KNOWN_CREDENTIALS:
+            self._known.clear()  # bounded: a flood of valid credentials cannot grow it
+        self._known[seen] = NodeId(cred.id)
         return NodeId(cred.id)
 
     # --- key rotation -------------------------------------------------------------------------
@@ -907,13 +932,23 @@ class Registry:
         )
 
     def snapshot(self) -> RegistrySnapshot:
-        """A consistent view of the registry, reused while the version stands still."""
+        """A consistent view of the registry, reused while the version stands still; while the database
+        is unavailable, the last one held (netmaps keep flowing, nothing can change meanwhile here)."""
         with self._snapshot_lock:
-            with self.store.read() as conn:
-                version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
-                if self._snapshot is None or self._snapshot.version != version:
-                    self._snapshot = self._snapshot_from(conn, version)
+            try:
+                with self.store.read() as conn:
+                    version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+                    if self._snapshot is None or self._snapshot.version != version:
+                        self._snapshot = self._snapshot_from(conn, version)
+            except StoreError as exc:
+                if exc.code != UNAVAILABLE or self._snapshot is None:
+                    raise
             return self._snapshot
+
+    def held_version(self) -> int | None:
+        """The version of the snapshot held in memory (what long-polls get without the database)."""
+        held = self._snapshot
+        return held.version if held is not None else None
 
     def netmap(self, node_id: NodeId) -> NetMap:
         """The current netmap of a node."""

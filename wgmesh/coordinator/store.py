@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from wgmesh.coordinator import schema
 from wgmesh.errors import StoreError, ValidationError
+from wgmesh.logs import kv
 from wgmesh.models import Network
 from wgmesh.secure_files import create_private
 
@@ -23,6 +25,12 @@ if TYPE_CHECKING:
     import psycopg
 
 ChangeListener = Callable[[int], None]
+log = logging.getLogger("wgmesh.coordinator")
+
+UNAVAILABLE = "database_unavailable"
+"""The code of the 503 a coordinator answers while its database is out of reach."""
+RETRY_AFTER = 5
+"""The `Retry-After` seconds of that answer: about what a PostgreSQL restart or failover takes."""
 
 CHANGES_CHANNEL = "wgmesh_changes"
 """The PostgreSQL NOTIFY channel a committed write announces its registry version on (listener.py)."""
@@ -141,6 +149,8 @@ class Store:
         self.engine = make_engine(url)
         self._reader = snapshot_engine(self.engine)
         self._listeners: list[ChangeListener] = []
+        self.available = True
+        """False from a failed use of a shared database until the next one that works (one log line each)."""
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -227,16 +237,43 @@ class Store:
             raise StoreError(f"database schema version {found} does not match {schema.SCHEMA_VERSION}")
 
     @contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Turn a lost database server (PostgreSQL stopped, connections refused or ended) into StoreError
+        `database_unavailable`, and log the loss and the recovery once each. A SQLite file has no server
+        to lose: its errors stay what they were."""
+        if not self.shared:
+            yield
+            return
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            if self.available:
+                self.available = False
+                reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0:1]
+                log.error(
+                    "database unavailable: serving long-polls from memory, refusing writes",
+                    extra=kv(db=redacted(self.url), error=reason[0] if reason else type(exc).__name__),
+                )
+            raise StoreError(
+                "the coordinator's database is unavailable: it serves netmaps from memory and refuses "
+                "changes until the database is back",
+                code=UNAVAILABLE,
+            ) from exc
+        if not self.available:
+            self.available = True
+            log.info("database available again", extra=kv(db=redacted(self.url)))
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction with a consistent view (one snapshot for all its statements)."""
-        with self._reader.connect() as conn, conn.begin():
+        with self.reaching(), self._reader.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self, *, bump: bool = True) -> Iterator[Writer]:
         """A write transaction; with `bump` it first raises the registry version, which also
         serialises concurrent writers, and listeners hear the new version after the commit."""
-        with self.engine.begin() as conn:
+        with self.reaching(), self.engine.begin() as conn:
             version = 0
             if bump:
                 conn.execute(update(schema.registry).values(version=schema.registry.c.version + 1))
@@ -274,5 +311,5 @@ class Store:
 
     def version(self) -> int:
         """The current registry version."""
-        with self.engine.connect() as conn:
+        with self.reaching(), self.engine.connect() as conn:
             return int(conn.execute(select(schema.registry.c.version)).scalar_one())

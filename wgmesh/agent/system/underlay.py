@@ -157,19 +157,23 @@ def next_hops(coordinator_url: str) -> tuple[IpAddress, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def protected_addresses(coordinator_url: str, relay_urls: Sequence[str], previous: Protected) -> Protected:
-    """The addresses no netmap route may cover (agent/route_guard.py), resolved now.
+def protected_addresses(
+    coordinator_urls: str | Sequence[str], relay_urls: Sequence[str], previous: Protected
+) -> Protected:
+    """The addresses no netmap route may cover (agent/route_guard.py), resolved now: every coordinator's.
 
     A group that fails to resolve (DNS down, netlink refused) keeps its previous addresses: an outage
     of the resolver must not lift the protection it exists for.
     """
+    coordinators = [coordinator_urls] if isinstance(coordinator_urls, str) else list(coordinator_urls)
     relays = tuple(dict.fromkeys(a for url in relay_urls for a in resolve_host(url)))
     try:
-        hops = next_hops(coordinator_url)
+        hops = tuple(dict.fromkeys(h for url in coordinators for h in next_hops(url)))
     except OSError:
         hops = previous.next_hops
+    found = tuple(dict.fromkeys(a for url in coordinators for a in resolve_host(url)))
     return Protected(
-        coordinator=resolve_host(coordinator_url) or previous.coordinator,
+        coordinator=found or previous.coordinator,
         relays=relays if relays or not relay_urls else previous.relays,
         next_hops=hops,
     )

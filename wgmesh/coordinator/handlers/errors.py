@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import error_response
+from wgmesh.coordinator.store import RETRY_AFTER, UNAVAILABLE
 from wgmesh.errors import WgmeshError
 from wgmesh.logs import kv
 
@@ -20,6 +21,11 @@ async def on_wgmesh_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WgmeshError)
     if request.url.path == "/api/v1/enroll":
         context(request).metrics.enrolled(exc.code)
+    if exc.code == UNAVAILABLE:
+        # The store logged the loss once; a line per refused request would bury it.
+        response = error_response(exc.code, exc.message, exc.status)
+        response.headers["retry-after"] = str(RETRY_AFTER)
+        return response
     if exc.status >= 500:
         log.error("request failed", extra=kv(path=request.url.path, code=exc.code, error=exc.message))
     return error_response(exc.code, exc.message, exc.status)

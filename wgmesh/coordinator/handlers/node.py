@@ -25,6 +25,7 @@ from wgmesh.models import (
     RouteList,
     SubnetsUpdate,
 )
+from wgmesh.netmap import build_netmap
 
 log = logging.getLogger("wgmesh.coordinator")
 
@@ -67,11 +68,12 @@ async def get_netmap(call: Call) -> Response:
     deadline = loop.time() + wait
     while True:
         event = notifier.current()
-        version = await run_in_threadpool(registry.version)
+        # The snapshot, not the database's version alone: without its database the coordinator answers
+        # from the one it holds (registry.snapshot).
+        snapshot = await run_in_threadpool(registry.snapshot)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
-        if version != since:
-            netmap = await run_in_threadpool(registry.netmap, call.node_id)
-            return json_response(netmap)
+        if snapshot.version != since:
+            return json_response(build_netmap(snapshot, call.node_id))
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=304)

@@ -9,13 +9,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from wgmesh.coordinator.handlers.context import context
-from wgmesh.coordinator.operations import Call
+from wgmesh.coordinator.operations import Call, json_response
+from wgmesh.coordinator.store import UNAVAILABLE
+from wgmesh.errors import StoreError
 from wgmesh.models import Health
 
 
-async def healthz(call: Call) -> Health:
+async def healthz(call: Call) -> Health | Response:
     registry = context(call.request).registry
-    return Health(status="ok", version=await run_in_threadpool(registry.version))
+    try:
+        return Health(status="ok", version=await run_in_threadpool(registry.version))
+    except StoreError as exc:
+        if exc.code != UNAVAILABLE:
+            raise
+        held = registry.held_version()
+        return json_response(Health(status="degraded", version=held or 0, database="unavailable"), status=503)
 
 
 async def openapi(request: Request) -> Response:
