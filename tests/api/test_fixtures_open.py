@@ -222,6 +222,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
         ("tokens", "replaces"),
     }  # 9: no rotation asked, no replacement
     added |= {("sessions", c.name) for c in schema.sessions.columns}  # 10: no one logged in yet
+    added |= {("tokens", "enrolled_node"), ("tokens", "enrolled_at")}  # 11: enrollments long over
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [

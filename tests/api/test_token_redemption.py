@@ -170,3 +170,38 @@ def test_a_token_hands_its_tags_and_p2p_policy_to_the_node(coordinator: Api, adm
     got = admin.get("/api/v1/nodes/tagged").json()
     assert (got["tags"], got["p2p"]) == (["prod", "site:fra"], "off")
     assert node.first_netmap["p2p"] == "off"
+
+
+def test_the_same_enrollment_again_gets_the_same_node_with_a_new_credential(
+    coordinator: Api, admin: httpx.Client
+) -> None:
+    """An answer lost on the way (issue 17): the agent asks again, maybe through another coordinator.
+    Only the very same request gets an answer: same token secret, name and public key, before the node
+    ever reported; the credential of the lost answer is retired."""
+    token = create_token(admin)
+    body = enroll_body(token["token"], "lost-answer")
+    with coordinator.anonymous() as anon:
+        first = anon.post("/api/v1/enroll", json=body)
+        assert first.status_code == 201, first.text
+        for other in (
+            {**body, "public_key": enroll_body(token["token"], "x")["public_key"]},
+            {**body, "name": "lost-answer-2"},
+        ):
+            with unchanged(admin):
+                assert_error(anon.post("/api/v1/enroll", json=other), 401, "token_used")
+        again = anon.post("/api/v1/enroll", json=body)
+        assert again.status_code == 201, again.text
+    assert again.json()["node_id"] == first.json()["node_id"]
+    assert again.json()["credential"] != first.json()["credential"]
+    assert node_names(admin).count("lost-answer") == 1
+    assert token_info(admin, token["id"])["uses"] == 1
+    with coordinator.node(first.json()["credential"]) as lost:
+        assert_error(lost.get("/api/v1/netmap"), 401, "invalid_credential")
+    with coordinator.node(again.json()["credential"]) as node:
+        assert node.get("/api/v1/netmap").status_code == 200
+        assert node.post("/api/v1/status", json={}).status_code == 200
+    entries = admin.get("/api/v1/audit").json()["entries"]
+    assert [e["target"] for e in entries if e["action"] == "node.enroll_again"] == ["lost-answer"]
+    # Once the node has reported, its agent holds its credential: the token is spent for good.
+    with coordinator.anonymous() as anon, unchanged(admin):
+        assert_error(anon.post("/api/v1/enroll", json=body), 401, "token_used")

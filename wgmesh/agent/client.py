@@ -22,9 +22,6 @@ from wgmesh.models import (
 )
 from wgmesh.values import Prefix
 
-ENROLL_RETRY = False
-"""Whether an enrollment whose answer may have been lost is sent to the next coordinator."""
-
 
 class CoordinatorClient(ApiClient):
     """Node calls: enroll, follow the netmap, report status.
@@ -65,7 +62,7 @@ class CoordinatorClient(ApiClient):
     def enroll(self, req: EnrollRequest) -> EnrollResponse:
         """Redeem the enrollment token."""
         response = self.request(
-            "POST", "/api/v1/enroll", json=req.model_dump(mode="json", exclude_none=True), retry=ENROLL_RETRY
+            "POST", "/api/v1/enroll", json=req.model_dump(mode="json", exclude_none=True), retry=True
         )
         return self.parse(response, "/api/v1/enroll", EnrollResponse)
 

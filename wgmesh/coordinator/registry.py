@@ -59,6 +59,9 @@ from wgmesh.topology import build_topology, pair_key
 from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
+ENROLL_RETRY_WINDOW = timedelta(minutes=10)
+"""How long after an enrollment the same token, name and key get that node again (an answer lost on the
+way, retried on another coordinator), as long as the node has not reported yet."""
 MAX_KNOWN_CREDENTIALS = 100_000
 """Node credentials remembered for a database outage; more than any registry has nodes."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
@@ -454,9 +457,13 @@ class Registry:
         """Redeem a token for a new node: returns its id, its credential (shown once), its netmap.
 
         A token that replaces a node enrolls only that name; when the node exists, the new instance takes
-        its place (`_replace_node`) instead of adding one.
+        its place (`_replace_node`) instead of adding one. The same request again, after an answer lost
+        on the way, gets the node it made with a new credential (`_enrolled_again`).
         """
         with self.store.write() as w:
+            again = self._enrolled_again(w, req)
+            if again is not None:
+                return again
             token = self._redeem(w.conn, req.token)
             _check_endpoints(req.endpoints, _network(w.conn).overlay_cidr)
             replaces = token["replaces"]
@@ -471,6 +478,11 @@ class Registry:
                 node_id = self._replace_node(w, NodeId(int(existing)), req, token)
             else:
                 node_id = self._enroll_new(w, req, token)
+            w.conn.execute(
+                update(schema.tokens)
+                .where(schema.tokens.c.id == token["id"])
+                .values(enrolled_node=node_id, enrolled_at=utcnow())
+            )
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
                 insert(schema.credentials).values(
@@ -478,6 +490,53 @@ class Registry:
                 )
             )
             netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
+        return node_id, make_credential("wgn", node_id, secret), netmap
+
+    def _enrolled_again(self, w: Writer, req: EnrollRequest) -> tuple[NodeId, str, NetMap] | None:
+        """The node this token enrolled with this name and key, answered again with a new credential, when
+        the request repeats one whose answer was lost; None for any other request.
+
+        Only the token's secret holder knows to send it, only for the node that token made, with its key,
+        within ENROLL_RETRY_WINDOW and before the node ever reported: the credential it was given then
+        was never used, and it is retired here (docs/security.md, "Enrollment retried").
+        """
+        cred = parse_credential(JoinToken.parse(req.token).secret, "wgt")
+        t, n = schema.tokens.c, schema.nodes.c
+        token = w.conn.execute(select(schema.tokens).where(t.id == cred.id)).mappings().first()
+        if token is None or not keys.secret_matches(cred.secret, token["secret_hash"]):
+            return None
+        enrolled_at = as_utc(token["enrolled_at"])
+        if token["revoked_at"] is not None or token["enrolled_node"] is None or enrolled_at is None:
+            return None
+        if utcnow() - enrolled_at > ENROLL_RETRY_WINDOW:
+            return None
+        node = (
+            w.conn.execute(
+                select(n.id, n.name, n.public_key, n.last_seen).where(n.id == token["enrolled_node"])
+            )
+            .mappings()
+            .first()
+        )
+        if node is None or (node["name"], node["public_key"]) != (req.name, req.public_key):
+            return None
+        if node["last_seen"] is not None:
+            return None  # its agent has its credential: this is no lost answer
+        node_id = NodeId(node["id"])
+        w.conn.execute(delete(schema.credentials).where(schema.credentials.c.node_id == node_id))
+        secret = secrets.token_urlsafe(32)
+        w.conn.execute(
+            insert(schema.credentials).values(
+                node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
+            )
+        )
+        write_entry(
+            w.conn,
+            actor=f"token:{token['id']}",
+            action="node.enroll_again",
+            target=req.name,
+            detail={"node_id": node_id, "key": keys.fingerprint(req.public_key)},
+        )
+        netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
         return node_id, make_credential("wgn", node_id, secret), netmap
 
     def _enroll_new(self, w: Writer, req: EnrollRequest, token: RowMapping) -> NodeId:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -107,6 +107,13 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
     # Dashboard sessions in the database, so that every coordinator of the registry serves a browser.
     # Empty after the upgrade: sessions were in the coordinator's memory, and its restart ended them.
     10: (_create_sessions,),
+    # Enrollment safe to retry across coordinators: the node a token last enrolled, and when, so that the
+    # same token, name and key within a few minutes get that node again (registry.enroll). NULL for the
+    # tokens used before: their enrollments are long over.
+    11: (
+        "ALTER TABLE tokens ADD COLUMN enrolled_node INTEGER",
+        "ALTER TABLE tokens ADD COLUMN enrolled_at TIMESTAMP WITH TIME ZONE",
+    ),
 }
 
 metadata = MetaData()
@@ -209,6 +216,8 @@ tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("allow_subnets", JSON),  # since version 7: prefixes its nodes' routes are approved inside
     Column("replaces", String(63)),  # since version 9: the one node name it enrolls, replacing that node
+    Column("enrolled_node", Integer),  # since version 11: the node it last enrolled (no foreign key: a
+    Column("enrolled_at", DateTime(timezone=True)),  # deleted node leaves a stale id, which matches nothing)
     sqlite_autoincrement=True,
 )
 
