@@ -152,7 +152,7 @@ class ApiClient:
                 return  # another thread has moved on already
             self._choice = failover.after_failure(self._choice, time.monotonic())
             now = self._choice.url
-        log.warning("coordinator switched", extra=kv(coordinator=now, previous=url, error=error.message))
+        log.info("coordinator switched", extra=kv(coordinator=now, previous=url, error=error.message))
 
     def request(
         self,

@@ -4,19 +4,16 @@ through the second reaches it, and it says which coordinator it follows (local s
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from agent_harness import memory_agent
-from coordinator_harness import Coordinator, create_token, running
+from coordinator_harness import create_token
+from failover_harness import AnswerDropper, Pair, coordinators
 from pg_harness import Cluster
 
 from wgmesh.agent.agent import Agent
@@ -31,63 +28,10 @@ CHANGE_BUDGET = 1.0
 """Seconds from a change through the second coordinator to the agent holding the netmap with it."""
 
 
-@dataclass
-class Pair:
-    a: Coordinator
-    b: Coordinator
-
-
-@contextmanager
-def coordinators(cluster: Cluster, tmp_path: Path, *extra: str) -> Iterator[Pair]:
-    """Two coordinators on a fresh database: killed ones are not shared with other tests."""
-    with cluster.database() as url:
-        a = Coordinator(db=tmp_path / "unused-a.db", log=tmp_path / "a.log", database=url, extra=extra)
-        b = Coordinator(db=tmp_path / "unused-b.db", log=tmp_path / "b.log", database=url, extra=extra)
-        with running(a), running(b):
-            yield Pair(a, b)
-
-
 @pytest.fixture
 def pair(pg_cluster: Cluster, tmp_path: Path) -> Iterator[Pair]:
     with coordinators(pg_cluster, tmp_path) as made:
         yield made
-
-
-class AnswerDropper(threading.Thread):
-    """A TCP proxy to `upstream` that passes each request on and, once the answer begins (the
-    coordinator has committed), drops it and closes the client's connection: an answer lost on the way."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.dropped = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def run(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                with client, socket.create_connection(self.upstream) as up:
-                    pipe = threading.Thread(target=_pipe, args=(client, up), daemon=True)
-                    pipe.start()
-                    if up.recv(1):  # the answer has begun: lose it
-                        self.dropped += 1
-                    # shutdown, not only close: the pipe thread still holds the socket in recv
-                    client.shutdown(socket.SHUT_RDWR)
-                    up.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
 
 
 def agent_config(pair: Pair, token: str, state_dir: Path, name: str) -> AgentConfig:
@@ -171,7 +115,6 @@ def test_an_enrollment_whose_answer_is_lost_is_retried_on_the_other_coordinator(
         with pair.a.admin() as admin:
             token = JoinToken.parse(create_token(admin)["token"]).secret
         dropper = AnswerDropper(("127.0.0.1", pair.a.port))
-        dropper.start()
         cfg = AgentConfig(
             coordinator=(dropper.url, pair.b.url),
             name="gw-lost",
@@ -179,18 +122,16 @@ def test_an_enrollment_whose_answer_is_lost_is_retried_on_the_other_coordinator(
             state_dir=tmp_path / "agent",
             metrics_listen="off",
         )
-        try:
-            with memory_agent(cfg) as agent:
-                agent.dataplane.up()
-                enrollment = agent.enroll()
-                assert dropper.dropped == 1, "the first answer was not lost"
-                assert agent.client.url == pair.b.url
-                agent.client.credential = enrollment.credential
-                assert agent.follower.poll_once(wait=0) in (True, False)  # the credential works
-                agent.report()
-                assert agent.reachable
-        finally:
-            dropper.close()
+        with dropper, memory_agent(cfg) as agent:
+            agent.dataplane.up()
+            enrollment = agent.enroll()
+            assert dropper.dropped == 1, "the first answer was not lost"
+            assert agent.client.url == pair.b.url
+            agent.client.credential = enrollment.credential
+            fetched = agent.client.netmap(-1, 0)  # the credential it got works
+            assert fetched is not None and fetched.name == "gw-lost"
+            agent.report()
+            assert agent.reachable
         with pair.b.admin() as admin:
             nodes = [n["name"] for n in admin.get("/api/v1/nodes").json()["nodes"]]
             assert nodes == ["gw-lost"]  # one node, not two

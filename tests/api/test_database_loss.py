@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from cli_harness import base_env, run_cli
 from coordinator_harness import (
     Coordinator,
     assert_error,
@@ -55,6 +56,12 @@ def test_without_its_database_a_coordinator_serves_long_polls_refuses_writes_and
                     node = enroll(anon, token, "gw-db")
                 held = netmap(c, node)  # the coordinator now holds this snapshot and knows the credential
             # The clients first: the test reads the pin they check from the database.
+            assert c.admin_token is not None
+            cli = base_env(tmp_path) | {
+                "WGMESH_URL": c.url,
+                "WGMESH_TOKEN": c.admin_token,
+                "WGMESH_PIN": str(c.pin),
+            }
             with c.node(node.credential) as client, c.admin() as admin, c.anonymous() as anon:
                 with database_lost(pg_cluster, url):
                     r = client.get("/api/v1/netmap", params={"since": "-1"})
@@ -75,6 +82,11 @@ def test_without_its_database_a_coordinator_serves_long_polls_refuses_writes_and
                     }
                     r = anon.post("/api/v1/enroll", json=enroll_body(token, "gw-late"))
                     assert_error(r, 503, "database_unavailable")  # a write like any other, never a 500
+                    # `wgmesh status` says in one line which coordinator lost its database
+                    said = run_cli("status", env=cli)
+                    assert said.code == 1
+                    line = said.one_line_error()
+                    assert c.url in line and "database is unavailable" in line, line
                 wait_until(
                     lambda: anon.get("/healthz").status_code == 200,
                     scaled(RECOVERY_BUDGET),

@@ -54,6 +54,21 @@ def test_flag_beats_environment_beats_config_file(tmp_path: Path) -> None:
     assert resolve(args("http://flag:4"), {"HOME": str(tmp_path)}) == Target("http://flag:4", "file-token")
 
 
+def test_several_coordinators_from_flags_the_environment_or_the_file(tmp_path: Path) -> None:
+    write_config(tmp_path, 'coordinator = ["https://a:1", "https://b:2/"]\ntoken = "t"\n')
+    env = {"HOME": str(tmp_path)}
+    assert resolve(args(), env).urls == ("https://a:1", "https://b:2")
+    env["WGMESH_URL"] = "https://c:3, https://d:4,"
+    assert resolve(args(), env).urls == ("https://c:3", "https://d:4")
+    flags = argparse.Namespace(coordinator=["https://e:5", "https://f:6"], token=None, pin=None, ca=None)
+    target = resolve(flags, env)
+    assert (target.urls, target.url) == (("https://e:5", "https://f:6"), "https://e:5")
+    with pytest.raises(ValidationError, match="names no URL"):
+        resolve(args(), {**env, "WGMESH_URL": " , "})
+    with pytest.raises(ValidationError, match="must look like"):
+        resolve(args(), {**env, "WGMESH_URL": "https://c:3,ftp://d"})
+
+
 def test_token_is_not_in_the_repr() -> None:
     assert "s3cret" not in repr(Target("http://x:1", "s3cret"))
 
@@ -116,6 +131,7 @@ def test_pin_and_ca_come_from_flag_environment_or_config_file(tmp_path: Path) ->
         ("coordinator = [", "is not valid TOML"),
         ('coordinatr = "http://x:1"', "unknown key 'coordinatr'"),
         ("token = 5", "token must be a string"),
+        ("coordinator = [1]", "coordinator must be a string or a list of URLs"),
     ],
 )
 def test_a_bad_config_file_is_bad_usage_naming_the_file(tmp_path: Path, text: str, message: str) -> None:

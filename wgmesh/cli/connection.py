@@ -3,6 +3,8 @@
 Each setting comes from the first of: the command-line flag, the environment variable, the config file
 (`$XDG_CONFIG_HOME/wgmesh/cli.toml`, else `~/.config/wgmesh/cli.toml`, keys `coordinator`, `token`, and
 `pin` or `ca` for how to trust the coordinator's TLS; without either, `SSL_CERT_FILE` or the system's store).
+Several coordinators of one registry: `--coordinator` repeated, `WGMESH_URL` comma-separated, or a list
+in the file; the client fails over between them as the agent does (wgmesh/failover.py).
 The client is wgmesh.api_client's, which turns error answers into wgmesh.errors exceptions; it adds hints.
 """
 
@@ -39,14 +41,23 @@ _M = TypeVar("_M", bound=pydantic.BaseModel)
 
 @dataclass(frozen=True)
 class Target:
-    """A coordinator URL and the admin token to present there."""
+    """The coordinator URLs (of one registry, the preferred first) and the admin token to present there."""
 
-    url: str
+    urls: tuple[str, ...]
     token: str = field(repr=False)
     pin: Pin | None = None
     """The coordinator's key (`wgmesh-coordinator pin`), trusted instead of any CA."""
     ca: Path | None = None
     """A CA file to verify the coordinator's certificate with, instead of the system's store."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):  # one URL given as a string
+            object.__setattr__(self, "urls", (self.urls,))
+
+    @property
+    def url(self) -> str:
+        """The preferred coordinator URL."""
+        return self.urls[0]
 
     def tls(self, env: Mapping[str, str] | None = None) -> ssl.SSLContext:
         """How to trust the coordinator's TLS: the pin, else the CA file, else SSL_CERT_FILE / the system."""
@@ -61,8 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, nested: bool = False) -> N
     group.add_argument(
         "--coordinator",
         metavar="URL",
+        action="append",
         default=default,
-        help=f"coordinator URL, e.g. https://10.0.0.1:8080 (default: ${URL_ENV}, then cli.toml)",
+        help=f"coordinator URL, e.g. https://10.0.0.1:8080 (default: ${URL_ENV}, comma-separated, then "
+        "cli.toml); repeat it for several coordinators of one registry: the first that answers is used",
     )
     group.add_argument(
         "--token",
@@ -119,8 +132,12 @@ def load_config(path: Path, on_warning: Callable[[str], None] = warn) -> dict[st
             code="bad_config",
         )
     for key, value in data.items():
-        if not isinstance(value, str):
-            raise ValidationError(f"{path}: {key} must be a string", code="bad_config")
+        several = key == "coordinator" and isinstance(value, list)
+        if several and all(isinstance(v, str) and "," not in v for v in value):
+            data[key] = ",".join(value)  # the shape WGMESH_URL has
+        elif not isinstance(value, str):
+            kind = "a string or a list of URLs" if key == "coordinator" else "a string"
+            raise ValidationError(f"{path}: {key} must be {kind}", code="bad_config")
     return {k: str(v) for k, v in data.items() if v}
 
 
@@ -131,7 +148,8 @@ def resolve(
 ) -> Target:
     """The coordinator and token to use: flag, then environment, then the config file."""
     env = os.environ if env is None else env
-    url = getattr(args, "coordinator", None) or env.get(URL_ENV) or None
+    given = getattr(args, "coordinator", None)
+    url = (",".join(given) if isinstance(given, list) else given) or env.get(URL_ENV) or None
     token = getattr(args, "token", None) or env.get(TOKEN_ENV) or None
     path = config_path(env)
     pin = getattr(args, "pin", None) or env.get(PIN_ENV) or None
@@ -152,7 +170,10 @@ def resolve(
         raise ValidationError(
             f"no admin token: pass --token, set {TOKEN_ENV}, or set token in {path}", code="no_token"
         )
-    return Target(check_url(url), token, Pin.parse(pin) if pin else None, Path(ca) if ca else None)
+    urls = tuple(dict.fromkeys(check_url(u.strip()) for u in url.split(",") if u.strip()))
+    if not urls:
+        raise ValidationError(f"coordinator {url!r} names no URL", code="bad_url")
+    return Target(urls, token, Pin.parse(pin) if pin else None, Path(ca) if ca else None)
 
 
 def segment(value: str) -> str:
@@ -167,7 +188,7 @@ class AdminClient(ApiClient):
         self, target: Target, *, timeout: float = TIMEOUT, transport: httpx.BaseTransport | None = None
     ) -> None:
         super().__init__(
-            target.url,
+            target.urls,
             bearer=target.token,
             user_agent="wgmesh-cli",
             timeout=timeout,
