@@ -26,6 +26,7 @@ NODE_FIELDS = {
     "last_seen",
     "p2p",
     "mtu",
+    "coordinator",
     "subnets",
     "peers",
 }
