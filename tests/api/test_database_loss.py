@@ -9,17 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import coordinator_harness as harness
 import psycopg
 from cli_harness import base_env, run_cli
-from coordinator_harness import (
-    Coordinator,
-    assert_error,
-    create_token,
-    enroll,
-    enroll_body,
-    netmap,
-    running,
-)
+from coordinator_harness import Coordinator, assert_error, netmap
 from pg_harness import Cluster
 from sqlalchemy.engine import make_url
 
@@ -49,11 +42,11 @@ def test_without_its_database_a_coordinator_serves_long_polls_refuses_writes_and
 ) -> None:
     with pg_cluster.database() as url:
         c = Coordinator(db=tmp_path / "unused.db", log=tmp_path / "c.log", database=url)
-        with running(c):
+        with harness.running(c):
             with c.admin() as admin:
-                token = create_token(admin)["token"]
+                token = harness.create_token(admin)["token"]
                 with c.anonymous() as anon:
-                    node = enroll(anon, token, "gw-db")
+                    node = harness.enroll(anon, token, "gw-db")
                 held = netmap(c, node)  # the coordinator now holds this snapshot and knows the credential
             # The clients first: the test reads the pin they check from the database.
             assert c.admin_token is not None
@@ -80,7 +73,7 @@ def test_without_its_database_a_coordinator_serves_long_polls_refuses_writes_and
                         "version": held["version"],
                         "database": "unavailable",
                     }
-                    r = anon.post("/api/v1/enroll", json=enroll_body(token, "gw-late"))
+                    r = anon.post("/api/v1/enroll", json=harness.enroll_body(token, "gw-late"))
                     assert_error(r, 503, "database_unavailable")  # a write like any other, never a 500
                     # `wgmesh status` says in one line which coordinator lost its database
                     said = run_cli("status", env=cli)

@@ -461,28 +461,9 @@ class Registry:
         on the way, gets the node it made with a new credential (`_enrolled_again`).
         """
         with self.store.write() as w:
-            again = self._enrolled_again(w, req)
-            if again is not None:
-                return again
-            token = self._redeem(w.conn, req.token)
-            _check_endpoints(req.endpoints, _network(w.conn).overlay_cidr)
-            replaces = token["replaces"]
-            if replaces is not None and replaces != req.name:
-                raise ForbiddenError(
-                    f"this enrollment token enrolls only node {replaces!r}", code="token_for_other_node"
-                )
-            existing = w.conn.execute(
-                select(schema.nodes.c.id).where(schema.nodes.c.name == req.name)
-            ).scalar()
-            if replaces is not None and existing is not None:
-                node_id = self._replace_node(w, NodeId(int(existing)), req, token)
-            else:
-                node_id = self._enroll_new(w, req, token)
-            w.conn.execute(
-                update(schema.tokens)
-                .where(schema.tokens.c.id == token["id"])
-                .values(enrolled_node=node_id, enrolled_at=utcnow())
-            )
+            node_id = self._enrolled_again(w, req)
+            if node_id is None:
+                node_id = self._redeem_for_node(w, req)
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
                 insert(schema.credentials).values(
@@ -492,9 +473,30 @@ class Registry:
             netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
         return node_id, make_credential("wgn", node_id, secret), netmap
 
-    def _enrolled_again(self, w: Writer, req: EnrollRequest) -> tuple[NodeId, str, NetMap] | None:
-        """The node this token enrolled with this name and key, answered again with a new credential, when
-        the request repeats one whose answer was lost; None for any other request.
+    def _redeem_for_node(self, w: Writer, req: EnrollRequest) -> NodeId:
+        """Redeem the token for a new node, or for the node it replaces; the token records which."""
+        token = self._redeem(w.conn, req.token)
+        _check_endpoints(req.endpoints, _network(w.conn).overlay_cidr)
+        replaces = token["replaces"]
+        if replaces is not None and replaces != req.name:
+            raise ForbiddenError(
+                f"this enrollment token enrolls only node {replaces!r}", code="token_for_other_node"
+            )
+        existing = w.conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == req.name)).scalar()
+        if replaces is not None and existing is not None:
+            node_id = self._replace_node(w, NodeId(int(existing)), req, token)
+        else:
+            node_id = self._enroll_new(w, req, token)
+        w.conn.execute(
+            update(schema.tokens)
+            .where(schema.tokens.c.id == token["id"])
+            .values(enrolled_node=node_id, enrolled_at=utcnow())
+        )
+        return node_id
+
+    def _enrolled_again(self, w: Writer, req: EnrollRequest) -> NodeId | None:
+        """The node this token enrolled with this name and key, its credentials retired, when the request
+        repeats one whose answer was lost (the caller gives it a new credential); None for any other.
 
         Only the token's secret holder knows to send it, only for the node that token made, with its key,
         within ENROLL_RETRY_WINDOW and before the node ever reported: the credential it was given then
@@ -523,21 +525,10 @@ class Registry:
             return None  # its agent has its credential: this is no lost answer
         node_id = NodeId(node["id"])
         w.conn.execute(delete(schema.credentials).where(schema.credentials.c.node_id == node_id))
-        secret = secrets.token_urlsafe(32)
-        w.conn.execute(
-            insert(schema.credentials).values(
-                node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
-            )
-        )
-        write_entry(
-            w.conn,
-            actor=f"token:{token['id']}",
-            action="node.enroll_again",
-            target=req.name,
-            detail={"node_id": node_id, "key": keys.fingerprint(req.public_key)},
-        )
-        netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
-        return node_id, make_credential("wgn", node_id, secret), netmap
+        detail = {"node_id": node_id, "key": keys.fingerprint(req.public_key)}
+        actor = f"token:{token['id']}"
+        write_entry(w.conn, actor=actor, action="node.enroll_again", target=req.name, detail=detail)
+        return node_id
 
     def _enroll_new(self, w: Writer, req: EnrollRequest, token: RowMapping) -> NodeId:
         return self._insert_node(
