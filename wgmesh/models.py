@@ -524,6 +524,14 @@ class TokenCreate(Model):
         "instance): the node keeps its id, overlay IP and routes, and its old credential dies at once",
     )
 
+    @model_validator(mode="after")
+    def _one_replacement(self) -> TokenCreate:
+        # A reusable replacing token would be a lasting "take over this node": each use ends the
+        # instance that runs.
+        if self.replaces is not None and self.reusable:
+            raise ValueError("a token that replaces a node enrolls once: it cannot be reusable")
+        return self
+
 
 class TokenInfo(Model):
     """An enrollment token as listed; the secret is never shown again."""

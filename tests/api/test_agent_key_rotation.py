@@ -95,6 +95,7 @@ def test_an_agent_stopped_after_the_coordinator_took_its_key_takes_it_on_restart
     token = create_token(admin)["token"]
     with agent(coordinator, tmp_path, "rot-crash", token) as made:
         old_key = made.keypair.public_key
+        assert admin.post("/api/v1/nodes/rot-crash/rotate-key").status_code == 200
         pending = made.state.new_pending_key()
         # The coordinator takes the key, and the agent stops before it hears the answer.
         made.client.rotate_key(pending.public_key)
@@ -149,6 +150,9 @@ def test_handshakes_start_with_new_peers_and_new_keys_only(
         # The first netmap brings every peer: one datagram each, through the tunnel.
         assert {(ifname, overlay), (ifname, other)} <= set(host.sent)
         seen = len(host.sent)
+        assert admin.post("/api/v1/nodes/rot-peer-b/rotate-key").status_code == 200
+        assert made.follower.poll_once(wait=0)  # the request changes nothing a peer sees
+        assert host.sent[seen:] == []
         with coordinator.node(peer.credential) as client:
             r = client.post("/api/v1/node/key", json={"public_key": keys.generate_keypair().public_key})
             assert r.status_code == 200, r.text

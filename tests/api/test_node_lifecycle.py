@@ -121,14 +121,16 @@ def test_a_lost_answer_is_asked_for_again_and_changes_nothing_else(
     coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     b = mesh["b"]
+    assert admin.post(f"/api/v1/nodes/{b.name}/rotate-key").status_code == 200
     new = keys.generate_keypair()
     first = rotate(coordinator, b, new.public_key)
     assert first.status_code == 200, first.text
-    at = version(admin)
-    again = rotate(coordinator, b, new.public_key)  # the first answer never reached the agent
+    # The request is done, but the same key may be given again: the first answer never reached the agent.
+    again = rotate(coordinator, b, new.public_key)
     assert again.status_code == 200, again.text
-    assert version(admin) == at  # the same key: no netmap changed, no long-poll wakes
-    assert again.json()["netmap"]["version"] == at
+    assert again.json()["netmap"]["public_key"] == new.public_key
+    # Two credentials at most: the one in use and the last answered; the lost answer's is gone already.
+    assert refused(coordinator, first.json()["credential"])
     assert not refused(coordinator, again.json()["credential"])
     assert refused(coordinator, first.json()["credential"]) and refused(coordinator, b.credential)
     assert len(audit(admin, "node.rotate_key", b.name)) == 1
@@ -138,6 +140,11 @@ def test_refused_rotations_change_nothing(
     coordinator: Api, admin: httpx.Client, mesh: dict[str, Enrolled]
 ) -> None:
     a, b = mesh["a"], mesh["b"]
+    # Not asked: a node's credential alone (a stolen enrollment.json) cannot give it a key of its choosing.
+    with unchanged(admin):
+        r = rotate(coordinator, b, keys.generate_keypair().public_key)
+        assert_error(r, 403, "rotation_not_requested")
+    assert admin.post(f"/api/v1/nodes/{b.name}/rotate-key").status_code == 200
     with unchanged(admin):
         assert_error(rotate(coordinator, b, a.keypair.public_key), 409, "duplicate_key")
         assert_error(rotate(coordinator, b, "not-a-key"), 422)

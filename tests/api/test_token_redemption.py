@@ -205,3 +205,27 @@ def test_the_same_enrollment_again_gets_the_same_node_with_a_new_credential(
     # Once the node has reported, its agent holds its credential: the token is spent for good.
     with coordinator.anonymous() as anon, unchanged(admin):
         assert_error(anon.post("/api/v1/enroll", json=body), 401, "token_used")
+
+
+def test_a_reusable_token_never_enrolls_the_same_node_again(coordinator: Api, admin: httpx.Client) -> None:
+    """A reusable token is shared by a fleet whose members see the node's name and key in their netmaps: a
+    "retry" by one of them must not take the node's credential."""
+    token = create_token(admin, reusable=True)
+    body = enroll_body(token["token"], "fleet-member")
+    with coordinator.anonymous() as anon:
+        first = anon.post("/api/v1/enroll", json=body)
+        assert first.status_code == 201, first.text
+        with unchanged(admin):
+            assert_error(anon.post("/api/v1/enroll", json=body), 409, "duplicate_name")
+    with coordinator.node(first.json()["credential"]) as node:
+        assert node.get("/api/v1/netmap").status_code == 200
+
+
+def test_a_replacing_token_cannot_be_reusable(admin: httpx.Client) -> None:
+    created = admin.post(
+        "/api/v1/nodes", json={"name": "replace-target", "public_key": enroll_body("x", "y")["public_key"]}
+    )
+    assert created.status_code == 201, created.text
+    with unchanged(admin):
+        r = admin.post("/api/v1/tokens", json={"replaces": "replace-target", "reusable": True})
+        assert_error(r, 422)

@@ -20,6 +20,7 @@ from wgmesh.errors import AuthError
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.layout import agent_args
 from wgmesh.lab.services import log_path
+from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import program
 from wgmesh.pins import Pin
 
@@ -84,8 +85,9 @@ def test_a_rotation_keeps_the_interface_and_the_tcp_stream(lab: Lab, tmp_path: P
         ping.stop()
         stream.kill()
     assert ifindex(lab, s2) == index  # the same interface: rotated in place, not recreated
-    # The WireGuard handshake retry (5 s) bounds a gap; the netmap reaches the peers well before.
-    assert gap < 5.0, gap
+    # A first handshake dropped costs WireGuard's 5 s retry (5.1 s before the agents started their own);
+    # the netmap reaches the peers in a fraction of a second.
+    assert gap < scaled(2.0), gap
     assert ping_ok(lab, s3.host, s2.vm_ip)
     assert credential_refused(lab, old_credential)  # the agent has used its new one since
     actions = [e["action"] for e in lab.api("GET", "/api/v1/audit")["entries"] if e["target"] == s2.node]
@@ -132,4 +134,8 @@ def test_a_replacement_instance_takes_a_dead_gateways_place(lab: Lab, tmp_path: 
         ]
     finally:
         agent.terminate()  # by its PID: `ip netns exec` became the agent
-        agent.wait(timeout=30)
+        try:
+            agent.wait(timeout=scaled(30))
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()

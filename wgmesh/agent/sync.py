@@ -100,10 +100,13 @@ class NetmapFollower:
     def run(self) -> None:
         """Follow until `stop` is set, backing off while the coordinator is away."""
         while not self.stop.is_set():
-            self.rotate_if_asked()
             try:
                 self.poll_once()
                 self.backoff.reset()
+                # Only right after the coordinator answered: the rotation sets the new key on the
+                # interface before it asks, which must not happen against an absent coordinator (a
+                # cached netmap asking for it at start, an outage) and cut the tunnels it keeps up.
+                self.rotate_if_asked()
             except IdentityError as exc:
                 # A coordinator with another key is no coordinator: keep the data plane on the cached
                 # netmap, as for an absent one, and say plainly why.

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from wgmesh import ipam, keys, route_approval
@@ -119,8 +119,17 @@ def _renew_psks(conn: Connection, node_id: int) -> None:
         conn.execute(insert(p), rows)
 
 
-def _current_version(conn: Connection) -> int:
-    return int(conn.execute(select(schema.registry.c.version)).scalar_one())
+def _check_key_free(conn: Connection, public_key: str, holder: int | None = None) -> None:
+    """ConflictError unless no node but `holder` uses `public_key` (one key, one node)."""
+    n = schema.nodes.c
+    query = select(n.id).where(n.public_key == public_key)
+    if holder is not None:
+        query = query.where(n.id != holder)
+    if conn.execute(query).first() is not None:
+        raise ConflictError(
+            f"public key {keys.fingerprint(public_key)}… is already used by another node",
+            code="duplicate_key",
+        )
 
 
 def _network(conn: Connection) -> Network:
@@ -258,7 +267,7 @@ class Registry:
         self.audit = AuditLog(store)
         self._snapshot: RegistrySnapshot | None = None
         self._snapshot_lock = threading.Lock()
-        self._known: dict[bytes, NodeId] = {}
+        self._known: dict[bytes, tuple[NodeId, str]] = {}
         """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
 
     # --- set-up and admin credentials ---------------------------------------------------------
@@ -391,11 +400,7 @@ class Registry:
     def _check_unique(self, conn: Connection, name: str, public_key: str) -> None:
         if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.name == name)).first():
             raise ConflictError(f"a node named {name!r} already exists", code="duplicate_name")
-        if conn.execute(select(schema.nodes.c.id).where(schema.nodes.c.public_key == public_key)).first():
-            raise ConflictError(
-                f"public key {keys.fingerprint(public_key)}… is already used by another node",
-                code="duplicate_key",
-            )
+        _check_key_free(conn, public_key)
 
     def _insert_node(
         self,
@@ -463,7 +468,16 @@ class Registry:
         with self.store.write() as w:
             node_id = self._enrolled_again(w, req)
             if node_id is None:
-                node_id = self._redeem_for_node(w, req)
+                try:
+                    node_id = self._redeem_for_node(w, req)
+                except AuthError as exc:
+                    # The first attempt may have been committing on another coordinator while this one
+                    # looked: its token row was locked, and is used now. Look again (a new statement sees
+                    # that commit), so that a retry racing its own first try is not refused.
+                    again = self._enrolled_again(w, req) if exc.code == "token_used" else None
+                    if again is None:
+                        raise
+                    node_id = again
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
                 insert(schema.credentials).values(
@@ -510,6 +524,10 @@ class Registry:
         enrolled_at = as_utc(token["enrolled_at"])
         if token["revoked_at"] is not None or token["enrolled_node"] is None or enrolled_at is None:
             return None
+        if token["reusable"]:
+            # A reusable token is shared by a fleet: its other holders see this node's name and key in
+            # their netmaps, so they could "retry" its enrollment and take its credential.
+            return None
         if utcnow() - enrolled_at > ENROLL_RETRY_WINDOW:
             return None
         node = (
@@ -550,21 +568,8 @@ class Registry:
         tags and overrides; its own key, port and endpoints. What the old instance held dies here: its
         credentials, its relay tickets and every preshared key of its pairs."""
         node = self._node_by_id(w.conn, node_id)
-        if node.static:
-            raise ValidationError(
-                f"node {node.name!r} is a static peer without an agent: delete it and create it again",
-                code="static_node",
-            )
-        taken = w.conn.execute(
-            select(schema.nodes.c.id).where(
-                schema.nodes.c.public_key == req.public_key, schema.nodes.c.id != node_id
-            )
-        ).first()
-        if taken is not None:
-            raise ConflictError(
-                f"public key {keys.fingerprint(req.public_key)}… is already used by another node",
-                code="duplicate_key",
-            )
+        self._check_replaceable(w.conn, node.name)
+        _check_key_free(w.conn, req.public_key, holder=node_id)
         allowed = list(
             dict.fromkeys([*self._allow_subnets(w.conn, node_id), *(token["allow_subnets"] or [])])
         )
@@ -644,11 +649,14 @@ class Registry:
         try:
             with self.store.read() as conn:
                 rows = conn.execute(select(c.id, c.secret_hash).where(c.node_id == cred.id)).all()
+                key = conn.execute(
+                    select(schema.nodes.c.public_key).where(schema.nodes.c.id == cred.id)
+                ).scalar()
         except StoreError as exc:
             # Without its database the coordinator still serves netmaps to the agents it knew: what
             # it holds in memory is all it can give, and writes are refused anyway (docs/security.md).
-            if exc.code == UNAVAILABLE and seen in self._known:
-                return self._known[seen]
+            if exc.code == UNAVAILABLE and self._still_known(seen):
+                return NodeId(cred.id)
             raise
         matched: int | None = None
         for row in rows:  # every row is compared: the time taken does not say which one matched
@@ -660,11 +668,21 @@ class Registry:
             with self.store.write(bump=False) as w:
                 w.conn.execute(delete(schema.credentials).where(c.node_id == cred.id, c.id < matched))
             # the retired ones must not outlive the database's answer in memory
-            self._known = {k: v for k, v in self._known.items() if v != cred.id}
+            self._known = {k: v for k, v in self._known.items() if v[0] != cred.id}
         if len(self._known) >= MAX_KNOWN_CREDENTIALS:
             self._known.clear()  # bounded: a flood of valid credentials cannot grow it
-        self._known[seen] = NodeId(cred.id)
+        self._known[seen] = (NodeId(cred.id), str(key))
         return NodeId(cred.id)
+
+    def _still_known(self, seen: bytes) -> bool:
+        """Whether a credential seen working may still be served from memory: its node is in the snapshot
+        held, under the key it had then. A node deleted, replaced or rotated (on any coordinator, as far as
+        the snapshot goes) no longer passes with a credential of its former instance."""
+        found, held = self._known.get(seen), self._snapshot
+        if found is None or held is None:
+            return False
+        node_id, key = found
+        return any(n.id == node_id and n.public_key == key for n in held.nodes)
 
     # --- key rotation -------------------------------------------------------------------------
 
@@ -704,33 +722,38 @@ class Registry:
         """Node `node_id` (its agent) takes `public_key`: a new credential, and its netmap with the key.
 
         Asking again with the key it already holds (the answer to the first was lost) gives another
-        credential and changes nothing else; the old credential works until a new one is used.
+        credential and changes nothing else; the old credential works until a new one is used. Another
+        key is taken only while an admin's request stands: a stolen credential alone must not be enough
+        to give the node a key of the thief's choosing.
         """
-        with self.store.read() as conn:
-            same = self._node_by_id(conn, node_id).public_key == public_key
-        # The same key again changes no netmap: no version, no long-poll in the fleet wakes.
-        with self.store.write(bump=not same) as w:
+        # Always a version: whether the key changes is known only inside the transaction, and a change
+        # without one would leave every coordinator's snapshot (kept per version) stale.
+        with self.store.write() as w:
             node = self._node_by_id(w.conn, node_id)
             if node.public_key != public_key:
+                if node.rotate_requested_at is None:
+                    raise ForbiddenError(
+                        f"node {node.name!r} was not asked to rotate its key (wgmesh nodes rotate)",
+                        code="rotation_not_requested",
+                    )
                 self._set_key(w, node, public_key, agent=True)
+            c = schema.credentials.c
+            # Bounded: the credential in use (the oldest) and the one answered now; those of earlier
+            # answers that were lost on the way go.
+            oldest = w.conn.execute(select(func.min(c.id)).where(c.node_id == node_id)).scalar()
+            if oldest is not None:
+                w.conn.execute(delete(schema.credentials).where(c.node_id == node_id, c.id != oldest))
             secret = secrets.token_urlsafe(32)
             w.conn.execute(
                 insert(schema.credentials).values(
                     node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
                 )
             )
-            netmap = build_netmap(self._snapshot_from(w.conn, w.version or _current_version(w.conn)), node_id)
+            netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
         return make_credential("wgn", node_id, secret), netmap
 
     def _set_key(self, w: Writer, node: Node, public_key: str, *, agent: bool = False) -> None:
-        taken = w.conn.execute(
-            select(schema.nodes.c.id).where(schema.nodes.c.public_key == public_key)
-        ).first()
-        if taken is not None:
-            raise ConflictError(
-                f"public key {keys.fingerprint(public_key)}… is already used by another node",
-                code="duplicate_key",
-            )
+        _check_key_free(w.conn, public_key)
         w.conn.execute(
             update(schema.nodes)
             .where(schema.nodes.c.id == node.id)

@@ -273,13 +273,27 @@ class Store:
     def write(self, *, bump: bool = True) -> Iterator[Writer]:
         """A write transaction; with `bump` it first raises the registry version, which also
         serialises concurrent writers, and listeners hear the new version after the commit."""
-        with self.reaching(), self.engine.begin() as conn:
-            version = 0
-            if bump:
-                conn.execute(update(schema.registry).values(version=schema.registry.c.version + 1))
-                version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
-                self.announce(conn, version)
-            yield Writer(conn, version)
+        with self.reaching(), self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                version = 0
+                if bump:
+                    conn.execute(update(schema.registry).values(version=schema.registry.c.version + 1))
+                    version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+                    self.announce(conn, version)
+                yield Writer(conn, version)
+            except BaseException:
+                transaction.rollback()
+                raise
+            try:
+                transaction.commit()
+            except (OperationalError, InterfaceError) as exc:
+                # Not `database_unavailable`: the commit may have landed, so a client must not send the
+                # write again elsewhere as one that surely did nothing (api_client.UNSENT_CODES).
+                raise StoreError(
+                    "the database was lost while committing: the change may or may not have been made",
+                    code="commit_unknown",
+                ) from exc
         if bump:
             for listener in self._listeners:
                 listener(version)
@@ -307,7 +321,10 @@ class Store:
         import psycopg  # noqa: PLC0415 - only a PostgreSQL store needs it
 
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        return psycopg.connect(*cargs, **{**cparams, "autocommit": True, "connect_timeout": 5})
+        # TCP keepalives: a LISTEN connection cut without a reset (a dead server, a dropped NAT entry)
+        # otherwise gives no error, and the listener would hear nothing, unaware, until a restart.
+        alive = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3}
+        return psycopg.connect(*cargs, **{**alive, **cparams, "autocommit": True, "connect_timeout": 5})
 
     def version(self) -> int:
         """The current registry version."""
