@@ -90,7 +90,7 @@ class RateLimitedError(UnreachableError, code="rate_limited", status=429):
     """
 
 
-class StoreError(UnreachableError, code="store", status=503, also=("database_unavailable",)):
+class StoreError(UnreachableError, code="store", status=503, also=("database_unavailable", "commit_unknown")):
     """The database is unusable (missing schema, wrong schema version), or out of reach
     (`database_unavailable`: the coordinator still serves long-polls from memory and refuses writes).
 
