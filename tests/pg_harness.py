@@ -1,18 +1,14 @@
-"""A real PostgreSQL for the tests: a private cluster from Debian's packages in a temporary directory.
+"""A real PostgreSQL for the tests: a private cluster (wgmesh.lab.postgres, as the lab runs one) in a
+temporary directory, run as a child of the test session.
 
-initdb refuses to run as root (the tests do), so the cluster belongs to `nobody` and runs under setpriv as
-that user. It listens on a unix socket in its own directory (0700, `nobody`'s) and on no TCP port: only
-root (the tests) and `nobody` reach it, which is why trust authentication is enough. It is stopped by the
-postmaster's PID from postmaster.pid and its directory removed, whether the tests passed or not.
-
-One cluster serves a whole pytest session (tests/conftest.py); each test or module takes a fresh database
-(`Cluster.database`), which is quick to create.
+It is stopped by the postmaster's PID from postmaster.pid and its directory removed, whether the tests
+passed or not. One cluster serves a whole pytest session (tests/conftest.py); each test or module takes a
+fresh database (`Cluster.database`), which is quick to create.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -26,35 +22,16 @@ from pathlib import Path
 
 import psycopg
 
+from wgmesh.lab import postgres
+from wgmesh.lab.postgres import SUPERUSER, ClusterPaths, missing
 from wgmesh.lab.timescale import scaled
-from wgmesh.lab.wait import NotYet, wait_until
+from wgmesh.lab.wait import wait_until
 
-BINDIR = Path(os.environ.get("WGMESH_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
-OWNER = "nobody"
-SUPERUSER = "wgmesh"
+__all__ = ["SUPERUSER", "Cluster", "missing", "running_cluster"]
+
 START_BUDGET = 30.0
-"""Seconds (reference machine) for initdb plus the first connection: initdb alone takes about 2 s."""
+"""Seconds (reference machine) for the server to accept its first connection after initdb."""
 STOP_BUDGET = 15.0
-
-# Made for tests, not for keeping data: a crash loses nothing a test needs afterwards.
-SETTINGS = {
-    "listen_addresses": "",
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "max_connections": "200",
-    "unix_socket_permissions": "0700",
-}
-
-
-def missing() -> str | None:
-    """Why a cluster cannot be started here (what to install), or None."""
-    for tool in ("initdb", "postgres", "pg_dump", "pg_restore"):
-        if not (BINDIR / tool).exists():
-            return f"PostgreSQL is not installed ({BINDIR / tool} is missing; apt-get install postgresql)"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is missing"
-    return None
 
 
 @dataclass
@@ -66,24 +43,28 @@ class Cluster:
     _names: Iterator[int] = field(default_factory=count, repr=False)
 
     @property
+    def paths(self) -> ClusterPaths:
+        return ClusterPaths(self.root)
+
+    @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.paths.data
 
     @property
     def socket_dir(self) -> Path:
-        return self.root / "run"
+        return self.paths.socket_dir
 
     @property
     def log(self) -> Path:
-        return self.root / "postgres.log"
+        return self.paths.log
 
     def url(self, database: str) -> str:
         """A SQLAlchemy URL of `database` on this cluster, as `wgmesh-coordinator --db` takes it."""
-        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
+        return self.paths.url(database)
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq connection string, for psycopg and the PostgreSQL tools (pg_dump, pg_restore)."""
-        return f"host={self.socket_dir} user={SUPERUSER} dbname={database}"
+        return self.paths.dsn(database)
 
     def execute(self, sql: str, database: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
@@ -93,7 +74,7 @@ class Cluster:
     def create_database(self) -> str:
         """A new empty database; returns its name."""
         name = f"t{os.getpid()}_{next(self._names)}"
-        self.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(self.paths, name)
         return name
 
     def drop_database(self, name: str) -> None:
@@ -111,47 +92,13 @@ class Cluster:
 
     def tool(self, name: str) -> str:
         """The path of a PostgreSQL program of this cluster's version (pg_dump, pg_restore, …)."""
-        return str(BINDIR / name)
+        return postgres.tool(name)
 
     def start(self) -> None:
-        user = pwd.getpwnam(OWNER)
-        self.socket_dir.mkdir()
-        for path in (self.root, self.socket_dir):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        as_owner = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
-        subprocess.run(
-            [
-                *as_owner,
-                self.tool("initdb"),
-                "-D",
-                str(self.data),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-            cwd=self.root,
-            timeout=scaled(START_BUDGET),
-        )
-        options = [arg for key, value in SETTINGS.items() for arg in ("-c", f"{key}={value}")]
+        postgres.initdb(self.paths)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    *as_owner,
-                    self.tool("postgres"),
-                    "-D",
-                    str(self.data),
-                    "-k",
-                    str(self.socket_dir),
-                    *options,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
+                self.paths.postgres_argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root
             )
         wait_until(self._ready, START_BUDGET, f"PostgreSQL in {self.root} accepting connections")
 
@@ -159,19 +106,11 @@ class Cluster:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
-                conn.execute(b"SELECT 1")
-        except psycopg.OperationalError as exc:
-            raise NotYet(str(exc).strip()) from None
-        return True
+        return postgres.ready(self.paths)
 
     def postmaster_pid(self) -> int | None:
         """The PID postmaster.pid names (its first line), or None when the server is not running."""
-        try:
-            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (FileNotFoundError, ValueError):
-            return None
+        return self.paths.postmaster_pid()
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT) of the postmaster by its PID, SIGKILL if it lingers; then remove it all."""

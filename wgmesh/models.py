@@ -809,6 +809,17 @@ class ErrorResponse(Model):
 # --- agent-local status ---------------------------------------------------------------------------
 
 
+class LocalRelay(Model):
+    """One of the agent's relay connections, as `wgmesh-agent status` shows it."""
+
+    id: str
+    url: str
+    up: bool
+    rtt_ms: float | None = None
+    home: bool = Field(False, description="The relay this agent sends relayed datagrams through")
+    error: str | None = None
+
+
 class LocalStatus(Model):
     """What `wgmesh-agent status` reads from the agent's unix socket; works while the coordinator is down."""
 
@@ -827,3 +838,4 @@ class LocalStatus(Model):
     refused: list[RefusedRoute] = Field(default_factory=list)
     mtu: int | None = None
     mss_clamp: bool = True
+    relays: list[LocalRelay] = Field(default_factory=list)

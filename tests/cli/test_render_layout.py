@@ -235,3 +235,16 @@ def test_human_readable_figures() -> None:
     assert age(NOW - timedelta(hours=3, minutes=5), NOW) == "3h ago"
     assert age(NOW - timedelta(days=2), NOW) == "2d ago"
     assert age(NOW + timedelta(seconds=3), NOW) == "0s ago"  # clock skew never shows a negative age
+
+
+def test_status_says_which_coordinator_each_agent_follows_and_nothing_when_none_reported() -> None:
+    view = status(3)
+    text = "\n".join(render(status_screen(view, NOW, 120), 120))
+    assert "agents follow" not in text
+    a, b = "https://198.18.0.1:8080", "https://198.18.0.2:8080"
+    followed = [n.model_copy(update={"coordinator": url}) for n, url in zip(view.nodes, (b, a, b), strict=True)]
+    lines = render(status_screen(view.model_copy(update={"nodes": followed}), NOW, 120), 120)
+    names = [n.name for n in view.nodes]
+    line = lines[line_with(lines, "agents follow")]
+    assert line.strip() == f"agents follow {a} ({names[1]}); {b} ({names[0]}, {names[2]})"
+    assert line_with(lines, "agents follow") < line_with(lines, "Routes")

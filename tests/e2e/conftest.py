@@ -3,7 +3,8 @@
     @pytest.mark.e2e
     @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout, relay,
                                             # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2],
-                                            # lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1]
+                                            # lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1],
+                                            # db="postgresql", coordinators=2, relays=2
     def test_x(lab: Lab, wait_until: WaitUntil) -> None:
         lab.exec("vm1", "ping", "-c1", str(lab.plan.site(2).vm_ip), check=True)
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from wgmesh.lab import Lab, agent_available, down, up
+from wgmesh.lab import Lab, agent_available, down, postgres, up
 from wgmesh.lab import wait_until as _wait_until
 from wgmesh.lab.procs import tail
 
@@ -45,6 +46,9 @@ LAB_DEFAULTS: dict[str, Any] = {
     "lan_mtu": {},
     "underlay_mtu": {},
     "sg_drop_icmp": (),
+    "db": "sqlite",
+    "coordinators": 1,
+    "relays": 1,
 }
 
 
@@ -52,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
-        "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=()): how the `lab` "
+        "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=(), db='sqlite', "
+        "coordinators=1, relays=1): how the `lab` "
         "and `shared_lab` fixtures build it",
     )
 
@@ -90,6 +95,8 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
     logs printed first when `failed()` says so."""
     options: Mapping[str, Any] = {**LAB_DEFAULTS, **(marker.kwargs if marker else {})}
     reason = lab_skip_reason(options["agents"])
+    if reason is None and options["db"] == "postgresql":
+        reason = postgres.missing()
     if reason is not None:
         pytest.skip(reason)
     logs = Path("/run/wgmesh-lab") / name / "logs"
@@ -107,6 +114,9 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
             lan_mtu=options["lan_mtu"],
             underlay_mtu=options["underlay_mtu"],
             sg_drop_icmp=options["sg_drop_icmp"],
+            db=options["db"],
+            coordinators=options["coordinators"],
+            relays=options["relays"],
         )
     except BaseException:
         _print_logs(logs)

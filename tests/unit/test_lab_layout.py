@@ -14,6 +14,7 @@ from wgmesh.lab.layout import (
     MAX_SITES,
     IpCommand,
     LabPlan,
+    Service,
     agent_args,
     build_commands,
     choose_slot,
@@ -26,7 +27,9 @@ from wgmesh.lab.layout import (
     relay_args,
     relay_key_args,
     resolve_node,
+    resolve_service,
     site_commands,
+    underlay_commands,
     validate_name,
 )
 
@@ -231,7 +234,10 @@ def test_relay_command_lines_match_issue_4() -> None:
     db = "sqlite:////run/wgmesh-lab/wgl/coordinator.db"
     assert plan.relay_url == "tls://198.18.3.1:8443"
     pin = "sha256:" + "ab" * 32
-    assert coordinator_args(plan, relay_pin=pin)[-2:] == ["--announce-relay", f"tls://198.18.3.1:8443#{pin}"]
+    assert coordinator_args(plan, relay_pins=[pin])[-2:] == [
+        "--announce-relay",
+        f"tls://198.18.3.1:8443#{pin}",
+    ]
     assert coordinator_init_args(plan) == ["--db", db, "init"]
     assert relay_key_args(plan) == ["--db", db, "relay-key"]
     assert relay_args(plan, "KEY=") == [
@@ -252,3 +258,56 @@ def test_relay_command_lines_match_issue_4() -> None:
     ]
     host = relay_args(plan, "KEY=")[1].rpartition(":")[0]
     assert is_safe_destination(host)
+
+
+def test_a_highly_available_lab_puts_each_hub_on_its_own_address() -> None:
+    plan = plan_lab("wgl", 3, slot=2, db="postgresql", coordinators=2, relays=2)
+    assert [str(a) for a in plan.hub_addresses] == ["198.18.2.1", "198.18.2.2"]
+    assert plan.coordinator_urls == ("https://198.18.2.1:8080", "https://198.18.2.2:8080")
+    db = "postgresql://wgmesh@/wgmesh?host=/run/wgmesh-lab/wgl/pg/run"
+    pins = ["sha256:" + "ab" * 32, "sha256:" + "cd" * 32]
+    second = coordinator_args(plan, 2, relay_pins=pins)
+    assert second[:5] == ["--db", db, "serve", "--listen", "198.18.2.2:8080"]
+    # every coordinator names them all, so that any token carries every URL, and announces every relay
+    assert second[5:9] == ["--public-url", plan.coordinator_urls[0], "--public-url", plan.coordinator_urls[1]]
+    assert second[-4:] == [
+        "--announce-relay",
+        f"tls://198.18.2.1:8443#{pins[0]}",
+        "--announce-relay",
+        f"tls://198.18.2.2:8443#{pins[1]}",
+    ]
+    relay2 = relay_args(plan, "KEY=", pins[0], 2)
+    assert relay2[:2] == ["--listen", "198.18.2.2:8443"]
+    assert "/run/wgmesh-lab/wgl/relay2" in relay2
+    assert relay2.count("--coordinator") == 2
+    # agents are spread over the coordinators, each listing all of them
+    assert plan.coordinators_for(plan.site(1)) == list(plan.coordinator_urls)
+    assert plan.coordinators_for(plan.site(2)) == list(reversed(plan.coordinator_urls))
+    assert plan.coordinators_for(plan.site(3)) == list(plan.coordinator_urls)
+    assert [c.args[-3:] for c in underlay_commands(plan) if "addr" in c.args] == [
+        ("198.18.2.1/24", "dev", "wgl-br"),
+        ("198.18.2.2/24", "dev", "wgl-br"),
+    ]
+
+
+def test_services_are_named_and_unknown_ones_refused() -> None:
+    plan = plan_lab("wgl", 2, db="postgresql", coordinators=2, relays=2)
+    assert resolve_service(plan, "hub") == Service("hub", "coordinator", 1)
+    assert resolve_service(plan, "hub2") == Service("hub2", "coordinator", 2)
+    assert resolve_service(plan, "relay2") == Service("relay2", "relay", 2)
+    assert resolve_service(plan, "db") == Service("db", "database", 1)
+    assert resolve_service(plan, "gw2") == Service("gw2", "agent", 2)
+    for bad in ("hub3", "hub1", "relay1", "gw3", "vm1", "relay3", "x"):
+        with pytest.raises(ValidationError, match="runs no process of lab wgl: it has hub, hub2, relay"):
+            resolve_service(plan, bad)
+    with pytest.raises(ValidationError, match=r"it has hub, relay, gw1\.\.gw2$"):
+        resolve_service(plan_lab("wgl", 2), "db")
+
+
+def test_several_coordinators_need_postgresql_and_hubs_are_bounded() -> None:
+    with pytest.raises(ValidationError, match="add --db postgresql"):
+        plan_lab("wgl", 2, coordinators=2)
+    with pytest.raises(ValidationError, match="--relays must be between 1 and 3, not 4"):
+        plan_lab("wgl", 2, relays=4)
+    with pytest.raises(ValidationError, match="--coordinators must be between 1 and 3, not 0"):
+        plan_lab("wgl", 2, db="postgresql", coordinators=0)

@@ -49,6 +49,6 @@ def test_token_names_the_relay_whose_pinned_key_signed_it() -> None:
 def test_puller_refuses_what_could_never_pull() -> None:
     key = RelayIdentity.from_key(generate_key()).key_pem
     with pytest.raises(ValidationError, match="--relay-id"):
-        RevocationPuller(url="https://c.example", tls=None, relay_id="", key_pem=key)
+        RevocationPuller(urls=("https://c.example",), tls=None, relay_id="", key_pem=key)
     with pytest.raises(ValidationError, match="interval"):
-        RevocationPuller(url="https://c.example", tls=None, relay_id="r1", key_pem=key, interval=0)
+        RevocationPuller(urls=("https://c.example",), tls=None, relay_id="r1", key_pem=key, interval=0)

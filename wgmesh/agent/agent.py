@@ -397,6 +397,7 @@ class Agent:
             refused=refused,
             mtu=self.dataplane.mtu,
             mss_clamp=self.cfg.mss_clamp,
+            relays=self.paths.shim.local_relays(),
         )
 
     def path_tick(self) -> None:

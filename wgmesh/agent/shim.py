@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
+from wgmesh.agent import relay_choice
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.probe_wire import is_probe
 from wgmesh.logs import kv
-from wgmesh.models import RelayGrant, RelayInfo
+from wgmesh.models import LocalRelay, RelayGrant, RelayInfo
 from wgmesh.pins import Pin
 from wgmesh.relay import protocol
 from wgmesh.relay.identity import pinned_client_context, refusal
@@ -253,6 +254,7 @@ class RelayLink(asyncio.Protocol):
                 self.transport.write(protocol.encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
             self.rtt = max(time.monotonic_ns() - frame.token, 0) / 1e9
+            shim.rehome()
         elif isinstance(frame, HelloOk):
             if not self.up:
                 log.info(
@@ -264,6 +266,7 @@ class RelayLink(asyncio.Protocol):
             self.up = True
             self.error = None
             self._backoff.reset()
+            shim.rehome()
             if self.transport is not None:
                 self.transport.write(protocol.encode(Ping(time.monotonic_ns())))
         elif isinstance(frame, Close):
@@ -277,6 +280,8 @@ class RelayLink(asyncio.Protocol):
         self.up = False
         self.rtt = None
         self.transport = None
+        if not self.closed:
+            self.shim.rehome()
         if was_up and not self.closed:
             self._note_error(f"connection lost{': ' + str(exc) if exc else ''}")
         if not self._lost.done():
@@ -322,6 +327,8 @@ class RelayShim:
         self.ca_file = ca_file
         self.grant: RelayGrant | None = None
         self.links: dict[str, RelayLink] = {}
+        self.home: str | None = None
+        """The relay datagrams go to (`rehome`); only the loop changes it."""
         self.counters = ShimCounters()
         self._sockets: dict[int, socket.socket] = {}
         self._out = bytearray(DRAIN_BUFFER)  # reused by every drain (all on the loop thread)
@@ -369,16 +376,42 @@ class RelayShim:
         self.loop.call_soon_threadsafe(self._stop)
 
     def active(self) -> RelayLink | None:
-        """The relay datagrams go to: the connected one with the lowest RTT (then the grant's order)."""
-        best: RelayLink | None = None
-        for link in list(self.links.values()):
-            if link.up and (best is None or (link.rtt or 1e9) < (best.rtt or 1e9)):
-                best = link
-        return best
+        """The relay datagrams go to, the home (wgmesh/agent/relay_choice.py), if it is up. Any thread may
+        ask; the home is only moved on the loop, as the links come up, go down and measure their RTT."""
+        home = self.home
+        link = self.links.get(home) if home is not None else None
+        return link if link is not None and link.up else None
+
+    def rehome(self) -> None:
+        """Choose the home again after a link changed (on the loop); a move is logged."""
+        candidates = [
+            relay_choice.Candidate(rid, link.up, link.rtt) for rid, link in list(self.links.items())
+        ]
+        home = relay_choice.choose(self.home, candidates)
+        if home != self.home:
+            link = self.links.get(home) if home is not None else None
+            rtt = round(link.rtt * 1000, 2) if link is not None and link.rtt is not None else None
+            log.info("relay home", extra=kv(relay=home or "none", previous=self.home or "none", rtt_ms=rtt))
+            self.home = home
 
     def views(self) -> list[RelayView]:
         """Every relay connection."""
         return [link.view() for link in list(self.links.values())]
+
+    def local_relays(self) -> list[LocalRelay]:
+        """Every relay connection for the agent's local status, its home marked."""
+        home = self.home
+        return [
+            LocalRelay(
+                id=v.id,
+                url=v.url,
+                up=v.up,
+                rtt_ms=round(v.rtt * 1000, 3) if v.rtt is not None else None,
+                home=v.id == home,
+                error=v.error,
+            )
+            for v in self.views()
+        ]
 
     # -- on the loop ------------------------------------------------------------------------------
 
@@ -389,6 +422,7 @@ class RelayShim:
         for rid in list(self.links):
             if rid not in wanted or self.links[rid].info != wanted[rid]:
                 self.links.pop(rid).stop()
+        self.rehome()
         for rid, info in wanted.items():
             if rid not in self.links:
                 link = RelayLink(self, info)

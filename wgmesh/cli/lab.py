@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
+from wgmesh.lab.layout import MAX_HUBS, Database, check_hubs
 from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
 
@@ -105,8 +107,55 @@ def register(sub: Subparsers) -> None:
         help="these VPC hosts drop inbound ICMP unreachable and ICMPv6 packet-too-big, as a cloud "
         "security group does",
     )
+    p.add_argument(
+        "--db",
+        choices=get_args(Database),
+        default="sqlite",
+        help="where the registry lives: SQLite in the state directory (default), or a private PostgreSQL "
+        "cluster there, run as an unprivileged user",
+    )
+    p.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"coordinators on the database, hub, hub2, … (1-{MAX_HUBS}; more than one needs --db postgresql)",
+    )
+    p.add_argument(
+        "--relays",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"relays, relay, relay2, … (1-{MAX_HUBS}; default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
+
+    p = cmds.add_parser("kill", help="stop a lab process: hub, hubN, relay, relayN, gwN or db")
+    _name(p)
+    p.add_argument("node", help="hub, hubN (coordinators), relay, relayN, gwN (agents) or db (PostgreSQL)")
+    p.add_argument(
+        "--signal",
+        choices=("TERM", "KILL", "INT"),
+        default="TERM",
+        help="TERM (default: a clean stop; the database's fast shutdown) or KILL (a crash)",
+    )
+    p.set_defaults(func=cmd_kill)
+
+    p = cmds.add_parser("start", help="start a stopped lab process: hub, hubN, relay, relayN, gwN or db")
+    _name(p)
+    p.add_argument("node", help="hub, hubN (coordinators), relay, relayN, gwN (agents) or db (PostgreSQL)")
+    p.set_defaults(func=cmd_start)
+
+    p = cmds.add_parser(
+        "move-to-postgresql",
+        help="move the lab's registry from SQLite to PostgreSQL (wgmesh-coordinator migrate), with N coordinators",
+    )
+    _name(p)
+    p.add_argument(
+        "--coordinators", type=int, default=1, metavar="N", help=f"coordinators on it (1-{MAX_HUBS})"
+    )
+    p.set_defaults(func=cmd_move)
 
     p = cmds.add_parser("add-site", help="add one site to a running lab")
     _name(p)
@@ -190,6 +239,9 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "url": plan.local_url,
         "hub": plan.hub_url,
         "relay": plan.relay_url if state.relay else None,
+        "db": plan.db,
+        "coordinators": list(plan.coordinator_urls),
+        "relays": [plan.relay_url_of(i) for i in range(1, plan.relays + 1)] if state.relay else [],
         "blocked_udp": state.blocked_udp,
         "throttled_udp": state.throttled_udp,
         "p2p_off": state.p2p_off,
@@ -221,8 +273,11 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
     for site in sites:
         table.add_row(*(str(v) for v in site.values()))
     out.print(table)
-    out.print(f"dashboard and API: {summary['url']}/ (agents use {summary['hub']})")
-    out.print(f"relay: {summary['relay'] or 'none'}")
+    coordinators, relays = summary["coordinators"], summary["relays"]
+    assert isinstance(coordinators, list) and isinstance(relays, list)
+    out.print(f"dashboard and API: {summary['url']}/ (agents use {', '.join(coordinators)})")
+    out.print(f"registry: {summary['db']}")
+    out.print(f"relay: {', '.join(relays) or 'none'}")
     for line in _switch_lines(summary):
         out.print(f"switch: {line}")
     if not summary["agents"]:
@@ -270,6 +325,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             lan_mtu=lan_mtu,
             underlay_mtu=underlay_mtu,
             sg_drop_icmp=sg_drop_icmp,
+            db=args.db,
+            coordinators=args.coordinators,
+            relays=args.relays,
             warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
@@ -312,7 +370,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     """`wgmesh lab env`: `eval "$(wgmesh lab env)"` points the CLI at the lab."""
     lab = Lab.attach(args.name)
-    env = {"WGMESH_URL": lab.url, "WGMESH_TOKEN": lab.admin_token, "WGMESH_PIN": lab.pin}
+    # The first coordinator on loopback, the others on their hub addresses (the CLI fails over along them).
+    urls = [lab.url, *lab.plan.coordinator_urls[1:]]
+    env = {"WGMESH_URL": ",".join(urls), "WGMESH_TOKEN": lab.admin_token, "WGMESH_PIN": lab.pin}
     if args.json:
         print_json(env)
     else:
@@ -347,6 +407,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         relay = "[green]running[/green]" if status.relay else "[red]not running[/red]"
         out.print(f"relay: {status.relay_url} {relay}")
+    central = status.services or {}
+    if len(central) > 2 or status.database != "sqlite":
+        shown = ", ".join(
+            f"{node} {'running' if up_ else '[red]not running[/red]'}" for node, up_ in central.items()
+        )
+        out.print(f"registry: {status.database}; {shown}")
     for line in status.switches():
         out.print(f"switch: {line}")
     table = Table(title_justify="left")
@@ -380,6 +446,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     missing = [ns for ns, ok in status.namespaces.items() if not ok]
     if missing:
         out.print(f"[red]missing namespaces:[/red] {', '.join(missing)}")
+    return 0
+
+
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """`wgmesh lab kill NODE`: exit 1 when it was not running."""
+    lab = Lab.attach(args.name)
+    lab.node_service(args.node)  # an unknown node is bad usage, before anything is signalled
+    if not lab.kill(args.node, _SIGNALS[args.signal]):
+        stderr().print(f"{args.node} of lab {lab.name} was not running")
+        return 1
+    stdout().print(f"{args.node} of lab {lab.name} stopped ({args.signal})")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """`wgmesh lab start NODE`: started, and ready (a coordinator answers, a relay listens)."""
+    lab = Lab.attach(args.name)
+    proc = lab.start(args.node)
+    seconds = lab.wait_started(args.node)
+    stdout().print(f"{args.node} of lab {lab.name} started (pid {proc.pid}), ready in {seconds:.1f}s")
+    return 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    """`wgmesh lab move-to-postgresql`."""
+    check_hubs(args.coordinators, "--coordinators")  # bad usage, before the lab is looked for
+    lab = Lab.attach(args.name)
+    with _progress(False) as progress:
+        down = lab.move_to_postgresql(args.coordinators, progress)
+    urls = ", ".join(lab.plan.coordinator_urls)
+    stdout().print(f"lab {lab.name} registry on PostgreSQL; coordinators {urls} (down {down:.1f}s)")
     return 0
 
 

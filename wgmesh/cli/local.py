@@ -44,6 +44,16 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
     coordinator.append(f"  interface {status.interface}")
     coordinator.append(f"  mss clamp {'on' if status.mss_clamp else 'off'}")
     parts = [render.node_screen(node_view(status), datetime.now(UTC), console.width), Text(""), coordinator]
+    for relay in status.relays:
+        line = Text(f"relay {relay.id} ")
+        line.append("up" if relay.up else "DOWN", style="green" if relay.up else "bold red")
+        if relay.rtt_ms is not None:
+            line.append(f"  rtt {relay.rtt_ms:.2f} ms")
+        if relay.home:
+            line.append("  home (relayed datagrams go here)")
+        if relay.error and not relay.up:
+            line.append(f"  {relay.error}", style="dim")
+        parts.append(line)
     for shadow in status.shadowed:
         parts.append(
             Text(

@@ -401,10 +401,12 @@ def gateway_notes(nodes: Sequence[NodeView], now: datetime, static: Collection[s
 def status_screen(
     view: StatusView, now: datetime, width: int = 80, static: Collection[str] = ()
 ) -> RenderableType:
-    """`wgmesh status`: nodes, then routes, then warnings."""
+    """`wgmesh status`: nodes (and the coordinators their agents follow), then routes, then warnings."""
+    followed = coordinators_line(view.nodes)
     return Group(
         Text("Nodes", style="bold underline"),
         nodes_table(view.nodes, now, width, static) if view.nodes else Text("no nodes enrolled", style="dim"),
+        *([followed] if followed is not None else []),
         Text(""),
         Text("Routes", style="bold underline"),
         routes_table(view.routes, width, gateway_notes(view.nodes, now, static)),
@@ -412,6 +414,19 @@ def status_screen(
         Text("Warnings", style="bold underline"),
         warnings_block(view.warnings),
     )
+
+
+def coordinators_line(nodes: Sequence[NodeView]) -> Text | None:
+    """`agents follow URL (gw1, gw3); URL (gw2)`: which coordinator each agent long-polls, as it last
+    reported; None when no agent reported one (agents before issue 17)."""
+    by_url: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.coordinator is not None:
+            by_url.setdefault(node.coordinator, []).append(node.name)
+    if not by_url:
+        return None
+    parts = [f"{url} ({', '.join(names)})" for url, names in sorted(by_url.items())]
+    return Text(f"agents follow {'; '.join(parts)}", style="dim")
 
 
 def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = False) -> RenderableType:

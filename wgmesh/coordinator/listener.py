@@ -77,7 +77,9 @@ class PgListener:
                 self.connected.clear()
                 if self._stop.is_set():
                     return
-                log.warning(
+                # Once per outage: its retries are not news (the coordinator says "database unavailable").
+                log.log(
+                    logging.WARNING if delay == BACKOFF_FIRST else logging.DEBUG,
                     "change listener lost the database",
                     extra=kv(db=redacted(self.store.url), error=str(error).strip(), retry_in=delay),
                 )

@@ -27,16 +27,17 @@ class LabApi(ApiClient):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         admin_token: str,
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         pin: Pin | None = None,
     ) -> None:
-        host = urlsplit(url).hostname or ""
-        if not is_safe_destination(host):
-            raise WgmeshError(f"refusing to send lab traffic to {host}", code="unsafe_destination")
+        for each in [url] if isinstance(url, str) else url:
+            host = urlsplit(each).hostname or ""
+            if not is_safe_destination(host):
+                raise WgmeshError(f"refusing to send lab traffic to {host}", code="unsafe_destination")
         super().__init__(
             url,
             bearer=admin_token,
@@ -77,10 +78,12 @@ class LabApi(ApiClient):
         return [link for link in links if isinstance(link, dict)]
 
 
-def admin_client(state: LabState) -> LabApi:
-    """An admin client for the lab's coordinator, on the hub address.
+def admin_client(state: LabState, url: str | None = None) -> LabApi:
+    """An admin client for the lab's coordinators on their hub addresses, failing over from the first to
+    the next (or for the one at `url`).
 
     A client per call, as before: a restarted coordinator never meets a pooled connection to its past.
     """
     pin = Pin.parse(state.coordinator_pin) if state.coordinator_pin else None
-    return LabApi(state.plan().hub_url, state.admin_token, timeout=scaled(10.0), pin=pin)
+    urls = state.plan().coordinator_urls if url is None else url
+    return LabApi(urls, state.admin_token, timeout=scaled(10.0), pin=pin)

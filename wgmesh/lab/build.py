@@ -13,19 +13,21 @@ import time
 from collections.abc import Iterable, Mapping
 
 from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.lab import system
+from wgmesh.lab import postgres, system
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, check_mtu
 from wgmesh.lab.handle import Lab
 from wgmesh.lab.impair import check_sites, parse_rate
 from wgmesh.lab.layout import (
     LOOPBACK_BASE_PORT,
     MAX_SLOT,
+    Database,
     build_commands,
     choose_slot,
     loopback_forward_script,
     plan_lab,
 )
 from wgmesh.lab.record import LabState, all_states, machine_lock, save
+from wgmesh.lab.services import start_hubs
 from wgmesh.lab.teardown import down, leftovers
 from wgmesh.lab.timescale import time_scale
 from wgmesh.lab.tools import RELAY_PROGRAM, agent_available, relay_available, require_tools
@@ -74,16 +76,22 @@ def up(
     lan_mtu: Mapping[int, int] | None = None,
     underlay_mtu: Mapping[int, int] | None = None,
     sg_drop_icmp: Iterable[int] = (),
+    db: Database = "sqlite",
+    coordinators: int = 1,
+    relays: int = 1,
     warn: Progress = _log_warning,
 ) -> Lab:
-    """Build lab `name`, start its coordinator, relay and agents, and return once the mesh has converged.
+    """Build lab `name`, start its database, coordinators, relays and agents, and return once the mesh has
+    converged.
 
-    `relay=None` runs the relay when `wgmesh-relay` is installed and warns when it is not.
+    `relay=None` runs the relays when `wgmesh-relay` is installed and warns when it is not.
+    `db="postgresql"` keeps the registry in a private PostgreSQL cluster in the lab's state directory,
+    which `coordinators` coordinators share (SQLite takes one).
     `lan_mtu` and `underlay_mtu` ({site: MTU}) and `sg_drop_icmp` (sites) make sites look like cloud
     VPCs (docs/lab.md); like the other switches they are in force before any agent starts.
     """
     # Bad usage is reported as such, before anything else is checked or touched.
-    plan = plan_lab(name, sites)
+    plan = plan_lab(name, sites, db=db, coordinators=coordinators, relays=relays)
     if timeout <= 0:
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
     blocked = sorted(set(block_udp))
@@ -104,7 +112,11 @@ def up(
         raise ValidationError("--p2p-off needs agents (it changes enrolled nodes)", code="invalid_p2p_off")
     if relay is False and off:
         raise ValidationError("--p2p-off needs the relay; drop --no-relay", code="invalid_p2p_off")
+    if relay is False and relays > 1:
+        raise ValidationError("--relays needs the relay; drop --no-relay", code="invalid_hubs")
     system.require_root()
+    if db == "postgresql" and (reason := postgres.missing()) is not None:
+        raise WgmeshError(reason, code="missing_tool")
     tools = ["ip", "nft", "ss"] + (["tc"] if throttled else []) + (["wg", "wireguard-go"] if agents else [])
     require_tools(tools)
     if agents and not agent_available():
@@ -146,6 +158,9 @@ def up(
             agents=agents,
             admin_token=secrets.token_urlsafe(32),
             relay=relay,
+            db=db,
+            coordinators=coordinators,
+            relays=relays,
         )
         # Written before anything is built: from here on, `down` can find every piece.
         save(state)
@@ -167,16 +182,7 @@ def up(
             lab.set_lan_mtu(index, mtu)
         for index in sg:
             lab.sg_drop_icmp(index)
-        if relay:
-            progress("creating the coordinator's relay key")
-            lab.prepare_relay()
-        progress(f"starting the coordinator on {plan.hub_url}")
-        lab.start("hub")
-        lab.wait_coordinator()
-        if relay:
-            progress(f"starting the relay on {plan.relay_url}")
-            lab.start("relay")
-            lab.wait_relay()
+        start_hubs(state, progress)
     except BaseException:
         # Nothing worth inspecting has run yet: leave no half-built lab behind.
         down(name)

@@ -14,10 +14,20 @@ from typing import Any, TypeVar
 
 from wgmesh.api_client import JsonValue
 from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.lab import procs, services, switches, system
+from wgmesh.lab import migration, procs, services, switches, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.converge import GatewayView, Verdict, assess
-from wgmesh.lab.layout import STATE_ROOT, LabPlan, Node, Site, resolve_node, site_commands, validate_name
+from wgmesh.lab.layout import (
+    STATE_ROOT,
+    LabPlan,
+    Node,
+    Service,
+    Site,
+    resolve_node,
+    resolve_service,
+    site_commands,
+    validate_name,
+)
 from wgmesh.lab.observe import ping_matrix, read_gateways, wait_converged
 from wgmesh.lab.record import LabState, load, save
 from wgmesh.lab.services import COORDINATOR_START_TIMEOUT, RELAY_START_TIMEOUT
@@ -83,6 +93,10 @@ class Lab:
         """A node of the lab by name (`hub`, `gwI`, `vmI`)."""
         return resolve_node(self.plan, name)
 
+    def node_service(self, node: str) -> Service:
+        """The lab process `node` names (`hub`, `hub2`, `relay`, `relay2`, `gwI`, `db`), or ValidationError."""
+        return resolve_service(self.plan, node)
+
     def argv(self, node: str, cmd: Sequence[str]) -> list[str]:
         """The command line that runs `cmd` on `node`."""
         if not cmd:
@@ -106,23 +120,38 @@ class Lab:
 
     # --- the coordinator and the relay ---
 
-    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 10.0) -> JsonValue:
-        """Call the coordinator's API as admin: its JSON answer (None when empty); an error answer raises
-        the class its code maps to (wgmesh.errors), with `METHOD PATH: STATUS message`."""
-        with admin_client(self.state) as api:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float = 10.0,
+        coordinator: int | None = None,
+    ) -> JsonValue:
+        """Call the coordinators' API as admin (the first that answers, or only coordinator number
+        `coordinator`): its JSON answer (None when empty); an error answer raises the class its code maps
+        to (wgmesh.errors), with `METHOD PATH: STATUS message`."""
+        url = None if coordinator is None else self.plan.coordinator_url(coordinator)
+        with admin_client(self.state, url) as api:
             return api.json(method, path, json=body, timeout=scaled(timeout))
 
-    def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
-        """Wait until the coordinator answers /healthz; fail at once if it exits."""
-        return services.wait_coordinator(self.state, timeout)
+    def wait_coordinator(self, timeout: float = COORDINATOR_START_TIMEOUT, node: str = "hub") -> float:
+        """Wait until coordinator `node` answers /healthz; fail at once if it exits."""
+        return services.wait_coordinator(self.state, timeout, node)
 
     def prepare_relay(self) -> str:
         """Initialise the database and fetch the coordinator's relay-ticket public key (kept in the record)."""
         return services.prepare_relay(self.state)
 
-    def wait_relay(self, timeout: float = RELAY_START_TIMEOUT) -> float:
-        """Wait until the relay listens on the hub address; fail at once if it exits."""
-        return services.wait_relay(self.state, timeout)
+    def wait_relay(self, timeout: float = RELAY_START_TIMEOUT, node: str = "relay") -> float:
+        """Wait until relay `node` listens on its hub address; fail at once if it exits."""
+        return services.wait_relay(self.state, timeout, node)
+
+    def wait_started(self, node: str) -> float:
+        """Wait until a service just started does its job (a coordinator answers, a relay listens, the
+        database accepts connections)."""
+        return services.wait_started(self.state, node)
 
     # --- switches ---
 
@@ -169,22 +198,24 @@ class Lab:
     # --- processes ---
 
     def process(self, node: str) -> procs.ProcessId | None:
-        """The recorded process of `hub`, `relay` or a gateway, if any."""
+        """The recorded process of a coordinator, relay, agent or the database, if any."""
         return services.process(self.state, node)
 
     def alive(self, node: str) -> bool:
-        """Whether the recorded coordinator (`hub`), relay (`relay`) or agent (`gwI`) is running."""
+        """Whether the recorded coordinator (`hub`, `hub2`), relay (`relay`, `relay2`), agent (`gwI`) or
+        database (`db`) is running."""
         return services.alive(self.state, node)
 
     def start(self, node: str) -> procs.ProcessId:
-        """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
+        """Start (or restart) a coordinator (`hub`, `hub2`), a relay (`relay`, `relay2`), a gateway's agent
+        (`gwI`) or the database (`db`)."""
         return services.start(self.state, node)
 
     def kill(
         self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = services.STOP_BUDGET
     ) -> bool:
-        """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not
-        running (see services.kill)."""
+        """Signal the recorded coordinator, relay, agent or database and wait for it to end; False when it
+        was not running (see services.kill)."""
         return services.kill(self.state, node, sig, wait=wait)
 
     def start_agents(self, sites: Iterable[Site]) -> None:
@@ -220,6 +251,13 @@ class Lab:
         return ping_matrix(self.plan, count, wait)
 
     # --- growing, status, teardown ---
+
+    def move_to_postgresql(self, coordinators: int = 1, progress: Progress = quiet) -> float:
+        """Move the registry from SQLite to a PostgreSQL cluster of the lab's own and run `coordinators`
+        coordinators on it: the way from one machine to HA (docs/deploy.md). Returns the seconds the
+        coordinators were down. Agents and relays keep running; they find the first coordinator back at
+        its address with the same identity, keys and tokens."""
+        return migration.move_to_postgresql(self.state, coordinators, progress)
 
     def add_site(self, timeout: float = 60.0, progress: Progress = quiet) -> Site:
         """Add site N+1 (namespaces, links, agent) and wait for the mesh to include it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -37,10 +37,19 @@ STATE_ROOT = Path("/run/wgmesh-lab")
 # The only destinations lab tooling may address from the root namespace.
 SAFE_NETWORKS = (IPv4Network("198.18.0.0/15"), IPv4Network("127.0.0.1/32"))
 
+MAX_HUBS = 3
+"""Coordinators, and relays, a lab may run: hub machine I holds coordinator I and relay I on 198.18.SLOT.I
+(sites start at .11)."""
+DATABASE_NODE = "db"
+"""The lab's PostgreSQL, as `wgmesh lab kill/start` name it."""
+
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 _NODE = re.compile(r"^(gw|vm)([1-9][0-9]{0,2})$")
+_SERVICE = re.compile(r"^(hub|relay)([1-9]?)$")
 
 NodeRole = Literal["hub", "gateway", "host"]
+Database = Literal["sqlite", "postgresql"]
+ServiceKind = Literal["coordinator", "relay", "agent", "database"]
 
 
 @dataclass(frozen=True)
@@ -74,26 +83,60 @@ class LabPlan:
     nft_table: str
     sites: tuple[Site, ...]
     state_dir: Path
+    db: Database = "sqlite"
+    coordinators: int = 1
+    relays: int = 1
 
     @property
     def prefix(self) -> str:
         """The prefix of every shared name this lab creates."""
         return f"{self.name}-"
 
+    def hub_address(self, index: int) -> IPv4Address:
+        """The underlay address of hub machine `index` (1-based): coordinator and relay `index` listen there."""
+        return self.underlay.network_address + index
+
+    @property
+    def hub_addresses(self) -> tuple[IPv4Address, ...]:
+        """Every hub machine's address, the first being `hub_ip`."""
+        return tuple(self.hub_address(i) for i in range(1, max(self.coordinators, self.relays) + 1))
+
     @property
     def hub_url(self) -> str:
-        """The coordinator as agents see it, on the underlay."""
-        return f"https://{self.hub_ip}:{self.api_port}"
+        """The first coordinator as agents see it, on the underlay."""
+        return self.coordinator_url(1)
+
+    def coordinator_url(self, index: int) -> str:
+        """Coordinator `index` (1-based) as agents see it, on the underlay."""
+        return f"https://{self.hub_address(index)}:{self.api_port}"
+
+    @property
+    def coordinator_urls(self) -> tuple[str, ...]:
+        """Every coordinator, the first one first: what tokens carry and the lab's clients fail over across."""
+        return tuple(self.coordinator_url(i) for i in range(1, self.coordinators + 1))
 
     @property
     def relay_url(self) -> str:
-        """The relay as the coordinator announces it to agents (with its pin after a `#`)."""
-        return f"tls://{self.hub_ip}:{RELAY_PORT}"
+        """The first relay as the coordinator announces it to agents (with its pin after a `#`)."""
+        return self.relay_url_of(1)
+
+    def relay_url_of(self, index: int) -> str:
+        """Relay `index` (1-based) as coordinators announce it (with its pin after a `#`)."""
+        return f"tls://{self.hub_address(index)}:{RELAY_PORT}"
 
     @property
     def relay_state_dir(self) -> Path:
-        """Where the lab's relay keeps its TLS key."""
-        return self.state_dir / "relay"
+        """Where the lab's first relay keeps its TLS key."""
+        return self.relay_state_dir_of(1)
+
+    def relay_state_dir_of(self, index: int) -> Path:
+        """Where relay `index` keeps its TLS key (`relay`, `relay2`, …)."""
+        return self.state_dir / relay_node(index)
+
+    @property
+    def pg_root(self) -> Path:
+        """Where the lab's PostgreSQL cluster lives (with `--db postgresql`)."""
+        return self.state_dir / "pg"
 
     @property
     def local_url(self) -> str:
@@ -116,6 +159,55 @@ class LabPlan:
         """The same lab grown (or shrunk) to `count` sites."""
         _check_sites(count)
         return replace(self, sites=tuple(_site(self.name, self.slot, i) for i in range(1, count + 1)))
+
+    def coordinators_for(self, site: Site) -> list[str]:
+        """The coordinator URLs a site's agent is given, its preferred one first: agents are spread over the
+        coordinators (gwI prefers coordinator ((I-1) mod N) + 1), as a load balancer would spread them."""
+        urls = list(self.coordinator_urls)
+        first = (site.index - 1) % len(urls)
+        return urls[first:] + urls[:first]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A process the lab runs: coordinator I (`hub`, `hub2`, …), relay I (`relay`, `relay2`, …), a gateway's
+    agent (`gwI`) or the PostgreSQL server (`db`)."""
+
+    node: str
+    kind: ServiceKind
+    index: int
+
+
+def coordinator_node(index: int) -> str:
+    """The node name of coordinator `index`: `hub` for the first (as before several), then `hub2`, …"""
+    return "hub" if index == 1 else f"hub{index}"
+
+
+def relay_node(index: int) -> str:
+    """The node name of relay `index`: `relay`, then `relay2`, …"""
+    return "relay" if index == 1 else f"relay{index}"
+
+
+def resolve_service(plan: LabPlan, node: str) -> Service:
+    """The lab process `node` names, or ValidationError naming the choices."""
+    if node == DATABASE_NODE and plan.db == "postgresql":
+        return Service(node, "database", 1)
+    match = _SERVICE.fullmatch(node)
+    if match is not None:
+        index = int(match.group(2) or "1")
+        if match.group(1) == "hub" and 1 <= index <= plan.coordinators and node == coordinator_node(index):
+            return Service(node, "coordinator", index)
+        if match.group(1) == "relay" and 1 <= index <= plan.relays and node == relay_node(index):
+            return Service(node, "relay", index)
+    gateway = _NODE.fullmatch(node)
+    if gateway is not None and gateway.group(1) == "gw" and 1 <= int(gateway.group(2)) <= len(plan.sites):
+        return Service(node, "agent", int(gateway.group(2)))
+    choices = [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
+    choices += [relay_node(i) for i in range(1, plan.relays + 1)]
+    choices += [f"gw1..gw{len(plan.sites)}"] + ([DATABASE_NODE] if plan.db == "postgresql" else [])
+    raise ValidationError(
+        f"{node!r} runs no process of lab {plan.name}: it has {', '.join(choices)}", code="no_process"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,10 +261,33 @@ def _site(name: str, slot: int, index: int) -> Site:
     )
 
 
-def plan_lab(name: str, sites: int, slot: int = 0, loopback_port: int | None = None) -> LabPlan:
-    """The plan of lab `name` with `sites` sites in underlay slot `slot`."""
+def check_hubs(count: int, what: str) -> int:
+    """A number of coordinators or relays the lab can run, or ValidationError."""
+    if not 1 <= count <= MAX_HUBS:
+        raise ValidationError(f"{what} must be between 1 and {MAX_HUBS}, not {count}", code="invalid_hubs")
+    return count
+
+
+def plan_lab(
+    name: str,
+    sites: int,
+    slot: int = 0,
+    loopback_port: int | None = None,
+    *,
+    db: Database = "sqlite",
+    coordinators: int = 1,
+    relays: int = 1,
+) -> LabPlan:
+    """The plan of lab `name` with `sites` sites in underlay slot `slot`, `coordinators` coordinators on
+    `db` and (when it runs relays) `relays` relays."""
     validate_name(name)
     _check_sites(sites)
+    check_hubs(coordinators, "--coordinators")
+    check_hubs(relays, "--relays")
+    if coordinators > 1 and db != "postgresql":
+        raise ValidationError(
+            "several coordinators share one PostgreSQL database: add --db postgresql", code="invalid_hubs"
+        )
     if not 0 <= slot <= MAX_SLOT:
         raise ValidationError(f"lab slot must be between 0 and {MAX_SLOT}, not {slot}", code="invalid_slot")
     port = LOOPBACK_BASE_PORT + slot if loopback_port is None else loopback_port
@@ -190,6 +305,9 @@ def plan_lab(name: str, sites: int, slot: int = 0, loopback_port: int | None = N
         nft_table=f"wgmesh-lab-{name}",
         sites=tuple(_site(name, slot, i) for i in range(1, sites + 1)),
         state_dir=STATE_ROOT / name,
+        db=db,
+        coordinators=coordinators,
+        relays=relays,
     )
 
 
@@ -233,13 +351,21 @@ def is_safe_destination(address: str) -> bool:
 
 
 def underlay_commands(plan: LabPlan) -> list[IpCommand]:
-    """The root-namespace bridge with the hub address."""
+    """The root-namespace bridge with the hub addresses."""
     # addrgenmode none: no IPv6 link-local address, so no router solicitations or DAD on lab links.
     return [
         IpCommand(None, ("link", "add", plan.bridge, "type", "bridge")),
         IpCommand(None, ("link", "set", plan.bridge, "addrgenmode", "none")),
-        IpCommand(None, ("addr", "add", f"{plan.hub_ip}/{plan.underlay.prefixlen}", "dev", plan.bridge)),
+        *hub_address_commands(plan, plan.hub_addresses),
         IpCommand(None, ("link", "set", plan.bridge, "up")),
+    ]
+
+
+def hub_address_commands(plan: LabPlan, addresses: Iterable[IPv4Address]) -> list[IpCommand]:
+    """Hub machines' addresses on the bridge."""
+    prefix = plan.underlay.prefixlen
+    return [
+        IpCommand(None, ("addr", "add", f"{address}/{prefix}", "dev", plan.bridge)) for address in addresses
     ]
 
 
@@ -295,20 +421,34 @@ def loopback_forward_script(plan: LabPlan) -> str:
     )
 
 
-def coordinator_db_url(plan: LabPlan) -> str:
-    """The lab coordinator's SQLite database URL."""
+PG_DATABASE = "wgmesh"
+"""The database the lab's coordinators share on its PostgreSQL cluster."""
+
+
+def sqlite_db_url(plan: LabPlan) -> str:
+    """The lab's SQLite database URL (its registry before a move to PostgreSQL)."""
     return f"sqlite:///{plan.state_dir / 'coordinator.db'}"
 
 
-def coordinator_args(plan: LabPlan, *, relay_pin: str | None = None) -> list[str]:
-    """The coordinator's arguments (after the program name): SQLite in the state dir, hub address only;
-    with the relay's pin, the relay announced to agents with it."""
-    # HTTPS with the registry's own identity; tokens name the hub, wherever they are created from.
-    args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{plan.hub_ip}:{plan.api_port}"]
-    args += ["--public-url", plan.hub_url]
-    args += ["--metrics-listen", f"{plan.hub_ip}:{COORDINATOR_METRICS_PORT}"]
-    if relay_pin is not None:
-        args += ["--announce-relay", f"{plan.relay_url}#{relay_pin}"]
+def coordinator_db_url(plan: LabPlan) -> str:
+    """The lab coordinators' database URL: SQLite in the state dir, or the lab's PostgreSQL cluster."""
+    if plan.db == "postgresql":
+        socket_dir = plan.pg_root / "run"
+        return f"postgresql://wgmesh@/{PG_DATABASE}?host={socket_dir}"
+    return sqlite_db_url(plan)
+
+
+def coordinator_args(plan: LabPlan, index: int = 1, *, relay_pins: Sequence[str] = ()) -> list[str]:
+    """Coordinator `index`'s arguments (after the program name): the lab's database, its hub address only;
+    with the relays' pins (relay 1 first), the relays announced to agents with them."""
+    address = plan.hub_address(index)
+    # HTTPS with the registry's own identity; tokens name every coordinator, wherever they are created.
+    args = ["--db", coordinator_db_url(plan), "serve", "--listen", f"{address}:{plan.api_port}"]
+    for url in plan.coordinator_urls:
+        args += ["--public-url", url]
+    args += ["--metrics-listen", f"{address}:{COORDINATOR_METRICS_PORT}"]
+    for relay, pin in enumerate(relay_pins, start=1):
+        args += ["--announce-relay", f"{plan.relay_url_of(relay)}#{pin}"]
     return args
 
 
@@ -322,29 +462,35 @@ def relay_key_args(plan: LabPlan) -> list[str]:
     return ["--db", coordinator_db_url(plan), "relay-key"]
 
 
-def relay_args(plan: LabPlan, coordinator_key: str, coordinator_pin: str | None = None) -> list[str]:
-    """The relay's arguments (after the program name): the hub address only, trusting the lab's coordinator;
-    with its pin, pulling the coordinator's revocations (deleted and replaced nodes' tickets) as in production."""
+def relay_args(
+    plan: LabPlan, coordinator_key: str, coordinator_pin: str | None = None, index: int = 1
+) -> list[str]:
+    """Relay `index`'s arguments (after the program name): its hub address only, trusting the lab's
+    coordinators; with their pin, pulling their revocations (deleted and replaced nodes' tickets) as in
+    production, from whichever coordinator answers."""
+    address = plan.hub_address(index)
     args = [
         "--listen",
-        f"{plan.hub_ip}:{RELAY_PORT}",
+        f"{address}:{RELAY_PORT}",
         "--coordinator-key",
         coordinator_key,
         "--state-dir",
-        str(plan.relay_state_dir),
+        str(plan.relay_state_dir_of(index)),
         "--metrics-listen",
-        f"{plan.hub_ip}:{RELAY_METRICS_PORT}",
+        f"{address}:{RELAY_METRICS_PORT}",
     ]
     if coordinator_pin is not None:
-        args += ["--coordinator", plan.hub_url, "--coordinator-pin", coordinator_pin]
+        for url in plan.coordinator_urls:
+            args += ["--coordinator", url]
+        args += ["--coordinator-pin", coordinator_pin]
     return args
 
 
 def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]:
     """A gateway agent's arguments (after the program name)."""
+    coordinators = [arg for url in plan.coordinators_for(site) for arg in ("--coordinator", url)]
     return [
-        "--coordinator",
-        plan.hub_url,
+        *coordinators,
         "--token",
         token,
         "--name",

@@ -93,11 +93,14 @@ def _reap(pid: int) -> None:
         child.poll()
 
 
-def terminate(procs: Iterable[ProcessId], grace: float = 5.0) -> list[ProcessId]:
-    """SIGTERM each process, SIGKILL what is left after `grace` seconds; returns those that were running."""
+def terminate(
+    procs: Iterable[ProcessId], grace: float = 5.0, sig: signal.Signals = signal.SIGTERM
+) -> list[ProcessId]:
+    """Send `sig` (SIGTERM) to each process, SIGKILL what is left after `grace` seconds; returns those that
+    were running."""
     running = [p for p in procs if alive(p)]
     for proc in running:
-        _signal(proc, signal.SIGTERM)
+        _signal(proc, sig)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(p) for p in running):
         time.sleep(0.05)

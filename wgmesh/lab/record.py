@@ -13,11 +13,11 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticError
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab.layout import STATE_ROOT, LabPlan, plan_lab
+from wgmesh.lab.layout import STATE_ROOT, Database, LabPlan, plan_lab
 from wgmesh.models import Model
 from wgmesh.secure_files import write_private
 
-Role = Literal["coordinator", "agent", "relay"]
+Role = Literal["coordinator", "agent", "relay", "database"]
 
 
 class ProcessRecord(Model):
@@ -47,7 +47,12 @@ class LabState(Model):
     site_tokens: dict[int, str] = Field(default_factory=dict)
     # Whether the lab runs the hub's relay (False when wgmesh-relay was not installed at `up`).
     relay: bool = False
-    # The coordinator's relay-ticket public key (base64), the relay's --coordinator-key.
+    # Where the registry lives, and how many coordinators and relays run (issue 17); the defaults keep
+    # records written before them readable.
+    db: Database = "sqlite"
+    coordinators: int = 1
+    relays: int = 1
+    # The coordinator's relay-ticket public key (base64), the relays' --coordinator-key.
     relay_key: str | None = None
     # The coordinator's pin (`sha256:…`, printed by `init`): how the lab's own clients trust its HTTPS.
     coordinator_pin: str | None = None
@@ -65,7 +70,15 @@ class LabState(Model):
 
     def plan(self) -> LabPlan:
         """The lab's plan as it stands."""
-        return plan_lab(self.name, self.sites, self.slot, self.loopback_port)
+        return plan_lab(
+            self.name,
+            self.sites,
+            self.slot,
+            self.loopback_port,
+            db=self.db,
+            coordinators=self.coordinators,
+            relays=self.relays,
+        )
 
     def record(self, entry: ProcessRecord) -> None:
         """Remember a process, replacing any earlier one with the same role and node."""
@@ -73,7 +86,7 @@ class LabState(Model):
         self.processes.append(entry)
 
     def process(self, node: str) -> ProcessRecord | None:
-        """The process recorded for `node` (`hub` is the coordinator)."""
+        """The process recorded for `node` (`hub` is the first coordinator, `db` the PostgreSQL server)."""
         return next((p for p in self.processes if p.node == node), None)
 
 

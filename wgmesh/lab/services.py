@@ -1,4 +1,5 @@
-"""The lab's services: its coordinator (`hub`), relay (`relay`) and agents (`gwI`).
+"""The lab's services: its coordinators (`hub`, `hub2`, …), relays (`relay`, `relay2`, …), agents (`gwI`)
+and, with `--db postgresql`, its PostgreSQL server (`db`).
 
 Started, signalled, recorded in the lab's record file and checked here; `procs` holds the pid-level
 primitives underneath, `layout` the command lines.
@@ -14,19 +15,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from wgmesh.coordinator.identity import PIN_LINE
-from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.lab import procs, system
+from wgmesh.errors import WgmeshError
+from wgmesh.lab import postgres, procs, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.layout import (
+    PG_DATABASE,
     RELAY_PORT,
     LabPlan,
+    Service,
     Site,
     agent_args,
     coordinator_args,
     coordinator_init_args,
+    coordinator_node,
     relay_args,
     relay_key_args,
-    resolve_node,
+    relay_node,
+    resolve_service,
 )
 from wgmesh.lab.record import LabState, ProcessRecord, Role, save
 from wgmesh.lab.timescale import scaled
@@ -40,6 +45,8 @@ log = logging.getLogger("wgmesh.lab")
 
 COORDINATOR_START_TIMEOUT = 20.0
 RELAY_START_TIMEOUT = 10.0
+DATABASE_START_TIMEOUT = 30.0
+"""Seconds (reference machine) for initdb (about 2 s) and the server's first connection."""
 
 
 def log_path(state: LabState, node: str) -> Path:
@@ -48,7 +55,7 @@ def log_path(state: LabState, node: str) -> Path:
 
 
 def process(state: LabState, node: str) -> procs.ProcessId | None:
-    """The recorded process of `hub`, `relay` or a gateway, if any."""
+    """The recorded process of a coordinator, relay, agent or the database, if any."""
     rec = state.process(node)
     return procs.ProcessId(rec.pid, rec.start_ticks) if rec else None
 
@@ -65,7 +72,8 @@ def check_alive(state: LabState, node: str) -> None:
     proc = process(state, node)
     if proc is None or procs.alive(proc):
         return
-    what = {"hub": "coordinator", "relay": "relay"}.get(node, f"agent {node}")
+    kind = resolve_service(state.plan(), node).kind
+    what = f"agent {node}" if kind == "agent" else f"{kind} {node}"
     status = procs.exit_status(proc)
     if status is None:
         how = ""
@@ -92,52 +100,89 @@ def _record(state: LabState, role: Role, node: str, proc: procs.ProcessId) -> No
 
 
 def start(state: LabState, node: str) -> procs.ProcessId:
-    """Start (or restart) the coordinator (`hub`), the relay (`relay`) or a gateway's agent (`gwI`)."""
+    """Start (or restart) a coordinator (`hub`, `hub2`), a relay (`relay`, `relay2`), a gateway's agent
+    (`gwI`) or the database (`db`)."""
+    service = resolve_service(state.plan(), node)
     if alive(state, node):
         raise WgmeshError(f"{node} is already running", code="running")
-    plan = state.plan()
-    if node == "relay":
-        proc = _start_relay(state)
-        log.info("process started", extra=kv(lab=state.name, node=node, pid=proc.pid))
-        return proc
-    target = resolve_node(plan, node)
-    if target.role == "hub":
-        if state.coordinator_pin is None:
-            initialise(state)
-        pin = relay_pin(plan) if state.relay else None
-        argv = [program("wgmesh-coordinator"), *coordinator_args(plan, relay_pin=pin)]
-        proc = procs.spawn(argv, log_path(state, node), {"WGMESH_ADMIN_TOKEN": state.admin_token})
-        _record(state, "coordinator", node, proc)
-    elif target.site is not None and target.role == "gateway":
-        site = target.site
-        token = _enroll_token(state, site)
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            site.gw_ns,
-            program("wgmesh-agent"),
-            *agent_args(plan, site, token, state.backend),
-        ]
-        proc = procs.spawn(argv, log_path(state, node))
-        _record(state, "agent", node, proc)
+    if service.kind == "database":
+        proc = _start_database(state)
+    elif service.kind == "relay":
+        proc = _start_relay(state, service)
+    elif service.kind == "coordinator":
+        proc = _start_coordinator(state, service)
     else:
-        raise ValidationError(f"{node} runs no lab process (only hub and gateways do)", code="no_process")
+        proc = _start_agent(state, state.plan().site(service.index))
     log.info("process started", extra=kv(lab=state.name, node=node, pid=proc.pid))
     return proc
 
 
-def _start_relay(state: LabState) -> procs.ProcessId:
+def _start_coordinator(state: LabState, service: Service) -> procs.ProcessId:
+    plan = state.plan()
+    if state.coordinator_pin is None:
+        initialise(state)
+    pins = [relay_pin(plan, i) for i in range(1, plan.relays + 1)] if state.relay else []
+    argv = [program("wgmesh-coordinator"), *coordinator_args(plan, service.index, relay_pins=pins)]
+    proc = procs.spawn(argv, log_path(state, service.node), {"WGMESH_ADMIN_TOKEN": state.admin_token})
+    _record(state, "coordinator", service.node, proc)
+    return proc
+
+
+def _start_agent(state: LabState, site: Site) -> procs.ProcessId:
+    plan = state.plan()
+    token = _enroll_token(state, site)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        site.gw_ns,
+        program("wgmesh-agent"),
+        *agent_args(plan, site, token, state.backend),
+    ]
+    proc = procs.spawn(argv, log_path(state, site.node))
+    _record(state, "agent", site.node, proc)
+    return proc
+
+
+def _start_relay(state: LabState, service: Service) -> procs.ProcessId:
     if not state.relay:
         raise WgmeshError(
             f"lab {state.name} runs no relay (it was built without one; rebuild it with {RELAY_PROGRAM} installed)",
             code="no_relay",
         )
     key = state.relay_key or prepare_relay(state)
-    argv = [program(RELAY_PROGRAM), *relay_args(state.plan(), key, state.coordinator_pin)]
-    proc = procs.spawn(argv, log_path(state, "relay"))
-    _record(state, "relay", "relay", proc)
+    argv = [program(RELAY_PROGRAM), *relay_args(state.plan(), key, state.coordinator_pin, service.index)]
+    proc = procs.spawn(argv, log_path(state, service.node))
+    _record(state, "relay", service.node, proc)
     return proc
+
+
+def _start_database(state: LabState) -> procs.ProcessId:
+    """The lab's PostgreSQL: a private cluster in its state directory, run as an unprivileged user."""
+    reason = postgres.missing()
+    if reason is not None:
+        raise WgmeshError(reason, code="missing_tool")
+    plan = state.plan()
+    # The cluster's owner must reach its directory through the state directory, which stays unlistable.
+    plan.state_dir.chmod(0o711)
+    paths = postgres.ClusterPaths(plan.pg_root)
+    postgres.initdb(paths)
+    proc = procs.spawn(paths.postgres_argv(), log_path(state, "db"))
+    _record(state, "database", "db", proc)
+    return proc
+
+
+def wait_database(state: LabState, timeout: float = DATABASE_START_TIMEOUT) -> float:
+    """Wait until the lab's PostgreSQL accepts connections, and make the coordinators' database once."""
+    paths = postgres.ClusterPaths(state.plan().pg_root)
+
+    def accepting() -> bool:
+        check_alive(state, "db")
+        return postgres.ready(paths)
+
+    took = wait_until(accepting, timeout, f"the database of lab {state.name}", interval=0.1)
+    postgres.create_database(paths, PG_DATABASE, exist_ok=True)
+    return took
 
 
 STOP_BUDGET = 15.0
@@ -149,11 +194,16 @@ saw one still running after a 5 s budget)."""
 def kill(
     state: LabState, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = STOP_BUDGET
 ) -> bool:
-    """Signal the recorded coordinator, relay or agent and wait for it to end; False when it was not running.
+    """Signal the recorded coordinator, relay, agent or database and wait for it to end; False when it was
+    not running.
 
     A process still running after `wait` (scaled to the machine) is an error: a start that follows
-    would find it running, and a test would go on against a component it believes stopped.
+    would find it running, and a test would go on against a component it believes stopped. The database
+    is stopped with SIGINT for SIGTERM: PostgreSQL's fast shutdown, where SIGTERM would wait for every
+    coordinator to disconnect.
     """
+    if resolve_service(state.plan(), node).kind == "database" and sig == signal.SIGTERM:
+        sig = signal.SIGINT
     proc = process(state, node)
     if proc is None or not procs.send(proc, sig):
         return False
@@ -198,10 +248,10 @@ def prepare_relay(state: LabState) -> str:
     return key
 
 
-def relay_pin(plan: LabPlan) -> str:
-    """The pin of the lab relay's TLS key, made here first if the relay has not run yet (the coordinator
-    announces the pin before the relay starts)."""
-    key = load_or_create_key(plan.relay_state_dir / KEY_FILE)
+def relay_pin(plan: LabPlan, index: int = 1) -> str:
+    """The pin of relay `index`'s TLS key, made here first if the relay has not run yet (the coordinators
+    announce the pin before the relay starts)."""
+    key = load_or_create_key(plan.relay_state_dir_of(index) / KEY_FILE)
     return str(RelayIdentity.from_key(key).pin)
 
 
@@ -235,32 +285,61 @@ def parse_public_key(text: str) -> str:
     return key
 
 
-def wait_coordinator(state: LabState, timeout: float = COORDINATOR_START_TIMEOUT) -> float:
-    """Wait until the coordinator answers /healthz; fail at once if it exits."""
+def wait_coordinator(state: LabState, timeout: float = COORDINATOR_START_TIMEOUT, node: str = "hub") -> float:
+    """Wait until coordinator `node` answers /healthz; fail at once if it exits."""
+    url = state.plan().coordinator_url(resolve_service(state.plan(), node).index)
 
     def ready() -> bool:
-        check_alive(state, "hub")
+        check_alive(state, node)
         try:
-            with admin_client(state) as api:
+            with admin_client(state, url) as api:
                 api.json("GET", "/healthz", timeout=scaled(1.0))
         except WgmeshError as exc:
             raise NotYet(exc.message) from exc
         return True
 
-    return wait_until(ready, timeout, f"the coordinator of lab {state.name}", interval=0.1)
+    return wait_until(ready, timeout, f"coordinator {node} of lab {state.name}", interval=0.1)
 
 
-def wait_relay(state: LabState, timeout: float = RELAY_START_TIMEOUT) -> float:
-    """Wait until the relay listens on the hub address; fail at once if it exits."""
-    hub = state.plan().hub_ip
+def wait_relay(state: LabState, timeout: float = RELAY_START_TIMEOUT, node: str = "relay") -> float:
+    """Wait until relay `node` listens on its hub address; fail at once if it exits."""
+    address = state.plan().hub_address(resolve_service(state.plan(), node).index)
 
     def listening() -> bool:
-        check_alive(state, "relay")
-        if not system.listener_pids(str(hub), RELAY_PORT):
-            raise NotYet(f"nothing listens on {hub}:{RELAY_PORT} yet")
+        check_alive(state, node)
+        if not system.listener_pids(str(address), RELAY_PORT):
+            raise NotYet(f"nothing listens on {address}:{RELAY_PORT} yet")
         return True
 
-    return wait_until(listening, timeout, f"the relay of lab {state.name}", interval=0.1)
+    return wait_until(listening, timeout, f"relay {node} of lab {state.name}", interval=0.1)
+
+
+def wait_started(state: LabState, node: str) -> float:
+    """Wait until a service just started does its job: a coordinator answers, a relay listens, the
+    database accepts connections (an agent: nothing to wait for here, `wait_converged` is its measure)."""
+    kind = resolve_service(state.plan(), node).kind
+    if kind == "coordinator":
+        return wait_coordinator(state, node=node)
+    if kind == "relay":
+        return wait_relay(state, node=node)
+    if kind == "database":
+        return wait_database(state)
+    return 0.0
+
+
+def start_hubs(state: LabState, progress: Progress = quiet) -> None:
+    """Start the database (if any), every coordinator, then every relay (if any), each ready before the next."""
+    plan = state.plan()
+    nodes = ["db"] if plan.db == "postgresql" else []
+    nodes += [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
+    nodes += [relay_node(i) for i in range(1, plan.relays + 1)] if state.relay else []
+    for node in nodes:
+        if node == "relay" and state.relay_key is None:
+            progress("creating the coordinator's relay key")
+            prepare_relay(state)
+        progress(f"starting {node}")
+        start(state, node)
+        wait_started(state, node)
 
 
 def wait_enrolled(state: LabState, nodes: Iterable[str], timeout: float, progress: Progress = quiet) -> float:

@@ -10,6 +10,7 @@ from wgmesh.errors import WgmeshError
 from wgmesh.lab import services, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.impair import describe
+from wgmesh.lab.layout import DATABASE_NODE, coordinator_node, relay_node
 from wgmesh.lab.observe import read_gateways
 from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
@@ -49,12 +50,17 @@ class LabStatus:
     lan_mtu: dict[int, int] | None = None
     underlay_mtu: dict[int, int] | None = None
     sg_drop_icmp: list[int] | None = None
+    # Every central process by node (`hub`, `hub2`, `relay`, `relay2`, `db`): whether it runs.
+    services: dict[str, bool] | None = None
+    database: str = "sqlite"
 
     def healthy(self) -> bool:
-        """Coordinator and relay (if any) up, every namespace present, every agent (if any) alive."""
+        """Coordinators, relays (if any) and database up, every namespace present, every agent (if any)
+        alive."""
         return (
             self.coordinator
             and self.relay is not False
+            and all((self.services or {}).values())
             and all(self.namespaces.values())
             and all(g.agent is not False for g in self.gateways)
         )
@@ -92,6 +98,9 @@ def lab_status(state: LabState) -> LabStatus:
     links = None
     with contextlib.suppress(WgmeshError), admin_client(state) as api:
         links = api.topology_links(scaled(3.0))
+    central = [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
+    central += [relay_node(i) for i in range(1, plan.relays + 1)] if state.relay else []
+    central += [DATABASE_NODE] if plan.db == "postgresql" else []
     return LabStatus(
         name=state.name,
         underlay=str(plan.underlay),
@@ -108,4 +117,6 @@ def lab_status(state: LabState) -> LabStatus:
         lan_mtu=dict(state.lan_mtu),
         underlay_mtu=dict(state.underlay_mtu),
         sg_drop_icmp=list(state.sg_drop_icmp),
+        services={node: services.alive(state, node) for node in central},
+        database=plan.db,
     )

@@ -40,8 +40,10 @@ def run(
     check: bool = True,
     timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command (with `env` added to the environment); with `check`, a failure raises WgmeshError.
+    """Run a command (with `env` added to the environment, in `cwd`); with `check`, a failure raises
+    WgmeshError.
 
     `timeout` is a budget on the reference machine, scaled to this one (wgmesh.lab.timescale).
     """
@@ -56,6 +58,7 @@ def run(
             timeout=limit,
             check=False,
             env=full_env,
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise WgmeshError(f"{argv[0]} is not installed", code="missing_tool") from exc

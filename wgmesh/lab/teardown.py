@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def down(name: str, root: Path = STATE_ROOT) -> DownReport:
     # Short grace: uvicorn's graceful shutdown waits for pending netmap long-polls, and the
     # database is about to be deleted anyway.
     report.processes += len(procs.terminate(hub, grace=2.0))
+    # The database last, once its clients are gone: SIGINT is PostgreSQL's fast shutdown.
+    database = [ids[r.node] for r in recorded if r.role == "database"]
+    report.processes += len(procs.terminate(database, grace=10.0, sig=signal.SIGINT))
     for ns in owned_ns:
         system.delete_namespace(ns)
         report.namespaces.append(ns)
@@ -159,5 +163,5 @@ def down(name: str, root: Path = STATE_ROOT) -> DownReport:
 
 def _hub_addresses(name: str, state: LabState | None) -> list[str]:
     if state is not None:
-        return [str(state.plan().hub_ip)]
+        return [str(address) for address in state.plan().hub_addresses]
     return system.link_ipv4(plan_lab(name, 1).bridge)

@@ -156,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinator the relay goes on verifying tickets offline.",
     )
     pull.add_argument(
-        "--coordinator", metavar="URL", help="the coordinator's https:// URL (default: no pull)"
+        "--coordinator",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="the coordinator's https:// URL (default: no pull); repeat it for several coordinators of one "
+        "registry: a pull uses the first that answers",
     )
     pull.add_argument(
         "--coordinator-pin", metavar="PIN", help="sha256:… of the coordinator's key, as agents pin it"
@@ -286,7 +291,7 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
 
 def puller_from_args(args: argparse.Namespace, config: RelayConfig) -> RevocationPuller | None:
     """The revocation pull the flags ask for (None without --coordinator), signing with the relay's key."""
-    if args.coordinator is None:
+    if not args.coordinator:
         if args.coordinator_pin or args.coordinator_ca:
             raise ValidationError("--coordinator-pin and --coordinator-ca need --coordinator")
         return None
@@ -303,7 +308,7 @@ def puller_from_args(args: argparse.Namespace, config: RelayConfig) -> Revocatio
         raise ValidationError("--coordinator needs TLS: the relay signs its pulls with the key agents pin")
     pin = Pin.parse(args.coordinator_pin) if args.coordinator_pin else None
     return RevocationPuller(
-        url=check_url(args.coordinator),
+        urls=tuple(check_url(url) for url in args.coordinator),
         tls=trust.for_client(pin, args.coordinator_ca),
         relay_id=config.relay_id,
         key_pem=key_pem,

@@ -129,7 +129,8 @@ def _unb64url(text: str) -> bytes:
 class RevocationPuller:
     """Where and how often a relay pulls the list, and what it signs its requests with."""
 
-    url: str
+    urls: tuple[str, ...]
+    """The coordinators of one registry, the preferred first: a pull moves to the next one that answers."""
     tls: ssl.SSLContext | None
     """Pinned like an agent's (wgmesh.trust), a CA file's, or None: the system's store."""
     relay_id: str
@@ -137,34 +138,39 @@ class RevocationPuller:
     interval: float = DEFAULT_PULL_INTERVAL
 
     def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValidationError("pulling revocations needs a coordinator URL (--coordinator)")
         if not self.relay_id:
             raise ValidationError("pulling revocations needs the relay's id (--relay-id)")
         if not self.interval > 0:
             raise ValidationError("the revocation pull interval must be above 0 seconds")
         relay_token(self.key_pem, self.relay_id, 0)  # an unusable key fails the start, not every pull
 
-    def pull(self) -> list[RevokedTicket]:
-        """One pull (blocking); a WgmeshError when the coordinator cannot be asked or refuses."""
+    def pull(self) -> tuple[str, list[RevokedTicket]]:
+        """One pull (blocking): the coordinator that answered and its list; a WgmeshError when none can be
+        asked or one refuses."""
         token = relay_token(self.key_pem, self.relay_id, time.time())
-        with ApiClient(self.url, bearer=token, user_agent="wgmesh-relay", tls=self.tls) as client:
-            return client.call("GET", PATH, RevocationList).revoked
+        with ApiClient(self.urls, bearer=token, user_agent="wgmesh-relay", tls=self.tls) as client:
+            revoked = client.call("GET", PATH, RevocationList).revoked
+            return client.url, revoked
 
     async def run(self, apply: Callable[[list[RevokedTicket]], None]) -> None:
         """Pull every `interval` until cancelled, handing each list to `apply` (on this loop). A failed
         pull keeps the last list: tickets are still verified offline, relayed traffic goes on."""
-        failing, pulled = False, False
+        failing, used = False, None
         while True:
             try:
-                revoked = await asyncio.to_thread(self.pull)
+                url, revoked = await asyncio.to_thread(self.pull)
             except WgmeshError as error:
                 if not failing:
-                    log.warning("revocation pull failed", extra=logs.kv(url=self.url, error=error.message))
+                    urls = ",".join(self.urls)
+                    log.warning("revocation pull failed", extra=logs.kv(urls=urls, error=error.message))
                 failing = True
             else:
                 if failing:
-                    log.info("revocation pull works again", extra=logs.kv(url=self.url))
-                elif not pulled:  # once, so that an operator sees the pull works
-                    log.info("revocations pulled", extra=logs.kv(url=self.url, revoked=len(revoked)))
-                failing, pulled = False, True
+                    log.info("revocation pull works again", extra=logs.kv(url=url))
+                elif url != used:  # the first pull, and each move to another coordinator
+                    log.info("revocations pulled", extra=logs.kv(url=url, revoked=len(revoked)))
+                failing, used = False, url
                 apply(revoked)
             await asyncio.sleep(self.interval)
