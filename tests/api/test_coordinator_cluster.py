@@ -6,6 +6,9 @@ On SQLite nothing changes: the other API and web tests run there as before."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -15,11 +18,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from coordinator_harness import Coordinator, assert_error, create_token, enroll, netmap, running
+from coordinator_harness import ENTRY, Coordinator, assert_error, create_token, enroll, netmap, running
 from pg_harness import Cluster
 from sqlalchemy.engine import make_url
 from test_long_poll import Poll, held
 
+from wgmesh.coordinator.identity import PIN_LINE
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.coordinator.sweeps import Election
@@ -188,3 +192,27 @@ def test_on_sqlite_the_one_coordinator_runs_the_job(tmp_path: Path) -> None:
         assert Election(store).holding() and Election(store).holding()
     finally:
         store.close()
+
+
+def test_coordinators_initialising_one_empty_database_at_once_make_it_once(
+    pg_url: str, pg_cluster: Cluster
+) -> None:
+    env = {**os.environ, "WGMESH_ADMIN_TOKEN": "wgmesh-admin-" + "k" * 40}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ENTRY, "--db", pg_url, "init"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=scaled(60)) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in outputs]
+    pins = {line for out, _ in outputs for line in out.splitlines() if line.startswith(PIN_LINE)}
+    assert len(pins) == 1, pins
+    with closing(psycopg.connect(pg_cluster.dsn(database(pg_url)))) as conn:
+        assert conn.execute(b"SELECT count(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute(b"SELECT count(*) FROM networks").fetchone() == (1,)
+        assert conn.execute(b"SELECT count(*) FROM admin_tokens").fetchone() == (1,)

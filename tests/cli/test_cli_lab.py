@@ -52,8 +52,14 @@ NAME = "zqx9"
         (("underlay-mtu", "x", "1460"), "site list 'x' must be site numbers"),
         (("sg-drop-icmp", "0"), "site 0 is not between 1 and 200"),
         (("sg-allow-icmp", "1;2"), "site list '1;2' must be site numbers"),
-        (("up", "--coordinators", "2"), "several coordinators share one PostgreSQL database: add --db postgresql"),
-        (("up", "--db", "postgresql", "--coordinators", "4"), "--coordinators must be between 1 and 3, not 4"),
+        (
+            ("up", "--coordinators", "2"),
+            "several coordinators share one PostgreSQL database: add --db postgresql",
+        ),
+        (
+            ("up", "--db", "postgresql", "--coordinators", "4"),
+            "--coordinators must be between 1 and 3, not 4",
+        ),
         (("up", "--relays", "0"), "--relays must be between 1 and 3, not 0"),
         (("up", "--relays", "2", "--no-relay"), "--relays needs the relay; drop --no-relay"),
         (("up", "--db", "mysql"), "argument --db: invalid choice: 'mysql'"),

@@ -242,7 +242,9 @@ def test_status_says_which_coordinator_each_agent_follows_and_nothing_when_none_
     text = "\n".join(render(status_screen(view, NOW, 120), 120))
     assert "agents follow" not in text
     a, b = "https://198.18.0.1:8080", "https://198.18.0.2:8080"
-    followed = [n.model_copy(update={"coordinator": url}) for n, url in zip(view.nodes, (b, a, b), strict=True)]
+    followed = [
+        n.model_copy(update={"coordinator": url}) for n, url in zip(view.nodes, (b, a, b), strict=True)
+    ]
     lines = render(status_screen(view.model_copy(update={"nodes": followed}), NOW, 120), 120)
     names = [n.name for n in view.nodes]
     line = lines[line_with(lines, "agents follow")]

@@ -34,6 +34,8 @@ RETRY_AFTER = 5
 
 CHANGES_CHANNEL = "wgmesh_changes"
 """The PostgreSQL NOTIFY channel a committed write announces its registry version on (listener.py)."""
+INIT_LOCK_KEY = 0x77676D7368_00
+"""The advisory lock initialisation takes ("wgmsh", 0; the sweeps' is job 1)."""
 
 
 def utcnow() -> datetime:
@@ -168,27 +170,39 @@ class Store:
             raise StoreError(f"cannot open database: {exc.orig}") from exc
 
     def create(self, network: Network) -> None:
-        """Create the schema and the network (no-op for an already initialised database)."""
+        """Create the schema and the network (no-op for an already initialised database).
+
+        On PostgreSQL, coordinators initialising one empty database at the same moment take turns (an
+        advisory lock held by the creating transaction, whose DDL commits with it): the second finds the
+        schema made and leaves it.
+        """
         if self.is_initialised():
             self.check_schema()
             return
-        schema.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            conn.execute(
-                insert(schema.schema_version).values(version=schema.SCHEMA_VERSION, applied_at=utcnow())
-            )
-            conn.execute(insert(schema.registry).values(id=1, version=1, psk_master=os.urandom(32)))
-            conn.execute(
-                insert(schema.networks).values(
-                    id=1,
-                    name=network.name,
-                    overlay_cidr=str(network.overlay_cidr),  # the table holds canonical text
-                    p2p=network.p2p,
-                    listen_port=network.listen_port,
-                    mtu=network.mtu,
-                    auto_approve=[str(p) for p in network.auto_approve],
+            made_elsewhere = False
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INIT_LOCK_KEY})
+                made_elsewhere = inspect(conn).has_table("schema_version")
+            if not made_elsewhere:
+                schema.metadata.create_all(conn)
+                conn.execute(
+                    insert(schema.schema_version).values(version=schema.SCHEMA_VERSION, applied_at=utcnow())
                 )
-            )
+                conn.execute(insert(schema.registry).values(id=1, version=1, psk_master=os.urandom(32)))
+                conn.execute(
+                    insert(schema.networks).values(
+                        id=1,
+                        name=network.name,
+                        overlay_cidr=str(network.overlay_cidr),  # the table holds canonical text
+                        p2p=network.p2p,
+                        listen_port=network.listen_port,
+                        mtu=network.mtu,
+                        auto_approve=[str(p) for p in network.auto_approve],
+                    )
+                )
+        if made_elsewhere:
+            self.check_schema()
 
     def upgrade(self) -> list[int]:
         """Apply the migrations from the database's schema version to this code's; returns those applied.

@@ -218,6 +218,12 @@ class Lab:
         was not running (see services.kill)."""
         return services.kill(self.state, node, sig, wait=wait)
 
+    def signal(self, node: str, sig: signal.Signals) -> bool:
+        """Send `sig` to a recorded lab process without waiting for anything (SIGSTOP hangs it, SIGCONT
+        lets it go on); False when it was not running."""
+        proc = services.process(self.state, node)
+        return proc is not None and procs.send(proc, sig)
+
     def start_agents(self, sites: Iterable[Site]) -> None:
         """Start the agent of each site."""
         for site in sites:
