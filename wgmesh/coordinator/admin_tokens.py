@@ -119,6 +119,9 @@ class AdminTokens:
         digest = keys.hash_secret(token)
         t = schema.admin_tokens
         with self.store.write(bump=False) as w:
+            # Coordinators starting together with one WGMESH_ADMIN_TOKEN take turns (the registry row's
+            # lock; no version bump, nothing changes for nodes): the second finds the first's row.
+            w.conn.execute(select(schema.registry.c.id).with_for_update())
             rows = w.conn.execute(select(t).where(t.c.source == ENV_NAME)).mappings().all()
             for old in rows:
                 if old["secret_hash"] != digest and old["revoked_at"] is None:
