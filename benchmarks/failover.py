@@ -20,8 +20,6 @@ Prints each round and min/median/max; always tears the lab down.
 from __future__ import annotations
 
 import argparse
-import itertools
-import re
 import signal
 import statistics
 import sys
@@ -35,10 +33,10 @@ from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, WaitTimeout, down, up, wait_until
 from wgmesh.lab.layout import coordinator_node, relay_node
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.models import LocalStatus
 
 LAB_NAME = "bfo"
-PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> float:
@@ -61,32 +59,6 @@ def coordinator_number(lab: Lab, url: str) -> int:
 
 def peer_keys(lab: Lab) -> list[set[str]]:
     return [{p.public_key for p in view.peers} for view in lab.observe().values()]
-
-
-class Ping:
-    """`ping -D -i 0.05` from vm1, its output in a file; reply times are the -D timestamps."""
-
-    def __init__(self, lab: Lab, dst: str, log: Path) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.proc = lab.popen("vm1", "ping", "-n", "-D", "-i", "0.05", "-W", "1", dst, stdout=self._out)
-
-    def replies(self) -> list[float]:
-        return [float(m.group(1)) for m in PING_LINE.finditer(self.log.read_text())]
-
-    def outage(self, since: float) -> tuple[float, float]:
-        """(seconds from `since` to the reply that ended the longest silence after it, that silence)."""
-        pairs = [(a, b) for a, b in itertools.pairwise(self.replies()) if b > since]
-        if not pairs:
-            return float("nan"), float("nan")
-        a, b = max(pairs, key=lambda ab: ab[1] - ab[0])
-        return b - since, b - a
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-        self._out.close()
 
 
 @dataclass
@@ -140,7 +112,7 @@ def change_through_the_other(lab: Lab, n: int) -> float:
     return took - started
 
 
-def kill_relay(lab: Lab, ping: Ping) -> tuple[float, float]:
+def kill_relay(lab: Lab, ping: ContinuousPing) -> tuple[float, float]:
     home = next(r for r in local(lab, "gw1").relays if r.home)
     index = next(i for i in (1, 2) if home.id.startswith(f"{lab.plan.hub_address(i)}:"))
     wait_for(lambda: len(ping.replies()) >= 10, 10, "the ping running")
@@ -166,7 +138,7 @@ def main() -> None:
     down(LAB_NAME)
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory() as tmp:
-        ping: Ping | None = None
+        ping: ContinuousPing | None = None
         try:
             lab = up(
                 LAB_NAME,
@@ -179,7 +151,7 @@ def main() -> None:
                 relays=2,
                 block_udp=[3],
             )
-            ping = Ping(lab, str(lab.plan.site(3).vm_ip), Path(tmp) / "ping.log")
+            ping = ContinuousPing(lab, "vm1", lab.plan.site(3).vm_ip, Path(tmp) / "ping.log", interval=0.05)
             for n in range(args.rounds):
                 coordinator = kill_coordinator(lab)
                 change = change_through_the_other(lab, n)

@@ -12,8 +12,6 @@ Prints each round and min/median/max; always tears the lab down.
 from __future__ import annotations
 
 import argparse
-import itertools
-import re
 import statistics
 import sys
 import tempfile
@@ -24,10 +22,10 @@ from pathlib import Path
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, WaitTimeout, down, up, wait_until
+from wgmesh.lab.pings import ContinuousPing
 
 LAB_NAME = "brs"
 TARGET = 5.0
-PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
 
 
 def path_of(lab: Lab, node: str, peer: str) -> str | None:
@@ -58,33 +56,6 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
     return started + took
 
 
-class Ping:
-    """`ping -D -i 0.05` from vm1 to vm2, its output in a file; reply times are the -D timestamps."""
-
-    def __init__(self, lab: Lab, dst: str, log: Path) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.proc = lab.popen("vm1", "ping", "-n", "-D", "-i", "0.05", "-W", "1", dst, stdout=self._out)
-
-    def replies(self) -> list[float]:
-        return [float(m.group(1)) for m in PING_LINE.finditer(self.log.read_text())]
-
-    def outage(self, since: float) -> tuple[float, float]:
-        """(seconds from `since` to the reply that ended the longest silence after it, that silence)."""
-        times = self.replies()
-        pairs = [(a, b) for a, b in itertools.pairwise(times) if b > since]
-        if not pairs:
-            return float("nan"), float("nan")
-        a, b = max(pairs, key=lambda ab: ab[1] - ab[0])
-        return b - since, b - a
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-        self._out.close()
-
-
 @dataclass
 class Round:
     answered: float  # (i) block -> pings answered again
@@ -94,7 +65,7 @@ class Round:
     gap_back: float  # longest silence after the unblock
 
 
-def one_round(lab: Lab, ping: Ping) -> Round:
+def one_round(lab: Lab, ping: ContinuousPing) -> Round:
     wait_for(lambda: both(lab, "direct"), 60, "both sides direct")
     time.sleep(1)
     blocked = time.time()
@@ -118,10 +89,10 @@ def main() -> None:
     down(LAB_NAME)
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory() as tmp:
-        ping: Ping | None = None
+        ping: ContinuousPing | None = None
         try:
             lab = up(LAB_NAME, 2, "userspace", timeout=90, relay=True)
-            ping = Ping(lab, str(lab.plan.site(2).vm_ip), Path(tmp) / "ping.log")
+            ping = ContinuousPing(lab, "vm1", lab.plan.site(2).vm_ip, Path(tmp) / "ping.log", interval=0.05)
             wait_for(lambda: len(ping.replies()) >= 10, 10, "the ping running")
             for n in range(args.rounds):
                 rounds.append(one_round(lab, ping))

@@ -5,9 +5,7 @@ must arrive whole within a deadline, and the operator's and the agent's command 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import re
 import subprocess
 import sys
 import time
@@ -33,9 +31,6 @@ def run_cli(argv: list[str], lab: Lab, columns: int | None = None) -> subprocess
     if columns is not None:
         env["COLUMNS"] = str(columns)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
-
-
-PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
 
 
 @dataclass(frozen=True)
@@ -76,36 +71,6 @@ def both_on(lab: Lab, a: str, b: str, path: str) -> bool:
 def ping_ok(lab: Lab, src: str, dst: object, count: int = 2) -> bool:
     done = lab.exec(src, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", str(dst))
     return done.returncode == 0
-
-
-class ContinuousPing:
-    """`ping -D` every 100 ms from a namespace; `gaps()` gives the silences between replies."""
-
-    def __init__(self, lab: Lab, src: str, dst: object, log: Path) -> None:
-        self.log = log
-        self._out = log.open("w")
-        self.proc = lab.popen(src, "ping", "-n", "-D", "-i", "0.1", "-W", "1", str(dst), stdout=self._out)
-
-    def replies(self) -> list[float]:
-        return [float(m.group(1)) for m in PING_LINE.finditer(self.log.read_text())]
-
-    def longest_gap(self, since: float = 0.0) -> float:
-        times = [t for t in self.replies() if t >= since]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    def replies_since(self, moment: float) -> int:
-        """Replies logged after `moment` (time.time()); a test waits on this instead of sleeping."""
-        return sum(1 for t in self.replies() if t > moment)
-
-    def last_reply(self) -> float | None:
-        times = self.replies()
-        return times[-1] if times else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-        self._out.close()
 
 
 STREAM_SERVER = """
