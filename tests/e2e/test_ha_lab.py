@@ -14,13 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from lab_paths import CLI, ContinuousPing, TcpStream, ping_ok
+from lab_paths import CLI, TcpStream, ping_ok
 
 from wgmesh import trust
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.errors import StoreError
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.layout import RELAY_PORT
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.timescale import scaled
 from wgmesh.models import LocalStatus
 from wgmesh.pins import Pin

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import ContinuousPing, ping_ok
+from lab_paths import ping_ok
 
 from wgmesh.coordinator import identity
 from wgmesh.lab import Lab, wait_until
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.services import log_path
 
 pytestmark = [pytest.mark.e2e]

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_paths import ContinuousPing, ping_ok, tcp_transfer
+from lab_paths import ping_ok, tcp_transfer
 
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
 from wgmesh.lab.converge import WgPeer, parse_wg_dump
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import program
 

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import ContinuousPing, ping_ok
+from lab_paths import ping_ok
 from metrics_harness import Samples, scrape, value
 
 from wgmesh import trust
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.layout import AGENT_METRICS_PORT, COORDINATOR_METRICS_PORT, RELAY_METRICS_PORT
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.pins import Pin
 
 pytestmark = [pytest.mark.e2e]

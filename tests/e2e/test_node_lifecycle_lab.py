@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import CLI, ContinuousPing, TcpStream, ping_ok, run_cli
+from lab_paths import CLI, TcpStream, ping_ok, run_cli
 
 from wgmesh import trust
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.errors import AuthError
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.layout import agent_args
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.services import log_path
 from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import program

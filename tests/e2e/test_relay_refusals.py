@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import ContinuousPing, path_of, ping_ok
+from lab_paths import path_of, ping_ok
 
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.layout import RELAY_PORT, coordinator_db_url
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.services import log_path, relay_pin
 from wgmesh.pins import Pin
 from wgmesh.relay import protocol, tickets

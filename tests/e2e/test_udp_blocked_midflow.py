@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_paths import ContinuousPing, TcpStream, both_on, path_of
+from lab_paths import TcpStream, both_on, path_of
 
 from wgmesh.lab import Lab, wait_until
+from wgmesh.lab.pings import ContinuousPing
 
 pytestmark = [pytest.mark.e2e]
 
