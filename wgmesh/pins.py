@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from wgmesh.errors import ValidationError
 
 PREFIX = "sha256:"
+PIN_LINE = "coordinator pin: "
+"""How `wgmesh-coordinator init` prints the coordinator's pin (the lab reads it from there): here, not
+in the coordinator's modules, so that the lab and the CLI that carries it need not import those."""
 _HEX_LENGTH = 64
 
 

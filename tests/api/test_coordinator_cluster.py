@@ -23,13 +23,13 @@ from pg_harness import Cluster
 from sqlalchemy.engine import make_url
 from test_long_poll import Poll, held
 
-from wgmesh.coordinator.identity import PIN_LINE
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.store import Store
 from wgmesh.coordinator.sweeps import Election
 from wgmesh.lab.timescale import scaled
 from wgmesh.lab.wait import wait_until
 from wgmesh.models import Network
+from wgmesh.pins import PIN_LINE
 
 WAKE_BUDGET = 0.5
 """Seconds (reference machine) from a write's answer on A to the long-poll's answer on B."""

@@ -33,8 +33,6 @@ from wgmesh.pins import Pin
 from wgmesh.secure_files import write_private
 
 COMMON_NAME = "wgmesh coordinator"
-PIN_LINE = "coordinator pin: "
-"""How `init` prints the pin (the lab reads it from there)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from wgmesh.coordinator.store import Store, redacted
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.models import Network, RelayInfo
-from wgmesh.pins import Pin
+from wgmesh.pins import PIN_LINE, Pin
 from wgmesh.relay import tickets
 from wgmesh.relay.identity import RelayIdentity
 from wgmesh.relay.revocation import DEFAULT_PULL_INTERVAL
@@ -213,7 +213,7 @@ def run(argv: Sequence[str]) -> int:
         network = Network(name=args.network, overlay_cidr=ipam.parse_cidr(args.overlay), p2p=args.p2p)
         _upgrade(store)
         token = registry.initialise(network, admin)
-        print(f"{identity.PIN_LINE}{identity.ensure(store).pin}")
+        print(f"{PIN_LINE}{identity.ensure(store).pin}")
         if token is not None:
             print(f"admin token (shown once, store it safely): {token}")
         elif admin is not None:

@@ -14,7 +14,6 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from wgmesh.coordinator.identity import PIN_LINE
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import postgres, procs, system
 from wgmesh.lab.api import admin_client
@@ -38,7 +37,7 @@ from wgmesh.lab.timescale import scaled
 from wgmesh.lab.tools import RELAY_PROGRAM, program
 from wgmesh.lab.wait import NotYet, Progress, WaitTimeout, quiet, wait_until
 from wgmesh.logs import kv
-from wgmesh.pins import Pin
+from wgmesh.pins import PIN_LINE, Pin
 from wgmesh.relay.identity import KEY_FILE, RelayIdentity, load_or_create_key
 
 log = logging.getLogger("wgmesh.lab")
