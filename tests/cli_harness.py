@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +14,25 @@ from typing import Any, Protocol
 from wgmesh.lab.timescale import scaled
 
 ENTRY = "from wgmesh.cli.main import main; main()"
+# Runs each command line of a JSON list (argv[1]) through the same main() one after the other, each
+# with its own stdout and stderr, and writes their exit codes and output as JSON: one interpreter
+# start-up (about a second) for many commands whose messages a test checks.
+BATCH_ENTRY = """
+import contextlib, io, json, sys
+from wgmesh.cli.main import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = ["wgmesh", *argv]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(results))
+"""
 CLI_TIMEOUT = 30.0
 
 # The `wgmesh status --json` contract (docs/cli.md): the fields of a node, a peer and a route.
@@ -96,6 +115,22 @@ def run_cli(
         timeout=scaled(timeout),
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_cli_batch(commands: Sequence[Sequence[str]], env: Mapping[str, str]) -> list[Result]:
+    """Run `wgmesh ARGS…` for each command line, in one process of their own (BATCH_ENTRY): for tests
+    of what many commands answer, not of what a fresh process does (run_cli is for that)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", BATCH_ENTRY, json.dumps([list(c) for c in commands])],
+        check=False,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=scaled(CLI_TIMEOUT + 2.0 * len(commands)),  # one start-up, then each command's work
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [Result(code, out, err) for code, out, err in json.loads(proc.stdout)]
 
 
 class Cli(Protocol):

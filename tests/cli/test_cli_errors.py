@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_harness import Cli, base_env, run_cli
-from coordinator_harness import Coordinator
+from cli_harness import Cli, Result, base_env, run_cli_batch
+from coordinator_harness import Coordinator, free_port
 
 # Every command that talks to the coordinator, with arguments that pass argument parsing.
 COMMANDS = [
@@ -40,12 +40,29 @@ def seeded(admin: httpx.Client) -> None:
         assert r.status_code == 201, r.text
 
 
+# Each group of tests below runs its commands in one process (run_cli_batch): they are about each
+# command's message and exit code; a fresh process per command is run_cli's, tested elsewhere.
+
+
+@pytest.fixture(scope="module")
+def unreachable(cli_env: dict[str, str]) -> tuple[str, dict[tuple[str, ...], Result]]:
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there (just released by the OS)
+    results = run_cli_batch([(*argv, "--json") for argv in COMMANDS], env=cli_env | {"WGMESH_URL": url})
+    return url, dict(zip(COMMANDS, results, strict=True))
+
+
+@pytest.fixture(scope="module")
+def bad_token(cli_env: dict[str, str], seeded: None) -> dict[tuple[str, ...], Result]:
+    results = run_cli_batch([(*argv, "--token", "not-the-admin-token") for argv in COMMANDS], env=cli_env)
+    return dict(zip(COMMANDS, results, strict=True))
+
+
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
 def test_unreachable_coordinator_is_one_line_and_exit_1(
-    wgmesh: Cli, cli_env: dict[str, str], closed_port: int, argv: tuple[str, ...]
+    unreachable: tuple[str, dict[tuple[str, ...], Result]], argv: tuple[str, ...]
 ) -> None:
-    url = f"https://127.0.0.1:{closed_port}"
-    r = wgmesh(*argv, "--json", env=cli_env | {"WGMESH_URL": url})
+    url, results = unreachable
+    r = results[argv]
     assert r.code == 1
     assert r.one_line_error() == f"wgmesh: cannot reach the coordinator at {url}: Connection refused"
     assert r.out == ""
@@ -53,9 +70,9 @@ def test_unreachable_coordinator_is_one_line_and_exit_1(
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
 def test_bad_token_is_one_line_and_exit_1(
-    wgmesh: Cli, coordinator: Coordinator, seeded: None, argv: tuple[str, ...]
+    coordinator: Coordinator, bad_token: dict[tuple[str, ...], Result], argv: tuple[str, ...]
 ) -> None:
-    r = wgmesh(*argv, "--token", "not-the-admin-token")
+    r = bad_token[argv]
     assert r.code == 1
     line = r.one_line_error()
     assert line.startswith("wgmesh: admin token is not valid")
@@ -64,9 +81,7 @@ def test_bad_token_is_one_line_and_exit_1(
 
 
 def test_without_settings_every_command_says_how_to_give_them(home: Path) -> None:
-
-    for argv in COMMANDS:
-        r = run_cli(*argv, env=base_env(home))
+    for argv, r in zip(COMMANDS, run_cli_batch(COMMANDS, env=base_env(home)), strict=True):
         assert r.code == 2, argv
         assert "no coordinator: pass --coordinator URL, set WGMESH_URL" in r.one_line_error()
 
