@@ -261,6 +261,8 @@ def run(argv: Sequence[str]) -> int:
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
 
+    from wgmesh.coordinator.serving import HttpProtocol  # noqa: PLC0415 - uvicorn's, as above
+
     log.info(
         "listening",
         extra=logs.kv(
@@ -284,6 +286,7 @@ def run(argv: Sequence[str]) -> int:
         proxy_headers=False,
         # open dashboard event streams and long polls must not hold a SIGTERM up
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        http=HttpProtocol,  # idle keep-alive connections dropped at shutdown (serving.py)
     )
     if tls is not None:
         with identity.served_files(tls) as (certfile, keyfile):
