@@ -11,6 +11,10 @@ from wgmesh.lab import Lab, wait_until
 pytestmark = [pytest.mark.e2e]
 
 LIMIT = 20e6
+FREE_SECONDS = 1
+"""An unlimited run only has to show a rate well above the limit: > 3 x 20 Mbit/s where the direct path
+carries about 500 (docs/performance.md). TCP reaches that within milliseconds on this sub-millisecond
+path, so one second measures it as well as three; the shaped runs keep their 5 s for the ±15 % band."""
 
 
 def limited(lab: Lab, node: str) -> bool:
@@ -26,7 +30,7 @@ def test_node_and_pair_limits(lab: Lab) -> None:
     wait_until(
         lambda: ping_ok(lab, one.host, two.vm_ip) and ping_ok(lab, one.host, three.vm_ip), 20, "mesh up"
     )
-    free = iperf3(lab, one, two, seconds=3)
+    free = iperf3(lab, one, two, seconds=FREE_SECONDS)
     print(f"vm1 -> vm2 without limits: {free / 1e6:.0f} Mbit/s")
     assert free > 3 * LIMIT, "the unlimited path must be well above the limit for the test to mean anything"
 
@@ -39,7 +43,7 @@ def test_node_and_pair_limits(lab: Lab) -> None:
 
     lab.api("PATCH", "/api/v1/nodes/gw1", {"rate": None})
     wait_until(lambda: not limited(lab, "gw1"), 10, "gw1's tree removed")
-    restored = iperf3(lab, one, two, seconds=3)
+    restored = iperf3(lab, one, two, seconds=FREE_SECONDS)
     print(f"vm1 -> vm2 after removing the limit: {restored / 1e6:.0f} Mbit/s")
     assert restored > 3 * LIMIT
 
@@ -48,7 +52,7 @@ def test_node_and_pair_limits(lab: Lab) -> None:
     wait_until(lambda: limited(lab, "gw1") and limited(lab, "gw2"), 10, "both ends shaped")
     pair_limited = iperf3(lab, one, two, seconds=5)
     reverse = iperf3(lab, two, one, seconds=5, port=5202)
-    other = iperf3(lab, one, three, seconds=3, port=5203)
+    other = iperf3(lab, one, three, seconds=FREE_SECONDS, port=5203)
     print(
         f"pair gw1-gw2 limited to 20mbit: vm1 -> vm2 {pair_limited / 1e6:.1f}, vm2 -> vm1 {reverse / 1e6:.1f}, "
         f"vm1 -> vm3 (not limited) {other / 1e6:.0f} Mbit/s"
@@ -59,4 +63,4 @@ def test_node_and_pair_limits(lab: Lab) -> None:
 
     lab.api("PUT", "/api/v1/pairs/gw1/gw2", {"rate": None})
     wait_until(lambda: not limited(lab, "gw1") and not limited(lab, "gw2"), 10, "pair limit removed")
-    assert iperf3(lab, one, two, seconds=3) > 3 * LIMIT
+    assert iperf3(lab, one, two, seconds=FREE_SECONDS) > 3 * LIMIT

@@ -66,71 +66,80 @@ def signing_key(lab: Lab) -> str:
 
 
 @pytest.mark.lab(sites=3, block_udp=[3])
-def test_refusals_do_not_disturb_relayed_traffic(lab: Lab, tmp_path: Path) -> None:
-    three = lab.plan.site(3)
-    wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")
-    wait_until(lambda: path_of(lab, "gw1", "gw3") == "relay", 10, "gw1-gw3 relayed")
-    ping = ContinuousPing(lab, "vm1", three.vm_ip, tmp_path / "ping.log")
-    try:
-        wait_until(lambda: len(ping.replies()) >= 5, 10, "the ping running")
-        started = time.time()
-        key, now = signing_key(lab), time.time()
+class TestRelayedLab:
+    """Both tests on one lab (`shared_lab`): each begins by waiting for vm1 to reach vm3 through the relay,
+    and each leaves it so: the first never stops the relay, the second puts the pinned key back and waits
+    for the relayed path again before it ends."""
 
-        forged = Client(lab)
-        forged.send(
-            protocol.encode(Hello(1, tickets.issue_ticket(tickets.generate_signing_key(), 1, 3600, now)))
+    def test_refusals_do_not_disturb_relayed_traffic(self, shared_lab: Lab, tmp_path: Path) -> None:
+        lab = shared_lab
+        three = lab.plan.site(3)
+        wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")
+        wait_until(lambda: path_of(lab, "gw1", "gw3") == "relay", 10, "gw1-gw3 relayed")
+        ping = ContinuousPing(lab, "vm1", three.vm_ip, tmp_path / "ping.log")
+        try:
+            wait_until(lambda: len(ping.replies()) >= 5, 10, "the ping running")
+            started = time.time()
+            key, now = signing_key(lab), time.time()
+
+            forged = Client(lab)
+            forged.send(
+                protocol.encode(Hello(1, tickets.issue_ticket(tickets.generate_signing_key(), 1, 3600, now)))
+            )
+            assert forged.close_code() == CloseCode.BAD_TICKET
+
+            expired = Client(lab)
+            expired.send(protocol.encode(Hello(99, tickets.issue_ticket(key, 99, 3600, now - 7200))))
+            assert expired.close_code() == CloseCode.TICKET_EXPIRED
+
+            replayed = Client(lab)
+            replayed.send(protocol.encode(Hello(2, tickets.issue_ticket(key, 1, 3600, now))))
+            assert replayed.close_code() == CloseCode.WRONG_NODE
+
+            big = Client(lab)
+            big.send(protocol.encode(Hello(99, tickets.issue_ticket(key, 99, 3600, now))))
+            assert isinstance(big.next_frame(), HelloOk)
+            big.send(protocol.encode(Data(1, bytes(10_000))))
+            assert big.close_code() == CloseCode.FRAME_TOO_LARGE
+            assert big.closed()
+
+            refused = time.time()
+            wait_until(lambda: ping.replies_since(refused) >= 20, 10, "two more seconds of replies")
+            gap = ping.longest_gap(since=started)
+            print(f"relayed ping's longest gap while the relay refused four clients: {gap:.2f} s")
+            assert gap < 1.0
+            assert path_of(lab, "gw1", "gw3") == "relay"
+            assert lab.alive("relay")
+        finally:
+            ping.stop()
+
+    def test_agents_refuse_a_relay_presenting_another_key_until_the_pinned_one_is_back(
+        self, shared_lab: Lab
+    ) -> None:
+        lab = shared_lab
+        three = lab.plan.site(3)
+        wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")
+        key_file = lab.plan.relay_state_dir / KEY_FILE
+        pinned = key_file.read_bytes()
+        gw3_log = log_path(lab.state, "gw3")
+        # An impostor on the relay's address: another key than the one the coordinator announced.
+        assert lab.kill("relay")
+        write_private(key_file, generate_key())
+        try:
+            lab.start("relay")
+            lab.wait_relay()
+            wait_until(lambda: 'event="relay refused"' in gw3_log.read_text(), 20, "gw3 to refuse the relay")
+            line = next(x for x in gw3_log.read_text().splitlines() if 'event="relay refused"' in x)
+            assert f"the netmap pins {relay_pin_of(pinned)}" in line
+            assert not ping_ok(lab, "vm1", three.vm_ip)  # no relay to carry it, and no ticket handed over
+        finally:
+            lab.kill("relay")
+            write_private(key_file, pinned)
+            lab.start("relay")
+            lab.wait_relay()
+        wait_until(
+            lambda: ping_ok(lab, "vm1", three.vm_ip), 40, "vm1 to reach vm3 again over the pinned relay"
         )
-        assert forged.close_code() == CloseCode.BAD_TICKET
-
-        expired = Client(lab)
-        expired.send(protocol.encode(Hello(99, tickets.issue_ticket(key, 99, 3600, now - 7200))))
-        assert expired.close_code() == CloseCode.TICKET_EXPIRED
-
-        replayed = Client(lab)
-        replayed.send(protocol.encode(Hello(2, tickets.issue_ticket(key, 1, 3600, now))))
-        assert replayed.close_code() == CloseCode.WRONG_NODE
-
-        big = Client(lab)
-        big.send(protocol.encode(Hello(99, tickets.issue_ticket(key, 99, 3600, now))))
-        assert isinstance(big.next_frame(), HelloOk)
-        big.send(protocol.encode(Data(1, bytes(10_000))))
-        assert big.close_code() == CloseCode.FRAME_TOO_LARGE
-        assert big.closed()
-
-        refused = time.time()
-        wait_until(lambda: ping.replies_since(refused) >= 20, 10, "two more seconds of replies")
-        gap = ping.longest_gap(since=started)
-        print(f"relayed ping's longest gap while the relay refused four clients: {gap:.2f} s")
-        assert gap < 1.0
-        assert path_of(lab, "gw1", "gw3") == "relay"
-        assert lab.alive("relay")
-    finally:
-        ping.stop()
-
-
-@pytest.mark.lab(sites=3, block_udp=[3])
-def test_agents_refuse_a_relay_presenting_another_key_until_the_pinned_one_is_back(lab: Lab) -> None:
-    three = lab.plan.site(3)
-    wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")
-    key_file = lab.plan.relay_state_dir / KEY_FILE
-    pinned = key_file.read_bytes()
-    gw3_log = log_path(lab.state, "gw3")
-    # An impostor on the relay's address: another key than the one the coordinator announced.
-    assert lab.kill("relay")
-    write_private(key_file, generate_key())
-    try:
-        lab.start("relay")
-        lab.wait_relay()
-        wait_until(lambda: 'event="relay refused"' in gw3_log.read_text(), 20, "gw3 to refuse the relay")
-        line = next(x for x in gw3_log.read_text().splitlines() if 'event="relay refused"' in x)
-        assert f"the netmap pins {relay_pin_of(pinned)}" in line
-        assert not ping_ok(lab, "vm1", three.vm_ip)  # no relay to carry it, and no ticket handed over
-    finally:
-        lab.kill("relay")
-        write_private(key_file, pinned)
-        lab.start("relay")
-        lab.wait_relay()
-    wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 40, "vm1 to reach vm3 again over the pinned relay")
 
 
 def relay_pin_of(key: bytes) -> str:
