@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import httpx
 from coordinator_harness import (
     Coordinator,
     assert_error,
@@ -14,8 +16,11 @@ from coordinator_harness import (
     netmap,
     state,
 )
+from metrics_harness import scrape, value
 
 from wgmesh.coordinator.main import GRACEFUL_SHUTDOWN
+from wgmesh.lab.timescale import scaled
+from wgmesh.lab.wait import wait_until
 
 
 def test_state_versions_and_credentials_survive_a_restart(tmp_path: Path) -> None:
@@ -78,5 +83,41 @@ def test_a_client_holding_an_idle_connection_does_not_hold_the_stop_up(tmp_path:
             c.stop()
             # Dropped: a stop takes a fraction of a second; held, never less than the grace period.
             assert time.monotonic() - started < GRACEFUL_SHUTDOWN
+    finally:
+        c.stop()
+
+
+def test_a_held_long_poll_is_answered_at_once_when_the_coordinator_stops(tmp_path: Path) -> None:
+    """A long-poll with nothing new answers 304 as soon as the coordinator stops, so the stop does not wait
+    out its grace period and the agent asks again (and finds it gone) at once; it was cut after 5 s."""
+    c = Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log")
+    try:
+        c.start()
+        with c.admin() as admin, c.anonymous() as anon:
+            node = enroll(anon, create_token(admin)["token"], "gw-poll")
+        answers: list[int | str] = []
+
+        def poll() -> None:
+            with c.node(node.credential) as client:
+                try:
+                    since = node.first_netmap["version"]
+                    r = client.get("/api/v1/netmap", params={"since": since, "wait": 25}, timeout=30)
+                    answers.append(r.status_code)
+                except httpx.TransportError as exc:
+                    answers.append(type(exc).__name__)
+
+        held = threading.Thread(target=poll, daemon=True)
+        held.start()
+        wait_until(
+            lambda: value(scrape(c.metrics_url + "/metrics"), "wgmesh_netmap_long_polls") == 1,
+            5,
+            "a held poll",
+        )
+        started = time.monotonic()
+        c.stop()
+        stopped = time.monotonic() - started
+        held.join(scaled(5))
+        assert answers == [304]
+        assert stopped < GRACEFUL_SHUTDOWN  # it waited for the poll's whole grace period before
     finally:
         c.stop()

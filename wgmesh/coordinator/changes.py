@@ -12,6 +12,8 @@ class ChangeNotifier:
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.waiters = 0
+        self.stopping = False
+        """Set once the server stops: whoever waits answers now instead of waiting on."""
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the waiters run on (writes come from worker threads)."""
@@ -26,12 +28,19 @@ class ChangeNotifier:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def stop(self) -> None:
+        """The server is stopping (on the loop): wake every waiter, for good."""
+        self.stopping = True
+        self._notify()
+
     def current(self) -> asyncio.Event:
         """The event the next change sets; take it *before* reading the version to miss nothing."""
         return self._event
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait for `event` up to `timeout` seconds; True when it fired."""
+        """Wait for `event` up to `timeout` seconds; True when it fired (at once once stopping)."""
+        if self.stopping:
+            return True
         self.waiters += 1
         try:
             async with asyncio.timeout(timeout):

@@ -39,7 +39,8 @@ METRICS_LISTEN = "127.0.0.1:9585"
 """Where /metrics is served by default: loopback, since it names every node (docs/metrics.md)."""
 ADMIN_ENV = "WGMESH_ADMIN_TOKEN"
 GRACEFUL_SHUTDOWN = 5
-"""Seconds a stopping coordinator lets open requests (agents' long polls) finish before it cuts them."""
+"""Seconds a stopping coordinator lets open requests finish before it cuts them (held long polls and event
+streams end at once: serving.Server)."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -261,7 +262,7 @@ def run(argv: Sequence[str]) -> int:
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
 
-    from wgmesh.coordinator.serving import HttpProtocol  # noqa: PLC0415 - uvicorn's, as above
+    from wgmesh.coordinator.serving import HttpProtocol, Server  # noqa: PLC0415 - uvicorn's, as above
 
     log.info(
         "listening",
@@ -304,7 +305,8 @@ def run(argv: Sequence[str]) -> int:
         )
         # The API's server owns SIGTERM and SIGINT; this one stops when it does (_serve).
         metrics.capture_signals = contextlib.nullcontext
-    uvloop.run(_serve(uvicorn.Server(config), relay, metrics, metrics_socket, registry))
+    server = Server(config, on_stop=app.state.context.notifier.stop)  # held long polls answer at once
+    uvloop.run(_serve(server, relay, metrics, metrics_socket, registry))
     return 0
 
 

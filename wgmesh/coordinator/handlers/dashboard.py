@@ -130,6 +130,8 @@ async def events(call: Call) -> Response:
             kind = "change" if fired else "heartbeat"
             yield f"event: {kind}\ndata: {json.dumps({'version': version})}\n\n"
             fired = await notifier.wait(event, HEARTBEAT)
+            if notifier.stopping:
+                return  # the browser reconnects (retry), to this coordinator once back or another
             if fired:
                 await asyncio.sleep(EVENT_COALESCE)
 

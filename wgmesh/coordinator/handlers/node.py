@@ -75,7 +75,9 @@ async def get_netmap(call: Call) -> Response:
         if snapshot.version != since:
             return json_response(build_netmap(snapshot, call.node_id))
         remaining = deadline - loop.time()
-        if remaining <= 0:
+        # A stopping coordinator answers "nothing new" at once: the agent asks again, finds it gone and
+        # moves on, instead of waiting out the stop's grace period on a poll that would never answer.
+        if remaining <= 0 or notifier.stopping:
             return Response(status_code=304)
         with metrics.long_polls.track_inprogress():
             await notifier.wait(event, remaining)
