@@ -17,8 +17,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import system
 from wgmesh.lab.wait import NotYet
@@ -131,6 +129,8 @@ def initdb(paths: ClusterPaths) -> None:
 
 def ready(paths: ClusterPaths) -> bool:
     """True once the server accepts connections; NotYet (for wait_until) until then."""
+    import psycopg  # noqa: PLC0415 - only a PostgreSQL lab needs it, not every `wgmesh` command
+
     try:
         with psycopg.connect(paths.dsn(), connect_timeout=2) as conn:
             conn.execute(b"SELECT 1")
@@ -141,6 +141,8 @@ def ready(paths: ClusterPaths) -> bool:
 
 def create_database(paths: ClusterPaths, name: str, *, exist_ok: bool = False) -> str:
     """Create database `name` (outside a transaction, as CREATE DATABASE needs); returns its URL."""
+    import psycopg  # noqa: PLC0415 - as in ready()
+
     if not name.isidentifier():
         raise WgmeshError(f"database name {name!r} is not a plain identifier", code="invalid_database")
     with psycopg.connect(paths.dsn(), autocommit=True) as conn:
