@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import sys
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -32,6 +35,8 @@ from wgmesh.lab.layout import (
     underlay_commands,
     validate_name,
 )
+from wgmesh.lab.postgres import ClusterPaths
+from wgmesh.lab.procs import cmdline
 
 lab_names = st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True)
 IFNAMSIZ = 15  # the kernel's limit on interface names
@@ -311,3 +316,14 @@ def test_several_coordinators_need_postgresql_and_hubs_are_bounded() -> None:
         plan_lab("wgl", 2, relays=4)
     with pytest.raises(ValidationError, match="--coordinators must be between 1 and 3, not 0"):
         plan_lab("wgl", 2, db="postgresql", coordinators=0)
+
+
+def test_a_postmaster_is_recognised_by_its_data_directory_only() -> None:
+    cluster = ClusterPaths(Path("/run/wgmesh-lab/wgl/pg"))
+    ours = ["/usr/lib/postgresql/15/bin/postgres", "-D", "/run/wgmesh-lab/wgl/pg/data", "-k", "x"]
+    assert cluster.runs(ours)
+    assert not cluster.runs(["/usr/lib/postgresql/15/bin/postgres", "-D", "/run/wgmesh-lab/wgl2/pg/data"])
+    assert not cluster.runs(["setpriv", "--", *ours])  # not yet exec'd: not the postmaster
+    assert not cluster.runs([])
+    assert sys.executable in cmdline(os.getpid())[0] or cmdline(os.getpid())[0].endswith("python3")
+    assert cmdline(2**22 + 1) == []

@@ -4,8 +4,10 @@ An agent holds a connection to every relay announced and takes datagrams from an
 through one. It keeps that one while it is up, and moves only when another is clearly nearer: RTT
 samples jitter by a fraction of a millisecond, and a move on every sample would shift every relayed
 peer's traffic from one relay to the other and back (each move is harmless, WireGuard roams; but the
-relays' counters, the status, and a stream's packet order all churn). With no home, or its connection
-down, the nearest up relay is taken at once.
+relays' counters, the status, and a stream's packet order all churn). Each relay's RTT is the lowest of
+its last SAMPLES pings, so one late pong (a busy event loop, a queue for a moment) moves nothing, while a
+relay that really is nearer is seen as such from its first samples. With no home, or its connection down,
+the nearest up relay is taken at once.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+SAMPLES = 4
+"""Pings a relay's RTT is the minimum of: 8 s at the shim's 2 s ping interval."""
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One relay connection: its id (the grant's), whether it answered hello, its latest ping RTT (s)."""
+    """One relay connection: its id (the grant's), whether it answered hello, its RTT (s): the lowest of its
+    last SAMPLES pings, None before the first."""
 
     id: str
     up: bool

@@ -15,6 +15,7 @@ wireguard-go's own speed. The agent calls in from other threads only through the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -106,6 +107,8 @@ class RelayLink(asyncio.Protocol):
         self._scanner = protocol.FrameScanner()
         self.up = False
         self.rtt: float | None = None
+        self.recent: collections.deque[float] = collections.deque(maxlen=relay_choice.SAMPLES)
+        """The latest RTT samples: the home is chosen on their minimum, which one late pong does not move."""
         self.error: str | None = None
         self.last_heard = 0.0
         self.closed = False
@@ -254,6 +257,7 @@ class RelayLink(asyncio.Protocol):
                 self.transport.write(protocol.encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
             self.rtt = max(time.monotonic_ns() - frame.token, 0) / 1e9
+            self.recent.append(self.rtt)
             shim.rehome()
         elif isinstance(frame, HelloOk):
             if not self.up:
@@ -279,6 +283,7 @@ class RelayLink(asyncio.Protocol):
         was_up = self.up
         self.up = False
         self.rtt = None
+        self.recent.clear()
         self.transport = None
         if not self.closed:
             self.shim.rehome()

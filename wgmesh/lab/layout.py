@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from wgmesh.errors import ValidationError
+from wgmesh.lab.postgres import ClusterPaths
 
 DEFAULT_NAME = "wgl"
 DEFAULT_SITES = 3
@@ -186,6 +187,15 @@ def coordinator_node(index: int) -> str:
 def relay_node(index: int) -> str:
     """The node name of relay `index`: `relay`, then `relay2`, …"""
     return "relay" if index == 1 else f"relay{index}"
+
+
+def central_nodes(plan: LabPlan, relays: bool) -> list[str]:
+    """The central node's processes in the order they start: the database (PostgreSQL labs), every
+    coordinator, then every relay (when the lab runs relays)."""
+    nodes = [DATABASE_NODE] if plan.db == "postgresql" else []
+    nodes += [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
+    nodes += [relay_node(i) for i in range(1, plan.relays + 1)] if relays else []
+    return nodes
 
 
 def resolve_service(plan: LabPlan, node: str) -> Service:
@@ -433,8 +443,7 @@ def sqlite_db_url(plan: LabPlan) -> str:
 def coordinator_db_url(plan: LabPlan) -> str:
     """The lab coordinators' database URL: SQLite in the state dir, or the lab's PostgreSQL cluster."""
     if plan.db == "postgresql":
-        socket_dir = plan.pg_root / "run"
-        return f"postgresql://wgmesh@/{PG_DATABASE}?host={socket_dir}"
+        return ClusterPaths(plan.pg_root).url(PG_DATABASE)
     return sqlite_db_url(plan)
 
 

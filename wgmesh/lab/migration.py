@@ -2,18 +2,20 @@
 
 The steps are docs/deploy.md's: stop the coordinator, start PostgreSQL, `wgmesh-coordinator migrate
 --from sqlite:///… --to postgresql://…` (which copies everything and checks the copy), start the
-coordinators on it. Agents and relays are not touched. A failed move puts the lab back on SQLite, whose
-file the migration only read.
+coordinators on it. Agents and relays are not touched. A move that fails before the first coordinator
+answers on PostgreSQL puts the lab back on SQLite, whose file the migration only read.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import postgres, services, system
 from wgmesh.lab.layout import (
+    DATABASE_NODE,
     check_hubs,
     coordinator_db_url,
     coordinator_node,
@@ -33,7 +35,7 @@ MIGRATE_BUDGET = 60.0
 
 def move_to_postgresql(state: LabState, coordinators: int = 1, progress: Progress = quiet) -> float:
     """Move lab `state`'s registry to PostgreSQL and run `coordinators` coordinators on it; returns the
-    seconds no coordinator answered."""
+    seconds no coordinator answered (until the first answered on PostgreSQL)."""
     check_hubs(coordinators, "--coordinators")
     if state.db != "sqlite":
         raise ValidationError(f"lab {state.name} already keeps its registry in {state.db}", code="invalid_db")
@@ -55,27 +57,51 @@ def move_to_postgresql(state: LabState, coordinators: int = 1, progress: Progres
             [program("wgmesh-coordinator"), "migrate", "--from", source, "--to", target],
             timeout=MIGRATE_BUDGET,
         )
-    except BaseException:
-        # Back to SQLite, untouched by the copy: the lab runs as it did.
-        services.kill(state, "db")
-        state.db = "sqlite"
-        save(state)
+        progress(f"starting {coordinator_node(1)} on PostgreSQL")
         services.start(state, coordinator_node(1))
         services.wait_coordinator(state)
+    except BaseException:
+        back_to_sqlite(state)
         raise
+    down = time.monotonic() - stopped
+    # From here the lab runs on PostgreSQL: a coordinator that fails to start is started again with
+    # `wgmesh lab start hubN`, the record already names it.
     state.coordinators = coordinators
     save(state)
     after = state.plan()
     system.apply(
         hub_address_commands(after, [a for a in after.hub_addresses if a not in before.hub_addresses])
     )
-    for index in range(1, coordinators + 1):
+    for index in range(2, coordinators + 1):
         node = coordinator_node(index)
         progress(f"starting {node} on PostgreSQL")
         services.start(state, node)
         services.wait_coordinator(state, node=node)
-    down = time.monotonic() - stopped
     log.info(
         "lab moved to postgresql", extra=kv(lab=state.name, coordinators=coordinators, down_s=round(down, 2))
     )
     return down
+
+
+def back_to_sqlite(state: LabState) -> None:
+    """Undo a move that failed, each step whatever the previous one did: the coordinator on PostgreSQL and
+    the database stopped, the cluster (only the copy is in it) removed so that a retry starts empty, the
+    record on SQLite again, the coordinator started on its untouched file."""
+    for node in (coordinator_node(1), DATABASE_NODE):
+        try:
+            services.kill(state, node)
+        except WgmeshError as exc:
+            log.warning(
+                "undoing the move: cannot stop", extra=kv(lab=state.name, node=node, error=exc.message)
+            )
+    if not services.alive(state, DATABASE_NODE):
+        shutil.rmtree(state.plan().pg_root, ignore_errors=True)
+    state.db = "sqlite"
+    save(state)
+    try:
+        services.start(state, coordinator_node(1))
+        services.wait_coordinator(state)
+    except WgmeshError as exc:
+        log.warning(
+            "undoing the move: the coordinator did not come back", extra=kv(lab=state.name, error=exc.message)
+        )

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab import system
+from wgmesh.lab.timescale import scaled
 from wgmesh.lab.wait import NotYet
 
 BINDIR = Path(os.environ.get("WGMESH_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -108,6 +109,10 @@ class ClusterPaths:
         options = [arg for key, value in SETTINGS.items() for arg in ("-c", f"{key}={value}")]
         return [*as_owner(), tool("postgres"), "-D", str(self.data), "-k", str(self.socket_dir), *options]
 
+    def runs(self, cmdline: list[str]) -> bool:
+        """Whether a process's command line is this cluster's postmaster (postgres on this data directory)."""
+        return bool(cmdline) and Path(cmdline[0]).name == "postgres" and str(self.data) in cmdline
+
     def postmaster_pid(self) -> int | None:
         """The PID postmaster.pid names (its first line), or None when the server is not running."""
         try:
@@ -124,7 +129,22 @@ def initdb(paths: ClusterPaths) -> None:
     for path in (paths.root, paths.socket_dir):
         os.chown(path, user.pw_uid, user.pw_gid)
     if not paths.initialised():
-        system.run(paths.initdb_argv(), timeout=INITDB_BUDGET, cwd=paths.root)
+        # subprocess itself, not lab.system's runner: the layout imports this module for its URLs, and
+        # the runner imports the layout.
+        try:
+            subprocess.run(
+                paths.initdb_argv(),
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=paths.root,
+                timeout=scaled(INITDB_BUDGET),
+            )
+        except subprocess.CalledProcessError as exc:
+            detail = (exc.stderr or exc.stdout).strip().replace("\n", "; ")
+            raise WgmeshError(f"initdb failed: {detail}", code="command_failed") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise WgmeshError(f"initdb did not finish in {scaled(INITDB_BUDGET):g}s", code="timeout") from exc
 
 
 def ready(paths: ClusterPaths) -> bool:

@@ -48,6 +48,15 @@ def identity(pid: int) -> ProcessId | None:
     return ProcessId(pid, ticks)
 
 
+def cmdline(pid: int) -> list[str]:
+    """A process's arguments (empty when it is gone or has none, as a kernel thread)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
 def alive(proc: ProcessId) -> bool:
     """Whether this very process still runs."""
     _reap(proc.pid)

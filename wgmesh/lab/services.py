@@ -24,12 +24,11 @@ from wgmesh.lab.layout import (
     Service,
     Site,
     agent_args,
+    central_nodes,
     coordinator_args,
     coordinator_init_args,
-    coordinator_node,
     relay_args,
     relay_key_args,
-    relay_node,
     resolve_service,
 )
 from wgmesh.lab.record import LabState, ProcessRecord, Role, save
@@ -185,9 +184,9 @@ def wait_database(state: LabState, timeout: float = DATABASE_START_TIMEOUT) -> f
 
 
 STOP_BUDGET = 15.0
-"""Seconds a signalled process has to end: a coordinator lets agents' long polls run for up to
-GRACEFUL_SHUTDOWN (5 s) before it cuts them, then stops its metrics listener and relay (run 13 of issue 12
-saw one still running after a 5 s budget)."""
+"""Seconds a signalled process has to end: a coordinator answers held long-polls at once but lets other
+requests in progress run for up to GRACEFUL_SHUTDOWN (5 s), then stops its metrics listener and relay (run 13
+of issue 12 saw one still running after a 5 s budget)."""
 
 
 def kill(
@@ -328,11 +327,7 @@ def wait_started(state: LabState, node: str) -> float:
 
 def start_hubs(state: LabState, progress: Progress = quiet) -> None:
     """Start the database (if any), every coordinator, then every relay (if any), each ready before the next."""
-    plan = state.plan()
-    nodes = ["db"] if plan.db == "postgresql" else []
-    nodes += [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
-    nodes += [relay_node(i) for i in range(1, plan.relays + 1)] if state.relay else []
-    for node in nodes:
+    for node in central_nodes(state.plan(), state.relay):
         if node == "relay" and state.relay_key is None:
             progress("creating the coordinator's relay key")
             prepare_relay(state)

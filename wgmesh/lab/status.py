@@ -10,7 +10,7 @@ from wgmesh.errors import WgmeshError
 from wgmesh.lab import services, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.impair import describe
-from wgmesh.lab.layout import DATABASE_NODE, coordinator_node, relay_node
+from wgmesh.lab.layout import central_nodes
 from wgmesh.lab.observe import read_gateways
 from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
@@ -98,9 +98,6 @@ def lab_status(state: LabState) -> LabStatus:
     links = None
     with contextlib.suppress(WgmeshError), admin_client(state) as api:
         links = api.topology_links(scaled(3.0))
-    central = [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
-    central += [relay_node(i) for i in range(1, plan.relays + 1)] if state.relay else []
-    central += [DATABASE_NODE] if plan.db == "postgresql" else []
     return LabStatus(
         name=state.name,
         underlay=str(plan.underlay),
@@ -117,6 +114,6 @@ def lab_status(state: LabState) -> LabStatus:
         lan_mtu=dict(state.lan_mtu),
         underlay_mtu=dict(state.underlay_mtu),
         sg_drop_icmp=list(state.sg_drop_icmp),
-        services={node: services.alive(state, node) for node in central},
+        services={node: services.alive(state, node) for node in central_nodes(plan, state.relay)},
         database=plan.db,
     )

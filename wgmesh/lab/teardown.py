@@ -15,6 +15,7 @@ from pathlib import Path
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import procs, system
 from wgmesh.lab.layout import RELAY_PORT, STATE_ROOT, owns, plan_lab, validate_name
+from wgmesh.lab.postgres import ClusterPaths
 from wgmesh.lab.record import LabState, load
 from wgmesh.logs import kv
 
@@ -124,11 +125,17 @@ def down(name: str, root: Path = STATE_ROOT) -> DownReport:
                 found = procs.identity(pid)
                 if found is not None and found not in hub:
                     hub.append(found)
-    # Short grace: uvicorn's graceful shutdown waits for pending netmap long-polls, and the
-    # database is about to be deleted anyway.
+    # Short grace: requests still in progress are not worth waiting for, the lab's data is about to go.
     report.processes += len(procs.terminate(hub, grace=2.0))
-    # The database last, once its clients are gone: SIGINT is PostgreSQL's fast shutdown.
+    # The database last, once its clients are gone: SIGINT is PostgreSQL's fast shutdown. The recorded
+    # postmaster, and the one its pid file names (started just before a crash, before it was recorded) if
+    # that pid runs postgres on this lab's data directory.
     database = [ids[r.node] for r in recorded if r.role == "database"]
+    cluster = ClusterPaths(root / name / "pg")
+    postmaster = cluster.postmaster_pid()
+    running = procs.identity(postmaster) if postmaster is not None else None
+    if running is not None and running not in database and cluster.runs(procs.cmdline(running.pid)):
+        database.append(running)
     report.processes += len(procs.terminate(database, grace=10.0, sig=signal.SIGINT))
     for ns in owned_ns:
         system.delete_namespace(ns)

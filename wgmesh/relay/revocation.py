@@ -146,31 +146,34 @@ class RevocationPuller:
             raise ValidationError("the revocation pull interval must be above 0 seconds")
         relay_token(self.key_pem, self.relay_id, 0)  # an unusable key fails the start, not every pull
 
-    def pull(self) -> tuple[str, list[RevokedTicket]]:
-        """One pull (blocking): the coordinator that answered and its list; a WgmeshError when none can be
-        asked or one refuses."""
-        token = relay_token(self.key_pem, self.relay_id, time.time())
-        with ApiClient(self.urls, bearer=token, user_agent="wgmesh-relay", tls=self.tls) as client:
-            revoked = client.call("GET", PATH, RevocationList).revoked
-            return client.url, revoked
+    def pull(self, client: ApiClient) -> tuple[str, list[RevokedTicket]]:
+        """One pull (blocking) with a freshly signed token: the coordinator that answered and its list; a
+        WgmeshError when none can be asked or one refuses."""
+        client.bearer = relay_token(self.key_pem, self.relay_id, time.time())
+        revoked = client.call("GET", PATH, RevocationList).revoked
+        return client.url, revoked
 
     async def run(self, apply: Callable[[list[RevokedTicket]], None]) -> None:
         """Pull every `interval` until cancelled, handing each list to `apply` (on this loop). A failed
-        pull keeps the last list: tickets are still verified offline, relayed traffic goes on."""
+        pull keeps the last list: tickets are still verified offline, relayed traffic goes on.
+
+        One client for every pull: it stays on the coordinator that last answered (wgmesh/failover.py), so
+        a hung first coordinator costs one request deadline, not one per pull."""
         failing, used = False, None
-        while True:
-            try:
-                url, revoked = await asyncio.to_thread(self.pull)
-            except WgmeshError as error:
-                if not failing:
-                    urls = ",".join(self.urls)
-                    log.warning("revocation pull failed", extra=logs.kv(urls=urls, error=error.message))
-                failing = True
-            else:
-                if failing:
-                    log.info("revocation pull works again", extra=logs.kv(url=url))
-                elif url != used:  # the first pull, and each move to another coordinator
-                    log.info("revocations pulled", extra=logs.kv(url=url, revoked=len(revoked)))
-                failing, used = False, url
-                apply(revoked)
-            await asyncio.sleep(self.interval)
+        with ApiClient(self.urls, user_agent="wgmesh-relay", tls=self.tls) as client:
+            while True:
+                try:
+                    url, revoked = await asyncio.to_thread(self.pull, client)
+                except WgmeshError as error:
+                    if not failing:
+                        urls = ",".join(self.urls)
+                        log.warning("revocation pull failed", extra=logs.kv(urls=urls, error=error.message))
+                    failing = True
+                else:
+                    if failing:
+                        log.info("revocation pull works again", extra=logs.kv(url=url))
+                    elif url != used:  # the first pull, and each move to another coordinator
+                        log.info("revocations pulled", extra=logs.kv(url=url, revoked=len(revoked)))
+                    failing, used = False, url
+                    apply(revoked)
+                await asyncio.sleep(self.interval)
