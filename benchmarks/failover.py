@@ -21,32 +21,23 @@ from __future__ import annotations
 
 import argparse
 import signal
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab_rounds import print_rounds, wait_for
+
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
-from wgmesh.errors import WgmeshError
-from wgmesh.lab import Lab, WaitTimeout, down, up, wait_until
+from wgmesh.lab import Lab, down, up
 from wgmesh.lab.layout import coordinator_node, relay_node
 from wgmesh.lab.pings import ContinuousPing
 from wgmesh.models import LocalStatus
 
 LAB_NAME = "bfo"
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll `check`; the wall-clock time (time.time()) it first held, or SystemExit naming `what`."""
-    started = time.time()
-    try:
-        took = wait_until(check, timeout, what, interval=interval, not_yet=(WgmeshError, KeyError, OSError))
-    except WaitTimeout as exc:
-        raise SystemExit(str(exc)) from exc
-    return started + took
+FINE = 0.02
+"""Seconds between looks where the look is the measurement: (a) and (b)."""
 
 
 def local(lab: Lab, node: str) -> LocalStatus:
@@ -80,7 +71,7 @@ def kill_coordinator(lab: Lab) -> float:
         status = local(lab, "gw2")
         return status.coordinator != before and status.coordinator_reachable
 
-    took = wait_for(moved, 30, "gw2 following the other coordinator") - killed
+    took = wait_for(moved, 30, "gw2 following the other coordinator", interval=FINE) - killed
     lab.start(node)
     lab.wait_coordinator(node=node)
     return took
@@ -107,7 +98,12 @@ def change_through_the_other(lab: Lab, n: int) -> float:
     started = time.time()
     made = lab.api("POST", "/api/v1/nodes", {"name": f"bench{n}", "generate_keys": True}, coordinator=other)
     key = str(made["public_key"])
-    took = wait_for(lambda: all(key in keys for keys in peer_keys(lab)), 30, "the new peer on every gateway")
+    took = wait_for(
+        lambda: all(key in keys for keys in peer_keys(lab)),
+        30,
+        "the new peer on every gateway",
+        interval=FINE,
+    )
     lab.api("DELETE", f"/api/v1/nodes/bench{n}")
     return took - started
 
@@ -178,11 +174,7 @@ def main() -> None:
     print("two coordinators on PostgreSQL, two relays; (a) coordinator killed -> its agent on the other;")
     print("(b) change on one -> on every gateway; (c) relay killed -> relayed pings answered (longest gap);")
     print("(d) coordinator hung (SIGSTOP) -> its agent on the other")
-    print(f"{'round':<8}" + "".join(f"{title:>14}" for title, _ in columns))
-    for n, r in enumerate(rounds, 1):
-        print(f"{n:<8}" + "".join(f"{getattr(r, attr):>14.3f}" for _, attr in columns))
-    for label, pick in (("min", min), ("median", statistics.median), ("max", max)):
-        print(f"{label:<8}" + "".join(f"{pick([getattr(r, a) for r in rounds]):>14.3f}" for _, a in columns))
+    print_rounds(columns, rounds, width=14, digits=3)
 
 
 if __name__ == "__main__":

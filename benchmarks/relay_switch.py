@@ -12,16 +12,15 @@ Prints each round and min/median/max; always tears the lab down.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wgmesh.errors import WgmeshError
-from wgmesh.lab import Lab, WaitTimeout, down, up, wait_until
+from lab_rounds import print_rounds, wait_for
+
+from wgmesh.lab import Lab, down, up
 from wgmesh.lab.pings import ContinuousPing
 
 LAB_NAME = "brs"
@@ -40,20 +39,6 @@ def path_of(lab: Lab, node: str, peer: str) -> str | None:
 
 def both(lab: Lab, path: str) -> bool:
     return path_of(lab, "gw1", "gw2") == path and path_of(lab, "gw2", "gw1") == path
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
-    """Poll `check`; the wall-clock time (time.time()) it first held, or SystemExit naming `what`.
-
-    The lab's one wait (scaled to the machine); the API's errors and a report's missing key mean
-    that the lab is still coming up.
-    """
-    started = time.time()
-    try:
-        took = wait_until(check, timeout, what, interval=interval, not_yet=(WgmeshError, KeyError))
-    except WaitTimeout as exc:
-        raise SystemExit(str(exc)) from exc
-    return started + took
 
 
 @dataclass
@@ -110,11 +95,7 @@ def main() -> None:
         ("gap back s", "gap_back"),
     ]
     print("UDP blocked at gw2 during ping -D -i 0.05 vm1 -> vm2; times from the block / the unblock")
-    print(f"{'round':<8}" + "".join(f"{title:>15}" for title, _ in columns))
-    for n, r in enumerate(rounds, 1):
-        print(f"{n:<8}" + "".join(f"{getattr(r, attr):>15.2f}" for _, attr in columns))
-    for label, pick in (("min", min), ("median", statistics.median), ("max", max)):
-        print(f"{label:<8}" + "".join(f"{pick([getattr(r, a) for r in rounds]):>15.2f}" for _, a in columns))
+    print_rounds(columns, rounds, width=15, digits=2)
     for what, attr in (("pings answered via the relay", "answered"), ("both agents report relay", "relay")):
         worst = max(getattr(r, attr) for r in rounds)
         verdict = "met" if worst <= TARGET else "NOT met"
