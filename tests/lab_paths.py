@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wgmesh.errors import NotFoundError
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
 from wgmesh.lab.timescale import scaled
 
@@ -42,10 +43,25 @@ class PeerPath:
     endpoint: str | None
 
 
+def last_report(lab: Lab, node: str) -> dict[str, Any]:
+    """The gateway's latest status report; {} before its first, which may come after the lab has converged
+    (a lab converges on handshakes; CI run 29 read the status in between), so a wait on it goes on."""
+    try:
+        status = lab.api("GET", f"/api/v1/nodes/{node}/status")
+    except NotFoundError as exc:
+        if exc.code != "no_status":
+            raise
+        return {}
+    assert isinstance(status, dict)
+    report = status.get("report") or {}
+    assert isinstance(report, dict)
+    return report
+
+
 def paths(lab: Lab, node: str) -> dict[str, PeerPath]:
     """The gateway's latest status report, by peer name (reports follow a switch within a second)."""
     names = {n["public_key"]: n["name"] for n in lab.api("GET", "/api/v1/nodes")["nodes"]}
-    report = lab.api("GET", f"/api/v1/nodes/{node}/status").get("report") or {}
+    report = last_report(lab, node)
     out = {}
     for peer in report.get("peers", []):
         out[names.get(peer["public_key"], peer["public_key"])] = PeerPath(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lab_paths import last_report
 
 from wgmesh.lab import Lab, Site, wait_until
 from wgmesh.lab.layout import agent_args
@@ -33,8 +34,7 @@ def state_of(lab: Lab, gateway: str, prefix: str) -> str | None:
 
 def applied(lab: Lab, site: Site, version: int) -> bool:
     """Whether `site`'s agent reports a netmap at least as new as `version`."""
-    status = lab.api("GET", f"/api/v1/nodes/{site.node}/status")
-    return int(status["report"].get("netmap_version") or 0) >= version
+    return int(last_report(lab, site.node).get("netmap_version") or 0) >= version
 
 
 def cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from lab_paths import AGENT, CLI, ping_ok, run_cli
+from lab_paths import AGENT, CLI, last_report, ping_ok, run_cli
 
 from wgmesh.lab import Lab, wait_until
 
@@ -25,9 +25,7 @@ def routes(lab: Lab, node: str, interface: str) -> str:
 
 
 def reported_refused(lab: Lab, node: str) -> list[dict[str, Any]]:
-    status = lab.api("GET", f"/api/v1/nodes/{node}/status")
-    assert isinstance(status, dict)
-    return list(status["report"].get("refused", []))
+    return list(last_report(lab, node).get("refused", []))
 
 
 @pytest.mark.lab(sites=2)
