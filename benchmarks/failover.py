@@ -115,7 +115,9 @@ def kill_relay(lab: Lab, ping: ContinuousPing) -> tuple[float, float]:
     killed = time.time()
     lab.kill(relay_node(index), signal.SIGKILL)
     wait_for(lambda: (ping.replies() or [0.0])[-1] > killed, 30, "pings answered after the relay's death")
-    time.sleep(1)  # a second of replies after the first, so the silence measured is the whole of it
+    # a second of replies (20 at 50 ms) after the first, so the silence measured is the whole of it
+    answered = time.time()
+    wait_for(lambda: ping.replies_since(answered) >= 20, 10, "a second of replies after the relay's death")
     back, gap = ping.outage(killed)
     lab.start(relay_node(index))
     lab.wait_relay(node=relay_node(index))
