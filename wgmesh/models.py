@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wgmesh import errors, ipam, keys, pins, printable, rates, values
-from wgmesh.values import NodeId, P2PPolicy, PathKind, RefusalCode, RouteState
+from wgmesh.values import FailoverCode, Liveness, NodeId, P2PPolicy, PathKind, RefusalCode, RouteState
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
@@ -194,6 +194,10 @@ class Node(Model):
     name: Name
     public_key: WgKey
     overlay_ip: IpAddr
+    site: Name = Field(
+        description="The site (VPC) the node serves: identical prefixes of one site's gateways form an HA "
+        "group; a node that names none is a site of its own, named after it"
+    )
     subnets: list[PrefixField] = Field(
         default_factory=list, description="Advertised subnets, in the order given"
     )
@@ -217,6 +221,14 @@ class Node(Model):
     rotate_requested_at: datetime | None = Field(
         None, description="When an admin asked its agent for a new key; null once the agent has rotated"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_site(cls, data: Any) -> Any:
+        """A node given without a site is a site of its own (the rule of the registry's rows too)."""
+        if isinstance(data, dict) and data.get("site") is None and "name" in data:
+            return {**data, "site": data["name"]}
+        return data
 
 
 class Route(Answer):
@@ -281,6 +293,18 @@ class PeerConfig(Answer):
     )
 
 
+class HaGroup(Answer):
+    """Gateways of one site advertising the same approved prefix: who may carry it, in order.
+
+    Each agent picks the member it sends the prefix to from its own probes (agent/ha.py): the primary
+    while it answers, else the first standby that does. `allowed_ips` holds the prefix on the primary,
+    so an agent that knows no HA groups keeps routing it there."""
+
+    prefix: PrefixField
+    site: Name
+    members: list[NodeId] = Field(min_length=2, description="The primary first, then the standbys in order")
+
+
 class NetMap(Answer):
     """Everything one node needs to configure its interface and routes."""
 
@@ -293,6 +317,9 @@ class NetMap(Answer):
     p2p: P2PPolicy = Field(description="The node's own effective policy (network and node)")
     peers: list[PeerConfig]
     routes: list[Route] = Field(default_factory=list, description="The verdict on this node's own subnets")
+    ha_groups: list[HaGroup] = Field(
+        default_factory=list, description="Every HA group of the network, this node's own included"
+    )
     rate: Rate | None = Field(None, description="Egress limit of this node's WireGuard interface")
     # A default, so that a cached netmap or one from a coordinator without MTUs still reads as before.
     mtu: int = Field(
@@ -397,6 +424,7 @@ class EnrollRequest(Model):
     max_mtu: UnderlayMtu | None = Field(
         None, description="The largest tunnel MTU the node's underlay carries; null: unknown"
     )
+    site: Name | None = Field(None, description="The site (VPC) the gateway serves; null: a site of its own")
 
 
 class EnrollResponse(Answer):
@@ -436,6 +464,23 @@ class PeerStatus(Model):
     relay: Printable | None = Field(None, max_length=128)
     rtt_ms: float | None = Field(None, ge=0)
     reason: Printable | None = Field(None, max_length=256)
+    health: Liveness | None = Field(
+        None, description="Whether the peer answers the agent's probes; null: an older agent"
+    )
+
+
+class HaStatus(Model):
+    """One HA group as one agent handles it: the member it sends the prefix to, and its last move."""
+
+    prefix: PrefixField
+    holder: Name | None = Field(
+        None,
+        description="The member this agent sends the prefix to (itself: it carries the prefix); null: none yet",
+    )
+    code: FailoverCode
+    reason: Printable = Field("", max_length=256)
+    changed_at: datetime | None = Field(None, description="When the agent last moved the prefix; null: never")
+    moved_from: Name | None = Field(None, description="The member the last move took the prefix from")
 
 
 class ShadowedRoute(Model):
@@ -491,6 +536,9 @@ class StatusReport(Model):
         None,
         max_length=2048,
         description="The coordinator URL the agent follows (it may have several); null: an older agent",
+    )
+    ha: list[HaStatus] = Field(
+        default_factory=list, max_length=10000, description="Each HA group, as this agent handles it"
     )
 
 
@@ -628,9 +676,10 @@ class NodePatch(Model):
 
 
 class SubnetsUpdate(Model):
-    """A gateway's full list of advertised subnets."""
+    """A gateway's statement of what it serves: its full list of advertised subnets and its site."""
 
     subnets: list[PrefixField] = Field(max_length=1024)
+    site: Name | None = Field(None, description="The site (VPC) the gateway serves; null: a site of its own")
 
 
 class RouteList(Model):
@@ -727,6 +776,7 @@ class PeerView(Model):
     tx_bytes: int | None = None
     last_handshake: datetime | None = None
     reason: str | None = None
+    health: Liveness | None = None
 
 
 class TopologyNode(Node):
@@ -839,3 +889,5 @@ class LocalStatus(Model):
     mtu: int | None = None
     mss_clamp: bool = True
     relays: list[LocalRelay] = Field(default_factory=list)
+    site: str | None = None
+    ha: list[HaStatus] = Field(default_factory=list)

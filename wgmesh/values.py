@@ -27,6 +27,11 @@ PathKind = Literal["direct", "relay"]
 """How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
 RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_wide"]
 """Why an agent refused to route a prefix into the tunnel (agent/route_guard.py)."""
+Liveness = Literal["up", "down", "unknown"]
+"""A peer's health as one agent's probes see it (agent/health.py): answering, silent past the deadline, or
+not known yet."""
+FailoverCode = Literal["primary", "settling", "returning", "holder_down", "preempt", "all_down"]
+"""Why an agent sends an HA prefix to the member it does (agent/ha.py)."""
 Backend = Literal["auto", "kernel", "userspace"]
 """Which WireGuard the agent drives: the kernel module, wireguard-go, or the first that works."""
 
