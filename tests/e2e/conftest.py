@@ -4,7 +4,8 @@
     @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout, relay,
                                             # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2],
                                             # lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1],
-                                            # db="postgresql", coordinators=2, relays=2
+                                            # db="postgresql", coordinators=2, relays=2,
+                                            # ha_sites=[2], ha_preempt_after=10.0
     def test_x(lab: Lab, wait_until: WaitUntil) -> None:
         lab.exec("vm1", "ping", "-c1", str(lab.plan.site(2).vm_ip), check=True)
 
@@ -49,6 +50,8 @@ LAB_DEFAULTS: dict[str, Any] = {
     "db": "sqlite",
     "coordinators": 1,
     "relays": 1,
+    "ha_sites": (),
+    "ha_preempt_after": 10.0,
 }
 
 
@@ -57,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
         "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=(), db='sqlite', "
-        "coordinators=1, relays=1): how the `lab` "
+        "coordinators=1, relays=1, ha_sites=(), ha_preempt_after=10.0): how the `lab` "
         "and `shared_lab` fixtures build it",
     )
 
@@ -117,6 +120,8 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
             db=options["db"],
             coordinators=options["coordinators"],
             relays=options["relays"],
+            ha_sites=options["ha_sites"],
+            ha_preempt_after=options["ha_preempt_after"],
         )
     except BaseException:
         _print_logs(logs)
@@ -170,7 +175,7 @@ def _print_snapshot(lab: Lab) -> None:
     """Each gateway's WireGuard peers (handshake age, counters, endpoint) and tunnel routes at failure
     time: what a flake that does not come back needs to be explained (run 14's lost pings were not)."""
     now = int(time.time())
-    for site in lab.plan.sites:
+    for site in lab.plan.gateways:
         dump = lab.exec(site.node, "wg", "show", site.wg_interface, "dump")
         routes = lab.exec(site.node, "ip", "-4", "route", "show", "dev", site.wg_interface)
         print(f"--- {site.node} {site.wg_interface} at failure ---")

@@ -7,7 +7,15 @@ from ipaddress import ip_network
 import pytest
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.converge import GatewayView, WgPeer, assess, parse_ping_rtt, parse_wg_dump
+from wgmesh.lab.converge import (
+    GatewayView,
+    Nudge,
+    WgPeer,
+    assess,
+    parse_ping_rtt,
+    parse_wg_dump,
+    parse_wg_public_key,
+)
 from wgmesh.lab.layout import plan_lab
 
 DUMP = (
@@ -33,6 +41,12 @@ def test_parse_wg_dump() -> None:
     assert second.endpoint is None
     assert second.allowed_ips == ()
     assert second.latest_handshake == 0
+
+
+def test_parse_wg_public_key_keeps_the_public_half_only() -> None:
+    assert parse_wg_public_key(DUMP) == "cHVibGlj"
+    assert parse_wg_public_key("") is None
+    assert parse_wg_public_key("only\tthree\tfields\n") is None
 
 
 def test_parse_wg_dump_of_an_empty_interface() -> None:
@@ -69,7 +83,7 @@ def test_full_mesh_with_handshakes_has_converged() -> None:
 def test_missing_handshakes_ask_for_a_nudge() -> None:
     verdict = assess(plan_lab("wgl", 2), full_mesh(2, handshake=0))
     assert not verdict.converged
-    assert verdict.nudge == ((1, 2), (2, 1))
+    assert verdict.nudge == (Nudge("gw1", "gw2", "10.2.0.1"), Nudge("gw2", "gw1", "10.1.0.1"))
     assert verdict.pending[0] == "gw1 has no handshake with gw2"
     assert assess(plan_lab("wgl", 2), full_mesh(2, handshake=0), handshakes=False).converged
 
@@ -119,3 +133,72 @@ def test_parse_ping_rtt() -> None:
     lost = "1 packets transmitted, 0 received, 100% packet loss, time 0ms\n"
     assert parse_ping_rtt(lost) is None
     assert parse_ping_rtt("ping: connect: Network is unreachable") is None
+
+
+HA = plan_lab("wgl", 2, ha_sites=[2])
+OVERLAY = {"gw1": "100.96.0.1/32", "gw2": "100.96.0.2/32", "gw2b": "100.96.0.3/32"}
+
+
+def ha_mesh(carrier: str = "gw2", handshake: int = 1) -> dict[str, GatewayView]:
+    """gw1, gw2 and gw2b peering with each other by key; 10.2.0.0/24 on `carrier` (gw1's view), 10.1.0.0/24
+    on gw1 (the views of site 2's gateways)."""
+    lans = {"gw1": "10.1.0.0/24", carrier: "10.2.0.0/24"}
+
+    def allowed(viewer: str, node: str) -> tuple[str, ...]:
+        own_site = viewer.startswith("gw2") and node.startswith("gw2")
+        lan = lans.get(node)
+        return (OVERLAY[node],) if own_site or lan is None else (OVERLAY[node], lan)
+
+    return {
+        viewer: GatewayView(
+            peers=tuple(
+                peer(f"k-{n}", *allowed(viewer, n), handshake=handshake) for n in OVERLAY if n != viewer
+            ),
+            public_key=f"k-{viewer}",
+        )
+        for viewer in OVERLAY
+    }
+
+
+def test_an_ha_site_converges_with_its_second_gateway_as_a_peer() -> None:
+    verdict = assess(HA, ha_mesh())
+    assert verdict.converged, verdict.pending
+    assert verdict.summary == "peers 6/6, handshakes 6/6"
+    # whichever member carries the prefix
+    assert assess(HA, ha_mesh(carrier="gw2b")).converged
+
+
+def test_the_second_gateway_is_waited_for() -> None:
+    views = ha_mesh()
+    views["gw2b"] = GatewayView(error="no WireGuard interface")
+    verdict = assess(HA, views)
+    assert "gw2b: no WireGuard interface" in verdict.pending
+    views = ha_mesh()
+    views["gw1"] = GatewayView(peers=views["gw1"].peers[:1], public_key="k-gw1")  # gw2 only
+    assert "gw1 has no peer for gw2b" in assess(HA, views).pending
+
+
+def test_an_ha_prefix_must_go_to_exactly_one_member() -> None:
+    views = ha_mesh()
+    gw1 = views["gw1"]
+    views["gw1"] = GatewayView(
+        peers=tuple(WgPeer(p.public_key, None, p.allowed_ips[:1], 1, 0, 0) for p in gw1.peers),
+        public_key="k-gw1",
+    )
+    assert "gw1 routes 10.2.0.0/24 to no gateway of vpc2" in assess(HA, views).pending
+    views["gw1"] = GatewayView(
+        peers=tuple(peer(p.public_key, str(p.allowed_ips[0]), "10.2.0.0/24") for p in gw1.peers),
+        public_key="k-gw1",
+    )
+    assert "gw1 routes 10.2.0.0/24 to 2 peers" in assess(HA, views).pending
+
+
+def test_nudges_reach_a_standby_over_the_lan_and_a_sibling_over_the_overlay() -> None:
+    verdict = assess(HA, ha_mesh(handshake=0))
+    assert not verdict.converged
+    nudges = {(n.source, n.target): n.address for n in verdict.nudge}
+    assert nudges[("gw1", "gw2b")] == "10.2.0.2"
+    assert nudges[("gw2b", "gw1")] == "10.1.0.1"
+    assert nudges[("gw2", "gw2b")] == "100.96.0.3"
+    assert nudges[("gw2b", "gw2")] == "100.96.0.2"
+    assert len(nudges) == 6

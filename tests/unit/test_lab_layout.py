@@ -220,6 +220,11 @@ def test_process_command_lines_match_issue_3() -> None:
         "/run/wgmesh-lab/wgl/gw2",
         "--metrics-listen",
         "198.18.0.12:9586",
+        # issue 18: every agent names its site and the lab's preemption rule
+        "--site",
+        "vpc2",
+        "--ha-preempt-after",
+        "10",
     ]
     assert coordinator_args(plan) == [
         "--db",

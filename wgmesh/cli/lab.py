@@ -20,7 +20,7 @@ from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
-from wgmesh.lab.layout import MAX_HUBS, Database, check_hubs
+from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, MAX_HA_SITE, MAX_HUBS, Database, check_hubs
 from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
 
@@ -128,23 +128,50 @@ def register(sub: Subparsers) -> None:
         metavar="N",
         help=f"relays, relay, relay2, … (1-{MAX_HUBS}; default 1)",
     )
+    p.add_argument(
+        "--ha-site",
+        action="append",
+        default=[],
+        metavar="I",
+        help=f"give site I a second gateway gwIb on its LAN advertising the same prefix (HA subnet routers; "
+        f"sites 1-{MAX_HA_SITE}); repeatable or a comma list",
+    )
+    p.add_argument(
+        "--ha-preempt-after",
+        type=float,
+        default=DEFAULT_HA_PREEMPT_AFTER,
+        metavar="SECONDS",
+        help=f"every agent's rule: a returning primary takes its prefix back after being healthy this long "
+        f"(default {DEFAULT_HA_PREEMPT_AFTER:g})",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
 
-    p = cmds.add_parser("kill", help="stop a lab process: hub, hubN, relay, relayN, gwN or db")
+    p = cmds.add_parser("kill", help="stop a lab process: hub, hubN, relay, relayN, gwN, gwNb or db")
     _name(p)
-    p.add_argument("node", help="hub, hubN (coordinators), relay, relayN, gwN (agents) or db (PostgreSQL)")
+    p.add_argument(
+        "node", help="hub, hubN (coordinators), relay, relayN, gwN, gwNb (agents) or db (PostgreSQL)"
+    )
     p.add_argument(
         "--signal",
         choices=("TERM", "KILL", "INT"),
         default="TERM",
         help="TERM (default: a clean stop; the database's fast shutdown) or KILL (a crash)",
     )
+    p.add_argument(
+        "--remove-interface",
+        action="store_true",
+        help="gateways: then delete its WireGuard interface (and end its wireguard-go), as when the machine dies",
+    )
     p.set_defaults(func=cmd_kill)
 
-    p = cmds.add_parser("start", help="start a stopped lab process: hub, hubN, relay, relayN, gwN or db")
+    p = cmds.add_parser(
+        "start", help="start a stopped lab process: hub, hubN, relay, relayN, gwN, gwNb or db"
+    )
     _name(p)
-    p.add_argument("node", help="hub, hubN (coordinators), relay, relayN, gwN (agents) or db (PostgreSQL)")
+    p.add_argument(
+        "node", help="hub, hubN (coordinators), relay, relayN, gwN, gwNb (agents) or db (PostgreSQL)"
+    )
     p.set_defaults(func=cmd_start)
 
     p = cmds.add_parser(
@@ -163,9 +190,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add_site)
 
-    p = cmds.add_parser("exec", help="run a command on a node: hub, gwN or vmN")
+    p = cmds.add_parser("exec", help="run a command on a node: hub, gwN, gwNb or vmN")
     _name(p)
-    p.add_argument("node", help="hub (root namespace), gwN (gateway) or vmN (VPC host)")
+    p.add_argument("node", help="hub (root namespace), gwN or gwNb (gateway) or vmN (VPC host)")
     p.add_argument(
         "cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments"
     )
@@ -249,16 +276,19 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "underlay_mtu": state.underlay_mtu,
         "sg_drop_icmp": state.sg_drop_icmp,
         "agents": lab.state.agents,
+        "ha_sites": list(plan.ha_sites),
+        "ha_preempt_after": plan.ha_preempt_after,
         "sites": [
             {
-                "gateway": s.node,
-                "namespace": s.gw_ns,
-                "underlay_ip": str(s.underlay_ip),
-                "lan": str(s.lan),
+                "gateway": g.node,
+                "namespace": g.netns,
+                "underlay_ip": str(g.underlay_ip),
+                "lan": f"{s.lan} ({g.lan_ip})",
                 "host": s.host,
                 "host_ip": str(s.vm_ip),
             }
             for s in plan.sites
+            for g in s.gateways
         ],
     }
 
@@ -280,6 +310,11 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
     out.print(f"relay: {', '.join(relays) or 'none'}")
     for line in _switch_lines(summary):
         out.print(f"switch: {line}")
+    ha_sites = summary["ha_sites"]
+    assert isinstance(ha_sites, list)
+    if ha_sites:
+        names = ", ".join(f"vpc{i} (gw{i} primary, gw{i}b standby)" for i in ha_sites)
+        out.print(f"HA sites: {names}; preempt after {summary['ha_preempt_after']:g}s")
     if not summary["agents"]:
         out.print("no agents started (--no-agents)")
     out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
@@ -309,6 +344,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     lan_mtu = parse_mtus(args.lan_mtu, LAN_MTU)
     underlay_mtu = parse_mtus(args.underlay_mtu, UNDERLAY_MTU)
     sg_drop_icmp = _site_lists(args.sg_drop_icmp, "--sg-drop-icmp")
+    ha_sites = _site_lists(args.ha_site, "--ha-site")
     start = time.monotonic()
     with _progress(args.json) as progress:
         lab = up(
@@ -328,6 +364,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             db=args.db,
             coordinators=args.coordinators,
             relays=args.relays,
+            ha_sites=ha_sites,
+            ha_preempt_after=args.ha_preempt_after,
             warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
@@ -456,10 +494,15 @@ def cmd_kill(args: argparse.Namespace) -> int:
     """`wgmesh lab kill NODE`: exit 1 when it was not running."""
     lab = Lab.attach(args.name)
     lab.node_service(args.node)  # an unknown node is bad usage, before anything is signalled
-    if not lab.kill(args.node, _SIGNALS[args.signal]):
-        stderr().print(f"{args.node} of lab {lab.name} was not running")
+    if args.remove_interface:
+        lab.plan.gateway(args.node)  # the same for --remove-interface on anything but a gateway
+    killed = lab.kill(args.node, _SIGNALS[args.signal])
+    removed = lab.remove_interface(args.node) if args.remove_interface else False
+    interface = f", interface {lab.plan.gateway(args.node).wg_interface} removed" if removed else ""
+    if not killed:
+        stderr().print(f"{args.node} of lab {lab.name} was not running{interface}")
         return 1
-    stdout().print(f"{args.node} of lab {lab.name} stopped ({args.signal})")
+    stdout().print(f"{args.node} of lab {lab.name} stopped ({args.signal}){interface}")
     return 0
 
 

@@ -18,6 +18,7 @@ from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, check_mtu
 from wgmesh.lab.handle import Lab
 from wgmesh.lab.impair import check_sites, parse_rate
 from wgmesh.lab.layout import (
+    DEFAULT_HA_PREEMPT_AFTER,
     LOOPBACK_BASE_PORT,
     MAX_SLOT,
     Database,
@@ -79,6 +80,8 @@ def up(
     db: Database = "sqlite",
     coordinators: int = 1,
     relays: int = 1,
+    ha_sites: Iterable[int] = (),
+    ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
     warn: Progress = _log_warning,
 ) -> Lab:
     """Build lab `name`, start its database, coordinators, relays and agents, and return once the mesh has
@@ -89,9 +92,19 @@ def up(
     which `coordinators` coordinators share (SQLite takes one).
     `lan_mtu` and `underlay_mtu` ({site: MTU}) and `sg_drop_icmp` (sites) make sites look like cloud
     VPCs (docs/lab.md); like the other switches they are in force before any agent starts.
+    `ha_sites` get a second gateway `gwIb` on their LAN advertising the same prefix (issue 18), whose
+    route the lab approves as an admin would; every agent gets `ha_preempt_after` as its preemption rule.
     """
     # Bad usage is reported as such, before anything else is checked or touched.
-    plan = plan_lab(name, sites, db=db, coordinators=coordinators, relays=relays)
+    plan = plan_lab(
+        name,
+        sites,
+        db=db,
+        coordinators=coordinators,
+        relays=relays,
+        ha_sites=ha_sites,
+        ha_preempt_after=ha_preempt_after,
+    )
     if timeout <= 0:
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
     blocked = sorted(set(block_udp))
@@ -161,6 +174,8 @@ def up(
             db=db,
             coordinators=coordinators,
             relays=relays,
+            ha_sites=list(plan.ha_sites),
+            ha_preempt_after=ha_preempt_after,
         )
         # Written before anything is built: from here on, `down` can find every piece.
         save(state)
@@ -192,13 +207,22 @@ def up(
     )
     if not agents:
         return lab
+
+    def left() -> float:
+        # What is left of the budget, in reference seconds (the waits scale it again).
+        return timeout - (time.monotonic() - start) / time_scale()
+
     try:
         lab.start_agents(plan.sites)
+        if plan.ha_sites:
+            # A second gateway starts once its site's own has enrolled: claims are ranked by age, so gwI
+            # is always the primary and gwIb the standby.
+            lab.wait_enrolled([plan.site(i).node for i in plan.ha_sites], left(), progress)
+            lab.start_agents(g for g in plan.gateways if g.second)
+            lab.approve_ha_routes(left(), progress)
         if off:
             # The policy can only be set on enrolled nodes; convergence is then awaited over the relay.
-            # What is left of the budget, in reference seconds (wait_enrolled scales it again).
-            left = timeout - (time.monotonic() - start) / time_scale()
-            lab.wait_enrolled([plan.site(i).node for i in off], left, progress)
+            lab.wait_enrolled([plan.site(i).node for i in off], left(), progress)
             for index in off:
                 lab.set_p2p(index, "off")
         lab.wait_converged(timeout, progress, started=start)

@@ -94,10 +94,17 @@ def lan_mtu_commands(site: Site, mtu: int) -> list[IpCommand]:
     """`ip` commands giving both ends of the site's LAN veth this MTU."""
     # Both ends: the VPC host must send packets this large, and the gateway must take them in (a veth
     # drops what is larger than the receiving end's MTU).
-    return [
-        IpCommand(site.gw_ns, ("link", "set", "dev", GATEWAY_LAN, "mtu", str(mtu))),
-        IpCommand(site.vm_ns, ("link", "set", "dev", HOST_LINK, "mtu", str(mtu))),
+    # On an HA site the host's `eth0` is a bridge: its ports (one per gateway) first, so that the bridge,
+    # which follows its ports, can take the MTU after them.
+    commands = [
+        IpCommand(g.netns, ("link", "set", "dev", GATEWAY_LAN, "mtu", str(mtu))) for g in site.gateways
     ]
+    if site.ha:
+        commands += [
+            IpCommand(site.vm_ns, ("link", "set", "dev", g.host_port, "mtu", str(mtu))) for g in site.gateways
+        ]
+    commands.append(IpCommand(site.vm_ns, ("link", "set", "dev", HOST_LINK, "mtu", str(mtu))))
+    return commands
 
 
 def underlay_mtu_commands(site: Site, mtu: int) -> list[IpCommand]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wgmesh.errors import ValidationError
-from wgmesh.lab.layout import LabPlan
+from wgmesh.lab.layout import Gateway, LabPlan
 from wgmesh.values import Prefix
 
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
@@ -32,6 +32,18 @@ class GatewayView:
 
     peers: tuple[WgPeer, ...] = ()
     error: str | None = None
+    # The interface's own public key (the dump's first line): how the other gateways' views find its peer.
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """One ping that makes gateway `source` handshake with gateway `target`: to `address`, the target's LAN
+    address (another site's, reached through the tunnel) or its overlay address (the same site's)."""
+
+    source: str
+    target: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -40,9 +52,9 @@ class Verdict:
 
     converged: bool
     pending: tuple[str, ...]
-    # (from site, to site): the peer is configured but has never completed a handshake, so a packet
-    # from `from` to `to` would start one.
-    nudge: tuple[tuple[int, int], ...] = field(default=())
+    # The peer is configured but has never completed a handshake, so a packet from `source` to `target`
+    # would start one.
+    nudge: tuple[Nudge, ...] = field(default=())
     peers_seen: int = 0
     handshakes_seen: int = 0
     pairs_expected: int = 0
@@ -81,53 +93,115 @@ def parse_wg_dump(text: str) -> tuple[WgPeer, ...]:
     return tuple(peers)
 
 
+def parse_wg_public_key(text: str) -> str | None:
+    """The interface's own public key from `wg show IF dump` (the second field of its first line; the first
+    is the private key, which is never kept)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    cols = first.split("\t")
+    return cols[1] if len(cols) == 4 and cols[1] != "(none)" else None
+
+
 def parse_ping_rtt(text: str) -> float | None:
     """The average round-trip time in ms from `ping`'s summary, or None when nothing came back."""
     match = _RTT.search(text)
     return float(match.group(1)) if match else None
 
 
-def assess(plan: LabPlan, views: Mapping[int, GatewayView], *, handshakes: bool = True) -> Verdict:
-    """Converged when every gateway lists exactly the other sites (subnet in allowed IPs), with handshakes."""
+def assess(
+    plan: LabPlan, views: Mapping[int, GatewayView] | Mapping[str, GatewayView], *, handshakes: bool = True
+) -> Verdict:
+    """Converged when every gateway lists every other gateway as a peer (an HA site's second one too), routes
+    every other site's LAN (the exact /24) to one of that site's gateways, and has a handshake with each.
+
+    `views` are by gateway node (`gw2b`), or by site for the sites' own gateways. A gateway is found among a
+    view's peers by its public key (from its own view); without one, a plain site's gateway is the peer
+    that carries its LAN.
+    """
+    by_node = {plan.site(k).node if isinstance(k, int) else k: v for k, v in views.items()}
+    keys = {node: v.public_key for node, v in by_node.items() if v.public_key is not None}
     pending: list[str] = []
-    listed: set[tuple[int, int]] = set()
-    silent: list[tuple[int, int]] = []
+    listed: set[tuple[str, str]] = set()
+    silent: list[Nudge] = []
     peers_seen = handshakes_seen = 0
-    count = len(plan.sites)
-    for site in plan.sites:
-        view = views.get(site.index)
+    gateways = plan.gateways
+    for gateway in gateways:
+        view = by_node.get(gateway.node)
         if view is None or view.error is not None:
             reason = view.error if view is not None else "not observed"
-            pending.append(f"{site.node}: {reason}")
+            pending.append(f"{gateway.node}: {reason}")
             continue
         matched: set[str] = set()
-        for other in plan.sites:
-            if other.index == site.index:
+        absent: set[str] = set()
+        for other in gateways:
+            if other.node == gateway.node:
                 continue
-            # Exact match of the advertised subnet: a wide allowed IP (0.0.0.0/0) must not count as
-            # every site at once.
-            peer = next((p for p in view.peers if other.lan in p.allowed_ips), None)
+            peer = _peer_of(plan, view, other, keys.get(other.node))
+            site = plan.site(other.site)
             if peer is None:
-                pending.append(f"{site.node} has no peer for {other.node} ({other.lan})")
+                unread = by_node.get(other.node)
+                if other.second and keys.get(other.node) is None and (unread is None or unread.error):
+                    continue  # its own view is pending already, and only its key tells its peer apart
+                shown = f" ({site.lan})" if not site.ha else ""
+                pending.append(f"{gateway.node} has no peer for {other.node}{shown}")
+                absent.add(other.node)
                 continue
             matched.add(peer.public_key)
-            listed.add((site.index, other.index))
+            listed.add((gateway.node, other.node))
             peers_seen += 1
             if peer.latest_handshake > 0:
                 handshakes_seen += 1
             elif handshakes:
-                pending.append(f"{site.node} has no handshake with {other.node}")
-                silent.append((site.index, other.index))
+                pending.append(f"{gateway.node} has no handshake with {other.node}")
+                address = _nudge_address(plan, gateway, other, peer)
+                if address is not None:
+                    silent.append(Nudge(gateway.node, other.node, address))
+        pending += _unrouted(plan, gateway, view, absent)
         extra = [p for p in view.peers if p.public_key not in matched]
         if extra:
-            pending.append(f"{site.node} has {len(extra)} unexpected peer(s)")
+            pending.append(f"{gateway.node} has {len(extra)} unexpected peer(s)")
+    count = len(gateways)
     return Verdict(
         converged=not pending,
         pending=tuple(pending),
         # Only once both ends list each other: an initiation the far end drops is retried only
         # after WireGuard's 5 s rekey timeout.
-        nudge=tuple((a, b) for a, b in silent if (b, a) in listed),
+        nudge=tuple(n for n in silent if (n.target, n.source) in listed),
         peers_seen=peers_seen,
         handshakes_seen=handshakes_seen,
         pairs_expected=count * (count - 1),
     )
+
+
+def _peer_of(plan: LabPlan, view: GatewayView, other: Gateway, key: str | None) -> WgPeer | None:
+    if key is not None:
+        return next((p for p in view.peers if p.public_key == key), None)
+    site = plan.site(other.site)
+    if site.ha:
+        return None
+    # Exact match of the advertised subnet: a wide allowed IP (0.0.0.0/0) must not count as every site at once.
+    return next((p for p in view.peers if site.lan in p.allowed_ips), None)
+
+
+def _unrouted(plan: LabPlan, gateway: Gateway, view: GatewayView, absent: set[str]) -> list[str]:
+    """Every other site's LAN must go to exactly one peer; a site none of whose gateways is a peer yet is
+    reported as such already."""
+    missing = []
+    for site in plan.sites:
+        if site.index == gateway.site or all(g.node in absent for g in site.gateways):
+            continue
+        carriers = [p for p in view.peers if site.lan in p.allowed_ips]
+        if not carriers:
+            missing.append(f"{gateway.node} routes {site.lan} to no gateway of {site.name}")
+        elif len(carriers) > 1:
+            missing.append(f"{gateway.node} routes {site.lan} to {len(carriers)} peers")
+    return missing
+
+
+def _nudge_address(plan: LabPlan, gateway: Gateway, other: Gateway, peer: WgPeer) -> str | None:
+    if other.site != gateway.site:
+        # Through the tunnel to whichever gateway carries that LAN; the answer of a standby (reached over
+        # the LAN) comes back through its own tunnel, which is the handshake wanted.
+        return str(other.lan_ip)
+    # The same site: the LAN connects them directly, so only the overlay address crosses the tunnel.
+    host = next((n for n in peer.allowed_ips if n.prefixlen == n.max_prefixlen), None)
+    return None if host is None else str(host.network_address)

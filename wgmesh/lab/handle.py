@@ -19,6 +19,7 @@ from wgmesh.lab.api import admin_client
 from wgmesh.lab.converge import GatewayView, Verdict, assess
 from wgmesh.lab.layout import (
     STATE_ROOT,
+    Gateway,
     LabPlan,
     Node,
     Service,
@@ -28,7 +29,7 @@ from wgmesh.lab.layout import (
     site_commands,
     validate_name,
 )
-from wgmesh.lab.observe import ping_matrix, read_gateways, wait_converged
+from wgmesh.lab.observe import ping_matrix, read_all, read_gateways, wait_converged
 from wgmesh.lab.record import LabState, load, save
 from wgmesh.lab.services import COORDINATOR_START_TIMEOUT, RELAY_START_TIMEOUT
 from wgmesh.lab.status import LabStatus, lab_status
@@ -212,11 +213,27 @@ class Lab:
         return services.start(self.state, node)
 
     def kill(
-        self, node: str, sig: signal.Signals = signal.SIGTERM, *, wait: float = services.STOP_BUDGET
+        self,
+        node: str,
+        sig: signal.Signals = signal.SIGTERM,
+        *,
+        wait: float = services.STOP_BUDGET,
+        remove_interface: bool = False,
     ) -> bool:
         """Signal the recorded coordinator, relay, agent or database and wait for it to end; False when it
-        was not running (see services.kill)."""
-        return services.kill(self.state, node, sig, wait=wait)
+        was not running (see services.kill). With `remove_interface` (gateways only), the gateway's
+        WireGuard interface is deleted afterwards, as when its machine dies."""
+        if remove_interface:
+            self.plan.gateway(node)  # a gateway, or ValidationError before anything is signalled
+        killed = services.kill(self.state, node, sig, wait=wait)
+        if remove_interface:
+            self.remove_interface(node)
+        return killed
+
+    def remove_interface(self, node: str) -> bool:
+        """Delete gateway `node`'s WireGuard interface (and end its wireguard-go), as when the machine
+        dies; False when there was none. For a gateway whose agent is stopped."""
+        return services.remove_interface(self.state, node)
 
     def signal(self, node: str, sig: signal.Signals) -> bool:
         """Send `sig` to a recorded lab process without waiting for anything (SIGSTOP hangs it, SIGCONT
@@ -224,10 +241,14 @@ class Lab:
         proc = services.process(self.state, node)
         return proc is not None and procs.send(proc, sig)
 
-    def start_agents(self, sites: Iterable[Site]) -> None:
-        """Start the agent of each site."""
+    def start_agents(self, sites: Iterable[Site | Gateway]) -> None:
+        """Start the agent of each site's own gateway, or of each gateway."""
         for site in sites:
             self.start(site.node)
+
+    def approve_ha_routes(self, timeout: float = 30.0, progress: Progress = quiet) -> float:
+        """Approve each HA site's prefix on its second gateway, as an admin would, once it advertises it."""
+        return services.approve_ha_routes(self.state, timeout, progress)
 
     def wait_enrolled(self, nodes: Iterable[str], timeout: float, progress: Progress = quiet) -> float:
         """Wait until the coordinator lists every one of `nodes`; fail at once if an agent exits."""
@@ -236,12 +257,16 @@ class Lab:
     # --- convergence ---
 
     def observe(self) -> dict[int, GatewayView]:
-        """Each gateway's WireGuard peers, read in parallel."""
+        """Each site's own gateway's WireGuard peers (by site), read in parallel."""
         return read_gateways(self.plan)
+
+    def observe_all(self) -> dict[str, GatewayView]:
+        """Every gateway's WireGuard peers and public key (by node: `gw2`, `gw2b`), read in parallel."""
+        return read_all(self.plan)
 
     def verdict(self) -> Verdict:
         """How far the mesh is from converged, right now."""
-        return assess(self.plan, self.observe())
+        return assess(self.plan, self.observe_all())
 
     def wait_converged(
         self, timeout: float = 60.0, progress: Progress = quiet, *, started: float | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
@@ -38,6 +39,23 @@ STATE_ROOT = Path("/run/wgmesh-lab")
 # The only destinations lab tooling may address from the root namespace.
 SAFE_NETWORKS = (IPv4Network("198.18.0.0/15"), IPv4Network("127.0.0.1/32"))
 
+HA_UNDERLAY_OFFSET = 200
+"""gwIb's underlay address is gwI's plus this: .(210+I), above every site's .(10+I) (sites stop at .210) and
+the hubs' .1-.3."""
+MAX_HA_SITE = 254 - 10 - HA_UNDERLAY_OFFSET
+"""The last site that can have a second gateway: .(210+I) must stay below the underlay's broadcast (.255)."""
+HA_SUFFIX = "b"
+"""What names a site's second gateway: `gw2b`, namespace `LAB-gw2b`, interface `LAB-wg2b`, uplink `LAB-g2b`."""
+DEFAULT_HA_PREEMPT_AFTER = 10.0
+"""Seconds a returning primary must stay healthy before it takes its prefix back (the agents' rule, given
+to every agent of the lab with `--ha-preempt-after`)."""
+HOST_BRIDGE = "eth0"
+"""On an HA site the VPC host's address sits on a bridge named like a plain host's only link, so what
+addresses the host's `eth0` (the security-group switch, `ip route`) works on both."""
+ROUTE_TABLE_HOOK = "wgmesh.lab.route_table_hook"
+"""The module both gateways of an HA site run on becoming (or ceasing to be) the prefix's carrier: it plays
+the cloud's route table by pointing the VPC host's default route at the new primary."""
+
 MAX_HUBS = 3
 """Coordinators, and relays, a lab may run: hub machine I holds coordinator I and relay I on 198.18.SLOT.I
 (sites start at .11)."""
@@ -45,7 +63,7 @@ DATABASE_NODE = "db"
 """The lab's PostgreSQL, as `wgmesh lab kill/start` name it."""
 
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
-_NODE = re.compile(r"^(gw|vm)([1-9][0-9]{0,2})$")
+_NODE = re.compile(r"^(gw|vm)([1-9][0-9]{0,2})(b?)$")
 _SERVICE = re.compile(r"^(hub|relay)([1-9]?)$")
 
 NodeRole = Literal["hub", "gateway", "host"]
@@ -54,8 +72,29 @@ ServiceKind = Literal["coordinator", "relay", "agent", "database"]
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """One gateway of a site: the site's own (`gwI`) or, on an HA site, its second (`gwIb`)."""
+
+    node: str
+    site: int
+    netns: str
+    uplink: str
+    wg_interface: str
+    underlay_ip: IPv4Address
+    lan_ip: IPv4Address
+    # Its LAN veth's far end: the VPC host's `eth0` on a plain site, a port of the host's bridge on an HA site.
+    host_port: str
+
+    @property
+    def second(self) -> bool:
+        """Whether this is an HA site's second gateway (`gwIb`)."""
+        return self.node.endswith(HA_SUFFIX)
+
+
+@dataclass(frozen=True)
 class Site:
-    """One site: a gateway namespace on the underlay and a VPC host namespace behind it."""
+    """One site: a gateway namespace on the underlay and a VPC host namespace behind it; an HA site has a
+    second gateway (`gwIb`) on the same LAN, advertising the same prefix."""
 
     index: int
     node: str
@@ -68,6 +107,51 @@ class Site:
     lan: IPv4Network
     gw_lan_ip: IPv4Address
     vm_ip: IPv4Address
+    ha: bool = False
+
+    @property
+    def name(self) -> str:
+        """The site's name as its agents declare it (`--site`): one VPC, whatever its gateways."""
+        return f"vpc{self.index}"
+
+    @property
+    def gateway(self) -> Gateway:
+        """The site's own gateway, `gwI` (the primary of an HA site as the lab builds it)."""
+        port = self.node if self.ha else HOST_BRIDGE
+        return Gateway(
+            self.node,
+            self.index,
+            self.gw_ns,
+            self.uplink,
+            self.wg_interface,
+            self.underlay_ip,
+            self.gw_lan_ip,
+            port,
+        )
+
+    @property
+    def second(self) -> Gateway | None:
+        """An HA site's second gateway, `gwIb` (None on a plain site): its own namespace, uplink, interface and
+        underlay address (.(210+I)), LAN address .2."""
+        if not self.ha:
+            return None
+        node = self.node + HA_SUFFIX
+        return Gateway(
+            node=node,
+            site=self.index,
+            netns=self.gw_ns + HA_SUFFIX,
+            uplink=self.uplink + HA_SUFFIX,
+            wg_interface=self.wg_interface + HA_SUFFIX,
+            underlay_ip=self.underlay_ip + HA_UNDERLAY_OFFSET,
+            lan_ip=self.lan.network_address + 2,
+            host_port=node,
+        )
+
+    @property
+    def gateways(self) -> tuple[Gateway, ...]:
+        """The site's gateways, its own first."""
+        second = self.second
+        return (self.gateway,) if second is None else (self.gateway, second)
 
 
 @dataclass(frozen=True)
@@ -87,6 +171,7 @@ class LabPlan:
     db: Database = "sqlite"
     coordinators: int = 1
     relays: int = 1
+    ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER
 
     @property
     def prefix(self) -> str:
@@ -152,20 +237,44 @@ class LabPlan:
             )
         return self.sites[index - 1]
 
+    @property
+    def gateways(self) -> tuple[Gateway, ...]:
+        """Every gateway of the lab by site, each site's own first (`gw1`, `gw2`, `gw2b`, `gw3`)."""
+        return tuple(g for s in self.sites for g in s.gateways)
+
+    @property
+    def ha_sites(self) -> tuple[int, ...]:
+        """The sites with a second gateway."""
+        return tuple(s.index for s in self.sites if s.ha)
+
+    def gateway(self, node: str) -> Gateway:
+        """Gateway `node` (`gwI` or `gwIb`), or ValidationError."""
+        found = next((g for g in self.gateways if g.node == node), None)
+        if found is None:
+            names = ", ".join(g.node for g in self.gateways)
+            raise ValidationError(
+                f"lab {self.name} has no gateway {node!r}: it has {names}", code="unknown_node"
+            )
+        return found
+
     def namespaces(self) -> list[str]:
         """Every namespace of the plan, gateways first."""
-        return [s.gw_ns for s in self.sites] + [s.vm_ns for s in self.sites]
+        return [g.netns for g in self.gateways] + [s.vm_ns for s in self.sites]
 
     def with_sites(self, count: int) -> LabPlan:
-        """The same lab grown (or shrunk) to `count` sites."""
+        """The same lab grown (or shrunk) to `count` sites (the HA sites it still has stay HA)."""
         _check_sites(count)
-        return replace(self, sites=tuple(_site(self.name, self.slot, i) for i in range(1, count + 1)))
+        ha = set(self.ha_sites)
+        return replace(
+            self, sites=tuple(_site(self.name, self.slot, i, i in ha) for i in range(1, count + 1))
+        )
 
-    def coordinators_for(self, site: Site) -> list[str]:
-        """The coordinator URLs a site's agent is given, its preferred one first: agents are spread over the
-        coordinators (gwI prefers coordinator ((I-1) mod N) + 1), as a load balancer would spread them."""
+    def coordinators_for(self, site: Site | Gateway) -> list[str]:
+        """The coordinator URLs a gateway's agent is given, its preferred one first: agents are spread over
+        the coordinators (gwI and gwIb prefer coordinator ((I-1) mod N) + 1), as a load balancer would."""
+        index = site.index if isinstance(site, Site) else site.site
         urls = list(self.coordinator_urls)
-        first = (site.index - 1) % len(urls)
+        first = (index - 1) % len(urls)
         return urls[first:] + urls[:first]
 
 
@@ -209,12 +318,12 @@ def resolve_service(plan: LabPlan, node: str) -> Service:
             return Service(node, "coordinator", index)
         if match.group(1) == "relay" and 1 <= index <= plan.relays and node == relay_node(index):
             return Service(node, "relay", index)
-    gateway = _NODE.fullmatch(node)
-    if gateway is not None and gateway.group(1) == "gw" and 1 <= int(gateway.group(2)) <= len(plan.sites):
-        return Service(node, "agent", int(gateway.group(2)))
+    if any(g.node == node for g in plan.gateways):
+        return Service(node, "agent", int(node[2:].removesuffix(HA_SUFFIX)))
     choices = [coordinator_node(i) for i in range(1, plan.coordinators + 1)]
     choices += [relay_node(i) for i in range(1, plan.relays + 1)]
-    choices += [f"gw1..gw{len(plan.sites)}"] + ([DATABASE_NODE] if plan.db == "postgresql" else [])
+    choices += [f"gw1..gw{len(plan.sites)}"] + [f"gw{i}{HA_SUFFIX}" for i in plan.ha_sites]
+    choices += [DATABASE_NODE] if plan.db == "postgresql" else []
     raise ValidationError(
         f"{node!r} runs no process of lab {plan.name}: it has {', '.join(choices)}", code="no_process"
     )
@@ -228,6 +337,7 @@ class Node:
     role: NodeRole
     netns: str | None
     site: Site | None
+    gateway: Gateway | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +363,7 @@ def _check_sites(count: int) -> None:
         raise ValidationError(f"--sites must be between 1 and {MAX_SITES}, not {count}", code="invalid_sites")
 
 
-def _site(name: str, slot: int, index: int) -> Site:
+def _site(name: str, slot: int, index: int, ha: bool = False) -> Site:
     underlay = IPv4Network(f"198.18.{slot}.0/24")
     lan = IPv4Network(f"10.{index}.0.0/24")
     return Site(
@@ -268,7 +378,33 @@ def _site(name: str, slot: int, index: int) -> Site:
         lan=lan,
         gw_lan_ip=lan.network_address + 1,
         vm_ip=lan.network_address + 10,
+        ha=ha,
     )
+
+
+def check_ha_sites(sites: int, ha_sites: Iterable[int]) -> tuple[int, ...]:
+    """The sites given a second gateway, sorted, or ValidationError: each must be a site of the lab, and
+    its second gateway's underlay address .(210+I) must fit below the broadcast address."""
+    chosen = tuple(sorted(set(ha_sites)))
+    for index in chosen:
+        if not 1 <= index <= sites:
+            raise ValidationError(f"--ha-site {index}: the lab has sites 1..{sites}", code="invalid_ha_site")
+        if index > MAX_HA_SITE:
+            raise ValidationError(
+                f"--ha-site {index}: a second gateway fits sites 1..{MAX_HA_SITE} only "
+                f"(gwIb's underlay address is 198.18.S.(210+I))",
+                code="invalid_ha_site",
+            )
+    return chosen
+
+
+def check_preempt_after(seconds: float) -> float:
+    """A usable `--ha-preempt-after` (seconds, 0 to one hour), or ValidationError."""
+    if not 0 <= seconds <= 3600:
+        raise ValidationError(
+            f"--ha-preempt-after must be between 0 and 3600 seconds, not {seconds:g}", code="invalid_preempt"
+        )
+    return seconds
 
 
 def check_hubs(count: int, what: str) -> int:
@@ -287,11 +423,15 @@ def plan_lab(
     db: Database = "sqlite",
     coordinators: int = 1,
     relays: int = 1,
+    ha_sites: Iterable[int] = (),
+    ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
 ) -> LabPlan:
     """The plan of lab `name` with `sites` sites in underlay slot `slot`, `coordinators` coordinators on
-    `db` and (when it runs relays) `relays` relays."""
+    `db` and (when it runs relays) `relays` relays; each of `ha_sites` gets a second gateway."""
     validate_name(name)
     _check_sites(sites)
+    ha = set(check_ha_sites(sites, ha_sites))
+    check_preempt_after(ha_preempt_after)
     check_hubs(coordinators, "--coordinators")
     check_hubs(relays, "--relays")
     if coordinators > 1 and db != "postgresql":
@@ -313,11 +453,12 @@ def plan_lab(
         api_port=API_PORT,
         loopback_port=port,
         nft_table=f"wgmesh-lab-{name}",
-        sites=tuple(_site(name, slot, i) for i in range(1, sites + 1)),
+        sites=tuple(_site(name, slot, i, i in ha) for i in range(1, sites + 1)),
         state_dir=STATE_ROOT / name,
         db=db,
         coordinators=coordinators,
         relays=relays,
+        ha_preempt_after=ha_preempt_after,
     )
 
 
@@ -336,18 +477,26 @@ def choose_slot(taken: Iterable[int]) -> int:
 
 
 def resolve_node(plan: LabPlan, node: str) -> Node:
-    """`hub`, `gwI` or `vmI` as a node of the plan, or ValidationError naming the choices."""
+    """`hub`, `gwI`, `gwIb` (an HA site's second gateway) or `vmI` as a node of the plan, or ValidationError
+    naming the choices."""
     if node == "hub":
         return Node(name=node, role="hub", netns=None, site=None)
     match = _NODE.fullmatch(node)
-    if match is None or not 1 <= int(match.group(2)) <= len(plan.sites):
+    second = match is not None and match.group(3) == HA_SUFFIX
+    site = (
+        plan.sites[int(match.group(2)) - 1] if match and 1 <= int(match.group(2)) <= len(plan.sites) else None
+    )
+    if match is None or site is None or (second and (match.group(1) == "vm" or not site.ha)):
+        count = len(plan.sites)
+        extra = "".join(f", gw{i}{HA_SUFFIX}" for i in plan.ha_sites)
         raise ValidationError(
-            f"unknown node {node!r}: lab {plan.name} has hub, gw1..gw{len(plan.sites)}, vm1..vm{len(plan.sites)}",
+            f"unknown node {node!r}: lab {plan.name} has hub, gw1..gw{count}{extra}, vm1..vm{count}",
             code="unknown_node",
         )
-    site = plan.sites[int(match.group(2)) - 1]
     if match.group(1) == "gw":
-        return Node(name=node, role="gateway", netns=site.gw_ns, site=site)
+        gateway = site.second if second else site.gateway
+        assert gateway is not None  # an HA site has a second gateway
+        return Node(name=node, role="gateway", netns=gateway.netns, site=site, gateway=gateway)
     return Node(name=node, role="host", netns=site.vm_ns, site=site)
 
 
@@ -380,33 +529,57 @@ def hub_address_commands(plan: LabPlan, addresses: Iterable[IPv4Address]) -> lis
 
 
 def site_commands(plan: LabPlan, site: Site) -> list[IpCommand]:
-    """The namespaces, veth pairs, addresses and routes of one site."""
-    prefix = plan.underlay.prefixlen
-    gw, vm = site.gw_ns, site.vm_ns
-    return [
-        IpCommand(None, ("netns", "add", gw)),
-        IpCommand(None, ("netns", "add", vm)),
-        # Both pairs are created with their far end already in place, so no temporary name ever
-        # appears in the root namespace.
-        IpCommand(None, ("link", "add", site.uplink, "type", "veth", "peer", "name", "eth0", "netns", gw)),
-        IpCommand(None, ("link", "set", site.uplink, "addrgenmode", "none")),
-        IpCommand(None, ("link", "set", site.uplink, "master", plan.bridge, "up")),
-        IpCommand(gw, ("link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", vm)),
-        IpCommand(gw, ("link", "set", "lo", "up")),
-        IpCommand(gw, ("link", "set", "eth0", "addrgenmode", "none")),
-        IpCommand(gw, ("addr", "add", f"{site.underlay_ip}/{prefix}", "dev", "eth0")),
-        IpCommand(gw, ("link", "set", "eth0", "up")),
-        IpCommand(gw, ("link", "set", "lan", "addrgenmode", "none")),
-        IpCommand(gw, ("addr", "add", f"{site.gw_lan_ip}/{site.lan.prefixlen}", "dev", "lan")),
-        IpCommand(gw, ("link", "set", "lan", "up")),
-        # The gateway gets no default route: only the connected underlay /24, so nothing can leave
-        # the lab; the agent adds the mesh routes.
+    """The namespaces, veth pairs, addresses and routes of one site.
+
+    A plain site is gateway —veth— VPC host (`lan` to `eth0`). An HA site's LAN holds three: the VPC host's
+    address sits on a bridge named `eth0` in its namespace, with one port per gateway (`gwI`, `gwIb`).
+    """
+    vm = site.vm_ns
+    commands = [IpCommand(None, ("netns", "add", g.netns)) for g in site.gateways]
+    commands.append(IpCommand(None, ("netns", "add", vm)))
+    if site.ha:
+        # The bridge first, so that each gateway's veth can join it as it arrives.
+        commands.append(IpCommand(vm, ("link", "add", HOST_BRIDGE, "type", "bridge")))
+    for gateway in site.gateways:
+        commands += _gateway_commands(plan, site, gateway)
+    # The gateways get no default route: only the connected underlay /24, so nothing can leave the lab;
+    # the agents add the mesh routes.
+    commands += [
         IpCommand(vm, ("link", "set", "lo", "up")),
-        IpCommand(vm, ("link", "set", "eth0", "addrgenmode", "none")),
-        IpCommand(vm, ("addr", "add", f"{site.vm_ip}/{site.lan.prefixlen}", "dev", "eth0")),
-        IpCommand(vm, ("link", "set", "eth0", "up")),
+        IpCommand(vm, ("link", "set", HOST_BRIDGE, "addrgenmode", "none")),
+        IpCommand(vm, ("addr", "add", f"{site.vm_ip}/{site.lan.prefixlen}", "dev", HOST_BRIDGE)),
+        IpCommand(vm, ("link", "set", HOST_BRIDGE, "up")),
+        # On an HA site this is the "cloud route table" the gateways' hook rewrites (route_table_hook).
         IpCommand(vm, ("route", "add", "default", "via", str(site.gw_lan_ip))),
     ]
+    return commands
+
+
+def _gateway_commands(plan: LabPlan, site: Site, gateway: Gateway) -> list[IpCommand]:
+    """One gateway's uplink to the underlay bridge and its LAN veth to the VPC host (or the host's bridge)."""
+    prefix = plan.underlay.prefixlen
+    gw, vm = gateway.netns, site.vm_ns
+    commands = [
+        # Both pairs are created with their far end already in place, so no temporary name ever
+        # appears in the root namespace.
+        IpCommand(None, ("link", "add", gateway.uplink, "type", "veth", "peer", "name", "eth0", "netns", gw)),
+        IpCommand(None, ("link", "set", gateway.uplink, "addrgenmode", "none")),
+        IpCommand(None, ("link", "set", gateway.uplink, "master", plan.bridge, "up")),
+        IpCommand(gw, ("link", "add", "lan", "type", "veth", "peer", "name", gateway.host_port, "netns", vm)),
+        IpCommand(gw, ("link", "set", "lo", "up")),
+        IpCommand(gw, ("link", "set", "eth0", "addrgenmode", "none")),
+        IpCommand(gw, ("addr", "add", f"{gateway.underlay_ip}/{prefix}", "dev", "eth0")),
+        IpCommand(gw, ("link", "set", "eth0", "up")),
+        IpCommand(gw, ("link", "set", "lan", "addrgenmode", "none")),
+        IpCommand(gw, ("addr", "add", f"{gateway.lan_ip}/{site.lan.prefixlen}", "dev", "lan")),
+        IpCommand(gw, ("link", "set", "lan", "up")),
+    ]
+    if site.ha:
+        commands += [
+            IpCommand(vm, ("link", "set", gateway.host_port, "addrgenmode", "none")),
+            IpCommand(vm, ("link", "set", gateway.host_port, "master", HOST_BRIDGE, "up")),
+        ]
+    return commands
 
 
 def build_commands(plan: LabPlan) -> list[IpCommand]:
@@ -495,23 +668,45 @@ def relay_args(
     return args
 
 
-def agent_args(plan: LabPlan, site: Site, token: str, backend: str) -> list[str]:
-    """A gateway agent's arguments (after the program name)."""
-    coordinators = [arg for url in plan.coordinators_for(site) for arg in ("--coordinator", url)]
-    return [
+def route_table_hook(site: Site, gateway: Gateway, python: str) -> list[str]:
+    """The `--on-primary` command of an HA site's gateway: when it becomes the prefix's carrier, point the
+    VPC host's default route (the lab's "cloud route table") at this gateway's LAN address."""
+    return [python, "-m", ROUTE_TABLE_HOOK, "--vm-netns", site.vm_ns, "--via", str(gateway.lan_ip)]
+
+
+def agent_args(
+    plan: LabPlan, site: Site | Gateway, token: str, backend: str, *, python: str = "python3"
+) -> list[str]:
+    """A gateway agent's arguments (after the program name): `site` is a site (its own gateway) or one gateway.
+
+    Every agent names its site (`vpcI`) and the lab's preemption rule; both gateways of an HA site also run
+    the route-table hook, with `python` (the interpreter that has wgmesh).
+    """
+    gateway = site.gateway if isinstance(site, Site) else site
+    own = plan.site(gateway.site)
+    coordinators = [arg for url in plan.coordinators_for(gateway) for arg in ("--coordinator", url)]
+    args = [
         *coordinators,
         "--token",
         token,
         "--name",
-        site.node,
+        gateway.node,
         "--advertise",
-        str(site.lan),
+        str(own.lan),
         "--interface",
-        site.wg_interface,
+        gateway.wg_interface,
         "--backend",
         backend,
         "--state-dir",
-        str(plan.state_dir / site.node),
+        str(plan.state_dir / gateway.node),
         "--metrics-listen",
-        f"{site.underlay_ip}:{AGENT_METRICS_PORT}",
+        f"{gateway.underlay_ip}:{AGENT_METRICS_PORT}",
+        "--site",
+        own.name,
+        "--ha-preempt-after",
+        f"{plan.ha_preempt_after:g}",
     ]
+    if own.ha:
+        # One string, as an operator writes it; the agent splits it with shlex and runs it with no shell.
+        args += ["--on-primary", shlex.join(route_table_hook(own, gateway, python))]
+    return args

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import services, system
 from wgmesh.lab.api import admin_client
-from wgmesh.lab.converge import GatewayView, assess, parse_ping_rtt, parse_wg_dump
-from wgmesh.lab.layout import LabPlan
+from wgmesh.lab.converge import GatewayView, Nudge, assess, parse_ping_rtt, parse_wg_dump, parse_wg_public_key
+from wgmesh.lab.layout import Gateway, LabPlan
 from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
 from wgmesh.lab.wait import Progress, quiet
@@ -27,18 +27,31 @@ NUDGE_INTERVAL = 1.0
 
 
 def read_gateways(plan: LabPlan) -> dict[int, GatewayView]:
-    """Each gateway's WireGuard peers, read in parallel."""
-    started = {s.index: system.wg_dump_start(s.gw_ns, s.wg_interface) for s in plan.sites}
-    views: dict[int, GatewayView] = {}
-    for index, proc in started.items():
+    """Each site's own gateway's WireGuard peers (by site), read in parallel."""
+    views = read_views([s.gateway for s in plan.sites])
+    return {s.index: views[s.node] for s in plan.sites}
+
+
+def read_all(plan: LabPlan) -> dict[str, GatewayView]:
+    """Every gateway's WireGuard peers (by node, an HA site's second gateway too), read in parallel."""
+    return read_views(plan.gateways)
+
+
+def read_views(gateways: Iterable[Gateway]) -> dict[str, GatewayView]:
+    """These gateways' WireGuard peers and own public key (by node), read in parallel."""
+    started = {g.node: system.wg_dump_start(g.netns, g.wg_interface) for g in gateways}
+    views: dict[str, GatewayView] = {}
+    for node, proc in started.items():
         read = system.wg_dump_finish(proc)
         if read.text is None:
-            views[index] = GatewayView(error=read.error)
+            views[node] = GatewayView(error=read.error)
             continue
         try:
-            views[index] = GatewayView(peers=parse_wg_dump(read.text))
+            views[node] = GatewayView(
+                peers=parse_wg_dump(read.text), public_key=parse_wg_public_key(read.text)
+            )
         except ValidationError as exc:
-            views[index] = GatewayView(error=exc.message)
+            views[node] = GatewayView(error=exc.message)
     return views
 
 
@@ -56,10 +69,10 @@ def wait_converged(
     nudger = _Nudger(plan)
     try:
         while True:
-            for site in plan.sites:
-                services.check_alive(state, site.node)
+            for gateway in plan.gateways:
+                services.check_alive(state, gateway.node)
             services.check_alive(state, "hub")
-            verdict = assess(plan, read_gateways(plan))
+            verdict = assess(plan, read_all(plan))
             progress(f"{_enrolled(state)}, {verdict.summary}")
             if verdict.converged:
                 seconds = time.monotonic() - start
@@ -79,14 +92,14 @@ def wait_converged(
 
 
 def _enrolled(state: LabState) -> str:
-    sites = state.plan().sites
+    gateways = state.plan().gateways
     try:
         with admin_client(state) as api:
             names = api.node_names(scaled(2.0))
     except WgmeshError:
         return "enrolled ?"
-    count = sum(1 for s in sites if s.node in names)
-    return f"enrolled {count}/{len(sites)}"
+    count = sum(1 for g in gateways if g.node in names)
+    return f"enrolled {count}/{len(gateways)}"
 
 
 def ping_matrix(plan: LabPlan, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
@@ -135,21 +148,21 @@ class _Nudger:
 
     def __init__(self, plan: LabPlan) -> None:
         self.plan = plan
-        self.running: dict[tuple[int, int], subprocess.Popen[str]] = {}
-        self.last: dict[frozenset[int], float] = {}
+        self.running: dict[Nudge, subprocess.Popen[str]] = {}
+        self.last: dict[frozenset[str], float] = {}
         self.failures: dict[str, str] = {}
 
-    def nudge(self, pairs: Iterable[tuple[int, int]]) -> None:
+    def nudge(self, pairs: Iterable[Nudge]) -> None:
         self._harvest()
         now = time.monotonic()
-        for src, dst in pairs:
-            key = frozenset((src, dst))
+        for each in pairs:
+            key = frozenset((each.source, each.target))
             if now - self.last.get(key, -NUDGE_INTERVAL) < NUDGE_INTERVAL:
                 continue
             self.last[key] = now
-            a, b = self.plan.site(src), self.plan.site(dst)
-            self.running[(src, dst)] = subprocess.Popen(
-                ["ip", "netns", "exec", a.gw_ns, "ping", "-n", "-q", "-c", "1", "-W", "1", str(b.gw_lan_ip)],
+            netns = self.plan.gateway(each.source).netns
+            self.running[each] = subprocess.Popen(
+                ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-W", "1", each.address],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -157,17 +170,16 @@ class _Nudger:
             )
 
     def _harvest(self) -> None:
-        for (src, dst), proc in list(self.running.items()):
+        for each, proc in list(self.running.items()):
             if proc.poll() is None:
                 continue
-            del self.running[(src, dst)]
+            del self.running[each]
             out = proc.communicate()[0]
-            a, b = self.plan.site(src), self.plan.site(dst)
-            key = f"{a.node} has no handshake with {b.node}"
+            key = f"{each.source} has no handshake with {each.target}"
             if proc.returncode != 0:
                 lines = [line for line in out.splitlines() if line.strip()]
                 self.failures[key] = (
-                    f"ping {b.gw_lan_ip} from {a.node}: {lines[-1] if lines else 'no answer'}"
+                    f"ping {each.address} from {each.source}: {lines[-1] if lines else 'no answer'}"
                 )
 
     def explain(self, pending: str) -> str:

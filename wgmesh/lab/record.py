@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticError
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab.layout import STATE_ROOT, Database, LabPlan, plan_lab
+from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, STATE_ROOT, Database, LabPlan, plan_lab
 from wgmesh.models import Model
 from wgmesh.secure_files import write_private
 
@@ -52,6 +52,11 @@ class LabState(Model):
     db: Database = "sqlite"
     coordinators: int = 1
     relays: int = 1
+    # Sites with a second gateway `gwIb` (issue 18), the enrollment token of each (by site; it allows no
+    # subnet: an HA claim is approved by the lab as an admin would), and the agents' preemption rule.
+    ha_sites: list[int] = Field(default_factory=list)
+    ha_tokens: dict[int, str] = Field(default_factory=dict)
+    ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER
     # The coordinator's relay-ticket public key (base64), the relays' --coordinator-key.
     relay_key: str | None = None
     # The coordinator's pin (`sha256:…`, printed by `init`): how the lab's own clients trust its HTTPS.
@@ -78,6 +83,8 @@ class LabState(Model):
             db=self.db,
             coordinators=self.coordinators,
             relays=self.relays,
+            ha_sites=self.ha_sites,
+            ha_preempt_after=self.ha_preempt_after,
         )
 
     def record(self, entry: ProcessRecord) -> None:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import signal
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from wgmesh.lab.api import admin_client
 from wgmesh.lab.layout import (
     PG_DATABASE,
     RELAY_PORT,
+    Gateway,
     LabPlan,
     Service,
-    Site,
     agent_args,
     central_nodes,
     coordinator_args,
@@ -110,7 +111,7 @@ def start(state: LabState, node: str) -> procs.ProcessId:
     elif service.kind == "coordinator":
         proc = _start_coordinator(state, service)
     else:
-        proc = _start_agent(state, state.plan().site(service.index))
+        proc = _start_agent(state, state.plan().gateway(node))
     log.info("process started", extra=kv(lab=state.name, node=node, pid=proc.pid))
     return proc
 
@@ -126,19 +127,20 @@ def _start_coordinator(state: LabState, service: Service) -> procs.ProcessId:
     return proc
 
 
-def _start_agent(state: LabState, site: Site) -> procs.ProcessId:
+def _start_agent(state: LabState, gateway: Gateway) -> procs.ProcessId:
     plan = state.plan()
-    token = _enroll_token(state, site)
+    token = _enroll_token(state, gateway)
     argv = [
         "ip",
         "netns",
         "exec",
-        site.gw_ns,
+        gateway.netns,
         program("wgmesh-agent"),
-        *agent_args(plan, site, token, state.backend),
+        # The route-table hook runs on this interpreter, the one that has this wgmesh.
+        *agent_args(plan, gateway, token, state.backend, python=sys.executable),
     ]
-    proc = procs.spawn(argv, log_path(state, site.node))
-    _record(state, "agent", site.node, proc)
+    proc = procs.spawn(argv, log_path(state, gateway.node))
+    _record(state, "agent", gateway.node, proc)
     return proc
 
 
@@ -212,15 +214,43 @@ def kill(
     return True
 
 
-def _enroll_token(state: LabState, site: Site) -> str:
+def remove_interface(state: LabState, node: str) -> bool:
+    """Delete gateway `node`'s WireGuard interface and end the userspace WireGuard serving it, as when the
+    machine dies: a SIGKILL of the agent alone leaves wireguard-go (or the kernel interface) forwarding.
+    Returns whether there was an interface; meant for a gateway whose agent is stopped."""
+    gateway = state.plan().gateway(node)
+    existed = system.run(
+        ["ip", "-n", gateway.netns, "link", "show", "dev", gateway.wg_interface], check=False
+    )
+    system.run(["ip", "-n", gateway.netns, "link", "del", "dev", gateway.wg_interface], check=False)
+    # wireguard-go usually exits once its TUN device is gone; one that does not is ended here. Only this
+    # gateway's: its namespace holds nothing else of the lab's.
+    wireguard = [
+        proc
+        for pid in system.netns_pids(gateway.netns)
+        if (proc := procs.identity(pid)) is not None
+        and Path(next(iter(procs.cmdline(pid)), "")).name == "wireguard-go"
+    ]
+    procs.terminate(wireguard, grace=1.0, sig=signal.SIGKILL)
+    for sock in system.wg_sockets(gateway.wg_interface + "."):
+        system.remove_file(sock)
+    log.info("interface removed", extra=kv(lab=state.name, node=node, interface=gateway.wg_interface))
+    return existed.returncode == 0
+
+
+def _enroll_token(state: LabState, gateway: Gateway) -> str:
     # One per site, allowing that site's LAN: its route is approved with no manual step, and no site's
     # token approves another's. Kept in the (root-only) record so an agent can be restarted while the
-    # coordinator is down.
-    token = state.site_tokens.get(site.index)
+    # coordinator is down. An HA site's second gateway gets a token of its own that allows nothing: its
+    # claim joins another gateway's prefix, which only an admin approves (approve_ha_routes).
+    site = state.plan().site(gateway.site)
+    tokens = state.ha_tokens if gateway.second else state.site_tokens
+    token = tokens.get(site.index)
     if token is None:
+        allowed = [] if gateway.second else [site.lan]
         with admin_client(state) as api:
-            token = api.create_token(f"lab {state.name} {site.node}", allow_subnets=[site.lan])
-        state.site_tokens[site.index] = token
+            token = api.create_token(f"lab {state.name} {gateway.node}", allow_subnets=allowed)
+        tokens[site.index] = token
         save(state)
     return token
 
@@ -341,8 +371,8 @@ def wait_enrolled(state: LabState, nodes: Iterable[str], timeout: float, progres
     wanted = set(nodes)
 
     def enrolled() -> bool:
-        for site in state.plan().sites:
-            check_alive(state, site.node)
+        for gateway in state.plan().gateways:
+            check_alive(state, gateway.node)
         try:
             with admin_client(state) as api:
                 names = api.node_names(scaled(2.0))
@@ -355,3 +385,38 @@ def wait_enrolled(state: LabState, nodes: Iterable[str], timeout: float, progres
         return True
 
     return wait_until(enrolled, max(timeout, 0.1), f"nodes of lab {state.name} to enroll", interval=0.2)
+
+
+def approve_ha_routes(state: LabState, timeout: float, progress: Progress = quiet) -> float:
+    """Approve each HA site's prefix on its second gateway, as an admin would (`wgmesh routes approve`):
+    approval rules never approve a claim that joins another gateway's prefix. Waits until each second
+    gateway advertises it (the approval needs the route) and the coordinator has judged it."""
+    plan = state.plan()
+    pending = {site.second.node: site.lan for site in plan.sites if site.second is not None}
+
+    def approved() -> bool:
+        for node, prefix in sorted(pending.items()):
+            check_alive(state, node)
+            try:
+                with admin_client(state) as api:
+                    route = api.json(
+                        "POST",
+                        f"/api/v1/nodes/{node}/routes/approve",
+                        json={"prefix": str(prefix), "reason": f"lab {state.name}: HA site"},
+                        timeout=scaled(5.0),
+                    )
+            except WgmeshError as exc:
+                # Mostly "not found": not enrolled yet, or its first statement of subnets has not arrived.
+                # Anything else is kept as the reason the wait names if it runs out.
+                raise NotYet(exc.message) from exc
+            verdict = route.get("state") if isinstance(route, dict) else None
+            progress(f"route {prefix} of {node}: {verdict}")
+            if verdict in (None, "pending"):
+                raise NotYet(f"route {prefix} of {node} is {verdict}")
+            log.info("ha route approved", extra=kv(lab=state.name, node=node, prefix=prefix, state=verdict))
+            del pending[node]
+        return True
+
+    return wait_until(
+        approved, max(timeout, 0.1), f"HA routes of lab {state.name} to be approved", interval=0.2
+    )

@@ -11,7 +11,7 @@ from wgmesh.lab import services, system
 from wgmesh.lab.api import admin_client
 from wgmesh.lab.impair import describe
 from wgmesh.lab.layout import central_nodes
-from wgmesh.lab.observe import read_gateways
+from wgmesh.lab.observe import read_all
 from wgmesh.lab.record import LabState
 from wgmesh.lab.timescale import scaled
 
@@ -81,15 +81,15 @@ def lab_status(state: LabState) -> LabStatus:
     """Namespaces, processes and per-gateway peers of the lab, read now."""
     plan = state.plan()
     present = set(system.namespaces())
-    views = read_gateways(plan)
+    views = read_all(plan)
     gateways = []
-    for site in plan.sites:
-        view = views[site.index]
+    for gateway in plan.gateways:
+        view = views[gateway.node]
         gateways.append(
             GatewayStatus(
-                node=site.node,
-                namespace=site.gw_ns in present,
-                agent=services.alive(state, site.node) if state.agents else None,
+                node=gateway.node,
+                namespace=gateway.netns in present,
+                agent=services.alive(state, gateway.node) if state.agents else None,
                 peers=None if view.error else len(view.peers),
                 handshakes=None if view.error else sum(1 for p in view.peers if p.latest_handshake),
                 error=view.error,
