@@ -283,7 +283,8 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
                 "gateway": g.node,
                 "namespace": g.netns,
                 "underlay_ip": str(g.underlay_ip),
-                "lan": f"{s.lan} ({g.lan_ip})",
+                "lan": str(s.lan),
+                "lan_ip": str(g.lan_ip),
                 "host": s.host,
                 "host_ip": str(s.vm_ip),
             }
@@ -296,7 +297,7 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
 def _print_summary(summary: dict[str, object], verb: str) -> None:
     out = stdout()
     table = Table(title=f"lab {summary['name']} {verb} in {summary['seconds']}s", title_justify="left")
-    for column in ("gateway", "namespace", "underlay_ip", "lan", "host", "host_ip"):
+    for column in ("gateway", "namespace", "underlay_ip", "lan", "lan_ip", "host", "host_ip"):
         table.add_column(column)
     sites = summary["sites"]
     assert isinstance(sites, list)

@@ -132,6 +132,7 @@ def assess(
             continue
         matched: set[str] = set()
         absent: set[str] = set()
+        unknown = 0
         for other in gateways:
             if other.node == gateway.node:
                 continue
@@ -140,7 +141,8 @@ def assess(
             if peer is None:
                 unread = by_node.get(other.node)
                 if other.second and keys.get(other.node) is None and (unread is None or unread.error):
-                    continue  # its own view is pending already, and only its key tells its peer apart
+                    unknown += 1  # its own view is pending already, and only its key tells its peer apart
+                    continue
                 shown = f" ({site.lan})" if not site.ha else ""
                 pending.append(f"{gateway.node} has no peer for {other.node}{shown}")
                 absent.add(other.node)
@@ -156,9 +158,10 @@ def assess(
                 if address is not None:
                     silent.append(Nudge(gateway.node, other.node, address))
         pending += _unrouted(plan, gateway, view, absent)
-        extra = [p for p in view.peers if p.public_key not in matched]
-        if extra:
-            pending.append(f"{gateway.node} has {len(extra)} unexpected peer(s)")
+        # A peer that may be a gateway whose key is unknown is not counted as unexpected.
+        extra = len([p for p in view.peers if p.public_key not in matched]) - unknown
+        if extra > 0:
+            pending.append(f"{gateway.node} has {extra} unexpected peer(s)")
     count = len(gateways)
     return Verdict(
         converged=not pending,
