@@ -65,6 +65,11 @@ NAME = "zqx9"
         (("up", "--db", "mysql"), "argument --db: invalid choice: 'mysql'"),
         (("kill", "hub", "--signal", "HUP"), "argument --signal: invalid choice: 'HUP'"),
         (("move-to-postgresql", "--coordinators", "9"), "--coordinators must be between 1 and 3, not 9"),
+        (("up", "--sites", "2", "--ha-site", "3"), "--ha-site 3: the lab has sites 1..2"),
+        (("up", "--ha-site", "b"), "--ha-site 'b' must be site numbers"),
+        (("up", "--sites", "50", "--ha-site", "45"), "--ha-site 45: a second gateway fits sites 1..44 only"),
+        (("up", "--ha-preempt-after", "-1"), "--ha-preempt-after must be between 0 and 3600 seconds, not -1"),
+        (("up", "--ha-preempt-after", "soon"), "argument --ha-preempt-after: invalid float value: 'soon'"),
     ],
 )
 def test_bad_switch_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:

@@ -116,6 +116,17 @@ def test_lan_mtu_sets_both_ends_of_the_lan_veth() -> None:
     ]
 
 
+def test_lan_mtu_of_an_ha_site_sets_both_gateways_the_bridge_ports_then_the_bridge() -> None:
+    site = plan_lab("wgl", 3, slot=1, ha_sites=[2]).site(2)
+    assert [(c.netns, c.args) for c in lan_mtu_commands(site, 9001)] == [
+        ("wgl-gw2", ("link", "set", "dev", "lan", "mtu", "9001")),
+        ("wgl-gw2b", ("link", "set", "dev", "lan", "mtu", "9001")),
+        ("wgl-vm2", ("link", "set", "dev", "gw2", "mtu", "9001")),
+        ("wgl-vm2", ("link", "set", "dev", "gw2b", "mtu", "9001")),
+        ("wgl-vm2", ("link", "set", "dev", "eth0", "mtu", "9001")),
+    ]
+
+
 def test_underlay_mtu_sets_both_ends_of_the_gateway_uplink_and_touches_only_lab_links() -> None:
     site = plan_lab("wgl", 3, slot=1).site(2)
     commands = underlay_mtu_commands(site, 1460)
