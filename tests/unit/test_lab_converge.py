@@ -12,6 +12,7 @@ from wgmesh.lab.converge import (
     Nudge,
     WgPeer,
     assess,
+    parse_default_via,
     parse_ping_rtt,
     parse_wg_dump,
     parse_wg_public_key,
@@ -203,3 +204,11 @@ def test_nudges_reach_a_standby_over_the_lan_and_a_sibling_over_the_overlay() ->
     assert nudges[("gw2", "gw2b")] == "100.96.0.3"
     assert nudges[("gw2b", "gw2")] == "100.96.0.2"
     assert len(nudges) == 6
+
+
+def test_parse_default_via() -> None:
+    assert str(parse_default_via("default via 10.2.0.2 dev eth0 \n")) == "10.2.0.2"
+    assert str(parse_default_via("default via 10.2.0.1 dev eth0 proto static metric 5\n")) == "10.2.0.1"
+    assert parse_default_via("") is None
+    assert parse_default_via("default dev wg0 scope link\n") is None
+    assert parse_default_via("default via\n") is None

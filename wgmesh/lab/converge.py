@@ -101,6 +101,19 @@ def parse_wg_public_key(text: str) -> str | None:
     return cols[1] if len(cols) == 4 and cols[1] != "(none)" else None
 
 
+def parse_default_via(text: str) -> ipaddress.IPv4Address | None:
+    """The next hop of the default route in `ip -4 route show default` output (None: no default route, or
+    one with no next hop)."""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["default"] and "via" in words[:-1]:
+            try:
+                return ipaddress.IPv4Address(words[words.index("via") + 1])
+            except ValueError:
+                return None
+    return None
+
+
 def parse_ping_rtt(text: str) -> float | None:
     """The average round-trip time in ms from `ping`'s summary, or None when nothing came back."""
     match = _RTT.search(text)

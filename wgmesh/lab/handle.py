@@ -10,13 +10,14 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 from wgmesh.api_client import JsonValue
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import migration, procs, services, switches, system
 from wgmesh.lab.api import admin_client
-from wgmesh.lab.converge import GatewayView, Verdict, assess
+from wgmesh.lab.converge import GatewayView, Verdict, assess, parse_default_via
 from wgmesh.lab.layout import (
     STATE_ROOT,
     Gateway,
@@ -276,6 +277,13 @@ class Lab:
         `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
         """
         return wait_converged(self.state, timeout, progress, started=started)
+
+    def vpc_route(self, index: int) -> IPv4Address | None:
+        """Where VPC host `index` sends mesh traffic: its default route's next hop (on an HA site, the LAN
+        address of the gateway the route-table hook last made primary), or None."""
+        site = self.plan.site(index)
+        done = self.exec(site.host, "ip", "-4", "route", "show", "default", check=True)
+        return parse_default_via(done.stdout)
 
     def ping_matrix(self, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
         """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
