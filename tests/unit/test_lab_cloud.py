@@ -176,6 +176,9 @@ def test_describe_shows_the_cloud_switches() -> None:
         "vm2: inbound ICMP unreachable dropped (security group)",
     ]
     assert describe([1], {}, []) == ["gw1: UDP blocked"]
+    assert describe([], {}, [], lan_mtu={2: 9001}, ha_sites=[2]) == [
+        "vm2: LAN MTU 9001 (and gw2's and gw2b's lan)"
+    ]
 
 
 def test_state_keeps_the_switches_and_reads_files_written_before_them(tmp_path: Path) -> None:

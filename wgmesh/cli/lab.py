@@ -311,11 +311,10 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
     out.print(f"relay: {', '.join(relays) or 'none'}")
     for line in _switch_lines(summary):
         out.print(f"switch: {line}")
-    ha_sites = summary["ha_sites"]
-    assert isinstance(ha_sites, list)
+    ha_sites, preempt = summary["ha_sites"], summary["ha_preempt_after"]
+    assert isinstance(ha_sites, list) and isinstance(preempt, float)
     if ha_sites:
-        names = ", ".join(f"vpc{i} (gw{i} primary, gw{i}b standby)" for i in ha_sites)
-        out.print(f"HA sites: {names}; preempt after {summary['ha_preempt_after']:g}s")
+        out.print(f"HA sites: {_ha_line(ha_sites, preempt)}")
     if not summary["agents"]:
         out.print("no agents started (--no-agents)")
     out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
@@ -324,9 +323,17 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
 def _switch_lines(summary: dict[str, object]) -> list[str]:
     blocked, throttled, off = summary["blocked_udp"], summary["throttled_udp"], summary["p2p_off"]
     lan, underlay, sg = summary["lan_mtu"], summary["underlay_mtu"], summary["sg_drop_icmp"]
+    ha = summary["ha_sites"]
     assert isinstance(blocked, list) and isinstance(throttled, dict) and isinstance(off, list)
     assert isinstance(lan, dict) and isinstance(underlay, dict) and isinstance(sg, list)
-    return describe(blocked, throttled, off, lan_mtu=lan, underlay_mtu=underlay, sg_drop_icmp=sg)
+    assert isinstance(ha, list)
+    return describe(blocked, throttled, off, lan_mtu=lan, underlay_mtu=underlay, sg_drop_icmp=sg, ha_sites=ha)
+
+
+def _ha_line(ha_sites: list[int], preempt_after: float | None) -> str:
+    """`vpc2 (gw2 and gw2b); preempt after 10s`: which gateways share a site's prefix, and the agents' rule."""
+    names = ", ".join(f"vpc{i} (gw{i} and gw{i}b)" for i in ha_sites)
+    return f"{names}; preempt after {preempt_after or 0:g}s"
 
 
 def _warn(text: str) -> None:
@@ -454,6 +461,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print(f"registry: {status.database}; {shown}")
     for line in status.switches():
         out.print(f"switch: {line}")
+    if status.ha_sites:
+        out.print(f"HA sites: {_ha_line(status.ha_sites, status.ha_preempt_after)}")
     table = Table(title_justify="left")
     for column in ("gateway", "namespace", "agent", "peers", "handshakes", "note"):
         table.add_column(column)

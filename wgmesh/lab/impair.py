@@ -176,12 +176,16 @@ def describe(
     lan_mtu: Mapping[int, int] | None = None,
     underlay_mtu: Mapping[int, int] | None = None,
     sg_drop_icmp: Iterable[int] = (),
+    ha_sites: Iterable[int] = (),
 ) -> list[str]:
-    """One short phrase per switch in force, for `status` and `up`."""
+    """One short phrase per switch in force, for `status` and `up` (`ha_sites`: whose LAN has two gateways)."""
+    ha = set(ha_sites)
     lines = [f"gw{i}: UDP blocked" for i in blocked]
     lines += [f"gw{i}: UDP throttled to {rate}" for i, rate in throttled.items()]
     lines += [f"gw{i}: p2p off" for i in p2p_off]
     lines += [f"gw{i}: underlay MTU {mtu}" for i, mtu in (underlay_mtu or {}).items()]
-    lines += [f"vm{i}: LAN MTU {mtu} (and gw{i}'s lan)" for i, mtu in (lan_mtu or {}).items()]
+    for i, mtu in (lan_mtu or {}).items():
+        gateways = f"gw{i}'s and gw{i}b's" if i in ha else f"gw{i}'s"
+        lines.append(f"vm{i}: LAN MTU {mtu} (and {gateways} lan)")
     lines += [f"vm{i}: inbound ICMP unreachable dropped (security group)" for i in sg_drop_icmp]
     return lines

@@ -458,7 +458,7 @@ def plan_lab(
         db=db,
         coordinators=coordinators,
         relays=relays,
-        ha_preempt_after=ha_preempt_after,
+        ha_preempt_after=float(ha_preempt_after),
     )
 
 

@@ -53,6 +53,9 @@ class LabStatus:
     # Every central process by node (`hub`, `hub2`, `relay`, `relay2`, `db`): whether it runs.
     services: dict[str, bool] | None = None
     database: str = "sqlite"
+    # Sites with a second gateway `gwIb` (issue 18), and the agents' preemption rule.
+    ha_sites: list[int] | None = None
+    ha_preempt_after: float | None = None
 
     def healthy(self) -> bool:
         """Coordinators, relays (if any) and database up, every namespace present, every agent (if any)
@@ -74,6 +77,7 @@ class LabStatus:
             lan_mtu=self.lan_mtu,
             underlay_mtu=self.underlay_mtu,
             sg_drop_icmp=self.sg_drop_icmp or [],
+            ha_sites=self.ha_sites or [],
         )
 
 
@@ -116,4 +120,6 @@ def lab_status(state: LabState) -> LabStatus:
         sg_drop_icmp=list(state.sg_drop_icmp),
         services={node: services.alive(state, node) for node in central_nodes(plan, state.relay)},
         database=plan.db,
+        ha_sites=list(plan.ha_sites),
+        ha_preempt_after=plan.ha_preempt_after,
     )
