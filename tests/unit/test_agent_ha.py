@@ -100,7 +100,13 @@ def test_a_returning_primary_leaves_the_prefix_to_the_standby_up_until_the_hold(
 
 def test_a_standby_starting_beside_a_live_primary_leaves_it_the_prefix() -> None:
     choice = choose(None, inputs(1.0, me=GW2B, gw2=up(0.5), gw2b=up(0.0)), CONFIG, NAMES)
-    assert (choice.holder, choice.code) == (GW2, "returning")
+    assert (choice.holder, choice.code) == (GW2, "primary")
+    # A later member (gw2c) up is what returning means; an earlier one is simply the holder.
+    three = (GW2, GW2B, GW2C)
+    choice = choose(
+        None, inputs(4.0, me=GW2B, members=three, gw2=down(), gw2b=up(), gw2c=up()), CONFIG, NAMES
+    )
+    assert (choice.holder, choice.code) == (GW2C, "returning")
 
 
 def test_a_member_cut_off_claims_nothing_then_returns_like_a_restart() -> None:

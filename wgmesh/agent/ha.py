@@ -19,10 +19,12 @@ route table through `--on-primary`, so that the VPC's replies come back through 
 while at least one peer answers it (a gateway cut off from everyone claims nothing: code `isolated`) and
 only from its own start, so that:
 
-- at its start it waits up to `settle` seconds to learn its group's health (code `settling`); when
-  another member is up by then, that member may be carrying the prefix since this one went away, so it
-  takes the prefix only by the preempt rule (code `returning`), as the other agents will give it back;
-  when no other member is up, it claims the prefix at once.
+- at its start it waits up to `settle` seconds to learn its group's health (code `settling`); a member
+  before it that is up carries the prefix; else, when a member after it is up, that member may have been
+  carrying the prefix since this one went away, so it takes the prefix only by the preempt rule (code
+  `returning`), as the other agents will give it back; when no other member is up, it claims at once. (On a
+  fresh start of a whole site the primary so claims only after `preempt_after`: it cannot tell that start
+  from its own return, and until then the cloud's route table keeps what the operator set.)
 
 So after a restart or a cut, a gateway and the agents sending to its group change their minds by the same
 clock: the primary's `up` time as its probes show it.
@@ -157,6 +159,11 @@ def _first(
     if any(_state(inputs, m) == "unknown" for m in others) and now - inputs.started_at < config.settle:
         return HaChoice(None, "settling", "learning whether another member carries the prefix")
     up = [m for m in others if _state(inputs, m) == "up"]
+    if up and members.index(up[0]) < members.index(me):
+        code: FailoverCode = "primary" if up[0] == members[0] else "holder_down"
+        return HaChoice(
+            up[0], code, f"{name(up[0])} answers and comes before this gateway", changed_at, moved_from
+        )
     if up:
         return HaChoice(
             up[0],
