@@ -30,7 +30,7 @@ RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_
 Liveness = Literal["up", "down", "unknown"]
 """A peer's health as one agent's probes see it (agent/health.py): answering, silent past the deadline, or
 not known yet."""
-FailoverCode = Literal["primary", "settling", "returning", "holder_down", "preempt", "all_down"]
+FailoverCode = Literal["primary", "settling", "returning", "holder_down", "preempt", "isolated"]
 """Why an agent sends an HA prefix to the member it does (agent/ha.py)."""
 Backend = Literal["auto", "kernel", "userspace"]
 """Which WireGuard the agent drives: the kernel module, wireguard-go, or the first that works."""

@@ -37,6 +37,11 @@ steps["stable"] = fw.ensure(spec)
 steps["listing"] = subprocess.run(["nft", "list", "table", "inet", "wgmesh_wgt0"], capture_output=True,
                                   text=True, check=True).stdout
 steps["clamp_only"] = fw.ensure(FirewallSpec("wgt0", clamps=spec.clamps))
+# An HA member's masquerade into its group's prefixes only (agent/ha.py): written once, then stable.
+ha = FirewallSpec("wgt0", clamps=spec.clamps, masquerade_to=MssGroup(0, ("10.2.0.0/24", "10.5.0.0/16"), ("fd00:2::/64",)))
+steps["ha_first"], steps["ha_again"] = fw.ensure(ha), fw.ensure(ha)
+steps["ha_listing"] = subprocess.run(["nft", "list", "chain", "inet", "wgmesh_wgt0", "postrouting"],
+                                     capture_output=True, text=True, check=True).stdout
 steps["empty"] = fw.ensure(FirewallSpec("wgt0"))
 steps["removed_again"] = fw.remove("wgt0")
 print(json.dumps(steps))
@@ -72,3 +77,6 @@ def test_table_written_once_repaired_after_drift_and_removed(namespace: str) -> 
     assert "tcp option maxseg size set 1380" in listing  # IPv4 at 1420
     assert "masquerade" in listing
     assert (steps["clamp_only"], steps["empty"], steps["removed_again"]) == (1, 1, False)
+    assert (steps["ha_first"], steps["ha_again"]) == (1, 0)
+    assert "ip daddr { 10.2.0.0/24, 10.5.0.0/16 } masquerade" in steps["ha_listing"]
+    assert "ip6 daddr fd00:2::/64 masquerade" in steps["ha_listing"]

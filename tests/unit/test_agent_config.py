@@ -129,3 +129,27 @@ def test_several_coordinators_from_flags_the_file_or_the_token(tmp_path: Path) -
     assert _load(["--token", token]).coordinator == ("https://c:8443", "https://d:8443")
     # the flags override what the token carries
     assert _load(["--token", token, "--coordinator", "https://a:8443"]).coordinator == ("https://a:8443",)
+
+
+def test_ha_flags_and_their_refusals(tmp_path: Path) -> None:
+    base = ["--coordinator", "http://198.18.0.1:8080", "--config", str(tmp_path / "none.toml")]
+    (tmp_path / "none.toml").write_text("")
+    cfg = _load([*base, "--site", "vpc2", "--on-primary", "/usr/local/bin/route-to-me 'rtb 1'"])
+    assert (cfg.site, cfg.hook, cfg.ha_preempt_after) == (
+        "vpc2",
+        ("/usr/local/bin/route-to-me", "rtb 1"),
+        30.0,
+    )
+    assert _load([*base, "--ha-preempt-after", "0"]).ha_preempt_after == 0.0
+    assert _load(base).site is None and _load(base).hook is None
+    for bad, words in (
+        (["--site", "Not A Name"], "--site"),
+        (["--on-primary", "unterminated 'quote"], "--on-primary"),
+        (["--ha-preempt-after", "-1"], "ha_preempt_after"),
+        (["--ha-preempt-after", "nan"], "ha_preempt_after"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            _load([*base, *bad])
+    (tmp_path / "ha.toml").write_text('site = "vpc3"\nha_preempt_after = 12\non_primary = "hook primary"\n')
+    from_file = _load(["--coordinator", "http://198.18.0.1:8080", "--config", str(tmp_path / "ha.toml")])
+    assert (from_file.site, from_file.ha_preempt_after, from_file.hook) == ("vpc3", 12.0, ("hook", "primary"))

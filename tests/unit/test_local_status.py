@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from wgmesh.agent.local_status import AgentNotRunning, LocalStatusServer, read_local_status
 from wgmesh.cli.local import show_local_status
-from wgmesh.models import LocalStatus, PeerView, RefusedRoute
+from wgmesh.models import HaStatus, LocalStatus, PeerView, RefusedRoute
 
 
 def _status(version: int) -> LocalStatus:
@@ -65,3 +66,30 @@ def test_refused_routes_show_in_the_local_status(tmp_path: Path, capsys: pytest.
     assert (
         "198.18.0.1/32 of gw2 refused: covers the coordinator's address 198.18.0.1" in capsys.readouterr().out
     )
+
+
+def test_ha_groups_show_in_the_local_status(capsys: pytest.CaptureFixture[str]) -> None:
+    moved = datetime.now(UTC) - timedelta(seconds=12)
+    status = _status(1).model_copy(
+        update={
+            "site": "vpc1",
+            "ha": [
+                HaStatus(
+                    prefix="10.2.0.0/24",
+                    holder="gw2b",
+                    code="holder_down",
+                    reason="gw2 answers no probe: gw2b is the first member that does",
+                    changed_at=moved,
+                    moved_from="gw2",
+                ),
+                HaStatus(
+                    prefix="10.1.0.0/24", holder="gw1", code="primary", reason="gw1 is the group's primary"
+                ),
+            ],
+        }
+    )
+    show_local_status(status, as_json=False)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ha 10.2.0.0/24 (site vpc1): sent to gw2b [holder_down] gw2 answers no probe" in out
+    assert "moved from gw2 12s ago" in out
+    assert "ha 10.1.0.0/24 (site vpc1): this gateway carries it [primary]" in out

@@ -190,6 +190,7 @@ def test_peer_reports_carry_counters_and_the_decided_path(controller: PathContro
         "endpoint": "198.18.0.13:51820",
         "path": "direct",
         "reason": (controller.state(3) or pytest.fail("no decision")).reason,
+        "health": "unknown",  # probed, never answered yet
     }
     relayed = reports[off.public_key][1]
     assert (relayed.path, relayed.reason) == ("relay", "p2p is off for this pair")

@@ -149,3 +149,30 @@ def test_group_elements_never_overlap(prefixes: list[tuple[int, int]]) -> None:
     for group in spec.clamps:
         nets = [ipaddress.ip_network(p) for p in group.ipv4]
         assert all(not x.overlaps(y) for i, x in enumerate(nets) for y in nets[i + 1 :])
+
+
+def test_an_ha_member_masquerades_into_its_own_groups_prefixes_only() -> None:
+    group = {"prefix": "10.1.0.0/24", "site": "vpc1", "members": [1, 11]}
+    other = {"prefix": "10.2.0.0/24", "site": "vpc2", "members": [2, 12]}
+    nm = netmap(peer(2, ["10.2.0.0/24"]), ha_groups=[group, other])
+    spec = ruleset.desired_firewall(
+        "wg0", nm, desired_device(nm), 1420, masquerade=False, mss_clamp=True, ha_masquerade=True
+    )
+    assert spec.masquerade_to == MssGroup(0, ("10.1.0.0/24",))
+    assert 'iifname "wg0" oifname != "wg0" ip daddr { 10.1.0.0/24 } masquerade' in ruleset.script(spec)
+    assert ruleset.expected_shape(spec).rules["postrouting"] == 1
+    # With a hook (no HA masquerade), or outside every group, nothing is masqueraded.
+    assert firewall(nm, 1420).masquerade_to is None
+    outside = netmap(peer(2, ["10.2.0.0/24"]), ha_groups=[other])
+    assert (
+        ruleset.desired_firewall(
+            "wg0",
+            outside,
+            desired_device(outside),
+            1420,
+            masquerade=False,
+            mss_clamp=True,
+            ha_masquerade=True,
+        ).masquerade_to
+        is None
+    )

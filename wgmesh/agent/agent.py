@@ -17,11 +17,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from wgmesh import keys, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
-from wgmesh.agent import handshakes
+from wgmesh.agent import ha, handshakes, health
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.coordinator_pin import CoordinatorTrust
 from wgmesh.agent.dataplane import ApplyResult, DataPlane
+from wgmesh.agent.ha import HaChoice, HaConfig, HaInputs
+from wgmesh.agent.ha_hook import RoleEvent, RoleHook
+from wgmesh.agent.health import PeerHealth
 from wgmesh.agent.local_status import SOCKET_NAME, LocalStatusServer
 from wgmesh.agent.metrics import AgentMetrics
 from wgmesh.agent.path_control import TICK, PathController
@@ -34,6 +37,7 @@ from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
+    HaStatus,
     LocalStatus,
     NetMap,
     PeerConfig,
@@ -44,7 +48,7 @@ from wgmesh.models import (
     StatusReport,
 )
 from wgmesh.pins import Pin
-from wgmesh.values import Endpoint, PathKind
+from wgmesh.values import Endpoint, NodeId, PathKind, Prefix
 
 log = logging.getLogger("wgmesh.agent")
 
@@ -91,6 +95,9 @@ class Agent:
             cfg.listen_port,
             masquerade=cfg.masquerade,
             mss_clamp=cfg.mss_clamp,
+            # Without a hook to point the cloud's route table at the member carrying an HA prefix, the
+            # VPC's replies find their way back only if the member masquerades (agent/ruleset.py).
+            ha_masquerade=cfg.on_primary is None,
             width=WidthBound(cfg.min_prefix_length, cfg.min_prefix_length6, cfg.allow_wide_routes),
         )
         token = JoinToken.parse(cfg.token) if cfg.token else None
@@ -103,6 +110,14 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.grant: RelayGrant | None = None
         self.grant_fetched = 0.0
+        self.ha_config = HaConfig(preempt_after=cfg.ha_preempt_after)
+        self.ha_choices: dict[Prefix, HaChoice] = {}
+        """Where each HA group's prefix goes (agent/ha.py), under `lock`."""
+        self.ha_moved_at: dict[Prefix, datetime] = {}
+        self.ha_started: float | None = None
+        self.own_health: PeerHealth | None = None
+        hook = cfg.hook
+        self.hook = RoleHook(hook, self.stop) if hook else None
         self.follower = NetmapFollower(
             self.client,
             self.state,
@@ -133,7 +148,10 @@ class Agent:
                 if netmap is None:
                     return
             self.paths.follow(netmap, self.keypair.public_key)
-            result: ApplyResult = self.dataplane.apply(netmap, self.paths.endpoint_for)
+            self.paths.watched = frozenset(ha.members_of(netmap.ha_groups) - {netmap.node_id})
+            holders = {prefix: choice.holder for prefix, choice in self.ha_choices.items()}
+            effective = ha.with_holders(netmap, holders)
+            result: ApplyResult = self.dataplane.apply(effective, self.paths.endpoint_for)
             self.metrics.applied(result)
             changed = self.netmap is None or netmap.version != self.netmap.version
             newcomers = handshakes.to_start(self.netmap, netmap)
@@ -277,6 +295,7 @@ class Agent:
             # No subnets: `sync_advertised` states them right after, the one way they reach the coordinator.
             endpoints=[Endpoint(endpoint_ip, self.cfg.listen_port)] if endpoint_ip else [],
             max_mtu=self.dataplane.underlay_limit,
+            site=self.cfg.site,
         )
         while not self.stop.is_set():
             try:
@@ -315,7 +334,7 @@ class Agent:
         backoff = Backoff()
         while not self.stop.is_set():
             try:
-                verdicts = self.client.advertise(subnets)
+                verdicts = self.client.advertise(subnets, self.cfg.site)
             except UnreachableError:
                 # Fail-static: the data plane runs from the cache; advertise once the coordinator is back.
                 self.stop.wait(backoff.next_delay())
@@ -323,7 +342,10 @@ class Agent:
             except WgmeshError as exc:
                 log.error("subnets refused by the coordinator", extra=kv(code=exc.code, error=exc.message))
                 return
-            log.info("advertised subnets", extra=kv(subnets=",".join(map(str, subnets)) or "none"))
+            log.info(
+                "advertised subnets",
+                extra=kv(subnets=",".join(map(str, subnets)) or "none", site=self.cfg.site or self.cfg.name),
+            )
             for route in verdicts:
                 if route.state != "active":
                     log.warning(
@@ -360,7 +382,101 @@ class Agent:
             mtu=self.dataplane.mtu,
             max_mtu=limit,
             coordinator=self.client.url,
+            ha=self.ha_status(),
         )
+
+    def ha_status(self) -> list[HaStatus]:
+        """Each HA group as this agent handles it, for reports and `wgmesh-agent status`."""
+        with self.lock:
+            netmap, choices, moved_at = self.netmap, dict(self.ha_choices), dict(self.ha_moved_at)
+        if netmap is None:
+            return []
+        names = _names(netmap)
+        out = []
+        for group in netmap.ha_groups:
+            choice = choices.get(group.prefix)
+            if choice is None:
+                continue
+            out.append(
+                HaStatus(
+                    prefix=group.prefix,
+                    holder=names.get(choice.holder) if choice.holder is not None else None,
+                    code=choice.code,
+                    reason=choice.reason[:256],
+                    changed_at=moved_at.get(group.prefix),
+                    moved_from=names.get(choice.moved_from) if choice.moved_from is not None else None,
+                )
+            )
+        return out
+
+    def decide_ha(self, netmap: NetMap) -> bool:
+        """Decide every HA group's member from this tick's health; True when a prefix moved (apply then).
+
+        Runs on the path tick, after the probes' health is updated: no coordinator takes part."""
+        now = time.monotonic()
+        if self.ha_started is None:
+            self.ha_started = now
+        peer_health = {
+            p.node_id: found for p in netmap.peers if (found := self.paths.health(p.node_id)) is not None
+        }
+        self.own_health = health.own_health(self.own_health, list(peer_health.values()), now)
+        names = _names(netmap)
+        moved = False
+        events: list[RoleEvent] = []
+        with self.lock:
+            for group in netmap.ha_groups:
+                previous = self.ha_choices.get(group.prefix)
+                inputs = HaInputs(
+                    now=now,
+                    members=tuple(group.members),
+                    health={**peer_health, netmap.node_id: self.own_health},
+                    self_id=netmap.node_id,
+                    started_at=self.ha_started,
+                )
+                choice = ha.choose(previous, inputs, self.ha_config, names)
+                if choice is previous:
+                    continue
+                self.ha_choices[group.prefix] = choice
+                if choice.changed_at is not None and (
+                    previous is None or previous.changed_at != choice.changed_at
+                ):
+                    self.ha_moved_at[group.prefix] = _now()
+                before = previous.holder if previous is not None else None
+                if choice.holder != before:
+                    moved = True
+                    log.info(
+                        "ha prefix moved" if previous is not None else "ha prefix placed",
+                        extra=kv(
+                            prefix=group.prefix,
+                            site=group.site,
+                            old=names.get(before) if before is not None else "none",
+                            new=names.get(choice.holder) if choice.holder is not None else "none",
+                            code=choice.code,
+                            reason=choice.reason,
+                        ),
+                    )
+                    if previous is not None:
+                        self.metrics.ha_moved(group.prefix, choice.code)
+                was_primary = before == netmap.node_id
+                if (choice.holder == netmap.node_id) != was_primary:
+                    events.append(
+                        RoleEvent(
+                            prefix=group.prefix,
+                            role="standby" if was_primary else "primary",
+                            site=group.site,
+                            node=netmap.name,
+                            holder=names.get(choice.holder, "") if choice.holder is not None else "",
+                            mesh_prefixes=tuple(ha.mesh_prefixes(netmap, group)),
+                        )
+                    )
+            current = {g.prefix for g in netmap.ha_groups}
+            for prefix in [p for p in self.ha_choices if p not in current]:
+                del self.ha_choices[prefix]
+                self.ha_moved_at.pop(prefix, None)
+        if self.hook is not None:
+            for event in events:
+                self.hook.changed(event)
+        return moved
 
     def local_status(self) -> LocalStatus:
         """The peer view served on the local socket, built from the netmap and the interface."""
@@ -398,6 +514,8 @@ class Agent:
             mtu=self.dataplane.mtu,
             mss_clamp=self.cfg.mss_clamp,
             relays=self.paths.shim.local_relays(),
+            site=self.cfg.site or (netmap.name if netmap else self.cfg.name),
+            ha=self.ha_status(),
         )
 
     def path_tick(self) -> None:
@@ -410,6 +528,7 @@ class Agent:
                 stats = self.dataplane.observe_stats()
             self.metrics.stats_seen(stats)  # scrapes read this, never the device
             changed = self.paths.tick(netmap, stats)
+            ha_moved = self.decide_ha(netmap)
             shown = {
                 p.public_key: self.paths.view(p.node_id, stats[p.public_key].endpoint).path
                 for p in netmap.peers
@@ -425,6 +544,12 @@ class Agent:
             if self.shown_paths:
                 self.report_soon()
             self.shown_paths = shown
+        if ha_moved and not changed:
+            try:
+                self.apply()
+            except WgmeshError as exc:
+                log.error("ha prefix move failed", extra=kv(code=exc.code, error=exc.message))
+            self.report_soon()
         if not changed:
             return
         for key in self.paths.take_reasserts():
@@ -450,7 +575,7 @@ class Agent:
             self.apply()
         except WgmeshError as exc:
             log.error("endpoint update failed", extra=kv(code=exc.code, error=exc.message))
-        if switched:
+        if switched or ha_moved:
             self.report_soon()
 
     def refresh_grant(self) -> None:
@@ -524,6 +649,8 @@ class Agent:
                 self.refresh_protected()
             self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
             self._every(self.path_tick, TICK, "paths")
+            if self.hook is not None:
+                self.hook.start()
             # Beside the follower, not before it: while the coordinator is away the statement retries with
             # back-off, and the first netmap after its return must not wait for that back-off.
             threading.Thread(target=self.sync_advertised, name="advertise", daemon=True).start()
@@ -540,3 +667,8 @@ class Agent:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _names(netmap: NetMap) -> dict[NodeId, str]:
+    """Node names by id: the netmap's peers and the node itself."""
+    return {p.node_id: p.name for p in netmap.peers} | {netmap.node_id: netmap.name}

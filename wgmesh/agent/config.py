@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from wgmesh import ipam
-from wgmesh.agent import route_guard
+from wgmesh.agent import ha, ha_hook, route_guard
 from wgmesh.api_client import check_url
 from wgmesh.errors import ValidationError
 from wgmesh.join_token import JoinToken
@@ -48,6 +48,17 @@ class AgentConfig:
     """IPv6 netmap routes shorter than this are refused."""
     allow_wide_routes: bool = False
     """Install routes of any width, a default route too (never one covering a protected address)."""
+    site: str | None = None
+    """The site (VPC) this gateway serves; None: a site of its own (agent/ha.py, issue 18)."""
+    on_primary: str | None = None
+    """The command run when this gateway becomes or stops being an HA prefix's carrier (agent/ha_hook.py)."""
+    ha_preempt_after: float = ha.PREEMPT_AFTER
+    """Seconds an earlier member of an HA group answers before it takes its prefix back."""
+
+    @property
+    def hook(self) -> tuple[str, ...] | None:
+        """`on_primary` as an argument vector."""
+        return ha_hook.parse_command(self.on_primary) if self.on_primary else None
 
     def __post_init__(self) -> None:
         if isinstance(self.coordinator, str):  # one URL given as a string (tests, callers from before lists)
@@ -127,6 +138,19 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
     except ValueError as exc:
         raise ValidationError(f"--name {values['name']!r}: {exc}", code="invalid_config") from exc
     values["advertise"] = tuple(ipam.parse_cidr(c) for c in values.get("advertise", ()))
+    if values.get("site") is not None:
+        try:
+            check_name(str(values["site"]))
+        except ValueError as exc:
+            raise ValidationError(f"--site {values['site']!r}: {exc}", code="invalid_config") from exc
+    if values.get("on_primary") is not None:
+        ha_hook.parse_command(str(values["on_primary"]))
+    if getattr(args, "ha_preempt_after", None) == 0:  # given as 0 (take back at once) is not "not given"
+        values["ha_preempt_after"] = 0.0
+    preempt = values.get("ha_preempt_after", ha.PREEMPT_AFTER)
+    if isinstance(preempt, bool) or not isinstance(preempt, int | float) or not 0 <= preempt <= 86400:
+        raise ValidationError("ha_preempt_after must be 0-86400 seconds", code="invalid_config")
+    values["ha_preempt_after"] = float(preempt)
     values["state_dir"] = Path(values.get("state_dir", AgentConfig.state_dir))
     if values.get("relay_ca"):
         values["relay_ca"] = Path(values["relay_ca"])

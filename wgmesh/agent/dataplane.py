@@ -86,6 +86,7 @@ class DataPlane:
         masquerade: bool = False,
         *,
         mss_clamp: bool = True,
+        ha_masquerade: bool = False,
         wireguard: WireGuardBackend | None = None,
         host: HostNetwork | None = None,
         firewall: Firewall | None = None,
@@ -97,6 +98,7 @@ class DataPlane:
         self.listen_port = listen_port
         self.masquerade = masquerade
         self.mss_clamp = mss_clamp
+        self.ha_masquerade = ha_masquerade
         # The largest tunnel MTU the underlay carries (agent/mtu.py), measured by the agent; None: unknown.
         self.underlay_limit: int | None = None
         self.mtu: int | None = None  # the MTU last set on the interface
@@ -255,6 +257,7 @@ class DataPlane:
                     tunnel_mtu,
                     masquerade=self.masquerade,
                     mss_clamp=self.mss_clamp,
+                    ha_masquerade=self.ha_masquerade,
                 )
             )
             changes += self._apply_qos(netmap)

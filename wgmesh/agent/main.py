@@ -12,7 +12,7 @@ from typing import get_args
 
 from wgmesh import logs
 from wgmesh.agent import config as agent_config
-from wgmesh.agent import route_guard
+from wgmesh.agent import ha, route_guard
 from wgmesh.agent.agent import Agent, Stopped
 from wgmesh.agent.dataplane import DataPlane
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
@@ -105,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a subnet this gateway routes for (repeatable). Stated to the coordinator at every start as "
         "this gateway's whole list: a subnet no longer given is withdrawn, and with none (here or in the "
         "config file) every subnet of this node is withdrawn, including one an admin set through the API",
+    )
+    parser.add_argument(
+        "--site",
+        metavar="NAME",
+        help="the site (VPC) this gateway serves (default: a site of its own, named after the node); "
+        "gateways of one site advertising the same subnet form an HA group that fails over between them",
+    )
+    parser.add_argument(
+        "--on-primary",
+        metavar="CMD",
+        help="run CMD when this gateway becomes or stops being the one carrying an HA subnet, to point the "
+        "cloud's route table at it (WGMESH_HA_ROLE, WGMESH_HA_PREFIX, WGMESH_NODE, … in its environment); "
+        "without it, the gateway masquerades what it forwards into an HA subnet",
+    )
+    parser.add_argument(
+        "--ha-preempt-after",
+        type=float,
+        metavar="SECONDS",
+        help=f"an HA subnet's earlier member takes it back only after answering for this long "
+        f"(default {ha.PREEMPT_AFTER:g})",
     )
     parser.add_argument("--listen-port", type=int)
     parser.add_argument("--relay-ca", help="CA bundle to verify tls:// relays with (default: the system's)")

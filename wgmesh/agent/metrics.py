@@ -129,6 +129,12 @@ class AgentMetrics:
             ["peer", "reason"],
             registry=self.registry,
         )
+        self.ha_moves = Counter(
+            "wgmesh_ha_moves",
+            "HA prefixes moved to another member of their group, by prefix and reason code (agent/ha.py)",
+            ["prefix", "reason"],
+            registry=self.registry,
+        )
         self.apply_seconds = Histogram(
             "wgmesh_reconcile_duration_seconds",
             "Time one apply of the netmap to the interface and routes took",
@@ -164,6 +170,10 @@ class AgentMetrics:
     def path_switched(self, peer: str, reason: str) -> None:
         """Count one switch of `peer`'s path, with the reason code of the decision."""
         self.switches.labels(peer, reason).inc()
+
+    def ha_moved(self, prefix: object, reason: str) -> None:
+        """Count one move of an HA prefix, with the reason code of the decision."""
+        self.ha_moves.labels(str(prefix), reason).inc()
 
     def applied(self, result: ApplyResult) -> None:
         """Time and operations of one apply."""

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from wgmesh.agent import paths, probe_wire
+from wgmesh.agent import health, paths, probe_wire
+from wgmesh.agent.health import PeerHealth
 from wgmesh.agent.netloop import NetLoop
 from wgmesh.agent.paths import PathConfig, PathInputs, PeerPath, ProbeResult
 from wgmesh.agent.prober import RELAY, Address, BurstResult, Prober
 from wgmesh.agent.shim import RelayShim
 from wgmesh.agent.wgstate import PeerStats
 from wgmesh.models import NetMap, PeerConfig, PeerStatus, RelayGrant
-from wgmesh.values import Endpoint, PathKind
+from wgmesh.values import Endpoint, Liveness, PathKind
 
 log = logging.getLogger("wgmesh.agent.paths")
 
@@ -37,10 +38,15 @@ IDLE_PROBE_INTERVAL = 5.0
 would otherwise send thousands of probes a second."""
 RELAY_PROBE_INTERVAL = 2.0
 """The relay path's RTT changes slowly; one sample every 2 s is plenty."""
+WATCH_INTERVAL = 0.5
+"""A watched peer (an HA group's member, agent/ha.py) is probed this often on its path, busy or idle, direct
+or relayed: its health decides where a VPC's traffic goes, within seconds of its death."""
 STALE_ROAM_EVIDENCE = 3.0
 """A peer's word that it is direct counts for this long; an endpoint is set again at most this often."""
 PROBE_TIMEOUT = 0.6
 RELAY_PROBE_TIMEOUT = 1.5
+WATCH_RELAY_TIMEOUT = 1.0
+"""A watched peer's relay probe waits less: two rounds of unanswered probes then fit health's 2.5 s."""
 
 
 @dataclass
@@ -71,6 +77,12 @@ class _Peer:
     last_burst: float = -1e9
     last_reassert: float = -1e9
     in_flight: bool = False  # a probe round runs (at most one per peer)
+    watched_since: float = field(default_factory=time.monotonic)
+    last_answer: float | None = None
+    """When a probe to the peer was last answered, on any path (shared with the loop thread)."""
+    misses: int = 0
+    """Probes unanswered since then (shared with the loop thread)."""
+    health: PeerHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class PathController:
         )
         self._reassert: set[str] = set()
         self._peers: dict[int, _Peer] = {}
+        self.watched: frozenset[int] = frozenset()
+        """Peers probed every `WATCH_INTERVAL` whatever their path and traffic (HA group members)."""
         self.ticket_refused = threading.Event()
         self._lock = threading.Lock()
         self._started = False
@@ -145,6 +159,12 @@ class PathController:
         with self._lock:
             found = self._peers.get(peer_id)
             return found.state if found else None
+
+    def health(self, peer_id: int) -> PeerHealth | None:
+        """The peer's health at the last tick, or None before it (and for static peers: never probed)."""
+        with self._lock:
+            found = self._peers.get(peer_id)
+            return found.health if found else None
 
     def _relays_peer(self, peer_id: int) -> bool:
         state = self.state(peer_id)
@@ -244,6 +264,13 @@ class PathController:
             with self._lock:
                 record.state = state
                 best_after = record.best_direct
+                record.health = health.observe(
+                    record.health,
+                    now=now,
+                    last_answer=record.last_answer,
+                    misses=record.misses,
+                    watched_since=record.watched_since,
+                )
             if previous is None or previous.path != state.path or best_before != best_after:
                 changed.append((peer, state, previous))
             elif st is not None and self._stale_roam(peer, record, state, st.endpoint, now):
@@ -268,21 +295,27 @@ class PathController:
             and inputs.last_handshake is not None
             and now - record.last_burst >= self.config.throttle_hold
         )
+        watched = peer.node_id in self.watched
         due = state.next_probe_at is not None and now >= state.next_probe_at
         idle = state.path == "direct" and not inputs.sending and state.probe_failures == 0
-        if due and idle and now - record.last_probe < IDLE_PROBE_INTERVAL:
+        if due and idle and not watched and now - record.last_probe < IDLE_PROBE_INTERVAL:
             due = False
-        if not (due or load_test):
+        via_relay = now - record.last_relay_probe >= (WATCH_INTERVAL if watched else RELAY_PROBE_INTERVAL)
+        # A relayed watched peer whose direct retry is backed off is still heard from, through the relay.
+        keep_watch = watched and via_relay and state.path == "relay"
+        if not (due or load_test or keep_watch):
             return
         retest = state.path == "relay" and state.code in ("throttled", "lossy")
-        record.last_probe = now
-        via_relay = now - record.last_relay_probe >= RELAY_PROBE_INTERVAL
+        if due:
+            record.last_probe = now
         if via_relay:
             record.last_relay_probe = now
         record.in_flight = True
         burst = load_test or (due and retest)
         future = self.net.submit(
-            self._probe_round(peer.node_id, record, candidates, ping=due, burst=burst, via_relay=via_relay)
+            self._probe_round(
+                peer.node_id, record, candidates, ping=due, burst=burst, via_relay=via_relay or keep_watch
+            )
         )
 
         def finished(_: object) -> None:
@@ -305,12 +338,19 @@ class PathController:
         relay_up = self.shim.active() is not None
         seen = _Observed()
         best: Address | None = None
+        relay_timeout = WATCH_RELAY_TIMEOUT if peer_id in self.watched else RELAY_PROBE_TIMEOUT
+        answers: list[float | None] = []
+        if not (ping or burst) and via_relay:
+            # Only the relay (a watched, relayed peer): its health, and a relay RTT sample.
+            seen.relay_rtt = await prober.ping(peer_id, RELAY, relay_timeout) if relay_up else None
+            answers.append(seen.relay_rtt)
         if ping or burst:
             tasks = [prober.ping(peer_id, c, PROBE_TIMEOUT) for c in candidates]
             relay_sample = relay_up and (via_relay or burst)
             if relay_sample:
-                tasks.append(prober.ping(peer_id, RELAY, RELAY_PROBE_TIMEOUT))
+                tasks.append(prober.ping(peer_id, RELAY, relay_timeout))
             rtts = await asyncio.gather(*tasks)
+            answers += rtts
             direct = list(zip(candidates, rtts[: len(candidates)], strict=True))
             answered = [(rtt, c) for c, rtt in direct if rtt is not None]
             if answered:
@@ -334,6 +374,10 @@ class PathController:
                         result = ProbeResult(ok=False)
             seen.probes.append(result)
         with self._lock:
+            if any(rtt is not None for rtt in answers):
+                record.last_answer, record.misses = time.monotonic(), 0
+            else:
+                record.misses += len(answers)
             merged = record.observed
             merged.probes.extend(seen.probes)
             if seen.relay_rtt is not None:
@@ -374,10 +418,15 @@ class PathController:
                         relay=view.relay if view else None,
                         rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
                         reason=view.reason[:256] if view and view.reason else None,
+                        health=self._health_state(peer),
                     ),
                 )
             )
         return out
+
+    def _health_state(self, peer: PeerConfig | None) -> Liveness | None:
+        found = self.health(peer.node_id) if peer is not None else None
+        return found.state if found is not None else None
 
     def view(self, peer_id: int, observed_endpoint: Endpoint | None) -> PeerPathView:
         """The peer's path as reports show it; a peer WireGuard roamed onto the shim counts as relayed."""

@@ -7,7 +7,7 @@ reordering what is there:
 | chain | hook, priority | holds |
 |---|---|---|
 | `mss` | forward, mangle (-150) | TCP MSS clamping of SYNs into and out of the tunnel, per peer group |
-| `postrouting` | postrouting, srcnat (100) | masquerade of tunnel traffic leaving into the VPC |
+| `postrouting` | postrouting, srcnat (100) | masquerade of tunnel traffic leaving into the VPC (all of it with `--masquerade`; into this gateway's HA prefixes by default) |
 
 MSS clamping: a gateway forwards a VPC's 1500- or 9001-byte packets into a smaller tunnel; its ICMP
 "fragmentation needed" answer is dropped by the cloud's security group by default, so TCP stalls after
@@ -72,10 +72,12 @@ class FirewallSpec:
     ifname: str
     masquerade: bool = False
     clamps: tuple[MssGroup, ...] = field(default=())
+    masquerade_to: MssGroup | None = None
+    """Prefixes whose tunnel traffic is masqueraded (an HA group's, agent/ha.py); its `mtu` is unused."""
 
     @property
     def empty(self) -> bool:
-        return not self.masquerade and not self.clamps
+        return not self.masquerade and not self.clamps and self.masquerade_to is None
 
 
 def desired_firewall(
@@ -86,8 +88,13 @@ def desired_firewall(
     *,
     masquerade: bool,
     mss_clamp: bool,
+    ha_masquerade: bool = False,
 ) -> FirewallSpec:
-    """The table for `netmap` on a tunnel of `own_mtu`, given the peers' allowed IPs in `device`."""
+    """The table for `netmap` on a tunnel of `own_mtu`, given the peers' allowed IPs in `device`.
+
+    With `ha_masquerade`, traffic from the tunnel into a prefix of an HA group this gateway belongs to
+    leaves with the gateway's address: the VPC's replies come back to whichever member forwarded it,
+    without the cloud's route table knowing (the default when no `--on-primary` hook rewrites it)."""
     clamps: tuple[MssGroup, ...] = ()
     if mss_clamp:
         peer_mtu = {p.public_key: p.mtu for p in netmap.peers}
@@ -96,7 +103,9 @@ def desired_firewall(
             path = mtus.path_mtu(own_mtu, peer_mtu.get(key, mtus.DEFAULT_MTU))
             by_mtu.setdefault(path, []).extend(peer.allowed_ips)
         clamps = tuple(_group(m, prefixes) for m, prefixes in sorted(by_mtu.items()) if prefixes)
-    return FirewallSpec(ifname, masquerade, clamps)
+    own = [str(g.prefix) for g in netmap.ha_groups if netmap.node_id in g.members]
+    masquerade_to = _group(0, own) if ha_masquerade and own and not masquerade else None
+    return FirewallSpec(ifname, masquerade, clamps, masquerade_to)
 
 
 def _group(mtu: int, prefixes: Iterable[str]) -> MssGroup:
@@ -145,6 +154,12 @@ def _body(spec: FirewallSpec) -> str:
             rules["mss"].append(f'iifname "{ifname}" {ip} saddr @{name} {clamp}')
     if spec.masquerade:
         rules["postrouting"].append(f'iifname "{ifname}" oifname != "{ifname}" masquerade')
+    if spec.masquerade_to is not None:
+        for ip, prefixes in (("ip", spec.masquerade_to.ipv4), ("ip6", spec.masquerade_to.ipv6)):
+            if prefixes:
+                rules["postrouting"].append(
+                    f'iifname "{ifname}" oifname != "{ifname}" {ip} daddr {{ {", ".join(prefixes)} }} masquerade'
+                )
     for name, (kind, hook, priority) in CHAINS.items():
         if not rules[name]:
             continue
@@ -180,6 +195,9 @@ def expected_shape(spec: FirewallSpec) -> Shape:
                 rules["mss"] = rules.get("mss", 0) + 2
     if spec.masquerade:
         rules["postrouting"] = 1
+    if spec.masquerade_to is not None:
+        extra = bool(spec.masquerade_to.ipv4) + bool(spec.masquerade_to.ipv6)
+        rules["postrouting"] = rules.get("postrouting", 0) + extra
     chains = {
         name: (kind, hook, _PRIORITY[priority])
         for name, (kind, hook, priority) in CHAINS.items()

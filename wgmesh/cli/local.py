@@ -54,6 +54,22 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
         if relay.error and not relay.up:
             line.append(f"  {relay.error}", style="dim")
         parts.append(line)
+    now = datetime.now(UTC)
+    for group in status.ha:
+        line = Text(f"ha {group.prefix} (site {render.dash(status.site)}): ")
+        if group.holder is None:
+            line.append(
+                "carried by no member yet" if group.code == "settling" else "claims nothing", style="yellow"
+            )
+        elif group.holder == status.name:
+            line.append("this gateway carries it", style="green")
+        else:
+            line.append(f"sent to {render.dash(group.holder)}")
+        line.append(f"  [{group.code}] {render.dash(group.reason)}", style="dim")
+        if group.changed_at is not None:
+            moved = f" from {render.dash(group.moved_from)}" if group.moved_from else ""
+            line.append(f"  moved{moved} {render.age(group.changed_at, now)}")
+        parts.append(line)
     for shadow in status.shadowed:
         parts.append(
             Text(
