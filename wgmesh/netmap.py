@@ -20,7 +20,7 @@ from wgmesh.models import (
     WgQuickInterface,
     WgQuickPeer,
 )
-from wgmesh.topology import node_p2p, pair_key, pair_p2p
+from wgmesh.topology import ha_groups, node_p2p, pair_key, pair_p2p
 from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
@@ -129,6 +129,8 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         routes=[
             r for r in snapshot.routes if r.gateway_id == me.id and route_approval.enters_netmap(r.state)
         ],
+        # The same list in every netmap: any agent may send an HA prefix to any member.
+        ha_groups=ha_groups(snapshot.nodes, snapshot.routes),
         rate=me.rate,
         mtu=effective_mtu(snapshot.network, me),
         coordinator_next_pin=snapshot.coordinator_next_pin,

@@ -95,9 +95,9 @@ class CoordinatorClient(ApiClient):
         """The relays and a fresh relay ticket for this node."""
         return self.call("GET", "/api/v1/node/relay", RelayGrant)
 
-    def advertise(self, subnets: Sequence[Prefix]) -> list[Route]:
-        """Replace this node's advertised subnets; returns the coordinator's verdict on each."""
-        response = self.request(
-            "PUT", "/api/v1/node/subnets", json=SubnetsUpdate(subnets=subnets).model_dump()
-        )
+    def advertise(self, subnets: Sequence[Prefix], site: str | None = None) -> list[Route]:
+        """Replace this node's advertised subnets and state its site (None: a site of its own); returns
+        the coordinator's verdict on each subnet."""
+        body = SubnetsUpdate(subnets=list(subnets), site=site).model_dump(mode="json")
+        response = self.request("PUT", "/api/v1/node/subnets", json=body)
         return self.parse(response, "/api/v1/node/subnets", RouteList).routes
