@@ -366,3 +366,16 @@ def test_status_warns_of_each_route_an_agent_refused(
         assert "gw-b refused route 198.18.0.1/32@gw-a" in r.out
     finally:
         post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5"})
+
+
+def test_nodes_list_shows_a_site_column_once_a_node_names_a_site(
+    wgmesh: Cli, mesh: Mesh, cli_env: dict[str, str]
+) -> None:
+    r = wgmesh("nodes", env=cli_env | {"COLUMNS": "160"})
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert "SITE" in lines[0]
+    assert "vpc2" in next(line for line in lines if line.startswith("gw-c"))
+    shown = wgmesh("nodes", "show", "gw-a")
+    assert "gw-a (its own)" in shown.out
+    assert {n["name"]: n["site"] for n in wgmesh("nodes", "--json").json()["nodes"]}["gw-b"] == "vpc2"
