@@ -98,6 +98,7 @@ class CoordinatorClient(ApiClient):
     def advertise(self, subnets: Sequence[Prefix], site: str | None = None) -> list[Route]:
         """Replace this node's advertised subnets and state its site (None: a site of its own); returns
         the coordinator's verdict on each subnet."""
-        body = SubnetsUpdate(subnets=list(subnets), site=site).model_dump(mode="json")
+        # No site, no field: a coordinator from before sites (which refuses unknown fields) still answers.
+        body = SubnetsUpdate(subnets=list(subnets), site=site).model_dump(mode="json", exclude_none=True)
         response = self.request("PUT", "/api/v1/node/subnets", json=body)
         return self.parse(response, "/api/v1/node/subnets", RouteList).routes
