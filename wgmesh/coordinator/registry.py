@@ -55,7 +55,7 @@ from wgmesh.models import (
 from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
-from wgmesh.topology import build_topology, ha_groups, pair_key
+from wgmesh.topology import build_topology, pair_key
 from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
@@ -1195,5 +1195,5 @@ class Registry:
             pair_overrides=snap.pair_p2p,
             statuses=self.statuses(),
             now=utcnow(),
-            groups=ha_groups(snap.nodes, snap.routes),
+            groups=snap.ha_groups,
         )
