@@ -46,6 +46,7 @@ NODE_FIELDS = {
     "p2p",
     "mtu",
     "coordinator",
+    "site",
     "subnets",
     "peers",
 }
@@ -62,6 +63,7 @@ PEER_FIELDS = {
     "tx_bytes",
     "last_handshake",
     "reason",
+    "health",
 }
 ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with", "decided_by"}
 

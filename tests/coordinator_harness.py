@@ -280,6 +280,11 @@ def undo_schema_10(conn: SqlConnection) -> None:
     conn.execute("DROP TABLE sessions")
 
 
+def undo_schema_12(conn: SqlConnection) -> None:
+    """Turn a database this code made into what version 11 wrote: nodes without a site."""
+    conn.execute("ALTER TABLE nodes DROP COLUMN site")
+
+
 def undo_schema_11(conn: SqlConnection) -> None:
     """Turn a database this code made into what version 10 wrote: tokens that do not name their node."""
     conn.execute("ALTER TABLE tokens DROP COLUMN enrolled_node")
@@ -290,6 +295,7 @@ def undo_schema_down_to(conn: SqlConnection, version: int) -> None:
     """Turn a database this code made into what `version` (at least 2) wrote, its version rows included:
     each later version undone, newest first."""
     undo: dict[int, Sequence[str | Callable[[SqlConnection], None]]] = {
+        12: (undo_schema_12,),
         11: (undo_schema_11,),
         10: (undo_schema_10,),
         9: (undo_schema_9,),

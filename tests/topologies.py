@@ -7,6 +7,8 @@ from typing import Any
 
 from wgmesh import keys
 from wgmesh.models import (
+    HaGroup,
+    HaStatus,
     Network,
     Node,
     NodeStatus,
@@ -50,11 +52,17 @@ def route(prefix: str, gw: Node, state: str = "active", reason: str = "", other:
 
 
 def report(
-    of: Node, peers: list[PeerStatus], shadowed: list[ShadowedRoute] | None = None, mtu: int | None = None
+    of: Node,
+    peers: list[PeerStatus],
+    shadowed: list[ShadowedRoute] | None = None,
+    mtu: int | None = None,
+    ha: list[HaStatus] | None = None,
 ) -> NodeStatus:
     """`of`'s last status report, received at NOW."""
     return NodeStatus(
-        node=of.name, reported_at=NOW, report=StatusReport(peers=peers, shadowed=shadowed or [], mtu=mtu)
+        node=of.name,
+        reported_at=NOW,
+        report=StatusReport(peers=peers, shadowed=shadowed or [], mtu=mtu, ha=ha or []),
     )
 
 
@@ -64,6 +72,7 @@ def topology(
     statuses: list[NodeStatus] | None = None,
     network: Network | None = None,
     pairs: dict[tuple[int, int], P2PPolicy] | None = None,
+    groups: list[HaGroup] | None = None,
 ) -> Topology:
     """What the coordinator answers for these rows and reports at NOW (version 7)."""
     ids = {n.name: n.id for n in nodes}
@@ -75,4 +84,5 @@ def topology(
         pair_overrides=pairs or {},
         statuses={ids[st.node]: st for st in statuses or []},
         now=NOW,
+        groups=groups or [],
     )

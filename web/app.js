@@ -277,6 +277,7 @@ function render() {
   renderTopology();
   renderNodes();
   renderRoutes();
+  renderHaGroups();
   renderWarnings();
   renderTokens();
   renderAdminTokens();
@@ -716,6 +717,62 @@ function renderRoutes() {
     );
   });
   $("#routes").replaceChildren(...(blocks.length ? blocks : [el("p", { class: "card", text: "No subnet routes advertised." })]));
+}
+
+// --- HA groups: rendered as /topology joined them (wgmesh/topology.py), no rule of their own -------------
+
+function healthText(h) {
+  const seen = h.up + h.down + h.unknown;
+  if (!seen) return "no reports";
+  return `up for ${h.up} of ${seen}` + (h.down ? `, down for ${h.down}` : "") + (h.unknown ? `, unknown for ${h.unknown}` : "");
+}
+
+function failoverText(f) {
+  if (!f) return "–";
+  const why = f.reason ? `${f.code}: ${f.reason}` : f.code;
+  return `${fmtAgo(f.at)} ${f.reported_by}: ${f.moved_from || "–"} → ${f.holder || "–"} (${why})`;
+}
+
+function renderHaGroups() {
+  const groups = state.topology.ha_groups || [];
+  if (!groups.length) {
+    $("#ha-groups").replaceChildren(el("p", { class: "none", text: "No HA groups: no site has two gateways advertising one approved prefix." }));
+    return;
+  }
+  const rows = groups.flatMap((g) =>
+    g.members.map((m, i) =>
+      el(
+        "tr",
+        { class: `role-${m.role}`, "data-prefix": g.prefix, "data-member": m.node, "data-role": m.role },
+        i === 0 ? el("td", { class: "num", rowspan: String(g.members.length), text: g.prefix }) : "",
+        i === 0 ? el("td", { rowspan: String(g.members.length), text: g.site }) : "",
+        el("th", { scope: "row", text: m.node }),
+        el("td", {}, pill(m.role === "primary" ? "active" : "standby", m.role), " ", pill(m.online ? "online" : "offline")),
+        el("td", { class: m.health.down ? "bad" : "", text: healthText(m.health) }),
+        el("td", { class: "carried-by", text: m.carried_by.join(", ") || "–" }),
+        i === 0 ? el("td", { rowspan: String(g.members.length), text: failoverText(g.last_failover) }) : "",
+      ),
+    ),
+  );
+  $("#ha-groups").replaceChildren(
+    el(
+      "table",
+      { class: "data", id: "ha-table" },
+      el("caption", { class: "sr-only", text: "HA groups" }),
+      el(
+        "thead",
+        {},
+        el(
+          "tr",
+          {},
+          ...["Prefix", "Site", "Member", "Role", "Health (other agents' probes)", "Carried by", "Last failover"].map((h) =>
+            el("th", { scope: "col", text: h }),
+          ),
+        ),
+      ),
+      el("tbody", {}, ...rows),
+    ),
+  );
 }
 
 async function decideRoute(gateway, prefix, verb) {

@@ -108,14 +108,22 @@ def endpoint_refusal(address: IpAddress, overlay: Prefix) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RouteClaim:
-    """A gateway's claim on a prefix; claims are classified in the order they were made."""
+    """A gateway's claim on a prefix; claims are classified in the order they were made.
+
+    `site` is the site (VPC) the gateway serves; None: a site of its own, named after the gateway."""
 
     prefix: Prefix
     gateway: str
+    site: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.prefix}@{self.gateway}"
+
+    @property
+    def site_name(self) -> str:
+        """The gateway's site, its own name when it names none."""
+        return self.site if self.site is not None else self.gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +143,10 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
     adding a claim never changes an earlier verdict, and removing one never deactivates another.
     Rejected claims (overlay, unroutable) take no part; every other earlier claim, even one in
     conflict, keeps later overlapping claims out, so that deleting a route cannot flip others.
+
+    An identical prefix is a standby (an HA group) when every earlier gateway holding it serves the
+    same site, and a conflict as soon as one of them serves another site: removing a claim can then
+    only move another from conflict towards standby or active, never back.
     """
     verdicts: list[RouteVerdict] = []
     held: list[RouteClaim] = []
@@ -142,6 +154,10 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
         reason = unroutable_reason(claim.prefix, overlay)
         if reason:
             verdicts.append(RouteVerdict(claim, "rejected", reason))
+            continue
+        duplicate = next((c for c in held if (c.prefix, c.gateway) == (claim.prefix, claim.gateway)), None)
+        if duplicate is not None:
+            verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
             continue
         overlapping = next(
             (
@@ -153,18 +169,31 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
             ),
             None,
         )
-        identical = next((c for c in held if c.prefix == claim.prefix and c.gateway != claim.gateway), None)
-        duplicate = next((c for c in held if c == claim), None)
-        if duplicate is not None:
-            verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
-            continue
+        identical = [c for c in held if c.prefix == claim.prefix and c.gateway != claim.gateway]
+        other_site = next((c for c in identical if c.site_name != claim.site_name), None)
         if overlapping is not None:
             verdicts.append(
                 RouteVerdict(claim, "conflict", f"{claim.prefix} overlaps {overlapping.label}", overlapping)
             )
-        elif identical is not None:
+        elif other_site is not None:
             verdicts.append(
-                RouteVerdict(claim, "standby", f"standby for {identical.label} (same prefix)", identical)
+                RouteVerdict(
+                    claim,
+                    "conflict",
+                    f"{claim.prefix} is already advertised by {other_site.label} of site "
+                    f"{other_site.site_name}, {claim.gateway} serves site {claim.site_name}: only "
+                    "gateways of one site form an HA group (wgmesh-agent --site)",
+                    other_site,
+                )
+            )
+        elif identical:
+            verdicts.append(
+                RouteVerdict(
+                    claim,
+                    "standby",
+                    f"standby for {identical[0].label} (site {claim.site_name})",
+                    identical[0],
+                )
             )
         else:
             verdicts.append(RouteVerdict(claim, "active", ""))

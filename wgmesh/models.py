@@ -810,6 +810,48 @@ class TopologyRoute(Route):
     )
 
 
+class HealthCounts(Model):
+    """How many other agents' last reports see a node answering their probes, silent, or not yet known."""
+
+    up: int = 0
+    down: int = 0
+    unknown: int = 0
+
+
+class TopologyHaMember(Model):
+    """One gateway of an HA group, with what the other agents report of it (wgmesh.topology)."""
+
+    node: Name
+    node_id: NodeId
+    role: Literal["primary", "standby"]
+    online: bool = Field(description="Whether the coordinator heard from its agent recently")
+    health: HealthCounts = Field(description="The other agents' verdicts on it (`PeerStatus.health`)")
+    carried_by: list[Name] = Field(
+        default_factory=list,
+        description="The agents that send the group's prefix to this member (`StatusReport.ha[].holder`)",
+    )
+
+
+class HaFailover(Model):
+    """The newest move of an HA group's prefix any agent reported (`HaStatus.changed_at`)."""
+
+    at: datetime
+    reported_by: Name = Field(description="The agent that moved the prefix")
+    code: FailoverCode
+    holder: Name | None = Field(None, description="The member it sends the prefix to since")
+    moved_from: Name | None = Field(None, description="The member it took the prefix from")
+    reason: str = ""
+
+
+class TopologyHaGroup(Model):
+    """An HA group (`HaGroup`) with its members' health, who carries the prefix to whom, the last failover."""
+
+    prefix: PrefixField
+    site: Name
+    members: list[TopologyHaMember] = Field(description="The primary first, then the standbys in order")
+    last_failover: HaFailover | None = Field(None, description="null: no agent reported a move")
+
+
 class Topology(Model):
     """Nodes, links and routes in one document: what the dashboard and `wgmesh status` draw."""
 
@@ -819,6 +861,9 @@ class Topology(Model):
     links: list[Link]
     routes: list[TopologyRoute]
     warnings: list[str]
+    ha_groups: list[TopologyHaGroup] = Field(
+        default_factory=list, description="Every HA group of the network, sorted by prefix"
+    )
 
 
 class SessionLogin(Model):

@@ -6,11 +6,13 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from wgmesh import ipam, keys, route_approval
 from wgmesh import mtu as mtus
 from wgmesh.errors import NotFoundError
 from wgmesh.models import (
+    HaGroup,
     NetMap,
     Network,
     Node,
@@ -20,7 +22,7 @@ from wgmesh.models import (
     WgQuickInterface,
     WgQuickPeer,
 )
-from wgmesh.topology import node_p2p, pair_key, pair_p2p
+from wgmesh.topology import ha_groups, node_p2p, pair_key, pair_p2p
 from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 
 # A static peer often sits behind NAT and has no agent to re-open the path: keep it warm.
@@ -40,6 +42,12 @@ class RegistrySnapshot:
     psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
     psk_master: bytes = b""
     coordinator_next_pin: str | None = None
+
+    @cached_property
+    def ha_groups(self) -> list[HaGroup]:
+        """The network's HA groups (`topology.ha_groups`), worked out once per snapshot: every netmap
+        built from it carries the same list."""
+        return ha_groups(self.nodes, self.routes)
 
     def node(self, node_id: NodeId) -> Node:
         """The node with this id, or NotFoundError."""
@@ -129,6 +137,8 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         routes=[
             r for r in snapshot.routes if r.gateway_id == me.id and route_approval.enters_netmap(r.state)
         ],
+        # The same list in every netmap: any agent may send an HA prefix to any member.
+        ha_groups=snapshot.ha_groups,
         rate=me.rate,
         mtu=effective_mtu(snapshot.network, me),
         coordinator_next_pin=snapshot.coordinator_next_pin,

@@ -51,6 +51,8 @@ class Claim:
     gateway: str
     decision: AdminDecision | None = None
     token_allows: tuple[Prefix, ...] = ()
+    site: str | None = None
+    """The site the gateway serves (`ipam.RouteClaim.site`); None: a site of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,7 @@ def judge_routes(
         ipam.classify_routes(
             overlay,
             [
-                ipam.RouteClaim(c.prefix, c.gateway)
+                ipam.RouteClaim(c.prefix, c.gateway, c.site)
                 for c, a in zip(claims, approvals, strict=True)
                 if a[0] == "approved"
             ],

@@ -1,5 +1,5 @@
 """Pure: the registry and the nodes' status reports -> the topology (links, peer views, shadowed routes,
-warnings), and the effective P2P rule that netmaps use too.
+HA groups, warnings), and the rules netmaps use too (effective P2P, HA groups).
 
 This is the one place of these rules: the coordinator gathers rows and calls `build_topology`; the CLI and
 the dashboard only render what it returns. Nothing here does I/O or reads the clock.
@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from wgmesh.models import (
+    HaFailover,
+    HaGroup,
+    HealthCounts,
     Link,
     Network,
     Node,
@@ -21,10 +24,12 @@ from wgmesh.models import (
     RouteShadow,
     ShadowedRoute,
     Topology,
+    TopologyHaGroup,
+    TopologyHaMember,
     TopologyNode,
     TopologyRoute,
 )
-from wgmesh.values import NodeId, P2PPolicy
+from wgmesh.values import NodeId, P2PPolicy, Prefix
 
 HANDSHAKE_FRESH = timedelta(seconds=180)
 """A link whose newest handshake is older is `down` (WireGuard re-handshakes every two minutes in use)."""
@@ -99,6 +104,9 @@ def observed_peer(
         tx_bytes=own.tx_bytes if own else (theirs.rx_bytes if theirs else None),
         last_handshake=seen.last_handshake if seen else None,
         reason=seen.reason if seen else None,
+        # Only the viewer's own probes say whether the peer answers; the peer's report of the viewer
+        # says nothing of the peer.
+        health=own.health if own else None,
     )
 
 
@@ -154,6 +162,97 @@ def _shadows(nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]) -> li
     ]
 
 
+# --- HA groups ------------------------------------------------------------------------------------------
+
+
+def ha_groups(nodes: Sequence[Node], routes: Sequence[Route]) -> list[HaGroup]:
+    """Every HA group of the network, sorted by prefix: an active route with at least one standby of the
+    same prefix from a gateway of its site; members are the active gateway, then the standbys.
+
+    `routes` are the verdicts in claim order (the registry's classification), which is the standbys'
+    order. Only approved claims are active or standby (route_approval), so a group holds only those.
+    """
+    site_of = {n.id: n.site for n in nodes}
+    found: dict[tuple[Prefix, str], list[Route]] = {}
+    for route in routes:
+        if route.state in ("active", "standby"):
+            site = site_of.get(route.gateway_id, route.gateway)
+            found.setdefault((route.prefix, site), []).append(route)
+    groups = []
+    for (prefix, site), claims in found.items():
+        primary = [r.gateway_id for r in claims if r.state == "active"]
+        standbys = [r.gateway_id for r in claims if r.state == "standby"]
+        if len(primary) == 1 and standbys:
+            groups.append(HaGroup(prefix=prefix, site=site, members=[*primary, *standbys]))
+    return sorted(groups, key=lambda g: (g.prefix.version, g.prefix))
+
+
+def ha_member_health(member: Node, statuses: Mapping[NodeId, NodeStatus]) -> HealthCounts:
+    """What the other agents' last reports say of `member`'s answers to their probes."""
+    counts = {"up": 0, "down": 0, "unknown": 0}
+    for node_id, st in statuses.items():
+        if node_id == member.id:
+            continue
+        for peer in st.report.peers:
+            if peer.public_key == member.public_key and peer.health is not None:
+                counts[peer.health] += 1
+    return HealthCounts(**counts)
+
+
+def last_failover(
+    prefix: Prefix, nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]
+) -> HaFailover | None:
+    """The newest move of `prefix` any agent reported, with the agent that made it."""
+    names = {n.id: n.name for n in nodes}
+    moves = [
+        (ha.changed_at, names[node_id], ha)
+        for node_id, st in statuses.items()
+        if node_id in names
+        for ha in st.report.ha
+        if ha.prefix == prefix and ha.changed_at is not None
+    ]
+    if not moves:
+        return None
+    at, by, ha = max(moves, key=lambda m: (m[0], m[1]))
+    return HaFailover(
+        at=at, reported_by=by, code=ha.code, holder=ha.holder, moved_from=ha.moved_from, reason=ha.reason
+    )
+
+
+def ha_group_view(
+    group: HaGroup, nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]
+) -> TopologyHaGroup:
+    """An HA group with its members' health, the agents that send the prefix to each, the last failover."""
+    by_id = {n.id: n for n in nodes}
+    names = {n.id: n.name for n in nodes}
+    holders = {
+        (names[node_id], ha.holder)
+        for node_id, st in statuses.items()
+        if node_id in names
+        for ha in st.report.ha
+        if ha.prefix == group.prefix and ha.holder is not None
+    }
+    members = []
+    for i, member_id in enumerate(group.members):
+        member = by_id[member_id]
+        members.append(
+            TopologyHaMember(
+                node=member.name,
+                node_id=member.id,
+                role="primary" if i == 0 else "standby",
+                online=member.online,
+                health=ha_member_health(member, statuses),
+                carried_by=sorted(agent for agent, holder in holders if holder == member.name),
+            )
+        )
+    return TopologyHaGroup(
+        prefix=group.prefix,
+        site=group.site,
+        members=members,
+        last_failover=last_failover(group.prefix, nodes, statuses),
+    )
+
+
 # --- warnings -----------------------------------------------------------------------------------------
 
 
@@ -202,11 +301,13 @@ def build_topology(
     pair_overrides: Mapping[PairKey, P2PPolicy],
     statuses: Mapping[NodeId, NodeStatus],
     now: datetime,
+    groups: Sequence[HaGroup] = (),
 ) -> Topology:
     """The topology document: nodes (given sorted) with their peer views, every pair's link, the routes
-    (given sorted) with the nodes shadowing them, and the warnings.
+    (given sorted) with the nodes shadowing them, the HA groups, and the warnings.
 
-    `statuses` is each reporting node's last report by node id; `pair_overrides` the pairs' P2P overrides.
+    `statuses` is each reporting node's last report by node id; `pair_overrides` the pairs' P2P overrides;
+    `groups` the network's HA groups (`ha_groups`, from the routes in claim order).
     """
     reports = peer_reports(statuses)
     by_name = sorted(nodes, key=lambda n: n.name)
@@ -216,6 +317,7 @@ def build_topology(
         for b in nodes[i + 1 :]
     ]
     shadows = _shadows(nodes, statuses)
+    known = {n.id for n in nodes}
     return Topology(
         network=network,
         version=version,
@@ -234,4 +336,5 @@ def build_topology(
             TopologyRoute(**route.model_dump(), shadowed_by=shadowed_by(route, shadows)) for route in routes
         ],
         warnings=warnings(nodes, links, routes, statuses),
+        ha_groups=[ha_group_view(g, nodes, statuses) for g in groups if all(m in known for m in g.members)],
     )

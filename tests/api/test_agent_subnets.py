@@ -73,3 +73,21 @@ def test_the_agent_states_its_subnets_once_per_start(
     with agent(coordinator, tmp_path, (), None) as bare:
         bare.sync_advertised()
     assert subnets(admin) == []
+
+
+def test_the_agent_client_states_its_site_with_its_subnets(
+    coordinator: Coordinator, admin: httpx.Client, tmp_path: Path
+) -> None:
+    admin.delete(f"/api/v1/nodes/{NAME}")  # enrolled by the test before, if it ran
+    token = create_token(admin)["token"]
+    with agent(coordinator, tmp_path, (), token) as gw:
+        assert admin.get(f"/api/v1/nodes/{NAME}").json()["site"] == NAME  # none named: its own
+        before = version(admin)
+        gw.client.advertise([], site="vpc9")
+        assert admin.get(f"/api/v1/nodes/{NAME}").json()["site"] == "vpc9"
+        assert version(admin) == before + 1
+        gw.client.advertise([], site="vpc9")  # the same statement again: nothing written
+        assert version(admin) == before + 1
+        gw.client.advertise([])
+        assert admin.get(f"/api/v1/nodes/{NAME}").json()["site"] == NAME
+    assert admin.delete(f"/api/v1/nodes/{NAME}").status_code == 200

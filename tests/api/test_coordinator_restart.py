@@ -30,8 +30,8 @@ def test_state_versions_and_credentials_survive_a_restart(tmp_path: Path) -> Non
         with c.admin() as admin, c.anonymous() as anon:
             reusable = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])
             one_time = create_token(admin, allow_subnets=["10.2.5.0/24"])
-            a = enroll(anon, reusable["token"], "gw-a", subnets=["10.1.0.0/16"])
-            b = enroll(anon, reusable["token"], "gw-b", subnets=["10.1.0.0/16", "10.2.0.0/16"])
+            a = enroll(anon, reusable["token"], "gw-a", subnets=["10.1.0.0/16"], site="vpc1")
+            b = enroll(anon, reusable["token"], "gw-b", subnets=["10.1.0.0/16", "10.2.0.0/16"], site="vpc1")
             enroll(anon, one_time["token"], "gw-c", subnets=["10.2.5.0/24"])
             # gw-b joins gw-a's prefix: an HA claim an admin approves (and a decision survives a restart).
             r = admin.post("/api/v1/nodes/gw-b/routes/approve", json={"prefix": "10.1.0.0/16"})

@@ -87,7 +87,9 @@ def test_three_nodes_enroll_with_their_own_keys(flow: dict[str, Any]) -> None:
         for i, name in enumerate(("gw-a", "gw-b", "gw-c"), start=1):
             earlier = sorted(flow["nodes"])
             before = version(anon)
-            node = enroll(anon, token["token"], name, endpoints=[f"198.51.100.{i}:51820"])
+            # gw-a and gw-c serve one site (an identical prefix makes them an HA group); gw-b its own.
+            site = None if name == "gw-b" else "vpc1"
+            node = enroll(anon, token["token"], name, endpoints=[f"198.51.100.{i}:51820"], site=site)
             assert node.first_netmap["version"] == version(anon) > before  # a join is a change
             flow["nodes"][name] = node
             assert node.credential.startswith("wgn_")
@@ -100,6 +102,7 @@ def test_three_nodes_enroll_with_their_own_keys(flow: dict[str, Any]) -> None:
     for n in listed:
         assert n["public_key"] == flow["nodes"][n["name"]].keypair.public_key
         assert n["tags"] == ["lab"]
+        assert n["site"] == ("gw-b" if n["name"] == "gw-b" else "vpc1")  # no site: its own, by name
         assert ipaddress.ip_address(n["overlay_ip"]) in OVERLAY
     assert len({n["overlay_ip"] for n in listed}) == 3
     tokens = flow["admin"].get("/api/v1/tokens").json()["tokens"]
@@ -200,7 +203,9 @@ def test_pair_and_node_p2p_policies_reach_the_netmaps(flow: dict[str, Any]) -> N
 def test_a_node_replaces_its_own_subnets_and_hears_the_verdicts(flow: dict[str, Any]) -> None:
     c: Api = flow["coordinator"]
     with c.node(flow["nodes"]["gw-c"].credential) as node_c:
-        r = node_c.put("/api/v1/node/subnets", json={"subnets": ["10.3.0.0/16", "10.1.0.0/16"]})
+        r = node_c.put(
+            "/api/v1/node/subnets", json={"subnets": ["10.3.0.0/16", "10.1.0.0/16"], "site": "vpc1"}
+        )
     assert r.status_code == 200, r.text
     # 10.1.0.0/16 keeps its place behind gw-a's: still standby.
     assert {(x["prefix"], x["state"]) for x in r.json()["routes"]} == {

@@ -126,6 +126,30 @@ ADDED_BY_SCHEMA_9 = {
 }
 
 
+# Sites (issue 18): every node is a site of its own, named after it, so no HA group forms by itself; a
+# standby from before (it never carried traffic) becomes a conflict with the route of the other site. A
+# report from before has no HA groups and no per-peer health.
+ADDED_BY_SCHEMA_12 = {
+    "netmap": {"ha_groups": []},
+    "report": {"ha": []},
+    "peer_status": {"health": None},
+}
+
+
+def schema_12_route(route: dict[str, Any]) -> dict[str, Any]:
+    """A route as schema 12 judges it: a standby of another gateway (so of another site) is a conflict."""
+    if route["state"] != "standby":
+        return route
+    other = route["conflicting_with"]
+    prefix, site = other.split("@")
+    gateway = route["gateway"]
+    reason = (
+        f"{prefix} is already advertised by {other} of site {site}, {gateway} serves site {gateway}: only "
+        "gateways of one site form an HA group (wgmesh-agent --site)"
+    )
+    return {**route, "state": "conflict", "reason": reason}
+
+
 def own_key(name: str) -> str:
     """The public key the manifest records for node `name`."""
     return str(next(n["public_key"] for n in REGISTRY["nodes"] if n["name"] == name))
@@ -145,11 +169,16 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_SCHEMA_3["netmap"],
             **ADDED_BY_SCHEMA_6["netmap"],
             **lifecycle,
+            **ADDED_BY_SCHEMA_12["netmap"],
             "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
-            "routes": [{**r, **route} for r in value["routes"]],
+            # A netmap an agent cached holds the verdicts of its day; a netmap served, today's.
+            "routes": [
+                {**r, **route} if kind == "cached_netmap" else schema_12_route({**r, **route})
+                for r in value["routes"]
+            ],
         }
     if kind == "route":
-        return {**value, **ADDED_BY_SCHEMA_7[kind]}
+        return schema_12_route({**value, **ADDED_BY_SCHEMA_7[kind]})
     if kind == "token":
         return {**value, **ADDED_BY_SCHEMA_7[kind], **ADDED_BY_SCHEMA_9[kind]}
     if kind == "network":
@@ -160,12 +189,14 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_SCHEMA_3["report"],
             **ADDED_BY_ROUTE_GUARD["report"],
             **ADDED_BY_FAILOVER["report"],
+            **ADDED_BY_SCHEMA_12["report"],
+            "peers": [{**p, **ADDED_BY_SCHEMA_12["peer_status"]} for p in value["report"]["peers"]],
         }
         return {**value, "report": report}
     if kind == "static_config":
         return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}
     if kind == "node":
-        return {**value, **ADDED_BY_SCHEMA_3[kind], **ADDED_BY_SCHEMA_9[kind]}
+        return {**value, **ADDED_BY_SCHEMA_3[kind], **ADDED_BY_SCHEMA_9[kind], "site": value["name"]}
     return {**value, **ADDED_BY_SCHEMA_3[kind]}
 
 
@@ -316,6 +347,12 @@ def test_coordinator_serves_what_the_manifest_records(
         ("10.1.0.0/16", "gw-b", "standby"),
         ("10.2.128.0/24", "gw-c", "conflict"),
     }
+    # Schema 12: every node is a site of its own, so no HA group formed by itself: gw-b's standby, which
+    # never carried traffic, is now a conflict with gw-a's (of another site), carrying none either.
+    assert {r["state"] for r in get(admin, "/api/v1/routes")["routes"] if r["gateway"] == "gw-b"} >= {
+        "conflict"
+    }
+    assert get(admin, "/api/v1/topology")["ha_groups"] == []
     assert get(admin, "/api/v1/tokens")["tokens"] == [upgraded("token", t) for t in REGISTRY["tokens"]]
     assert get(admin, "/api/v1/pairs")["pairs"] == REGISTRY["pairs"]
     assert get(admin, "/api/v1/statuses")["statuses"] == [upgraded("status", x) for x in REGISTRY["statuses"]]

@@ -81,8 +81,9 @@ def test_enrollments_and_status_reports_move_the_node_counts(
 def test_routes_are_counted_by_verdict(coordinator: Api, admin: httpx.Client, token: str) -> None:
     allowing = create_token(admin, reusable=True, allow_subnets=["10.70.0.0/16"])["token"]
     with coordinator.anonymous() as anon:
-        enroll(anon, allowing, "r-gw-1", subnets=["10.70.0.0/16"])
-        enroll(anon, allowing, "r-gw-2", subnets=["10.70.0.0/16"])  # the same prefix: standby, once approved
+        enroll(anon, allowing, "r-gw-1", subnets=["10.70.0.0/16"], site="r-vpc")
+        # the same prefix from the same site: standby, once approved
+        enroll(anon, allowing, "r-gw-2", subnets=["10.70.0.0/16"], site="r-vpc")
         enroll(anon, allowing, "r-gw-3", subnets=["10.70.5.0/24"])  # inside it: conflict
         enroll(anon, token, "r-gw-4", subnets=["10.71.0.0/16"])  # no rule allows it: pending
     r = admin.post("/api/v1/nodes/r-gw-2/routes/approve", json={"prefix": "10.70.0.0/16"})

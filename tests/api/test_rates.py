@@ -25,6 +25,7 @@ from coordinator_harness import (
     undo_schema_9,
     undo_schema_10,
     undo_schema_11,
+    undo_schema_12,
 )
 
 from wgmesh.coordinator import schema
@@ -105,6 +106,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
         undo_schema_7(conn)
         undo_schema_9(conn)
         undo_schema_10(conn)
+        undo_schema_12(conn)
         undo_schema_11(conn)
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")

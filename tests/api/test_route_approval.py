@@ -66,12 +66,13 @@ def mesh(coordinator: Api, admin: httpx.Client) -> dict[str, Enrolled]:
     token_a = create_token(admin, allow_subnets=["10.1.0.0/16"])["token"]
     token_b = create_token(admin, reusable=True, allow_subnets=["10.2.0.0/16"])["token"]
     with coordinator.anonymous() as anon:
-        a = enroll(anon, token_a, "gw-a", subnets=["10.1.0.0/16"])
-        b = enroll(anon, token_b, "gw-b")
+        a = enroll(anon, token_a, "gw-a", subnets=["10.1.0.0/16"], site="vpc1")
+        b = enroll(anon, token_b, "gw-b", site="vpc1")  # gw-a's site: 10.1.0.0/16 is an HA claim
         c = enroll(anon, token_b, "gw-c")
     with coordinator.node(b.credential) as node:
         r = node.put(
-            "/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16", PUBLIC, HALF, SIXES, "10.1.0.0/16"]}
+            "/api/v1/node/subnets",
+            json={"subnets": ["10.2.0.0/16", PUBLIC, HALF, SIXES, "10.1.0.0/16"], "site": "vpc1"},
         )
         assert r.status_code == 200, r.text
         half_the_internet = node.put("/api/v1/node/subnets", json={"subnets": ["0.0.0.0/1"]})
@@ -134,7 +135,8 @@ def test_an_admin_approves_and_rejects_and_the_netmaps_follow(
     # The node stating the same subnets again changes no decision.
     with coordinator.node(mesh["gw-b"].credential) as node:
         again = node.put(
-            "/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16", PUBLIC, HALF, SIXES, "10.1.0.0/16"]}
+            "/api/v1/node/subnets",
+            json={"subnets": ["10.2.0.0/16", PUBLIC, HALF, SIXES, "10.1.0.0/16"], "site": "vpc1"},
         )
     assert {(x["prefix"], x["state"]) for x in again.json()["routes"]} == {
         ("10.2.0.0/16", "active"),
@@ -145,8 +147,8 @@ def test_an_admin_approves_and_rejects_and_the_netmaps_follow(
     }
     # A rejected prefix withdrawn and advertised again is a new claim: pending, never active by itself.
     with coordinator.node(mesh["gw-b"].credential) as node:
-        node.put("/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16"]})
-        node.put("/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16", HALF]})
+        node.put("/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16"], "site": "vpc1"})
+        node.put("/api/v1/node/subnets", json={"subnets": ["10.2.0.0/16", HALF], "site": "vpc1"})
     assert routes(admin)[HALF, "gw-b"]["state"] == "pending"
 
 

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from coordinator_harness import undo_schema_down_to
 from pg_harness import Cluster
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from wgmesh import keys
 from wgmesh.coordinator import schema
@@ -193,7 +194,23 @@ def test_coordinators_upgrading_together_apply_each_step_once(url: str, version:
         assert sorted(rows) == list(range(1, schema.SCHEMA_VERSION + 1))
         (node,) = registry.list_nodes()
         assert node.name == "old-peer" and node.mtu is None
+        assert node.site == "old-peer"  # schema 12: a site of its own, so no HA group forms by itself
+        with registry.store.read() as conn:
+            assert conn.execute(select(schema.nodes.c.site)).scalars().all() == ["old-peer"]
         assert registry.network().mtu == 1420  # written by step 3, or kept
         assert registry.is_admin("admin-token-0123456789")
     finally:
         registry.store.close()
+
+
+def test_a_node_without_a_site_is_refused_by_the_database_upgraded_or_new(url: str) -> None:
+    """Schema 12's column is NOT NULL on both backends, upgraded from 11 or made new: a writer that
+    forgot the site fails instead of leaving a node no group rule can place."""
+    old_database(url, 11)
+    store = Store(url)
+    try:
+        assert store.upgrade() == [12]
+        with pytest.raises(IntegrityError), store.engine.begin() as conn:
+            conn.execute(text("UPDATE nodes SET site = NULL WHERE name = :n"), {"n": "old-peer"})
+    finally:
+        store.close()

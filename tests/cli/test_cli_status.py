@@ -38,9 +38,9 @@ def enrolled(
     token = create_token(admin, reusable=True, allow_subnets=["10.0.0.0/8"])["token"]
     with coordinator.anonymous() as anon:
         a = enroll(anon, token, "gw-a", subnets=["10.1.0.0/16"], endpoints=["198.51.100.1:51820"])
-        b = enroll(anon, token, "gw-b", subnets=["10.2.0.0/16", "10.1.5.0/24"])
-        c = enroll(anon, token, "gw-c", subnets=["10.2.0.0/16"])
-    # gw-c joins gw-b's prefix: an HA claim, which an admin approves (issue 16)
+        b = enroll(anon, token, "gw-b", subnets=["10.2.0.0/16", "10.1.5.0/24"], site="vpc2")
+        c = enroll(anon, token, "gw-c", subnets=["10.2.0.0/16"], site="vpc2")
+    # gw-c joins gw-b's prefix on their site: an HA claim, which an admin approves (issue 16, 18)
     r = admin.post("/api/v1/nodes/gw-c/routes/approve", json={"prefix": "10.2.0.0/16"})
     assert r.status_code == 200, r.text
     r = admin.post("/api/v1/nodes", json={"name": "dev", "generate_keys": True})
@@ -72,6 +72,7 @@ def mesh(coordinator: Coordinator, enrolled: tuple[Enrolled, Enrolled, Enrolled,
                     "endpoint": "198.51.100.2:51820",
                     "path": "direct",
                     "rtt_ms": 1.5,
+                    "health": "up",
                 },
                 {
                     "public_key": c.keypair.public_key,
@@ -82,6 +83,7 @@ def mesh(coordinator: Coordinator, enrolled: tuple[Enrolled, Enrolled, Enrolled,
                     "relay": "relay-1",
                     "rtt_ms": 14.25,
                     "reason": "no UDP handshake within 5 s",
+                    "health": "down",
                 },
                 {"public_key": dev["public_key"], "rx_bytes": 300, "tx_bytes": 400, "path": "direct"},
             ],
@@ -91,6 +93,16 @@ def mesh(coordinator: Coordinator, enrolled: tuple[Enrolled, Enrolled, Enrolled,
                     "gateway": "gw-b",
                     "interface": "lan",
                     "local_prefix": "10.2.0.0/24",
+                }
+            ],
+            "ha": [
+                {
+                    "prefix": "10.2.0.0/16",
+                    "holder": "gw-b",
+                    "code": "returning",
+                    "reason": "gw-b healthy for 30 s",
+                    "changed_at": (handshake + timedelta(seconds=2)).isoformat(),
+                    "moved_from": "gw-c",
                 }
             ],
         },
@@ -124,7 +136,7 @@ def when(value: str) -> datetime:
 
 def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
     doc = wgmesh("status", "--json").json()
-    assert set(doc) == {"nodes", "routes", "warnings"}
+    assert set(doc) == {"nodes", "routes", "warnings", "ha_groups"}
     assert [n["name"] for n in doc["nodes"]] == ["dev", "gw-a", "gw-b", "gw-c"]
     nodes = {n["name"]: n for n in doc["nodes"]}
     for n in doc["nodes"]:
@@ -155,6 +167,7 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
         "tx_bytes": 7890,
         "last_handshake": peers["gw-b"]["last_handshake"],
         "reason": None,
+        "health": "up",  # gw-a's probes' verdict
     }
     assert when(peers["gw-b"]["last_handshake"]) == mesh.handshake
     relayed = peers["gw-c"]
@@ -216,6 +229,27 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
     assert any("gw-a does not install 10.2.0.0/16" in w for w in warnings)
     assert "gateway gw-c is offline" in warnings
 
+    assert (nodes["gw-b"]["site"], nodes["gw-c"]["site"], nodes["gw-a"]["site"]) == ("vpc2", "vpc2", "gw-a")
+    (group,) = doc["ha_groups"]
+    assert (group["prefix"], group["site"]) == ("10.2.0.0/16", "vpc2")
+    assert [(m["node"], m["role"], m["online"], m["carried_by"]) for m in group["members"]] == [
+        ("gw-b", "primary", True, ["gw-a"]),
+        ("gw-c", "standby", False, []),
+    ]
+    assert [m["health"] for m in group["members"]] == [
+        {"up": 1, "down": 0, "unknown": 0},
+        {"up": 0, "down": 1, "unknown": 0},
+    ]
+    move = group["last_failover"]
+    assert (move["reported_by"], move["moved_from"], move["holder"], move["code"], move["reason"]) == (
+        "gw-a",
+        "gw-c",
+        "gw-b",
+        "returning",
+        "gw-b healthy for 30 s",
+    )
+    assert when(move["at"]) == mesh.handshake + timedelta(seconds=2)
+
 
 def test_status_node_json_is_that_nodes_entry(wgmesh: Cli, mesh: Mesh) -> None:
     whole = {n["name"]: n for n in wgmesh("status", "--json").json()["nodes"]}
@@ -234,7 +268,10 @@ def test_status_table_lists_nodes_routes_and_warnings(wgmesh: Cli, mesh: Mesh) -
         assert name in r.out and mesh.overlay(name) in r.out
     for text in ("10.1.0.5", "127.0.0.1", "Routes", "Warnings", "conflict", "standby", "shadowed", "static"):
         assert text in r.out, text
-    assert r.out.index("Nodes") < r.out.index("Routes") < r.out.index("Warnings")
+    assert r.out.index("Nodes") < r.out.index("Routes") < r.out.index("HA groups") < r.out.index("Warnings")
+    ha = r.out[r.out.index("HA groups") : r.out.index("Warnings")]
+    for text in ("10.2.0.0/16", "vpc2", "gw-b up 1/1", "gw-c up 0/1 offline", "gw-c → gw-b", "returning"):
+        assert text in ha, (text, ha)
     assert "gateway gw-c is offline" in r.out
 
 
@@ -272,8 +309,10 @@ def test_status_of_an_unknown_node_fails_with_one_line(wgmesh: Cli, mesh: Mesh) 
 
 def test_routes_json_is_the_status_route_list(wgmesh: Cli, mesh: Mesh) -> None:
     routes = wgmesh("routes", "--json").json()
-    assert set(routes) == {"routes"}
-    assert routes["routes"] == wgmesh("status", "--json").json()["routes"]
+    assert set(routes) == {"routes", "ha_groups"}
+    status = wgmesh("status", "--json").json()
+    assert routes["routes"] == status["routes"]
+    assert routes["ha_groups"] == status["ha_groups"]
 
 
 def test_routes_table_groups_by_gateway_on_80_columns(
@@ -292,6 +331,21 @@ def test_routes_table_groups_by_gateway_on_80_columns(
     conflict = next(i for i, line in enumerate(lines) if " 10.1.5.0/24 " in line)
     assert heads["gw-b"] < conflict < heads["gw-c"]
     assert "conflict" in lines[conflict] and "10.1.0.0/16@gw-a" in lines[conflict]
+    # then the HA groups: the primary and the standbys, who carries the prefix to whom, the last move
+    ha = lines.index("HA groups")
+    assert heads["gw-c"] < ha
+    group = "\n".join(lines[ha:])
+    for text in (
+        "PREFIX",
+        "SITE",
+        "PRIMARY",
+        "STANDBYS",
+        "CARRIED-BY",
+        "LAST FAILOVER",
+        "vpc2",
+        "gw-b ← gw-a",
+    ):
+        assert text in group, (text, group)
 
 
 def test_status_warns_of_each_route_an_agent_refused(
@@ -312,3 +366,16 @@ def test_status_warns_of_each_route_an_agent_refused(
         assert "gw-b refused route 198.18.0.1/32@gw-a" in r.out
     finally:
         post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5"})
+
+
+def test_nodes_list_shows_a_site_column_once_a_node_names_a_site(
+    wgmesh: Cli, mesh: Mesh, cli_env: dict[str, str]
+) -> None:
+    r = wgmesh("nodes", env=cli_env | {"COLUMNS": "160"})
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert "SITE" in lines[0]
+    assert "vpc2" in next(line for line in lines if line.startswith("gw-c"))
+    shown = wgmesh("nodes", "show", "gw-a")
+    assert "gw-a (its own)" in shown.out
+    assert {n["name"]: n["site"] for n in wgmesh("nodes", "--json").json()["nodes"]}["gw-b"] == "vpc2"

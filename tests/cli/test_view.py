@@ -78,7 +78,8 @@ def mesh() -> tuple[Topology, list[NodeStatus], dict[str, Node]]:
 def test_status_view_has_exactly_the_documented_fields(mesh: Any) -> None:
     topo, _, _ = mesh
     doc = status_view(topo).model_dump(mode="json")
-    assert set(doc) == {"nodes", "routes", "warnings"}
+    assert set(doc) == {"nodes", "routes", "warnings", "ha_groups"}
+    assert doc["ha_groups"] == []  # no site has two gateways of one prefix here
     for n in doc["nodes"]:
         assert set(n) == NODE_FIELDS
         for p in n["peers"]:

@@ -21,8 +21,8 @@ def net(text: str) -> Prefix:
     return ipaddress.ip_network(text)
 
 
-def claim(prefix: str, gateway: str) -> RouteClaim:
-    return RouteClaim(net(prefix), gateway)
+def claim(prefix: str, gateway: str, site: str | None = None) -> RouteClaim:
+    return RouteClaim(net(prefix), gateway, site)
 
 
 def states(verdicts: list[RouteVerdict]) -> list[str]:
@@ -201,15 +201,52 @@ def test_unroutable_reason_in_ipv6_overlay() -> None:
 # --- route classification: examples ---------------------------------------------------------------------
 
 
-def test_identical_prefix_from_several_gateways_is_an_ha_group() -> None:
+def test_identical_prefix_from_gateways_of_one_site_is_an_ha_group() -> None:
     verdicts = ipam.classify_routes(
         OVERLAY4,
-        [claim("10.1.0.0/16", "gw-a"), claim("10.1.0.0/16", "gw-b"), claim("10.1.0.0/16", "gw-c")],
+        [
+            claim("10.1.0.0/16", "gw-a", "vpc1"),
+            claim("10.1.0.0/16", "gw-b", "vpc1"),
+            claim("10.1.0.0/16", "gw-c", "vpc1"),
+        ],
     )
     assert states(verdicts) == ["active", "standby", "standby"]
     assert verdicts[0].other is None
-    assert verdicts[1].other == verdicts[2].other == claim("10.1.0.0/16", "gw-a")
-    assert verdicts[1].reason == "standby for 10.1.0.0/16@gw-a (same prefix)"
+    assert verdicts[1].other == verdicts[2].other == claim("10.1.0.0/16", "gw-a", "vpc1")
+    assert verdicts[1].reason == "standby for 10.1.0.0/16@gw-a (site vpc1)"
+
+
+def test_identical_prefix_from_another_site_is_a_conflict_naming_the_gateway_and_its_site() -> None:
+    verdicts = ipam.classify_routes(
+        OVERLAY4, [claim("10.2.0.0/24", "gw2", "vpc2"), claim("10.2.0.0/24", "gw3", "vpc3")]
+    )
+    assert states(verdicts) == ["active", "conflict"]
+    assert verdicts[1].other == claim("10.2.0.0/24", "gw2", "vpc2")
+    assert verdicts[1].reason == (
+        "10.2.0.0/24 is already advertised by 10.2.0.0/24@gw2 of site vpc2, gw3 serves site vpc3: only "
+        "gateways of one site form an HA group (wgmesh-agent --site)"
+    )
+
+
+def test_gateways_without_a_site_are_each_a_site_of_their_own() -> None:
+    verdicts = ipam.classify_routes(OVERLAY4, [claim("10.2.0.0/24", "gw2"), claim("10.2.0.0/24", "gw2b")])
+    assert states(verdicts) == ["active", "conflict"]
+    assert "of site gw2, gw2b serves site gw2b" in verdicts[1].reason
+    # A site named after another gateway is that gateway's site.
+    named = ipam.classify_routes(OVERLAY4, [claim("10.2.0.0/24", "gw2"), claim("10.2.0.0/24", "gw2b", "gw2")])
+    assert states(named) == ["active", "standby"]
+
+
+def test_a_claim_of_another_site_keeps_a_later_standby_out_until_it_goes() -> None:
+    # Verdicts depend only on the set of earlier claims: vpc3's squatting claim (itself in conflict)
+    # makes vpc2's second gateway a conflict too; once it is withdrawn, the HA group forms.
+    claims = [
+        claim("10.2.0.0/24", "gw2", "vpc2"),
+        claim("10.2.0.0/24", "gw3", "vpc3"),
+        claim("10.2.0.0/24", "gw2b", "vpc2"),
+    ]
+    assert states(ipam.classify_routes(OVERLAY4, claims)) == ["active", "conflict", "conflict"]
+    assert states(ipam.classify_routes(OVERLAY4, [claims[0], claims[2]])) == ["active", "standby"]
 
 
 @pytest.mark.parametrize(
@@ -260,6 +297,8 @@ def test_families_do_not_interact_and_the_same_gateway_cannot_claim_twice() -> N
 
 # Prefixes of length 8-12 inside 10.0.0.0/8 and fd00::/8 collide often: identical, nested and disjoint.
 GATEWAYS = st.sampled_from(["gw-a", "gw-b", "gw-c", "gw-d"])
+SITE_OF: dict[str, str | None] = {"gw-a": "vpc1", "gw-b": "vpc1", "gw-c": "vpc2", "gw-d": None}
+"""Each gateway serves one site: two share one, one has its own, one names none (its own name)."""
 OVERLAYS = st.sampled_from(
     [ipaddress.ip_network(n) for n in ("100.96.0.0/16", "10.240.0.0/12", "10.0.0.0/10", "fd00:ff00::/24")]
 )
@@ -276,7 +315,9 @@ def small_prefix(draw: st.DrawFn) -> Prefix:
     return ipaddress.ip_network(f"{ipaddress.IPv6Address(base6)}/{length}", strict=False)
 
 
-CLAIMS = st.lists(st.builds(RouteClaim, small_prefix(), GATEWAYS), max_size=12)
+CLAIMS = st.lists(
+    st.builds(lambda prefix, gw: RouteClaim(prefix, gw, SITE_OF[gw]), small_prefix(), GATEWAYS), max_size=12
+)
 
 
 def check_verdict_is_explained(verdict: RouteVerdict, earlier: list[RouteClaim]) -> None:
@@ -291,6 +332,10 @@ def check_verdict_is_explained(verdict: RouteVerdict, earlier: list[RouteClaim])
     if verdict.state == "standby":
         assert verdict.other.prefix == c.prefix
         assert verdict.other.gateway != c.gateway
+        assert verdict.other.site_name == c.site_name
+    elif verdict.other.prefix == c.prefix:  # an identical prefix of another site
+        assert verdict.other.site_name != c.site_name
+        assert f"site {verdict.other.site_name}" in verdict.reason
     else:
         assert verdict.other.prefix.version == c.prefix.version
         assert verdict.other.prefix != c.prefix
@@ -334,6 +379,8 @@ def test_removing_a_claim_never_turns_an_active_one_inactive(
         assert old.claim == new.claim
         if old.state == "active":
             assert new.state == "active"
+        if old.state == "standby":  # an HA group member never becomes a conflict by another's going
+            assert new.state in ("standby", "active")
 
 
 @given(overlay=OVERLAYS, claims=CLAIMS)
@@ -349,6 +396,7 @@ def test_active_routes_never_overlap_and_each_standby_backs_an_active_one(
     for i, v in enumerate(verdicts):
         if v.state == "standby":
             assert v.other in active
+            assert v.other is not None and v.other.site_name == v.claim.site_name
         if v.state == "rejected" and ipam.unroutable_reason(v.claim.prefix, overlay) is None:
             # Only an exact repeat of an earlier claim is rejected for a reason other than its prefix.
             assert v.claim in claims[:i]
@@ -357,7 +405,11 @@ def test_active_routes_never_overlap_and_each_standby_backs_an_active_one(
 def test_a_conflicting_route_keeps_later_overlapping_claims_out_even_identical_ones() -> None:
     # Documented trade-off: verdicts depend only on the set of earlier claims, so the squatting
     # /24 (itself in conflict) blocks a later standby; removing it turns gw-c into a standby.
-    claims = [claim("10.1.0.0/16", "gw-a"), claim("10.1.2.0/24", "gw-b"), claim("10.1.0.0/16", "gw-c")]
+    claims = [
+        claim("10.1.0.0/16", "gw-a", "vpc1"),
+        claim("10.1.2.0/24", "gw-b", "vpc1"),
+        claim("10.1.0.0/16", "gw-c", "vpc1"),
+    ]
     verdicts = ipam.classify_routes(OVERLAY4, claims)
     assert [v.state for v in verdicts] == ["active", "conflict", "conflict"]
     assert verdicts[2].other == claims[1]

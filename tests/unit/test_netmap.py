@@ -276,3 +276,67 @@ def test_a_peers_mtu_is_what_that_peer_uses_itself(
         clamp_at_a = path_mtu(maps[a.name].mtu, peer(maps[a.name], b.name).mtu)
         clamp_at_b = path_mtu(maps[b.name].mtu, peer(maps[b.name], a.name).mtu)
         assert clamp_at_a == clamp_at_b
+
+
+# --- HA groups (issue 18) ---------------------------------------------------------------------------------
+
+GW2 = node(4, "gw2", "100.96.0.4", site="vpc2", subnets=["10.2.0.0/24"])
+GW2B = node(5, "gw2b", "100.96.0.5", site="vpc2", subnets=["10.2.0.0/24"])
+GW2C = node(6, "gw2c", "100.96.0.6", site="vpc2", subnets=["10.2.0.0/24", "10.3.0.0/24"])
+GW3 = node(7, "gw3", "100.96.0.7", site="vpc3", subnets=["10.3.0.0/24"])
+VM1 = node(8, "vm1", "100.96.0.8")
+
+
+def ha_snapshot(routes: list[Route]) -> RegistrySnapshot:
+    return snapshot(nodes=[GW2C, VM1, GW2, GW3, GW2B], routes=routes)
+
+
+def test_an_active_route_with_standbys_of_its_site_is_an_ha_group_in_every_netmap() -> None:
+    # Claim order, as the registry classifies: gw2c stood by before gw2b did.
+    snap = ha_snapshot(
+        [
+            route("10.3.0.0/24", GW3, "active"),
+            route("10.2.0.0/24", GW2, "active"),
+            route("10.2.0.0/24", GW2C, "standby"),
+            route("10.3.0.0/24", GW2C, "conflict"),  # another site's prefix: no group
+            route("10.2.0.0/24", GW2B, "standby"),
+        ]
+    )
+    maps = [build_netmap(snap, n.id) for n in snap.nodes]
+    groups = maps[0].ha_groups
+    assert [(str(g.prefix), g.site, g.members) for g in groups] == [
+        ("10.2.0.0/24", "vpc2", [GW2.id, GW2C.id, GW2B.id])
+    ]
+    assert all(m.ha_groups == groups for m in maps)
+    # Allowed IPs as before: the prefix on the primary's peer entry only.
+    vm1 = build_netmap(snap, VM1.id)
+    assert ips(peer(vm1, "gw2")) == ["100.96.0.4/32", "10.2.0.0/24"]
+    assert ips(peer(vm1, "gw2b")) == ["100.96.0.5/32"]
+    assert ips(peer(vm1, "gw2c")) == ["100.96.0.6/32"]
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        [route("10.2.0.0/24", GW2, "active")],  # alone
+        [route("10.2.0.0/24", GW2, "active"), route("10.2.0.0/24", GW3, "conflict")],  # another site
+        [route("10.2.0.0/24", GW2, "conflict"), route("10.2.0.0/24", GW2B, "standby")],  # no active one
+        [route("10.2.0.0/24", GW2, "active"), route("10.2.0.0/24", GW2B, "pending")],  # not approved
+    ],
+)
+def test_no_ha_group_without_an_active_route_and_an_approved_standby_of_its_site(routes: list[Route]) -> None:
+    assert build_netmap(ha_snapshot(routes), VM1.id).ha_groups == []
+
+
+def test_ha_groups_are_sorted_by_prefix_ipv4_first() -> None:
+    routes = [
+        route("fd00:2::/64", GW2, "active"),
+        route("fd00:2::/64", GW2B, "standby"),
+        route("10.9.0.0/24", GW2B, "active"),
+        route("10.9.0.0/24", GW2, "standby"),
+    ]
+    groups = build_netmap(ha_snapshot(routes), VM1.id).ha_groups
+    assert [(str(g.prefix), g.members) for g in groups] == [
+        ("10.9.0.0/24", [GW2B.id, GW2.id]),
+        ("fd00:2::/64", [GW2.id, GW2B.id]),
+    ]

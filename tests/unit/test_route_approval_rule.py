@@ -18,9 +18,14 @@ def p(text: str) -> Prefix:
 
 
 def claim(
-    prefix: str, gateway: str = "gw-a", *, allows: tuple[str, ...] = (), decision: AdminDecision | None = None
+    prefix: str,
+    gateway: str = "gw-a",
+    *,
+    allows: tuple[str, ...] = (),
+    decision: AdminDecision | None = None,
+    site: str | None = None,
 ) -> Claim:
-    return Claim(p(prefix), gateway, decision, tuple(p(a) for a in allows))
+    return Claim(p(prefix), gateway, decision, tuple(p(a) for a in allows), site)
 
 
 @pytest.mark.parametrize(
@@ -86,9 +91,9 @@ def test_pending_and_rejected_claims_take_no_part_in_classification() -> None:
         OVERLAY,
         [
             claim("10.0.0.0/8", "rogue"),  # pending: must not keep gw-a's route out
-            claim("10.1.0.0/16", "gw-a", allows=("10.1.0.0/16",)),
-            claim("10.1.0.0/16", "gw-b", allows=("10.1.0.0/16",)),  # an HA claim: pending
-            claim("10.1.0.0/16", "gw-c", decision=admin),  # approved by an admin: standby
+            claim("10.1.0.0/16", "gw-a", allows=("10.1.0.0/16",), site="vpc1"),
+            claim("10.1.0.0/16", "gw-b", allows=("10.1.0.0/16",), site="vpc1"),  # an HA claim: pending
+            claim("10.1.0.0/16", "gw-c", decision=admin, site="vpc1"),  # approved by an admin: standby
             claim("10.1.5.0/24", "gw-d", decision=admin),  # approved, and overlapping: conflict
             claim("10.2.0.0/16", "gw-e", decision=AdminDecision("rejected", "alice", "no")),
         ],

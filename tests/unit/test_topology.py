@@ -11,6 +11,10 @@ from topologies import NOW, node, report, route, topology
 
 from wgmesh import keys
 from wgmesh.models import (
+    HaFailover,
+    HaGroup,
+    HaStatus,
+    HealthCounts,
     Network,
     P2PPolicy,
     PeerStatus,
@@ -20,6 +24,7 @@ from wgmesh.models import (
 )
 from wgmesh.topology import (
     HANDSHAKE_FRESH,
+    ha_groups,
     node_p2p,
     pair_key,
     pair_p2p,
@@ -127,7 +132,12 @@ def test_peer_views_from_the_own_report_else_the_other_ends() -> None:
                     reason="p2p off",
                 ),
                 PeerStatus(
-                    public_key=dev.public_key, rx_bytes=7, tx_bytes=8, path="direct", endpoint="192.0.2.9:1"
+                    public_key=dev.public_key,
+                    rx_bytes=7,
+                    tx_bytes=8,
+                    path="direct",
+                    endpoint="192.0.2.9:1",
+                    health="down",
                 ),
                 PeerStatus(public_key=keys.generate_keypair().public_key, rx_bytes=1),  # a deleted node
             ],
@@ -156,6 +166,8 @@ def test_peer_views_from_the_own_report_else_the_other_ends() -> None:
     from_dev = {p.name: p for p in nodes["dev"].peers}
     assert (from_dev["gw-a"].path, from_dev["gw-a"].rx_bytes, from_dev["gw-a"].tx_bytes) == ("direct", 8, 7)
     assert from_dev["gw-a"].endpoint is None
+    # health is the viewer's own probes' verdict: gw-a's report says nothing of gw-a's answers to dev
+    assert ({p.name: p for p in nodes["gw-a"].peers}["dev"].health, from_dev["gw-a"].health) == ("down", None)
     # nobody reported dev <-> gw-c: only the registry's addresses
     unknown = from_dev["gw-c"]
     assert (unknown.path, unknown.rx_bytes, unknown.rtt_ms, unknown.last_handshake) == (None,) * 4
@@ -249,3 +261,81 @@ def test_the_document_keeps_the_network_version_and_nodes() -> None:
         b.model_dump(),
     ]
     assert Topology.model_validate_json(topo.model_dump_json()) == topo
+
+
+# --- HA groups (issue 18) -------------------------------------------------------------------------------
+
+PREFIX = "10.2.0.0/24"
+
+
+def ha(holder: str | None, code: str, at: str | None = None, **kw: object) -> HaStatus:
+    return HaStatus.model_validate({"prefix": PREFIX, "holder": holder, "code": code, "changed_at": at, **kw})
+
+
+def test_ha_groups_come_from_the_routes_in_claim_order_within_a_site() -> None:
+    gw2, gw2b, gw3 = node(2, "gw2", site="vpc2"), node(3, "gw2b", site="vpc2"), node(4, "gw3", site="vpc3")
+    routes = [
+        route(PREFIX, gw2b, "standby"),  # the registry's claim order, not the names'
+        route(PREFIX, gw2, "active"),
+        route(PREFIX, gw3, "conflict"),
+    ]
+    assert ha_groups([gw2, gw2b, gw3], routes) == [HaGroup(prefix=PREFIX, site="vpc2", members=[2, 3])]
+    assert ha_groups([gw2, gw2b, gw3], routes[1:]) == []
+
+
+def test_an_ha_group_shows_each_members_health_carriers_and_the_last_failover() -> None:
+    gw2 = node(2, "gw2", site="vpc2")
+    gw2b = node(3, "gw2b", site="vpc2", online=True)
+    vm1, vm2, vm3 = node(5, "vm1"), node(6, "vm2"), node(7, "vm3")
+    statuses = [
+        report(
+            vm1,
+            [
+                PeerStatus(public_key=gw2.public_key, health="down"),
+                PeerStatus(public_key=gw2b.public_key, health="up"),
+            ],
+            ha=[ha("gw2b", "holder_down", "2026-12-02T10:00:05Z", moved_from="gw2", reason="gw2 silent 3 s")],
+        ),
+        report(
+            vm2,
+            [PeerStatus(public_key=gw2.public_key, health="down"), PeerStatus(public_key=gw2b.public_key)],
+            ha=[ha("gw2b", "holder_down", "2026-12-02T10:00:04Z", moved_from="gw2")],
+        ),
+        report(vm3, [PeerStatus(public_key=gw2.public_key, health="unknown")], ha=[ha("gw2", "primary")]),
+        # gw2's own report of itself is no verdict on it
+        report(gw2, [PeerStatus(public_key=gw2b.public_key, health="up")], ha=[ha("gw2", "primary")]),
+    ]
+    topo = topology(
+        [gw2, gw2b, vm1, vm2, vm3],
+        statuses=statuses,
+        groups=[HaGroup(prefix=PREFIX, site="vpc2", members=[2, 3])],
+    )
+    (group,) = topo.ha_groups
+    assert (str(group.prefix), group.site) == (PREFIX, "vpc2")
+    primary, standby = group.members
+    assert (primary.node, primary.node_id, primary.role, primary.online) == ("gw2", 2, "primary", False)
+    assert primary.health == HealthCounts(up=0, down=2, unknown=1)
+    assert primary.carried_by == ["gw2", "vm3"]
+    assert (standby.node, standby.role, standby.online) == ("gw2b", "standby", True)
+    assert standby.health == HealthCounts(up=2, down=0, unknown=0)  # vm2 said nothing: an older agent
+    assert standby.carried_by == ["vm1", "vm2"]
+    assert group.last_failover == HaFailover.model_validate(
+        {
+            "at": "2026-12-02T10:00:05Z",
+            "reported_by": "vm1",
+            "code": "holder_down",
+            "holder": "gw2b",
+            "moved_from": "gw2",
+            "reason": "gw2 silent 3 s",
+        }
+    )
+
+
+def test_an_ha_group_nobody_reported_on_has_no_failover_and_unknown_health() -> None:
+    gw2, gw2b = node(2, "gw2", site="vpc2"), node(3, "gw2b", site="vpc2")
+    topo = topology([gw2, gw2b], groups=[HaGroup(prefix=PREFIX, site="vpc2", members=[2, 3])])
+    (group,) = topo.ha_groups
+    assert group.last_failover is None
+    assert [(m.health, m.carried_by) for m in group.members] == [(HealthCounts(), [])] * 2
+    # a member gone since the snapshot: the group is left out rather than half shown
+    assert topology([gw2], groups=[HaGroup(prefix=PREFIX, site="vpc2", members=[2, 3])]).ha_groups == []

@@ -96,8 +96,9 @@ class CoordinatorClient(ApiClient):
         return self.call("GET", "/api/v1/node/relay", RelayGrant)
 
     def advertise(self, subnets: Sequence[Prefix], site: str | None = None) -> list[Route]:
-        """Replace this node's advertised subnets and state its site; returns the verdict on each subnet."""
-        # No site: none sent, so a coordinator from before sites still takes the statement.
+        """Replace this node's advertised subnets and state its site (None: a site of its own); returns
+        the coordinator's verdict on each subnet."""
+        # No site, no field: a coordinator from before sites (which refuses unknown fields) still answers.
         body = SubnetsUpdate(subnets=list(subnets), site=site).model_dump(mode="json", exclude_none=True)
         response = self.request("PUT", "/api/v1/node/subnets", json=body)
         return self.parse(response, "/api/v1/node/subnets", RouteList).routes

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
-from wgmesh.models import PeerView
+from wgmesh.models import HaFailover, PeerView, TopologyHaGroup, TopologyHaMember
 from wgmesh.printable import escape
 from wgmesh.values import Prefix
 
@@ -373,6 +373,62 @@ def _routes_lines(
     return Group(*lines)
 
 
+def ha_health(member: TopologyHaMember) -> Text:
+    """A member with the other agents' verdicts on it: `gw2 up 3/4`, red when some see it down, and
+    `offline` when the coordinator has not heard from it."""
+    h = member.health
+    seen = h.up + h.down + h.unknown
+    text = Text(dash(member.node), style="bold" if member.role == "primary" else "")
+    if seen:
+        text.append(f" up {h.up}/{seen}", style="red" if h.down else "green" if h.up == seen else "yellow")
+    else:
+        text.append(" no reports", style="dim")
+    if not member.online:
+        text.append(" offline", style="red")
+    return text
+
+
+def failover_text(move: HaFailover | None, now: datetime) -> Text:
+    """`3m ago vm1: gw2 → gw2b (holder_down: why)`; an em dash when no agent reported a move."""
+    if move is None:
+        return Text(DASH)
+    why = f"{move.code}: {move.reason}" if move.reason else move.code
+    return Text(
+        f"{age(move.at, now)} {dash(move.reported_by)}: {dash(move.moved_from)} → {dash(move.holder)} ({dash(why)})"
+    )
+
+
+def ha_groups_table(groups: Sequence[TopologyHaGroup], now: datetime) -> RenderableType:
+    """One line per HA group: prefix, site, primary, standbys in order (each with the other agents'
+    verdicts), which agents send the prefix to which member, and the last failover."""
+    if not groups:
+        return Text("no HA groups", style="dim")
+    table = _table(
+        ("PREFIX", True),
+        ("SITE", False),
+        ("PRIMARY", False),
+        ("STANDBYS", False),
+        ("CARRIED-BY", False),
+        ("LAST FAILOVER", False),
+    )
+    for group in groups:
+        primary, *standbys = group.members
+        carried = "\n".join(
+            f"{dash(m.node)} ← {', '.join(dash(a) for a in m.carried_by)}"
+            for m in group.members
+            if m.carried_by
+        )
+        table.add_row(
+            cell(group.prefix),
+            cell(group.site),
+            ha_health(primary),
+            Text("\n").join(ha_health(m) for m in standbys),
+            Text(carried or DASH),
+            failover_text(group.last_failover, now),
+        )
+    return table
+
+
 def warnings_block(warnings: Sequence[str]) -> RenderableType:
     """The warnings, one per line; a quiet line when there are none."""
     if not warnings:
@@ -401,7 +457,8 @@ def gateway_notes(nodes: Sequence[NodeView], now: datetime, static: Collection[s
 def status_screen(
     view: StatusView, now: datetime, width: int = 80, static: Collection[str] = ()
 ) -> RenderableType:
-    """`wgmesh status`: nodes (and the coordinators their agents follow), then routes, then warnings."""
+    """`wgmesh status`: nodes (and the coordinators their agents follow), then routes, the HA groups (when
+    there are any), then warnings."""
     followed = coordinators_line(view.nodes)
     return Group(
         Text("Nodes", style="bold underline"),
@@ -411,6 +468,11 @@ def status_screen(
         Text("Routes", style="bold underline"),
         routes_table(view.routes, width, gateway_notes(view.nodes, now, static)),
         Text(""),
+        *(
+            (Text("HA groups", style="bold underline"), ha_groups_table(view.ha_groups, now), Text(""))
+            if view.ha_groups
+            else ()
+        ),
         Text("Warnings", style="bold underline"),
         warnings_block(view.warnings),
     )

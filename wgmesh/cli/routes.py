@@ -27,7 +27,9 @@ def register(sub: Subparsers) -> None:
         "the reason, who decided and the route it collides with. 'pending': no rule approved it (public "
         "space, joining another gateway's prefix, or no token or network rule covers it) and it is in no "
         "netmap until an admin approves it. 'shadowed': active, but a node does not install it because "
-        "it overlaps one of that node's local subnets. Without a command: list them.",
+        "it overlaps one of that node's local subnets. Then the HA groups: gateways of one site "
+        "advertising the same prefix, the primary first, with the other agents' view of each, which "
+        "agents send the prefix to which member, and the last failover. Without a command: list them.",
     )
     group.command("list", cmd_routes, help="every advertised subnet with its verdict (the default)")
     for verb, run, what in (
@@ -48,13 +50,17 @@ def cmd_routes(args: argparse.Namespace) -> int:
         topology = load(client)
     routes = route_views(topology.routes)
     if args.json:
-        print_json(RoutesView(routes=routes).model_dump(mode="json"))
+        print_json(RoutesView(routes=routes, ha_groups=topology.ha_groups).model_dump(mode="json"))
         return 0
     console = stdout()
     now = datetime.now(UTC)
     static = {n.name for n in topology.nodes if n.static}
     notes = render.gateway_notes(status_view(topology).nodes, now, static)
     console.print(render.routes_table(routes, console.width, notes))
+    if topology.ha_groups:
+        console.print(Text(""))
+        console.print(Text("HA groups", style="bold underline"))
+        console.print(render.ha_groups_table(topology.ha_groups, now))
     return 0
 
 

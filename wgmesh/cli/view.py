@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from wgmesh.models import PeerView, PrefixField, Topology, TopologyNode, TopologyRoute
+from wgmesh.models import PeerView, PrefixField, Topology, TopologyHaGroup, TopologyNode, TopologyRoute
 from wgmesh.values import P2PPolicy, RouteState
 
 RouteViewState = RouteState | Literal["shadowed"]
@@ -38,6 +38,7 @@ class NodeView(View):
     p2p: P2PPolicy
     mtu: int | None  # the MTU of the node's WireGuard interface, as its agent last reported it
     coordinator: str | None = None  # the coordinator URL its agent follows, as it last reported it
+    site: str | None = None  # the site it serves (its own name unless its agent names one)
     subnets: list[PrefixField]
     peers: list[PeerView]
 
@@ -59,12 +60,14 @@ class StatusView(View):
     nodes: list[NodeView]
     routes: list[RouteView]
     warnings: list[str]
+    ha_groups: list[TopologyHaGroup] = []  # as the coordinator joined them (wgmesh.topology)
 
 
 class RoutesView(View):
     """`wgmesh routes --json`."""
 
     routes: list[RouteView]
+    ha_groups: list[TopologyHaGroup] = []
 
 
 def node_view(topology: Topology, name: str) -> NodeView:
@@ -84,6 +87,7 @@ def _node_view(node: TopologyNode) -> NodeView:
         p2p=node.effective_p2p,
         mtu=node.interface_mtu,
         coordinator=node.coordinator,
+        site=node.site,
         subnets=list(node.subnets),
         peers=list(node.peers),
     )
@@ -123,6 +127,7 @@ def status_view(topology: Topology) -> StatusView:
         nodes=[_node_view(n) for n in sorted(topology.nodes, key=lambda n: n.name)],
         routes=route_views(topology.routes),
         warnings=list(topology.warnings),
+        ha_groups=list(topology.ha_groups),
     )
 
 

@@ -166,6 +166,7 @@ def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
         max_mtu=row["max_mtu"],
         created_at=as_utc(row["created_at"]),
         rotate_requested_at=as_utc(row["rotate_requested_at"]),
+        site=row["site"],
     )
 
 
@@ -203,13 +204,15 @@ def _claim(row: Any) -> route_approval.Claim:
         else None
     )
     allows = tuple(ipam.parse_cidr(p) for p in row.allow_subnets or ())
-    return route_approval.Claim(ipam.parse_cidr(row.prefix), row.name, decision, allows)
+    return route_approval.Claim(ipam.parse_cidr(row.prefix), row.name, decision, allows, row.site)
 
 
 def _classify(conn: Connection, network: Network) -> list[Route]:
     r, n = schema.routes.c, schema.nodes.c
     rows = conn.execute(
-        select(r.prefix, r.node_id, r.decision, r.decided_by, r.decision_reason, n.name, n.allow_subnets)
+        select(
+            r.prefix, r.node_id, r.decision, r.decided_by, r.decision_reason, n.name, n.site, n.allow_subnets
+        )
         .join(schema.nodes, n.id == r.node_id)
         .order_by(r.id)
     ).all()
@@ -417,6 +420,7 @@ class Registry:
         max_mtu: int | None = None,
         allow_subnets: Sequence[str] = (),
         approved_by: str | None = None,
+        site: str | None = None,
     ) -> NodeId:
         network = _network(w.conn)
         overlay = network.overlay_cidr
@@ -444,6 +448,7 @@ class Registry:
                         max_mtu=max_mtu,
                         allow_subnets=list(allow_subnets),
                         created_at=now,
+                        site=site if site is not None else name,
                     )
                     .returning(schema.nodes.c.id)
                 ).scalar_one()
@@ -561,6 +566,7 @@ class Registry:
             private_key=None,
             max_mtu=req.max_mtu,
             allow_subnets=token["allow_subnets"] or [],
+            site=req.site,
         )
 
     def _replace_node(self, w: Writer, node_id: NodeId, req: EnrollRequest, token: RowMapping) -> NodeId:
@@ -586,6 +592,7 @@ class Registry:
                 max_mtu=req.max_mtu,
                 allow_subnets=allowed,
                 rotate_requested_at=None,
+                site=req.site if req.site is not None else node.name,
             )
         )
         for table, column in (
@@ -843,20 +850,31 @@ class Registry:
                 self._replace_subnets(w.conn, node_id, patch.subnets, approved_by=actor)
             return self._node_by_id(w.conn, node_id)
 
-    def set_own_subnets(self, node_id: NodeId, subnets: Sequence[Prefix]) -> list[Route]:
-        """A node states its advertised subnets: its list becomes exactly `subnets` (empty withdraws all).
+    def set_own_subnets(
+        self, node_id: NodeId, subnets: Sequence[Prefix], site: str | None = None
+    ) -> list[Route]:
+        """A node states what it serves: its list becomes exactly `subnets` (empty withdraws all), its
+        site `site` (None: a site of its own, named after it).
 
-        Every agent states its set at every start, so the same set again writes nothing and leaves the
-        version alone: a fleet restart must not wake every long-poll. Returns the verdict on each.
+        Every agent states its set at every start, so the same statement again writes nothing and leaves
+        the version alone: a fleet restart must not wake every long-poll. A new site is the node's own
+        statement (its credential), written like its subnets, and reclassifies every route (an identical
+        prefix of its new site makes an HA group, of another a conflict). Returns the verdict on each.
         """
         with self.store.read() as conn:
-            current = self._node_by_id(conn, node_id).subnets
+            node = self._node_by_id(conn, node_id)
+            wanted_site = site if site is not None else node.name
             # A stored list was checked when it was written; a request listing a prefix twice is not it.
-            if set(current) == set(subnets) and len(set(subnets)) == len(subnets):
+            if (
+                set(node.subnets) == set(subnets)
+                and len(set(subnets)) == len(subnets)
+                and node.site == wanted_site
+            ):
                 return _own_routes(_classify(conn, _network(conn)), node_id)
         with self.store.write() as w:
             self._node_by_id(w.conn, node_id)
             self._replace_subnets(w.conn, node_id, subnets)
+            w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(site=wanted_site))
             return _own_routes(_classify(w.conn, _network(w.conn)), node_id)
 
     def _replace_subnets(
@@ -1177,4 +1195,5 @@ class Registry:
             pair_overrides=snap.pair_p2p,
             statuses=self.statuses(),
             now=utcnow(),
+            groups=snap.ha_groups,
         )

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -40,6 +40,13 @@ def _create_relay_revocations(conn: Connection) -> None:
 
 def _create_sessions(conn: Connection) -> None:
     sessions.create(conn)
+
+
+def _site_without_default(conn: Connection) -> None:
+    # The DEFAULT only let step 12 add a NOT NULL column to rows that exist; the registry writes every
+    # node's site itself, so PostgreSQL drops it (SQLite cannot alter a column: it keeps an unused one).
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE nodes ALTER COLUMN site DROP DEFAULT")
 
 
 # Statements that bring a database from the previous version to this one; portable SQL (SQLite and
@@ -114,6 +121,13 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "ALTER TABLE tokens ADD COLUMN enrolled_node INTEGER",
         "ALTER TABLE tokens ADD COLUMN enrolled_at TIMESTAMP WITH TIME ZONE",
     ),
+    # Sites (issue 18): the site (VPC) a gateway serves; identical prefixes of one site's gateways form an
+    # HA group. Every existing node is a site of its own, named after it, so no group forms by itself.
+    12: (
+        "ALTER TABLE nodes ADD COLUMN site VARCHAR(63) NOT NULL DEFAULT ''",
+        "UPDATE nodes SET site = name",
+        _site_without_default,
+    ),
 }
 
 metadata = MetaData()
@@ -183,6 +197,8 @@ nodes = Table(
     Column("allow_subnets", JSON),
     # Since version 9: when an admin asked the node's agent to rotate its key; NULL once it has.
     Column("rotate_requested_at", DateTime(timezone=True)),
+    # Since version 12: the site the node serves (its own name unless its agent names one, `--site`).
+    Column("site", String(63), nullable=False),
     sqlite_autoincrement=True,
 )
 

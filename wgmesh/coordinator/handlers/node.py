@@ -103,7 +103,8 @@ async def put_own_subnets(call: Call) -> RouteList:
     registry = context(call.request).registry
     assert call.node_id is not None
     body: SubnetsUpdate = call.body
-    return RouteList(routes=await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets))
+    routes = await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets, body.site)
+    return RouteList(routes=routes)
 
 
 def _int_query(request: Request, name: str, default: int) -> int:
