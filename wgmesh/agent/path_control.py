@@ -39,14 +39,14 @@ would otherwise send thousands of probes a second."""
 RELAY_PROBE_INTERVAL = 2.0
 """The relay path's RTT changes slowly; one sample every 2 s is plenty."""
 WATCH_INTERVAL = 0.5
-"""A watched peer (an HA group's member, agent/ha.py) is probed this often on its path, busy or idle, direct
-or relayed: its health decides where a VPC's traffic goes, within seconds of its death."""
+"""A watched peer (an HA group's member, agent/ha.py) is probed this often on every path, busy or idle:
+its health decides where a VPC's traffic goes, within seconds of its death."""
 STALE_ROAM_EVIDENCE = 3.0
 """A peer's word that it is direct counts for this long; an endpoint is set again at most this often."""
 PROBE_TIMEOUT = 0.6
 RELAY_PROBE_TIMEOUT = 1.5
 WATCH_RELAY_TIMEOUT = 1.0
-"""A watched peer's relay probe waits less: two rounds of unanswered probes then fit health's 2.5 s."""
+"""A watched peer's relay probe waits less: two unanswered liveness probes then fit health's 2.5 s."""
 
 
 @dataclass
@@ -77,6 +77,8 @@ class _Peer:
     last_burst: float = -1e9
     last_reassert: float = -1e9
     in_flight: bool = False  # a probe round runs (at most one per peer)
+    last_watch: float = -1e9
+    watch_in_flight: bool = False  # a liveness probe of a watched peer runs (at most one)
     watched_since: float = field(default_factory=time.monotonic)
     last_answer: float | None = None
     """When a probe to the peer was last answered, on any path (shared with the loop thread)."""
@@ -279,7 +281,34 @@ class PathController:
                     self._reassert.add(peer.public_key)
                 changed.append((peer, state, previous))
             self._schedule(peer, record, inputs, now)
+            if peer.node_id in self.watched:
+                self._watch(peer, record, now)
         return changed
+
+    def _watch(self, peer: PeerConfig, record: _Peer, now: float) -> None:
+        """A watched peer's liveness probe: every `WATCH_INTERVAL`, on every path at once, beside (never
+        behind) the rounds path choice runs — a load burst in flight must not delay a failover."""
+        if not self._started or record.watch_in_flight or now - record.last_watch < WATCH_INTERVAL:
+            return
+        record.last_watch = now
+        record.watch_in_flight = True
+        targets = [probe_address(e) for e in peer.endpoints]
+        future = self.net.submit(self._liveness(peer.node_id, record, targets))
+
+        def finished(_: object) -> None:
+            record.watch_in_flight = False
+
+        future.add_done_callback(finished)
+
+    async def _liveness(self, peer_id: int, record: _Peer, candidates: list[Address]) -> None:
+        tasks = [self.prober.ping(peer_id, c, PROBE_TIMEOUT) for c in candidates]
+        if self.shim.active() is not None:
+            tasks.append(self.prober.ping(peer_id, RELAY, WATCH_RELAY_TIMEOUT))
+        if not tasks:
+            return
+        answers = await asyncio.gather(*tasks)
+        with self._lock:
+            _heard(record, answers)
 
     def _schedule(self, peer: PeerConfig, record: _Peer, inputs: PathInputs, now: float) -> None:
         """Start the probes the peer's state asks for (at most one round per peer in flight)."""
@@ -295,27 +324,21 @@ class PathController:
             and inputs.last_handshake is not None
             and now - record.last_burst >= self.config.throttle_hold
         )
-        watched = peer.node_id in self.watched
         due = state.next_probe_at is not None and now >= state.next_probe_at
         idle = state.path == "direct" and not inputs.sending and state.probe_failures == 0
-        if due and idle and not watched and now - record.last_probe < IDLE_PROBE_INTERVAL:
+        if due and idle and now - record.last_probe < IDLE_PROBE_INTERVAL:
             due = False
-        via_relay = now - record.last_relay_probe >= (WATCH_INTERVAL if watched else RELAY_PROBE_INTERVAL)
-        # A relayed watched peer whose direct retry is backed off is still heard from, through the relay.
-        keep_watch = watched and via_relay and state.path == "relay"
-        if not (due or load_test or keep_watch):
+        if not (due or load_test):
             return
         retest = state.path == "relay" and state.code in ("throttled", "lossy")
-        if due:
-            record.last_probe = now
+        record.last_probe = now
+        via_relay = now - record.last_relay_probe >= RELAY_PROBE_INTERVAL
         if via_relay:
             record.last_relay_probe = now
         record.in_flight = True
         burst = load_test or (due and retest)
         future = self.net.submit(
-            self._probe_round(
-                peer.node_id, record, candidates, ping=due, burst=burst, via_relay=via_relay or keep_watch
-            )
+            self._probe_round(peer.node_id, record, candidates, ping=due, burst=burst, via_relay=via_relay)
         )
 
         def finished(_: object) -> None:
@@ -338,17 +361,12 @@ class PathController:
         relay_up = self.shim.active() is not None
         seen = _Observed()
         best: Address | None = None
-        relay_timeout = WATCH_RELAY_TIMEOUT if peer_id in self.watched else RELAY_PROBE_TIMEOUT
         answers: list[float | None] = []
-        if not (ping or burst) and via_relay:
-            # Only the relay (a watched, relayed peer): its health, and a relay RTT sample.
-            seen.relay_rtt = await prober.ping(peer_id, RELAY, relay_timeout) if relay_up else None
-            answers.append(seen.relay_rtt)
         if ping or burst:
             tasks = [prober.ping(peer_id, c, PROBE_TIMEOUT) for c in candidates]
             relay_sample = relay_up and (via_relay or burst)
             if relay_sample:
-                tasks.append(prober.ping(peer_id, RELAY, relay_timeout))
+                tasks.append(prober.ping(peer_id, RELAY, RELAY_PROBE_TIMEOUT))
             rtts = await asyncio.gather(*tasks)
             answers += rtts
             direct = list(zip(candidates, rtts[: len(candidates)], strict=True))
@@ -374,10 +392,7 @@ class PathController:
                         result = ProbeResult(ok=False)
             seen.probes.append(result)
         with self._lock:
-            if any(rtt is not None for rtt in answers):
-                record.last_answer, record.misses = time.monotonic(), 0
-            else:
-                record.misses += len(answers)
+            _heard(record, answers)
             merged = record.observed
             merged.probes.extend(seen.probes)
             if seen.relay_rtt is not None:
@@ -445,6 +460,14 @@ class PathController:
             )
         relay = _id(active) if state.path == "relay" else None
         return PeerPathView(state.path, state.rtt, state.reason, relay)
+
+
+def _heard(record: _Peer, answers: list[float | None]) -> None:
+    """Probe answers (RTTs, None: unanswered) into the peer's health inputs; under the controller's lock."""
+    if any(rtt is not None for rtt in answers):
+        record.last_answer, record.misses = time.monotonic(), 0
+    else:
+        record.misses += len(answers)
 
 
 def _id(link: object) -> str | None:
