@@ -13,7 +13,12 @@ gw3 so that gw1-gw3 is relayed) and per round measures:
 (d) a coordinator hung (SIGSTOP: its kernel still accepts and acknowledges, nothing answers, as with a
     machine stalled or gone without a reset) -> seconds until gw2 follows the other one; then SIGCONT.
     A killed process resets its connections at once; a hung one is left by the agent's request deadlines
-    (a status report: 10 s; a long-poll: its 25 s wait + 10 s).
+    (a status report: 10 s; a long-poll: its 25 s wait + 10 s);
+(e) site 2's primary gateway killed as a machine dies (gw2: its agent SIGKILLed, its WireGuard interface
+    removed; site 2 has a standby gw2b, `--ha-site 2`, and the lab's route-table hook) under
+    `ping -D -i 0.05` vm1 -> vm2 -> seconds from the kill until pings are answered again, and the longest
+    silence; gw2 is started again and waited for until it carries its prefix again (the preempt rule);
+(f) the same with both coordinators killed first (started again after the round).
 Prints each round and min/median/max; always tears the lab down.
 """
 
@@ -36,6 +41,8 @@ from wgmesh.lab.pings import ContinuousPing
 from wgmesh.models import LocalStatus
 
 LAB_NAME = "bfo"
+PREEMPT = 5.0
+"""The lab's `--ha-preempt-after`, short so that rounds of (e) and (f) do not wait long for gw2's return."""
 FINE = 0.02
 """Seconds between looks where the look is the measurement: (a) and (b)."""
 
@@ -59,6 +66,10 @@ class Round:
     relay: float  # (c) relay killed -> pings answered again
     gap: float  # (c) the longest silence after the kill
     hung: float  # (d) SIGSTOP -> gw2 follows the other coordinator
+    gateway: float = float("nan")  # (e) primary gateway killed -> VPC 2 answers again
+    gateway_gap: float = float("nan")  # (e) the longest silence
+    alone: float = float("nan")  # (f) the same with every coordinator down
+    alone_gap: float = float("nan")
 
 
 def kill_coordinator(lab: Lab) -> float:
@@ -129,6 +140,29 @@ def kill_relay(lab: Lab, ping: ContinuousPing) -> tuple[float, float]:
     return back, gap
 
 
+def site2_carrier(lab: Lab) -> str | None:
+    """The gateway gw1's agent sends site 2's prefix to (its local status)."""
+    prefix = str(lab.plan.site(2).lan)
+    return next((g.holder for g in local(lab, "gw1").ha if str(g.prefix) == prefix), None)
+
+
+def kill_primary_gateway(lab: Lab, ping: ContinuousPing) -> tuple[float, float]:
+    wait_for(
+        lambda: site2_carrier(lab) == "gw2" and lab.vpc_route(2) == lab.plan.site(2).gateway.lan_ip,
+        PREEMPT + 60,
+        "gw2 carrying site 2",
+    )
+    wait_for(lambda: ping.replies_since(time.time() - 1) >= 15, 10, "the ping to vm2 running")
+    killed = time.time()
+    lab.kill("gw2", signal.SIGKILL, remove_interface=True)
+    wait_for(lambda: (ping.replies() or [0.0])[-1] > killed, 30, "vm2 answering after gw2's death")
+    answered = time.time()
+    wait_for(lambda: ping.replies_since(answered) >= 20, 10, "a second of replies after gw2's death")
+    back, gap = ping.outage(killed)
+    lab.start("gw2")
+    return back, gap
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -137,6 +171,7 @@ def main() -> None:
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory() as tmp:
         ping: ContinuousPing | None = None
+        to_vpc2: ContinuousPing | None = None
         try:
             lab = up(
                 LAB_NAME,
@@ -148,14 +183,32 @@ def main() -> None:
                 coordinators=2,
                 relays=2,
                 block_udp=[3],
+                ha_sites=[2],
+                ha_preempt_after=PREEMPT,
             )
             ping = ContinuousPing(lab, "vm1", lab.plan.site(3).vm_ip, Path(tmp) / "ping.log", interval=0.05)
+            to_vpc2 = ContinuousPing(
+                lab, "vm1", lab.plan.site(2).vm_ip, Path(tmp) / "vpc2.log", interval=0.05
+            )
             for n in range(args.rounds):
                 coordinator = kill_coordinator(lab)
                 change = change_through_the_other(lab, n)
                 back, gap = kill_relay(lab, ping)
                 rounds.append(Round(coordinator, change, back, gap, float("nan")))
-                print(f"round {n + 1} of (a)-(c) done", file=sys.stderr)
+                rounds[n].gateway, rounds[n].gateway_gap = kill_primary_gateway(lab, to_vpc2)
+                for hub in (coordinator_node(1), coordinator_node(2)):
+                    lab.kill(hub, signal.SIGKILL)
+                try:
+                    rounds[n].alone, rounds[n].alone_gap = kill_primary_gateway(lab, to_vpc2)
+                    # back to where it started: gw2 carrying its prefix, then the coordinators
+                    wait_for(
+                        lambda: site2_carrier(lab) == "gw2", PREEMPT + 60, "gw2 back without coordinators"
+                    )
+                finally:
+                    for hub in (coordinator_node(1), coordinator_node(2)):
+                        lab.start(hub)
+                        lab.wait_coordinator(node=hub)
+                print(f"round {n + 1} of (a)-(c), (e), (f) done", file=sys.stderr)
             # After all the others: an agent that left a hung coordinator keeps its long-poll there until
             # that poll's deadline, which would make a later (a) measure that poll, not a failover.
             for n in range(args.rounds):
@@ -164,6 +217,8 @@ def main() -> None:
         finally:
             if ping is not None:
                 ping.stop()
+            if to_vpc2 is not None:
+                to_vpc2.stop()
             down(LAB_NAME)
 
     columns = [
@@ -172,10 +227,16 @@ def main() -> None:
         ("(c) relay s", "relay"),
         ("(c) gap s", "gap"),
         ("(d) hung s", "hung"),
+        ("(e) gw s", "gateway"),
+        ("(e) gap s", "gateway_gap"),
+        ("(f) gw s", "alone"),
+        ("(f) gap s", "alone_gap"),
     ]
     print("two coordinators on PostgreSQL, two relays; (a) coordinator killed -> its agent on the other;")
     print("(b) change on one -> on every gateway; (c) relay killed -> relayed pings answered (longest gap);")
-    print("(d) coordinator hung (SIGSTOP) -> its agent on the other")
+    print("(d) coordinator hung (SIGSTOP) -> its agent on the other;")
+    print("(e) site 2's primary gateway killed -> vm2 answers vm1 again through the standby (longest gap);")
+    print("(f) the same with both coordinators down")
     print_rounds(columns, rounds, width=14, digits=3)
 
 
