@@ -215,3 +215,39 @@ class TestPrimaryGatewayDies:
 
 def _carried_by_gw2(carriers: Carriers) -> Callable[[], bool]:
     return lambda: carriers.wireguard() == "gw2"
+
+
+@pytest.mark.lab(sites=2, ha_sites=[2], ha_preempt_after=PREEMPT, ha_return="masquerade")
+def test_without_a_hook_the_members_masquerade_and_the_vpc_needs_no_route(lab: Lab, tmp_path: Path) -> None:
+    carriers = Carriers.of(lab)
+    two = lab.plan.site(2)
+    wait_until(lambda: carriers.wireguard() == "gw2", 30, "gw1 sending site 2 to gw2")
+
+    def masquerading() -> bool:
+        # once the group is in their netmaps: each member masquerades into its own prefix, nothing else
+        for gateway in two.gateways:
+            table = lab.exec(gateway.node, "nft", "list", "table", "inet", f"wgmesh_{gateway.wg_interface}")
+            assert f"ip daddr {two.lan} masquerade" in " ".join(table.stdout.split()), table.stdout
+        return True
+
+    wait_until(masquerading, 30, "both members masquerading into site 2's prefix")
+    # vm2 gets no route to the mesh at all: it can answer only what comes from its own LAN, which is what a
+    # masquerading gateway makes of vm1's pings.
+    lab.exec("vm2", "ip", "route", "del", "default", check=True)
+    ping = ContinuousPing(lab, "vm1", two.vm_ip, tmp_path / "ping.log", interval=0.05)
+    try:
+        wait_until(lambda: len(ping.replies()) >= 10, 10, "vm2 answering vm1 through gw2's masquerade")
+        killed = kill_primary(lab)
+        moved = wait_until(lambda: carriers.wireguard() == "gw2b", 30, "gw1 sending site 2 to gw2b")
+        wait_until(lambda: (ping.last_reply() or 0.0) > killed, 30, "pings answered again")
+        answered = time.time()
+        wait_until(lambda: ping.replies_since(answered) >= 20, 10, "a second of replies after the failover")
+        back, gap = ping.outage(killed)
+        print(
+            f"masquerade: gw2 killed; gw1 sends to gw2b after {moved:.2f} s; pings answered again {back:.2f} s "
+            f"after the kill (longest gap {gap:.2f} s), vm2 with no route to the mesh"
+        )
+        assert back < scaled(MAX_OUTAGE), f"VPC 2 unreachable for {back:.1f} s"
+        assert lab.vpc_route(2) is None
+    finally:
+        ping.stop()

@@ -20,7 +20,7 @@ from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
-from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, MAX_HA_SITE, MAX_HUBS, Database, check_hubs
+from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, MAX_HA_SITE, MAX_HUBS, Database, HaReturn, check_hubs
 from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
 
@@ -143,6 +143,13 @@ def register(sub: Subparsers) -> None:
         metavar="SECONDS",
         help=f"every agent's rule: a returning primary takes its prefix back after being healthy this long "
         f"(default {DEFAULT_HA_PREEMPT_AFTER:g})",
+    )
+    p.add_argument(
+        "--ha-return",
+        choices=get_args(HaReturn),
+        default="route-table",
+        help="how an HA site's VPC replies reach the gateway carrying its prefix: its route-table hook "
+        "rewrites the VPC host's default route (default), or the gateways masquerade",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
@@ -278,6 +285,7 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "agents": lab.state.agents,
         "ha_sites": list(plan.ha_sites),
         "ha_preempt_after": plan.ha_preempt_after,
+        "ha_return": plan.ha_return,
         "sites": [
             {
                 "gateway": g.node,
@@ -314,7 +322,7 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
     ha_sites, preempt = summary["ha_sites"], summary["ha_preempt_after"]
     assert isinstance(ha_sites, list) and isinstance(preempt, float)
     if ha_sites:
-        out.print(f"HA sites: {_ha_line(ha_sites, preempt)}")
+        out.print(f"HA sites: {_ha_line(ha_sites, preempt, str(summary['ha_return']))}")
     if not summary["agents"]:
         out.print("no agents started (--no-agents)")
     out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
@@ -330,10 +338,12 @@ def _switch_lines(summary: dict[str, object]) -> list[str]:
     return describe(blocked, throttled, off, lan_mtu=lan, underlay_mtu=underlay, sg_drop_icmp=sg, ha_sites=ha)
 
 
-def _ha_line(ha_sites: list[int], preempt_after: float | None) -> str:
-    """`vpc2 (gw2 and gw2b); preempt after 10s`: which gateways share a site's prefix, and the agents' rule."""
+def _ha_line(ha_sites: list[int], preempt_after: float | None, ha_return: str | None = None) -> str:
+    """`vpc2 (gw2 and gw2b); preempt after 10s; replies by route-table`: which gateways share a site's
+    prefix, the agents' rule, and how the VPC's replies come back."""
     names = ", ".join(f"vpc{i} (gw{i} and gw{i}b)" for i in ha_sites)
-    return f"{names}; preempt after {preempt_after or 0:g}s"
+    how = f"; replies by {ha_return}" if ha_return else ""
+    return f"{names}; preempt after {preempt_after or 0:g}s{how}"
 
 
 def _warn(text: str) -> None:
@@ -374,6 +384,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             relays=args.relays,
             ha_sites=ha_sites,
             ha_preempt_after=args.ha_preempt_after,
+            ha_return=args.ha_return,
             warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
@@ -462,7 +473,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in status.switches():
         out.print(f"switch: {line}")
     if status.ha_sites:
-        out.print(f"HA sites: {_ha_line(status.ha_sites, status.ha_preempt_after)}")
+        out.print(f"HA sites: {_ha_line(status.ha_sites, status.ha_preempt_after, status.ha_return)}")
     table = Table(title_justify="left")
     for column in ("gateway", "namespace", "agent", "peers", "handshakes", "note"):
         table.add_column(column)

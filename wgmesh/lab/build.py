@@ -22,6 +22,7 @@ from wgmesh.lab.layout import (
     LOOPBACK_BASE_PORT,
     MAX_SLOT,
     Database,
+    HaReturn,
     build_commands,
     choose_slot,
     loopback_forward_script,
@@ -82,6 +83,7 @@ def up(
     relays: int = 1,
     ha_sites: Iterable[int] = (),
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
+    ha_return: HaReturn = "route-table",
     warn: Progress = _log_warning,
 ) -> Lab:
     """Build lab `name`, start its database, coordinators, relays and agents, and return once the mesh has
@@ -93,7 +95,8 @@ def up(
     `lan_mtu` and `underlay_mtu` ({site: MTU}) and `sg_drop_icmp` (sites) make sites look like cloud
     VPCs (docs/lab.md); like the other switches they are in force before any agent starts.
     `ha_sites` get a second gateway `gwIb` on their LAN advertising the same prefix (issue 18), whose
-    route the lab approves as an admin would; every agent gets `ha_preempt_after` as its preemption rule.
+    route the lab approves as an admin would; every agent gets `ha_preempt_after` as its preemption rule;
+    `ha_return` says how their VPC's replies come back (the route-table hook, or the gateways masquerade).
     """
     # Bad usage is reported as such, before anything else is checked or touched.
     plan = plan_lab(
@@ -104,6 +107,7 @@ def up(
         relays=relays,
         ha_sites=ha_sites,
         ha_preempt_after=ha_preempt_after,
+        ha_return=ha_return,
     )
     if timeout <= 0:
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
@@ -176,6 +180,7 @@ def up(
             relays=relays,
             ha_sites=list(plan.ha_sites),
             ha_preempt_after=ha_preempt_after,
+            ha_return=ha_return,
         )
         # Written before anything is built: from here on, `down` can find every piece.
         save(state)

@@ -66,6 +66,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 _NODE = re.compile(r"^(gw|vm)([1-9][0-9]{0,2})(b?)$")
 _SERVICE = re.compile(r"^(hub|relay)([1-9]?)$")
 
+HaReturn = Literal["route-table", "masquerade"]
+"""How an HA site's VPC replies reach the member carrying its prefix: the route-table hook rewrites the VPC
+host's default route (`--on-primary`), or the gateways masquerade (no hook: the agent's default)."""
 NodeRole = Literal["hub", "gateway", "host"]
 Database = Literal["sqlite", "postgresql"]
 ServiceKind = Literal["coordinator", "relay", "agent", "database"]
@@ -172,6 +175,7 @@ class LabPlan:
     coordinators: int = 1
     relays: int = 1
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER
+    ha_return: HaReturn = "route-table"
 
     @property
     def prefix(self) -> str:
@@ -425,6 +429,7 @@ def plan_lab(
     relays: int = 1,
     ha_sites: Iterable[int] = (),
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
+    ha_return: HaReturn = "route-table",
 ) -> LabPlan:
     """The plan of lab `name` with `sites` sites in underlay slot `slot`, `coordinators` coordinators on
     `db` and (when it runs relays) `relays` relays; each of `ha_sites` gets a second gateway."""
@@ -459,6 +464,7 @@ def plan_lab(
         coordinators=coordinators,
         relays=relays,
         ha_preempt_after=float(ha_preempt_after),
+        ha_return=ha_return,
     )
 
 
@@ -706,7 +712,7 @@ def agent_args(
         "--ha-preempt-after",
         f"{plan.ha_preempt_after:g}",
     ]
-    if own.ha:
+    if own.ha and plan.ha_return == "route-table":
         # One string, as an operator writes it; the agent splits it with shlex and runs it with no shell.
         args += ["--on-primary", shlex.join(route_table_hook(own, gateway, python))]
     return args

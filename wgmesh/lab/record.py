@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic import ValidationError as PydanticError
 
 from wgmesh.errors import WgmeshError
-from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, STATE_ROOT, Database, LabPlan, plan_lab
+from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, STATE_ROOT, Database, HaReturn, LabPlan, plan_lab
 from wgmesh.models import Model
 from wgmesh.secure_files import write_private
 
@@ -57,6 +57,7 @@ class LabState(Model):
     ha_sites: list[int] = Field(default_factory=list)
     ha_tokens: dict[int, str] = Field(default_factory=dict)
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER
+    ha_return: HaReturn = "route-table"
     # The coordinator's relay-ticket public key (base64), the relays' --coordinator-key.
     relay_key: str | None = None
     # The coordinator's pin (`sha256:…`, printed by `init`): how the lab's own clients trust its HTTPS.
@@ -85,6 +86,7 @@ class LabState(Model):
             relays=self.relays,
             ha_sites=self.ha_sites,
             ha_preempt_after=self.ha_preempt_after,
+            ha_return=self.ha_return,
         )
 
     def record(self, entry: ProcessRecord) -> None:

@@ -56,6 +56,7 @@ class LabStatus:
     # Sites with a second gateway `gwIb` (issue 18), and the agents' preemption rule.
     ha_sites: list[int] | None = None
     ha_preempt_after: float | None = None
+    ha_return: str | None = None
 
     def healthy(self) -> bool:
         """Coordinators, relays (if any) and database up, every namespace present, every agent (if any)
@@ -122,4 +123,5 @@ def lab_status(state: LabState) -> LabStatus:
         database=plan.db,
         ha_sites=list(plan.ha_sites),
         ha_preempt_after=plan.ha_preempt_after,
+        ha_return=plan.ha_return if plan.ha_sites else None,
     )
