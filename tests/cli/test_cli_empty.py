@@ -7,8 +7,9 @@ from cli_harness import Cli
 
 
 def test_status_json_of_an_empty_mesh(wgmesh: Cli) -> None:
-    assert wgmesh("status", "--json").json() == {"nodes": [], "routes": [], "warnings": []}
-    assert wgmesh("routes", "--json").json() == {"routes": []}
+    empty = {"nodes": [], "routes": [], "warnings": [], "ha_groups": []}
+    assert wgmesh("status", "--json").json() == empty
+    assert wgmesh("routes", "--json").json() == {"routes": [], "ha_groups": []}
 
 
 @pytest.mark.parametrize(

@@ -331,21 +331,25 @@ def test_routes_table_groups_by_gateway_on_80_columns(
     conflict = next(i for i, line in enumerate(lines) if " 10.1.5.0/24 " in line)
     assert heads["gw-b"] < conflict < heads["gw-c"]
     assert "conflict" in lines[conflict] and "10.1.0.0/16@gw-a" in lines[conflict]
-    # then the HA groups: the primary and the standbys, who carries the prefix to whom, the last move
+    # then the HA groups: the primary and the standbys, who carries the prefix to whom, the last move;
+    # on 80 columns a group's lines (the table would fold the move into a sliver), a table when wide
     ha = lines.index("HA groups")
     assert heads["gw-c"] < ha
     group = "\n".join(lines[ha:])
-    for text in (
-        "PREFIX",
-        "SITE",
-        "PRIMARY",
-        "STANDBYS",
-        "CARRIED-BY",
-        "LAST FAILOVER",
-        "vpc2",
-        "gw-b ← gw-a",
-    ):
+    for text in ("10.2.0.0/16  site vpc2", "  primary gw-b up 1/1 ← gw-a", "  standby gw-c up 0/1 offline"):
         assert text in group, (text, group)
+    wide = wgmesh("routes", env=cli_env | {"COLUMNS": "200"}).out.splitlines()
+    header = next(line for line in wide[wide.index("HA groups") :] if "PREFIX" in line)
+    assert header.split() == ["PREFIX", "SITE", "PRIMARY", "STANDBYS", "CARRIED-BY", "LAST", "FAILOVER"]
+    row = next(line for line in wide[wide.index("HA groups") :] if line.startswith("10.2.0.0/16"))
+    for text in (
+        "vpc2",
+        "gw-b up 1/1",
+        "gw-c up 0/1 offline",
+        "gw-b ← gw-a",
+        "gw-a: gw-c → gw-b (returning:",
+    ):
+        assert text in row, (text, row)
 
 
 def test_status_warns_of_each_route_an_agent_refused(

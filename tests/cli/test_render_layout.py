@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console, RenderableType
 
-from wgmesh.cli.render import age, human_bytes, node_screen, routes_table, rtt, status_screen
+from wgmesh.cli.render import age, ha_groups_table, human_bytes, node_screen, routes_table, rtt, status_screen
 from wgmesh.cli.view import NodeView, PeerView, RouteView, StatusView
+from wgmesh.models import TopologyHaGroup
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 GATEWAYS = [f"gw-{site}" for site in ("fra-1", "ams-2", "sgp-3", "iad-4", "sfo-5", "tokyo-central-6")]
@@ -250,3 +251,64 @@ def test_status_says_which_coordinator_each_agent_follows_and_nothing_when_none_
     line = lines[line_with(lines, "agents follow")]
     assert line.strip() == f"agents follow {a} ({names[1]}); {b} ({names[0]}, {names[2]})"
     assert line_with(lines, "agents follow") < line_with(lines, "Routes")
+
+
+def ha_groups() -> list[TopologyHaGroup]:
+    """Two HA groups with long gateway names, one of them moved by an agent with a long reason."""
+    move = {
+        "at": (NOW - timedelta(minutes=3)).isoformat(),
+        "reported_by": "vm-frankfurt-a",
+        "code": "holder_down",
+        "holder": "gw-tokyo-central-6b",
+        "moved_from": "gw-tokyo-central-6",
+        "reason": "gw-tokyo-central-6 answered no probe for 3 s",
+    }
+
+    def member(name: str, role: str, carried: list[str]) -> dict[str, object]:
+        health = {"up": 2, "down": 1, "unknown": 0}
+        return {
+            "node": name,
+            "node_id": 1,
+            "role": role,
+            "online": True,
+            "health": health,
+            "carried_by": carried,
+        }
+
+    return [
+        TopologyHaGroup.model_validate(
+            {
+                "prefix": "2001:db8:aa00:bbbb:cccc:dddd:eeee:0/112",
+                "site": "vpc-tokyo",
+                "members": [
+                    member("gw-tokyo-central-6", "primary", ["vm-amsterdam-b"]),
+                    member("gw-tokyo-central-6b", "standby", ["vm-frankfurt-a", "gw-tokyo-central-6b"]),
+                ],
+                "last_failover": move,
+            }
+        ),
+        TopologyHaGroup.model_validate(
+            {
+                "prefix": "10.2.0.0/24",
+                "site": "vpc2",
+                "members": [member("gw2", "primary", []), member("gw2b", "standby", [])],
+                "last_failover": None,
+            }
+        ),
+    ]
+
+
+@pytest.mark.parametrize("width", [40, 80, 120, 200])
+def test_ha_groups_at_any_width_keep_prefixes_and_names_whole(width: int) -> None:
+    out = "\n".join(render(ha_groups_table(ha_groups(), NOW, width), width))
+    for whole in (
+        "2001:db8:aa00:bbbb:cccc:dddd:eeee:0/112",
+        "10.2.0.0/24",
+        "vpc-tokyo",
+        "gw-tokyo-central-6 up 2/3",
+        "gw-tokyo-central-6b up 2/3",
+        "vm-frankfurt-a",
+        "3m ago",
+    ):
+        assert whole in out, (whole, width, out)
+    assert "—" in out  # no move reported for 10.2.0.0/24

@@ -30,6 +30,7 @@ STATE_STYLE = {
     "shadowed": "yellow",
 }
 DETAIL_MIN = 16  # narrowest useful detail/reason column; below it routes fall back to lines
+FAILOVER_MIN = 30  # narrowest useful last-failover column; below it HA groups fall back to lines
 ROUTE_INDENT = 2
 MEASURE_WIDTH = 10_000
 
@@ -398,19 +399,21 @@ def failover_text(move: HaFailover | None, now: datetime) -> Text:
     )
 
 
-def ha_groups_table(groups: Sequence[TopologyHaGroup], now: datetime) -> RenderableType:
-    """One line per HA group: prefix, site, primary, standbys in order (each with the other agents'
-    verdicts), which agents send the prefix to which member, and the last failover."""
+def ha_groups_table(groups: Sequence[TopologyHaGroup], now: datetime, width: int = 80) -> RenderableType:
+    """One row per HA group: prefix, site, primary, standbys in order (each with the other agents'
+    verdicts), which agents send the prefix to which member, and the last failover. Names and prefixes
+    are never cut: on a console too narrow for that, each group takes a few lines instead."""
     if not groups:
         return Text("no HA groups", style="dim")
     table = _table(
         ("PREFIX", True),
-        ("SITE", False),
-        ("PRIMARY", False),
-        ("STANDBYS", False),
-        ("CARRIED-BY", False),
+        ("SITE", True),
+        ("PRIMARY", True),
+        ("STANDBYS", True),
+        ("CARRIED-BY", True),
         ("LAST FAILOVER", False),
     )
+    table.columns[-1].min_width = FAILOVER_MIN  # a move folded into a sliver reads worse than lines
     for group in groups:
         primary, *standbys = group.members
         carried = "\n".join(
@@ -426,7 +429,22 @@ def ha_groups_table(groups: Sequence[TopologyHaGroup], now: datetime) -> Rendera
             Text(carried or DASH),
             failover_text(group.last_failover, now),
         )
-    return table
+    return table if _widths(table)[0] <= width else _ha_lines(groups, now)
+
+
+def _ha_lines(groups: Sequence[TopologyHaGroup], now: datetime) -> RenderableType:
+    """For consoles too narrow for the table: a group's heading, then a line per member, then its move."""
+    lines: list[RenderableType] = []
+    for group in groups:
+        lines.append(Text(f"{group.prefix}  site {dash(group.site)}", style="bold"))
+        for member in group.members:
+            line = Text(f"  {member.role} ").append_text(ha_health(member))
+            if member.carried_by:
+                line.append(f" ← {', '.join(dash(a) for a in member.carried_by)}")
+            lines.append(line)
+        lines.append(Text("  last failover"))
+        lines.append(Padding(failover_text(group.last_failover, now), (0, 0, 0, 4)))
+    return Group(*lines)
 
 
 def warnings_block(warnings: Sequence[str]) -> RenderableType:
@@ -469,7 +487,7 @@ def status_screen(
         routes_table(view.routes, width, gateway_notes(view.nodes, now, static)),
         Text(""),
         *(
-            (Text("HA groups", style="bold underline"), ha_groups_table(view.ha_groups, now), Text(""))
+            (Text("HA groups", style="bold underline"), ha_groups_table(view.ha_groups, now, width), Text(""))
             if view.ha_groups
             else ()
         ),

@@ -60,7 +60,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     if topology.ha_groups:
         console.print(Text(""))
         console.print(Text("HA groups", style="bold underline"))
-        console.print(render.ha_groups_table(topology.ha_groups, now))
+        console.print(render.ha_groups_table(topology.ha_groups, now, console.width))
     return 0
 
 
