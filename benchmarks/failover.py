@@ -208,6 +208,13 @@ def main() -> None:
                     for hub in (coordinator_node(1), coordinator_node(2)):
                         lab.start(hub)
                         lab.wait_coordinator(node=hub)
+                # Agents that lost every coordinator retry with back-off: the next round's (a) and (b) must
+                # not measure that back-off, so every agent reaches a coordinator again first.
+                wait_for(
+                    lambda: all(local(lab, g.node).coordinator_reachable for g in lab.plan.gateways),
+                    120,
+                    "every agent reaching a coordinator again",
+                )
                 print(f"round {n + 1} of (a)-(c), (e), (f) done", file=sys.stderr)
             # After all the others: an agent that left a hung coordinator keeps its long-poll there until
             # that poll's deadline, which would make a later (a) measure that poll, not a failover.
