@@ -9,7 +9,16 @@ import ipaddress
 import pytest
 from netmaps import netmap
 
-from wgmesh.agent.ha import HaChoice, HaConfig, HaInputs, choose, mesh_prefixes, with_holders
+from wgmesh.agent.ha import (
+    HaChoice,
+    HaConfig,
+    HaInputs,
+    choose,
+    mesh_prefixes,
+    role_after_dissolving,
+    watched_peers,
+    with_holders,
+)
 from wgmesh.agent.health import PeerHealth
 from wgmesh.models import HaGroup, PeerConfig
 from wgmesh.values import NodeId
@@ -167,7 +176,7 @@ def test_mesh_prefixes_are_the_overlay_and_the_other_sites() -> None:
         name="gw2b",
         ha_groups=[GROUP],
     )
-    assert [str(p) for p in mesh_prefixes(nm, GROUP)] == ["100.96.0.0/16", "10.3.0.0/24"]
+    assert [str(p) for p in mesh_prefixes(nm, GROUP.site)] == ["100.96.0.0/16", "10.3.0.0/24"]
 
 
 @pytest.mark.parametrize("code", ["holder_down", "preempt"])
@@ -181,3 +190,40 @@ def test_every_move_says_where_from(code: str) -> None:
         moved = choose(failed, inputs(40.0, gw2=up(5.0), gw2b=up()), CONFIG, NAMES)
         assert moved.moved_from == GW2B
     assert moved.code == code
+
+
+def test_a_group_that_forms_between_long_running_gateways_records_no_failover() -> None:
+    # gw2 has been up for long when gw2b's claim is approved: gw2 carries the prefix at once, no move.
+    choice = choose(None, inputs(500.0, me=GW2, gw2=up(0.0), gw2b=up(100.0)), CONFIG, NAMES)
+    assert (choice.holder, choice.code, choice.changed_at, choice.moved_from) == (GW2, "primary", None, None)
+    assert choose(choice, inputs(500.25, me=GW2, gw2=up(0.0), gw2b=up(100.0)), CONFIG, NAMES) is choice
+
+
+def test_mesh_prefixes_leave_out_every_prefix_of_the_same_site() -> None:
+    second = HaGroup(prefix=ipaddress.ip_network("10.20.0.0/24"), site="vpc2", members=[GW2, GW2B])
+    other = HaGroup(prefix=ipaddress.ip_network("10.3.0.0/24"), site="vpc3", members=[GW3, NodeId(13)])
+    own_route = {"prefix": "10.2.9.0/24", "gateway": "gw2b", "gateway_id": 12, "state": "active"}
+    nm = netmap(
+        peer(2, "gw2", "10.2.0.0/24", "10.20.0.0/24"),
+        peer(3, "gw3", "10.3.0.0/24"),
+        node_id=12,
+        name="gw2b",
+        ha_groups=[GROUP, second, other],
+        routes=[own_route],
+    )
+    assert [str(p) for p in mesh_prefixes(nm, "vpc2")] == ["100.96.0.0/16", "10.3.0.0/24"]
+
+
+def test_members_watch_their_groups_and_a_few_witnesses_others_only_the_members() -> None:
+    peers = [peer(n, f"gw{n}") for n in (1, 2, 3, 4, 5, 12)]
+    member = netmap(*[p for p in peers if p.node_id != 12], node_id=12, name="gw2b", ha_groups=[GROUP])
+    assert watched_peers(member) == {GW2, GW1, GW3, NodeId(4)}
+    outsider = netmap(*[p for p in peers if p.node_id != 1], ha_groups=[GROUP])
+    assert watched_peers(outsider) == {GW2, GW2B}
+
+
+def test_a_dissolved_group_leaves_the_route_table_to_what_the_gateway_still_routes() -> None:
+    active = {"prefix": "10.2.0.0/24", "gateway": "gw2b", "gateway_id": 12, "state": "active"}
+    withdrawn = netmap(node_id=12, name="gw2b")
+    assert role_after_dissolving(netmap(node_id=12, name="gw2b", routes=[active]), GROUP.prefix) == "primary"
+    assert role_after_dissolving(withdrawn, GROUP.prefix) == "standby"

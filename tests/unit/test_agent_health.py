@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wgmesh.agent.health import HealthConfig, PeerHealth, observe
+from wgmesh.agent.health import HealthConfig, PeerHealth, observe, own_health
 
 CONFIG = HealthConfig(dead_after=2.5, misses=3)
 
@@ -36,3 +36,13 @@ def test_one_answer_brings_it_back_up_and_restarts_its_clock() -> None:
     down = PeerHealth("down", 3.0)
     back = observe(down, now=10.0, last_answer=9.9, misses=0, watched_since=0.0, config=CONFIG)
     assert back == PeerHealth("up", 10.0)
+
+
+def test_a_gateway_is_up_while_a_watched_peer_answered_lately_and_down_when_cut_off() -> None:
+    assert own_health(None, [], 0.0) == PeerHealth("up", 0.0)  # nobody to ask: nothing says it is cut off
+    assert own_health(None, [None, None], 0.0).state == "unknown"  # no answer yet
+    up = own_health(None, [0.4, None, 9.0], 1.0)
+    assert up == PeerHealth("up", 1.0)
+    assert own_health(up, [1.2, 1.4], 2.0) is up
+    # Every watched peer silent for 1.5 s: cut off, well before any of them can be down (2.5 s).
+    assert own_health(up, [1.6, 2.0, None], 3.0) == PeerHealth("down", 3.0)

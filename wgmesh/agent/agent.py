@@ -116,6 +116,8 @@ class Agent:
         self.ha_moved_at: dict[Prefix, datetime] = {}
         self.ha_started: float | None = None
         self.own_health: PeerHealth | None = None
+        self.ha_member_of: set[Prefix] = set()
+        """The HA prefixes whose group this gateway was a member of at the last tick."""
         hook = cfg.hook
         self.hook = RoleHook(hook, self.stop) if hook else None
         self.follower = NetmapFollower(
@@ -148,7 +150,7 @@ class Agent:
                 if netmap is None:
                     return
             self.paths.follow(netmap, self.keypair.public_key)
-            self.paths.watched = frozenset(ha.members_of(netmap.ha_groups) - {netmap.node_id})
+            self.paths.watched = ha.watched_peers(netmap)
             holders = {prefix: choice.holder for prefix, choice in self.ha_choices.items()}
             effective = ha.with_holders(netmap, holders)
             result: ApplyResult = self.dataplane.apply(effective, self.paths.endpoint_for)
@@ -419,7 +421,11 @@ class Agent:
         peer_health = {
             p.node_id: found for p in netmap.peers if (found := self.paths.health(p.node_id)) is not None
         }
-        self.own_health = health.own_health(self.own_health, list(peer_health.values()), now)
+        ages: list[float | None] = []
+        for peer_id in ha.watched_peers(netmap):
+            answered = self.paths.last_answer(peer_id)
+            ages.append(now - answered if answered is not None else None)
+        self.own_health = health.own_health(self.own_health, ages, now)
         names = _names(netmap)
         moved = False
         events: list[RoleEvent] = []
@@ -434,6 +440,11 @@ class Agent:
                     started_at=self.ha_started,
                 )
                 choice = ha.choose(previous, inputs, self.ha_config, names)
+                if netmap.node_id in group.members:
+                    primary = choice.holder == netmap.node_id
+                    role = "primary" if primary else "standby"
+                    holder = names.get(choice.holder, "") if choice.holder is not None else ""
+                    events.append(_role_event(netmap, group.prefix, group.site, role, holder))
                 if choice is previous:
                     continue
                 self.ha_choices[group.prefix] = choice
@@ -457,25 +468,22 @@ class Agent:
                     )
                     if previous is not None:
                         self.metrics.ha_moved(group.prefix, choice.code)
-                was_primary = before == netmap.node_id
-                if (choice.holder == netmap.node_id) != was_primary:
-                    events.append(
-                        RoleEvent(
-                            prefix=group.prefix,
-                            role="standby" if was_primary else "primary",
-                            site=group.site,
-                            node=netmap.name,
-                            holder=names.get(choice.holder, "") if choice.holder is not None else "",
-                            mesh_prefixes=tuple(ha.mesh_prefixes(netmap, group)),
-                        )
-                    )
             current = {g.prefix for g in netmap.ha_groups}
             for prefix in [p for p in self.ha_choices if p not in current]:
                 del self.ha_choices[prefix]
                 self.ha_moved_at.pop(prefix, None)
+            mine = {g.prefix for g in ha.own_groups(netmap)}
+            for prefix in self.ha_member_of - mine:
+                # The group is gone (a member withdrew or was deleted): the route table must follow what
+                # this gateway still routes, with no other member left to run a hook.
+                role = ha.role_after_dissolving(netmap, prefix)
+                site = self.cfg.site or netmap.name
+                holder = netmap.name if role == "primary" else ""
+                events.append(_role_event(netmap, prefix, site, role, holder))
+            self.ha_member_of = mine
         if self.hook is not None:
             for event in events:
-                self.hook.changed(event)
+                self.hook.want(event)
         return moved
 
     def local_status(self) -> LocalStatus:
@@ -672,3 +680,15 @@ def _now() -> datetime:
 def _names(netmap: NetMap) -> dict[NodeId, str]:
     """Node names by id: the netmap's peers and the node itself."""
     return {p.node_id: p.name for p in netmap.peers} | {netmap.node_id: netmap.name}
+
+
+def _role_event(netmap: NetMap, prefix: Prefix, site: str, role: str, holder: str) -> RoleEvent:
+    """This gateway's wanted role for an HA prefix, as its `--on-primary` hook gets it."""
+    return RoleEvent(
+        prefix=prefix,
+        role=role,
+        site=site,
+        node=netmap.name,
+        holder=holder,
+        mesh_prefixes=tuple(ha.mesh_prefixes(netmap, site)),
+    )

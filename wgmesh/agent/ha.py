@@ -164,7 +164,10 @@ def _first(
         return HaChoice(
             up[0], code, f"{name(up[0])} answers and comes before this gateway", changed_at, moved_from
         )
-    if up:
+    # A later member up: it may carry the prefix since this gateway went away — unless this gateway has
+    # itself been up for the preempt time (the group just formed), when the others already send it here.
+    own = inputs.health.get(me)
+    if up and (own is None or own.held_for(now) < config.preempt_after):
         return HaChoice(
             up[0],
             "returning",
@@ -211,14 +214,17 @@ def own_groups(netmap: NetMap) -> list[HaGroup]:
     return [g for g in netmap.ha_groups if netmap.node_id in g.members]
 
 
-def mesh_prefixes(netmap: NetMap, group: HaGroup) -> list[Prefix]:
-    """What the group's VPC must send to its gateway (the `--on-primary` hook's WGMESH_MESH_PREFIXES): the
-    overlay and every other site's prefixes, in the netmap's order."""
+def mesh_prefixes(netmap: NetMap, site: str) -> list[Prefix]:
+    """What `site`'s VPC must send to its gateway (the `--on-primary` hook's WGMESH_MESH_PREFIXES): the
+    overlay and every other site's prefixes, in the netmap's order — never a prefix of `site` (its HA
+    groups', this gateway's own routes), which the VPC reaches by itself."""
+    own_site = {g.prefix for g in netmap.ha_groups if g.site == site}
+    own_site |= {r.prefix for r in netmap.routes}
     out: list[Prefix] = [netmap.overlay_cidr]
     for prefix in [p for peer in netmap.peers for p in peer.allowed_ips] + [
         g.prefix for g in netmap.ha_groups
     ]:
-        if prefix != group.prefix and not any(_within(prefix, o) for o in out):
+        if prefix not in own_site and not any(_within(prefix, o) for o in out):
             out.append(prefix)
     return out
 
@@ -234,3 +240,25 @@ def _within(prefix: Prefix, other: Prefix) -> bool:
 def members_of(groups: Sequence[HaGroup]) -> set[NodeId]:
     """Every member of these groups."""
     return {m for g in groups for m in g.members}
+
+
+WITNESSES = 3
+"""Peers outside its groups an HA member also watches, to know it is not cut off (agent/health.own_health)."""
+
+
+def watched_peers(netmap: NetMap) -> frozenset[NodeId]:
+    """The peers this agent probes every 0.5 s: every HA group's members, and when it is a member itself, a
+    few witnesses besides (the lowest node ids among the other peers with an agent)."""
+    members = members_of(netmap.ha_groups)
+    watched = set(members) - {netmap.node_id}
+    if netmap.node_id in members:
+        others = sorted(p.node_id for p in netmap.peers if not p.static and p.node_id not in members)
+        watched |= set(others[:WITNESSES])
+    return frozenset(watched)
+
+
+def role_after_dissolving(netmap: NetMap, prefix: Prefix) -> str:
+    """This gateway's role for a prefix whose HA group is gone: `primary` while it still routes the prefix
+    (its route active: the VPC's replies must come to it), else `standby`."""
+    active = any(r.prefix == prefix and r.state == "active" for r in netmap.routes)
+    return "primary" if active else "standby"

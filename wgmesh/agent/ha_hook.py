@@ -3,10 +3,11 @@ group that carries the group's prefix, so that the cloud's route table sends the
 
 The command is split like a shell would (`shlex`) but run without one; it gets the event in its
 environment (`WGMESH_HA_ROLE` primary|standby, `WGMESH_HA_PREFIX`, `WGMESH_HA_SITE`, `WGMESH_NODE`,
-`WGMESH_HA_HOLDER`, `WGMESH_MESH_PREFIXES`). Runs are serialised on one thread, the latest event of each
+`WGMESH_HA_HOLDER`, `WGMESH_MESH_PREFIXES`). Runs are serialised on one thread, the latest wanted role of each
 prefix wins (one that is superseded before it ran never runs), and a failed run is tried again with
-back-off until it succeeds or a newer event replaces it: a cloud API that fails once must not leave the
-route table pointing at a dead gateway. Docs: docs/deploy.md ("HA gateways").
+back-off until it succeeds (other prefixes are served meanwhile), and a primary's run is repeated every
+minute: a cloud API that fails once, or a table rewritten behind its back, must not leave the route table
+pointing at a dead gateway. Docs: docs/deploy.md ("HA gateways").
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 import shlex
 import subprocess
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from wgmesh.agent.backoff import Backoff
@@ -52,6 +54,10 @@ class RoleEvent:
     holder: str
     mesh_prefixes: tuple[Prefix, ...]
 
+    def signature(self) -> tuple[object, ...]:
+        """What a run makes true: the role, and as primary the prefixes the VPC must send here."""
+        return (self.role, self.mesh_prefixes if self.role == "primary" else ())
+
     def environment(self) -> dict[str, str]:
         return {
             "WGMESH_HA_ROLE": self.role,
@@ -64,12 +70,28 @@ class RoleEvent:
 
 
 class RoleHook:
-    """Runs the hook for each role change, one at a time, latest per prefix, retrying failures."""
+    """Keeps the cloud's route table in line with this gateway's role for each HA prefix.
 
-    def __init__(self, argv: tuple[str, ...], stop: threading.Event) -> None:
+    The agent states the role it wants for each prefix on every path tick (`want`); one thread runs the
+    hook when the role (or, as primary, the mesh's prefixes) differs from the last successful run, and
+    again every `REASSERT` seconds while primary — a table someone else rewrote (a late run of another
+    member's hook, a cut-off member's claim) is put right without any new event. A failed run is tried
+    again with back-off per prefix; other prefixes are served meanwhile. A standby that never ran as
+    primary runs nothing.
+    """
+
+    REASSERT = 60.0
+
+    def __init__(
+        self, argv: tuple[str, ...], stop: threading.Event, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.argv = argv
         self.stop = stop
-        self._pending: dict[Prefix, RoleEvent] = {}
+        self.clock = clock
+        self._wanted: dict[Prefix, RoleEvent] = {}
+        self._done: dict[Prefix, tuple[tuple[object, ...], float]] = {}
+        self._retry_at: dict[Prefix, float] = {}
+        self._backoff: dict[Prefix, Backoff] = {}
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="ha-hook", daemon=True)
         self.runs = 0
@@ -78,40 +100,56 @@ class RoleHook:
     def start(self) -> None:
         self._thread.start()
 
-    def changed(self, event: RoleEvent) -> None:
-        """Queue `event`; it replaces one of the same prefix that has not run yet."""
+    def want(self, event: RoleEvent) -> None:
+        """The role this gateway should have for `event.prefix` now; cheap when nothing changed."""
         with self._wake:
-            self._pending[event.prefix] = event
-            self._wake.notify()
+            before = self._wanted.get(event.prefix)
+            self._wanted[event.prefix] = event
+            if before is None or before.signature() != event.signature():
+                self._retry_at.pop(event.prefix, None)
+                self._wake.notify()
 
     def close(self) -> None:
         with self._wake:
             self._wake.notify()
 
-    def _take(self) -> RoleEvent | None:
+    def due(self, now: float) -> RoleEvent | None:
+        """The next run to make at `now`, if any (the runner's choice, exposed for tests)."""
         with self._wake:
-            while not self._pending and not self.stop.is_set():
-                self._wake.wait(1.0)
-            if self.stop.is_set():
-                return None
-            prefix = next(iter(self._pending))
-            return self._pending.pop(prefix)
+            for prefix, event in self._wanted.items():
+                if now < self._retry_at.get(prefix, 0.0):
+                    continue
+                done = self._done.get(prefix)
+                if done is None:
+                    if event.role == "primary":
+                        return event
+                elif done[0] != event.signature() or (
+                    event.role == "primary" and now - done[1] >= self.REASSERT
+                ):
+                    return event
+        return None
 
     def _run(self) -> None:
-        while (event := self._take()) is not None:
-            backoff = Backoff(initial=1.0, maximum=30.0)
-            while not self.stop.is_set():
-                if self._execute(event):
-                    break
-                self.stop.wait(backoff.next_delay())
+        while not self.stop.is_set():
+            event = self.due(self.clock())
+            if event is None:
                 with self._wake:
-                    newer = self._pending.pop(event.prefix, None)
-                if newer is not None:
-                    event = newer
+                    self._wake.wait(0.5)
+                continue
+            ok = self._execute(event)
+            with self._wake:
+                if ok:
+                    self._done[event.prefix] = (event.signature(), self.clock())
+                    self._backoff.pop(event.prefix, None)
+                else:
+                    backoff = self._backoff.setdefault(event.prefix, Backoff(initial=1.0, maximum=30.0))
+                    self._retry_at[event.prefix] = self.clock() + backoff.next_delay()
 
     def _execute(self, event: RoleEvent) -> bool:
         self.runs += 1
-        env: Mapping[str, str] = {**os.environ, **event.environment()}
+        # The agent's environment without its own WGMESH_ settings (a token could be among them).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("WGMESH_")}
+        env: Mapping[str, str] = {**inherited, **event.environment()}
         try:
             # The operator's own command, run without a shell.
             done = subprocess.run(

@@ -4,10 +4,12 @@ It is read from the probes path choice already sends (agent/path_control.py), on
 a probe the peer answered, direct or through a relay, proves its agent runs and reaches us. HA groups
 (agent/ha.py) move a prefix on it; `wgmesh status` shows it for every peer.
 
-A peer is `down` once `misses` probes in a row went unanswered *and* `dead_after` seconds passed since it
-last answered (or since the agent started watching it): the count keeps a peer probed seldom (an idle one,
-every 5 s) from being called dead between two probes, the time keeps one probed often from being called
-dead on three quick losses. HA members are probed every 0.5 s, so a dead one is `down` after 2.5 s.
+A peer is `down` once at least `misses` probes went unanswered since it last answered *and* `dead_after`
+seconds passed since then (or since the agent started watching it): the count keeps a peer probed seldom (an
+idle one, every 5 s) from being called dead between two probes, the time keeps one probed often from being
+called dead on a few quick losses. Probes count one by one: a round to two endpoints and the relay that
+goes unanswered is three. HA members are probed every 0.5 s on every path, so a dead one is `down` after
+2.5 s, which is the rule that decides for them.
 """
 
 from __future__ import annotations
@@ -68,17 +70,25 @@ def observe(
     return PeerHealth(state, now)
 
 
-def own_health(previous: PeerHealth | None, peers: list[PeerHealth], now: float) -> PeerHealth:
-    """A gateway's own health as an HA member: `up` while some peer answers it, `down` once every peer is
-    down (cut off: it must claim nothing), `unknown` before any answer; `up` with no peer at all."""
-    states = {h.state for h in peers}
+OWN_FRESH = 1.5
+"""A gateway counts itself up as an HA member only while some peer it watches answered this recently
+(watched peers are probed every 0.5 s): cut off, it knows within 1.5 s, before any member it watches can be
+called down (2.5 s), so it never claims a prefix on the way to being isolated."""
+
+
+def own_health(
+    previous: PeerHealth | None, answer_ages: list[float | None], now: float, fresh: float = OWN_FRESH
+) -> PeerHealth:
+    """A gateway's own health as an HA member, from how long ago each peer it watches (its groups' members
+    and a few witnesses) last answered (None: never): `up` while one answered within `fresh` seconds (or it
+    watches no peer at all), `unknown` before any answered, else `down` (cut off: it must claim nothing)."""
     state: Liveness
-    if not peers or "up" in states:
+    if not answer_ages or any(age is not None and age <= fresh for age in answer_ages):
         state = "up"
-    elif states == {"down"}:
-        state = "down"
-    else:
+    elif all(age is None for age in answer_ages):
         state = "unknown"
+    else:
+        state = "down"
     if previous is not None and previous.state == state:
         return previous
     return PeerHealth(state, now)

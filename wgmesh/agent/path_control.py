@@ -168,6 +168,12 @@ class PathController:
             found = self._peers.get(peer_id)
             return found.health if found else None
 
+    def last_answer(self, peer_id: int) -> float | None:
+        """When (monotonic) a probe to the peer was last answered, on any path; None: never."""
+        with self._lock:
+            found = self._peers.get(peer_id)
+            return found.last_answer if found else None
+
     def _relays_peer(self, peer_id: int) -> bool:
         state = self.state(peer_id)
         return state is not None and state.path == "relay"
@@ -292,7 +298,8 @@ class PathController:
             return
         record.last_watch = now
         record.watch_in_flight = True
-        targets = [probe_address(e) for e in peer.endpoints]
+        # p2p off: the relay is the only path the pair may use, so only its answers say the peer works.
+        targets = [probe_address(e) for e in peer.endpoints] if peer.p2p != "off" else []
         future = self.net.submit(self._liveness(peer.node_id, record, targets))
 
         def finished(_: object) -> None:
