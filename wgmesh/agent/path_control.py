@@ -315,7 +315,7 @@ class PathController:
             return
         answers = await asyncio.gather(*tasks)
         with self._lock:
-            _heard(record, answers)
+            _heard(record, answers, time.monotonic())
 
     def _schedule(self, peer: PeerConfig, record: _Peer, inputs: PathInputs, now: float) -> None:
         """Start the probes the peer's state asks for (at most one round per peer in flight)."""
@@ -369,12 +369,14 @@ class PathController:
         seen = _Observed()
         best: Address | None = None
         answers: list[float | None] = []
+        heard_at = time.monotonic()
         if ping or burst:
             tasks = [prober.ping(peer_id, c, PROBE_TIMEOUT) for c in candidates]
             relay_sample = relay_up and (via_relay or burst)
             if relay_sample:
                 tasks.append(prober.ping(peer_id, RELAY, RELAY_PROBE_TIMEOUT))
             rtts = await asyncio.gather(*tasks)
+            heard_at = time.monotonic()  # a load burst may follow for seconds: the answers are from now
             answers += rtts
             direct = list(zip(candidates, rtts[: len(candidates)], strict=True))
             answered = [(rtt, c) for c, rtt in direct if rtt is not None]
@@ -399,7 +401,7 @@ class PathController:
                         result = ProbeResult(ok=False)
             seen.probes.append(result)
         with self._lock:
-            _heard(record, answers)
+            _heard(record, answers, heard_at)
             merged = record.observed
             merged.probes.extend(seen.probes)
             if seen.relay_rtt is not None:
@@ -469,10 +471,12 @@ class PathController:
         return PeerPathView(state.path, state.rtt, state.reason, relay)
 
 
-def _heard(record: _Peer, answers: list[float | None]) -> None:
-    """Probe answers (RTTs, None: unanswered) into the peer's health inputs; under the controller's lock."""
+def _heard(record: _Peer, answers: list[float | None], at: float) -> None:
+    """Probe answers (RTTs, None: unanswered) received by `at` into the peer's health inputs; under the
+    controller's lock. A later answer already recorded (by the other kind of probe) is kept."""
     if any(rtt is not None for rtt in answers):
-        record.last_answer, record.misses = time.monotonic(), 0
+        if record.last_answer is None or at > record.last_answer:
+            record.last_answer, record.misses = at, 0
     else:
         record.misses += len(answers)
 
