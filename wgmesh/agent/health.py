@@ -65,6 +65,11 @@ def observe(
         state = "up"
     else:
         state = "unknown"
+    return _carried(previous, state, now)
+
+
+def _carried(previous: PeerHealth | None, state: Liveness, now: float) -> PeerHealth:
+    """`previous` while the state holds (its `since` with it), else the new state from `now`."""
     if previous is not None and previous.state == state:
         return previous
     return PeerHealth(state, now)
@@ -89,6 +94,4 @@ def own_health(
         state = "unknown"
     else:
         state = "down"
-    if previous is not None and previous.state == state:
-        return previous
-    return PeerHealth(state, now)
+    return _carried(previous, state, now)
