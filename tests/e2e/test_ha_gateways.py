@@ -212,7 +212,8 @@ class TestPrimaryGatewayDies:
                 f"gw2 stable: gw1 sends to it again {after:.2f} s after hearing it (rule: {PREEMPT:g} s); "
                 f"longest ping gap around the move {gap:.2f} s; waited {back:.2f} s"
             )
-            assert after >= PREEMPT - 1.0, f"gw2 took its prefix back after {after:.1f} s"
+            # (the agent heard gw2 a little before the test read it in gw1's status: up to a look and a read)
+            assert after >= PREEMPT - 2.0, f"gw2 took its prefix back after {after:.1f} s"
             assert gap < scaled(2.0), f"traffic stopped for {gap:.2f} s when gw2 took its prefix back"
             view = next(g for g in local(lab, "gw1").ha if str(g.prefix) == carriers.prefix)
             assert (view.holder, view.code, view.moved_from) == ("gw2", "preempt", "gw2b"), view
