@@ -19,14 +19,14 @@ import pytest
 from lab_paths import TcpStream, tcp_info
 
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
-from wgmesh.lab import Lab, wait_until
+from wgmesh.lab import Lab, leftovers, system, wait_until
 from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.timescale import scaled
 from wgmesh.models import LocalStatus
 
 pytestmark = [pytest.mark.e2e]
 
-PREEMPT = 10.0
+PREEMPT = 6.0
 """The lab's `--ha-preempt-after`: gw2 takes its prefix back after answering this long."""
 STREAM_PORT = 5301
 MAX_OUTAGE = 10.0
@@ -88,9 +88,12 @@ def health_seen_by_gw1(lab: Lab, peer: str) -> str | None:
 
 
 def kill_primary(lab: Lab) -> float:
-    """gw2 dies as a machine does; returns when (time.time())."""
+    """gw2 dies as a machine does (its agent, its interface and wireguard-go with it); returns when."""
     killed = time.time()
     lab.kill("gw2", signal.SIGKILL, remove_interface=True)
+    gw2 = lab.plan.gateway("gw2")
+    assert lab.exec("gw2", "ip", "link", "show", "dev", gw2.wg_interface).returncode != 0
+    assert system.netns_pids(gw2.netns) == []
     return killed
 
 
@@ -149,6 +152,23 @@ def failover_under_traffic(lab: Lab, tmp_path: Path, what: str) -> None:
 
 @pytest.mark.lab(sites=2, ha_sites=[2], ha_preempt_after=PREEMPT)
 class TestPrimaryGatewayDies:
+    def test_the_second_gateway_stands_by_in_the_same_site(self, shared_lab: Lab) -> None:
+        lab = shared_lab
+        site = lab.plan.site(2)
+        lan = str(site.lan)
+        routes = {(r["gateway"], r["prefix"]): r for r in lab.api("GET", "/api/v1/routes")["routes"]}
+        gw2, gw2b = routes[("gw2", lan)], routes[("gw2b", lan)]
+        # gw2b's claim, approved by the lab as an admin would, stands by for gw2's
+        assert (gw2["state"], gw2b["state"]) == ("active", "standby"), (gw2, gw2b)
+        assert gw2b["decided_by"] not in (None, "token", "network"), gw2b
+        sites = {n["name"]: n["site"] for n in lab.api("GET", "/api/v1/nodes")["nodes"]}
+        assert (sites["gw1"], sites["gw2"], sites["gw2b"]) == ("vpc1", "vpc2", "vpc2"), sites
+        assert lab.verdict().summary == "peers 6/6, handshakes 6/6"
+        assert lab.vpc_route(2) == site.gateway.lan_ip
+        # every netmap names the group, primary first
+        groups = lab.api("GET", "/api/v1/topology")["ha_groups"]
+        assert [(g["prefix"], [m["node"] for m in g["members"]]) for g in groups] == [(lan, ["gw2", "gw2b"])]
+
     def test_the_standby_carries_a_ping_and_a_tcp_stream(self, shared_lab: Lab, tmp_path: Path) -> None:
         try:
             failover_under_traffic(shared_lab, tmp_path, "coordinator up")
@@ -251,3 +271,7 @@ def test_without_a_hook_the_members_masquerade_and_the_vpc_needs_no_route(lab: L
         assert lab.vpc_route(2) is None
     finally:
         ping.stop()
+    # an HA site leaves nothing behind: gw2b's namespace, links and processes, vm2's bridge
+    lab.down()
+    found = leftovers(lab.name)
+    assert not found.any(), found.describe()
