@@ -423,8 +423,10 @@ class Agent:
         }
         ages: list[float | None] = []
         for peer_id in ha.watched_peers(netmap):
+            # Never answered counts from the agent's start: a gateway cut off from the first moment is
+            # down 1.5 s on, before it could claim anything (the settle time is longer).
             answered = self.paths.last_answer(peer_id)
-            ages.append(now - answered if answered is not None else None)
+            ages.append(now - (answered if answered is not None else self.ha_started))
         self.own_health = health.own_health(self.own_health, ages, now)
         names = _names(netmap)
         moved = False
