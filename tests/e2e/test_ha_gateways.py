@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -224,7 +223,9 @@ class TestPrimaryGatewayDies:
             wait_until(lambda: health_seen_by_gw1(lab, "gw2") == "up", 30, "gw1 hearing gw2")
             up_at = time.monotonic()
             stable_since = time.time()
-            back = wait_until(_carried_by_gw2(carriers), PREEMPT + 30, "gw2 taking its prefix back")
+            back = wait_until(
+                lambda: carriers.wireguard() == "gw2", PREEMPT + 30, "gw2 taking its prefix back"
+            )
             after = time.monotonic() - up_at
             wait_until(lambda: carriers.route_table() == "gw2", 20, "vm2's route via gw2 again")
             gap = ping.longest_gap(since=stable_since)
@@ -240,10 +241,6 @@ class TestPrimaryGatewayDies:
         finally:
             ping.stop()
             bring_back_primary(lab, carriers)
-
-
-def _carried_by_gw2(carriers: Carriers) -> Callable[[], bool]:
-    return lambda: carriers.wireguard() == "gw2"
 
 
 @pytest.mark.lab(sites=2, ha_sites=[2], ha_preempt_after=PREEMPT, ha_return="masquerade")

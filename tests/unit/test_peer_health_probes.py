@@ -75,10 +75,9 @@ def pair() -> Iterator[tuple[PathController, PathController, NetMap, NetMap]]:
 
 
 def test_a_watched_idle_peer_is_up_while_it_answers_and_down_once_it_stops(
-    pair: tuple[PathController, PathController, PathController | NetMap, NetMap],
+    pair: tuple[PathController, PathController, NetMap, NetMap],
 ) -> None:
     a, b, map_a, _ = pair
-    assert isinstance(map_a, NetMap)
     a.watched = frozenset({2})
     idle = {map_a.peers[0].public_key: PeerStats(0, 0, None, None)}  # no traffic: never "busy"
 
