@@ -1070,6 +1070,17 @@ class Registry:
     def snapshot(self) -> RegistrySnapshot:
         """A consistent view of the registry, reused while the version stands still; while the database
         is unavailable, the last one held (netmaps keep flowing, nothing can change meanwhile here)."""
+        held = self._snapshot
+        if held is not None:
+            # The common case, without the lock: a thousand long-polls woken at once each look up the
+            # version; only a new one is built, by the first that finds it, in turn.
+            try:
+                if self.store.version() == held.version:
+                    return held
+            except StoreError as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                return held
         with self._snapshot_lock:
             try:
                 with self.store.read() as conn:

@@ -42,9 +42,12 @@ INIT_LOCK_KEY = 0x77676D7368_00
 
 POOL_SIZE = 10
 POOL_OVERFLOW = 40
-"""Connections kept, and the most made beyond them: together above the 40 worker threads requests run
-in (anyio's default), so that a request waits for a connection only behind the listener and the sweeps.
-On PostgreSQL that is at most 50 per coordinator (its default max_connections is 100)."""
+"""Connections kept, and the most made beyond them on SQLite: together above the 40 worker threads
+requests run in (anyio's default), so a request never waits for one (SQLite connections are a file
+handle each)."""
+PG_POOL_OVERFLOW = 20
+"""On PostgreSQL at most 30 per coordinator, so that three fit in its default max_connections (100) with
+their LISTEN connections; a request beyond them waits for one (POOL_WAIT) rather than fail."""
 POOL_WAIT = 300
 """Seconds a request waits for a pooled connection before failing: a queue, never a refusal under load."""
 
@@ -148,7 +151,7 @@ def make_engine(url: str) -> Engine:
             parsed,
             pool_pre_ping=True,
             pool_size=POOL_SIZE,
-            max_overflow=POOL_OVERFLOW,
+            max_overflow=PG_POOL_OVERFLOW,
             pool_timeout=POOL_WAIT,
             json_serializer=_json_text,
             json_deserializer=pydantic_core.from_json,

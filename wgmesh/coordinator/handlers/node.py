@@ -93,10 +93,9 @@ async def _long_poll(call: Call, render: Callable[[RegistrySnapshot, NodeId, int
         snapshot = await run_in_threadpool(registry.snapshot)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
         if snapshot.version != since:
-            # Built in a worker thread too: a whole netmap at 1,000 peers takes milliseconds, and the
-            # event loop serves every other long-poll meanwhile.
-            body = await run_in_threadpool(render, snapshot, node_id, since)
-            response = await run_in_threadpool(compressed_json, call.request, body)
+            # Built and serialised in a worker thread too: a whole netmap at 1,000 peers takes
+            # milliseconds, and the event loop serves every other long-poll meanwhile.
+            response = await run_in_threadpool(_answer, call.request, render, snapshot, node_id, since)
             age = notifier.age(snapshot.version)
             if age is not None:
                 response.headers[VERSION_AGE_HEADER] = f"{age:.4f}"
@@ -142,6 +141,16 @@ async def put_own_subnets(call: Call) -> RouteList:
     body: SubnetsUpdate = call.body
     routes = await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets, body.site)
     return RouteList(routes=routes)
+
+
+def _answer(
+    request: Request,
+    render: Callable[[RegistrySnapshot, NodeId, int], Model],
+    snapshot: RegistrySnapshot,
+    node_id: NodeId,
+    since: int,
+) -> Response:
+    return compressed_json(request, render(snapshot, node_id, since))
 
 
 def _int_query(request: Request, name: str, default: int) -> int:
