@@ -56,6 +56,7 @@ _RTMSG = struct.Struct(
     "=BBBBBBBBI"
 )  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _RTATTR = struct.Struct("=HH")  # rtattr: length, type
+_U32 = struct.Struct("=I")
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
@@ -102,13 +103,13 @@ def _route_of(chunk: bytes, start: int, end: int, *, oif: int, proto: int, table
         size, kind = _RTATTR.unpack_from(chunk, at)
         if size < _RTATTR.size:
             break
-        value = chunk[at + _RTATTR.size : at + size]
+        # Read in place: only three of a route's attributes matter, and this runs for every route.
         if kind == _RTA_DST:
-            dst = value
+            dst = chunk[at + _RTATTR.size : at + size]
         elif kind == _RTA_OIF:
-            out = struct.unpack("=I", value)[0]
+            out = _U32.unpack_from(chunk, at + _RTATTR.size)[0]
         elif kind == _RTA_TABLE:
-            in_table = struct.unpack("=I", value)[0]  # the rtmsg's byte cannot hold tables above 255
+            in_table = _U32.unpack_from(chunk, at + _RTATTR.size)[0]  # the rtmsg's byte stops at 255
         at += (size + 3) & ~3
     if out != oif or in_table != table or not dst or family not in (socket.AF_INET, socket.AF_INET6):
         return None
