@@ -146,8 +146,8 @@ def encode_set(ops: Sequence[DeviceOp], chunk_lines: int = CHUNK_LINES) -> list[
     return transactions
 
 
-# Every apply reads the whole device back: with 1,000 peers, converting the same keys from hex and parsing
-# the same endpoints each time was a fifth of the apply. Both are pure; bounded well above one device.
+# Every apply reads the whole device back: with 1,000 peers, converting the same public keys from hex and
+# parsing the same endpoints each time was a fifth of the apply. Both are pure; bounded well above one device.
 _hex_to_key = functools.lru_cache(maxsize=1 << 14)(keys.hex_to_key)
 _endpoint = functools.lru_cache(maxsize=1 << 14)(Endpoint.parse)
 
@@ -183,7 +183,8 @@ def parse_get(text: str) -> ObservedDevice:
                 public_key=public_key,
                 allowed_ips=tuple(allowed_ips),
                 endpoint=endpoint,
-                psk=None if psk_hex == _ZERO_HEX else _hex_to_key(psk_hex),
+                # Not through the cache: a preshared key is a secret, kept no longer than the device holds it.
+                psk=None if psk_hex == _ZERO_HEX else keys.hex_to_key(psk_hex),
                 keepalive=int(one.get("persistent_keepalive_interval", "0")),
             )
         )
