@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from wgmesh import keys
+from wgmesh.agent.system.wireguard_uapi import socket_path
 from wgmesh.lab import NotYet, WaitTimeout, wait_until
 from wgmesh.models import NetMap, PeerConfig
 
@@ -343,6 +344,9 @@ def main() -> int:
     finally:
         for ns in (netns, agent_ns):
             stop_namespace(ns)
+        # A wireguard-go ended by SIGKILL leaves its socket in the directory every namespace shares.
+        for ifname in (f"wgas{tag}", f"wgasa{tag}"):
+            socket_path(ifname).unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
