@@ -21,12 +21,14 @@ def test_a_heartbeat_keeps_a_node_online_without_waking_anyone_and_asks_for_a_mi
         assert client.post("/api/v1/status", json={"endpoints": ["198.51.100.9:51820"]}).status_code == 200
         before = version(admin)
         reported_at = admin.get("/api/v1/nodes/hb-a/status").json()["reported_at"]
+        seen = admin.get("/api/v1/nodes/hb-a").json()["last_seen"]
         again = client.post("/api/v1/node/heartbeat", json={})
         assert again.status_code == 200, again.text
         assert again.json() == {"version": before, "report_wanted": False}
     assert version(admin) == before  # nothing any netmap holds moved
     node = admin.get("/api/v1/nodes/hb-a").json()
     assert node["online"] is True
+    assert node["last_seen"] > seen  # written with the second's other heartbeats, read after them
     # The report stands as it was made: a heartbeat does not pretend it is newer.
     assert admin.get("/api/v1/nodes/hb-a/status").json()["reported_at"] == reported_at
 

@@ -503,3 +503,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             await sweeping
         if feed is not None:
             await asyncio.to_thread(feed.stop)
+        # The last second's heartbeats, or nodes would look offline a little early after a restart.
+        with contextlib.suppress(WgmeshError):
+            await asyncio.to_thread(ctx.registry.last_seen.flush)

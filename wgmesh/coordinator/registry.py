@@ -23,6 +23,7 @@ from wgmesh import ipam, keys, netmap_delta, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import make_credential, parse_credential
+from wgmesh.coordinator.heartbeats import LastSeenBatch
 from wgmesh.coordinator.store import UNAVAILABLE, Store, Writer, as_utc, utcnow
 from wgmesh.errors import (
     AuthError,
@@ -315,6 +316,10 @@ class Registry:
         self._diffs: OrderedDict[tuple[int, int], SnapshotDiff] = OrderedDict()
         self._diffs_lock = threading.Lock()
         self._node_rows: NodeRows = {}
+        self.last_seen = LastSeenBatch(store)
+        """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
+        self._reported: set[tuple[NodeId, str]] = set()
+        """Nodes (id and key: a replaced node's new instance has none yet) known to have a report stored."""
         self._known: dict[bytes, tuple[NodeId, str]] = {}
         """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
 
@@ -849,11 +854,13 @@ class Registry:
 
     def list_nodes(self) -> list[Node]:
         """Every node, sorted by name."""
+        self.last_seen.flush()
         with self.store.read() as conn:
             return _load_nodes(conn)
 
     def get_node(self, ref: str) -> Node:
         """A node by name (or numeric id)."""
+        self.last_seen.flush()
         with self.store.read() as conn:
             return self._node_by_id(conn, self._resolve(conn, ref))
 
@@ -1248,24 +1255,27 @@ class Registry:
         """Note that a node is alive (its last report stands); returns True when its whole report is
         wanted: none is held, or the address it comes from changed (which peers see: a whole report
         writes it)."""
-        with self.store.read() as conn:
-            row = conn.execute(
-                select(schema.nodes.c.public_ip, schema.status.c.node_id)
-                .select_from(
-                    schema.nodes.outerjoin(schema.status, schema.status.c.node_id == schema.nodes.c.id)
-                )
-                .where(schema.nodes.c.id == node_id)
-            ).first()
-        if row is None:
+        # From the snapshot long-polls share (public_ip is in every version: a change of it bumps one).
+        node = self.snapshot().by_id.get(node_id)
+        if node is None:
             raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
-        if row.node_id is None or row.public_ip != public_ip:
+        if node.public_ip != public_ip or not self._has_report(node):
             return True
-        # last_seen only: no version bump, so no long-poll wakes (it is not in any netmap).
-        with self.store.write(bump=False) as w:
-            w.conn.execute(
-                update(schema.nodes).where(schema.nodes.c.id == node_id).values(last_seen=utcnow())
-            )
+        # last_seen only, with the other heartbeats of the second: no version bump, so no long-poll wakes.
+        self.last_seen.note(node_id, utcnow())
         return False
+
+    def _has_report(self, node: Node) -> bool:
+        """Whether a report of this node (this instance of it: its key) is stored."""
+        if (node.id, node.public_key) in self._reported:
+            return True
+        with self.store.read() as conn:
+            found = conn.execute(
+                select(schema.status.c.node_id).where(schema.status.c.node_id == node.id)
+            ).first()
+        if found is not None:
+            self._reported.add((node.id, node.public_key))
+        return found is not None
 
     def statuses(self) -> dict[NodeId, NodeStatus]:
         """The last report of every node that has reported."""
