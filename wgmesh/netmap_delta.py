@@ -51,6 +51,8 @@ def diff(old: RegistrySnapshot, new: RegistrySnapshot) -> SnapshotDiff:
         (old.pair_rate, new.pair_rate),
         (old.psk_generation, new.psk_generation),
     ):
+        if settings_old is settings_new:
+            continue  # the registry hands on an unchanged map itself
         for a, b in settings_old.keys() | settings_new.keys():
             if settings_old.get((a, b)) != settings_new.get((a, b)):
                 pairs.setdefault(NodeId(a), set()).add(NodeId(b))

@@ -4,16 +4,23 @@ like /api/v1/netmap; whole when the version is not held; compressed when large; 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from coordinator_harness import Api, Enrolled, assert_error, create_token, enroll, netmap
+from sqlalchemy import update
 
-from wgmesh.models import NetMap, NetMapChange
+from wgmesh import keys
+from wgmesh.coordinator import schema
+from wgmesh.coordinator.registry import Registry
+from wgmesh.coordinator.store import Store
+from wgmesh.models import EnrollRequest, NetMap, NetMapChange, Network, TokenCreate
 from wgmesh.netmap_delta import merge
 
 BACKENDS = ("sqlite", "postgresql")
+KEY_A, KEY_B = keys.generate_keypair().public_key, keys.generate_keypair().public_key
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +135,25 @@ def test_changes_need_a_node_credential_and_a_numeric_since(
         assert_error(admin_client.get("/api/v1/netmap/changes", params={"since": 0}), 401)
     with coordinator.node(mesh["ch-a"].credential) as client:
         assert_error(client.get("/api/v1/netmap/changes", params={"since": "x"}), 422, "invalid_query")
+
+
+def test_a_registry_version_going_back_forgets_the_versions_held(tmp_path: Path) -> None:
+    """After a restore to an older state the numbers will come again with other contents: no change is
+    computed from a snapshot of before."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        registry = Registry(store)
+        registry.initialise(Network())
+        token = registry.create_token(TokenCreate(reusable=True, expires_in=None)).token
+        node_id, _, _ = registry.enroll(EnrollRequest(token=token, name="back-a", public_key=KEY_A))
+        registry.enroll(EnrollRequest(token=token, name="back-b", public_key=KEY_B))
+        held = registry.snapshot()
+        assert registry.netmap_change(held, node_id, held.version - 1).since == held.version - 1
+        with store.engine.begin() as conn:
+            conn.execute(update(schema.registry).values(version=held.version - 5))
+        older = registry.snapshot()
+        assert older.version == held.version - 5
+        assert registry.netmap_change(older, node_id, held.version - 1).since is None
+        assert registry.netmap_change(older, node_id, held.version).since is None
+    finally:
+        store.close()

@@ -31,8 +31,13 @@ def peer(i: int, **fields: Any) -> PeerStatus:
     return PeerStatus.model_validate({**base, **fields})
 
 
+FILLER = [PeerStatus(public_key=keys.generate_keypair().public_key) for _ in range(60)]
+"""Peers enough for heartbeats (up to 50, every report goes whole)."""
+
+
 def report(*peers: PeerStatus, **fields: Any) -> StatusReport:
-    return StatusReport.model_validate({"endpoints": ["198.18.0.10:51820"], "peers": list(peers), **fields})
+    body = {"endpoints": ["198.18.0.10:51820"], "peers": [*peers, *FILLER], **fields}
+    return StatusReport.model_validate(body)
 
 
 BASE = report(peer(0), peer(1))
@@ -74,14 +79,36 @@ def test_a_handshake_turning_stale_goes_whole() -> None:
     assert next_kind(SENT, BASE, NOW + timedelta(seconds=140), 105.0) == "heartbeat"
 
 
+def many(count: int) -> StatusReport:
+    return StatusReport(
+        peers=[PeerStatus(public_key=keys.generate_keypair().public_key) for _ in range(count)]
+    )
+
+
+def test_a_small_mesh_reports_whole_every_time_as_before() -> None:
+    small = StatusReport(peers=FILLER[:50])
+    assert full_every(len(small.peers)) == 0
+    assert next_kind(Sent(state(small, NOW), at=100.0), small, NOW, 100.001) == "full"
+
+
 def test_counters_go_whole_at_least_every_full_every() -> None:
-    due = full_every(len(BASE.peers))
-    assert due == REPORT_INTERVAL  # a small mesh reports whole every time, as before
-    assert next_kind(SENT, BASE, NOW, 100.0 + due) == "full"
-    assert next_kind(SENT, BASE, NOW, 100.0 + due - 0.1) == "heartbeat"
+    big = many(60)
+    sent = Sent(state(big, NOW), at=100.0)
+    due = full_every(60)
+    assert due == REPORT_INTERVAL * 1.2
+    assert next_kind(sent, big, NOW, 100.0 + due) == "full"
+    assert next_kind(sent, big, NOW, 100.0 + due - 0.1) == "heartbeat"
+    assert next_kind(sent, big, NOW, 100.0 + REPORT_INTERVAL) == "heartbeat"
 
 
 def test_the_counters_period_grows_with_the_peers() -> None:
-    assert full_every(50) == REPORT_INTERVAL
+    assert full_every(50) == 0
+    assert full_every(51) == pytest.approx(10.2)
     assert full_every(1000) == 200.0
     assert full_every(5000) == 1000.0
+
+
+def test_the_netmap_version_alone_is_no_change() -> None:
+    big = many(60)
+    sent = Sent(state(big, NOW), at=100.0)
+    assert next_kind(sent, big.model_copy(update={"netmap_version": 99}), NOW, 105.0) == "heartbeat"

@@ -181,3 +181,26 @@ def test_a_change_for_another_version_than_the_one_held_is_refused() -> None:
         merge(build_netmap(plain(7, nodes), ME), update)
     with pytest.raises(ValidationError, match="does not apply"):
         merge(None, update)
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots(version=5), snapshots(version=9))
+def test_the_rule_holds_when_the_new_snapshot_reuses_the_old_ones_templates(
+    old: RegistrySnapshot, later: RegistrySnapshot
+) -> None:
+    """As the registry builds them: a node whose template inputs stand keeps the prior template object."""
+    fields = {k: v for k, v in later.__dict__.items() if k in RegistrySnapshot.__dataclass_fields__}
+    new = RegistrySnapshot(**{**fields, "prior_templates": old.templates_by_key})
+    reused = [
+        n.id for n in new.nodes if n.id in old.by_id and new.peer_templates[n.id] is old.peer_templates[n.id]
+    ]
+    for node_id in reused:
+        assert new.peer_templates[node_id] == peer_template_of(new, node_id)
+    update = change(old, new, diff(old, new), ME)
+    assert merge(build_netmap(old, ME), update) == build_netmap(new, ME)
+
+
+def peer_template_of(snapshot: RegistrySnapshot, node_id: NodeId) -> object:
+    """The template made afresh, without the prior snapshot's."""
+    fields = {k: v for k, v in snapshot.__dict__.items() if k in RegistrySnapshot.__dataclass_fields__}
+    return RegistrySnapshot(**{**fields, "prior_templates": {}}).peer_templates[node_id]

@@ -63,6 +63,9 @@ class Stopped(BaseException):
 
 
 STATUS_INTERVAL = reporting.REPORT_INTERVAL
+ASK_AGAIN_AFTER = 600.0
+"""Seconds before an agent tries heartbeats again after a coordinator did not know them (upgraded since,
+or another one behind a load balancer)."""
 RECONCILE_INTERVAL = 30.0
 GRANT_CHECK = 5.0
 """How often the agent checks whether it needs relays and a ticket (a refused ticket is replaced this fast)."""
@@ -114,7 +117,9 @@ class Agent:
         self.sent: reporting.Sent | None = None
         """The last whole report the coordinator accepted (agent/reporting.py); None: send the next whole."""
         self.heartbeats = True
-        """Whether the coordinator takes heartbeats (until it says it does not)."""
+        """Whether the coordinator takes heartbeats (it said it does not: whole reports until
+        `heartbeats_again`)."""
+        self.heartbeats_again = 0.0
         self.ha_config = HaConfig(preempt_after=cfg.ha_preempt_after)
         self.ha_choices: dict[Prefix, HaChoice] = {}
         """Where each HA group's prefix goes (agent/ha.py), under `lock`."""
@@ -621,7 +626,10 @@ class Agent:
         if self.client.credential is None:
             return
         try:
-            status, now, clock = self.status(), _now(), time.monotonic()
+            clock = time.monotonic()  # before the work of status(): reports go whole every tick when due
+            status, now = self.status(), _now()
+            if not self.heartbeats and clock >= self.heartbeats_again:
+                self.heartbeats = True  # an upgraded coordinator, or another one behind the address
             beat = self.heartbeats and reporting.next_kind(self.sent, status, now, clock) == "heartbeat"
             if beat and not self._heartbeat(status):
                 return
@@ -644,6 +652,7 @@ class Agent:
                 raise
             log.info("coordinator takes whole reports only (no heartbeats)")
             self.heartbeats = False
+            self.heartbeats_again = time.monotonic() + ASK_AGAIN_AFTER
             return True
         self._set_reachable(True)
         return ack.report_wanted

@@ -27,8 +27,14 @@ HANDSHAKE_FRESH = timedelta(seconds=180)
 Kind = Literal["full", "heartbeat"]
 
 
+WHOLE_UP_TO = 50
+"""Up to this many peers every report goes whole, as before heartbeats: a few KB each."""
+
+
 def full_every(peers: int) -> float:
-    """The longest time between two whole reports of an agent with this many peers."""
+    """The longest time between two whole reports of an agent with this many peers (0: every one)."""
+    if peers <= WHOLE_UP_TO:
+        return 0.0
     return max(REPORT_INTERVAL, SECONDS_PER_PEER * peers)
 
 
@@ -52,8 +58,10 @@ def peer_state(peer: PeerStatus, now: datetime) -> PeerState:
 
 def state(report: StatusReport, now: datetime) -> tuple[object, ...]:
     """Everything in a report that is a change when it moves: all but the peers' counters, handshake
-    times and RTTs (a handshake's freshness counts)."""
-    rest = report.model_dump(exclude={"peers"})
+    times and RTTs (a handshake's freshness counts) and the netmap version."""
+    # Not the netmap version either: every change moves it, and a thousand agents sending their whole
+    # report after each change is what heartbeats are for avoiding (a heartbeat carries it).
+    rest = report.model_dump(exclude={"peers", "netmap_version"})
     peers = {peer.public_key: peer_state(peer, now) for peer in report.peers}
     return (rest, peers)
 

@@ -28,6 +28,8 @@ from wgmesh.models import NetMap
 log = logging.getLogger("wgmesh.agent.sync")
 
 LONG_POLL_WAIT = 25.0
+ASK_AGAIN_AFTER = 600.0
+"""Seconds before the follower asks for netmap changes again after a coordinator did not know them."""
 
 
 class NetmapFollower:
@@ -55,7 +57,9 @@ class NetmapFollower:
         self.rotate_backoff = Backoff()
         self.rotate_after = 0.0
         self.changes = True
-        """Whether the coordinator answers netmap changes (until it says it does not)."""
+        """Whether the coordinator answers netmap changes (it said it does not: whole netmaps until
+        `changes_again`)."""
+        self.changes_again = 0.0
 
     def restore(self) -> NetMap | None:
         """Apply the cached netmap (fail-static start); returns it, or None if there is none."""
@@ -85,6 +89,8 @@ class NetmapFollower:
     def _next_netmap(self, since: int, wait: float) -> NetMap | None:
         """The next netmap: from its change to the one held, or whole from a coordinator that predates
         changes (found once: its 404 for the path)."""
+        if not self.changes and time.monotonic() >= self.changes_again:
+            self.changes = True  # an upgraded coordinator, or another one behind the address
         if self.changes:
             try:
                 update = self.client.netmap_changes(since, wait)
@@ -93,6 +99,7 @@ class NetmapFollower:
                     raise
                 log.info("coordinator sends whole netmaps only (no netmap changes)")
                 self.changes = False
+                self.changes_again = time.monotonic() + ASK_AGAIN_AFTER
             else:
                 if update is None:
                     return None

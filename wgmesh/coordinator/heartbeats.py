@@ -12,6 +12,7 @@ import threading
 from datetime import datetime
 
 from sqlalchemy import bindparam, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store
@@ -50,6 +51,8 @@ class LastSeenBatch:
         except WgmeshError as exc:
             # The database is away: these heartbeats are lost; the next ones say the same.
             log.warning("heartbeats not written", extra=kv(code=exc.code, error=exc.message))
+        except SQLAlchemyError as exc:
+            log.warning("heartbeats not written", extra=kv(error=type(exc).__name__))
 
     def flush(self) -> None:
         """Write what is pending now (readers of `last_seen` in this process call it first)."""
@@ -61,7 +64,13 @@ class LastSeenBatch:
         if not pending:
             return
         nodes = schema.nodes
-        statement = update(nodes).where(nodes.c.id == bindparam("node")).values(last_seen=bindparam("at"))
+        # Not onto a node whose last_seen was cleared meanwhile: a replaced node's new instance, which
+        # has not reported yet (heartbeats are taken only from nodes that have).
+        statement = (
+            update(nodes)
+            .where(nodes.c.id == bindparam("node"), nodes.c.last_seen.is_not(None))
+            .values(last_seen=bindparam("at"))
+        )
         with self.store.write(bump=False) as w:
             # A node deleted meanwhile matches no row: nothing to write, nothing to fail.
             w.conn.execute(statement, [{"node": node_id, "at": at} for node_id, at in pending.items()])

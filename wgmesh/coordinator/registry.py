@@ -1061,6 +1061,14 @@ class Registry:
             generation[key] = r["psk_generation"]
         master = conn.execute(select(schema.registry.c.psk_master)).scalar_one()
         nodes, self._node_rows = _snapshot_nodes(conn, self._node_rows)
+        prior = self._snapshot
+        if prior is not None:
+            # Held snapshots share the pair maps that did not change (one per key rotated or node
+            # replaced: up to n²/2 rows, 64 MB at 1,000 nodes), and netmap_delta.diff skips shared ones.
+            pair_p2p = prior.pair_p2p if pair_p2p == prior.pair_p2p else pair_p2p  # type: ignore[assignment]
+            pair_rate = prior.pair_rate if pair_rate == prior.pair_rate else pair_rate  # type: ignore[assignment]
+            if generation == prior.psk_generation:
+                generation = prior.psk_generation  # type: ignore[assignment]
         return RegistrySnapshot(
             version=version,
             network=network,
@@ -1093,6 +1101,12 @@ class Registry:
                 with self.store.read() as conn:
                     version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
                     if self._snapshot is None or self._snapshot.version != version:
+                        if self._snapshot is not None and version < self._snapshot.version:
+                            # A database restored or failed over to an older state: the versions held
+                            # will be numbers of other contents once it counts up again.
+                            self._history.clear()
+                            with self._diffs_lock:
+                                self._diffs.clear()
                         self._snapshot = self._snapshot_from(conn, version)
                         self._hold(self._snapshot)
             except StoreError as exc:
@@ -1126,7 +1140,14 @@ class Registry:
         """The netmap of a node just written, from the snapshot long-polls share: built after the commit,
         not inside the write (which would hold every other writer up for the O(nodes) build), and once per
         version for a burst of enrollments. It may be of a later version than the write: only newer."""
-        return build_netmap(self.snapshot(), node_id)
+        snapshot = self.snapshot()
+        if node_id not in snapshot.by_id:
+            # The database went away between the commit and this read (the snapshot held is older): the
+            # write may be in, so the client may send it again elsewhere, where _enrolled_again answers.
+            raise StoreError(
+                "the database was lost after the change was committed: ask again", code="commit_unknown"
+            )
+        return build_netmap(snapshot, node_id)
 
     def held_version(self) -> int | None:
         """The version of the snapshot held in memory (what long-polls get without the database)."""

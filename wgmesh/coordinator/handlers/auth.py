@@ -81,21 +81,34 @@ def actor_of(request: Request) -> Actor | None:
 
 def client_address(request: Request, trusted: Sequence[Prefix]) -> str | None:
     """The address a request came from; X-Forwarded-For counts only behind a trusted proxy."""
-    peer = request.client.host if request.client else None
-    if peer is None or not trusted:
-        return peer
-    hop = ipaddress.ip_address(peer)
-    if not any(hop in net for net in trusted):
+    host = request.client.host if request.client else None
+    if host is None:
+        return None
+    try:
+        hop = _canonical(ipaddress.ip_address(host))
+    except ValueError:
+        return host  # not an address (a unix socket's name): nothing to normalise or trust
+    peer = str(hop)
+    if not trusted or not any(hop in net for net in trusted):
         return peer
     chain = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
     for candidate in reversed(chain):
         try:
-            addr = ipaddress.ip_address(candidate)
+            addr = _canonical(ipaddress.ip_address(candidate))
         except ValueError:
             return peer
         if not any(addr in net for net in trusted):
             return str(addr)
     return peer
+
+
+def _canonical(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4 client of a dual-stack listener (`[::]`) arrives as `::ffff:a.b.c.d`: it is a.b.c.d, as
+    the node's stored public IP is compared with it on every report and heartbeat."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
 def request_scheme(request: Request, trusted: Sequence[Prefix], forwarded_proto: bool) -> str:
