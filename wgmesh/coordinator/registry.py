@@ -22,6 +22,7 @@ from wgmesh import ipam, keys, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import make_credential, parse_credential
+from wgmesh.coordinator.report_digests import ReportDigests
 from wgmesh.coordinator.store import UNAVAILABLE, Store, Writer, as_utc, utcnow
 from wgmesh.errors import (
     AuthError,
@@ -34,6 +35,7 @@ from wgmesh.errors import (
 from wgmesh.join_token import JoinToken
 from wgmesh.models import (
     EnrollRequest,
+    LinkState,
     NetMap,
     Network,
     NetworkPatch,
@@ -51,14 +53,29 @@ from wgmesh.models import (
     TokenCreated,
     TokenInfo,
     Topology,
+    TopologyLinkPage,
+    TopologyNodePage,
+    TopologyNodeRow,
+    TopologyProblem,
+    TopologySummary,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
+from wgmesh.topology_summary import (
+    filter_rows,
+    node_links,
+    node_rows,
+    summarize,
+    tally_links,
+)
 from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
 
 ONLINE_WINDOW = timedelta(seconds=45)
+SCALE_VIEW_TTL = timedelta(seconds=2)
+"""How long a topology summary stands while the registry and the reports do not change: link states age
+with the clock (HANDSHAKE_FRESH), by minutes, so two seconds hide nothing an admin could see."""
 ENROLL_RETRY_WINDOW = timedelta(minutes=10)
 """How long after an enrollment the same token, name and key get that node again (an answer lost on the
 way, retried on another coordinator), as long as the node has not reported yet."""
@@ -272,6 +289,8 @@ class Registry:
         self._snapshot_lock = threading.Lock()
         self._known: dict[bytes, tuple[NodeId, str]] = {}
         """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
+        self.report_digests = ReportDigests(store)
+        self._scale_held: tuple[Any, datetime, list[TopologyNodeRow], TopologySummary] | None = None
 
     # --- set-up and admin credentials ---------------------------------------------------------
 
@@ -1196,4 +1215,76 @@ class Registry:
             statuses=self.statuses(),
             now=utcnow(),
             groups=snap.ha_groups,
+        )
+
+    # --- topology at scale: the summary and its pages (wgmesh.topology_summary) ----------------------
+
+    def _scale_view(self) -> tuple[list[TopologyNodeRow], TopologySummary]:
+        """The summary and every node's row, from the snapshot, the nodes and the report digests; the same
+        answer again within SCALE_VIEW_TTL while nothing changed (a dashboard refresh asks for the summary
+        and two pages at once; counting 500,000 links takes about half a second)."""
+        snap = self.snapshot()
+        nodes = self.list_nodes()
+        digests = self.report_digests.current(nodes)
+        now = utcnow()
+        key = (snap.version, self.report_digests.generation, tuple(n.online for n in nodes))
+        held = self._scale_held
+        if held is not None and held[0] == key and now - held[1] < SCALE_VIEW_TTL:
+            return held[2], held[3]
+        tally = tally_links([n.id for n in nodes], digests, now)
+        rows = node_rows(nodes, tally, snap.routes)
+        summary = summarize(
+            snap.network,
+            version=snap.version,
+            rows=rows,
+            nodes=nodes,
+            routes=snap.routes,
+            ha_groups=len(snap.ha_groups),
+            digests=digests,
+            tally=tally,
+        )
+        self._scale_held = (key, now, rows, summary)
+        return rows, summary
+
+    def topology_summary(self) -> TopologySummary:
+        """The topology in counts, with its groups by tag, site and problem."""
+        return self._scale_view()[1]
+
+    def topology_nodes(
+        self,
+        *,
+        tag: str | None = None,
+        site: str | None = None,
+        problem: TopologyProblem | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> TopologyNodePage:
+        """One page of the nodes matching the filter, sorted by name, with their links by state."""
+        rows = filter_rows(self._scale_view()[0], tag=tag, site=site, problem=problem, name=name)
+        return TopologyNodePage(
+            total=len(rows), offset=offset, limit=limit, nodes=rows[offset : offset + limit]
+        )
+
+    def topology_links(
+        self, ref: str, *, state: LinkState | None = None, offset: int = 0, limit: int = 100
+    ) -> TopologyLinkPage:
+        """One page of one node's links (O(n): only its pairs are joined), sorted by the other's name."""
+        snap = self.snapshot()
+        nodes = self.list_nodes()
+        node = next((n for n in nodes if n.name == ref or str(n.id) == ref), None)
+        if node is None:
+            raise NotFoundError(f"node {ref!r} does not exist", code="unknown_node")
+        links = node_links(
+            snap.network,
+            node,
+            nodes,
+            overrides=snap.pair_p2p,
+            digests=self.report_digests.current(nodes),
+            now=utcnow(),
+        )
+        if state is not None:
+            links = [lk for lk in links if lk.path == state]
+        return TopologyLinkPage(
+            node=node.name, total=len(links), offset=offset, limit=limit, links=links[offset : offset + limit]
         )
