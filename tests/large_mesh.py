@@ -158,3 +158,26 @@ def expected_state(mesh: LargeMesh, i: int, j: int, n: int) -> str:
     if any(fresh for _, fresh in views):
         return "relay" if any(path == "relay" for path, _ in views) else "direct"
     return "down"
+
+
+def expected_counts(mesh: LargeMesh, n: int) -> dict[str, dict[str, int]]:
+    """Links by state in all (`total`) and per node name, from the pairs some report names (the others
+    are unknown): O(n * peers_per_node), unlike asking `expected_state` of every pair."""
+    named = {
+        (min(i, j), max(i, j))
+        for i in range(n)
+        if i not in mesh.offline
+        for j in peers_of(i, n, mesh.peers_per_node)
+    }
+    zero = {"direct": 0, "relay": 0, "down": 0, "unknown": 0}
+    total = dict(zero)
+    per = {name: dict(zero) for name in mesh.names}
+    for i, j in named:
+        state = expected_state(mesh, i, j, n)
+        total[state] += 1
+        per[mesh.names[i]][state] += 1
+        per[mesh.names[j]][state] += 1
+    total["unknown"] = n * (n - 1) // 2 - len(named)
+    for counts in per.values():
+        counts["unknown"] = n - 1 - counts["direct"] - counts["relay"] - counts["down"]
+    return {"total": total, **per}
