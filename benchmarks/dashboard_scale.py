@@ -110,9 +110,11 @@ def browser_figures(c: Coordinator, n: int) -> dict[str, float | None]:
             r = admin.patch(f"/api/v1/nodes/{large_mesh.name(0)}", json={"tags": [tag]})
             assert r.status_code == 200, r.text
             if n > FULL_VIEW_MAX:
-                expect(page.locator("#summary-tags").get_by_role("button", name=tag)).to_be_visible()
+                expect(page.locator("#summary-tags").get_by_role("button", name=tag)).to_be_visible(
+                    timeout=120_000
+                )
             else:
-                expect(page.locator("body")).not_to_have_attribute("data-version", before)
+                expect(page.locator("body")).not_to_have_attribute("data-version", before, timeout=120_000)
         figures["update (admin change shown)"] = time.perf_counter() - start
         context.close()
     return figures
