@@ -328,22 +328,41 @@ def filter_rows(
     ]
 
 
-def node_links(
-    network: Network,
-    node: Node,
-    nodes: Sequence[Node],
-    *,
-    overrides: Mapping[PairKey, P2PPolicy],
-    digests: Mapping[NodeId, ReportDigest],
-    now: datetime,
-) -> list[Link]:
-    """Every link of `node` (`a` is the node), sorted by the other's name: O(n), each from the two
-    entries of its pair, through `topology.link`."""
+def link_states_of(
+    node: Node, nodes: Sequence[Node], digests: Mapping[NodeId, ReportDigest], now: datetime
+) -> list[tuple[Node, LinkState]]:
+    """Every other node, sorted by name, with the state of its link to `node`: O(n log n), from the two
+    entries of each pair as `tally_links` reads them (the same bits, the same rule), no `Link` built."""
+    cutoff = (now - HANDSHAKE_FRESH).timestamp()
     own = digests.get(node.id)
     out = []
     for other in sorted(nodes, key=lambda n: n.name):
         if other.id == node.id:
             continue
+        bits = 0
+        for digest, peer in ((own, other.id), (digests.get(other.id), node.id)):
+            if digest is not None and (i := digest.find(peer)) is not None:
+                fresh = digest.handshake[i] > cutoff
+                bits |= _SEEN | (_FRESH if fresh else 0) | (_RELAYED if digest.path[i] == _RELAY else 0)
+        state = link_state(seen=bool(bits), fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
+        out.append((other, state))
+    return out
+
+
+def node_links(
+    network: Network,
+    node: Node,
+    others: Sequence[Node],
+    *,
+    overrides: Mapping[PairKey, P2PPolicy],
+    digests: Mapping[NodeId, ReportDigest],
+    now: datetime,
+) -> list[Link]:
+    """The links of `node` to `others` (`a` is the node), in their order: each from the two entries of its
+    pair, through `topology.link`. A page builds only its own (`link_states_of` filters and orders)."""
+    own = digests.get(node.id)
+    out = []
+    for other in others:
         reports: dict[NodeId, dict[str, PeerStatus]] = {}
         if own is not None and (i := own.find(other.id)) is not None:
             reports[node.id] = {other.public_key: own.view(i, other.public_key)}

@@ -18,6 +18,7 @@ from wgmesh.topology_summary import (
     ReportDigest,
     digest_report,
     filter_rows,
+    link_states_of,
     node_links,
     node_rows,
     summarize,
@@ -83,7 +84,10 @@ def test_a_nodes_links_are_its_links_of_the_full_topology(seed: int) -> None:
     full = topology(nodes, statuses=statuses, pairs=pairs)
     digests = digests_of(nodes, statuses)
     for n in nodes:
-        got = node_links(Network(), n, nodes, overrides=pairs, digests=digests, now=NOW)
+        states = link_states_of(n, nodes, digests, NOW)
+        others = [o for o, _ in states]
+        got = node_links(Network(), n, others, overrides=pairs, digests=digests, now=NOW)
+        assert [lk.path for lk in got] == [st for _, st in states]
         want = []
         for lk in full.links:
             if n.name in (lk.a, lk.b):

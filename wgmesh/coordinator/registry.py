@@ -65,6 +65,7 @@ from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
 from wgmesh.topology_summary import (
     filter_rows,
+    link_states_of,
     node_links,
     node_rows,
     summarize,
@@ -1275,16 +1276,15 @@ class Registry:
         node = next((n for n in nodes if n.name == ref or str(n.id) == ref), None)
         if node is None:
             raise NotFoundError(f"node {ref!r} does not exist", code="unknown_node")
+        digests = self.report_digests.current(nodes)
+        now = utcnow()
+        others = [o for o, st in link_states_of(node, nodes, digests, now) if state in (None, st)]
         links = node_links(
             snap.network,
             node,
-            nodes,
+            others[offset : offset + limit],
             overrides=snap.pair_p2p,
-            digests=self.report_digests.current(nodes),
-            now=utcnow(),
+            digests=digests,
+            now=now,
         )
-        if state is not None:
-            links = [lk for lk in links if lk.path == state]
-        return TopologyLinkPage(
-            node=node.name, total=len(links), offset=offset, limit=limit, links=links[offset : offset + limit]
-        )
+        return TopologyLinkPage(node=node.name, total=len(others), offset=offset, limit=limit, links=links)
