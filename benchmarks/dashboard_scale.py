@@ -73,7 +73,7 @@ def api_figures(c: Coordinator, n: int, full_max: int) -> dict[str, float | None
         )
         assert r.status_code == 200, r.text
         figures["links of a node (50)"], r = timed(
-            lambda: admin.get("/api/v1/topology/links", params={"node": large_mesh.name(7), "limit": 50})
+            lambda: admin.get(f"/api/v1/topology/nodes/{large_mesh.name(7)}/links", params={"limit": 50})
         )
         assert r.status_code == 200, r.text
         if n <= full_max:

@@ -323,12 +323,16 @@ function pagePath(base, query, offset) {
   return `${base}?${params}`;
 }
 
+function linksPath(node) {
+  return `/api/v1/topology/nodes/${encodeURIComponent(node)}/links`;
+}
+
 async function refreshSummary() {
   const d = state.drill;
   const l = state.links;
   const [nodes, links, tokens, adminTokens, audit] = await Promise.all([
     api("GET", pagePath("/api/v1/topology/nodes", d.query, d.offset)),
-    l.node ? api("GET", pagePath("/api/v1/topology/links", { node: l.node, ...(l.state ? { state: l.state } : {}) }, l.offset)).catch((err) => {
+    l.node ? api("GET", pagePath(linksPath(l.node), l.state ? { state: l.state } : {}, l.offset)).catch((err) => {
       if (err.status !== 404) throw err;
       return null; // the node was deleted meanwhile
     }) : Promise.resolve(null),
@@ -480,7 +484,7 @@ async function loadDrillNodes() {
 async function loadLinks() {
   const l = state.links;
   try {
-    l.page = await api("GET", pagePath("/api/v1/topology/links", { node: l.node, ...(l.state ? { state: l.state } : {}) }, l.offset));
+    l.page = await api("GET", pagePath(linksPath(l.node), l.state ? { state: l.state } : {}, l.offset));
     renderDrillLinks();
   } catch (err) {
     say(`Could not list the links of ${l.node}: ${err.message}`, true);

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from rich.console import RenderableType
 
@@ -103,8 +103,8 @@ def _details(client: connection.AdminClient, args: argparse.Namespace) -> tuple[
         page = client.get(_path("/api/v1/topology/nodes", query, args.offset, limit), TopologyNodePage)
         return page.model_dump(mode="json"), lambda now: render.node_page_screen(page, now)
     if args.links is not None:
-        query = {"node": args.links, "state": args.state}
-        links = client.get(_path("/api/v1/topology/links", query, args.offset, limit), TopologyLinkPage)
+        path = f"/api/v1/topology/nodes/{quote(args.links, safe='')}/links"
+        links = client.get(_path(path, {"state": args.state}, args.offset, limit), TopologyLinkPage)
         return links.model_dump(mode="json"), lambda now: render.link_page_screen(links, now)
     if args.problems:
         pages = {

@@ -330,13 +330,12 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET",
-        "/api/v1/topology/links",
+        "/api/v1/topology/nodes/{node}/links",
         admin.get_topology_links,
         "A page of one node's links, sorted by the other node's name",
         "admin-read",
         response=TopologyLinkPage,
         query=(
-            Query("node", "string", "the node (name or id); required"),
             Query("state", "string", "only links in this state: direct, relay, down, unknown"),
             Query("offset", "integer", "links to skip (default 0)"),
             Query("limit", "integer", "links in the page (default 100, at most 500)"),

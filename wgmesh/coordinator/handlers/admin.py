@@ -292,12 +292,9 @@ async def get_topology_nodes(call: Call) -> TopologyNodePage:
 async def get_topology_links(call: Call) -> TopologyLinkPage:
     registry = context(call.request).registry
     offset, limit = _page(call)
-    node = _query(call, "node")
-    if node is None:
-        raise ValidationError("node is required: the links of one node are listed", code="invalid_query")
     state = cast(LinkState | None, _query(call, "state", LINK_STATES))
     return await run_in_threadpool(
-        partial(registry.topology_links, node, state=state, offset=offset, limit=limit)
+        partial(registry.topology_links, call.param("node"), state=state, offset=offset, limit=limit)
     )
 
 
