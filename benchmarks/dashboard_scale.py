@@ -11,7 +11,7 @@ naming `--peers` peers, every other gateway by default: a full mesh), then:
 - Chromium (Debian's, headless, under Playwright): from "Log in" to the summary and the first page of
   nodes drawn (page load), and from an admin change (a node's tags) to the page showing it (update);
 - `wgmesh status` (the summary above 50 nodes), `--nodes --problem links_down` and `--links NODE`, each a
-  fresh CLI process, as a user runs it.
+  fresh CLI process, as a user runs it; `wgmesh --help` for the interpreter's and the CLI's start-up alone.
 Prints a table per size and the ratios between the largest and the smallest size.
 """
 
@@ -125,6 +125,7 @@ def cli_figures(c: Coordinator, home: Path) -> dict[str, float | None]:
     env.update({"WGMESH_URL": c.url, "WGMESH_TOKEN": c.admin_token or "", "WGMESH_PIN": str(c.pin)})
     figures: dict[str, float | None] = {}
     for label, args in (
+        ("wgmesh --help (the CLI's start-up alone)", ["--help"]),
         ("wgmesh status", ["status"]),
         ("wgmesh status --nodes --problem links_down", ["status", "--nodes", "--problem", "links_down"]),
         ("wgmesh status --links NODE", ["status", "--links", large_mesh.name(7)]),
