@@ -24,6 +24,9 @@ from wgmesh.values import FailoverCode, Liveness, NodeId, P2PPolicy, PathKind, R
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
+_CANONICAL_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
+"""Exactly the canonical base64 of 32 bytes (what keys.decode_key accepts): 43 characters whose last
+carries 4 bits, then one `=`; anything else goes through decode_key for its precise refusal."""
 
 
 def check_name(value: str) -> str:
@@ -37,6 +40,8 @@ def check_name(value: str) -> str:
 
 
 def _check_key(value: str) -> str:
+    if _CANONICAL_KEY.fullmatch(value):
+        return value  # the common case, by a regular expression in C: reports carry a key per peer
     try:
         keys.decode_key(value)
     except errors.ValidationError as exc:
@@ -341,6 +346,24 @@ class NetMap(Answer):
     rotate_key: bool = Field(False, description="An admin asked this node's agent to rotate its key")
 
 
+class NetMapChange(Answer):
+    """A node's netmap as the change from the one it holds (`since`), or whole (`since` null).
+
+    Sent by `GET /api/v1/netmap/changes`: at 1,000 gateways one change touches one peer of each netmap,
+    and sending every node its 999 unchanged peers again is most of what a coordinator would do."""
+
+    version: int
+    since: int | None = Field(
+        None,
+        description="The version the change applies to; null: `netmap` is whole (the coordinator no longer "
+        "holds the version asked about, or something every peer depends on changed)",
+    )
+    netmap: NetMap = Field(
+        description="The netmap at `version`; with `since` set, `peers` holds only the peers added or changed"
+    )
+    removed: list[NodeId] = Field(default_factory=list, description="Peers gone since `since`")
+
+
 _RELAY_URL = re.compile(r"^(tcp|tls)://[A-Za-z0-9.:\[\]-]{1,253}:[0-9]{1,5}$")
 
 
@@ -539,6 +562,23 @@ class StatusReport(Model):
     )
     ha: list[HaStatus] = Field(
         default_factory=list, max_length=10000, description="Each HA group, as this agent handles it"
+    )
+
+
+class Heartbeat(Model):
+    """An agent saying it is alive, and that its report is the one it last sent but for its counters,
+    handshake times and RTTs (agent/reporting.py); `POST /api/v1/node/heartbeat`."""
+
+    netmap_version: int | None = None
+
+
+class HeartbeatAck(Answer):
+    """The answer to a heartbeat."""
+
+    version: int
+    report_wanted: bool = Field(
+        description="Send the whole report now: the coordinator holds none from this node, or the address "
+        "it sees the node come from changed"
     )
 
 

@@ -29,6 +29,47 @@ from wgmesh.values import Endpoint, NodeId, P2PPolicy, Prefix
 STATIC_KEEPALIVE = 25
 
 
+TemplateKey = tuple[object, ...]
+"""Everything a node's peer template is made of."""
+
+
+def template_key(network: Network, node: Node, active: Sequence[Prefix]) -> TemplateKey:
+    """What `peer_template` reads of a node: equal keys, equal templates."""
+    return (
+        node.id,
+        node.name,
+        node.public_key,
+        node.overlay_ip,
+        tuple(active),
+        tuple(node.endpoints),
+        node.eth0_ip,
+        node.public_ip,
+        node.listen_port,
+        node.static,
+        node.mtu,
+        node.max_mtu,
+        network.mtu,
+    )
+
+
+def peer_template(network: Network, node: Node, key: TemplateKey) -> PeerConfig:
+    """`node` as a peer, before the pair's P2P policy, PSK and rate; `key` is its `template_key`."""
+    active = key[4]
+    assert isinstance(active, tuple)
+    return PeerConfig(
+        node_id=node.id,
+        name=node.name,
+        public_key=node.public_key,
+        overlay_ip=node.overlay_ip,
+        allowed_ips=[ipam.host_prefix(ipaddress.ip_address(node.overlay_ip)), *active],
+        endpoints=endpoint_candidates(node),
+        eth0_ip=node.eth0_ip,
+        public_ip=node.public_ip,
+        static=node.static,
+        mtu=effective_mtu(network, node),
+    )
+
+
 @dataclass(frozen=True)
 class RegistrySnapshot:
     """What the netmap builder reads: one consistent view of the registry."""
@@ -42,6 +83,9 @@ class RegistrySnapshot:
     psk_generation: Mapping[tuple[int, int], int] = field(default_factory=dict)
     psk_master: bytes = b""
     coordinator_next_pin: str | None = None
+    prior_templates: Mapping[TemplateKey, PeerConfig] = field(default_factory=dict, compare=False, repr=False)
+    """The previous snapshot's `templates_by_key`: a node whose template inputs did not change keeps its
+    template (at 1,000 nodes, building them all again is most of a version's cost)."""
 
     @cached_property
     def ha_groups(self) -> list[HaGroup]:
@@ -49,12 +93,64 @@ class RegistrySnapshot:
         built from it carries the same list."""
         return ha_groups(self.nodes, self.routes)
 
+    @cached_property
+    def by_id(self) -> dict[NodeId, Node]:
+        """The nodes by id."""
+        return {node.id: node for node in self.nodes}
+
+    @cached_property
+    def by_name(self) -> list[Node]:
+        """The nodes in netmap order (by name)."""
+        return sorted(self.nodes, key=lambda n: n.name)
+
+    @cached_property
+    def own_routes(self) -> dict[NodeId, list[Route]]:
+        """Each gateway's routes as its own netmap states them: a pending or rejected one is in none."""
+        out: dict[NodeId, list[Route]] = defaultdict(list)
+        for route in self.routes:
+            if route_approval.enters_netmap(route.state):
+                out[route.gateway_id].append(route)
+        return out
+
+    @cached_property
+    def templates_by_key(self) -> dict[TemplateKey, PeerConfig]:
+        """Each node's peer template by what it is made of: what the next snapshot reuses (`prior_templates`)."""
+        active = active_routes_by_gateway(self.routes)
+        out: dict[TemplateKey, PeerConfig] = {}
+        for node in self.nodes:
+            key = template_key(self.network, node, active.get(node.id, []))
+            out[key] = self.prior_templates.get(key) or peer_template(self.network, node, key)
+        return out
+
+    @cached_property
+    def peer_templates(self) -> dict[NodeId, PeerConfig]:
+        """Each node as any other node's peer, without what depends on the pair (P2P, PSK, rate): made
+        once per node and version at most (an unchanged node's is the prior snapshot's, the same object),
+        so a netmap costs a copy per peer, and a change is found by comparing these."""
+        return {template.node_id: template for template in self.templates_by_key.values()}
+
     def node(self, node_id: NodeId) -> Node:
         """The node with this id, or NotFoundError."""
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
+        found = self.by_id.get(node_id)
+        if found is None:
+            raise NotFoundError(f"node {node_id} does not exist", code="unknown_node")
+        return found
+
+    def peer(self, me: Node, other: Node) -> PeerConfig:
+        """`other` as `me`'s peer: its template with the pair's P2P policy, PSK and rate."""
+        key = pair_key(me.id, other.id)
+        psk = (
+            keys.derive_pair_psk(self.psk_master, me.id, other.id, self.psk_generation.get(key, 0))
+            if self.psk_master
+            else None
+        )
+        return self.peer_templates[other.id].model_copy(
+            update={
+                "p2p": pair_p2p(self.network, me, other, self.pair_p2p.get(key)),
+                "psk": psk,
+                "rate": self.pair_rate.get(key),
+            }
+        )
 
 
 def effective_mtu(network: Network, node: Node) -> int:
@@ -95,35 +191,13 @@ def active_routes_by_gateway(routes: Sequence[Route]) -> dict[NodeId, list[Prefi
 def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
     """The netmap of one node; it lists every other node as a peer."""
     me = snapshot.node(node_id)
-    active = active_routes_by_gateway(snapshot.routes)
-    peers: list[PeerConfig] = []
-    for other in sorted(snapshot.nodes, key=lambda n: n.name):
-        if other.id == me.id:
-            continue
-        key = pair_key(me.id, other.id)
-        overlay = ipam.host_prefix(ipaddress.ip_address(other.overlay_ip))
-        psk = (
-            keys.derive_pair_psk(snapshot.psk_master, me.id, other.id, snapshot.psk_generation.get(key, 0))
-            if snapshot.psk_master
-            else None
-        )
-        peers.append(
-            PeerConfig(
-                node_id=other.id,
-                name=other.name,
-                public_key=other.public_key,
-                overlay_ip=other.overlay_ip,
-                allowed_ips=[overlay, *active.get(other.id, [])],
-                endpoints=endpoint_candidates(other),
-                p2p=pair_p2p(snapshot.network, me, other, snapshot.pair_p2p.get(key)),
-                psk=psk,
-                eth0_ip=other.eth0_ip,
-                public_ip=other.public_ip,
-                rate=snapshot.pair_rate.get(key),
-                static=other.static,
-                mtu=effective_mtu(snapshot.network, other),
-            )
-        )
+    return netmap_with(
+        snapshot, me, [snapshot.peer(me, other) for other in snapshot.by_name if other.id != me.id]
+    )
+
+
+def netmap_with(snapshot: RegistrySnapshot, me: Node, peers: list[PeerConfig]) -> NetMap:
+    """`me`'s netmap at the snapshot's version with these peers (all of them, or a change's)."""
     return NetMap(
         version=snapshot.version,
         node_id=me.id,
@@ -134,9 +208,7 @@ def build_netmap(snapshot: RegistrySnapshot, node_id: NodeId) -> NetMap:
         p2p=node_p2p(snapshot.network, me),
         peers=peers,
         # Its own routes as the gateway should know them; a pending or rejected one is in no netmap.
-        routes=[
-            r for r in snapshot.routes if r.gateway_id == me.id and route_approval.enters_netmap(r.state)
-        ],
+        routes=snapshot.own_routes.get(me.id, []),
         # The same list in every netmap: any agent may send an HA prefix to any member.
         ha_groups=snapshot.ha_groups,
         rate=me.rate,

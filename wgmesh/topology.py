@@ -121,17 +121,34 @@ def link_state(*, seen: bool, fresh: bool, relay: bool) -> LinkState:
 
 
 def link(
-    network: Network, a: Node, b: Node, *, override: P2PPolicy | None, reports: Reports, now: datetime
+    network: Network,
+    a: Node,
+    b: Node,
+    *,
+    override: P2PPolicy | None,
+    reports: Reports,
+    now: datetime,
+    as_of: Mapping[NodeId, datetime] | None = None,
 ) -> Link:
     """The pair a-b from both ends' reports: a fresh handshake gives its path (relay if either end
-    relays), a stale one `down`, no report at all `unknown`."""
+    relays), a stale one `down`, no report at all `unknown`.
+
+    A handshake is fresh when it was under 180 s old at `as_of[reporter]`, the time of the report that
+    carried it, for a reporter still alive (`report_times`): an agent with many peers sends its counters
+    and handshake times only every few minutes, and says at once when a handshake turns stale
+    (agent/reporting.py). Otherwise it is judged at `now`.
+    """
+    times = as_of or {}
     views = [
-        p for src, dst in ((a, b), (b, a)) if (p := reports.get(src.id, {}).get(dst.public_key)) is not None
+        (p, times.get(src.id, now))
+        for src, dst in ((a, b), (b, a))
+        if (p := reports.get(src.id, {}).get(dst.public_key)) is not None
     ]
-    handshake = max((p.last_handshake for p in views if p.last_handshake), default=None)
-    fresh = handshake is not None and now - handshake < HANDSHAKE_FRESH
-    paths = {p.path for p in views if p.path}
-    rtts = [p.rtt_ms for p in views if p.rtt_ms is not None]
+    handshake = max((p.last_handshake for p, _ in views if p.last_handshake), default=None)
+    fresh = any(p.last_handshake is not None and at - p.last_handshake < HANDSHAKE_FRESH for p, at in views)
+    views_only = [p for p, _ in views]
+    paths = {p.path for p in views_only if p.path}
+    rtts = [p.rtt_ms for p in views_only if p.rtt_ms is not None]
     return Link(
         a=a.name,
         b=b.name,
@@ -139,9 +156,15 @@ def link(
         path=link_state(seen=bool(views), fresh=fresh, relay="relay" in paths),
         rtt_ms=min(rtts) if rtts else None,
         last_handshake=handshake,
-        rx_bytes=sum(p.rx_bytes for p in views),
-        tx_bytes=sum(p.tx_bytes for p in views),
+        rx_bytes=sum(p.rx_bytes for p in views_only),
+        tx_bytes=sum(p.tx_bytes for p in views_only),
     )
+
+
+def report_times(nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]) -> dict[NodeId, datetime]:
+    """When each online node's last report was made: what its handshake times are judged at (`link`).
+    An offline node's are judged at the current time, so its links age out as before."""
+    return {node.id: statuses[node.id].reported_at for node in nodes if node.online and node.id in statuses}
 
 
 # --- routes -------------------------------------------------------------------------------------------
@@ -325,9 +348,18 @@ def build_topology(
     `groups` the network's HA groups (`ha_groups`, from the routes in claim order).
     """
     reports = peer_reports(statuses)
+    as_of = report_times(nodes, statuses)
     by_name = sorted(nodes, key=lambda n: n.name)
     links = [
-        link(network, a, b, override=pair_overrides.get(pair_key(a.id, b.id)), reports=reports, now=now)
+        link(
+            network,
+            a,
+            b,
+            override=pair_overrides.get(pair_key(a.id, b.id)),
+            reports=reports,
+            now=now,
+            as_of=as_of,
+        )
         for i, a in enumerate(nodes)
         for b in nodes[i + 1 :]
     ]

@@ -332,3 +332,14 @@ def test_a_postmaster_is_recognised_by_its_data_directory_only() -> None:
     assert not cluster.runs([])
     assert sys.executable in cmdline(os.getpid())[0] or cmdline(os.getpid())[0].endswith("python3")
     assert cmdline(2**22 + 1) == []
+
+
+def test_the_default_convergence_budget_grows_with_the_gateways_beyond_four() -> None:
+    # 60 s held 3 sites with room to spare; 12 sites (132 pairs, 12 agents starting on two cores) get more.
+    assert plan_lab("t", 3).convergence_budget == 60.0
+    assert plan_lab("t", 4).convergence_budget == 60.0
+    assert plan_lab("t", 6).convergence_budget == 70.0
+    assert plan_lab("t", 12).convergence_budget == 100.0
+    # A site's second gateway is one more agent to wait for.
+    assert plan_lab("t", 4, ha_sites=[1]).convergence_budget == 65.0
+    assert plan_lab("t", 3).with_sites(12).convergence_budget == 100.0

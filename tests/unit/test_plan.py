@@ -360,3 +360,15 @@ def test_shadow_report_names_the_closest_local_subnet() -> None:
     _, shadowed = plan_routes(["10.50.1.0/24"], [], [("10.0.0.0/8", "eth0"), ("10.50.0.0/16", "lan")])
     assert shadowed[0].interface == "lan"
     assert shadowed[0].local_prefix == ip_network("10.50.0.0/16")
+
+
+def test_a_local_subnet_shadows_only_its_own_family_and_its_own_addresses() -> None:
+    # Overlaps are tested on integer spans: IPv6 ::/96 spans the very integers IPv4 addresses are, and a
+    # neighbouring prefix shares an edge, neither of which is an overlap.
+    ops, shadowed = plan_routes(
+        ["10.2.0.0/24", "10.3.0.0/24", "fd00:2::/64"],
+        [],
+        [("::/96", "eth6"), ("10.3.0.128/25", "lan"), ("10.1.0.0/24", "x")],
+    )
+    assert ops == [AddRoute("10.2.0.0/24"), AddRoute("fd00:2::/64")]
+    assert [(str(s.prefix), s.interface) for s in shadowed] == [("10.3.0.0/24", "lan")]

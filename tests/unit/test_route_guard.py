@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 
@@ -110,3 +111,27 @@ def test_judge_names_owner_code_and_address_and_keeps_the_rest() -> None:
     assert refused[1].reason == "covers the coordinator's address 198.18.0.1"
     assert "--allow-wide-routes" in refused[0].reason
     assert judge({"10.2.0.0/24": "gw2"}, PROTECTED, PEERS) == []
+
+
+def test_judge_with_many_endpoints_agrees_with_verdict_one_prefix_at_a_time() -> None:
+    # judge finds the endpoints inside each prefix by bisection; the answer must be verdict's own, which
+    # tries every endpoint in the order given (the first one inside is the one reported).
+    rng = random.Random(19)
+    endpoints = [ip(f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(256)}") for _ in range(300)]
+    endpoints += [ip(f"2001:db8:{rng.randrange(4):x}::{rng.randrange(1 << 16):x}") for _ in range(50)]
+    endpoints += [ip("10.1.0.0"), ip("10.1.0.255"), ip("10.2.0.0")]  # a prefix's first and last address
+    owners: dict[str, str | None] = {f"10.{a}.{b}.0/24": f"gw{a}" for a in range(5) for b in range(0, 256, 7)}
+    owners |= {"10.1.0.0/24": "gw1", "10.0.0.0/14": "gw9", "2001:db8:1::/48": "gw6", "10.200.0.0/16": None}
+    owners |= {f"{e}/{e.max_prefixlen}": "host" for e in endpoints[:20]}
+    reference = []
+    for text in sorted(owners):
+        found = verdict(net(text), Protected(), endpoints)
+        if found is not None:
+            address = str(found.address) if found.address is not None else None
+            reference.append(
+                RefusedRoute(prefix=text, gateway=owners[text], code=found.code, address=address)
+            )
+    refused = judge(owners, Protected(), endpoints)
+    assert refused == reference
+    assert any(r.address == "10.1.0.0" for r in refused if str(r.prefix) == "10.1.0.0/24")
+    assert len(refused) > 20  # the data does exercise the index, not only the empty case

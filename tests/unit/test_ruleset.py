@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 from hypothesis import given
@@ -12,7 +13,7 @@ from netmaps import netmap
 from wgmesh import keys, mtu
 from wgmesh.agent import ruleset
 from wgmesh.agent.plan import desired_device
-from wgmesh.agent.ruleset import FirewallSpec, MssGroup
+from wgmesh.agent.ruleset import FirewallSpec, MssGroup, collapse
 from wgmesh.errors import BackendError
 from wgmesh.models import NetMap, PeerConfig
 
@@ -176,3 +177,22 @@ def test_an_ha_member_masquerades_into_its_own_groups_prefixes_only() -> None:
         ).masquerade_to
         is None
     )
+
+
+def test_collapse_is_what_ipaddress_collapses_to() -> None:
+    # Merged as integer ranges for speed; the result must be collapse_addresses' own, adjacent prefixes
+    # that can join (10.0.0.0/24 and 10.0.1.0/24), covered ones and those that cannot join alike.
+    rng = random.Random(19)
+    prefixes = [
+        f"10.{rng.randrange(3)}.{rng.randrange(256)}.0/{rng.choice([22, 23, 24, 25])}" for _ in range(400)
+    ]
+    prefixes += [f"100.96.0.{i}/32" for i in range(2, 200)] + ["100.96.1.1/32", "10.0.0.0/24", "10.0.1.0/24"]
+    prefixes += [f"2001:db8:{rng.randrange(16):x}::/{rng.choice([48, 56, 64])}" for _ in range(50)]
+    nets = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+    for version in (4, 6):
+        expected = tuple(
+            str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == version)
+        )
+        assert collapse(prefixes, version) == expected
+    assert collapse(["10.0.1.0/24", "10.0.2.0/24"], 4) == ("10.0.1.0/24", "10.0.2.0/24")
+    assert collapse([], 6) == ()

@@ -111,6 +111,20 @@ def test_link_path_from_both_ends_reports() -> None:
     assert (ab.rtt_ms, ab.last_handshake, ab.rx_bytes, ab.tx_bytes) == (3.0, FRESH, 1, 5)
 
 
+def test_an_online_nodes_handshakes_are_judged_at_its_report_and_an_offline_nodes_at_now() -> None:
+    """An agent with many peers sends handshake times every few minutes (agent/reporting.py) and says at
+    once when one turns stale: while it is alive, its report's time is what they are judged at."""
+    a, b = node(1, "gw-a", online=True), node(2, "gw-b")
+    made = NOW - timedelta(seconds=150)
+    shook = made - timedelta(seconds=60)  # fresh when reported; 210 s old now
+    status = report(a, [PeerStatus(public_key=b.public_key, path="direct", last_handshake=shook)])
+    old = status.model_copy(update={"reported_at": made})
+    (alive,) = topology([a, b], statuses=[old]).links
+    assert alive.path == "direct"
+    (gone,) = topology([a.model_copy(update={"online": False}), b], statuses=[old]).links
+    assert gone.path == "down"
+
+
 # --- peer views -------------------------------------------------------------------------------------
 
 

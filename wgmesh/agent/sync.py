@@ -10,10 +10,18 @@ import threading
 import time
 from collections.abc import Callable
 
+from wgmesh import netmap_delta
 from wgmesh.agent.backoff import Backoff
 from wgmesh.agent.client import CoordinatorClient
 from wgmesh.agent.state import StateDir
-from wgmesh.errors import AuthError, IdentityError, UnreachableError, WgmeshError
+from wgmesh.errors import (
+    AuthError,
+    IdentityError,
+    NotFoundError,
+    UnreachableError,
+    ValidationError,
+    WgmeshError,
+)
 from wgmesh.logs import kv
 from wgmesh.models import NetMap
 
@@ -46,6 +54,8 @@ class NetmapFollower:
         self.backoff = Backoff()
         self.rotate_backoff = Backoff()
         self.rotate_after = 0.0
+        self.changes = True
+        """Whether the coordinator answers netmap changes (until it says it does not)."""
 
     def restore(self) -> NetMap | None:
         """Apply the cached netmap (fail-static start); returns it, or None if there is none."""
@@ -65,12 +75,37 @@ class NetmapFollower:
     def poll_once(self, wait: float = LONG_POLL_WAIT) -> bool:
         """One long-poll; True when a new netmap was applied. Raises on coordinator errors."""
         since = self.current.version if self.current else -1
-        netmap = self.client.netmap(since, wait)
+        netmap = self._next_netmap(since, wait)
         self.on_reachability(True)
         if netmap is None:
             return False
         self.accept(netmap)
         return True
+
+    def _next_netmap(self, since: int, wait: float) -> NetMap | None:
+        """The next netmap: from its change to the one held, or whole from a coordinator that predates
+        changes (found once: its 404 for the path)."""
+        if self.changes:
+            try:
+                update = self.client.netmap_changes(since, wait)
+            except NotFoundError as exc:
+                if exc.code != "not_found":
+                    raise
+                log.info("coordinator sends whole netmaps only (no netmap changes)")
+                self.changes = False
+            else:
+                if update is None:
+                    return None
+                try:
+                    return netmap_delta.merge(self.current, update)
+                except ValidationError as exc:
+                    # Not for the netmap held (a cache another coordinator's version overtook): ask whole.
+                    log.warning(
+                        "netmap change not applicable; asking for it whole", extra=kv(error=exc.message)
+                    )
+                    update = self.client.netmap_changes(-1, 0)
+                    return None if update is None else netmap_delta.merge(None, update)
+        return self.client.netmap(since, wait)
 
     def rotate_if_asked(self) -> None:
         """Carry out the key rotation the current netmap asks for, when due.

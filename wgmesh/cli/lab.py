@@ -20,7 +20,17 @@ from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
 from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
-from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, MAX_HA_SITE, MAX_HUBS, Database, HaReturn, check_hubs
+from wgmesh.lab.layout import (
+    CONVERGE_BUDGET,
+    CONVERGE_FLAT_GATEWAYS,
+    CONVERGE_PER_GATEWAY,
+    DEFAULT_HA_PREEMPT_AFTER,
+    MAX_HA_SITE,
+    MAX_HUBS,
+    Database,
+    HaReturn,
+    check_hubs,
+)
 from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
 
@@ -53,7 +63,12 @@ def register(sub: Subparsers) -> None:
         action="store_false",
         help="build namespaces, underlay and coordinator only (start agents by hand)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds to wait for convergence (default {CONVERGE_BUDGET:g}, and {CONVERGE_PER_GATEWAY:g} more "
+        f"per gateway beyond {CONVERGE_FLAT_GATEWAYS})",
+    )
     p.add_argument(
         "--no-relay",
         dest="relay",
@@ -193,7 +208,12 @@ def register(sub: Subparsers) -> None:
 
     p = cmds.add_parser("add-site", help="add one site to a running lab")
     _name(p)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds to wait for convergence (default {CONVERGE_BUDGET:g}, and {CONVERGE_PER_GATEWAY:g} more "
+        f"per gateway beyond {CONVERGE_FLAT_GATEWAYS})",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add_site)
 

@@ -38,9 +38,12 @@ from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
     Health,
+    Heartbeat,
+    HeartbeatAck,
     KeyRotated,
     KeyRotation,
     NetMap,
+    NetMapChange,
     Network,
     NetworkPatch,
     Node,
@@ -102,6 +105,19 @@ OPERATIONS: list[Operation] = [
         extra_responses={304: "no change within `wait` seconds"},
     ),
     Operation(
+        "GET",
+        "/api/v1/netmap/changes",
+        node.get_netmap_changes,
+        "The node's netmap as the change from the version it holds; long-polls for a change",
+        "node",
+        response=NetMapChange,
+        query=(
+            Query("since", "integer", "the version the agent holds: the answer is the change from it"),
+            Query("wait", "number", "seconds to hold the request for a change (at most 60)"),
+        ),
+        extra_responses={304: "no change within `wait` seconds"},
+    ),
+    Operation(
         "POST",
         "/api/v1/status",
         node.post_status,
@@ -109,6 +125,16 @@ OPERATIONS: list[Operation] = [
         "node",
         body=StatusReport,
         response=StatusAck,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/node/heartbeat",
+        node.post_heartbeat,
+        "Say the node is alive and its last report stands but for counters (agents with many peers send "
+        "their report whole only when it changed)",
+        "node",
+        body=Heartbeat,
+        response=HeartbeatAck,
     ),
     Operation(
         "PUT",
@@ -519,3 +545,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             await sweeping
         if feed is not None:
             await asyncio.to_thread(feed.stop)
+        # The last second's heartbeats, or nodes would look offline a little early after a restart.
+        with contextlib.suppress(WgmeshError):
+            await asyncio.to_thread(ctx.registry.last_seen.flush)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections import OrderedDict
+
+KEPT_COMMITS = 256
+"""Commit times remembered, by version: a long-poll answers one of the last few."""
 
 
 class ChangeNotifier:
@@ -14,19 +20,31 @@ class ChangeNotifier:
         self.waiters = 0
         self.stopping = False
         """Set once the server stops: whoever waits answers now instead of waiting on."""
+        self._committed: OrderedDict[int, float] = OrderedDict()
+        self._commits_lock = threading.Lock()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the waiters run on (writes come from worker threads)."""
         self._loop = loop
 
-    def notify_threadsafe(self, _version: int) -> None:
+    def notify_threadsafe(self, version: int) -> None:
         """Called from any thread after a commit."""
+        if version:
+            with self._commits_lock:  # writer threads and the PostgreSQL listener's
+                self._committed.setdefault(version, time.monotonic())
+                while len(self._committed) > KEPT_COMMITS:
+                    self._committed.popitem(last=False)
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._notify)
 
     def _notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
+
+    def age(self, version: int) -> float | None:
+        """Seconds since `version` was committed, if this process heard of it."""
+        committed = self._committed.get(version)
+        return None if committed is None else time.monotonic() - committed
 
     def stop(self) -> None:
         """The server is stopping (on the loop): wake every waiter, for good."""

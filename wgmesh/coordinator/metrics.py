@@ -108,6 +108,13 @@ class CoordinatorMetrics:
             "Netmap requests waiting for a change (long-polls)",
             registry=self.registry,
         )
+        self.netmap_delivery = Histogram(
+            "wgmesh_netmap_delivery_seconds",
+            "From the commit of a registry version (as this coordinator heard of it) to a netmap answer "
+            "carrying it: how long a change takes to reach each agent",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(RegistryCollector(registry))
         self._relay: RelayServer | None = None
         self._relay_stats: RelayStats | None = None

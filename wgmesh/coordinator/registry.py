@@ -11,6 +11,7 @@ import ipaddress
 import math
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from wgmesh import ipam, keys, route_approval
+from wgmesh import ipam, keys, netmap_delta, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import make_credential, parse_credential
+from wgmesh.coordinator.heartbeats import LastSeenBatch
 from wgmesh.coordinator.report_digests import ReportDigests
 from wgmesh.coordinator.store import UNAVAILABLE, Store, Writer, as_utc, utcnow
 from wgmesh.errors import (
@@ -37,6 +39,7 @@ from wgmesh.models import (
     EnrollRequest,
     LinkState,
     NetMap,
+    NetMapChange,
     Network,
     NetworkPatch,
     Node,
@@ -60,6 +63,7 @@ from wgmesh.models import (
     TopologySummary,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap
+from wgmesh.netmap_delta import SnapshotDiff
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
 from wgmesh.topology import build_topology, pair_key
@@ -85,6 +89,10 @@ ENROLL_RETRY_WINDOW = timedelta(minutes=10)
 way, retried on another coordinator), as long as the node has not reported yet."""
 MAX_KNOWN_CREDENTIALS = 100_000
 """Node credentials remembered for a database outage; more than any registry has nodes."""
+HELD_VERSIONS = 64
+"""Snapshots kept for netmap changes: an agent further behind (or on a version this coordinator never
+built) gets its netmap whole. 64 covers a burst of enrollments between two polls; each costs about the
+registry's size (some MB at 5,000 nodes)."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
 
 
@@ -165,7 +173,7 @@ def _network(conn: Connection) -> Network:
     )
 
 
-def _node(row: RowMapping, subnets: list[str], now: datetime) -> Node:
+def _node(row: Mapping[Any, Any], subnets: list[str], now: datetime) -> Node:
     last_seen = as_utc(row["last_seen"])
     return Node(
         id=row["id"],
@@ -216,6 +224,39 @@ def _load_nodes(conn: Connection) -> list[Node]:
         subnets.setdefault(r.node_id, []).append(r.prefix)
     rows = conn.execute(select(schema.nodes).order_by(schema.nodes.c.name)).mappings()
     return [_node(row, subnets.get(row["id"], []), now) for row in rows]
+
+
+NodeRows = dict[int, tuple[tuple[Any, ...], Node]]
+"""Each node's row as last loaded for a snapshot (last_seen left out), with the Node made of it."""
+
+
+def _snapshot_nodes(conn: Connection, prior: NodeRows) -> tuple[list[Node], NodeRows]:
+    """The nodes as a snapshot holds them, and their rows for the next snapshot.
+
+    A node whose row did not change keeps the prior snapshot's Node (the same object, so its peer
+    template is reused too): parsing 1,000 rows of addresses again on every change was most of a
+    version's cost. `last_seen` is not part of a version (every status report moves it without one):
+    a snapshot's nodes have none and are not `online`; who shows them reads them fresh (`list_nodes`).
+    """
+    subnets: dict[int, list[str]] = {}
+    for r in conn.execute(
+        select(schema.routes.c.node_id, schema.routes.c.prefix).order_by(schema.routes.c.id)
+    ):
+        subnets.setdefault(r.node_id, []).append(r.prefix)
+    columns = [c for c in schema.nodes.c if c.name != "last_seen"]
+    nodes: list[Node] = []
+    rows: NodeRows = {}
+    for row in conn.execute(select(*columns).order_by(schema.nodes.c.name)).mappings():
+        key = (*row.values(), *subnets.get(row["id"], []))
+        held = prior.get(row["id"])
+        node = (
+            held[1]
+            if held is not None and held[0] == key
+            else _node({**row, "last_seen": None}, subnets.get(row["id"], []), utcnow())
+        )
+        nodes.append(node)
+        rows[row["id"]] = (key, node)
+    return nodes, rows
 
 
 def _claim(row: Any) -> route_approval.Claim:
@@ -291,6 +332,15 @@ class Registry:
         self.audit = AuditLog(store)
         self._snapshot: RegistrySnapshot | None = None
         self._snapshot_lock = threading.Lock()
+        self._history: OrderedDict[int, RegistrySnapshot] = OrderedDict()
+        """The last snapshots by version, oldest first: what changes are computed from."""
+        self._diffs: OrderedDict[tuple[int, int], SnapshotDiff] = OrderedDict()
+        self._diffs_lock = threading.Lock()
+        self._node_rows: NodeRows = {}
+        self.last_seen = LastSeenBatch(store)
+        """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
+        self._reported: set[tuple[NodeId, str]] = set()
+        """Nodes (id and key: a replaced node's new instance has none yet) known to have a report stored."""
         self._known: dict[bytes, tuple[NodeId, str]] = {}
         """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
         self.report_digests = ReportDigests(store)
@@ -515,8 +565,7 @@ class Registry:
                     node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
                 )
             )
-            netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
-        return node_id, make_credential("wgn", node_id, secret), netmap
+        return node_id, make_credential("wgn", node_id, secret), self._netmap_after(node_id)
 
     def _redeem_for_node(self, w: Writer, req: EnrollRequest) -> NodeId:
         """Redeem the token for a new node, or for the node it replaces; the token records which."""
@@ -782,8 +831,7 @@ class Registry:
                     node_id=node_id, secret_hash=keys.hash_secret(secret), created_at=utcnow()
                 )
             )
-            netmap = build_netmap(self._snapshot_from(w.conn, w.version), node_id)
-        return make_credential("wgn", node_id, secret), netmap
+        return make_credential("wgn", node_id, secret), self._netmap_after(node_id)
 
     def _set_key(self, w: Writer, node: Node, public_key: str, *, agent: bool = False) -> None:
         _check_key_free(w.conn, public_key)
@@ -832,11 +880,13 @@ class Registry:
 
     def list_nodes(self) -> list[Node]:
         """Every node, sorted by name."""
+        self.last_seen.flush()
         with self.store.read() as conn:
             return _load_nodes(conn)
 
     def get_node(self, ref: str) -> Node:
         """A node by name (or numeric id)."""
+        self.last_seen.flush()
         with self.store.read() as conn:
             return self._node_by_id(conn, self._resolve(conn, ref))
 
@@ -1036,31 +1086,73 @@ class Registry:
                 pair_rate[key] = r["rate"]
             generation[key] = r["psk_generation"]
         master = conn.execute(select(schema.registry.c.psk_master)).scalar_one()
+        nodes, self._node_rows = _snapshot_nodes(conn, self._node_rows)
         return RegistrySnapshot(
             version=version,
             network=network,
-            nodes=_load_nodes(conn),
+            nodes=nodes,
             routes=_classify(conn, network),
             pair_p2p=pair_p2p,
             pair_rate=pair_rate,
             psk_generation=generation,
             psk_master=bytes(master),
             coordinator_next_pin=str(staged) if (staged := identity.next_pin(conn)) else None,
+            prior_templates=self._snapshot.templates_by_key if self._snapshot is not None else {},
         )
 
     def snapshot(self) -> RegistrySnapshot:
         """A consistent view of the registry, reused while the version stands still; while the database
         is unavailable, the last one held (netmaps keep flowing, nothing can change meanwhile here)."""
+        held = self._snapshot
+        if held is not None:
+            # The common case, without the lock: a thousand long-polls woken at once each look up the
+            # version; only a new one is built, by the first that finds it, in turn.
+            try:
+                if self.store.version() == held.version:
+                    return held
+            except StoreError as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                return held
         with self._snapshot_lock:
             try:
                 with self.store.read() as conn:
                     version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
                     if self._snapshot is None or self._snapshot.version != version:
                         self._snapshot = self._snapshot_from(conn, version)
+                        self._hold(self._snapshot)
             except StoreError as exc:
                 if exc.code != UNAVAILABLE or self._snapshot is None:
                     raise
             return self._snapshot
+
+    def _hold(self, snapshot: RegistrySnapshot) -> None:
+        self._history[snapshot.version] = snapshot
+        self._history.move_to_end(snapshot.version)
+        while len(self._history) > HELD_VERSIONS:
+            self._history.popitem(last=False)
+
+    def netmap_change(self, snapshot: RegistrySnapshot, node_id: NodeId, since: int) -> NetMapChange:
+        """`node_id`'s netmap at `snapshot` as the change from version `since`, when that version's
+        snapshot is held; whole otherwise."""
+        old = self._history.get(since) if since != snapshot.version else None
+        if old is None:
+            return netmap_delta.change(None, snapshot, None, node_id)
+        key = (old.version, snapshot.version)
+        with self._diffs_lock:
+            # One diff per pair of versions, however many agents ask: the first computes it.
+            changes = self._diffs.get(key)
+            if changes is None:
+                changes = self._diffs[key] = netmap_delta.diff(old, snapshot)
+                while len(self._diffs) > HELD_VERSIONS:
+                    self._diffs.popitem(last=False)
+        return netmap_delta.change(old, snapshot, changes, node_id)
+
+    def _netmap_after(self, node_id: NodeId) -> NetMap:
+        """The netmap of a node just written, from the snapshot long-polls share: built after the commit,
+        not inside the write (which would hold every other writer up for the O(nodes) build), and once per
+        version for a burst of enrollments. It may be of a later version than the write: only newer."""
+        return build_netmap(self.snapshot(), node_id)
 
     def held_version(self) -> int | None:
         """The version of the snapshot held in memory (what long-polls get without the database)."""
@@ -1174,7 +1266,7 @@ class Registry:
                     last_seen=now,
                 )
             )
-            body = report.model_dump(mode="json")
+            body = report  # written as its JSON form (store._json_text), not copied into a dict first
             where = schema.status.c.node_id == node_id
             if (
                 w.conn.execute(
@@ -1184,6 +1276,32 @@ class Registry:
             ):
                 w.conn.execute(insert(schema.status).values(node_id=node_id, reported_at=now, report=body))
         return changed
+
+    def record_heartbeat(self, node_id: NodeId, public_ip: str | None) -> bool:
+        """Note that a node is alive (its last report stands); returns True when its whole report is
+        wanted: none is held, or the address it comes from changed (which peers see: a whole report
+        writes it)."""
+        # From the snapshot long-polls share (public_ip is in every version: a change of it bumps one).
+        node = self.snapshot().by_id.get(node_id)
+        if node is None:
+            raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
+        if node.public_ip != public_ip or not self._has_report(node):
+            return True
+        # last_seen only, with the other heartbeats of the second: no version bump, so no long-poll wakes.
+        self.last_seen.note(node_id, utcnow())
+        return False
+
+    def _has_report(self, node: Node) -> bool:
+        """Whether a report of this node (this instance of it: its key) is stored."""
+        if (node.id, node.public_key) in self._reported:
+            return True
+        with self.store.read() as conn:
+            found = conn.execute(
+                select(schema.status.c.node_id).where(schema.status.c.node_id == node.id)
+            ).first()
+        if found is not None:
+            self._reported.add((node.id, node.public_key))
+        return found is not None
 
     def statuses(self) -> dict[NodeId, NodeStatus]:
         """The last report of every node that has reported."""

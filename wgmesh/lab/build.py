@@ -69,7 +69,7 @@ def up(
     backend: Backend = "userspace",
     *,
     agents: bool = True,
-    timeout: float = 60.0,
+    timeout: float | None = None,
     progress: Progress = quiet,
     relay: bool | None = None,
     block_udp: Iterable[int] = (),
@@ -89,6 +89,7 @@ def up(
     """Build lab `name`, start its database, coordinators, relays and agents, and return once the mesh has
     converged.
 
+    `timeout` is the convergence budget in seconds (None: the plan's, which grows with the gateways).
     `relay=None` runs the relays when `wgmesh-relay` is installed and warns when it is not.
     `db="postgresql"` keeps the registry in a private PostgreSQL cluster in the lab's state directory,
     which `coordinators` coordinators share (SQLite takes one).
@@ -109,6 +110,8 @@ def up(
         ha_preempt_after=ha_preempt_after,
         ha_return=ha_return,
     )
+    if timeout is None:
+        timeout = plan.convergence_budget
     if timeout <= 0:
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
     blocked = sorted(set(block_udp))

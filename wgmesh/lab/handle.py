@@ -270,9 +270,11 @@ class Lab:
         return assess(self.plan, self.observe_all())
 
     def wait_converged(
-        self, timeout: float = 60.0, progress: Progress = quiet, *, started: float | None = None
+        self, timeout: float | None = None, progress: Progress = quiet, *, started: float | None = None
     ) -> float:
         """Wait until every gateway lists every other site with a handshake; returns the seconds taken.
+
+        `timeout` None is the lab's default for its size (LabPlan.convergence_budget).
 
         `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
         """
@@ -298,8 +300,9 @@ class Lab:
         its address with the same identity, keys and tokens."""
         return migration.move_to_postgresql(self.state, coordinators, progress)
 
-    def add_site(self, timeout: float = 60.0, progress: Progress = quiet) -> Site:
-        """Add site N+1 (namespaces, links, agent) and wait for the mesh to include it."""
+    def add_site(self, timeout: float | None = None, progress: Progress = quiet) -> Site:
+        """Add site N+1 (namespaces, links, agent) and wait for the mesh to include it (`timeout` None:
+        the default for the grown lab's size)."""
         plan = self.plan.with_sites(self.state.sites + 1)
         site = plan.sites[-1]
         progress(f"building site {site.index}")

@@ -26,6 +26,14 @@ DEFAULT_SITES = 3
 MAX_SITES = 200
 # 198.18.0.0/15 (RFC 2544 benchmarking space) holds 512 /24s; the first 256 are plenty of labs.
 MAX_SLOT = 255
+CONVERGE_BUDGET = 60.0
+"""Seconds (on the reference machine, scaled by wgmesh/lab/timescale.py) `up` and `add-site` wait for a lab
+of up to CONVERGE_FLAT_GATEWAYS gateways to converge, unless told otherwise."""
+CONVERGE_FLAT_GATEWAYS = 4
+CONVERGE_PER_GATEWAY = 5.0
+"""Seconds more per gateway beyond CONVERGE_FLAT_GATEWAYS: each agent is a Python program starting on the
+machine's few cores and the pairs to handshake grow as N², so a fixed 60 s that 3 sites use a third of
+would not hold 12 sites on a loaded machine (docs/lab.md, "Sizes")."""
 API_PORT = 8080
 # The hub's relay, next to the coordinator on the hub address.
 RELAY_PORT = 8443
@@ -247,6 +255,11 @@ class LabPlan:
         return tuple(g for s in self.sites for g in s.gateways)
 
     @property
+    def convergence_budget(self) -> float:
+        """The default convergence wait for this lab's size (see convergence_budget)."""
+        return convergence_budget(len(self.gateways))
+
+    @property
     def ha_sites(self) -> tuple[int, ...]:
         """The sites with a second gateway."""
         return tuple(s.index for s in self.sites if s.ha)
@@ -360,6 +373,12 @@ def validate_name(name: str) -> str:
             code="invalid_lab_name",
         )
     return name
+
+
+def convergence_budget(gateways: int) -> float:
+    """Seconds (reference machine) to wait for `gateways` gateways to converge when no timeout is given:
+    CONVERGE_BUDGET, plus CONVERGE_PER_GATEWAY for each gateway beyond CONVERGE_FLAT_GATEWAYS."""
+    return CONVERGE_BUDGET + CONVERGE_PER_GATEWAY * max(0, gateways - CONVERGE_FLAT_GATEWAYS)
 
 
 def _check_sites(count: int) -> None:

@@ -56,15 +56,18 @@ def read_views(gateways: Iterable[Gateway]) -> dict[str, GatewayView]:
 
 
 def wait_converged(
-    state: LabState, timeout: float = 60.0, progress: Progress = quiet, *, started: float | None = None
+    state: LabState, timeout: float | None = None, progress: Progress = quiet, *, started: float | None = None
 ) -> float:
     """Wait until every gateway lists every other site with a handshake; returns the seconds taken.
 
-    `started` (a time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
+    `timeout` None is the default for the lab's size (LabPlan.convergence_budget). `started` (a
+    time.monotonic() value) counts the timeout from an earlier moment, such as the start of `up`.
     """
     plan = state.plan()
     start = time.monotonic() if started is None else started
-    budget = scaled(timeout)  # a budget on the reference machine; see wgmesh.lab.timescale
+    budget = scaled(
+        plan.convergence_budget if timeout is None else timeout
+    )  # a budget on the reference machine; see wgmesh.lab.timescale
     deadline = start + budget
     nudger = _Nudger(plan)
     try:

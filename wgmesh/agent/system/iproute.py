@@ -10,7 +10,9 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,94 @@ def netlink(what: str, code: str = "netlink") -> Iterator[Any]:
         raise
     except Exception as exc:  # NetlinkError, OSError: one kind of failure for the caller
         raise BackendError(f"{what}: {exc}", code=code) from exc
+
+
+# --- the route dump (rtnetlink, read without pyroute2) --------------------------------------------
+
+_NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_RTMSG = struct.Struct(
+    "=BBBBBBBBI"
+)  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTATTR = struct.Struct("=HH")  # rtattr: length, type
+_U32 = struct.Struct("=I")
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
+_DUMP_SEQUENCE = 1
+
+
+def parse_routes(chunk: bytes, *, oif: int, proto: int, table: int) -> tuple[list[str], bool]:
+    """`prefix/len` of each route in one read of an RTM_GETROUTE dump that goes out `oif`, carries `proto`
+    and lives in `table` (routes without a destination, default routes, are left out); and whether the
+    read ended the dump (NLMSG_DONE). A netlink error message raises BackendError.
+    """
+    found: list[str] = []
+    offset = 0
+    while offset + _NLMSG.size <= len(chunk):
+        length, kind, _flags, _seq, _port = _NLMSG.unpack_from(chunk, offset)
+        if length < _NLMSG.size or offset + length > len(chunk):
+            raise BackendError(f"malformed netlink message of {length} bytes", code="netlink")
+        body = offset + _NLMSG.size
+        if kind == _NLMSG_DONE:
+            return found, True
+        if kind == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", chunk, body)[0]
+            raise BackendError(f"route dump failed: {os.strerror(code)}", code="netlink")
+        if kind == _RTM_NEWROUTE:
+            route = _route_of(chunk, body, offset + length, oif=oif, proto=proto, table=table)
+            if route is not None:
+                found.append(route)
+        offset += (length + 3) & ~3
+    return found, False
+
+
+def _route_of(chunk: bytes, start: int, end: int, *, oif: int, proto: int, table: int) -> str | None:
+    family, dst_len, _src, _tos, rtm_table, rtm_proto, _scope, _type, _flags = _RTMSG.unpack_from(
+        chunk, start
+    )
+    if rtm_proto != proto:
+        return None
+    dst: bytes | None = None
+    out: int | None = None
+    in_table = rtm_table
+    at = start + _RTMSG.size
+    while at + _RTATTR.size <= end:
+        size, kind = _RTATTR.unpack_from(chunk, at)
+        if size < _RTATTR.size:
+            break
+        # Read in place: only three of a route's attributes matter, and this runs for every route.
+        if kind == _RTA_DST:
+            dst = chunk[at + _RTATTR.size : at + size]
+        elif kind == _RTA_OIF:
+            out = _U32.unpack_from(chunk, at + _RTATTR.size)[0]
+        elif kind == _RTA_TABLE:
+            in_table = _U32.unpack_from(chunk, at + _RTATTR.size)[0]  # the rtmsg's byte stops at 255
+        at += (size + 3) & ~3
+    if out != oif or in_table != table or not dst or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return f"{socket.inet_ntop(family, dst)}/{dst_len}"
+
+
+def _dump_routes(oif: int, proto: int, table: int) -> list[str]:
+    """The routes of this network namespace (every family) that go out `oif` with `proto` in `table`."""
+    request = _NLMSG.pack(
+        _NLMSG.size + _RTMSG.size, _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, _DUMP_SEQUENCE, 0
+    ) + _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+    found: list[str] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(10.0)
+        sock.bind((0, 0))
+        sock.sendall(request)
+        while True:
+            # The kernel fills each read with whole messages; 1 MiB is far above what it puts in one.
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise OSError("netlink socket closed during the route dump")
+            routes, done = parse_routes(chunk, oif=oif, proto=proto, table=table)
+            found += routes
+            if done:
+                return found
 
 
 def link_index(ipr: Any, ifname: str) -> int:
@@ -101,12 +191,16 @@ class LinuxHost:
 
     def installed_routes(self, ifname: str) -> list[str]:
         """The agent's routes through `ifname` in the main table."""
-        with netlink(f"listing routes of {ifname}") as ipr:
-            index = ipr.link_lookup(ifname=ifname)
-            if not index:
-                return []
-            routes = ipr.get_routes(table=MAIN_TABLE, oif=index[0], proto=ROUTE_PROTO)
-            return sorted(f"{r.get('dst')}/{r['dst_len']}" for r in routes if r.get("dst"))
+        try:
+            index = socket.if_nametoindex(ifname)
+        except OSError:
+            return []
+        # Read from the kernel's dump directly: pyroute2 decodes every route into message objects
+        # (0.3 ms each), which made this read 0.4-0.8 s of every apply with 1,000 peers (2,000 routes).
+        try:
+            return sorted(_dump_routes(index, ROUTE_PROTO, MAIN_TABLE))
+        except OSError as exc:
+            raise BackendError(f"listing routes of {ifname}: {exc}", code="netlink") from exc
 
     def apply_routes(self, ifname: str, ops: Sequence[RouteOp]) -> None:
         """Add (replace) or delete routes through `ifname`."""

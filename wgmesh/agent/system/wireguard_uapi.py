@@ -12,6 +12,7 @@ shared by every namespace, so a name used in another one is refused, not adopted
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -145,34 +146,44 @@ def encode_set(ops: Sequence[DeviceOp], chunk_lines: int = CHUNK_LINES) -> list[
     return transactions
 
 
+# Every apply reads the whole device back: with 1,000 peers, converting the same public keys from hex and
+# parsing the same endpoints each time was a fifth of the apply. Both are pure; bounded well above one device.
+_hex_to_key = functools.lru_cache(maxsize=1 << 14)(keys.hex_to_key)
+_endpoint = functools.lru_cache(maxsize=1 << 14)(Endpoint.parse)
+
+
 def parse_get(text: str) -> ObservedDevice:
     """Parse the answer to `get=1` (without checking errno; `UapiSocket.get` does)."""
     device: dict[str, str] = {}
-    peers: list[dict[str, list[str]]] = []
-    for line in text.splitlines():
+    # Per peer, the last value of each key, and its allowed IPs in order (the only repeated key).
+    peers: list[tuple[dict[str, str], list[str]]] = []
+    current = device
+    allowed: list[str] = []
+    for line in text.split("\n"):
         if not line:
             continue
         key, sep, value = line.partition("=")
         if not sep:
             raise BackendError(f"unexpected UAPI line {line[:40]!r}", code="uapi_protocol")
         if key == "public_key":
-            peers.append({})
-        if peers:
-            peers[-1].setdefault(key, []).append(value)
+            current, allowed = {}, []
+            peers.append((current, allowed))
+        if key == "allowed_ip" and current is not device:
+            allowed.append(value)
         else:
-            device[key] = value
+            current[key] = value
     specs: list[PeerSpec] = []
     stats: dict[str, PeerStats] = {}
-    for raw in peers:
-        one = {k: v[-1] for k, v in raw.items()}
-        public_key = keys.hex_to_key(one["public_key"])
+    for one, allowed_ips in peers:
+        public_key = _hex_to_key(one["public_key"])
         psk_hex = one.get("preshared_key", _ZERO_HEX)
-        endpoint = Endpoint.parse(one["endpoint"]) if one.get("endpoint") else None
+        endpoint = _endpoint(one["endpoint"]) if one.get("endpoint") else None
         specs.append(
             PeerSpec(
                 public_key=public_key,
-                allowed_ips=tuple(raw.get("allowed_ip", [])),
+                allowed_ips=tuple(allowed_ips),
                 endpoint=endpoint,
+                # Not through the cache: a preshared key is a secret, kept no longer than the device holds it.
                 psk=None if psk_hex == _ZERO_HEX else keys.hex_to_key(psk_hex),
                 keepalive=int(one.get("persistent_keepalive_interval", "0")),
             )

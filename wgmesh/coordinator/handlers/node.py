@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -12,12 +13,13 @@ from starlette.responses import Response
 
 from wgmesh.coordinator.handlers.auth import client_address
 from wgmesh.coordinator.handlers.context import context
-from wgmesh.coordinator.operations import Call, json_response
+from wgmesh.coordinator.operations import Call, compressed_json
 from wgmesh.errors import ValidationError
 from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
     EnrollResponse,
+    HeartbeatAck,
     KeyRotated,
     KeyRotation,
     Model,
@@ -25,11 +27,15 @@ from wgmesh.models import (
     RouteList,
     SubnetsUpdate,
 )
-from wgmesh.netmap import build_netmap
+from wgmesh.netmap import RegistrySnapshot, build_netmap
+from wgmesh.values import NodeId
 
 log = logging.getLogger("wgmesh.coordinator")
 
 MAX_WAIT = 60.0
+VERSION_AGE_HEADER = "Wgmesh-Version-Age"
+"""Seconds from the commit of the answered version (as this coordinator heard of it) to the answer: how
+long a change took to reach the agent, from the server's side."""
 
 
 class StatusAck(Model):
@@ -59,9 +65,23 @@ async def rotate_own_key(call: Call) -> KeyRotated:
 
 
 async def get_netmap(call: Call) -> Response:
+    """The whole netmap when the version moved from `since` (the API of agents before netmap changes)."""
+    return await _long_poll(call, lambda snapshot, node_id, _since: build_netmap(snapshot, node_id))
+
+
+async def get_netmap_changes(call: Call) -> Response:
+    """The netmap as the change from the version the agent holds (`since`), whole when that one is gone."""
+    registry = context(call.request).registry
+    return await _long_poll(call, registry.netmap_change)
+
+
+async def _long_poll(call: Call, render: Callable[[RegistrySnapshot, NodeId, int], Model]) -> Response:
+    """Answer `render(snapshot, node, since)` as soon as the registry's version differs from `since`,
+    waiting up to `wait` seconds for it; 304 when it did not move."""
     ctx = context(call.request)
     registry, metrics, notifier = ctx.registry, ctx.metrics, ctx.notifier
-    assert call.node_id is not None
+    node_id = call.node_id
+    assert node_id is not None
     since = _int_query(call.request, "since", -1)
     wait = min(max(_float_query(call.request, "wait", 0.0), 0.0), MAX_WAIT)
     loop = asyncio.get_running_loop()
@@ -73,7 +93,14 @@ async def get_netmap(call: Call) -> Response:
         snapshot = await run_in_threadpool(registry.snapshot)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
         if snapshot.version != since:
-            return json_response(build_netmap(snapshot, call.node_id))
+            # Built and serialised in a worker thread too: a whole netmap at 1,000 peers takes
+            # milliseconds, and the event loop serves every other long-poll meanwhile.
+            response = await run_in_threadpool(_answer, call.request, render, snapshot, node_id, since)
+            age = notifier.age(snapshot.version)
+            if age is not None:
+                response.headers[VERSION_AGE_HEADER] = f"{age:.4f}"
+                metrics.netmap_delivery.observe(age)
+            return response
         remaining = deadline - loop.time()
         # A stopping coordinator answers "nothing new" at once: the agent asks again, finds it gone and
         # moves on, instead of waiting out the stop's grace period on a poll that would never answer.
@@ -92,6 +119,15 @@ async def post_status(call: Call) -> StatusAck:
     return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
 
 
+async def post_heartbeat(call: Call) -> HeartbeatAck:
+    ctx = context(call.request)
+    registry, settings = ctx.registry, ctx.settings
+    assert call.node_id is not None
+    address = client_address(call.request, settings.trusted_proxies)
+    wanted = await run_in_threadpool(registry.record_heartbeat, call.node_id, address)
+    return HeartbeatAck(version=await run_in_threadpool(registry.version), report_wanted=wanted)
+
+
 async def get_relay_grant(call: Call) -> RelayGrant:
     ctx = context(call.request)
     registry, settings = ctx.registry, ctx.settings
@@ -105,6 +141,16 @@ async def put_own_subnets(call: Call) -> RouteList:
     body: SubnetsUpdate = call.body
     routes = await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets, body.site)
     return RouteList(routes=routes)
+
+
+def _answer(
+    request: Request,
+    render: Callable[[RegistrySnapshot, NodeId, int], Model],
+    snapshot: RegistrySnapshot,
+    node_id: NodeId,
+    since: int,
+) -> Response:
+    return compressed_json(request, render(snapshot, node_id, since))
 
 
 def _int_query(request: Request, name: str, default: int) -> int:
