@@ -8,6 +8,9 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   csrf: null,
   topology: null,
+  summary: null, // the coordinator's summary; its `view` says whether to draw the full mesh
+  drill: { title: "All nodes", query: "", offset: 0, page: null },
+  links: { node: null, state: "", offset: 0, page: null },
   statuses: new Map(), // node name -> NodeStatus
   tokens: [],
   adminTokens: [],
@@ -244,6 +247,14 @@ async function refresh() {
   }
   state.refreshing = (async () => {
     try {
+      // The summary is cheap at any size and says how to show the network (`view`): the full mesh for a
+      // small one, else the summary and its pages (the full document is too big at 1,000 nodes).
+      const summary = await api("GET", "/api/v1/topology/summary");
+      state.summary = summary;
+      if (summary.view === "summary") {
+        await refreshSummary();
+        return;
+      }
       const [topology, statuses, tokens, pairs, adminTokens, audit] = await Promise.all([
         api("GET", "/api/v1/topology"),
         api("GET", "/api/v1/statuses"),
@@ -268,12 +279,20 @@ async function refresh() {
   return state.refreshing;
 }
 
+function showView(view) {
+  for (const e of document.querySelectorAll("[data-view]")) e.hidden = e.dataset.view !== view;
+}
+
+function renderHeader(network, version) {
+  $("#network-name").textContent = `· ${network.name} ${network.overlay_cidr} · MTU ${network.mtu} · v${version}`;
+  document.body.dataset.version = String(version);
+  if (document.activeElement !== $("#network-mtu")) $("#network-mtu").value = String(network.mtu);
+}
+
 function render() {
+  showView("full");
   const t = state.topology;
-  $("#network-name").textContent =
-    `· ${t.network.name} ${t.network.overlay_cidr} · MTU ${t.network.mtu} · v${t.version}`;
-  document.body.dataset.version = String(t.version);
-  if (document.activeElement !== $("#network-mtu")) $("#network-mtu").value = String(t.network.mtu);
+  renderHeader(t.network, t.version);
   renderTopology();
   renderNodes();
   renderRoutes();
@@ -287,6 +306,215 @@ function render() {
 
 function nodeByName(name) {
   return state.topology.nodes.find((n) => n.name === name) || null;
+}
+
+// --- summary (large networks) ---------------------------------------------------------------------
+// Counts, groups and pages exactly as the coordinator answers them (wgmesh.topology_summary): each group
+// carries the query that lists its nodes; a node's links come a page at a time.
+
+const PAGE = 50;
+const PROBLEM_LABEL = { offline: "Offline", links_down: "Links down", relayed: "Relayed links", conflicts: "Route conflicts" };
+const PROBLEM_UNIT = { offline: "nodes", links_down: "links", relayed: "links", conflicts: "routes" };
+
+function pagePath(base, query, offset) {
+  const params = new URLSearchParams(query);
+  params.set("offset", String(offset));
+  params.set("limit", String(PAGE));
+  return `${base}?${params}`;
+}
+
+function linksPath(node) {
+  return `/api/v1/topology/nodes/${encodeURIComponent(node)}/links`;
+}
+
+async function refreshSummary() {
+  const d = state.drill;
+  const l = state.links;
+  const [nodes, links, tokens, adminTokens, audit] = await Promise.all([
+    api("GET", pagePath("/api/v1/topology/nodes", d.query, d.offset)),
+    l.node ? api("GET", pagePath(linksPath(l.node), l.state ? { state: l.state } : {}, l.offset)).catch((err) => {
+      if (err.status !== 404) throw err;
+      return null; // the node was deleted meanwhile
+    }) : Promise.resolve(null),
+    api("GET", "/api/v1/tokens"),
+    api("GET", "/api/v1/admin-tokens"),
+    api("GET", "/api/v1/audit?limit=200"),
+  ]);
+  state.topology = null;
+  d.page = nodes;
+  l.page = links;
+  if (!links) l.node = null;
+  state.tokens = tokens.tokens;
+  state.adminTokens = adminTokens.admin_tokens;
+  state.audit = audit.entries;
+  renderSummary();
+  renderTokens();
+  renderAdminTokens();
+  renderAudit();
+}
+
+function countsText(counts) {
+  const parts = Object.entries(counts).filter(([, n]) => n).map(([k, n]) => `${n} ${k.replaceAll("_", " ")}`);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+function groupRow(group, title) {
+  const p = group.problems;
+  const cellOf = (n, kind) => el("td", { class: n ? `num ${kind}` : "num", text: String(n) });
+  return el(
+    "tr",
+    { "data-group": group.value },
+    el("th", { scope: "row" }, el("button", { type: "button", class: "link", text: group.value, onclick: () => drill(`${title} ${group.value}`, group.query) })),
+    el("td", { class: "num", text: String(group.nodes.total) }),
+    cellOf(group.nodes.offline, "bad"),
+    cellOf(p.links_down, "bad"),
+    cellOf(p.relayed, "warn"),
+    cellOf(p.conflicts, "bad"),
+  );
+}
+
+function renderSummary() {
+  showView("summary");
+  const s = state.summary;
+  renderHeader(s.network, s.version);
+  const totalLinks = Object.values(s.links).reduce((a, b) => a + b, 0);
+  const fields = [
+    ["Nodes", `${s.nodes.total} (${s.nodes.online} online, ${s.nodes.offline} offline)`],
+    ["Links", `${totalLinks}: ${countsText(s.links)}`],
+    ["Routes", countsText(s.routes)],
+    ["HA groups", String(s.ha_groups)],
+    ["Warnings", countsText(s.warnings)],
+  ];
+  $("#summary-counts").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { "data-field": k.toLowerCase(), text: v })]));
+  $("#summary-problems").replaceChildren(
+    el("li", {}, el("button", { type: "button", class: "link", text: `All nodes (${s.nodes.total})`, onclick: () => drill("All nodes", "") })),
+    ...s.problems.map((p) => {
+      const text = PROBLEM_UNIT[p.problem] === "nodes" ? `${p.count} nodes` : `${p.count} ${PROBLEM_UNIT[p.problem]} on ${p.nodes} nodes`;
+      return el(
+        "li",
+        { "data-problem": p.problem },
+        el("button", { type: "button", class: "link", disabled: !p.nodes, text: PROBLEM_LABEL[p.problem], onclick: () => drill(PROBLEM_LABEL[p.problem], p.query) }),
+        " ",
+        el("span", { class: p.count ? "bad" : "muted", text }),
+      );
+    }),
+  );
+  $("#summary-tags tbody").replaceChildren(
+    ...(s.tags.length ? s.tags.map((g) => groupRow(g, "Tag")) : [el("tr", {}, el("td", { colspan: "6", text: "no node has a tag" }))]),
+  );
+  const weight = (g) => Object.values(g.problems).reduce((a, b) => a + b, 0);
+  const sites = [...s.sites].sort((a, b) => weight(b) - weight(a) || a.value.localeCompare(b.value));
+  $("#summary-site-count").textContent = `(${sites.length})`;
+  $("#summary-sites tbody").replaceChildren(
+    ...(sites.length ? sites.map((g) => groupRow(g, "Site")) : [el("tr", {}, el("td", { colspan: "6", text: "no site has more than one node" }))]),
+  );
+  renderDrillNodes();
+  renderDrillLinks();
+}
+
+function linksText(c) {
+  return [`${c.direct} direct`, ...[["relay", "relay"], ["down", "down"], ["unknown", "unknown"]].filter(([k]) => c[k]).map(([k, label]) => `${c[k]} ${label}`)].join(", ");
+}
+
+function rangeText(page, what) {
+  if (!page.total) return `no ${what}`;
+  if (!page[what].length) return `none from ${page.offset + 1} (of ${page.total})`;
+  return `${page.offset + 1}-${page.offset + page[what].length} of ${page.total}`;
+}
+
+function renderDrillNodes() {
+  const d = state.drill;
+  const page = d.page;
+  $("#drill-nodes-title").textContent = visible(d.title);
+  $("#drill-nodes-range").textContent = rangeText(page, "nodes");
+  $("#drill-nodes-prev").disabled = page.offset === 0;
+  $("#drill-nodes-next").disabled = page.offset + page.nodes.length >= page.total;
+  const rows = page.nodes.map((n) => el(
+    "tr",
+    { "data-node": n.name },
+    el("th", { scope: "row" }, el("button", { type: "button", class: "link", text: n.name, onclick: () => showLinks(n.name) })),
+    el("td", {}, pill(n.static ? "static" : n.online ? "online" : "offline")),
+    el("td", { text: n.site }),
+    el("td", { class: "num", text: n.overlay_ip }),
+    el("td", { text: linksText(n.links) }),
+    el("td", {}, ...n.problems.map((p) => pill("warn", PROBLEM_LABEL[p]))),
+  ));
+  $("#drill-nodes-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", text: "no nodes" }))]));
+}
+
+function renderDrillLinks() {
+  const l = state.links;
+  $("#drill-links").hidden = !l.node;
+  if (!l.node) return;
+  const page = l.page;
+  $("#drill-links-title").textContent = visible(`Links of ${page.node}`);
+  $("#drill-links-state").value = l.state;
+  $("#drill-links-range").textContent = rangeText(page, "links");
+  $("#drill-links-prev").disabled = page.offset === 0;
+  $("#drill-links-next").disabled = page.offset + page.links.length >= page.total;
+  const rows = page.links.map((lk) => el(
+    "tr",
+    { "data-peer": lk.b, "data-path": lk.path },
+    el("th", { scope: "row", text: lk.b }),
+    el("td", {}, pill(lk.path, PATH_LABEL[lk.path])),
+    el("td", { class: "num", text: fmtRtt(lk.rtt_ms) }),
+    el("td", { class: "num", text: `${fmtBytes(lk.rx_bytes)} / ${fmtBytes(lk.tx_bytes)}` }),
+    el("td", { text: fmtAgo(lk.last_handshake) }),
+    el("td", { text: lk.p2p }),
+  ));
+  $("#drill-links-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", text: "no links" }))]));
+}
+
+async function drill(title, query) {
+  state.drill = { title, query, offset: 0, page: state.drill.page };
+  await loadDrillNodes();
+  $("#drill-nodes").scrollIntoView({ block: "nearest" });
+}
+
+async function loadDrillNodes() {
+  const d = state.drill;
+  try {
+    d.page = await api("GET", pagePath("/api/v1/topology/nodes", d.query, d.offset));
+    renderDrillNodes();
+  } catch (err) {
+    say(`Could not list the nodes: ${err.message}`, true);
+  }
+}
+
+async function loadLinks() {
+  const l = state.links;
+  try {
+    l.page = await api("GET", pagePath(linksPath(l.node), l.state ? { state: l.state } : {}, l.offset));
+    renderDrillLinks();
+  } catch (err) {
+    say(`Could not list the links of ${l.node}: ${err.message}`, true);
+  }
+}
+
+async function showLinks(name) {
+  state.links = { node: name, state: "", offset: 0, page: null };
+  await loadLinks();
+  $("#drill-links").scrollIntoView({ block: "nearest" });
+}
+
+function wireSummary() {
+  const turn = (box, step, load) => {
+    box.offset = Math.max(0, box.offset + step);
+    load();
+  };
+  $("#drill-nodes-prev").addEventListener("click", () => turn(state.drill, -PAGE, loadDrillNodes));
+  $("#drill-nodes-next").addEventListener("click", () => turn(state.drill, PAGE, loadDrillNodes));
+  $("#drill-links-prev").addEventListener("click", () => turn(state.links, -PAGE, loadLinks));
+  $("#drill-links-next").addEventListener("click", () => turn(state.links, PAGE, loadLinks));
+  $("#drill-links-state").addEventListener("change", (ev) => {
+    state.links.state = ev.target.value;
+    state.links.offset = 0;
+    loadLinks();
+  });
+  $("#drill-links-close").addEventListener("click", () => {
+    state.links = { node: null, state: "", offset: 0, page: null };
+    renderDrillLinks();
+  });
 }
 
 // --- topology -----------------------------------------------------------------------------------
@@ -924,6 +1152,7 @@ async function revokeAdminToken(name) {
 // --- start --------------------------------------------------------------------------------------
 
 function wire() {
+  wireSummary();
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
   $("#details-close").addEventListener("click", closeDetails);

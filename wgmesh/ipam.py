@@ -5,6 +5,7 @@ Every "no" comes with a reason a person can act on; the same words reach the API
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -149,27 +150,17 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
     only move another from conflict towards standby or active, never back.
     """
     verdicts: list[RouteVerdict] = []
-    held: list[RouteClaim] = []
+    held = _Held()
     for claim in claims:
         reason = unroutable_reason(claim.prefix, overlay)
         if reason:
             verdicts.append(RouteVerdict(claim, "rejected", reason))
             continue
-        duplicate = next((c for c in held if (c.prefix, c.gateway) == (claim.prefix, claim.gateway)), None)
-        if duplicate is not None:
+        if (claim.prefix, claim.gateway) in held.keys:
             verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
             continue
-        overlapping = next(
-            (
-                c
-                for c in held
-                if c.prefix.version == claim.prefix.version
-                and c.prefix != claim.prefix
-                and c.prefix.overlaps(claim.prefix)
-            ),
-            None,
-        )
-        identical = [c for c in held if c.prefix == claim.prefix and c.gateway != claim.gateway]
+        overlapping = held.first_overlapping(claim.prefix)
+        identical = [c for c in held.by_prefix.get(claim.prefix, ()) if c.gateway != claim.gateway]
         other_site = next((c for c in identical if c.site_name != claim.site_name), None)
         if overlapping is not None:
             verdicts.append(
@@ -197,5 +188,52 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
             )
         else:
             verdicts.append(RouteVerdict(claim, "active", ""))
-        held.append(claim)
+        held.add(claim)
     return verdicts
+
+
+class _Held:
+    """The claims held so far, indexed so that each new claim is judged in O(log n + its overlaps)
+    instead of against every earlier claim (1,000 routes were 500,000 `overlaps` calls, 2 s, per change).
+
+    Two prefixes of one family overlap iff one contains the other: the held prefixes containing P are
+    among P's supernets (one dict lookup per shorter length), those inside P lie in P's address range
+    (a range of the list of held prefixes sorted by network address). The earliest held one wins, as
+    when scanning the claims in order."""
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[Prefix, str]] = set()
+        self.by_prefix: dict[Prefix, list[RouteClaim]] = {}
+        # (version, network as int, length) -> (order of its first claim, that claim)
+        self._first: dict[tuple[int, int, int], tuple[int, RouteClaim]] = {}
+        # per version, sorted (network as int, length, order): every held prefix once
+        self._sorted: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
+
+    def add(self, claim: RouteClaim) -> None:
+        self.keys.add((claim.prefix, claim.gateway))
+        self.by_prefix.setdefault(claim.prefix, []).append(claim)
+        p = claim.prefix
+        key = (p.version, int(p.network_address), p.prefixlen)
+        if key not in self._first:
+            order = len(self._first)
+            self._first[key] = (order, claim)
+            bisect.insort(self._sorted[p.version], (key[1], key[2], order))
+
+    def first_overlapping(self, prefix: Prefix) -> RouteClaim | None:
+        """The earliest held claim of another prefix of the same family that overlaps `prefix`."""
+        version, net, length = prefix.version, int(prefix.network_address), prefix.prefixlen
+        bits = prefix.max_prefixlen
+        found: list[tuple[int, RouteClaim]] = []
+        for shorter in range(length):
+            mask = ((1 << shorter) - 1) << (bits - shorter)
+            if (hit := self._first.get((version, net & mask, shorter))) is not None:
+                found.append(hit)
+        ordered = self._sorted[version]
+        last = net | ((1 << (bits - length)) - 1)
+        for i in range(bisect.bisect_left(ordered, (net, length + 1, -1)), len(ordered)):
+            start, sub_length, _ = ordered[i]
+            if start > last:
+                break
+            if sub_length > length:
+                found.append(self._first[(version, start, sub_length)])
+        return min(found, key=lambda hit: hit[0])[1] if found else None

@@ -976,3 +976,100 @@ class LocalStatus(Model):
     relays: list[LocalRelay] = Field(default_factory=list)
     site: str | None = None
     ha: list[HaStatus] = Field(default_factory=list)
+
+
+# --- topology at scale: the summary and its pages (wgmesh.topology_summary) --------------------------
+
+TopologyProblem = Literal["offline", "links_down", "relayed", "conflicts"]
+"""What a node can be listed for in the summary's problem groups."""
+
+LinkState = Literal["direct", "relay", "down", "unknown"]
+
+
+class LinkCounts(Model):
+    """Links by state (Link.path): direct/relay with a fresh handshake, down, unknown (nobody reported)."""
+
+    direct: int = 0
+    relay: int = 0
+    down: int = 0
+    unknown: int = 0
+
+
+class NodeCounts(Model):
+    total: int = 0
+    online: int = 0
+    offline: int = 0
+
+
+class TopologyGroup(Model):
+    """Nodes sharing a tag value or a site, with how many of them have each problem."""
+
+    kind: Literal["tag", "site"]
+    key: str = Field(
+        description="The tag's key (`region` of `region:eu-west-1`; `tag` without one), or `site`"
+    )
+    value: str = Field(description="The whole tag, or the site's name")
+    nodes: NodeCounts
+    problems: dict[TopologyProblem, int] = Field(description="How many of its nodes have each problem")
+    query: str = Field(description="The query of GET /api/v1/topology/nodes that lists its nodes")
+
+
+class ProblemGroup(Model):
+    """One kind of problem: how many there are (links, routes or nodes) and on how many nodes."""
+
+    problem: TopologyProblem
+    count: int = Field(description="Links down, relayed links, conflicting routes, or offline nodes")
+    nodes: int = Field(description="Nodes with this problem")
+    query: str = Field(description="The query of GET /api/v1/topology/nodes that lists those nodes")
+
+
+class TopologySummary(Model):
+    """The topology in counts, built in one pass over the status reports (no list of links)."""
+
+    network: Network
+    version: int
+    view: Literal["full", "summary"] = Field(
+        description="How the dashboard and `wgmesh status` show this network: `full` draws every node and "
+        "link (/api/v1/topology), `summary` shows these counts with drill-down (the pages)"
+    )
+    nodes: NodeCounts
+    links: LinkCounts
+    routes: dict[RouteState, int]
+    ha_groups: int
+    warnings: dict[str, int] = Field(description="Warnings (/api/v1/topology's) by kind")
+    problems: list[ProblemGroup]
+    tags: list[TopologyGroup] = Field(description="One group per tag value, sorted by key then value")
+    sites: list[TopologyGroup] = Field(
+        description="Sites of more than one node (a node naming no site is a site of its own)"
+    )
+
+
+class TopologyNodeRow(Model):
+    """One node of a page: what it is, and its links by state."""
+
+    id: NodeId
+    name: Name
+    site: Name
+    tags: list[Tag]
+    overlay_ip: IpAddr
+    subnets: list[PrefixField]
+    online: bool
+    static: bool
+    last_seen: datetime | None
+    links: LinkCounts
+    problems: list[TopologyProblem]
+
+
+class TopologyNodePage(Model):
+    total: int = Field(description="Nodes matching the filter, in all pages")
+    offset: int
+    limit: int
+    nodes: list[TopologyNodeRow]
+
+
+class TopologyLinkPage(Model):
+    node: Name
+    total: int = Field(description="Links of the node matching the filter, in all pages")
+    offset: int
+    limit: int
+    links: list[Link] = Field(description="Sorted by the other node's name; `a` is always the node")

@@ -15,6 +15,7 @@ from wgmesh.models import (
     HaGroup,
     HealthCounts,
     Link,
+    LinkState,
     Network,
     Node,
     NodeStatus,
@@ -110,6 +111,15 @@ def observed_peer(
     )
 
 
+def link_state(*, seen: bool, fresh: bool, relay: bool) -> LinkState:
+    """A link's state from both ends' reports of it: `seen` if either reported it, `fresh` if the newer
+    handshake is within HANDSHAKE_FRESH, `relay` if either end reports the relay path. The one rule of
+    `link` and of the summary's counts (wgmesh.topology_summary)."""
+    if fresh:
+        return "relay" if relay else "direct"
+    return "down" if seen else "unknown"
+
+
 def link(
     network: Network,
     a: Node,
@@ -143,7 +153,7 @@ def link(
         a=a.name,
         b=b.name,
         p2p=pair_p2p(network, a, b, override),
-        path=("relay" if "relay" in paths else "direct") if fresh else ("down" if views else "unknown"),
+        path=link_state(seen=bool(views), fresh=fresh, relay="relay" in paths),
         rtt_ms=min(rtts) if rtts else None,
         last_handshake=handshake,
         rx_bytes=sum(p.rx_bytes for p in views_only),
@@ -279,6 +289,11 @@ def ha_group_view(
 # --- warnings -----------------------------------------------------------------------------------------
 
 
+def gateway_offline(node: Node) -> bool:
+    """A gateway (a node with subnets) whose agent is not heard from; a static peer never reports."""
+    return bool(node.subnets) and not node.online and not node.static
+
+
 def warnings(
     nodes: Sequence[Node],
     links: Sequence[Link],
@@ -299,7 +314,7 @@ def warnings(
                 f"(wgmesh routes approve {route.prefix} --node {route.gateway})"
             )
     for node in nodes:
-        if node.subnets and not node.online and not node.static:
+        if gateway_offline(node):
             out.append(f"gateway {node.name} is offline")
         st = statuses.get(node.id)
         for shadow in st.report.shadowed if st else []:

@@ -415,3 +415,78 @@ def test_a_conflicting_route_keeps_later_overlapping_claims_out_even_identical_o
     assert verdicts[2].other == claims[1]
     without = ipam.classify_routes(OVERLAY4, [claims[0], claims[2]])
     assert [v.state for v in without] == ["active", "standby"]
+
+
+# --- the indexed classification agrees with the plain one it replaced -----------------------------------
+
+
+def classify_by_scanning(overlay: Prefix, claims: list[RouteClaim]) -> list[RouteVerdict]:
+    """classify_routes as it was written before issue 19: every claim against every earlier one."""
+    verdicts: list[RouteVerdict] = []
+    held: list[RouteClaim] = []
+    for c in claims:
+        reason = ipam.unroutable_reason(c.prefix, overlay)
+        if reason:
+            verdicts.append(RouteVerdict(c, "rejected", reason))
+            continue
+        if any((h.prefix, h.gateway) == (c.prefix, c.gateway) for h in held):
+            verdicts.append(RouteVerdict(c, "rejected", f"{c.label} is already advertised"))
+            continue
+        overlapping = next(
+            (
+                h
+                for h in held
+                if h.prefix.version == c.prefix.version
+                and h.prefix != c.prefix
+                and h.prefix.overlaps(c.prefix)
+            ),
+            None,
+        )
+        identical = [h for h in held if h.prefix == c.prefix and h.gateway != c.gateway]
+        other_site = next((h for h in identical if h.site_name != c.site_name), None)
+        if overlapping is not None:
+            verdicts.append(
+                RouteVerdict(c, "conflict", f"{c.prefix} overlaps {overlapping.label}", overlapping)
+            )
+        elif other_site is not None:
+            verdicts.append(RouteVerdict(c, "conflict", "(other site)", other_site))
+        elif identical:
+            verdicts.append(RouteVerdict(c, "standby", "(standby)", identical[0]))
+        else:
+            verdicts.append(RouteVerdict(c, "active", ""))
+        held.append(c)
+    return verdicts
+
+
+# prefixes drawn from a small space, so that they nest, repeat and collide often; both families
+_V4 = st.builds(
+    lambda a, n: ipaddress.ip_interface((0x0A000000 | a << 8, n)).network,
+    st.integers(0, 2**12 - 1),
+    st.integers(8, 28),
+)
+_V6 = st.builds(
+    lambda a, n: ipaddress.ip_interface((0xFD00 << 112 | a << 96, n)).network,
+    st.integers(0, 2**8 - 1),
+    st.integers(8, 112),
+)
+_CLAIMS = st.lists(
+    st.tuples(
+        st.one_of(_V4, _V6),
+        st.sampled_from(["gw1", "gw2", "gw3", "gw4"]),
+        st.sampled_from([None, "vpc1", "vpc2"]),
+    ),
+    max_size=40,
+)
+
+
+@given(_CLAIMS)
+def test_the_indexed_classification_is_the_scanning_one(raw: list[tuple[Prefix, str, str | None]]) -> None:
+    claims = [RouteClaim(p, gw, site) for p, gw, site in raw]
+    got = ipam.classify_routes(OVERLAY4, claims)
+    want = classify_by_scanning(OVERLAY4, claims)
+    assert [(v.state, v.other) for v in got] == [(v.state, v.other) for v in want]
+    assert [v.reason for v in got if v.state in ("active", "rejected")] + [
+        v.reason for v in got if v.state == "conflict" and "overlaps" in v.reason
+    ] == [v.reason for v in want if v.state in ("active", "rejected")] + [
+        v.reason for v in want if v.state == "conflict" and "overlaps" in v.reason
+    ]

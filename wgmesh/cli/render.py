@@ -15,9 +15,20 @@ from rich.table import Table
 from rich.text import Text
 
 from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
-from wgmesh.models import HaFailover, PeerView, TopologyHaGroup, TopologyHaMember
+from wgmesh.models import (
+    HaFailover,
+    LinkCounts,
+    PeerView,
+    TopologyGroup,
+    TopologyHaGroup,
+    TopologyHaMember,
+    TopologyLinkPage,
+    TopologyNodePage,
+    TopologyProblem,
+    TopologySummary,
+)
 from wgmesh.printable import escape
-from wgmesh.values import Prefix
+from wgmesh.values import Prefix, RouteState
 
 DASH = "—"
 SUBNETS_SHOWN = 4  # per node in the status table; `wgmesh routes` lists them all
@@ -521,3 +532,194 @@ def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = F
     head.append(liveness(node, now, static))
     body: RenderableType = peers_table(node, now, width) if node.peers else Text("no peers", style="dim")
     return Group(head, Text(""), body)
+
+
+# --- the summary of a large network and its pages (issue 19) -------------------------------------------
+
+PROBLEM_LABEL: dict[TopologyProblem, str] = {
+    "offline": "offline",
+    "links_down": "links down",
+    "relayed": "relayed links",
+    "conflicts": "route conflicts",
+}
+PROBLEM_UNIT = {"offline": "nodes", "links_down": "links", "relayed": "links", "conflicts": "routes"}
+SITES_SHOWN = 10  # sites in the summary, those with the most problems first; --nodes --site lists any
+
+
+def _counts(counts: Mapping[str, int] | Mapping[RouteState, int]) -> str:
+    shown = [f"{n} {state}" for state, n in counts.items() if n]
+    return ", ".join(shown) if shown else "none"
+
+
+def _group_table(groups: Sequence[TopologyGroup], title: str) -> Table:
+    table = _table(
+        (title, True),
+        ("NODES", True),
+        ("OFFLINE", True),
+        *((PROBLEM_LABEL[p].upper(), True) for p in PROBLEM_LABEL if p != "offline"),
+    )
+    for g in groups:
+        table.add_row(
+            cell(g.value),
+            str(g.nodes.total),
+            Text(str(g.nodes.offline), style="red" if g.nodes.offline else ""),
+            *(
+                Text(str(g.problems[p]), style="yellow" if g.problems[p] else "")
+                for p in PROBLEM_LABEL
+                if p != "offline"
+            ),
+        )
+    return table
+
+
+def _problem_weight(g: TopologyGroup) -> int:
+    return sum(g.problems.values())
+
+
+def summary_screen(summary: TopologySummary) -> RenderableType:
+    """`wgmesh status` of a large network: counts, the problems with the command that lists them, the
+    groups by tag and the sites with the most problems, and how to see details."""
+    total_links = sum(summary.links.model_dump().values())
+    net = summary.network
+    head = Text(f"{dash(net.name)}  {net.overlay_cidr}  version {summary.version}", style="bold")
+    counts = Table.grid(padding=(0, 2))
+    counts.add_row(
+        "Nodes", f"{summary.nodes.total} ({summary.nodes.online} online, {summary.nodes.offline} offline)"
+    )
+    counts.add_row("Links", f"{total_links}: {_counts(summary.links.model_dump())}")
+    counts.add_row("Routes", f"{sum(summary.routes.values())}: {_counts(summary.routes)}")
+    counts.add_row("HA groups", str(summary.ha_groups))
+    counts.add_row("Warnings", _counts(summary.warnings))
+    problems = Table.grid(padding=(0, 2))
+    for p in summary.problems:
+        if p.count:
+            problems.add_row(
+                Text(PROBLEM_LABEL[p.problem], style="bold yellow"),
+                f"{p.count} nodes"
+                if PROBLEM_UNIT[p.problem] == "nodes"
+                else f"{p.count} {PROBLEM_UNIT[p.problem]} on {p.nodes} nodes",
+                Text(f"wgmesh status --nodes --problem {p.problem}", style="dim"),
+            )
+    parts: list[RenderableType] = [head, counts, Text(""), Text("Problems", style="bold underline")]
+    parts.append(problems if problems.row_count else Text("no problems", style="dim"))
+    if summary.tags:
+        parts += [Text(""), Text("By tag", style="bold underline"), _group_table(summary.tags, "TAG")]
+    troubled = sorted(
+        (g for g in summary.sites if _problem_weight(g)), key=lambda g: (-_problem_weight(g), g.value)
+    )
+    if troubled:
+        parts += [
+            Text(""),
+            Text("Sites with problems", style="bold underline"),
+            _group_table(troubled[:SITES_SHOWN], "SITE"),
+        ]
+        if len(troubled) > SITES_SHOWN:
+            parts.append(Text(f"+{len(troubled) - SITES_SHOWN} more sites with problems", style="dim"))
+    parts += [
+        Text(""),
+        Text(
+            "Details: wgmesh status --nodes [--tag T] [--site S] [--problem P] | --problems | --links NODE | --all",
+            style="dim",
+        ),
+    ]
+    return Group(*parts)
+
+
+def _links_cell(links: LinkCounts) -> Text:
+    text = Text(f"{links.direct} direct")
+    for n, label, style in (
+        (links.relay, "relay", "yellow"),
+        (links.down, "down", "red"),
+        (links.unknown, "unknown", "dim"),
+    ):
+        if n:
+            text.append(", ").append(f"{n} {label}", style=style)
+    return text
+
+
+def _more(shown: int, offset: int, total: int, what: str) -> Text:
+    if not total:
+        return Text(f"no {what}", style="dim")
+    line = (
+        f"{what} {offset + 1}-{offset + shown} of {total}"
+        if shown
+        else f"no {what} from {offset + 1} (of {total})"
+    )
+    if offset + shown < total:
+        line += f"; the next page: --offset {offset + shown}"
+    return Text(line, style="dim")
+
+
+def node_page_screen(page: TopologyNodePage, now: datetime) -> RenderableType:
+    """`wgmesh status --nodes`: one page of nodes with their links by state and their problems."""
+    table = _table(
+        ("NAME", True),
+        ("SITE", True),
+        ("STATUS", False),
+        ("OVERLAY IP", True),
+        ("LINKS", False),
+        ("PROBLEMS", False),
+    )
+    for r in page.nodes:
+        status = (
+            Text("online", style="green")
+            if r.online
+            else (
+                Text("static", style="dim")
+                if r.static
+                else Text("never" if r.last_seen is None else age(r.last_seen, now), style="red")
+            )
+        )
+        table.add_row(
+            Text(dash(r.name), style="bold"),
+            cell(r.site),
+            status,
+            cell(r.overlay_ip),
+            _links_cell(r.links),
+            Text(
+                ", ".join(PROBLEM_LABEL[p] for p in r.problems) or DASH, style="yellow" if r.problems else ""
+            ),
+        )
+    return Group(table, _more(len(page.nodes), page.offset, page.total, "nodes"))
+
+
+def link_page_screen(page: TopologyLinkPage, now: datetime) -> RenderableType:
+    """`wgmesh status --links NODE`: one page of the node's links."""
+    table = _table(
+        ("PEER", True),
+        ("PATH", False),
+        ("RTT", True),
+        ("HANDSHAKE", False),
+        ("RX", True),
+        ("TX", True),
+        ("P2P", False),
+    )
+    style = {"direct": "green", "relay": "yellow", "down": "red", "unknown": "dim"}
+    for lk in page.links:
+        table.add_row(
+            Text(dash(lk.b), style="bold"),
+            Text(lk.path, style=style[lk.path]),
+            rtt(lk.rtt_ms),
+            age(lk.last_handshake, now),
+            human_bytes(lk.rx_bytes),
+            human_bytes(lk.tx_bytes),
+            _p2p(lk.p2p),
+        )
+    return Group(
+        Text(f"Links of {dash(page.node)}", style="bold"),
+        table,
+        _more(len(page.links), page.offset, page.total, "links"),
+    )
+
+
+def problem_pages_screen(pages: Mapping[TopologyProblem, TopologyNodePage], now: datetime) -> RenderableType:
+    """`wgmesh status --problems`: for each problem, a page of the nodes that have it."""
+    parts: list[RenderableType] = []
+    for problem, page in pages.items():
+        parts += [Text(f"{PROBLEM_LABEL[problem].capitalize()} ({page.total} nodes)", style="bold underline")]
+        if page.nodes:
+            parts.append(node_page_screen(page, now))
+        else:
+            parts.append(Text("none", style="dim"))
+        parts.append(Text(""))
+    return Group(*parts)

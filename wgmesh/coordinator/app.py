@@ -67,6 +67,9 @@ from wgmesh.models import (
     TokenInfo,
     TokenList,
     Topology,
+    TopologyLinkPage,
+    TopologyNodePage,
+    TopologySummary,
     WgQuickConfig,
 )
 from wgmesh.models import Route as RouteAnswer  # `Route` here is Starlette's
@@ -324,6 +327,45 @@ OPERATIONS: list[Operation] = [
         "Nodes, links, routes and warnings",
         "admin-read",
         response=Topology,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/topology/summary",
+        admin.get_topology_summary,
+        "The topology in counts: nodes, links, routes, warnings; groups by tag, site and problem",
+        "admin-read",
+        response=TopologySummary,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/topology/nodes",
+        admin.get_topology_nodes,
+        "A page of nodes with their links by state, filtered by tag, site, problem or name",
+        "admin-read",
+        response=TopologyNodePage,
+        query=(
+            Query("tag", "string", "only nodes with this tag (`region:eu-west-1`)"),
+            Query("site", "string", "only nodes of this site"),
+            Query(
+                "problem", "string", "only nodes with this problem: offline, links_down, relayed, conflicts"
+            ),
+            Query("name", "string", "only nodes whose name contains this"),
+            Query("offset", "integer", "nodes to skip (default 0)"),
+            Query("limit", "integer", "nodes in the page (default 100, at most 500)"),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/topology/nodes/{node}/links",
+        admin.get_topology_links,
+        "A page of one node's links, sorted by the other node's name",
+        "admin-read",
+        response=TopologyLinkPage,
+        query=(
+            Query("state", "string", "only links in this state: direct, relay, down, unknown"),
+            Query("offset", "integer", "links to skip (default 0)"),
+            Query("limit", "integer", "links in the page (default 100, at most 500)"),
+        ),
     ),
     Operation(
         "POST",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
+from typing import cast
 
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +23,7 @@ from wgmesh.models import (
     AdminTokenCreated,
     AdminTokenInfo,
     AdminTokenList,
+    LinkState,
     Model,
     Network,
     Node,
@@ -35,8 +38,13 @@ from wgmesh.models import (
     TokenInfo,
     TokenList,
     Topology,
+    TopologyLinkPage,
+    TopologyNodePage,
+    TopologyProblem,
+    TopologySummary,
 )
 from wgmesh.netmap import wg_quick_config
+from wgmesh.topology_summary import LINK_STATES, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PROBLEMS
 from wgmesh.values import Decision, P2PPolicy
 
 log = logging.getLogger("wgmesh.coordinator")
@@ -228,6 +236,66 @@ async def set_pair(call: Call) -> Response:
 async def get_topology(call: Call) -> Topology:
     registry = context(call.request).registry
     return await run_in_threadpool(registry.topology)
+
+
+async def get_topology_summary(call: Call) -> TopologySummary:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.topology_summary)
+
+
+def _query(call: Call, name: str, choices: tuple[str, ...] | None = None) -> str | None:
+    """A query parameter (None when absent or empty), one of `choices` when given."""
+    value = call.request.query_params.get(name) or None
+    if value is not None and choices is not None and value not in choices:
+        raise ValidationError(
+            f"{name} must be one of {', '.join(choices)}, not {value!r}", code="invalid_query"
+        )
+    return value
+
+
+def _page(call: Call) -> tuple[int, int]:
+    """`offset` and `limit` of a page: whole numbers, 0 <= offset, 1 <= limit <= PAGE_LIMIT_MAX."""
+    bounds = {"offset": (0, 0, None), "limit": (PAGE_LIMIT_DEFAULT, 1, PAGE_LIMIT_MAX)}
+    found = []
+    for name, (default, low, high) in bounds.items():
+        text = _query(call, name)
+        try:
+            value = default if text is None else int(text)
+        except ValueError:
+            raise ValidationError(
+                f"{name} must be a whole number, not {text!r}", code="invalid_query"
+            ) from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValidationError(f"{name} must be {span}, not {value}", code="invalid_query")
+        found.append(value)
+    return found[0], found[1]
+
+
+async def get_topology_nodes(call: Call) -> TopologyNodePage:
+    registry = context(call.request).registry
+    offset, limit = _page(call)
+    problem = cast(TopologyProblem | None, _query(call, "problem", PROBLEMS))
+    return await run_in_threadpool(
+        partial(
+            registry.topology_nodes,
+            tag=_query(call, "tag"),
+            site=_query(call, "site"),
+            problem=problem,
+            name=_query(call, "name"),
+            offset=offset,
+            limit=limit,
+        )
+    )
+
+
+async def get_topology_links(call: Call) -> TopologyLinkPage:
+    registry = context(call.request).registry
+    offset, limit = _page(call)
+    state = cast(LinkState | None, _query(call, "state", LINK_STATES))
+    return await run_in_threadpool(
+        partial(registry.topology_links, call.param("node"), state=state, offset=offset, limit=limit)
+    )
 
 
 async def prometheus_targets(call: Call) -> Response:

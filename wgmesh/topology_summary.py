@@ -1,0 +1,374 @@
+"""Pure: the topology of a large network in counts and pages, for the dashboard and `wgmesh status` at
+1,000 nodes, where /api/v1/topology's every-pair document (500,000 links) is too big to build or draw.
+
+The status reports are what is large: each lists its node's peers, n² entries in all. Each report is
+reduced once to a `ReportDigest` (arrays by peer node id; the coordinator keeps it while the report stands),
+and `tally_links` counts every link's state in one pass over the digests' entries, joining the two ends of
+a pair in a dict of the pairs someone reported; no `Link` is built. The links of one node are O(n):
+`node_links` asks `topology.link` (the one rule) with just the two entries of each pair.
+Nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any
+from urllib.parse import urlencode
+
+from wgmesh.models import (
+    Link,
+    LinkCounts,
+    LinkState,
+    Network,
+    Node,
+    NodeCounts,
+    PeerStatus,
+    ProblemGroup,
+    Route,
+    TopologyGroup,
+    TopologyNodeRow,
+    TopologyProblem,
+    TopologySummary,
+)
+from wgmesh.topology import HANDSHAKE_FRESH, PairKey, gateway_offline, link, link_state, pair_key
+from wgmesh.values import NodeId, P2PPolicy, PathKind
+
+FULL_VIEW_MAX = 50
+"""Up to this many nodes the dashboard and `wgmesh status` draw every node and link, as they always did;
+above it they show the summary with its pages (a full mesh of 51 nodes is already 1,275 links)."""
+
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 500
+PROBLEMS: tuple[TopologyProblem, ...] = ("offline", "links_down", "relayed", "conflicts")
+LINK_STATES: tuple[LinkState, ...] = ("direct", "relay", "down", "unknown")
+
+_NONE, _DIRECT, _RELAY = 0, 1, 2
+_PATH_CODE = {None: _NONE, "direct": _DIRECT, "relay": _RELAY}
+_PATH_OF: dict[int, PathKind | None] = {_NONE: None, _DIRECT: "direct", _RELAY: "relay"}
+
+
+# --- one report, reduced ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportDigest:
+    """One node's last report as parallel arrays sorted by peer node id (peers that are nodes of the
+    registry only; NaN where a value was null), and how many routes it shadowed or refused.
+
+    Arrays, not objects: 1,000 reports of 999 peers are a million entries, about 41 bytes each here."""
+
+    peer_ids: array[int]
+    handshake: array[float]  # unix seconds
+    path: bytes  # _NONE, _DIRECT, _RELAY
+    rtt_ms: array[float]
+    rx_bytes: array[int]
+    tx_bytes: array[int]
+    shadowed: int = 0
+    refused: int = 0
+
+    def find(self, peer_id: int) -> int | None:
+        """The index of `peer_id`'s entry, or None."""
+        i = bisect_left(self.peer_ids, peer_id)
+        return i if i < len(self.peer_ids) and self.peer_ids[i] == peer_id else None
+
+    def view(self, i: int, public_key: str) -> PeerStatus:
+        """Entry `i` as the report said it (of the fields links use)."""
+        ts, rtt = self.handshake[i], self.rtt_ms[i]
+        return PeerStatus.model_construct(
+            public_key=public_key,
+            last_handshake=None if math.isnan(ts) else datetime.fromtimestamp(ts, UTC),
+            path=_PATH_OF[self.path[i]],
+            rtt_ms=None if math.isnan(rtt) else rtt,
+            rx_bytes=self.rx_bytes[i],
+            tx_bytes=self.tx_bytes[i],
+        )
+
+
+def digest_report(report: Mapping[str, Any], node_of_key: Mapping[str, NodeId]) -> ReportDigest:
+    """A stored report (StatusReport as JSON, validated when it arrived) reduced to a digest; peers whose
+    key is no node's (deleted since) are left out."""
+    find = node_of_key.get
+    rows = [(peer_id, p) for p in report.get("peers", ()) if (peer_id := find(p["public_key"])) is not None]
+    rows.sort(key=itemgetter(0))
+    stamp = datetime.fromisoformat
+    nan = math.nan
+    return ReportDigest(
+        peer_ids=array("q", [i for i, _ in rows]),
+        handshake=array(
+            "d", [stamp(h).timestamp() if (h := p.get("last_handshake")) else nan for _, p in rows]
+        ),
+        path=bytes([_PATH_CODE.get(p.get("path"), _NONE) for _, p in rows]),
+        rtt_ms=array("d", [nan if (r := p.get("rtt_ms")) is None else float(r) for _, p in rows]),
+        rx_bytes=array("q", [p.get("rx_bytes") or 0 for _, p in rows]),
+        tx_bytes=array("q", [p.get("tx_bytes") or 0 for _, p in rows]),
+        shadowed=len(report.get("shadowed", ())),
+        refused=len(report.get("refused", ())),
+    )
+
+
+# --- every link, counted ----------------------------------------------------------------------------------
+
+_SEEN, _FRESH, _RELAYED = 1, 2, 4
+
+
+@dataclass
+class LinkTally:
+    """Links by state in all, and per node (direct, relay, down; unknown is what is left of n - 1)."""
+
+    nodes: int
+    total: dict[LinkState, int]
+    per_node: dict[NodeId, list[int]] = field(default_factory=dict)
+
+    def of(self, node_id: NodeId) -> LinkCounts:
+        direct, relay, down = self.per_node.get(node_id, (0, 0, 0))
+        return LinkCounts(
+            direct=direct, relay=relay, down=down, unknown=self.nodes - 1 - direct - relay - down
+        )
+
+    def counts(self) -> LinkCounts:
+        return LinkCounts(**self.total)
+
+
+def tally_links(
+    node_ids: Sequence[NodeId], digests: Mapping[NodeId, ReportDigest], now: datetime
+) -> LinkTally:
+    """Every pair's state, counted in one pass over the reports' entries: each entry's bits (reported,
+    fresh handshake, relay path) are OR-ed into its pair's, which is what `topology.link` decides from
+    (the newer handshake is fresh iff either is; relay if either end says relay). Pairs nobody
+    reported are unknown, counted by difference."""
+    known = set(node_ids)
+    cutoff = (now - HANDSHAKE_FRESH).timestamp()
+    width = max(known, default=0) + 1
+    pairs: dict[int, int] = {}
+    get = pairs.get
+    for a, digest in digests.items():
+        if a not in known:
+            continue
+        for b, ts, path in zip(digest.peer_ids, digest.handshake, digest.path, strict=True):
+            if b == a or b not in known:
+                continue
+            bits = _SEEN | (_FRESH if ts > cutoff else 0) | (_RELAYED if path == _RELAY else 0)
+            key = a * width + b if a < b else b * width + a
+            pairs[key] = get(key, 0) | bits
+    per_node: dict[NodeId, list[int]] = {n: [0, 0, 0] for n in known}
+    slot = {"direct": 0, "relay": 1, "down": 2}
+    by_bits = {
+        bits: link_state(seen=True, fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
+        for bits in range(_SEEN, 8, 2)
+    }
+    total: dict[LinkState, int] = dict.fromkeys(LINK_STATES, 0)
+    for key, bits in pairs.items():
+        state = by_bits[bits]
+        total[state] += 1
+        low, high = divmod(key, width)
+        i = slot[state]
+        per_node[NodeId(low)][i] += 1
+        per_node[NodeId(high)][i] += 1
+    n = len(known)
+    total["unknown"] = n * (n - 1) // 2 - len(pairs)
+    return LinkTally(nodes=n, total=total, per_node=per_node)
+
+
+# --- problems, groups, the summary ---------------------------------------------------------------------
+
+
+def conflict_gateways(routes: Iterable[Route]) -> set[NodeId]:
+    """The gateways of conflicting routes."""
+    return {r.gateway_id for r in routes if r.state == "conflict"}
+
+
+def node_problems(node: Node, links: LinkCounts, conflicts: set[NodeId]) -> list[TopologyProblem]:
+    """What the summary lists a node for: offline (a node with an agent not heard from; a static peer
+    never reports), a link down, a relayed link, a conflicting route of its own."""
+    found: list[TopologyProblem] = []
+    if not node.online and not node.static:
+        found.append("offline")
+    if links.down:
+        found.append("links_down")
+    if links.relay:
+        found.append("relayed")
+    if node.id in conflicts:
+        found.append("conflicts")
+    return found
+
+
+def node_rows(nodes: Sequence[Node], tally: LinkTally, routes: Sequence[Route]) -> list[TopologyNodeRow]:
+    """Every node as a page row, in the given order."""
+    conflicts = conflict_gateways(routes)
+    rows = []
+    for node in nodes:
+        counts = tally.of(node.id)
+        rows.append(
+            TopologyNodeRow(
+                id=node.id,
+                name=node.name,
+                site=node.site,
+                tags=node.tags,
+                overlay_ip=node.overlay_ip,
+                subnets=node.subnets,
+                online=node.online,
+                static=node.static,
+                last_seen=node.last_seen,
+                links=counts,
+                problems=node_problems(node, counts, conflicts),
+            )
+        )
+    return rows
+
+
+def tag_key(tag: str) -> str:
+    """A tag's key: `cloud` of `cloud:aws`; `tag` for a tag without one."""
+    key, sep, _ = tag.partition(":")
+    return key if sep else "tag"
+
+
+def _group(kind: str, key: str, value: str, rows: Sequence[TopologyNodeRow]) -> TopologyGroup:
+    online = sum(1 for r in rows if r.online)
+    return TopologyGroup(
+        kind="tag" if kind == "tag" else "site",
+        key=key,
+        value=value,
+        nodes=NodeCounts(total=len(rows), online=online, offline=len(rows) - online),
+        problems={p: sum(1 for r in rows if p in r.problems) for p in PROBLEMS},
+        query=urlencode({kind: value}),
+    )
+
+
+def summarize(
+    network: Network,
+    *,
+    version: int,
+    rows: Sequence[TopologyNodeRow],
+    nodes: Sequence[Node],
+    routes: Sequence[Route],
+    ha_groups: int,
+    digests: Mapping[NodeId, ReportDigest],
+    tally: LinkTally,
+) -> TopologySummary:
+    """The topology in counts: nodes, links and routes by state, warnings by kind (those of
+    `topology.warnings`), the problem groups, and the groups by tag value and by site."""
+    links = tally.counts()
+    online = sum(1 for r in rows if r.online)
+    route_states = {
+        s: sum(1 for r in routes if r.state == s)
+        for s in ("active", "standby", "conflict", "pending", "rejected")
+    }
+    known = {n.id for n in nodes}
+    reporting = [d for node_id, d in digests.items() if node_id in known]
+    warnings = {
+        "link_down": links.down,
+        "route_conflict": route_states["conflict"],
+        "route_rejected": route_states["rejected"],
+        "route_pending": route_states["pending"],
+        "gateway_offline": sum(1 for n in nodes if gateway_offline(n)),
+        "route_shadowed": sum(d.shadowed for d in reporting),
+        "route_refused": sum(d.refused for d in reporting),
+    }
+    counts = {
+        "offline": sum(1 for r in rows if "offline" in r.problems),
+        "links_down": links.down,
+        "relayed": links.relay,
+        "conflicts": route_states["conflict"],
+    }
+    problems = [
+        ProblemGroup(
+            problem=p,
+            count=counts[p],
+            nodes=sum(1 for r in rows if p in r.problems),
+            query=urlencode({"problem": p}),
+        )
+        for p in PROBLEMS
+    ]
+    by_tag: dict[str, list[TopologyNodeRow]] = {}
+    by_site: dict[str, list[TopologyNodeRow]] = {}
+    for r in rows:
+        for tag in r.tags:
+            by_tag.setdefault(tag, []).append(r)
+        by_site.setdefault(r.site, []).append(r)
+    return TopologySummary(
+        network=network,
+        version=version,
+        view="full" if len(rows) <= FULL_VIEW_MAX else "summary",
+        nodes=NodeCounts(total=len(rows), online=online, offline=len(rows) - online),
+        links=links,
+        routes=route_states,
+        ha_groups=ha_groups,
+        warnings=warnings,
+        problems=problems,
+        tags=[_group("tag", tag_key(t), t, by_tag[t]) for t in sorted(by_tag, key=lambda t: (tag_key(t), t))],
+        sites=[_group("site", "site", s, by_site[s]) for s in sorted(by_site) if len(by_site[s]) > 1],
+    )
+
+
+# --- pages ----------------------------------------------------------------------------------------------
+
+
+def filter_rows(
+    rows: Sequence[TopologyNodeRow],
+    *,
+    tag: str | None = None,
+    site: str | None = None,
+    problem: TopologyProblem | None = None,
+    name: str | None = None,
+) -> list[TopologyNodeRow]:
+    """The rows with that tag, of that site, with that problem, whose name holds `name` (all given)."""
+    return [
+        r
+        for r in rows
+        if (tag is None or tag in r.tags)
+        and (site is None or r.site == site)
+        and (problem is None or problem in r.problems)
+        and (name is None or name in r.name)
+    ]
+
+
+def link_states_of(
+    node: Node, nodes: Sequence[Node], digests: Mapping[NodeId, ReportDigest], now: datetime
+) -> list[tuple[Node, LinkState]]:
+    """Every other node, sorted by name, with the state of its link to `node`: O(n log n), from the two
+    entries of each pair as `tally_links` reads them (the same bits, the same rule), no `Link` built."""
+    cutoff = (now - HANDSHAKE_FRESH).timestamp()
+    own = digests.get(node.id)
+    out = []
+    for other in sorted(nodes, key=lambda n: n.name):
+        if other.id == node.id:
+            continue
+        bits = 0
+        for digest, peer in ((own, other.id), (digests.get(other.id), node.id)):
+            if digest is not None and (i := digest.find(peer)) is not None:
+                fresh = digest.handshake[i] > cutoff
+                bits |= _SEEN | (_FRESH if fresh else 0) | (_RELAYED if digest.path[i] == _RELAY else 0)
+        state = link_state(seen=bool(bits), fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
+        out.append((other, state))
+    return out
+
+
+def node_links(
+    network: Network,
+    node: Node,
+    others: Sequence[Node],
+    *,
+    overrides: Mapping[PairKey, P2PPolicy],
+    digests: Mapping[NodeId, ReportDigest],
+    now: datetime,
+) -> list[Link]:
+    """The links of `node` to `others` (`a` is the node), in their order: each from the two entries of its
+    pair, through `topology.link`. A page builds only its own (`link_states_of` filters and orders)."""
+    own = digests.get(node.id)
+    out = []
+    for other in others:
+        reports: dict[NodeId, dict[str, PeerStatus]] = {}
+        if own is not None and (i := own.find(other.id)) is not None:
+            reports[node.id] = {other.public_key: own.view(i, other.public_key)}
+        theirs = digests.get(other.id)
+        if theirs is not None and (j := theirs.find(node.id)) is not None:
+            reports[other.id] = {node.public_key: theirs.view(j, node.public_key)}
+        override = overrides.get(pair_key(node.id, other.id))
+        out.append(link(network, node, other, override=override, reports=reports, now=now))
+    return out
