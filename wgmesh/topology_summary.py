@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -71,6 +71,15 @@ class ReportDigest:
     tx_bytes: array[int]
     shadowed: int = 0
     refused: int = 0
+    made_at: float = math.nan
+    """When the report was made (unix seconds): its handshakes are judged then while its node is online
+    (`topology.link`, `as_of`)."""
+
+    def cutoff(self, online: bool, now: datetime) -> float:
+        """Handshakes after this (unix seconds) are fresh: judged at the report's time while its node is
+        online, at `now` once it is not (the one rule of `topology.link`)."""
+        at = self.made_at if online and not math.isnan(self.made_at) else now.timestamp()
+        return at - HANDSHAKE_FRESH.total_seconds()
 
     def find(self, peer_id: int) -> int | None:
         """The index of `peer_id`'s entry, or None."""
@@ -90,7 +99,9 @@ class ReportDigest:
         )
 
 
-def digest_report(report: Mapping[str, Any], node_of_key: Mapping[str, NodeId]) -> ReportDigest:
+def digest_report(
+    report: Mapping[str, Any], node_of_key: Mapping[str, NodeId], made_at: datetime | None = None
+) -> ReportDigest:
     """A stored report (StatusReport as JSON, validated when it arrived) reduced to a digest; peers whose
     key is no node's (deleted since) are left out."""
     find = node_of_key.get
@@ -109,6 +120,7 @@ def digest_report(report: Mapping[str, Any], node_of_key: Mapping[str, NodeId]) 
         tx_bytes=array("q", [p.get("tx_bytes") or 0 for _, p in rows]),
         shadowed=len(report.get("shadowed", ())),
         refused=len(report.get("refused", ())),
+        made_at=made_at.timestamp() if made_at is not None else nan,
     )
 
 
@@ -136,20 +148,23 @@ class LinkTally:
 
 
 def tally_links(
-    node_ids: Sequence[NodeId], digests: Mapping[NodeId, ReportDigest], now: datetime
+    node_ids: Sequence[NodeId],
+    digests: Mapping[NodeId, ReportDigest],
+    now: datetime,
+    online: Collection[NodeId] = frozenset(),
 ) -> LinkTally:
     """Every pair's state, counted in one pass over the reports' entries: each entry's bits (reported,
     fresh handshake, relay path) are OR-ed into its pair's, which is what `topology.link` decides from
     (the newer handshake is fresh iff either is; relay if either end says relay). Pairs nobody
     reported are unknown, counted by difference."""
     known = set(node_ids)
-    cutoff = (now - HANDSHAKE_FRESH).timestamp()
     width = max(known, default=0) + 1
     pairs: dict[int, int] = {}
     get = pairs.get
     for a, digest in digests.items():
         if a not in known:
             continue
+        cutoff = digest.cutoff(a in online, now)
         for b, ts, path in zip(digest.peer_ids, digest.handshake, digest.path, strict=True):
             if b == a or b not in known:
                 continue
@@ -333,16 +348,15 @@ def link_states_of(
 ) -> list[tuple[Node, LinkState]]:
     """Every other node, sorted by name, with the state of its link to `node`: O(n log n), from the two
     entries of each pair as `tally_links` reads them (the same bits, the same rule), no `Link` built."""
-    cutoff = (now - HANDSHAKE_FRESH).timestamp()
     own = digests.get(node.id)
     out = []
     for other in sorted(nodes, key=lambda n: n.name):
         if other.id == node.id:
             continue
         bits = 0
-        for digest, peer in ((own, other.id), (digests.get(other.id), node.id)):
+        for digest, peer, reporter in ((own, other.id, node), (digests.get(other.id), node.id, other)):
             if digest is not None and (i := digest.find(peer)) is not None:
-                fresh = digest.handshake[i] > cutoff
+                fresh = digest.handshake[i] > digest.cutoff(reporter.online, now)
                 bits |= _SEEN | (_FRESH if fresh else 0) | (_RELAYED if digest.path[i] == _RELAY else 0)
         state = link_state(seen=bool(bits), fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
         out.append((other, state))
@@ -370,5 +384,10 @@ def node_links(
         if theirs is not None and (j := theirs.find(node.id)) is not None:
             reports[other.id] = {node.public_key: theirs.view(j, node.public_key)}
         override = overrides.get(pair_key(node.id, other.id))
-        out.append(link(network, node, other, override=override, reports=reports, now=now))
+        as_of = {
+            reporter.id: datetime.fromtimestamp(digest.made_at, UTC)
+            for reporter, digest in ((node, own), (other, theirs))
+            if digest is not None and reporter.online and not math.isnan(digest.made_at)
+        }
+        out.append(link(network, node, other, override=override, reports=reports, now=now, as_of=as_of))
     return out

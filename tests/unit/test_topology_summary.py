@@ -28,6 +28,7 @@ from wgmesh.values import NodeId, P2PPolicy
 
 FRESH = NOW - timedelta(seconds=20)
 STALE = NOW - HANDSHAKE_FRESH - timedelta(seconds=1)
+AGED = NOW - timedelta(seconds=200)
 LinkStates: tuple[LinkState, ...] = ("direct", "relay", "down", "unknown")
 
 
@@ -36,7 +37,13 @@ def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
     stale) and RTTs; some never report."""
     rng = random.Random(seed)
     nodes = [
-        node(i, f"n{i:02d}", tags=[f"region:r{i % 3}"] + (["edge"] if i % 4 == 0 else []), site=f"s{i // 2}")
+        node(
+            i,
+            f"n{i:02d}",
+            tags=[f"region:r{i % 3}"] + (["edge"] if i % 4 == 0 else []),
+            site=f"s{i // 2}",
+            online=rng.random() < 0.7,
+        )
         for i in range(1, n + 1)
     ]
     statuses = []
@@ -47,7 +54,8 @@ def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
             PeerStatus(
                 public_key=b.public_key,
                 path=rng.choice([None, "direct", "relay"]),
-                last_handshake=rng.choice([None, FRESH, STALE]),
+                # AGED: stale now, fresh when a report made 150 s ago was (judged then while online).
+                last_handshake=rng.choice([None, FRESH, STALE, AGED]),
                 rtt_ms=rng.choice([None, rng.uniform(1, 90)]),
                 rx_bytes=rng.randrange(10**6),
                 tx_bytes=rng.randrange(10**6),
@@ -55,14 +63,24 @@ def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
             for b in nodes
             if b is not a and rng.random() < 0.6
         ]
-        statuses.append(report(a, peers))
+        made = report(a, peers)
+        statuses.append(
+            made.model_copy(update={"reported_at": rng.choice([NOW, NOW - timedelta(seconds=150)])})
+        )
     return nodes, statuses
 
 
 def digests_of(nodes: list[Node], statuses: list[NodeStatus]) -> dict[NodeId, ReportDigest]:
     by_name = {n.name: n.id for n in nodes}
     keys = {n.public_key: n.id for n in nodes}
-    return {by_name[s.node]: digest_report(s.report.model_dump(mode="json"), keys) for s in statuses}
+    return {
+        by_name[s.node]: digest_report(s.report.model_dump(mode="json"), keys, s.reported_at)
+        for s in statuses
+    }
+
+
+def online(nodes: list[Node]) -> set[NodeId]:
+    return {n.id for n in nodes if n.online}
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -70,7 +88,7 @@ def test_link_counts_are_the_full_topologys(seed: int) -> None:
     nodes, statuses = random_mesh(seed, 14)
     full = topology(nodes, statuses=statuses)
     digests = digests_of(nodes, statuses)
-    tally = tally_links([n.id for n in nodes], digests, NOW)
+    tally = tally_links([n.id for n in nodes], digests, NOW, online(nodes))
     assert tally.counts().model_dump() == {s: Counter(lk.path for lk in full.links)[s] for s in LinkStates}
     for n in nodes:
         mine = Counter(lk.path for lk in full.links if n.name in (lk.a, lk.b))

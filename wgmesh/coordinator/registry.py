@@ -1376,7 +1376,7 @@ class Registry:
         if held is not None and held[0] == ids and now - held[1] < LINK_COUNT_TTL:
             return held[2], held[3], held[4]
         digests = self.report_digests.current(nodes)
-        tally = tally_links(ids, digests, now)
+        tally = tally_links(ids, digests, now, online={n.id for n in nodes if n.online})
         serial = held[2] + 1 if held is not None else 1
         self._tally_held = (ids, now, serial, digests, tally)
         return serial, digests, tally

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from wgmesh.coordinator import schema
-from wgmesh.coordinator.store import Store
+from wgmesh.coordinator.store import Store, as_utc
 from wgmesh.models import Node
 from wgmesh.topology_summary import ReportDigest, digest_report
 from wgmesh.values import NodeId
@@ -53,7 +53,11 @@ class ReportDigests:
                         )
                     )
                     for r in rows:
-                        self._held[NodeId(r.node_id)] = (r.reported_at, digest_report(r.report, node_of_key))
+                        made = as_utc(r.reported_at)
+                        self._held[NodeId(r.node_id)] = (
+                            r.reported_at,
+                            digest_report(r.report, node_of_key, made),
+                        )
                         self.generation += 1
             for gone in set(self._held) - set(stamps):
                 del self._held[gone]
