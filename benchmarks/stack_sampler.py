@@ -1,0 +1,118 @@
+"""A small sampling profiler for the coordinator under benchmarks/scale.py (py-spy is not installed here).
+
+cProfile sees only the thread that enabled it, and the coordinator does most of its work in the
+threadpool (run_in_threadpool): a thread here samples every thread's Python stack instead
+(sys._current_frames) and counts, per function, the samples where it was on top (self) and anywhere on the
+stack (total). Threads found waiting (epoll, a lock, a queue) are not counted, so the figures are shares of
+busy samples.
+
+It is driven through a control file, not signals (uvicorn owns the main thread's signal handling):
+`on` starts a window, `off LABEL` writes the window's top functions to `<control>.LABEL.txt` and waits for
+the next `on`. Started by scale.py as `python benchmarks/stack_sampler.py CONTROL -- coordinator args…`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+INTERVAL = 0.005
+TOP = 25
+# Where a thread waits rather than works: its top frame is one of these (file name end, function).
+IDLE = {
+    ("threading.py", "wait"),
+    ("threading.py", "_wait_for_tstate_lock"),
+    ("selectors.py", "select"),
+    ("queue.py", "get"),
+    ("runners.py", "run"),  # uvloop's loop runs in C: an idle main thread shows asyncio.run's frame
+    ("server.py", "serve"),
+    ("base_events.py", "run_until_complete"),
+}
+
+
+def _key(frame: FrameType) -> str:
+    code = frame.f_code
+    parts = Path(code.co_filename).parts
+    short = "/".join(parts[-2:])
+    return f"{code.co_name} ({short}:{code.co_firstlineno})"
+
+
+class Sampler:
+    def __init__(self, control: Path) -> None:
+        self.control = control
+        self.own = threading.get_ident()
+        self.self_counts: Counter[str] = Counter()
+        self.total_counts: Counter[str] = Counter()
+        self.busy = 0
+        self.samples = 0
+
+    def sample(self) -> None:
+        self.samples += 1
+        for ident, frame in sys._current_frames().items():
+            if ident == self.own:
+                continue
+            code = frame.f_code
+            if (Path(code.co_filename).name, code.co_name) in IDLE:
+                continue
+            self.busy += 1
+            self.self_counts[_key(frame)] += 1
+            seen: set[str] = set()
+            walk: FrameType | None = frame
+            while walk is not None:
+                key = _key(walk)
+                if key not in seen:
+                    seen.add(key)
+                    self.total_counts[key] += 1
+                walk = walk.f_back
+
+    def dump(self, label: str) -> None:
+        out = [f"window {label}: {self.samples} sampling rounds, {self.busy} busy thread samples"]
+        busy = max(self.busy, 1)
+        out.append("top by self:")
+        out += [f"  {n * 100 / busy:5.1f}%  {k}" for k, n in self.self_counts.most_common(TOP)]
+        out.append("top by total (on the stack):")
+        out += [f"  {n * 100 / busy:5.1f}%  {k}" for k, n in self.total_counts.most_common(TOP * 2)]
+        Path(f"{self.control}.{label}.txt").write_text("\n".join(out) + "\n")
+        self.self_counts.clear()
+        self.total_counts.clear()
+        self.busy = self.samples = 0
+
+    def run(self) -> None:
+        self.own = threading.get_ident()
+        active = False
+        last_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_check > 0.05:
+                last_check = now
+                try:
+                    command = self.control.read_text().split()
+                except OSError:
+                    command = []
+                if command[:1] == ["on"] and not active:
+                    active = True
+                elif command[:1] == ["off"] and active:
+                    active = False
+                    self.dump(command[1] if len(command) > 1 else "window")
+                    self.control.write_text("done\n")
+            if active:
+                self.sample()
+            time.sleep(INTERVAL)
+
+
+def main() -> None:
+    control = Path(sys.argv[1])
+    rest = sys.argv[sys.argv.index("--") + 1 :]
+    sys.argv = ["wgmesh-coordinator", *rest]
+    threading.Thread(target=Sampler(control).run, daemon=True, name="stack-sampler").start()
+    from wgmesh.coordinator.main import main as coordinator  # noqa: PLC0415 - after the sampler starts
+
+    coordinator()
+
+
+if __name__ == "__main__":
+    main()
