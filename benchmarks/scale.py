@@ -327,6 +327,7 @@ class Result:
     harness_cpu_s: float = 0.0
     wall_s: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
+    retried: Counter[str] = field(default_factory=Counter)
 
     @property
     def server_errors(self) -> int:
@@ -415,6 +416,8 @@ class Fleet:
         self.agents: dict[str, Agent] = {}
         self.gone: set[str] = set()
         self.errors: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
+        """Transport errors answered by one retry, as an agent retries: counted, not failures."""
         self.poll_bytes = 0
         self.watching = False
         self.reports_on = asyncio.Event()
@@ -553,9 +556,7 @@ class Fleet:
             self.reports_in_flight += 1
             started = time.perf_counter()
             try:
-                r = await agent.client.post(
-                    "/api/v1/status", content=body, headers={"content-type": "application/json"}
-                )
+                r = await self.post_status(agent.client, body)
             except httpx.TransportError as exc:
                 self.count("status", exc)
                 continue
@@ -567,6 +568,20 @@ class Fleet:
                 self.report_sizes.append(len(body))
             else:
                 self.count("status", r)
+
+    async def post_status(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+        """POST a report; once more on a dropped connection, as the agent does: uvicorn closes a connection
+        idle for 5 s, a report comes every 10 s, and the close can cross the next request."""
+        for attempt in range(2):
+            try:
+                return await client.post(
+                    "/api/v1/status", content=body, headers={"content-type": "application/json"}
+                )
+            except httpx.TransportError as exc:
+                if attempt == 1:
+                    raise
+                self.retried[f"status {type(exc).__name__}"] += 1
+        raise AssertionError("unreachable")
 
 
 def _version(body: bytes) -> int:
@@ -637,6 +652,7 @@ class Run:
                 fleet.reports_on.set()
                 await asyncio.gather(*(fleet.stop(a) for a in fleet.agents.values()))
         self.result.errors = fleet.errors
+        self.result.retried = fleet.retried
         self.result.harness_cpu_s = harness_cpu() - cpu0
         self.result.wall_s = time.monotonic() - started
         return self.result
@@ -945,6 +961,10 @@ def main() -> int:
                 if result.errors:
                     print(
                         "  error answers: " + ", ".join(f"{k}: {n}" for k, n in sorted(result.errors.items()))
+                    )
+                if result.retried:
+                    print(
+                        "  retried once: " + ", ".join(f"{k}: {n}" for k, n in sorted(result.retried.items()))
                     )
                 if result.server_errors:
                     failed = True

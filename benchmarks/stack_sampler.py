@@ -13,6 +13,8 @@ the next `on`. Started by scale.py as `python benchmarks/stack_sampler.py CONTRO
 
 from __future__ import annotations
 
+import linecache
+import re
 import sys
 import threading
 import time
@@ -31,7 +33,11 @@ IDLE = {
     ("runners.py", "run"),  # uvloop's loop runs in C: an idle main thread shows asyncio.run's frame
     ("server.py", "serve"),
     ("base_events.py", "run_until_complete"),
+    ("thread.py", "_worker"),  # a threadpool worker waiting for work
 }
+# A thread whose top frame's current line reads like this waits on a lock or a queue (the waiting itself
+# is in C, so the Python frame on top is the caller): counted apart, as "blocked at".
+BLOCKED = re.compile(r"\block\b|_lock\b|\.acquire\(|\.wait\(|\.get\(\)|\bwith self\._\w*lock")
 
 
 def _key(frame: FrameType) -> str:
@@ -47,6 +53,7 @@ class Sampler:
         self.own = threading.get_ident()
         self.self_counts: Counter[str] = Counter()
         self.total_counts: Counter[str] = Counter()
+        self.blocked: Counter[str] = Counter()
         self.busy = 0
         self.samples = 0
 
@@ -58,8 +65,12 @@ class Sampler:
             code = frame.f_code
             if (Path(code.co_filename).name, code.co_name) in IDLE:
                 continue
+            line = linecache.getline(code.co_filename, frame.f_lineno)
+            if BLOCKED.search(line):
+                self.blocked[f"{_key(frame)} line {frame.f_lineno}: {line.strip()[:60]}"] += 1
+                continue
             self.busy += 1
-            self.self_counts[_key(frame)] += 1
+            self.self_counts[f"{_key(frame)} line {frame.f_lineno}"] += 1
             seen: set[str] = set()
             walk: FrameType | None = frame
             while walk is not None:
@@ -70,15 +81,21 @@ class Sampler:
                 walk = walk.f_back
 
     def dump(self, label: str) -> None:
-        out = [f"window {label}: {self.samples} sampling rounds, {self.busy} busy thread samples"]
+        out = [
+            f"window {label}: {self.samples} sampling rounds, {self.busy} busy thread samples, "
+            f"{sum(self.blocked.values())} blocked"
+        ]
         busy = max(self.busy, 1)
         out.append("top by self:")
         out += [f"  {n * 100 / busy:5.1f}%  {k}" for k, n in self.self_counts.most_common(TOP)]
         out.append("top by total (on the stack):")
         out += [f"  {n * 100 / busy:5.1f}%  {k}" for k, n in self.total_counts.most_common(TOP * 2)]
+        out.append("blocked at (thread samples, not shares of busy):")
+        out += [f"  {n:6d}  {k}" for k, n in self.blocked.most_common(10)]
         Path(f"{self.control}.{label}.txt").write_text("\n".join(out) + "\n")
         self.self_counts.clear()
         self.total_counts.clear()
+        self.blocked.clear()
         self.busy = self.samples = 0
 
     def run(self) -> None:
