@@ -328,6 +328,8 @@ class Result:
     wall_s: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     retried: Counter[str] = field(default_factory=Counter)
+    failure: str | None = None
+    """Why the size stopped short (its figures are those measured until then); None: it ran through."""
 
     @property
     def server_errors(self) -> int:
@@ -410,8 +412,11 @@ def make_agent(i: int) -> Agent:
 class Fleet:
     """The simulated agents and the counters they share."""
 
-    def __init__(self, url: str, report_interval: float) -> None:
+    def __init__(self, url: str, report_interval: float, limit: float) -> None:
         self.url = url
+        # A saturated coordinator answers late rather than not at all: a request waits as long as any
+        # wait of the run may (Run.limit), a long-poll that much longer than its own `wait`.
+        self.limit = limit
         self.report_interval = report_interval
         self.agents: dict[str, Agent] = {}
         self.gone: set[str] = set()
@@ -436,7 +441,7 @@ class Fleet:
         """A client of its own (credential None: anonymous, for enrollments)."""
         headers = {"authorization": f"Bearer {credential}"} if credential else {}
         limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-        timeout = httpx.Timeout(POLL_WAIT + 60.0, connect=60.0)
+        timeout = httpx.Timeout(POLL_WAIT + self.limit, connect=self.limit)
         return httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -612,18 +617,23 @@ class Run:
     ) -> None:  # fmt: skip
         self.c = coordinator
         self.size = size
-        self.fleet = Fleet(coordinator.url, report_interval)
+        # A budget per wait that grows with the fleet: before deltas a change costs the coordinator
+        # ~0.1 s per node (every node's full netmap), 0.3 s on a busy machine.
+        self.limit = scaled(60.0 + 0.3 * size)
+        self.fleet = Fleet(coordinator.url, report_interval, self.limit)
         self.result = Result(size=size, db=db)
         self.steady = steady
         self.db_pid = db_pid
-        # A budget per wait that grows with the fleet: ~50 ms of coordinator work per node on a slow day.
-        self.limit = scaled(60.0 + 0.2 * size)
 
     def cpu(self) -> tuple[float, float | None]:
         return usage(self.c.pid).cpu, (tree_cpu(self.db_pid) if self.db_pid is not None else None)
 
     async def version(self, admin: httpx.AsyncClient) -> int:
-        r = await admin.get("/healthz")
+        try:
+            r = await admin.get("/healthz")
+        except httpx.TransportError as exc:
+            self.fleet.count("healthz", exc)
+            raise Failed(f"/healthz: {type(exc).__name__} (the coordinator did not answer in time)") from exc
         self.check(r, "healthz")
         return int(r.json()["version"])
 
@@ -640,13 +650,11 @@ class Run:
         fleet = self.fleet
         async with fleet.client(ADMIN_TOKEN) as admin:
             try:
-                await self.enroll_all(admin)
-                await self.detect_endpoint(admin)
-                await self.sync_all(admin)
-                await self.measure_changes(admin)
-                await self.measure_steady(admin)
-                memory = usage(self.c.pid)
-                self.result.rss_mb, self.result.hwm_mb = memory.rss_mb, memory.hwm_mb
+                await self.phases(admin)
+            except Failed as exc:
+                self.result.failure = str(exc)  # what was measured until then is still printed
+            except httpx.TransportError as exc:
+                self.result.failure = f"an admin call: {type(exc).__name__}"
             finally:
                 fleet.stopping = True
                 fleet.reports_on.set()
@@ -656,6 +664,15 @@ class Run:
         self.result.harness_cpu_s = harness_cpu() - cpu0
         self.result.wall_s = time.monotonic() - started
         return self.result
+
+    async def phases(self, admin: httpx.AsyncClient) -> None:
+        await self.enroll_all(admin)
+        await self.detect_endpoint(admin)
+        await self.sync_all(admin)
+        await self.measure_changes(admin)
+        await self.measure_steady(admin)
+        memory = usage(self.c.pid)
+        self.result.rss_mb, self.result.hwm_mb = memory.rss_mb, memory.hwm_mb
 
     async def enroll_all(self, admin: httpx.AsyncClient) -> None:
         r = await admin.post(
@@ -958,6 +975,9 @@ def main() -> int:
                     failed = True
                     break
                 results.append(result)
+                if result.failure is not None:
+                    print(f"  FAILED: {result.failure}", flush=True)
+                    failed = True
                 if result.errors:
                     print(
                         "  error answers: " + ", ".join(f"{k}: {n}" for k, n in sorted(result.errors.items()))
@@ -968,6 +988,8 @@ def main() -> int:
                     )
                 if result.server_errors:
                     failed = True
+                if result.failure is not None:
+                    break  # a larger size would fail the same way, only slower
         if results:
             print(f"\n{db}: netmap by {results[0].endpoint}, reports every {args.report_interval:g} s, "
                   f"steady state {args.steady:g} s")  # fmt: skip

@@ -47,6 +47,7 @@ def test_every_agent_enrolls_without_errors(result: Any) -> None:
     assert r.enrolled == SIZE
     assert r.enroll_rate > 0
     assert 0 < r.enroll_p50_ms <= r.enroll_p99_ms
+    assert r.failure is None, r.failure
     assert r.server_errors == 0, r.errors
     assert not r.errors, r.errors
 
