@@ -844,7 +844,8 @@ class Run:
         return []
 
     async def measure_steady(self, admin: httpx.AsyncClient) -> None:
-        """Reports flowing at the agents' interval for `steady` seconds: the coordinator's cores."""
+        """Reports flowing at the agents' interval for `steady` seconds (and at least one from each agent):
+        the coordinator's cores."""
         fleet = self.fleet
         await self.version(admin)
         fleet.reports_on.set()
@@ -857,6 +858,8 @@ class Run:
         cpu0, db0 = self.cpu()
         t0 = time.monotonic()
         await asyncio.sleep(self.steady)
+        # At least a round of reports (one per agent) in the window, however slow the machine.
+        await wait_for("a round of reports", lambda: fleet.reports_ok - ok0 >= len(self.live()), self.limit)
         cpu1, db1 = self.cpu()
         wall = time.monotonic() - t0
         self.c.profile_window(f"off {self.result.db}-{self.size}-steady")
