@@ -218,7 +218,8 @@ class Coordinator:
             return
         self.profile.write_text(command + "\n")
         if command.startswith("off"):
-            deadline = time.monotonic() + 10
+            # A saturated coordinator leaves its sampler thread little of the GIL: wait for the dump.
+            deadline = time.monotonic() + 120
             while time.monotonic() < deadline and self.profile.read_text().strip() != "done":
                 time.sleep(0.05)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 
 INTERVAL = 0.005
 TOP = 25
@@ -40,11 +40,28 @@ IDLE = {
 BLOCKED = re.compile(r"\block\b|_lock\b|\.acquire\(|\.wait\(|\.get\(\)|\bwith self\._\w*lock")
 
 
+_KEYS: dict[CodeType, str] = {}
+_LINES: dict[tuple[CodeType, int], tuple[str, bool]] = {}
+
+
 def _key(frame: FrameType) -> str:
+    # Cached by code object: a busy coordinator starves this thread of the GIL, so each sample is cheap.
     code = frame.f_code
-    parts = Path(code.co_filename).parts
-    short = "/".join(parts[-2:])
-    return f"{code.co_name} ({short}:{code.co_firstlineno})"
+    key = _KEYS.get(code)
+    if key is None:
+        short = "/".join(Path(code.co_filename).parts[-2:])
+        key = _KEYS[code] = f"{code.co_name} ({short}:{code.co_firstlineno})"
+    return key
+
+
+def _line(frame: FrameType) -> tuple[str, bool]:
+    """The frame's current source line, and whether it waits on a lock or a queue."""
+    at = (frame.f_code, frame.f_lineno)
+    found = _LINES.get(at)
+    if found is None:
+        text = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()[:60]
+        found = _LINES[at] = (text, bool(BLOCKED.search(text)))
+    return found
 
 
 class Sampler:
@@ -63,11 +80,11 @@ class Sampler:
             if ident == self.own:
                 continue
             code = frame.f_code
-            if (Path(code.co_filename).name, code.co_name) in IDLE:
+            if (code.co_filename.rpartition("/")[2], code.co_name) in IDLE:
                 continue
-            line = linecache.getline(code.co_filename, frame.f_lineno)
-            if BLOCKED.search(line):
-                self.blocked[f"{_key(frame)} line {frame.f_lineno}: {line.strip()[:60]}"] += 1
+            line, blocked = _line(frame)
+            if blocked:
+                self.blocked[f"{_key(frame)} line {frame.f_lineno}: {line}"] += 1
                 continue
             self.busy += 1
             self.self_counts[f"{_key(frame)} line {frame.f_lineno}"] += 1
