@@ -317,6 +317,7 @@ class Result:
     enroll_p50_ms: float = 0.0
     enroll_p99_ms: float = 0.0
     initial_sync_s: float = 0.0
+    first_reports_s: float = 0.0
     changes: list[Change] = field(default_factory=list)
     steady_cores: float = 0.0
     steady_db_cores: float | None = None
@@ -343,6 +344,7 @@ class Result:
             "enroll latency p50 ms": self.enroll_p50_ms,
             "enroll latency p99 ms": self.enroll_p99_ms,
             "initial sync of all agents s": self.initial_sync_s,
+            "first reports round, all synced s": self.first_reports_s,
         }
         for c in self.changes:
             out[f"{c.kind}: reach all p50 s"] = c.client.p50
@@ -386,6 +388,7 @@ class Agent:
     node_id: str = ""
     credential: str = ""
     version: int = -1
+    reports_done: int = 0
     waiting_since: int = -1
     """The `since` of the long-poll in flight; -1 while none is."""
     seen: list[tuple[int, float, float | None]] = field(default_factory=list)
@@ -468,6 +471,7 @@ class Fleet:
             "listen_port": 51820,
             "subnets": agent.subnets,
             "endpoints": [agent.endpoint],
+            "max_mtu": 1440,  # as the agent sends it (its underlay's limit)
         }
         for _attempt in range(5):
             started = time.perf_counter()
@@ -569,6 +573,7 @@ class Fleet:
             finally:
                 self.reports_in_flight -= 1
             if r.status_code == 200:
+                agent.reports_done += 1
                 self.reports_ok += 1
                 self.report_latencies.append(time.perf_counter() - started)
                 self.report_sizes.append(len(body))
@@ -723,6 +728,23 @@ class Run:
         await wait_for("initial sync", lambda: all(a.version >= target for a in self.live()), self.limit, 0.1)
         self.result.initial_sync_s = time.monotonic() - begin
         print(f"  all {self.size} agents hold version {target} after {self.result.initial_sync_s:.1f} s")
+        # Each agent's first report changes what peers see (eth0_ip and the public address are new to the
+        # coordinator): a version each, as when a fleet comes up. That round, until every agent holds the
+        # version it ends at, is measured here, so that the changes and the steady state come after it.
+        begin = time.monotonic()
+        self.fleet.reports_on.set()
+        await wait_for(
+            "every agent's first report", lambda: all(a.reports_done >= 1 for a in self.live()), self.limit
+        )
+        self.fleet.reports_on.clear()
+        settled = await self.version(admin)
+        await wait_for(
+            "agents on the version after the first reports",
+            lambda: all(a.version >= settled for a in self.live()),
+            self.limit,
+        )
+        self.result.first_reports_s = time.monotonic() - begin
+        print(f"  first reports and their versions reached all after {self.result.first_reports_s:.1f} s")
 
     async def quiet(self, admin: httpx.AsyncClient) -> int:
         """Reports paused and none in flight, every agent on the current version and polling again."""
@@ -943,6 +965,10 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,5000")
@@ -958,6 +984,10 @@ def main() -> int:
         print(f"--sizes {args.sizes!r} must be numbers separated by commas", file=sys.stderr)
         return 2
     raise_nofile()
+    # Stopped by SIGTERM or SIGINT (also when started in the background, where SIGINT is ignored), it
+    # unwinds: the finally blocks stop the coordinator and PostgreSQL by PID and remove their directories.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     failed = False
     for db in dbs:

@@ -56,10 +56,10 @@ def _key(frame: FrameType) -> str:
 
 def _line(frame: FrameType) -> tuple[str, bool]:
     """The frame's current source line, and whether it waits on a lock or a queue."""
-    at = (frame.f_code, frame.f_lineno)
+    at = (frame.f_code, frame.f_lineno or 0)  # None in some frames (a generator being set up)
     found = _LINES.get(at)
     if found is None:
-        text = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()[:60]
+        text = linecache.getline(frame.f_code.co_filename, at[1]).strip()[:60]
         found = _LINES[at] = (text, bool(BLOCKED.search(text)))
     return found
 
@@ -134,7 +134,10 @@ class Sampler:
                     self.dump(command[1] if len(command) > 1 else "window")
                     self.control.write_text("done\n")
             if active:
-                self.sample()
+                try:
+                    self.sample()
+                except Exception as exc:  # a profiler must not end the window it measures
+                    self.blocked[f"sampler error: {exc!r}"[:120]] += 1
             time.sleep(INTERVAL)
 
 
