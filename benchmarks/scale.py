@@ -115,7 +115,8 @@ def usage(pid: int) -> Usage:
 
 
 def tree_cpu(root: int) -> float:
-    """CPU seconds of a process and its children (a PostgreSQL postmaster and its backends)."""
+    """CPU seconds of a process and its children (a PostgreSQL postmaster and its backends): its own, its
+    reaped children's (cutime, cstime: a backend whose connection closed) and its live children's."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -123,7 +124,9 @@ def tree_cpu(root: int) -> float:
         with contextlib.suppress(OSError, ValueError, IndexError):
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(entry.name) == root or int(fields[1]) == root:
+            if int(entry.name) == root:
+                total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            elif int(fields[1]) == root:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -958,7 +961,9 @@ def table(results: list[Result]) -> str:
     for name in names:
         row = [r.figures().get(name, float("nan")) for r in results]
         row += [
-            b.figures().get(name, float("nan")) / a.figures()[name] if a.figures().get(name) else float("nan")
+            b.figures().get(name, float("nan")) / a.figures()[name]
+            if a.figures().get(name, 0.0) > 0
+            else float("nan")
             for a, b in ratios
         ]
         lines.append(f"{name:<{width}}" + "".join(f"{fmt(v):>12}" for v in row))
