@@ -10,7 +10,9 @@ this one asyncio process (httpx, one small client each: one pool for thousands o
 httpcore scan them all on every request). Each enrolls with a reusable token and a real X25519 key
 (20 enrollments at a time), then long-polls its netmap (`/api/v1/netmap/changes` when the coordinator has
 it, else the classic `/api/v1/netmap`) and reports its status every `--report-interval` seconds at a phase of
-its own, one PeerStatus per peer (full mesh) with counters that grow.
+its own, as the agent does (wgmesh/agent/reporting.py): the whole report (one PeerStatus per peer, full mesh,
+counters that grow) when the counters are due or the coordinator asks for it, a heartbeat otherwise
+(`--whole-reports`: every report whole, as agents did before heartbeats).
 
 It measures four changes (a node added, a node deleted, a route change, a P2P change) with the reports
 paused: the time from the change's first request until every agent holds the new version (client clocks,
@@ -51,6 +53,7 @@ from pathlib import Path
 import httpx
 
 from wgmesh import keys
+from wgmesh.agent import reporting
 from wgmesh.lab import postgres
 from wgmesh.lab.timescale import scaled
 
@@ -325,10 +328,14 @@ class Result:
     steady_cores: float = 0.0
     steady_db_cores: float | None = None
     reports_per_s: float = 0.0
+    whole_per_s: float = 0.0
     report_latency: Spread = field(default_factory=lambda: Spread.of([]))
+    heartbeat_latency: Spread = field(default_factory=lambda: Spread.of([]))
     report_bytes: float = 0.0
     rss_mb: float = 0.0
     hwm_mb: float = 0.0
+    rss_after: dict[str, float] = field(default_factory=dict)
+    """The coordinator's RSS (MB) after each phase: where its memory went."""
     harness_cpu_s: float = 0.0
     wall_s: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
@@ -365,10 +372,15 @@ class Result:
         out["steady: coordinator cores"] = self.steady_cores
         if self.steady_db_cores is not None:
             out["steady: postgres cores"] = self.steady_db_cores
-        out["steady: reports accepted /s"] = self.reports_per_s
-        out["steady: report latency p50 ms"] = self.report_latency.p50 * 1000
-        out["steady: report latency p99 ms"] = self.report_latency.p99 * 1000
+        out["steady: reports accepted /s (all)"] = self.reports_per_s
+        out["steady: whole reports /s"] = self.whole_per_s
+        out["steady: whole report latency p50 ms"] = self.report_latency.p50 * 1000
+        out["steady: whole report latency p99 ms"] = self.report_latency.p99 * 1000
+        out["steady: heartbeat latency p50 ms"] = self.heartbeat_latency.p50 * 1000
+        out["steady: heartbeat latency p99 ms"] = self.heartbeat_latency.p99 * 1000
         out["steady: report body KB"] = self.report_bytes / 1024
+        for phase, mb in self.rss_after.items():
+            out[f"coordinator RSS after {phase} MB"] = mb
         out["coordinator RSS MB"] = self.rss_mb
         out["coordinator peak RSS (VmHWM) MB"] = self.hwm_mb
         out["harness CPU s (whole size)"] = self.harness_cpu_s
@@ -399,6 +411,10 @@ class Agent:
     client: httpx.AsyncClient | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     phase: float = 0.0
+    whole_due: float = 0.0
+    """When (monotonic) its counters are next due in a whole report; 0: its first report goes whole."""
+    report_wanted: bool = True
+    """The coordinator asked for the whole report (a heartbeat's `report_wanted`)."""
 
     @property
     def endpoint(self) -> str:
@@ -419,8 +435,10 @@ def make_agent(i: int) -> Agent:
 class Fleet:
     """The simulated agents and the counters they share."""
 
-    def __init__(self, url: str, report_interval: float, limit: float) -> None:
+    def __init__(self, url: str, report_interval: float, limit: float, *, heartbeats: bool = True) -> None:
         self.url = url
+        self.heartbeats = heartbeats
+        """Send heartbeats between whole reports, as the agent does (False: every report whole)."""
         # A saturated coordinator answers late rather than not at all: a request waits as long as any
         # wait of the run may (Run.limit), a long-poll that much longer than its own `wait`.
         self.limit = limit
@@ -435,7 +453,10 @@ class Fleet:
         self.reports_on = asyncio.Event()
         self.reports_in_flight = 0
         self.report_latencies: list[float] = []
+        self.heartbeat_latencies: list[float] = []
         self.reports_ok = 0
+        """Reports accepted, whole or heartbeats."""
+        self.whole_ok = 0
         self.report_sizes: list[int] = []
         self.netmap_path = "/api/v1/netmap"
         self.epoch = time.monotonic()
@@ -556,6 +577,12 @@ class Fleet:
             f'"mtu":1420,"max_mtu":1440,"peers":[{peers}]}}'
         ).encode()
 
+    def whole_every(self) -> float:
+        """Seconds between an agent's whole reports: the agent's rule (reporting.full_every) for a full mesh,
+        at the pace of `--report-interval` (a faster interval, as in the smoke test, runs it faster)."""
+        peers = len(self.agents) - len(self.gone) - 1
+        return reporting.full_every(peers) * self.report_interval / reporting.REPORT_INTERVAL
+
     async def report_loop(self, agent: Agent) -> None:
         assert agent.client is not None
         sent = 0
@@ -564,37 +591,66 @@ class Fleet:
             since_epoch = time.monotonic() - self.epoch - agent.phase
             await asyncio.sleep(self.report_interval - since_epoch % self.report_interval)
             await self.reports_on.wait()
-            body = self.report(agent, sent)
-            sent += 1
             self.reports_in_flight += 1
-            started = time.perf_counter()
             try:
-                r = await self.post_status(agent.client, body)
+                # The simulated state never moves (every path direct, every handshake fresh): a report goes
+                # whole when its counters are due or the coordinator wants it, as reporting.next_kind says.
+                whole = not self.heartbeats or agent.report_wanted or time.monotonic() >= agent.whole_due
+                if not whole:
+                    whole = await self.heartbeat(agent)
+                if whole:
+                    await self.whole_report(agent, sent)
+                    sent += 1
             except httpx.TransportError as exc:
                 self.count("status", exc)
-                continue
             finally:
                 self.reports_in_flight -= 1
-            if r.status_code == 200:
-                agent.reports_done += 1
-                self.reports_ok += 1
-                self.report_latencies.append(time.perf_counter() - started)
-                self.report_sizes.append(len(body))
-            else:
-                self.count("status", r)
 
-    async def post_status(self, client: httpx.AsyncClient, body: bytes) -> httpx.Response:
-        """POST a report; once more on a dropped connection, as the agent does: uvicorn closes a connection
-        idle for 5 s, a report comes every 10 s, and the close can cross the next request."""
+    async def whole_report(self, agent: Agent, round_: int) -> None:
+        assert agent.client is not None
+        body = self.report(agent, round_)
+        started = time.perf_counter()
+        r = await self.post(agent.client, "/api/v1/status", body)
+        if r.status_code != 200:
+            self.count("status", r)
+            return
+        agent.reports_done += 1
+        agent.report_wanted = False
+        every = self.whole_every()
+        # After its first, an agent's whole reports come at a phase of its own (a fleet that has run a while),
+        # not all together because the harness started them together.
+        first = agent.whole_due == 0.0
+        agent.whole_due = time.monotonic() + (self.rng.uniform(0, every) if first else every)
+        self.reports_ok += 1
+        self.whole_ok += 1
+        self.report_latencies.append(time.perf_counter() - started)
+        self.report_sizes.append(len(body))
+
+    async def heartbeat(self, agent: Agent) -> bool:
+        """Send a heartbeat; True when the whole report must go now (the coordinator wants it)."""
+        assert agent.client is not None
+        body = f'{{"netmap_version":{agent.version}}}'.encode()
+        started = time.perf_counter()
+        r = await self.post(agent.client, "/api/v1/node/heartbeat", body)
+        if r.status_code != 200:
+            self.count("heartbeat", r)
+            return False
+        agent.reports_done += 1
+        self.reports_ok += 1
+        self.heartbeat_latencies.append(time.perf_counter() - started)
+        agent.report_wanted = bool(r.json()["report_wanted"])
+        return agent.report_wanted
+
+    async def post(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
+        """POST a report or heartbeat; once more on a dropped connection, as the agent does: uvicorn closes a
+        connection idle for 5 s, a report comes every 10 s, and the close can cross the next request."""
         for attempt in range(2):
             try:
-                return await client.post(
-                    "/api/v1/status", content=body, headers={"content-type": "application/json"}
-                )
+                return await client.post(path, content=body, headers={"content-type": "application/json"})
             except httpx.TransportError as exc:
                 if attempt == 1:
                     raise
-                self.retried[f"status {type(exc).__name__}"] += 1
+                self.retried[f"{path.rsplit('/', 1)[-1]} {type(exc).__name__}"] += 1
         raise AssertionError("unreachable")
 
 
@@ -622,14 +678,14 @@ class Run:
 
     def __init__(
         self, coordinator: Coordinator, size: int, db: str, report_interval: float, steady: float,
-        db_pid: int | None = None,
+        db_pid: int | None = None, heartbeats: bool = True,
     ) -> None:  # fmt: skip
         self.c = coordinator
         self.size = size
         # A budget per wait that grows with the fleet: before deltas a change costs the coordinator
         # ~0.1 s per node (every node's full netmap), 0.3 s on a busy machine.
         self.limit = scaled(60.0 + 0.3 * size)
-        self.fleet = Fleet(coordinator.url, report_interval, self.limit)
+        self.fleet = Fleet(coordinator.url, report_interval, self.limit, heartbeats=heartbeats)
         self.result = Result(size=size, db=db)
         self.steady = steady
         self.db_pid = db_pid
@@ -676,12 +732,17 @@ class Run:
 
     async def phases(self, admin: httpx.AsyncClient) -> None:
         await self.enroll_all(admin)
+        self.note_rss("enrollment")
         await self.detect_endpoint(admin)
         await self.sync_all(admin)
         await self.measure_changes(admin)
+        self.note_rss("changes")
         await self.measure_steady(admin)
         memory = usage(self.c.pid)
         self.result.rss_mb, self.result.hwm_mb = memory.rss_mb, memory.hwm_mb
+
+    def note_rss(self, phase: str) -> None:
+        self.result.rss_after[phase] = usage(self.c.pid).rss_mb
 
     async def enroll_all(self, admin: httpx.AsyncClient) -> None:
         r = await admin.post(
@@ -731,6 +792,7 @@ class Run:
         await wait_for("initial sync", lambda: all(a.version >= target for a in self.live()), self.limit, 0.1)
         self.result.initial_sync_s = time.monotonic() - begin
         print(f"  all {self.size} agents hold version {target} after {self.result.initial_sync_s:.1f} s")
+        self.note_rss("initial sync")
         # Each agent's first report changes what peers see (eth0_ip and the public address are new to the
         # coordinator): a version each, as when a fleet comes up. That round, until every agent holds the
         # version it ends at, is measured here, so that the changes and the steady state come after it.
@@ -748,6 +810,7 @@ class Run:
         )
         self.result.first_reports_s = time.monotonic() - begin
         print(f"  first reports and their versions reached all after {self.result.first_reports_s:.1f} s")
+        self.note_rss("first reports")
 
     async def quiet(self, admin: httpx.AsyncClient) -> int:
         """Reports paused and none in flight, every agent on the current version and polling again."""
@@ -878,8 +941,9 @@ class Run:
         # One interval to get going (every agent past its first slot), then the window.
         await asyncio.sleep(min(fleet.report_interval, self.steady))
         fleet.report_latencies.clear()
+        fleet.heartbeat_latencies.clear()
         fleet.report_sizes.clear()
-        ok0 = fleet.reports_ok
+        ok0, whole0 = fleet.reports_ok, fleet.whole_ok
         self.c.profile_window("on")
         cpu0, db0 = self.cpu()
         t0 = time.monotonic()
@@ -893,7 +957,9 @@ class Run:
         if db0 is not None and db1 is not None:
             self.result.steady_db_cores = (db1 - db0) / wall
         self.result.reports_per_s = (fleet.reports_ok - ok0) / wall
+        self.result.whole_per_s = (fleet.whole_ok - whole0) / wall
         self.result.report_latency = Spread.of(fleet.report_latencies)
+        self.result.heartbeat_latency = Spread.of(fleet.heartbeat_latencies)
         self.result.report_bytes = statistics.mean(fleet.report_sizes) if fleet.report_sizes else 0.0
         fleet.reports_on.clear()
 
@@ -912,6 +978,7 @@ def run_size(
     profile: Path | None = None,
     pg: postgres.ClusterPaths | None = None,
     pg_pid: int | None = None,
+    heartbeats: bool = True,
 ) -> Result:
     """Measure one size on a fresh database: a SQLite file under `work`, or a new database of `pg`."""
     shares = cores() if pin else None
@@ -931,7 +998,7 @@ def run_size(
     )
     try:
         coordinator.start()
-        run = Run(coordinator, size, db, report_interval, steady, db_pid=pg_pid)
+        run = Run(coordinator, size, db, report_interval, steady, db_pid=pg_pid, heartbeats=heartbeats)
         return asyncio.run(run.run())
     finally:
         coordinator.stop()
@@ -982,6 +1049,11 @@ def main() -> int:
     parser.add_argument("--steady", type=float, default=STEADY_SECONDS, help="seconds of steady state")
     parser.add_argument("--profile", type=Path, help="sample the coordinator's stacks; write the tops here")
     parser.add_argument("--no-pin", action="store_true", help="leave the processes on every core")
+    parser.add_argument(
+        "--whole-reports",
+        action="store_true",
+        help="every report whole (no heartbeats), as agents before them",
+    )
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -1008,6 +1080,7 @@ def main() -> int:
                     result = run_size(
                         size, db, Path(tmp), pin=not args.no_pin, report_interval=args.report_interval,
                         steady=args.steady, profile=args.profile, pg=pg, pg_pid=pg_pid,
+                        heartbeats=not args.whole_reports,
                     )  # fmt: skip
                 except Failed as exc:
                     print(f"  FAILED: {exc}", flush=True)
@@ -1030,8 +1103,9 @@ def main() -> int:
                 if result.failure is not None:
                     break  # a larger size would fail the same way, only slower
         if results:
-            print(f"\n{db}: netmap by {results[0].endpoint}, reports every {args.report_interval:g} s, "
-                  f"steady state {args.steady:g} s")  # fmt: skip
+            reports = "every report whole" if args.whole_reports else "heartbeats between whole reports"
+            print(f"\n{db}: netmap by {results[0].endpoint}, reports every {args.report_interval:g} s "
+                  f"({reports}), steady state {args.steady:g} s")  # fmt: skip
             print(table(results), flush=True)
             print()
     return 1 if failed else 0

@@ -4,8 +4,8 @@ registry's own store and schema (enrolling 1,000 nodes through the API takes min
 `fill(store, n)` writes `n` gateways with tags (`cloud:…`, `region:…`), sites, one subnet each (every
 `CONFLICT_EVERY`-th gateway also claims its neighbour's: a conflict), every `OFFLINE_EVERY`-th offline, and
 a status report per online gateway naming `peers_per_node` peers with paths that give every link state
-(`expected_state` says which). The benchmark (benchmarks/dashboard_scale.py) and the 1,000-node
-dashboard test use it.
+(`expected_state` says which); `fill_database` does it on a database URL. The benchmark
+(benchmarks/dashboard_scale.py) and the tests of the dashboard, the API's pages and `wgmesh status` use it.
 """
 
 from __future__ import annotations
@@ -144,6 +144,15 @@ def fill(store: Store, n: int, *, peers_per_node: int, now: datetime | None = No
         for start in range(0, len(statuses), 100):
             w.conn.execute(insert(schema.status), statuses[start : start + 100])
     return mesh
+
+
+def fill_database(db_url: str, n: int, *, peers_per_node: int) -> LargeMesh:
+    """`fill` through a store of its own on a coordinator's database URL (the tests' module fixtures)."""
+    store = Store(db_url)
+    try:
+        return fill(store, n, peers_per_node=peers_per_node)
+    finally:
+        store.close()
 
 
 def expected_state(mesh: LargeMesh, i: int, j: int, n: int) -> str:

@@ -330,6 +330,21 @@ def warnings(
 # --- the whole document ---------------------------------------------------------------------------------
 
 
+def topology_node(
+    network: Network, node: Node, by_name: Sequence[Node], reports: Reports, status: NodeStatus | None
+) -> TopologyNode:
+    """One node with every other node of `by_name` (sorted by name) as it sees them (`peer_view`): `reports`
+    needs the node's own peer entries and, for a peer it does not report on, that peer's entry of it;
+    `status` is the node's last report."""
+    return TopologyNode(
+        **node.model_dump(),
+        effective_p2p=node_p2p(network, node),
+        interface_mtu=status.report.mtu if status is not None else None,
+        coordinator=status.report.coordinator if status is not None else None,
+        peers=[peer_view(node, other, reports) for other in by_name if other.id != node.id],
+    )
+
+
 def build_topology(
     network: Network,
     *,
@@ -368,16 +383,7 @@ def build_topology(
     return Topology(
         network=network,
         version=version,
-        nodes=[
-            TopologyNode(
-                **node.model_dump(),
-                effective_p2p=node_p2p(network, node),
-                interface_mtu=st.report.mtu if (st := statuses.get(node.id)) is not None else None,
-                coordinator=st.report.coordinator if st is not None else None,
-                peers=[peer_view(node, other, reports) for other in by_name if other.id != node.id],
-            )
-            for node in nodes
-        ],
+        nodes=[topology_node(network, node, by_name, reports, statuses.get(node.id)) for node in nodes],
         links=links,
         routes=[
             TopologyRoute(**route.model_dump(), shadowed_by=shadowed_by(route, shadows)) for route in routes

@@ -406,6 +406,34 @@ def test_body_over_a_mebibyte_streamed_in_chunks_is_413(admin: httpx.Client, pat
         assert_error(r, 413, "payload_too_large")
 
 
+def test_a_status_report_may_be_four_mebibytes_and_no_more(
+    node_a: httpx.Client, anon: httpx.Client, admin: httpx.Client
+) -> None:
+    # 10,000 peers of ~270 bytes (StatusReport's bound) is ~2.7 MB: a report has 4 MiB, other calls 1 MiB.
+    report = {"endpoints": [], "peers": []}
+    headers = {"Content-Type": "application/json"}
+    r = node_a.post("/api/v1/status", content=padded_json(2 * MIB, report), headers=headers)
+    assert r.status_code == 200, r.text
+    with unchanged(admin):
+        too_big = padded_json(4 * MIB + 1, report)
+        assert_error(
+            node_a.post("/api/v1/status", content=too_big, headers=headers), 413, "payload_too_large"
+        )
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(too_big), 256 * 1024):
+                yield too_big[i : i + 256 * 1024]
+
+        assert_error(
+            node_a.post("/api/v1/status", content=chunks(), headers=headers), 413, "payload_too_large"
+        )
+        # Nobody's body is read before the credential passed: an anonymous 2 MiB report is 401.
+        assert_error(anon.post("/api/v1/status", content=padded_json(2 * MIB, report), headers=headers), 401)
+        # The heartbeat, a node call too, keeps the 1 MiB of every other call.
+        big_beat = padded_json(MIB + 1, {})
+        assert_error(node_a.post("/api/v1/node/heartbeat", content=big_beat, headers=headers), 413)
+
+
 def test_a_body_of_exactly_a_mebibyte_is_accepted(admin: httpx.Client) -> None:
     before = len(state(admin)["/api/v1/tokens"]["tokens"])
     r = admin.post(

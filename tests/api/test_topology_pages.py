@@ -12,19 +12,13 @@ import large_mesh
 import pytest
 from coordinator_harness import Api, assert_error
 
-from wgmesh.coordinator.store import Store
-
 N = 120
 PEERS = 30
 
 
 @pytest.fixture(scope="module")
 def mesh(coordinator: Api) -> large_mesh.LargeMesh:
-    store = Store(coordinator.db_url)
-    try:
-        return large_mesh.fill(store, N, peers_per_node=PEERS)
-    finally:
-        store.close()
+    return large_mesh.fill_database(coordinator.db_url, N, peers_per_node=PEERS)
 
 
 def states(mesh: large_mesh.LargeMesh) -> dict[tuple[int, int], str]:
@@ -123,8 +117,23 @@ def test_bad_queries_are_refused_with_a_reason(
     assert any(name in error["message"] for name in params)
 
 
-def test_links_of_an_unknown_node_are_not_found(admin: httpx.Client, mesh: large_mesh.LargeMesh) -> None:
+def test_one_node_with_its_peers_is_that_node_of_the_whole_topology(
+    admin: httpx.Client, mesh: large_mesh.LargeMesh
+) -> None:
+    whole = {n["name"]: n for n in get(admin, "/api/v1/topology")["nodes"]}
+    offline = min(mesh.offline)  # it sends no report: its peers are seen through theirs
+    for ref, name in ((mesh.names[5], mesh.names[5]), (mesh.names[offline], mesh.names[offline]),
+                      (str(whole[mesh.names[7]]["id"]), mesh.names[7])):  # fmt: skip
+        one = get(admin, f"/api/v1/topology/nodes/{ref}")
+        assert one == whole[name], name
+    seen = [p for p in whole[mesh.names[offline]]["peers"] if p["path"] is not None]
+    assert seen, "the offline node's peers reported on it"
+
+
+def test_an_unknown_node_is_not_found(admin: httpx.Client, mesh: large_mesh.LargeMesh) -> None:
     assert_error(admin.get("/api/v1/topology/nodes/nobody/links"), 404, "unknown_node")
+    assert_error(admin.get("/api/v1/topology/nodes/nobody"), 404, "unknown_node")
+    assert_error(admin.get("/api/v1/topology/nodes/999999"), 404, "unknown_node")
 
 
 def test_any_admin_token_reads_them_nobody_else(
@@ -132,7 +141,12 @@ def test_any_admin_token_reads_them_nobody_else(
 ) -> None:
     r = admin.post("/api/v1/admin-tokens", json={"name": "pages-reader", "read_only": True})
     assert r.status_code == 201, r.text
-    paths = ("/api/v1/topology/summary", "/api/v1/topology/nodes", "/api/v1/topology/nodes/gw-0000/links")
+    paths = (
+        "/api/v1/topology/summary",
+        "/api/v1/topology/nodes",
+        "/api/v1/topology/nodes/gw-0000",
+        "/api/v1/topology/nodes/gw-0000/links",
+    )
     with coordinator.admin(r.json()["token"]) as reader, coordinator.anonymous() as anon:
         for path in paths:
             assert reader.get(path).status_code == 200, path

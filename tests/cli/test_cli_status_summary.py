@@ -13,19 +13,13 @@ import pytest
 from cli_harness import Cli
 from coordinator_harness import Coordinator
 
-from wgmesh.coordinator.store import Store
-
 N = 120
 PEERS = 30
 
 
 @pytest.fixture(scope="module")
 def mesh(coordinator: Coordinator) -> large_mesh.LargeMesh:
-    store = Store(coordinator.db_url)
-    try:
-        return large_mesh.fill(store, N, peers_per_node=PEERS)
-    finally:
-        store.close()
+    return large_mesh.fill_database(coordinator.db_url, N, peers_per_node=PEERS)
 
 
 def link_states(mesh: large_mesh.LargeMesh) -> Counter[str]:

@@ -17,7 +17,6 @@ import pytest
 from coordinator_harness import Coordinator
 from web_harness import open_page, shoot
 
-from wgmesh.coordinator.store import Store
 from wgmesh.lab.timescale import scaled
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
@@ -32,11 +31,7 @@ WAIT = scaled(30) * 1000
 
 @pytest.fixture(scope="module")
 def mesh(coordinator: Coordinator) -> large_mesh.LargeMesh:
-    store = Store(coordinator.db_url)
-    try:
-        return large_mesh.fill(store, N, peers_per_node=PEERS)
-    finally:
-        store.close()
+    return large_mesh.fill_database(coordinator.db_url, N, peers_per_node=PEERS)
 
 
 def test_a_thousand_gateways_summary_drill_down_and_update(

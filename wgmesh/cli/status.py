@@ -17,8 +17,8 @@ from wgmesh.cli import connection, render
 from wgmesh.cli.common import Subparsers, add_json_flag, node_ref, print_json, stdout
 from wgmesh.cli.local import show_local_status
 from wgmesh.cli.view import node_view, status_view
-from wgmesh.errors import NotFoundError, ValidationError
-from wgmesh.models import Node, Topology, TopologyLinkPage, TopologyNodePage, TopologySummary
+from wgmesh.errors import ValidationError
+from wgmesh.models import Topology, TopologyLinkPage, TopologyNode, TopologyNodePage, TopologySummary
 from wgmesh.topology_summary import LINK_STATES, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, PROBLEMS
 
 PROBLEM_PAGE = 20  # nodes per problem in --problems
@@ -130,17 +130,6 @@ def _path(path: str, query: dict[str, str | None], offset: int, limit: int | Non
     return f"{path}?{urlencode(params)}"
 
 
-def find_node(topology: Topology, ref: str) -> Node:
-    """A node of the topology by name or numeric id, or NotFoundError."""
-    for node in topology.nodes:
-        if node.name == ref:
-            return node
-    for node in topology.nodes:
-        if ref.isdigit() and node.id == int(ref):
-            return node
-    raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """`wgmesh status [NODE]`."""
     if args.local:
@@ -157,22 +146,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             else:
                 console.print(detail[1](now))
             return 0
-        # Today's listing for --all, NODE and --json (its contract), and for a network the coordinator
-        # draws whole; else the summary.
-        if not (args.all or args.node is not None or args.json):
+        if args.node is not None:
+            # That node alone: the coordinator joins its peers without drawing the whole mesh.
+            found = client.get(f"/api/v1/topology/nodes/{quote(args.node, safe='')}", TopologyNode)
+            node = node_view(found)
+            if args.json:
+                print_json(node.model_dump(mode="json"))
+            else:
+                console.print(render.node_screen(node, now, console.width, found.static))
+            return 0
+        # Today's listing for --all and --json (its contract), and for a network the coordinator draws
+        # whole; else the summary.
+        if not (args.all or args.json):
             summary = client.get("/api/v1/topology/summary", TopologySummary)
             if summary.view == "summary":
                 console.print(render.summary_screen(summary))
                 return 0
         topology = load(client)
-    if args.node is not None:
-        found = find_node(topology, args.node)
-        node = node_view(topology, found.name)
-        if args.json:
-            print_json(node.model_dump(mode="json"))
-        else:
-            console.print(render.node_screen(node, now, console.width, found.static))
-        return 0
     view = status_view(topology)
     if args.json:
         print_json(view.model_dump(mode="json"))

@@ -70,13 +70,8 @@ class RoutesView(View):
     ha_groups: list[TopologyHaGroup] = []
 
 
-def node_view(topology: Topology, name: str) -> NodeView:
-    """One node with its peers; the node must be in the topology (KeyError otherwise)."""
-    nodes = {n.name: n for n in topology.nodes}
-    return _node_view(nodes[name])
-
-
-def _node_view(node: TopologyNode) -> NodeView:
+def node_view(node: TopologyNode) -> NodeView:
+    """One node with its peers (`wgmesh status NODE`, and each node of the listing)."""
     return NodeView(
         name=node.name,
         overlay_ip=node.overlay_ip,
@@ -124,7 +119,7 @@ def route_views(routes: Sequence[TopologyRoute]) -> list[RouteView]:
 def status_view(topology: Topology) -> StatusView:
     """`wgmesh status`: every node with its peers, the routes, the coordinator's warnings."""
     return StatusView(
-        nodes=[_node_view(n) for n in sorted(topology.nodes, key=lambda n: n.name)],
+        nodes=[node_view(n) for n in sorted(topology.nodes, key=lambda n: n.name)],
         routes=route_views(topology.routes),
         warnings=list(topology.warnings),
         ha_groups=list(topology.ha_groups),

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,7 +26,17 @@ from wgmesh.coordinator.handlers.node import StatusAck
 from wgmesh.coordinator.handlers.throttle import RateLimit
 from wgmesh.coordinator.listener import change_feed
 from wgmesh.coordinator.metrics import CoordinatorMetrics, RequestMetrics
-from wgmesh.coordinator.operations import Operation, Query, error_response, openapi_document, to_route
+from wgmesh.coordinator.operations import (
+    MAX_BODY,
+    NETMAPS,
+    REPORT_MAX_BODY,
+    REPORTS,
+    Operation,
+    Query,
+    error_response,
+    openapi_document,
+    to_route,
+)
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
 from wgmesh.errors import PayloadTooLargeError, WgmeshError
@@ -68,6 +79,7 @@ from wgmesh.models import (
     TokenList,
     Topology,
     TopologyLinkPage,
+    TopologyNode,
     TopologyNodePage,
     TopologySummary,
     WgQuickConfig,
@@ -76,7 +88,6 @@ from wgmesh.models import Route as RouteAnswer  # `Route` here is Starlette's
 
 __all__ = ["MAX_BODY", "OPERATIONS", "BodyLimit", "Settings", "create_app", "create_metrics_app"]
 
-MAX_BODY = 1024 * 1024
 
 # The one table of the API: it drives the routes (create_app) and the OpenAPI document.
 OPERATIONS: list[Operation] = [
@@ -103,6 +114,7 @@ OPERATIONS: list[Operation] = [
             Query("wait", "number", "seconds to hold the request for a change (at most 60)"),
         ),
         extra_responses={304: "no change within `wait` seconds"},
+        lane=NETMAPS,
     ),
     Operation(
         "GET",
@@ -116,6 +128,7 @@ OPERATIONS: list[Operation] = [
             Query("wait", "number", "seconds to hold the request for a change (at most 60)"),
         ),
         extra_responses={304: "no change within `wait` seconds"},
+        lane=NETMAPS,
     ),
     Operation(
         "POST",
@@ -125,6 +138,8 @@ OPERATIONS: list[Operation] = [
         "node",
         body=StatusReport,
         response=StatusAck,
+        max_body=REPORT_MAX_BODY,
+        lane=REPORTS,
     ),
     Operation(
         "POST",
@@ -356,6 +371,14 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET",
+        "/api/v1/topology/nodes/{node}",
+        admin.get_topology_node,
+        "One node with every other node as it sees them (its peers), as in the whole topology",
+        "admin-read",
+        response=TopologyNode,
+    ),
+    Operation(
+        "GET",
         "/api/v1/topology/nodes/{node}/links",
         admin.get_topology_links,
         "A page of one node's links, sorted by the other node's name",
@@ -452,10 +475,15 @@ OPERATIONS: list[Operation] = [
 ]
 
 
-class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413, declared or streamed."""
+BODY_CEILING = max(op.max_body for op in OPERATIONS)
+"""No request body is ever larger, whatever its path (each operation reads its own limit, read_body)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, declared or streamed: a ceiling for every path,
+    before routing; each operation's own (smaller) limit is applied as its body is read."""
+
+    def __init__(self, app: ASGIApp, limit: int = BODY_CEILING) -> None:
         self.app = app
         self.limit = limit
 
@@ -527,6 +555,13 @@ def create_metrics_app(api: Starlette) -> Starlette:
     return app
 
 
+def _heard(ctx: Context, version: int) -> None:
+    """A change another coordinator committed (or 0: the listener reconnected): the store learns the
+    version before the long-polls wake and look it up."""
+    ctx.registry.store.heard(version)
+    ctx.notifier.notify_threadsafe(version)
+
+
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     ctx: Context = app.state.context
@@ -535,7 +570,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     # other coordinators' writes, on a shared database (none on SQLite: Store.on_change hears them all)
     feed = change_feed(ctx.registry.store)
     if feed is not None:
-        feed.start(ctx.notifier.notify_threadsafe)
+        feed.start(partial(_heard, ctx))
     sweeping = asyncio.create_task(sweeps.run(ctx.registry.store, ctx.sessions))
     try:
         yield

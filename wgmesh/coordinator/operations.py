@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
+import anyio.to_thread
 import pydantic
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wgmesh.errors import MalformedRequestError, ValidationError
+from wgmesh.errors import MalformedRequestError, PayloadTooLargeError, ValidationError
 from wgmesh.models import FROM_CLIENT, ErrorResponse
 from wgmesh.values import NodeId
 
 Auth = Literal["none", "admin-read", "admin", "node", "relay"]
 """Who may call an operation: anyone, any admin token (read-only ones too), a full admin token, a node,
 a relay the coordinator announces (its signed token, wgmesh/relay/revocation.py)."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,44 @@ class Query:
     description: str
 
 
+class Lane:
+    """Worker threads of its own for the operations that share it (`threads`: their calls wait for none of
+    the shared pool's, nor the shared pool for theirs) and, with `at_once`, at most that many of their calls
+    at a time, the others waiting with their body unread. Its asyncio and anyio objects are made for
+    whichever event loop serves the app (they belong to the loop they are first used on; an app may be
+    served by one loop after another, as in tests)."""
+
+    def __init__(self, threads: int, at_once: int | None = None) -> None:
+        self.n_threads = threads
+        self.at_once = at_once
+        self._held: (
+            tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | None, anyio.CapacityLimiter] | None
+        ) = None
+
+    def _current(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | None, anyio.CapacityLimiter]:
+        loop = asyncio.get_running_loop()
+        if self._held is None or self._held[0] is not loop:
+            turns = asyncio.Semaphore(self.at_once) if self.at_once is not None else None
+            self._held = (loop, turns, anyio.CapacityLimiter(self.n_threads))
+        return self._held
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held for a whole call (a no-op without `at_once`)."""
+        turns = self._current()[1]
+        return turns if turns is not None else contextlib.nullcontext()
+
+    def threads(self) -> anyio.CapacityLimiter:
+        """The lane's worker threads."""
+        return self._current()[2]
+
+
+async def in_thread(lane: Lane | None, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on a worker thread: the lane's, else the shared pool (run_in_threadpool)."""
+    if lane is None:
+        return await run_in_threadpool(fn, *args)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=lane.threads())
+
+
 @dataclass(frozen=True)
 class Call:
     """What a handler receives: the request, the validated body and, for node calls, the node id."""
@@ -40,13 +85,35 @@ class Call:
     request: Request
     body: Any
     node_id: NodeId | None = None
+    lane: Lane | None = None
+    """The operation's lane (`Operation.lane`), if it has one."""
 
     def param(self, name: str) -> str:
         """A path parameter."""
         return str(self.request.path_params[name])
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a worker thread of the operation's lane, else of the shared pool."""
+        return await in_thread(self.lane, fn, *args)
+
 
 Handler = Callable[[Call], Awaitable[BaseModel | Response]]
+
+
+MAX_BODY = 1024 * 1024
+"""Request bodies over this are refused (413): every body of the API is a few KB but a status report."""
+REPORT_MAX_BODY = 4 * 1024 * 1024
+"""A node's status report: one entry of about 270 bytes per peer, up to StatusReport's 10,000 peers."""
+REPORTS = Lane(threads=8, at_once=8)
+"""Status reports: eight read, parsed and written at a time (each is a few MB of objects at 1,000 peers,
+and SQLite writes them one at a time anyway; eight keep PostgreSQL's writers busy), on threads of their
+own, so that the long-polls a report's change wakes do not hold the next reports up."""
+NETMAPS = Lane(threads=8)
+"""The netmap long-polls' answers (both calls): a change wakes every agent's at once, a thousand whole
+netmaps after a restart; eight threads build them, a few MB each, with the reports' eight beside them."""
+PARSE_APART_FROM = 64 * 1024
+"""Bodies of at least this many bytes are parsed on a worker thread: a report of 1,000 peers (~210 KB)
+takes milliseconds of the event loop that serves every other request."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +132,10 @@ class Operation:
     extra_responses: dict[int, str] = field(default_factory=dict)
     audit: str | None = None
     """The audit-log action a successful call records (every admin change has one)."""
+    max_body: int = MAX_BODY
+    """The largest body taken (413 above it, declared or streamed), read only once the caller is known."""
+    lane: Lane | None = None
+    """Worker threads of its own (and a bound on calls at a time) for the operation, or the shared pool."""
 
 
 Authenticator = Callable[[Request, Auth], Awaitable[NodeId | None]]
@@ -86,9 +157,29 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
-async def read_body(request: Request, model: type[BaseModel]) -> BaseModel:
-    """Parse and validate a JSON body into `model`, with errors a person can act on."""
-    raw = await request.body()
+async def read_body(
+    request: Request, model: type[BaseModel], limit: int = MAX_BODY, lane: Lane | None = None
+) -> BaseModel:
+    """Parse and validate a JSON body of at most `limit` bytes into `model`, with errors a person can act
+    on; a body declared larger is refused before a byte of it is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body is over {limit} bytes")
+    chunks: list[bytes] = []
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLargeError(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if len(raw) >= PARSE_APART_FROM:
+        return await in_thread(lane, parse_body, raw, model)
+    return parse_body(raw, model)
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> BaseModel:
+    """A JSON body into `model` (read_body)."""
     try:
         data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
     except ValueError as exc:  # bad syntax or UTF-8, NaN/Infinity, integers over 4300 digits
@@ -142,11 +233,14 @@ def to_route(op: Operation, authenticate: Authenticator, audit: Auditor | None =
     """A Starlette route that authenticates, parses the body, runs the handler and, for an operation
     with an audit action, records the call once it has succeeded."""
 
+    lane = op.lane
+
     async def endpoint(request: Request) -> Response:
         node_id = await authenticate(request, op.auth)
-        body = await read_body(request, op.body) if op.body is not None else None
-        call = Call(request, body, node_id)
-        result = await op.handler(call)
+        async with lane.turn() if lane is not None else contextlib.nullcontext():
+            body = await read_body(request, op.body, op.max_body, lane) if op.body is not None else None
+            call = Call(request, body, node_id, lane)
+            result = await op.handler(call)
         if op.audit is not None and audit is not None:
             await audit(op, call, result)
         if isinstance(result, Response):

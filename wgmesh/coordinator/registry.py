@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from wgmesh import ipam, keys, netmap_delta, route_approval
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
-from wgmesh.coordinator.credentials import make_credential, parse_credential
+from wgmesh.coordinator.credentials import LiveCredentials, make_credential, parse_credential
 from wgmesh.coordinator.heartbeats import LastSeenBatch
 from wgmesh.coordinator.report_digests import ReportDigests
-from wgmesh.coordinator.store import UNAVAILABLE, Store, Writer, as_utc, utcnow
+from wgmesh.coordinator.store import UNAVAILABLE, VERSION_TRUST, Store, Writer, as_utc, utcnow
 from wgmesh.errors import (
     AuthError,
     ConflictError,
@@ -47,6 +47,7 @@ from wgmesh.models import (
     NodePatch,
     NodeStatus,
     PairPolicy,
+    PeerStatus,
     RelayGrant,
     RelayInfo,
     RevokedTicket,
@@ -57,6 +58,7 @@ from wgmesh.models import (
     TokenInfo,
     Topology,
     TopologyLinkPage,
+    TopologyNode,
     TopologyNodePage,
     TopologyNodeRow,
     TopologyProblem,
@@ -66,7 +68,7 @@ from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.netmap_delta import SnapshotDiff
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
-from wgmesh.topology import build_topology, pair_key
+from wgmesh.topology import build_topology, pair_key, topology_node
 from wgmesh.topology_summary import (
     LinkTally,
     ReportDigest,
@@ -93,6 +95,8 @@ HELD_VERSIONS = 64
 """Snapshots kept for netmap changes: an agent further behind (or on a version this coordinator never
 built) gets its netmap whole. 64 covers a burst of enrollments between two polls; each costs about the
 registry's size (some MB at 5,000 nodes)."""
+IN_CHUNK = 500
+"""Ids per `IN (...)` query: well under SQLite's limit of bound variables."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
 
 
@@ -341,8 +345,10 @@ class Registry:
         """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
         self._reported: set[tuple[NodeId, str]] = set()
         """Nodes (id and key: a replaced node's new instance has none yet) known to have a report stored."""
-        self._known: dict[bytes, tuple[NodeId, str]] = {}
-        """Credentials seen to work (by SHA-256), for long-polls while the database is away."""
+        self._known: dict[bytes, tuple[NodeId, str, int]] = {}
+        """Credentials seen to work (by SHA-256): their node, its key then, and the credential's row."""
+        self._live_credentials: LiveCredentials = LiveCredentials(-1, frozenset(), frozenset())
+        """The rows of `credentials` at a snapshot's version, read with it (`_vouched`)."""
         self.report_digests = ReportDigests(store)
         self._tally_held: (
             tuple[tuple[NodeId, ...], datetime, int, dict[NodeId, ReportDigest], LinkTally] | None
@@ -728,6 +734,9 @@ class Registry:
         cred = parse_credential(presented, "wgn", error="node credential is not valid")
         c = schema.credentials.c
         seen = hashlib.sha256(presented.encode()).digest()
+        vouched = self._vouched(seen)
+        if vouched is not None:
+            return vouched
         try:
             with self.store.read() as conn:
                 rows = conn.execute(select(c.id, c.secret_hash).where(c.node_id == cred.id)).all()
@@ -747,14 +756,50 @@ class Registry:
         if matched is None:
             raise AuthError("node credential is not valid", code="invalid_credential")
         if any(row.id < matched for row in rows):
+            # No version: every coordinator asks the database for a node holding two credentials
+            # (`_vouched`), until a later snapshot shows one.
             with self.store.write(bump=False) as w:
                 w.conn.execute(delete(schema.credentials).where(c.node_id == cred.id, c.id < matched))
             # the retired ones must not outlive the database's answer in memory
             self._known = {k: v for k, v in self._known.items() if v[0] != cred.id}
         if len(self._known) >= MAX_KNOWN_CREDENTIALS:
             self._known.clear()  # bounded: a flood of valid credentials cannot grow it
-        self._known[seen] = (NodeId(cred.id), str(key))
+        self._known[seen] = (NodeId(cred.id), str(key), matched)
         return NodeId(cred.id)
+
+    def _vouched(self, seen: bytes) -> NodeId | None:
+        """The node of a credential seen to work, from memory (no database read for most of an agent's
+        calls): its row is the only one of its node among those read with the current snapshot, and the
+        node is there under the key it had. A credential goes with a version (a deletion, a replacement,
+        an enrollment answered again) or retires its node's older one (after a rotation, without a
+        version): a node holding two is asked of the database every time, on every coordinator, until a
+        snapshot shows it with one."""
+        if seen not in self._known:
+            return None
+        try:
+            snap = self.snapshot(VERSION_TRUST)
+        except StoreError:
+            return None  # the database's answer (or its absence) decides, as without a memory
+        return self._vouched_in(seen, snap)
+
+    def authenticate_held(self, presented: str) -> NodeId | None:
+        """`authenticate_node` from memory alone, never the database nor a snapshot to build: fit for the
+        event loop. None: ask `authenticate_node` (on a worker thread)."""
+        held = self._snapshot
+        if held is None or self.store.version_known(VERSION_TRUST) != held.version:
+            return None
+        return self._vouched_in(hashlib.sha256(presented.encode()).digest(), held)
+
+    def _vouched_in(self, seen: bytes, snap: RegistrySnapshot) -> NodeId | None:
+        found = self._known.get(seen)
+        if found is None:
+            return None
+        node_id, key, row = found
+        live = self._live_credentials
+        node = snap.by_id.get(node_id)
+        if live.version != snap.version or row not in live.rows or node_id in live.shared:
+            return None
+        return node_id if node is not None and node.public_key == key else None
 
     def _still_known(self, seen: bytes) -> bool:
         """Whether a credential seen working may still be served from memory: its node is in the snapshot
@@ -763,8 +808,9 @@ class Registry:
         found, held = self._known.get(seen), self._snapshot
         if found is None or held is None:
             return False
-        node_id, key = found
-        return any(n.id == node_id and n.public_key == key for n in held.nodes)
+        node_id, key, _row = found
+        node = held.by_id.get(node_id)
+        return node is not None and node.public_key == key
 
     # --- key rotation -------------------------------------------------------------------------
 
@@ -1108,21 +1154,29 @@ class Registry:
             prior_templates=self._snapshot.templates_by_key if self._snapshot is not None else {},
         )
 
-    def snapshot(self) -> RegistrySnapshot:
+    def snapshot(self, max_age: float = 0.0) -> RegistrySnapshot:
         """A consistent view of the registry, reused while the version stands still; while the database
-        is unavailable, the last one held (netmaps keep flowing, nothing can change meanwhile here)."""
+        is unavailable, the last one held (netmaps keep flowing, nothing can change meanwhile here).
+        `max_age`: the version may be the one the store learnt that long ago (Store.version), for the
+        agents' calls, a thousand at a time; an admin's read asks the database."""
         held = self._snapshot
+        observed: int | None = None
         if held is not None:
             # The common case, without the lock: a thousand long-polls woken at once each look up the
-            # version; only a new one is built, by the first that finds it, in turn.
+            # version (as the store learnt it: VERSION_TRUST); only a new one is built, by the first that
+            # finds it, in turn.
             try:
-                if self.store.version() == held.version:
+                observed = self.store.version(max_age=max_age)
+                if observed == held.version:
                     return held
             except StoreError as exc:
                 if exc.code != UNAVAILABLE:
                     raise
                 return held
         with self._snapshot_lock:
+            current = self._snapshot
+            if current is not None and current is not held and current.version == observed:
+                return current  # built while this thread waited for the lock: the others need not read
             try:
                 with self.store.read() as conn:
                     version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
@@ -1134,6 +1188,9 @@ class Registry:
                             with self._diffs_lock:
                                 self._diffs.clear()
                         self._snapshot = self._snapshot_from(conn, version)
+                        c = schema.credentials.c
+                        rows = conn.execute(select(c.id, c.node_id))
+                        self._live_credentials = LiveCredentials.of(version, (tuple(r) for r in rows))
                         self._hold(self._snapshot)
             except StoreError as exc:
                 if exc.code != UNAVAILABLE or self._snapshot is None:
@@ -1251,9 +1308,9 @@ class Registry:
             ).mappings()
             return [RevokedTicket(node_id=r["node_id"], issued_before=r["issued_before"]) for r in rows]
 
-    def version(self) -> int:
-        """The registry version."""
-        return self.store.version()
+    def version(self, max_age: float = 0.0) -> int:
+        """The registry version (`max_age`: as in `snapshot`)."""
+        return self.store.version(max_age=max_age)
 
     # --- status -------------------------------------------------------------------------------
 
@@ -1303,7 +1360,7 @@ class Registry:
         wanted: none is held, or the address it comes from changed (which peers see: a whole report
         writes it)."""
         # From the snapshot long-polls share (public_ip is in every version: a change of it bumps one).
-        node = self.snapshot().by_id.get(node_id)
+        node = self.snapshot(VERSION_TRUST).by_id.get(node_id)
         if node is None:
             raise NotFoundError(f"node {node_id} does not exist", code="node_not_found")
         if node.public_ip != public_ip or not self._has_report(node):
@@ -1345,7 +1402,26 @@ class Registry:
         """The last report of one node, or None if it never reported."""
         with self.store.read() as conn:
             node_id = self._resolve(conn, ref)
-        return self.statuses().get(node_id)
+            return self._statuses_of(conn, [node_id]).get(node_id)
+
+    def _statuses_of(self, conn: Connection, ids: Sequence[NodeId]) -> dict[NodeId, NodeStatus]:
+        """The last reports of these nodes (those that reported), read and parsed alone: at 1,000 nodes
+        every report is a million peer entries."""
+        st, n = schema.status, schema.nodes
+        found: dict[NodeId, NodeStatus] = {}
+        for start in range(0, len(ids), IN_CHUNK):
+            rows = conn.execute(
+                select(st, n.c.name)
+                .join(n, n.c.id == st.c.node_id)
+                .where(st.c.node_id.in_(ids[start : start + IN_CHUNK]))
+            ).mappings()
+            for r in rows:
+                found[NodeId(r["node_id"])] = NodeStatus(
+                    node=r["name"],
+                    reported_at=as_utc(r["reported_at"]),
+                    report=StatusReport.model_validate(r["report"]),
+                )
+        return found
 
     # --- topology -----------------------------------------------------------------------------
 
@@ -1362,6 +1438,26 @@ class Registry:
             now=utcnow(),
             groups=snap.ha_groups,
         )
+
+    def topology_node(self, ref: str) -> TopologyNode:
+        """One node with its peers as in `topology`, from its own report and, for the peers it does not
+        report on (it is a static peer, or just enrolled), theirs: not every report of the network."""
+        snap = self.snapshot()
+        nodes = self.list_nodes()  # last_seen and online, which the snapshot does not hold
+        node = next((n for n in nodes if n.name == ref), None) or next(
+            (n for n in nodes if str(n.id) == ref), None
+        )
+        if node is None:
+            raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
+        with self.store.read() as conn:
+            own = self._statuses_of(conn, [node.id]).get(node.id)
+            entries = {p.public_key: p for p in own.report.peers} if own is not None else {}
+            missing = [o.id for o in nodes if o.id != node.id and o.public_key not in entries]
+            theirs = self._statuses_of(conn, missing) if missing else {}
+        reports: dict[NodeId, dict[str, PeerStatus]] = {node.id: entries}
+        for other_id, st in theirs.items():
+            reports[other_id] = {p.public_key: p for p in st.report.peers if p.public_key == node.public_key}
+        return topology_node(snap.network, node, nodes, reports, own)
 
     # --- topology at scale: the summary and its pages (wgmesh.topology_summary) ----------------------
 

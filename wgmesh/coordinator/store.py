@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ handle each)."""
 PG_POOL_OVERFLOW = 20
 """On PostgreSQL at most 30 per coordinator, so that three fit in its default max_connections (100) with
 their LISTEN connections; a request beyond them waits for one (POOL_WAIT) rather than fail."""
+VERSION_TRUST = 1.0
+"""Seconds a registry version learnt here (read, committed, or heard from another coordinator) answers
+`version(max_age=…)` without the database: a thousand long-polls woken by one change each look it up.
+Every change committed here or heard (Store.heard) is learnt at once; only a change made behind the
+coordinator's back (an offline command on its SQLite file, a PostgreSQL listener down) waits this long."""
 POOL_WAIT = 300
 """Seconds a request waits for a pooled connection before failing: a queue, never a refusal under load."""
 
@@ -201,6 +207,12 @@ class Store:
         without the turn, writers would wait in busy_timeout's sleeps of up to 100 ms."""
         self.available = True
         """False from a failed use of a shared database until the next one that works (one log line each)."""
+        self._version_lock = threading.Lock()
+        self._version_known: tuple[int, float] | None = None
+        """The registry version and when (monotonic) it was known to be current: when the read that found
+        it began, or when its commit or notification came."""
+        self._version_floor = 0.0
+        """Versions known from before this (monotonic) are not taken: a change was heard then."""
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -358,6 +370,7 @@ class Store:
                     code="commit_unknown",
                 ) from exc
         if bump:
+            self._learn(version, time.monotonic())
             for listener in self._listeners:
                 listener(version)
 
@@ -398,7 +411,38 @@ class Store:
         alive = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3}
         return psycopg.connect(*cargs, **{**alive, **cparams, "autocommit": True, "connect_timeout": 5})
 
-    def version(self) -> int:
-        """The current registry version."""
+    def version(self, *, max_age: float = 0.0) -> int:
+        """The current registry version; with `max_age`, the one learnt here at most that many seconds ago
+        if nothing was heard since (VERSION_TRUST)."""
+        known = self.version_known(max_age)
+        if known is not None:
+            return known
+        began = time.monotonic()
         with self.reaching(), self.engine.connect() as conn:
-            return int(conn.execute(select(schema.registry.c.version)).scalar_one())
+            version = int(conn.execute(select(schema.registry.c.version)).scalar_one())
+        self._learn(version, began)
+        return version
+
+    def version_known(self, max_age: float) -> int | None:
+        """The version learnt here at most `max_age` seconds ago, if nothing was heard since; None
+        otherwise (`version` would ask the database)."""
+        known = self._version_known
+        return known[0] if known is not None and time.monotonic() - known[1] <= max_age else None
+
+    def heard(self, version: int) -> None:
+        """Another coordinator committed `version` (its NOTIFY); 0: something unknown may have changed (the
+        listener reconnected), so the version is asked of the database next time."""
+        now = time.monotonic()
+        if version:
+            self._learn(version, now)
+            return
+        with self._version_lock:
+            self._version_known, self._version_floor = None, now
+
+    def _learn(self, version: int, at: float) -> None:
+        # Only what is newer than what is known: a read that began before a commit (or a notification)
+        # may end after it with the version before, which must not overwrite the newer one.
+        with self._version_lock:
+            known = self._version_known
+            if at >= self._version_floor and (known is None or at > known[1]):
+                self._version_known = (version, at)

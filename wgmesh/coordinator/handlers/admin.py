@@ -39,6 +39,7 @@ from wgmesh.models import (
     TokenList,
     Topology,
     TopologyLinkPage,
+    TopologyNode,
     TopologyNodePage,
     TopologyProblem,
     TopologySummary,
@@ -287,6 +288,11 @@ async def get_topology_nodes(call: Call) -> TopologyNodePage:
             limit=limit,
         )
     )
+
+
+async def get_topology_node(call: Call) -> TopologyNode:
+    registry = context(call.request).registry
+    return await run_in_threadpool(registry.topology_node, call.param("node"))
 
 
 async def get_topology_links(call: Call) -> TopologyLinkPage:

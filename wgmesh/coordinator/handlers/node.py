@@ -14,6 +14,7 @@ from starlette.responses import Response
 from wgmesh.coordinator.handlers.auth import client_address
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import Call, compressed_json
+from wgmesh.coordinator.store import VERSION_TRUST
 from wgmesh.errors import ValidationError
 from wgmesh.logs import kv
 from wgmesh.models import (
@@ -90,12 +91,12 @@ async def _long_poll(call: Call, render: Callable[[RegistrySnapshot, NodeId, int
         event = notifier.current()
         # The snapshot, not the database's version alone: without its database the coordinator answers
         # from the one it holds (registry.snapshot).
-        snapshot = await run_in_threadpool(registry.snapshot)
+        snapshot = await call.run(registry.snapshot, VERSION_TRUST)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
         if snapshot.version != since:
             # Built and serialised in a worker thread too: a whole netmap at 1,000 peers takes
             # milliseconds, and the event loop serves every other long-poll meanwhile.
-            response = await run_in_threadpool(_answer, call.request, render, snapshot, node_id, since)
+            response = await call.run(_answer, call.request, render, snapshot, node_id, since)
             age = notifier.age(snapshot.version)
             if age is not None:
                 response.headers[VERSION_AGE_HEADER] = f"{age:.4f}"
@@ -115,8 +116,9 @@ async def post_status(call: Call) -> StatusAck:
     registry, settings = ctx.registry, ctx.settings
     assert call.node_id is not None
     address = client_address(call.request, settings.trusted_proxies)
-    changed = await run_in_threadpool(registry.record_status, call.node_id, call.body, address)
-    return StatusAck(version=await run_in_threadpool(registry.version), changed=changed)
+    # On the reports' lane (operations.REPORTS), not behind the long-polls a change wakes.
+    changed = await call.run(registry.record_status, call.node_id, call.body, address)
+    return StatusAck(version=await call.run(registry.version, VERSION_TRUST), changed=changed)
 
 
 async def post_heartbeat(call: Call) -> HeartbeatAck:
@@ -125,7 +127,8 @@ async def post_heartbeat(call: Call) -> HeartbeatAck:
     assert call.node_id is not None
     address = client_address(call.request, settings.trusted_proxies)
     wanted = await run_in_threadpool(registry.record_heartbeat, call.node_id, address)
-    return HeartbeatAck(version=await run_in_threadpool(registry.version), report_wanted=wanted)
+    version = await run_in_threadpool(registry.version, VERSION_TRUST)
+    return HeartbeatAck(version=version, report_wanted=wanted)
 
 
 async def get_relay_grant(call: Call) -> RelayGrant:
