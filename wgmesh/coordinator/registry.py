@@ -340,6 +340,7 @@ class Registry:
         """The last snapshots by version, oldest first: what changes are computed from."""
         self._diffs: OrderedDict[tuple[int, int], SnapshotDiff] = OrderedDict()
         self._diffs_lock = threading.Lock()
+        self._diff_making = threading.Lock()
         self._node_rows: NodeRows = {}
         self.last_seen = LastSeenBatch(store)
         """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
@@ -1197,6 +1198,20 @@ class Registry:
                     raise
             return self._snapshot
 
+    def snapshot_held(self, max_age: float) -> RegistrySnapshot | None:
+        """The snapshot held when its version is the one the store learnt at most `max_age` seconds ago:
+        no database read and no lock, fit for the event loop; None: ask `snapshot`."""
+        held = self._snapshot
+        if held is None or self.store.version_known(max_age) != held.version:
+            return None
+        return held
+
+    def change_is_cheap(self, snapshot: RegistrySnapshot, since: int) -> bool:
+        """Whether `netmap_change(snapshot, …, since)` is a change whose diff is made: a few peers' entries,
+        not a whole netmap nor a diff of every node."""
+        with self._diffs_lock:
+            return (since, snapshot.version) in self._diffs and since in self._history
+
     def _hold(self, snapshot: RegistrySnapshot) -> None:
         self._history[snapshot.version] = snapshot
         self._history.move_to_end(snapshot.version)
@@ -1210,13 +1225,20 @@ class Registry:
         if old is None:
             return netmap_delta.change(None, snapshot, None, node_id)
         key = (old.version, snapshot.version)
-        with self._diffs_lock:
-            # One diff per pair of versions, however many agents ask: the first computes it.
+        with self._diffs_lock:  # held for lookups only: the event loop takes it too (change_is_cheap)
             changes = self._diffs.get(key)
-            if changes is None:
-                changes = self._diffs[key] = netmap_delta.diff(old, snapshot)
-                while len(self._diffs) > HELD_VERSIONS:
-                    self._diffs.popitem(last=False)
+        if changes is None:
+            # One diff per pair of versions, however many agents ask: the first makes it, the others
+            # wait for it here.
+            with self._diff_making:
+                with self._diffs_lock:
+                    changes = self._diffs.get(key)
+                if changes is None:
+                    changes = netmap_delta.diff(old, snapshot)
+                    with self._diffs_lock:
+                        self._diffs[key] = changes
+                        while len(self._diffs) > HELD_VERSIONS:
+                            self._diffs.popitem(last=False)
         return netmap_delta.change(old, snapshot, changes, node_id)
 
     def _netmap_after(self, node_id: NodeId) -> NetMap:
