@@ -48,6 +48,10 @@ class PayloadTooLargeError(WgmeshError, code="payload_too_large", status=413):
     """A request body over the size limit."""
 
 
+class RequestTimeoutError(WgmeshError, code="request_timeout", status=408):
+    """A request body that did not arrive in time (it held a turn others wait for)."""
+
+
 class ConflictError(WgmeshError, code="conflict", status=409):
     """The request collides with existing state (duplicate name or key, overlapping route)."""
 
@@ -118,6 +122,7 @@ ANSWERS: tuple[type[WgmeshError], ...] = (
     ConflictError,
     ExhaustedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     ValidationError,
     UnreachableError,
     RateLimitedError,

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gzip
 import json
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -20,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from wgmesh.errors import MalformedRequestError, PayloadTooLargeError, ValidationError
+from wgmesh.errors import MalformedRequestError, PayloadTooLargeError, RequestTimeoutError, ValidationError
 from wgmesh.models import FROM_CLIENT, ErrorResponse
 from wgmesh.values import NodeId
 
@@ -50,25 +52,28 @@ class Lane:
     def __init__(self, threads: int, at_once: int | None = None) -> None:
         self.n_threads = threads
         self.at_once = at_once
-        self._held: (
-            tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | None, anyio.CapacityLimiter] | None
-        ) = None
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Semaphore | None, anyio.CapacityLimiter]
+        ] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # loops of other threads (tests) may make theirs at the same time
 
-    def _current(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | None, anyio.CapacityLimiter]:
+    def _current(self) -> tuple[asyncio.Semaphore | None, anyio.CapacityLimiter]:
         loop = asyncio.get_running_loop()
-        if self._held is None or self._held[0] is not loop:
-            turns = asyncio.Semaphore(self.at_once) if self.at_once is not None else None
-            self._held = (loop, turns, anyio.CapacityLimiter(self.n_threads))
-        return self._held
+        with self._lock:
+            found = self._by_loop.get(loop)
+            if found is None:
+                turns = asyncio.Semaphore(self.at_once) if self.at_once is not None else None
+                found = self._by_loop[loop] = (turns, anyio.CapacityLimiter(self.n_threads))
+        return found
 
     def turn(self) -> contextlib.AbstractAsyncContextManager[object]:
         """Held for a whole call (a no-op without `at_once`)."""
-        turns = self._current()[1]
+        turns = self._current()[0]
         return turns if turns is not None else contextlib.nullcontext()
 
     def threads(self) -> anyio.CapacityLimiter:
         """The lane's worker threads."""
-        return self._current()[2]
+        return self._current()[1]
 
 
 async def in_thread(lane: Lane | None, fn: Callable[..., T], *args: Any) -> T:
@@ -111,6 +116,8 @@ own, so that the long-polls a report's change wakes do not hold the next reports
 NETMAPS = Lane(threads=8)
 """The netmap long-polls' answers (both calls): a change wakes every agent's at once, a thousand whole
 netmaps after a restart; eight threads build them, a few MB each, with the reports' eight beside them."""
+BODY_DEADLINE = 30.0
+"""Seconds a body may take to arrive while it holds a lane's turn (4 MiB at ~1 Mbit/s)."""
 PARSE_APART_FROM = 64 * 1024
 """Bodies of at least this many bytes are parsed on a worker thread: a report of 1,000 peers (~210 KB)
 takes milliseconds of the event loop that serves every other request."""
@@ -229,6 +236,19 @@ def compressed_json(request: Request, model: BaseModel) -> Response:
     return response
 
 
+async def _read_in_turn(request: Request, op: Operation, lane: Lane | None) -> BaseModel:
+    """The body, within BODY_DEADLINE when it holds one of a bounded lane's turns: a client sending it
+    slowly must not keep the others' reports waiting (408)."""
+    assert op.body is not None
+    if lane is None or lane.at_once is None:
+        return await read_body(request, op.body, op.max_body, lane)
+    try:
+        async with asyncio.timeout(BODY_DEADLINE):
+            return await read_body(request, op.body, op.max_body, lane)
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body did not arrive within {BODY_DEADLINE:g} s") from None
+
+
 def to_route(op: Operation, authenticate: Authenticator, audit: Auditor | None = None) -> Route:
     """A Starlette route that authenticates, parses the body, runs the handler and, for an operation
     with an audit action, records the call once it has succeeded."""
@@ -238,7 +258,7 @@ def to_route(op: Operation, authenticate: Authenticator, audit: Auditor | None =
     async def endpoint(request: Request) -> Response:
         node_id = await authenticate(request, op.auth)
         async with lane.turn() if lane is not None else contextlib.nullcontext():
-            body = await read_body(request, op.body, op.max_body, lane) if op.body is not None else None
+            body = await _read_in_turn(request, op, lane) if op.body is not None else None
             call = Call(request, body, node_id, lane)
             result = await op.handler(call)
         if op.audit is not None and audit is not None:

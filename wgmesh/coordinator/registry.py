@@ -95,6 +95,8 @@ HELD_VERSIONS = 64
 """Snapshots kept for netmap changes: an agent further behind (or on a version this coordinator never
 built) gets its netmap whole. 64 covers a burst of enrollments between two polls; each costs about the
 registry's size (some MB at 5,000 nodes)."""
+CHEAP_PEERS = 64
+"""A netmap change of at most this many peers is answered on the event loop (handlers/node.py)."""
 IN_CHUNK = 500
 """Ids per `IN (...)` query: well under SQLite's limit of bound variables."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
@@ -762,7 +764,7 @@ class Registry:
             with self.store.write(bump=False) as w:
                 w.conn.execute(delete(schema.credentials).where(c.node_id == cred.id, c.id < matched))
             # the retired ones must not outlive the database's answer in memory
-            self._known = {k: v for k, v in self._known.items() if v[0] != cred.id}
+            self._known = {k: v for k, v in list(self._known.items()) if v[0] != cred.id}
         if len(self._known) >= MAX_KNOWN_CREDENTIALS:
             self._known.clear()  # bounded: a flood of valid credentials cannot grow it
         self._known[seen] = (NodeId(cred.id), str(key), matched)
@@ -1188,11 +1190,13 @@ class Registry:
                             self._history.clear()
                             with self._diffs_lock:
                                 self._diffs.clear()
-                        self._snapshot = self._snapshot_from(conn, version)
+                        made = self._snapshot_from(conn, version)
                         c = schema.credentials.c
                         rows = conn.execute(select(c.id, c.node_id))
-                        self._live_credentials = LiveCredentials.of(version, (tuple(r) for r in rows))
-                        self._hold(self._snapshot)
+                        live = LiveCredentials.of(version, (tuple(r) for r in rows))
+                        # Both read before either is taken: a read that fails leaves the pair as it was.
+                        self._snapshot, self._live_credentials = made, live
+                        self._hold(made)
             except StoreError as exc:
                 if exc.code != UNAVAILABLE or self._snapshot is None:
                     raise
@@ -1206,11 +1210,21 @@ class Registry:
             return None
         return held
 
-    def change_is_cheap(self, snapshot: RegistrySnapshot, since: int) -> bool:
-        """Whether `netmap_change(snapshot, …, since)` is a change whose diff is made: a few peers' entries,
-        not a whole netmap nor a diff of every node."""
+    def cheap_change(self, snapshot: RegistrySnapshot, node_id: NodeId, since: int) -> NetMapChange | None:
+        """`netmap_change(snapshot, node_id, since)` when it is cheap enough for the event loop: the diff is
+        made, and the change is one of at most CHEAP_PEERS peers (not a whole netmap: the network or the
+        node's own P2P setting moved); None otherwise, and nothing is made."""
+        old = self._history.get(since)
         with self._diffs_lock:
-            return (since, snapshot.version) in self._diffs and since in self._history
+            changes = self._diffs.get((since, snapshot.version))
+        if old is None or changes is None or changes.whole:
+            return None
+        me, before = snapshot.by_id.get(node_id), old.by_id.get(node_id)
+        if me is None or before is None or before.p2p != me.p2p:
+            return None
+        if len(changes.changed) + len(changes.pairs.get(node_id, ())) > CHEAP_PEERS:
+            return None
+        return netmap_delta.change(old, snapshot, changes, node_id)
 
     def _hold(self, snapshot: RegistrySnapshot) -> None:
         self._history[snapshot.version] = snapshot

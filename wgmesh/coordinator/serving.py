@@ -6,8 +6,7 @@ progress, and a long-poll with nothing new would have held the stop up for all o
 of a coordinator with agents, 2 s of each lab's teardown, and as long again before an agent of a cluster
 moved to another coordinator).
 
-`HttpProtocol`: uvicorn's HTTP/1.1 on httptools (the C parser: h11's pure-Python parsing was a good part
-of what each of a thousand long-polls cost the coordinator on every change), and on TLS connections:
+`HttpProtocol`, on TLS connections:
 
 At SIGTERM uvicorn closes each idle keep-alive connection, and waits (up to GRACEFUL_SHUTDOWN) until every
 connection is gone. Closing a TLS connection sends close_notify and waits for the client's, which a client
@@ -22,8 +21,9 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+import h11
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class Server(uvicorn.Server):
@@ -36,10 +36,11 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class HttpProtocol(HttpToolsProtocol):
+class HttpProtocol(H11Protocol):
     def shutdown(self) -> None:
         idle = self.cycle is None or self.cycle.response_complete
         if idle and self.transport.get_extra_info("sslcontext") is not None:
+            self.conn.send(h11.ConnectionClosed())
             self.transport.abort()
         else:
             super().shutdown()

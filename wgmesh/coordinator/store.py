@@ -42,10 +42,10 @@ INIT_LOCK_KEY = 0x77676D7368_00
 
 
 POOL_SIZE = 10
-POOL_OVERFLOW = 40
-"""Connections kept, and the most made beyond them on SQLite: together above the 40 worker threads
-requests run in (anyio's default), so a request never waits for one (SQLite connections are a file
-handle each)."""
+POOL_OVERFLOW = 50
+"""Connections kept, and the most made beyond them on SQLite: together above the 56 worker threads
+requests run in (anyio's default 40, and the reports' and netmaps' lanes of 8 each: operations.py), so
+a request never waits for one (SQLite connections are a file handle each)."""
 PG_POOL_OVERFLOW = 20
 """On PostgreSQL at most 30 per coordinator, so that three fit in its default max_connections (100) with
 their LISTEN connections; a request beyond them waits for one (POOL_WAIT) rather than fail."""
@@ -430,10 +430,13 @@ class Store:
         return known[0] if known is not None and time.monotonic() - known[1] <= max_age else None
 
     def heard(self, version: int) -> None:
-        """Another coordinator committed `version` (its NOTIFY); 0: something unknown may have changed (the
-        listener reconnected), so the version is asked of the database next time."""
+        """A coordinator committed `version` (its NOTIFY); 0: not a version (a sweep's) or whatever the
+        listener missed while it reconnected, so the version is asked of the database next time."""
         now = time.monotonic()
         if version:
+            known = self._version_known
+            if known is not None and version < known[0]:
+                return  # a notification that crossed a newer commit of this coordinator's
             self._learn(version, now)
             return
         with self._version_lock:

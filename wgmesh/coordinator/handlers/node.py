@@ -73,18 +73,19 @@ async def get_netmap(call: Call) -> Response:
 async def get_netmap_changes(call: Call) -> Response:
     """The netmap as the change from the version the agent holds (`since`), whole when that one is gone."""
     registry = context(call.request).registry
-    return await _long_poll(call, registry.netmap_change, registry.change_is_cheap)
+    return await _long_poll(call, registry.netmap_change, registry.cheap_change)
 
 
 async def _long_poll(
     call: Call,
     render: Callable[[RegistrySnapshot, NodeId, int], Model],
-    cheap: Callable[[RegistrySnapshot, int], bool] | None = None,
+    cheap: Callable[[RegistrySnapshot, NodeId, int], Model | None] | None = None,
 ) -> Response:
     """Answer `render(snapshot, node, since)` as soon as the registry's version differs from `since`,
-    waiting up to `wait` seconds for it; 304 when it did not move. `cheap(snapshot, since)` says when the
-    answer may be made on the event loop (a change of a few peers, its diff made): a worker thread's hop
-    costs more than such an answer, a thousand times over when a change wakes every agent."""
+    waiting up to `wait` seconds for it; 304 when it did not move. `cheap(snapshot, node, since)` is the
+    answer when it can be made on the event loop (a change of a few peers, its diff made), else None: a
+    worker thread's hop costs more than such an answer, a thousand times over when a change wakes every
+    agent."""
     ctx = context(call.request)
     registry, metrics, notifier = ctx.registry, ctx.metrics, ctx.notifier
     node_id = call.node_id
@@ -103,8 +104,9 @@ async def _long_poll(
             snapshot = await call.run(registry.snapshot, VERSION_TRUST)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
         if snapshot.version != since:
-            if cheap is not None and cheap(snapshot, since):
-                response = _answer(call.request, render, snapshot, node_id, since)
+            made = cheap(snapshot, node_id, since) if cheap is not None else None
+            if made is not None:
+                response = compressed_json(call.request, made)
             else:
                 # A whole netmap, or the first change of a version (its diff): milliseconds at 1,000
                 # peers, on a worker thread while the event loop serves every other long-poll.
