@@ -451,6 +451,7 @@ class Fleet:
         self.poll_bytes = 0
         self.watching = False
         self.reports_on = asyncio.Event()
+        self.paused_at: float | None = None
         self.reports_in_flight = 0
         self.report_latencies: list[float] = []
         self.heartbeat_latencies: list[float] = []
@@ -576,6 +577,22 @@ class Fleet:
             f'{{"endpoints":["{agent.endpoint}"],"eth0_ip":"{agent.eth0_ip}","netmap_version":{agent.version},'
             f'"mtu":1420,"max_mtu":1440,"peers":[{peers}]}}'
         ).encode()
+
+    def pause_reports(self) -> None:
+        self.reports_on.clear()
+        if self.paused_at is None:
+            self.paused_at = time.monotonic()
+
+    def resume_reports(self) -> None:
+        """Reports flow again, each agent's whole report as far from due as when they stopped: a real
+        agent never pauses, so a pause must not make every agent's counters overdue at once."""
+        if self.paused_at is not None:
+            paused = time.monotonic() - self.paused_at
+            for agent in self.agents.values():
+                if agent.whole_due:
+                    agent.whole_due += paused
+            self.paused_at = None
+        self.reports_on.set()
 
     def whole_every(self) -> float:
         """Seconds between an agent's whole reports: the agent's rule (reporting.full_every) for a full mesh,
@@ -797,11 +814,11 @@ class Run:
         # coordinator): a version each, as when a fleet comes up. That round, until every agent holds the
         # version it ends at, is measured here, so that the changes and the steady state come after it.
         begin = time.monotonic()
-        self.fleet.reports_on.set()
+        self.fleet.resume_reports()
         await wait_for(
             "every agent's first report", lambda: all(a.reports_done >= 1 for a in self.live()), self.limit
         )
-        self.fleet.reports_on.clear()
+        self.fleet.pause_reports()
         settled = await self.version(admin)
         await wait_for(
             "agents on the version after the first reports",
@@ -814,7 +831,7 @@ class Run:
 
     async def quiet(self, admin: httpx.AsyncClient) -> int:
         """Reports paused and none in flight, every agent on the current version and polling again."""
-        self.fleet.reports_on.clear()
+        self.fleet.pause_reports()
         await wait_for("reports in flight", lambda: self.fleet.reports_in_flight == 0, self.limit)
         current = await self.version(admin)
         await wait_for("agents on the current version", lambda: all(a.version >= current for a in self.live()),
@@ -937,7 +954,7 @@ class Run:
         the coordinator's cores."""
         fleet = self.fleet
         await self.version(admin)
-        fleet.reports_on.set()
+        fleet.resume_reports()
         # One interval to get going (every agent past its first slot), then the window.
         await asyncio.sleep(min(fleet.report_interval, self.steady))
         fleet.report_latencies.clear()
@@ -961,7 +978,7 @@ class Run:
         self.result.report_latency = Spread.of(fleet.report_latencies)
         self.result.heartbeat_latency = Spread.of(fleet.heartbeat_latencies)
         self.result.report_bytes = statistics.mean(fleet.report_sizes) if fleet.report_sizes else 0.0
-        fleet.reports_on.clear()
+        fleet.pause_reports()
 
 
 # --- the command -----------------------------------------------------------------------------------------
