@@ -25,7 +25,7 @@ from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import LiveCredentials, make_credential, parse_credential
 from wgmesh.coordinator.heartbeats import LastSeenBatch
 from wgmesh.coordinator.report_digests import ReportDigests
-from wgmesh.coordinator.store import UNAVAILABLE, VERSION_TRUST, Store, Writer, as_utc, utcnow
+from wgmesh.coordinator.store import IN_CHUNK, UNAVAILABLE, VERSION_TRUST, Store, Writer, as_utc, utcnow
 from wgmesh.errors import (
     AuthError,
     ConflictError,
@@ -97,8 +97,6 @@ built) gets its netmap whole. 64 covers a burst of enrollments between two polls
 registry's size (some MB at 5,000 nodes)."""
 CHEAP_PEERS = 64
 """A netmap change of at most this many peers is answered on the event loop (handlers/node.py)."""
-IN_CHUNK = 500
-"""Ids per `IN (...)` query: well under SQLite's limit of bound variables."""
 MAX_ROW_ID = 2**63 - 1  # the largest id a BIGINT (or SQLite INTEGER) column holds
 
 
@@ -165,6 +163,15 @@ def _check_key_free(conn: Connection, public_key: str, holder: int | None = None
             f"public key {keys.fingerprint(public_key)}… is already used by another node",
             code="duplicate_key",
         )
+
+
+def _node_status(row: RowMapping) -> NodeStatus:
+    """A `status` row joined with its node's name."""
+    return NodeStatus(
+        node=row["name"],
+        reported_at=as_utc(row["reported_at"]),
+        report=StatusReport.model_validate(row["report"]),
+    )
 
 
 def _network(conn: Connection) -> Network:
@@ -1425,14 +1432,7 @@ class Registry:
                     schema.nodes, schema.nodes.c.id == schema.status.c.node_id
                 )
             ).mappings()
-            return {
-                r["node_id"]: NodeStatus(
-                    node=r["name"],
-                    reported_at=as_utc(r["reported_at"]),
-                    report=StatusReport.model_validate(r["report"]),
-                )
-                for r in rows
-            }
+            return {NodeId(r["node_id"]): _node_status(r) for r in rows}
 
     def node_status(self, ref: str) -> NodeStatus | None:
         """The last report of one node, or None if it never reported."""
@@ -1451,12 +1451,7 @@ class Registry:
                 .join(n, n.c.id == st.c.node_id)
                 .where(st.c.node_id.in_(ids[start : start + IN_CHUNK]))
             ).mappings()
-            for r in rows:
-                found[NodeId(r["node_id"])] = NodeStatus(
-                    node=r["name"],
-                    reported_at=as_utc(r["reported_at"]),
-                    report=StatusReport.model_validate(r["report"]),
-                )
+            found.update((NodeId(r["node_id"]), _node_status(r)) for r in rows)
         return found
 
     # --- topology -----------------------------------------------------------------------------

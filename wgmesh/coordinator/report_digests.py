@@ -11,12 +11,10 @@ from datetime import datetime
 from sqlalchemy import select
 
 from wgmesh.coordinator import schema
-from wgmesh.coordinator.store import Store, as_utc
+from wgmesh.coordinator.store import IN_CHUNK, Store, as_utc
 from wgmesh.models import Node
 from wgmesh.topology_summary import ReportDigest, digest_report
 from wgmesh.values import NodeId
-
-CHUNK = 500  # node ids per IN (...) query, well under SQLite's variable limit
 
 
 class ReportDigests:
@@ -46,10 +44,10 @@ class ReportDigests:
                 stale = [
                     i for i, at in stamps.items() if (held := self._held.get(i)) is None or held[0] != at
                 ]
-                for start in range(0, len(stale), CHUNK):
+                for start in range(0, len(stale), IN_CHUNK):
                     rows = conn.execute(
                         select(status.c.node_id, status.c.reported_at, status.c.report).where(
-                            status.c.node_id.in_(stale[start : start + CHUNK])
+                            status.c.node_id.in_(stale[start : start + IN_CHUNK])
                         )
                     )
                     for r in rows:

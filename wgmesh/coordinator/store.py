@@ -49,6 +49,8 @@ a request never waits for one (SQLite connections are a file handle each)."""
 PG_POOL_OVERFLOW = 20
 """On PostgreSQL at most 30 per coordinator, so that three fit in its default max_connections (100) with
 their LISTEN connections; a request beyond them waits for one (POOL_WAIT) rather than fail."""
+IN_CHUNK = 500
+"""Ids per `IN (...)` query: well under SQLite's limit of bound variables."""
 VERSION_TRUST = 1.0
 """Seconds a registry version learnt here (read, committed, or heard from another coordinator) answers
 `version(max_age=…)` without the database: a thousand long-polls woken by one change each look it up.
