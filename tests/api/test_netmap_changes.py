@@ -3,6 +3,7 @@ like /api/v1/netmap; whole when the version is not held; compressed when large; 
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from pathlib import Path
 from typing import Any
@@ -155,5 +156,34 @@ def test_a_registry_version_going_back_forgets_the_versions_held(tmp_path: Path)
         assert older.version == held.version - 5
         assert registry.netmap_change(older, node_id, held.version - 1).since is None
         assert registry.netmap_change(older, node_id, held.version).since is None
+    finally:
+        store.close()
+
+
+def test_snapshots_share_the_routes_that_did_not_change(tmp_path: Path) -> None:
+    """A thousand versions held must not each hold their own thousand routes (~110 MB at 1,000 nodes): a
+    version that moved no route row shares the routes, and one that did keeps every route judged the same."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        registry = Registry(store)
+        registry.initialise(Network())
+        token = registry.create_token(TokenCreate(reusable=True, expires_in=None)).token
+        registry.enroll(EnrollRequest(token=token, name="share-a", public_key=KEY_A, subnets=["10.1.0.0/16"]))
+        registry.enroll(EnrollRequest(token=token, name="share-b", public_key=KEY_B, subnets=["10.2.0.0/16"]))
+        first = registry.snapshot()
+        assert [r.state for r in first.routes] == ["pending", "pending"]
+        c_key = keys.generate_keypair().public_key
+        c_id, _, _ = registry.enroll(EnrollRequest(token=token, name="share-c", public_key=c_key))
+        second = registry.snapshot()
+        assert second.version > first.version
+        assert second.routes is first.routes  # no route row moved: the same routes
+        registry.set_own_subnets(c_id, [ipaddress.ip_network("10.3.0.0/16")])
+        registry.decide_route("share-a", ipaddress.ip_network("10.1.0.0/16"), "approved", actor="admin")
+        third = registry.snapshot()
+        by_gateway = {r.gateway: r for r in third.routes}
+        assert [r.gateway for r in third.routes] == ["share-a", "share-b", "share-c"]
+        assert by_gateway["share-b"] is first.routes[1]  # judged the same: the same object
+        assert by_gateway["share-a"].state == "active" and first.routes[0].state == "pending"
+        assert by_gateway["share-c"].state == "pending"
     finally:
         store.close()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from wgmesh import keys, topology
+from wgmesh import keys, malloc, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
 from wgmesh.agent import ha, handshakes, health, reporting
@@ -183,6 +183,9 @@ class Agent:
                 ),
             )
             self.report_soon()
+        if changed:
+            # The netmap replaced, and the answer it came in, are garbage now: give their pages back.
+            malloc.trim()
 
     def rotate_key(self) -> NetMap:
         """Carry out the key rotation an admin asked for (`wgmesh nodes rotate`); the follower calls this.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import get_args
 
-from wgmesh import logs
+from wgmesh import logs, malloc
 from wgmesh.agent import config as agent_config
 from wgmesh.agent import ha, route_guard
 from wgmesh.agent.agent import Agent, Stopped
@@ -192,6 +192,7 @@ def run(argv: Sequence[str]) -> int:
     # collector's sight, a full collection at 1,000 peers takes half as long (~25 ms instead of ~50 ms,
     # during which a netmap is not applied).
     gc.freeze()
+    malloc.map_large_blocks()  # a report or netmap of 1,000 peers is a block of its own, unmapped when freed
     stopper = StopOnSignal(agent.stop)
     agent.on_unwind = stopper.disarm
     stopper.install()

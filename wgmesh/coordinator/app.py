@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wgmesh import __version__
+from wgmesh import __version__, malloc
 from wgmesh.coordinator import sweeps
 from wgmesh.coordinator.changes import ChangeNotifier
 from wgmesh.coordinator.handlers import admin, audit, dashboard, node, relay, service
@@ -476,6 +476,9 @@ OPERATIONS: list[Operation] = [
 
 
 BODY_CEILING = max(op.max_body for op in OPERATIONS)
+TRIM_EVERY = 30.0
+"""Seconds between two returns of the heap's free pages to the system (malloc.py): a burst's memory is
+given back within half a minute of it, for a few milliseconds of one thread."""
 """No request body is ever larger, whatever its path (each operation reads its own limit, read_body)."""
 
 
@@ -572,12 +575,14 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     if feed is not None:
         feed.start(partial(_heard, ctx))
     sweeping = asyncio.create_task(sweeps.run(ctx.registry.store, ctx.sessions))
+    trimming = asyncio.create_task(malloc.trim_every(TRIM_EVERY))
     try:
         yield
     finally:
-        sweeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeping
+        for task in (sweeping, trimming):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if feed is not None:
             await asyncio.to_thread(feed.stop)
         # The last second's heartbeats, or nodes would look offline a little early after a restart.

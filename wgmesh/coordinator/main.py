@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError as PydanticValidationError
 
-from wgmesh import ipam, logs
+from wgmesh import ipam, logs, malloc
 from wgmesh.api_client import check_url
 from wgmesh.coordinator import identity, migrate
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
@@ -258,6 +258,7 @@ def run(argv: Sequence[str]) -> int:
         forwarded_proto=tls is None,
     )
     app = create_app(registry, settings)
+    malloc.map_large_blocks()  # before serving: the blocks a burst frees go back to the system (malloc.py)
     metrics_socket = bind_metrics(args.metrics_listen)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it
     import uvloop  # noqa: PLC0415
