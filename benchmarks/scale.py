@@ -700,8 +700,10 @@ class Run:
         self.c = coordinator
         self.size = size
         # A budget per wait that grows with the fleet: before deltas a change costs the coordinator
-        # ~0.1 s per node (every node's full netmap), 0.3 s on a busy machine.
-        self.limit = scaled(60.0 + 0.3 * size)
+        # ~0.1 s per node (every node's full netmap), 0.3 s on a busy machine. Beyond 1,000 nodes it grows
+        # with the square: bringing a full mesh up is quadratic (each of n agents learns n peers, and sends
+        # a first report of n peers' counters).
+        self.limit = scaled(60.0 + 0.3 * size * max(1.0, size / 1000))
         self.fleet = Fleet(coordinator.url, report_interval, self.limit, heartbeats=heartbeats)
         self.result = Result(size=size, db=db)
         self.steady = steady
