@@ -107,6 +107,37 @@ def endpoint_refusal(address: IpAddress, overlay: Prefix) -> str | None:
     return None
 
 
+def allocate_alias(prefix: Prefix, pool: Prefix, taken: Iterable[Prefix]) -> Prefix | None:
+    """The first block of `prefix`'s length inside `pool` that overlaps none of `taken`, or None.
+
+    `taken` is everything an alias must not collide with: the prefixes the mesh routes (published ones)
+    and the VPCs' own (a host inside one would take the alias for its own network). The blocks are
+    walked by the gaps between the taken ranges, not one by one: a /13 pool holds 2^19 /32s.
+    """
+    if prefix.version != pool.version or prefix.prefixlen < pool.prefixlen:
+        return None
+    size = 1 << (prefix.max_prefixlen - prefix.prefixlen)
+    first = int(pool.network_address)
+    end = first + pool.num_addresses
+    spans = sorted(
+        (int(t.network_address), int(t.network_address) + t.num_addresses)
+        for t in taken
+        if t.version == pool.version
+    )
+    candidate = first
+    for low, high in spans:
+        if high <= candidate:
+            continue
+        if low >= candidate + size:
+            break  # sorted by start: nothing later reaches back into the candidate
+        candidate = -(-high // size) * size  # the next block boundary at or after this range's end
+        if candidate + size > end:
+            return None
+    if candidate + size > end:
+        return None
+    return type(pool)((candidate, prefix.prefixlen))
+
+
 @dataclass(frozen=True, slots=True)
 class RouteClaim:
     """A gateway's claim on a prefix; claims are classified in the order they were made.
@@ -116,10 +147,17 @@ class RouteClaim:
     prefix: Prefix
     gateway: str
     site: str | None = None
+    alias: Prefix | None = None
+    """Where the other sites reach `prefix` (1:1 prefix translation at the gateway); None: at itself."""
+
+    @property
+    def published(self) -> Prefix:
+        """The prefix the other sites route: its alias, else the prefix itself."""
+        return self.alias if self.alias is not None else self.prefix
 
     @property
     def label(self) -> str:
-        return f"{self.prefix}@{self.gateway}"
+        return f"{self.published}@{self.gateway}"
 
     @property
     def site_name(self) -> str:
@@ -152,26 +190,31 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
     verdicts: list[RouteVerdict] = []
     held = _Held()
     for claim in claims:
-        reason = unroutable_reason(claim.prefix, overlay)
+        reason = unroutable_reason(claim.prefix, overlay) or (
+            unroutable_reason(claim.alias, overlay) if claim.alias is not None else None
+        )
         if reason:
             verdicts.append(RouteVerdict(claim, "rejected", reason))
             continue
-        if (claim.prefix, claim.gateway) in held.keys:
+        if (claim.published, claim.gateway) in held.keys:
             verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
             continue
-        overlapping = held.first_overlapping(claim.prefix)
-        identical = [c for c in held.by_prefix.get(claim.prefix, ()) if c.gateway != claim.gateway]
+        # What the other sites route is the published prefix: two VPCs of one CIDR stop colliding once
+        # one of them has an alias (who cannot reach whom then is each viewer's matter: reachable_from).
+        published = claim.published
+        overlapping = held.first_overlapping(published)
+        identical = [c for c in held.by_prefix.get(published, ()) if c.gateway != claim.gateway]
         other_site = next((c for c in identical if c.site_name != claim.site_name), None)
         if overlapping is not None:
             verdicts.append(
-                RouteVerdict(claim, "conflict", f"{claim.prefix} overlaps {overlapping.label}", overlapping)
+                RouteVerdict(claim, "conflict", f"{published} overlaps {overlapping.label}", overlapping)
             )
         elif other_site is not None:
             verdicts.append(
                 RouteVerdict(
                     claim,
                     "conflict",
-                    f"{claim.prefix} is already advertised by {other_site.label} of site "
+                    f"{published} is already advertised by {other_site.label} of site "
                     f"{other_site.site_name}, {claim.gateway} serves site {claim.site_name}: only "
                     "gateways of one site form an HA group (wgmesh-agent --site)",
                     other_site,
@@ -210,9 +253,9 @@ class _Held:
         self._sorted: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
 
     def add(self, claim: RouteClaim) -> None:
-        self.keys.add((claim.prefix, claim.gateway))
-        self.by_prefix.setdefault(claim.prefix, []).append(claim)
-        p = claim.prefix
+        p = claim.published
+        self.keys.add((p, claim.gateway))
+        self.by_prefix.setdefault(p, []).append(claim)
         key = (p.version, int(p.network_address), p.prefixlen)
         if key not in self._first:
             order = len(self._first)

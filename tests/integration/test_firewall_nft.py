@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 SCRIPT = """
 import json, subprocess, sys
-from wgmesh.agent.ruleset import FirewallSpec, MssGroup
+from wgmesh.agent.ruleset import FirewallSpec, MssGroup, Translation
 from wgmesh.agent.system.firewall import NftFirewall
 
 fw = NftFirewall()
@@ -42,6 +42,13 @@ ha = FirewallSpec("wgt0", clamps=spec.clamps, masquerade_to=MssGroup(0, ("10.2.0
 steps["ha_first"], steps["ha_again"] = fw.ensure(ha), fw.ensure(ha)
 steps["ha_listing"] = subprocess.run(["nft", "list", "chain", "inet", "wgmesh_wgt0", "postrouting"],
                                      capture_output=True, text=True, check=True).stdout
+# A VPC served under an alias (1:1 prefix translation), both families, with the HA masquerade beside it.
+nat = FirewallSpec("wgt0", clamps=spec.clamps, masquerade_to=ha.masquerade_to, translations=(
+    Translation("10.1.0.0/24", "10.201.0.0/24"), Translation("fd00:1::/64", "fd00:201::/64"),
+))
+steps["nat_first"], steps["nat_again"] = fw.ensure(nat), fw.ensure(nat)
+steps["nat_listing"] = subprocess.run(["nft", "list", "table", "inet", "wgmesh_wgt0"],
+                                      capture_output=True, text=True, check=True).stdout
 steps["empty"] = fw.ensure(FirewallSpec("wgt0"))
 steps["removed_again"] = fw.remove("wgt0")
 print(json.dumps(steps))
@@ -80,3 +87,10 @@ def test_table_written_once_repaired_after_drift_and_removed(namespace: str) -> 
     assert (steps["ha_first"], steps["ha_again"]) == (1, 0)
     assert "ip daddr { 10.2.0.0/24, 10.5.0.0/16 } masquerade" in steps["ha_listing"]
     assert "ip6 daddr fd00:2::/64 masquerade" in steps["ha_listing"]
+    assert (steps["nat_first"], steps["nat_again"]) == (1, 0)  # nft gives back what we wrote
+    nat = steps["nat_listing"]
+    assert "type nat hook prerouting priority dstnat; policy accept;" in nat
+    assert 'iifname "wgt0" ip daddr 10.201.0.0/24 dnat ip prefix to 10.1.0.0/24' in nat
+    assert 'oifname "wgt0" ip saddr 10.1.0.0/24 snat ip prefix to 10.201.0.0/24' in nat
+    assert 'iifname "wgt0" ip6 daddr fd00:201::/64 dnat ip6 prefix to fd00:1::/64' in nat
+    assert 'oifname "wgt0" ip6 saddr fd00:1::/64 snat ip6 prefix to fd00:201::/64' in nat

@@ -490,3 +490,102 @@ def test_the_indexed_classification_is_the_scanning_one(raw: list[tuple[Prefix, 
     ] == [v.reason for v in want if v.state in ("active", "rejected")] + [
         v.reason for v in want if v.state == "conflict" and "overlaps" in v.reason
     ]
+
+
+# --- aliases: a VPC reached at another prefix of its length (1:1 translation at its gateway) ------------
+
+
+def test_an_alias_lets_two_sites_of_one_cidr_both_be_routed() -> None:
+    first = RouteClaim(net("10.1.0.0/24"), "gw1", "vpc1")
+    aliased = RouteClaim(net("10.1.0.0/24"), "gw2", "vpc2", alias=net("10.201.0.0/24"))
+    plain = RouteClaim(net("10.1.0.0/24"), "gw3", "vpc3")
+    verdicts = ipam.classify_routes(OVERLAY4, [first, aliased, plain])
+    assert states(verdicts) == ["active", "active", "conflict"]
+    assert aliased.published == net("10.201.0.0/24") and aliased.label == "10.201.0.0/24@gw2"
+    assert verdicts[2].other == first  # the one without an alias still collides
+
+
+def test_an_alias_is_judged_as_the_prefix_it_publishes() -> None:
+    held = RouteClaim(net("10.201.0.0/16"), "gw1", "vpc1")
+    inside = RouteClaim(net("172.31.0.0/24"), "gw2", "vpc2", alias=net("10.201.7.0/24"))
+    in_overlay = RouteClaim(net("172.31.0.0/16"), "gw3", "vpc3", alias=net("100.96.0.0/16"))
+    verdicts = ipam.classify_routes(OVERLAY4, [held, inside, in_overlay])
+    assert states(verdicts) == ["active", "conflict", "rejected"]
+    assert verdicts[1].reason == "10.201.7.0/24 overlaps 10.201.0.0/16@gw1"
+    assert "overlaps the overlay network" in verdicts[2].reason
+
+
+def test_gateways_of_one_site_publishing_one_alias_are_an_ha_group() -> None:
+    a = RouteClaim(net("172.31.0.0/16"), "gw-a", "aws", alias=net("10.201.0.0/16"))
+    b = RouteClaim(net("172.31.0.0/16"), "gw-b", "aws", alias=net("10.201.0.0/16"))
+    verdicts = ipam.classify_routes(OVERLAY4, [a, b])
+    assert states(verdicts) == ["active", "standby"]
+    assert verdicts[1].reason == "standby for 10.201.0.0/16@gw-a (site aws)"
+
+
+_ALIASED = st.lists(
+    st.tuples(
+        st.one_of(_V4, _V6),
+        st.one_of(st.none(), _V4),
+        st.sampled_from(["gw1", "gw2", "gw3", "gw4"]),
+        st.sampled_from([None, "vpc1", "vpc2"]),
+    ),
+    max_size=30,
+)
+
+
+@given(_ALIASED)
+def test_a_claim_with_an_alias_is_classified_as_its_published_prefix(
+    raw: list[tuple[Prefix, Prefix | None, str, str | None]],
+) -> None:
+    claims = [
+        RouteClaim(p, gw, site, alias=a if a is not None and a.prefixlen == p.prefixlen else None)
+        for p, a, gw, site in raw
+    ]
+    got = ipam.classify_routes(OVERLAY4, claims)
+    published = ipam.classify_routes(OVERLAY4, [RouteClaim(c.published, c.gateway, c.site) for c in claims])
+    assert [v.state for v in got] == [v.state for v in published]
+    assert [v.other.label if v.other else None for v in got] == [
+        v.other.label if v.other else None for v in published
+    ]
+
+
+def test_allocate_alias_takes_the_first_free_block_of_the_length() -> None:
+    pool = net("10.200.0.0/13")
+    assert ipam.allocate_alias(net("10.1.0.0/24"), pool, []) == net("10.200.0.0/24")
+    taken = [net("10.200.0.0/23"), net("10.200.2.128/25"), net("10.200.4.0/24")]
+    assert ipam.allocate_alias(net("10.1.0.0/24"), pool, taken) == net("10.200.3.0/24")
+    assert ipam.allocate_alias(net("172.31.0.0/16"), pool, taken) == net("10.201.0.0/16")
+    # a prefix covering the pool's start, or an unrelated family, is skipped or ignored
+    assert ipam.allocate_alias(net("10.1.0.0/16"), pool, [net("10.0.0.0/8")]) is None
+    assert ipam.allocate_alias(net("10.1.0.0/16"), pool, [net("fd00::/8")]) == net("10.200.0.0/16")
+
+
+def test_allocate_alias_refuses_what_the_pool_cannot_hold() -> None:
+    pool = net("10.200.0.0/30")
+    assert ipam.allocate_alias(net("10.1.0.0/24"), pool, []) is None  # longer than the pool
+    assert ipam.allocate_alias(net("fd00::/64"), pool, []) is None  # another family
+    full = [net("10.200.0.0/31"), net("10.200.0.2/32"), net("10.200.0.3/32")]
+    assert ipam.allocate_alias(net("10.1.0.0/32"), pool, full) is None
+    assert ipam.allocate_alias(net("10.1.0.0/32"), pool, full[:2]) == net("10.200.0.3/32")
+    six = net("fd00:200::/120")
+    assert ipam.allocate_alias(net("fd00:1::/124"), six, [net("fd00:200::/125")]) == net("fd00:200::10/124")
+
+
+@given(
+    st.integers(24, 30),
+    st.lists(
+        st.builds(
+            lambda a, n: ipaddress.ip_interface((0x0AC80000 | a, n)).network,
+            st.integers(0, 255),
+            st.integers(22, 32),
+        ),
+        max_size=12,
+    ),
+)
+def test_allocate_alias_finds_a_free_block_whenever_one_exists(length: int, taken: list[Prefix]) -> None:
+    pool = net("10.200.0.0/24")
+    prefix = ipaddress.ip_interface(("10.1.0.0", length)).network
+    got = ipam.allocate_alias(prefix, pool, taken)
+    free = [b for b in pool.subnets(new_prefix=length) if not any(b.overlaps(t) for t in taken)]
+    assert got == (free[0] if free else None)

@@ -196,3 +196,24 @@ def test_collapse_is_what_ipaddress_collapses_to() -> None:
         assert collapse(prefixes, version) == expected
     assert collapse(["10.0.1.0/24", "10.0.2.0/24"], 4) == ("10.0.1.0/24", "10.0.2.0/24")
     assert collapse([], 6) == ()
+
+
+def test_a_vpc_served_under_an_alias_is_translated_both_ways() -> None:
+    translations = (
+        ruleset.Translation("10.1.0.0/24", "10.201.0.0/24"),
+        ruleset.Translation("fd00:1::/64", "fd00:201::/64"),
+    )
+    spec = FirewallSpec("wg0", translations=translations)
+    assert not spec.empty
+    lines = [line.strip() for line in ruleset.script(spec).splitlines()]
+    assert "type nat hook prerouting priority dstnat; policy accept;" in lines
+    assert 'iifname "wg0" ip daddr 10.201.0.0/24 dnat ip prefix to 10.1.0.0/24' in lines
+    assert 'oifname "wg0" ip saddr 10.1.0.0/24 snat ip prefix to 10.201.0.0/24' in lines
+    assert 'iifname "wg0" ip6 daddr fd00:201::/64 dnat ip6 prefix to fd00:1::/64' in lines
+    assert 'oifname "wg0" ip6 saddr fd00:1::/64 snat ip6 prefix to fd00:201::/64' in lines
+    shape = ruleset.expected_shape(spec)
+    assert shape.rules == {"prerouting": 2, "postrouting": 2}
+    assert shape.chains["prerouting"] == ("nat", "prerouting", -100)
+    with_masquerade = FirewallSpec("wg0", masquerade=True, translations=translations[:1])
+    assert ruleset.expected_shape(with_masquerade).rules == {"prerouting": 1, "postrouting": 2}
+    assert ruleset.digest(with_masquerade) != ruleset.digest(FirewallSpec("wg0", masquerade=True))

@@ -7,7 +7,8 @@ reordering what is there:
 | chain | hook, priority | holds |
 |---|---|---|
 | `mss` | forward, mangle (-150) | TCP MSS clamping of SYNs into and out of the tunnel, per peer group |
-| `postrouting` | postrouting, srcnat (100) | masquerade of tunnel traffic leaving into the VPC (all of it with `--masquerade`; into this gateway's HA prefixes by default) |
+| `prerouting` | prerouting, dstnat (-100) | prefix translation in: a VPC served under an alias, its alias rewritten to its own prefix (host part kept) |
+| `postrouting` | postrouting, srcnat (100) | masquerade of tunnel traffic leaving into the VPC (all of it with `--masquerade`; into this gateway's HA prefixes by default); prefix translation out: that VPC's addresses leaving into the tunnel rewritten to its alias |
 
 MSS clamping: a gateway forwards a VPC's 1500- or 9001-byte packets into a smaller tunnel; its ICMP
 "fragmentation needed" answer is dropped by the cloud's security group by default, so TCP stalls after
@@ -39,6 +40,7 @@ FAMILY = "inet"
 CHAINS: dict[str, tuple[str, str, str]] = {
     # name: (type, hook, priority) — fixed, so every chain's place among the host's own is known.
     "mss": ("filter", "forward", "mangle"),
+    "prerouting": ("nat", "prerouting", "dstnat"),
     "postrouting": ("nat", "postrouting", "srcnat"),
 }
 
@@ -66,6 +68,21 @@ class MssGroup:
     ipv6: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, order=True)
+class Translation:
+    """A VPC prefix this gateway serves under an alias of the same length: `real` inside the VPC, `alias`
+    to the rest of the mesh. Connection tracking carries the replies, and the ICMP errors about a
+    connection (path MTU signals among them), back through the same mapping."""
+
+    real: str
+    alias: str
+
+    @property
+    def ip(self) -> str:
+        """nft's keyword for the family: `ip` or `ip6`."""
+        return "ip6" if ":" in self.real else "ip"
+
+
 @dataclass(frozen=True)
 class FirewallSpec:
     """Everything the agent's table should hold; empty: no table at all."""
@@ -75,10 +92,15 @@ class FirewallSpec:
     clamps: tuple[MssGroup, ...] = field(default=())
     masquerade_to: MssGroup | None = None
     """Prefixes whose tunnel traffic is masqueraded (an HA group's, agent/ha.py); its `mtu` is unused."""
+    translations: tuple[Translation, ...] = ()
+    """VPC prefixes this gateway serves under an alias, sorted (issue 20: the netmap does not carry
+    aliases yet, so no agent asks for one)."""
 
     @property
     def empty(self) -> bool:
-        return not self.masquerade and not self.clamps and self.masquerade_to is None
+        return (
+            not self.masquerade and not self.clamps and self.masquerade_to is None and not self.translations
+        )
 
 
 def desired_firewall(
@@ -179,6 +201,15 @@ def _body(spec: FirewallSpec) -> str:
                 rules["postrouting"].append(
                     f'iifname "{ifname}" oifname != "{ifname}" {ip} daddr {{ {", ".join(prefixes)} }} masquerade'
                 )
+    for t in spec.translations:
+        # Only the first packet of a connection meets these chains: its replies are un-translated by
+        # connection tracking, whichever way the connection was opened.
+        rules["prerouting"].append(
+            f'iifname "{ifname}" {t.ip} daddr {t.alias} dnat {t.ip} prefix to {t.real}'
+        )
+        rules["postrouting"].append(
+            f'oifname "{ifname}" {t.ip} saddr {t.real} snat {t.ip} prefix to {t.alias}'
+        )
     for name, (kind, hook, priority) in CHAINS.items():
         if not rules[name]:
             continue
@@ -217,6 +248,9 @@ def expected_shape(spec: FirewallSpec) -> Shape:
     if spec.masquerade_to is not None:
         extra = bool(spec.masquerade_to.ipv4) + bool(spec.masquerade_to.ipv6)
         rules["postrouting"] = rules.get("postrouting", 0) + extra
+    if spec.translations:
+        rules["prerouting"] = len(spec.translations)
+        rules["postrouting"] = rules.get("postrouting", 0) + len(spec.translations)
     chains = {
         name: (kind, hook, _PRIORITY[priority])
         for name, (kind, hook, priority) in CHAINS.items()
