@@ -150,6 +150,14 @@ class RouteClaim:
     alias: Prefix | None = None
     """Where the other sites reach `prefix` (1:1 prefix translation at the gateway); None: at itself."""
 
+    def __post_init__(self) -> None:
+        alias = self.alias
+        if alias is not None and (alias.version, alias.prefixlen) != (
+            self.prefix.version,
+            self.prefix.prefixlen,
+        ):
+            raise ValueError(f"the alias of {self.prefix} must be of its family and length, not {alias}")
+
     @property
     def published(self) -> Prefix:
         """The prefix the other sites route: its alias, else the prefix itself."""
@@ -200,7 +208,8 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
             verdicts.append(RouteVerdict(claim, "rejected", f"{claim.label} is already advertised"))
             continue
         # What the other sites route is the published prefix: two VPCs of one CIDR stop colliding once
-        # one of them has an alias (who cannot reach whom then is each viewer's matter: reachable_from).
+        # one of them has an alias (the one without still cannot reach the other's real prefix: it is
+        # its own, and that is for its gateway to leave out).
         published = claim.published
         overlapping = held.first_overlapping(published)
         identical = [c for c in held.by_prefix.get(published, ()) if c.gateway != claim.gateway]

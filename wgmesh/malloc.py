@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import functools
 import logging
+import os
 import time
 
 from wgmesh.logs import kv
@@ -33,16 +33,22 @@ MMAP_THRESHOLD = 128 * 1024
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        libc = ctypes.CDLL(name)
-    except OSError:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):  # only glibc answers it
+            return None
+        libc = ctypes.CDLL("libc.so.6")
+    except (ValueError, OSError):
         return None
-    if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
-        return None  # not glibc (musl has neither)
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
     return libc
+
+
+def available() -> bool:
+    """Whether the C library is glibc, where the calls below do anything."""
+    return _glibc() is not None
 
 
 def map_large_blocks() -> bool:
@@ -59,7 +65,7 @@ def trim() -> bool:
 
 async def trim_every(interval: float) -> None:
     """`trim` every `interval` seconds, on a worker thread, until cancelled."""
-    if _glibc() is None:
+    if not available():
         return
     while True:
         await asyncio.sleep(interval)

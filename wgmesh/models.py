@@ -239,6 +239,9 @@ class Node(Model):
 class Route(Answer):
     """A subnet advertised by a gateway, with the verdict of route validation."""
 
+    # The coordinator's held snapshots share one Route among versions (registry._classify): never changed.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     prefix: PrefixField
     gateway: Name
     gateway_id: NodeId

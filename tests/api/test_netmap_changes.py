@@ -161,8 +161,8 @@ def test_a_registry_version_going_back_forgets_the_versions_held(tmp_path: Path)
 
 
 def test_snapshots_share_the_routes_that_did_not_change(tmp_path: Path) -> None:
-    """A thousand versions held must not each hold their own thousand routes (~110 MB at 1,000 nodes): a
-    version that moved no route row shares the routes, and one that did keeps every route judged the same."""
+    """The 64 versions held must not each hold their own thousand routes (~110 MB at 1,000 nodes): a version
+    that moved no route row shares the routes, and one that did keeps every route judged the same."""
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     try:
         registry = Registry(store)

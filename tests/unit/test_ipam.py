@@ -515,6 +515,17 @@ def test_an_alias_is_judged_as_the_prefix_it_publishes() -> None:
     assert "overlaps the overlay network" in verdicts[2].reason
 
 
+def test_a_claim_is_rejected_when_its_prefix_or_its_alias_cannot_be_routed() -> None:
+    in_overlay = RouteClaim(net("100.96.1.0/24"), "gw1", "vpc1", alias=net("10.201.0.0/24"))
+    loopback_alias = RouteClaim(net("10.1.0.0/24"), "gw2", "vpc2", alias=net("127.0.0.0/24"))
+    verdicts = ipam.classify_routes(OVERLAY4, [in_overlay, loopback_alias])
+    assert states(verdicts) == ["rejected", "rejected"]
+    assert "100.96.1.0/24 overlaps the overlay network" in verdicts[0].reason
+    assert "127.0.0.0/24 overlaps the loopback" in verdicts[1].reason
+    with pytest.raises(ValueError, match="of its family and length"):
+        RouteClaim(net("10.1.0.0/24"), "gw3", alias=net("10.201.0.0/16"))
+
+
 def test_gateways_of_one_site_publishing_one_alias_are_an_ha_group() -> None:
     a = RouteClaim(net("172.31.0.0/16"), "gw-a", "aws", alias=net("10.201.0.0/16"))
     b = RouteClaim(net("172.31.0.0/16"), "gw-b", "aws", alias=net("10.201.0.0/16"))
@@ -523,10 +534,16 @@ def test_gateways_of_one_site_publishing_one_alias_are_an_ha_group() -> None:
     assert verdicts[1].reason == "standby for 10.201.0.0/16@gw-a (site aws)"
 
 
+# An alias is made of the prefix's own length: drawn in the same small space, so that aliases collide
+# with prefixes and with each other; some in the overlay (100.96.0.0/12 here), to be rejected.
 _ALIASED = st.lists(
     st.tuples(
         st.one_of(_V4, _V6),
-        st.one_of(st.none(), _V4),
+        st.one_of(
+            st.none(),
+            st.integers(0, 2**12 - 1).map(lambda a: 0x0A000000 | a << 8),
+            st.integers(0, 2**8 - 1).map(lambda a: 0x64600000 | a << 12),
+        ),
         st.sampled_from(["gw1", "gw2", "gw3", "gw4"]),
         st.sampled_from([None, "vpc1", "vpc2"]),
     ),
@@ -534,14 +551,17 @@ _ALIASED = st.lists(
 )
 
 
+def _alias_of(prefix: Prefix, base: int | None) -> Prefix | None:
+    if base is None or prefix.version != 4:
+        return None
+    return ipaddress.ip_interface((base, prefix.prefixlen)).network
+
+
 @given(_ALIASED)
 def test_a_claim_with_an_alias_is_classified_as_its_published_prefix(
-    raw: list[tuple[Prefix, Prefix | None, str, str | None]],
+    raw: list[tuple[Prefix, int | None, str, str | None]],
 ) -> None:
-    claims = [
-        RouteClaim(p, gw, site, alias=a if a is not None and a.prefixlen == p.prefixlen else None)
-        for p, a, gw, site in raw
-    ]
+    claims = [RouteClaim(p, gw, site, alias=_alias_of(p, base)) for p, base, gw, site in raw]
     got = ipam.classify_routes(OVERLAY4, claims)
     published = ipam.classify_routes(OVERLAY4, [RouteClaim(c.published, c.gateway, c.site) for c in claims])
     assert [v.state for v in got] == [v.state for v in published]
@@ -568,6 +588,20 @@ def test_allocate_alias_refuses_what_the_pool_cannot_hold() -> None:
     full = [net("10.200.0.0/31"), net("10.200.0.2/32"), net("10.200.0.3/32")]
     assert ipam.allocate_alias(net("10.1.0.0/32"), pool, full) is None
     assert ipam.allocate_alias(net("10.1.0.0/32"), pool, full[:2]) == net("10.200.0.3/32")
+    # the last blocks of each address space
+    top = net("255.255.255.0/24")
+    assert ipam.allocate_alias(net("10.1.0.0/25"), top, [net("255.255.255.0/25")]) == net(
+        "255.255.255.128/25"
+    )
+    assert (
+        ipam.allocate_alias(net("10.1.0.0/25"), top, [net("255.255.255.128/25"), net("255.255.255.0/25")])
+        is None
+    )
+    top6 = net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120")
+    low6 = net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/121")
+    assert ipam.allocate_alias(net("fd00::/121"), top6, [low6]) == net(
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff80/121"
+    )
     six = net("fd00:200::/120")
     assert ipam.allocate_alias(net("fd00:1::/124"), six, [net("fd00:200::/125")]) == net("fd00:200::10/124")
 

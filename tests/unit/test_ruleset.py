@@ -217,3 +217,20 @@ def test_a_vpc_served_under_an_alias_is_translated_both_ways() -> None:
     with_masquerade = FirewallSpec("wg0", masquerade=True, translations=translations[:1])
     assert ruleset.expected_shape(with_masquerade).rules == {"prerouting": 1, "postrouting": 2}
     assert ruleset.digest(with_masquerade) != ruleset.digest(FirewallSpec("wg0", masquerade=True))
+    reversed_order = FirewallSpec("wg0", translations=translations[::-1])
+    assert reversed_order == spec and ruleset.digest(reversed_order) == ruleset.digest(spec)
+
+
+@pytest.mark.parametrize(
+    ("real", "alias"),
+    [
+        ("10.1.0.0/24", "10.201.0.0/16"),  # another length
+        ("10.1.0.0/24", "fd00:1::/120"),  # another family
+        ("10.1.0.1/24", "10.201.0.0/24"),  # host bits set
+        ("10.1.0.0/24", '10.201.0.0/24" accept'),  # not a prefix at all
+        ("10.01.0.0/24", "10.201.0.0/24"),  # not canonical
+    ],
+)
+def test_a_translation_is_two_canonical_prefixes_of_one_family_and_length(real: str, alias: str) -> None:
+    with pytest.raises(BackendError):
+        ruleset.Translation(real, alias)

@@ -77,6 +77,20 @@ class Translation:
     real: str
     alias: str
 
+    def __post_init__(self) -> None:
+        # Both go into nft's language: only canonical prefixes of one family and length get there.
+        try:
+            real, alias = ipaddress.ip_network(self.real), ipaddress.ip_network(self.alias)
+        except ValueError as exc:
+            raise BackendError(f"cannot translate {self.real} to {self.alias}: {exc}", code="nft") from exc
+        if (real.version, real.prefixlen) != (alias.version, alias.prefixlen):
+            raise BackendError(
+                f"cannot translate {real} to {alias}: an alias is a prefix of the same family and length",
+                code="nft",
+            )
+        if (str(real), str(alias)) != (self.real, self.alias):
+            raise BackendError(f"cannot translate {self.real} to {self.alias}: not canonical", code="nft")
+
     @property
     def ip(self) -> str:
         """nft's keyword for the family: `ip` or `ip6`."""
@@ -93,8 +107,11 @@ class FirewallSpec:
     masquerade_to: MssGroup | None = None
     """Prefixes whose tunnel traffic is masqueraded (an HA group's, agent/ha.py); its `mtu` is unused."""
     translations: tuple[Translation, ...] = ()
-    """VPC prefixes this gateway serves under an alias, sorted (issue 20: the netmap does not carry
-    aliases yet, so no agent asks for one)."""
+    """VPC prefixes this gateway serves under an alias, kept sorted: the digest must not depend on the
+    order they came in (issue 20: netmaps do not carry aliases yet, so no agent asks for one)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "translations", tuple(sorted(self.translations)))
 
     @property
     def empty(self) -> bool:

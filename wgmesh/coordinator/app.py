@@ -476,10 +476,10 @@ OPERATIONS: list[Operation] = [
 
 
 BODY_CEILING = max(op.max_body for op in OPERATIONS)
+"""No request body is ever larger, whatever its path (each operation reads its own limit, read_body)."""
 TRIM_EVERY = 30.0
 """Seconds between two returns of the heap's free pages to the system (malloc.py): a burst's memory is
 given back within half a minute of it, for a few milliseconds of one thread."""
-"""No request body is ever larger, whatever its path (each operation reads its own limit, read_body)."""
 
 
 class BodyLimit:

@@ -273,17 +273,19 @@ def _snapshot_nodes(conn: Connection, prior: NodeRows) -> tuple[list[Node], Node
     return nodes, rows
 
 
-def _claim(row: Any) -> route_approval.Claim:
-    decision = (
-        route_approval.AdminDecision(row.decision, row.decided_by or "", row.decision_reason or "")
-        if row.decision in ("approved", "rejected")
+def _claim(row: tuple[Any, ...]) -> route_approval.Claim:
+    """One route row (`_classify`'s columns, in order) as the claim the rules judge."""
+    prefix, _node_id, decision, decided_by, decision_reason, name, site, allow_subnets = row
+    admin = (
+        route_approval.AdminDecision(decision, decided_by or "", decision_reason or "")
+        if decision in ("approved", "rejected")
         else None
     )
-    allows = tuple(ipam.parse_cidr(p) for p in row.allow_subnets or ())
-    return route_approval.Claim(ipam.parse_cidr(row.prefix), row.name, decision, allows, row.site)
+    allows = tuple(ipam.parse_cidr(p) for p in allow_subnets or ())
+    return route_approval.Claim(ipam.parse_cidr(prefix), name, admin, allows, site)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldRoutes:
     """The routes as judged from `rows` (the route rows with their gateways' names, sites and rules)
     under the network's `rules` (overlay, auto-approval)."""
@@ -291,6 +293,10 @@ class HeldRoutes:
     rows: tuple[tuple[Any, ...], ...]
     rules: tuple[Any, ...]
     routes: tuple[Route, ...]
+
+
+ROUTE_FIELDS = ("prefix", "gateway", "gateway_id", "state", "reason", "conflicting_with", "decided_by")
+"""Everything a Route holds: two with equal values here are the same route (_classify keeps the held one)."""
 
 
 def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = None) -> HeldRoutes:
@@ -302,7 +308,8 @@ def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = Non
     """
     r, n = schema.routes.c, schema.nodes.c
     rows = tuple(
-        conn.execute(
+        tuple(row)
+        for row in conn.execute(
             select(
                 r.prefix,
                 r.node_id,
@@ -317,49 +324,31 @@ def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = Non
             .order_by(r.id)
         )
     )
-    rules = (str(network.overlay_cidr), network.auto_approve)
+    rules = (str(network.overlay_cidr), tuple(network.auto_approve))
     if prior is not None and prior.rows == rows and prior.rules == rules:
         return prior
     claims = [_claim(row) for row in rows]
-    gateway_ids = {row.name: row.node_id for row in rows}
+    gateway_ids = {name: node_id for _prefix, node_id, _d, _by, _why, name, _site, _allows in rows}
     verdicts = route_approval.judge_routes(network.overlay_cidr, claims, network.auto_approve)
-    held = {_route_key(route): route for route in prior.routes} if prior is not None else {}
+    held = (
+        {tuple(getattr(route, f) for f in ROUTE_FIELDS): route for route in prior.routes}
+        if prior is not None
+        else {}
+    )
     routes: list[Route] = []
     for v in verdicts:
-        key = (
-            str(v.claim.prefix),
-            v.claim.gateway,
-            gateway_ids[v.claim.gateway],
-            v.state,
-            v.reason,
-            v.other.label if v.other else None,
-            v.decided_by,
-        )
-        route = held.get(key)
-        if route is None:
-            route = Route(
-                prefix=v.claim.prefix,
-                gateway=key[1],
-                gateway_id=key[2],
-                state=key[3],
-                reason=key[4],
-                conflicting_with=key[5],
-                decided_by=key[6],
-            )
-        routes.append(route)
+        fields = {
+            "prefix": v.claim.prefix,
+            "gateway": v.claim.gateway,
+            "gateway_id": gateway_ids[v.claim.gateway],
+            "state": v.state,
+            "reason": v.reason,
+            "conflicting_with": v.other.label if v.other else None,
+            "decided_by": v.decided_by,
+        }
+        route = held.get(tuple(fields[f] for f in ROUTE_FIELDS))
+        routes.append(route if route is not None else Route.model_validate(fields))
     return HeldRoutes(rows, rules, tuple(routes))
-
-
-def _route_key(route: Route) -> tuple[Any, ...]:
-    return (
-        str(route.prefix),
-        route.gateway,
-        route.gateway_id,
-        route.state,
-        route.reason,
-        route.conflicting_with,
-        route.decided_by,
-    )
 
 
 def _own_routes(routes: Sequence[Route], node_id: int) -> list[Route]:
