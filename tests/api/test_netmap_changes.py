@@ -185,5 +185,9 @@ def test_snapshots_share_the_routes_that_did_not_change(tmp_path: Path) -> None:
         assert by_gateway["share-b"] is first.routes[1]  # judged the same: the same object
         assert by_gateway["share-a"].state == "active" and first.routes[0].state == "pending"
         assert by_gateway["share-c"].state == "pending"
+        # The same statement again (every agent's start) answers with the routes held, judged once.
+        again = registry.set_own_subnets(c_id, [ipaddress.ip_network("10.3.0.0/16")])
+        assert again == [by_gateway["share-c"]] and again[0] is by_gateway["share-c"]
+        assert registry.snapshot().version == third.version
     finally:
         store.close()

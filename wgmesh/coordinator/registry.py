@@ -394,6 +394,7 @@ class Registry:
         self._diff_making = threading.Lock()
         self._node_rows: NodeRows = {}
         self._routes: HeldRoutes | None = None
+        """The routes the last snapshot judged: replaced under _snapshot_lock, read anywhere as a prior."""
         self.last_seen = LastSeenBatch(store)
         """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
         self._reported: set[tuple[NodeId, str]] = set()
@@ -1045,12 +1046,14 @@ class Registry:
                 and len(set(subnets)) == len(subnets)
                 and node.site == wanted_site
             ):
-                return _own_routes(_classify(conn, _network(conn)).routes, node_id)
+                # A fleet's restart: a thousand of these, each judging every route, unless the routes
+                # the last snapshot judged stand (the rows are still read and compared).
+                return _own_routes(_classify(conn, _network(conn), self._routes).routes, node_id)
         with self.store.write() as w:
             self._node_by_id(w.conn, node_id)
             self._replace_subnets(w.conn, node_id, subnets)
             w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(site=wanted_site))
-            return _own_routes(_classify(w.conn, _network(w.conn)).routes, node_id)
+            return _own_routes(_classify(w.conn, _network(w.conn), self._routes).routes, node_id)
 
     def _replace_subnets(
         self, conn: Connection, node_id: NodeId, subnets: Sequence[Prefix], approved_by: str | None = None
