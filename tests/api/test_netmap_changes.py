@@ -189,5 +189,7 @@ def test_snapshots_share_the_routes_that_did_not_change(tmp_path: Path) -> None:
         again = registry.set_own_subnets(c_id, [ipaddress.ip_network("10.3.0.0/16")])
         assert again == [by_gateway["share-c"]] and again[0] is by_gateway["share-c"]
         assert registry.snapshot().version == third.version
+        # An admin's listing answers with the same held routes, sorted.
+        assert [r is by_gateway[r.gateway] for r in registry.routes()] == [True, True, True]
     finally:
         store.close()

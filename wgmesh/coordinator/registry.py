@@ -1113,7 +1113,9 @@ class Registry:
     def routes(self) -> list[Route]:
         """Every route with its verdict, sorted by prefix then gateway."""
         with self.store.read() as conn:
-            return sorted(_classify(conn, _network(conn)).routes, key=_route_sort_key)
+            # The routes held, unless a row moved since the last snapshot: an admin's listing of a
+            # thousand routes then judges them without building a thousand Route models again.
+            return sorted(_classify(conn, _network(conn), self._routes).routes, key=_route_sort_key)
 
     def decide_route(
         self, ref: str, prefix: Prefix, verdict: Decision, actor: str, reason: str = ""
@@ -1132,7 +1134,7 @@ class Registry:
             )
             if done.rowcount != 1:
                 raise NotFoundError(f"node {ref!r} does not advertise {prefix}", code="unknown_route")
-            routes = _classify(w.conn, _network(w.conn)).routes
+            routes = _classify(w.conn, _network(w.conn), self._routes).routes
         return next(r for r in routes if r.gateway_id == node_id and r.prefix == prefix)
 
     def set_pair(self, a: str, b: str, changes: Mapping[str, str | None]) -> PairPolicy | None:
