@@ -816,6 +816,7 @@ class Run:
         # coordinator): a version each, as when a fleet comes up. That round, until every agent holds the
         # version it ends at, is measured here, so that the changes and the steady state come after it.
         begin = time.monotonic()
+        self.c.profile_window("on")
         self.fleet.resume_reports()
         await wait_for(
             "every agent's first report", lambda: all(a.reports_done >= 1 for a in self.live()), self.limit
@@ -828,6 +829,7 @@ class Run:
             self.limit,
         )
         self.result.first_reports_s = time.monotonic() - begin
+        self.c.profile_window(f"off {self.result.db}-{self.size}-first-reports")
         print(f"  first reports and their versions reached all after {self.result.first_reports_s:.1f} s")
         self.note_rss("first reports")
 

@@ -28,6 +28,7 @@ with warnings.catch_warnings():
 
 from wgmesh import ipam
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
+from wgmesh.coordinator.handlers.context import Context
 from wgmesh.coordinator.main import _parser, _upgrade, parse_relay
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
@@ -127,6 +128,13 @@ class InProcessCoordinator(Started):
             logger.removeHandler(handler)
             logger.setLevel(self._level)
             handler.close()
+
+    def context(self) -> Context:
+        """The running application's handler context (its pacer, its notifier)."""
+        assert self._server is not None, "not running"
+        found = self._server.app.state.context  # type: ignore[attr-defined]
+        assert isinstance(found, Context)
+        return found
 
     def _client(self, headers: dict[str, str]) -> SharedLoopClient:
         assert self._server is not None and self._server.portal is not None, "not running"

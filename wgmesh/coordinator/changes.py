@@ -22,6 +22,7 @@ class ChangeNotifier:
         """Set once the server stops: whoever waits answers now instead of waiting on."""
         self._committed: OrderedDict[int, float] = OrderedDict()
         self._commits_lock = threading.Lock()
+        self._stopped = asyncio.Event()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the waiters run on (writes come from worker threads)."""
@@ -49,6 +50,7 @@ class ChangeNotifier:
     def stop(self) -> None:
         """The server is stopping (on the loop): wake every waiter, for good."""
         self.stopping = True
+        self._stopped.set()
         self._notify()
 
     def current(self) -> asyncio.Event:
@@ -66,5 +68,19 @@ class ChangeNotifier:
             return True
         except TimeoutError:
             return False
+        finally:
+            self.waiters -= 1
+
+    async def hold(self, seconds: float) -> None:
+        """Hold a long-poll whose answer is paced (coordinator/pacing.py) for `seconds`, or until the server
+        stops; it counts as waiting. Not woken by changes: it answers with all of them when it is due."""
+        if self.stopping:
+            return
+        self.waiters += 1
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
+        except TimeoutError:
+            pass
         finally:
             self.waiters -= 1

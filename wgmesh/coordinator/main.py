@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -41,6 +42,10 @@ ADMIN_ENV = "WGMESH_ADMIN_TOKEN"
 GRACEFUL_SHUTDOWN = 5
 """Seconds a stopping coordinator lets open requests finish before it cuts them (held long polls and event
 streams end at once: serving.Server)."""
+GC_THRESHOLDS = (50_000, 20, 10)
+"""The cyclic collector's thresholds (Python's: 700, 10, 10). Every version makes O(nodes) objects that
+live a while (snapshots, netmaps, diffs), so with Python's a collection ran every 700 of them and a full
+one every few versions: at 3,000 nodes 49 of an enrollment's 130 ms (benchmarks/, docs/performance.md)."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -258,6 +263,10 @@ def run(argv: Sequence[str]) -> int:
         forwarded_proto=tls is None,
     )
     app = create_app(registry, settings)
+    # What was made so far (modules, schemas, the app) lives as long as the process: frozen, no full
+    # collection walks it again; and collections come ~70 times less often (GC_THRESHOLDS).
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     malloc.map_large_blocks()  # before serving: the blocks a burst frees go back to the system (malloc.py)
     metrics_socket = bind_metrics(args.metrics_listen)
     import uvicorn  # noqa: PLC0415 - only the serving path needs it

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from wgmesh.coordinator.changes import ChangeNotifier
 from wgmesh.coordinator.metrics import CoordinatorMetrics
+from wgmesh.coordinator.pacing import Pacer
 from wgmesh.coordinator.ratelimit import RateLimits
 from wgmesh.coordinator.registry import Registry
 from wgmesh.coordinator.sessions import SessionTable
@@ -37,7 +38,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Context:
-    """One application's registry, settings, sessions, long-poll wake-ups, metrics and OpenAPI document."""
+    """One application's registry, settings, sessions, long-poll wake-ups and their pacing, metrics and
+    OpenAPI document."""
 
     registry: Registry
     settings: Settings
@@ -45,6 +47,7 @@ class Context:
     notifier: ChangeNotifier
     metrics: CoordinatorMetrics
     openapi: dict[str, Any]
+    pacer: Pacer = field(default_factory=Pacer)
 
 
 def context(request: Request) -> Context:

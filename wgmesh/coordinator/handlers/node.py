@@ -87,7 +87,7 @@ async def _long_poll(
     worker thread's hop costs more than such an answer, a thousand times over when a change wakes every
     agent."""
     ctx = context(call.request)
-    registry, metrics, notifier = ctx.registry, ctx.metrics, ctx.notifier
+    registry, metrics, notifier, pacer = ctx.registry, ctx.metrics, ctx.notifier, ctx.pacer
     node_id = call.node_id
     assert node_id is not None
     since = _int_query(call.request, "since", -1)
@@ -104,6 +104,13 @@ async def _long_poll(
             snapshot = await call.run(registry.snapshot, VERSION_TRUST)
         # `!=` rather than `>`: after a database restore the version may have gone backwards.
         if snapshot.version != since:
+            # Paced in a burst of versions (coordinator/pacing.py): held back, the answer takes every
+            # version committed meanwhile. Never past the request's deadline, never while stopping.
+            hold = min(pacer.delay(node_id, loop.time(), notifier.waiters), deadline - loop.time())
+            if hold > 0 and not notifier.stopping:
+                await notifier.hold(hold)
+                continue
+            pacer.answered(node_id, loop.time(), notifier.waiters)
             made = cheap(snapshot, node_id, since) if cheap is not None else None
             if made is not None:
                 response = compressed_json(call.request, made)

@@ -1,0 +1,93 @@
+"""A burst of versions is paced per agent (coordinator/pacing.py): an agent polling through it gets a few
+answers, not one per version, and ends holding the last version."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from coordinator_harness import Api, Enrolled, create_token, enroll, netmap, version
+from inprocess_harness import InProcessCoordinator
+
+from wgmesh.coordinator.pacing import BURST
+
+VERSIONS = 30
+GAP = 1.0
+"""The test's gap with one agent waiting (the default is 1.5 ms per waiter: nothing to see with two)."""
+
+
+class Follower(threading.Thread):
+    """An agent's poll loop: long-polls from the version it holds, recording every answer's version."""
+
+    def __init__(self, coordinator: Api, node: Enrolled, since: int) -> None:
+        super().__init__(daemon=True)
+        self.client = coordinator.node(node.credential)
+        self.since = since
+        self.answers: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.client:
+                while not self.stop.is_set():
+                    r = self.client.get("/api/v1/netmap", params={"since": self.since, "wait": 2}, timeout=30)
+                    if r.status_code == 200:
+                        self.since = r.json()["version"]
+                        self.answers.append((time.monotonic(), self.since))
+                    else:
+                        assert r.status_code == 304, r.text
+        except BaseException as exc:
+            self.error = exc
+
+
+@pytest.fixture
+def paced(coordinator: Api) -> Iterator[float]:
+    assert isinstance(coordinator, InProcessCoordinator)
+    pacer = coordinator.context().pacer
+    default, pacer.share = pacer.share, GAP
+    yield GAP
+    pacer.share = default
+
+
+def test_a_burst_of_versions_costs_an_agent_a_few_answers(
+    coordinator: Api, admin: httpx.Client, paced: float
+) -> None:
+    token = create_token(admin, reusable=True)["token"]
+    with coordinator.anonymous() as anon:
+        follower_node = enroll(anon, token, "follower")
+        other = enroll(anon, token, "other")
+    follower = Follower(coordinator, follower_node, netmap(coordinator, follower_node)["version"])
+    follower.start()
+    try:
+        first = version(admin)
+        began = time.monotonic()
+        with coordinator.node(other.credential) as node:
+            for i in range(VERSIONS):  # each report moves the endpoint: a version each
+                r = node.post("/api/v1/status", json={"endpoints": [f"198.51.100.{i + 1}:51820"]})
+                assert r.status_code == 200 and r.json()["changed"], r.text
+        last = version(admin)
+        burst = time.monotonic() - began
+        assert last - first >= VERSIONS
+        deadline = time.monotonic() + 30  # a ceiling, not a pace: the condition ends the wait
+        while time.monotonic() < deadline and (not follower.answers or follower.answers[-1][1] < last):
+            assert follower.error is None, follower.error
+            time.sleep(0.02)
+    finally:
+        follower.stop.set()
+        follower.join(timeout=10)
+    assert follower.error is None, follower.error
+    assert follower.answers and follower.answers[-1][1] == last, "the follower never got the last version"
+    during = [v for at, v in follower.answers]
+    # Its burst at once, then one answer per gap (one agent waits: the gap is GAP).
+    ceiling = BURST + burst / paced + 2
+    print(f"{len(during)} answers for {last - first} versions posted in {burst:.2f} s")
+    assert len(during) <= ceiling, f"{len(during)} answers for {last - first} versions in {burst:.2f} s"
+    assert len(during) < last - first, "every version was answered on its own"
+    paced_at = [at for at, _ in follower.answers[int(BURST) - 1 :]]
+    gaps = [b - a for a, b in itertools.pairwise(paced_at)]
+    assert all(g >= paced * 0.9 for g in gaps), f"answers closer than the gap: {gaps}"
