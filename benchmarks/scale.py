@@ -400,7 +400,7 @@ class Agent:
     public_key: str
     eth0_ip: str
     subnets: list[str]
-    node_id: str = ""
+    node_id: int = 0
     credential: str = ""
     version: int = -1
     reports_done: int = 0
@@ -435,10 +435,20 @@ def make_agent(i: int) -> Agent:
 class Fleet:
     """The simulated agents and the counters they share."""
 
-    def __init__(self, url: str, report_interval: float, limit: float, *, heartbeats: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        report_interval: float,
+        limit: float,
+        *,
+        heartbeats: bool = True,
+        whole_peers: bool = False,
+    ) -> None:
         self.url = url
         self.heartbeats = heartbeats
         """Send heartbeats between whole reports, as the agent does (False: every report whole)."""
+        self.whole_peers = whole_peers
+        """List every peer in a whole report, as agents before `reporting.condense` (False: as the agent)."""
         # A saturated coordinator answers late rather than not at all: a request waits as long as any
         # wait of the run may (Run.limit), a long-poll that much longer than its own `wait`.
         self.limit = limit
@@ -563,9 +573,22 @@ class Fleet:
                 await asyncio.sleep(1.0)
 
     def report(self, agent: Agent, round_: int) -> bytes:
-        """A status report as the agent sends it: one PeerStatus per peer, counters that grow."""
+        """A status report as the agent sends it: one PeerStatus per peer, counters that grow; above 50
+        peers, as the agent condenses it (agent/reporting.py): every simulated peer is direct, answering
+        and freshly handshaken, so all are nominal, one range of node ids with their counters summed."""
         now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         grow = round_ * 150_000
+        peers_of = [p for p in self.agents.values() if p is not agent and p.name not in self.gone]
+        if len(peers_of) > reporting.WHOLE_UP_TO and not self.whole_peers:
+            ids = [p.node_id for p in peers_of]
+            rx = sum(grow + p.index * 977 for p in peers_of)
+            tx = len(peers_of) * (grow + agent.index * 991)
+            return (
+                f'{{"endpoints":["{agent.endpoint}"],"eth0_ip":"{agent.eth0_ip}",'
+                f'"netmap_version":{agent.version},"mtu":1420,"max_mtu":1440,"peers":[],'
+                f'"nominal":{{"ranges":[[{min(ids)},{max(ids)}]],"count":{len(ids)},'
+                f'"oldest_handshake":"{now}","rx_bytes":{rx},"tx_bytes":{tx}}}}}'
+            ).encode()
         peers = ",".join(
             f'{{"public_key":"{p.public_key}","rx_bytes":{grow + p.index * 977},'
             f'"tx_bytes":{grow + agent.index * 991},"last_handshake":"{now}","endpoint":"{p.endpoint}",'
@@ -695,7 +718,7 @@ class Run:
 
     def __init__(
         self, coordinator: Coordinator, size: int, db: str, report_interval: float, steady: float,
-        db_pid: int | None = None, heartbeats: bool = True,
+        db_pid: int | None = None, heartbeats: bool = True, whole_peers: bool = False,
     ) -> None:  # fmt: skip
         self.c = coordinator
         self.size = size
@@ -704,7 +727,9 @@ class Run:
         # with the square: bringing a full mesh up is quadratic (each of n agents learns n peers, and sends
         # a first report of n peers' counters).
         self.limit = scaled(60.0 + 0.3 * size * max(1.0, size / 1000))
-        self.fleet = Fleet(coordinator.url, report_interval, self.limit, heartbeats=heartbeats)
+        self.fleet = Fleet(
+            coordinator.url, report_interval, self.limit, heartbeats=heartbeats, whole_peers=whole_peers
+        )
         self.result = Result(size=size, db=db)
         self.steady = steady
         self.db_pid = db_pid
@@ -1000,6 +1025,7 @@ def run_size(
     pg: postgres.ClusterPaths | None = None,
     pg_pid: int | None = None,
     heartbeats: bool = True,
+    whole_peers: bool = False,
 ) -> Result:
     """Measure one size on a fresh database: a SQLite file under `work`, or a new database of `pg`."""
     shares = cores() if pin else None
@@ -1019,7 +1045,10 @@ def run_size(
     )
     try:
         coordinator.start()
-        run = Run(coordinator, size, db, report_interval, steady, db_pid=pg_pid, heartbeats=heartbeats)
+        run = Run(
+            coordinator, size, db, report_interval, steady, db_pid=pg_pid, heartbeats=heartbeats,
+            whole_peers=whole_peers,
+        )  # fmt: skip
         return asyncio.run(run.run())
     finally:
         coordinator.stop()
@@ -1075,6 +1104,11 @@ def main() -> int:
         action="store_true",
         help="every report whole (no heartbeats), as agents before them",
     )
+    parser.add_argument(
+        "--whole-peers",
+        action="store_true",
+        help="whole reports list every peer, as agents before they left out the nominal ones",
+    )
     args = parser.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -1101,7 +1135,7 @@ def main() -> int:
                     result = run_size(
                         size, db, Path(tmp), pin=not args.no_pin, report_interval=args.report_interval,
                         steady=args.steady, profile=args.profile, pg=pg, pg_pid=pg_pid,
-                        heartbeats=not args.whole_reports,
+                        heartbeats=not args.whole_reports, whole_peers=args.whole_peers,
                     )  # fmt: skip
                 except Failed as exc:
                     print(f"  FAILED: {exc}", flush=True)
@@ -1125,6 +1159,7 @@ def main() -> int:
                     break  # a larger size would fail the same way, only slower
         if results:
             reports = "every report whole" if args.whole_reports else "heartbeats between whole reports"
+            reports += ", every peer listed" if args.whole_peers else ", nominal peers left out above 50"
             print(f"\n{db}: netmap by {results[0].endpoint}, reports every {args.report_interval:g} s "
                   f"({reports}), steady state {args.steady:g} s")  # fmt: skip
             print(table(results), flush=True)

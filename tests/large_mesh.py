@@ -19,9 +19,12 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from wgmesh.agent import reporting
 from wgmesh.coordinator import schema
 from wgmesh.coordinator.store import Store
+from wgmesh.models import StatusReport
 from wgmesh.topology import HANDSHAKE_FRESH
+from wgmesh.values import NodeId
 
 CLOUDS = ("aws", "gcp", "azure")
 REGIONS = ("eu-west-1", "us-east-1", "ap-south-1", "eu-central-1")
@@ -72,8 +75,12 @@ def reported_path(i: int, j: int) -> tuple[str | None, bool]:
     return ("relay" if relay else "direct"), not stale
 
 
-def fill(store: Store, n: int, *, peers_per_node: int, now: datetime | None = None) -> LargeMesh:
-    """Write `n` gateways and their reports into an initialised registry (ids 1..n: an empty one)."""
+def fill(
+    store: Store, n: int, *, peers_per_node: int, now: datetime | None = None, condensed: bool = False
+) -> LargeMesh:
+    """Write `n` gateways and their reports into an initialised registry (ids 1..n: an empty one); with
+    `condensed`, each report as the agent sends it (agent/reporting.condense: nominal peers left out,
+    every other gateway in its netmap)."""
     now = now or datetime.now(UTC)
     stale_at = now - HANDSHAKE_FRESH - timedelta(minutes=5)
     offline = {i for i in range(n) if i % OFFLINE_EVERY == OFFLINE_EVERY - 1}
@@ -137,7 +144,12 @@ def fill(store: Store, n: int, *, peers_per_node: int, now: datetime | None = No
                     "health": "up" if fresh else "down",
                 }
             )
-        statuses.append({"node_id": i + 1, "reported_at": now, "report": {"peers": peers}})
+        report: dict[str, Any] = {"peers": peers}
+        if condensed:
+            netmap = {mesh.keys[j]: NodeId(j + 1) for j in range(n) if j != i}
+            short = reporting.condense(StatusReport.model_validate(report), netmap, now)
+            report = short.model_dump(mode="json")
+        statuses.append({"node_id": i + 1, "reported_at": now, "report": report})
     with store.write() as w:
         w.conn.execute(insert(schema.nodes), nodes)
         w.conn.execute(insert(schema.routes), routes)
@@ -146,11 +158,11 @@ def fill(store: Store, n: int, *, peers_per_node: int, now: datetime | None = No
     return mesh
 
 
-def fill_database(db_url: str, n: int, *, peers_per_node: int) -> LargeMesh:
+def fill_database(db_url: str, n: int, *, peers_per_node: int, condensed: bool = False) -> LargeMesh:
     """`fill` through a store of its own on a coordinator's database URL (the tests' module fixtures)."""
     store = Store(db_url)
     try:
-        return fill(store, n, peers_per_node=peers_per_node)
+        return fill(store, n, peers_per_node=peers_per_node, condensed=condensed)
     finally:
         store.close()
 

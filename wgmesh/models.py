@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_right
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -540,13 +541,49 @@ class RefusedRoute(Model):
         return f"covers {what[self.code]} {self.address}"
 
 
+class NominalPeers(Model):
+    """The peers a report leaves out because nothing about them needs saying (agent/reporting.py,
+    `condense`): on a direct path, answering probes, with a handshake fresh when the report was made.
+    Listed by node id as ranges; ids in a range that are not the agent's peers (deleted nodes, its own)
+    are not meant. Their counters are summed, their handshakes given by the oldest."""
+
+    ranges: list[tuple[NodeId, NodeId]] = Field(
+        default_factory=list, max_length=10000, description="[first, last] node ids, inclusive, ascending"
+    )
+    count: int = Field(0, ge=0, le=1_000_000, description="How many peers the ranges hold")
+    oldest_handshake: datetime | None = Field(None, description="The oldest of their handshakes")
+    rx_bytes: int = Field(0, ge=0, description="Their received bytes, summed")
+    tx_bytes: int = Field(0, ge=0, description="Their sent bytes, summed")
+
+    @model_validator(mode="after")
+    def _ascending(self) -> NominalPeers:
+        last = 0
+        for first, end in self.ranges:
+            if first > end or first <= last:
+                raise ValueError("ranges must be [first, last] pairs, ascending and apart")
+            last = end
+        return self
+
+    def covers(self, node_id: int) -> bool:
+        """Whether `node_id` is in one of the ranges."""
+        i = bisect_right(self.ranges, (node_id, 1 << 62)) - 1
+        return i >= 0 and self.ranges[i][0] <= node_id <= self.ranges[i][1]
+
+
 class StatusReport(Model):
     """The agent's periodic report."""
 
     endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
     eth0_ip: IpAddr | None = None
     netmap_version: int | None = None
-    peers: list[PeerStatus] = Field(default_factory=list, max_length=10000)
+    peers: list[PeerStatus] = Field(
+        default_factory=list,
+        max_length=10000,
+        description="Every peer WireGuard knows, or, with `nominal` set, only those not nominal",
+    )
+    nominal: NominalPeers | None = Field(
+        None, description="The peers left out of `peers` as nominal (agents of more than 50 peers)"
+    )
     shadowed: list[ShadowedRoute] = Field(default_factory=list, max_length=10000)
     refused: list[RefusedRoute] = Field(
         default_factory=list, max_length=10000, description="Netmap routes the agent refused to install"

@@ -19,11 +19,13 @@ from wgmesh.models import (
     Network,
     Node,
     NodeStatus,
+    NominalPeers,
     PeerStatus,
     PeerView,
     Route,
     RouteShadow,
     ShadowedRoute,
+    StatusReport,
     Topology,
     TopologyHaGroup,
     TopologyHaMember,
@@ -64,9 +66,40 @@ Reports = Mapping[NodeId, Mapping[str, PeerStatus]]
 """Per reporting node id, its peer entries keyed by the peer's public key."""
 
 
-def peer_reports(statuses: Mapping[NodeId, NodeStatus]) -> dict[NodeId, dict[str, PeerStatus]]:
+def nominal_entry(peer: Node, nominal: NominalPeers) -> PeerStatus:
+    """The entry a peer left out as nominal stands for: direct, answering, its handshake no older than
+    the oldest of them; its counters are only in the report's sums."""
+    return PeerStatus.model_construct(
+        public_key=peer.public_key,
+        last_handshake=nominal.oldest_handshake,
+        path="direct",
+        health="up",
+        rx_bytes=0,
+        tx_bytes=0,
+        endpoint=None,
+        relay=None,
+        rtt_ms=None,
+        reason=None,
+    )
+
+
+def report_entries(node_id: NodeId, report: StatusReport, nodes: Iterable[Node]) -> dict[str, PeerStatus]:
+    """A report's peer entries keyed by public key: those it lists, and those it left out as nominal
+    (agent/reporting.py, `condense`) among `nodes`."""
+    entries = {p.public_key: p for p in report.peers}
+    nominal = report.nominal
+    if nominal is not None and nominal.count:
+        for peer in nodes:
+            if peer.id != node_id and peer.public_key not in entries and nominal.covers(peer.id):
+                entries[peer.public_key] = nominal_entry(peer, nominal)
+    return entries
+
+
+def peer_reports(
+    statuses: Mapping[NodeId, NodeStatus], nodes: Sequence[Node]
+) -> dict[NodeId, dict[str, PeerStatus]]:
     """Each reporting node's peer entries, keyed by public key."""
-    return {node_id: {p.public_key: p for p in st.report.peers} for node_id, st in statuses.items()}
+    return {node_id: report_entries(node_id, st.report, nodes) for node_id, st in statuses.items()}
 
 
 def peer_view(node: Node, peer: Node, reports: Reports) -> PeerView:
@@ -229,6 +262,9 @@ def ha_member_health(member: Node, statuses: Mapping[NodeId, NodeStatus]) -> Hea
         for peer in st.report.peers:
             if peer.public_key == member.public_key and peer.health is not None:
                 counts[peer.health] += 1
+        nominal = st.report.nominal
+        if nominal is not None and nominal.covers(member.id):
+            counts["up"] += 1  # left out as nominal: it answers
     return HealthCounts(**counts)
 
 
@@ -362,7 +398,7 @@ def build_topology(
     `statuses` is each reporting node's last report by node id; `pair_overrides` the pairs' P2P overrides;
     `groups` the network's HA groups (`ha_groups`, from the routes in claim order).
     """
-    reports = peer_reports(statuses)
+    reports = peer_reports(statuses, nodes)
     as_of = report_times(nodes, statuses)
     by_name = sorted(nodes, key=lambda n: n.name)
     links = [

@@ -134,6 +134,8 @@ ADDED_BY_SCHEMA_12 = {
     "report": {"ha": []},
     "peer_status": {"health": None},
 }
+# No schema change: a report stored before agents left nominal peers out lists every peer.
+ADDED_BY_CONDENSED_REPORTS = {"report": {"nominal": None}}
 
 
 def schema_12_route(route: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +192,7 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_ROUTE_GUARD["report"],
             **ADDED_BY_FAILOVER["report"],
             **ADDED_BY_SCHEMA_12["report"],
+            **ADDED_BY_CONDENSED_REPORTS["report"],
             "peers": [{**p, **ADDED_BY_SCHEMA_12["peer_status"]} for p in value["report"]["peers"]],
         }
         return {**value, "report": report}

@@ -80,8 +80,9 @@ def test_reports_flow_and_the_coordinator_is_measured(result: Any) -> None:
     assert 0 < r.whole_per_s < r.reports_per_s
     sane(r.report_latency)
     sane(r.heartbeat_latency)
-    # One PeerStatus per peer: a full mesh of SIZE nodes makes reports of well over SIZE * 100 bytes.
-    assert r.report_bytes > (SIZE - 1) * 100
+    # Condensed as the agent does above 50 peers (agent/reporting.condense): every simulated peer is
+    # nominal, so a report is one range of node ids and its sums, a few hundred bytes at any size.
+    assert 100 < r.report_bytes < 1000
     assert r.steady_cores > 0
     assert 0 < r.rss_mb <= r.hwm_mb
     assert r.harness_cpu_s > 0

@@ -631,6 +631,10 @@ class Agent:
         try:
             clock = time.monotonic()  # before the work of status(): reports go whole every tick when due
             status, now = self.status(), _now()
+            with self.lock:
+                netmap = self.netmap
+            node_ids = {p.public_key: p.node_id for p in netmap.peers} if netmap else {}
+            status = reporting.condense(status, node_ids, now)
             if not self.heartbeats and clock >= self.heartbeats_again:
                 self.heartbeats = True  # an upgraded coordinator, or another one behind the address
             beat = self.heartbeats and reporting.next_kind(self.sent, status, now, clock) == "heartbeat"

@@ -69,7 +69,7 @@ from wgmesh.netmap import RegistrySnapshot, build_netmap
 from wgmesh.netmap_delta import SnapshotDiff
 from wgmesh.relay import identity as relay_identity
 from wgmesh.relay import tickets
-from wgmesh.topology import build_topology, pair_key, topology_node
+from wgmesh.topology import build_topology, pair_key, report_entries, topology_node
 from wgmesh.topology_summary import (
     LinkTally,
     ReportDigest,
@@ -1531,12 +1531,13 @@ class Registry:
             raise NotFoundError(f"no node named {ref!r}", code="unknown_node")
         with self.store.read() as conn:
             own = self._statuses_of(conn, [node.id]).get(node.id)
-            entries = {p.public_key: p for p in own.report.peers} if own is not None else {}
+            entries = report_entries(node.id, own.report, nodes) if own is not None else {}
             missing = [o.id for o in nodes if o.id != node.id and o.public_key not in entries]
             theirs = self._statuses_of(conn, missing) if missing else {}
         reports: dict[NodeId, dict[str, PeerStatus]] = {node.id: entries}
         for other_id, st in theirs.items():
-            reports[other_id] = {p.public_key: p for p in st.report.peers if p.public_key == node.public_key}
+            found = report_entries(other_id, st.report, [node]).get(node.public_key)
+            reports[other_id] = {node.public_key: found} if found is not None else {}
         return topology_node(snap.network, node, nodes, reports, own)
 
     # --- topology at scale: the summary and its pages (wgmesh.topology_summary) ----------------------
