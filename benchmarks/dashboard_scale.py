@@ -1,10 +1,11 @@
 """The dashboard and `wgmesh status` at 100 and 1,000 gateways (issue 19; goal at 1,000: page load and update
 ≤ 2 s in Chromium, `wgmesh status` ≤ 2 s).
 
-Run: `nice -n 10 .venv/bin/python benchmarks/dashboard_scale.py [--sizes 100 1000] [--peers N]`.
+Run: `nice -n 10 .venv/bin/python benchmarks/dashboard_scale.py [--sizes 100 1000] [--peers N] [--whole-peers]`.
 Per size, a real coordinator process on SQLite, its registry generated straight into the database
 (tests/large_mesh.py: tags, sites, conflicts, offline gateways, and a status report per online gateway
-naming `--peers` peers, every other gateway by default: a full mesh), then:
+naming `--peers` peers, every other gateway by default: a full mesh; above 50 peers condensed as the agent
+sends it, the nominal peers as ranges of node ids, unless `--whole-peers`), then:
 - the API: the summary cold (every report parsed) and warm, again after 100 reports changed (a second of
   reports at 1,000 gateways) once its link counts are due (LINK_COUNT_TTL), a page of nodes, one node's
   links; /api/v1/topology (the full document)
@@ -149,13 +150,15 @@ def cli_figures(c: Coordinator, home: Path) -> dict[str, float | None]:
     return figures
 
 
-def run(n: int, peers: int | None, full_max: int) -> dict[str, float | None]:
+def run(n: int, peers: int | None, full_max: int, *, condensed: bool = True) -> dict[str, float | None]:
     with tempfile.TemporaryDirectory(prefix="wgmesh-dash-bench-") as tmp:
         tmp_path = Path(tmp)
         with running(Coordinator(db=tmp_path / "c.db", log=tmp_path / "c.log")) as c:
             store = Store(c.db_url)
             try:
-                fill_time, _ = timed(lambda: large_mesh.fill(store, n, peers_per_node=peers or n - 1))
+                fill_time, _ = timed(
+                    lambda: large_mesh.fill(store, n, peers_per_node=peers or n - 1, condensed=condensed)
+                )
             finally:
                 store.close()
             print(f"  {n} gateways generated in {fill_time:.1f} s", flush=True)
@@ -172,11 +175,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--peers", type=int, default=None, help="peers each report names (default: all)")
     parser.add_argument("--full-max", type=int, default=200, help="time /api/v1/topology up to this size")
+    parser.add_argument(
+        "--whole-peers", action="store_true", help="reports list every peer, as agents before they condensed"
+    )
     args = parser.parse_args()
     results: dict[int, dict[str, float | None]] = {}
     for n in args.sizes:
         print(f"size {n}:", flush=True)
-        results[n] = run(n, args.peers, args.full_max)
+        results[n] = run(n, args.peers, args.full_max, condensed=not args.whole_peers)
     labels = list(results[args.sizes[0]])
     head = f"{'figure (seconds)':45}" + "".join(f"{n:>10}" for n in args.sizes)
     small, large = min(args.sizes), max(args.sizes)

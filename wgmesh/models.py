@@ -541,13 +541,17 @@ class RefusedRoute(Model):
         return f"covers {what[self.code]} {self.address}"
 
 
+RangeId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+"""A node id in a range of `NominalPeers` (the database's ids are 32-bit)."""
+
+
 class NominalPeers(Model):
     """The peers a report leaves out because nothing about them needs saying (agent/reporting.py,
     `condense`): on a direct path, answering probes, with a handshake fresh when the report was made.
     Listed by node id as ranges; ids in a range that are not the agent's peers (deleted nodes, its own)
     are not meant. Their counters are summed, their handshakes given by the oldest."""
 
-    ranges: list[tuple[NodeId, NodeId]] = Field(
+    ranges: list[tuple[RangeId, RangeId]] = Field(
         default_factory=list, max_length=10000, description="[first, last] node ids, inclusive, ascending"
     )
     count: int = Field(0, ge=0, le=1_000_000, description="How many peers the ranges hold")

@@ -19,7 +19,6 @@ from wgmesh.models import (
     Network,
     Node,
     NodeStatus,
-    NominalPeers,
     PeerStatus,
     PeerView,
     Route,
@@ -66,12 +65,12 @@ Reports = Mapping[NodeId, Mapping[str, PeerStatus]]
 """Per reporting node id, its peer entries keyed by the peer's public key."""
 
 
-def nominal_entry(peer: Node, nominal: NominalPeers) -> PeerStatus:
-    """The entry a peer left out as nominal stands for: direct, answering, its handshake no older than
-    the oldest of them; its counters are only in the report's sums."""
+def nominal_entry(public_key: str, oldest_handshake: datetime | None) -> PeerStatus:
+    """The entry a peer left out as nominal stands for: direct, answering, its handshake no older than the
+    oldest of them. Its counters are only in the report's sums: 0 here (docs/api.md)."""
     return PeerStatus.model_construct(
-        public_key=peer.public_key,
-        last_handshake=nominal.oldest_handshake,
+        public_key=public_key,
+        last_handshake=oldest_handshake,
         path="direct",
         health="up",
         rx_bytes=0,
@@ -91,7 +90,7 @@ def report_entries(node_id: NodeId, report: StatusReport, nodes: Iterable[Node])
     if nominal is not None and nominal.count:
         for peer in nodes:
             if peer.id != node_id and peer.public_key not in entries and nominal.covers(peer.id):
-                entries[peer.public_key] = nominal_entry(peer, nominal)
+                entries[peer.public_key] = nominal_entry(peer.public_key, nominal.oldest_handshake)
     return entries
 
 

@@ -36,7 +36,15 @@ from wgmesh.models import (
     TopologyProblem,
     TopologySummary,
 )
-from wgmesh.topology import HANDSHAKE_FRESH, PairKey, gateway_offline, link, link_state, pair_key
+from wgmesh.topology import (
+    HANDSHAKE_FRESH,
+    PairKey,
+    gateway_offline,
+    link,
+    link_state,
+    nominal_entry,
+    pair_key,
+)
 from wgmesh.values import NodeId, P2PPolicy, PathKind
 
 FULL_VIEW_MAX = 50
@@ -112,12 +120,15 @@ class ReportDigest:
         """The bits of every peer left out as nominal: seen, fresh while their oldest handshake is."""
         return _SEEN | (_FRESH if self.nominal_handshake > cutoff else 0)
 
-    def nominal_mask(self, known: int) -> int:
-        """The peers left out as nominal as a bit set of node ids, within `known` (a bit set too)."""
-        mask = 0
+    def nominal_spans(self, order: Sequence[int]) -> list[tuple[int, int]]:
+        """The peers left out as nominal as spans of positions in `order` (the registry's node ids,
+        sorted), first and last inclusive; ids that are no node's fall out, however wide a range."""
+        spans = []
         for first, last in self.nominal:
-            mask |= (1 << (last + 1)) - (1 << first)
-        return mask & known
+            lo, hi = bisect_left(order, first), bisect_right(order, last) - 1
+            if lo <= hi:
+                spans.append((lo, hi))
+        return spans
 
     def entry(self, peer_id: int, public_key: str) -> PeerStatus | None:
         """The report's entry for `peer_id`, listed or nominal (topology.nominal_entry), or None."""
@@ -126,14 +137,7 @@ class ReportDigest:
             return self.view(i, public_key)
         if self.covers(peer_id):
             ts = self.nominal_handshake
-            return PeerStatus.model_construct(
-                public_key=public_key,
-                last_handshake=None if math.isnan(ts) else datetime.fromtimestamp(ts, UTC),
-                path="direct",
-                rtt_ms=None,
-                rx_bytes=0,
-                tx_bytes=0,
-            )
+            return nominal_entry(public_key, None if math.isnan(ts) else datetime.fromtimestamp(ts, UTC))
         return None
 
     def view(self, i: int, public_key: str) -> PeerStatus:
@@ -211,17 +215,14 @@ def tally_links(
     is fresh iff either is; relay if either end says relay). Pairs nobody reported are unknown, counted
     by difference.
 
-    Pairs a report lists are joined one by one in a dict. Pairs left out as nominal on both sides
-    (models.NominalPeers: direct, so direct or down) are counted as bit sets of node ids, one row per
-    node: its own nominal ranges, OR the nodes whose ranges hold it (a sweep over the ranges' ends), less
-    the listed pairs. O(listed entries + n² / 64) in C big-int steps: a 5,000-node mesh of nominal
-    reports is 25 million pairs no Python loop visits."""
+    Pairs a report lists are joined one by one in a dict. The pairs no report lists, left out as nominal
+    by one end or both (models.NominalPeers: direct, so direct or down), are counted as bit sets of the
+    nodes' positions, one row per node: its own nominal ranges, OR the nodes whose ranges hold it (a sweep
+    over the ranges' ends), less the listed pairs. O(listed entries + n² / 64) in C big-int steps: a
+    5,000-node mesh of nominal reports is 25 million pairs no Python loop visits."""
     known = set(node_ids)
     order = sorted(known)
     width = (order[-1] if order else 0) + 1
-    known_mask = 0
-    for node_id in order:
-        known_mask |= 1 << node_id
     cutoffs = {a: d.cutoff(a in online, now) for a, d in digests.items() if a in known}
     # Listed pairs, with both ends' bits (listed or nominal).
     pairs: dict[int, int] = {}
@@ -234,11 +235,11 @@ def tally_links(
             bits = _SEEN | (_FRESH if ts > cutoff else 0) | (_RELAYED if path == _RELAY else 0)
             key = a * width + b if a < b else b * width + a
             pairs[key] = get(key, 0) | bits
-    listed_with: dict[int, int] = {}
+    listed_with: dict[int, list[int]] = {}
     for key in pairs:
         low, high = divmod(key, width)
-        listed_with[low] = listed_with.get(low, 0) | (1 << high)
-        listed_with[high] = listed_with.get(high, 0) | (1 << low)
+        listed_with.setdefault(low, []).append(high)
+        listed_with.setdefault(high, []).append(low)
         for side, other in ((NodeId(low), high), (NodeId(high), low)):
             end = digests.get(side)
             if end is not None and side in cutoffs and end.covers(other):
@@ -257,38 +258,43 @@ def tally_links(
         i = slot[state]
         per_node[NodeId(low)][i] += 1
         per_node[NodeId(high)][i] += 1
-    # Pairs nobody listed: nominal on one side or both.
+    # Pairs nobody listed: nominal on one side or both. Bit sets by position in `order` (ids are never
+    # reused, so after churn they may run far past the number of nodes).
+    position = {node_id: i for i, node_id in enumerate(order)}
+    everyone = (1 << len(order)) - 1
+    listed_at: dict[int, int] = {}
+    for node_id, partners in listed_with.items():
+        listed_at[position[NodeId(node_id)]] = sum(1 << position[NodeId(b)] for b in partners)
     rows: dict[int, tuple[int, bool]] = {}
     events: dict[int, list[tuple[int, bool, int]]] = {}
     for reporter, cutoff in cutoffs.items():
-        nominal = digests[reporter]
-        if not nominal.nominal:
+        digest = digests[reporter]
+        if not digest.nominal:
             continue
-        fresh = bool(nominal.nominal_bits(cutoff) & _FRESH)
-        rows[reporter] = (nominal.nominal_mask(known_mask) & ~(1 << reporter), fresh)
-        for first, last in nominal.nominal:
-            events.setdefault(first, []).append((reporter, fresh, +1))
-            events.setdefault(last + 1, []).append((reporter, fresh, -1))
+        fresh = bool(digest.nominal_bits(cutoff) & _FRESH)
+        at = position[reporter]
+        row = 0
+        for lo, hi in digest.nominal_spans(order):
+            row |= (1 << (hi + 1)) - (1 << lo)
+            events.setdefault(lo, []).append((at, fresh, +1))
+            events.setdefault(hi + 1, []).append((at, fresh, -1))
+        rows[at] = (row & ~(1 << at), fresh)
     if rows:
         direct_sum = down_sum = 0
-        held_fresh = held_stale = 0  # the nodes whose ranges hold the id the sweep is at
-        points = sorted(events)
-        p = 0
-        for node in order:
-            while p < len(points) and points[p] <= node:
-                for b, fresh, step in events[points[p]]:
-                    bit = 1 << b
-                    if fresh:
-                        held_fresh = held_fresh | bit if step > 0 else held_fresh & ~bit
-                    else:
-                        held_stale = held_stale | bit if step > 0 else held_stale & ~bit
-                p += 1
-            own, own_fresh = rows.get(node, (0, False))
-            outside = ~((1 << node) | listed_with.get(node, 0))
-            fresh_set = ((own if own_fresh else 0) | held_fresh) & known_mask & outside
-            stale_set = ((0 if own_fresh else own) | held_stale) & known_mask & outside & ~fresh_set
+        held_fresh = held_stale = 0  # the reporters whose ranges hold the node the sweep is at
+        for at, node_id in enumerate(order):
+            for b, fresh, step in events.get(at, ()):
+                bit = 1 << b
+                if fresh:
+                    held_fresh = held_fresh | bit if step > 0 else held_fresh & ~bit
+                else:
+                    held_stale = held_stale | bit if step > 0 else held_stale & ~bit
+            own, own_fresh = rows.get(at, (0, False))
+            outside = everyone & ~((1 << at) | listed_at.get(at, 0))
+            fresh_set = ((own if own_fresh else 0) | held_fresh) & outside
+            stale_set = ((0 if own_fresh else own) | held_stale) & outside & ~fresh_set
             direct, down = fresh_set.bit_count(), stale_set.bit_count()
-            counts = per_node[node]
+            counts = per_node[node_id]
             counts[0] += direct
             counts[2] += down
             direct_sum += direct

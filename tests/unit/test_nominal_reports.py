@@ -169,3 +169,53 @@ def test_the_ranges_are_checked() -> None:
         NominalPeers(ranges=[(1, 4), (4, 6)])
     covered = NominalPeers(ranges=[(2, 4), (9, 9)], count=4)
     assert [i for i in range(12) if covered.covers(i)] == [2, 3, 4, 9]
+
+
+def test_a_range_wider_than_the_registry_costs_no_more_than_the_registry() -> None:
+    """Ranges are an agent's word: one reaching the largest id must not make a bit set of 2³¹ bits."""
+    a, b, c = node(1, "a"), node(2, "b"), node(3, "c")
+    report = StatusReport(
+        nominal=NominalPeers(ranges=[(1, 2**31 - 1)], count=2, oldest_handshake=FRESH, rx_bytes=1, tx_bytes=1)
+    )
+    status = NodeStatus(node="a", reported_at=NOW, report=report)
+    tally = tally_links([a.id, b.id, c.id], digests([a, b, c], [status]), NOW, {a.id, b.id, c.id})
+    assert tally.of(a.id).direct == 2 and tally.counts().unknown == 1
+    with pytest.raises(ValueError):
+        NominalPeers(ranges=[(1, 2**31)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_with_reporters_offline_a_condensed_report_never_says_more_than_the_whole_one(seed: int) -> None:
+    """An offline reporter's handshakes are judged now, and its nominal peers all by the oldest of them:
+    its links may turn down sooner than with the report whole, never direct where that one is not."""
+    nodes, whole, condensed = mesh(seed)
+    rng = random.Random(seed)
+    nodes = [n.model_copy(update={"online": rng.random() < 0.5}) for n in nodes]
+    later = NOW + timedelta(seconds=60)
+    full_d, short_d = digests(nodes, whole), digests(nodes, condensed)
+    sooner = 0
+    for n in nodes:
+        want = {o.name: st for o, st in link_states_of(n, nodes, full_d, later)}
+        got = {o.name: st for o, st in link_states_of(n, nodes, short_d, later)}
+        for other, state in got.items():
+            assert state == want[other] or (state, want[other]) == ("down", "direct"), (n.name, other)
+            sooner += state != want[other]
+    online = {n.id for n in nodes if n.online}
+    ids = [n.id for n in nodes]
+    assert (
+        tally_links(ids, short_d, later, online).counts().unknown
+        == tally_links(ids, full_d, later, online).counts().unknown
+    )
+    assert sooner > 0, "no offline reporter had a nominal peer older than the cutoff: the case is not tested"
+
+
+def test_peers_not_probed_are_listed_and_a_report_with_none_nominal_goes_whole() -> None:
+    nodes = [node(i, f"n{i}") for i in range(1, 60)]
+    netmap = {p.public_key: NodeId(p.id) for p in nodes[1:]}
+    unprobed = StatusReport(peers=[nominal(p).model_copy(update={"health": None}) for p in nodes[1:]])
+    assert reporting.condense(unprobed, netmap, NOW) is unprobed
+    mixed = StatusReport(
+        peers=[nominal(p).model_copy(update={"health": None}) if p.id % 2 else nominal(p) for p in nodes[1:]]
+    )
+    short = reporting.condense(mixed, netmap, NOW)
+    assert short.nominal is not None and {p.health for p in short.peers} == {None}

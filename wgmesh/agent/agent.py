@@ -120,6 +120,9 @@ class Agent:
         """Whether the coordinator takes heartbeats (it said it does not: whole reports until
         `heartbeats_again`)."""
         self.heartbeats_again = 0.0
+        self.condense_again = 0.0
+        """Until then (monotonic) reports list every peer: the coordinator refused one that left nominal
+        peers out (it is older than `reporting.condense`)."""
         self.ha_config = HaConfig(preempt_after=cfg.ha_preempt_after)
         self.ha_choices: dict[Prefix, HaChoice] = {}
         """Where each HA group's prefix goes (agent/ha.py), under `lock`."""
@@ -628,13 +631,16 @@ class Agent:
         next one retries, whole if this one was)."""
         if self.client.credential is None:
             return
+        condensed = False
         try:
             clock = time.monotonic()  # before the work of status(): reports go whole every tick when due
             status, now = self.status(), _now()
             with self.lock:
                 netmap = self.netmap
-            node_ids = {p.public_key: p.node_id for p in netmap.peers} if netmap else {}
-            status = reporting.condense(status, node_ids, now)
+            if clock >= self.condense_again:
+                node_ids = {p.public_key: p.node_id for p in netmap.peers} if netmap else {}
+                status = reporting.condense(status, node_ids, now)
+                condensed = status.nominal is not None
             if not self.heartbeats and clock >= self.heartbeats_again:
                 self.heartbeats = True  # an upgraded coordinator, or another one behind the address
             beat = self.heartbeats and reporting.next_kind(self.sent, status, now, clock) == "heartbeat"
@@ -645,6 +651,13 @@ class Agent:
             self._set_reachable(True)
         except UnreachableError:
             self._set_reachable(False)
+        except ValidationError as exc:
+            self.sent = None
+            if condensed and "nominal" in exc.message:  # a coordinator older than reporting.condense
+                log.info("coordinator takes reports of every peer only", extra=kv(error=exc.message))
+                self.condense_again = time.monotonic() + ASK_AGAIN_AFTER
+            else:
+                log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))
         except WgmeshError as exc:
             self.sent = None
             log.warning("status report refused", extra=kv(code=exc.code, error=exc.message))

@@ -80,10 +80,11 @@ def peer_count(report: StatusReport) -> int:
 
 def is_nominal(peer: PeerStatus, now: datetime) -> bool:
     """Nothing to say about this peer but its counters: direct, answering, a fresh handshake."""
+    # `health` must say "up": a peer not probed (a static one, or before the first probe) is listed.
     return (
         peer.path == "direct"
         and peer.relay is None
-        and peer.health in (None, "up")
+        and peer.health == "up"
         and peer.last_handshake is not None
         and now - peer.last_handshake < HANDSHAKE_FRESH
     )
@@ -106,16 +107,18 @@ def condense(report: StatusReport, node_ids: Mapping[str, NodeId], now: datetime
             listed.append(peer)
     # A range runs over the netmap's peers in id order while they are nominal; ids between that are no
     # peer of this netmap (deleted nodes, this node) do not break it, a peer that is not nominal does.
+    if not nominal:
+        return report
     ranges: list[tuple[NodeId, NodeId]] = []
-    run: list[NodeId] = []
+    run: tuple[NodeId, NodeId] | None = None
     for node_id in sorted(node_ids.values()):
         if node_id in nominal:
-            run = [run[0], node_id] if run else [node_id, node_id]
+            run = (run[0], node_id) if run else (node_id, node_id)
         elif run:
-            ranges.append((run[0], run[1]))
-            run = []
+            ranges.append(run)
+            run = None
     if run:
-        ranges.append((run[0], run[1]))
+        ranges.append(run)
     handshakes = [p.last_handshake for p in nominal.values() if p.last_handshake is not None]
     summary = NominalPeers(
         ranges=ranges,

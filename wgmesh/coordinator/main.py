@@ -265,6 +265,7 @@ def run(argv: Sequence[str]) -> int:
     app = create_app(registry, settings)
     # What was made so far (modules, schemas, the app) lives as long as the process: frozen, no full
     # collection walks it again; and collections come ~70 times less often (GC_THRESHOLDS).
+    gc.collect()  # start-up's garbage, so that freezing keeps none of it for good
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     malloc.map_large_blocks()  # before serving: the blocks a burst frees go back to the system (malloc.py)
