@@ -45,6 +45,17 @@ class Follower(threading.Thread):
             self.error = exc
 
 
+def holds(follower: Follower, version: int) -> None:
+    """Wait until the follower holds `version` (30 s: a ceiling, not a pace; the condition ends it)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not follower.answers or follower.answers[-1][1] < version):
+        assert follower.error is None, follower.error
+        time.sleep(0.02)
+    assert follower.answers and follower.answers[-1][1] >= version, (
+        f"the follower never got version {version}"
+    )
+
+
 @pytest.fixture
 def paced(coordinator: Api) -> Iterator[float]:
     assert isinstance(coordinator, InProcessCoordinator)
@@ -70,24 +81,34 @@ def test_a_burst_of_versions_costs_an_agent_a_few_answers(
             for i in range(VERSIONS):  # each report moves the endpoint: a version each
                 r = node.post("/api/v1/status", json={"endpoints": [f"198.51.100.{i + 1}:51820"]})
                 assert r.status_code == 200 and r.json()["changed"], r.text
+        ended = time.monotonic()
         last = version(admin)
-        burst = time.monotonic() - began
+        burst = ended - began
         assert last - first >= VERSIONS
-        deadline = time.monotonic() + 30  # a ceiling, not a pace: the condition ends the wait
-        while time.monotonic() < deadline and (not follower.answers or follower.answers[-1][1] < last):
-            assert follower.error is None, follower.error
-            time.sleep(0.02)
+        holds(follower, last)
+        answers = len(follower.answers)
+        # Once the versions are a gap old there is no burst: a change then reaches the follower at once,
+        # though the burst emptied its bucket.
+        while time.monotonic() < ended + paced * 1.2:
+            time.sleep(0.05)
+        with coordinator.node(other.credential) as node:
+            changed_at = time.monotonic()
+            assert node.post("/api/v1/status", json={"endpoints": ["198.51.100.200:51820"]}).json()["changed"]
+        holds(follower, last + 1)
+        after = follower.answers[answers:]
+        assert after[0][0] - changed_at < 0.5, (
+            f"answered {after[0][0] - changed_at:.2f} s after a lone change"
+        )
     finally:
         follower.stop.set()
         follower.join(timeout=10)
     assert follower.error is None, follower.error
-    assert follower.answers and follower.answers[-1][1] == last, "the follower never got the last version"
-    during = [v for at, v in follower.answers]
+    during = [v for _, v in follower.answers[:answers]]
     # Its burst at once, then one answer per gap (one agent waits: the gap is GAP).
     ceiling = BURST + burst / paced + 2
     print(f"{len(during)} answers for {last - first} versions posted in {burst:.2f} s")
     assert len(during) <= ceiling, f"{len(during)} answers for {last - first} versions in {burst:.2f} s"
     assert len(during) < last - first, "every version was answered on its own"
-    paced_at = [at for at, _ in follower.answers[int(BURST) - 1 :]]
+    paced_at = [at for at, _ in follower.answers[int(BURST) - 1 : answers]]
     gaps = [b - a for a, b in itertools.pairwise(paced_at)]
     assert all(g >= paced * 0.9 for g in gaps), f"answers closer than the gap: {gaps}"

@@ -51,15 +51,37 @@ def test_no_gap_means_no_pacing() -> None:
     assert delay(Bucket(tokens=-5.0, at=0.0), 0.0, 0.0) == 0.0
 
 
+def burst(seconds: float) -> int:
+    """`recent` in a burst: a hundred versions whatever the window."""
+    return 100
+
+
 def test_the_pacer_keeps_a_bucket_per_node_and_forgets_idle_ones() -> None:
     pacer = Pacer(share=1.0)
     a, b = NodeId(1), NodeId(2)
     for _ in range(int(BURST)):
         pacer.answered(a, 0.0, waiters=2)
-    assert pacer.delay(a, 0.0, waiters=2) == pytest.approx(2.0)
-    assert pacer.delay(b, 0.0, waiters=2) == 0.0
+    assert pacer.delay(a, 0.0, waiters=2, recent=burst) == pytest.approx(2.0)
+    assert pacer.delay(b, 0.0, waiters=2, recent=burst) == 0.0
     assert len(pacer) == 1
     # The buckets are swept every 4,096 answers: one untouched for FORGET_AFTER is dropped.
     for _ in range(4096 - int(BURST)):
         pacer.answered(b, pacing.FORGET_AFTER + 1.0, waiters=2)
-    assert len(pacer) == 1 and pacer.delay(a, pacing.FORGET_AFTER + 1.0, waiters=2) == 0.0
+    assert len(pacer) == 1 and pacer.delay(a, pacing.FORGET_AFTER + 1.0, waiters=2, recent=burst) == 0.0
+
+
+def test_out_of_a_burst_nobody_waits_whatever_their_bucket() -> None:
+    """A change after a burst goes to everyone at once, though the burst emptied their buckets."""
+    pacer = Pacer(share=1.0)
+    a = NodeId(1)
+    for _ in range(int(BURST) + 2):
+        pacer.answered(a, 0.0, waiters=4)
+    windows: list[float] = []
+
+    def two_versions(seconds: float) -> int:
+        windows.append(seconds)
+        return int(BURST) - 1
+
+    assert pacer.delay(a, 0.0, waiters=4, recent=two_versions) == 0.0
+    assert windows == [4.0]  # the versions are counted over one gap
+    assert pacer.delay(a, 0.0, waiters=4, recent=lambda s: int(BURST)) > 4.0

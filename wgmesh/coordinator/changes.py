@@ -47,6 +47,17 @@ class ChangeNotifier:
         committed = self._committed.get(version)
         return None if committed is None else time.monotonic() - committed
 
+    def committed_within(self, seconds: float) -> int:
+        """How many versions this process heard of in the last `seconds` (up to KEPT_COMMITS)."""
+        since = time.monotonic() - seconds
+        count = 0
+        with self._commits_lock:
+            for at in reversed(self._committed.values()):
+                if at < since:
+                    break
+                count += 1
+        return count
+
     def stop(self) -> None:
         """The server is stopping (on the loop): wake every waiter, for good."""
         self.stopping = True

@@ -106,7 +106,8 @@ async def _long_poll(
         if snapshot.version != since:
             # Paced in a burst of versions (coordinator/pacing.py): held back, the answer takes every
             # version committed meanwhile. Never past the request's deadline, never while stopping.
-            hold = min(pacer.delay(node_id, loop.time(), notifier.waiters), deadline - loop.time())
+            due = pacer.delay(node_id, loop.time(), notifier.waiters, notifier.committed_within)
+            hold = min(due, deadline - loop.time())
             if hold > 0 and not notifier.stopping:
                 await notifier.hold(hold)
                 continue
