@@ -20,6 +20,8 @@ from wgmesh.models import (
     Topology,
 )
 from wgmesh.topology import build_topology
+from wgmesh.topology_summary import ReportDigest, digest_report
+from wgmesh.values import NodeId
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -86,3 +88,13 @@ def topology(
         now=NOW,
         groups=groups or [],
     )
+
+
+def digests_of(nodes: list[Node], statuses: list[NodeStatus]) -> dict[NodeId, ReportDigest]:
+    """Each report as the coordinator keeps it for the summary (stored as JSON, then digested)."""
+    by_name = {n.name: n.id for n in nodes}
+    keys = {n.public_key: n.id for n in nodes}
+    return {
+        by_name[s.node]: digest_report(s.report.model_dump(mode="json"), keys, s.reported_at)
+        for s in statuses
+    }

@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 
 import pytest
 from topologies import NOW, node, topology
+from topologies import digests_of as digests
 
 from wgmesh.agent import reporting
 from wgmesh.models import Network, Node, NodeStatus, NominalPeers, PeerStatus, StatusReport
 from wgmesh.topology import HANDSHAKE_FRESH, ha_member_health, report_entries
-from wgmesh.topology_summary import ReportDigest, digest_report, link_states_of, node_links, tally_links
+from wgmesh.topology_summary import link_states_of, node_links, tally_links
 from wgmesh.values import NodeId
 
 FRESH = NOW - timedelta(seconds=20)
@@ -70,15 +71,6 @@ def mesh(seed: int, n: int = 70) -> tuple[list[Node], list[NodeStatus], list[Nod
         whole.append(NodeStatus(node=a.name, reported_at=NOW, report=full))
         condensed.append(NodeStatus(node=a.name, reported_at=NOW, report=short))
     return nodes, whole, condensed
-
-
-def digests(nodes: list[Node], statuses: list[NodeStatus]) -> dict[NodeId, ReportDigest]:
-    by_name = {n.name: n.id for n in nodes}
-    keys = {n.public_key: n.id for n in nodes}
-    return {
-        by_name[s.node]: digest_report(s.report.model_dump(mode="json"), keys, s.reported_at)
-        for s in statuses
-    }
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -8,15 +8,13 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from topologies import NOW, node, report, route, topology
+from topologies import NOW, digests_of, node, report, route, topology
 
 from wgmesh.models import LinkState, Network, Node, NodeStatus, PeerStatus
 from wgmesh.topology import HANDSHAKE_FRESH
 from wgmesh.topology_summary import (
     FULL_VIEW_MAX,
     LinkTally,
-    ReportDigest,
-    digest_report,
     filter_rows,
     link_states_of,
     node_links,
@@ -68,15 +66,6 @@ def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
             made.model_copy(update={"reported_at": rng.choice([NOW, NOW - timedelta(seconds=150)])})
         )
     return nodes, statuses
-
-
-def digests_of(nodes: list[Node], statuses: list[NodeStatus]) -> dict[NodeId, ReportDigest]:
-    by_name = {n.name: n.id for n in nodes}
-    keys = {n.public_key: n.id for n in nodes}
-    return {
-        by_name[s.node]: digest_report(s.report.model_dump(mode="json"), keys, s.reported_at)
-        for s in statuses
-    }
 
 
 def online(nodes: list[Node]) -> set[NodeId]:
