@@ -1049,9 +1049,15 @@ def run_size(
             coordinator, size, db, report_interval, steady, db_pid=pg_pid, heartbeats=heartbeats,
             whole_peers=whole_peers,
         )  # fmt: skip
-        return asyncio.run(run.run())
+        result = asyncio.run(run.run())
     finally:
         coordinator.stop()
+    if result.failure is not None or result.server_errors:
+        # The work directory goes with the run: keep the coordinator's log of a failed size to read.
+        kept = Path(tempfile.gettempdir()) / f"wgmesh-scale-{db}-{size}-{os.getpid()}.log"
+        shutil.copyfile(coordinator.log, kept)
+        print(f"  coordinator log kept at {kept}", flush=True)
+    return result
 
 
 def fmt(value: float) -> str:
