@@ -1,3 +1,10 @@
 """wgmesh: a WireGuard mesh manager for interconnecting cloud networks."""
 
+import sys
+
 __version__ = "0.1.0"
+
+# httpx imports its own command line (click, rich, pygments: 5 MB of every process's memory, on a gateway
+# whose agent should stay small) whenever click is installed, as it is beside uvicorn. No wgmesh program
+# runs httpx's command line: a None entry makes that one import fail, and httpx falls back to its stub.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

@@ -46,12 +46,9 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Libraries log every request and job run at INFO; that is noise next to our own events.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    # The HTTP client logs every request at INFO; that is noise next to our own events.
+    for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    # Every agent job runs with max_instances=1 and coalescing, so a run skipped because the previous one is
-    # still busy (a 0.25 s path tick during a large apply) is the design, not a fault worth a warning.
-    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.ERROR, root.level))
 
 
 def kv(**fields: Any) -> dict[str, dict[str, Any]]:

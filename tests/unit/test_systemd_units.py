@@ -488,9 +488,9 @@ def test_coordinator_and_relay_serve_under_memory_deny_write_execute(tmp_path: P
 
 @needs_x86_64
 def test_agent_side_programs_start_under_memory_deny_write_execute() -> None:
-    """The agent's imports (pyroute2, cryptography, apscheduler, uvloop) and the programs it runs."""
+    """The agent's imports (pyroute2, cryptography, uvloop) and the programs it runs."""
     imports = (
-        "import apscheduler.schedulers.background, httpx, pyroute2, uvloop\n"
+        "import httpx, pyroute2, uvloop\n"
         "from wgmesh import keys\n"
         "import wgmesh.agent.main\n"
         "keys.generate_keypair()\n"

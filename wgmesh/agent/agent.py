@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from wgmesh import keys, malloc, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
@@ -32,6 +30,7 @@ from wgmesh.agent.route_guard import WidthBound
 from wgmesh.agent.state import Enrollment, StateDir
 from wgmesh.agent.sync import NetmapFollower
 from wgmesh.agent.system.underlay import eth0_address, protected_addresses, underlay_mtu
+from wgmesh.agent.ticker import Ticker
 from wgmesh.errors import IdentityError, NotFoundError, UnreachableError, ValidationError, WgmeshError
 from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
@@ -89,7 +88,7 @@ class Agent:
         """Each peer's path as the last path tick saw it for reports (a change sends a report)."""
         self.netmap: NetMap | None = None
         self.reachable = False
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.ticker = Ticker()
         self.state.prepare()
         self.keypair = self.state.private_key()
         self.dataplane = DataPlane(
@@ -679,16 +678,7 @@ class Agent:
 
     def report_soon(self) -> None:
         """Run the status job now instead of at its next tick."""
-        job = self.scheduler.get_job("status")
-        if job is not None:
-            job.modify(next_run_time=_now())
-
-    def _every(self, job: Callable[[], None], seconds: float, name: str, *, at_once: bool = False) -> None:
-        """Run `job` every `seconds` on the scheduler, never two at once, missed runs folded into one."""
-        extra: dict[str, object] = {"next_run_time": _now()} if at_once else {}
-        self.scheduler.add_job(
-            job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True, **extra
-        )
+        self.ticker.soon("status")
 
     def run(self) -> None:
         """Bring the data plane up from the cache, enroll if needed, then follow until stopped."""
@@ -698,9 +688,9 @@ class Agent:
         self.follower.restore()
         self.local.start()
         self.metrics.start(self.cfg.metrics_address)
-        self._every(self.report, STATUS_INTERVAL, "status", at_once=True)
-        self._every(self.reconcile, RECONCILE_INTERVAL, "reconcile")
-        self.scheduler.start()
+        self.ticker.every("status", self.report, STATUS_INTERVAL, at_once=True)
+        self.ticker.every("reconcile", self.reconcile, RECONCILE_INTERVAL)
+        self.ticker.start()
         try:
             enrollment = self.enroll()
             if enrollment.coordinator not in self.cfg.coordinator:
@@ -712,8 +702,8 @@ class Agent:
                 self.grant = cached
                 self.paths.use_grant(cached)
                 self.refresh_protected()
-            self._every(self.refresh_grant, GRANT_CHECK, "relay-grant", at_once=True)
-            self._every(self.path_tick, TICK, "paths")
+            self.ticker.every("relay-grant", self.refresh_grant, GRANT_CHECK, at_once=True)
+            self.ticker.every("paths", self.path_tick, TICK)
             if self.hook is not None:
                 self.hook.start()
             # Beside the follower, not before it: while the coordinator is away the statement retries with
@@ -722,7 +712,7 @@ class Agent:
             self.follower.run()
         finally:
             self.on_unwind()
-            self.scheduler.shutdown(wait=False)
+            self.ticker.stop()
             self.local.stop()
             self.metrics.stop()
             self.paths.stop()
