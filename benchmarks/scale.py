@@ -552,9 +552,7 @@ class Fleet:
         while not self.stopping:
             agent.waiting_since = agent.version
             try:
-                r = await agent.client.get(
-                    self.netmap_path, params={"since": agent.version, "wait": POLL_WAIT}
-                )
+                r = await self.poll(agent.client, {"since": agent.version, "wait": POLL_WAIT})
             except httpx.TransportError as exc:
                 agent.waiting_since = -1
                 self.count("netmap", exc)
@@ -681,9 +679,18 @@ class Fleet:
         agent.report_wanted = bool(r.json()["report_wanted"])
         return agent.report_wanted
 
+    async def poll(self, client: httpx.AsyncClient, params: dict[str, int]) -> httpx.Response:
+        """One long-poll; once more at once when the coordinator closed the kept-alive connection as the
+        request went out on it, as the agent's client does (wgmesh/api_client.py)."""
+        try:
+            return await client.get(self.netmap_path, params=params)
+        except httpx.RemoteProtocolError as exc:
+            self.retried[f"netmap {type(exc).__name__}"] += 1
+        return await client.get(self.netmap_path, params=params)
+
     async def post(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
-        """POST a report or heartbeat; once more on a dropped connection, as the agent does: uvicorn closes a
-        connection idle for 5 s, a report comes every 10 s, and the close can cross the next request."""
+        """POST a report or heartbeat; once more on a dropped connection, as the agent does: the coordinator
+        closes an idle connection (after 35 s), and the close can cross the next request."""
         for attempt in range(2):
             try:
                 return await client.post(path, content=body, headers={"content-type": "application/json"})

@@ -65,7 +65,7 @@ PEER_FIELDS = {
     "reason",
     "health",
 }
-ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with", "decided_by"}
+ROUTE_FIELDS = {"prefix", "gateway", "state", "reason", "conflicts_with", "decided_by", "alias"}
 
 
 @dataclass

@@ -280,6 +280,13 @@ def undo_schema_10(conn: SqlConnection) -> None:
     conn.execute("DROP TABLE sessions")
 
 
+def undo_schema_13(conn: SqlConnection) -> None:
+    """Turn a database this code made into what version 12 wrote: no aliases, no alias pool."""
+    conn.execute("ALTER TABLE routes DROP COLUMN alias")
+    conn.execute("ALTER TABLE routes DROP COLUMN alias_by")
+    conn.execute("ALTER TABLE networks DROP COLUMN alias_pool")
+
+
 def undo_schema_12(conn: SqlConnection) -> None:
     """Turn a database this code made into what version 11 wrote: nodes without a site."""
     conn.execute("ALTER TABLE nodes DROP COLUMN site")
@@ -295,6 +302,7 @@ def undo_schema_down_to(conn: SqlConnection, version: int) -> None:
     """Turn a database this code made into what `version` (at least 2) wrote, its version rows included:
     each later version undone, newest first."""
     undo: dict[int, Sequence[str | Callable[[SqlConnection], None]]] = {
+        13: (undo_schema_13,),
         12: (undo_schema_12,),
         11: (undo_schema_11,),
         10: (undo_schema_10,),

@@ -171,11 +171,14 @@ class ApiClient:
         methods) or surely did nothing. A rate limit is one coordinator's answer, not its absence.
         """
         again = method in IDEMPOTENT if retry is None else retry
+        # On the same coordinator, only what HTTP itself calls idempotent (a POST marked safe to retry,
+        # enrollment, goes to the next coordinator instead, as before).
+        resend = method in IDEMPOTENT and retry is not False
         tries = failover.attempts(self._choice)
         for attempt in range(tries):
             url = self._pick()
             try:
-                return self._send(url, method, path, json=json, params=params, timeout=timeout)
+                return self._send(url, method, path, json=json, params=params, timeout=timeout, again=resend)
             except RateLimitedError:
                 raise
             except UnreachableError as exc:
@@ -195,10 +198,12 @@ class ApiClient:
         json: object,
         params: dict[str, str] | None,
         timeout: float | None,
+        again: bool = False,
     ) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.bearer}"} if self.bearer else {}
-        try:
-            response = self._http.request(
+
+        def send() -> httpx.Response:
+            return self._http.request(
                 method,
                 url + path,
                 json=json,
@@ -206,6 +211,17 @@ class ApiClient:
                 headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
+
+        try:
+            try:
+                response = send()
+            except httpx.RemoteProtocolError:
+                if not again:
+                    raise
+                # The coordinator closed a kept-alive connection as this request went out on it (its
+                # idle timer and our request crossed): nothing was answered, and the request may be
+                # sent once more on a new connection, as HTTP clients do for idempotent requests.
+                response = send()
         except httpx.TimeoutException as exc:
             waited = timeout if timeout is not None else self.timeout
             error = UnreachableError(f"coordinator {url} did not answer within {waited:g} s")

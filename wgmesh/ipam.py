@@ -107,6 +107,13 @@ def endpoint_refusal(address: IpAddress, overlay: Prefix) -> str | None:
     return None
 
 
+def check_alias_pool(pool: Prefix, overlay: Prefix) -> None:
+    """Refuse a pool no alias could come from: one that overlaps the overlay or unroutable space."""
+    reason = unroutable_reason(pool, overlay)
+    if reason:
+        raise ValidationError(f"alias pool: {reason}", code="invalid_alias_pool")
+
+
 def allocate_alias(prefix: Prefix, pool: Prefix, taken: Iterable[Prefix]) -> Prefix | None:
     """The first block of `prefix`'s length inside `pool` that overlaps none of `taken`, or None.
 
@@ -215,9 +222,8 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
         identical = [c for c in held.by_prefix.get(published, ()) if c.gateway != claim.gateway]
         other_site = next((c for c in identical if c.site_name != claim.site_name), None)
         if overlapping is not None:
-            verdicts.append(
-                RouteVerdict(claim, "conflict", f"{published} overlaps {overlapping.label}", overlapping)
-            )
+            reason = f"{published} overlaps {overlapping.label}"
+            verdicts.append(RouteVerdict(claim, "conflict", reason + _alias_hint(claim), overlapping))
         elif other_site is not None:
             verdicts.append(
                 RouteVerdict(
@@ -225,7 +231,7 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
                     "conflict",
                     f"{published} is already advertised by {other_site.label} of site "
                     f"{other_site.site_name}, {claim.gateway} serves site {claim.site_name}: only "
-                    "gateways of one site form an HA group (wgmesh-agent --site)",
+                    "gateways of one site form an HA group (wgmesh-agent --site)" + _alias_hint(claim),
                     other_site,
                 )
             )
@@ -242,6 +248,17 @@ def classify_routes(overlay: Prefix, claims: Iterable[RouteClaim]) -> list[Route
             verdicts.append(RouteVerdict(claim, "active", ""))
         held.add(claim)
     return verdicts
+
+
+def _alias_hint(claim: RouteClaim) -> str:
+    """How a conflict is resolved when two VPCs overlap: publish this one under an alias."""
+    if claim.alias is not None:
+        return ""  # its alias is what collides: another alias, not a hint, is the way out
+    return (
+        f"; to reach both, publish this one under an alias: wgmesh routes alias {claim.prefix} "
+        f"--node {claim.gateway} --as PREFIX (same length), or give the network an alias pool: "
+        "wgmesh network set --alias-pool PREFIX"
+    )
 
 
 class _Held:

@@ -21,7 +21,16 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from wgmesh import errors, ipam, keys, pins, printable, rates, values
-from wgmesh.values import FailoverCode, Liveness, NodeId, P2PPolicy, PathKind, RefusalCode, RouteState
+from wgmesh.values import (
+    AliasSource,
+    FailoverCode,
+    Liveness,
+    NodeId,
+    P2PPolicy,
+    PathKind,
+    RefusalCode,
+    RouteState,
+)
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^[a-z0-9]([a-z0-9_.:-]{0,62})$")
@@ -180,6 +189,11 @@ class Network(Model):
         max_length=256,
         description="Advertised prefixes inside one of these are approved (private, CGNAT, ULA space only)",
     )
+    alias_pool: PrefixField | None = Field(
+        None,
+        description="Where a prefix that conflicts with an earlier one of another site gets its alias from "
+        "(null: conflicts stay until an admin or the agent gives one)",
+    )
 
 
 class NetworkPatch(Model):
@@ -191,6 +205,10 @@ class NetworkPatch(Model):
     auto_approve: list[PrefixField] | None = Field(
         None, max_length=256, description="The network's auto-approve rule, replaced whole ([] clears it)"
     )
+    alias_pool: PrefixField | None = Field(
+        None, description="The network's alias pool; conflicting prefixes get aliases from it at once"
+    )
+    clear_alias_pool: bool = Field(False, description="Remove the alias pool (aliases given stay)")
 
 
 class Node(Model):
@@ -257,6 +275,19 @@ class Route(Answer):
         "token), 'network' (the network's auto-approve rule) or 'upgrade' (routed before approvals existed); "
         "null while pending",
     )
+    alias: PrefixField | None = Field(
+        None,
+        description="Where the other sites reach this prefix (1:1 prefix translation at its gateway); "
+        "null: at the prefix itself",
+    )
+    alias_by: AliasSource | None = Field(
+        None, description="Who gave the alias: the gateway's agent, an admin, or the network's alias pool"
+    )
+
+    @property
+    def published(self) -> values.Prefix:
+        """The prefix the other sites route to this gateway: its alias, else the prefix itself."""
+        return self.alias if self.alias is not None else self.prefix
 
 
 class RouteDecision(Model):
@@ -264,6 +295,16 @@ class RouteDecision(Model):
 
     prefix: PrefixField
     reason: Printable = Field("", max_length=200)
+
+
+class RouteAlias(Model):
+    """An admin's alias for one prefix a node advertises: where the other sites reach it."""
+
+    prefix: PrefixField
+    alias: PrefixField | None = Field(
+        description="A prefix of the same family and length; null: back to the prefix itself (or to an "
+        "alias from the network's pool while the prefix is in conflict)"
+    )
 
 
 class PairPolicy(Model):
@@ -759,11 +800,25 @@ class NodePatch(Model):
     mtu: Mtu | None = Field(None, description="Ceiling on the tunnel MTU, 1280-9000; null: the network's")
 
 
+class AliasStatement(Model):
+    """A gateway's own alias for one of its subnets (`wgmesh-agent --advertise PREFIX=ALIAS`)."""
+
+    prefix: PrefixField
+    alias: PrefixField
+
+
 class SubnetsUpdate(Model):
-    """A gateway's statement of what it serves: its full list of advertised subnets and its site."""
+    """A gateway's statement of what it serves: its full list of advertised subnets, its site, and the
+    aliases it names for some of them."""
 
     subnets: list[PrefixField] = Field(max_length=1024)
     site: Name | None = Field(None, description="The site (VPC) the gateway serves; null: a site of its own")
+    aliases: list[AliasStatement] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="Where the other sites reach some of `subnets`; an alias an admin set stays, one "
+        "the agent named before and names no more goes",
+    )
 
 
 class RouteList(Model):

@@ -180,11 +180,12 @@ def endpoint_candidates(node: Node) -> list[Endpoint]:
 
 
 def active_routes_by_gateway(routes: Sequence[Route]) -> dict[NodeId, list[Prefix]]:
-    """Each gateway's active prefixes, in advertisement order."""
+    """Each gateway's active prefixes as the other sites route them (an alias, else the prefix), in
+    advertisement order."""
     out: dict[NodeId, list[Prefix]] = defaultdict(list)
     for route in routes:
         if route.state == "active":
-            out[route.gateway_id].append(route.prefix)
+            out[route.gateway_id].append(route.published)
     return out
 
 

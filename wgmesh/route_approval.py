@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from wgmesh import ipam
-from wgmesh.values import Decision, Prefix, RouteState
+from wgmesh.values import AliasSource, Decision, Prefix, RouteState
 
 AUTO_APPROVABLE: tuple[Prefix, ...] = (
     ipaddress.ip_network("10.0.0.0/8"),
@@ -53,6 +53,17 @@ class Claim:
     token_allows: tuple[Prefix, ...] = ()
     site: str | None = None
     """The site the gateway serves (`ipam.RouteClaim.site`); None: a site of its own."""
+    alias: Prefix | None = None
+    """Where the other sites reach `prefix` (`ipam.RouteClaim.alias`); None: at itself."""
+    alias_by: AliasSource | None = None
+
+    @property
+    def published(self) -> Prefix:
+        return self.alias if self.alias is not None else self.prefix
+
+    @property
+    def site_name(self) -> str:
+        return self.site if self.site is not None else self.gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +107,23 @@ def approval(
     if held_by is not None:
         return (
             "pending",
-            f"{prefix} is already routed by {held_by}: joining it needs an admin's approval",
+            f"{claim.published} is already routed by {held_by}: joining it needs an admin's approval",
             None,
         )
+    found = _by_rule(prefix, claim, network_allows)
+    if found[0] != "approved" or claim.alias is None or claim.alias_by != "agent":
+        # An alias from an admin or from the network's pool is the admin's own choice; one the agent
+        # names is what the other sites will route into it, and a rule must allow it as well.
+        return found
+    alias = _by_rule(claim.alias, claim, network_allows)
+    if alias[0] != "approved":
+        return "pending", f"its alias: {alias[1]}", None
+    return found
+
+
+def _by_rule(
+    prefix: Prefix, claim: Claim, network_allows: Sequence[Prefix]
+) -> tuple[Approval, str, str | None]:
     if not auto_approvable(prefix):
         return "pending", f"{prefix} is outside private, CGNAT and ULA space: needs an admin's approval", None
     if (rule := _covering(prefix, claim.token_allows)) is not None:
@@ -117,18 +142,27 @@ def judge_routes(
     rule, so a pending or rejected claim can neither keep a later one out nor make it an HA claim.
     """
     approvals: list[tuple[Approval, str, str | None]] = []
-    holders: dict[Prefix, str] = {}
+    holders: dict[Prefix, Claim] = {}
     for claim in claims:
-        holder = holders.get(claim.prefix)
-        found = approval(claim, network_allows, holder if holder not in (None, claim.gateway) else None)
+        # Joining a gateway of the same site that holds the published prefix makes an HA member, which
+        # may carry the site's traffic: an admin decides. The same prefix from another site is no join:
+        # it is judged as any claim, and classification calls it a conflict (it carries nothing) until
+        # an alias moves what it publishes.
+        holder = holders.get(claim.published)
+        joins = (
+            holder.gateway
+            if holder is not None and holder.gateway != claim.gateway and holder.site_name == claim.site_name
+            else None
+        )
+        found = approval(claim, network_allows, joins)
         if found[0] == "approved":
-            holders.setdefault(claim.prefix, claim.gateway)
+            holders.setdefault(claim.published, claim)
         approvals.append(found)
     classified = iter(
         ipam.classify_routes(
             overlay,
             [
-                ipam.RouteClaim(c.prefix, c.gateway, c.site)
+                ipam.RouteClaim(c.prefix, c.gateway, c.site, c.alias)
                 for c, a in zip(claims, approvals, strict=True)
                 if a[0] == "approved"
             ],

@@ -232,7 +232,8 @@ def _shadows(nodes: Sequence[Node], statuses: Mapping[NodeId, NodeStatus]) -> li
 
 def ha_groups(nodes: Sequence[Node], routes: Sequence[Route]) -> list[HaGroup]:
     """Every HA group of the network, sorted by prefix: an active route with at least one standby of the
-    same prefix from a gateway of its site; members are the active gateway, then the standbys.
+    same prefix from a gateway of its site; members are the active gateway, then the standbys. A group's
+    prefix is what the other sites route: its alias when the site's prefix has one.
 
     `routes` are the verdicts in claim order (the registry's classification), which is the standbys'
     order. Only approved claims are active or standby (route_approval), so a group holds only those.
@@ -242,7 +243,7 @@ def ha_groups(nodes: Sequence[Node], routes: Sequence[Route]) -> list[HaGroup]:
     for route in routes:
         if route.state in ("active", "standby"):
             site = site_of.get(route.gateway_id, route.gateway)
-            found.setdefault((route.prefix, site), []).append(route)
+            found.setdefault((route.published, site), []).append(route)
     groups = []
     for (prefix, site), claims in found.items():
         primary = [r.gateway_id for r in claims if r.state == "active"]

@@ -194,6 +194,12 @@ AUDITED: list[tuple[str, str, dict[str, Any] | None, str]] = [
         "audited-a",
     ),
     ("POST", "/api/v1/nodes/{node}/routes/approve", {"prefix": "198.51.100.0/24"}, "audited-a"),
+    (
+        "POST",
+        "/api/v1/nodes/{node}/routes/alias",
+        {"prefix": "198.51.100.0/24", "alias": "198.51.101.0/24"},
+        "audited-a",
+    ),
     ("POST", "/api/v1/nodes", {"name": "audited-b", "public_key": "<key>"}, "audited-b"),
     ("PATCH", "/api/v1/nodes/{node}", {"rate": "10mbit"}, "audited-a"),
     ("POST", "/api/v1/nodes/{node}/rotate-key", None, "audited-a"),

@@ -70,6 +70,7 @@ def test_init_takes_the_admin_token_from_the_environment_and_prints_none(tmp_pat
         "listen_port": 51820,
         "mtu": 1420,
         "auto_approve": [],
+        "alias_pool": None,
     }
 
 

@@ -136,10 +136,20 @@ ADDED_BY_SCHEMA_12 = {
 }
 # No schema change: a report stored before agents left nominal peers out lists every peer.
 ADDED_BY_CONDENSED_REPORTS = {"report": {"nominal": None}}
+# Aliases (issue 20): every route is published at its own prefix, and the network has no alias pool.
+ADDED_BY_SCHEMA_13 = {"route": {"alias": None, "alias_by": None}, "network": {"alias_pool": None}}
 
 
 def schema_12_route(route: dict[str, Any]) -> dict[str, Any]:
-    """A route as schema 12 judges it: a standby of another gateway (so of another site) is a conflict."""
+    """A route as schema 12 judges it: a standby of another gateway (so of another site) is a conflict;
+    and as schema 13 words a conflict: with how an alias resolves it."""
+    hint = (
+        f"; to reach both, publish this one under an alias: wgmesh routes alias {route['prefix']} --node "
+        f"{route['gateway']} --as PREFIX (same length), or give the network an alias pool: wgmesh network "
+        "set --alias-pool PREFIX"
+    )
+    if route["state"] == "conflict":
+        return {**route, "reason": route["reason"] + hint}
     if route["state"] != "standby":
         return route
     other = route["conflicting_with"]
@@ -149,7 +159,7 @@ def schema_12_route(route: dict[str, Any]) -> dict[str, Any]:
         f"{prefix} is already advertised by {other} of site {site}, {gateway} serves site {gateway}: only "
         "gateways of one site form an HA group (wgmesh-agent --site)"
     )
-    return {**route, "state": "conflict", "reason": reason}
+    return {**route, "state": "conflict", "reason": reason + hint}
 
 
 def own_key(name: str) -> str:
@@ -160,7 +170,10 @@ def own_key(name: str) -> str:
 def upgraded(kind: str, value: Any) -> Any:
     """A manifest value (written at schema 2) as the current code serves it."""
     if kind in ("netmap", "cached_netmap"):
-        route = ADDED_BY_SCHEMA_7["route" if kind == "netmap" else "cached_route"]
+        route = {
+            **ADDED_BY_SCHEMA_7["route" if kind == "netmap" else "cached_route"],
+            **ADDED_BY_SCHEMA_13["route"],
+        }
         lifecycle = (
             ADDED_BY_SCHEMA_9["cached_netmap"]
             if kind == "cached_netmap"
@@ -180,11 +193,16 @@ def upgraded(kind: str, value: Any) -> Any:
             ],
         }
     if kind == "route":
-        return schema_12_route({**value, **ADDED_BY_SCHEMA_7[kind]})
+        return schema_12_route({**value, **ADDED_BY_SCHEMA_7[kind], **ADDED_BY_SCHEMA_13[kind]})
     if kind == "token":
         return {**value, **ADDED_BY_SCHEMA_7[kind], **ADDED_BY_SCHEMA_9[kind]}
     if kind == "network":
-        return {**value, **ADDED_BY_SCHEMA_3["network"], **ADDED_BY_SCHEMA_7["network"]}
+        return {
+            **value,
+            **ADDED_BY_SCHEMA_3["network"],
+            **ADDED_BY_SCHEMA_7["network"],
+            **ADDED_BY_SCHEMA_13["network"],
+        }
     if kind == "status":
         report = {
             **value["report"],
@@ -257,6 +275,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     }  # 9: no rotation asked, no replacement
     added |= {("sessions", c.name) for c in schema.sessions.columns}  # 10: no one logged in yet
     added |= {("tokens", "enrolled_node"), ("tokens", "enrolled_at")}  # 11: enrollments long over
+    added |= {("routes", "alias"), ("routes", "alias_by"), ("networks", "alias_pool")}  # 13: no aliases
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [
@@ -388,7 +407,8 @@ def test_netmaps_static_export_relay_key_and_topology_build(
     assert grant["coordinator_key"] == REGISTRY["relay_coordinator_key"]  # same master secret
     assert grant["relays"] == [{**r, **ADDED_BY_RELAY_PINS} for r in REGISTRY["agent_grant"]["relays"]]
     warnings = get(admin, "/api/v1/topology")["warnings"]
-    assert "route 10.2.128.0/24@gw-c is inactive: 10.2.128.0/24 overlaps 10.2.0.0/16@gw-b" in warnings
+    inactive = "route 10.2.128.0/24@gw-c is inactive: 10.2.128.0/24 overlaps 10.2.0.0/16@gw-b; to reach both"
+    assert any(w.startswith(inactive) and "wgmesh routes alias 10.2.128.0/24" in w for w in warnings)
     assert "gw-agent does not install 10.20.0.0/24: it overlaps a local subnet on eth1" in warnings, warnings
 
 

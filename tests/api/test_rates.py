@@ -26,6 +26,7 @@ from coordinator_harness import (
     undo_schema_10,
     undo_schema_11,
     undo_schema_12,
+    undo_schema_13,
 )
 
 from wgmesh.coordinator import schema
@@ -102,6 +103,7 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
     # Turn it into what version 1 wrote: no rate (version 2), MTU (version 3) or admin-token names
     # (version 4), version row 1.
     with sqlite3.connect(db) as conn:
+        undo_schema_13(conn)
         undo_schema_4(conn)
         undo_schema_7(conn)
         undo_schema_9(conn)

@@ -70,7 +70,7 @@ def test_set_refusals(wgmesh: Cli) -> None:
     r = wgmesh("network", "set")
     assert (r.code, r.one_line_error()) == (
         2,
-        "wgmesh: nothing to change: give --p2p, --mtu and/or --auto-approve",
+        "wgmesh: nothing to change: give --p2p, --mtu, --auto-approve and/or --alias-pool",
     )
     r = wgmesh("network", "set", "--p2p", "sometimes")
     assert r.code == 2

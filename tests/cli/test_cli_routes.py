@@ -58,7 +58,9 @@ def test_approve_and_reject_from_the_command_line(
 ) -> None:
     r = wgmesh("routes", "approve", PUBLIC, "--node", "gw-a", "--reason", "the [bold]relay[/bold]")
     assert r.code == 0, r.err
-    assert f"{PUBLIC}@gw-a: active" in r.out and "[bold]relay[/bold]" not in r.out  # escaped, shown as text
+    assert (
+        f"{PUBLIC} at gw-a: active" in r.out and "[bold]relay[/bold]" not in r.out
+    )  # escaped, shown as text
     assert PUBLIC in peers_by_name(netmap(coordinator, gateways["gw-b"]))["gw-a"]["allowed_ips"]
     doc = wgmesh("routes", "reject", PUBLIC, "--node", "gw-a", "--reason", "changed my mind", "--json").json()
     assert (doc["state"], doc["reason"], doc["decided_by"]) == ("rejected", "changed my mind", "env")

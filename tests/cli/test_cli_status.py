@@ -213,6 +213,7 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
         "reason": "",
         "conflicts_with": None,
         "decided_by": "token",  # its enrollment token allows 10/8 (issue 16)
+        "alias": None,  # reached at itself (issue 20)
     }
     assert routes[("10.2.0.0/16", "gw-c")]["decided_by"] == "env"  # the HA claim an admin approved
     conflict = routes[("10.1.5.0/24", "gw-b")]

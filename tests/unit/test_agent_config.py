@@ -153,3 +153,38 @@ def test_ha_flags_and_their_refusals(tmp_path: Path) -> None:
     (tmp_path / "ha.toml").write_text('site = "vpc3"\nha_preempt_after = 12\non_primary = "hook primary"\n')
     from_file = _load(["--coordinator", "http://198.18.0.1:8080", "--config", str(tmp_path / "ha.toml")])
     assert (from_file.site, from_file.ha_preempt_after, from_file.hook) == ("vpc3", 12.0, ("hook", "primary"))
+
+
+def test_advertise_may_name_an_alias_in_flags_and_file(tmp_path: Path) -> None:
+    cfg = _load(
+        [
+            "--coordinator",
+            "http://x",
+            "--advertise",
+            "172.31.0.0/16=10.201.0.0/16",
+            "--advertise",
+            "10.9.0.0/24",
+        ]
+    )
+    assert cfg.advertise == (ip_network("172.31.0.0/16"), ip_network("10.9.0.0/24"))
+    assert cfg.aliases == {ip_network("172.31.0.0/16"): ip_network("10.201.0.0/16")}
+    path = tmp_path / "agent.toml"
+    path.write_text('coordinator = "http://x"\nadvertise = ["172.31.0.0/16 = 10.201.0.0/16"]\n')
+    assert _load(["--config", str(path)]).aliases == {
+        ip_network("172.31.0.0/16"): ip_network("10.201.0.0/16")
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("172.31.0.0/16=10.201.0.0/24", "of its family and length"),
+        ("172.31.0.0/16=fd00::/16", "of its family and length"),
+        ("172.31.0.0/16=10.201.0.1/16", "10.201.0.1/16"),
+        ("172.31.0.0/16=", "172.31.0.0/16"),
+    ],
+)
+def test_a_bad_alias_is_refused_with_the_reason(entry: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _load(["--coordinator", "http://x", "--advertise", entry])
+    assert message in caught.value.message

@@ -224,7 +224,9 @@ def test_identical_prefix_from_another_site_is_a_conflict_naming_the_gateway_and
     assert verdicts[1].other == claim("10.2.0.0/24", "gw2", "vpc2")
     assert verdicts[1].reason == (
         "10.2.0.0/24 is already advertised by 10.2.0.0/24@gw2 of site vpc2, gw3 serves site vpc3: only "
-        "gateways of one site form an HA group (wgmesh-agent --site)"
+        "gateways of one site form an HA group (wgmesh-agent --site); to reach both, publish this one "
+        "under an alias: wgmesh routes alias 10.2.0.0/24 --node gw3 --as PREFIX (same length), or give "
+        "the network an alias pool: wgmesh network set --alias-pool PREFIX"
     )
 
 
@@ -261,7 +263,7 @@ def test_overlap_makes_the_later_route_a_conflict_naming_the_earlier(first: str,
     verdicts = ipam.classify_routes(OVERLAY4, [claim(first, "gw-a"), claim(second, "gw-b")])
     assert states(verdicts) == ["active", "conflict"]
     assert verdicts[1].other == claim(first, "gw-a")
-    assert verdicts[1].reason == f"{second} overlaps {first}@gw-a"
+    assert verdicts[1].reason.startswith(f"{second} overlaps {first}@gw-a; to reach both, publish ")
 
 
 def test_overlay_overlap_is_rejected_and_blocks_nothing() -> None:
@@ -445,8 +447,9 @@ def classify_by_scanning(overlay: Prefix, claims: list[RouteClaim]) -> list[Rout
         identical = [h for h in held if h.prefix == c.prefix and h.gateway != c.gateway]
         other_site = next((h for h in identical if h.site_name != c.site_name), None)
         if overlapping is not None:
+            hint = ipam._alias_hint(c)  # the wording is not what this compares
             verdicts.append(
-                RouteVerdict(c, "conflict", f"{c.prefix} overlaps {overlapping.label}", overlapping)
+                RouteVerdict(c, "conflict", f"{c.prefix} overlaps {overlapping.label}{hint}", overlapping)
             )
         elif other_site is not None:
             verdicts.append(RouteVerdict(c, "conflict", "(other site)", other_site))

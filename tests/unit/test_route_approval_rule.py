@@ -8,7 +8,7 @@ import pytest
 
 from wgmesh import route_approval
 from wgmesh.route_approval import AdminDecision, Claim, approval, judge_routes
-from wgmesh.values import Prefix
+from wgmesh.values import AliasSource, Prefix
 
 OVERLAY = ipaddress.ip_network("100.96.0.0/16")
 
@@ -131,3 +131,51 @@ def test_a_gateway_deleted_leaves_its_ha_partner_to_the_rules() -> None:
     """Without gw-a's claim, gw-b's is no longer joining anyone: its token decides (documented)."""
     verdicts = judge_routes(OVERLAY, [claim("10.1.0.0/16", "gw-b", allows=("10.1.0.0/16",))])
     assert [v.state for v in verdicts] == ["active"]
+
+
+# --- aliases (issue 20) ---------------------------------------------------------------------------------
+
+
+def aliased(
+    prefix: str,
+    gateway: str,
+    alias: str,
+    by: AliasSource,
+    *,
+    allows: tuple[str, ...] = (),
+    site: str | None = None,
+) -> Claim:
+    return Claim(p(prefix), gateway, None, tuple(p(a) for a in allows), site, p(alias), by)
+
+
+def test_the_same_prefix_from_another_site_is_no_join_but_a_conflict_until_aliased() -> None:
+    rules = (p("10.0.0.0/8"),)
+    first = claim("10.1.0.0/24", "gw1", site="vpc1")
+    same_site = claim("10.1.0.0/24", "gw1b", site="vpc1")
+    other_site = claim("10.1.0.0/24", "gw2", site="vpc2")
+    got = judge_routes(OVERLAY, [first, same_site, other_site], rules)
+    assert [v.state for v in got] == ["active", "pending", "conflict"]
+    assert "joining it needs an admin's approval" in got[1].reason
+    assert "wgmesh routes alias 10.1.0.0/24 --node gw2" in got[2].reason
+    moved = aliased("10.1.0.0/24", "gw2", "10.201.0.0/24", "pool", site="vpc2")
+    got = judge_routes(OVERLAY, [first, moved], rules)
+    assert [v.state for v in got] == ["active", "active"]
+
+
+def test_an_alias_the_agent_names_needs_a_rule_of_its_own_one_from_an_admin_or_the_pool_does_not() -> None:
+    allows = ("10.1.0.0/16",)
+    cases: tuple[tuple[AliasSource, str], ...] = (
+        ("agent", "pending"),
+        ("admin", "active"),
+        ("pool", "active"),
+    )
+    for by, state in cases:
+        got = judge_routes(OVERLAY, [aliased("10.1.0.0/24", "gw2", "10.201.0.0/24", by, allows=allows)])
+        assert got[0].state == state, by
+    got = judge_routes(OVERLAY, [aliased("10.1.0.0/24", "gw2", "10.201.0.0/24", "agent", allows=allows)])
+    assert got[0].reason == "its alias: no rule allows 10.201.0.0/24: needs an admin's approval"
+    both = ("10.1.0.0/16", "10.201.0.0/16")
+    got = judge_routes(OVERLAY, [aliased("10.1.0.0/24", "gw2", "10.201.0.0/24", "agent", allows=both)])
+    assert got[0].state == "active"
+    public = judge_routes(OVERLAY, [aliased("10.1.0.0/24", "gw2", "8.8.8.0/24", "agent", allows=allows)])
+    assert public[0].state == "pending" and "outside private" in public[0].reason

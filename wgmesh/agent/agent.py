@@ -351,7 +351,7 @@ class Agent:
         backoff = Backoff()
         while not self.stop.is_set():
             try:
-                verdicts = self.client.advertise(subnets, self.cfg.site)
+                verdicts = self.client.advertise(subnets, self.cfg.site, self.cfg.aliases)
             except UnreachableError:
                 # Fail-static: the data plane runs from the cache; advertise once the coordinator is back.
                 self.stop.wait(backoff.next_delay())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import httpx
 
 from wgmesh.api_client import ApiClient
 from wgmesh.models import (
+    AliasStatement,
     EnrollRequest,
     EnrollResponse,
     Heartbeat,
@@ -116,10 +117,21 @@ class CoordinatorClient(ApiClient):
         """The relays and a fresh relay ticket for this node."""
         return self.call("GET", "/api/v1/node/relay", RelayGrant)
 
-    def advertise(self, subnets: Sequence[Prefix], site: str | None = None) -> list[Route]:
-        """Replace this node's advertised subnets and state its site (None: a site of its own); returns
-        the coordinator's verdict on each subnet."""
-        # No site, no field: a coordinator from before sites (which refuses unknown fields) still answers.
-        body = SubnetsUpdate(subnets=list(subnets), site=site).model_dump(mode="json", exclude_none=True)
+    def advertise(
+        self,
+        subnets: Sequence[Prefix],
+        site: str | None = None,
+        aliases: Mapping[Prefix, Prefix] | None = None,
+    ) -> list[Route]:
+        """Replace this node's advertised subnets, state its site (None: a site of its own) and the
+        aliases it names; returns the coordinator's verdict on each subnet."""
+        update = SubnetsUpdate(
+            subnets=list(subnets),
+            site=site,
+            aliases=[AliasStatement(prefix=p, alias=a) for p, a in (aliases or {}).items()],
+        )
+        # No site or aliases, no field: a coordinator from before them (it refuses unknown fields) answers.
+        body = update.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+        body.setdefault("subnets", [])
         response = self.request("PUT", "/api/v1/node/subnets", json=body)
         return self.parse(response, "/api/v1/node/subnets", RouteList).routes

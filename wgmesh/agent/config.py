@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
@@ -30,6 +31,8 @@ class AgentConfig:
     name: str
     token: str | None = field(default=None, repr=False)
     advertise: tuple[Prefix, ...] = ()
+    aliases: Mapping[Prefix, Prefix] = field(default_factory=dict)
+    """Aliases this gateway names for some of `advertise` (`--advertise PREFIX=ALIAS`, issue 20)."""
     listen_port: int = 51820
     interface: str = "wgmesh0"
     backend: Backend = "auto"
@@ -88,6 +91,28 @@ def _hostname_label() -> str:
     return "".join(c if c.isalnum() or c == "-" else "-" for c in label).strip("-")[:63] or "node"
 
 
+def parse_advertised(entries: Iterable[object]) -> tuple[tuple[Prefix, ...], dict[Prefix, Prefix]]:
+    """`--advertise` entries, `PREFIX` or `PREFIX=ALIAS`: the prefixes in order, and the aliases named."""
+    prefixes: list[Prefix] = []
+    aliases: dict[Prefix, Prefix] = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValidationError("advertise must be a list of CIDR strings", code="invalid_config")
+        text, equals, alias_text = entry.partition("=")
+        prefix = ipam.parse_cidr(text.strip())
+        prefixes.append(prefix)
+        if equals:
+            if not alias_text.strip():
+                raise ValidationError(f"--advertise {entry}: an alias after '='", code="invalid_config")
+            alias = ipam.parse_cidr(alias_text.strip())
+            try:
+                ipam.RouteClaim(prefix, "-", alias=alias)
+            except ValueError as exc:
+                raise ValidationError(f"--advertise {entry}: {exc}", code="invalid_config") from None
+            aliases[prefix] = alias
+    return tuple(prefixes), aliases
+
+
 def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> AgentConfig:
     """Merge the config file (if any) with the flags that were given; validate the result."""
     values: dict[str, Any] = {}
@@ -137,7 +162,7 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
         check_name(values["name"])
     except ValueError as exc:
         raise ValidationError(f"--name {values['name']!r}: {exc}", code="invalid_config") from exc
-    values["advertise"] = tuple(ipam.parse_cidr(c) for c in values.get("advertise", ()))
+    values["advertise"], values["aliases"] = parse_advertised(values.get("advertise", ()))
     if values.get("site") is not None:
         try:
             check_name(str(values["site"]))

@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise",
         action="append",
         default=[],
-        metavar="CIDR",
-        help="a subnet this gateway routes for (repeatable). Stated to the coordinator at every start as "
+        metavar="CIDR[=ALIAS]",
+        help="a subnet this gateway routes for (repeatable); with =ALIAS (same length), the other sites "
+        "reach it at ALIAS, translated here (VPCs whose CIDRs overlap). Stated to the coordinator at every start as "
         "this gateway's whole list: a subnet no longer given is withdrawn, and with none (here or in the "
         "config file) every subnet of this node is withdrawn, including one an admin set through the API",
     )

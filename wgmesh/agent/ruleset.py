@@ -107,8 +107,8 @@ class FirewallSpec:
     masquerade_to: MssGroup | None = None
     """Prefixes whose tunnel traffic is masqueraded (an HA group's, agent/ha.py); its `mtu` is unused."""
     translations: tuple[Translation, ...] = ()
-    """VPC prefixes this gateway serves under an alias, kept sorted: the digest must not depend on the
-    order they came in (issue 20: netmaps do not carry aliases yet, so no agent asks for one)."""
+    """VPC prefixes this gateway serves under an alias (its netmap's own routes), kept sorted: the digest
+    must not depend on the order they came in."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "translations", tuple(sorted(self.translations)))
@@ -143,9 +143,24 @@ def desired_firewall(
             path = mtus.path_mtu(own_mtu, peer_mtu.get(key, mtus.DEFAULT_MTU))
             by_mtu.setdefault(path, []).extend(peer.allowed_ips)
         clamps = tuple(_group(m, tuple(prefixes)) for m, prefixes in sorted(by_mtu.items()) if prefixes)
-    own = tuple(str(g.prefix) for g in netmap.ha_groups if netmap.node_id in g.members)
+    translations = own_translations(netmap)
+    # Traffic into an HA prefix is addressed to the VPC's own prefix once translated (dnat runs first).
+    real_of = {t.alias: t.real for t in translations}
+    own = tuple(
+        real_of.get(str(g.prefix), str(g.prefix)) for g in netmap.ha_groups if netmap.node_id in g.members
+    )
     masquerade_to = _group(0, own) if ha_masquerade and own and not masquerade else None
-    return FirewallSpec(ifname, masquerade, clamps, masquerade_to)
+    return FirewallSpec(ifname, masquerade, clamps, masquerade_to, translations)
+
+
+def own_translations(netmap: NetMap) -> tuple[Translation, ...]:
+    """The 1:1 prefix translations this gateway runs: its routed prefixes that have an alias (an HA
+    standby's too, so that it takes over with them in place)."""
+    return tuple(
+        Translation(str(r.prefix), str(r.alias))
+        for r in netmap.routes
+        if r.alias is not None and r.state in ("active", "standby")
+    )
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,4 +1,5 @@
-"""`wgmesh network`: the network-wide settings (P2P policy, default tunnel MTU, the auto-approve rule).
+"""`wgmesh network`: the network-wide settings (P2P policy, default tunnel MTU, the auto-approve rule,
+the alias pool).
 
 NetworkPatch also takes `listen_port`, but nothing reads the network's listen port (each node keeps the
 one it enrolled with), so the CLI offers no flag that would look like it changes something.
@@ -13,7 +14,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from wgmesh.cli import connection
-from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, prefixes_arg, print_json, stdout
+from wgmesh.cli.common import CommandGroup, Subparsers, mtu_arg, prefix_arg, prefixes_arg, print_json, stdout
 from wgmesh.errors import ValidationError
 from wgmesh.models import Network
 from wgmesh.values import P2PPolicy
@@ -51,6 +52,18 @@ def register(sub: Subparsers) -> None:
         metavar="PREFIX[,…]",
         help="approve every node's routes inside these prefixes; none clears the rule",
     )
+    p.add_argument(
+        "--alias-pool",
+        type=pool_arg,
+        metavar="PREFIX|none",
+        help="give every prefix in conflict with another site's an alias from this pool, at once and "
+        "from then on (aliases given stay when the pool changes); none removes the pool",
+    )
+
+
+def pool_arg(text: str) -> str:
+    """argparse type of `--alias-pool`: a prefix, or `none` to remove the pool."""
+    return "none" if text.strip().lower() == "none" else prefix_arg(text)
 
 
 def network_detail(network: Network) -> RenderableType:
@@ -64,6 +77,7 @@ def network_detail(network: Network) -> RenderableType:
         ("p2p", network.p2p),
         ("MTU", f"{network.mtu} (default tunnel MTU)"),
         ("auto-approve", ", ".join(str(p) for p in network.auto_approve) or "none"),
+        ("alias pool", str(network.alias_pool) if network.alias_pool is not None else "none"),
     ):
         grid.add_row(label, value)
     return grid
@@ -89,13 +103,23 @@ def cmd_set(args: argparse.Namespace) -> int:
         body["mtu"] = args.mtu
     if args.auto_approve is not None:
         body["auto_approve"] = args.auto_approve
+    if args.alias_pool == "none":
+        body["clear_alias_pool"] = True
+    elif args.alias_pool is not None:
+        body["alias_pool"] = args.alias_pool
     if not body:
-        raise ValidationError("nothing to change: give --p2p, --mtu and/or --auto-approve", code="usage")
+        raise ValidationError(
+            "nothing to change: give --p2p, --mtu, --auto-approve and/or --alias-pool", code="usage"
+        )
     with connection.connect(args) as client:
         network = client.call("PATCH", "/api/v1/network", Network, json=body)
     if args.json:
         print_json(network.model_dump(mode="json"))
     else:
         rule = ", ".join(str(p) for p in network.auto_approve) or "none"
-        stdout().print(f"network {network.name}: p2p {network.p2p}, MTU {network.mtu}, auto-approve {rule}")
+        pool = str(network.alias_pool) if network.alias_pool is not None else "none"
+        stdout().print(
+            f"network {network.name}: p2p {network.p2p}, MTU {network.mtu}, auto-approve {rule}, "
+            f"alias pool {pool}"
+        )
     return 0

@@ -303,6 +303,11 @@ def peers_table(node: NodeView, now: datetime, width: int = 80) -> RenderableTyp
     return _pick(width, wide, narrow, lines)
 
 
+def routed_as(prefix: Prefix, alias: Prefix | None) -> str:
+    """A prefix as the other sites reach it: `172.31.0.0/16 as 10.201.0.0/16` when it has an alias."""
+    return str(prefix) if alias is None else f"{prefix} as {alias}"
+
+
 def route_detail_text(prefix: Prefix, reason: str, conflicts_with: str | None) -> str:
     """The reason without the prefix it starts with, and the route it collides with if not named."""
     detail = reason.removeprefix(f"{prefix} ")
@@ -346,7 +351,7 @@ def routes_table(
         return Text("no routes advertised", style="dim")
     notes = notes or {}
     groups = _by_gateway(routes)
-    prefix_w = max(len(str(r.prefix)) for r in routes)
+    prefix_w = max(len(routed_as(r.prefix, r.alias)) for r in routes)
     state_w = max(len(r.state) for r in routes)
     detail_w = width - ROUTE_INDENT - prefix_w - state_w - 4  # two spaces between columns
     if detail_w < DETAIL_MIN:
@@ -360,7 +365,7 @@ def routes_table(
         table.add_column("DETAIL", max_width=detail_w, overflow="fold")
         for route in group:
             table.add_row(
-                cell(route.prefix),
+                cell(routed_as(route.prefix, route.alias)),
                 Text(route.state, style=STATE_STYLE.get(route.state, "")),
                 Text(escape(route_detail(route))),
             )
@@ -376,7 +381,7 @@ def _routes_lines(
     for gateway, group in groups:
         lines.append(_heading(gateway, group, notes))
         for route in group:
-            line = Text(f"  {route.prefix} ")
+            line = Text(f"  {routed_as(route.prefix, route.alias)} ")
             line.append(route.state, style=STATE_STYLE.get(route.state, ""))
             lines.append(line)
             detail = route_detail(route)

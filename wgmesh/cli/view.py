@@ -52,6 +52,7 @@ class RouteView(View):
     reason: str
     conflicts_with: str | None
     decided_by: str | None = None
+    alias: PrefixField | None = None  # where the other sites reach it (issue 20)
 
 
 class StatusView(View):
@@ -108,6 +109,7 @@ def route_view(route: TopologyRoute) -> RouteView:
         reason=reason,
         conflicts_with=conflicts_with,
         decided_by=route.decided_by,
+        alias=route.alias,
     )
 
 

@@ -66,6 +66,7 @@ from wgmesh.models import (
     PairPolicy,
     RelayGrant,
     RevocationList,
+    RouteAlias,
     RouteDecision,
     RouteList,
     SessionInfo,
@@ -315,6 +316,17 @@ OPERATIONS: list[Operation] = [
         body=RouteDecision,
         response=RouteAnswer,
         audit="route.reject",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/nodes/{node}/routes/alias",
+        admin.alias_route,
+        "Publish a prefix the node advertises under an alias of the same length (1:1 prefix translation at "
+        "the gateway), or back at itself",
+        "admin",
+        body=RouteAlias,
+        response=RouteAnswer,
+        audit="route.alias",
     ),
     Operation(
         "GET",

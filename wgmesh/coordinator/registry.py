@@ -184,6 +184,7 @@ def _network(conn: Connection) -> Network:
         listen_port=row["listen_port"],
         mtu=row["mtu"],
         auto_approve=row["auto_approve"] or [],
+        alias_pool=row["alias_pool"],
     )
 
 
@@ -275,14 +276,22 @@ def _snapshot_nodes(conn: Connection, prior: NodeRows) -> tuple[list[Node], Node
 
 def _claim(row: tuple[Any, ...]) -> route_approval.Claim:
     """One route row (`_classify`'s columns, in order) as the claim the rules judge."""
-    prefix, _node_id, decision, decided_by, decision_reason, name, site, allow_subnets = row
+    prefix, _node_id, decision, decided_by, decision_reason, name, site, allow_subnets, alias, alias_by = row
     admin = (
         route_approval.AdminDecision(decision, decided_by or "", decision_reason or "")
         if decision in ("approved", "rejected")
         else None
     )
     allows = tuple(ipam.parse_cidr(p) for p in allow_subnets or ())
-    return route_approval.Claim(ipam.parse_cidr(prefix), name, admin, allows, site)
+    return route_approval.Claim(
+        ipam.parse_cidr(prefix),
+        name,
+        admin,
+        allows,
+        site,
+        ipam.parse_cidr(alias) if alias is not None else None,
+        alias_by,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,19 +304,24 @@ class HeldRoutes:
     routes: tuple[Route, ...]
 
 
-ROUTE_FIELDS = ("prefix", "gateway", "gateway_id", "state", "reason", "conflicting_with", "decided_by")
+ROUTE_FIELDS = (
+    "prefix",
+    "gateway",
+    "gateway_id",
+    "state",
+    "reason",
+    "conflicting_with",
+    "decided_by",
+    "alias",
+    "alias_by",
+)
 """Everything a Route holds: two with equal values here are the same route (_classify keeps the held one)."""
 
 
-def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = None) -> HeldRoutes:
-    """Every route with its verdict, ordered as listed; `prior`: what the last snapshot held.
-
-    A snapshot holds the prior one's routes while their rows and the network's rules stand (a status
-    report's version moves neither), and a route judged the same keeps its Route: 64 snapshots held
-    each their own 1,000 routes, parsed prefixes and reasons was ~110 MB at 1,000 nodes.
-    """
+def _route_rows(conn: Connection) -> tuple[tuple[Any, ...], ...]:
+    """Every route row with its gateway's name, site and token rules, oldest first (`_claim` reads them)."""
     r, n = schema.routes.c, schema.nodes.c
-    rows = tuple(
+    return tuple(
         tuple(row)
         for row in conn.execute(
             select(
@@ -319,16 +333,28 @@ def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = Non
                 n.name,
                 n.site,
                 n.allow_subnets,
+                r.alias,
+                r.alias_by,
             )
             .join(schema.nodes, n.id == r.node_id)
             .order_by(r.id)
         )
     )
+
+
+def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = None) -> HeldRoutes:
+    """Every route with its verdict, ordered as listed; `prior`: what the last snapshot held.
+
+    A snapshot holds the prior one's routes while their rows and the network's rules stand (a status
+    report's version moves neither), and a route judged the same keeps its Route: 64 snapshots held
+    each their own 1,000 routes, parsed prefixes and reasons was ~110 MB at 1,000 nodes.
+    """
+    rows = _route_rows(conn)
     rules = (str(network.overlay_cidr), tuple(network.auto_approve))
     if prior is not None and prior.rows == rows and prior.rules == rules:
         return prior
     claims = [_claim(row) for row in rows]
-    gateway_ids = {name: node_id for _prefix, node_id, _d, _by, _why, name, _site, _allows in rows}
+    gateway_ids = {row[5]: row[1] for row in rows}  # name -> node id
     verdicts = route_approval.judge_routes(network.overlay_cidr, claims, network.auto_approve)
     held = (
         {tuple(getattr(route, f) for f in ROUTE_FIELDS): route for route in prior.routes}
@@ -345,10 +371,115 @@ def _classify(conn: Connection, network: Network, prior: HeldRoutes | None = Non
             "reason": v.reason,
             "conflicting_with": v.other.label if v.other else None,
             "decided_by": v.decided_by,
+            "alias": v.claim.alias,
+            "alias_by": v.claim.alias_by,
         }
         route = held.get(tuple(fields[f] for f in ROUTE_FIELDS))
         routes.append(route if route is not None else Route.model_validate(fields))
     return HeldRoutes(rows, rules, tuple(routes))
+
+
+def _give_aliases(conn: Connection) -> int:
+    """Give every route in conflict with an earlier one of another site an alias from the network's pool;
+    returns how many it gave.
+
+    Called by every write that may make a conflict (routes stated or listed, a decision, the pool set).
+    One at a time, oldest first: an alias moves what its route publishes, which may end a later
+    conflict. A site's gateways of one prefix share its alias, so they stay an HA group; an alias avoids
+    the overlay, every prefix the mesh routes and every VPC's own (a host inside one would take it for
+    its own network). A pool without room leaves the conflict as it is.
+    """
+    network = _network(conn)
+    pool = network.alias_pool
+    if pool is None:
+        return 0
+    rows = _route_rows(conn)
+    given = 0
+    for _ in range(len(rows)):  # a route gets at most one alias: the routes bound the rounds
+        claims = [_claim(row) for row in rows]
+        verdicts = route_approval.judge_routes(network.overlay_cidr, claims, network.auto_approve)
+        index = next((i for i, v in enumerate(verdicts) if _wants_alias(v)), None)
+        if index is None:
+            break
+        target = claims[index]
+        shared = next(
+            (
+                c.alias
+                for c in claims
+                if c.alias is not None and c.prefix == target.prefix and c.site_name == target.site_name
+            ),
+            None,
+        )
+        taken = [network.overlay_cidr, *(c.prefix for c in claims), *(c.alias for c in claims if c.alias)]
+        alias = shared if shared is not None else ipam.allocate_alias(target.prefix, pool, taken)
+        if alias is None:
+            break
+        conn.execute(
+            update(schema.routes)
+            .where(schema.routes.c.node_id == rows[index][1], schema.routes.c.prefix == str(target.prefix))
+            .values(alias=str(alias), alias_by="pool")
+        )
+        given += 1
+        rows = _route_rows(conn)
+    return given
+
+
+def _wants_alias(verdict: route_approval.Verdict) -> bool:
+    """A route without an alias in conflict with one of another site (one of its own site's is no VPC
+    overlap, and an alias would not mend it)."""
+    other = verdict.other
+    return (
+        verdict.state == "conflict"
+        and verdict.claim.alias is None
+        and other is not None
+        and other.site_name != verdict.claim.site_name
+    )
+
+
+AliasColumns = tuple[str | None, str | None]
+"""A route row's alias and who gave it, as stored."""
+
+
+def _check_stated_aliases(subnets: Sequence[Prefix], stated: Mapping[Prefix, Prefix]) -> None:
+    for prefix, alias in stated.items():
+        if prefix not in subnets:
+            raise ValidationError(f"an alias for {prefix}, which is not advertised", code="invalid_alias")
+        try:
+            ipam.RouteClaim(prefix, "-", alias=alias)
+        except ValueError as exc:
+            raise ValidationError(str(exc), code="invalid_alias") from None
+
+
+def _alias_rows(conn: Connection, node_id: NodeId) -> dict[str, AliasColumns]:
+    r = schema.routes.c
+    rows = conn.execute(select(r.prefix, r.alias, r.alias_by).where(r.node_id == node_id))
+    return {prefix: (alias, by) for prefix, alias, by in rows}
+
+
+def _alias_columns(current: AliasColumns, stated: Prefix | None) -> AliasColumns:
+    """A route's alias after its agent's statement: an admin's stays; the agent's own is what it states
+    now (none: gone); a pool's stays unless the agent names one."""
+    if current[1] == "admin":
+        return current
+    if stated is not None:
+        return str(stated), "agent"
+    if current[1] == "agent":
+        return None, None
+    return current
+
+
+def _alias_changes(
+    rows: Mapping[str, AliasColumns], stated: Mapping[Prefix, Prefix]
+) -> dict[str, AliasColumns]:
+    """The rows (by prefix) whose alias columns the statement changes, with their new values; a prefix
+    the statement adds has no row yet and starts without an alias."""
+    changes: dict[str, AliasColumns] = {}
+    for prefix in {*rows, *(str(p) for p in stated)}:
+        current = rows.get(prefix, (None, None))
+        wanted = _alias_columns(current, stated.get(ipam.parse_cidr(prefix)))
+        if wanted != current:
+            changes[prefix] = wanted
+    return changes
 
 
 def _own_routes(routes: Sequence[Route], node_id: int) -> list[Route]:
@@ -442,10 +573,17 @@ class Registry:
 
     def patch_network(self, patch: NetworkPatch) -> Network:
         """Change the network-wide P2P policy, default listen port, default tunnel MTU or auto-approve rule."""
-        values = patch.model_dump(mode="json", exclude_none=True)
+        values = patch.model_dump(mode="json", exclude_none=True, exclude={"clear_alias_pool"})
+        if patch.clear_alias_pool:
+            if patch.alias_pool is not None:
+                raise ValidationError("give an alias pool or clear it, not both", code="invalid_alias_pool")
+            values["alias_pool"] = None
+        if patch.alias_pool is not None:
+            ipam.check_alias_pool(patch.alias_pool, self.network().overlay_cidr)
         with self.store.write() as w:
             if values:
                 w.conn.execute(update(schema.networks).values(**values))
+            _give_aliases(w.conn)  # conflicts that were waiting for a pool (or a new auto-approval)
             return _network(w.conn)
 
     # --- tokens -------------------------------------------------------------------------------
@@ -597,6 +735,8 @@ class Registry:
                     node_id=node_id, prefix=str(prefix), created_at=now, **_approved(approved_by)
                 )
             )
+        if subnets:
+            _give_aliases(w.conn)
         return node_id
 
     def enroll(self, req: EnrollRequest) -> tuple[NodeId, str, NetMap]:
@@ -1024,19 +1164,27 @@ class Registry:
                 w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(**values))
             if patch.subnets is not None:
                 self._replace_subnets(w.conn, node_id, patch.subnets, approved_by=actor)
+                _give_aliases(w.conn)
             return self._node_by_id(w.conn, node_id)
 
     def set_own_subnets(
-        self, node_id: NodeId, subnets: Sequence[Prefix], site: str | None = None
+        self,
+        node_id: NodeId,
+        subnets: Sequence[Prefix],
+        site: str | None = None,
+        aliases: Mapping[Prefix, Prefix] | None = None,
     ) -> list[Route]:
         """A node states what it serves: its list becomes exactly `subnets` (empty withdraws all), its
-        site `site` (None: a site of its own, named after it).
+        site `site` (None: a site of its own, named after it), its own aliases `aliases`.
 
         Every agent states its set at every start, so the same statement again writes nothing and leaves
         the version alone: a fleet restart must not wake every long-poll. A new site is the node's own
         statement (its credential), written like its subnets, and reclassifies every route (an identical
-        prefix of its new site makes an HA group, of another a conflict). Returns the verdict on each.
+        prefix of its new site makes an HA group, of another a conflict). An alias an admin set stays
+        whatever the agent states (`_alias_columns`). Returns the verdict on each.
         """
+        stated = dict(aliases or {})
+        _check_stated_aliases(subnets, stated)
         with self.store.read() as conn:
             node = self._node_by_id(conn, node_id)
             wanted_site = site if site is not None else node.name
@@ -1045,6 +1193,7 @@ class Registry:
                 set(node.subnets) == set(subnets)
                 and len(set(subnets)) == len(subnets)
                 and node.site == wanted_site
+                and not _alias_changes(_alias_rows(conn, node_id), stated)
             ):
                 # A fleet's restart: a thousand of these, each judging every route, unless the routes
                 # the last snapshot judged stand (the rows are still read and compared).
@@ -1053,6 +1202,13 @@ class Registry:
             self._node_by_id(w.conn, node_id)
             self._replace_subnets(w.conn, node_id, subnets)
             w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(site=wanted_site))
+            for prefix, (alias, by) in _alias_changes(_alias_rows(w.conn, node_id), stated).items():
+                w.conn.execute(
+                    update(schema.routes)
+                    .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix == prefix)
+                    .values(alias=alias, alias_by=by)
+                )
+            _give_aliases(w.conn)
             return _own_routes(_classify(w.conn, _network(w.conn), self._routes).routes, node_id)
 
     def _replace_subnets(
@@ -1134,6 +1290,35 @@ class Registry:
             )
             if done.rowcount != 1:
                 raise NotFoundError(f"node {ref!r} does not advertise {prefix}", code="unknown_route")
+            _give_aliases(w.conn)
+            routes = _classify(w.conn, _network(w.conn), self._routes).routes
+        return next(r for r in routes if r.gateway_id == node_id and r.prefix == prefix)
+
+    def set_route_alias(self, ref: str, prefix: Prefix, alias: Prefix | None) -> Route:
+        """An admin publishes the prefix node `ref` advertises under `alias` (None: at itself again, or
+        at a pool's alias when it is still in conflict and the network has a pool); the route as judged.
+
+        The alias is part of the route: classified, approved and carried in netmaps like its prefix. Its
+        gateway translates between the two (agent/ruleset.py).
+        """
+        if alias is not None:
+            try:
+                ipam.RouteClaim(prefix, "-", alias=alias)
+            except ValueError as exc:
+                raise ValidationError(str(exc), code="invalid_alias") from None
+        with self.store.write() as w:
+            node_id = self._resolve(w.conn, ref)
+            done = w.conn.execute(
+                update(schema.routes)
+                .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix == str(prefix))
+                .values(
+                    alias=str(alias) if alias is not None else None,
+                    alias_by="admin" if alias is not None else None,
+                )
+            )
+            if done.rowcount != 1:
+                raise NotFoundError(f"node {ref!r} does not advertise {prefix}", code="unknown_route")
+            _give_aliases(w.conn)
             routes = _classify(w.conn, _network(w.conn), self._routes).routes
         return next(r for r in routes if r.gateway_id == node_id and r.prefix == prefix)
 

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -128,6 +128,13 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "UPDATE nodes SET site = name",
         _site_without_default,
     ),
+    # Aliases (issue 20): a VPC prefix published under another of its length (1:1 prefix translation at
+    # its gateway), set by an admin, by the agent, or drawn from the network's alias pool on a conflict.
+    13: (
+        "ALTER TABLE routes ADD COLUMN alias VARCHAR(64)",
+        "ALTER TABLE routes ADD COLUMN alias_by VARCHAR(8)",
+        "ALTER TABLE networks ADD COLUMN alias_pool VARCHAR(64)",
+    ),
 }
 
 metadata = MetaData()
@@ -170,6 +177,7 @@ networks = Table(
     # it, a new network is created with it), so readers never have to guess a default.
     Column("mtu", Integer),
     Column("auto_approve", JSON),  # since version 7: prefixes any node's routes are approved inside
+    Column("alias_pool", String(64)),  # since version 13: where aliases for conflicting prefixes come from
 )
 
 nodes = Table(
@@ -213,6 +221,10 @@ routes = Table(
     Column("decision", String(8)),
     Column("decided_by", String(80)),
     Column("decision_reason", String(200)),
+    # Since version 13: the prefix the other sites reach this one at (NULL: itself), and who chose it
+    # (agent, admin, pool).
+    Column("alias", String(64)),
+    Column("alias_by", String(8)),
     UniqueConstraint("node_id", "prefix", name="routes_node_prefix"),
     sqlite_autoincrement=True,
 )

@@ -31,6 +31,7 @@ from wgmesh.models import (
     PairList,
     Rate,
     Route,
+    RouteAlias,
     RouteDecision,
     RouteList,
     StatusList,
@@ -214,6 +215,15 @@ async def _decide_route(call: Call, verdict: Decision) -> Route:
     node, actor = call.param("node"), _actor(call)
     route = await run_in_threadpool(registry.decide_route, node, body.prefix, verdict, actor, body.reason)
     log.info("route decided", extra=kv(node=node, prefix=body.prefix, verdict=verdict, actor=actor))
+    return route
+
+
+async def alias_route(call: Call) -> Route:
+    registry = context(call.request).registry
+    body: RouteAlias = call.body
+    node = call.param("node")
+    route = await run_in_threadpool(registry.set_route_alias, node, body.prefix, body.alias)
+    log.info("route alias set", extra=kv(node=node, prefix=body.prefix, alias=body.alias, actor=_actor(call)))
     return route
 
 

@@ -164,7 +164,10 @@ async def put_own_subnets(call: Call) -> RouteList:
     registry = context(call.request).registry
     assert call.node_id is not None
     body: SubnetsUpdate = call.body
-    routes = await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets, body.site)
+    aliases = {a.prefix: a.alias for a in body.aliases}
+    if len(aliases) != len(body.aliases):
+        raise ValidationError("a prefix is given two aliases", code="invalid_alias")
+    routes = await run_in_threadpool(registry.set_own_subnets, call.node_id, body.subnets, body.site, aliases)
     return RouteList(routes=routes)
 
 
