@@ -30,6 +30,9 @@ from wgmesh.coordinator.store import Store
 from wgmesh.lab.wait import wait_until
 from wgmesh.pins import Pin
 
+WAKE_BUDGET = 0.5
+"""How soon after a change a held long-poll must answer (the notifier wakes it, nothing polls)."""
+
 ADMIN_TOKEN = "admin-token-0123456789"
 ENTRY = "from wgmesh.coordinator.main import main; main()"
 START_DEADLINE = 15.0

@@ -145,9 +145,10 @@ def tcp_transfer(
     *,
     timeout: float = 60.0,
     stall: float = 10.0,
+    address: str | None = None,
 ) -> float:
-    """Send `size` random bytes from one VPC host to another over TCP, check that byte count and digest
-    arrived intact, and return the seconds it took.
+    """Send `size` random bytes from one VPC host to another over TCP (at `address`, its alias, else at
+    its own address), check that byte count and digest arrived intact, and return the seconds it took.
 
     Fails saying how many bytes arrived when nothing new arrives for `stall` seconds (a TCP black hole
     does not recover by itself) or the whole transfer takes longer than `timeout`; the sender's TCP_INFO
@@ -164,7 +165,7 @@ def tcp_transfer(
             sys.executable,
             "-c",
             TCP_CLIENT,
-            str(dst.vm_ip),
+            address if address is not None else str(dst.vm_ip),
             str(port),
             str(size),
             str(scaled(timeout + 10)),

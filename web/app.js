@@ -749,7 +749,7 @@ function renderDetails() {
   const routes = state.topology.routes.filter((r) => r.gateway === node.name);
   $("#details-routes").replaceChildren(
     ...(routes.length
-      ? routes.map((r) => el("li", {}, `${r.prefix} `, pill(r.state), r.reason ? ` ${r.reason}` : ""))
+      ? routes.map((r) => el("li", {}, `${routedAs(r)} `, pill(r.state), r.reason ? ` ${r.reason}` : ""))
       : [el("li", { text: "no routes" })]),
   );
 }
@@ -900,6 +900,11 @@ function shadowText(s) {
   return `${s.node} does not install it: overlaps ${s.local_prefix || "a local subnet"} on ${s.interface}`;
 }
 
+// A prefix as the other sites reach it: "172.31.0.0/16 as 10.201.0.0/16" when it has an alias (issue 20).
+function routedAs(r) {
+  return r.alias ? `${r.prefix} as ${r.alias}` : r.prefix;
+}
+
 function renderRoutes() {
   const byGateway = new Map();
   for (const r of state.topology.routes) byGateway.set(r.gateway, [...(byGateway.get(r.gateway) || []), r]);
@@ -925,8 +930,8 @@ function renderRoutes() {
           : [];
       return el(
         "tr",
-        { class: `state-${r.state}${shadows.length ? " is-shadowed" : ""}`, "data-prefix": r.prefix, "data-state": r.state },
-        el("td", { class: "num", text: r.prefix }),
+        { class: `state-${r.state}${shadows.length ? " is-shadowed" : ""}`, "data-prefix": r.prefix, "data-alias": r.alias || "", "data-state": r.state },
+        el("td", { class: "num", text: routedAs(r) }),
         el("td", {}, pill(r.state), shadows.length ? " " : "", shadows.length ? pill("shadowed") : ""),
         el("td", {}, reason || "–", ...decide),
       );

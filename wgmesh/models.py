@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from bisect import bisect_right
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -611,8 +612,13 @@ class NominalPeers(Model):
 
     def covers(self, node_id: int) -> bool:
         """Whether `node_id` is in one of the ranges."""
-        i = bisect_right(self.ranges, (node_id, 1 << 62)) - 1
-        return i >= 0 and self.ranges[i][0] <= node_id <= self.ranges[i][1]
+        return ranges_cover(self.ranges, node_id)
+
+
+def ranges_cover(ranges: Sequence[tuple[int, int]], node_id: int) -> bool:
+    """Whether `node_id` lies in one of `ranges` (inclusive, ascending, apart: `NominalPeers.ranges`)."""
+    i = bisect_right(ranges, (node_id, 1 << 62)) - 1
+    return i >= 0 and ranges[i][0] <= node_id <= ranges[i][1]
 
 
 class StatusReport(Model):

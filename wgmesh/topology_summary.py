@@ -35,6 +35,7 @@ from wgmesh.models import (
     TopologyNodeRow,
     TopologyProblem,
     TopologySummary,
+    ranges_cover,
 )
 from wgmesh.topology import (
     HANDSHAKE_FRESH,
@@ -100,11 +101,7 @@ class ReportDigest:
 
     def covers(self, peer_id: int) -> bool:
         """Whether `peer_id` was left out as nominal (never a listed one)."""
-        ranges = self.nominal
-        if not ranges:
-            return False
-        j = bisect_right(ranges, (peer_id, math.inf)) - 1
-        return j >= 0 and ranges[j][0] <= peer_id <= ranges[j][1] and self.find(peer_id) is None
+        return bool(self.nominal) and ranges_cover(self.nominal, peer_id) and self.find(peer_id) is None
 
     def bits(self, peer_id: int, cutoff: float) -> int:
         """What this report says of its link to `peer_id`, as `tally_links` counts it (0: nothing)."""
@@ -258,8 +255,26 @@ def tally_links(
         i = slot[state]
         per_node[NodeId(low)][i] += 1
         per_node[NodeId(high)][i] += 1
-    # Pairs nobody listed: nominal on one side or both. Bit sets by position in `order` (ids are never
-    # reused, so after churn they may run far past the number of nodes).
+    direct, down = _tally_nominal(order, digests, cutoffs, listed_with, per_node)
+    total["direct"] += direct
+    total["down"] += down
+    n = len(known)
+    seen = total["direct"] + total["relay"] + total["down"]
+    total["unknown"] = n * (n - 1) // 2 - seen
+    return LinkTally(nodes=n, total=total, per_node=per_node)
+
+
+def _tally_nominal(
+    order: Sequence[NodeId],
+    digests: Mapping[NodeId, ReportDigest],
+    cutoffs: Mapping[NodeId, float],
+    listed_with: Mapping[int, list[int]],
+    per_node: dict[NodeId, list[int]],
+) -> tuple[int, int]:
+    """The pairs no report lists, nominal on one side or both, counted into `per_node` (direct, down);
+    returns the pairs direct and down. Bit sets by position in `order` (ids are never reused, so after
+    churn they may run far past the number of nodes): each reporter's own ranges as a row, and the
+    reporters whose ranges hold the node the sweep is at, less the pairs listed."""
     position = {node_id: i for i, node_id in enumerate(order)}
     everyone = (1 << len(order)) - 1
     listed_at: dict[int, int] = {}
@@ -279,32 +294,28 @@ def tally_links(
             events.setdefault(lo, []).append((at, fresh, +1))
             events.setdefault(hi + 1, []).append((at, fresh, -1))
         rows[at] = (row & ~(1 << at), fresh)
-    if rows:
-        direct_sum = down_sum = 0
-        held_fresh = held_stale = 0  # the reporters whose ranges hold the node the sweep is at
-        for at, node_id in enumerate(order):
-            for b, fresh, step in events.get(at, ()):
-                bit = 1 << b
-                if fresh:
-                    held_fresh = held_fresh | bit if step > 0 else held_fresh & ~bit
-                else:
-                    held_stale = held_stale | bit if step > 0 else held_stale & ~bit
-            own, own_fresh = rows.get(at, (0, False))
-            outside = everyone & ~((1 << at) | listed_at.get(at, 0))
-            fresh_set = ((own if own_fresh else 0) | held_fresh) & outside
-            stale_set = ((0 if own_fresh else own) | held_stale) & outside & ~fresh_set
-            direct, down = fresh_set.bit_count(), stale_set.bit_count()
-            counts = per_node[node_id]
-            counts[0] += direct
-            counts[2] += down
-            direct_sum += direct
-            down_sum += down
-        total["direct"] += direct_sum // 2
-        total["down"] += down_sum // 2
-    n = len(known)
-    seen = total["direct"] + total["relay"] + total["down"]
-    total["unknown"] = n * (n - 1) // 2 - seen
-    return LinkTally(nodes=n, total=total, per_node=per_node)
+    if not rows:
+        return 0, 0
+    direct_sum = down_sum = 0
+    held_fresh = held_stale = 0  # the reporters whose ranges hold the node the sweep is at
+    for at, node_id in enumerate(order):
+        for b, fresh, step in events.get(at, ()):
+            bit = 1 << b
+            if fresh:
+                held_fresh = held_fresh | bit if step > 0 else held_fresh & ~bit
+            else:
+                held_stale = held_stale | bit if step > 0 else held_stale & ~bit
+        own, own_fresh = rows.get(at, (0, False))
+        outside = everyone & ~((1 << at) | listed_at.get(at, 0))
+        fresh_set = ((own if own_fresh else 0) | held_fresh) & outside
+        stale_set = ((0 if own_fresh else own) | held_stale) & outside & ~fresh_set
+        direct, down = fresh_set.bit_count(), stale_set.bit_count()
+        counts = per_node[node_id]
+        counts[0] += direct
+        counts[2] += down
+        direct_sum += direct
+        down_sum += down
+    return direct_sum // 2, down_sum // 2
 
 
 # --- problems, groups, the summary ---------------------------------------------------------------------

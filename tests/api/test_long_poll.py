@@ -8,12 +8,19 @@ from typing import Any
 
 import httpx
 import pytest
-from coordinator_harness import Api, Enrolled, assert_error, create_token, enroll, netmap, version
+from coordinator_harness import (
+    WAKE_BUDGET,
+    Api,
+    Enrolled,
+    assert_error,
+    create_token,
+    enroll,
+    netmap,
+    version,
+)
 
 BACKENDS = ("sqlite", "postgresql")
 """Run on both databases, through the same code (tests/api/conftest.py)."""
-
-WAKE_BUDGET = 0.5
 
 
 class Poll(threading.Thread):

@@ -234,3 +234,30 @@ def test_a_vpc_served_under_an_alias_is_translated_both_ways() -> None:
 def test_a_translation_is_two_canonical_prefixes_of_one_family_and_length(real: str, alias: str) -> None:
     with pytest.raises(BackendError):
         ruleset.Translation(real, alias)
+
+
+def test_the_gateway_translates_its_own_aliased_routes_from_its_netmap() -> None:
+    """Issue 20: the netmap's own routes with an alias (routed: active or an HA standby) are the
+    translations; an HA group's prefix is the alias, and its masquerade goes to the VPC's own prefix."""
+
+    def own(prefix: str, state: str, alias: str | None) -> dict[str, object]:
+        return {"prefix": prefix, "gateway": "gw1", "gateway_id": 1, "state": state, "alias": alias}
+
+    routes = [
+        own("10.1.0.0/24", "active", "10.201.0.0/24"),
+        own("10.5.0.0/24", "standby", "10.205.0.0/24"),
+        own("10.6.0.0/24", "conflict", "10.206.0.0/24"),  # its alias collides: nothing to translate
+        own("10.7.0.0/24", "active", None),
+    ]
+    group = {"prefix": "10.205.0.0/24", "site": "vpc1", "members": [11, 1]}
+    nm = netmap(peer(2, ["10.2.0.0/24"]), routes=routes, ha_groups=[group])
+    assert ruleset.own_translations(nm) == (
+        ruleset.Translation("10.1.0.0/24", "10.201.0.0/24"),
+        ruleset.Translation("10.5.0.0/24", "10.205.0.0/24"),
+    )
+    spec = ruleset.desired_firewall(
+        "wg0", nm, desired_device(nm), 1420, masquerade=False, mss_clamp=False, ha_masquerade=True
+    )
+    assert spec.translations == ruleset.own_translations(nm)
+    assert spec.masquerade_to == MssGroup(0, ("10.5.0.0/24",))  # after dnat, the VPC's own address
+    assert ruleset.own_translations(netmap(peer(2, []))) == ()

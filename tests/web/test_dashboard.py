@@ -327,3 +327,23 @@ def test_disconnected_state_is_shown(dashboard: Any) -> None:
     expect(page.locator("#live")).to_have_attribute("data-state", "retrying")
     page.unroute("**/api/v1/events")
     expect(page.locator("#live")).to_have_text("live")
+
+
+def test_an_aliased_route_shows_where_it_is_reached(dashboard: Any, admin: httpx.Client) -> None:
+    """Issue 20: gw-c's conflicting 10.1.0.0/16 published under an alias is active, shown with its alias,
+    and its warning goes; without the alias it is the conflict again."""
+    page = dashboard
+    row = page.locator('#routes [data-gateway="gw-c"] tr[data-prefix="10.1.0.0/16"]')
+    expect(row).to_have_attribute("data-state", "conflict")
+    expect(row).to_contain_text("wgmesh routes alias 10.1.0.0/16 --node gw-c --as PREFIX")
+    body: dict[str, str | None] = {"prefix": "10.1.0.0/16", "alias": "10.201.0.0/16"}
+    assert admin.post("/api/v1/nodes/gw-c/routes/alias", json=body).status_code == 200
+    try:
+        expect(row).to_have_attribute("data-state", "active")
+        expect(row).to_have_attribute("data-alias", "10.201.0.0/16")
+        expect(row.locator("td").first).to_have_text("10.1.0.0/16 as 10.201.0.0/16")
+        expect(page.locator("#warnings")).not_to_contain_text("route 10.1.0.0/16@gw-c is inactive")
+    finally:
+        body["alias"] = None
+        assert admin.post("/api/v1/nodes/gw-c/routes/alias", json=body).status_code == 200
+    expect(row).to_have_attribute("data-state", "conflict")

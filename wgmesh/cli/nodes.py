@@ -187,7 +187,8 @@ def node_detail(node: Node, network: Network, routes: Sequence[Route], now: date
     subnets = Text()
     for i, prefix in enumerate(node.subnets):
         route = states.get(prefix)
-        subnets.append(("\n" if i else "") + str(prefix))
+        alias = route.alias if route is not None else None
+        subnets.append(("\n" if i else "") + render.routed_as(prefix, alias))
         if route is not None:
             subnets.append(f"  {route.state}", style=render.STATE_STYLE.get(route.state, ""))
             detail = render.route_detail_text(route.prefix, route.reason, route.conflicting_with)
