@@ -79,6 +79,19 @@ def test_an_admin_alias_makes_the_prefix_a_route_of_its_own(
     assert "10.201.0.0/24" in peers_by_name(netmap(coordinator, mesh["gw1"]))["gw2"]["allowed_ips"]
 
 
+def test_a_static_peers_export_routes_the_alias(admin: httpx.Client, mesh: dict[str, Enrolled]) -> None:
+    """`wgmesh export`: the wg-quick file of a static peer reaches the aliased VPC at its alias."""
+    r = admin.post("/api/v1/nodes", json={"name": "laptop", "generate_keys": True})
+    assert r.status_code == 201, r.text
+    try:
+        config = admin.get("/api/v1/nodes/laptop/config").json()
+        peers = {p["name"]: p for p in config["peers"]}
+        assert "10.201.0.0/24" in peers["gw2"]["allowed_ips"]
+        assert LAN not in peers["gw2"]["allowed_ips"] and LAN in peers["gw1"]["allowed_ips"]
+    finally:
+        assert admin.delete("/api/v1/nodes/laptop").status_code == 200
+
+
 def test_alias_refusals_say_why_and_change_nothing(admin: httpx.Client, mesh: dict[str, Enrolled]) -> None:
     before = routes(admin)
     for node, body, status, code in (
