@@ -53,6 +53,7 @@ LAB_DEFAULTS: dict[str, Any] = {
     "ha_sites": (),
     "ha_preempt_after": 10.0,
     "ha_return": "route-table",
+    "lans": {},  # {site: LAN} for sites whose LAN is not 10.I.0.0/24 (issue 20: overlapping VPCs)
 }
 
 
@@ -61,7 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
         "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=(), db='sqlite', "
-        "coordinators=1, relays=1, ha_sites=(), ha_preempt_after=10.0, ha_return='route-table'): how the `lab` "
+        "coordinators=1, relays=1, ha_sites=(), ha_preempt_after=10.0, ha_return='route-table', lans={}): how "
+        "the `lab` "
         "and `shared_lab` fixtures build it",
     )
 
@@ -124,6 +126,7 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
             ha_sites=options["ha_sites"],
             ha_preempt_after=options["ha_preempt_after"],
             ha_return=options["ha_return"],
+            lans=options["lans"],
         )
     except BaseException:
         _print_logs(logs)

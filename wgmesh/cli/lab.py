@@ -27,9 +27,13 @@ from wgmesh.lab.layout import (
     DEFAULT_HA_PREEMPT_AFTER,
     MAX_HA_SITE,
     MAX_HUBS,
+    MAX_LAN_PREFIXLEN,
     Database,
     HaReturn,
+    LabPlan,
     check_hubs,
+    describe_lans,
+    parse_lans,
 )
 from wgmesh.lab.wait import Progress
 from wgmesh.values import Backend
@@ -165,6 +169,15 @@ def register(sub: Subparsers) -> None:
         default="route-table",
         help="how an HA site's VPC replies reach the gateway carrying its prefix: its route-table hook "
         "rewrites the VPC host's default route (default), or the gateways masquerade",
+    )
+    p.add_argument(
+        "--lan",
+        action="append",
+        default=[],
+        metavar="I=CIDR",
+        help=f"site I's LAN instead of 10.I.0.0/24 (gateway .1, VPC host .10), e.g. 2=10.1.0.0/24 to overlap "
+        f"site 1 (VPCs whose CIDRs overlap); private IPv4, /{MAX_LAN_PREFIXLEN} or wider; repeatable "
+        "or a comma list",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
@@ -306,6 +319,7 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "ha_sites": list(plan.ha_sites),
         "ha_preempt_after": plan.ha_preempt_after,
         "ha_return": plan.ha_return,
+        "lans": {index: str(lan) for index, lan in state.lans.items()},
         "sites": [
             {
                 "gateway": g.node,
@@ -322,7 +336,7 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
     }
 
 
-def _print_summary(summary: dict[str, object], verb: str) -> None:
+def _print_summary(summary: dict[str, object], verb: str, lans: str | None = None) -> None:
     out = stdout()
     table = Table(title=f"lab {summary['name']} {verb} in {summary['seconds']}s", title_justify="left")
     for column in ("gateway", "namespace", "underlay_ip", "lan", "lan_ip", "host", "host_ip"):
@@ -343,6 +357,8 @@ def _print_summary(summary: dict[str, object], verb: str) -> None:
     assert isinstance(ha_sites, list) and isinstance(preempt, float)
     if ha_sites:
         out.print(f"HA sites: {_ha_line(ha_sites, preempt, str(summary['ha_return']))}")
+    if lans:
+        out.print(f"LANs: {lans}")
     if not summary["agents"]:
         out.print("no agents started (--no-agents)")
     out.print(f'CLI access: eval "$(wgmesh lab env --name {summary["name"]})"')
@@ -366,6 +382,11 @@ def _ha_line(ha_sites: list[int], preempt_after: float | None, ha_return: str | 
     return f"{names}; preempt after {preempt_after or 0:g}s{how}"
 
 
+def _lans_line(plan: LabPlan, given: list[int]) -> str | None:
+    """`vpc2 10.1.0.0/24 (the same as vpc1)`: the LANs `--lan` gave, or None when it gave none."""
+    return describe_lans(plan, given) if given else None
+
+
 def _warn(text: str) -> None:
     stderr().print(f"[yellow]warning:[/yellow] {text}")
 
@@ -383,6 +404,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     underlay_mtu = parse_mtus(args.underlay_mtu, UNDERLAY_MTU)
     sg_drop_icmp = _site_lists(args.sg_drop_icmp, "--sg-drop-icmp")
     ha_sites = _site_lists(args.ha_site, "--ha-site")
+    lans = parse_lans(args.lan)
     start = time.monotonic()
     with _progress(args.json) as progress:
         lab = up(
@@ -405,13 +427,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             ha_sites=ha_sites,
             ha_preempt_after=args.ha_preempt_after,
             ha_return=args.ha_return,
+            lans=lans,
             warn=_warn,
         )
     summary = _lab_summary(lab, time.monotonic() - start)
     if args.json:
         print_json(summary)
     else:
-        _print_summary(summary, "up")
+        _print_summary(summary, "up", _lans_line(lab.plan, sorted(lab.state.lans)))
     return 0
 
 
@@ -494,12 +517,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print(f"switch: {line}")
     if status.ha_sites:
         out.print(f"HA sites: {_ha_line(status.ha_sites, status.ha_preempt_after, status.ha_return)}")
+    if (lans := _lans_line(lab.plan, status.given_lans or [])) is not None:
+        out.print(f"LANs: {lans}")
     table = Table(title_justify="left")
-    for column in ("gateway", "namespace", "agent", "peers", "handshakes", "note"):
+    for column in ("gateway", "lan", "namespace", "agent", "peers", "handshakes", "note"):
         table.add_column(column)
     for g in status.gateways:
         table.add_row(
             g.node,
+            g.lan,
             mark[g.namespace],
             mark[g.agent],
             "-" if g.peers is None else str(g.peers),
@@ -575,6 +601,8 @@ def cmd_ping(args: argparse.Namespace) -> int:
     matrix = lab.ping_matrix(count=args.count)
     failed = sum(1 for rtt in matrix.values() if rtt is None)
     sites = lab.plan.sites
+    # Hosts whose LAN another site shares (--lan) neither ping nor are pinged: their address proves nothing.
+    skipped = [(a, b) for a in sites for b in sites if a is not b and (a.index, b.index) not in matrix]
     if args.json:
         print_json(
             {
@@ -583,6 +611,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
                     for (a, b), rtt in sorted(matrix.items())
                 ],
                 "failed": failed,
+                "skipped": [{"from": a.host, "to": b.host} for a, b in skipped],
             }
         )
     else:
@@ -594,9 +623,20 @@ def cmd_ping(args: argparse.Namespace) -> int:
             cells = []
             for b in sites:
                 rtt = matrix.get((a.index, b.index))
-                cells.append("" if a is b else "[red]lost[/red]" if rtt is None else f"{rtt:.2f}")
+                if a is b:
+                    cells.append("")
+                elif (a.index, b.index) not in matrix:
+                    cells.append("-")
+                else:
+                    cells.append("[red]lost[/red]" if rtt is None else f"{rtt:.2f}")
             table.add_row(a.host, *cells)
         stdout().print(table)
+        if skipped:
+            shared = ", ".join(lab.plan.site(i).host for i in sorted(lab.plan.shared_lans))
+            stdout().print(
+                f"-: not pinged: the LAN of {shared} overlaps another site's (--lan), "
+                "so an address there names no one host, either way"
+            )
     if failed:
         raise WgmeshError(f"{failed} of {len(matrix)} host pairs cannot reach each other", code="unreachable")
     return 0

@@ -35,7 +35,7 @@ from wgmesh.lab.timescale import time_scale
 from wgmesh.lab.tools import RELAY_PROGRAM, agent_available, relay_available, require_tools
 from wgmesh.lab.wait import Progress, quiet
 from wgmesh.logs import kv
-from wgmesh.values import Backend
+from wgmesh.values import Backend, Prefix
 
 log = logging.getLogger("wgmesh.lab")
 
@@ -84,6 +84,7 @@ def up(
     ha_sites: Iterable[int] = (),
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
     ha_return: HaReturn = "route-table",
+    lans: Mapping[int, Prefix | str] | None = None,
     warn: Progress = _log_warning,
 ) -> Lab:
     """Build lab `name`, start its database, coordinators, relays and agents, and return once the mesh has
@@ -98,6 +99,8 @@ def up(
     `ha_sites` get a second gateway `gwIb` on their LAN advertising the same prefix (issue 18), whose
     route the lab approves as an admin would; every agent gets `ha_preempt_after` as its preemption rule;
     `ha_return` says how their VPC's replies come back (the route-table hook, or the gateways masquerade).
+    `lans` ({site: LAN}, text or networks) gives sites a LAN other than 10.I.0.0/24, possibly one another site
+    has too (issue 20); each site's enrollment token allows its own LAN, whatever it is.
     """
     # Bad usage is reported as such, before anything else is checked or touched.
     plan = plan_lab(
@@ -109,6 +112,7 @@ def up(
         ha_sites=ha_sites,
         ha_preempt_after=ha_preempt_after,
         ha_return=ha_return,
+        lans=lans,
     )
     if timeout is None:
         timeout = plan.convergence_budget
@@ -184,6 +188,8 @@ def up(
             ha_sites=list(plan.ha_sites),
             ha_preempt_after=ha_preempt_after,
             ha_return=ha_return,
+            # As the plan checked them (parsed, canonical), so that every later command rebuilds this plan.
+            lans={index: plan.site(index).lan for index in sorted(lans or {})},
         )
         # Written before anything is built: from here on, `down` can find every piece.
         save(state)
@@ -221,7 +227,13 @@ def up(
         return timeout - (time.monotonic() - start) / time_scale()
 
     try:
-        lab.start_agents(plan.sites)
+        waves = plan.agent_waves
+        for number, wave in enumerate(waves):
+            if number:
+                # Overlapping claims are ranked by age (enrollment carries the subnets): the lower-numbered
+                # site of an overlap must have enrolled first for its claim to be the active one.
+                lab.wait_enrolled([s.node for s in waves[number - 1]], left(), progress)
+            lab.start_agents(wave)
         if plan.ha_sites:
             # A second gateway starts once its site's own has enrolled: claims are ranked by age, so gwI
             # is always the primary and gwIb the standby.

@@ -124,11 +124,16 @@ def assess(
     plan: LabPlan, views: Mapping[int, GatewayView] | Mapping[str, GatewayView], *, handshakes: bool = True
 ) -> Verdict:
     """Converged when every gateway lists every other gateway as a peer (an HA site's second one too), routes
-    every other site's LAN (the exact /24) to one of that site's gateways, and has a handshake with each.
+    every other site's LAN (the exact prefix) to one of that site's gateways, and has a handshake with each.
 
     `views` are by gateway node (`gw2b`), or by site for the sites' own gateways. A gateway is found among a
     view's peers by its public key (from its own view); without one, a plain site's gateway is the peer
     that carries its LAN.
+
+    A site whose LAN overlaps another's (`--lan`, `plan.shared_lans`) is a peer like any other, but nothing
+    is expected of its LAN: the mesh routes one real prefix to one site at most (the coordinator holds
+    the others in conflict until an alias publishes them elsewhere), and its LAN address may be the
+    gateway's own, so its gateway is found by key only and nudged at its overlay address.
     """
     by_node = {plan.site(k).node if isinstance(k, int) else k: v for k, v in views.items()}
     keys = {node: v.public_key for node, v in by_node.items() if v.public_key is not None}
@@ -192,7 +197,8 @@ def _peer_of(plan: LabPlan, view: GatewayView, other: Gateway, key: str | None) 
     if key is not None:
         return next((p for p in view.peers if p.public_key == key), None)
     site = plan.site(other.site)
-    if site.ha:
+    if site.ha or site.index in plan.shared_lans:
+        # Its LAN tells nothing apart: another gateway advertises it too, or another site's holds it.
         return None
     # Exact match of the advertised subnet: a wide allowed IP (0.0.0.0/0) must not count as every site at once.
     return next((p for p in view.peers if site.lan in p.allowed_ips), None)
@@ -205,6 +211,10 @@ def _unrouted(plan: LabPlan, gateway: Gateway, view: GatewayView, absent: set[st
     for site in plan.sites:
         if site.index == gateway.site or all(g.node in absent for g in site.gateways):
             continue
+        if site.index in plan.shared_lans:
+            # At most one of the sites sharing a prefix is routed at it (the oldest claim), and a gateway
+            # whose own LAN it overlaps routes it to nobody: no single answer to expect (see assess).
+            continue
         carriers = [p for p in view.peers if site.lan in p.allowed_ips]
         if not carriers:
             missing.append(f"{gateway.node} routes {site.lan} to no gateway of {site.name}")
@@ -214,10 +224,11 @@ def _unrouted(plan: LabPlan, gateway: Gateway, view: GatewayView, absent: set[st
 
 
 def _nudge_address(plan: LabPlan, gateway: Gateway, other: Gateway, peer: WgPeer) -> str | None:
-    if other.site != gateway.site:
+    if other.site != gateway.site and other.site not in plan.shared_lans:
         # Through the tunnel to whichever gateway carries that LAN; the answer of a standby (reached over
         # the LAN) comes back through its own tunnel, which is the handshake wanted.
         return str(other.lan_ip)
-    # The same site: the LAN connects them directly, so only the overlay address crosses the tunnel.
+    # The same site: the LAN connects them directly, so only the overlay address crosses the tunnel. A site
+    # whose LAN another shares: its LAN address may be this gateway's own, or routed to the other site.
     host = next((n for n in peer.allowed_ips if n.prefixlen == n.max_prefixlen), None)
     return None if host is None else str(host.network_address)

@@ -288,7 +288,8 @@ class Lab:
         return parse_default_via(done.stdout)
 
     def ping_matrix(self, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
-        """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
+        """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel; a
+        host whose LAN another site shares (`--lan`) neither pings nor is pinged, so its pairs are missing."""
         return ping_matrix(self.plan, count, wait)
 
     # --- growing, status, teardown ---

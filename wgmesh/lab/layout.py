@@ -11,18 +11,22 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Literal
 
 from wgmesh.errors import ValidationError
+from wgmesh.ipam import parse_cidr
 from wgmesh.lab.postgres import ClusterPaths
+from wgmesh.values import Prefix
 
 DEFAULT_NAME = "wgl"
 DEFAULT_SITES = 3
-# Site i owns 10.i.0.0/24 and 198.18.SLOT.(10+i); 200 keeps both inside their octet with room to spare.
+# Site i owns 10.i.0.0/24 (unless `--lan` gives it another) and 198.18.SLOT.(10+i); 200 keeps both inside
+# their octet with room to spare.
 MAX_SITES = 200
 # 198.18.0.0/15 (RFC 2544 benchmarking space) holds 512 /24s; the first 256 are plenty of labs.
 MAX_SLOT = 255
@@ -44,8 +48,22 @@ RELAY_METRICS_PORT = 9587
 AGENT_METRICS_PORT = 9586
 LOOPBACK_BASE_PORT = 8080
 STATE_ROOT = Path("/run/wgmesh-lab")
+LAB_UNDERLAY = IPv4Network("198.18.0.0/15")
+"""Every lab's underlay slots (RFC 2544 benchmarking space): no site's LAN may overlap it."""
 # The only destinations lab tooling may address from the root namespace.
-SAFE_NETWORKS = (IPv4Network("198.18.0.0/15"), IPv4Network("127.0.0.1/32"))
+SAFE_NETWORKS = (LAB_UNDERLAY, IPv4Network("127.0.0.1/32"))
+
+GATEWAY_LAN_OFFSET = 1
+SECOND_GATEWAY_LAN_OFFSET = 2
+HOST_LAN_OFFSET = 10
+"""A site's LAN addresses, from its network address: its gateway .1, an HA site's second gateway .2, the VPC
+host .10."""
+LAN_SPACE = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
+"""Where `--lan` may put a site's LAN: RFC 1918 space, which route approval rules cover (so the site's
+enrollment token approves it, docs/security.md) and which meets neither the underlay nor the overlay (CGNAT
+space, also approvable, is left out: the coordinator's overlay lives there, 100.96.0.0/16 by default)."""
+MAX_LAN_PREFIXLEN = 28
+"""The narrowest LAN `--lan` takes: a /28 (.0-.15) still holds the VPC host's .10 below its broadcast."""
 
 HA_UNDERLAY_OFFSET = 200
 """gwIb's underlay address is gwI's plus this: .(210+I), above every site's .(10+I) (sites stop at .210) and
@@ -154,7 +172,7 @@ class Site:
             uplink=self.uplink + HA_SUFFIX,
             wg_interface=self.wg_interface + HA_SUFFIX,
             underlay_ip=self.underlay_ip + HA_UNDERLAY_OFFSET,
-            lan_ip=self.lan.network_address + 2,
+            lan_ip=self.lan.network_address + SECOND_GATEWAY_LAN_OFFSET,
             host_port=node,
         )
 
@@ -278,12 +296,50 @@ class LabPlan:
         """Every namespace of the plan, gateways first."""
         return [g.netns for g in self.gateways] + [s.vm_ns for s in self.sites]
 
+    @cached_property
+    def shared_lans(self) -> frozenset[int]:
+        """The sites whose LAN overlaps another site's (`--lan`, issue 20). Their addresses are not unique
+        in the lab, so nothing may find such a site by its LAN: the mesh routes its real prefix to one site
+        at most (the others' claims are conflicts until an alias publishes them elsewhere), and its host's
+        address may be the pinging host's own."""
+        # Compared as integer spans, once per plan: convergence asks about every pair at every poll.
+        spans = [(s.index, int(s.lan.network_address), int(s.lan.broadcast_address)) for s in self.sites]
+        return frozenset(
+            index
+            for index, first, last in spans
+            if any(other != index and first <= end and start <= last for other, start, end in spans)
+        )
+
+    @property
+    def agent_waves(self) -> tuple[tuple[Site, ...], ...]:
+        """The sites in the order their agents start, a wave at a time, each once the one before has enrolled.
+
+        The coordinator ranks overlapping claims by age, so a site whose LAN overlaps a lower-numbered site's
+        starts in a later wave: the lower-numbered site's claim is then the active one, every time, and the
+        later one the conflict (issue 20). Without `--lan` overlaps, one wave holds every site.
+        """
+        wave: dict[int, int] = {}
+        for site in self.sites:
+            earlier = (
+                [wave[o.index] for o in self.sites[: site.index - 1] if o.lan.overlaps(site.lan)]
+                if site.index in self.shared_lans
+                else []
+            )
+            wave[site.index] = 1 + max(earlier) if earlier else 0
+        return tuple(
+            tuple(s for s in self.sites if wave[s.index] == number)
+            for number in range(max(wave.values()) + 1)
+        )
+
     def with_sites(self, count: int) -> LabPlan:
-        """The same lab grown (or shrunk) to `count` sites (the HA sites it still has stay HA)."""
+        """The same lab grown (or shrunk) to `count` sites (the HA sites it still has stay HA, and the sites
+        it keeps keep their LAN; a new site gets the default 10.I.0.0/24)."""
         _check_sites(count)
         ha = set(self.ha_sites)
+        lans = {s.index: s.lan for s in self.sites}
         return replace(
-            self, sites=tuple(_site(self.name, self.slot, i, i in ha) for i in range(1, count + 1))
+            self,
+            sites=tuple(_site(self.name, self.slot, i, i in ha, lans.get(i)) for i in range(1, count + 1)),
         )
 
     def coordinators_for(self, site: Site | Gateway) -> list[str]:
@@ -386,9 +442,96 @@ def _check_sites(count: int) -> None:
         raise ValidationError(f"--sites must be between 1 and {MAX_SITES}, not {count}", code="invalid_sites")
 
 
-def _site(name: str, slot: int, index: int, ha: bool = False) -> Site:
+def default_lan(index: int) -> IPv4Network:
+    """Site `index`'s LAN when `--lan` gives it none: 10.I.0.0/24."""
+    return IPv4Network(f"10.{index}.0.0/24")
+
+
+def check_lan(index: int, lan: Prefix | str) -> IPv4Network:
+    """Site `index`'s LAN as `--lan` gives it (text or a network), if a lab can build it, or ValidationError:
+    an IPv4 prefix with its host bits clear, wide enough for the VPC host's .10, inside private space its
+    enrollment token may approve (LAN_SPACE) and clear of the lab underlay."""
+    try:
+        network = parse_cidr(lan) if isinstance(lan, str) else lan
+    except ValidationError as exc:
+        raise ValidationError(f"--lan {index}: {exc.message}", code="invalid_lan") from exc
+    given = f"--lan {index}={network}"
+    if not isinstance(network, IPv4Network):
+        raise ValidationError(f"{given}: a lab LAN must be IPv4", code="invalid_lan")
+    if network.prefixlen > MAX_LAN_PREFIXLEN:
+        raise ValidationError(
+            f"{given}: too narrow for its VPC host {network.network_address + HOST_LAN_OFFSET} "
+            f"(a lab LAN is a /{MAX_LAN_PREFIXLEN} or wider)",
+            code="invalid_lan",
+        )
+    # Before the private-space test, which it would fail as well, because this says what is wrong.
+    if network.overlaps(LAB_UNDERLAY):
+        raise ValidationError(f"{given}: overlaps the lab underlay {LAB_UNDERLAY}", code="invalid_lan")
+    if not any(network.subnet_of(space) for space in LAN_SPACE):
+        raise ValidationError(
+            f"{given}: a lab LAN must be inside {', '.join(map(str, LAN_SPACE[:-1]))} or {LAN_SPACE[-1]} "
+            "(private space its enrollment token can approve)",
+            code="invalid_lan",
+        )
+    return network
+
+
+def check_lans(sites: int, lans: Mapping[int, Prefix | str]) -> dict[int, IPv4Network]:
+    """The LANs `--lan` gives ({site: LAN}), checked against a lab of `sites` sites, or ValidationError."""
+    checked: dict[int, IPv4Network] = {}
+    for index, lan in sorted(lans.items()):
+        if not 1 <= index <= sites:
+            raise ValidationError(f"--lan {index}={lan}: the lab has sites 1..{sites}", code="invalid_lan")
+        checked[index] = check_lan(index, lan)
+    return checked
+
+
+def parse_lans(items: Iterable[str]) -> dict[int, IPv4Network]:
+    """`I=CIDR` items (`--lan`, repeatable or a comma list) as {site: LAN}, or ValidationError: each must be
+    SITE=CIDR with a LAN `check_lan` takes, and a site may be given once only (two LANs for one site is a
+    mistake, not an override). Whether the sites exist is the plan's check (plan_lab)."""
+    found: dict[int, IPv4Network] = {}
+    for item in items:
+        for part in item.split(","):
+            index, sep, text = part.partition("=")
+            if not sep or not index.strip().isdigit() or not text.strip():
+                raise ValidationError(
+                    f"--lan {part!r} must be SITE=CIDR, e.g. 2=10.1.0.0/24", code="invalid_lan"
+                )
+            site = int(index)
+            if not 1 <= site <= MAX_SITES:
+                raise ValidationError(
+                    f"--lan {part.strip()}: site {site} is not between 1 and {MAX_SITES}", code="invalid_lan"
+                )
+            lan = check_lan(site, text)
+            if site in found:
+                raise ValidationError(
+                    f"--lan: site {site} is given twice ({found[site]} and {lan})", code="invalid_lan"
+                )
+            found[site] = lan
+    return dict(sorted(found.items()))
+
+
+def describe_lans(plan: LabPlan, indexes: Iterable[int]) -> str:
+    """`vpc2 10.1.0.0/24 (the same as vpc1); vpc3 192.168.0.0/16`: the LANs of `indexes` (those `--lan`
+    gave), each with the sites whose LAN it meets, for `up` and `status`."""
+    parts = []
+    for index in sorted(set(indexes)):
+        site = plan.site(index)
+        others = [s for s in plan.sites if s.index != index]
+        same = [s.name for s in others if s.lan == site.lan]
+        overlapping = [
+            f"{s.name}'s {s.lan}" for s in others if s.lan != site.lan and s.lan.overlaps(site.lan)
+        ]
+        notes = [f"the same as {', '.join(same)}"] if same else []
+        notes += [f"overlaps {', '.join(overlapping)}"] if overlapping else []
+        parts.append(f"{site.name} {site.lan}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return "; ".join(parts)
+
+
+def _site(name: str, slot: int, index: int, ha: bool = False, lan: IPv4Network | None = None) -> Site:
     underlay = IPv4Network(f"198.18.{slot}.0/24")
-    lan = IPv4Network(f"10.{index}.0.0/24")
+    lan = default_lan(index) if lan is None else lan
     return Site(
         index=index,
         node=f"gw{index}",
@@ -399,8 +542,8 @@ def _site(name: str, slot: int, index: int, ha: bool = False) -> Site:
         wg_interface=f"{name}-wg{index}",
         underlay_ip=underlay.network_address + 10 + index,
         lan=lan,
-        gw_lan_ip=lan.network_address + 1,
-        vm_ip=lan.network_address + 10,
+        gw_lan_ip=lan.network_address + GATEWAY_LAN_OFFSET,
+        vm_ip=lan.network_address + HOST_LAN_OFFSET,
         ha=ha,
     )
 
@@ -449,12 +592,16 @@ def plan_lab(
     ha_sites: Iterable[int] = (),
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER,
     ha_return: HaReturn = "route-table",
+    lans: Mapping[int, Prefix | str] | None = None,
 ) -> LabPlan:
     """The plan of lab `name` with `sites` sites in underlay slot `slot`, `coordinators` coordinators on
-    `db` and (when it runs relays) `relays` relays; each of `ha_sites` gets a second gateway."""
+    `db` and (when it runs relays) `relays` relays; each of `ha_sites` gets a second gateway, and each site
+    of `lans` ({site: LAN}, `--lan`) that LAN instead of 10.I.0.0/24, even one another site has (issue 20:
+    VPCs whose CIDRs overlap; each site is namespaces of its own, so its addresses may repeat another's)."""
     validate_name(name)
     _check_sites(sites)
     ha = set(check_ha_sites(sites, ha_sites))
+    chosen = check_lans(sites, lans or {})
     check_preempt_after(ha_preempt_after)
     check_hubs(coordinators, "--coordinators")
     check_hubs(relays, "--relays")
@@ -477,7 +624,7 @@ def plan_lab(
         api_port=API_PORT,
         loopback_port=port,
         nft_table=f"wgmesh-lab-{name}",
-        sites=tuple(_site(name, slot, i, i in ha) for i in range(1, sites + 1)),
+        sites=tuple(_site(name, slot, i, i in ha, chosen.get(i)) for i in range(1, sites + 1)),
         state_dir=STATE_ROOT / name,
         db=db,
         coordinators=coordinators,

@@ -106,8 +106,20 @@ def _enrolled(state: LabState) -> str:
 
 
 def ping_matrix(plan: LabPlan, count: int = 1, wait: float = 2.0) -> dict[tuple[int, int], float | None]:
-    """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel."""
-    pairs = [(a, b) for a in plan.sites for b in plan.sites if a.index != b.index]
+    """Average RTT in ms from each VPC host to every other one (None: no answer), pinged in parallel.
+
+    A host whose LAN overlaps another site's (`--lan`, `plan.shared_lans`) neither pings nor is pinged: its
+    address may be the pinging host's own or reach the other site, and the mesh routes replies to it to
+    whichever of those sites holds the prefix, so an answer (or its absence) would prove nothing. Such pairs
+    are missing from the result.
+    """
+    shared = plan.shared_lans
+    pairs = [
+        (a, b)
+        for a in plan.sites
+        for b in plan.sites
+        if a.index != b.index and a.index not in shared and b.index not in shared
+    ]
     results: dict[tuple[int, int], float | None] = {}
     # Bounded so that a big lab does not fork thousands of pings at once.
     for chunk in range(0, len(pairs), 32):

@@ -14,7 +14,7 @@ from pydantic import ValidationError as PydanticError
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab.layout import DEFAULT_HA_PREEMPT_AFTER, STATE_ROOT, Database, HaReturn, LabPlan, plan_lab
-from wgmesh.models import Model
+from wgmesh.models import Model, PrefixField
 from wgmesh.secure_files import write_private
 
 Role = Literal["coordinator", "agent", "relay", "database"]
@@ -58,6 +58,9 @@ class LabState(Model):
     ha_tokens: dict[int, str] = Field(default_factory=dict)
     ha_preempt_after: float = DEFAULT_HA_PREEMPT_AFTER
     ha_return: HaReturn = "route-table"
+    # The LANs `--lan` gave (issue 20: VPCs whose CIDRs overlap), by site; every other site has 10.I.0.0/24.
+    # Kept so that every later command rebuilds the same plan; empty in records written before them.
+    lans: dict[int, PrefixField] = Field(default_factory=dict)
     # The coordinator's relay-ticket public key (base64), the relays' --coordinator-key.
     relay_key: str | None = None
     # The coordinator's pin (`sha256:…`, printed by `init`): how the lab's own clients trust its HTTPS.
@@ -87,6 +90,7 @@ class LabState(Model):
             ha_sites=self.ha_sites,
             ha_preempt_after=self.ha_preempt_after,
             ha_return=self.ha_return,
+            lans=self.lans,
         )
 
     def record(self, entry: ProcessRecord) -> None:

@@ -26,6 +26,8 @@ class GatewayStatus:
     peers: int | None
     handshakes: int | None
     error: str | None
+    # Its site's LAN (10.I.0.0/24 unless `--lan` gave another, which other sites may share).
+    lan: str = ""
 
 
 @dataclass
@@ -57,6 +59,9 @@ class LabStatus:
     ha_sites: list[int] | None = None
     ha_preempt_after: float | None = None
     ha_return: str | None = None
+    # Every site's LAN by site, and the sites whose LAN `--lan` gave (issue 20).
+    lans: dict[int, str] | None = None
+    given_lans: list[int] | None = None
 
     def healthy(self) -> bool:
         """Coordinators, relays (if any) and database up, every namespace present, every agent (if any)
@@ -98,6 +103,7 @@ def lab_status(state: LabState) -> LabStatus:
                 peers=None if view.error else len(view.peers),
                 handshakes=None if view.error else sum(1 for p in view.peers if p.latest_handshake),
                 error=view.error,
+                lan=str(plan.site(gateway.site).lan),
             )
         )
     links = None
@@ -124,4 +130,6 @@ def lab_status(state: LabState) -> LabStatus:
         ha_sites=list(plan.ha_sites),
         ha_preempt_after=plan.ha_preempt_after,
         ha_return=plan.ha_return if plan.ha_sites else None,
+        lans={site.index: str(site.lan) for site in plan.sites},
+        given_lans=sorted(state.lans),
     )
