@@ -31,6 +31,9 @@ _ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 _JSON: pydantic.TypeAdapter[JsonValue] = pydantic.TypeAdapter(JsonValue)
 log = logging.getLogger("wgmesh.api_client")
 
+KEEP_IDLE = 30.0
+"""Seconds an idle connection to the coordinator is kept for the next request: a TLS handshake saved for
+each report, and shorter than the coordinator keeps it, so the close that matters is ours."""
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
 """Methods sent again to the next coordinator after a failure that may have reached the first one; any
 other write is sent again only when it surely did nothing there (`UnreachableError.unsent`)."""
@@ -111,6 +114,9 @@ class ApiClient:
             headers={"user-agent": f"{user_agent}/{__version__}"},
             transport=transport,
             verify=tls if tls is not None else trust.system(),
+            # Kept between reports (every 10 s; httpx's default drops an idle connection after 5 s), and
+            # given up before the coordinator's 35 s (coordinator/main.py KEEP_ALIVE) closes it.
+            limits=httpx.Limits(keepalive_expiry=KEEP_IDLE),
         )
 
     @property
@@ -215,12 +221,12 @@ class ApiClient:
         try:
             try:
                 response = send()
-            except httpx.RemoteProtocolError:
+            except (httpx.RemoteProtocolError, httpx.ReadError):
                 if not again:
                     raise
-                # The coordinator closed a kept-alive connection as this request went out on it (its
-                # idle timer and our request crossed): nothing was answered, and the request may be
-                # sent once more on a new connection, as HTTP clients do for idempotent requests.
+                # The coordinator closed (or reset) a kept-alive connection as this request went out on
+                # it (its idle timer and our request crossed): nothing was answered, and an idempotent
+                # request may be sent once more on a new connection, as HTTP clients do.
                 response = send()
         except httpx.TimeoutException as exc:
             waited = timeout if timeout is not None else self.timeout

@@ -107,6 +107,20 @@ def endpoint_refusal(address: IpAddress, overlay: Prefix) -> str | None:
     return None
 
 
+def alias_refusal(prefix: Prefix, alias: Prefix) -> str | None:
+    """Why `alias` cannot stand for `prefix` (1:1 translation keeps the host part), or None."""
+    if (alias.version, alias.prefixlen) != (prefix.version, prefix.prefixlen):
+        return f"the alias of {prefix} must be of its family and length, not {alias}"
+    return None
+
+
+def check_alias(prefix: Prefix, alias: Prefix) -> None:
+    """`alias_refusal` as the ValidationError (422 `invalid_alias`) the API and the agent's flags give."""
+    reason = alias_refusal(prefix, alias)
+    if reason:
+        raise ValidationError(reason, code="invalid_alias")
+
+
 def check_alias_pool(pool: Prefix, overlay: Prefix) -> None:
     """Refuse a pool no alias could come from: one that overlaps the overlay or unroutable space."""
     reason = unroutable_reason(pool, overlay)
@@ -158,12 +172,10 @@ class RouteClaim:
     """Where the other sites reach `prefix` (1:1 prefix translation at the gateway); None: at itself."""
 
     def __post_init__(self) -> None:
-        alias = self.alias
-        if alias is not None and (alias.version, alias.prefixlen) != (
-            self.prefix.version,
-            self.prefix.prefixlen,
-        ):
-            raise ValueError(f"the alias of {self.prefix} must be of its family and length, not {alias}")
+        if self.alias is not None:
+            reason = alias_refusal(self.prefix, self.alias)
+            if reason:
+                raise ValueError(reason)
 
     @property
     def published(self) -> Prefix:

@@ -207,13 +207,14 @@ def shadowed_by(route: Route, shadows: Iterable[tuple[str, ShadowedRoute]]) -> l
 
     Only an active route is installed anywhere, so only an active one can be shadowed. A shadow names
     the route's gateway when the agent knew it; one without a gateway matches the prefix of any gateway.
+    What the agents install is the published prefix (the alias of an aliased route).
     """
     if route.state != "active":
         return []
     return [
         RouteShadow(node=node, interface=shadow.interface, local_prefix=shadow.local_prefix)
         for node, shadow in shadows
-        if shadow.prefix == route.prefix and shadow.gateway in (route.gateway, None)
+        if shadow.prefix == route.published and shadow.gateway in (route.gateway, None)
     ]
 
 

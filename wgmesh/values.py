@@ -22,10 +22,9 @@ RouteState = Literal["active", "standby", "conflict", "rejected", "pending"]
 """The verdict on an advertised subnet: `pending` (not approved yet, wgmesh.route_approval) and `rejected`
 (by an admin, or unroutable) keep it out of every netmap; an approved one is active, standby or conflict."""
 Decision = Literal["approved", "rejected"]
-
+"""An admin's verdict on an advertised subnet (`wgmesh routes approve|reject`)."""
 AliasSource = Literal["agent", "admin", "pool"]
 """Who gave a route its alias: the gateway's agent (`--advertise P=ALIAS`), an admin, the network's pool."""
-"""An admin's verdict on an advertised subnet (`wgmesh routes approve|reject`)."""
 PathKind = Literal["direct", "relay"]
 """How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
 RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_wide"]

@@ -69,12 +69,14 @@ def ask(lab: Lab, src: str, address: str, kind: str = "tcp") -> str | None:
 
 
 def answers(lab: Lab, src: str, address: str, expected: str, kind: str = "tcp") -> None:
-    """Wait until `src` asking `address` gets `expected` ("NAME SOURCE")."""
-    wait_until(
-        lambda: ask(lab, src, address, kind) == expected,
-        30,
-        f"{src} asking {address} over {kind} to hear {expected!r} (last: {ask(lab, src, address, kind)!r})",
-    )
+    """Wait until `src` asking `address` gets `expected` ("NAME SOURCE"); a timeout says what it heard."""
+
+    def heard() -> bool:
+        got = ask(lab, src, address, kind)
+        assert got == expected, f"heard {got!r}"
+        return True
+
+    wait_until(heard, 30, f"{src} asking {address} over {kind} to hear {expected!r}")
 
 
 def route(lab: Lab, gateway: str) -> dict[str, object]:

@@ -73,7 +73,7 @@ def test_a_public_prefix_is_installed_only_once_an_admin_approves_it(lab: Lab, t
         assert any(EXTRA in ln and "pending" in ln for ln in listed.stdout.splitlines()), listed.stdout
         done = cli(lab, "routes", "approve", EXTRA, "--node", s2.node, "--reason", "e2e")
         assert done.returncode == 0, done.stderr
-        assert f"{EXTRA}@{s2.node}: active" in done.stdout
+        assert f"{EXTRA} at {s2.node}: active" in done.stdout
         for other in (s1, s3):
             wait_until(lambda o=other: installed(lab, o, EXTRA), 30, f"{other.node} to install {EXTRA}")
             route = lab.exec(other.node, "ip", "-4", "route", "show", EXTRA, check=True).stdout

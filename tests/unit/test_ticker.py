@@ -64,7 +64,29 @@ def test_never_two_runs_of_one_job_at_once(ticker: Ticker) -> None:
     assert most == 1
 
 
-def test_soon_runs_a_job_now_and_restarts_its_interval(ticker: Ticker) -> None:
+def test_soon_during_a_run_gives_exactly_one_more_run(ticker: Ticker) -> None:
+    """What the agent's `report_soon` relies on: a report asked for while one is being made is made
+    again after it (the one in progress may have read older state), once however often it was asked."""
+    release = threading.Event()
+    runs: list[int] = []
+
+    def job() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            release.wait(30)
+
+    ticker.every("status", job, 3600, at_once=True)
+    ticker.start()
+    wait_until(lambda: len(runs) == 1, 30, "the first run")
+    ticker.soon("status")
+    ticker.soon("status")
+    release.set()
+    wait_until(lambda: len(runs) == 2, 30, "the run asked for during the first")
+    time.sleep(0.2)
+    assert len(runs) == 2
+
+
+def test_soon_runs_a_job_now(ticker: Ticker) -> None:
     runs: list[float] = []
     ticker.every("status", lambda: runs.append(time.monotonic()), 3600)
     ticker.start()

@@ -105,10 +105,9 @@ def parse_advertised(entries: Iterable[object]) -> tuple[tuple[Prefix, ...], dic
             if not alias_text.strip():
                 raise ValidationError(f"--advertise {entry}: an alias after '='", code="invalid_config")
             alias = ipam.parse_cidr(alias_text.strip())
-            try:
-                ipam.RouteClaim(prefix, "-", alias=alias)
-            except ValueError as exc:
-                raise ValidationError(f"--advertise {entry}: {exc}", code="invalid_config") from None
+            reason = ipam.alias_refusal(prefix, alias)
+            if reason:
+                raise ValidationError(f"--advertise {entry}: {reason}", code="invalid_config")
             aliases[prefix] = alias
     return tuple(prefixes), aliases
 

@@ -219,7 +219,7 @@ def mesh_prefixes(netmap: NetMap, site: str) -> list[Prefix]:
     overlay and every other site's prefixes, in the netmap's order — never a prefix of `site` (its HA
     groups', this gateway's own routes), which the VPC reaches by itself."""
     own_site = {g.prefix for g in netmap.ha_groups if g.site == site}
-    own_site |= {r.prefix for r in netmap.routes}
+    own_site |= {r.prefix for r in netmap.routes} | {r.published for r in netmap.routes}
     out: list[Prefix] = [netmap.overlay_cidr]
     for prefix in [p for peer in netmap.peers for p in peer.allowed_ips] + [
         g.prefix for g in netmap.ha_groups
@@ -260,5 +260,6 @@ def watched_peers(netmap: NetMap) -> frozenset[NodeId]:
 def role_after_dissolving(netmap: NetMap, prefix: Prefix) -> str:
     """This gateway's role for a prefix whose HA group is gone: `primary` while it still routes the prefix
     (its route active: the VPC's replies must come to it), else `standby`."""
-    active = any(r.prefix == prefix and r.state == "active" for r in netmap.routes)
+    # A group's prefix is what the other sites route: the alias, when the site's prefix has one.
+    active = any(r.published == prefix and r.state == "active" for r in netmap.routes)
     return "primary" if active else "standby"

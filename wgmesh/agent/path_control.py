@@ -1,7 +1,7 @@
 """Drives `paths.decide` for every peer: gathers WireGuard data and probe results, schedules probes, and
 turns the decisions into WireGuard endpoints (a direct candidate, or the peer's shim socket).
 
-The agent calls `tick` twice a second from its scheduler thread and `endpoint_for` from `apply`; probes
+The agent calls `tick` four times a second from its ticker thread and `endpoint_for` from `apply`; probes
 and the shim run on the `NetLoop`. Only the endpoint ever changes on a switch: allowed IPs, keys and routes
 stay as they are, so a switch never drops the peer.
 """

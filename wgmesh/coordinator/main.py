@@ -43,10 +43,10 @@ GRACEFUL_SHUTDOWN = 5
 """Seconds a stopping coordinator lets open requests finish before it cuts them (held long polls and event
 streams end at once: serving.Server)."""
 KEEP_ALIVE = 35
-"""Seconds an idle connection stays open: longer than the gap between an agent's reports (10 s), so that
-each report reuses its connection instead of a new TLS handshake (uvicorn's 5 s closed every agent's
-report connection between reports: at 5,000 agents, 500 handshakes a second), and the closing of an idle
-connection less often crosses a request sent on it (api_client sends an idempotent one again)."""
+"""Seconds an idle connection stays open: longer than the agent keeps one (api_client.KEEP_IDLE, 30 s, itself
+longer than the 10 s between reports), so that each report reuses its connection instead of a new TLS
+handshake, and the agent is the one that closes an idle connection; uvicorn's 5 s closed connections as
+requests went out on them (13,417 long-polls of a 5,000-node run, docs/performance.md)."""
 GC_THRESHOLDS = (50_000, 20, 10)
 """The cyclic collector's thresholds (Python's: 700, 10, 10). Every version makes O(nodes) objects that
 live a while (snapshots, netmaps, diffs), so with Python's a collection ran every 700 of them and a full

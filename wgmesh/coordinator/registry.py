@@ -395,25 +395,39 @@ def _give_aliases(conn: Connection) -> int:
         return 0
     rows = _route_rows(conn)
     given = 0
+    no_room: set[tuple[int, str]] = set()  # (node, prefix) the pool has no block for: left in conflict
     for _ in range(len(rows)):  # a route gets at most one alias: the routes bound the rounds
         claims = [_claim(row) for row in rows]
         verdicts = route_approval.judge_routes(network.overlay_cidr, claims, network.auto_approve)
-        index = next((i for i, v in enumerate(verdicts) if _wants_alias(v)), None)
+        index = next(
+            (
+                i
+                for i, v in enumerate(verdicts)
+                if _wants_alias(v) and (rows[i][1], str(v.claim.prefix)) not in no_room
+            ),
+            None,
+        )
         if index is None:
             break
         target = claims[index]
+        # The site's alias for this prefix, from a claim that is routed (one pending or rejected, which an
+        # agent may have named, is no alias of the site's).
         shared = next(
             (
-                c.alias
-                for c in claims
-                if c.alias is not None and c.prefix == target.prefix and c.site_name == target.site_name
+                v.claim.alias
+                for v in verdicts
+                if v.claim.alias is not None
+                and v.state in ("active", "standby")
+                and v.claim.prefix == target.prefix
+                and v.claim.site_name == target.site_name
             ),
             None,
         )
         taken = [network.overlay_cidr, *(c.prefix for c in claims), *(c.alias for c in claims if c.alias)]
         alias = shared if shared is not None else ipam.allocate_alias(target.prefix, pool, taken)
         if alias is None:
-            break
+            no_room.add((rows[index][1], str(target.prefix)))
+            continue
         conn.execute(
             update(schema.routes)
             .where(schema.routes.c.node_id == rows[index][1], schema.routes.c.prefix == str(target.prefix))
@@ -444,16 +458,31 @@ def _check_stated_aliases(subnets: Sequence[Prefix], stated: Mapping[Prefix, Pre
     for prefix, alias in stated.items():
         if prefix not in subnets:
             raise ValidationError(f"an alias for {prefix}, which is not advertised", code="invalid_alias")
-        try:
-            ipam.RouteClaim(prefix, "-", alias=alias)
-        except ValueError as exc:
-            raise ValidationError(str(exc), code="invalid_alias") from None
+        ipam.check_alias(prefix, alias)
 
 
 def _alias_rows(conn: Connection, node_id: NodeId) -> dict[str, AliasColumns]:
     r = schema.routes.c
     rows = conn.execute(select(r.prefix, r.alias, r.alias_by).where(r.node_id == node_id))
     return {prefix: (alias, by) for prefix, alias, by in rows}
+
+
+def _republish(
+    conn: Connection, node_id: NodeId, prefix: str, columns: AliasColumns, *, keep_approval: bool
+) -> None:
+    """Publish a route under other alias columns as a new claim: its row made again, so that it ranks
+    after every claim made before the change (an alias moved onto a prefix another site publishes, or
+    an alias dropped where a later site now holds the prefix, must not take it by the route's age).
+    `keep_approval` False: an admin's approval goes with the old publication (a rejection stays)."""
+    r = schema.routes.c
+    row = dict(
+        conn.execute(select(schema.routes).where(r.node_id == node_id, r.prefix == prefix)).mappings().one()
+    )
+    conn.execute(delete(schema.routes).where(r.id == row.pop("id")))
+    row.update(alias=columns[0], alias_by=columns[1], created_at=utcnow())
+    if not keep_approval and row["decision"] == "approved":
+        row.update(decision=None, decided_by=None, decision_reason=None)
+    conn.execute(insert(schema.routes).values(**row))
 
 
 def _alias_columns(current: AliasColumns, stated: Prefix | None) -> AliasColumns:
@@ -877,6 +906,7 @@ class Registry:
             w.conn.execute(delete(table).where(column == node_id))
         _renew_psks(w.conn, node_id)
         _revoke_tickets(w.conn, node_id, utcnow().timestamp())
+        _give_aliases(w.conn)  # its site and rules may have changed, and with them its routes' verdicts
         write_entry(
             w.conn,
             actor=f"token:{token['id']}",
@@ -1202,12 +1232,10 @@ class Registry:
             self._node_by_id(w.conn, node_id)
             self._replace_subnets(w.conn, node_id, subnets)
             w.conn.execute(update(schema.nodes).where(schema.nodes.c.id == node_id).values(site=wanted_site))
-            for prefix, (alias, by) in _alias_changes(_alias_rows(w.conn, node_id), stated).items():
-                w.conn.execute(
-                    update(schema.routes)
-                    .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix == prefix)
-                    .values(alias=alias, alias_by=by)
-                )
+            for prefix, columns in _alias_changes(_alias_rows(w.conn, node_id), stated).items():
+                # An admin's approval covered the route as it was published then, not an alias the agent
+                # names now: that one is judged by the rules (or waits for an admin) like a new prefix.
+                _republish(w.conn, node_id, prefix, columns, keep_approval=columns[1] != "agent")
             _give_aliases(w.conn)
             return _own_routes(_classify(w.conn, _network(w.conn), self._routes).routes, node_id)
 
@@ -1302,22 +1330,13 @@ class Registry:
         gateway translates between the two (agent/ruleset.py).
         """
         if alias is not None:
-            try:
-                ipam.RouteClaim(prefix, "-", alias=alias)
-            except ValueError as exc:
-                raise ValidationError(str(exc), code="invalid_alias") from None
+            ipam.check_alias(prefix, alias)
         with self.store.write() as w:
             node_id = self._resolve(w.conn, ref)
-            done = w.conn.execute(
-                update(schema.routes)
-                .where(schema.routes.c.node_id == node_id, schema.routes.c.prefix == str(prefix))
-                .values(
-                    alias=str(alias) if alias is not None else None,
-                    alias_by="admin" if alias is not None else None,
-                )
-            )
-            if done.rowcount != 1:
+            if str(prefix) not in _alias_rows(w.conn, node_id):
                 raise NotFoundError(f"node {ref!r} does not advertise {prefix}", code="unknown_route")
+            columns = (str(alias), "admin") if alias is not None else (None, None)
+            _republish(w.conn, node_id, str(prefix), columns, keep_approval=True)
             _give_aliases(w.conn)
             routes = _classify(w.conn, _network(w.conn), self._routes).routes
         return next(r for r in routes if r.gateway_id == node_id and r.prefix == prefix)

@@ -230,9 +230,9 @@ def up(
         waves = plan.agent_waves
         for number, wave in enumerate(waves):
             if number:
-                # Overlapping claims are ranked by age (enrollment carries the subnets): the lower-numbered
-                # site of an overlap must have enrolled first for its claim to be the active one.
-                lab.wait_enrolled([s.node for s in waves[number - 1]], left(), progress)
+                # Overlapping claims are ranked by age: the lower-numbered site of an overlap must have
+                # stated its LAN first for its claim to be the active one.
+                lab.wait_advertised(waves[number - 1], left(), progress)
             lab.start_agents(wave)
         if plan.ha_sites:
             # A second gateway starts once its site's own has enrolled: claims are ranked by age, so gwI

@@ -251,6 +251,11 @@ class Lab:
         """Approve each HA site's prefix on its second gateway, as an admin would, once it advertises it."""
         return services.approve_ha_routes(self.state, timeout, progress)
 
+    def wait_advertised(self, sites: Iterable[Site], timeout: float, progress: Progress = quiet) -> float:
+        """Wait until the coordinator lists each site's LAN among its own gateway's routes."""
+        lans = {site.node: site.lan for site in sites}
+        return services.wait_advertised(self.state, lans, timeout, progress)
+
     def wait_enrolled(self, nodes: Iterable[str], timeout: float, progress: Progress = quiet) -> float:
         """Wait until the coordinator lists every one of `nodes`; fail at once if an agent exits."""
         return services.wait_enrolled(self.state, nodes, timeout, progress)

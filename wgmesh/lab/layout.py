@@ -312,7 +312,7 @@ class LabPlan:
 
     @property
     def agent_waves(self) -> tuple[tuple[Site, ...], ...]:
-        """The sites in the order their agents start, a wave at a time, each once the one before has enrolled.
+        """The sites in the order their agents start, a wave at a time, each once the one before has stated its LAN.
 
         The coordinator ranks overlapping claims by age, so a site whose LAN overlaps a lower-numbered site's
         starts in a later wave: the lower-numbered site's claim is then the active one, every time, and the

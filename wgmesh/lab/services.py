@@ -12,7 +12,7 @@ import binascii
 import logging
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wgmesh.errors import WgmeshError
@@ -39,6 +39,7 @@ from wgmesh.lab.wait import NotYet, Progress, WaitTimeout, quiet, wait_until
 from wgmesh.logs import kv
 from wgmesh.pins import PIN_LINE, Pin
 from wgmesh.relay.identity import KEY_FILE, RelayIdentity, load_or_create_key
+from wgmesh.values import Prefix
 
 log = logging.getLogger("wgmesh.lab")
 
@@ -385,6 +386,37 @@ def wait_enrolled(state: LabState, nodes: Iterable[str], timeout: float, progres
         return True
 
     return wait_until(enrolled, max(timeout, 0.1), f"nodes of lab {state.name} to enroll", interval=0.2)
+
+
+def wait_advertised(
+    state: LabState, lans: Mapping[str, Prefix], timeout: float, progress: Progress = quiet
+) -> float:
+    """Wait until the coordinator lists each node's LAN among its routes ({node: LAN}). Enrollment carries
+    no subnets (the agent states them right after, from a thread of its own): being enrolled says nothing
+    yet about a route's age, which is what ranks overlapping claims."""
+    wanted = dict(lans)
+
+    def advertised() -> bool:
+        for node in wanted:
+            check_alive(state, node)
+        try:
+            with admin_client(state) as api:
+                found = api.json("GET", "/api/v1/routes", timeout=scaled(2.0))
+        except WgmeshError as exc:
+            raise NotYet(exc.message) from exc
+        routes = found.get("routes") if isinstance(found, dict) else None
+        listed = {
+            (r.get("gateway"), r.get("prefix"))
+            for r in (routes if isinstance(routes, list) else [])
+            if isinstance(r, dict)
+        }
+        missing = sorted(node for node, lan in wanted.items() if (node, str(lan)) not in listed)
+        progress(f"waiting for {', '.join(missing) or 'nothing'} to advertise its LAN")
+        if missing:
+            raise NotYet(f"LAN not advertised yet by {', '.join(missing)}")
+        return True
+
+    return wait_until(advertised, max(timeout, 0.1), f"LANs of lab {state.name} advertised", interval=0.2)
 
 
 def approve_ha_routes(state: LabState, timeout: float, progress: Progress = quiet) -> float:
