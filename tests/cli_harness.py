@@ -14,6 +14,15 @@ from typing import Any, Protocol
 from wgmesh.lab.timescale import scaled
 
 ENTRY = "from wgmesh.cli.main import main; main()"
+
+
+def run_wgmesh(*args: str) -> subprocess.CompletedProcess[str]:
+    """`wgmesh ARGS` in a process of its own with this environment (no coordinator needed: refusals)."""
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=scaled(30), check=False
+    )
+
+
 # Runs each command line of a JSON list (argv[1]) through the same main() one after the other, each
 # with its own stdout and stderr, and writes their exit codes and output as JSON: one interpreter
 # start-up (about a second) for many commands whose messages a test checks.

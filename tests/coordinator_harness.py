@@ -348,6 +348,13 @@ class Enrolled:
     first_netmap: dict[str, Any]
 
 
+def routes_by_key(admin: httpx.Client) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every route with its verdict, by (prefix, gateway)."""
+    r = admin.get("/api/v1/routes")
+    assert r.status_code == 200, r.text
+    return {(x["prefix"], x["gateway"]): x for x in r.json()["routes"]}
+
+
 def create_token(admin: httpx.Client, **body: Any) -> dict[str, Any]:
     r = admin.post("/api/v1/tokens", json=body)
     assert r.status_code == 201, r.text

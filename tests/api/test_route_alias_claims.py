@@ -9,14 +9,9 @@ from typing import Any
 
 import httpx
 from coordinator_harness import Api, Enrolled, create_token, enroll
+from coordinator_harness import routes_by_key as routes
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-def routes(admin: httpx.Client) -> dict[tuple[str, str], dict[str, Any]]:
-    r = admin.get("/api/v1/routes")
-    assert r.status_code == 200, r.text
-    return {(x["prefix"], x["gateway"]): x for x in r.json()["routes"]}
 
 
 def state(

@@ -12,16 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from coordinator_harness import Api, Enrolled, create_token, enroll, netmap, peers_by_name, version
+from coordinator_harness import routes_by_key as routes
 
 BACKENDS = ("sqlite", "postgresql")
 
 LAN = "10.1.0.0/24"
-
-
-def routes(admin: httpx.Client) -> dict[tuple[str, str], dict[str, Any]]:
-    r = admin.get("/api/v1/routes")
-    assert r.status_code == 200, r.text
-    return {(x["prefix"], x["gateway"]): x for x in r.json()["routes"]}
 
 
 def alias(admin: httpx.Client, node: str, prefix: str, to: str | None) -> httpx.Response:

@@ -19,17 +19,12 @@ from coordinator_harness import (
     post_status,
     version,
 )
+from coordinator_harness import routes_by_key as routes
 
 BACKENDS = ("sqlite", "postgresql")
 """Run on both databases, through the same code (tests/api/conftest.py)."""
 
 PREFIX = "10.42.0.0/24"
-
-
-def routes(admin: httpx.Client) -> dict[tuple[str, str], dict[str, Any]]:
-    r = admin.get("/api/v1/routes")
-    assert r.status_code == 200, r.text
-    return {(x["prefix"], x["gateway"]): x for x in r.json()["routes"]}
 
 
 def state(coordinator: Api, node: Enrolled, subnets: list[str], site: str | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 
 import pytest
+from cli_harness import run_wgmesh
 
 from wgmesh.cli.lab import _lab_summary, _lans_line
 from wgmesh.errors import ValidationError
@@ -329,16 +330,6 @@ def test_a_site_overlapping_an_earlier_one_starts_once_that_one_has_enrolled() -
     assert waves(plan_lab("wgl", 3, lans={1: "10.0.0.0/14"})) == [[1], [2, 3]]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from wgmesh.cli.main import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -350,7 +341,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_lan_flags_are_one_line_and_exit_2(args: tuple[str, ...], needle: str) -> None:
-    done = _cli("lab", "up", "--name", "zq", *args)
+    done = run_wgmesh("lab", "up", "--name", "zq", *args)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_harness import run_wgmesh
 
 from wgmesh.errors import ValidationError
 from wgmesh.lab import procs, timescale
@@ -170,16 +170,6 @@ def test_parse_ss_pids() -> None:
     assert parse_ss_pids("") == []
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from wgmesh.cli.main import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -194,7 +184,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args: tuple[str, ...], needle: str) -> None:
-    done = _cli(*args)
+    done = run_wgmesh(*args)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
