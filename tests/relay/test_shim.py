@@ -7,6 +7,7 @@ shim only ever exchanges datagrams with that port, so this is exactly the traffi
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -134,6 +135,69 @@ def test_a_burst_of_datagrams_arrives_whole_and_in_order(pair: tuple[Side, Side]
         pass
     assert len(got) >= count * 0.99, f"{count - len(got)} datagrams lost; shim counters {a.shim.counters}"
     assert got == sorted(got)
+
+
+UDP_GRO = 104  # <linux/udp.h>: the socket takes a GSO send whole, its segment size in a control message
+
+
+def received_segments(wg: socket.socket, timeout: float) -> tuple[list[bytes], bool]:
+    """Every datagram waiting on a UDP_GRO socket, cut at the segment size; and whether any read held several."""
+    wg.settimeout(timeout)
+    found: list[bytes] = []
+    coalesced = False
+    try:
+        while True:
+            data, ancillary, _flags, _source = wg.recvmsg(65535, socket.CMSG_SPACE(4))
+            size = next((struct.unpack("=i", d[:4])[0] for lvl, kind, d in ancillary if kind == UDP_GRO), 0)
+            if size and len(data) > size:
+                coalesced = True
+                found += [data[i : i + size] for i in range(0, len(data), size)]
+            else:
+                found.append(data)
+            wg.settimeout(0.3)
+    except TimeoutError:
+        pass
+    return found, coalesced
+
+
+def test_a_run_of_datagrams_reaches_wireguard_in_one_send_and_intact(pair: tuple[Side, Side]) -> None:
+    """Datagrams of one sender and size from one relay read go to WireGuard as one UDP GSO send (the kernel
+    cuts it in segments: WireGuard reads them one by one); a shorter one ends a run, sizes and order kept."""
+    a, b = pair
+    b.wg.setsockopt(socket.SOL_UDP, UDP_GRO, 1)  # so that this test can see a send that held several
+    target = a.shim_address(2)
+    sizes = [1400] * 8 + [700] + [1400] * 4 + [90]
+    seen_one_send = False
+    for burst in range(20):  # a run needs the burst in one read of the relay connection: nearly always
+        sent = [bytes([4, burst, i]) + bytes(size - 3) for i, size in enumerate(sizes)]
+        for datagram in sent:
+            a.wg.sendto(datagram, target)
+        got, coalesced = received_segments(b.wg, 3.0)
+        assert got == sent, f"burst {burst}: {[len(g) for g in got]}; counters {b.shim.counters}"
+        seen_one_send |= coalesced
+        if seen_one_send:
+            break
+    assert seen_one_send, "no burst reached WireGuard as one send"
+
+
+def test_a_kernel_refusing_segmentation_gets_one_send_per_datagram(pair: tuple[Side, Side]) -> None:
+    """Where the kernel refuses a GSO send (before Linux 4.18; here: a socket with UDP checksums off, which
+    GSO needs), the shim sends each datagram by itself from then on, and nothing is lost on the way."""
+    a, b = pair
+    b.shim_address(1)  # B's socket for A exists before the datagrams arrive
+    SO_NO_CHECK = 11  # <asm-generic/socket.h>
+    b.shim._sockets[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    target = a.shim_address(2)
+    for burst in range(20):
+        sent = [bytes([4, burst, i]) + bytes(1397) for i in range(10)]
+        for datagram in sent:
+            a.wg.sendto(datagram, target)
+        got, coalesced = received_segments(b.wg, 3.0)
+        assert got == sent and not coalesced
+        if not b.shim._gso:
+            break
+    assert not b.shim._gso, "no run was gathered, so the refusal was never met"
+    assert "wireguard_unreachable" not in b.shim.counters.dropped
 
 
 def test_datagrams_from_other_local_ports_are_not_relayed(pair: tuple[Side, Side]) -> None:

@@ -8,8 +8,11 @@ go to the prober instead of WireGuard.
 
 Everything here runs on one event loop thread (`NetLoop`); sockets are drained on every wake-up (until
 they would block) rather than one datagram per callback, which is what keeps a Python shim near
-wireguard-go's own speed. The agent calls in from other threads only through the `*_threadsafe` methods.
-(Batching with recvmmsg/sendmmsg through ctypes was measured and not kept: docs/performance.md.)
+wireguard-go's own speed. A relay connection is read into the link's own buffer, and the datagrams of one
+sender and one size in a read go to WireGuard in one UDP GSO send (the kernel cuts it into the datagrams
+WireGuard reads one by one; a kernel that refuses it gets one send each). The agent calls in from other
+threads only through the `*_threadsafe` methods. (Batching the reads from WireGuard with recvmmsg through
+ctypes was measured and not kept: docs/performance.md, "Shim capacity".)
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -62,12 +67,62 @@ SEND_LIMIT = 4 * 1024 * 1024
 DRAIN_MAX = 256
 """Datagrams read from one socket per wake-up: bounds the time one busy peer holds the loop."""
 DRAIN_BUFFER = 512 * 1024
+READ_BUFFER = 256 * 1024
+"""A relay connection's read buffer: a read carries up to ~180 datagrams of 1,400 bytes, and a partial frame
+(at most 64 KiB) always leaves room for the next read."""
 _DATA = int(FrameType.DATA)
 _DATAGRAM_ROOM = DATA_HEADER_SIZE + 65535
 _PROBE_FIRST = ord("W")
 SOCKET_BUFFER = 4 * 1024 * 1024
 """Per-socket buffers asked for (the kernel caps them at net.core.[rw]mem_max)."""
 TICKET_CODES = frozenset({CloseCode.BAD_TICKET, CloseCode.TICKET_EXPIRED, CloseCode.WRONG_NODE})
+UDP_SEGMENT = 103
+"""<linux/udp.h>: the segment size of a UDP GSO send (Linux 4.18 and later)."""
+GSO_MAX_SEGMENTS = 64
+"""The kernel's UDP_MAX_SEGMENTS: datagrams one GSO send may carry."""
+GSO_MAX_BYTES = 65000
+"""What one GSO send may carry in all: its payload is one UDP datagram's, under 64 KiB."""
+_NO_GSO = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+_U16 = struct.Struct("=H")
+
+
+class _Run:
+    """Datagrams from one sender on their way to WireGuard that one UDP GSO send can carry: every one of the
+    first one's size, the last one possibly shorter (the kernel cuts the send into segments of that size)."""
+
+    __slots__ = ("datagrams", "ended", "nbytes", "segment", "sender")
+
+    def __init__(self) -> None:
+        self.datagrams: list[bytes | memoryview] = []
+        self.sender = 0
+        self.segment = 0
+        self.nbytes = 0
+        self.ended = False
+
+    def __bool__(self) -> bool:
+        return bool(self.datagrams)
+
+    def joins(self, sender: int, size: int) -> bool:
+        """Whether a datagram of `size` from `sender` can join this run."""
+        return (
+            sender == self.sender
+            and not self.ended
+            and size <= self.segment
+            and len(self.datagrams) < GSO_MAX_SEGMENTS
+            and self.nbytes + size <= GSO_MAX_BYTES
+        )
+
+    def add(self, sender: int, datagram: bytes | memoryview, size: int) -> None:
+        """Append (the caller checked `joins`, or the run is empty)."""
+        if not self.datagrams:
+            self.sender, self.segment, self.nbytes, self.ended = sender, size, 0, False
+        self.datagrams.append(datagram)
+        self.nbytes += size
+        self.ended = size < self.segment
+
+    def clear(self) -> None:
+        """Drop the datagrams (views of a buffer that is about to change)."""
+        self.datagrams.clear()
 
 
 @dataclass
@@ -96,14 +151,16 @@ class RelayView:
     error: str | None
 
 
-class RelayLink(asyncio.Protocol):
+class RelayLink(asyncio.BufferedProtocol):
     """One connection to one relay: hello with the ticket, then data both ways, pings for RTT and liveness."""
 
     def __init__(self, shim: RelayShim, info: RelayInfo) -> None:
         self.shim = shim
         self.info = info
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._buffer = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._filled = 0
         self._scanner = protocol.FrameScanner()
         self.up = False
         self.rtt: float | None = None
@@ -184,7 +241,7 @@ class RelayLink(asyncio.Protocol):
         latency-sensitive datagram."""
         # uvloop's transports are not asyncio.Transport subclasses, though they implement it.
         self.transport = cast(asyncio.Transport, transport)
-        self._buffer = bytearray()
+        self._filled = 0
         self.last_heard = time.monotonic()
         if self.pin is not None and not self._holds_pinned_key():
             return
@@ -218,15 +275,20 @@ class RelayLink(asyncio.Protocol):
             return
         self.transport.write(protocol.encode(Hello(self.shim.node_id, grant.ticket)))
 
-    def data_received(self, data: bytes) -> None:
-        """Every complete frame of the stream so far: data frames straight to WireGuard, the rest decoded.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the free part of the read buffer (the partial frame left by the
+        previous read is at its front, so at least READ_BUFFER minus one largest frame is free)."""
+        return self._view[self._filled :]
 
-        Data frames are handed to WireGuard as slices of the buffer, with no frame object and no copy.
+    def buffer_updated(self, nbytes: int) -> None:
+        """Every complete frame read so far: data frames straight to WireGuard, the rest decoded.
+
+        The transport reads into this link's buffer and data frames are handed to WireGuard as views of it,
+        with no copy of the stream and no frame object; only a partial frame at the end moves to the front.
         """
-        buf = self._buffer
-        buf += data
-        deliver = self.shim.deliver
-        view = memoryview(buf)
+        self._filled += nbytes
+        buf, view = self._buffer, self._view
+        gather = self.shim.gather
 
         def on_frame(kind: int, start: int, end: int) -> bool:
             self._control(protocol.parse_payload(kind, view, start, end))
@@ -236,18 +298,21 @@ class RelayLink(asyncio.Protocol):
             pos = self._scanner.scan(
                 buf,
                 0,
-                len(buf),
-                lambda peer, start, end, _: deliver(peer, view[start + DATA_HEADER_SIZE : end]),
+                self._filled,
+                lambda peer, start, end, _: gather(peer, view[start + DATA_HEADER_SIZE : end]),
                 on_frame,
             )
         except protocol.ProtocolError as exc:
             self._note_error(f"protocol error from relay: {exc.message}")
             if self.transport is not None:
                 self.transport.abort()
-            pos = len(buf)
+            pos = self._filled
         finally:
-            view.release()
-        del buf[:pos]
+            self.shim.flush()  # the gathered datagrams are views of the buffer: sent before it changes
+        left = self._filled - pos
+        if pos and left:
+            buf[:left] = buf[pos : self._filled]
+        self._filled = left
         self.last_heard = time.monotonic()
 
     def _control(self, frame: protocol.Frame) -> None:
@@ -342,6 +407,9 @@ class RelayShim:
         """The netmap's peers (`retain_threadsafe`): frames from any other sender are dropped, so a ticket
         holder the netmap does not list cannot make this agent open a socket per sender id it makes up."""
         self._lock = threading.Lock()
+        self._run = _Run()
+        self._gso = True
+        """Whether WireGuard's datagrams go out in runs (UDP GSO); off for good after the kernel refused it."""
 
     # -- from other threads -----------------------------------------------------------------------
 
@@ -507,24 +575,65 @@ class RelayShim:
 
     def deliver(self, sender: int, datagram: bytes | memoryview) -> None:
         """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
+        self.gather(sender, datagram)
+        self.flush()
+
+    def gather(self, sender: int, datagram: bytes | memoryview) -> None:
+        """`deliver`, with WireGuard's datagrams held in a run until `flush` (or a datagram that cannot join
+        the run): the caller flushes before it changes the buffer the datagrams are views of."""
         if sender not in self._peers:
             self.counters.drop("unknown_sender")
             return
         if datagram[0] == _PROBE_FIRST and is_probe(datagram):  # WireGuard's first byte is 1-4
             self.on_probe(sender, bytes(datagram))
             return
-        sock = self._sockets.get(sender)
-        if sock is None:
-            # A peer that moved to the relay before this side did: give it a socket, WireGuard roams to it.
-            self.endpoint_for(sender)
-            sock = self._sockets[sender]
+        run = self._run
+        size = len(datagram)
+        if run and not self._run.joins(sender, size):
+            self.flush()
+        run.add(sender, datagram, size)
+
+    def flush(self) -> None:
+        """Send the gathered run to WireGuard: one send of its segments (UDP GSO) when it has several."""
+        run = self._run
+        if not run:
+            return
+        sender, datagrams, segment = run.sender, run.datagrams, run.segment
         try:
-            sock.sendto(datagram, self.wg_addr)
-            self.counters.from_relay += 1
-        except (BlockingIOError, InterruptedError):
-            self.counters.drop("wireguard_busy")
-        except OSError:
-            self.counters.drop("wireguard_unreachable")
+            sock = self._sockets.get(sender)
+            if sock is None:
+                # A peer that moved to the relay before this side did: give it a socket, WireGuard roams to it.
+                self.endpoint_for(sender)
+                sock = self._sockets[sender]
+            if len(datagrams) > 1 and self._gso:
+                try:
+                    sock.sendmsg(
+                        datagrams, [(socket.SOL_UDP, UDP_SEGMENT, _U16.pack(segment))], 0, self.wg_addr
+                    )
+                    self.counters.from_relay += len(datagrams)
+                    return
+                except (BlockingIOError, InterruptedError):
+                    self.counters.drop("wireguard_busy", len(datagrams))
+                    return
+                except OSError as exc:
+                    if exc.errno not in _NO_GSO:
+                        self.counters.drop("wireguard_unreachable", len(datagrams))
+                        return
+                    # A kernel without UDP GSO (before 4.18) or a socket that cannot: one send each from now.
+                    self._gso = False
+                    log.info(
+                        "UDP segmentation offload unavailable; one send per datagram", extra=kv(error=exc)
+                    )
+            for datagram in datagrams:
+                try:
+                    sock.sendto(datagram, self.wg_addr)
+                    self.counters.from_relay += 1
+                except (BlockingIOError, InterruptedError):
+                    self.counters.drop("wireguard_busy")
+                except OSError:
+                    self.counters.drop("wireguard_unreachable")
+        finally:
+            run.clear()
 
     def _retain(self, peer_ids: set[int]) -> None:
         self._peers = frozenset(peer_ids)
