@@ -10,7 +10,7 @@ APT_PACKAGES += qemu-system-x86 kmod busybox-static file
 # The store tests: a private PostgreSQL cluster (tests/pg_harness.py), and the backup steps of docs/deploy.md.
 APT_PACKAGES += postgresql sqlite3
 
-.PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel clean demo demo-down
+.PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel clean demo demo-down dist
 
 setup: apt venv
 
@@ -31,6 +31,13 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
+
+# The sdist and the wheel (the dashboard inside) in dist/, checked as PyPI would check an upload. Built
+# without isolation: the venv holds the build backend, so no download is needed.
+dist: venv
+	@rm -rf dist build
+	@out=$$($(PY) -m build --no-isolation --outdir dist . 2>&1) || { echo "$$out"; exit 1; }
+	@$(VENV)/bin/twine check --strict dist/*
 
 lint: venv
 	@$(VENV)/bin/ruff check wgmesh tests $(wildcard benchmarks)

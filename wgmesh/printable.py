@@ -4,7 +4,7 @@
 value can neither drive the terminal (colours, titles, cursor moves), nor hide or reorder what is around it
 (CR, bidi overrides), nor forge a log line (LF). The API refuses such text where it enters (models.Printable);
 this is for what got in before, and for every place text is shown: the CLI, the logs and the dashboard
-(web/app.js does the same in `visible`).
+(wgmesh/web/app.js does the same in `visible`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import get_args
 
-from wgmesh import logs, malloc
+from wgmesh import __version__, logs, malloc
 from wgmesh.agent import config as agent_config
 from wgmesh.agent import ha, route_guard
 from wgmesh.agent.agent import Agent, Stopped
@@ -64,6 +64,7 @@ class StopOnSignal:
 def build_parser() -> argparse.ArgumentParser:
     """The agent's command-line parser."""
     parser = argparse.ArgumentParser(prog="wgmesh-agent", description="wgmesh agent for a gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--config", help=f"TOML config file (default {agent_config.DEFAULT_CONFIG} if present)"
     )

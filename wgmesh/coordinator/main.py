@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError as PydanticValidationError
 
-from wgmesh import ipam, logs, malloc
+from wgmesh import __version__, ipam, logs, malloc
 from wgmesh.api_client import check_url
 from wgmesh.coordinator import identity, migrate
 from wgmesh.coordinator.app import Settings, create_app, create_metrics_app
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Without a command it serves ('serve'). 'init' creates the database and prints an admin token.",
     )
     parser.add_argument("--db", default=os.environ.get("WGMESH_DB", DEFAULT_DB), help="database URL")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="info", choices=logs.LEVELS)
     sub = parser.add_subparsers(dest="command")
     init = sub.add_parser("init", help="create the database and print an admin token once")

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from cryptography import x509
 
-from wgmesh import logs, trust
+from wgmesh import __version__, logs, trust
 from wgmesh.api_client import check_url
 from wgmesh.entrypoint import run_console
 from wgmesh.errors import ValidationError
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Nodes authenticate with tickets signed by the coordinator and check the relay's key against "
         f"its pin ('{PROG} pin' prints it); see docs/relay-protocol.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN})"
     )

@@ -41,9 +41,9 @@ DASHBOARD_HEADERS = {
 
 
 def web_root() -> Path:
-    """The dashboard's files: $WGMESH_WEB_DIR, else `web/` next to the package (source or editable install)."""
+    """The dashboard's files: $WGMESH_WEB_DIR, else the package's own `wgmesh/web/` (installed with it)."""
     configured = os.environ.get("WGMESH_WEB_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "web"
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "web"
 
 
 async def login(call: Call) -> Response:
