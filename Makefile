@@ -9,8 +9,10 @@ APT_PACKAGES := wireguard-tools wireguard-go iproute2 nftables iperf3 iputils-pi
 APT_PACKAGES += qemu-system-x86 kmod busybox-static file
 # The store tests: a private PostgreSQL cluster (tests/pg_harness.py), and the backup steps of docs/deploy.md.
 APT_PACKAGES += postgresql sqlite3
+# test-systemd: a Debian root made by mmdebstrap, booted with a real systemd by systemd-nspawn.
+APT_PACKAGES += mmdebstrap systemd-container
 
-.PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel clean demo demo-down dist
+.PHONY: setup apt venv test lint typecheck unit kernel-image test-kernel systemd-root test-systemd clean demo demo-down dist
 
 setup: apt venv
 
@@ -49,7 +51,7 @@ typecheck: venv
 # The tests marked `kernel` run once, in test-kernel's VM (here they would only be skipped).
 # The slowest tests are listed at the end, so a run on a slow machine shows where its time went.
 unit: venv
-	@$(VENV)/bin/pytest -q -m "not kernel" --durations=15
+	@$(VENV)/bin/pytest -q -m "not kernel and not systemd" --durations=15
 
 KERNEL_DIR := .cache/kernel
 
@@ -71,7 +73,36 @@ kernel-image:
 test-kernel: setup kernel-image
 	@tests/kernel/run_vm.sh $$(ls $(KERNEL_DIR)/root/boot/vmlinuz-* | tail -1) tests/kernel
 
-test: setup lint typecheck unit test-kernel
+SYSTEMD_DIR := .cache/systemd
+SYSTEMD_PACKAGES := systemd,systemd-sysv,dbus,iproute2,iputils-ping,nftables,wireguard-go,python3,python3-venv
+
+# A Debian root (the host's suite) with systemd and what the units need, made once into $(SYSTEMD_DIR)/root;
+# and the package's dependencies as wheels in $(SYSTEMD_DIR)/wheels, fetched again when pyproject.toml's
+# list changes, so that the test installs wgmesh there as docs/deploy.md says, with no network.
+systemd-root: venv
+	@if [ "$$(cat $(SYSTEMD_DIR)/root/.wgmesh-packages 2>/dev/null)" != "$(SYSTEMD_PACKAGES)" ]; then \
+	  suite=$$(. /etc/os-release && echo $$VERSION_CODENAME); echo "making a Debian $$suite root in $(SYSTEMD_DIR)"; \
+	  rm -rf $(SYSTEMD_DIR)/root $(SYSTEMD_DIR)/root.tmp && mkdir -p $(SYSTEMD_DIR) && \
+	  mmdebstrap --quiet --variant=minbase --include=$(SYSTEMD_PACKAGES) $$suite $(SYSTEMD_DIR)/root.tmp >/dev/null && \
+	  echo "$(SYSTEMD_PACKAGES)" > $(SYSTEMD_DIR)/root.tmp/.wgmesh-packages && \
+	  mv $(SYSTEMD_DIR)/root.tmp $(SYSTEMD_DIR)/root \
+	  || { echo "systemd-root: mmdebstrap failed" >&2; exit 1; }; \
+	fi
+	@deps=$$($(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))'); \
+	if [ "$$deps" != "$$(cat $(SYSTEMD_DIR)/wheels/.deps 2>/dev/null)" ]; then \
+	  rm -rf $(SYSTEMD_DIR)/wheels && mkdir -p $(SYSTEMD_DIR)/wheels && \
+	  echo "$$deps" > $(SYSTEMD_DIR)/wheels/requirements.txt && \
+	  out=$$($(PY) -m pip download -q --disable-pip-version-check --only-binary=:all: -d $(SYSTEMD_DIR)/wheels \
+	    -r $(SYSTEMD_DIR)/wheels/requirements.txt 2>&1) \
+	  || { echo "$$out" >&2; echo "systemd-root: could not download the dependencies" >&2; exit 1; }; \
+	  echo "$$deps" > $(SYSTEMD_DIR)/wheels/.deps; \
+	fi
+
+# The units under a real systemd: tests/systemd boots $(SYSTEMD_DIR)/root with systemd-nspawn.
+test-systemd: setup systemd-root
+	@$(VENV)/bin/pytest -q -m systemd tests/systemd
+
+test: setup lint typecheck unit test-kernel test-systemd
 
 # The dashboard's browser tests, saving their screenshots under docs/img/ (referenced from the README).
 screenshots: setup

@@ -55,6 +55,7 @@ NODE_FIELDS = {
     "p2p",
     "mtu",
     "coordinator",
+    "agent_version",
     "site",
     "subnets",
     "peers",

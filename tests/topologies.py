@@ -59,12 +59,15 @@ def report(
     shadowed: list[ShadowedRoute] | None = None,
     mtu: int | None = None,
     ha: list[HaStatus] | None = None,
+    agent_version: str | None = None,
 ) -> NodeStatus:
     """`of`'s last status report, received at NOW."""
     return NodeStatus(
         node=of.name,
         reported_at=NOW,
-        report=StatusReport(peers=peers, shadowed=shadowed or [], mtu=mtu, ha=ha or []),
+        report=StatusReport(
+            peers=peers, shadowed=shadowed or [], mtu=mtu, ha=ha or [], agent_version=agent_version
+        ),
     )
 
 

@@ -78,6 +78,7 @@ def build_mesh(coordinator: Coordinator, admin: httpx.Client) -> Mesh:
             # its underlay carries 1400, and its agent set 1380 on the interface
             "mtu": 1380,
             "max_mtu": 1400,
+            "agent_version": "0.2.0",
             "peers": [_peer(b, "direct", now, 4.2), _peer(c, "relay", now, 21.5)],
             # gw-a's own VPC also holds 10.4.0.0/16, so it does not install gw-d's route
             "shadowed": [

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from wgmesh import errors, ipam, keys, pins, printable, rates, values
+from wgmesh import errors, ipam, keys, pins, printable, rates, values, versions
 from wgmesh.values import (
     AliasSource,
     FailoverCode,
@@ -654,6 +654,11 @@ class StatusReport(Model):
     ha: list[HaStatus] = Field(
         default_factory=list, max_length=10000, description="Each HA group, as this agent handles it"
     )
+    agent_version: Printable | None = Field(
+        None,
+        max_length=versions.MAX_LENGTH,
+        description="The wgmesh version the agent runs (`wgmesh.__version__`); null: an agent before 0.2.0",
+    )
 
 
 class Heartbeat(Model):
@@ -934,6 +939,11 @@ class TopologyNode(Node):
     coordinator: str | None = Field(
         None, description="The coordinator URL the node's agent follows, from its last report"
     )
+    agent_version: str | None = Field(
+        None,
+        description="The wgmesh version the node's agent runs, from its last report; null: no report, or an "
+        "agent before 0.2.0",
+    )
     peers: list[PeerView] = Field(
         default_factory=list, description="Every other node as this one sees it, sorted by name"
     )
@@ -1163,6 +1173,9 @@ class TopologyNodeRow(Model):
     last_seen: datetime | None
     links: LinkCounts
     problems: list[TopologyProblem]
+    agent_version: str | None = Field(
+        None, description="The wgmesh version the node's agent runs, from its last report (null: unknown)"
+    )
 
 
 class TopologyNodePage(Model):

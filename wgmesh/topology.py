@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
+from wgmesh import versions
 from wgmesh.models import (
     HaFailover,
     HaGroup,
@@ -338,7 +339,8 @@ def warnings(
     statuses: Mapping[NodeId, NodeStatus],
 ) -> list[str]:
     """What an admin should look at: links without a recent handshake, routes that do not take effect,
-    gateways offline, and routes a node does not install (shadowed, or refused by its route guard)."""
+    gateways offline, agents older than this coordinator supports (`versions.is_older`), and routes a node
+    does not install (shadowed, or refused by its route guard)."""
     out = [f"{lk.a} and {lk.b} have no recent handshake" for lk in links if lk.path == "down"]
     for route in routes:
         if route.state == "conflict":
@@ -354,6 +356,9 @@ def warnings(
         if gateway_offline(node):
             out.append(f"gateway {node.name} is offline")
         st = statuses.get(node.id)
+        version = st.report.agent_version if st else None
+        if version is not None and versions.is_older(version):
+            out.append(versions.outdated_warning(node.name, version))
         for shadow in st.report.shadowed if st else []:
             out.append(
                 f"{node.name} does not install {shadow.prefix}: it overlaps a local subnet on {shadow.interface}"
@@ -378,6 +383,7 @@ def topology_node(
         effective_p2p=node_p2p(network, node),
         interface_mtu=status.report.mtu if status is not None else None,
         coordinator=status.report.coordinator if status is not None else None,
+        agent_version=status.report.agent_version if status is not None else None,
         peers=[peer_view(node, other, reports) for other in by_name if other.id != node.id],
     )
 

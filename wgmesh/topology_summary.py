@@ -21,6 +21,7 @@ from operator import itemgetter
 from typing import Any
 from urllib.parse import urlencode
 
+from wgmesh import versions
 from wgmesh.models import (
     Link,
     LinkCounts,
@@ -87,6 +88,8 @@ class ReportDigest:
     """The node id ranges of the peers left out as nominal (models.NominalPeers): direct, answering."""
     nominal_handshake: float = math.nan
     """The oldest of their handshakes (unix seconds): all of them are judged by it."""
+    agent_version: str | None = None
+    """The version the node's agent runs (models.StatusReport.agent_version); None: not reported."""
 
     def cutoff(self, online: bool, now: datetime) -> float:
         """Handshakes after this (unix seconds) are fresh: judged at the report's time while its node is
@@ -175,6 +178,7 @@ def digest_report(
         made_at=made_at.timestamp() if made_at is not None else nan,
         nominal=tuple((int(a), int(b)) for a, b in nominal.get("ranges", ())) if nominal else (),
         nominal_handshake=stamp(h).timestamp() if nominal and (h := nominal.get("oldest_handshake")) else nan,
+        agent_version=report.get("agent_version"),
     )
 
 
@@ -341,12 +345,19 @@ def node_problems(node: Node, links: LinkCounts, conflicts: set[NodeId]) -> list
     return found
 
 
-def node_rows(nodes: Sequence[Node], tally: LinkTally, routes: Sequence[Route]) -> list[TopologyNodeRow]:
-    """Every node as a page row, in the given order."""
+def node_rows(
+    nodes: Sequence[Node],
+    tally: LinkTally,
+    routes: Sequence[Route],
+    digests: Mapping[NodeId, ReportDigest] | None = None,
+) -> list[TopologyNodeRow]:
+    """Every node as a page row, in the given order; its agent's version from its report's digest."""
     conflicts = conflict_gateways(routes)
+    reported = digests or {}
     rows = []
     for node in nodes:
         counts = tally.of(node.id)
+        digest = reported.get(node.id)
         rows.append(
             TopologyNodeRow(
                 id=node.id,
@@ -360,6 +371,7 @@ def node_rows(nodes: Sequence[Node], tally: LinkTally, routes: Sequence[Route]) 
                 last_seen=node.last_seen,
                 links=counts,
                 problems=node_problems(node, counts, conflicts),
+                agent_version=digest.agent_version if digest is not None else None,
             )
         )
     return rows
@@ -412,6 +424,7 @@ def summarize(
         "gateway_offline": sum(1 for n in nodes if gateway_offline(n)),
         "route_shadowed": sum(d.shadowed for d in reporting),
         "route_refused": sum(d.refused for d in reporting),
+        "agent_outdated": sum(1 for d in reporting if versions.is_older(d.agent_version)),
     }
     counts = {
         "offline": sum(1 for r in rows if "offline" in r.problems),

@@ -136,6 +136,8 @@ ADDED_BY_SCHEMA_12 = {
 }
 # No schema change: a report stored before agents left nominal peers out lists every peer.
 ADDED_BY_CONDENSED_REPORTS = {"report": {"nominal": None}}
+# No schema change: a report stored before agents said their version (agents of 0.1.0) reads back unknown.
+ADDED_BY_AGENT_VERSION = {"report": {"agent_version": None}}
 # Aliases (issue 20): every route is published at its own prefix, and the network has no alias pool.
 ADDED_BY_SCHEMA_13 = {"route": {"alias": None, "alias_by": None}, "network": {"alias_pool": None}}
 
@@ -211,6 +213,7 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_FAILOVER["report"],
             **ADDED_BY_SCHEMA_12["report"],
             **ADDED_BY_CONDENSED_REPORTS["report"],
+            **ADDED_BY_AGENT_VERSION["report"],
             "peers": [{**p, **ADDED_BY_SCHEMA_12["peer_status"]} for p in value["report"]["peers"]],
         }
         return {**value, "report": report}

@@ -63,6 +63,7 @@ def mesh(coordinator: Coordinator, enrolled: tuple[Enrolled, Enrolled, Enrolled,
             "endpoints": ["198.51.100.1:51820"],
             "mtu": 1380,
             "max_mtu": 1380,
+            "agent_version": "0.2.0",
             "peers": [
                 {
                     "public_key": b.keypair.public_key,
@@ -151,6 +152,8 @@ def test_status_json_contract_field_by_field(wgmesh: Cli, mesh: Mesh) -> None:
     assert (a["eth0_ip"], a["public_ip"], a["online"], a["p2p"]) == ("10.1.0.5", "127.0.0.1", True, "auto")
     assert a["mtu"] == 1380  # what its agent set, from its report
     assert nodes["gw-b"]["mtu"] is None  # reported, but without an MTU (an agent before MTUs)
+    assert a["agent_version"] == "0.2.0"  # the version its agent runs, from its report
+    assert nodes["gw-b"]["agent_version"] is None  # reported, but without a version (an agent of 0.1.0)
     assert a["subnets"] == ["10.1.0.0/16"]
     assert mesh.started - timedelta(seconds=1) <= when(a["last_seen"]) <= datetime.now(UTC)
     peers = {p["name"]: p for p in a["peers"]}
@@ -371,6 +374,38 @@ def test_status_warns_of_each_route_an_agent_refused(
         assert "gw-b refused route 198.18.0.1/32@gw-a" in r.out
     finally:
         post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5"})
+
+
+def test_status_shows_each_agents_version_and_warns_of_one_older_than_supported(
+    wgmesh: Cli, coordinator: Coordinator, mesh: Mesh, cli_env: dict[str, str]
+) -> None:
+    post_status(coordinator, mesh.b, {"eth0_ip": "10.2.0.5", "agent_version": "0.0.9"})
+    warning = (
+        "gw-b runs agent 0.0.9, older than 0.1.0, the oldest this coordinator supports: upgrade its agent"
+    )
+    doc = wgmesh("status", "--json").json()
+    assert {n["name"]: n["agent_version"] for n in doc["nodes"]} == {
+        "dev": None,
+        "gw-a": "0.2.0",
+        "gw-b": "0.0.9",
+        "gw-c": None,
+    }
+    assert warning in doc["warnings"]
+    r = wgmesh("status", env=cli_env | {"COLUMNS": "200"})
+    assert r.code == 0, r.err
+    # newest first; gw-c never reported; dev is a static peer, it runs no agent
+    assert "agents run 0.2.0 (gw-a); 0.0.9 (gw-b); unknown (gw-c)" in r.out
+    assert warning in r.out
+    assert "agent 0.2.0" in wgmesh("status", "gw-a").out.splitlines()[0]
+    assert wgmesh("status", "gw-b", "--json").json()["agent_version"] == "0.0.9"
+    shown = wgmesh("nodes", "show", "gw-a", env=cli_env | {"COLUMNS": "200"})
+    assert re.search(r"^agent version +0\.2\.0 *$", shown.out, re.MULTILINE), shown.out
+    never = wgmesh("nodes", "show", "gw-c", env=cli_env | {"COLUMNS": "200"})
+    assert re.search(r"^agent version +unknown \(not reported\) *$", never.out, re.MULTILINE), never.out
+    assert "agent version" not in wgmesh("nodes", "show", "dev").out  # a static peer
+    assert (
+        "agent_version" not in wgmesh("nodes", "show", "gw-a", "--json").json()
+    )  # the API's node, as before
 
 
 def test_nodes_list_shows_a_site_column_once_a_node_names_a_site(

@@ -52,11 +52,13 @@ def test_status_nodes_filters_and_pages(wgmesh: Cli, mesh: large_mesh.LargeMesh)
     listed = re.findall(r"^\s*(gw-\d{4})\s", r.out, re.M)
     assert listed == offline
     assert f"nodes 1-{len(offline)} of {len(offline)}" in r.out
+    assert "AGENT" in r.out  # the version each agent reports: none here (as agents before 0.2.0)
     r = wgmesh("status", "--nodes", "--tag", "cloud:gcp", "--limit", "5", "--offset", "5", "--json")
     assert r.code == 0, r.err
     page = json.loads(r.out)
     gcp = [mesh.names[i] for i in range(N) if i % 3 == 1]
     assert page["total"] == len(gcp) and [n["name"] for n in page["nodes"]] == gcp[5:10]
+    assert [n["agent_version"] for n in page["nodes"]] == [None] * 5
     r = wgmesh("status", "--nodes", "--limit", "3")
     assert "nodes 1-3 of 120; the next page: --offset 3" in r.out
 

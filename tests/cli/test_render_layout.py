@@ -253,6 +253,24 @@ def test_status_says_which_coordinator_each_agent_follows_and_nothing_when_none_
     assert line_with(lines, "agents follow") < line_with(lines, "Routes")
 
 
+def test_status_says_which_version_each_agent_runs_newest_first_and_nothing_when_none_reported() -> None:
+    view = status(4)
+    text = "\n".join(render(status_screen(view, NOW, 120), 120))
+    assert "agents run" not in text  # agents before 0.2.0 report no version
+    names = [n.name for n in view.nodes]
+    running = [
+        n.model_copy(update={"agent_version": v})
+        for n, v in zip(view.nodes, ("0.9.0", "0.10.0", None, "0.9.0"), strict=True)
+    ]
+    static = {names[3]}  # a static peer runs no agent: not listed, though its (made-up) version is
+    lines = render(status_screen(view.model_copy(update={"nodes": running}), NOW, 120, static), 120)
+    line = lines[line_with(lines, "agents run")]
+    assert line.strip() == f"agents run 0.10.0 ({names[1]}); 0.9.0 ({names[0]}); unknown ({names[2]})"
+    assert line_with(lines, "agents run") < line_with(lines, "Routes")
+    one = render(node_screen(running[1], NOW, 120), 120)
+    assert "agent 0.10.0" in one[0]
+
+
 def ha_groups() -> list[TopologyHaGroup]:
     """Two HA groups with long gateway names, one of them moved by an agent with a long reason."""
     move = {

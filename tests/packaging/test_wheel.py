@@ -10,54 +10,30 @@ directory on the path without running its own `.pth` files (the editable install
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from coordinator_harness import free_port
+from packaging_harness import ROOT, build_dist, has_checkout, project_version, run
 
 from wgmesh.lab.wait import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("wgmesh", "wgmesh-coordinator", "wgmesh-agent", "wgmesh-relay")
 DASHBOARD = ("index.html", "app.js", "app.css", "favicon.svg")
-
-
-def project_version() -> str:
-    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
-
-
-def run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, (
-        f"{' '.join(map(str, cmd))} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
-    )
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the fresh environment, the directory holding the sdist and the wheel)."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
+    if not has_checkout():
         pytest.skip("needs a git checkout: the build takes the tracked files only")
     tmp = tmp_path_factory.mktemp("packaging")
-    source, dist, venv = tmp / "source", tmp / "dist", tmp / "venv"
-    tracked = run("git", "ls-files", "-z", cwd=ROOT).split("\0")
-    for name in filter(None, tracked):
-        if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
-    # sdist first, then the wheel built from the sdist: a file missing from the sdist fails here.
-    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, source, cwd=tmp)
-    run(Path(sys.executable).with_name("twine"), "check", "--strict", *sorted(dist.iterdir()), cwd=tmp)
+    dist, venv = build_dist(tmp), tmp / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp)
     python = venv / "bin" / "python"
     (wheel,) = dist.glob("*.whl")

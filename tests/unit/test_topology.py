@@ -264,12 +264,34 @@ def test_warnings_name_what_needs_a_look() -> None:
     ]
 
 
+def test_an_agent_older_than_supported_is_a_warning_and_an_unknown_one_is_not() -> None:
+    a, b, c, d, e = (node(i, f"gw-{x}", online=True) for i, x in enumerate("abcde", start=1))
+    statuses = [
+        report(a, [], agent_version="0.2.0"),
+        report(b, [], agent_version="0.0.9"),  # older than MIN_AGENT_VERSION (0.1.0)
+        report(c, []),  # an agent of 0.1.0 reports no version: unknown
+        report(d, [], agent_version="nightly"),  # not a version: unknown
+    ]  # gw-e never reported
+    topo = topology([a, b, c, d, e], statuses=statuses)
+    assert topo.warnings == [
+        "gw-b runs agent 0.0.9, older than 0.1.0, the oldest this coordinator supports: upgrade its agent"
+    ]
+    assert {n.name: n.agent_version for n in topo.nodes} == {
+        "gw-a": "0.2.0",
+        "gw-b": "0.0.9",
+        "gw-c": None,
+        "gw-d": "nightly",
+        "gw-e": None,
+    }
+
+
 def test_the_document_keeps_the_network_version_and_nodes() -> None:
     a, b = node(1, "gw-a", tags=["x"]), node(2, "gw-b")
     topo = topology([b, a], network=Network(name="n1"))
     assert (topo.network.name, topo.version) == ("n1", 7)
     assert [
-        n.model_dump(exclude={"effective_p2p", "interface_mtu", "coordinator", "peers"}) for n in topo.nodes
+        n.model_dump(exclude={"effective_p2p", "interface_mtu", "coordinator", "agent_version", "peers"})
+        for n in topo.nodes
     ] == [
         a.model_dump(),
         b.model_dump(),

@@ -160,6 +160,25 @@ def test_groups_problems_and_filters() -> None:
     assert [r.name for r in filter_rows(rows, site="vpc1", name="a")] == ["a"]
 
 
+def test_outdated_agents_are_counted_as_the_topology_warns_of_them_and_rows_carry_versions() -> None:
+    a, b, c, d = (node(i, n, online=True) for i, n in enumerate("abcd", start=1))
+    nodes = [a, b, c, d]
+    statuses = [
+        report(a, [], agent_version="0.2.0"),
+        report(b, [], agent_version="0.0.9"),
+        report(c, []),  # no version: an agent of 0.1.0
+    ]
+    digests = digests_of(nodes, statuses)
+    tally = tally_links([n.id for n in nodes], digests, NOW)
+    rows = node_rows(nodes, tally, [], digests)
+    assert {r.name: r.agent_version for r in rows} == {"a": "0.2.0", "b": "0.0.9", "c": None, "d": None}
+    s = summarize(
+        Network(), version=1, rows=rows, nodes=nodes, routes=[], ha_groups=0, digests=digests, tally=tally
+    )
+    full = topology(nodes, statuses=statuses)
+    assert s.warnings["agent_outdated"] == 1 == sum("runs agent" in w for w in full.warnings)
+
+
 def test_the_view_is_a_summary_above_the_full_view_limit() -> None:
     nodes = [node(i, f"n{i}") for i in range(1, FULL_VIEW_MAX + 2)]
     tally = LinkTally(nodes=len(nodes), total=dict.fromkeys(LinkStates, 0))

@@ -104,6 +104,7 @@ def test_node_details_and_header_show_the_mtus(dashboard: Any, admin: httpx.Clie
     expect(field("Tunnel MTU")).to_have_text("1380")  # what the agent set, from its report
     expect(field("MTU ceiling")).to_have_text("network default (1420)")
     expect(field("Underlay max MTU")).to_have_text("1400")
+    expect(field("Agent version")).to_have_text("0.2.0")  # from its report too
     try:
         # changes made elsewhere arrive live (a version bump, then the event stream)
         assert admin.patch("/api/v1/nodes/gw-a", json={"mtu": 1300}).status_code == 200
@@ -118,6 +119,7 @@ def test_node_details_and_header_show_the_mtus(dashboard: Any, admin: httpx.Clie
     page.locator('#topology g.node[data-node="gw-d"] circle').click()
     expect(field("Tunnel MTU")).to_have_text(EN_DASH)
     expect(field("Underlay max MTU")).to_have_text(EN_DASH)
+    expect(field("Agent version")).to_have_text("unknown")
 
 
 def test_mtu_ceiling_and_network_default_are_set_from_the_dashboard(

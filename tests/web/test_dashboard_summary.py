@@ -75,6 +75,8 @@ def test_a_thousand_gateways_summary_drill_down_and_update(
     expect(page.locator("#drill-nodes-table tbody tr").first).to_have_attribute(
         "data-node", eu[0], timeout=WAIT
     )
+    # the version its agent reports, in the last column: none in this mesh's reports
+    expect(page.locator("#drill-nodes-table tbody tr").first.locator("td").last).to_have_text("unknown")
     page.locator("#drill-nodes-next").click()
     expect(page.locator("#drill-nodes-range")).to_have_text(f"51-100 of {len(eu)}", timeout=WAIT)
     expect(page.locator("#drill-nodes-table tbody tr").first).to_have_attribute(

@@ -14,6 +14,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from wgmesh import versions
 from wgmesh.cli.view import NodeView, RouteView, StatusView, peer_counts
 from wgmesh.models import (
     HaFailover,
@@ -491,13 +492,15 @@ def gateway_notes(nodes: Sequence[NodeView], now: datetime, static: Collection[s
 def status_screen(
     view: StatusView, now: datetime, width: int = 80, static: Collection[str] = ()
 ) -> RenderableType:
-    """`wgmesh status`: nodes (and the coordinators their agents follow), then routes, the HA groups (when
-    there are any), then warnings."""
+    """`wgmesh status`: nodes (the coordinators their agents follow, the versions they run), then routes,
+    the HA groups (when there are any), then warnings."""
     followed = coordinators_line(view.nodes)
+    running = agent_versions_line(view.nodes, static)
     return Group(
         Text("Nodes", style="bold underline"),
         nodes_table(view.nodes, now, width, static) if view.nodes else Text("no nodes enrolled", style="dim"),
         *([followed] if followed is not None else []),
+        *([running] if running is not None else []),
         Text(""),
         Text("Routes", style="bold underline"),
         routes_table(view.routes, width, gateway_notes(view.nodes, now, static)),
@@ -525,6 +528,25 @@ def coordinators_line(nodes: Sequence[NodeView]) -> Text | None:
     return Text(f"agents follow {'; '.join(parts)}", style="dim")
 
 
+def agent_versions_line(nodes: Sequence[NodeView], static: Collection[str] = ()) -> Text | None:
+    """`agents run 0.2.0 (gw1, gw3); 0.1.9 (gw2); unknown (gw4)`: the version each node's agent runs, as it
+    last reported, the newest first; `unknown` for agents that said none (before 0.2.0, or no report yet);
+    None when no agent reported one. Static peers (`static`, by name) run no agent."""
+    by_version: dict[str | None, list[str]] = {}
+    for node in nodes:
+        if node.name not in static:
+            by_version.setdefault(node.agent_version, []).append(node.name)
+    known = [v for v in by_version if v is not None]
+    if not known:
+        return None
+    # Ordered as versions (0.10 after 0.9), those that are none (not a version) after them.
+    known.sort(key=lambda v: (versions.version_key(v) or ((), -1), v), reverse=True)
+    parts = [f"{dash(v)} ({', '.join(dash(n) for n in by_version[v])})" for v in known]
+    if None in by_version:
+        parts.append(f"unknown ({', '.join(dash(n) for n in by_version[None])})")
+    return Text(f"agents run {'; '.join(parts)}", style="dim")
+
+
 def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = False) -> RenderableType:
     """`wgmesh status NODE`: a heading with the node's own addresses, then its peers."""
     head = Text(dash(node.name), style="bold")
@@ -534,6 +556,8 @@ def node_screen(node: NodeView, now: datetime, width: int = 80, static: bool = F
     )
     if node.coordinator is not None:
         head.append(f"coordinator {node.coordinator}  ")
+    if node.agent_version is not None:
+        head.append(f"agent {dash(node.agent_version)}  ")
     head.append(liveness(node, now, static))
     body: RenderableType = peers_table(node, now, width) if node.peers else Text("no peers", style="dim")
     return Group(head, Text(""), body)
@@ -664,6 +688,7 @@ def node_page_screen(page: TopologyNodePage, now: datetime) -> RenderableType:
         ("OVERLAY IP", True),
         ("LINKS", False),
         ("PROBLEMS", False),
+        ("AGENT", True),
     )
     for r in page.nodes:
         status = (
@@ -684,6 +709,7 @@ def node_page_screen(page: TopologyNodePage, now: datetime) -> RenderableType:
             Text(
                 ", ".join(PROBLEM_LABEL[p] for p in r.problems) or DASH, style="yellow" if r.problems else ""
             ),
+            cell(r.agent_version),
         )
     return Group(table, _more(len(page.nodes), page.offset, page.total, "nodes"))
 

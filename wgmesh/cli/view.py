@@ -38,6 +38,7 @@ class NodeView(View):
     p2p: P2PPolicy
     mtu: int | None  # the MTU of the node's WireGuard interface, as its agent last reported it
     coordinator: str | None = None  # the coordinator URL its agent follows, as it last reported it
+    agent_version: str | None = None  # the wgmesh version its agent runs, as it last reported it
     site: str | None = None  # the site it serves (its own name unless its agent names one)
     subnets: list[PrefixField]
     peers: list[PeerView]
@@ -83,6 +84,7 @@ def node_view(node: TopologyNode) -> NodeView:
         p2p=node.effective_p2p,
         mtu=node.interface_mtu,
         coordinator=node.coordinator,
+        agent_version=node.agent_version,
         site=node.site,
         subnets=list(node.subnets),
         peers=list(node.peers),

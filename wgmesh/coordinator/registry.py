@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import math
 import secrets
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from wgmesh import ipam, keys, netmap_delta, route_approval
+from wgmesh import ipam, keys, netmap_delta, route_approval, versions
 from wgmesh.coordinator import admin_tokens, identity, schema
 from wgmesh.coordinator.audit import AuditLog, write_entry
 from wgmesh.coordinator.credentials import LiveCredentials, make_credential, parse_credential
@@ -36,6 +37,7 @@ from wgmesh.errors import (
     ValidationError,
 )
 from wgmesh.join_token import JoinToken
+from wgmesh.logs import kv
 from wgmesh.models import (
     EnrollRequest,
     LinkState,
@@ -81,6 +83,8 @@ from wgmesh.topology_summary import (
     tally_links,
 )
 from wgmesh.values import Decision, Endpoint, NodeId, P2PPolicy, Prefix
+
+log = logging.getLogger("wgmesh.coordinator")
 
 ONLINE_WINDOW = timedelta(seconds=45)
 LINK_COUNT_TTL = timedelta(seconds=5)
@@ -559,6 +563,8 @@ class Registry:
         """Heartbeats' last_seen, written once a second; readers of last_seen flush it first."""
         self._reported: set[tuple[NodeId, str]] = set()
         """Nodes (id and key: a replaced node's new instance has none yet) known to have a report stored."""
+        self._outdated: dict[NodeId, str] = {}
+        """Nodes whose agent reported a version older than supported, with that version: logged once."""
         self._known: dict[bytes, tuple[NodeId, str, int]] = {}
         """Credentials seen to work (by SHA-256): their node, its key then, and the credential's row."""
         self._live_credentials: LiveCredentials = LiveCredentials(-1, frozenset(), frozenset())
@@ -1649,7 +1655,22 @@ class Registry:
                 == 0
             ):
                 w.conn.execute(insert(schema.status).values(node_id=node_id, reported_at=now, report=body))
+        self._note_version(node, report.agent_version)
         return changed
+
+    def _note_version(self, node: Node, version: str | None) -> None:
+        """Log once per node and version when its agent is older than supported (`versions.is_older`); the
+        warning of `topology.warnings` stands as long as the report does."""
+        if version is None or not versions.is_older(version):
+            self._outdated.pop(node.id, None)  # an upgraded agent that goes back is logged again
+            return
+        if self._outdated.get(node.id) == version:
+            return
+        self._outdated[node.id] = version
+        log.warning(
+            "agent older than supported",
+            extra=kv(node=node.name, node_id=node.id, version=version, minimum=versions.MIN_AGENT_VERSION),
+        )
 
     def record_heartbeat(self, node_id: NodeId, public_ip: str | None) -> bool:
         """Note that a node is alive (its last report stands); returns True when its whole report is
@@ -1772,7 +1793,7 @@ class Registry:
         held = self._scale_held
         if held is not None and held[0] == key:
             return held[1], held[2]
-        rows = node_rows(nodes, tally, snap.routes)
+        rows = node_rows(nodes, tally, snap.routes, digests)
         summary = summarize(
             snap.network,
             version=snap.version,

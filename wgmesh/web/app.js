@@ -438,8 +438,9 @@ function renderDrillNodes() {
     el("td", { class: "num", text: n.overlay_ip }),
     el("td", { text: linksText(n.links) }),
     el("td", {}, ...n.problems.map((p) => pill("warn", PROBLEM_LABEL[p]))),
+    el("td", { text: n.static ? "–" : n.agent_version || "unknown" }),
   ));
-  $("#drill-nodes-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", text: "no nodes" }))]));
+  $("#drill-nodes-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "7", text: "no nodes" }))]));
 }
 
 function renderDrillLinks() {
@@ -691,6 +692,8 @@ function renderDetails() {
     ["Public IP", node.public_ip || "–"],
     ["Endpoints", node.endpoints.join(", ") || "–"],
     ["Listen port", String(node.listen_port)],
+    // the version its agent last reported (agents before 0.2.0 report none; a static peer runs no agent)
+    ["Agent version", node.static ? "–" : node.agent_version || "unknown"],
     // what the agent set on its interface, then the two limits the netmap's MTU comes from
     ["Tunnel MTU", node.interface_mtu ? String(node.interface_mtu) : "–"],
     ["MTU ceiling", node.mtu ? String(node.mtu) : `network default (${state.topology.network.mtu})`],
@@ -851,7 +854,7 @@ function renderNodes() {
     .filter((n) => {
       if (!q) return true;
       const hay = [n.name, n.overlay_ip, n.eth0_ip, n.public_ip, n.p2p, ...n.subnets, ...n.tags, ...n.endpoints,
-        n.online ? "online" : "offline"].join(" ").toLowerCase();
+        n.online ? "online" : "offline", n.agent_version || ""].join(" ").toLowerCase();
       return hay.includes(q);
     })
     .sort((a, b) => {

@@ -1,0 +1,314 @@
+"""The systemd units under a real systemd (issue 22), installed as docs/deploy.md says.
+
+`make test-systemd` makes a Debian root with systemd, wireguard-go, nftables and Python (.cache/systemd/root)
+and the package's dependencies as wheels (.cache/systemd/wheels). This module boots that root with
+`systemd-nspawn --boot` (a snapshot of it, removed when the container stops; a network namespace of its own),
+builds the wheel from the checkout and runs the steps of docs/deploy.md marked "(tested)" inside: the
+package into /opt/wgmesh, the units, the coordinator, the relay and an agent (wireguard-go) as services.
+It checks that the agent enrolls and brings up its interface under the unit's hardening (CAP_NET_ADMIN
+its only capability), that `systemctl stop` leaves the data plane up, and that `systemctl restart` adopts
+it as it is while a second gateway pings through the tunnel without losing a reply.
+
+The second gateway is a plain agent process in a network namespace inside the container, joined to the
+container's own by a veth pair (198.18.0.1 — 198.18.0.2): the container's network stays its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from packaging_harness import ROOT, build_dist, has_checkout, project_version
+
+from wgmesh.lab.wait import NotYet, WaitTimeout, wait_until
+
+pytestmark = pytest.mark.systemd
+
+SYSTEMD_DIR = ROOT / ".cache" / "systemd"
+BOOT_DEADLINE = 300.0
+"""Seconds for the container's systemd to finish booting: a condition waited on, generous for slow hosts."""
+SETTLE_DEADLINE = 120.0
+"""Seconds for a service or the tunnel to reach the state waited for."""
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ADMIN_TOKEN = "wgmesh-units-admin-token-0123456789"
+CAP_NET_ADMIN = 1 << 12
+
+
+@dataclass
+class Container:
+    """A booted container: run commands in all its namespaces, as root, with a clean environment."""
+
+    nspawn: subprocess.Popen[bytes]
+    leader: int
+    log: Path
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 600) -> str:
+        done = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}", "HOME=/root",
+             "LANG=C.UTF-8", "sh", "-ec", script],
+            capture_output=True, text=True, check=False, timeout=timeout,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            journal = subprocess.run(
+                ["nsenter", "-t", str(self.leader), "-a", "journalctl", "--no-pager", "-n", "60"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            raise AssertionError(
+                f"in the container, failed ({done.returncode}):\n{script}\n{done.stdout}{done.stderr}\n"
+                f"--- journal ---\n{journal.stdout}"
+            )
+        return done.stdout
+
+    def unit_state(self, unit: str) -> str:
+        return self.sh(f"systemctl is-active {unit} || true").strip()
+
+    def main_pid(self, unit: str) -> int:
+        return int(self.sh(f"systemctl show -p MainPID --value {unit}").strip())
+
+    def pids_of(self, comm: str) -> list[int]:
+        """PIDs (in the container) of processes named `comm` (the root has no pgrep)."""
+        out = self.sh(
+            f'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = "{comm}" ] && echo ${{p#/proc/}}; done; true'
+        )
+        return sorted(int(x) for x in out.split())
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (systemd-nspawn)")
+    if not (SYSTEMD_DIR / "root" / "lib" / "systemd" / "systemd").exists():
+        pytest.skip("no Debian root: `make test-systemd` makes it")
+    if shutil.which("systemd-nspawn") is None or not has_checkout():
+        pytest.skip("needs systemd-nspawn and a git checkout")
+    work = tmp_path_factory.mktemp("units")
+    dist = build_dist(work)
+    log = work / "nspawn.log"
+    name = f"wgmesh-units-{os.getpid()}"
+    with log.open("wb") as out:
+        nspawn = subprocess.Popen(
+            ["systemd-nspawn", "--quiet", "--directory", SYSTEMD_DIR / "root", "--ephemeral", "--boot",
+             "--register=no", "--keep-unit", "--private-network", "--machine", name,
+             "--bind=/dev/net/tun", f"--bind-ro={dist}:/mnt/dist", f"--bind-ro={SYSTEMD_DIR / 'wheels'}:/mnt/wheels",
+             f"--bind-ro={ROOT / 'systemd'}:/mnt/units", "--console=pipe"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def started() -> bool:
+            if nspawn.poll() is not None:
+                pytest.fail(f"systemd-nspawn exited ({nspawn.returncode}):\n{log.read_text()}")
+            return bool(children(nspawn.pid))
+
+        wait_until(started, BOOT_DEADLINE, "the container to start", interval=0.2)
+        box = Container(nspawn, children(nspawn.pid)[0], log)
+
+        def booted() -> bool:
+            state = box.sh("systemctl is-system-running || true").strip()
+            if state in ("running", "degraded"):
+                return True
+            raise NotYet(f"system {state}")
+
+        wait_until(booted, BOOT_DEADLINE, "the container's systemd to finish booting", interval=0.5)
+        yield box
+    finally:
+        if nspawn.poll() is None:
+            with contextlib.suppress(Exception):
+                Container(nspawn, children(nspawn.pid)[0], log).sh(
+                    "systemctl poweroff --no-block", timeout=30
+                )
+            try:
+                nspawn.wait(120)
+            except subprocess.TimeoutExpired:
+                nspawn.send_signal(signal.SIGKILL)  # the container's processes die with its PID namespace
+                nspawn.wait()
+
+
+def diagnosis(box: Container, api: str) -> str:
+    """What the two gateways and the coordinator say, for a failure's message."""
+    return box.sh(
+        f"""
+        echo '--- wgmesh status'; {api} wgmesh status 2>&1 || true
+        echo '--- gw1'; journalctl -u wgmesh-agent --no-pager -o cat | tail -25
+        ip -br addr; ip route
+        echo '--- gw2'; tail -25 /var/lib/gw2/agent.log; ip -n gw2 -br addr; ip -n gw2 route
+        """,
+        check=False,
+    )
+
+
+def wait_active(box: Container, unit: str) -> None:
+    def active() -> bool:
+        state = box.unit_state(unit)
+        if state == "active":
+            return True
+        if state == "failed":
+            pytest.fail(f"{unit} failed:\n" + box.sh(f"journalctl -u {unit} --no-pager -n 40"))
+        raise NotYet(f"{unit} {state}")
+
+    wait_until(active, SETTLE_DEADLINE, f"{unit} to be active", interval=0.3)
+
+
+def test_the_units_run_the_mesh_under_a_real_systemd(container: Container) -> None:
+    box = container
+    version = project_version()
+    # Section 1 of docs/deploy.md: the package (its dependencies from the wheels fetched by make, offline).
+    box.sh(
+        f"""
+        python3 -m venv /opt/wgmesh
+        /opt/wgmesh/bin/pip install -q --disable-pip-version-check --no-index --find-links /mnt/wheels \\
+            /mnt/dist/wgmesh-{version}-py3-none-any.whl
+        ln -sf /opt/wgmesh/bin/wgmesh /opt/wgmesh/bin/wgmesh-coordinator /opt/wgmesh/bin/wgmesh-relay \\
+               /opt/wgmesh/bin/wgmesh-agent /usr/local/bin/
+        install -d -m 0755 /etc/wgmesh
+        """
+    )
+    assert box.sh("wgmesh-agent --version").strip() == f"wgmesh-agent {version}"
+    # The underlay: the container's side of a veth to the second gateway's namespace.
+    box.sh(
+        """
+        ip netns add gw2
+        ip link add underlay type veth peer name eth0 netns gw2
+        ip addr add 198.18.0.1/24 dev underlay && ip link set underlay up
+        ip -n gw2 addr add 198.18.0.2/24 dev eth0 && ip -n gw2 link set eth0 up && ip -n gw2 link set lo up
+        """
+    )
+    # Section 5 (the units) and section 2 (the coordinator, the relay).
+    box.sh(
+        f"""
+        umask 077
+        printf 'WGMESH_ADMIN_TOKEN={ADMIN_TOKEN}\\nWGMESH_LISTEN=198.18.0.1:8080\\n' > /etc/wgmesh/coordinator.env
+        install -m 0644 /mnt/units/wgmesh-coordinator.service /mnt/units/wgmesh-relay.service /etc/systemd/system/
+        install -m 0644 /mnt/units/wgmesh-agent.service /etc/systemd/system/
+        systemctl daemon-reload
+        systemctl enable --now wgmesh-coordinator
+        """
+    )
+    wait_active(box, "wgmesh-coordinator")
+    api = (
+        f"WGMESH_URL=https://198.18.0.1:8080 WGMESH_TOKEN={ADMIN_TOKEN} WGMESH_PIN=$(wgmesh-coordinator pin)"
+    )
+
+    def answers() -> bool:
+        return box.sh(f"{api} wgmesh nodes --json >/dev/null 2>&1 && echo yes || true").strip() == "yes"
+
+    wait_until(answers, SETTLE_DEADLINE, "the coordinator to answer", interval=0.5)
+    box.sh(
+        """
+        umask 022
+        wgmesh-coordinator relay-key > /etc/wgmesh/coordinator-relay.pub
+        systemctl enable --now wgmesh-relay
+        """
+    )
+    wait_active(box, "wgmesh-relay")
+    # Section 3: a gateway's agent.toml and its unit.
+    token = box.sh(f"{api} wgmesh tokens create --reusable --expires 1h").strip().splitlines()[-1]
+    box.sh(
+        f"""
+        umask 077
+        printf 'name = "gw1"\\ntoken = "{token}"\\nbackend = "userspace"\\n' > /etc/wgmesh/agent.toml
+        systemctl enable --now wgmesh-agent
+        """
+    )
+    wait_active(box, "wgmesh-agent")
+
+    def overlay_ip() -> str | None:
+        words = box.sh("ip -br addr show wgmesh0 2>/dev/null || true").split()
+        return words[2].split("/")[0] if len(words) > 2 and words[2].startswith("100.96.") else None
+
+    wait_until(lambda: overlay_ip() is not None, SETTLE_DEADLINE, "gw1's interface to come up", interval=0.5)
+    gw1_ip = overlay_ip()
+    assert gw1_ip is not None
+
+    def relay_listens() -> bool:
+        if "event=listening" not in box.sh("journalctl -u wgmesh-relay --no-pager -o cat"):
+            raise NotYet("the relay has not logged that it listens")
+        return True
+
+    wait_until(relay_listens, SETTLE_DEADLINE, "the relay to listen", interval=0.5)
+
+    # The unit's hardening holds for the agent and the wireguard-go it started: CAP_NET_ADMIN alone.
+    agent_pid = box.main_pid("wgmesh-agent")
+    (wg_pid,) = box.pids_of("wireguard-go")
+    for pid in (agent_pid, wg_pid):
+        status = box.sh(f"cat /proc/{pid}/status")
+        caps = {
+            line.split(":")[0]: int(line.split()[1], 16)
+            for line in status.splitlines()
+            if line.startswith("Cap")
+        }
+        assert caps["CapBnd"] == CAP_NET_ADMIN and caps["CapEff"] & ~CAP_NET_ADMIN == 0, (pid, caps)
+
+    # A second gateway, not a service: an agent in the gw2 namespace, pinging gw1 through the tunnel.
+    box.sh(
+        f"""
+        mkdir -p -m 0700 /var/lib/gw2
+        cd /var/lib/gw2
+        nohup ip netns exec gw2 wgmesh-agent --state-dir /var/lib/gw2 --name gw2 --token '{token}' \\
+            --coordinator https://198.18.0.1:8080 --backend userspace --interface wgmesh1 --metrics-listen off \\
+            run > /var/lib/gw2/agent.log 2>&1 &
+        echo $! > /var/lib/gw2/pid
+        """
+    )
+
+    def pings() -> bool:
+        return (
+            box.sh(f"ip netns exec gw2 ping -c 1 -W 1 {gw1_ip} >/dev/null 2>&1 && echo ok || true").strip()
+            == "ok"
+        )
+
+    try:
+        wait_until(pings, SETTLE_DEADLINE, "gw2 to reach gw1 through the tunnel", interval=0.5)
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}\n{diagnosis(box, api)}") from None
+    ifindex = box.sh("cat /sys/class/net/wgmesh0/ifindex").strip()
+
+    # `systemctl stop`: the agent goes, the data plane stays (interface, wireguard-go, the peer).
+    box.sh("systemctl stop wgmesh-agent")
+    assert box.unit_state("wgmesh-agent") == "inactive"
+    assert wg_pid in box.pids_of("wireguard-go")
+    assert pings(), "gw2 lost gw1 when gw1's agent stopped"
+
+    # `systemctl restart` while gw2 pings every 0.1 s: the new agent adopts the device, no reply is lost.
+    box.sh(
+        "ip netns exec gw2 ping -i 0.1 -W 1 "
+        + gw1_ip
+        + " > /var/lib/gw2/ping.log 2>&1 & echo $! > /var/lib/gw2/ping.pid"
+    )
+    time.sleep(1)  # some replies before the restart, so the log shows the stream was running
+    box.sh("systemctl restart wgmesh-agent")
+    wait_active(box, "wgmesh-agent")
+
+    def reconciled() -> bool:
+        journal = box.sh("journalctl -u wgmesh-agent --no-pager -o cat")
+        starts = journal.count("netmap applied")
+        if journal.split("local status socket")[-1].count("netmap applied") == 0:
+            raise NotYet(f"the restarted agent has not applied a netmap yet ({starts} in all)")
+        return True
+
+    wait_until(reconciled, SETTLE_DEADLINE, "the restarted agent to apply its netmap", interval=0.5)
+    time.sleep(2)  # replies after the reconcile too
+    box.sh("kill -INT $(cat /var/lib/gw2/ping.pid); sleep 0.5")
+    summary = box.sh("cat /var/lib/gw2/ping.log")
+    assert " 0% packet loss" in summary, summary
+    assert box.sh("cat /sys/class/net/wgmesh0/ifindex").strip() == ifindex, "the interface was replaced"
+    assert wg_pid in box.pids_of("wireguard-go"), "gw1's wireguard-go was replaced"
+    box.sh("kill $(cat /var/lib/gw2/pid) || true")

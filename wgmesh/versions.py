@@ -1,0 +1,61 @@
+"""Pure: the agents' versions (`StatusReport.agent_version`, `wgmesh.__version__` of the agent) against the
+oldest this coordinator supports: one rule for the topology's warnings, the summary's counts and the
+coordinator's log.
+
+A version is compared by its release numbers (`0.10.0` is newer than `0.9.3`, `0.2` is `0.2.0`), a
+pre-release (`0.2.0rc1`, `0.2.0.dev3`) older than its release, a post-release (`0.2.0.post1`) newer; a
+local label (`0.2.0+deb1`) does not count. A version that is absent (agents of 0.1.0 report none), not a version, or `0+unknown` (a copy of
+the sources never installed) is unknown: never warned about.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_AGENT_VERSION = "0.1.0"
+"""The oldest agent this coordinator supports: one reporting an older version is a warning
+(`topology.warnings`, `wgmesh status`, the dashboard) and a line in the coordinator's log."""
+
+MAX_LENGTH = 64
+"""The longest `agent_version` a report may carry (models.StatusReport)."""
+
+_VERSION = re.compile(
+    r"v?(?P<release>\d{1,9}(?:\.\d{1,9}){0,9})"
+    r"(?:[-_.]?(?P<pre>a|b|c|rc|alpha|beta|pre|preview)[-_.]?\d*)?"
+    r"(?:[-_.]?(?P<post>post|rev|r)[-_.]?\d*)?"
+    r"(?:[-_.]?(?P<dev>dev)[-_.]?\d*)?"
+    r"(?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?",
+    re.IGNORECASE,
+)
+Key = tuple[tuple[int, ...], int]
+
+
+def version_key(version: str | None) -> Key | None:
+    """What versions are ordered by: the release numbers without trailing zeros, then 0 for a
+    pre-release (or a development release), 1 for the release, 2 for a post-release; None when the version
+    is unknown."""
+    if version is None:
+        return None
+    found = _VERSION.fullmatch(version.strip())
+    if found is None or (found["local"] or "").lower() == "unknown":
+        return None
+    numbers = [int(n) for n in found["release"].split(".")]
+    while numbers and numbers[-1] == 0:
+        numbers.pop()  # 0.2 == 0.2.0: ordered as equal, and 0.1.9 < 0.2 as number by number
+    if found["pre"] is not None or (found["dev"] is not None and found["post"] is None):
+        return tuple(numbers), 0
+    return tuple(numbers), 2 if found["post"] is not None else 1
+
+
+def is_older(version: str | None, minimum: str = MIN_AGENT_VERSION) -> bool:
+    """Whether `version` is known and older than `minimum` (an unknown version is not)."""
+    key, floor = version_key(version), version_key(minimum)
+    return key is not None and floor is not None and key < floor
+
+
+def outdated_warning(node: str, version: str, minimum: str = MIN_AGENT_VERSION) -> str:
+    """The warning of a node whose agent is older than `minimum` (`is_older`)."""
+    return (
+        f"{node} runs agent {version}, older than {minimum}, the oldest this coordinator supports: "
+        "upgrade its agent"
+    )
