@@ -36,10 +36,13 @@ $(STAMP): pyproject.toml
 
 # The sdist and the wheel (the dashboard inside) in dist/, checked as PyPI would check an upload. Built
 # without isolation: the venv holds the build backend, so no download is needed.
+# Made from the tracked files only (as tests/packaging builds them): nothing untracked slips in.
 dist: venv
-	@rm -rf dist build
-	@out=$$($(PY) -m build --no-isolation --outdir dist . 2>&1) || { echo "$$out"; exit 1; }
-	@$(VENV)/bin/twine check --strict dist/*
+	@rm -rf dist build/dist-source && mkdir -p build/dist-source
+	@git ls-files -z | xargs -0 cp --parents -t build/dist-source
+	@out=$$($(PY) -m build --no-isolation --outdir dist build/dist-source 2>&1) || { echo "$$out"; exit 1; }
+	@rm -rf build
+	@out=$$($(VENV)/bin/twine check --strict dist/* 2>&1) || { echo "$$out"; exit 1; }
 
 lint: venv
 	@$(VENV)/bin/ruff check wgmesh tests $(wildcard benchmarks)
@@ -100,7 +103,7 @@ systemd-root: venv
 
 # The units under a real systemd: tests/systemd boots $(SYSTEMD_DIR)/root with systemd-nspawn.
 test-systemd: setup systemd-root
-	@$(VENV)/bin/pytest -q -m systemd tests/systemd
+	@WGMESH_REQUIRE_SYSTEMD=1 $(VENV)/bin/pytest -q -m systemd tests/systemd
 
 test: setup lint typecheck unit test-kernel test-systemd
 

@@ -4,7 +4,7 @@ coordinator's log.
 
 A version is compared by its release numbers (`0.10.0` is newer than `0.9.3`, `0.2` is `0.2.0`), a
 pre-release (`0.2.0rc1`, `0.2.0.dev3`) older than its release, a post-release (`0.2.0.post1`) newer; a
-local label (`0.2.0+deb1`) does not count. A version that is absent (agents of 0.1.0 report none), not a version, or `0+unknown` (a copy of
+local label (`0.2.0+deb1`) does not count. A version that is absent (a report from a client that is not an agent), not a version, or `0+unknown` (a copy of
 the sources never installed) is unknown: never warned about.
 """
 
@@ -18,6 +18,11 @@ MIN_AGENT_VERSION = "0.1.0"
 
 MAX_LENGTH = 64
 """The longest `agent_version` a report may carry (models.StatusReport)."""
+AGENT_PRODUCT = "wgmesh-agent"
+"""The product the agent names in its `User-Agent` (`wgmesh-agent/VERSION`, api_client): every agent sends
+it, those of 0.1.0 too, and a coordinator of any version ignores it, so the version travels there rather
+than in the report's body (which a 0.1.0 coordinator would refuse as an unknown field)."""
+_USER_AGENT = re.compile(rf"{AGENT_PRODUCT}/([0-9A-Za-z.+_-]{{1,{MAX_LENGTH}}})")
 
 _VERSION = re.compile(
     r"v?(?P<release>\d{1,9}(?:\.\d{1,9}){0,9})"
@@ -45,6 +50,14 @@ def version_key(version: str | None) -> Key | None:
     if found["pre"] is not None or (found["dev"] is not None and found["post"] is None):
         return tuple(numbers), 0
     return tuple(numbers), 2 if found["post"] is not None else 1
+
+
+def from_user_agent(header: str | None) -> str | None:
+    """The version an agent's `User-Agent` names (`wgmesh-agent/0.2.0`), or None for any other client."""
+    if not header:
+        return None
+    found = _USER_AGENT.fullmatch(header.split(" ", 1)[0])
+    return found[1] if found else None
 
 
 def is_older(version: str | None, minimum: str = MIN_AGENT_VERSION) -> bool:

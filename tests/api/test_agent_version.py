@@ -1,6 +1,7 @@
-"""The agent's version in its status report (issue 22): shown in every view of its node, a warning (and one
-log line) when older than the coordinator supports; a report without it (agents of 0.1.0) is accepted
-and the version unknown; a version that is not printable, or too long, is refused like other free text."""
+"""The agent's version (issue 22): named in the agent's User-Agent, or in the report's body; shown in every
+view of its node, a warning (and one log line) when older than the coordinator supports; a report with
+neither is accepted and the version unknown; a version in the body that is not printable, or too long, is
+refused like other free text."""
 
 from __future__ import annotations
 
@@ -121,3 +122,20 @@ def test_an_over_long_version_is_refused(coordinator: Api, token: str) -> None:
         assert_error(client.post("/api/v1/status", json={"agent_version": "0." + "1" * 63}), 422, "invalid")
         r = client.post("/api/v1/status", json={"agent_version": "0." + "1" * 62})  # 64: the longest taken
     assert r.status_code == 200, r.text
+
+
+def test_the_version_comes_from_the_agents_user_agent(
+    coordinator: Api, admin: httpx.Client, token: str
+) -> None:
+    """What agents do (0.1.0 ones too): the version in `User-Agent: wgmesh-agent/V`, none in the body."""
+    node = enrolled(coordinator, token, "av-header")
+    with coordinator.node(node.credential) as client:
+        r = client.post("/api/v1/status", json={}, headers={"user-agent": f"wgmesh-agent/{OLD}"})
+    assert r.status_code == 200, r.text
+    topology = get(admin, "/api/v1/topology")
+    assert node_of(topology, "av-header")["agent_version"] == OLD
+    assert warned(topology, "av-header") != []
+    with coordinator.node(node.credential) as client:  # another client names no agent version
+        r = client.post("/api/v1/status", json={}, headers={"user-agent": "curl/8.5.0"})
+    assert r.status_code == 200, r.text
+    assert node_of(get(admin, "/api/v1/topology"), "av-header")["agent_version"] is None

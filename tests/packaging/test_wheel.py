@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_the_sdist_and_the_wheel_carry_the_dashboard(installed: tuple[Path, Path
     listing = run(sys.executable, "-m", "zipfile", "-l", dist / names[0], cwd=dist)
     for name in DASHBOARD:
         assert f"wgmesh/web/{name}" in listing
+    with tarfile.open(dist / names[1]) as sdist:
+        members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
+    # What docs/deploy.md installs from a release besides the wheel: the units; and what a release says.
+    wanted = {"LICENSE", "CHANGELOG.md", "README.md", "systemd/wgmesh-agent.service", "systemd/wgmesh-coordinator.service",
+              "systemd/wgmesh-relay.service", "systemd/wgmesh-relay-tls.conf"}  # fmt: skip
+    wanted |= {f"wgmesh/web/{name}" for name in DASHBOARD}
+    assert wanted <= members, sorted(wanted - members)
 
 
 def test_the_installed_package_is_not_the_checkout(installed: tuple[Path, Path]) -> None:
@@ -101,7 +109,8 @@ def test_the_installed_coordinator_serves_the_dashboard(installed: tuple[Path, P
         url = f"http://127.0.0.1:{port}"
 
         def answers() -> bool:
-            assert proc.poll() is None, f"the coordinator exited:\n{log.read_text()}"
+            if proc.poll() is not None:
+                pytest.fail(f"the coordinator exited:\n{log.read_text()}")
             try:
                 return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
             except httpx.TransportError:

@@ -200,6 +200,18 @@ def test_a_kernel_refusing_segmentation_gets_one_send_per_datagram(pair: tuple[S
     assert "wireguard_unreachable" not in b.shim.counters.dropped
 
 
+def test_an_empty_datagram_is_dropped_and_the_link_stays(pair: tuple[Side, Side]) -> None:
+    """WireGuard never sends one, but a peer may: an empty Data frame is counted and dropped, and what
+    follows it on the same connection still arrives."""
+    a, b = pair
+    target = a.shim_address(2)
+    a.wg.sendto(b"", target)
+    a.wg.sendto(b"\x04\x00\x00\x00after", target)
+    assert b.recv()[0] == b"\x04\x00\x00\x00after"
+    wait_until(lambda: b.shim.counters.dropped.get("empty", 0) == 1, 3, "the drop counted")
+    assert b.shim.active() is not None
+
+
 def test_datagrams_from_other_local_ports_are_not_relayed(pair: tuple[Side, Side]) -> None:
     a, b = pair
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:

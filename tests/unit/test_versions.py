@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from wgmesh import __version__
-from wgmesh.versions import MIN_AGENT_VERSION, is_older, outdated_warning, version_key
+from wgmesh.versions import MIN_AGENT_VERSION, from_user_agent, is_older, outdated_warning, version_key
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,23 @@ def test_the_warning_names_the_node_its_version_and_the_minimum() -> None:
     assert outdated_warning("gw-a", "0.0.9", "0.1.0") == (
         "gw-a runs agent 0.0.9, older than 0.1.0, the oldest this coordinator supports: upgrade its agent"
     )
+
+
+@pytest.mark.parametrize(
+    ("header", "version"),
+    [
+        ("wgmesh-agent/0.2.0", "0.2.0"),
+        ("wgmesh-agent/0.1.0", "0.1.0"),  # agents of 0.1.0 name theirs too
+        ("wgmesh-agent/0+unknown", "0+unknown"),
+        ("wgmesh-agent/0.2.0 (extra)", "0.2.0"),
+        ("wgmesh/0.2.0", None),  # the CLI is not an agent
+        ("python-httpx/0.28.1", None),
+        ("wgmesh-agent/", None),
+        ("wgmesh-agent/0.2.0\x1b[31m", None),
+        ("wgmesh-agent/" + "1" * 65, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_user_agent_names_an_agents_version(header: str | None, version: str | None) -> None:
+    assert from_user_agent(header) == version

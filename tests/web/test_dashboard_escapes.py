@@ -1,5 +1,5 @@
 """Text a node reported before the API refused control characters (written into the database with SQL)
-is shown escaped by the dashboard, as `wgmesh status` shows it (web/app.js `visible`)."""
+is shown escaped by the dashboard, as `wgmesh status` shows it (wgmesh/web/app.js `visible`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from wgmesh import __version__, keys, malloc, topology, versions
+from wgmesh import keys, malloc, topology
 from wgmesh import mtu as mtus
 from wgmesh.agent import config as agent_config
 from wgmesh.agent import ha, handshakes, health, reporting
@@ -70,9 +70,6 @@ GRANT_CHECK = 5.0
 """How often the agent checks whether it needs relays and a ticket (a refused ticket is replaced this fast)."""
 GRANT_REFRESH = 600.0
 """A held grant is renewed this often: new relays reach agents within minutes; tickets last a day."""
-REPORTED_VERSION = __version__ if len(__version__) <= versions.MAX_LENGTH else None
-"""The version its reports carry (`StatusReport.agent_version`): left out rather than longer than the API
-takes, or every report would be refused."""
 
 
 class Agent:
@@ -403,7 +400,6 @@ class Agent:
             max_mtu=limit,
             coordinator=self.client.url,
             ha=self.ha_status(),
-            agent_version=REPORTED_VERSION,
         )
 
     def ha_status(self) -> list[HaStatus]:

@@ -573,16 +573,15 @@ class RelayShim:
         link.send(protocol.encode_data(peer_id, datagram), 1)
         return True
 
-    def deliver(self, sender: int, datagram: bytes | memoryview) -> None:
-        """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from its socket."""
-        self.gather(sender, datagram)
-        self.flush()
-
     def gather(self, sender: int, datagram: bytes | memoryview) -> None:
-        """`deliver`, with WireGuard's datagrams held in a run until `flush` (or a datagram that cannot join
-        the run): the caller flushes before it changes the buffer the datagrams are views of."""
+        """A datagram from `sender` via a relay: probes to the prober, the rest to WireGuard from the sender's
+        socket, held in a run until `flush` (or a datagram that cannot join the run); the caller flushes
+        before it changes the buffer the datagrams are views of."""
         if sender not in self._peers:
             self.counters.drop("unknown_sender")
+            return
+        if not datagram:  # an empty Data frame: nothing for WireGuard, and nothing to index below
+            self.counters.drop("empty")
             return
         if datagram[0] == _PROBE_FIRST and is_probe(datagram):  # WireGuard's first byte is 1-4
             self.on_probe(sender, bytes(datagram))

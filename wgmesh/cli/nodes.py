@@ -26,8 +26,8 @@ from wgmesh.cli.common import (
     stdout,
 )
 from wgmesh.cli.connection import segment
-from wgmesh.errors import ValidationError, WgmeshError
-from wgmesh.models import Network, Node, NodeList, Route, RouteList, TopologyNode
+from wgmesh.errors import NotFoundError, ValidationError, WgmeshError
+from wgmesh.models import Network, Node, NodeList, NodeStatus, Route, RouteList
 from wgmesh.netmap import effective_mtu
 from wgmesh.values import P2PPolicy
 
@@ -250,9 +250,17 @@ def cmd_show(args: argparse.Namespace) -> int:
             return 0
         routes = client.get("/api/v1/routes", RouteList).routes
         network = client.get("/api/v1/network", Network)
-        # From its last report, as `wgmesh status NODE` shows it (the node itself holds no report).
-        joined = client.get(f"/api/v1/topology/nodes/{segment(node.name)}", TopologyNode)
-    stdout().print(node_detail(node, network, routes, datetime.now(UTC), joined.agent_version))
+        version: str | None = None
+        if not node.static:  # a static peer runs no agent and reports nothing
+            # From its last report, as `wgmesh status NODE` shows it (the node itself holds no report); a node
+            # that has not reported yet, or went meanwhile, just has no version to show.
+            try:
+                version = client.get(
+                    f"/api/v1/nodes/{segment(node.name)}/status", NodeStatus
+                ).report.agent_version
+            except NotFoundError:
+                version = None
+    stdout().print(node_detail(node, network, routes, datetime.now(UTC), version))
     return 0
 
 

@@ -709,7 +709,8 @@ def node_page_screen(page: TopologyNodePage, now: datetime) -> RenderableType:
             Text(
                 ", ".join(PROBLEM_LABEL[p] for p in r.problems) or DASH, style="yellow" if r.problems else ""
             ),
-            cell(r.agent_version),
+            # As the dashboard and `nodes show` say it; a static peer runs no agent.
+            cell(r.agent_version or (None if r.static else "unknown")),
         )
     return Group(table, _more(len(page.nodes), page.offset, page.total, "nodes"))
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from wgmesh import versions
 from wgmesh.coordinator.handlers.auth import client_address
 from wgmesh.coordinator.handlers.context import context
 from wgmesh.coordinator.operations import Call, compressed_json
@@ -26,6 +27,7 @@ from wgmesh.models import (
     Model,
     RelayGrant,
     RouteList,
+    StatusReport,
     SubnetsUpdate,
 )
 from wgmesh.netmap import RegistrySnapshot, build_netmap
@@ -138,8 +140,14 @@ async def post_status(call: Call) -> StatusAck:
     registry, settings = ctx.registry, ctx.settings
     assert call.node_id is not None
     address = client_address(call.request, settings.trusted_proxies)
+    report: StatusReport = call.body
+    if report.agent_version is None:
+        # Agents name their version in the User-Agent (wgmesh/versions.py says why not in the body).
+        said = versions.from_user_agent(call.request.headers.get("user-agent"))
+        if said is not None:
+            report = report.model_copy(update={"agent_version": said})
     # On the reports' lane (operations.REPORTS), not behind the long-polls a change wakes.
-    changed = await call.run(registry.record_status, call.node_id, call.body, address)
+    changed = await call.run(registry.record_status, call.node_id, report, address)
     return StatusAck(version=await call.run(registry.version, VERSION_TRUST), changed=changed)
 
 
