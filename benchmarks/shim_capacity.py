@@ -42,12 +42,13 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+from relay_capacity import cpu_seconds, free_port
+
 from wgmesh.lab import NotYet, wait_until
 from wgmesh.relay.tickets import generate_signing_key, issue_ticket, public_key_of
 
 DATAGRAM = 1400
 RELAY_BIN = str(Path(sys.executable).with_name("wgmesh-relay"))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLICE = 0.001
 """The generator's pacing slice: it sends a slice's share of datagrams, then sleeps to the next slice."""
 SETTLE = 0.5
@@ -69,22 +70,10 @@ class Step:
     """CPU seconds per Gbit delivered, by process."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat (fields 14 and 15, after the command name)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- the processes --------------------------------------------------------------------------------
