@@ -58,6 +58,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `grace` seconds (the benchmarks' own processes)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def client(
     port: int,
     node: int,
@@ -169,12 +179,7 @@ def run_tier(tier: str, pairs: int, seconds: float, rate: float, warmup: float =
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
-            relay.send_signal(signal.SIGTERM)
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait()
+            end_process(relay)
         log.seek(0)
         text = log.read().decode()
     stopped = [line for line in text.splitlines() if "event=stopped" in line]

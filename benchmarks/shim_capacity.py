@@ -42,7 +42,7 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from relay_capacity import cpu_seconds, free_port
+from relay_capacity import cpu_seconds, end_process, free_port
 
 from wgmesh.lab import NotYet, wait_until
 from wgmesh.relay.tickets import generate_signing_key, issue_ticket, public_key_of
@@ -278,12 +278,7 @@ def measure(
                 if p.is_alive():
                     p.kill()
                     p.join()
-            relay.send_signal(signal.SIGTERM)
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait()
+            end_process(relay)
 
 
 ORDER = ("shim 1", "relay", "shim 2", "generator", "sink")

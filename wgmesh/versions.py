@@ -10,6 +10,7 @@ the sources never installed) is unknown: never warned about.
 
 from __future__ import annotations
 
+import functools
 import re
 
 MIN_AGENT_VERSION = "0.1.0"
@@ -35,6 +36,7 @@ _VERSION = re.compile(
 Key = tuple[tuple[int, ...], int]
 
 
+@functools.lru_cache(maxsize=256)  # every status report asks; a fleet runs a handful of versions
 def version_key(version: str | None) -> Key | None:
     """What versions are ordered by: the release numbers without trailing zeros, then 0 for a
     pre-release (or a development release), 1 for the release, 2 for a post-release; None when the version

@@ -22,6 +22,7 @@ import pytest
 from coordinator_harness import free_port
 from packaging_harness import ROOT, build_dist, has_checkout, project_version, run
 
+from wgmesh.lab.timescale import scaled
 from wgmesh.lab.wait import wait_until
 
 PROGRAMS = ("wgmesh", "wgmesh-coordinator", "wgmesh-agent", "wgmesh-relay")
@@ -112,17 +113,17 @@ def test_the_installed_coordinator_serves_the_dashboard(installed: tuple[Path, P
             if proc.poll() is not None:
                 pytest.fail(f"the coordinator exited:\n{log.read_text()}")
             try:
-                return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+                return httpx.get(f"{url}/healthz", timeout=scaled(1.0)).status_code == 200
             except httpx.TransportError:
                 return False
 
         wait_until(answers, 60, "the installed coordinator to answer")
         web = ROOT / "wgmesh" / "web"
-        page = httpx.get(f"{url}/", timeout=5.0)
+        page = httpx.get(f"{url}/", timeout=scaled(5.0))
         assert page.status_code == 200
         assert page.text == (web / "index.html").read_text()
         for asset in ("app.js", "app.css"):
-            answer = httpx.get(f"{url}/assets/{asset}", timeout=5.0)
+            answer = httpx.get(f"{url}/assets/{asset}", timeout=scaled(5.0))
             assert answer.status_code == 200, asset
             assert answer.content == (web / asset).read_bytes()
     finally:

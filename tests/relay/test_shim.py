@@ -6,6 +6,7 @@ shim only ever exchanges datagrams with that port, so this is exactly the traffi
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -22,6 +23,7 @@ from wgmesh.agent import probe_wire
 from wgmesh.agent.netloop import NetLoop
 from wgmesh.agent.prober import RELAY, Prober
 from wgmesh.agent.shim import RelayShim
+from wgmesh.lab.timescale import scaled
 from wgmesh.models import RelayGrant, RelayInfo
 
 
@@ -49,7 +51,7 @@ class Side:
         )
 
     def recv(self, timeout: float = 3.0) -> tuple[bytes, tuple[str, int]]:
-        self.wg.settimeout(timeout)
+        self.wg.settimeout(scaled(timeout))
         data, addr = self.wg.recvfrom(65535)
         return data, addr
 
@@ -140,13 +142,14 @@ def test_a_burst_of_datagrams_arrives_whole_and_in_order(pair: tuple[Side, Side]
 UDP_GRO = 104  # <linux/udp.h>: the socket takes a GSO send whole, its segment size in a control message
 
 
-def received_segments(wg: socket.socket, timeout: float) -> tuple[list[bytes], bool]:
-    """Every datagram waiting on a UDP_GRO socket, cut at the segment size; and whether any read held several."""
-    wg.settimeout(timeout)
+def received_segments(wg: socket.socket, count: int) -> tuple[list[bytes], bool]:
+    """`count` datagrams from a UDP_GRO socket, cut at the segment size (fewer when they stop coming within a
+    scaled 3 s); and whether any read held several."""
+    wg.settimeout(scaled(3.0))
     found: list[bytes] = []
     coalesced = False
-    try:
-        while True:
+    with contextlib.suppress(TimeoutError):
+        while len(found) < count:
             data, ancillary, _flags, _source = wg.recvmsg(65535, socket.CMSG_SPACE(4))
             size = next((struct.unpack("=i", d[:4])[0] for lvl, kind, d in ancillary if kind == UDP_GRO), 0)
             if size and len(data) > size:
@@ -154,9 +157,6 @@ def received_segments(wg: socket.socket, timeout: float) -> tuple[list[bytes], b
                 found += [data[i : i + size] for i in range(0, len(data), size)]
             else:
                 found.append(data)
-            wg.settimeout(0.3)
-    except TimeoutError:
-        pass
     return found, coalesced
 
 
@@ -172,7 +172,7 @@ def test_a_run_of_datagrams_reaches_wireguard_in_one_send_and_intact(pair: tuple
         sent = [bytes([4, burst, i]) + bytes(size - 3) for i, size in enumerate(sizes)]
         for datagram in sent:
             a.wg.sendto(datagram, target)
-        got, coalesced = received_segments(b.wg, 3.0)
+        got, coalesced = received_segments(b.wg, len(sent))
         assert got == sent, f"burst {burst}: {[len(g) for g in got]}; counters {b.shim.counters}"
         seen_one_send |= coalesced
         if seen_one_send:
@@ -192,7 +192,7 @@ def test_a_kernel_refusing_segmentation_gets_one_send_per_datagram(pair: tuple[S
         sent = [bytes([4, burst, i]) + bytes(1397) for i in range(10)]
         for datagram in sent:
             a.wg.sendto(datagram, target)
-        got, coalesced = received_segments(b.wg, 3.0)
+        got, coalesced = received_segments(b.wg, len(sent))
         assert got == sent and not coalesced
         if not b.shim._gso:
             break

@@ -90,14 +90,13 @@ class _Run:
     """Datagrams from one sender on their way to WireGuard that one UDP GSO send can carry: every one of the
     first one's size, the last one possibly shorter (the kernel cuts the send into segments of that size)."""
 
-    __slots__ = ("datagrams", "ended", "nbytes", "segment", "sender")
+    __slots__ = ("datagrams", "nbytes", "segment", "sender")
 
     def __init__(self) -> None:
         self.datagrams: list[bytes | memoryview] = []
         self.sender = 0
         self.segment = 0
         self.nbytes = 0
-        self.ended = False
 
     def __bool__(self) -> bool:
         return bool(self.datagrams)
@@ -106,7 +105,7 @@ class _Run:
         """Whether a datagram of `size` from `sender` can join this run."""
         return (
             sender == self.sender
-            and not self.ended
+            and len(self.datagrams[-1]) == self.segment  # a shorter one ended the run
             and size <= self.segment
             and len(self.datagrams) < GSO_MAX_SEGMENTS
             and self.nbytes + size <= GSO_MAX_BYTES
@@ -115,10 +114,9 @@ class _Run:
     def add(self, sender: int, datagram: bytes | memoryview, size: int) -> None:
         """Append (the caller checked `joins`, or the run is empty)."""
         if not self.datagrams:
-            self.sender, self.segment, self.nbytes, self.ended = sender, size, 0, False
+            self.sender, self.segment, self.nbytes = sender, size, 0
         self.datagrams.append(datagram)
         self.nbytes += size
-        self.ended = size < self.segment
 
     def clear(self) -> None:
         """Drop the datagrams (views of a buffer that is about to change)."""
