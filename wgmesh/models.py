@@ -657,7 +657,7 @@ class StatusReport(Model):
     agent_version: Printable | None = Field(
         None,
         max_length=versions.MAX_LENGTH,
-        description="The wgmesh version the agent runs (`wgmesh.__version__`); null: an agent before 0.2.0",
+        description="The wgmesh version the agent runs (`wgmesh.__version__`); null: unknown. Agents name it in their User-Agent (wgmesh-agent/VERSION), which the coordinator copies here",
     )
 
 
@@ -941,8 +941,8 @@ class TopologyNode(Node):
     )
     agent_version: str | None = Field(
         None,
-        description="The wgmesh version the node's agent runs, from its last report; null: no report, or an "
-        "agent before 0.2.0",
+        description="The wgmesh version the node's agent runs, from its last report; null: no report, or a "
+        "report stored before 0.2.0",
     )
     peers: list[PeerView] = Field(
         default_factory=list, description="Every other node as this one sees it, sorted by name"

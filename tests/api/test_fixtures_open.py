@@ -136,7 +136,7 @@ ADDED_BY_SCHEMA_12 = {
 }
 # No schema change: a report stored before agents left nominal peers out lists every peer.
 ADDED_BY_CONDENSED_REPORTS = {"report": {"nominal": None}}
-# No schema change: a report stored before agents said their version (agents of 0.1.0) reads back unknown.
+# No schema change: a report stored before 0.2.0 names no version: it reads back unknown.
 ADDED_BY_AGENT_VERSION = {"report": {"agent_version": None}}
 # Aliases (issue 20): every route is published at its own prefix, and the network has no alias pool.
 ADDED_BY_SCHEMA_13 = {"route": {"alias": None, "alias_by": None}, "network": {"alias_pool": None}}

@@ -52,7 +52,9 @@ def test_status_nodes_filters_and_pages(wgmesh: Cli, mesh: large_mesh.LargeMesh)
     listed = re.findall(r"^\s*(gw-\d{4})\s", r.out, re.M)
     assert listed == offline
     assert f"nodes 1-{len(offline)} of {len(offline)}" in r.out
-    assert "AGENT" in r.out  # the version each agent reports: none here (as agents before 0.2.0)
+    assert (
+        "AGENT" in r.out
+    )  # the version each agent reports: none here (reports sent without an agent's User-Agent)
     r = wgmesh("status", "--nodes", "--tag", "cloud:gcp", "--limit", "5", "--offset", "5", "--json")
     assert r.code == 0, r.err
     page = json.loads(r.out)

@@ -269,7 +269,7 @@ def test_an_agent_older_than_supported_is_a_warning_and_an_unknown_one_is_not() 
     statuses = [
         report(a, [], agent_version="0.2.0"),
         report(b, [], agent_version="0.0.9"),  # older than MIN_AGENT_VERSION (0.1.0)
-        report(c, []),  # an agent of 0.1.0 reports no version: unknown
+        report(c, []),  # a report naming no version (stored before 0.2.0): unknown
         report(d, [], agent_version="nightly"),  # not a version: unknown
     ]  # gw-e never reported
     topo = topology([a, b, c, d, e], statuses=statuses)

@@ -198,7 +198,7 @@ def node_detail(
     seen = "online" if node.online else "offline"
     if node.last_seen is not None:
         seen += f", last seen {render.age(node.last_seen, now)} ({node.last_seen.isoformat()})"
-    # A static peer runs no agent; an agent before 0.2.0 reports no version.
+    # A static peer runs no agent; a report stored before 0.2.0 names no version.
     agent = [] if node.static else [("agent version", render.cell(agent_version or "unknown (not reported)"))]
     rows: list[tuple[str, str | Text]] = [
         ("name", node.name),

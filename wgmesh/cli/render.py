@@ -530,7 +530,8 @@ def coordinators_line(nodes: Sequence[NodeView]) -> Text | None:
 
 def agent_versions_line(nodes: Sequence[NodeView], static: Collection[str] = ()) -> Text | None:
     """`agents run 0.2.0 (gw1, gw3); 0.1.9 (gw2); unknown (gw4)`: the version each node's agent runs, as it
-    last reported, the newest first; `unknown` for agents that said none (before 0.2.0, or no report yet);
+    last reported, the newest first; `unknown` for nodes whose report names none (sent by another client, stored before 0.2.0, or no
+    report yet);
     None when no agent reported one. Static peers (`static`, by name) run no agent."""
     by_version: dict[str | None, list[str]] = {}
     for node in nodes:

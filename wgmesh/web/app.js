@@ -692,7 +692,7 @@ function renderDetails() {
     ["Public IP", node.public_ip || "–"],
     ["Endpoints", node.endpoints.join(", ") || "–"],
     ["Listen port", String(node.listen_port)],
-    // the version its agent last reported (agents before 0.2.0 report none; a static peer runs no agent)
+    // the version its agent last reported (none from a report sent by another client or stored before 0.2.0; a static peer runs no agent)
     ["Agent version", node.static ? "–" : node.agent_version || "unknown"],
     // what the agent set on its interface, then the two limits the netmap's MTU comes from
     ["Tunnel MTU", node.interface_mtu ? String(node.interface_mtu) : "–"],
