@@ -243,11 +243,14 @@ def test_the_units_run_the_mesh_under_a_real_systemd(container: Container) -> No
     )
     wait_active(box, "wgmesh-coordinator")
 
-    # The unit is active once the process runs (Type=exec): its database and key come a moment later.
-    def keyed() -> bool:
-        return box.sh("wgmesh-coordinator pin 2>/dev/null || true").strip().startswith("sha256:")
+    # The unit is active once the process runs (Type=exec); its database and key come a moment later. Only
+    # then may root read them: root opening the database first would leave files the service cannot write.
+    def listening() -> bool:
+        if "event=listening" not in box.sh("journalctl -u wgmesh-coordinator --no-pager -o cat"):
+            raise NotYet("the coordinator has not logged that it listens")
+        return True
 
-    wait_until(keyed, SETTLE_DEADLINE, "the coordinator to make its key", interval=0.5)
+    wait_until(listening, SETTLE_DEADLINE, "the coordinator to listen", interval=0.5)
     pin = box.sh("wgmesh-coordinator pin").strip()  # read once: every later command carries it
     api = f"WGMESH_URL=https://198.18.0.1:8080 WGMESH_TOKEN={ADMIN_TOKEN} WGMESH_PIN={pin}"
 
