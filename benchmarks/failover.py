@@ -183,6 +183,7 @@ def main() -> None:
                 coordinators=2,
                 relays=2,
                 block_udp=[3],
+                block_tcp_between=[(1, 3), (2, 3)],  # site 3 on the relays, not straight over TCP
                 ha_sites=[2],
                 ha_preempt_after=PREEMPT,
             )

@@ -1,11 +1,14 @@
-"""Relay path throughput in the lab: VPC host → VPC host direct, over the relay, and over a udptunnel reference.
+"""Path throughput in the lab: VPC host → VPC host over direct UDP, direct TCP, the relay, and a udptunnel
+reference.
 
 Run as root: `.venv/bin/python benchmarks/relay_path.py [--seconds 5]`.
-Builds its own three-site lab (name `brp`) with P2P off at gw3, so the agents put gw1-gw2 on the direct
-UDP path and gw1-gw3 on the hub's relay, and waits until they report exactly that. In the same run it
-measures, with iperf3 TCP and ping:
+Builds its own four-site lab (name `brp`) with P2P off at gw3 and UDP blocked at gw4, so the agents put
+gw1-gw2 on the direct UDP path, gw1-gw3 on the hub's relay and gw1-gw4 on TCP straight between the two
+gateways (issue 21), and waits until they report exactly that. In the same run it measures, with iperf3
+TCP and ping:
 
 (a) vm1 → vm2 over the direct path (wireguard-go, UDP on the underlay);
+(d) vm1 → vm4 over direct TCP (wireguard-go → agent shim → TLS → agent shim of gw4, no relay);
 (b) vm1 → vm3 over the relay path (wireguard-go → agent shim → TCP → wgmesh-relay → TCP → agent shim);
 (c) a reference for (b): vm1 → vm3 through a second wireguard-go pair (`brp-ux1` in gw1, `brp-ux3` in gw3)
     carried by Debian's `udptunnel` (a C UDP-over-TCP forwarder, point to point). udptunnel binds the same
@@ -14,7 +17,8 @@ measures, with iperf3 TCP and ping:
     extra addresses (100.96.I.10) routed through the udptunnel pair, so (b) and (c) cross the same
     namespaces and forwarding hops.
 
-Prints Mbit/s, average RTT, the ratios relay/direct and relay/udptunnel, and the CPU time each process on
+Prints Mbit/s, average RTT, the ratios direct TCP/direct, relay/direct and relay/udptunnel, the idle RTT
+each path adds to direct UDP's, and the CPU time each process on
 the path used during each run (utime + stime from /proc/PID/stat; 100 % = one core). Tears everything
 down in any case (its own processes by pid, then the lab).
 """
@@ -36,7 +40,10 @@ from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, NotYet, WaitTimeout, down, up, wait_until
 
 LAB_NAME = "brp"
-TARGET = 0.9
+TCP_DIRECT_TARGET = 0.85
+"""Direct TCP / direct UDP throughput (issue 21)."""
+RELAY_TARGET = 0.8
+"""Relay / direct UDP throughput (issue 21)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UT_TCP_PORT = 5400
 UT_UDP_PORT = 31900  # below the ephemeral range: the agents' shim sockets take ports there
@@ -367,18 +374,20 @@ def main() -> None:
     down(LAB_NAME)
     tunnel: Udptunnel | None = None
     try:
-        lab = up(LAB_NAME, 3, "userspace", timeout=120, relay=True, p2p_off=[3])
+        lab = up(LAB_NAME, 4, "userspace", timeout=120, relay=True, p2p_off=[3], block_udp=[4])
         tunnel = Udptunnel(lab, 1, 3)
         p = lab.plan
-        s1, s2, s3 = p.site(1), p.site(2), p.site(3)
+        s1, s2, s3, s4 = p.site(1), p.site(2), p.site(3), p.site(4)
         expected = {
             ("gw1", "gw2"): "direct",
             ("gw2", "gw1"): "direct",
             ("gw1", "gw3"): "relay",
             ("gw3", "gw1"): "relay",
+            ("gw1", "gw4"): "tcp-direct",
+            ("gw4", "gw1"): "tcp-direct",
         }
         wait_paths(lab, expected)
-        wg = {s.index: wireguard_go_pid(s.gw_ns, s.wg_interface) for s in (s1, s2, s3)}
+        wg = {s.index: wireguard_go_pid(s.gw_ns, s.wg_interface) for s in (s1, s2, s3, s4)}
 
         def agent(node: str) -> int:
             proc = lab.process(node)
@@ -399,6 +408,20 @@ def main() -> None:
             },
             args.seconds,
             5311,
+        )
+        tcp_direct = measure(
+            lab,
+            "(d) vm1 → vm4, direct TCP",
+            "vm4",
+            str(s4.vm_ip),
+            {
+                "agent gw1": agent("gw1"),
+                "agent gw4": agent("gw4"),
+                "wireguard-go gw1": wg[1],
+                "wireguard-go gw4": wg[4],
+            },
+            args.seconds,
+            5314,
         )
         relay = measure(
             lab,
@@ -427,7 +450,7 @@ def main() -> None:
             tunnel.close()
         down(LAB_NAME)
 
-    runs = [direct, relay, reference]
+    runs = [direct, tcp_direct, relay, reference]
     print(
         f"{os.cpu_count()} CPUs, wireguard-go, iperf3 TCP {args.seconds} s, ping -c 20 -i 0.2 (before iperf3)"
     )
@@ -441,13 +464,20 @@ def main() -> None:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.3f}" if a is not None and b else "n/a"
 
-    met = relay.mbit is not None and direct.mbit is not None and relay.mbit >= TARGET * direct.mbit
+    def verdict(run: Run, target: float) -> str:
+        met = run.mbit is not None and direct.mbit is not None and run.mbit >= target * direct.mbit
+        return f"target >= {target}: {'met' if met else 'NOT met'}"
+
     print(
-        f"relay / direct throughput:    {ratio(relay.mbit, direct.mbit)} (target >= {TARGET}: {'met' if met else 'NOT met'})"
+        f"direct TCP / direct UDP throughput: {ratio(tcp_direct.mbit, direct.mbit)} ({verdict(tcp_direct, TCP_DIRECT_TARGET)})"
     )
-    print(f"relay / udptunnel throughput: {ratio(relay.mbit, reference.mbit)}")
     print(
-        f"added latency relay vs direct: {relay.rtt - direct.rtt:+.3f} ms; relay vs udptunnel: {relay.rtt - reference.rtt:+.3f} ms"
+        f"relay / direct UDP throughput:      {ratio(relay.mbit, direct.mbit)} ({verdict(relay, RELAY_TARGET)})"
+    )
+    print(f"relay / udptunnel throughput:       {ratio(relay.mbit, reference.mbit)}")
+    print(
+        f"added idle RTT vs direct UDP: direct TCP {tcp_direct.rtt - direct.rtt:+.3f} ms, relay "
+        f"{relay.rtt - direct.rtt:+.3f} ms; relay vs udptunnel: {relay.rtt - reference.rtt:+.3f} ms"
     )
     print("CPU during each iperf3 run (% of one core):")
     for run in runs:

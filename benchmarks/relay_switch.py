@@ -1,6 +1,8 @@
 """Path switch times in the lab: UDP blocked → traffic on the relay, UDP unblocked → back on the direct path.
 
-Run as root: `.venv/bin/python benchmarks/relay_switch.py [--rounds 3]`.
+Run as root: `.venv/bin/python benchmarks/relay_switch.py [--rounds 3] [--via relay|tcp-direct]`.
+With `--via relay` (the default) TCP between the two gateways is blocked too, so the pair lands on the relay;
+with `--via tcp-direct` it is open, and the pair lands on TCP straight between the gateways (issue 21).
 Builds its own two-site lab (name `brs`), runs `ping -D -i 0.05` from vm1 to vm2, and per round blocks UDP
 at gw2 (nftables, `Lab.block_udp`), then unblocks it. Measures (i) seconds from the block until pings are
 answered again and the longest silence between replies, (ii) seconds until both agents report `relay`,
@@ -50,12 +52,12 @@ class Round:
     gap_back: float  # longest silence after the unblock
 
 
-def one_round(lab: Lab, ping: ContinuousPing) -> Round:
+def one_round(lab: Lab, ping: ContinuousPing, via: str) -> Round:
     wait_for(lambda: both(lab, "direct"), 60, "both sides direct")
     time.sleep(1)
     blocked = time.time()
     lab.block_udp(2)
-    on_relay = wait_for(lambda: both(lab, "relay"), 30, "both sides on the relay")
+    on_relay = wait_for(lambda: both(lab, via), 30, f"both sides on {via}")
     wait_for(lambda: (ping.replies() or [0])[-1] > on_relay, 15, "pings answered on the relay")
     time.sleep(2)
     answered, gap = ping.outage(blocked)
@@ -70,17 +72,19 @@ def one_round(lab: Lab, ping: ContinuousPing) -> Round:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--via", choices=("relay", "tcp-direct"), default="relay")
     args = parser.parse_args()
     down(LAB_NAME)
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory() as tmp:
         ping: ContinuousPing | None = None
         try:
-            lab = up(LAB_NAME, 2, "userspace", timeout=90, relay=True)
+            blocked_tcp = [(1, 2)] if args.via == "relay" else []
+            lab = up(LAB_NAME, 2, "userspace", timeout=90, relay=True, block_tcp_between=blocked_tcp)
             ping = ContinuousPing(lab, "vm1", lab.plan.site(2).vm_ip, Path(tmp) / "ping.log", interval=0.05)
             wait_for(lambda: len(ping.replies()) >= 10, 10, "the ping running")
             for n in range(args.rounds):
-                rounds.append(one_round(lab, ping))
+                rounds.append(one_round(lab, ping, args.via))
                 print(f"round {n + 1} done", file=sys.stderr)
         finally:
             if ping is not None:
@@ -90,13 +94,18 @@ def main() -> None:
     columns = [
         ("pings back s", "answered"),
         ("longest gap s", "gap"),
-        ("both relay s", "relay"),
+        (f"both {args.via} s", "relay"),
         ("both direct s", "direct"),
         ("gap back s", "gap_back"),
     ]
-    print("UDP blocked at gw2 during ping -D -i 0.05 vm1 -> vm2; times from the block / the unblock")
+    print(
+        f"UDP blocked at gw2 during ping -D -i 0.05 vm1 -> vm2, to {args.via}; times from the block / the unblock"
+    )
     print_rounds(columns, rounds, width=15, digits=2)
-    for what, attr in (("pings answered via the relay", "answered"), ("both agents report relay", "relay")):
+    for what, attr in (
+        (f"pings answered via {args.via}", "answered"),
+        (f"both agents report {args.via}", "relay"),
+    ):
         worst = max(getattr(r, attr) for r in rounds)
         verdict = "met" if worst <= TARGET else "NOT met"
         print(f"target <= {TARGET:g} s, {what}: {verdict} (worst {worst:.2f} s)")

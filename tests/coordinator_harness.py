@@ -305,6 +305,7 @@ def undo_schema_down_to(conn: SqlConnection, version: int) -> None:
     """Turn a database this code made into what `version` (at least 2) wrote, its version rows included:
     each later version undone, newest first."""
     undo: dict[int, Sequence[str | Callable[[SqlConnection], None]]] = {
+        14: ("ALTER TABLE nodes DROP COLUMN tcp_port", "ALTER TABLE nodes DROP COLUMN tcp_pin"),
         13: (undo_schema_13,),
         12: (undo_schema_12,),
         11: (undo_schema_11,),

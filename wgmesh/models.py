@@ -212,6 +212,24 @@ class NetworkPatch(Model):
     clear_alias_pool: bool = Field(False, description="Remove the alias pool (aliases given stay)")
 
 
+def _check_pin(value: str) -> str:
+    try:
+        return str(pins.Pin.parse(value))  # one spelling (lowercase hex) on the wire
+    except errors.ValidationError as exc:
+        raise ValueError(exc.message) from exc
+
+
+PinText = Annotated[str, AfterValidator(_check_pin)]
+
+
+class DirectTcp(Answer):
+    """A node's agent accepting its peers' WireGuard datagrams over TCP (the `tcp-direct` path), on `port`
+    of each of the node's endpoint hosts, presenting the TLS key of `pin`."""
+
+    port: Port
+    pin: PinText = Field(description="sha256:<hex> of the listener's TLS public key; peers refuse any other")
+
+
 class Node(Model):
     """A member of the mesh, as the registry knows it."""
 
@@ -230,6 +248,9 @@ class Node(Model):
     tags: list[Tag] = Field(default_factory=list)
     listen_port: Port = 51820
     endpoints: list[EndpointField] = Field(default_factory=list)
+    tcp: DirectTcp | None = Field(
+        None, description="The agent's direct TCP listener, as it reported it; null: none (or not yet known)"
+    )
     eth0_ip: IpAddr | None = None
     public_ip: IpAddr | None = None
     last_seen: datetime | None = None
@@ -332,6 +353,11 @@ class PeerConfig(Answer):
         default_factory=list, description="Endpoint candidates, best first"
     )
     p2p: P2PPolicy = Field("auto", description="Effective policy for this pair")
+    tcp: DirectTcp | None = Field(
+        None,
+        description="Where the peer's agent takes datagrams over TCP when UDP between the two fails (the "
+        "port on each endpoint's host, its TLS key pinned); null: the relay is the only other path",
+    )
     psk: WgKey | None = None
     eth0_ip: IpAddr | None = None
     public_ip: IpAddr | None = None
@@ -390,6 +416,11 @@ class NetMap(Answer):
         description="The node's own key as the coordinator holds it (an agent finishes a rotation by it)",
     )
     rotate_key: bool = Field(False, description="An admin asked this node's agent to rotate its key")
+    tcp_direct: bool = Field(
+        False,
+        description="The coordinator takes agents' direct TCP listeners (`StatusReport.tcp`) and the "
+        "`tcp-direct` path in reports; an agent sends neither to a coordinator that does not say so",
+    )
 
 
 class NetMapChange(Answer):
@@ -424,16 +455,6 @@ def _check_relay_url(value: str) -> str:
 
 
 RelayUrl = Annotated[str, AfterValidator(_check_relay_url)]
-
-
-def _check_pin(value: str) -> str:
-    try:
-        return str(pins.Pin.parse(value))  # one spelling (lowercase hex) on the wire
-    except errors.ValidationError as exc:
-        raise ValueError(exc.message) from exc
-
-
-PinText = Annotated[str, AfterValidator(_check_pin)]
 
 
 class RelayInfo(Answer):
@@ -625,6 +646,9 @@ class StatusReport(Model):
     """The agent's periodic report."""
 
     endpoints: list[EndpointField] = Field(default_factory=list, max_length=64)
+    tcp: DirectTcp | None = Field(
+        None, description="The agent's direct TCP listener (the `tcp-direct` path); null: it runs none"
+    )
     eth0_ip: IpAddr | None = None
     netmap_version: int | None = None
     peers: list[PeerStatus] = Field(
@@ -899,7 +923,8 @@ class Link(Model):
     b: Name
     p2p: P2PPolicy = Field(description="The pair's effective policy (network, both nodes, pair override)")
     path: PathKind | Literal["down", "unknown"] = Field(
-        description="direct/relay: a fresh handshake; down: reported, none fresh; unknown: nobody reported"
+        description="direct/tcp-direct/relay: a fresh handshake; down: reported, none fresh; unknown: nobody "
+        "reported"
     )
     rtt_ms: float | None = None
     last_handshake: datetime | None = None
@@ -1098,13 +1123,15 @@ class LocalStatus(Model):
 TopologyProblem = Literal["offline", "links_down", "relayed", "conflicts"]
 """What a node can be listed for in the summary's problem groups."""
 
-LinkState = Literal["direct", "relay", "down", "unknown"]
+LinkState = Literal["direct", "tcp-direct", "relay", "down", "unknown"]
 
 
 class LinkCounts(Model):
-    """Links by state (Link.path): direct/relay with a fresh handshake, down, unknown (nobody reported)."""
+    """Links by state (Link.path): direct/tcp-direct/relay with a fresh handshake, down, unknown (nobody
+    reported)."""
 
     direct: int = 0
+    tcp_direct: int = Field(0, description="Links whose path is `tcp-direct`")
     relay: int = 0
     down: int = 0
     unknown: int = 0

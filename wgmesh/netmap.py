@@ -49,6 +49,7 @@ def template_key(network: Network, node: Node, active: Sequence[Prefix]) -> Temp
         node.mtu,
         node.max_mtu,
         network.mtu,
+        (node.tcp.port, node.tcp.pin) if node.tcp is not None else None,  # a model is not hashable
     )
 
 
@@ -56,17 +57,19 @@ def peer_template(network: Network, node: Node, key: TemplateKey) -> PeerConfig:
     """`node` as a peer, before the pair's P2P policy, PSK and rate; `key` is its `template_key`."""
     active = key[4]
     assert isinstance(active, tuple)
+    candidates = endpoint_candidates(node)
     return PeerConfig(
         node_id=node.id,
         name=node.name,
         public_key=node.public_key,
         overlay_ip=node.overlay_ip,
         allowed_ips=[ipam.host_prefix(ipaddress.ip_address(node.overlay_ip)), *active],
-        endpoints=endpoint_candidates(node),
+        endpoints=candidates,
         eth0_ip=node.eth0_ip,
         public_ip=node.public_ip,
         static=node.static,
         mtu=effective_mtu(network, node),
+        tcp=node.tcp if candidates else None,  # the listener is reached on the endpoints' hosts
     )
 
 
@@ -144,13 +147,12 @@ class RegistrySnapshot:
             if self.psk_master
             else None
         )
-        return self.peer_templates[other.id].model_copy(
-            update={
-                "p2p": pair_p2p(self.network, me, other, self.pair_p2p.get(key)),
-                "psk": psk,
-                "rate": self.pair_rate.get(key),
-            }
-        )
+        p2p = pair_p2p(self.network, me, other, self.pair_p2p.get(key))
+        template = self.peer_templates[other.id]
+        update: dict[str, object] = {"p2p": p2p, "psk": psk, "rate": self.pair_rate.get(key)}
+        if p2p == "off" and template.tcp is not None:
+            update["tcp"] = None  # p2p off means the relay: no path straight to the peer, UDP or TCP
+        return template.model_copy(update=update)
 
 
 def effective_mtu(network: Network, node: Node) -> int:
@@ -217,6 +219,7 @@ def netmap_with(snapshot: RegistrySnapshot, me: Node, peers: list[PeerConfig]) -
         coordinator_next_pin=snapshot.coordinator_next_pin,
         public_key=me.public_key,
         rotate_key=me.rotate_requested_at is not None,
+        tcp_direct=True,
     )
 
 

@@ -144,12 +144,13 @@ def observed_peer(
     )
 
 
-def link_state(*, seen: bool, fresh: bool, relay: bool) -> LinkState:
+def link_state(*, seen: bool, fresh: bool, relay: bool, tcp: bool = False) -> LinkState:
     """A link's state from both ends' reports of it: `seen` if either reported it, `fresh` if the newer
-    handshake is within HANDSHAKE_FRESH, `relay` if either end reports the relay path. The one rule of
-    `link` and of the summary's counts (wgmesh.topology_summary)."""
+    handshake is within HANDSHAKE_FRESH, `relay` if either end reports the relay path, `tcp` if either
+    reports TCP straight to the other (the slower path an end uses is the link's). The one rule of `link`
+    and of the summary's counts (wgmesh.topology_summary)."""
     if fresh:
-        return "relay" if relay else "direct"
+        return "relay" if relay else "tcp-direct" if tcp else "direct"
     return "down" if seen else "unknown"
 
 
@@ -164,7 +165,7 @@ def link(
     as_of: Mapping[NodeId, datetime] | None = None,
 ) -> Link:
     """The pair a-b from both ends' reports: a fresh handshake gives its path (relay if either end
-    relays), a stale one `down`, no report at all `unknown`.
+    relays, else tcp-direct if either end uses it), a stale one `down`, no report at all `unknown`.
 
     A handshake is fresh when it was under 180 s old at `as_of[reporter]`, the time of the report that
     carried it, for a reporter still alive (`report_times`): an agent with many peers sends its counters
@@ -186,7 +187,7 @@ def link(
         a=a.name,
         b=b.name,
         p2p=pair_p2p(network, a, b, override),
-        path=link_state(seen=bool(views), fresh=fresh, relay="relay" in paths),
+        path=link_state(seen=bool(views), fresh=fresh, relay="relay" in paths, tcp="tcp-direct" in paths),
         rtt_ms=min(rtts) if rtts else None,
         last_handshake=handshake,
         rx_bytes=sum(p.rx_bytes for p in views_only),

@@ -56,11 +56,11 @@ above it they show the summary with its pages (a full mesh of 51 nodes is alread
 PAGE_LIMIT_DEFAULT = 100
 PAGE_LIMIT_MAX = 500
 PROBLEMS: tuple[TopologyProblem, ...] = ("offline", "links_down", "relayed", "conflicts")
-LINK_STATES: tuple[LinkState, ...] = ("direct", "relay", "down", "unknown")
+LINK_STATES: tuple[LinkState, ...] = ("direct", "tcp-direct", "relay", "down", "unknown")
 
-_NONE, _DIRECT, _RELAY = 0, 1, 2
-_PATH_CODE = {None: _NONE, "direct": _DIRECT, "relay": _RELAY}
-_PATH_OF: dict[int, PathKind | None] = {_NONE: None, _DIRECT: "direct", _RELAY: "relay"}
+_NONE, _DIRECT, _RELAY, _TCP = 0, 1, 2, 3
+_PATH_CODE = {None: _NONE, "direct": _DIRECT, "relay": _RELAY, "tcp-direct": _TCP}
+_PATH_OF: dict[int, PathKind | None] = {_NONE: None, _DIRECT: "direct", _RELAY: "relay", _TCP: "tcp-direct"}
 
 
 # --- one report, reduced ---------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class ReportDigest:
 
     peer_ids: array[int]
     handshake: array[float]  # unix seconds
-    path: bytes  # _NONE, _DIRECT, _RELAY
+    path: bytes  # _NONE, _DIRECT, _RELAY, _TCP
     rtt_ms: array[float]
     rx_bytes: array[int]
     tx_bytes: array[int]
@@ -111,7 +111,7 @@ class ReportDigest:
         i = self.find(peer_id)
         if i is not None:
             fresh = self.handshake[i] > cutoff
-            return _SEEN | (_FRESH if fresh else 0) | (_RELAYED if self.path[i] == _RELAY else 0)
+            return _SEEN | (_FRESH if fresh else 0) | _PATH_BITS[self.path[i]]
         if self.covers(peer_id):
             return self.nominal_bits(cutoff)
         return 0
@@ -184,25 +184,37 @@ def digest_report(
 
 # --- every link, counted ----------------------------------------------------------------------------------
 
-_SEEN, _FRESH, _RELAYED = 1, 2, 4
+_SEEN, _FRESH, _RELAYED, _TCP_DIRECT = 1, 2, 4, 8
+_PATH_BITS = {_NONE: 0, _DIRECT: 0, _RELAY: _RELAYED, _TCP: _TCP_DIRECT}
+
+
+def _state_of(bits: int) -> LinkState:
+    return link_state(
+        seen=bool(bits), fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED), tcp=bool(bits & _TCP_DIRECT)
+    )
 
 
 @dataclass
 class LinkTally:
-    """Links by state in all, and per node (direct, relay, down; unknown is what is left of n - 1)."""
+    """Links by state in all, and per node (direct, relay, down, tcp-direct; unknown is what is left of
+    n - 1)."""
 
     nodes: int
     total: dict[LinkState, int]
     per_node: dict[NodeId, list[int]] = field(default_factory=dict)
 
     def of(self, node_id: NodeId) -> LinkCounts:
-        direct, relay, down = self.per_node.get(node_id, (0, 0, 0))
+        direct, relay, down, tcp = self.per_node.get(node_id, (0, 0, 0, 0))
         return LinkCounts(
-            direct=direct, relay=relay, down=down, unknown=self.nodes - 1 - direct - relay - down
+            direct=direct,
+            tcp_direct=tcp,
+            relay=relay,
+            down=down,
+            unknown=self.nodes - 1 - direct - relay - down - tcp,
         )
 
     def counts(self) -> LinkCounts:
-        return LinkCounts(**self.total)
+        return LinkCounts(**{state.replace("-", "_"): n for state, n in self.total.items()})
 
 
 def tally_links(
@@ -233,7 +245,7 @@ def tally_links(
         for b, ts, path in zip(digest.peer_ids, digest.handshake, digest.path, strict=True):
             if b == a or b not in known:
                 continue
-            bits = _SEEN | (_FRESH if ts > cutoff else 0) | (_RELAYED if path == _RELAY else 0)
+            bits = _SEEN | (_FRESH if ts > cutoff else 0) | _PATH_BITS[path]
             key = a * width + b if a < b else b * width + a
             pairs[key] = get(key, 0) | bits
     listed_with: dict[int, list[int]] = {}
@@ -245,12 +257,9 @@ def tally_links(
             end = digests.get(side)
             if end is not None and side in cutoffs and end.covers(other):
                 pairs[key] |= end.nominal_bits(cutoffs[side])
-    per_node: dict[NodeId, list[int]] = {n: [0, 0, 0] for n in known}
-    slot = {"direct": 0, "relay": 1, "down": 2}
-    by_bits = {
-        bits: link_state(seen=True, fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
-        for bits in range(_SEEN, 8, 2)
-    }
+    per_node: dict[NodeId, list[int]] = {n: [0, 0, 0, 0] for n in known}
+    slot = {"direct": 0, "relay": 1, "down": 2, "tcp-direct": 3}
+    by_bits = {bits: _state_of(bits) for bits in range(_SEEN, 16, 2)}
     total: dict[LinkState, int] = dict.fromkeys(LINK_STATES, 0)
     for key, bits in pairs.items():
         state = by_bits[bits]
@@ -263,7 +272,7 @@ def tally_links(
     total["direct"] += direct
     total["down"] += down
     n = len(known)
-    seen = total["direct"] + total["relay"] + total["down"]
+    seen = total["direct"] + total["relay"] + total["down"] + total["tcp-direct"]
     total["unknown"] = n * (n - 1) // 2 - seen
     return LinkTally(nodes=n, total=total, per_node=per_node)
 
@@ -498,8 +507,7 @@ def link_states_of(
         for digest, peer, reporter in ((own, other.id, node), (digests.get(other.id), node.id, other)):
             if digest is not None:
                 bits |= digest.bits(peer, digest.cutoff(reporter.online, now))
-        state = link_state(seen=bool(bits), fresh=bool(bits & _FRESH), relay=bool(bits & _RELAYED))
-        out.append((other, state))
+        out.append((other, _state_of(bits)))
     return out
 
 

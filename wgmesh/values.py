@@ -25,8 +25,9 @@ Decision = Literal["approved", "rejected"]
 """An admin's verdict on an advertised subnet (`wgmesh routes approve|reject`)."""
 AliasSource = Literal["agent", "admin", "pool"]
 """Who gave a route its alias: the gateway's agent (`--advertise P=ALIAS`), an admin, the network's pool."""
-PathKind = Literal["direct", "relay"]
-"""How an agent reaches a peer: over UDP to one of its endpoints, or through a relay."""
+PathKind = Literal["direct", "tcp-direct", "relay"]
+"""How an agent reaches a peer: over UDP to one of its endpoints, over TCP straight to the peer's agent
+when UDP between the two fails (agent/carrier.py), or through a relay."""
 RefusalCode = Literal["coordinator", "relay", "next_hop", "peer_endpoint", "too_wide"]
 """Why an agent refused to route a prefix into the tunnel (agent/route_guard.py)."""
 Liveness = Literal["up", "down", "unknown"]

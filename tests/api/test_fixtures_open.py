@@ -140,6 +140,15 @@ ADDED_BY_CONDENSED_REPORTS = {"report": {"nominal": None}}
 ADDED_BY_AGENT_VERSION = {"report": {"agent_version": None}}
 # Aliases (issue 20): every route is published at its own prefix, and the network has no alias pool.
 ADDED_BY_SCHEMA_13 = {"route": {"alias": None, "alias_by": None}, "network": {"alias_pool": None}}
+# Direct TCP (issue 21): no agent reported a listener yet; a netmap served says the coordinator takes them,
+# one an agent cached before does not.
+ADDED_BY_SCHEMA_14 = {
+    "node": {"tcp": None},
+    "peer": {"tcp": None},
+    "report": {"tcp": None},
+    "netmap": {"tcp_direct": True},
+    "cached_netmap": {"tcp_direct": False},
+}
 
 
 def schema_12_route(route: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +196,10 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_SCHEMA_6["netmap"],
             **lifecycle,
             **ADDED_BY_SCHEMA_12["netmap"],
-            "peers": [{**p, **ADDED_BY_SCHEMA_3["netmap"]} for p in value["peers"]],
+            **ADDED_BY_SCHEMA_14[kind],
+            "peers": [
+                {**p, **ADDED_BY_SCHEMA_3["netmap"], **ADDED_BY_SCHEMA_14["peer"]} for p in value["peers"]
+            ],
             # A netmap an agent cached holds the verdicts of its day; a netmap served, today's.
             "routes": [
                 {**r, **route} if kind == "cached_netmap" else schema_12_route({**r, **route})
@@ -214,13 +226,20 @@ def upgraded(kind: str, value: Any) -> Any:
             **ADDED_BY_SCHEMA_12["report"],
             **ADDED_BY_CONDENSED_REPORTS["report"],
             **ADDED_BY_AGENT_VERSION["report"],
+            **ADDED_BY_SCHEMA_14["report"],
             "peers": [{**p, **ADDED_BY_SCHEMA_12["peer_status"]} for p in value["report"]["peers"]],
         }
         return {**value, "report": report}
     if kind == "static_config":
         return {**value, "interface": {**value["interface"], **ADDED_BY_SCHEMA_3["static_config"]}}
     if kind == "node":
-        return {**value, **ADDED_BY_SCHEMA_3[kind], **ADDED_BY_SCHEMA_9[kind], "site": value["name"]}
+        return {
+            **value,
+            **ADDED_BY_SCHEMA_3[kind],
+            **ADDED_BY_SCHEMA_9[kind],
+            **ADDED_BY_SCHEMA_14[kind],
+            "site": value["name"],
+        }
     return {**value, **ADDED_BY_SCHEMA_3[kind]}
 
 
@@ -279,6 +298,7 @@ def test_database_has_schema_version_2_upgrades_in_place_and_keeps_a_value_in_ev
     added |= {("sessions", c.name) for c in schema.sessions.columns}  # 10: no one logged in yet
     added |= {("tokens", "enrolled_node"), ("tokens", "enrolled_at")}  # 11: enrollments long over
     added |= {("routes", "alias"), ("routes", "alias_by"), ("networks", "alias_pool")}  # 13: no aliases
+    added |= {("nodes", "tcp_port"), ("nodes", "tcp_pin")}  # 14: until an agent reports its listener
     conn = sqlite3.connect(db)
     try:
         assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [

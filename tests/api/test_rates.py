@@ -20,13 +20,7 @@ from coordinator_harness import (
     peers_by_name,
     running,
     unchanged,
-    undo_schema_4,
-    undo_schema_7,
-    undo_schema_9,
-    undo_schema_10,
-    undo_schema_11,
-    undo_schema_12,
-    undo_schema_13,
+    undo_schema_down_to,
 )
 
 from wgmesh.coordinator import schema
@@ -103,22 +97,9 @@ def test_a_version_1_database_is_upgraded_at_start(tmp_path: Path) -> None:
     # Turn it into what version 1 wrote: no rate (version 2), MTU (version 3) or admin-token names
     # (version 4), version row 1.
     with sqlite3.connect(db) as conn:
-        undo_schema_13(conn)
-        undo_schema_4(conn)
-        undo_schema_7(conn)
-        undo_schema_9(conn)
-        undo_schema_10(conn)
-        undo_schema_12(conn)
-        undo_schema_11(conn)
+        undo_schema_down_to(conn, 2)
         conn.execute("ALTER TABLE nodes DROP COLUMN rate")
         conn.execute("ALTER TABLE pairs DROP COLUMN rate")
-        conn.execute("ALTER TABLE networks DROP COLUMN mtu")
-        conn.execute("ALTER TABLE nodes DROP COLUMN mtu")
-        conn.execute("ALTER TABLE nodes DROP COLUMN max_mtu")
-        conn.execute("ALTER TABLE registry DROP COLUMN relay_tls_key")  # schema 5
-        for column in ("tls_key", "tls_cert", "tls_next_key", "tls_next_cert"):  # version 6
-            conn.execute(f"ALTER TABLE registry DROP COLUMN {column}")
-        conn.execute("DROP TABLE relay_revocations")  # version 8
         conn.execute("DELETE FROM schema_version")
         conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (1, '2026-11-25 00:00:00')")
     with running(Coordinator(db=db, log=tmp_path / "c2.log")) as c, c.admin() as admin:

@@ -209,7 +209,7 @@ def test_a_node_without_a_site_is_refused_by_the_database_upgraded_or_new(url: s
     old_database(url, 11)
     store = Store(url)
     try:
-        assert store.upgrade() == [12, 13]
+        assert store.upgrade() == list(range(12, schema.SCHEMA_VERSION + 1))
         with pytest.raises(IntegrityError), store.engine.begin() as conn:
             conn.execute(text("UPDATE nodes SET site = NULL WHERE name = :n"), {"n": "old-peer"})
     finally:

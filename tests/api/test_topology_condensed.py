@@ -40,7 +40,9 @@ def test_link_counts_and_a_nodes_links_are_those_of_the_reports(
     states = {(i, j): large_mesh.expected_state(mesh, i, j, N) for i in range(N) for j in range(i + 1, N)}
     want = Counter(states.values())
     summary = get(admin, "/api/v1/topology/summary")
-    assert summary["links"] == {k: want[k] for k in ("direct", "relay", "down", "unknown")}
+    assert summary["links"] == {
+        k.replace("-", "_"): want[k] for k in ("direct", "tcp-direct", "relay", "down", "unknown")
+    }
     assert all(summary["links"][k] > 0 for k in ("direct", "relay", "down", "unknown"))
     for i in (0, 5, 61):
         page = get(admin, f"/api/v1/topology/nodes/{mesh.names[i]}/links", limit=500)

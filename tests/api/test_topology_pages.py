@@ -37,7 +37,9 @@ def test_summary_counts_every_link_node_route_and_group(
 ) -> None:
     s = get(admin, "/api/v1/topology/summary")
     want = Counter(states(mesh).values())
-    assert s["links"] == {k: want[k] for k in ("direct", "relay", "down", "unknown")}
+    assert s["links"] == {
+        k.replace("-", "_"): want[k] for k in ("direct", "tcp-direct", "relay", "down", "unknown")
+    }
     assert all(s["links"][k] > 0 for k in ("direct", "relay", "down", "unknown"))
     assert s["view"] == "summary"
     assert s["nodes"] == {"total": N, "online": N - len(mesh.offline), "offline": len(mesh.offline)}
@@ -70,7 +72,15 @@ def test_nodes_page_by_tag_and_problem_with_each_nodes_links(
     for i in range(N):
         mine = Counter(s for (a, b), s in links.items() if i in (a, b))
         if mesh.tags(i)[1] == "region:us-east-1" and mine["down"]:
-            want.append((mesh.names[i], {k: mine[k] for k in ("direct", "relay", "down", "unknown")}))
+            want.append(
+                (
+                    mesh.names[i],
+                    {
+                        k.replace("-", "_"): mine[k]
+                        for k in ("direct", "tcp-direct", "relay", "down", "unknown")
+                    },
+                )
+            )
     assert page["total"] == len(want) > 0
     assert [(r["name"], r["links"]) for r in page["nodes"]] == want
     assert all("links_down" in r["problems"] for r in page["nodes"])

@@ -31,6 +31,26 @@ NAME = "zqx9"
         (("throttle-udp", "1", "99gbit"), "rate '99gbit' must be between 8kbit and 10gbit"),
         (("throttle-udp", "1"), "the following arguments are required: RATE"),
         (("unthrottle-udp", ""), "site list '' must be site numbers"),
+        (("up", "--block-tcp-between", "1,1"), "--block-tcp-between '1,1': a pair is two different sites"),
+        (
+            ("up", "--block-tcp-between", "1"),
+            "--block-tcp-between '1' must be two site numbers separated by a comma, e.g. 1,2",
+        ),
+        (("up", "--block-tcp-between", "1,2,3"), "--block-tcp-between '1,2,3' must be two site numbers"),
+        (("up", "--block-tcp-between", "1,x"), "--block-tcp-between '1,x' must be two site numbers"),
+        (("up", "--block-tcp-between", "0,1"), "--block-tcp-between '0,1': site 0 is not between 1 and 200"),
+        (
+            ("up", "--sites", "2", "--block-tcp-between", "1,3"),
+            "--block-tcp-between: unknown site 3 (lab zqx9 has sites 1..2)",
+        ),
+        (
+            ("up", "--sites", "3", "--block-tcp-between", "1,2", "--block-tcp-between", "2,4"),
+            "--block-tcp-between: unknown site 4 (lab zqx9 has sites 1..3)",
+        ),
+        (("block-tcp", "2,2"), "site pair '2,2': a pair is two different sites"),
+        (("block-tcp", "1,2", "3"), "site pair '3' must be two site numbers separated by a comma"),
+        (("unblock-tcp", "1,2,3"), "site pair '1,2,3' must be two site numbers"),
+        (("block-tcp",), "the following arguments are required: I,J"),
         (("up", "--lan-mtu", "1"), "--lan-mtu '1' must be SITE=MTU, e.g. 1=9001"),
         (("up", "--lan-mtu", "1=9217"), "LAN MTU '9217' must be a whole number between 576 and 9216"),
         (("up", "--lan-mtu", "1=9001,x=9001"), "--lan-mtu site 'x' must be site numbers"),
@@ -81,7 +101,14 @@ def test_bad_switch_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str
 
 @pytest.mark.parametrize(
     "args",
-    [("block-udp", "1"), ("lan-mtu", "1", "9001"), ("underlay-mtu", "2", "1460"), ("sg-drop-icmp", "1")],
+    [
+        ("block-udp", "1"),
+        ("lan-mtu", "1", "9001"),
+        ("underlay-mtu", "2", "1460"),
+        ("sg-drop-icmp", "1"),
+        ("block-tcp", "1,2"),
+        ("unblock-tcp", "2,1", "1,3"),
+    ],
 )
 def test_switch_on_a_lab_that_is_not_up_is_exit_1(tmp_path: Path, args: tuple[str, ...]) -> None:
     done = run_cli("lab", *args, "--name", NAME, env=base_env(tmp_path))

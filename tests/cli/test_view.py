@@ -126,7 +126,7 @@ def test_own_report_fills_path_endpoint_relay_rtt_traffic_and_reason(mesh: Any) 
     assert (b.eth0_ip, b.public_ip, b.overlay_ip) == ("10.2.0.5", None, nodes["gw-b"].overlay_ip)
     c = peers["gw-c"]
     assert (c.path, c.endpoint, c.relay, c.rtt_ms) == ("direct", "198.51.100.3:51820", None, 0.8)
-    assert peer_counts(a) == (2, 1)
+    assert peer_counts(a) == (2, 0, 1)  # direct, tcp-direct, relay
 
 
 def test_a_node_without_a_report_is_seen_through_its_peers_reports(mesh: Any) -> None:

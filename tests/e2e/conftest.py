@@ -3,6 +3,7 @@
     @pytest.mark.e2e
     @pytest.mark.lab(sites=3)               # optional: sites, agents, backend, timeout, relay,
                                             # block_udp=[1], throttle_udp={1: "10mbit"}, p2p_off=[2],
+                                            # block_tcp_between=[(1, 2)],
                                             # lan_mtu={1: 9001}, underlay_mtu={2: 1460}, sg_drop_icmp=[1],
                                             # db="postgresql", coordinators=2, relays=2,
                                             # ha_sites=[2], ha_preempt_after=10.0
@@ -43,6 +44,7 @@ LAB_DEFAULTS: dict[str, Any] = {
     "relay": None,
     "block_udp": (),
     "throttle_udp": {},
+    "block_tcp_between": (),  # pairs of sites, [(1, 2)]: no TCP between those gateways' underlay addresses
     "p2p_off": (),
     "lan_mtu": {},
     "underlay_mtu": {},
@@ -61,10 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "lab(sites=3, agents=True, backend='userspace', timeout=60.0, relay=None, block_udp=(), "
-        "throttle_udp={}, p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=(), db='sqlite', "
-        "coordinators=1, relays=1, ha_sites=(), ha_preempt_after=10.0, ha_return='route-table', lans={}): how "
-        "the `lab` "
-        "and `shared_lab` fixtures build it",
+        "throttle_udp={}, block_tcp_between=(), p2p_off=(), lan_mtu={}, underlay_mtu={}, sg_drop_icmp=(), "
+        "db='sqlite', coordinators=1, relays=1, ha_sites=(), ha_preempt_after=10.0, ha_return='route-table', "
+        "lans={}): how the `lab` and `shared_lab` fixtures build it",
     )
 
 
@@ -116,6 +117,7 @@ def built_lab(name: str, marker: pytest.Mark | None, failed: Callable[[], bool])
             relay=options["relay"],
             block_udp=options["block_udp"],
             throttle_udp=options["throttle_udp"],
+            block_tcp_between=options["block_tcp_between"],
             p2p_off=options["p2p_off"],
             lan_mtu=options["lan_mtu"],
             underlay_mtu=options["underlay_mtu"],

@@ -87,7 +87,10 @@ def running(lab: Lab, node: str) -> None:
     lab.wait_started(node)
 
 
-@pytest.mark.lab(sites=3, db="postgresql", coordinators=2, relays=2, block_udp=[3])
+# Site 3 reaches the others through the relays only: UDP blocked, and TCP to the other gateways too.
+@pytest.mark.lab(
+    sites=3, db="postgresql", coordinators=2, relays=2, block_udp=[3], block_tcp_between=[(1, 3), (2, 3)]
+)
 class TestTwoCoordinatorsTwoRelays:
     def test_a_change_through_a_reaches_agents_on_b_and_survives_a_being_killed(
         self, shared_lab: Lab

@@ -1,5 +1,6 @@
 """The lab's switches, proven on the wire: UDP blocked at a gateway while TCP flows, UDP throttled to its
-rate while TCP is not, and the hub's relay listening next to the coordinator.
+rate while TCP is not, TCP blocked between two gateways while UDP and their other TCP flow, and the hub's
+relay listening next to the coordinator.
 
 Each test states the path it expects: gateway to gateway across the underlay bridge (no agents, so no
 WireGuard in the way), and the figures it tolerates.
@@ -12,7 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import pytest
 
 from wgmesh.errors import WgmeshError
 from wgmesh.lab import Lab, down, leftovers, wait_until
-from wgmesh.lab.impair import GATEWAY_UPLINK, UDP_FAMILY, UDP_TABLE
-from wgmesh.lab.layout import RELAY_PORT
+from wgmesh.lab.impair import GATEWAY_UPLINK, TCP_FAMILY, TCP_TABLE, UDP_FAMILY, UDP_TABLE
+from wgmesh.lab.layout import API_PORT, RELAY_PORT
 from wgmesh.lab.record import load
 from wgmesh.lab.services import relay_pin
 from wgmesh.lab.system import listener_pids, nft_has_table_in, tc_root_kind
@@ -75,6 +76,18 @@ with socket.socket(socket.AF_INET, kind) as s:
         sys.exit(0 if s.recv(16) == b"ping" else 1)
     except OSError as exc:
         print(exc); sys.exit(1)
+"""
+
+
+# A TCP connection to ADDRESS:PORT, opened and closed (for servers that speak first or TLS); exit 0 when it
+# was accepted within WAIT seconds.
+CONNECT_CLIENT = """
+import socket, sys
+addr, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    socket.create_connection((addr, port), timeout=wait).close()
+except OSError as exc:
+    print(exc); sys.exit(1)
 """
 
 
@@ -155,6 +168,83 @@ def test_blocked_udp_fails_both_ways_while_tcp_works_until_unblocked(lab: Lab) -
     bad = wgmesh("lab", "block-udp", "3", "--name", lab.name)
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"wgmesh: lab {lab.name} has sites 1..2, not 3"
+
+
+def tcp_connects(lab: Lab, node: str, address: str, port: int) -> bool:
+    """Whether `node` opens a TCP connection to `address`:`port` (a budget scaled to the machine: the
+    kernel answers a SYN at once, so only a loaded machine's scheduling delays it)."""
+    wait = scaled(10.0)
+    done = lab.exec(
+        node, sys.executable, "-c", CONNECT_CLIENT, address, str(port), str(wait), timeout=wait + 30
+    )
+    return done.returncode == 0
+
+
+def tcp_tables(lab: Lab) -> list[int]:
+    """The sites whose gateway holds the TCP block's table."""
+    return [s.index for s in lab.plan.sites if nft_has_table_in(s.gw_ns, TCP_FAMILY, TCP_TABLE)]
+
+
+@pytest.mark.lab(sites=3, agents=False, block_tcp_between=[(2, 1)])
+def test_tcp_blocked_between_two_gateways_while_udp_and_their_other_tcp_flow(lab: Lab) -> None:
+    gw = {i: str(lab.plan.site(i).underlay_ip) for i in (1, 2, 3)}
+    hub = str(lab.plan.hub_ip)
+    assert lab.state.blocked_tcp == [(1, 2)]
+    assert tcp_tables(lab) == [1, 2]  # both gateways of the pair, not the third
+    assert "gw1 <-> gw2: TCP blocked between their underlay addresses" in lab.status().switches()
+    with ExitStack() as servers:
+        for i in (1, 2, 3):
+            servers.enter_context(echo_server(lab, f"gw{i}", gw[i]))
+        # The echoes that must come back first: the servers answer, so a refusal below is the block's.
+        assert echo(lab, "gw1", gw[2], "udp"), "UDP between gw1 and gw2 was blocked too"
+        assert echo(lab, "gw2", gw[1], "udp")
+        assert echo(lab, "gw1", gw[3], "tcp"), "TCP from gw1 to gw3 was blocked too"
+        assert echo(lab, "gw3", gw[2], "tcp"), "TCP from gw3 to gw2 was blocked too"
+        assert tcp_connects(lab, "gw1", hub, API_PORT), "TCP from gw1 to the coordinator was blocked"
+        if lab.state.relay:
+            assert tcp_connects(lab, "gw2", hub, RELAY_PORT), "TCP from gw2 to the relay was blocked"
+        assert not echo(lab, "gw1", gw[2], "tcp", blocked=True), "TCP from gw1 to gw2 passed the block"
+        assert not echo(lab, "gw2", gw[1], "tcp", blocked=True), "TCP from gw2 to gw1 passed the block"
+
+        # A second pair at run time joins gw1's table; blocking again changes nothing; status shows both.
+        done = wgmesh("lab", "block-tcp", "1,3", "2,1", "--name", lab.name)
+        assert done.returncode == 0, done.stderr
+        assert "gw1 <-> gw3: TCP blocked" in done.stdout
+        status = json.loads(wgmesh("lab", "status", "--name", lab.name, "--json").stdout)
+        assert status["blocked_tcp"] == [[1, 2], [1, 3]]
+        assert tcp_tables(lab) == [1, 2, 3]
+        assert not echo(lab, "gw3", gw[1], "tcp", blocked=True), "TCP from gw3 to gw1 passed the block"
+        assert echo(lab, "gw3", gw[2], "tcp"), "TCP from gw3 to gw2 was blocked by gw1's pairs"
+
+        # Unblocking one pair lets it through at once and leaves the other in force.
+        done = wgmesh("lab", "unblock-tcp", "2,1", "--name", lab.name)
+        assert done.returncode == 0, done.stderr
+        assert echo(lab, "gw1", gw[2], "tcp"), "TCP from gw1 to gw2 still blocked after unblock-tcp"
+        assert echo(lab, "gw2", gw[1], "tcp")
+        assert not echo(lab, "gw1", gw[3], "tcp", blocked=True), "unblocking 1,2 lifted 1,3 too"
+        assert tcp_tables(lab) == [1, 3]
+
+        # The handle, as tests call it (after the CLI changed the record: refresh).
+        lab.refresh()
+        lab.unblock_tcp(3, 1)
+        lab.unblock_tcp(3, 1)
+        assert echo(lab, "gw1", gw[3], "tcp"), "TCP from gw1 to gw3 still blocked after unblock_tcp"
+        assert tcp_tables(lab) == []
+        lab.block_tcp(2, 3)
+        assert not echo(lab, "gw3", gw[2], "tcp", blocked=True), "TCP from gw3 to gw2 passed block_tcp"
+        lab.unblock_tcp(2, 3)
+        assert echo(lab, "gw3", gw[2], "tcp")
+    state = load(lab.name)
+    assert state is not None
+    assert state.blocked_tcp == []
+    # Bad pairs are bad usage, found before anything changes.
+    bad = wgmesh("lab", "block-tcp", "1,4", "--name", lab.name)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"wgmesh: lab {lab.name} has sites 1..3, not 4"
+    bad = wgmesh("lab", "block-tcp", "2,2", "--name", lab.name)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "wgmesh: site pair '2,2': a pair is two different sites"
+    assert tcp_tables(lab) == []
 
 
 @contextmanager

@@ -85,6 +85,7 @@ def test_scrapes_follow_traffic_and_the_switch_to_the_relay(lab: Lab, tmp_path: 
     ping = ContinuousPing(lab, one.host, two.vm_ip, tmp_path / "ping.log")
     try:
         wait_until(lambda: len(ping.replies()) >= 5, 10, "the ping running")
+        lab.block_tcp(1, 2)  # TCP between the gateways too, so the relay it is (not tcp-direct)
         lab.block_udp(2)
         took = wait_until(
             lambda: value(scrape(agent[1]), "wgmesh_peer_path", peer="gw2", path="relay") == 1,

@@ -55,12 +55,15 @@ def set_lan_mtu(lab: Lab, mtu: int) -> None:
 
 
 def take_path(lab: Lab, path: str) -> None:
-    """Put gw1-gw2 on `path`: UDP blocked at gw2 forces the relay, unblocked lets them go direct."""
+    """Put gw1-gw2 on `path`: UDP blocked at gw2 and TCP between them forces the relay, unblocked lets
+    them go direct."""
     if path == "relay":
+        lab.block_tcp(1, 2)
         lab.block_udp(2)
         wait_until(lambda: both_on(lab, "gw1", "gw2", "relay"), 20, "gw1-gw2 on the relay")
     else:
         lab.unblock_udp(2)
+        lab.unblock_tcp(1, 2)
         wait_until(lambda: both_on(lab, "gw1", "gw2", "direct"), 60, "gw1-gw2 direct")
 
 

@@ -143,6 +143,7 @@ class TestOverlappingLans:
 
     def test_with_udp_blocked_the_aliases_work_through_the_relay(self, echo: Lab) -> None:
         lab = echo
+        lab.block_tcp(1, 2)  # TCP between the gateways too, so the relay it is (not tcp-direct)
         lab.block_udp(1)
         try:
             wait_until(
@@ -157,3 +158,4 @@ class TestOverlappingLans:
             tcp_transfer(lab, lab.plan.site(2), lab.plan.site(1), address="10.200.0.10", port=5202)
         finally:
             lab.unblock_udp(1)
+            lab.unblock_tcp(1, 2)

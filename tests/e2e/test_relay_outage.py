@@ -14,7 +14,9 @@ from wgmesh.lab import Lab, wait_until
 pytestmark = [pytest.mark.e2e]
 
 
-@pytest.mark.lab(sites=3, block_udp=[3])
+@pytest.mark.lab(
+    sites=3, block_udp=[3], block_tcp_between=[(1, 3), (2, 3)]
+)  # TCP between them too: the relay
 def test_relay_and_coordinator_outages(lab: Lab) -> None:
     two, three = lab.plan.site(2), lab.plan.site(3)
     wait_until(lambda: ping_ok(lab, "vm1", three.vm_ip), 20, "vm1 reaches vm3 through the relay")

@@ -65,7 +65,9 @@ def signing_key(lab: Lab) -> str:
     return Registry(Store(coordinator_db_url(lab.plan))).relay_signing_key()
 
 
-@pytest.mark.lab(sites=3, block_udp=[3])
+@pytest.mark.lab(
+    sites=3, block_udp=[3], block_tcp_between=[(1, 3), (2, 3)]
+)  # TCP between them too: the relay
 class TestRelayedLab:
     """Both tests on one lab (`shared_lab`): each begins by waiting for vm1 to reach vm3 through the relay,
     and each leaves it so: the first never stops the relay, the second puts the pinned key back and waits

@@ -24,6 +24,7 @@ def test_switches_to_relay_and_back_without_breaking_tcp(lab: Lab, tmp_path: Pat
     try:
         wait_until(lambda: len(ping.replies()) >= 10, 10, "the ping running")
         blocked_at = time.time()
+        lab.block_tcp(1, 2)  # TCP between the gateways too, so the relay it is (not tcp-direct)
         lab.block_udp(2)
         to_relay = wait_until(lambda: both_on(lab, "gw1", "gw2", "relay"), 15, "both sides on the relay")
         wait_until(lambda: (ping.last_reply() or 0) > blocked_at + to_relay, 10, "pings answered again")

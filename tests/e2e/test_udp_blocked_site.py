@@ -1,4 +1,7 @@
-"""Issue 4, e2e 1: a site whose UDP is blocked from the start reaches everyone through the relay."""
+"""Issue 4, e2e 1: a site whose UDP is blocked from the start reaches everyone through the relay.
+
+TCP between site 3's gateway and the others is blocked too: with it open, the pairs would go straight over
+TCP (issue 21, tests/e2e/test_path_ladder.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from wgmesh.lab import Lab, wait_until
 pytestmark = [pytest.mark.e2e]
 
 
-@pytest.mark.lab(sites=3, block_udp=[3])
+@pytest.mark.lab(sites=3, block_udp=[3], block_tcp_between=[(1, 3), (2, 3)])
 def test_blocked_site_is_relayed_and_the_rest_stay_direct(lab: Lab) -> None:
     sites = lab.plan.sites
     for a, b in itertools.permutations(sites, 2):

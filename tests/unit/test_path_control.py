@@ -108,7 +108,7 @@ def test_the_best_answering_candidate_becomes_the_endpoint(controller: PathContr
 def test_departed_peers_are_forgotten(controller: PathController) -> None:
     two, three = peer(2), peer(3)
     controller.tick(netmap(two, three), {})
-    controller.follow(netmap(three), keys.generate_keypair().public_key)
+    controller.follow(netmap(three), keys.generate_keypair())
     assert set(controller._peers) == {3}
     assert set(controller.prober.keys) == {3}
 
@@ -155,7 +155,7 @@ def test_a_departed_peer_leaves_nothing_behind(controller: PathController) -> No
     record = controller._peers[2]
     assert record.last_reassert > 0
     record.in_flight = True  # a probe round for gw2 is under way
-    controller.follow(netmap(three), keys.generate_keypair().public_key)
+    controller.follow(netmap(three), keys.generate_keypair())
     assert set(controller._peers) == {3}
     # The round ends after gw2 left: its results go with the dropped record, nothing is recreated.
     controller.net.loop.run_until_complete(

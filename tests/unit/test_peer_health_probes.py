@@ -63,8 +63,8 @@ def pair() -> Iterator[tuple[PathController, PathController, NetMap, NetMap]]:
     a, b = PathController(pa), PathController(pb)
     map_a = netmap_of(1, pa, 2, pb, kb.public_key)
     map_b = netmap_of(2, pb, 1, pa, ka.public_key)
-    a.follow(map_a, ka.public_key)
-    b.follow(map_b, kb.public_key)
+    a.follow(map_a, ka)
+    b.follow(map_b, kb)
     a.start(1)
     b.start(2)
     try:

@@ -27,7 +27,12 @@ from wgmesh.values import NodeId, P2PPolicy
 FRESH = NOW - timedelta(seconds=20)
 STALE = NOW - HANDSHAKE_FRESH - timedelta(seconds=1)
 AGED = NOW - timedelta(seconds=200)
-LinkStates: tuple[LinkState, ...] = ("direct", "relay", "down", "unknown")
+LinkStates: tuple[LinkState, ...] = ("direct", "tcp-direct", "relay", "down", "unknown")
+
+
+def counted(counts: Counter[str]) -> dict[str, int]:
+    """Link states counted as LinkCounts names them (`tcp-direct` is `tcp_direct`)."""
+    return {s.replace("-", "_"): counts[s] for s in LinkStates}
 
 
 def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
@@ -51,7 +56,7 @@ def random_mesh(seed: int, n: int) -> tuple[list[Node], list[NodeStatus]]:
         peers = [
             PeerStatus(
                 public_key=b.public_key,
-                path=rng.choice([None, "direct", "relay"]),
+                path=rng.choice([None, "direct", "relay", "tcp-direct"]),
                 # AGED: stale now, fresh when a report made 150 s ago was (judged then while online).
                 last_handshake=rng.choice([None, FRESH, STALE, AGED]),
                 rtt_ms=rng.choice([None, rng.uniform(1, 90)]),
@@ -78,10 +83,10 @@ def test_link_counts_are_the_full_topologys(seed: int) -> None:
     full = topology(nodes, statuses=statuses)
     digests = digests_of(nodes, statuses)
     tally = tally_links([n.id for n in nodes], digests, NOW, online(nodes))
-    assert tally.counts().model_dump() == {s: Counter(lk.path for lk in full.links)[s] for s in LinkStates}
+    assert tally.counts().model_dump() == counted(Counter(lk.path for lk in full.links))
     for n in nodes:
         mine = Counter(lk.path for lk in full.links if n.name in (lk.a, lk.b))
-        assert tally.of(n.id).model_dump() == {s: mine[s] for s in LinkStates}, n.name
+        assert tally.of(n.id).model_dump() == counted(mine), n.name
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -112,7 +117,7 @@ def test_a_report_of_a_deleted_node_or_of_itself_counts_nothing() -> None:
     st = report(a, [PeerStatus(public_key=gone.public_key, path="direct", last_handshake=FRESH)])
     digests = digests_of([a, b, gone], [st])
     tally = tally_links([a.id, b.id], digests, NOW)
-    assert tally.counts().model_dump() == {"direct": 0, "relay": 0, "down": 0, "unknown": 1}
+    assert tally.counts().model_dump() == {"direct": 0, "tcp_direct": 0, "relay": 0, "down": 0, "unknown": 1}
 
 
 def test_groups_problems_and_filters() -> None:
@@ -140,7 +145,7 @@ def test_groups_problems_and_filters() -> None:
     )
     assert s.view == "full"
     assert s.nodes.model_dump() == {"total": 4, "online": 2, "offline": 2}
-    assert s.links.model_dump() == {"direct": 0, "relay": 1, "down": 1, "unknown": 4}
+    assert s.links.model_dump() == {"direct": 0, "tcp_direct": 0, "relay": 1, "down": 1, "unknown": 4}
     assert s.routes["conflict"] == 1 and s.routes["active"] == 1
     assert s.warnings["link_down"] == 1 and s.warnings["route_conflict"] == 1
     assert {p.problem: (p.count, p.nodes) for p in s.problems} == {

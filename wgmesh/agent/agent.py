@@ -35,6 +35,7 @@ from wgmesh.errors import IdentityError, NotFoundError, UnreachableError, Valida
 from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
 from wgmesh.models import (
+    DirectTcp,
     EnrollRequest,
     HaStatus,
     Heartbeat,
@@ -48,6 +49,7 @@ from wgmesh.models import (
     StatusReport,
 )
 from wgmesh.pins import Pin
+from wgmesh.relay.identity import RelayIdentity, load_or_create_key
 from wgmesh.values import Endpoint, NodeId, PathKind, Prefix
 
 log = logging.getLogger("wgmesh.agent")
@@ -87,6 +89,8 @@ class Agent:
         self.shown_paths: dict[str, PathKind | None] = {}
         """Each peer's path as the last path tick saw it for reports (a change sends a report)."""
         self.netmap: NetMap | None = None
+        self.direct_tcp: DirectTcp | None = None
+        """This agent's direct TCP listener as reports announce it; None: it runs none."""
         self.reachable = False
         self.ticker = Ticker()
         self.state.prepare()
@@ -161,7 +165,7 @@ class Agent:
                 netmap = self.netmap
                 if netmap is None:
                     return
-            self.paths.follow(netmap, self.keypair.public_key)
+            self.paths.follow(netmap, self.keypair)
             self.paths.watched = ha.watched_peers(netmap)
             holders = {prefix: choice.holder for prefix, choice in self.ha_choices.items()}
             effective = ha.with_holders(netmap, holders)
@@ -378,6 +382,17 @@ class Agent:
             netmap = self.netmap
         return self.paths.peer_reports(netmap, stats)
 
+    def start_direct_tcp(self) -> None:
+        """Listen for peers' direct TCP links (issue 21) with the state directory's key, unless it is off;
+        a port that cannot be bound leaves the agent without one (its peers use the relay)."""
+        port = self.cfg.direct_tcp_port
+        if port is None:
+            return
+        key = load_or_create_key(self.state.direct_tcp_key_file)
+        identity = RelayIdentity.from_key(key, source=str(self.state.direct_tcp_key_file))
+        if self.paths.listen(port, identity):
+            self.direct_tcp = DirectTcp(port=port, pin=str(identity.pin))
+
     def status(self) -> StatusReport:
         """The report the coordinator gets every 10 s and after every change."""
         eth0 = eth0_address(self.client.url)
@@ -388,6 +403,7 @@ class Agent:
             shadowed = list(self.shadowed)
             refused = list(self.refused)
             version = self.netmap.version if self.netmap else None
+            netmap_known_tcp = self.netmap is not None and self.netmap.tcp_direct
         return StatusReport(
             endpoints=[Endpoint(eth0, self.cfg.listen_port)] if eth0 else [],
             eth0_ip=eth0,
@@ -400,6 +416,8 @@ class Agent:
             max_mtu=limit,
             coordinator=self.client.url,
             ha=self.ha_status(),
+            # Only to a coordinator that said it takes it: an older one refuses a report with it.
+            tcp=self.direct_tcp if netmap_known_tcp else None,
         )
 
     def ha_status(self) -> list[HaStatus]:
@@ -697,6 +715,7 @@ class Agent:
                 log.warning("enrolled with another coordinator URL", extra=kv(stored=enrollment.coordinator))
             self.client.credential = enrollment.credential
             self.paths.start(enrollment.node_id)
+            self.start_direct_tcp()
             cached = self.state.cached_grant()
             if cached is not None:
                 self.grant = cached

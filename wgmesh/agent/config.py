@@ -34,6 +34,9 @@ class AgentConfig:
     aliases: Mapping[Prefix, Prefix] = field(default_factory=dict)
     """Aliases this gateway names for some of `advertise` (`--advertise PREFIX=ALIAS`, issue 20)."""
     listen_port: int = 51820
+    tcp_port: int | None = None
+    """The TCP port peers reach this agent's direct TCP listener on when UDP between them fails (issue 21);
+    None: the WireGuard port's number; 0: no listener (peers then use the relay)."""
     interface: str = "wgmesh0"
     backend: Backend = "auto"
     state_dir: Path = Path("/var/lib/wgmesh-agent")
@@ -66,6 +69,12 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.coordinator, str):  # one URL given as a string (tests, callers from before lists)
             object.__setattr__(self, "coordinator", (self.coordinator,))
+
+    @property
+    def direct_tcp_port(self) -> int | None:
+        """The direct TCP listener's port, or None when it is off."""
+        port = self.listen_port if self.tcp_port is None else self.tcp_port
+        return port or None
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -192,4 +201,9 @@ def load(args: argparse.Namespace, *, require_coordinator: bool = True) -> Agent
     port = int(values.get("listen_port", 51820))
     if not 1 <= port <= 65535:
         raise ValidationError(f"listen port {port} is out of range", code="invalid_config")
+    if getattr(args, "tcp_port", None) == 0:  # given as 0 (no listener) is not "not given"
+        values["tcp_port"] = 0
+    tcp = values.get("tcp_port")
+    if tcp is not None and (isinstance(tcp, bool) or not isinstance(tcp, int) or not 0 <= tcp <= 65535):
+        raise ValidationError(f"tcp port {tcp!r} must be 0 (off) to 65535", code="invalid_config")
     return AgentConfig(**values)

@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {ha.PREEMPT_AFTER:g})",
     )
     parser.add_argument("--listen-port", type=int)
+    parser.add_argument(
+        "--tcp-port",
+        type=int,
+        metavar="PORT",
+        help="take peers' datagrams over TCP on this port when UDP between them fails, straight to this "
+        "agent (default: the WireGuard port's number; 0: off, such peers use the relay)",
+    )
     parser.add_argument("--relay-ca", help="CA bundle to verify tls:// relays with (default: the system's)")
     parser.add_argument(
         "--metrics-listen",

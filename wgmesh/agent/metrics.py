@@ -99,7 +99,8 @@ class _AgentCollector(Collector):
             "wgmesh_shim_datagrams", "Datagrams the relay shim carried", labels=["direction"]
         )
         moved.add_metric(["to_relay"], counters.to_relay)
-        moved.add_metric(["from_relay"], counters.from_relay)
+        moved.add_metric(["to_direct"], counters.to_direct)  # direct TCP links to peers' agents
+        moved.add_metric(["from_relay"], counters.from_relay)  # to WireGuard, from relays and direct links
         yield moved
         drops = CounterMetricFamily(
             "wgmesh_shim_dropped_datagrams", "Datagrams the relay shim dropped, by reason", labels=["reason"]

@@ -17,14 +17,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from wgmesh.agent import health, paths, probe_wire
+from wgmesh.agent import carrier, direct_auth, health, paths, probe_wire
+from wgmesh.agent.direct_tcp import DirectTcp, Target
 from wgmesh.agent.health import PeerHealth
 from wgmesh.agent.netloop import NetLoop
 from wgmesh.agent.paths import PathConfig, PathInputs, PeerPath, ProbeResult
 from wgmesh.agent.prober import RELAY, Address, BurstResult, Prober
 from wgmesh.agent.shim import RelayShim
 from wgmesh.agent.wgstate import PeerStats
+from wgmesh.keys import KeyPair
 from wgmesh.models import NetMap, PeerConfig, PeerStatus, RelayGrant
+from wgmesh.pins import Pin
+from wgmesh.relay.identity import RelayIdentity
 from wgmesh.values import Endpoint, Liveness, PathKind
 
 log = logging.getLogger("wgmesh.agent.paths")
@@ -95,6 +99,8 @@ class PeerPathView:
     rtt: float | None
     reason: str | None
     relay: str | None
+    address: str | None = None
+    """Where a `tcp-direct` peer's link goes (its agent's address and port)."""
 
 
 def probe_address(endpoint: Endpoint) -> Address:
@@ -122,6 +128,9 @@ class PathController:
             self.shim.send_to_peer,
             self._relays_peer,
         )
+        self.direct_tcp = DirectTcp(self.shim)
+        self._targets: dict[int, Target] = {}
+        self._secrets: dict[tuple[str, str], bytes] = {}
         self._reassert: set[str] = set()
         self._peers: dict[int, _Peer] = {}
         self.watched: frozenset[int] = frozenset()
@@ -141,9 +150,14 @@ class PathController:
         self.net.call(self.prober.open)
         self._started = True
 
+    def listen(self, port: int, identity: RelayIdentity) -> bool:
+        """Take peers' datagrams over TCP on `port` (after `start`); False when the port cannot be bound."""
+        return self.direct_tcp.listen(port, identity)
+
     def stop(self) -> None:
         """Close sockets and relay connections (WireGuard keeps its endpoints)."""
         if self._started:
+            self.direct_tcp.stop_threadsafe()
             self.shim.stop_threadsafe()
             self.net.call(self.prober.close)
         self.net.stop()
@@ -173,6 +187,10 @@ class PathController:
         with self._lock:
             found = self._peers.get(peer_id)
             return found.last_answer if found else None
+
+    def path_up(self, peer_id: int) -> bool:
+        """Whether the shim can carry the peer's datagrams now (a direct TCP link or a relay)."""
+        return self.shim.path_up(peer_id)
 
     def _relays_peer(self, peer_id: int) -> bool:
         state = self.state(peer_id)
@@ -206,16 +224,36 @@ class PathController:
 
     # -- netmap -------------------------------------------------------------------------------------
 
-    def follow(self, netmap: NetMap, own_public_key: str) -> None:
-        """Peer keys for probes, and sockets of departed peers closed."""
+    def follow(self, netmap: NetMap, keypair: KeyPair) -> None:
+        """Peer keys for probes and direct TCP links, and sockets and links of departed peers closed."""
         keys: dict[int, bytes] = {
-            p.node_id: probe_wire.pair_key(p.psk, own_public_key, p.public_key) for p in netmap.peers
+            p.node_id: probe_wire.pair_key(p.psk, keypair.public_key, p.public_key) for p in netmap.peers
         }
         self.prober.keys = keys
         ids = set(keys)
         self.shim.retain_threadsafe(ids)
+        self.direct_tcp.follow_threadsafe(self._direct_secrets(netmap, keypair))
         with self._lock:
             self._peers = {k: v for k, v in self._peers.items() if k in ids}
+
+    def _direct_secrets(self, netmap: NetMap, keypair: KeyPair) -> dict[int, bytes]:
+        """The secret of each peer that may have a direct TCP link with this node (an agent, P2P not off);
+        each pair's is computed once per pair of keys."""
+        made: dict[tuple[str, str], bytes] = {}
+        out: dict[int, bytes] = {}
+        for peer in netmap.peers:
+            if peer.static or peer.p2p == "off":
+                continue
+            pair = (keypair.public_key, peer.public_key)
+            secret = self._secrets.get(pair)
+            if secret is None:
+                try:
+                    secret = direct_auth.pair_secret(keypair.private_key, peer.public_key)
+                except ValueError:  # a key X25519 refuses (all zeros): no direct TCP with that peer
+                    continue
+            made[pair] = out[peer.node_id] = secret
+        self._secrets = made
+        return out
 
     def endpoint_for(self, peer: PeerConfig) -> Endpoint | None:
         """The endpoint WireGuard should use for `peer` now (None: the planner's default, its first endpoint)."""
@@ -241,8 +279,8 @@ class PathController:
         """Decide every peer's path now; returns the peers whose path or endpoint changed (with the old state)."""
         now = time.monotonic()
         wall = time.time()
-        relay_up = self.shim.active() is not None
         changed: list[tuple[PeerConfig, PeerPath, PeerPath | None]] = []
+        targets: dict[int, Target] = {}
         for peer in netmap.peers:
             if peer.static:
                 continue
@@ -263,7 +301,7 @@ class PathController:
                 last_handshake=_monotonic(st.last_handshake, now, wall) if st else None,
                 sending=sending,
                 probes=tuple(seen.probes),
-                relay_up=relay_up,
+                relay_up=self.shim.path_up(peer.node_id),
                 relay_rtt=seen.relay_rtt,
             )
             if seen.burst_done:
@@ -289,6 +327,12 @@ class PathController:
             self._schedule(peer, record, inputs, now)
             if peer.node_id in self.watched:
                 self._watch(peer, record, now)
+            target = _target(peer, state)
+            if target is not None:
+                targets[peer.node_id] = target
+        if targets != self._targets:
+            self._targets = targets
+            self.direct_tcp.want_threadsafe(targets)
         return changed
 
     def _watch(self, peer: PeerConfig, record: _Peer, now: float) -> None:
@@ -309,7 +353,7 @@ class PathController:
 
     async def _liveness(self, peer_id: int, record: _Peer, candidates: list[Address]) -> None:
         tasks = [self.prober.ping(peer_id, c, PROBE_TIMEOUT) for c in candidates]
-        if self.shim.active() is not None:
+        if self.shim.path_up(peer_id):
             tasks.append(self.prober.ping(peer_id, RELAY, WATCH_RELAY_TIMEOUT))
         if not tasks:
             return
@@ -365,7 +409,7 @@ class PathController:
     ) -> None:
         """Probe one peer and leave the results in its record; a peer gone meanwhile takes them with it."""
         prober = self.prober
-        relay_up = self.shim.active() is not None
+        relay_up = self.shim.path_up(peer_id)
         seen = _Observed()
         best: Address | None = None
         answers: list[float | None] = []
@@ -425,10 +469,17 @@ class PathController:
         """Each peer WireGuard knows, with its netmap entry (None: not in the netmap) and its status:
         counters, endpoint, and the path, relay, RTT and reason of its last decision."""
         by_key = {p.public_key: p for p in netmap.peers} if netmap else {}
+        # A coordinator from before direct TCP refuses the path's name in a report: it reads as the relay.
+        tcp_known = netmap is not None and netmap.tcp_direct
         out: list[tuple[PeerConfig | None, PeerStatus]] = []
         for key, st in sorted(stats.items()):
             peer = by_key.get(key)
             view = self.view(peer.node_id, st.endpoint) if peer else None
+            path = view.path if view else None
+            endpoint = str(st.endpoint) if st.endpoint else None
+            if path == "tcp-direct":
+                endpoint = view.address if view and view.address else endpoint
+                path = path if tcp_known else "relay"
             out.append(
                 (
                     peer,
@@ -437,8 +488,8 @@ class PathController:
                         rx_bytes=st.rx_bytes,
                         tx_bytes=st.tx_bytes,
                         last_handshake=st.last_handshake,
-                        endpoint=str(st.endpoint) if st.endpoint else None,
-                        path=view.path if view else None,
+                        endpoint=endpoint,
+                        path=path,
                         relay=view.relay if view else None,
                         rtt_ms=round(view.rtt * 1000, 3) if view and view.rtt is not None else None,
                         reason=view.reason[:256] if view and view.reason else None,
@@ -457,18 +508,31 @@ class PathController:
         state = self.state(peer_id)
         active = self.shim.active()
         roamed = self.shim.peer_of_endpoint(observed_endpoint) == peer_id
+        direct = self.direct_tcp.view(peer_id)
+        shim_path = carrier.carried(link_up=direct.up, tried=direct.dialing, error=direct.error)
+        relay = _id(active) if shim_path.path == "relay" else None
         if state is None:
-            path: PathKind | None = "relay" if roamed else ("direct" if observed_endpoint else None)
-            return PeerPathView(path, None, None, active.info.id if active and roamed else None)
+            if roamed:
+                return PeerPathView(shim_path.path, None, None, relay, direct.address)
+            return PeerPathView("direct" if observed_endpoint else None, None, None, None)
         if state.path == "direct" and roamed:
-            return PeerPathView(
-                "relay",
-                state.relay_rtt,
-                "the peer sends through the relay; WireGuard follows it",
-                _id(active),
-            )
-        relay = _id(active) if state.path == "relay" else None
-        return PeerPathView(state.path, state.rtt, state.reason, relay)
+            via = "the relay" if shim_path.path == "relay" else "TCP straight to this node"
+            reason = f"the peer sends through {via}; WireGuard follows it"
+            return PeerPathView(shim_path.path, direct.rtt or state.relay_rtt, reason, relay, direct.address)
+        if state.path == "relay":
+            reason = state.reason if shim_path.note is None else f"{state.reason}; {shim_path.note}"
+            return PeerPathView(shim_path.path, state.rtt, reason, relay, direct.address)
+        return PeerPathView(state.path, state.rtt, state.reason, None)
+
+
+def _target(peer: PeerConfig, state: PeerPath) -> Target | None:
+    """The peer's listener to dial now (agent/carrier.py), or None."""
+    tcp = peer.tcp
+    offer = carrier.Offer(listener=tcp is not None and peer.p2p != "off", endpoints=bool(peer.endpoints))
+    if tcp is None or not carrier.wants_tcp(state, offer):
+        return None
+    hosts = tuple(dict.fromkeys(e.host for e in peer.endpoints))
+    return Target(peer.node_id, hosts, tcp.port, Pin.parse(tcp.pin))
 
 
 def _heard(record: _Peer, answers: list[float | None], at: float) -> None:

@@ -129,6 +129,9 @@ class ShimCounters:
 
     to_relay: int = 0
     from_relay: int = 0
+    """Datagrams handed to WireGuard from any link (a relay or a peer's agent straight)."""
+    to_direct: int = 0
+    """Datagrams sent over direct TCP links to peers' agents."""
     dropped: dict[str, int] = field(default_factory=dict)
     refused_relays: dict[str, int] = field(default_factory=dict)
     """Connections refused because the relay presented another key than its pin, by relay id."""
@@ -149,23 +152,102 @@ class RelayView:
     error: str | None
 
 
-class RelayLink(asyncio.BufferedProtocol):
-    """One connection to one relay: hello with the ticket, then data both ways, pings for RTT and liveness."""
+class FrameLink(asyncio.BufferedProtocol):
+    """A TCP connection carrying relay-protocol frames for the shim: read into its own buffer, data frames
+    handed to WireGuard as views of it, the other frames to `_control`. A relay link and a direct link to
+    a peer's agent (agent/direct_tcp.py) differ in their hello and in whom their data frames name."""
 
-    def __init__(self, shim: RelayShim, info: RelayInfo) -> None:
+    direct = False
+    """Whether this link goes straight to one peer (data frames name the sender) or to a relay (they name
+    the receiver on the way in and the sender on the way out)."""
+
+    def __init__(self, shim: RelayShim) -> None:
         self.shim = shim
-        self.info = info
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray(READ_BUFFER)
         self._view = memoryview(self._buffer)
         self._filled = 0
         self._scanner = protocol.FrameScanner()
         self.up = False
+        self.last_heard = 0.0
+        self.error: str | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the free part of the read buffer (the partial frame left by the
+        previous read is at its front, so at least READ_BUFFER minus one largest frame is free)."""
+        return self._view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Every complete frame read so far: data frames straight to WireGuard, the rest decoded.
+
+        The transport reads into this link's buffer and data frames are handed to WireGuard as views of it,
+        with no copy of the stream and no frame object; only a partial frame at the end moves to the front.
+        """
+        self._filled += nbytes
+        buf, view = self._buffer, self._view
+        accept = self._data
+
+        def on_frame(kind: int, start: int, end: int) -> bool:
+            self._control(protocol.parse_payload(kind, view, start, end))
+            return False
+
+        try:
+            pos = self._scanner.scan(
+                buf,
+                0,
+                self._filled,
+                lambda peer, start, end, _: accept(peer, view[start + DATA_HEADER_SIZE : end]),
+                on_frame,
+            )
+        except protocol.ProtocolError as exc:
+            self._note_error(f"protocol error: {exc.message}")
+            if self.transport is not None:
+                self.transport.abort()
+            pos = self._filled
+        finally:
+            self.shim.flush()  # the gathered datagrams are views of the buffer: sent before it changes
+        left = self._filled - pos
+        if pos and left:
+            buf[:left] = buf[pos : self._filled]
+        self._filled = left
+        self.last_heard = time.monotonic()
+
+    def _data(self, peer: int, datagram: memoryview) -> None:
+        """A data frame naming `peer`: its datagram to WireGuard from that peer's socket."""
+        self.shim.gather(peer, datagram)
+
+    def _control(self, frame: protocol.Frame) -> None:
+        raise NotImplementedError
+
+    def _note_error(self, error: str) -> None:
+        raise NotImplementedError
+
+    def send(self, payload: bytes | bytearray, datagrams: int) -> None:
+        """Queue framed datagrams unless the connection is down or its queue is full (then count drops)."""
+        transport = self.transport
+        counters = self.shim.counters
+        if transport is None or not self.up:
+            counters.drop("direct_down" if self.direct else "relay_down", datagrams)
+            return
+        if transport.get_write_buffer_size() > SEND_LIMIT:
+            counters.drop("direct_queue_full" if self.direct else "relay_queue_full", datagrams)
+            return
+        transport.write(payload)
+        if self.direct:
+            counters.to_direct += datagrams
+        else:
+            counters.to_relay += datagrams
+
+
+class RelayLink(FrameLink):
+    """One connection to one relay: hello with the ticket, then data both ways, pings for RTT and liveness."""
+
+    def __init__(self, shim: RelayShim, info: RelayInfo) -> None:
+        super().__init__(shim)
+        self.info = info
         self.rtt: float | None = None
         self.recent: collections.deque[float] = collections.deque(maxlen=relay_choice.SAMPLES)
         """The latest RTT samples: the home is chosen on their minimum, which one late pong does not move."""
-        self.error: str | None = None
-        self.last_heard = 0.0
         self.closed = False
         self._backoff = Backoff(initial=0.5, maximum=10.0)
         self._task: asyncio.Task[None] | None = None
@@ -273,46 +355,6 @@ class RelayLink(asyncio.BufferedProtocol):
             return
         self.transport.write(protocol.encode(Hello(self.shim.node_id, grant.ticket)))
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Where the transport reads to: the free part of the read buffer (the partial frame left by the
-        previous read is at its front, so at least READ_BUFFER minus one largest frame is free)."""
-        return self._view[self._filled :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """Every complete frame read so far: data frames straight to WireGuard, the rest decoded.
-
-        The transport reads into this link's buffer and data frames are handed to WireGuard as views of it,
-        with no copy of the stream and no frame object; only a partial frame at the end moves to the front.
-        """
-        self._filled += nbytes
-        buf, view = self._buffer, self._view
-        gather = self.shim.gather
-
-        def on_frame(kind: int, start: int, end: int) -> bool:
-            self._control(protocol.parse_payload(kind, view, start, end))
-            return False
-
-        try:
-            pos = self._scanner.scan(
-                buf,
-                0,
-                self._filled,
-                lambda peer, start, end, _: gather(peer, view[start + DATA_HEADER_SIZE : end]),
-                on_frame,
-            )
-        except protocol.ProtocolError as exc:
-            self._note_error(f"protocol error from relay: {exc.message}")
-            if self.transport is not None:
-                self.transport.abort()
-            pos = self._filled
-        finally:
-            self.shim.flush()  # the gathered datagrams are views of the buffer: sent before it changes
-        left = self._filled - pos
-        if pos and left:
-            buf[:left] = buf[pos : self._filled]
-        self._filled = left
-        self.last_heard = time.monotonic()
-
     def _control(self, frame: protocol.Frame) -> None:
         shim = self.shim
         if isinstance(frame, Ping):
@@ -357,18 +399,6 @@ class RelayLink(asyncio.BufferedProtocol):
 
     _lost: asyncio.Future[None]
 
-    def send(self, payload: bytes | bytearray, datagrams: int) -> None:
-        """Queue framed datagrams unless the connection is down or its queue is full (then count drops)."""
-        transport = self.transport
-        if transport is None or not self.up:
-            self.shim.counters.drop("relay_down", datagrams)
-            return
-        if transport.get_write_buffer_size() > SEND_LIMIT:
-            self.shim.counters.drop("relay_queue_full", datagrams)
-            return
-        transport.write(payload)
-        self.shim.counters.to_relay += datagrams
-
     def view(self) -> RelayView:
         """This link for status."""
         return RelayView(self.info.id, self.info.url, self.up, self.rtt, self.error)
@@ -405,6 +435,9 @@ class RelayShim:
         """The netmap's peers (`retain_threadsafe`): frames from any other sender are dropped, so a ticket
         holder the netmap does not list cannot make this agent open a socket per sender id it makes up."""
         self._lock = threading.Lock()
+        self.direct: dict[int, FrameLink] = {}
+        """The direct TCP link to each peer that has one up (agent/direct_tcp.py keeps it); only the loop
+        changes it."""
         self._run = _Run()
         self._gso = True
         """Whether WireGuard's datagrams go out in runs (UDP GSO); off for good after the kernel refused it."""
@@ -452,6 +485,18 @@ class RelayShim:
         home = self.home
         link = self.links.get(home) if home is not None else None
         return link if link is not None and link.up else None
+
+    def carrier(self, peer_id: int) -> FrameLink | None:
+        """The link a peer's datagrams go over: its direct TCP link when one is up, else the relay home
+        (agent/carrier.py); None when neither is up."""
+        link = self.direct.get(peer_id)
+        if link is not None and link.up:
+            return link
+        return self.active()
+
+    def path_up(self, peer_id: int) -> bool:
+        """Whether the shim can carry the peer's datagrams now (straight or through a relay)."""
+        return self.carrier(peer_id) is not None
 
     def rehome(self) -> None:
         """Choose the home again after a link changed (on the loop); a move is logged."""
@@ -527,6 +572,9 @@ class RelayShim:
         out = self._out
         view = memoryview(out)
         pack_data_header = DATA_HEADER.pack_into
+        link = self.carrier(peer_id)
+        # To a relay a frame names its receiver; straight to the peer it names its sender.
+        frame_id = self.node_id if link is not None and link.direct else peer_id
         pos = 0
         count = 0
         wg_addr = self.wg_addr
@@ -543,7 +591,7 @@ class RelayShim:
                 if source != wg_addr:
                     self.counters.drop("foreign_source")
                     continue
-                pack_data_header(out, pos, nbytes + 4, _DATA, 0, peer_id)
+                pack_data_header(out, pos, nbytes + 4, _DATA, 0, frame_id)
                 pos += DATA_HEADER_SIZE + nbytes
                 count += 1
             # One copy per batch, not per datagram: the transport may keep what it cannot send at once.
@@ -551,24 +599,20 @@ class RelayShim:
         finally:
             view.release()
         if count:
-            self._send(payload, count)
+            if link is None:
+                self.counters.drop("relay_down", count)
+            else:
+                link.send(payload, count)
             if count == DRAIN_MAX or pos + _DATAGRAM_ROOM > DRAIN_BUFFER:
                 # More may be waiting: come back after others had their turn, not in a tight loop.
                 self.loop.call_soon(self._drain, peer_id, sock)
 
-    def _send(self, payload: bytes | bytearray, datagrams: int) -> None:
-        link = self.active()
-        if link is None:
-            self.counters.drop("relay_down", datagrams)
-            return
-        link.send(payload, datagrams)
-
     def send_to_peer(self, peer_id: int, datagram: bytes) -> bool:
-        """Frame one datagram (a probe) to `peer_id` through the active relay; False when none is up."""
-        link = self.active()
+        """Frame one datagram (a probe) to `peer_id` over its carrier (`carrier`); False when none is up."""
+        link = self.carrier(peer_id)
         if link is None:
             return False
-        link.send(protocol.encode_data(peer_id, datagram), 1)
+        link.send(protocol.encode_data(self.node_id if link.direct else peer_id, datagram), 1)
         return True
 
     def gather(self, sender: int, datagram: bytes | memoryview) -> None:
@@ -647,4 +691,5 @@ class RelayShim:
         for link in self.links.values():
             link.stop()
         self.links.clear()
+        self.direct.clear()  # their owner (agent/direct_tcp.py) closes them
         self._retain(set())

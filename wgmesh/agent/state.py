@@ -149,6 +149,11 @@ class StateDir:
         self._write(self.grant_file, grant.model_dump_json().encode())
 
     @property
+    def direct_tcp_key_file(self) -> Path:
+        """The direct TCP listener's TLS key (PEM, 0600): kept, so its pin in peers' netmaps stays."""
+        return self.path / "direct-tcp.key"
+
+    @property
     def pin_file(self) -> Path:
         """The pinned coordinator key (not secret, but what keeps a forged coordinator out: 0600 too)."""
         return self.path / "coordinator-pin.json"

@@ -19,7 +19,7 @@ from wgmesh.cli.common import Parser, Subparsers, print_json, stderr, stdout
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import DEFAULT_NAME, DEFAULT_SITES, Lab, down, leftovers, switches, up
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, parse_mtu, parse_mtus
-from wgmesh.lab.impair import describe, parse_rate, parse_sites, parse_throttles
+from wgmesh.lab.impair import describe, parse_pair, parse_pairs, parse_rate, parse_sites, parse_throttles
 from wgmesh.lab.layout import (
     CONVERGE_BUDGET,
     CONVERGE_FLAT_GATEWAYS,
@@ -94,6 +94,14 @@ def register(sub: Subparsers) -> None:
         default=[],
         metavar="I=RATE",
         help="limit UDP of gateway I to RATE (e.g. 10mbit) both ways; repeatable or a comma list",
+    )
+    p.add_argument(
+        "--block-tcp-between",
+        action="append",
+        default=[],
+        metavar="I,J",
+        help="drop all TCP between gateways I and J's underlay addresses, both ways (their TCP to the "
+        "coordinator, the relay and other gateways flows); one pair each, repeatable",
     )
     p.add_argument(
         "--p2p-off",
@@ -262,6 +270,22 @@ def register(sub: Subparsers) -> None:
             p.add_argument(switch.value.metavar, metavar=switch.value.metavar, help=switch.value.help)
         p.set_defaults(func=switch.run)
 
+    for blocked in (True, False):
+        p = cmds.add_parser(
+            "block-tcp" if blocked else "unblock-tcp",
+            help="drop all TCP between two gateways' underlay addresses, both ways"
+            if blocked
+            else "let TCP between two gateways through again",
+        )
+        _name(p)
+        p.add_argument(
+            "pairs",
+            nargs="+",
+            metavar="I,J",
+            help="two gateways' site numbers, e.g. 1,2; more pairs may follow",
+        )
+        p.set_defaults(func=_tcp_switch(blocked))
+
     p = cmds.add_parser("down", help="remove everything the lab created (also after a crash)")
     _name(p)
     p.add_argument("--json", action="store_true", help="print what was removed as JSON")
@@ -311,6 +335,7 @@ def _lab_summary(lab: Lab, seconds: float) -> dict[str, object]:
         "relays": [plan.relay_url_of(i) for i in range(1, plan.relays + 1)] if state.relay else [],
         "blocked_udp": state.blocked_udp,
         "throttled_udp": state.throttled_udp,
+        "blocked_tcp": state.blocked_tcp,
         "p2p_off": state.p2p_off,
         "lan_mtu": state.lan_mtu,
         "underlay_mtu": state.underlay_mtu,
@@ -367,11 +392,20 @@ def _print_summary(summary: dict[str, object], verb: str, lans: str | None = Non
 def _switch_lines(summary: dict[str, object]) -> list[str]:
     blocked, throttled, off = summary["blocked_udp"], summary["throttled_udp"], summary["p2p_off"]
     lan, underlay, sg = summary["lan_mtu"], summary["underlay_mtu"], summary["sg_drop_icmp"]
-    ha = summary["ha_sites"]
+    ha, tcp = summary["ha_sites"], summary["blocked_tcp"]
     assert isinstance(blocked, list) and isinstance(throttled, dict) and isinstance(off, list)
     assert isinstance(lan, dict) and isinstance(underlay, dict) and isinstance(sg, list)
-    assert isinstance(ha, list)
-    return describe(blocked, throttled, off, lan_mtu=lan, underlay_mtu=underlay, sg_drop_icmp=sg, ha_sites=ha)
+    assert isinstance(ha, list) and isinstance(tcp, list)
+    return describe(
+        blocked,
+        throttled,
+        off,
+        lan_mtu=lan,
+        underlay_mtu=underlay,
+        sg_drop_icmp=sg,
+        ha_sites=ha,
+        blocked_tcp=tcp,
+    )
 
 
 def _ha_line(ha_sites: list[int], preempt_after: float | None, ha_return: str | None = None) -> str:
@@ -399,6 +433,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """`wgmesh lab up`."""
     block_udp = _site_lists(args.block_udp, "--block-udp")
     throttle_udp = parse_throttles(args.throttle_udp)
+    block_tcp = parse_pairs(args.block_tcp_between, "--block-tcp-between")
     p2p_off = _site_lists(args.p2p_off, "--p2p-off")
     lan_mtu = parse_mtus(args.lan_mtu, LAN_MTU)
     underlay_mtu = parse_mtus(args.underlay_mtu, UNDERLAY_MTU)
@@ -417,6 +452,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             relay=args.relay,
             block_udp=block_udp,
             throttle_udp=throttle_udp,
+            block_tcp_between=block_tcp,
             p2p_off=p2p_off,
             lan_mtu=lan_mtu,
             underlay_mtu=underlay_mtu,
@@ -743,6 +779,27 @@ SWITCHES = (
         lambda _: "inbound ICMP unreachable allowed",
     ),
 )
+
+
+def _tcp_switch(blocked: bool) -> Callable[[argparse.Namespace], int]:
+    """`wgmesh lab block-tcp I,J [I,J ...]` (or `unblock-tcp`): every pair parsed (usage errors) before
+    any change, then applied pair by pair in both gateways; idempotent."""
+
+    def run(args: argparse.Namespace) -> int:
+        pairs = sorted({parse_pair(text, "site pair") for text in args.pairs})
+        lab = Lab.attach(args.name)
+        # Unknown sites are bad usage, found before anything changes.
+        named = [(lab.plan.site(a).node, lab.plan.site(b).node) for a, b in pairs]
+        said = "TCP blocked between their underlay addresses" if blocked else "TCP unblocked"
+        for (a, b), (node_a, node_b) in zip(pairs, named, strict=True):
+            if blocked:
+                lab.block_tcp(a, b)
+            else:
+                lab.unblock_tcp(a, b)
+            stdout().print(f"lab {lab.name}: {node_a} <-> {node_b}: {said}")
+        return 0
+
+    return run
 
 
 def cmd_down(args: argparse.Namespace) -> int:

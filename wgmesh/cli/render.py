@@ -131,9 +131,10 @@ def _seen(node: NodeView, now: datetime, static: bool) -> Text:
 def _peers(node: NodeView, sep: str) -> str:
     if not node.peers:
         return DASH
-    direct, relayed = peer_counts(node)
-    unknown = len(node.peers) - direct - relayed
-    parts = [f"{direct} direct", f"{relayed} relay"] + ([f"{unknown} unknown"] if unknown else [])
+    direct, tcp, relayed = peer_counts(node)
+    unknown = len(node.peers) - direct - tcp - relayed
+    parts = [f"{direct} direct", *([f"{tcp} tcp-direct"] if tcp else []), f"{relayed} relay"]
+    parts += [f"{unknown} unknown"] if unknown else []
     return sep.join(parts)
 
 
@@ -223,11 +224,15 @@ def nodes_table(
     return _pick(width, wide, narrow, lines)
 
 
+PATH_STYLE = {"direct": "green", "tcp-direct": "cyan", "relay": "yellow", "down": "red", "unknown": "dim"}
+"""How a peer's or a link's path is coloured."""
+
+
 def _path(peer: PeerView, sep: str) -> Text:
     if peer.path is None:
         return Text(DASH)
-    via = peer.endpoint if peer.path == "direct" else peer.relay
-    text = Text(peer.path, style="green" if peer.path == "direct" else "yellow")
+    via = peer.relay if peer.path == "relay" else peer.endpoint
+    text = Text(peer.path, style=PATH_STYLE[peer.path])
     text.append(f"{sep}{dash(via)}")
     return text
 
@@ -658,6 +663,7 @@ def summary_screen(summary: TopologySummary) -> RenderableType:
 def _links_cell(links: LinkCounts) -> Text:
     text = Text(f"{links.direct} direct")
     for n, label, style in (
+        (links.tcp_direct, "tcp-direct", "cyan"),
         (links.relay, "relay", "yellow"),
         (links.down, "down", "red"),
         (links.unknown, "unknown", "dim"),
@@ -727,11 +733,10 @@ def link_page_screen(page: TopologyLinkPage, now: datetime) -> RenderableType:
         ("TX", True),
         ("P2P", False),
     )
-    style = {"direct": "green", "relay": "yellow", "down": "red", "unknown": "dim"}
     for lk in page.links:
         table.add_row(
             Text(dash(lk.b), style="bold"),
-            Text(lk.path, style=style[lk.path]),
+            Text(lk.path, style=PATH_STYLE[lk.path]),
             rtt(lk.rtt_ms),
             age(lk.last_handshake, now),
             human_bytes(lk.rx_bytes),

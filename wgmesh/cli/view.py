@@ -130,8 +130,10 @@ def status_view(topology: Topology) -> StatusView:
     )
 
 
-def peer_counts(node: NodeView) -> tuple[int, int]:
-    """How many of the node's peers go direct, and how many through the relay."""
+def peer_counts(node: NodeView) -> tuple[int, int, int]:
+    """How many of the node's peers go direct over UDP, over TCP straight to the peer, and through the
+    relay."""
     direct = sum(1 for p in node.peers if p.path == "direct")
+    tcp = sum(1 for p in node.peers if p.path == "tcp-direct")
     relayed = sum(1 for p in node.peers if p.path == "relay")
-    return direct, relayed
+    return direct, tcp, relayed

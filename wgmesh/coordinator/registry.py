@@ -39,6 +39,7 @@ from wgmesh.errors import (
 from wgmesh.join_token import JoinToken
 from wgmesh.logs import kv
 from wgmesh.models import (
+    DirectTcp,
     EnrollRequest,
     LinkState,
     NetMap,
@@ -215,6 +216,7 @@ def _node(row: Mapping[Any, Any], subnets: list[str], now: datetime) -> Node:
         created_at=as_utc(row["created_at"]),
         rotate_requested_at=as_utc(row["rotate_requested_at"]),
         site=row["site"],
+        tcp=DirectTcp(port=row["tcp_port"], pin=row["tcp_pin"]) if row["tcp_port"] is not None else None,
     )
 
 
@@ -902,6 +904,8 @@ class Registry:
                 max_mtu=req.max_mtu,
                 allow_subnets=allowed,
                 rotate_requested_at=None,
+                tcp_port=None,  # the old instance's listener; the new one reports its own
+                tcp_pin=None,
                 site=req.site if req.site is not None else node.name,
             )
         )
@@ -1633,6 +1637,7 @@ class Registry:
             or node.eth0_ip != report.eth0_ip
             or node.public_ip != public_ip
             or node.max_mtu != report.max_mtu
+            or node.tcp != report.tcp
         )
         with self.store.write(bump=changed) as w:
             w.conn.execute(
@@ -1643,6 +1648,8 @@ class Registry:
                     eth0_ip=report.eth0_ip,
                     public_ip=public_ip,
                     max_mtu=report.max_mtu,
+                    tcp_port=report.tcp.port if report.tcp is not None else None,
+                    tcp_pin=report.tcp.pin if report.tcp is not None else None,
                     last_seen=now,
                 )
             )

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 Step = str | Callable[[Connection], None]
 """One migration step: portable SQL, or a callable on the connection (creating a table from its
@@ -135,6 +135,12 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
         "ALTER TABLE routes ADD COLUMN alias_by VARCHAR(8)",
         "ALTER TABLE networks ADD COLUMN alias_pool VARCHAR(64)",
     ),
+    # Direct TCP between gateways (issue 21): the port and TLS key pin of the agent's listener, as its
+    # reports give them. NULL until the agent reports one: peers then use the relay as before.
+    14: (
+        "ALTER TABLE nodes ADD COLUMN tcp_port INTEGER",
+        "ALTER TABLE nodes ADD COLUMN tcp_pin VARCHAR(71)",
+    ),
 }
 
 metadata = MetaData()
@@ -207,6 +213,9 @@ nodes = Table(
     Column("rotate_requested_at", DateTime(timezone=True)),
     # Since version 12: the site the node serves (its own name unless its agent names one, `--site`).
     Column("site", String(63), nullable=False),
+    # Since version 14: the agent's direct TCP listener (models.DirectTcp); both NULL: none.
+    Column("tcp_port", Integer),
+    Column("tcp_pin", String(71)),
     sqlite_autoincrement=True,
 )
 

@@ -10,13 +10,13 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from wgmesh.errors import ValidationError, WgmeshError
 from wgmesh.lab import postgres, system
 from wgmesh.lab.cloud import LAN_MTU, UNDERLAY_MTU, check_mtu
 from wgmesh.lab.handle import Lab
-from wgmesh.lab.impair import check_sites, parse_rate
+from wgmesh.lab.impair import check_pairs, check_sites, parse_rate
 from wgmesh.lab.layout import (
     DEFAULT_HA_PREEMPT_AFTER,
     LOOPBACK_BASE_PORT,
@@ -74,6 +74,7 @@ def up(
     relay: bool | None = None,
     block_udp: Iterable[int] = (),
     throttle_udp: Mapping[int, str] | None = None,
+    block_tcp_between: Iterable[Sequence[int]] = (),
     p2p_off: Iterable[int] = (),
     lan_mtu: Mapping[int, int] | None = None,
     underlay_mtu: Mapping[int, int] | None = None,
@@ -94,6 +95,8 @@ def up(
     `relay=None` runs the relays when `wgmesh-relay` is installed and warns when it is not.
     `db="postgresql"` keeps the registry in a private PostgreSQL cluster in the lab's state directory,
     which `coordinators` coordinators share (SQLite takes one).
+    `block_tcp_between` (pairs of sites, `[(1, 2)]`) drops all TCP between each pair's gateways on the
+    underlay, in both gateways' namespaces.
     `lan_mtu` and `underlay_mtu` ({site: MTU}) and `sg_drop_icmp` (sites) make sites look like cloud
     VPCs (docs/lab.md); like the other switches they are in force before any agent starts.
     `ha_sites` get a second gateway `gwIb` on their LAN advertising the same prefix (issue 18), whose
@@ -120,6 +123,7 @@ def up(
         raise ValidationError(f"--timeout must be positive, not {timeout:g}", code="invalid_timeout")
     blocked = sorted(set(block_udp))
     throttled = {index: parse_rate(rate) for index, rate in sorted((throttle_udp or {}).items())}
+    tcp_pairs = check_pairs(block_tcp_between, "--block-tcp-between")
     off = sorted(set(p2p_off))
     lan_mtus = {index: check_mtu(mtu, LAN_MTU) for index, mtu in sorted((lan_mtu or {}).items())}
     underlay_mtus = {
@@ -128,6 +132,7 @@ def up(
     sg = sorted(set(sg_drop_icmp))
     check_sites(plan, blocked, "--block-udp")
     check_sites(plan, throttled, "--throttle-udp")
+    check_sites(plan, sorted({index for pair in tcp_pairs for index in pair}), "--block-tcp-between")
     check_sites(plan, off, "--p2p-off")
     check_sites(plan, lan_mtus, "--lan-mtu")
     check_sites(plan, underlay_mtus, "--underlay-mtu")
@@ -204,6 +209,8 @@ def up(
             lab.block_udp(index)
         for index, rate in throttled.items():
             lab.throttle_udp(index, rate)
+        for a, b in tcp_pairs:
+            lab.block_tcp(a, b)
         # Also before the agents: an agent may size its tunnel from the underlay MTU when it starts.
         for index, mtu in underlay_mtus.items():
             lab.set_underlay_mtu(index, mtu)

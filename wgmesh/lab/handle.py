@@ -169,6 +169,15 @@ class Lab:
         """Let UDP through gateway `index`'s underlay link again (idempotent)."""
         self.switch(switches.UNBLOCK_UDP, index, None)
 
+    def block_tcp(self, a: int, b: int) -> None:
+        """Drop all TCP between gateways `a` and `b`'s underlay addresses, both ways, in both gateways
+        (idempotent); their TCP to anything else (coordinators, relays, other gateways) still flows."""
+        switches.set_tcp_blocked(self.state, a, b, blocked=True)
+
+    def unblock_tcp(self, a: int, b: int) -> None:
+        """Let TCP between gateways `a` and `b` through again (idempotent); their other blocks stay."""
+        switches.set_tcp_blocked(self.state, a, b, blocked=False)
+
     def throttle_udp(self, index: int, rate: str) -> str:
         """Limit UDP on gateway `index`'s underlay link to `rate` each way (replacing any limit); returns the rate."""
         return self.switch(switches.THROTTLE_UDP, index, rate)

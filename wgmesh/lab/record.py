@@ -69,6 +69,9 @@ class LabState(Model):
     blocked_udp: list[int] = Field(default_factory=list)
     throttled_udp: dict[int, str] = Field(default_factory=dict)
     p2p_off: list[int] = Field(default_factory=list)
+    # Pairs of sites whose gateways exchange no TCP on the underlay (lower site first, sorted); the default
+    # keeps records written before the switch readable.
+    blocked_tcp: list[tuple[int, int]] = Field(default_factory=list)
     # The cloud-like switches (issue 13): MTUs other than 1500 by site, VPC hosts whose security group
     # drops inbound ICMP unreachables. Defaults keep state files written before them readable.
     lan_mtu: dict[int, int] = Field(default_factory=dict)

@@ -48,6 +48,7 @@ class LabStatus:
     # The switches in force, as recorded in the lab's record file.
     blocked_udp: list[int] | None = None
     throttled_udp: dict[int, str] | None = None
+    blocked_tcp: list[tuple[int, int]] | None = None
     p2p_off: list[int] | None = None
     lan_mtu: dict[int, int] | None = None
     underlay_mtu: dict[int, int] | None = None
@@ -84,6 +85,7 @@ class LabStatus:
             underlay_mtu=self.underlay_mtu,
             sg_drop_icmp=self.sg_drop_icmp or [],
             ha_sites=self.ha_sites or [],
+            blocked_tcp=self.blocked_tcp or [],
         )
 
 
@@ -121,6 +123,7 @@ def lab_status(state: LabState) -> LabStatus:
         relay_url=plan.relay_url if state.relay else None,
         blocked_udp=list(state.blocked_udp),
         throttled_udp=dict(state.throttled_udp),
+        blocked_tcp=list(state.blocked_tcp),
         p2p_off=list(state.p2p_off),
         lan_mtu=dict(state.lan_mtu),
         underlay_mtu=dict(state.underlay_mtu),

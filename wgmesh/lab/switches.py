@@ -26,8 +26,11 @@ from wgmesh.lab.cloud import (
     with_mtu,
 )
 from wgmesh.lab.impair import (
+    Pair,
     block_udp_script,
+    check_pair,
     parse_rate,
+    tcp_scripts,
     throttle_commands,
     unblock_udp_script,
     unthrottle_commands,
@@ -152,3 +155,24 @@ def set_p2p(state: LabState, index: int, policy: P2PPolicy) -> None:
     state.p2p_off = joined(state.p2p_off, index) if policy == "off" else left(state.p2p_off, index)
     save(state)
     log.info("p2p policy set", extra=kv(lab=state.name, node=site.node, p2p=policy))
+
+
+def set_tcp_blocked(state: LabState, a: int, b: int, blocked: bool) -> Pair:
+    """Block (or let through again) all TCP between the underlay addresses of gateways `a` and `b`, in both
+    gateways' namespaces; returns the pair, lower site first. Idempotent.
+
+    Not a row of the table: the switch belongs to a pair of sites, and each gateway's table is rebuilt
+    from every pair in force (impair.tcp_scripts), so a pair's change leaves the gateway's other pairs alone.
+    """
+    pair = check_pair((a, b), "site pair")
+    plan = state.plan()
+    for index in pair:
+        plan.site(index)  # an unknown site is bad usage, found before anything changes
+    pairs = sorted({*state.blocked_tcp, pair}) if blocked else [p for p in state.blocked_tcp if p != pair]
+    for netns, script in tcp_scripts(plan, pairs, pair).items():
+        system.nft_apply(script, netns=netns)
+    state.blocked_tcp = pairs
+    save(state)
+    event = "tcp blocked" if blocked else "tcp unblocked"
+    log.info(event, extra=kv(lab=state.name, node=plan.site(pair[0]).node, peer=plan.site(pair[1]).node))
+    return pair

@@ -95,7 +95,7 @@ function fmtRtt(ms) {
   return ms === null || ms === undefined ? "–" : `${ms.toFixed(1)} ms`;
 }
 
-const PATH_LABEL = { direct: "direct UDP", relay: "relayed TCP", down: "down", unknown: "unknown" };
+const PATH_LABEL = { direct: "direct UDP", "tcp-direct": "direct TCP", relay: "relayed TCP", down: "down", unknown: "unknown" };
 
 // Text as wgmesh.printable.escape writes it: every character that is not printable (ESC, CR, LF, bidi
 // overrides, …) as a visible escape, so a value a node reported before the API refused such text can
@@ -413,7 +413,7 @@ function renderSummary() {
 }
 
 function linksText(c) {
-  return [`${c.direct} direct`, ...[["relay", "relay"], ["down", "down"], ["unknown", "unknown"]].filter(([k]) => c[k]).map(([k, label]) => `${c[k]} ${label}`)].join(", ");
+  return [`${c.direct} direct`, ...[["tcp_direct", "tcp-direct"], ["relay", "relay"], ["down", "down"], ["unknown", "unknown"]].filter(([k]) => c[k]).map(([k, label]) => `${c[k]} ${label}`)].join(", ");
 }
 
 function rangeText(page, what) {
