@@ -1116,6 +1116,7 @@ class LocalStatus(Model):
     relays: list[LocalRelay] = Field(default_factory=list)
     site: str | None = None
     ha: list[HaStatus] = Field(default_factory=list)
+    tcp: DirectTcp | None = Field(None, description="The agent's direct TCP listener; null: none")
 
 
 # --- topology at scale: the summary and its pages (wgmesh.topology_summary) --------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from lab_paths import TcpStream, both_on, path_of, paths
 
+from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.pings import ContinuousPing
 
@@ -45,6 +46,10 @@ def test_udp_blocked_goes_tcp_direct_then_relay_then_back_to_udp(lab: Lab, tmp_p
         assert host_of(paths(lab, "gw2")["gw1"].endpoint) == str(one.underlay_ip)
         assert seen.relay is None
         assert seen.reason and "TCP straight to the peer works" in seen.reason
+        # The agent says where it listens, and its pin is the one gw1's netmap holds for it.
+        listener = read_local_status(lab.plan.state_dir / "gw2" / SOCKET_NAME).tcp
+        assert listener is not None and listener.port == 51820
+        assert lab.api("GET", "/api/v1/nodes/gw2")["tcp"] == listener.model_dump()
         assert stream.alive()
 
         # Rung 3: TCP between the two gateways blocked too.

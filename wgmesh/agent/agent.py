@@ -559,6 +559,7 @@ class Agent:
             relays=self.paths.shim.local_relays(),
             site=self.cfg.site or (netmap.name if netmap else self.cfg.name),
             ha=self.ha_status(),
+            tcp=self.direct_tcp,
         )
 
     def path_tick(self) -> None:

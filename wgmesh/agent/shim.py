@@ -185,7 +185,8 @@ class FrameLink(asyncio.BufferedProtocol):
         """
         self._filled += nbytes
         buf, view = self._buffer, self._view
-        accept = self._data
+        # A relay link's datagrams go to the shim as they are (the relay stamped the sender): no call between.
+        accept = self._data if self.direct else self.shim.gather
 
         def on_frame(kind: int, start: int, end: int) -> bool:
             self._control(protocol.parse_payload(kind, view, start, end))

@@ -43,6 +43,7 @@ def show_local_status(status: LocalStatus, *, as_json: bool) -> None:
     coordinator.append(f"  netmap v{status.netmap_version if status.netmap_version is not None else '—'}")
     coordinator.append(f"  interface {status.interface}")
     coordinator.append(f"  mss clamp {'on' if status.mss_clamp else 'off'}")
+    coordinator.append(f"  direct tcp {f'port {status.tcp.port}' if status.tcp else 'off'}")
     parts = [render.node_screen(node_view(status), datetime.now(UTC), console.width), Text(""), coordinator]
     for relay in status.relays:
         line = Text(f"relay {relay.id} ")
