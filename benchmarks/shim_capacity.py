@@ -1,12 +1,15 @@
-"""What a shim pair carries with no WireGuard in the way: datagrams through shim → relay → shim (issue 21).
+"""What a shim pair carries with no WireGuard in the way: datagrams through shim → relay → shim, and
+through shim → TCP → shim straight (issue 21).
 
-Run: `.venv/bin/python benchmarks/shim_capacity.py [--seconds 3] [--transports tls tcp] [--loss 0.1]`.
+Run: `.venv/bin/python benchmarks/shim_capacity.py [--seconds 3] [--transports tls tcp direct] [--loss 0.1]`.
 
 Everything on 127.0.0.1, in processes of its own (so each one's CPU is its own):
 
-- a real `wgmesh-relay` (TLS with its own pinned key, or `--plain-tcp`);
+- a real `wgmesh-relay` (TLS with its own pinned key, or `--plain-tcp`); none for `direct`;
 - two real agent shims (`wgmesh.agent.shim.RelayShim` on the agent's `NetLoop`), nodes 1 and 2, each with
-  a ticket signed by a key made for the run, as an agent holds them;
+  a ticket signed by a key made for the run, as an agent holds them; for `direct`, node 2's shim listens
+  (`wgmesh.agent.direct_tcp`, TLS with its own key) and node 1's dials it with the pin and the pair's
+  secret from WireGuard keys made for the run, as agents do on the `tcp-direct` path;
 - a generator playing node 1's WireGuard: 1,400-byte datagrams (first byte 4, a WireGuard data message)
   sent from node 1's WireGuard port to the shim socket node 1's shim opened for peer 2, paced in 1 ms slices;
 - a sink playing node 2's WireGuard: counts what node 2's shim delivers to its WireGuard port.
@@ -44,7 +47,9 @@ from pathlib import Path
 
 from relay_capacity import cpu_seconds, end_process, free_port
 
+from wgmesh.keys import generate_keypair
 from wgmesh.lab import NotYet, wait_until
+from wgmesh.relay.identity import RelayIdentity, generate_key
 from wgmesh.relay.tickets import generate_signing_key, issue_ticket, public_key_of
 
 DATAGRAM = 1400
@@ -79,18 +84,62 @@ def free_udp_port() -> int:
 # --- the processes --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Direct:
+    """What one node's shim needs for a direct link: its WireGuard private key and the peer's public key
+    (the pair's secret), and either the listener's key to serve or the peer's listener to dial."""
+
+    private_key: str
+    peer_public_key: str
+    listen_key: bytes | None
+    dial_port: int
+    dial_pin: str
+
+
 def shim_process(
-    node: int, peer: int, wg_port: int, relay_url: str, pin: str | None, key: str, out: Connection
+    node: int,
+    peer: int,
+    wg_port: int,
+    relay_url: str,
+    pin: str | None,
+    key: str,
+    out: Connection,
+    direct: Direct | None = None,
 ) -> None:
-    """Node `node`'s shim: connect to the relay, open the socket for `peer`, report its port, run."""
-    from wgmesh.agent.netloop import NetLoop  # noqa: PLC0415 - in the child only
+    """Node `node`'s shim: connect to the relay (or listen or dial straight), open the socket for `peer`,
+    report its port, run."""
+    from wgmesh.agent import direct_auth  # noqa: PLC0415 - in the child only
+    from wgmesh.agent.direct_tcp import DirectTcp, Target  # noqa: PLC0415
+    from wgmesh.agent.netloop import NetLoop  # noqa: PLC0415
     from wgmesh.agent.shim import RelayShim  # noqa: PLC0415
     from wgmesh.models import RelayGrant, RelayInfo  # noqa: PLC0415
+    from wgmesh.pins import Pin  # noqa: PLC0415
+    from wgmesh.relay.identity import RelayIdentity  # noqa: PLC0415
 
     logging.disable(logging.WARNING)  # "relay unavailable" until the relay listens: expected here
     loop = NetLoop()
     loop.start()
     shim = RelayShim(loop.loop, node, wg_port, on_probe=lambda _sender, _data: None)
+    if direct is not None:
+        links = DirectTcp(shim)
+        shim.retain_threadsafe({peer})
+        links.follow_threadsafe({peer: direct_auth.pair_secret(direct.private_key, direct.peer_public_key)})
+        port = shim.endpoint_for(peer).port
+        if direct.listen_key is not None:
+            if not links.listen(direct.dial_port, RelayIdentity.from_key(direct.listen_key)):
+                raise SystemExit(f"node {node} could not listen on {direct.dial_port}")
+        else:
+            target = Target(peer, ("127.0.0.1",), direct.dial_port, Pin.parse(direct.dial_pin))
+            links.want_threadsafe({peer: target})
+            wait_until(
+                lambda: loop.call(lambda: shim.carrier(peer) is not None),
+                START_TIMEOUT,
+                f"node {node}'s direct link",
+                interval=0.05,
+            )
+        out.send(port)
+        signal.sigwait({signal.SIGTERM})
+        return
     grant = RelayGrant(
         relays=[RelayInfo(id="bench", url=relay_url, pin=pin)],
         ticket=issue_ticket(key, node, 3600, time.time()),
@@ -179,6 +228,15 @@ def measure(
     key = generate_signing_key()
     port = free_port()
     ctx = mp.get_context("spawn")
+    directs: dict[int, Direct | None] = {1: None, 2: None}
+    if transport == "direct":
+        one, two = generate_keypair(), generate_keypair()
+        listen_key = generate_key()
+        listen_pin = str(RelayIdentity.from_key(listen_key).pin)
+        directs = {
+            2: Direct(two.private_key, one.public_key, listen_key, port, listen_pin),
+            1: Direct(one.private_key, two.public_key, None, port, listen_pin),
+        }
     with (
         tempfile.TemporaryDirectory(prefix="wgmesh-shim-capacity-") as tmp,
         open(Path(tmp) / "relay.log", "w") as log,
@@ -190,22 +248,28 @@ def measure(
                 [RELAY_BIN, "pin", "--state-dir", str(state)], capture_output=True, text=True, check=True
             )
             pin = done.stdout.strip()
-        relay = subprocess.Popen(
-            relay_command(port, key, transport, state), stdout=log, stderr=subprocess.STDOUT
+        relay = (
+            subprocess.Popen(relay_command(port, key, transport, state), stdout=log, stderr=subprocess.STDOUT)
+            if transport != "direct"
+            else None
         )
         procs: list[mp.process.BaseProcess] = []
         stop = ctx.Event()
         try:
             url = f"{transport}://127.0.0.1:{port}"
             wg1, wg2 = free_udp_port(), free_udp_port()
-            ports = []
-            shims = []
-            for node, peer, wg_port in ((1, 2, wg1), (2, 1, wg2)):
+            ports: dict[int, int] = {}
+            shims: dict[int, mp.process.BaseProcess] = {}
+            # The listener first: the dialer reports once its link is up.
+            order = ((2, 1, wg2), (1, 2, wg1)) if transport == "direct" else ((1, 2, wg1), (2, 1, wg2))
+            for node, peer, wg_port in order:
                 here, there = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=shim_process, args=(node, peer, wg_port, url, pin, key, there))
+                proc = ctx.Process(
+                    target=shim_process, args=(node, peer, wg_port, url, pin, key, there, directs[node])
+                )
                 proc.start()
                 procs.append(proc)
-                shims.append(proc)
+                shims[node] = proc
 
                 def reported(pipe: Connection = here, p: mp.process.BaseProcess = proc) -> bool:
                     if not p.is_alive():
@@ -215,20 +279,20 @@ def measure(
                     return True
 
                 wait_until(reported, START_TIMEOUT, "a shim to reach the relay", interval=0.05)
-                ports.append(here.recv())
+                ports[node] = here.recv()
             rate: Synchronized[float] = ctx.Value("d", 0.0, lock=False)  # type: ignore[assignment]
             sent: Synchronized[int] = ctx.Value("q", 0, lock=False)  # type: ignore[assignment]
             received: Synchronized[int] = ctx.Value("q", 0, lock=False)  # type: ignore[assignment]
             rate.value = -1.0  # hold until the first step
-            gen = ctx.Process(target=generator, args=(wg1, ports[0], rate, sent, stop))
+            gen = ctx.Process(target=generator, args=(wg1, ports[1], rate, sent, stop))
             snk = ctx.Process(target=sink, args=(wg2, received, stop))
             for p in (snk, gen):
                 p.start()
                 procs.append(p)
             pids = {
-                "shim 1": shims[0].pid,
-                "relay": relay.pid,
-                "shim 2": shims[1].pid,
+                "shim 1": shims[1].pid,
+                "relay": relay.pid if relay is not None else None,
+                "shim 2": shims[2].pid,
                 "generator": gen.pid,
                 "sink": snk.pid,
             }
@@ -278,7 +342,8 @@ def measure(
                 if p.is_alive():
                     p.kill()
                     p.join()
-            end_process(relay)
+            if relay is not None:
+                end_process(relay)
 
 
 ORDER = ("shim 1", "relay", "shim 2", "generator", "sink")
@@ -288,7 +353,7 @@ def print_step(transport: str, s: Step, *, flush: bool = False) -> None:
     offered = f"{s.offered_mbit:7.0f}"
     cpu = "  ".join(f"{name} {s.cpu[name]:5.2f}" for name in ORDER if name in s.cpu)
     print(
-        f"{transport:4} offered {offered} sent {s.sent_mbit:7.1f} Mbit/s  delivered {s.delivered_mbit:7.1f} Mbit/s "
+        f"{transport:6} offered {offered} sent {s.sent_mbit:7.1f} Mbit/s  delivered {s.delivered_mbit:7.1f} Mbit/s "
         f"{s.datagrams_per_s:8.0f} dgram/s  loss {s.loss_pct:6.3f} %  CPU-s/Gbit: {cpu}",
         flush=flush,
     )
@@ -297,7 +362,9 @@ def print_step(transport: str, s: Step, *, flush: bool = False) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measurement window per step")
-    parser.add_argument("--transports", nargs="+", choices=["tls", "tcp"], default=["tls", "tcp"])
+    parser.add_argument(
+        "--transports", nargs="+", choices=["tls", "tcp", "direct"], default=["tls", "tcp", "direct"]
+    )
     parser.add_argument("--at", type=float, default=500.0, help="the fixed rate, Mbit/s")
     parser.add_argument("--start", type=float, default=200.0, help="first rate of the ramp, Mbit/s")
     parser.add_argument("--loss", type=float, default=0.1, help="loss bound in percent")
@@ -314,7 +381,7 @@ def main() -> int:
     for transport, fixed, best in summary:
         print_step(transport, fixed)
         if best is None:
-            print(f"{transport:4} no step of the ramp under the loss bound")
+            print(f"{transport:6} no step of the ramp under the loss bound")
         else:
             print_step(transport, best)
     return 0
