@@ -13,6 +13,7 @@ from lab_paths import TcpStream, both_on, path_of, paths
 from wgmesh.agent.local_status import SOCKET_NAME, read_local_status
 from wgmesh.lab import Lab, wait_until
 from wgmesh.lab.pings import ContinuousPing
+from wgmesh.lab.timescale import scaled
 
 pytestmark = [pytest.mark.e2e]
 
@@ -40,7 +41,7 @@ def test_udp_blocked_goes_tcp_direct_then_relay_then_back_to_udp(lab: Lab, tmp_p
         gap = ping.longest_gap(since=blocked_at - 1)
         seen = paths(lab, "gw1")["gw2"]
         print(f"UDP blocked: tcp-direct after {to_tcp:.1f} s; longest ping gap {gap:.2f} s; gw1->gw2: {seen}")
-        assert gap < 10, f"traffic stopped for {gap:.1f} s"
+        assert gap < scaled(10), f"traffic stopped for {gap:.1f} s"
         # Straight to the other gateway's underlay address, no relay named.
         assert host_of(seen.endpoint) == str(two.underlay_ip), seen
         assert host_of(paths(lab, "gw2")["gw1"].endpoint) == str(one.underlay_ip)
@@ -64,7 +65,7 @@ def test_udp_blocked_goes_tcp_direct_then_relay_then_back_to_udp(lab: Lab, tmp_p
         print(
             f"TCP blocked too: relay after {to_relay:.1f} s; longest ping gap {gap_relay:.2f} s; gw1->gw2: {seen}"
         )
-        assert gap_relay < 10, f"traffic stopped for {gap_relay:.1f} s"
+        assert gap_relay < scaled(10), f"traffic stopped for {gap_relay:.1f} s"
         assert seen.relay == f"{lab.plan.hub_ip}:8443"
         assert stream.alive()
 
@@ -76,7 +77,7 @@ def test_udp_blocked_goes_tcp_direct_then_relay_then_back_to_udp(lab: Lab, tmp_p
         wait_until(lambda: ping.replies_since(settled) >= 20, 10, "two more seconds of replies")
         gap_back = ping.longest_gap(since=unblocked_at)
         print(f"UDP unblocked: direct again after {back:.1f} s; longest ping gap {gap_back:.2f} s")
-        assert gap_back < 2
+        assert gap_back < scaled(2)
         assert path_of(lab, "gw1", "gw2") == "direct"
         total, _ = stream.finish()
         print(f"TCP stream carried {total / 1e6:.1f} MB intact across the three switches")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_netmap import node, peer, snapshot
 
-from wgmesh.agent.carrier import Offer, carried, wants_tcp
+from wgmesh.agent.carrier import Offer, carried, keeps_new_link, reported_path, wants_tcp
 from wgmesh.agent.paths import PathInputs, PeerPath, ProbeResult, decide
 from wgmesh.models import DirectTcp
 from wgmesh.netmap import build_netmap
@@ -74,3 +74,18 @@ def test_a_listener_without_endpoints_is_not_given() -> None:
     b = node(2, "gw-b", "100.96.0.2", tcp=DirectTcp(port=51820, pin=PIN))  # no address to reach it at
     snap = snapshot(nodes=[a, b], routes=[])
     assert peer(build_netmap(snap, a.id), "gw-b").tcp is None
+
+
+def test_of_two_links_between_a_pair_both_ends_keep_the_lower_dialers() -> None:
+    # Whichever link authenticates first at an end, both ends end with the one node 3 dialed.
+    for first, second in ((3, 7), (7, 3)):
+        kept = second if keeps_new_link(first, second) else first
+        assert kept == 3
+    assert keeps_new_link(5, 5)  # a redial by the same node replaces its old link
+
+
+def test_a_coordinator_that_knows_no_tcp_direct_is_told_relay() -> None:
+    assert reported_path("tcp-direct", coordinator_takes_tcp=False) == "relay"
+    assert reported_path("tcp-direct", coordinator_takes_tcp=True) == "tcp-direct"
+    for path in ("direct", "relay"):
+        assert reported_path(path, coordinator_takes_tcp=False) == path  # type: ignore[arg-type]

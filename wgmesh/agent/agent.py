@@ -89,7 +89,7 @@ class Agent:
         self.shown_paths: dict[str, PathKind | None] = {}
         """Each peer's path as the last path tick saw it for reports (a change sends a report)."""
         self.netmap: NetMap | None = None
-        self.direct_tcp: DirectTcp | None = None
+        self.tcp_listener: DirectTcp | None = None
         """This agent's direct TCP listener as reports announce it; None: it runs none."""
         self.reachable = False
         self.ticker = Ticker()
@@ -388,10 +388,15 @@ class Agent:
         port = self.cfg.direct_tcp_port
         if port is None:
             return
-        key = load_or_create_key(self.state.direct_tcp_key_file)
-        identity = RelayIdentity.from_key(key, source=str(self.state.direct_tcp_key_file))
+        path = self.state.direct_tcp_key_file
+        try:
+            identity = RelayIdentity.from_key(load_or_create_key(path), source=str(path))
+        except (WgmeshError, OSError) as exc:
+            # An optional listener: its peers use the relay, the rest of the agent runs.
+            log.warning("direct tcp listener unavailable", extra=kv(key_file=path, error=exc))
+            return
         if self.paths.listen(port, identity):
-            self.direct_tcp = DirectTcp(port=port, pin=str(identity.pin))
+            self.tcp_listener = DirectTcp(port=port, pin=str(identity.pin))
 
     def status(self) -> StatusReport:
         """The report the coordinator gets every 10 s and after every change."""
@@ -417,7 +422,7 @@ class Agent:
             coordinator=self.client.url,
             ha=self.ha_status(),
             # Only to a coordinator that said it takes it: an older one refuses a report with it.
-            tcp=self.direct_tcp if netmap_known_tcp else None,
+            tcp=self.tcp_listener if netmap_known_tcp else None,
         )
 
     def ha_status(self) -> list[HaStatus]:
@@ -559,7 +564,7 @@ class Agent:
             relays=self.paths.shim.local_relays(),
             site=self.cfg.site or (netmap.name if netmap else self.cfg.name),
             ha=self.ha_status(),
-            tcp=self.direct_tcp,
+            tcp=self.tcp_listener,
         )
 
     def path_tick(self) -> None:

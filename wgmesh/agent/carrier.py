@@ -53,3 +53,16 @@ def carried(*, link_up: bool, tried: bool, error: str | None) -> Carried:
     if tried:
         return Carried("relay", f"direct TCP: {error or 'connecting'}")
     return Carried("relay", None)
+
+
+def keeps_new_link(current_dialer: int, new_dialer: int) -> bool:
+    """Of two links up between one pair, whether the new one replaces the current one. Both ends keep the
+    link dialed by the lower node id, so they settle on one connection without a word about it; a redial
+    by the same node replaces its old link (that one is on its way out)."""
+    return new_dialer <= current_dialer
+
+
+def reported_path(path: PathKind, coordinator_takes_tcp: bool) -> PathKind:
+    """The path as a report names it: a coordinator from before direct TCP refuses `tcp-direct` in a report
+    (its model knows two paths), so to it such a peer is on the relay (the shim, as before)."""
+    return "relay" if path == "tcp-direct" and not coordinator_takes_tcp else path

@@ -101,6 +101,7 @@ class _AgentCollector(Collector):
         moved.add_metric(["to_relay"], counters.to_relay)
         moved.add_metric(["to_direct"], counters.to_direct)  # direct TCP links to peers' agents
         moved.add_metric(["from_relay"], counters.from_relay)  # to WireGuard, from relays and direct links
+        moved.add_metric(["from_direct"], counters.from_direct)  # of which over direct TCP links
         yield moved
         drops = CounterMetricFamily(
             "wgmesh_shim_dropped_datagrams", "Datagrams the relay shim dropped, by reason", labels=["reason"]
@@ -116,6 +117,19 @@ class _AgentCollector(Collector):
         for relay, count in sorted(dict(counters.refused_relays).items()):
             refused.add_metric([relay], count)
         yield refused
+        direct = agent.paths.direct_tcp
+        yield GaugeMetricFamily(
+            "wgmesh_direct_tcp_links", "Direct TCP links carrying a peer now", value=direct.links_up()
+        )
+        strangers = CounterMetricFamily(
+            "wgmesh_direct_tcp_refusals",
+            "Inbound direct TCP connections refused: proof (not a peer, or a bad proof), busy (too many in "
+            "their hellos), protocol (anything but a hello first)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(dict(direct.refused).items()):
+            strangers.add_metric([reason], count)
+        yield strangers
 
 
 class AgentMetrics:

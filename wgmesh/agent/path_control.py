@@ -479,7 +479,7 @@ class PathController:
             endpoint = str(st.endpoint) if st.endpoint else None
             if path == "tcp-direct":
                 endpoint = view.address if view and view.address else endpoint
-                path = path if tcp_known else "relay"
+                path = carrier.reported_path(path, tcp_known)
             out.append(
                 (
                     peer,

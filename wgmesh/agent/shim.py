@@ -132,6 +132,8 @@ class ShimCounters:
     """Datagrams handed to WireGuard from any link (a relay or a peer's agent straight)."""
     to_direct: int = 0
     """Datagrams sent over direct TCP links to peers' agents."""
+    from_direct: int = 0
+    """Datagrams received over direct TCP links (also in `from_relay` once handed to WireGuard)."""
     dropped: dict[str, int] = field(default_factory=dict)
     refused_relays: dict[str, int] = field(default_factory=dict)
     """Connections refused because the relay presented another key than its pin, by relay id."""
@@ -161,13 +163,14 @@ class FrameLink(asyncio.BufferedProtocol):
     """Whether this link goes straight to one peer (data frames name the sender) or to a relay (they name
     the receiver on the way in and the sender on the way out)."""
 
-    def __init__(self, shim: RelayShim) -> None:
+    def __init__(self, shim: RelayShim, *, buffer: int = READ_BUFFER, hello_first: bool = False) -> None:
         self.shim = shim
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray(READ_BUFFER)
+        self._buffer = bytearray(buffer)
+        """READ_BUFFER, or less for a stranger's connection until it authenticates (`grow`)."""
         self._view = memoryview(self._buffer)
         self._filled = 0
-        self._scanner = protocol.FrameScanner()
+        self._scanner = protocol.FrameScanner(hello_first=hello_first)
         self.up = False
         self.last_heard = 0.0
         self.error: str | None = None
@@ -212,6 +215,14 @@ class FrameLink(asyncio.BufferedProtocol):
             buf[:left] = buf[pos : self._filled]
         self._filled = left
         self.last_heard = time.monotonic()
+        if self.up and len(self._buffer) < READ_BUFFER:
+            self._grow()
+
+    def _grow(self) -> None:
+        """The full read buffer, once authenticated (never during a scan: its views are in use there)."""
+        bigger = bytearray(READ_BUFFER)
+        bigger[: self._filled] = self._buffer[: self._filled]
+        self._buffer, self._view = bigger, memoryview(bigger)
 
     def _data(self, peer: int, datagram: memoryview) -> None:
         """A data frame naming `peer`: its datagram to WireGuard from that peer's socket."""
@@ -227,7 +238,7 @@ class FrameLink(asyncio.BufferedProtocol):
         """Queue framed datagrams unless the connection is down or its queue is full (then count drops)."""
         transport = self.transport
         counters = self.shim.counters
-        if transport is None or not self.up:
+        if transport is None or not self.up or transport.is_closing():
             counters.drop("direct_down" if self.direct else "relay_down", datagrams)
             return
         if transport.get_write_buffer_size() > SEND_LIMIT:
