@@ -89,6 +89,14 @@ def make_agent(node_id: int, stack: ExitStack) -> Agent:
     return Agent(node_id, net, shim, direct, wg, keys.generate_keypair(), identity, port)
 
 
+def linked(a: Agent, b: Agent) -> None:
+    """Each in the other's netmap, A dialing B's listener, until the link is up on both ends."""
+    a.trust(b)
+    b.trust(a)
+    a.direct.want_threadsafe({b.node_id: b.target()})
+    wait_until(lambda: a.up_with(b.node_id) and b.up_with(a.node_id), 10, "the direct link up on both ends")
+
+
 @pytest.fixture
 def agents() -> Iterator[tuple[Agent, Agent, Agent]]:
     with ExitStack() as stack:
@@ -97,10 +105,7 @@ def agents() -> Iterator[tuple[Agent, Agent, Agent]]:
 
 def test_datagrams_cross_a_direct_link_with_no_relay(agents: tuple[Agent, Agent, Agent]) -> None:
     a, b, _ = agents
-    a.trust(b)
-    b.trust(a)
-    a.direct.want_threadsafe({2: b.target()})
-    wait_until(lambda: a.up_with(2) and b.up_with(1), 10, "the direct link is up on both ends")
+    linked(a, b)
     assert a.shim.active() is None  # no relay anywhere
     a.wg.sendto(b"\x01\x00\x00\x00handshake", a.shim_address(2))
     data, source = b.recv()
@@ -115,10 +120,7 @@ def test_datagrams_cross_a_direct_link_with_no_relay(agents: tuple[Agent, Agent,
 
 def test_a_burst_keeps_its_order_and_count(agents: tuple[Agent, Agent, Agent]) -> None:
     a, b, _ = agents
-    a.trust(b)
-    b.trust(a)
-    a.direct.want_threadsafe({2: b.target()})
-    wait_until(lambda: a.up_with(2) and b.up_with(1), 10, "the direct link is up")
+    linked(a, b)
     b.wg.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sent = [bytes([4]) + i.to_bytes(4, "big") + bytes(1395) for i in range(500)]
     for datagram in sent:
@@ -322,10 +324,7 @@ def test_one_address_cannot_take_every_slot(agents: tuple[Agent, Agent, Agent]) 
 
 def test_a_peer_whose_key_changed_loses_its_link(agents: tuple[Agent, Agent, Agent]) -> None:
     a, b, _ = agents
-    a.trust(b)
-    b.trust(a)
-    a.direct.want_threadsafe({2: b.target()})
-    wait_until(lambda: a.up_with(2) and b.up_with(1), 10, "the direct link is up")
+    linked(a, b)
     a.keypair = keys.generate_keypair()  # A rotated its key; B's netmap says so
     b.trust(a)
     wait_until(lambda: not b.up_with(1), 10, "B closes the link authenticated with the old key")
@@ -333,9 +332,6 @@ def test_a_peer_whose_key_changed_loses_its_link(agents: tuple[Agent, Agent, Age
 
 def test_a_peer_that_leaves_the_netmap_loses_its_link(agents: tuple[Agent, Agent, Agent]) -> None:
     a, b, _ = agents
-    a.trust(b)
-    b.trust(a)
-    a.direct.want_threadsafe({2: b.target()})
-    wait_until(lambda: a.up_with(2) and b.up_with(1), 10, "the direct link is up")
+    linked(a, b)
     b.trust()  # A left B's netmap
     wait_until(lambda: not a.up_with(2) and not b.up_with(1), 10, "the link is closed")
