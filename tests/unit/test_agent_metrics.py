@@ -27,12 +27,14 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 class FakePaths:
     def __init__(self) -> None:
         self.views = {2: PeerPathView("relay", 0.012, "probes failed", "r1")}
-        counters = ShimCounters(to_relay=7, from_relay=5)
+        counters = ShimCounters(to_relay=7, from_relay=5, to_direct=11, from_direct=4)
         counters.drop("relay_down", 3)
         counters.refused_relays["r2"] = 2  # presented another key than its pin, twice
         self.shim = SimpleNamespace(
             counters=counters, views=lambda: [RelayView("r1", "tcp://198.18.0.1:8443", True, 0.004, None)]
         )
+        # One direct TCP link up; strangers refused for a bad proof twice, once for being busy.
+        self.direct_tcp = SimpleNamespace(links_up=lambda: 1, refused={"proof": 2, "busy": 1})
 
     def view(self, peer_id: int, endpoint: str | None) -> PeerPathView:
         return self.views.get(peer_id, PeerPathView(None, None, None, None))
@@ -82,6 +84,11 @@ def test_renders_the_cached_stats_paths_and_events() -> None:
     assert s[("wgmesh_shim_datagrams_total", frozenset({("direction", "to_relay")}))] == 7
     assert s[("wgmesh_shim_dropped_datagrams_total", frozenset({("reason", "relay_down")}))] == 3
     assert s[("wgmesh_shim_relay_refusals_total", frozenset({("relay", "r2")}))] == 2
+    assert s[("wgmesh_shim_datagrams_total", frozenset({("direction", "to_direct")}))] == 11
+    assert s[("wgmesh_shim_datagrams_total", frozenset({("direction", "from_direct")}))] == 4
+    assert s[("wgmesh_direct_tcp_links", frozenset())] == 1
+    assert s[("wgmesh_direct_tcp_refusals_total", frozenset({("reason", "proof")}))] == 2
+    assert s[("wgmesh_direct_tcp_refusals_total", frozenset({("reason", "busy")}))] == 1
     # gw3 has neither counters nor a decision yet; K9 is not in the netmap: no series for either
     assert not [k for k in s if ("peer", "gw3") in k[1]]
     assert not [k for k in s if ("peer", "K9") in k[1]]
