@@ -15,6 +15,7 @@ from typing import Any
 
 from wgmesh.errors import NotFoundError
 from wgmesh.lab import Lab, Site, WaitTimeout, wait_until
+from wgmesh.lab.pings import ContinuousPing
 from wgmesh.lab.timescale import scaled
 
 CLI = [sys.executable, "-c", "from wgmesh.cli.main import main; main()"]
@@ -82,6 +83,16 @@ def both_on(lab: Lab, a: str, b: str, path: str) -> bool:
     if seen_a is not None and seen_b is not None and seen_a.path == seen_b.path == path:
         return True
     raise AssertionError(f"{a} reports {b}: {seen_a}; {b} reports {a}: {seen_b}")
+
+
+def gap_across(ping: ContinuousPing, since: float, switched_after: float) -> float:
+    """After a path switch that both agents reported `switched_after` s after `since` (unix time): wait
+    until pings are answered again and two more seconds of replies came, then the longest silence from a
+    second before `since`."""
+    wait_until(lambda: (ping.last_reply() or 0) > since + switched_after, 10, "pings answered again")
+    settled = time.time()
+    wait_until(lambda: ping.replies_since(settled) >= 20, 10, "two more seconds of replies")
+    return ping.longest_gap(since=since - 1)
 
 
 def ping_ok(lab: Lab, src: str, dst: object, count: int = 2) -> bool:

@@ -188,10 +188,6 @@ class PathController:
             found = self._peers.get(peer_id)
             return found.last_answer if found else None
 
-    def path_up(self, peer_id: int) -> bool:
-        """Whether the shim can carry the peer's datagrams now (a direct TCP link or a relay)."""
-        return self.shim.path_up(peer_id)
-
     def _relays_peer(self, peer_id: int) -> bool:
         state = self.state(peer_id)
         return state is not None and state.path == "relay"
